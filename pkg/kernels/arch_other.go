@@ -1,0 +1,5 @@
+//go:build noasm || !gc || !amd64
+
+package kernels
+
+func registerArch() {}

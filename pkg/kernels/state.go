@@ -1,0 +1,345 @@
+package kernels
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+var negInf = float32(math.Inf(-1))
+
+// State is the online-softmax state of a block of query rows for every batch
+// and head: the running maximum M of the scaled logits, the running sum L of
+// exp(logit - M), and the unnormalised accumulator O = Σ exp(logit - M)·v.
+// Layout: M, L are [B, H, Rows]; O is [B, H, Rows, D].
+//
+// A State folded over disjoint key ranges and merged (in any order) equals
+// the State folded over their union; Finalize turns it into the output and
+// the log-sum-exp.
+type State struct {
+	B, H, Rows, D int
+	M, L          []float32
+	O             []float32
+}
+
+// NewState returns an empty state (M = -inf, L = 0, O = 0).
+func NewState(b, h, rows, d int) *State {
+	n := b * h * rows
+	s := &State{B: b, H: h, Rows: rows, D: d,
+		M: make([]float32, n), L: make([]float32, n), O: make([]float32, n*d)}
+	s.Reset()
+	return s
+}
+
+// Reset empties the state.
+func (s *State) Reset() {
+	for i := range s.M {
+		s.M[i] = negInf
+	}
+	clear(s.L)
+	clear(s.O)
+}
+
+// Fold adds the keys k and values v, at global key positions
+// [kStart, kStart+nk), to the state of the queries q at global positions
+// [qStart, qStart+s.Rows). q is [B, Hq, Rows, D]; k and v are [B, Hkv, nk, D].
+// It is equivalent to, for every row i and visible key j (see Mask):
+//
+//	x      = scale · q[i]·k[j]
+//	M'     = max(M, x)
+//	L      = L·exp(M-M') + exp(x-M')
+//	O      = O·exp(M-M') + exp(x-M')·v[j]
+//	M      = M'
+//
+// Tiles that the mask hides entirely are skipped without reading k or v.
+func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart, nk int) error {
+	if err := s.check(p, q, qStart, k, v, kStart, nk); err != nil {
+		return err
+	}
+	if s.Rows == 0 || nk == 0 {
+		return nil
+	}
+	im := active
+	mi := newMaskInfo(p)
+	br, bc := im.br, im.bc
+	qTiles := (s.Rows + br - 1) / br
+	units := p.B * p.Hq * qTiles
+	scale := p.EffectiveScale()
+	group := p.Group()
+	d := p.D
+
+	parallelFor(units, p.Threads, func(sc *scratch, u int) {
+		sc.ensure(br, bc, d)
+		t := u % qTiles
+		bh := u / qTiles
+		b, h := bh/p.Hq, bh%p.Hq
+		kvBase := (b*p.Hkv + h/group) * nk * d
+		r0 := t * br
+		r1 := min(r0+br, s.Rows)
+		rows := r1 - r0
+		row0 := bh*s.Rows + r0
+		qT := q[row0*d : (row0+rows)*d]
+		mT := s.M[row0 : row0+rows]
+		lT := s.L[row0 : row0+rows]
+		oT := s.O[row0*d : (row0+rows)*d]
+		lo, hi := sc.lo[:rows], sc.hi[:rows]
+		for c0 := 0; c0 < nk; c0 += bc {
+			c1 := min(c0+bc, nk)
+			cols := c1 - c0
+			class := mi.classify(qStart+r0, kStart+c0, kStart+c1, lo, hi)
+			if class == tileHidden {
+				continue
+			}
+			// S = Q·Kᵀ with K packed transposed: kt[t*cols+j] = k[c0+j][t].
+			kt := sc.kt[:d*cols]
+			kb := k[kvBase+c0*d : kvBase+c1*d]
+			for j := 0; j < cols; j++ {
+				row := kb[j*d : j*d+d]
+				for t, x := range row {
+					kt[t*cols+j] = x
+				}
+			}
+			st := sc.s[:rows*cols]
+			im.gemm(rows, cols, d, qT, d, kt, cols, st, cols, false)
+			for i := 0; i < rows; i++ {
+				a, e := 0, cols
+				if class == tilePartial {
+					a, e = int(lo[i])-kStart-c0, int(hi[i])-kStart-c0
+				}
+				sr := st[i*cols : i*cols+cols]
+				if a >= e {
+					clear(sr)
+					continue
+				}
+				mx := im.scaleMax(sr[a:e], scale)
+				mOld := mT[i]
+				mNew := max(mOld, mx)
+				if math.IsInf(float64(mNew), -1) {
+					clear(sr)
+					continue
+				}
+				clear(sr[:a])
+				clear(sr[e:])
+				sum := im.expSum(sr[a:e], mNew)
+				alpha := float32(0)
+				if !math.IsInf(float64(mOld), -1) {
+					alpha = exp32(mOld - mNew)
+				}
+				lT[i] = lT[i]*alpha + sum
+				mT[i] = mNew
+				if alpha != 1 {
+					im.scal(oT[i*d:i*d+d], alpha)
+				}
+			}
+			// O += P·V.
+			vb := v[kvBase+c0*d : kvBase+c1*d]
+			im.gemm(rows, d, cols, st, cols, vb, d, oT, d, true)
+		}
+	})
+	return nil
+}
+
+func (s *State) check(p *Params, q []float32, qStart int, k, v []float32, kStart, nk int) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if s.B != p.B || s.H != p.Hq || s.D != p.D {
+		return invalid("state is [%d,%d,%d,%d], expected B=%d Hq=%d D=%d", s.B, s.H, s.Rows, s.D, p.B, p.Hq, p.D)
+	}
+	if qStart < 0 || qStart+s.Rows > p.N {
+		return invalid("query rows [%d,%d) outside the sequence of %d", qStart, qStart+s.Rows, p.N)
+	}
+	if nk < 0 || kStart < 0 || kStart+nk > p.Nk {
+		return invalid("key rows [%d,%d) outside the sequence of %d", kStart, kStart+nk, p.Nk)
+	}
+	if want := p.B * p.Hq * s.Rows * p.D; len(q) != want {
+		return invalid("q has %d values, expected %d ([%d,%d,%d,%d])", len(q), want, p.B, p.Hq, s.Rows, p.D)
+	}
+	want := p.B * p.Hkv * nk * p.D
+	if len(k) != want {
+		return invalid("k has %d values, expected %d ([%d,%d,%d,%d])", len(k), want, p.B, p.Hkv, nk, p.D)
+	}
+	if len(v) != want {
+		return invalid("v has %d values, expected %d ([%d,%d,%d,%d])", len(v), want, p.B, p.Hkv, nk, p.D)
+	}
+	return nil
+}
+
+// Merge folds o, a state of the same rows over a disjoint key range, into s:
+//
+//	M' = max(Ms, Mo); a = exp(Ms-M'); b = exp(Mo-M')
+//	L  = Ls·a + Lo·b;  O = Os·a + Oo·b
+func (s *State) Merge(o *State) error {
+	if s.B != o.B || s.H != o.H || s.Rows != o.Rows || s.D != o.D {
+		return invalid("merging state [%d,%d,%d,%d] into [%d,%d,%d,%d]", o.B, o.H, o.Rows, o.D, s.B, s.H, s.Rows, s.D)
+	}
+	d := s.D
+	for i := range s.M {
+		m1, m2 := s.M[i], o.M[i]
+		if math.IsInf(float64(m2), -1) {
+			continue
+		}
+		if math.IsInf(float64(m1), -1) {
+			s.M[i], s.L[i] = m2, o.L[i]
+			copy(s.O[i*d:i*d+d], o.O[i*d:i*d+d])
+			continue
+		}
+		m := max(m1, m2)
+		a, b := exp32(m1-m), exp32(m2-m)
+		s.M[i] = m
+		s.L[i] = s.L[i]*a + o.L[i]*b
+		so, oo := s.O[i*d:i*d+d], o.O[i*d:i*d+d]
+		for t := range so {
+			so[t] = so[t]*a + oo[t]*b
+		}
+	}
+	return nil
+}
+
+// Finalize writes O/L into out ([B, H, Rows, D]) and M + log L into lse
+// ([B, H, Rows], natural log) when lse is not nil. Rows that saw no key get
+// 0 and -inf.
+func (s *State) Finalize(out, lse []float32) error {
+	if len(out) != len(s.O) {
+		return invalid("output has %d values, expected %d", len(out), len(s.O))
+	}
+	if lse != nil && len(lse) != len(s.M) {
+		return invalid("lse has %d values, expected %d", len(lse), len(s.M))
+	}
+	d := s.D
+	for i, l := range s.L {
+		o := out[i*d : i*d+d]
+		if l == 0 || math.IsInf(float64(s.M[i]), -1) {
+			clear(o)
+			if lse != nil {
+				lse[i] = negInf
+			}
+			continue
+		}
+		inv := 1 / l
+		for t, x := range s.O[i*d : i*d+d] {
+			o[t] = x * inv
+		}
+		if lse != nil {
+			lse[i] = s.M[i] + float32(math.Log(float64(l)))
+		}
+	}
+	return nil
+}
+
+// MergeOutputs combines two finalized partial results over disjoint key
+// ranges, (o1, lse1) and (o2, lse2), into (o1, lse1):
+//
+//	lse = log(exp(lse1) + exp(lse2));  o1 = o1·exp(lse1-lse) + o2·exp(lse2-lse)
+//
+// Rows with lse = -inf on both sides stay 0 and -inf.
+func MergeOutputs(o1, lse1, o2, lse2 []float32, d int) error {
+	if len(lse1) != len(lse2) || len(o1) != len(o2) || len(o1) != len(lse1)*d {
+		return invalid("merging outputs of %d/%d values and %d/%d rows with D = %d", len(o1), len(o2), len(lse1), len(lse2), d)
+	}
+	for i := range lse1 {
+		a, b := lse1[i], lse2[i]
+		if math.IsInf(float64(b), -1) {
+			continue
+		}
+		x, y := o1[i*d:i*d+d], o2[i*d:i*d+d]
+		if math.IsInf(float64(a), -1) {
+			lse1[i] = b
+			copy(x, y)
+			continue
+		}
+		m := max(a, b)
+		l := m + float32(math.Log(math.Exp(float64(a-m))+math.Exp(float64(b-m))))
+		wa, wb := exp32(a-l), exp32(b-l)
+		for t := range x {
+			x[t] = x[t]*wa + y[t]*wb
+		}
+		lse1[i] = l
+	}
+	return nil
+}
+
+// Attention computes o = softmax(q·kᵀ·scale + mask)·v for the whole problem,
+// on all cores; lse ([B, Hq, N]) is written when not nil.
+// q is [B, Hq, N, D], k and v are [B, Hkv, Nk, D], o is [B, Hq, N, D].
+func Attention(p *Params, q, k, v, o, lse []float32) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if want := p.B * p.Hq * p.N * p.D; len(o) != want {
+		return invalid("o has %d values, expected %d", len(o), want)
+	}
+	s := &State{B: p.B, H: p.Hq, Rows: p.N, D: p.D,
+		M: make([]float32, p.B*p.Hq*p.N), L: make([]float32, p.B*p.Hq*p.N), O: o}
+	s.Reset()
+	if err := s.Fold(p, q, 0, k, v, 0, p.Nk); err != nil {
+		return err
+	}
+	// Finalize in place: O is o.
+	return s.Finalize(o, lse)
+}
+
+func exp32(x float32) float32 { return float32(math.Exp(float64(x))) }
+
+// scratch is one goroutine's tile buffers.
+type scratch struct {
+	s, kt  []float32
+	lo, hi []int32
+}
+
+func (sc *scratch) ensure(br, bc, d int) {
+	if len(sc.s) < br*bc {
+		sc.s = make([]float32, br*bc)
+	}
+	if len(sc.kt) < bc*d {
+		sc.kt = make([]float32, bc*d)
+	}
+	if len(sc.lo) < br {
+		sc.lo = make([]int32, br)
+		sc.hi = make([]int32, br)
+	}
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(scratch) }}
+
+// parallelFor runs fn(sc, i) for i in [0, n) on up to threads goroutines
+// (GOMAXPROCS when 0), each with its own scratch.
+func parallelFor(n, threads int, fn func(sc *scratch, i int)) {
+	if threads <= 0 {
+		threads = runtime.GOMAXPROCS(0)
+	}
+	threads = min(threads, n)
+	if threads <= 1 {
+		sc := scratchPool.Get().(*scratch)
+		for i := 0; i < n; i++ {
+			fn(sc, i)
+		}
+		scratchPool.Put(sc)
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < threads; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sc := scratchPool.Get().(*scratch)
+			defer scratchPool.Put(sc)
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				fn(sc, i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// String describes the state's shape.
+func (s *State) String() string {
+	return fmt.Sprintf("State[B=%d H=%d rows=%d D=%d]", s.B, s.H, s.Rows, s.D)
+}
