@@ -168,3 +168,61 @@ func MaxAbsDiff(got []float32, want []float64) float64 {
 	}
 	return m
 }
+
+// Rows computes the reference output and LSE of the query rows `rows`
+// (positions in [0, N)) for every batch and head: o is [B, Hq, len(rows), D]
+// and lse [B, Hq, len(rows)]. It costs O(len(rows)·Nk·D) per head, so large
+// problems can be checked on a sample of rows.
+func (p *Problem) Rows(q, k, v []float32, rows []int) (o, lse []float64) {
+	d := p.D
+	o = make([]float64, p.B*p.Hq*len(rows)*d)
+	lse = make([]float64, p.B*p.Hq*len(rows))
+	s := make([]float64, p.Nk)
+	scale := p.Scale
+	if scale == 0 {
+		scale = 1 / math.Sqrt(float64(d))
+	}
+	for b := 0; b < p.B; b++ {
+		for h := 0; h < p.Hq; h++ {
+			kvh := h / (p.Hq / p.Hkv)
+			qb := (b*p.Hq + h) * p.N * d
+			kb := (b*p.Hkv + kvh) * p.Nk * d
+			for ri, i := range rows {
+				out := ((b*p.Hq+h)*len(rows) + ri)
+				mx := math.Inf(-1)
+				for j := 0; j < p.Nk; j++ {
+					s[j] = math.Inf(-1)
+					if !p.Visible(i, j) {
+						continue
+					}
+					var dot float64
+					for t := 0; t < d; t++ {
+						dot += float64(q[qb+i*d+t]) * float64(k[kb+j*d+t])
+					}
+					s[j] = dot * scale
+					mx = math.Max(mx, s[j])
+				}
+				if math.IsInf(mx, -1) {
+					lse[out] = math.Inf(-1)
+					continue
+				}
+				var sum float64
+				for j := 0; j < p.Nk; j++ {
+					if math.IsInf(s[j], -1) {
+						continue
+					}
+					e := math.Exp(s[j] - mx)
+					sum += e
+					for t := 0; t < d; t++ {
+						o[out*d+t] += e * float64(v[kb+j*d+t])
+					}
+				}
+				for t := 0; t < d; t++ {
+					o[out*d+t] /= sum
+				}
+				lse[out] = mx + math.Log(sum)
+			}
+		}
+	}
+	return o, lse
+}
