@@ -1,0 +1,463 @@
+package coordinator
+
+import (
+	"bufio"
+	"cmp"
+	"fmt"
+	"io"
+	"slices"
+
+	"google.golang.org/protobuf/encoding/protodelim"
+	"google.golang.org/protobuf/proto"
+
+	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/shard"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// SnapshotVersion is the snapshot format this code writes; it reads any
+// version up to it.
+const SnapshotVersion = 1
+
+// State is the replicated state: every job record and the idempotency-key
+// index. It is changed only by Apply, deterministically from the command
+// and the log index (times come inside commands, never from the clock).
+// State is not safe for concurrent use; the FSM adapter serialises access.
+type State struct {
+	jobs  map[string]*cpb.Job
+	byKey map[string]string // idempotency key -> job id
+}
+
+// NewState returns an empty state.
+func NewState() *State {
+	return &State{jobs: map[string]*cpb.Job{}, byKey: map[string]string{}}
+}
+
+// Result is the outcome of one applied command.
+type Result struct {
+	// Job is a copy of the job record after the command (nil if none).
+	Job *cpb.Job
+	// Existing: the command changed nothing because it had already been
+	// applied (submit with a known idempotency key, a duplicate shard done,
+	// cancel of a canceled job).
+	Existing bool
+	// Err is the business error, if the command was refused.
+	Err error
+}
+
+// Apply applies one committed command at log index. The returned error is
+// not a business error (those are in Result.Err): it means the entry
+// cannot be understood, and the caller must stop rather than diverge.
+func (s *State) Apply(index uint64, cmd *cpb.Command) (*Result, error) {
+	var (
+		r   *Result
+		err error
+	)
+	switch cmd.GetType() {
+	case cpb.CommandType_COMMAND_TYPE_SUBMIT:
+		var c cpb.Submit
+		if err = decode(cmd, &c); err == nil {
+			r = s.applySubmit(index, &c)
+		}
+	case cpb.CommandType_COMMAND_TYPE_START_EPOCH:
+		var c cpb.StartEpoch
+		if err = decode(cmd, &c); err == nil {
+			r = s.applyStartEpoch(&c)
+		}
+	case cpb.CommandType_COMMAND_TYPE_SHARD_DONE:
+		var c cpb.ShardDone
+		if err = decode(cmd, &c); err == nil {
+			r = s.applyShardDone(&c)
+		}
+	case cpb.CommandType_COMMAND_TYPE_JOB_SUCCEEDED:
+		var c cpb.JobSucceeded
+		if err = decode(cmd, &c); err == nil {
+			r = s.applySucceeded(&c)
+		}
+	case cpb.CommandType_COMMAND_TYPE_JOB_FAILED:
+		var c cpb.JobFailed
+		if err = decode(cmd, &c); err == nil {
+			r = s.applyFailed(&c)
+		}
+	case cpb.CommandType_COMMAND_TYPE_JOB_CANCELED:
+		var c cpb.JobCanceled
+		if err = decode(cmd, &c); err == nil {
+			r = s.applyCanceled(&c)
+		}
+	case cpb.CommandType_COMMAND_TYPE_EXPIRE:
+		var c cpb.Expire
+		if err = decode(cmd, &c); err == nil {
+			r = s.applyExpire(&c)
+		}
+	default:
+		return nil, fmt.Errorf("%w: index %d: unknown command type %d", ErrCorruptEntry, index, cmd.GetType())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: index %d: %v", ErrCorruptEntry, index, err)
+	}
+	return r, nil
+}
+
+func decode(cmd *cpb.Command, m proto.Message) error {
+	if err := proto.Unmarshal(cmd.GetPayload(), m); err != nil {
+		return fmt.Errorf("%v payload: %w", cmd.GetType(), err)
+	}
+	return nil
+}
+
+func fail(err error, format string, args ...any) *Result {
+	return &Result{Err: fmt.Errorf("%w: "+format, append([]any{err}, args...)...)}
+}
+
+func ok(j *cpb.Job, existing bool) *Result {
+	return &Result{Job: proto.CloneOf(j), Existing: existing}
+}
+
+// Terminal reports whether a job state is final (or expired).
+func Terminal(st pb.JobState) bool {
+	switch st {
+	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED,
+		pb.JobState_JOB_STATE_CANCELED, pb.JobState_JOB_STATE_EXPIRED:
+		return true
+	}
+	return false
+}
+
+// BlockCount is the number of query (output) blocks of a spec.
+func BlockCount(spec *pb.JobSpec) int64 {
+	b := spec.GetBlock()
+	if b <= 0 {
+		b = shard.DefaultBlock
+	}
+	return (spec.GetN() + b - 1) / b
+}
+
+func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
+	if c.GetJobId() == "" || c.GetSpec() == nil {
+		return fail(ErrBadCommand, "submit without job id or spec")
+	}
+	if key := c.GetSpec().GetIdempotencyKey(); key != "" {
+		if id, ok2 := s.byKey[key]; ok2 {
+			j := s.jobs[id]
+			if j.GetState() != pb.JobState_JOB_STATE_EXPIRED && !proto.Equal(j.GetSpec(), c.GetSpec()) {
+				return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: key %q is job %s", ErrIdempotencyConflict, key, id)}
+			}
+			return ok(j, true)
+		}
+	}
+	if _, dup := s.jobs[c.GetJobId()]; dup {
+		return fail(ErrExists, "job %s", c.GetJobId())
+	}
+	j := &cpb.Job{
+		Id:            c.GetJobId(),
+		Spec:          proto.CloneOf(c.GetSpec()),
+		State:         pb.JobState_JOB_STATE_QUEUED,
+		BlocksTotal:   BlockCount(c.GetSpec()),
+		CreatedUnixMs: c.GetUnixMs(),
+		Seq:           index,
+	}
+	s.jobs[j.Id] = j
+	if key := j.Spec.GetIdempotencyKey(); key != "" {
+		s.byKey[key] = j.Id
+	}
+	return ok(j, false)
+}
+
+func (s *State) applyStartEpoch(c *cpb.StartEpoch) *Result {
+	j, ok2 := s.jobs[c.GetJobId()]
+	if !ok2 {
+		return fail(ErrNotFound, "job %s", c.GetJobId())
+	}
+	if Terminal(j.State) {
+		return fail(ErrFinished, "job %s is %v", j.Id, j.State)
+	}
+	if c.GetEpoch() != j.Epoch+1 {
+		return fail(ErrStaleEpoch, "job %s: start epoch %d, current %d", j.Id, c.GetEpoch(), j.Epoch)
+	}
+	if len(c.GetPlan().GetRanks()) == 0 {
+		return fail(ErrBadCommand, "job %s epoch %d: plan without ranks", j.Id, c.GetEpoch())
+	}
+	for r, rk := range c.GetPlan().GetRanks() {
+		for _, b := range rk.GetQBlocks() {
+			if b < 0 || int64(b) >= j.BlocksTotal {
+				return fail(ErrBadCommand, "job %s epoch %d rank %d: query block %d outside [0,%d)", j.Id, c.GetEpoch(), r, b, j.BlocksTotal)
+			}
+		}
+	}
+	j.State = pb.JobState_JOB_STATE_RUNNING
+	j.Epoch = c.GetEpoch()
+	j.Plan = proto.CloneOf(c.GetPlan())
+	j.DoneRanks = nil
+	if j.StartedUnixMs == 0 {
+		j.StartedUnixMs = c.GetUnixMs()
+	}
+	return ok(j, false)
+}
+
+func (s *State) applyShardDone(c *cpb.ShardDone) *Result {
+	j, ok2 := s.jobs[c.GetJobId()]
+	if !ok2 {
+		return fail(ErrNotFound, "job %s", c.GetJobId())
+	}
+	if Terminal(j.State) {
+		return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: job %s is %v", ErrFinished, j.Id, j.State)}
+	}
+	if j.State != pb.JobState_JOB_STATE_RUNNING || c.GetEpoch() != j.Epoch {
+		return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: job %s: report for epoch %d, current %d", ErrStaleEpoch, j.Id, c.GetEpoch(), j.Epoch)}
+	}
+	ranks := j.Plan.GetRanks()
+	if c.GetRank() < 0 || int(c.GetRank()) >= len(ranks) {
+		return fail(ErrBadCommand, "job %s epoch %d: rank %d outside [0,%d)", j.Id, j.Epoch, c.GetRank(), len(ranks))
+	}
+	if _, found := slices.BinarySearch(j.DoneRanks, c.GetRank()); found {
+		return ok(j, true)
+	}
+	j.DoneRanks = insertSorted(j.DoneRanks, c.GetRank())
+	// A split-KV plan's output is complete only at the root of its
+	// reduction tree; the other ranks hand partials up and own no rows.
+	if shard.Strategy(j.Plan.GetStrategy()) != shard.SplitKV || c.GetRank() == 0 {
+		for _, b := range ranks[c.GetRank()].GetQBlocks() {
+			j.DoneBlocks = insertSorted(j.DoneBlocks, b)
+		}
+		for _, bc := range c.GetBlocks() {
+			i, found := slices.BinarySearchFunc(j.Checksums, bc.GetBlock(), func(x *pb.BlockChecksum, b int32) int { return cmp.Compare(x.GetBlock(), b) })
+			if found {
+				j.Checksums[i] = proto.CloneOf(bc)
+			} else {
+				j.Checksums = slices.Insert(j.Checksums, i, proto.CloneOf(bc))
+			}
+		}
+	}
+	return ok(j, false)
+}
+
+func insertSorted(xs []int32, x int32) []int32 {
+	i, found := slices.BinarySearch(xs, x)
+	if found {
+		return xs
+	}
+	return slices.Insert(xs, i, x)
+}
+
+func (s *State) applySucceeded(c *cpb.JobSucceeded) *Result {
+	j, ok2 := s.jobs[c.GetJobId()]
+	if !ok2 {
+		return fail(ErrNotFound, "job %s", c.GetJobId())
+	}
+	if j.State == pb.JobState_JOB_STATE_SUCCEEDED {
+		return ok(j, true)
+	}
+	if Terminal(j.State) || j.State != pb.JobState_JOB_STATE_RUNNING {
+		return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: job %s is %v", ErrFinished, j.Id, j.State)}
+	}
+	if int64(len(j.DoneBlocks)) != j.BlocksTotal {
+		return fail(ErrNotDone, "job %s: %d of %d blocks done", j.Id, len(j.DoneBlocks), j.BlocksTotal)
+	}
+	j.State = pb.JobState_JOB_STATE_SUCCEEDED
+	j.FinishedUnixMs = c.GetUnixMs()
+	return ok(j, false)
+}
+
+func (s *State) applyFailed(c *cpb.JobFailed) *Result {
+	j, ok2 := s.jobs[c.GetJobId()]
+	if !ok2 {
+		return fail(ErrNotFound, "job %s", c.GetJobId())
+	}
+	if j.State == pb.JobState_JOB_STATE_FAILED {
+		return ok(j, true)
+	}
+	if Terminal(j.State) {
+		return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: job %s is %v", ErrFinished, j.Id, j.State)}
+	}
+	j.State = pb.JobState_JOB_STATE_FAILED
+	j.Reason = c.GetReason()
+	j.FinishedUnixMs = c.GetUnixMs()
+	return ok(j, false)
+}
+
+func (s *State) applyCanceled(c *cpb.JobCanceled) *Result {
+	j, ok2 := s.jobs[c.GetJobId()]
+	if !ok2 {
+		return fail(ErrNotFound, "job %s", c.GetJobId())
+	}
+	if j.State == pb.JobState_JOB_STATE_CANCELED {
+		return ok(j, true)
+	}
+	if Terminal(j.State) {
+		return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: job %s is %v", ErrFinished, j.Id, j.State)}
+	}
+	j.State = pb.JobState_JOB_STATE_CANCELED
+	j.Reason = c.GetReason()
+	j.FinishedUnixMs = c.GetUnixMs()
+	return ok(j, false)
+}
+
+func (s *State) applyExpire(c *cpb.Expire) *Result {
+	for _, id := range c.GetJobIds() {
+		j, ok2 := s.jobs[id]
+		if !ok2 || !Terminal(j.State) || j.State == pb.JobState_JOB_STATE_EXPIRED {
+			continue
+		}
+		// The tombstone keeps the id, final state and the idempotency key
+		// (a late retry must not run the job again); everything else goes.
+		s.jobs[id] = &cpb.Job{
+			Id:             j.Id,
+			Spec:           &pb.JobSpec{IdempotencyKey: j.Spec.GetIdempotencyKey()},
+			State:          pb.JobState_JOB_STATE_EXPIRED,
+			Epoch:          j.Epoch,
+			Reason:         fmt.Sprintf("%v: %s", j.State, j.Reason),
+			BlocksTotal:    j.BlocksTotal,
+			CreatedUnixMs:  j.CreatedUnixMs,
+			StartedUnixMs:  j.StartedUnixMs,
+			FinishedUnixMs: j.FinishedUnixMs,
+			ExpiredUnixMs:  c.GetUnixMs(),
+			Seq:            j.Seq,
+		}
+	}
+	for _, id := range c.GetPurgeIds() {
+		j, ok2 := s.jobs[id]
+		if !ok2 || j.State != pb.JobState_JOB_STATE_EXPIRED {
+			continue
+		}
+		delete(s.jobs, id)
+		if key := j.Spec.GetIdempotencyKey(); key != "" && s.byKey[key] == id {
+			delete(s.byKey, key)
+		}
+	}
+	return &Result{}
+}
+
+// Job returns a copy of one job record, or nil.
+func (s *State) Job(id string) *cpb.Job {
+	j, ok2 := s.jobs[id]
+	if !ok2 {
+		return nil
+	}
+	return proto.CloneOf(j)
+}
+
+// JobByKey returns a copy of the job an idempotency key names, or nil.
+func (s *State) JobByKey(key string) *cpb.Job {
+	if id, ok2 := s.byKey[key]; ok2 {
+		return s.Job(id)
+	}
+	return nil
+}
+
+// Jobs returns copies of the jobs for which keep returns true (all when
+// keep is nil), in submission order.
+func (s *State) Jobs(keep func(*cpb.Job) bool) []*cpb.Job {
+	var out []*cpb.Job
+	for _, j := range s.jobs {
+		if keep == nil || keep(j) {
+			out = append(out, proto.CloneOf(j))
+		}
+	}
+	slices.SortFunc(out, func(a, b *cpb.Job) int { return cmp.Compare(a.Seq, b.Seq) })
+	return out
+}
+
+// Len is the number of job records (tombstones included).
+func (s *State) Len() int { return len(s.jobs) }
+
+// Counts returns the number of jobs in each state.
+func (s *State) Counts() map[pb.JobState]int {
+	m := map[pb.JobState]int{}
+	for _, j := range s.jobs {
+		m[j.State]++
+	}
+	return m
+}
+
+// Clone returns a deep copy (what a snapshot persists while Apply goes on).
+func (s *State) Clone() *State {
+	c := NewState()
+	for id, j := range s.jobs {
+		c.jobs[id] = proto.CloneOf(j)
+	}
+	for k, v := range s.byKey {
+		c.byKey[k] = v
+	}
+	return c
+}
+
+// Equal reports whether two states hold the same records.
+func (s *State) Equal(o *State) bool {
+	if len(s.jobs) != len(o.jobs) || len(s.byKey) != len(o.byKey) {
+		return false
+	}
+	for id, j := range s.jobs {
+		if !proto.Equal(j, o.jobs[id]) {
+			return false
+		}
+	}
+	for k, v := range s.byKey {
+		if o.byKey[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteSnapshot writes the state: a SnapshotHeader, then one
+// SnapshotRecord per job, each length-delimited, in submission order.
+func (s *State) WriteSnapshot(w io.Writer, unixMs int64) error {
+	bw := bufio.NewWriter(w)
+	hdr := &cpb.SnapshotHeader{Version: SnapshotVersion, Jobs: uint64(len(s.jobs)), UnixMs: unixMs}
+	if _, err := protodelim.MarshalTo(bw, hdr); err != nil {
+		return fmt.Errorf("snapshot header: %w", err)
+	}
+	ids := make([]*cpb.Job, 0, len(s.jobs))
+	for _, j := range s.jobs {
+		ids = append(ids, j)
+	}
+	slices.SortFunc(ids, func(a, b *cpb.Job) int { return cmp.Compare(a.Seq, b.Seq) })
+	for _, j := range ids {
+		rec := &cpb.SnapshotRecord{Record: &cpb.SnapshotRecord_Job{Job: j}}
+		if _, err := protodelim.MarshalTo(bw, rec); err != nil {
+			return fmt.Errorf("snapshot job %s: %w", j.Id, err)
+		}
+	}
+	return bw.Flush()
+}
+
+// ReadState builds a new state from a snapshot written by WriteSnapshot.
+func ReadState(r io.Reader) (*State, error) {
+	br := bufio.NewReader(r)
+	opts := protodelim.UnmarshalOptions{MaxSize: 64 << 20}
+	var hdr cpb.SnapshotHeader
+	if err := opts.UnmarshalFrom(br, &hdr); err != nil {
+		return nil, fmt.Errorf("%w: header: %v", ErrSnapshot, err)
+	}
+	if hdr.Version == 0 || hdr.Version > SnapshotVersion {
+		return nil, fmt.Errorf("%w: version %d, this build reads 1..%d", ErrSnapshot, hdr.Version, SnapshotVersion)
+	}
+	s := NewState()
+	for {
+		var rec cpb.SnapshotRecord
+		err := opts.UnmarshalFrom(br, &rec)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: record %d: %v", ErrSnapshot, len(s.jobs), err)
+		}
+		switch x := rec.Record.(type) {
+		case *cpb.SnapshotRecord_Job:
+			j := x.Job
+			if j.GetId() == "" {
+				return nil, fmt.Errorf("%w: job record without id", ErrSnapshot)
+			}
+			s.jobs[j.Id] = j
+			if key := j.GetSpec().GetIdempotencyKey(); key != "" {
+				s.byKey[key] = j.Id
+			}
+		default:
+			return nil, fmt.Errorf("%w: record %d of unknown type", ErrSnapshot, len(s.jobs))
+		}
+	}
+	if uint64(len(s.jobs)) != hdr.Jobs {
+		return nil, fmt.Errorf("%w: %d job records, header says %d", ErrSnapshot, len(s.jobs), hdr.Jobs)
+	}
+	return s, nil
+}
