@@ -71,8 +71,25 @@ type Plan struct {
 	Steps       int
 	Ranks       []Rank
 	// Imbalance is max(rank cost) / mean(rank cost), weighted by speed
-	// (1 is perfect).
+	// (1 is perfect): max_r(Cost_r/w_r) / (ΣCost/Σw).
 	Imbalance float64
+
+	// Request is the normalized request the plan was made for (Block,
+	// ElemBytes, Weights and Strategy filled in, QBlocks sorted).
+	Request Request
+	// Planned lists the query blocks of this plan in ascending order (all
+	// blocks, or Request.QBlocks when re-planning).
+	Planned []int
+	// Reduce is the split-KV reduction schedule (nil for ring strategies).
+	Reduce []ReduceStep
+}
+
+// ReduceStep is one edge of the split-KV reduction tree: at level Level,
+// rank From sends its partial (O, LSE), already merged with everything it
+// received at lower levels, to rank To, which merges it into its own. Rank
+// From takes no further part; after the last level rank 0 holds the result.
+type ReduceStep struct {
+	Level, From, To int
 }
 
 // Rank is one rank's share of a plan.

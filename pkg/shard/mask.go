@@ -1,0 +1,123 @@
+package shard
+
+import "sort"
+
+// maskEval evaluates a Mask on global positions exactly as kernels.Mask does
+// (this package may not import kernels; the two are checked against each
+// other and against the float64 reference in the tests). Every query row's
+// visible keys are one interval [lo, hi), and both lo and hi are
+// non-decreasing in the row index, which the pair counting relies on.
+type maskEval struct {
+	n, nk       int
+	causal      bool
+	windowed    bool
+	left, right int
+	qStarts     []int // document starts in the query sequence, plus N
+	kStarts     []int // document starts in the key sequence, plus Nk
+	none        bool  // nothing is masked
+}
+
+func newMaskEval(m *Mask, n, nk int) *maskEval {
+	me := &maskEval{
+		n: n, nk: nk,
+		causal:   m.Causal,
+		windowed: m.Windowed && (m.Left >= 0 || m.Right >= 0),
+		left:     m.Left, right: m.Right,
+	}
+	if m.SeqLens != nil {
+		me.qStarts = prefix(m.SeqLens)
+		if m.SeqLensK != nil {
+			me.kStarts = prefix(m.SeqLensK)
+		} else {
+			me.kStarts = me.qStarts
+		}
+	}
+	me.none = !me.causal && !me.windowed && (me.qStarts == nil || len(me.qStarts) == 2)
+	return me
+}
+
+func prefix(lens []int) []int {
+	s := make([]int, len(lens)+1)
+	for i, l := range lens {
+		s[i+1] = s[i] + l
+	}
+	return s
+}
+
+// rowRange returns the interval [lo, hi) of keys query i sees; lo == hi when
+// none. Positions are document-local and aligned bottom-right.
+func (me *maskEval) rowRange(i int) (lo, hi int) {
+	if me.none {
+		return 0, me.nk
+	}
+	qs, ks, lq, lk := 0, 0, me.n, me.nk
+	if me.qStarts != nil {
+		d := sort.SearchInts(me.qStarts, i+1) - 1
+		qs, lq = me.qStarts[d], me.qStarts[d+1]-me.qStarts[d]
+		ks, lk = me.kStarts[d], me.kStarts[d+1]-me.kStarts[d]
+	}
+	lo, hi = ks, ks+lk
+	diag := ks + (i - qs) + (lk - lq) // the key aligned with query i
+	if me.causal && diag+1 < hi {
+		hi = diag + 1
+	}
+	if me.windowed {
+		if me.left >= 0 && diag-me.left > lo {
+			lo = diag - me.left
+		}
+		if me.right >= 0 && diag+me.right+1 < hi {
+			hi = diag + me.right + 1
+		}
+	}
+	if hi < lo {
+		hi = lo
+	}
+	return lo, hi
+}
+
+// pairsRow returns, for the query rows [q0, q0+rows), the number of visible
+// (query, key) pairs with every key block of length block (the last one
+// ragged). It runs in O(rows + kBlocks·log rows): the row bounds are
+// monotone, so Σ clamp(bound, ks, ke) over the rows is two binary searches
+// and a prefix sum.
+func (me *maskEval) pairsRow(q0, rows, block, kBlocks int) []int64 {
+	out := make([]int64, kBlocks)
+	if rows == 0 {
+		return out
+	}
+	if me.none {
+		for j := range out {
+			out[j] = int64(rows) * int64(min(block, me.nk-j*block))
+		}
+		return out
+	}
+	los := make([]int, rows)
+	his := make([]int, rows)
+	for r := range rows {
+		los[r], his[r] = me.rowRange(q0 + r)
+	}
+	loSum, hiSum := prefixSum(los), prefixSum(his)
+	first := los[0] / block
+	last := min((his[rows-1]+block-1)/block, kBlocks) // exclusive
+	for j := first; j < last; j++ {
+		ks, ke := j*block, min((j+1)*block, me.nk)
+		out[j] = clampSum(his, hiSum, ks, ke) - clampSum(los, loSum, ks, ke)
+	}
+	return out
+}
+
+func prefixSum(x []int) []int64 {
+	s := make([]int64, len(x)+1)
+	for i, v := range x {
+		s[i+1] = s[i] + int64(v)
+	}
+	return s
+}
+
+// clampSum returns Σ min(max(x[i], a), b) for non-decreasing x with prefix
+// sums ps.
+func clampSum(x []int, ps []int64, a, b int) int64 {
+	i := sort.SearchInts(x, a)   // x[:i] < a
+	e := sort.SearchInts(x, b+1) // x[e:] > b
+	return int64(i)*int64(a) + (ps[e] - ps[i]) + int64(len(x)-e)*int64(b)
+}

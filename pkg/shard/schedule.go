@@ -1,0 +1,180 @@
+package shard
+
+import (
+	"fmt"
+	"slices"
+)
+
+// QSpan returns the global start and the length of query block i; the last
+// block is ragged (no padding).
+func (p *Plan) QSpan(i int) (start, n int) {
+	start = i * p.Block
+	return start, max(0, min(p.Block, p.N-start))
+}
+
+// KSpan returns the global start and the length of key/value block j.
+func (p *Plan) KSpan(j int) (start, n int) {
+	start = j * p.Block
+	return start, max(0, min(p.Block, p.Nk-start))
+}
+
+// Holder returns the rank whose initial key/value blocks rank holds at ring
+// step: (rank - step) mod W.
+func (p *Plan) Holder(rank, step int) int {
+	w := len(p.Ranks)
+	return ((rank-step)%w + w) % w
+}
+
+// HeldKV returns the key/value blocks rank folds at ring step (do not
+// modify the slice).
+func (p *Plan) HeldKV(rank, step int) []int {
+	return p.Ranks[p.Holder(rank, step)].KVBlocks
+}
+
+// Reduction returns the split-KV reduction schedule, ordered by level (nil
+// for ring strategies).
+func (p *Plan) Reduction() []ReduceStep { return p.Reduce }
+
+// PairsRow returns the number of (query, key) pairs the mask leaves visible
+// between query block qi and every key block. A pair count of 0 means the
+// block pair is entirely masked and is skipped.
+func (p *Plan) PairsRow(qi int) []int64 {
+	me := newMaskEval(&p.Request.Mask, p.N, p.Nk)
+	q0, rows := p.QSpan(qi)
+	return me.pairsRow(q0, rows, p.Block, p.KBlockCount)
+}
+
+// Visible reports whether query block qi sees any key of key block kj.
+func (p *Plan) Visible(qi, kj int) bool { return p.PairsRow(qi)[kj] > 0 }
+
+// PairFLOPs is the cost of one visible (query, key) pair over all batches
+// and heads: 4·B·Hq·D.
+func (p *Plan) PairFLOPs() float64 {
+	r := &p.Request
+	return 4 * float64(r.B) * float64(r.Hq) * float64(r.D)
+}
+
+// Owner returns the rank that writes query block qi's output (rank 0 for
+// split-KV), or -1 when qi is not planned.
+func (p *Plan) Owner(qi int) int {
+	if _, ok := slices.BinarySearch(p.Planned, qi); !ok {
+		return -1
+	}
+	if p.Strategy == SplitKV {
+		return 0
+	}
+	for r := range p.Ranks {
+		if slices.Contains(p.Ranks[r].QBlocks, qi) {
+			return r
+		}
+	}
+	return -1
+}
+
+// KVBytes is the wire size of key/value block j (K and V).
+func (p *Plan) KVBytes(j int) int64 { return p.kvBytes(j) }
+
+// Validate checks the plan's structure: every planned query block has
+// exactly one owner (all ranks hold all of them in split-KV), every
+// key/value block is dealt to exactly one rank, the schedule's lengths are
+// consistent, and the reduction tree merges every rank exactly once.
+// Errors name the offending field.
+func (p *Plan) Validate() error {
+	r := &p.Request
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case p.Strategy != Contiguous && p.Strategy != Zigzag && p.Strategy != Striped && p.Strategy != SplitKV:
+		return invalid("Plan.Strategy = %q, expected a concrete strategy", p.Strategy)
+	case p.N != r.N || p.Nk != r.Nk:
+		return invalid("Plan.N, Plan.Nk = %d, %d, expected the request's %d, %d", p.N, p.Nk, r.N, r.Nk)
+	case p.Block != r.block() || p.Block < 1:
+		return invalid("Plan.Block = %d, expected %d", p.Block, r.block())
+	case p.QBlockCount != ceilDiv(p.N, p.Block):
+		return invalid("Plan.QBlockCount = %d, expected %d", p.QBlockCount, ceilDiv(p.N, p.Block))
+	case p.KBlockCount != ceilDiv(p.Nk, p.Block):
+		return invalid("Plan.KBlockCount = %d, expected %d", p.KBlockCount, ceilDiv(p.Nk, p.Block))
+	case len(p.Ranks) != r.Ranks:
+		return invalid("Plan.Ranks has %d entries, expected %d", len(p.Ranks), r.Ranks)
+	case len(r.Weights) != r.Ranks:
+		return invalid("Plan.Request.Weights has %d entries, expected %d", len(r.Weights), r.Ranks)
+	}
+	w := len(p.Ranks)
+	for i, b := range p.Planned {
+		if b < 0 || b >= p.QBlockCount || (i > 0 && b <= p.Planned[i-1]) {
+			return invalid("Plan.Planned[%d] = %d, expected ascending blocks in 0..%d", i, b, p.QBlockCount-1)
+		}
+	}
+	if p.Strategy == SplitKV {
+		if p.Steps != 1 {
+			return invalid("Plan.Steps = %d, expected 1 for %s", p.Steps, SplitKV)
+		}
+		for rk := range p.Ranks {
+			if !slices.Equal(p.Ranks[rk].QBlocks, p.Planned) {
+				return invalid("Plan.Ranks[%d].QBlocks = %v, expected all planned blocks %v", rk, p.Ranks[rk].QBlocks, p.Planned)
+			}
+			kv := p.Ranks[rk].KVBlocks
+			for i := 1; i < len(kv); i++ {
+				if kv[i] != kv[i-1]+1 {
+					return invalid("Plan.Ranks[%d].KVBlocks = %v, expected one consecutive range", rk, kv)
+				}
+			}
+		}
+		if !slices.Equal(p.Reduce, reduction(w)) {
+			return invalid("Plan.Reduce = %v, expected the binary tree %v", p.Reduce, reduction(w))
+		}
+	} else {
+		if p.Steps != w {
+			return invalid("Plan.Steps = %d, expected W = %d", p.Steps, w)
+		}
+		if p.Reduce != nil {
+			return invalid("Plan.Reduce has %d steps, expected none for %s", len(p.Reduce), p.Strategy)
+		}
+		owner := make(map[int]int, len(p.Planned))
+		for rk := range p.Ranks {
+			for i, b := range p.Ranks[rk].QBlocks {
+				if _, ok := slices.BinarySearch(p.Planned, b); !ok {
+					return invalid("Plan.Ranks[%d].QBlocks[%d] = %d, expected a planned block", rk, i, b)
+				}
+				if o, dup := owner[b]; dup {
+					return invalid("Plan.Ranks[%d].QBlocks[%d] = %d, already owned by rank %d", rk, i, b, o)
+				}
+				owner[b] = rk
+			}
+		}
+		if len(owner) != len(p.Planned) {
+			for _, b := range p.Planned {
+				if _, ok := owner[b]; !ok {
+					return invalid("query block %d has no owner in Plan.Ranks", b)
+				}
+			}
+		}
+	}
+	held := make(map[int]int, p.KBlockCount)
+	for rk := range p.Ranks {
+		for i, j := range p.Ranks[rk].KVBlocks {
+			if j < 0 || j >= p.KBlockCount {
+				return invalid("Plan.Ranks[%d].KVBlocks[%d] = %d, expected 0..%d", rk, i, j, p.KBlockCount-1)
+			}
+			if o, dup := held[j]; dup {
+				return invalid("Plan.Ranks[%d].KVBlocks[%d] = %d, already dealt to rank %d", rk, i, j, o)
+			}
+			held[j] = rk
+		}
+	}
+	if len(held) != p.KBlockCount {
+		for j := range p.KBlockCount {
+			if _, ok := held[j]; !ok {
+				return invalid("key/value block %d is not dealt to any rank in Plan.Ranks", j)
+			}
+		}
+	}
+	return nil
+}
+
+// String summarises the plan in one line.
+func (p *Plan) String() string {
+	return fmt.Sprintf("%s plan: N=%d Nk=%d block=%d, %d ranks, %d steps, imbalance %.3f",
+		p.Strategy, p.N, p.Nk, p.Block, len(p.Ranks), p.Steps, p.Imbalance)
+}
