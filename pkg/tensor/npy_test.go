@@ -304,7 +304,7 @@ func allocated(f func()) uint64 {
 func TestTensorNPYLenientForms(t *testing.T) {
 	d := AppendValues(nil, []float32{1, 2, 3, 4}, Float32, binary.LittleEndian)
 	for _, h := range []string{
-		"{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 2L), }",        // numpy written by Python 2
+		"{'descr': '<f4', 'fortran_order': False, 'shape': (2L, 2L), }",       // numpy written by Python 2
 		`{"shape": (2, 2), "descr": "<f4", "fortran_order": False}` + "\n\n ", // other quotes, key order, whitespace
 		"{'descr':'<f4','fortran_order':False,'shape':(2,2,)}",
 		"{\n 'descr' : '<f4' ,\t'fortran_order' : False , 'shape' : ( 2 , 2 ) }",
@@ -323,7 +323,9 @@ func TestTensorNPYLenientForms(t *testing.T) {
 // shortReader claims more bytes than it has: the reader's errors surface.
 type shortReader struct{ b []byte }
 
-func (r shortReader) ReadAt(p []byte, off int64) (int, error) { return bytes.NewReader(r.b).ReadAt(p, off) }
+func (r shortReader) ReadAt(p []byte, off int64) (int, error) {
+	return bytes.NewReader(r.b).ReadAt(p, off)
+}
 
 func TestTensorNPYReaderErrors(t *testing.T) {
 	b, _ := os.ReadFile("testdata/f32_4d.npy")

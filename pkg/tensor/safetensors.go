@@ -381,7 +381,7 @@ func (f *Safetensors) Names() []string { return append([]string(nil), f.names...
 // Info describes the tensor called name.
 func (f *Safetensors) Info(name string) (TensorInfo, bool) {
 	info, ok := f.infos[name]
-	info.Shape = append([]int(nil), info.Shape...)
+	info.Shape = cloneShape(info.Shape)
 	return info, ok
 }
 
@@ -406,7 +406,7 @@ func (f *Safetensors) Tensor(name string) (*Tensor, error) {
 		return nil, fmt.Errorf("%w: %s: tensor %q has dtype %s, want F32, F64, F16 or BF16", ErrUnsupported, f.name, name, info.DType)
 	}
 	n := int(info.End-info.Begin) / dt.Size()
-	t := &Tensor{Shape: append([]int(nil), info.Shape...), Data: make([]float32, n)}
+	t := &Tensor{Shape: cloneShape(info.Shape), Data: make([]float32, n)}
 	if err := readValues(f.r, f.dataOff+info.Begin, t.Data, dt, binary.LittleEndian); err != nil {
 		return nil, fmt.Errorf("%w: %s: tensor %q: %v", ErrFormat, f.name, name, err)
 	}

@@ -45,7 +45,7 @@ type Tensor struct {
 // that is a programming error, like an out-of-range index. Use Zeros or
 // Validate for shapes that come from input.
 func New(data []float32, shape ...int) *Tensor {
-	t := &Tensor{Shape: append(make([]int, 0, len(shape)), shape...), Data: data}
+	t := &Tensor{Shape: cloneShape(shape), Data: data}
 	if err := t.Validate(); err != nil {
 		panic(err)
 	}
@@ -59,7 +59,7 @@ func Zeros(shape ...int) (*Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Tensor{Shape: append(make([]int, 0, len(shape)), shape...), Data: make([]float32, n)}, nil
+	return &Tensor{Shape: cloneShape(shape), Data: make([]float32, n)}, nil
 }
 
 // numElements is the product of shape, checked for negative dimensions, rank
@@ -105,7 +105,7 @@ func (t *Tensor) Rank() int { return len(t.Shape) }
 
 // Clone returns a deep copy.
 func (t *Tensor) Clone() *Tensor {
-	return &Tensor{Shape: append(make([]int, 0, len(t.Shape)), t.Shape...), Data: append([]float32(nil), t.Data...)}
+	return &Tensor{Shape: cloneShape(t.Shape), Data: append([]float32(nil), t.Data...)}
 }
 
 // Reshape returns a tensor sharing t's data with a new shape of the same
@@ -119,7 +119,7 @@ func (t *Tensor) Reshape(shape ...int) (*Tensor, error) {
 		return nil, fmt.Errorf("%w: cannot reshape %s (%d elements) to %s (%d elements)",
 			ErrShape, FormatShape(t.Shape), len(t.Data), FormatShape(shape), n)
 	}
-	return &Tensor{Shape: append(make([]int, 0, len(shape)), shape...), Data: t.Data}, nil
+	return &Tensor{Shape: cloneShape(shape), Data: t.Data}, nil
 }
 
 // String describes the tensor by its shape, e.g. "tensor[2 8 128 64]".
@@ -173,7 +173,7 @@ func (t *Tensor) As4D() ([]int, error) {
 	case 3:
 		return []int{1, t.Shape[0], t.Shape[1], t.Shape[2]}, nil
 	case 4:
-		return append([]int(nil), t.Shape...), nil
+		return cloneShape(t.Shape), nil
 	}
 	return nil, fmt.Errorf("%w: rank %d shape %s, want rank 2 [N D], 3 [H N D] or 4 [B H N D]",
 		ErrShape, len(t.Shape), FormatShape(t.Shape))
@@ -243,3 +243,7 @@ func (t *Tensor) PutRows(start int, src *Tensor) error {
 	}
 	return nil
 }
+
+// cloneShape copies a shape; a rank-0 shape stays non-nil so that equal
+// shapes compare equal with reflect.DeepEqual.
+func cloneShape(s []int) []int { return append(make([]int, 0, len(s)), s...) }
