@@ -145,9 +145,9 @@ func TestTensorSafetensorsWriterGolden(t *testing.T) {
 func TestTensorSafetensorsRoundTrip(t *testing.T) {
 	r := testrand.New(5)
 	ts := map[string]*Tensor{
-		"a": New(r.Slice(2*3*5*4, testrand.Normal), 2, 3, 5, 4),
-		"b": New(r.Slice(7, testrand.Large), 7),
-		"c": New(append(r.Slice(3, testrand.Tiny), float32(math.NaN()), float32(math.Inf(-1))), 5),
+		"a":               New(r.Slice(2*3*5*4, testrand.Normal), 2, 3, 5, 4),
+		"b":               New(r.Slice(7, testrand.Large), 7),
+		"c":               New(append(r.Slice(3, testrand.Tiny), float32(math.NaN()), float32(math.Inf(-1))), 5),
 		"ü/名前 \"quoted\"": New([]float32{1}, 1, 1),
 	}
 	for _, dt := range []DType{Float32, Float64, Float16, BFloat16} {
