@@ -2,5 +2,167 @@
 
 package kernels
 
-// registerArch registers the SIMD implementations this CPU supports.
-func registerArch() {}
+import "golang.org/x/sys/cpu"
+
+// simd is the Go side of one assembly implementation: register-tile GEMM
+// kernels of mr rows and nr columns, driven over whole matrices here, with
+// the partial last column panel computed through zero-padded copies.
+type simd struct {
+	mr, nr int
+	nn     func(mr, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool)
+	tn     func(mr, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32)
+	smax   func(s []float32, lds, rows int, m, l, alpha []float32)
+	ex     func(x []float32)
+	w      int // lanes per vector
+}
+
+var (
+	avx512 = &simd{mr: 6, nr: 64, w: 16, nn: gemmNNAvx512, tn: gemmTNAvx512, smax: softmaxColsAvx512, ex: expF32Avx512}
+	avx2   = &simd{mr: 6, nr: 16, w: 8, nn: gemmNNAvx2, tn: gemmTNAvx2, smax: softmaxColsAvx2, ex: expF32Avx2}
+)
+
+func (s *simd) impl(name string) *impl {
+	return &impl{name: name, br: 192, bc: 96, nr: s.nr,
+		gemmNN: s.gemmNN, gemmTN: s.gemmTN, softmaxCols: s.softmaxCols, exp: s.exp}
+}
+
+// registerArch registers the SIMD implementations this CPU supports, best last.
+func registerArch() {
+	x := &cpu.X86
+	if x.HasAVX2 && x.HasFMA {
+		register(avx2.impl("avx2"))
+		archPeak = peakLoop{fmaPeakAvx2, 2 * 8 * 12, "avx2"}
+	}
+	if x.HasAVX512F && x.HasAVX512BW && x.HasAVX512DQ && x.HasAVX512VL {
+		register(avx512.impl("avx512"))
+		archPeak = peakLoop{fmaPeakAvx512, 2 * 16 * 24, "avx512"}
+	}
+}
+
+func (s *simd) gemmNN(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool) {
+	if m <= 0 || n <= 0 {
+		return
+	}
+	if k <= 0 {
+		gemmNNGeneric(m, n, k, a, lda, b, ldb, c, ldc, acc)
+		return
+	}
+	nr := s.nr
+	full := n - n%nr
+	for j0 := 0; j0 < full; j0 += nr {
+		bp := b[j0 : (k-1)*ldb+j0+nr]
+		for i0 := 0; i0 < m; i0 += s.mr {
+			mr := min(s.mr, m-i0)
+			ap := a[i0*lda : (i0+mr-1)*lda+k]
+			cp := c[i0*ldc+j0 : (i0+mr-1)*ldc+j0+nr]
+			if raceEnabled {
+				raceTile(ap, mr, k, lda, false)
+				raceTile(bp, k, nr, ldb, false)
+				raceTile(cp, mr, nr, ldc, true)
+			}
+			s.nn(mr, k, ap, lda, bp, ldb, cp, ldc, acc)
+		}
+	}
+	if full == n {
+		return
+	}
+	// The last panel: B and C through zero-padded copies.
+	nt := n - full
+	bt := make([]float32, k*nr)
+	for p := 0; p < k; p++ {
+		copy(bt[p*nr:p*nr+nt], b[p*ldb+full:p*ldb+n])
+	}
+	ct := make([]float32, s.mr*nr)
+	for i0 := 0; i0 < m; i0 += s.mr {
+		mr := min(s.mr, m-i0)
+		for i := 0; i < mr; i++ {
+			copy(ct[i*nr:i*nr+nt], c[(i0+i)*ldc+full:(i0+i)*ldc+n])
+		}
+		ap := a[i0*lda : (i0+mr-1)*lda+k]
+		if raceEnabled {
+			raceTile(ap, mr, k, lda, false)
+		}
+		s.nn(mr, k, ap, lda, bt, nr, ct, nr, acc)
+		for i := 0; i < mr; i++ {
+			copy(c[(i0+i)*ldc+full:(i0+i)*ldc+n], ct[i*nr:i*nr+nt])
+		}
+	}
+}
+
+func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32) {
+	if m <= 0 || n <= 0 {
+		return
+	}
+	if k <= 0 {
+		gemmTNGeneric(m, n, k, a, lda, b, ldb, c, ldc, alpha)
+		return
+	}
+	nr := s.nr
+	full := n - n%nr
+	for j0 := 0; j0 < full; j0 += nr {
+		bp := b[j0 : (k-1)*ldb+j0+nr]
+		for i0 := 0; i0 < m; i0 += s.mr {
+			mr := min(s.mr, m-i0)
+			ap := a[i0 : (k-1)*lda+i0+mr]
+			cp := c[i0*ldc+j0 : (i0+mr-1)*ldc+j0+nr]
+			al := alpha[i0 : i0+mr]
+			if raceEnabled {
+				raceTile(ap, k, mr, lda, false)
+				raceTile(bp, k, nr, ldb, false)
+				raceTile(cp, mr, nr, ldc, true)
+				raceTile(al, 1, mr, mr, false)
+			}
+			s.tn(mr, k, ap, lda, bp, ldb, cp, ldc, al)
+		}
+	}
+	if full == n {
+		return
+	}
+	nt := n - full
+	bt := make([]float32, k*nr)
+	for p := 0; p < k; p++ {
+		copy(bt[p*nr:p*nr+nt], b[p*ldb+full:p*ldb+n])
+	}
+	ct := make([]float32, s.mr*nr)
+	for i0 := 0; i0 < m; i0 += s.mr {
+		mr := min(s.mr, m-i0)
+		for i := 0; i < mr; i++ {
+			copy(ct[i*nr:i*nr+nt], c[(i0+i)*ldc+full:(i0+i)*ldc+n])
+		}
+		ap := a[i0 : (k-1)*lda+i0+mr]
+		al := alpha[i0 : i0+mr]
+		if raceEnabled {
+			raceTile(ap, k, mr, lda, false)
+		}
+		s.tn(mr, k, ap, lda, bt, nr, ct, nr, al)
+		for i := 0; i < mr; i++ {
+			copy(c[(i0+i)*ldc+full:(i0+i)*ldc+n], ct[i*nr:i*nr+nt])
+		}
+	}
+}
+
+// softmaxCols runs the assembly on the columns in whole vectors and the
+// generic code on the rest (callers pad to nr, so there is none in Fold).
+func (s *simd) softmaxCols(sc []float32, lds, rows int, m, l, alpha []float32) {
+	cols := len(m)
+	full := cols - cols%s.w
+	if full > 0 && rows > 0 {
+		sp := sc[:(rows-1)*lds+full]
+		if raceEnabled {
+			raceTile(sp, rows, full, lds, true)
+		}
+		s.smax(sp, lds, rows, m[:full], l[:full], alpha[:full])
+	} else if full > 0 {
+		softmaxColsGeneric(nil, lds, 0, m[:full], l[:full], alpha[:full])
+	}
+	if full < cols {
+		softmaxColsGeneric(sc[full:], lds, rows, m[full:], l[full:], alpha[full:])
+	}
+}
+
+func (s *simd) exp(x []float32) {
+	if raceEnabled {
+		raceTile(x, 1, len(x), len(x), true)
+	}
+	s.ex(x)
+}

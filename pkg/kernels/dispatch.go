@@ -2,30 +2,43 @@ package kernels
 
 import (
 	"fmt"
+	"os"
 	"sync"
 )
 
 // impl is one implementation of the tile primitives. The tile loop in
 // State.Fold is shared; implementations differ in these primitives and in
-// their preferred tile sizes.
+// their tile sizes.
+//
+// The loop computes the transposed scores of a tile, Sᵀ = K·(scale·Q)ᵀ, so
+// that the online softmax runs down the columns (one query per lane, no
+// horizontal reductions) and P·V reads P k-major, as a packed GEMM wants it.
 type impl struct {
 	name   string
-	br, bc int // query rows and key columns per tile
+	br, bc int // query rows per work unit, keys per tile
+	nr     int // column granularity of the packed Qᵀ, O and V tiles (1: none)
 
-	// gemm computes C[m×n] = A[m×k]·B[k×n] (acc false) or C += A·B (acc true),
-	// all row-major with leading dimensions lda, ldb, ldc:
+	// gemmNN computes, all row-major with leading dimensions lda, ldb, ldc:
 	//
-	//	for i < m, j < n: c[i*ldc+j] = (acc ? c[i*ldc+j] : 0) + Σ_p a[i*lda+p]·b[p*ldb+j]
-	gemm func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool)
+	//	for i < m, j < n: c[i*ldc+j] = (acc ? c[i*ldc+j] : 0) + Σ_{p<k} a[i*lda+p]·b[p*ldb+j]
+	gemmNN func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool)
 
-	// scaleMax multiplies x by scale in place and returns max(x) (-inf if empty).
-	scaleMax func(x []float32, scale float32) float32
+	// gemmTN computes C = diag(alpha)·C + Aᵀ·B with A stored k-major:
+	//
+	//	for i < m, j < n: c[i*ldc+j] = alpha[i]·c[i*ldc+j] + Σ_{p<k} a[p*lda+i]·b[p*ldb+j]
+	gemmTN func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32)
 
-	// expSum replaces x[i] by exp(x[i]-shift) and returns the sum.
-	expSum func(x []float32, shift float32) float32
+	// softmaxCols folds rows rows of scores s (leading dimension lds) into
+	// the online softmax of len(m) columns (len(m) is a multiple of nr):
+	//
+	//	for i < len(m):
+	//		mx := max(m[i], max_j s[j*lds+i]); sh := max(mx, -MaxFloat32)
+	//		alpha[i] = exp(m[i]-sh); s[j*lds+i] = exp(s[j*lds+i]-sh) for j < rows
+	//		l[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]; m[i] = mx
+	softmaxCols func(s []float32, lds, rows int, m, l, alpha []float32)
 
-	// scal multiplies x by a in place.
-	scal func(x []float32, a float32)
+	// exp replaces x[i] by exp(x[i]).
+	exp func(x []float32)
 }
 
 var (
@@ -68,7 +81,18 @@ func Use(name string) (restore func(), err error) {
 	}, nil
 }
 
+// EnvKernel names the environment variable that, when set at start-up to
+// the name of an available implementation (e.g. "generic"), makes it the
+// default instead of the best one the CPU supports. An unknown name leaves
+// the default unchanged.
+const EnvKernel = "RINGATTN_KERNEL"
+
 func init() {
 	register(genericImpl)
 	registerArch()
+	if name := os.Getenv(EnvKernel); name != "" {
+		if im, ok := impls[name]; ok {
+			active = im
+		}
+	}
 }

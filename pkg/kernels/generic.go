@@ -5,16 +5,17 @@ import "math"
 // genericImpl is plain Go; it always compiles and is the reference the
 // assembly implementations are tested against.
 var genericImpl = &impl{
-	name:     "generic",
-	br:       32,
-	bc:       64,
-	gemm:     gemmGeneric,
-	scaleMax: scaleMaxGeneric,
-	expSum:   expSumGeneric,
-	scal:     scalGeneric,
+	name:        "generic",
+	br:          32,
+	bc:          64,
+	nr:          1,
+	gemmNN:      gemmNNGeneric,
+	gemmTN:      gemmTNGeneric,
+	softmaxCols: softmaxColsGeneric,
+	exp:         expGeneric,
 }
 
-func gemmGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool) {
+func gemmNNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool) {
 	for i := 0; i < m; i++ {
 		ci := c[i*ldc : i*ldc+n]
 		if !acc {
@@ -22,6 +23,24 @@ func gemmGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []fl
 		}
 		ai := a[i*lda : i*lda+k]
 		for p, x := range ai {
+			bp := b[p*ldb : p*ldb+n]
+			for j, y := range bp {
+				ci[j] += x * y
+			}
+		}
+	}
+}
+
+func gemmTNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32) {
+	for i := 0; i < m; i++ {
+		ci := c[i*ldc : i*ldc+n]
+		if s := alpha[i]; s != 1 {
+			for j := range ci {
+				ci[j] *= s
+			}
+		}
+		for p := 0; p < k; p++ {
+			x := a[p*lda+i]
 			if x == 0 {
 				continue
 			}
@@ -33,30 +52,27 @@ func gemmGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []fl
 	}
 }
 
-func scaleMaxGeneric(x []float32, scale float32) float32 {
-	mx := negInf
-	for i, v := range x {
-		v *= scale
-		x[i] = v
-		if v > mx {
-			mx = v
+func softmaxColsGeneric(s []float32, lds, rows int, m, l, alpha []float32) {
+	for i := range m {
+		mx := m[i]
+		for j := 0; j < rows; j++ {
+			mx = max(mx, s[j*lds+i])
 		}
+		sh := max(mx, -math.MaxFloat32)
+		alpha[i] = exp32(m[i] - sh)
+		var sum float32
+		for j := 0; j < rows; j++ {
+			e := exp32(s[j*lds+i] - sh)
+			s[j*lds+i] = e
+			sum += e
+		}
+		l[i] = l[i]*alpha[i] + sum
+		m[i] = mx
 	}
-	return mx
 }
 
-func expSumGeneric(x []float32, shift float32) float32 {
-	var sum float32
+func expGeneric(x []float32) {
 	for i, v := range x {
-		e := float32(math.Exp(float64(v - shift)))
-		x[i] = e
-		sum += e
-	}
-	return sum
-}
-
-func scalGeneric(x []float32, a float32) {
-	for i := range x {
-		x[i] *= a
+		x[i] = exp32(v)
 	}
 }

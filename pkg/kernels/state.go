@@ -63,28 +63,54 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 	}
 	im := active
 	mi := newMaskInfo(p)
-	br, bc := im.br, im.bc
+	br, bc, nr := im.br, im.bc, im.nr
 	qTiles := (s.Rows + br - 1) / br
-	units := p.B * p.Hq * qTiles
+	bhN := p.B * p.Hq
+	units := bhN * qTiles
 	scale := p.EffectiveScale()
 	group := p.Group()
 	d := p.D
+	dp := roundUp(d, nr)
 
+	// Units run last query tile first: under a causal mask they see the
+	// most keys, and starting them first balances the cores.
 	parallelFor(units, p.Threads, func(sc *scratch, u int) {
-		sc.ensure(br, bc, d)
-		t := u % qTiles
-		bh := u / qTiles
+		t := qTiles - 1 - u/bhN
+		bh := u % bhN
 		b, h := bh/p.Hq, bh%p.Hq
 		kvBase := (b*p.Hkv + h/group) * nk * d
 		r0 := t * br
-		r1 := min(r0+br, s.Rows)
-		rows := r1 - r0
+		rows := min(br, s.Rows-r0)
+		rp := roundUp(rows, nr)
 		row0 := bh*s.Rows + r0
-		qT := q[row0*d : (row0+rows)*d]
-		mT := s.M[row0 : row0+rows]
-		lT := s.L[row0 : row0+rows]
-		oT := s.O[row0*d : (row0+rows)*d]
+		sc.ensure(rp, bc, d, dp)
 		lo, hi := sc.lo[:rows], sc.hi[:rows]
+
+		// Qᵀ, scaled and zero-padded to rp columns: qt[t*rp+i] = scale·q[i][t].
+		qt := sc.qt[:d*rp]
+		clear(qt)
+		for i := 0; i < rows; i++ {
+			qi := q[(row0+i)*d : (row0+i+1)*d]
+			for t, x := range qi {
+				qt[t*rp+i] = scale * x
+			}
+		}
+		mT, lT, alpha := sc.m[:rp], sc.l[:rp], sc.alpha[:rp]
+		copy(mT, s.M[row0:row0+rows])
+		copy(lT, s.L[row0:row0+rows])
+		for i := rows; i < rp; i++ {
+			mT[i], lT[i] = negInf, 0
+		}
+		oS := s.O[row0*d : (row0+rows)*d]
+		oT := oS
+		if dp != d {
+			oT = sc.o[:rows*dp]
+			clear(oT)
+			for i := 0; i < rows; i++ {
+				copy(oT[i*dp:i*dp+d], oS[i*d:i*d+d])
+			}
+		}
+		touched := false
 		for c0 := 0; c0 < nk; c0 += bc {
 			c1 := min(c0+bc, nk)
 			cols := c1 - c0
@@ -92,54 +118,51 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 			if class == tileHidden {
 				continue
 			}
-			// S = Q·Kᵀ with K packed transposed: kt[t*cols+j] = k[c0+j][t].
-			kt := sc.kt[:d*cols]
-			kb := k[kvBase+c0*d : kvBase+c1*d]
-			for j := 0; j < cols; j++ {
-				row := kb[j*d : j*d+d]
-				for t, x := range row {
-					kt[t*cols+j] = x
+			touched = true
+			// Sᵀ[j][i] = k[c0+j]·(scale·q[i]).
+			st := sc.s[:cols*rp]
+			im.gemmNN(cols, rp, d, k[kvBase+c0*d:kvBase+c1*d], d, qt, rp, st, rp, false)
+			if class == tilePartial {
+				for i := 0; i < rows; i++ {
+					a, e := int(lo[i])-kStart-c0, int(hi[i])-kStart-c0
+					if a >= e {
+						a, e = 0, 0
+					}
+					for j := 0; j < a; j++ {
+						st[j*rp+i] = negInf
+					}
+					for j := e; j < cols; j++ {
+						st[j*rp+i] = negInf
+					}
 				}
 			}
-			st := sc.s[:rows*cols]
-			im.gemm(rows, cols, d, qT, d, kt, cols, st, cols, false)
+			im.softmaxCols(st, rp, cols, mT, lT, alpha)
+			// O = diag(alpha)·O + Pᵀᵀ·V.
+			vb, ldv := v[kvBase+c0*d:kvBase+c1*d], d
+			if dp != d {
+				vp := sc.vp[:cols*dp]
+				for j := 0; j < cols; j++ {
+					copy(vp[j*dp:j*dp+d], vb[j*d:j*d+d])
+				}
+				vb, ldv = vp, dp
+			}
+			im.gemmTN(rows, dp, cols, st, rp, vb, ldv, oT, dp, alpha)
+		}
+		if !touched {
+			return
+		}
+		copy(s.M[row0:row0+rows], mT)
+		copy(s.L[row0:row0+rows], lT)
+		if dp != d {
 			for i := 0; i < rows; i++ {
-				a, e := 0, cols
-				if class == tilePartial {
-					a, e = int(lo[i])-kStart-c0, int(hi[i])-kStart-c0
-				}
-				sr := st[i*cols : i*cols+cols]
-				if a >= e {
-					clear(sr)
-					continue
-				}
-				mx := im.scaleMax(sr[a:e], scale)
-				mOld := mT[i]
-				mNew := max(mOld, mx)
-				if math.IsInf(float64(mNew), -1) {
-					clear(sr)
-					continue
-				}
-				clear(sr[:a])
-				clear(sr[e:])
-				sum := im.expSum(sr[a:e], mNew)
-				alpha := float32(0)
-				if !math.IsInf(float64(mOld), -1) {
-					alpha = exp32(mOld - mNew)
-				}
-				lT[i] = lT[i]*alpha + sum
-				mT[i] = mNew
-				if alpha != 1 {
-					im.scal(oT[i*d:i*d+d], alpha)
-				}
+				copy(oS[i*d:i*d+d], oT[i*dp:i*dp+d])
 			}
-			// O += P·V.
-			vb := v[kvBase+c0*d : kvBase+c1*d]
-			im.gemm(rows, d, cols, st, cols, vb, d, oT, d, true)
 		}
 	})
 	return nil
 }
+
+func roundUp(x, m int) int { return (x + m - 1) / m * m }
 
 func (s *State) check(p *Params, q []float32, qStart int, k, v []float32, kStart, nk int) error {
 	if err := p.Validate(); err != nil {
@@ -285,20 +308,29 @@ func exp32(x float32) float32 { return float32(math.Exp(float64(x))) }
 
 // scratch is one goroutine's tile buffers.
 type scratch struct {
-	s, kt  []float32
-	lo, hi []int32
+	s, qt, o, vp []float32
+	m, l, alpha  []float32
+	lo, hi       []int32
 }
 
-func (sc *scratch) ensure(br, bc, d int) {
-	if len(sc.s) < br*bc {
-		sc.s = make([]float32, br*bc)
+func grow(x []float32, n int) []float32 {
+	if len(x) < n {
+		return make([]float32, n)
 	}
-	if len(sc.kt) < bc*d {
-		sc.kt = make([]float32, bc*d)
-	}
-	if len(sc.lo) < br {
-		sc.lo = make([]int32, br)
-		sc.hi = make([]int32, br)
+	return x
+}
+
+func (sc *scratch) ensure(rp, bc, d, dp int) {
+	sc.s = grow(sc.s, rp*bc)
+	sc.qt = grow(sc.qt, rp*d)
+	sc.o = grow(sc.o, rp*dp)
+	sc.vp = grow(sc.vp, bc*dp)
+	sc.m = grow(sc.m, rp)
+	sc.l = grow(sc.l, rp)
+	sc.alpha = grow(sc.alpha, rp)
+	if len(sc.lo) < rp {
+		sc.lo = make([]int32, rp)
+		sc.hi = make([]int32, rp)
 	}
 }
 

@@ -1,0 +1,3 @@
+package kernels_test
+
+var benchLens = []int{4096}
