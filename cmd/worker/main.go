@@ -1,0 +1,148 @@
+// Command worker runs one ringattn worker: it connects to NATS, heartbeats
+// to the coordinator leader, and computes the ranks it is assigned
+// (DESIGN.md §3–§5). Configuration is by flags, each with a RINGATTN_*
+// environment variable; SIGTERM (or SIGINT) drains the worker and exits 0,
+// a second signal stops it at once.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/ringattn/ringattn/internal/xlog"
+	"github.com/ringattn/ringattn/internal/worker"
+	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+func version() string {
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+// envName is the environment variable of a flag: RINGATTN_<FLAG>, with the
+// worker's id as RINGATTN_WORKER_ID.
+func envName(flagName string) string {
+	if flagName == "id" {
+		return transport.EnvPrefix + "WORKER_ID"
+	}
+	return transport.EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// config parses args (and the environment) into a worker.Config.
+func config(args []string, stderr io.Writer) (cfg worker.Config, showVersion bool, logFormat, logLevel string, err error) {
+	cfg = worker.DefaultConfig()
+	cfg.Version = version()
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	if err = transport.RegisterFlags(fs, &cfg.NATS); err != nil {
+		return cfg, false, "", "", err
+	}
+	own := flag.NewFlagSet("", flag.ContinueOnError)
+	own.StringVar(&cfg.ID, "id", "", "worker id, a NATS subject token (default <hostname>-<pid>-<random>)")
+	own.IntVar(&cfg.Slots, "slots", cfg.Slots, "ranks run at once")
+	own.IntVar(&cfg.Threads, "threads", 0, "kernel goroutines per rank (0: GOMAXPROCS/slots)")
+	own.DurationVar(&cfg.HeartbeatInterval, "heartbeat-interval", cfg.HeartbeatInterval, "heartbeat period")
+	own.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "on SIGTERM, how long running shards may finish before they are abandoned")
+	own.DurationVar(&cfg.RecvTimeout, "recv-timeout", cfg.RecvTimeout, "wait for a ring frame before fetching the block from the store")
+	own.DurationVar(&cfg.RequestTimeout, "request-timeout", cfg.RequestTimeout, "timeout of one heartbeat or report request")
+	own.Float64Var(&cfg.GFLOPS, "gflops", 0, "kernel speed to report (0: measure at start)")
+	own.StringVar(&cfg.MetricsAddr, "metrics-addr", cfg.MetricsAddr, `HTTP address of /metrics, /healthz, /readyz ("off" disables)`)
+	own.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	own.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	own.BoolVar(&showVersion, "version", false, "print the version and exit")
+	var envErr error
+	own.VisitAll(func(f *flag.Flag) {
+		env := envName(f.Name)
+		if v, ok := os.LookupEnv(env); ok && envErr == nil && f.Name != "version" {
+			if err := f.Value.Set(v); err != nil {
+				envErr = fmt.Errorf("%s = %q: %v", env, v, err)
+			}
+		}
+		f.Usage += " (env " + env + ")"
+		fs.Var(f.Value, f.Name, f.Usage)
+	})
+	if envErr != nil {
+		return cfg, false, "", "", envErr
+	}
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: worker [flags]\n\nRuns one ringattn worker. SIGTERM drains it (exit 0).\n\nFlags:\n")
+		fs.PrintDefaults()
+	}
+	if err = fs.Parse(args); err != nil {
+		return cfg, false, "", "", err
+	}
+	if fs.NArg() > 0 {
+		return cfg, false, "", "", fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if cfg.Slots < 1 {
+		return cfg, false, "", "", fmt.Errorf("--slots = %d: want >= 1", cfg.Slots)
+	}
+	return cfg, showVersion, logFormat, logLevel, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	cfg, showVersion, logFormat, logLevel, err := config(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "worker:", err)
+		return 2
+	}
+	if showVersion {
+		fmt.Fprintln(stdout, "ringattn worker", cfg.Version)
+		return 0
+	}
+	logger, err := xlog.New(stderr, logFormat, logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "worker:", err)
+		return 2
+	}
+	cfg.Logger = logger
+	if cfg.NATS.Name == transport.DefaultName {
+		cfg.NATS.Name = "ringattn-worker"
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "worker:", err)
+		return 2
+	}
+
+	sig, stopSig := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stopSig()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			logger.Error("worker failed", "err", err)
+			return 1
+		}
+		return 0
+	case <-sig.Done():
+	}
+	stopSig() // a second signal now ends the process the default way
+	logger.Info("signal received: draining", "timeout", cfg.DrainTimeout)
+	dctx, dcancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+	w.Drain(dctx)
+	dcancel()
+	if err := <-errc; err != nil {
+		logger.Error("worker failed", "err", err)
+		return 1
+	}
+	return 0
+}

@@ -1,0 +1,312 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ringattn/ringattn/internal/attnref"
+	"github.com/ringattn/ringattn/internal/coordinator"
+	"github.com/ringattn/ringattn/internal/testrand"
+	"github.com/ringattn/ringattn/internal/xlog"
+	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+	"github.com/ringattn/ringattn/pkg/transport/transporttest"
+)
+
+// checkFor polls f every `every` until it returns nil or `total` passes.
+func checkFor(t *testing.T, total, every time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %v", total, err)
+		}
+		time.Sleep(every)
+	}
+}
+
+// testCluster is an embedded NATS server, a single-node coordinator (real
+// raft with its log and snapshots on disk) and workers, all in this process.
+type testCluster struct {
+	t        *testing.T
+	nats     transport.Config
+	coord    *coordinator.Coordinator
+	serving  time.Time // when the coordinator started serving as leader
+	hbTO     time.Duration
+	client   *client.Client
+	store    *transport.Store
+	mu       sync.Mutex
+	workers  map[string]*testWorker
+	stepHook func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress)
+}
+
+type testWorker struct {
+	id     string
+	w      *Worker
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func newTestCluster(t *testing.T, hbTimeout time.Duration) *testCluster {
+	t.Helper()
+	srv := transporttest.RunServer(t)
+	ncfg := transporttest.Config(srv)
+	ncfg.Name = t.Name()
+	c := &testCluster{t: t, nats: ncfg, hbTO: hbTimeout, workers: map[string]*testWorker{}}
+
+	cc := coordinator.DefaultConfig()
+	cc.NodeID = "c1"
+	cc.Bootstrap = true
+	cc.DataDir = t.TempDir()
+	cc.HTTPAddr = ""
+	cc.NATS = ncfg
+	cc.HeartbeatTimeout = hbTimeout
+	cc.AssignTimeout = 2 * time.Second
+	cc.SchedulerInterval = 20 * time.Millisecond
+	cc.RaftHeartbeatTimeout = 100 * time.Millisecond
+	cc.RaftElectionTimeout = 100 * time.Millisecond
+	cc.RaftLeaderLeaseTimeout = 50 * time.Millisecond
+	cc.RaftCommitTimeout = 5 * time.Millisecond
+	_, trans := raft.NewInmemTransport("")
+	coord, err := coordinator.New(cc, coordinator.Deps{Logger: xlog.Test(t).With("side", "coordinator"), RaftTransport: trans})
+	if err != nil {
+		t.Fatalf("coordinator: %v", err)
+	}
+	t.Cleanup(func() { coord.Close() })
+	c.coord = coord
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !coord.Serving() {
+			return errors.New("coordinator not serving yet")
+		}
+		return nil
+	})
+	c.serving = time.Now()
+
+	ctx := context.Background()
+	cl, err := client.Connect(ctx, ncfg, client.Options{})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	t.Cleanup(cl.Close)
+	c.client = cl
+	nc := transporttest.Connect(t, srv)
+	if c.store, err = transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: ncfg.Bucket}, nil); err != nil {
+		t.Fatalf("store: %v", err)
+	}
+	return c
+}
+
+// startWorker starts one worker; its context is canceled at cleanup (an
+// abrupt stop) unless the test stopped it before.
+func (c *testCluster) startWorker(id string) *testWorker {
+	c.t.Helper()
+	cfg := DefaultConfig()
+	cfg.ID = id
+	cfg.NATS = c.nats
+	cfg.NATS.Name = id
+	cfg.HeartbeatInterval = 100 * time.Millisecond
+	cfg.RecvTimeout = time.Second
+	cfg.RequestTimeout = time.Second
+	cfg.ReportBackoffMax = 200 * time.Millisecond
+	cfg.GFLOPS = 1 // measured speed is not what these tests are about
+	cfg.MetricsAddr = MetricsDisabled
+	cfg.Threads = 1
+	cfg.Logger = xlog.Test(c.t).With("side", id)
+	w, err := New(cfg)
+	if err != nil {
+		c.t.Fatalf("worker %s: %v", id, err)
+	}
+	tw := &testWorker{id: id, w: w, done: make(chan error, 1)}
+	w.hooks.progress = func(ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) {
+		c.mu.Lock()
+		h := c.stepHook
+		c.mu.Unlock()
+		if h != nil {
+			h(tw, ctx, job, epoch, rank, p)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tw.cancel = cancel
+	go func() { tw.done <- w.Run(ctx) }()
+	c.t.Cleanup(func() {
+		cancel()
+		<-w.Done()
+	})
+	select {
+	case <-w.Ready():
+	case err := <-tw.done:
+		c.t.Fatalf("worker %s stopped: %v", id, err)
+	case <-time.After(10 * time.Second):
+		c.t.Fatalf("worker %s not ready", id)
+	}
+	c.mu.Lock()
+	c.workers[id] = tw
+	c.mu.Unlock()
+	return tw
+}
+
+// waitWorkers waits until the leader lists every id as a live worker.
+func (c *testCluster) waitWorkers(ids ...string) {
+	c.t.Helper()
+	checkFor(c.t, 10*time.Second, 20*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		cl, err := c.client.Cluster(ctx)
+		if err != nil {
+			return err
+		}
+		var have []string
+		for _, w := range cl.GetWorkers() {
+			if !w.GetLeaving() {
+				have = append(have, w.GetId())
+			}
+		}
+		for _, id := range ids {
+			if !slices.Contains(have, id) {
+				return fmt.Errorf("worker %s not live at the leader (have %v)", id, have)
+			}
+		}
+		return nil
+	})
+}
+
+func (c *testCluster) setStepHook(h func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress)) {
+	c.mu.Lock()
+	c.stepHook = h
+	c.mu.Unlock()
+}
+
+// attnJob is an attention problem with its inputs.
+type attnJob struct {
+	spec    *pb.JobSpec
+	q, k, v []float32
+	ref     *attnref.Problem
+}
+
+func newAttnJob(seed uint64, b, hq, hkv, n, nk, d, block int, causal bool) *attnJob {
+	r := testrand.New(seed)
+	j := &attnJob{
+		spec: &pb.JobSpec{Kind: pb.JobKind_JOB_KIND_ATTENTION, B: int64(b), Hq: int64(hq), Hkv: int64(hkv),
+			N: int64(n), Nk: int64(nk), D: int64(d), Block: int64(block), WantLse: true,
+			Mask: &pb.Mask{Causal: causal}},
+		q:   r.Slice(b*hq*n*d, testrand.Normal),
+		k:   r.Slice(b*hkv*nk*d, testrand.Normal),
+		v:   r.Slice(b*hkv*nk*d, testrand.Normal),
+		ref: &attnref.Problem{B: b, Hq: hq, Hkv: hkv, N: n, Nk: nk, D: d, Mask: attnref.Mask{Causal: causal}},
+	}
+	return j
+}
+
+// submit uploads the job's inputs under ref and submits it.
+func (c *testCluster) submit(j *attnJob, ref string) string {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := j.spec
+	bl := int(s.Block)
+	for _, in := range []struct {
+		name string
+		x    []float32
+		sh   transport.Shape
+	}{
+		{"q", j.q, transport.Shape{int(s.B), int(s.Hq), int(s.N), int(s.D)}},
+		{"k", j.k, transport.Shape{int(s.B), int(s.Hkv), int(s.Nk), int(s.D)}},
+		{"v", j.v, transport.Shape{int(s.B), int(s.Hkv), int(s.Nk), int(s.D)}},
+	} {
+		if _, err := c.store.PutTensor(ctx, ref, in.name, in.x, in.sh, bl, transport.F32); err != nil {
+			c.t.Fatalf("upload %s: %v", in.name, err)
+		}
+	}
+	s.InputRef = ref
+	st, err := c.client.Submit(ctx, s)
+	if err != nil {
+		c.t.Fatalf("submit: %v", err)
+	}
+	return st.GetId()
+}
+
+// wait polls the job until it is in a final state and returns its status.
+func (c *testCluster) wait(id string, within time.Duration) *pb.JobStatus {
+	c.t.Helper()
+	var st *pb.JobStatus
+	checkFor(c.t, within, 20*time.Millisecond, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var err error
+		if st, err = c.client.Get(ctx, id); err != nil {
+			return err
+		}
+		if coordinator.Terminal(st.GetState()) {
+			return nil
+		}
+		return fmt.Errorf("job %s is %v in epoch %d (%d/%d blocks)", id, st.GetState(), st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal())
+	})
+	return st
+}
+
+// check fetches the job's outputs and compares them with the reference.
+func (c *testCluster) check(id string, j *attnJob) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := j.spec
+	o, err := c.store.GetTensor(ctx, id, transport.TensorO, transport.Shape{int(s.B), int(s.Hq), int(s.N), int(s.D)}, int(s.Block))
+	if err != nil {
+		c.t.Fatalf("fetching o: %v", err)
+	}
+	lse, err := c.store.GetTensor(ctx, id, transport.TensorLSE, transport.Shape{int(s.B), int(s.Hq), int(s.N), 1}, int(s.Block))
+	if err != nil {
+		c.t.Fatalf("fetching lse: %v", err)
+	}
+	wantO, wantL := j.ref.Attention(j.q, j.k, j.v)
+	if d := attnref.MaxAbsDiff(o, wantO); !(d <= 1e-4) {
+		c.t.Fatalf("o differs from the float64 reference by %g, want <= 1e-4", d)
+	} else {
+		c.t.Logf("max |o - o_ref| = %.3g", d)
+	}
+	if d := attnref.MaxAbsDiff(lse, wantL); !(d <= 1e-4) {
+		c.t.Fatalf("lse differs from the float64 reference by %g, want <= 1e-4", d)
+	}
+}
+
+// TestWorkerClusterJobExact runs an attention job over three workers and
+// checks it against the float64 reference and the reports' checksums.
+func TestWorkerClusterJobExact(t *testing.T) {
+	c := newTestCluster(t, 3*time.Second)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	j := newAttnJob(1, 1, 4, 2, 1000, 1000, 32, 128, true)
+	id := c.submit(j, "in-exact")
+	st := c.wait(id, 60*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job %v: %s", st.GetState(), st.GetReason())
+	}
+	if got := len(st.GetWorkers()); got != 3 {
+		t.Fatalf("job ran on %d workers %v, want 3", got, st.GetWorkers())
+	}
+	c.check(id, j)
+	// Every worker reported its shard and holds nothing unacknowledged.
+	for _, tw := range c.workers {
+		for _, s := range tw.w.Shards() {
+			if s.State != "reported" {
+				t.Errorf("worker %s holds %+v after the job", tw.id, s)
+			}
+		}
+	}
+}

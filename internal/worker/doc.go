@@ -1,0 +1,36 @@
+// Package worker is the ringattn worker service (DESIGN.md §3–§5): the
+// stateless, replaceable process where the computation happens.
+//
+// A Worker connects to NATS, measures its kernel speed, and heartbeats to
+// the coordinator leader every second with its slots, GFLOP/s, version,
+// memory and the shards it holds (running, or finished with the report not
+// yet acknowledged). The leader sends it assignments, one rank of one job
+// epoch each; assignments are idempotent per (job, epoch, rank): a
+// re-issued one never restarts the work, and a finished one re-sends its
+// report. For each rank the worker fetches exactly its blocks from the
+// JetStream tensor store, runs pkg/ringattn over a transport.NATSRing (the
+// store is the fallback for a late or lost ring frame), writes its output
+// blocks back to the store, and reports ShardDone with the CRC32C of every
+// block, retrying with backoff until a leader acknowledges it; a leader
+// change in between loses nothing because the report is kept and re-sent.
+//
+// Layer jobs (mha) project only the rank's own sequence blocks: its query
+// blocks for Q and its initial key/value blocks for K and V; a block
+// fetched from the store as a fallback is projected from its x rows too.
+// After the ring the rank applies the output projection to its own rows and
+// writes "y" blocks.
+//
+// A shard stops promptly when the leader lists it in HeartbeatAck.abort,
+// when the job's event stream announces a newer epoch or the job's end, or
+// when a newer epoch of the same job is assigned to this worker.
+//
+// Run's context ending is an abrupt stop (as if the process died: no leave
+// notice). Drain is the graceful path used on SIGTERM: the worker takes no
+// new work, heartbeats leaving = true so the leader re-plans at once,
+// finishes or abandons its shards within the drain timeout, delivers its
+// pending reports, and Run returns nil.
+//
+// Memory is bounded by the shard: a rank holds its own query blocks, its
+// online-softmax state, and the key/value blocks in flight (double
+// buffered), never the full sequence and never an N×N matrix.
+package worker

@@ -1,0 +1,266 @@
+package worker
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// Tensor names of jobs in the store. Attention jobs read "q" (by query
+// block) and "k", "v" (by key block) from namespace input_ref and write "o"
+// (and "lse" when asked) under output_ref, one object per query block.
+// Layer (mha) jobs read "x" by sequence block ([B, len, d_model]) and the
+// whole weights as block 0 of "wq", "wk", "wv" ([H·D, d_model]) and "wo"
+// ([d_model, H·D]), the biases as block 0 of "bq", "bk", "bv" ([H·D]) and
+// "bo" ([d_model]) when mha_bias; they write "y" ([B, len, d_model]).
+const (
+	TensorX = "x"
+	TensorY = "y"
+)
+
+// failure turns a computation error into a ShardFailed: fatal when the job
+// itself is bad (the leader fails it), otherwise the leader re-plans.
+func failure(err error) *pb.ShardFailed {
+	f := &pb.ShardFailed{Reason: err.Error(), Block: -1}
+	var ce *transport.CorruptBlockError
+	var ne *nonFiniteError
+	switch {
+	case errors.As(err, &ce):
+		f.Fatal, f.Block = true, int32(ce.Block)
+	case errors.As(err, &ne):
+		f.Fatal, f.Block = true, int32(ne.block)
+	case errors.Is(err, transport.ErrBlockNotFound), errors.Is(err, transport.ErrInvalidShape),
+		errors.Is(err, transport.ErrTooLarge), errors.Is(err, ringattn.ErrInvalid),
+		errors.Is(err, kernels.ErrInvalid), errors.Is(err, ErrInvalidAssignment):
+		f.Fatal = true
+	}
+	return f
+}
+
+// nonFiniteError names an input block holding NaN or Inf.
+type nonFiniteError struct {
+	tensor string
+	block  int
+	index  int
+	value  float32
+}
+
+func (e *nonFiniteError) Error() string {
+	return fmt.Sprintf("input tensor %q block %d holds %v at offset %d: inputs must be finite (allow_nonfinite is off)",
+		e.tensor, e.block, e.value, e.index)
+}
+
+func checkFinite(tensor string, block int, x []float32) error {
+	for i, v := range x {
+		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+			return &nonFiniteError{tensor: tensor, block: block, index: i, value: v}
+		}
+	}
+	return nil
+}
+
+// blockReader is what a rank reads its inputs from.
+type blockReader interface {
+	GetBlock(ctx context.Context, job, tensor string, block int) ([]float32, error)
+}
+
+// blockWriter is what a rank writes its outputs to.
+type blockWriter interface {
+	PutBlock(ctx context.Context, job, tensor string, block int, data []float32, enc transport.Encoding) error
+}
+
+// checkedSource is the rank's ringattn.Source: the store namespace of the
+// inputs, refusing non-finite values unless the job allows them.
+type checkedSource struct {
+	r        blockReader
+	ns       string
+	allowNaN bool
+	met      *workerMetrics
+}
+
+func (s *checkedSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	x, err := s.r.GetBlock(ctx, s.ns, tensor, block)
+	if err != nil {
+		return nil, err
+	}
+	s.met.storeBytes.WithLabelValues("read").Add(float64(4 * len(x)))
+	if !s.allowNaN {
+		if err := checkFinite(tensor, block, x); err != nil {
+			return nil, err
+		}
+	}
+	return x, nil
+}
+
+// outputs records the checksum of every output block written.
+type outputs struct {
+	mu   sync.Mutex
+	sums map[int]*pb.BlockChecksum
+	buf  []byte
+}
+
+// put writes one float32 block and returns the CRC32C of its bytes as
+// stored (little-endian float32, as transport.Store encodes F32).
+func (o *outputs) put(ctx context.Context, w blockWriter, ns, tensor string, block int, data []float32, met *workerMetrics) (uint32, error) {
+	if err := w.PutBlock(ctx, ns, tensor, block, data, transport.F32); err != nil {
+		return 0, err
+	}
+	met.storeBytes.WithLabelValues("written").Add(float64(4 * len(data)))
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.buf = slices.Grow(o.buf[:0], 4*len(data))[:4*len(data)]
+	for i, v := range data {
+		binary.LittleEndian.PutUint32(o.buf[4*i:], math.Float32bits(v))
+	}
+	return transport.CRC32C(o.buf), nil
+}
+
+func (o *outputs) record(block int, crcO, crcLSE uint32) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.sums == nil {
+		o.sums = map[int]*pb.BlockChecksum{}
+	}
+	o.sums[block] = &pb.BlockChecksum{Block: int32(block), Crc32CO: crcO, Crc32CLse: crcLSE}
+}
+
+func (o *outputs) list() []*pb.BlockChecksum {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	out := make([]*pb.BlockChecksum, 0, len(o.sums))
+	for _, c := range o.sums {
+		out = append(out, c)
+	}
+	slices.SortFunc(out, func(a, b *pb.BlockChecksum) int { return int(a.GetBlock() - b.GetBlock()) })
+	return out
+}
+
+// attnSink writes "o" (and "lse" when wanted) blocks of an attention job.
+type attnSink struct {
+	w    blockWriter
+	ns   string
+	lse  bool
+	outs *outputs
+	met  *workerMetrics
+}
+
+func (s *attnSink) Put(ctx context.Context, block int, o, lse []float32) error {
+	crcO, err := s.outs.put(ctx, s.w, s.ns, transport.TensorO, block, o, s.met)
+	if err != nil {
+		return err
+	}
+	var crcL uint32
+	if s.lse {
+		if crcL, err = s.outs.put(ctx, s.w, s.ns, transport.TensorLSE, block, lse, s.met); err != nil {
+			return err
+		}
+	}
+	s.outs.record(block, crcO, crcL)
+	return nil
+}
+
+// storeFor returns the store of bucket ("" means the configured one).
+func (w *Worker) storeFor(ctx context.Context, bucket string) (*transport.Store, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if bucket == "" || bucket == w.store.Bucket() {
+		return w.store, nil
+	}
+	if s, ok := w.stores[bucket]; ok {
+		return s, nil
+	}
+	cfg := w.storeConfig()
+	cfg.Bucket = bucket
+	s, err := transport.OpenStore(ctx, w.nc, cfg, w.log)
+	if err != nil {
+		return nil, err
+	}
+	w.stores[bucket] = s
+	return s, nil
+}
+
+// compute runs one rank: fetch its blocks, run the ring, write its
+// outputs. It returns the ShardDone to report.
+func (w *Worker) compute(ctx context.Context, t *task) (*pb.ShardDone, error) {
+	store, err := w.storeFor(ctx, t.bucket)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	nc := w.nc
+	w.mu.Unlock()
+	enc := transport.F32
+	if t.bf16 {
+		enc = transport.BF16
+	}
+	ring, err := transport.NewNATSRing(nc, transport.RingConfig{
+		Job: t.job, Epoch: t.epoch, Rank: t.rank, Size: len(t.plan.Ranks),
+		Prefix: w.subj.Prefix(), Encoding: enc, RecvTimeout: w.cfg.RecvTimeout,
+		Logger: w.log.With("job", t.job, "epoch", t.epoch),
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		st := ring.Stats()
+		w.met.ringBytes.WithLabelValues("sent").Add(float64(st.BytesSent))
+		w.met.ringBytes.WithLabelValues("received").Add(float64(st.BytesReceived))
+		ring.Close()
+	}()
+
+	params := t.params
+	params.Threads = w.threads
+	outs := &outputs{}
+	src := &checkedSource{r: store, ns: t.inputRef, allowNaN: t.allowNaN, met: w.met}
+	var source ringattn.Source = src
+	var sink ringattn.Sink = &attnSink{w: store, ns: t.outputRef, lse: t.wantLSE, outs: outs, met: w.met}
+	if t.kind == pb.JobKind_JOB_KIND_MHA {
+		layer, err := w.loadLayer(ctx, src, t)
+		if err != nil {
+			return nil, err
+		}
+		ms := newMHASource(src, layer, t)
+		source = ms
+		sink = &mhaSink{w: store, ns: t.outputRef, layer: layer, b: t.params.B, heads: t.params.Hq, d: t.params.D,
+			outs: outs, met: w.met}
+	}
+
+	var last ringattn.Progress
+	lastAt := time.Now()
+	start := lastAt
+	err = ringattn.RunRank(ctx, ringattn.RankConfig{
+		Params: &params, Plan: t.plan, Ring: ring, Source: source, Sink: sink,
+		Logger: w.log.With("job", t.job, "epoch", t.epoch),
+		Progress: func(p ringattn.Progress) {
+			now := time.Now()
+			if p.Step > last.Step {
+				w.met.stepSeconds.Observe(now.Sub(lastAt).Seconds())
+			}
+			w.met.flops.Add(p.FLOPs - last.FLOPs)
+			w.met.fallbacks.Add(float64(p.Fallbacks - last.Fallbacks))
+			last, lastAt = p, now
+			if h := w.hooks.progress; h != nil {
+				h(ctx, t.job, t.epoch, t.rank, p)
+			}
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	secs := time.Since(start).Seconds()
+	done := &pb.ShardDone{Blocks: outs.list()}
+	if secs > 0 {
+		done.Gflops = last.FLOPs / secs / 1e9
+	}
+	return done, nil
+}

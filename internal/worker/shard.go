@@ -1,0 +1,204 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// shardKey names one rank of one job epoch.
+type shardKey struct {
+	job   string
+	epoch uint64
+	rank  int32
+}
+
+func (k shardKey) ref() *pb.ShardRef {
+	return &pb.ShardRef{JobId: k.job, Epoch: k.epoch, Rank: k.rank}
+}
+
+func keyOf(r *pb.ShardRef) shardKey {
+	return shardKey{job: r.GetJobId(), epoch: r.GetEpoch(), rank: r.GetRank()}
+}
+
+func (k shardKey) String() string { return fmt.Sprintf("%s/%d/%d", k.job, k.epoch, k.rank) }
+
+// shardRun is one rank held by the worker: computing, then reporting, then
+// settled (the leader answered the report) until it expires.
+type shardRun struct {
+	key    shardKey
+	task   *task
+	// ctx lives until the shard is aborted, abandoned or forgotten; the
+	// computation also stops at the job's deadline (unix ms, 0 = none).
+	ctx      context.Context
+	cancel   context.CancelCauseFunc
+	deadline int64
+
+	// Guarded by Worker.mu.
+	report     *pb.Report // set when the computation ended (done or failed)
+	acked      bool
+	settledAt  time.Time
+	delivering bool
+}
+
+// finished: the computation ended and the report exists.
+func (s *shardRun) finished() bool { return s.report != nil }
+
+// settled: a leader answered the report with a final status.
+func (s *shardRun) settled() bool { return s.acked }
+
+// startLocked registers and starts a shard.
+func (w *Worker) startLocked(runCtx context.Context, key shardKey, t *task, deadlineMs int64) {
+	ctx, cancel := context.WithCancelCause(runCtx)
+	s := &shardRun{key: key, task: t, ctx: ctx, cancel: cancel, deadline: deadlineMs}
+	w.shards[key] = s
+	w.watchJobLocked(key.job)
+	w.met.shardsRunning.Inc()
+	w.log.Info("shard started", "job", key.job, "epoch", key.epoch, "rank", key.rank, "ranks", len(t.plan.Ranks),
+		"strategy", t.plan.Strategy, "q_blocks", len(t.plan.Ranks[t.rank].QBlocks), "kv_blocks", len(t.plan.Ranks[t.rank].KVBlocks))
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		w.execute(s)
+	}()
+}
+
+// execute computes the shard and hands its report to delivery.
+func (w *Worker) execute(s *shardRun) {
+	ctx := s.ctx
+	if s.deadline > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, time.UnixMilli(s.deadline))
+		defer cancel()
+	}
+	start := time.Now()
+	done, err := w.compute(ctx, s.task)
+	w.met.shardsRunning.Dec()
+	elapsed := time.Since(start)
+
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	cause := context.Cause(s.ctx)
+	if errors.Is(cause, ErrAborted) || errors.Is(cause, ErrDrained) || errors.Is(cause, ErrStopped) {
+		// Stopped on purpose: the leader does not want this report.
+		return
+	}
+	if cur := w.shards[s.key]; cur != s {
+		return
+	}
+	r := &pb.Report{WorkerId: w.cfg.ID, JobId: s.key.job, Epoch: s.key.epoch, Rank: s.key.rank}
+	if err != nil {
+		f := failure(err)
+		if s.ctx.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			f = &pb.ShardFailed{Reason: "job deadline passed: " + err.Error(), Block: -1}
+		}
+		r.Result = &pb.Report_Failed{Failed: f}
+		w.met.shards.WithLabelValues("failed").Inc()
+		w.log.Warn("shard failed", "job", s.key.job, "epoch", s.key.epoch, "rank", s.key.rank,
+			"fatal", f.GetFatal(), "block", f.GetBlock(), "err", err)
+	} else {
+		done.ComputeMs = elapsed.Milliseconds()
+		r.Result = &pb.Report_Done{Done: done}
+		w.met.shards.WithLabelValues("done").Inc()
+		w.met.lastShardGFLOP.Set(done.GetGflops())
+		w.log.Info("shard done", "job", s.key.job, "epoch", s.key.epoch, "rank", s.key.rank,
+			"blocks", len(done.GetBlocks()), "ms", elapsed.Milliseconds(), "gflops", fmt.Sprintf("%.1f", done.GetGflops()))
+	}
+	s.report = r
+	w.deliverLocked(s)
+}
+
+// deliverLocked starts (re)sending s's report unless it is being sent.
+func (w *Worker) deliverLocked(s *shardRun) {
+	if s.delivering || s.report == nil || s.ctx.Err() != nil {
+		return
+	}
+	s.delivering, s.acked = true, false
+	data, err := proto.Marshal(s.report)
+	if err != nil {
+		w.log.Error("encoding report", "err", err)
+		s.delivering = false
+		return
+	}
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		w.deliver(s, data)
+	}()
+}
+
+// deliver sends the report until a leader answers ACCEPTED, DUPLICATE,
+// STALE or REJECTED, backing off (with jitter) on RETRY, no responders and
+// timeouts, until the shard is stopped.
+func (w *Worker) deliver(s *shardRun, data []byte) {
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		w.mu.Lock()
+		nc := w.nc
+		w.mu.Unlock()
+		status, msg := w.sendReport(s.ctx, nc, data)
+		w.met.reports.WithLabelValues(status).Inc()
+		switch status {
+		case "accepted", "duplicate", "stale", "rejected":
+			w.mu.Lock()
+			s.acked, s.settledAt, s.delivering = true, time.Now(), false
+			w.mu.Unlock()
+			lvl := w.log.Info
+			if status == "rejected" {
+				lvl = w.log.Warn
+			}
+			lvl("report answered", "job", s.key.job, "epoch", s.key.epoch, "rank", s.key.rank,
+				"status", status, "message", msg, "attempts", attempt)
+			return
+		}
+		w.log.Debug("report not acknowledged, retrying", "job", s.key.job, "epoch", s.key.epoch, "rank", s.key.rank,
+			"status", status, "message", msg, "attempt", attempt)
+		d := wait/2 + rand.N(wait/2+1)
+		wait = min(2*wait, w.cfg.ReportBackoffMax)
+		select {
+		case <-s.ctx.Done():
+			w.mu.Lock()
+			s.delivering = false
+			w.mu.Unlock()
+			return
+		case <-time.After(d):
+		}
+	}
+}
+
+// sendReport sends one report attempt and classifies the answer.
+func (w *Worker) sendReport(ctx context.Context, nc *nats.Conn, data []byte) (status, message string) {
+	if nc == nil {
+		return "error", "not connected"
+	}
+	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
+	defer cancel()
+	m, err := nc.RequestWithContext(rctx, w.subj.Report(), data)
+	if err != nil {
+		return "error", err.Error()
+	}
+	var ack pb.ReportAck
+	if err := proto.Unmarshal(m.Data, &ack); err != nil {
+		return "error", "bad report ack: " + err.Error()
+	}
+	switch ack.GetStatus() {
+	case pb.ReportStatus_REPORT_STATUS_ACCEPTED:
+		return "accepted", ack.GetMessage()
+	case pb.ReportStatus_REPORT_STATUS_DUPLICATE:
+		return "duplicate", ack.GetMessage()
+	case pb.ReportStatus_REPORT_STATUS_STALE:
+		return "stale", ack.GetMessage()
+	case pb.ReportStatus_REPORT_STATUS_REJECTED:
+		return "rejected", ack.GetMessage()
+	case pb.ReportStatus_REPORT_STATUS_RETRY:
+		return "retry", ack.GetMessage()
+	}
+	return "error", fmt.Sprintf("unknown report status %v: %s", ack.GetStatus(), ack.GetMessage())
+}
