@@ -17,8 +17,8 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/internal/worker"
+	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 

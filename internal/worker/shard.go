@@ -33,8 +33,8 @@ func (k shardKey) String() string { return fmt.Sprintf("%s/%d/%d", k.job, k.epoc
 // shardRun is one rank held by the worker: computing, then reporting, then
 // settled (the leader answered the report) until it expires.
 type shardRun struct {
-	key    shardKey
-	task   *task
+	key  shardKey
+	task *task
 	// ctx lives until the shard is aborted, abandoned or forgotten; the
 	// computation also stops at the job's deadline (unix ms, 0 = none).
 	ctx      context.Context

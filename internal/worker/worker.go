@@ -50,7 +50,7 @@ type Worker struct {
 	addr      string
 	draining  bool
 	shards    map[shardKey]*shardRun
-	jobEpoch  map[string]uint64            // highest epoch assigned per job
+	jobEpoch  map[string]uint64             // highest epoch assigned per job
 	jobSubs   map[string]*nats.Subscription // event subscriptions of jobs held
 	drainOnce sync.Once
 	wg        sync.WaitGroup // shard and report goroutines
