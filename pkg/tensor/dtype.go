@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 )
 
 // DType is a floating-point element type of a file or wire payload. Tensors
@@ -119,28 +120,52 @@ func Float32ToFloat16(f float32) uint16 {
 // AppendValues appends src encoded as dt in the given byte order to dst
 // (float32 values are rounded to nearest-even for Float16 and BFloat16).
 func AppendValues(dst []byte, src []float32, dt DType, order binary.AppendByteOrder) []byte {
+	n := len(dst)
+	dst = slices.Grow(dst, len(src)*dt.Size())[:n+len(src)*dt.Size()]
+	out := dst[n:]
+	if order != binary.LittleEndian {
+		out = out[:0]
+	}
 	switch dt {
 	case Float16:
-		for _, x := range src {
-			dst = order.AppendUint16(dst, Float32ToFloat16(x))
-		}
-	case BFloat16:
-		for _, x := range src {
-			dst = order.AppendUint16(dst, Float32ToBF16(x))
-		}
-	case Float32:
 		if order == binary.LittleEndian {
-			for _, x := range src {
-				dst = binary.LittleEndian.AppendUint32(dst, math.Float32bits(x))
+			for i, x := range src {
+				binary.LittleEndian.PutUint16(out[2*i:], Float32ToFloat16(x))
 			}
 			break
 		}
 		for _, x := range src {
-			dst = order.AppendUint32(dst, math.Float32bits(x))
+			out = order.AppendUint16(out, Float32ToFloat16(x))
+		}
+	case BFloat16:
+		if order == binary.LittleEndian {
+			for i, x := range src {
+				binary.LittleEndian.PutUint16(out[2*i:], Float32ToBF16(x))
+			}
+			break
+		}
+		for _, x := range src {
+			out = order.AppendUint16(out, Float32ToBF16(x))
+		}
+	case Float32:
+		if order == binary.LittleEndian {
+			for i, x := range src {
+				binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(x))
+			}
+			break
+		}
+		for _, x := range src {
+			out = order.AppendUint32(out, math.Float32bits(x))
 		}
 	case Float64:
+		if order == binary.LittleEndian {
+			for i, x := range src {
+				binary.LittleEndian.PutUint64(out[8*i:], math.Float64bits(float64(x)))
+			}
+			break
+		}
 		for _, x := range src {
-			dst = order.AppendUint64(dst, math.Float64bits(float64(x)))
+			out = order.AppendUint64(out, math.Float64bits(float64(x)))
 		}
 	}
 	return dst
@@ -156,17 +181,30 @@ func DecodeValues(dst []float32, src []byte, dt DType, order binary.ByteOrder) e
 	if len(src) != len(dst)*dt.Size() {
 		return fmt.Errorf("%w: %d bytes for %d %v values, want %d", ErrShape, len(src), len(dst), dt, len(dst)*dt.Size())
 	}
+	le := order == binary.LittleEndian
 	switch dt {
 	case Float16:
+		if le {
+			for i := range dst {
+				dst[i] = Float16ToFloat32(binary.LittleEndian.Uint16(src[2*i:]))
+			}
+			break
+		}
 		for i := range dst {
 			dst[i] = Float16ToFloat32(order.Uint16(src[2*i:]))
 		}
 	case BFloat16:
+		if le {
+			for i := range dst {
+				dst[i] = BF16ToFloat32(binary.LittleEndian.Uint16(src[2*i:]))
+			}
+			break
+		}
 		for i := range dst {
 			dst[i] = BF16ToFloat32(order.Uint16(src[2*i:]))
 		}
 	case Float32:
-		if order == binary.LittleEndian {
+		if le {
 			for i := range dst {
 				dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(src[4*i:]))
 			}
@@ -176,6 +214,12 @@ func DecodeValues(dst []float32, src []byte, dt DType, order binary.ByteOrder) e
 			dst[i] = math.Float32frombits(order.Uint32(src[4*i:]))
 		}
 	case Float64:
+		if le {
+			for i := range dst {
+				dst[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(src[8*i:])))
+			}
+			break
+		}
 		for i := range dst {
 			dst[i] = float32(math.Float64frombits(order.Uint64(src[8*i:])))
 		}
