@@ -1,0 +1,347 @@
+package transport
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Defaults of Config.
+const (
+	DefaultURL              = "nats://127.0.0.1:4222"
+	DefaultBucket           = "ringattn"
+	DefaultName             = "ringattn"
+	DefaultConnectTimeout   = 5 * time.Second
+	DefaultReconnectWait    = 100 * time.Millisecond
+	DefaultReconnectMaxWait = 5 * time.Second
+	DefaultReconnectJitter  = 100 * time.Millisecond
+	DefaultReconnectBuffer  = 32 << 20
+)
+
+// Config is how every ringattn binary connects to NATS. Build one with
+// DefaultConfig (or RegisterFlags), adjust, and pass it to Connect; the
+// zero values of the durations mean their defaults.
+type Config struct {
+	// URLs are the servers to connect to (nats://, tls://, ws://, wss://).
+	URLs []string
+	// User and Password authenticate with username/password.
+	User     string
+	Password string
+	// Token authenticates with a bearer token (not with User).
+	Token string
+	// CredsFile is a decentralized-auth .creds file (JWT + nkey seed).
+	CredsFile string
+	// NKeySeedFile is a file holding an nkey user seed (SU...).
+	NKeySeedFile string
+	// TLS: CA bundle to verify the server, client certificate and key for
+	// mutual TLS. Setting any of them turns TLS on.
+	TLSCA   string
+	TLSCert string
+	TLSKey  string
+	// TLSInsecureSkipVerify disables server certificate verification; for
+	// tests only, never on by default.
+	TLSInsecureSkipVerify bool
+	// Name is the connection name shown by the server (e.g. "worker-3").
+	Name string
+	// Prefix is the subject prefix (default "ringattn"); see Subjects.
+	Prefix string
+	// Bucket is the JetStream object store bucket holding tensors.
+	Bucket string
+	// ConnectTimeout bounds the initial dial and handshake of each server.
+	ConnectTimeout time.Duration
+	// Reconnection is forever, waiting ReconnectWait·2^attempt (capped at
+	// ReconnectMaxWait) plus up to ReconnectJitter between rounds.
+	ReconnectWait    time.Duration
+	ReconnectMaxWait time.Duration
+	ReconnectJitter  time.Duration
+	// ReconnectBufferBytes is how much outgoing data is held while
+	// reconnecting (default 32 MiB; beyond it publishes fail).
+	ReconnectBufferBytes int
+}
+
+// DefaultConfig returns a Config for a local server without auth.
+func DefaultConfig() Config {
+	return Config{
+		URLs:                 []string{DefaultURL},
+		Name:                 DefaultName,
+		Prefix:               DefaultPrefix,
+		Bucket:               DefaultBucket,
+		ConnectTimeout:       DefaultConnectTimeout,
+		ReconnectWait:        DefaultReconnectWait,
+		ReconnectMaxWait:     DefaultReconnectMaxWait,
+		ReconnectJitter:      DefaultReconnectJitter,
+		ReconnectBufferBytes: DefaultReconnectBuffer,
+	}
+}
+
+// withDefaults fills zero fields with their defaults.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if len(c.URLs) == 0 {
+		c.URLs = d.URLs
+	}
+	if c.Name == "" {
+		c.Name = d.Name
+	}
+	if c.Prefix == "" {
+		c.Prefix = d.Prefix
+	}
+	if c.Bucket == "" {
+		c.Bucket = d.Bucket
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = d.ConnectTimeout
+	}
+	if c.ReconnectWait == 0 {
+		c.ReconnectWait = d.ReconnectWait
+	}
+	if c.ReconnectMaxWait == 0 {
+		c.ReconnectMaxWait = d.ReconnectMaxWait
+	}
+	if c.ReconnectJitter == 0 {
+		c.ReconnectJitter = d.ReconnectJitter
+	}
+	if c.ReconnectBufferBytes == 0 {
+		c.ReconnectBufferBytes = d.ReconnectBufferBytes
+	}
+	return c
+}
+
+var (
+	nameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
+	subjectRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, args...))
+}
+
+// Validate checks c (after defaults) and returns one error naming the first
+// bad field and what it expects.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	for i, raw := range c.URLs {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil || u.Host == "" {
+			return invalid("URLs[%d] = %q: want a URL like nats://host:4222", i, raw)
+		}
+		switch u.Scheme {
+		case "nats", "tls", "ws", "wss":
+		default:
+			return invalid("URLs[%d] = %q: scheme %q, want nats, tls, ws or wss", i, raw, u.Scheme)
+		}
+	}
+	if c.Password != "" && c.User == "" {
+		return invalid("Password is set but User is empty: want both or neither")
+	}
+	if c.User != "" && c.Password == "" {
+		return invalid("User %q is set but Password is empty: want both or neither", c.User)
+	}
+	methods := 0
+	for _, set := range []bool{c.User != "", c.Token != "", c.CredsFile != "", c.NKeySeedFile != ""} {
+		if set {
+			methods++
+		}
+	}
+	if methods > 1 {
+		return invalid("more than one of User/Password, Token, CredsFile, NKeySeedFile is set: want at most one")
+	}
+	for _, f := range []struct{ name, path string }{
+		{"CredsFile", c.CredsFile}, {"NKeySeedFile", c.NKeySeedFile},
+		{"TLSCA", c.TLSCA}, {"TLSCert", c.TLSCert}, {"TLSKey", c.TLSKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if st, err := os.Stat(f.path); err != nil {
+			return invalid("%s = %q: %v", f.name, f.path, err)
+		} else if st.IsDir() {
+			return invalid("%s = %q is a directory: want a file", f.name, f.path)
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return invalid("TLSCert and TLSKey: want both or neither (got cert %q, key %q)", c.TLSCert, c.TLSKey)
+	}
+	if !subjectRE.MatchString(c.Prefix) {
+		return invalid("Prefix = %q: want dot-separated tokens of [A-Za-z0-9_-]", c.Prefix)
+	}
+	if !nameRE.MatchString(c.Bucket) {
+		return invalid("Bucket = %q: want [A-Za-z0-9_-]+", c.Bucket)
+	}
+	switch {
+	case c.ConnectTimeout < 0:
+		return invalid("ConnectTimeout = %v: want > 0", c.ConnectTimeout)
+	case c.ReconnectWait < 0:
+		return invalid("ReconnectWait = %v: want > 0", c.ReconnectWait)
+	case c.ReconnectMaxWait < c.ReconnectWait:
+		return invalid("ReconnectMaxWait = %v: want >= ReconnectWait (%v)", c.ReconnectMaxWait, c.ReconnectWait)
+	case c.ReconnectJitter < 0:
+		return invalid("ReconnectJitter = %v: want >= 0", c.ReconnectJitter)
+	case c.ReconnectBufferBytes < 0:
+		return invalid("ReconnectBufferBytes = %d: want >= 0", c.ReconnectBufferBytes)
+	}
+	return nil
+}
+
+// Subjects returns the subjects under c's prefix.
+func (c Config) Subjects() Subjects { return NewSubjects(c.withDefaults().Prefix) }
+
+// reconnectDelay is exponential backoff with jitter.
+func (c Config) reconnectDelay(attempts int) time.Duration {
+	d := c.ReconnectWait
+	for i := 1; i < attempts && d < c.ReconnectMaxWait; i++ {
+		d *= 2
+	}
+	d = min(d, c.ReconnectMaxWait)
+	if c.ReconnectJitter > 0 {
+		d += rand.N(c.ReconnectJitter)
+	}
+	return d
+}
+
+// Options returns the nats.go options for c; logger receives connection
+// events (nil discards them).
+func (c Config) Options(logger *slog.Logger) ([]nats.Option, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	c = c.withDefaults()
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	opts := []nats.Option{
+		nats.Name(c.Name),
+		nats.Timeout(c.ConnectTimeout),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(c.ReconnectWait),
+		nats.CustomReconnectDelay(c.reconnectDelay),
+		nats.ReconnectBufSize(c.ReconnectBufferBytes),
+		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+			logger.Warn("nats disconnected", "url", nc.ConnectedUrlRedacted(), "err", err)
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			logger.Info("nats reconnected", "url", nc.ConnectedUrlRedacted(), "reconnects", nc.Stats().Reconnects)
+		}),
+		nats.ReconnectErrHandler(func(nc *nats.Conn, err error) {
+			logger.Debug("nats reconnect attempt failed", "err", err)
+		}),
+		nats.ClosedHandler(func(nc *nats.Conn) {
+			if err := nc.LastError(); err != nil {
+				logger.Warn("nats connection closed", "err", err)
+				return
+			}
+			logger.Info("nats connection closed")
+		}),
+		nats.DiscoveredServersHandler(func(nc *nats.Conn) {
+			logger.Info("nats discovered servers", "servers", nc.DiscoveredServers())
+		}),
+		nats.LameDuckModeHandler(func(nc *nats.Conn) {
+			logger.Warn("nats server entering lame duck mode", "url", nc.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(nc *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				logger.Error("nats async error", "subject", sub.Subject, "err", err)
+				return
+			}
+			logger.Error("nats async error", "err", err)
+		}),
+	}
+	switch {
+	case c.User != "":
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	case c.Token != "":
+		opts = append(opts, nats.Token(c.Token))
+	case c.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(c.CredsFile))
+	case c.NKeySeedFile != "":
+		o, err := nats.NkeyOptionFromSeed(c.NKeySeedFile)
+		if err != nil {
+			return nil, invalid("NKeySeedFile = %q: %v", c.NKeySeedFile, err)
+		}
+		opts = append(opts, o)
+	}
+	if c.TLSCA != "" || c.TLSCert != "" || c.TLSInsecureSkipVerify {
+		opts = append(opts, nats.Secure(&tls.Config{
+			MinVersion:         tls.VersionTLS12,
+			InsecureSkipVerify: c.TLSInsecureSkipVerify, //nolint:gosec // opt-in, tests only
+		}))
+	}
+	if c.TLSCA != "" {
+		opts = append(opts, nats.RootCAs(c.TLSCA))
+	}
+	if c.TLSCert != "" {
+		opts = append(opts, nats.ClientCert(c.TLSCert, c.TLSKey))
+	}
+	return opts, nil
+}
+
+// Connect validates cfg, connects to the first reachable server and
+// returns the connection, which reconnects forever afterwards. Connection
+// events go to logger. Rejected credentials give one error wrapping ErrAuth
+// (and the nats.go error); unreachable servers one wrapping ErrConnect.
+func Connect(cfg Config, logger *slog.Logger) (*nats.Conn, error) {
+	opts, err := cfg.Options(logger)
+	if err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	urls := strings.Join(cfg.URLs, ",")
+	nc, err := nats.Connect(urls, opts...)
+	if err != nil {
+		who := ""
+		switch {
+		case cfg.User != "":
+			who = fmt.Sprintf(" as user %q", cfg.User)
+		case cfg.Token != "":
+			who = " with a token"
+		case cfg.CredsFile != "":
+			who = fmt.Sprintf(" with creds %q", cfg.CredsFile)
+		case cfg.NKeySeedFile != "":
+			who = fmt.Sprintf(" with nkey seed %q", cfg.NKeySeedFile)
+		}
+		if isAuthError(err) {
+			return nil, fmt.Errorf("%w: connecting to %s%s: %w", ErrAuth, redact(cfg.URLs), who, err)
+		}
+		return nil, fmt.Errorf("%w: %s%s: %w", ErrConnect, redact(cfg.URLs), who, err)
+	}
+	if logger != nil {
+		logger.Info("nats connected", "url", nc.ConnectedUrlRedacted(), "server", nc.ConnectedServerName(),
+			"max_payload", nc.MaxPayload())
+	}
+	return nc, nil
+}
+
+func isAuthError(err error) bool {
+	for _, e := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return strings.Contains(strings.ToLower(err.Error()), "authorization violation")
+}
+
+// redact drops user info from URLs for error messages.
+func redact(urls []string) string {
+	out := make([]string, len(urls))
+	for i, raw := range urls {
+		u, err := url.Parse(strings.TrimSpace(raw))
+		if err != nil {
+			out[i] = "(bad url)"
+			continue
+		}
+		if u.User != nil {
+			u.User = url.User("redacted")
+		}
+		out[i] = u.String()
+	}
+	return strings.Join(out, ",")
+}

@@ -1,0 +1,34 @@
+// Package transport is everything of ringattn that crosses a process
+// boundary, over NATS (DESIGN.md §4):
+//
+//   - Config, RegisterFlags and Connect: one way for every binary to reach
+//     NATS (URLs, user/password, token, creds or nkey file, TLS), reconnecting
+//     forever with exponential backoff and jitter, connection events logged
+//     through an injected *slog.Logger, rejected credentials reported as one
+//     error wrapping ErrAuth.
+//   - Subjects: every subject name, under a configurable prefix.
+//   - StartEmbedded: an in-process nats-server with JetStream (file store,
+//     max payload set, 127.0.0.1 by default) for dev mode and tests; see
+//     package transporttest for the test helper.
+//   - Store: the tensor store on a JetStream object store bucket, one object
+//     per (job, tensor, block) named "<job>/<tensor>/<block>", each with its
+//     CRC32C, encoding (f32 or bf16) and length as metadata, verified on
+//     every read (*CorruptBlockError, ErrBlockNotFound). Store.Source and
+//     Store.Sink adapt it to the ring engine.
+//   - NATSRing: ringattn.Ring over NATS core subjects. Frames are cut into
+//     pieces no larger than the server's max payload, each carrying (job,
+//     epoch, sender, session, sequence, kind, step, block, piece, count,
+//     tensor, offset, shape, encoding, CRC32C) in headers. The receiver
+//     acknowledges pieces and the sender keeps at most a window of bytes
+//     unacknowledged, so a fast sender never overruns NATS's slow-consumer
+//     limits; completed frames wait in a bounded buffer. Lost, corrupt,
+//     duplicate and foreign pieces are dropped, and Recv reports a missing
+//     frame as ringattn.ErrTimeout so the engine fetches the block from the
+//     Store instead.
+//
+// Tensor payloads are raw little-endian float32 (or bfloat16, rounded to
+// nearest even). Control-plane messages are protobuf, in package pb.
+//
+// This package imports pkg/ringattn for the interfaces it implements, never
+// the other way round, and nothing from internal/ or cmd/.
+package transport

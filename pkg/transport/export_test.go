@@ -1,0 +1,14 @@
+package transport
+
+import "github.com/nats-io/nats.go"
+
+// SetMutate installs a hook replacing every outgoing ring piece (tests).
+func SetMutate(r *NATSRing, f func(*nats.Msg) []*nats.Msg) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mutate = f
+}
+
+// F32ToBF16 and BF16ToF32 expose the private conversions to tests.
+func F32ToBF16(f float32) uint16 { return f32ToBF16(f) }
+func BF16ToF32(h uint16) float32 { return bf16ToF32(h) }

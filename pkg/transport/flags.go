@@ -1,0 +1,109 @@
+package transport
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// EnvPrefix starts every environment variable RegisterFlags reads.
+const EnvPrefix = "RINGATTN_"
+
+// flagSpec is one connection flag and its environment variable.
+type flagSpec struct {
+	flag, env, usage string
+	str              *string
+	dur              *time.Duration
+	boolean          *bool
+}
+
+func flagSpecs(cfg *Config, urls *string) []flagSpec {
+	return []flagSpec{
+		{flag: "nats-url", env: "NATS_URL", usage: "NATS server URLs, comma-separated", str: urls},
+		{flag: "nats-user", env: "NATS_USER", usage: "NATS username", str: &cfg.User},
+		{flag: "nats-password", env: "NATS_PASSWORD", usage: "NATS password (prefer the env variable)", str: &cfg.Password},
+		{flag: "nats-token", env: "NATS_TOKEN", usage: "NATS auth token (prefer the env variable)", str: &cfg.Token},
+		{flag: "nats-creds", env: "NATS_CREDS", usage: "NATS .creds file (JWT + nkey seed)", str: &cfg.CredsFile},
+		{flag: "nats-nkey", env: "NATS_NKEY", usage: "NATS nkey seed file", str: &cfg.NKeySeedFile},
+		{flag: "nats-tls-ca", env: "NATS_TLS_CA", usage: "CA bundle verifying the NATS server (turns TLS on)", str: &cfg.TLSCA},
+		{flag: "nats-tls-cert", env: "NATS_TLS_CERT", usage: "client certificate for NATS mutual TLS", str: &cfg.TLSCert},
+		{flag: "nats-tls-key", env: "NATS_TLS_KEY", usage: "client key for NATS mutual TLS", str: &cfg.TLSKey},
+		{flag: "nats-tls-insecure", env: "NATS_TLS_INSECURE", usage: "skip NATS server certificate verification (testing only)", boolean: &cfg.TLSInsecureSkipVerify},
+		{flag: "nats-name", env: "NATS_NAME", usage: "connection name shown by the NATS server", str: &cfg.Name},
+		{flag: "nats-prefix", env: "NATS_PREFIX", usage: "NATS subject prefix", str: &cfg.Prefix},
+		{flag: "nats-connect-timeout", env: "NATS_CONNECT_TIMEOUT", usage: "NATS dial and handshake timeout", dur: &cfg.ConnectTimeout},
+		{flag: "store-bucket", env: "STORE_BUCKET", usage: "JetStream object store bucket for tensors", str: &cfg.Bucket},
+	}
+}
+
+// RegisterFlags registers the NATS connection flags on fs, writing into
+// cfg: --nats-url, --nats-user, --nats-password, --nats-token, --nats-creds,
+// --nats-nkey, --nats-tls-ca, --nats-tls-cert, --nats-tls-key,
+// --nats-tls-insecure, --nats-name, --nats-prefix, --nats-connect-timeout
+// and --store-bucket. Each has an environment variable RINGATTN_<NAME>
+// (e.g. RINGATTN_NATS_URL) applied now as the default, so a flag given on
+// the command line overrides it. Fields of cfg that neither sets keep their
+// values (fill cfg with DefaultConfig first). A malformed environment value
+// is an error naming the variable.
+func RegisterFlags(fs *flag.FlagSet, cfg *Config) error {
+	return registerFlags(fs, cfg, os.LookupEnv)
+}
+
+func registerFlags(fs *flag.FlagSet, cfg *Config, lookup func(string) (string, bool)) error {
+	urls := strings.Join(cfg.URLs, ",")
+	specs := flagSpecs(cfg, &urls)
+	for _, s := range specs {
+		env := EnvPrefix + s.env
+		v, ok := lookup(env)
+		if !ok {
+			continue
+		}
+		switch {
+		case s.str != nil:
+			*s.str = v
+		case s.dur != nil:
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("%w: %s = %q: want a duration like 5s", ErrInvalidConfig, env, v)
+			}
+			*s.dur = d
+		case s.boolean != nil:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("%w: %s = %q: want true or false", ErrInvalidConfig, env, v)
+			}
+			*s.boolean = b
+		}
+	}
+	cfg.URLs = splitURLs(urls)
+	for _, s := range specs {
+		usage := fmt.Sprintf("%s (env %s%s)", s.usage, EnvPrefix, s.env)
+		switch {
+		case s.flag == "nats-url":
+			fs.Func(s.flag, usage+" (default "+strconv.Quote(urls)+")", func(v string) error {
+				cfg.URLs = splitURLs(v)
+				return nil
+			})
+		case s.str != nil:
+			fs.StringVar(s.str, s.flag, *s.str, usage)
+		case s.dur != nil:
+			fs.DurationVar(s.dur, s.flag, *s.dur, usage)
+		case s.boolean != nil:
+			fs.BoolVar(s.boolean, s.flag, *s.boolean, usage)
+		}
+	}
+	return nil
+}
+
+func splitURLs(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}

@@ -1,0 +1,838 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nuid"
+
+	"github.com/ringattn/ringattn/pkg/ringattn"
+)
+
+// Ring defaults.
+const (
+	DefaultRecvTimeout   = 10 * time.Second
+	DefaultSendTimeout   = 30 * time.Second
+	DefaultProbeInterval = 250 * time.Millisecond
+	DefaultPieceBytes    = 1 << 20
+	DefaultWindowBytes   = 16 << 20
+	DefaultBufferBytes   = 256 << 20
+	DefaultMaxFrameBytes = 1 << 30
+	// HeaderRoom is what a piece leaves of the server's max payload for
+	// its headers.
+	HeaderRoom = 1 << 10
+)
+
+// Piece headers.
+const (
+	hJob    = "Ra-Job"
+	hEpoch  = "Ra-Epoch"
+	hFrom   = "Ra-From"
+	hSess   = "Ra-Sess"
+	hSeq    = "Ra-Seq"
+	hProbe  = "Ra-Probe"
+	hKind   = "Ra-Kind"
+	hStep   = "Ra-Step"
+	hBlock  = "Ra-Block"
+	hPiece  = "Ra-Piece"
+	hCount  = "Ra-Count"
+	hTensor = "Ra-Tensor"
+	hOff    = "Ra-Off"
+	hShape  = "Ra-Shape"
+	hEnc    = "Ra-Enc"
+	hCRC    = "Ra-Crc"
+)
+
+// RingConfig configures one rank's NATSRing for one job epoch.
+type RingConfig struct {
+	Job   string
+	Epoch uint64
+	Rank  int
+	Size  int
+	// Prefix is the subject prefix (default "ringattn").
+	Prefix string
+	// Encoding of frame tensors on the wire (F32 default; BF16 halves the
+	// bytes and rounds values).
+	Encoding Encoding
+	// RecvTimeout bounds each Recv (default 10 s); then Recv returns an
+	// error wrapping ringattn.ErrTimeout and the caller uses its Source.
+	RecvTimeout time.Duration
+	// SendTimeout is how long Send waits without any acknowledgement from
+	// the peer before it abandons the frame (default 30 s); the peer then
+	// falls back to its Source.
+	SendTimeout time.Duration
+	// PieceBytes is the largest piece payload (default 1 MiB, at most the
+	// server's max payload minus HeaderRoom).
+	PieceBytes int
+	// WindowBytes is how many piece bytes may be unacknowledged per peer
+	// (default 16 MiB, at least PieceBytes). Keep WindowBytes times the
+	// senders per receiver well under the server's max_pending (64 MiB).
+	WindowBytes int
+	// BufferBytes bounds the received frames waiting for Recv; beyond it
+	// the receiver withholds acknowledgements so senders stop (default
+	// 256 MiB).
+	BufferBytes int
+	// MaxFrameBytes rejects larger frames (default 1 GiB).
+	MaxFrameBytes int64
+	// ProbeInterval is how often a sender stalled on its window asks the
+	// peer which pieces arrived (default 250 ms).
+	ProbeInterval time.Duration
+	// Logger receives warnings about lost, corrupt and abandoned frames.
+	Logger *slog.Logger
+}
+
+// RingStats are cumulative counters of a NATSRing.
+type RingStats struct {
+	FramesSent, FramesReceived int64
+	PiecesSent, PiecesReceived int64
+	BytesSent, BytesReceived   int64 // wire payload bytes
+	// FramesAbandoned counts frames Send gave up on (window stalled for
+	// SendTimeout, or a publish failed while disconnected).
+	FramesAbandoned int64
+	// PiecesLost counts sent pieces the peer never saw.
+	PiecesLost int64
+	Probes     int64
+	// Receiver side: duplicates ignored, pieces of other jobs/epochs
+	// dropped, pieces failing CRC32C, frames that could not be completed,
+	// Recv timeouts, and frames arriving after their Recv gave up.
+	Duplicates, Foreign, Corrupt, Incomplete, Timeouts, Late int64
+	// BufferedBytes are decoded frames waiting for Recv now; Peak is the
+	// most there ever were.
+	BufferedBytes, PeakBufferedBytes int64
+}
+
+// NATSRing implements ringattn.Ring over NATS core subjects for one rank of
+// one job epoch. Frames to rank t are published to Subjects.Ring(job,
+// epoch, t) as pieces of at most PieceBytes with their identity and CRC32C
+// in headers. Each piece carries a per-link sequence number; the receiver
+// acknowledges pieces on Subjects.RingAck(job, epoch, sender) in the order
+// they arrived, and the sender keeps at most WindowBytes unacknowledged, so
+// neither the server nor the receiver is ever handed more than the window.
+// An acknowledgement of sequence s tells the sender every earlier
+// unacknowledged piece was lost; a stalled sender sends a probe to learn
+// that. The receiver withholds acknowledgements while more than
+// BufferBytes of completed frames wait for Recv. Lost, corrupt and late
+// frames are dropped; Recv reports them (or a timeout) as
+// ringattn.ErrTimeout so the engine fetches the block from the store.
+//
+// Lock order: sendMu[to] before mu; no lock is held while publishing.
+type NATSRing struct {
+	nc      *nats.Conn
+	cfg     RingConfig
+	subj    Subjects
+	logger  *slog.Logger
+	session string
+	inbox   *nats.Subscription
+	acks    *nats.Subscription
+	sendMu  []chan struct{} // per destination: one frame at a time
+
+	// mutate, when set (tests), replaces each outgoing piece by what it
+	// returns: nothing drops it, two messages duplicate it.
+	mutate func(*nats.Msg) []*nats.Msg
+
+	mu     sync.Mutex
+	notify chan struct{} // closed and replaced on every state change
+	closed bool
+	links  []linkState // per destination
+	peers  []peerState // per source
+	ready  map[frameKey]ringattn.Frame
+	failed map[frameKey]error
+	done   map[frameKey]bool // delivered or given up: later copies are dropped
+	readyB int64
+	stats  RingStats
+}
+
+type frameKey struct {
+	from int
+	key  ringattn.Key
+}
+
+type inflight struct {
+	seq   uint64
+	bytes int
+}
+
+type linkState struct {
+	nextSeq   uint64
+	inflight  []inflight
+	bytes     int
+	acked     uint64 // acks received, to detect progress
+	lastProbe time.Time
+}
+
+type peerState struct {
+	session  string
+	lastSeq  uint64
+	asm      *assembly
+	withheld []uint64
+}
+
+type assembly struct {
+	key     ringattn.Key
+	count   int
+	next    int
+	tensors [][]float32
+	bytes   int64
+}
+
+type pendingAck struct {
+	to      int
+	session string
+	seq     uint64
+}
+
+// NewNATSRing subscribes rank cfg.Rank's inbox and acknowledgement subjects
+// and returns the ring. Close it when the epoch ends.
+func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
+	if nc == nil {
+		return nil, invalid("NewNATSRing: nil connection")
+	}
+	if err := ValidateJobID(cfg.Job); err != nil {
+		return nil, err
+	}
+	maxPiece := int(nc.MaxPayload()) - HeaderRoom
+	if cfg.PieceBytes == 0 {
+		cfg.PieceBytes = min(DefaultPieceBytes, maxPiece)
+	}
+	cfg.PieceBytes &^= 3 // whole values of either encoding
+	if cfg.WindowBytes == 0 {
+		cfg.WindowBytes = max(DefaultWindowBytes, cfg.PieceBytes)
+	}
+	if cfg.RecvTimeout == 0 {
+		cfg.RecvTimeout = DefaultRecvTimeout
+	}
+	if cfg.SendTimeout == 0 {
+		cfg.SendTimeout = DefaultSendTimeout
+	}
+	if cfg.BufferBytes == 0 {
+		cfg.BufferBytes = DefaultBufferBytes
+	}
+	if cfg.MaxFrameBytes == 0 {
+		cfg.MaxFrameBytes = DefaultMaxFrameBytes
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = DefaultProbeInterval
+	}
+	switch {
+	case cfg.Size < 1:
+		return nil, invalid("RingConfig.Size = %d: want >= 1", cfg.Size)
+	case cfg.Rank < 0 || cfg.Rank >= cfg.Size:
+		return nil, invalid("RingConfig.Rank = %d: want 0..%d", cfg.Rank, cfg.Size-1)
+	case !cfg.Encoding.valid():
+		return nil, invalid("RingConfig.Encoding = %v: want F32 or BF16", cfg.Encoding)
+	case cfg.PieceBytes < 4 || cfg.PieceBytes > maxPiece:
+		return nil, invalid("RingConfig.PieceBytes = %d: want 4..%d (server max payload %d minus HeaderRoom)",
+			cfg.PieceBytes, maxPiece, nc.MaxPayload())
+	case cfg.WindowBytes < cfg.PieceBytes:
+		return nil, invalid("RingConfig.WindowBytes = %d: want >= PieceBytes (%d)", cfg.WindowBytes, cfg.PieceBytes)
+	case cfg.RecvTimeout < 0 || cfg.SendTimeout < 0 || cfg.ProbeInterval < 0:
+		return nil, invalid("RingConfig timeouts: want > 0")
+	case cfg.BufferBytes < 0:
+		return nil, invalid("RingConfig.BufferBytes = %d: want > 0", cfg.BufferBytes)
+	case cfg.MaxFrameBytes < 0:
+		return nil, invalid("RingConfig.MaxFrameBytes = %d: want > 0", cfg.MaxFrameBytes)
+	}
+	if cfg.Prefix != "" && !subjectRE.MatchString(cfg.Prefix) {
+		return nil, invalid("RingConfig.Prefix = %q: want dot-separated tokens of [A-Za-z0-9_-]", cfg.Prefix)
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	r := &NATSRing{
+		nc:      nc,
+		cfg:     cfg,
+		subj:    NewSubjects(cfg.Prefix),
+		logger:  logger.With("job", cfg.Job, "epoch", cfg.Epoch, "rank", cfg.Rank),
+		session: nuid.Next(),
+		sendMu:  make([]chan struct{}, cfg.Size),
+		notify:  make(chan struct{}),
+		links:   make([]linkState, cfg.Size),
+		peers:   make([]peerState, cfg.Size),
+		ready:   make(map[frameKey]ringattn.Frame),
+		failed:  make(map[frameKey]error),
+		done:    make(map[frameKey]bool),
+	}
+	for i := range r.sendMu {
+		r.sendMu[i] = make(chan struct{}, 1)
+	}
+	var err error
+	r.inbox, err = nc.Subscribe(r.subj.Ring(cfg.Job, cfg.Epoch, cfg.Rank), r.onPiece)
+	if err != nil {
+		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
+	}
+	// At most a window per sender (plus probes) is ever outstanding; the
+	// limits only guard against a misbehaving publisher.
+	if err := r.inbox.SetPendingLimits(1<<20, max(64<<20, 2*int(cfg.WindowBytes)*cfg.Size)); err != nil {
+		r.inbox.Unsubscribe()
+		return nil, fmt.Errorf("transport: ring pending limits: %w", err)
+	}
+	r.acks, err = nc.Subscribe(r.subj.RingAck(cfg.Job, cfg.Epoch, cfg.Rank), r.onAck)
+	if err != nil {
+		r.inbox.Unsubscribe()
+		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
+	}
+	// Make sure the server has both subscriptions before anyone sends.
+	if err := nc.FlushTimeout(cfg.RecvTimeout); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
+	}
+	return r, nil
+}
+
+// Rank returns this ring's rank.
+func (r *NATSRing) Rank() int { return r.cfg.Rank }
+
+// Size returns the number of ranks.
+func (r *NATSRing) Size() int { return r.cfg.Size }
+
+// Config returns the ring's configuration with defaults filled in.
+func (r *NATSRing) Config() RingConfig { return r.cfg }
+
+// Stats returns the ring's counters.
+func (r *NATSRing) Stats() RingStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.stats
+	s.BufferedBytes = r.readyB
+	return s
+}
+
+// Close unsubscribes and wakes every blocked Send and Recv with ErrClosed.
+// Safe to call more than once.
+func (r *NATSRing) Close() error {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return nil
+	}
+	r.closed = true
+	r.ready, r.failed = nil, nil
+	r.readyB = 0
+	r.broadcastLocked()
+	r.mu.Unlock()
+	var errs []error
+	for _, s := range []*nats.Subscription{r.inbox, r.acks} {
+		if s != nil {
+			if err := s.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (r *NATSRing) broadcastLocked() {
+	close(r.notify)
+	r.notify = make(chan struct{})
+}
+
+func (r *NATSRing) checkRank(what string, rank int) error {
+	if rank < 0 || rank >= r.cfg.Size {
+		return fmt.Errorf("%w: %s rank %d: want 0..%d", ErrInvalidName, what, rank, r.cfg.Size-1)
+	}
+	return nil
+}
+
+// Send publishes f to rank `to`, piece by piece within the flow-control
+// window. It returns once every piece is published (not delivered). It
+// fails only for bad arguments, a closed ring or connection, or ctx; a peer
+// that stops acknowledging for SendTimeout makes Send abandon the frame and
+// return nil (the peer's Recv then times out and uses its Source).
+func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
+	if err := r.checkRank("send to", to); err != nil {
+		return err
+	}
+	if f.Kind != ringattn.KindKV && f.Kind != ringattn.KindPartial {
+		return fmt.Errorf("%w: frame kind %d: want KindKV or KindPartial", ErrInvalidName, f.Kind)
+	}
+	enc := r.cfg.Encoding
+	eb := enc.ElemBytes()
+	var total int64
+	shape := make([]string, len(f.Tensors))
+	for i, t := range f.Tensors {
+		total += int64(len(t) * eb)
+		shape[i] = strconv.Itoa(len(t))
+	}
+	if total > r.cfg.MaxFrameBytes {
+		return fmt.Errorf("%w: frame %+v is %d bytes: want <= %d (RingConfig.MaxFrameBytes)",
+			ErrTooLarge, f.Key, total, r.cfg.MaxFrameBytes)
+	}
+	// One frame at a time per destination keeps its pieces contiguous.
+	select {
+	case r.sendMu[to] <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-r.sendMu[to] }()
+
+	type piece struct{ tensor, off, n int }
+	per := r.cfg.PieceBytes / eb
+	var pieces []piece
+	for ti, t := range f.Tensors {
+		for off := 0; off < len(t); off += per {
+			pieces = append(pieces, piece{ti, off, min(per, len(t)-off)})
+		}
+	}
+	if len(pieces) == 0 {
+		pieces = append(pieces, piece{0, 0, 0})
+	}
+	subject := r.subj.Ring(r.cfg.Job, r.cfg.Epoch, to)
+	shapeHdr := strings.Join(shape, ",")
+	for i, p := range pieces {
+		seq, err := r.acquire(ctx, to, p.n*eb)
+		if err != nil {
+			if errors.Is(err, errStalled) {
+				r.abandon(f.Key, to, i, len(pieces), "peer stopped acknowledging")
+				return nil
+			}
+			return err
+		}
+		data := make([]byte, p.n*eb)
+		if p.n > 0 {
+			encodeTo(data, f.Tensors[p.tensor][p.off:p.off+p.n], enc)
+		}
+		m := nats.NewMsg(subject)
+		m.Data = data
+		r.header(m.Header, seq)
+		m.Header.Set(hKind, strconv.Itoa(int(f.Kind)))
+		m.Header.Set(hStep, strconv.Itoa(f.Step))
+		m.Header.Set(hBlock, strconv.Itoa(f.Block))
+		m.Header.Set(hPiece, strconv.Itoa(i))
+		m.Header.Set(hCount, strconv.Itoa(len(pieces)))
+		m.Header.Set(hTensor, strconv.Itoa(p.tensor))
+		m.Header.Set(hOff, strconv.Itoa(p.off))
+		m.Header.Set(hShape, shapeHdr)
+		m.Header.Set(hEnc, enc.String())
+		m.Header.Set(hCRC, strconv.FormatUint(uint64(CRC32C(data)), 16))
+		if err := r.publish(m); err != nil {
+			if errors.Is(err, nats.ErrConnectionClosed) {
+				return fmt.Errorf("transport: ring send %+v to rank %d: %w", f.Key, to, err)
+			}
+			// Not sent: return its credit, give up on the frame.
+			r.mu.Lock()
+			r.unsentLocked(to, seq)
+			r.mu.Unlock()
+			r.abandon(f.Key, to, i, len(pieces), err.Error())
+			return nil
+		}
+		r.mu.Lock()
+		r.stats.PiecesSent++
+		r.stats.BytesSent += int64(len(data))
+		r.mu.Unlock()
+	}
+	r.mu.Lock()
+	r.stats.FramesSent++
+	r.mu.Unlock()
+	return nil
+}
+
+func (r *NATSRing) header(h nats.Header, seq uint64) {
+	h.Set(hJob, r.cfg.Job)
+	h.Set(hEpoch, strconv.FormatUint(r.cfg.Epoch, 10))
+	h.Set(hFrom, strconv.Itoa(r.cfg.Rank))
+	h.Set(hSess, r.session)
+	h.Set(hSeq, strconv.FormatUint(seq, 10))
+}
+
+func (r *NATSRing) publish(m *nats.Msg) error {
+	if r.mutate == nil {
+		return r.nc.PublishMsg(m)
+	}
+	for _, mm := range r.mutate(m) {
+		if err := r.nc.PublishMsg(mm); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *NATSRing) abandon(key ringattn.Key, to, piece, count int, why string) {
+	r.mu.Lock()
+	r.stats.FramesAbandoned++
+	r.mu.Unlock()
+	r.logger.Warn("ring frame abandoned; the peer will use the store", "to", to, "kind", key.Kind,
+		"step", key.Step, "block", key.Block, "piece", piece, "count", count, "reason", why)
+}
+
+var errStalled = errors.New("stalled")
+
+// acquire waits until n more bytes fit in the window to `to` and returns
+// the piece's sequence number. It probes the peer while stalled and gives
+// up with errStalled after SendTimeout without progress.
+func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
+	start := time.Now()
+	var acked uint64
+	first := true
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return 0, ErrClosed
+		}
+		l := &r.links[to]
+		if l.bytes == 0 || l.bytes+n <= r.cfg.WindowBytes {
+			l.nextSeq++
+			seq := l.nextSeq
+			l.inflight = append(l.inflight, inflight{seq, n})
+			l.bytes += n
+			r.mu.Unlock()
+			return seq, nil
+		}
+		if first || l.acked != acked {
+			first, acked, start = false, l.acked, time.Now()
+		}
+		now := time.Now()
+		if now.Sub(start) >= r.cfg.SendTimeout {
+			r.mu.Unlock()
+			return 0, errStalled
+		}
+		var probe *nats.Msg
+		if now.Sub(start) >= r.cfg.ProbeInterval && now.Sub(l.lastProbe) >= r.cfg.ProbeInterval {
+			l.lastProbe = now
+			l.nextSeq++
+			l.inflight = append(l.inflight, inflight{l.nextSeq, 0})
+			probe = nats.NewMsg(r.subj.Ring(r.cfg.Job, r.cfg.Epoch, to))
+			r.header(probe.Header, l.nextSeq)
+			probe.Header.Set(hProbe, "1")
+			r.stats.Probes++
+		}
+		ch := r.notify
+		r.mu.Unlock()
+		if probe != nil {
+			if err := r.nc.PublishMsg(probe); errors.Is(err, nats.ErrConnectionClosed) {
+				return 0, err
+			}
+		}
+		wait := min(r.cfg.ProbeInterval, r.cfg.SendTimeout-time.Since(start))
+		timer.Reset(max(wait, time.Millisecond))
+		select {
+		case <-ch:
+		case <-timer.C:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// ackLocked releases the window up to seq; earlier pieces still in flight
+// were lost (the receiver acknowledges in arrival order, which is send
+// order).
+func (r *NATSRing) ackLocked(to int, seq uint64) {
+	l := &r.links[to]
+	i := 0
+	for ; i < len(l.inflight) && l.inflight[i].seq <= seq; i++ {
+		if l.inflight[i].seq < seq && l.inflight[i].bytes > 0 {
+			r.stats.PiecesLost++
+		}
+		l.bytes -= l.inflight[i].bytes
+	}
+	if i > 0 {
+		l.inflight = append(l.inflight[:0], l.inflight[i:]...)
+		l.acked++
+		r.broadcastLocked()
+	}
+}
+
+// unsentLocked returns the credit of piece seq, which was never published.
+func (r *NATSRing) unsentLocked(to int, seq uint64) {
+	l := &r.links[to]
+	for i, p := range l.inflight {
+		if p.seq == seq {
+			l.bytes -= p.bytes
+			l.inflight = append(l.inflight[:i], l.inflight[i+1:]...)
+			r.broadcastLocked()
+			return
+		}
+	}
+}
+
+func (r *NATSRing) onAck(m *nats.Msg) {
+	h := m.Header
+	if h.Get(hSess) != r.session {
+		return // an ack for an earlier incarnation of this rank
+	}
+	from, err1 := strconv.Atoi(h.Get(hFrom))
+	seq, err2 := strconv.ParseUint(h.Get(hSeq), 10, 64)
+	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.closed {
+		r.ackLocked(from, seq)
+	}
+}
+
+// Recv returns the frame with key `key` from rank `from`. It returns an
+// error wrapping ringattn.ErrTimeout when the frame has not arrived within
+// RecvTimeout, or is known lost or corrupt (then also wrapping ErrCorrupt);
+// later copies of that frame are dropped.
+func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringattn.Frame, error) {
+	if err := r.checkRank("receive from", from); err != nil {
+		return ringattn.Frame{}, err
+	}
+	fk := frameKey{from, key}
+	timer := time.NewTimer(r.cfg.RecvTimeout)
+	defer timer.Stop()
+	for {
+		r.mu.Lock()
+		if r.closed {
+			r.mu.Unlock()
+			return ringattn.Frame{}, ErrClosed
+		}
+		if f, ok := r.ready[fk]; ok {
+			delete(r.ready, fk)
+			r.done[fk] = true
+			r.readyB -= frameBytes(f)
+			r.stats.FramesReceived++
+			acks := r.releaseLocked()
+			r.mu.Unlock()
+			r.sendAcks(acks)
+			return f, nil
+		}
+		if err, ok := r.failed[fk]; ok {
+			delete(r.failed, fk)
+			r.done[fk] = true
+			r.mu.Unlock()
+			return ringattn.Frame{}, fmt.Errorf("transport: ring frame %+v from rank %d: %w: %w", key, from, err, ringattn.ErrTimeout)
+		}
+		ch := r.notify
+		r.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ringattn.Frame{}, ctx.Err()
+		case <-timer.C:
+			r.mu.Lock()
+			r.done[fk] = true
+			r.stats.Timeouts++
+			r.mu.Unlock()
+			return ringattn.Frame{}, fmt.Errorf("transport: ring frame %+v from rank %d not received within %v: %w",
+				key, from, r.cfg.RecvTimeout, ringattn.ErrTimeout)
+		}
+	}
+}
+
+func frameBytes(f ringattn.Frame) int64 {
+	var n int64
+	for _, t := range f.Tensors {
+		n += int64(len(t)) * 4
+	}
+	return n
+}
+
+// releaseLocked returns the withheld acks that now fit the buffer.
+func (r *NATSRing) releaseLocked() []pendingAck {
+	var acks []pendingAck
+	for from := range r.peers {
+		p := &r.peers[from]
+		for len(p.withheld) > 0 && r.readyB <= int64(r.cfg.BufferBytes) {
+			acks = append(acks, pendingAck{from, p.session, p.withheld[0]})
+			p.withheld = p.withheld[1:]
+		}
+	}
+	return acks
+}
+
+func (r *NATSRing) sendAcks(acks []pendingAck) {
+	for _, a := range acks {
+		m := nats.NewMsg(r.subj.RingAck(r.cfg.Job, r.cfg.Epoch, a.to))
+		m.Header.Set(hFrom, strconv.Itoa(r.cfg.Rank))
+		m.Header.Set(hSess, a.session)
+		m.Header.Set(hSeq, strconv.FormatUint(a.seq, 10))
+		if err := r.nc.PublishMsg(m); err != nil {
+			r.logger.Debug("ring ack not sent", "to", a.to, "err", err)
+		}
+	}
+}
+
+// failLocked records that frame fk cannot be completed.
+func (r *NATSRing) failLocked(fk frameKey, err error) {
+	if r.done[fk] {
+		return
+	}
+	if _, ok := r.ready[fk]; ok {
+		return
+	}
+	if _, ok := r.failed[fk]; ok {
+		return
+	}
+	r.failed[fk] = err
+	r.stats.Incomplete++
+	r.broadcastLocked()
+	r.logger.Warn("ring frame lost", "from", fk.from, "kind", fk.key.Kind, "step", fk.key.Step,
+		"block", fk.key.Block, "err", err)
+}
+
+var errIncomplete = errors.New("pieces lost in transit")
+
+// onPiece runs on the subscription's goroutine for every piece.
+func (r *NATSRing) onPiece(m *nats.Msg) {
+	h := m.Header
+	if h.Get(hJob) != r.cfg.Job || h.Get(hEpoch) != strconv.FormatUint(r.cfg.Epoch, 10) {
+		r.mu.Lock()
+		r.stats.Foreign++
+		r.mu.Unlock()
+		return
+	}
+	from, err1 := strconv.Atoi(h.Get(hFrom))
+	seq, err2 := strconv.ParseUint(h.Get(hSeq), 10, 64)
+	sess := h.Get(hSess)
+	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size || sess == "" {
+		r.mu.Lock()
+		r.stats.Foreign++
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Lock()
+	acks := r.pieceLocked(m, from, sess, seq)
+	r.mu.Unlock()
+	if len(acks) > 0 {
+		r.sendAcks(acks)
+	}
+}
+
+func (r *NATSRing) pieceLocked(m *nats.Msg, from int, sess string, seq uint64) []pendingAck {
+	if r.closed {
+		return nil
+	}
+	p := &r.peers[from]
+	if p.session != sess {
+		if p.asm != nil {
+			r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
+		}
+		*p = peerState{session: sess}
+	}
+	if seq <= p.lastSeq {
+		r.stats.Duplicates++
+		return nil
+	}
+	gap := seq > p.lastSeq+1
+	p.lastSeq = seq
+	if gap && p.asm != nil {
+		r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
+		p.asm = nil
+	}
+	// Acknowledge in arrival order, withholding while the buffer is full.
+	var acks []pendingAck
+	if len(p.withheld) > 0 || r.readyB > int64(r.cfg.BufferBytes) {
+		p.withheld = append(p.withheld, seq)
+	} else {
+		acks = []pendingAck{{from, sess, seq}}
+	}
+	if m.Header.Get(hProbe) != "" {
+		return acks
+	}
+	r.stats.PiecesReceived++
+	r.stats.BytesReceived += int64(len(m.Data))
+	if err := r.assembleLocked(p, from, m); err != nil {
+		r.stats.Corrupt++
+		if p.asm != nil {
+			r.failLocked(frameKey{from, p.asm.key}, err)
+			p.asm = nil
+		}
+	}
+	return acks
+}
+
+// assembleLocked adds one piece to peer p's frame in progress.
+func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
+	h := m.Header
+	ints := make([]int, 0, 6)
+	for _, k := range []string{hKind, hStep, hBlock, hPiece, hCount, hTensor, hOff} {
+		v, err := strconv.Atoi(h.Get(k))
+		if err != nil {
+			return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, k, h.Get(k))
+		}
+		ints = append(ints, v)
+	}
+	key := ringattn.Key{Kind: ringattn.Kind(ints[0]), Step: ints[1], Block: ints[2]}
+	piece, count, tensor, off := ints[3], ints[4], ints[5], ints[6]
+	fk := frameKey{from, key}
+	if piece == 0 {
+		if p.asm != nil {
+			r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
+			p.asm = nil
+		}
+		if _, ok := r.ready[fk]; ok || r.done[fk] {
+			r.stats.Duplicates++
+			return nil // a copy of a frame we have (or gave up on)
+		}
+		if count < 1 {
+			return fmt.Errorf("%w: piece count %d", ErrCorrupt, count)
+		}
+		p.asm = &assembly{key: key, count: count}
+		var total int64
+		if s := h.Get(hShape); s != "" {
+			for _, f := range strings.Split(s, ",") {
+				n, err := strconv.Atoi(f)
+				if err != nil || n < 0 {
+					return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hShape, s)
+				}
+				total += int64(n) * 4
+				if total > r.cfg.MaxFrameBytes {
+					return fmt.Errorf("%w: frame of more than %d bytes", ErrTooLarge, r.cfg.MaxFrameBytes)
+				}
+				p.asm.tensors = append(p.asm.tensors, make([]float32, n))
+			}
+		}
+		p.asm.bytes = total
+	} else if p.asm == nil || p.asm.key != key || p.asm.next != piece || p.asm.count != count {
+		if p.asm != nil {
+			r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
+			p.asm = nil
+		}
+		if _, ok := r.ready[fk]; !ok && !r.done[fk] {
+			r.failLocked(fk, errIncomplete)
+		} else {
+			r.stats.Duplicates++
+		}
+		return nil
+	}
+	a := p.asm
+	enc, err := ParseEncoding(h.Get(hEnc))
+	if err != nil {
+		return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hEnc, h.Get(hEnc))
+	}
+	want, err := strconv.ParseUint(h.Get(hCRC), 16, 32)
+	if err != nil {
+		return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hCRC, h.Get(hCRC))
+	}
+	if got := CRC32C(m.Data); got != uint32(want) {
+		return fmt.Errorf("%w: piece %d/%d CRC32C %08x, header says %08x", ErrCorrupt, piece, count, got, want)
+	}
+	eb := enc.ElemBytes()
+	n := len(m.Data) / eb
+	if len(m.Data)%eb != 0 || (n > 0 && (tensor < 0 || tensor >= len(a.tensors) || off < 0 || off+n > len(a.tensors[tensor]))) {
+		return fmt.Errorf("%w: piece %d/%d of %d bytes does not fit tensor %d at %d", ErrCorrupt, piece, count, len(m.Data), tensor, off)
+	}
+	if n > 0 {
+		decodeTo(a.tensors[tensor][off:off+n], m.Data, enc)
+	}
+	a.next++
+	if a.next < a.count {
+		return nil
+	}
+	p.asm = nil
+	if r.done[fk] {
+		r.stats.Late++
+		return nil
+	}
+	r.ready[fk] = ringattn.Frame{Key: key, Tensors: a.tensors}
+	r.readyB += a.bytes
+	r.stats.PeakBufferedBytes = max(r.stats.PeakBufferedBytes, r.readyB)
+	r.broadcastLocked()
+	return nil
+}
+
+var _ ringattn.Ring = (*NATSRing)(nil)

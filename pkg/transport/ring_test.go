@@ -1,0 +1,120 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/transporttest"
+)
+
+// newRings builds `size` ranks of one job epoch, each on its own
+// connection, like separate worker processes.
+func newRings(t *testing.T, e *transport.Embedded, size int, tweak func(*transport.RingConfig)) ([]*transport.NATSRing, []*nats.Conn) {
+	t.Helper()
+	rings := make([]*transport.NATSRing, size)
+	conns := make([]*nats.Conn, size)
+	for r := range size {
+		conns[r] = transporttest.Connect(t, e)
+		cfg := transport.RingConfig{Job: "job-r", Epoch: 3, Rank: r, Size: size,
+			RecvTimeout: 20 * time.Second, Logger: transporttest.Logger(t)}
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		ring, err := transport.NewNATSRing(conns[r], cfg)
+		must(t, err)
+		t.Cleanup(func() { ring.Close() })
+		rings[r] = ring
+	}
+	return rings, conns
+}
+
+// sendAsync sends f from ring to rank `to` on a goroutine; wait returns
+// Send's error.
+func sendAsync(ctx context.Context, ring *transport.NATSRing, to int, f ringattn.Frame) (wait func() error) {
+	done := make(chan error, 1)
+	go func() { done <- ring.Send(ctx, to, f) }()
+	return func() error { return <-done }
+}
+
+func kvFrame(step, block int, k, v []float32) ringattn.Frame {
+	return ringattn.Frame{Key: ringattn.Key{Kind: ringattn.KindKV, Step: step, Block: block}, Tensors: [][]float32{k, v}}
+}
+
+func TestTransportRingRoundTripSizes(t *testing.T) {
+	e := transporttest.RunServer(t)
+	for _, piece := range []string{"default", "max"} {
+		t.Run("piece="+piece, func(t *testing.T) {
+			rings, conns := newRings(t, e, 2, func(c *transport.RingConfig) {
+				if piece == "max" {
+					c.PieceBytes = int(8<<20) - transport.HeaderRoom
+				}
+			})
+			mp := int(conns[0].MaxPayload())
+			ctx := ctxT(t, 60*time.Second)
+			sizes := []int{0, 1, mp/4 - 1, mp/4 + 1}
+			if piece == "default" {
+				sizes = append(sizes, 100<<20/4)
+			}
+			for i, n := range sizes {
+				k, v := randVals(uint64(2*i), n), randVals(uint64(2*i+1), n/3)
+				f := kvFrame(1, i, k, v)
+				start := time.Now()
+				wait := sendAsync(ctx, rings[0], 1, f)
+				got, err := rings[1].Recv(ctx, 0, f.Key)
+				must(t, err)
+				must(t, wait())
+				t.Logf("%d+%d values: %v", n, n/3, time.Since(start))
+				if got.Key != f.Key || len(got.Tensors) != 2 {
+					t.Fatalf("frame %+v with %d tensors, want %+v with 2", got.Key, len(got.Tensors), f.Key)
+				}
+				equalF32(t, "k", got.Tensors[0], k)
+				equalF32(t, "v", got.Tensors[1], v)
+			}
+			// A frame without tensors.
+			f := ringattn.Frame{Key: ringattn.Key{Kind: ringattn.KindPartial, Step: 0, Block: 1}}
+			wait := sendAsync(ctx, rings[1], 0, f)
+			got, err := rings[0].Recv(ctx, 1, f.Key)
+			must(t, err)
+			must(t, wait())
+			if got.Key != f.Key || len(got.Tensors) != 0 {
+				t.Fatalf("empty frame came back as %+v with %d tensors", got.Key, len(got.Tensors))
+			}
+			st := rings[1].Stats()
+			if st.Corrupt+st.Incomplete+st.Duplicates+st.Foreign+st.Timeouts != 0 || st.BufferedBytes != 0 {
+				t.Fatalf("receiver stats %+v: want no faults and an empty buffer", st)
+			}
+		})
+	}
+}
+
+func TestTransportRingBF16(t *testing.T) {
+	e := transporttest.RunServer(t)
+	rings, _ := newRings(t, e, 2, func(c *transport.RingConfig) { c.Encoding = transport.BF16 })
+	ctx := ctxT(t, 30*time.Second)
+	k := randVals(5, 300001)
+	f := kvFrame(2, 0, k, nil)
+	wait := sendAsync(ctx, rings[0], 1, f)
+	got, err := rings[1].Recv(ctx, 0, f.Key)
+	must(t, err)
+	must(t, wait())
+	for i, v := range k {
+		if w := transport.BF16ToF32(transport.F32ToBF16(v)); got.Tensors[0][i] != w {
+			t.Fatalf("value %d = %v, want bf16(%v) = %v", i, got.Tensors[0][i], v, w)
+		}
+	}
+	if st := rings[0].Stats(); st.BytesSent != int64(2*len(k)) {
+		t.Fatalf("sent %d bytes, want %d (2 per value)", st.BytesSent, 2*len(k))
+	}
+}
+
+var _ = errors.Is
+var _ = fmt.Sprint
+var _ sync.Mutex
