@@ -310,3 +310,167 @@ func TestWorkerClusterJobExact(t *testing.T) {
 		}
 	}
 }
+
+// holdAt returns a step hook that holds the ranks picked by `pick` after
+// ring step 1 until their context ends, announcing each on `held`.
+func holdAt(pick func(w *testWorker, epoch uint64, rank int) bool, held chan<- string) func(*testWorker, context.Context, string, uint64, int, ringattn.Progress) {
+	return func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) {
+		if p.Step != 1 || p.Done || !pick(w, epoch, rank) {
+			return
+		}
+		held <- w.id
+		<-ctx.Done()
+	}
+}
+
+// TestWorkerKilledMidJob kills one of three workers abruptly while it is
+// held in the middle of its ring (no leave notice): the job finishes on the
+// two others, exactly.
+func TestWorkerKilledMidJob(t *testing.T) {
+	c := newTestCluster(t, 1500*time.Millisecond)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	held := make(chan string, 8)
+	c.setStepHook(holdAt(func(_ *testWorker, epoch uint64, rank int) bool { return epoch == 1 && rank == 1 }, held))
+	j := newAttnJob(2, 2, 4, 4, 700, 700, 16, 64, false)
+	id := c.submit(j, "in-kill")
+	var victim string
+	select {
+	case victim = <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("rank 1 never reached ring step 1")
+	}
+	tw := c.workers[victim]
+	tw.cancel() // killed: no drain, no leave notice
+	if err := <-tw.done; err != nil {
+		t.Fatalf("killed worker's Run: %v", err)
+	}
+	t.Logf("killed %s holding rank 1 at step 1", victim)
+	st := c.wait(id, 60*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job %v: %s", st.GetState(), st.GetReason())
+	}
+	if st.GetEpoch() < 2 {
+		t.Fatalf("job finished in epoch %d, want a re-plan (epoch >= 2)", st.GetEpoch())
+	}
+	for _, w := range st.GetWorkers() {
+		if w == victim {
+			t.Fatalf("final epoch %d still uses the killed worker: %v", st.GetEpoch(), st.GetWorkers())
+		}
+	}
+	t.Logf("finished in epoch %d on %v", st.GetEpoch(), st.GetWorkers())
+	c.check(id, j)
+}
+
+// TestWorkerDrainReplansAtOnce drains a worker that is held mid-job: it
+// tells the leader it is leaving, the leader re-plans without waiting for a
+// heartbeat timeout, the held shard is aborted, Run returns nil, and the
+// job finishes exactly on the two others.
+func TestWorkerDrainReplansAtOnce(t *testing.T) {
+	hbTimeout := 2500 * time.Millisecond
+	c := newTestCluster(t, hbTimeout)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	// A new leader re-plans nothing during its first heartbeat timeout
+	// (grace for workers to report in); drain after it.
+	checkFor(t, 2*hbTimeout, 20*time.Millisecond, func() error {
+		if d := time.Since(c.serving); d <= hbTimeout {
+			return fmt.Errorf("leader serving for %v, grace is %v", d, hbTimeout)
+		}
+		return nil
+	})
+	held := make(chan string, 8)
+	c.setStepHook(holdAt(func(_ *testWorker, epoch uint64, rank int) bool { return epoch == 1 && rank == 0 }, held))
+	j := newAttnJob(3, 1, 4, 1, 900, 900, 32, 100, true)
+	id := c.submit(j, "in-drain")
+	var victim string
+	select {
+	case victim = <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("rank 0 never reached ring step 1")
+	}
+	tw := c.workers[victim]
+	start := time.Now()
+	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tw.w.Drain(dctx)
+	drained := time.Since(start)
+	if err := <-tw.done; err != nil {
+		t.Fatalf("drained worker's Run returned %v, want nil", err)
+	}
+	st := c.wait(id, 30*time.Second)
+	took := time.Since(start)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job %v: %s", st.GetState(), st.GetReason())
+	}
+	t.Logf("drain of %s took %v; job finished %v after the drain began, in epoch %d on %v",
+		victim, drained, took, st.GetEpoch(), st.GetWorkers())
+	if took >= hbTimeout {
+		t.Fatalf("job took %v after the drain, want < the heartbeat timeout %v", took, hbTimeout)
+	}
+	if st.GetEpoch() < 2 || slices.Contains(st.GetWorkers(), victim) {
+		t.Fatalf("final epoch %d on %v, want a re-plan without %s", st.GetEpoch(), st.GetWorkers(), victim)
+	}
+	c.check(id, j)
+}
+
+// TestWorkerCancelStopsAllRanks cancels a job while all three ranks are
+// held mid-ring: every worker stops its rank within a second.
+func TestWorkerCancelStopsAllRanks(t *testing.T) {
+	c := newTestCluster(t, 3*time.Second)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	held := make(chan string, 8)
+	var released sync.WaitGroup
+	released.Add(3)
+	hold := holdAt(func(*testWorker, uint64, int) bool { return true }, held)
+	c.setStepHook(func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) {
+		if p.Step == 1 && !p.Done {
+			defer released.Done()
+		}
+		hold(w, ctx, job, epoch, rank, p)
+	})
+	j := newAttnJob(4, 1, 2, 2, 600, 600, 16, 100, false)
+	id := c.submit(j, "in-cancel")
+	for range 3 {
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatal("not every rank reached ring step 1")
+		}
+	}
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.client.Cancel(ctx, id, "test"); err != nil {
+		t.Fatalf("cancel: %v", err)
+	}
+	stopped := make(chan struct{})
+	go func() { released.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(time.Second):
+		t.Fatalf("ranks still running 1 s after the cancel")
+	}
+	checkFor(t, time.Second-time.Since(start), 5*time.Millisecond, func() error {
+		for _, tw := range c.workers {
+			if s := tw.w.Shards(); len(s) > 0 {
+				return fmt.Errorf("worker %s still holds %+v", tw.id, s)
+			}
+		}
+		return nil
+	})
+	t.Logf("all ranks stopped %v after the cancel", time.Since(start))
+	if st := c.wait(id, 5*time.Second); st.GetState() != pb.JobState_JOB_STATE_CANCELED {
+		t.Fatalf("job %v, want CANCELED", st.GetState())
+	}
+}
