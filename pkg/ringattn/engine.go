@@ -1,0 +1,551 @@
+package ringattn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync"
+
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/shard"
+)
+
+// More sentinel errors.
+var (
+	// ErrInvalid is wrapped by configuration and data-shape errors.
+	ErrInvalid = errors.New("ringattn: invalid argument")
+	// ErrKilled is returned by the in-memory ring to a rank that was killed.
+	ErrKilled = errors.New("ringattn: rank killed")
+)
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// RankConfig is everything one rank of a plan needs.
+type RankConfig struct {
+	// Params describes the whole problem (global N and Nk, mask, scale).
+	Params *kernels.Params
+	// Plan is the epoch's plan; it must have been made for Params.
+	Plan *shard.Plan
+	// Ring connects this rank (Ring.Rank()) to the others of the epoch;
+	// Ring.Size() must equal len(Plan.Ranks).
+	Ring Ring
+	// Source provides the input blocks: "q" by query block, "k" and "v" by
+	// key block. It is also the fallback for frames that do not arrive.
+	Source Source
+	// Sink receives the output blocks this rank owns.
+	Sink Sink
+	// Progress, when not nil, is called from the rank's goroutine after
+	// every ring step (and after the split-KV reduction); it must not block.
+	Progress func(Progress)
+	// Logger receives debug and warning records; nil discards them.
+	Logger *slog.Logger
+}
+
+// Progress is a rank's cumulative progress.
+type Progress struct {
+	Rank        int
+	Step, Steps int     // ring steps finished / planned
+	Pairs       int     // (query block, key block) pairs folded so far
+	TotalPairs  int     // pairs this rank folds in all (the visible ones)
+	Skipped     int     // pairs skipped because the mask hides them entirely
+	FLOPs       float64 // visible FLOPs folded so far (4·B·Hq·D per pair)
+	Fallbacks   int     // blocks fetched from the Source after a receive timeout
+	Done        bool    // outputs written (or, split-KV, partial handed on)
+}
+
+// Validate checks that the parts fit together.
+func (c *RankConfig) Validate() error {
+	switch {
+	case c.Params == nil:
+		return invalid("RankConfig.Params is nil")
+	case c.Plan == nil:
+		return invalid("RankConfig.Plan is nil")
+	case c.Ring == nil:
+		return invalid("RankConfig.Ring is nil")
+	case c.Source == nil:
+		return invalid("RankConfig.Source is nil")
+	case c.Sink == nil:
+		return invalid("RankConfig.Sink is nil")
+	}
+	if err := c.Params.Validate(); err != nil {
+		return fmt.Errorf("%w: RankConfig.Params: %w", ErrInvalid, err)
+	}
+	if err := c.Plan.Validate(); err != nil {
+		return fmt.Errorf("%w: RankConfig.Plan: %w", ErrInvalid, err)
+	}
+	if err := PlanMatches(c.Plan, c.Params); err != nil {
+		return err
+	}
+	if w := len(c.Plan.Ranks); c.Ring.Size() != w {
+		return invalid("ring size %d, expected the plan's %d ranks", c.Ring.Size(), w)
+	}
+	if r := c.Ring.Rank(); r < 0 || r >= c.Ring.Size() {
+		return invalid("ring rank %d, expected 0..%d", r, c.Ring.Size()-1)
+	}
+	return nil
+}
+
+// PlanMatches reports whether plan was made for the problem p: same shapes,
+// lengths and mask (the plan's mask decides which block pairs are skipped).
+func PlanMatches(plan *shard.Plan, p *kernels.Params) error {
+	r := &plan.Request
+	m, pm := &r.Mask, &p.Mask
+	switch {
+	case r.B != p.B || r.Hq != p.Hq || r.Hkv != p.Hkv || r.D != p.D:
+		return invalid("plan is for B=%d Hq=%d Hkv=%d D=%d, expected B=%d Hq=%d Hkv=%d D=%d",
+			r.B, r.Hq, r.Hkv, r.D, p.B, p.Hq, p.Hkv, p.D)
+	case plan.N != p.N || plan.Nk != p.Nk:
+		return invalid("plan is for N=%d Nk=%d, expected N=%d Nk=%d", plan.N, plan.Nk, p.N, p.Nk)
+	case m.Causal != pm.Causal || m.Windowed != pm.Windowed ||
+		(m.Windowed && (m.Left != pm.Left || m.Right != pm.Right)) ||
+		!slices.Equal(m.SeqLens, pm.SeqLens) || !slices.Equal(m.SeqLensK, pm.SeqLensK):
+		return invalid("plan mask %+v differs from the problem's mask %+v", *m, *pm)
+	}
+	return nil
+}
+
+// kvBlock is one key/value block held by a rank.
+type kvBlock struct {
+	j    int
+	k, v []float32
+}
+
+// rankRun is the state of one RunRank call.
+type rankRun struct {
+	cfg    RankConfig
+	p      *kernels.Params
+	plan   *shard.Plan
+	ring   Ring
+	log    *slog.Logger
+	rank   int
+	w      int
+	owned  []int // query blocks folded by this rank, ascending
+	q      map[int][]float32
+	state  map[int]*kernels.State
+	pairs  map[int][]int64 // visible pairs of each owned query block with every key block
+	prog   Progress
+	falls  int // fallbacks counted by the receiver goroutine of the current step
+	kvSize func(j int) int
+}
+
+// RunRank executes rank Ring.Rank() of cfg.Plan and returns when its part
+// is done: its output blocks written to the Sink (ring strategies), or its
+// partial handed up the reduction tree (split-KV; rank 0 writes the outputs).
+//
+// Ring strategies: the rank fetches its query blocks and its initial
+// key/value blocks from the Source, then for each step s folds the blocks
+// it holds into the online-softmax state of its query blocks while, in two
+// goroutines, the same blocks are sent to rank r+1 and the blocks of step
+// s+1 are received from rank r-1 (double buffering). A receive that times
+// out (ErrTimeout) or delivers a malformed frame is replaced by a Source
+// fetch, and the fetched block is forwarded like a received one. Block pairs
+// the mask hides entirely are skipped.
+//
+// Errors: a dead peer (ErrPeerGone from the ring) or the end of ctx stops
+// the rank promptly — at the latest after the block pair being folded — and
+// RunRank returns only after every goroutine it started has exited.
+func RunRank(ctx context.Context, cfg RankConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	run := &rankRun{
+		cfg: cfg, p: cfg.Params, plan: cfg.Plan, ring: cfg.Ring, log: cfg.Logger,
+		rank: cfg.Ring.Rank(), w: cfg.Ring.Size(),
+	}
+	if run.log == nil {
+		run.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	run.log = run.log.With("rank", run.rank)
+	run.owned = cfg.Plan.Ranks[run.rank].QBlocks
+	run.prog = Progress{Rank: run.rank, Steps: cfg.Plan.Steps}
+	if err := run.loadQueries(ctx); err != nil {
+		return err
+	}
+	if cfg.Plan.Strategy == shard.SplitKV {
+		return run.splitKV(ctx)
+	}
+	return run.ringSteps(ctx)
+}
+
+func (r *rankRun) report() {
+	if r.cfg.Progress != nil {
+		r.cfg.Progress(r.prog)
+	}
+}
+
+// loadQueries fetches the owned query blocks, creates their states and
+// counts the pairs to fold.
+func (r *rankRun) loadQueries(ctx context.Context) error {
+	p := r.p
+	r.q = make(map[int][]float32, len(r.owned))
+	r.state = make(map[int]*kernels.State, len(r.owned))
+	r.pairs = make(map[int][]int64, len(r.owned))
+	folds := make([]int, r.w) // pairs per holder set (ring) or per rank range (split-KV)
+	for _, qi := range r.owned {
+		_, n := r.plan.QSpan(qi)
+		q, err := r.cfg.Source.Fetch(ctx, "q", qi)
+		if err != nil {
+			return fmt.Errorf("rank %d: fetching query block %d: %w", r.rank, qi, err)
+		}
+		if want := p.B * p.Hq * n * p.D; len(q) != want {
+			return invalid("rank %d: query block %d has %d values, expected %d ([%d,%d,%d,%d])",
+				r.rank, qi, len(q), want, p.B, p.Hq, n, p.D)
+		}
+		r.q[qi] = q
+		r.state[qi] = kernels.NewState(p.B, p.Hq, n, p.D)
+		r.pairs[qi] = r.plan.PairsRow(qi)
+		for h := range r.w {
+			for _, kj := range r.plan.Ranks[h].KVBlocks {
+				if r.pairs[qi][kj] > 0 {
+					folds[h]++
+				}
+			}
+		}
+	}
+	if r.plan.Strategy == shard.SplitKV {
+		r.prog.TotalPairs = folds[r.rank]
+	} else {
+		for _, f := range folds {
+			r.prog.TotalPairs += f
+		}
+	}
+	return nil
+}
+
+// fetchKV loads key/value block j from the Source.
+func (r *rankRun) fetchKV(ctx context.Context, j int) (kvBlock, error) {
+	k, err := r.cfg.Source.Fetch(ctx, "k", j)
+	if err != nil {
+		return kvBlock{}, fmt.Errorf("rank %d: fetching key block %d: %w", r.rank, j, err)
+	}
+	v, err := r.cfg.Source.Fetch(ctx, "v", j)
+	if err != nil {
+		return kvBlock{}, fmt.Errorf("rank %d: fetching value block %d: %w", r.rank, j, err)
+	}
+	b := kvBlock{j: j, k: k, v: v}
+	if err := r.checkKV(b); err != nil {
+		return kvBlock{}, err
+	}
+	return b, nil
+}
+
+func (r *rankRun) checkKV(b kvBlock) error {
+	_, n := r.plan.KSpan(b.j)
+	want := r.p.B * r.p.Hkv * n * r.p.D
+	if len(b.k) != want || len(b.v) != want {
+		return invalid("rank %d: key/value block %d has %d/%d values, expected %d ([%d,%d,%d,%d])",
+			r.rank, b.j, len(b.k), len(b.v), want, r.p.B, r.p.Hkv, n, r.p.D)
+	}
+	return nil
+}
+
+// fold folds the held blocks into every owned query block they are visible to.
+func (r *rankRun) fold(ctx context.Context, held []kvBlock, qblocks []int, states map[int]*kernels.State, count bool) error {
+	for _, b := range held {
+		kStart, nk := r.plan.KSpan(b.j)
+		for _, qi := range qblocks {
+			if r.pairs[qi][b.j] == 0 {
+				if count {
+					r.prog.Skipped++
+				}
+				continue
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			qStart, _ := r.plan.QSpan(qi)
+			if err := states[qi].Fold(r.p, r.q[qi], qStart, b.k, b.v, kStart, nk); err != nil {
+				return fmt.Errorf("rank %d: folding key block %d into query block %d: %w", r.rank, b.j, qi, err)
+			}
+			if count {
+				r.prog.Pairs++
+				r.prog.FLOPs += float64(r.pairs[qi][b.j]) * r.plan.PairFLOPs()
+			}
+		}
+	}
+	return nil
+}
+
+// group runs functions concurrently; the first error cancels the others.
+type group struct {
+	wg     sync.WaitGroup
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	err    error
+}
+
+func newGroup(ctx context.Context) (*group, context.Context) {
+	ctx, cancel := context.WithCancel(ctx)
+	return &group{cancel: cancel}, ctx
+}
+
+func (g *group) Go(f func() error) {
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.record(f())
+	}()
+}
+
+func (g *group) record(err error) {
+	if err == nil {
+		return
+	}
+	g.mu.Lock()
+	// Keep the cause, not the cancellation it caused in the others.
+	if g.err == nil || (errors.Is(g.err, context.Canceled) && !errors.Is(err, context.Canceled)) {
+		g.err = err
+	}
+	g.mu.Unlock()
+	g.cancel()
+}
+
+func (g *group) Wait() error {
+	g.wg.Wait()
+	g.cancel()
+	return g.err
+}
+
+// ringSteps runs the W ring steps of a ring strategy.
+func (r *rankRun) ringSteps(ctx context.Context) error {
+	plan := r.plan
+	var cur []kvBlock
+	for _, j := range plan.Ranks[r.rank].KVBlocks {
+		b, err := r.fetchKV(ctx, j)
+		if err != nil {
+			return err
+		}
+		cur = append(cur, b)
+	}
+	next := (r.rank + 1) % r.w
+	prev := (r.rank - 1 + r.w) % r.w
+	for s := 0; s < plan.Steps; s++ {
+		var incoming []kvBlock
+		g, gctx := newGroup(ctx)
+		if s+1 < plan.Steps {
+			held := cur
+			g.Go(func() error { return r.sendSet(gctx, next, s+1, held) })
+			g.Go(func() (err error) {
+				incoming, err = r.recvSet(gctx, prev, s+1)
+				return err
+			})
+		}
+		g.record(r.fold(gctx, cur, r.owned, r.state, true))
+		if err := g.Wait(); err != nil {
+			if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+				err = ctx.Err()
+			}
+			return fmt.Errorf("rank %d step %d: %w", r.rank, s, err)
+		}
+		r.prog.Fallbacks += r.falls
+		r.falls = 0
+		r.prog.Step = s + 1
+		r.report()
+		cur = incoming
+	}
+	for _, qi := range r.owned {
+		if err := r.put(ctx, qi); err != nil {
+			return err
+		}
+	}
+	r.prog.Done = true
+	r.report()
+	return nil
+}
+
+func (r *rankRun) put(ctx context.Context, qi int) error {
+	st := r.state[qi]
+	o := make([]float32, len(st.O))
+	lse := make([]float32, len(st.M))
+	if err := st.Finalize(o, lse); err != nil {
+		return fmt.Errorf("rank %d: finalizing query block %d: %w", r.rank, qi, err)
+	}
+	if err := r.cfg.Sink.Put(ctx, qi, o, lse); err != nil {
+		return fmt.Errorf("rank %d: writing output block %d: %w", r.rank, qi, err)
+	}
+	return nil
+}
+
+// sendSet sends the held blocks to rank `to` for step `step`.
+func (r *rankRun) sendSet(ctx context.Context, to, step int, held []kvBlock) error {
+	for _, b := range held {
+		f := Frame{Key: Key{Kind: KindKV, Step: step, Block: b.j}, Tensors: [][]float32{b.k, b.v}}
+		if err := r.ring.Send(ctx, to, f); err != nil {
+			return fmt.Errorf("sending key/value block %d to rank %d: %w", b.j, to, err)
+		}
+	}
+	return nil
+}
+
+// recvSet receives the blocks of step `step` from rank `from`, fetching any
+// that time out or arrive malformed from the Source.
+func (r *rankRun) recvSet(ctx context.Context, from, step int) ([]kvBlock, error) {
+	want := r.plan.HeldKV(r.rank, step)
+	out := make([]kvBlock, 0, len(want))
+	for _, j := range want {
+		f, err := r.ring.Recv(ctx, from, Key{Kind: KindKV, Step: step, Block: j})
+		switch {
+		case err == nil:
+			if len(f.Tensors) == 2 {
+				b := kvBlock{j: j, k: f.Tensors[0], v: f.Tensors[1]}
+				cerr := r.checkKV(b)
+				if cerr == nil {
+					out = append(out, b)
+					continue
+				}
+				r.log.Warn("malformed key/value frame, fetching from the source", "block", j, "step", step, "err", cerr)
+			} else {
+				r.log.Warn("malformed key/value frame, fetching from the source", "block", j, "step", step,
+					"tensors", len(f.Tensors))
+			}
+		case errors.Is(err, ErrTimeout):
+			r.log.Warn("key/value frame timed out, fetching from the source", "block", j, "step", step, "from", from)
+		default:
+			return nil, fmt.Errorf("receiving key/value block %d from rank %d: %w", j, from, err)
+		}
+		b, err := r.fetchKV(ctx, j)
+		if err != nil {
+			return nil, err
+		}
+		r.falls++
+		out = append(out, b)
+	}
+	return out, nil
+}
+
+// splitKV computes this rank's partial (O, LSE) over its key range for all
+// planned query blocks and runs its part of the binary reduction tree: at
+// level l a rank with bit l set sends its partial to rank - 2^l and stops;
+// the others receive from rank + 2^l and merge. A partial that times out or
+// arrives malformed is recomputed here from the Source, subtree and all, in
+// the same order the sender would have used, so the result is unchanged.
+func (r *rankRun) splitKV(ctx context.Context) error {
+	o, lse, err := r.partial(ctx, r.rank, true)
+	if err != nil {
+		return err
+	}
+	r.prog.Step = 1
+	r.report()
+	for l := 0; 1<<l < r.w; l++ {
+		if r.rank&(1<<l) != 0 {
+			to := r.rank - 1<<l
+			f := Frame{Key: Key{Kind: KindPartial, Step: l, Block: r.rank}, Tensors: [][]float32{o, lse}}
+			if err := r.ring.Send(ctx, to, f); err != nil {
+				return fmt.Errorf("rank %d: sending partial to rank %d: %w", r.rank, to, err)
+			}
+			r.prog.Done = true
+			r.report()
+			return nil
+		}
+		c := r.rank + 1<<l
+		if c >= r.w {
+			continue
+		}
+		co, clse, err := r.recvPartial(ctx, c, l, len(o), len(lse))
+		if err != nil {
+			return err
+		}
+		if err := kernels.MergeOutputs(o, lse, co, clse, r.p.D); err != nil {
+			return fmt.Errorf("rank %d: merging partial of rank %d: %w", r.rank, c, err)
+		}
+	}
+	// Rank 0: write every planned block.
+	at, atL := 0, 0
+	for _, qi := range r.plan.Planned {
+		_, n := r.plan.QSpan(qi)
+		rows := r.p.B * r.p.Hq * n
+		if err := r.cfg.Sink.Put(ctx, qi, o[at:at+rows*r.p.D], lse[atL:atL+rows]); err != nil {
+			return fmt.Errorf("rank %d: writing output block %d: %w", r.rank, qi, err)
+		}
+		at += rows * r.p.D
+		atL += rows
+	}
+	r.prog.Done = true
+	r.report()
+	return nil
+}
+
+func (r *rankRun) recvPartial(ctx context.Context, c, level, no, nl int) (o, lse []float32, err error) {
+	f, err := r.ring.Recv(ctx, c, Key{Kind: KindPartial, Step: level, Block: c})
+	switch {
+	case err == nil:
+		if len(f.Tensors) == 2 && len(f.Tensors[0]) == no && len(f.Tensors[1]) == nl {
+			return f.Tensors[0], f.Tensors[1], nil
+		}
+		r.log.Warn("malformed partial, recomputing it from the source", "from", c, "level", level)
+	case errors.Is(err, ErrTimeout):
+		r.log.Warn("partial timed out, recomputing it from the source", "from", c, "level", level)
+	default:
+		return nil, nil, fmt.Errorf("rank %d: receiving partial of rank %d: %w", r.rank, c, err)
+	}
+	r.prog.Fallbacks++
+	return r.subtree(ctx, c, level)
+}
+
+// subtree recomputes what rank c sends at level l: its own partial merged
+// with the subtrees of c + 2^m for m < l.
+func (r *rankRun) subtree(ctx context.Context, c, l int) (o, lse []float32, err error) {
+	o, lse, err = r.partial(ctx, c, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	for m := 0; m < l; m++ {
+		cc := c + 1<<m
+		if cc >= r.w {
+			continue
+		}
+		co, clse, err := r.subtree(ctx, cc, m)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := kernels.MergeOutputs(o, lse, co, clse, r.p.D); err != nil {
+			return nil, nil, err
+		}
+	}
+	return o, lse, nil
+}
+
+// partial folds rank h's key range into fresh states of all planned query
+// blocks and returns the finalized (O, LSE), blocks concatenated in plan
+// order. Key blocks are fetched one at a time.
+func (r *rankRun) partial(ctx context.Context, h int, count bool) (o, lse []float32, err error) {
+	p := r.p
+	states := r.state
+	if !count { // a recomputation for another rank: keep our own states intact
+		states = make(map[int]*kernels.State, len(r.owned))
+		for _, qi := range r.owned {
+			_, n := r.plan.QSpan(qi)
+			states[qi] = kernels.NewState(p.B, p.Hq, n, p.D)
+		}
+	}
+	for _, j := range r.plan.Ranks[h].KVBlocks {
+		b, err := r.fetchKV(ctx, j)
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := r.fold(ctx, []kvBlock{b}, r.owned, states, count); err != nil {
+			return nil, nil, err
+		}
+	}
+	rows := 0
+	for _, qi := range r.owned {
+		rows += len(states[qi].M)
+	}
+	o = make([]float32, rows*p.D)
+	lse = make([]float32, rows)
+	at := 0
+	for _, qi := range r.owned {
+		st := states[qi]
+		n := len(st.M)
+		if err := st.Finalize(o[at*p.D:(at+n)*p.D], lse[at:at+n]); err != nil {
+			return nil, nil, err
+		}
+		at += n
+	}
+	return o, lse, nil
+}

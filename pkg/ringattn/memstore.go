@@ -1,0 +1,162 @@
+package ringattn
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/ringattn/ringattn/pkg/kernels"
+)
+
+// MemSource serves blocks of whole in-memory tensors q [B,Hq,N,D] and k, v
+// [B,Hkv,Nk,D], cut into blocks of Block tokens (the last one ragged).
+type MemSource struct {
+	b, hq, hkv, d, n, nk, block int
+	q, k, v                     []float32
+	fetches                     [3]atomic.Int64
+}
+
+// NewMemSource checks the tensors' lengths against p and returns a Source
+// over them. The tensors are read, never written.
+func NewMemSource(p *kernels.Params, block int, q, k, v []float32) (*MemSource, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if block < 1 {
+		return nil, invalid("block = %d, expected >= 1", block)
+	}
+	if want := p.B * p.Hq * p.N * p.D; len(q) != want {
+		return nil, invalid("q has %d values, expected %d ([%d,%d,%d,%d])", len(q), want, p.B, p.Hq, p.N, p.D)
+	}
+	want := p.B * p.Hkv * p.Nk * p.D
+	if len(k) != want {
+		return nil, invalid("k has %d values, expected %d ([%d,%d,%d,%d])", len(k), want, p.B, p.Hkv, p.Nk, p.D)
+	}
+	if len(v) != want {
+		return nil, invalid("v has %d values, expected %d ([%d,%d,%d,%d])", len(v), want, p.B, p.Hkv, p.Nk, p.D)
+	}
+	return &MemSource{b: p.B, hq: p.Hq, hkv: p.Hkv, d: p.D, n: p.N, nk: p.Nk, block: block, q: q, k: k, v: v}, nil
+}
+
+var tensorIndex = map[string]int{"q": 0, "k": 1, "v": 2}
+
+// Fetch returns a copy of block `block` of tensor "q", "k" or "v" as
+// [B, H, len, D].
+func (s *MemSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var src []float32
+	var heads, n int
+	switch tensor {
+	case "q":
+		src, heads, n = s.q, s.hq, s.n
+	case "k":
+		src, heads, n = s.k, s.hkv, s.nk
+	case "v":
+		src, heads, n = s.v, s.hkv, s.nk
+	default:
+		return nil, invalid("tensor %q, expected \"q\", \"k\" or \"v\"", tensor)
+	}
+	start := block * s.block
+	if block < 0 || start >= n {
+		return nil, invalid("%s block %d, expected 0..%d", tensor, block, (n+s.block-1)/s.block-1)
+	}
+	rows := min(s.block, n-start)
+	s.fetches[tensorIndex[tensor]].Add(1)
+	return gather(src, s.b*heads, n, start, rows, s.d), nil
+}
+
+// Fetches returns how many times Fetch served tensor ("q", "k" or "v").
+func (s *MemSource) Fetches(tensor string) int64 {
+	i, ok := tensorIndex[tensor]
+	if !ok {
+		return 0
+	}
+	return s.fetches[i].Load()
+}
+
+// gather copies rows [start, start+rows) of each of bh [n, d] matrices.
+func gather(src []float32, bh, n, start, rows, d int) []float32 {
+	out := make([]float32, bh*rows*d)
+	for i := range bh {
+		copy(out[i*rows*d:(i+1)*rows*d], src[(i*n+start)*d:(i*n+start+rows)*d])
+	}
+	return out
+}
+
+// scatter is the inverse of gather.
+func scatter(dst, blk []float32, bh, n, start, rows, d int) {
+	for i := range bh {
+		copy(dst[(i*n+start)*d:(i*n+start+rows)*d], blk[i*rows*d:(i+1)*rows*d])
+	}
+}
+
+// MemSink assembles output blocks into whole tensors O [B,Hq,N,D] and
+// LSE [B,Hq,N], counting how often each block was written.
+type MemSink struct {
+	b, hq, d, n, block int
+	mu                 sync.Mutex
+	o, lse             []float32
+	puts               []int
+}
+
+// NewMemSink returns an empty sink for the problem p cut into blocks of
+// `block` tokens.
+func NewMemSink(p *kernels.Params, block int) (*MemSink, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if block < 1 {
+		return nil, invalid("block = %d, expected >= 1", block)
+	}
+	return &MemSink{b: p.B, hq: p.Hq, d: p.D, n: p.N, block: block,
+		o:    make([]float32, p.B*p.Hq*p.N*p.D),
+		lse:  make([]float32, p.B*p.Hq*p.N),
+		puts: make([]int, (p.N+block-1)/block)}, nil
+}
+
+// Put copies output block `block` into place.
+func (s *MemSink) Put(ctx context.Context, block int, o, lse []float32) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if block < 0 || block >= len(s.puts) {
+		return invalid("output block %d, expected 0..%d", block, len(s.puts)-1)
+	}
+	start := block * s.block
+	rows := min(s.block, s.n-start)
+	bh := s.b * s.hq
+	if len(o) != bh*rows*s.d || len(lse) != bh*rows {
+		return invalid("output block %d has %d/%d values, expected %d/%d", block, len(o), len(lse), bh*rows*s.d, bh*rows)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	scatter(s.o, o, bh, s.n, start, rows, s.d)
+	scatter(s.lse, lse, bh, s.n, start, rows, 1)
+	s.puts[block]++
+	return nil
+}
+
+// Puts returns how many times output block `block` was written.
+func (s *MemSink) Puts(block int) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.puts[block]
+}
+
+// Result returns the assembled O and LSE (shared, not copies).
+func (s *MemSink) Result() (o, lse []float32) { return s.o, s.lse }
+
+// checkComplete reports a block that was not written exactly once.
+func (s *MemSink) checkComplete(planned []int) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range planned {
+		if s.puts[b] != 1 {
+			return fmt.Errorf("ringattn: output block %d written %d times, expected once", b, s.puts[b])
+		}
+	}
+	return nil
+}
