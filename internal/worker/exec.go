@@ -118,11 +118,19 @@ func (o *outputs) put(ctx context.Context, w blockWriter, ns, tensor string, blo
 	met.storeBytes.WithLabelValues("written").Add(float64(4 * len(data)))
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.buf = slices.Grow(o.buf[:0], 4*len(data))[:4*len(data)]
-	for i, v := range data {
-		binary.LittleEndian.PutUint32(o.buf[4*i:], math.Float32bits(v))
+	var crc uint32
+	o.buf, crc = crcF32(o.buf, data)
+	return crc, nil
+}
+
+// crcF32 returns the CRC32C of x encoded as little-endian float32 (what
+// transport.Store writes for F32), reusing buf.
+func crcF32(buf []byte, x []float32) ([]byte, uint32) {
+	buf = slices.Grow(buf[:0], 4*len(x))[:4*len(x)]
+	for i, v := range x {
+		binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(v))
 	}
-	return transport.CRC32C(o.buf), nil
+	return buf, transport.CRC32C(buf)
 }
 
 func (o *outputs) record(block int, crcO, crcLSE uint32) {
