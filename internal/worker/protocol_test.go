@@ -195,7 +195,7 @@ func (e *protoEnv) job(id string, epoch uint64, seed uint64) *pb.Assignment {
 		e.t.Fatal(err)
 	}
 	return &pb.Assignment{JobId: id, Epoch: epoch, Rank: 0, Size: 1, Plan: planPB(p, "pw"),
-		Params: &pb.KernelParams{Kind: pb.JobKind_JOB_KIND_ATTENTION, B: b, Hq: h, Hkv: h, D: d, Scale: 0.25, WantLse: true},
+		Params:   &pb.KernelParams{Kind: pb.JobKind_JOB_KIND_ATTENTION, B: b, Hq: h, Hkv: h, D: d, Scale: 0.25, WantLse: true},
 		InputRef: "in-" + id, OutputRef: id}
 }
 
