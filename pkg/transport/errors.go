@@ -28,6 +28,8 @@ var (
 	ErrCorrupt = errors.New("transport: corrupt data")
 	// ErrTooLarge is wrapped when a block or frame exceeds a configured limit.
 	ErrTooLarge = errors.New("transport: too large")
+	// ErrStoreFull is wrapped when the store bucket has reached its MaxBytes.
+	ErrStoreFull = errors.New("transport: tensor store full")
 	// ErrClosed is returned by a NATSRing after Close.
 	ErrClosed = errors.New("transport: ring closed")
 )

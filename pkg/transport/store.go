@@ -33,10 +33,14 @@ const (
 	metaElems    = "ringattn-elems"
 )
 
+// jsErrStoreMaxBytes is JetStream's "maximum bytes exceeded" error code.
+const jsErrStoreMaxBytes jetstream.ErrorCode = 10077
+
 // Store defaults.
 const (
 	DefaultMaxBlockBytes = 1 << 30
 	DefaultChunkBytes    = 1 << 20
+	DefaultRetryFor      = 30 * time.Second
 )
 
 // StoreConfig configures the tensor store bucket.
@@ -58,6 +62,10 @@ type StoreConfig struct {
 	Replicas int
 	// Memory keeps the bucket in memory instead of files.
 	Memory bool
+	// RetryFor is how long a read or write is retried while NATS is
+	// unreachable (restarting, reconnecting, timing out); default 30 s,
+	// negative disables retries. The caller's ctx bounds it too.
+	RetryFor time.Duration
 }
 
 // StoreStats are cumulative counters of a Store.
@@ -97,6 +105,9 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 	}
 	if cfg.Replicas == 0 {
 		cfg.Replicas = 1
+	}
+	if cfg.RetryFor == 0 {
+		cfg.RetryFor = DefaultRetryFor
 	}
 	switch {
 	case !nameRE.MatchString(cfg.Bucket):
@@ -215,7 +226,16 @@ func (s *Store) PutBlock(ctx context.Context, job, tensor string, block int, dat
 		},
 		Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(s.cfg.ChunkBytes)},
 	}
-	if _, err := s.obs.Put(ctx, meta, bytes.NewReader(b)); err != nil {
+	err := s.retry(ctx, "put", ref, func() error {
+		_, err := s.obs.Put(ctx, meta, bytes.NewReader(b))
+		return err
+	})
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrStoreMaxBytes {
+		return fmt.Errorf("%w: put %s (%d bytes): bucket %q is at its MaxBytes limit (%d): %w",
+			ErrStoreFull, ref, len(b), s.cfg.Bucket, s.cfg.MaxBytes, err)
+	}
+	if err != nil {
 		return fmt.Errorf("transport: put %s (%d bytes): %w", ref, len(b), err)
 	}
 	s.putBlocks.Add(1)
@@ -230,18 +250,61 @@ func (s *Store) GetBlock(ctx context.Context, job, tensor string, block int) ([]
 	if err := validateRef(job, tensor, block); err != nil {
 		return nil, err
 	}
-	out, err := s.getBlock(ctx, job, tensor, block)
+	ref := BlockRef{job, tensor, block}
+	var out []float32
+	get := func() (err error) {
+		out, err = s.getBlock(ctx, job, tensor, block)
+		return err
+	}
+	err := s.retry(ctx, "get", ref, get)
 	var ce *CorruptBlockError
 	if errors.As(err, &ce) {
 		s.corrupt.Add(1)
 		s.refetches.Add(1)
 		s.logger.Warn("corrupt block, fetching again", "job", job, "tensor", tensor, "block", block, "reason", ce.Reason)
-		out, err = s.getBlock(ctx, job, tensor, block)
+		err = s.retry(ctx, "get", ref, get)
 		if errors.As(err, &ce) {
 			s.corrupt.Add(1)
 		}
 	}
 	return out, err
+}
+
+// transient reports errors worth retrying: NATS unreachable or slow.
+func transient(err error) bool {
+	for _, e := range []error{nats.ErrTimeout, nats.ErrNoResponders, nats.ErrConnectionReconnecting,
+		nats.ErrDisconnected, nats.ErrNoServers, nats.ErrReconnectBufExceeded, context.DeadlineExceeded,
+		jetstream.ErrNoStreamResponse, jetstream.ErrNoHeartbeat, jetstream.ErrAsyncPublishTimeout} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// retry runs f until it succeeds, fails for good, or RetryFor passes.
+func (s *Store) retry(ctx context.Context, op string, ref BlockRef, f func() error) error {
+	start := time.Now()
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := f()
+		if err == nil || !transient(err) || ctx.Err() != nil || s.cfg.RetryFor < 0 ||
+			time.Since(start)+wait > s.cfg.RetryFor {
+			if err != nil && ctx.Err() != nil {
+				return fmt.Errorf("%w (%w)", ctx.Err(), err)
+			}
+			return err
+		}
+		s.logger.Warn("tensor store unreachable, retrying", "op", op, "block", ref.String(), "attempt", attempt, "err", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (%w)", ctx.Err(), err)
+		case <-t.C:
+		}
+		wait = min(2*wait, time.Second)
+	}
 }
 
 func (s *Store) getBlock(ctx context.Context, job, tensor string, block int) ([]float32, error) {
