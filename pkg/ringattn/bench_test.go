@@ -1,0 +1,101 @@
+package ringattn_test
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ringattn/ringattn/internal/testrand"
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/shard"
+)
+
+// benchN is the sequence length of the ring benchmarks: 16384 (the issue's
+// figure) unless RINGATTN_BENCH_N says otherwise.
+func benchN(b *testing.B) int {
+	if s := os.Getenv("RINGATTN_BENCH_N"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			b.Fatalf("RINGATTN_BENCH_N = %q, expected a positive integer", s)
+		}
+		return n
+	}
+	return 16384
+}
+
+// BenchmarkRingOverhead times an in-process ring of R ranks against the
+// local kernel on the same shape (B=1, H=8, D=128), alternating the two in
+// every iteration so that machine noise hits both, and reports the ring's
+// overhead in percent of the kernel's time, both GFLOP/s and the largest
+// difference between the two outputs.
+func BenchmarkRingOverhead(b *testing.B) {
+	n := benchN(b)
+	for _, causal := range []bool{false, true} {
+		p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: 8, Hkv: 8, D: 128}, N: n, Nk: n, Mask: kernels.Mask{Causal: causal}}
+		r := testrand.New(1)
+		q := r.Slice(p.B*p.Hq*n*p.D, testrand.Normal)
+		k := r.Slice(p.B*p.Hkv*n*p.D, testrand.Normal)
+		v := r.Slice(p.B*p.Hkv*n*p.D, testrand.Normal)
+		o := make([]float32, len(q))
+		flops := p.VisibleFLOPs()
+		for _, ranks := range []int{2, 4} {
+			name := fmt.Sprintf("causal=%v/R=%d", causal, ranks)
+			b.Run(name, func(b *testing.B) {
+				plan, err := shard.NewPlan(shard.Request{B: 1, Hq: 8, Hkv: 8, D: 128, N: n, Nk: n, Ranks: ranks,
+					Mask: shard.Mask{Causal: causal}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				var tk, tr time.Duration
+				var diff float64
+				for b.Loop() {
+					t0 := time.Now()
+					if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
+						b.Fatal(err)
+					}
+					t1 := time.Now()
+					ro, _, err := ringattn.RunLocal(context.Background(), &p, plan, q, k, v)
+					if err != nil {
+						b.Fatal(err)
+					}
+					tr += time.Since(t1)
+					tk += t1.Sub(t0)
+					for i := range o {
+						diff = max(diff, math.Abs(float64(o[i]-ro[i])))
+					}
+				}
+				b.ReportMetric(100*(tr.Seconds()-tk.Seconds())/tk.Seconds(), "overhead%")
+				b.ReportMetric(flops*float64(b.N)/tk.Seconds()/1e9, "kernel-GFLOP/s")
+				b.ReportMetric(flops*float64(b.N)/tr.Seconds()/1e9, "ring-GFLOP/s")
+				b.ReportMetric(diff, "maxdiff")
+				b.ReportMetric(plan.Imbalance, "imbalance")
+				b.Logf("%s: %v, kernel %v, ring %v per op", name, plan, tk/time.Duration(b.N), tr/time.Duration(b.N))
+			})
+		}
+	}
+}
+
+// BenchmarkRingCausalImbalance reports the planned imbalance of every ring
+// strategy for causal self-attention, N=16384, block 1024, R=4.
+func BenchmarkRingCausalImbalance(b *testing.B) {
+	for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped} {
+		b.Run(string(s), func(b *testing.B) {
+			var plan *shard.Plan
+			var err error
+			for b.Loop() {
+				plan, err = shard.NewPlan(shard.Request{B: 1, Hq: 8, Hkv: 8, D: 128, N: 16384, Nk: 16384, Ranks: 4,
+					Strategy: s, Mask: shard.Mask{Causal: true}})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(plan.Imbalance, "imbalance")
+			b.Logf("%v", plan)
+		})
+	}
+}

@@ -1,0 +1,38 @@
+// Package ringattn runs one rank's part of a distributed exact-attention
+// plan (see pkg/shard) and, for tests and `ringattn attend --ranks R`, all
+// ranks of a plan in one process.
+//
+// RunRank executes rank Ring.Rank() of a shard.Plan:
+//
+//   - Ring strategies (contiguous, zigzag, striped): the rank keeps one
+//     online-softmax kernels.State per owned query block. At ring step s it
+//     folds the key/value blocks it holds (those rank (r-s) mod W started
+//     with) into every owned query block they are visible to, while two
+//     goroutines send the same blocks to rank r+1 and receive the blocks of
+//     step s+1 from rank r-1 (double buffering). After W steps each state
+//     has seen every key exactly once; it is finalized and written to the
+//     Sink with its log-sum-exp.
+//   - Split-KV: every rank folds its key range into all query blocks,
+//     finalizes a partial (O, LSE), and the partials are merged up a binary
+//     tree (KindPartial frames, kernels.MergeOutputs) to rank 0, which
+//     writes the outputs.
+//
+// The Source (the tensor store in a cluster) is the fallback: a key/value
+// frame that does not arrive within the ring's receive timeout, or arrives
+// malformed, is fetched from the Source and forwarded like a received one;
+// a lost split-KV partial is recomputed from the Source. Either way the
+// arithmetic, and so the result, is exactly that of the fault-free run.
+// A dead peer (ErrPeerGone) or the end of the context stops the rank
+// promptly with an error, and RunRank returns only after its goroutines
+// have exited.
+//
+// The package declares the interfaces it needs — Ring (send to a rank,
+// receive from a rank by Key), Source and Sink — and implements them in
+// memory: MemNet (with fault hooks: drop, delay, duplicate, reorder, kill),
+// MemSource and MemSink. transport.NATSRing implements Ring for the
+// cluster. RunLocal runs every rank of a plan over a MemNet. Layer holds the
+// projections of multi-head self-attention layer jobs.
+//
+// DESIGN.md in this directory makes the exactness argument and describes
+// the schedule.
+package ringattn
