@@ -11,13 +11,16 @@
 // F32, F64, F16 and BF16 tensors. Everything is converted to float32. Open
 // picks the reader by file extension and Load also accepts
 // "file.safetensors:name". The parsers treat files as hostile: every length
-// is checked against the file size before anything is allocated (reading
-// never allocates much more than twice the file size), the .npy header is
-// parsed as a strict subset of Python literals rather than evaluated, and the
-// .safetensors offsets must tile the data section exactly. Errors name the
-// file, the field and what was expected, and wrap ErrFormat (malformed or
-// truncated) or ErrUnsupported (valid but not readable here, such as
-// integer dtypes or Fortran order).
+// is checked against the file size before anything is allocated, so a read
+// allocates a bounded multiple of the file size (the float32 data is at most
+// twice its input; a .safetensors header costs at most about 10 bytes per
+// header byte, reached only by headers packed with empty entries). The .npy
+// header is parsed as a strict subset of Python literals, never evaluated;
+// the .safetensors header by a strict scanner for the JSON it may hold, and
+// its offsets must tile the data section exactly. Errors name the file, the
+// field and what was expected, and wrap ErrFormat (malformed or truncated)
+// or ErrUnsupported (valid but not readable here, such as integer dtypes or
+// Fortran order).
 //
 // Writing: WriteNPY writes the float32 little-endian C-order files np.save
 // writes, byte for byte, through a temporary file renamed into place.

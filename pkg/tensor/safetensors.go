@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"sort"
-	"strconv"
 	"unicode/utf8"
 )
 
@@ -33,6 +32,15 @@ var stDTypes = map[string]int{
 	"I64": 8, "U64": 8, "F64": 8,
 }
 
+// stDTypeNames interns the dtype strings.
+var stDTypeNames = func() map[string]string {
+	m := map[string]string{}
+	for k := range stDTypes {
+		m[k] = k
+	}
+	return m
+}()
+
 var stFloat = map[string]DType{"F16": Float16, "BF16": BFloat16, "F32": Float32, "F64": Float64}
 
 // TensorInfo describes one tensor of a .safetensors file.
@@ -50,8 +58,9 @@ type Safetensors struct {
 	r        io.ReaderAt
 	name     string
 	dataOff  int64
-	infos    map[string]TensorInfo
-	names    []string
+	infos    []TensorInfo   // in header order
+	index    map[string]int // name -> infos index
+	names    []string       // sorted
 	metadata map[string]string
 }
 
@@ -86,7 +95,7 @@ func ReadSafetensorsAt(r io.ReaderAt, size int64, name string) (map[string]*Tens
 // header length is bounded by size before it is read, and every tensor's
 // offsets are checked to lie in the file, to tile the data section and to
 // match its dtype and shape, so reading tensors later allocates no more than
-// twice the file size. Errors wrap ErrFormat or ErrUnsupported.
+// twice the data section. Errors wrap ErrFormat or ErrUnsupported.
 func OpenSafetensors(r io.ReaderAt, size int64, name string) (*Safetensors, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s: "+format, append([]any{ErrFormat, name}, args...)...)
@@ -109,7 +118,7 @@ func OpenSafetensors(r io.ReaderAt, size int64, name string) (*Safetensors, erro
 	if err := readFull(r, hdr, 8); err != nil {
 		return nil, bad("reading the header: %v", err)
 	}
-	f := &Safetensors{r: r, name: name, dataOff: 8 + int64(n), infos: map[string]TensorInfo{}}
+	f := &Safetensors{r: r, name: name, dataOff: 8 + int64(n)}
 	if err := f.parseHeader(hdr, size-f.dataOff); err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", errKind(err), name, err)
 	}
@@ -123,40 +132,55 @@ func (f *Safetensors) parseHeader(hdr []byte, size int64) error {
 	if !utf8.Valid(hdr) {
 		return fmt.Errorf("header is not valid UTF-8")
 	}
-	dec := json.NewDecoder(bytes.NewReader(hdr))
-	dec.UseNumber()
-	if err := jsonDelim(dec, '{', "header"); err != nil {
+	// Size the tables once: every entry has a "data_offsets" key and takes
+	// at least 48 bytes (`"":{"dtype":"U8","shape":[],"data_offsets":[0,0]}`),
+	// so this bounds them by the header size without 1.25x regrowth.
+	entries := min(bytes.Count(hdr, []byte(`"data_offsets"`)), len(hdr)/48)
+	f.infos = make([]TensorInfo, 0, entries)
+	f.names = make([]string, 0, entries)
+	f.index = make(map[string]int, entries)
+	p := &jsonScanner{s: hdr}
+	if err := p.delim('{', "'{' to open the header"); err != nil {
 		return err
 	}
-	for dec.More() {
-		key, err := jsonString(dec, "a tensor name")
+	for n := 0; ; n++ {
+		more, err := p.elem('}', n, "the header")
 		if err != nil {
+			return err
+		}
+		if !more {
+			break
+		}
+		key, err := p.str("a tensor name")
+		if err != nil {
+			return err
+		}
+		if err := p.colon([]byte(key)); err != nil {
 			return err
 		}
 		if key == stMetadataKey {
 			if f.metadata != nil {
 				return fmt.Errorf("%q appears twice", stMetadataKey)
 			}
-			if f.metadata, err = parseMetadata(dec); err != nil {
+			if f.metadata, err = parseMetadata(p); err != nil {
 				return err
 			}
 			continue
 		}
-		if _, dup := f.infos[key]; dup {
+		if _, dup := f.index[key]; dup {
 			return fmt.Errorf("tensor %q appears twice", key)
 		}
-		info, err := parseTensorInfo(dec, key)
+		info, err := parseTensorInfo(p, key)
 		if err != nil {
 			return fmt.Errorf("tensor %q: %w", key, err)
 		}
-		f.infos[key] = info
+		f.index[key] = len(f.infos)
+		f.infos = append(f.infos, info)
 		f.names = append(f.names, key)
 	}
-	if err := jsonDelim(dec, '}', "header"); err != nil {
-		return err
-	}
-	if rest := bytes.TrimLeft(hdr[dec.InputOffset():], " \t\r\n"); len(rest) > 0 {
-		return fmt.Errorf("header has %d bytes of garbage after the JSON object, want only spaces", len(rest))
+	p.ws()
+	if p.i < len(hdr) {
+		return fmt.Errorf("byte %d: found %s after the header object, want only spaces", p.i, p.describe())
 	}
 	if f.metadata == nil {
 		f.metadata = map[string]string{}
@@ -168,9 +192,8 @@ func (f *Safetensors) parseHeader(hdr []byte, size int64) error {
 // checkOffsets checks each tensor's size against its dtype and shape and that
 // the byte ranges tile [0, size).
 func (f *Safetensors) checkOffsets(size int64) error {
-	ranges := make([]TensorInfo, 0, len(f.names))
-	for _, name := range f.names {
-		info := f.infos[name]
+	for _, info := range f.infos {
+		name := info.Name
 		if info.End > size {
 			return fmt.Errorf("tensor %q: data_offsets [%d, %d] run past the end of the %d-byte data section (truncated file?)",
 				name, info.Begin, info.End, size)
@@ -183,18 +206,23 @@ func (f *Safetensors) checkOffsets(size int64) error {
 			return fmt.Errorf("tensor %q: data_offsets [%d, %d] span %d bytes, want %d for shape %s of %s",
 				name, info.Begin, info.End, info.End-info.Begin, want, FormatShape(info.Shape), info.DType)
 		}
-		ranges = append(ranges, info)
 	}
-	sort.SliceStable(ranges, func(i, j int) bool {
-		a, b := ranges[i], ranges[j]
+	order := make([]int32, len(f.infos)) // header length < 2^31
+	for i := range order {
+		order[i] = int32(i)
+	}
+	sort.SliceStable(order, func(i, j int) bool {
+		a, b := &f.infos[order[i]], &f.infos[order[j]]
 		return a.Begin < b.Begin || a.Begin == b.Begin && a.End < b.End
 	})
 	at := int64(0)
-	for i, t := range ranges {
+	for i, o := range order {
+		t := &f.infos[o]
 		switch {
 		case t.Begin < at:
+			prev := &f.infos[order[i-1]]
 			return fmt.Errorf("tensor %q: data_offsets [%d, %d] overlap tensor %q [%d, %d]",
-				t.Name, t.Begin, t.End, ranges[i-1].Name, ranges[i-1].Begin, ranges[i-1].End)
+				t.Name, t.Begin, t.End, prev.Name, prev.Begin, prev.End)
 		case t.Begin > at:
 			return fmt.Errorf("tensor %q: data_offsets [%d, %d] leave bytes [%d, %d) of the data section unused, want contiguous tensors",
 				t.Name, t.Begin, t.End, at, t.Begin)
@@ -207,64 +235,92 @@ func (f *Safetensors) checkOffsets(size int64) error {
 	return nil
 }
 
-func parseMetadata(dec *json.Decoder) (map[string]string, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, jsonErr(dec, err)
-	}
-	if tok == nil {
+func parseMetadata(p *jsonScanner) (map[string]string, error) {
+	if p.null() {
 		return map[string]string{}, nil
 	}
-	if tok != json.Delim('{') {
-		return nil, fmt.Errorf("%s is %s, want an object of strings", stMetadataKey, tokenKind(tok))
+	if err := p.delim('{', "'{' to open "+stMetadataKey+" (an object of strings)"); err != nil {
+		return nil, err
 	}
-	md := map[string]string{}
-	for dec.More() {
-		k, err := jsonString(dec, "a metadata key")
+	// Count the pairs first so that the map is allocated once, at its size.
+	q, size := *p, 0
+	for ; ; size++ {
+		if more, err := q.elem('}', size, ""); err != nil || !more {
+			break
+		}
+		if _, err := q.raw(""); err != nil || q.colon(nil) != nil {
+			break
+		}
+		if _, err := q.raw(""); err != nil {
+			break
+		}
+	}
+	md := make(map[string]string, size)
+	for n := 0; ; n++ {
+		more, err := p.elem('}', n, stMetadataKey)
+		if err != nil || !more {
+			return md, err
+		}
+		k, err := p.str("a metadata key")
 		if err != nil {
 			return nil, err
 		}
 		if _, dup := md[k]; dup {
 			return nil, fmt.Errorf("%s key %q appears twice", stMetadataKey, k)
 		}
-		v, err := jsonString(dec, fmt.Sprintf("%s[%q] as a string", stMetadataKey, k))
-		if err != nil {
+		if err := p.colon([]byte(k)); err != nil {
 			return nil, err
 		}
-		md[k] = v
+		if p.ws(); p.peek() != '"' {
+			return nil, p.unexpected(fmt.Sprintf("%s[%q] as a string", stMetadataKey, k))
+		}
+		if md[k], err = p.str(""); err != nil {
+			return nil, err
+		}
 	}
-	return md, jsonDelim(dec, '}', stMetadataKey)
 }
 
-func parseTensorInfo(dec *json.Decoder, name string) (TensorInfo, error) {
+func parseTensorInfo(p *jsonScanner, name string) (TensorInfo, error) {
 	info := TensorInfo{Name: name}
-	if err := jsonDelim(dec, '{', "the tensor entry"); err != nil {
+	if err := p.delim('{', "'{' to open the tensor entry"); err != nil {
 		return info, err
 	}
 	var haveDType, haveShape, haveOffsets bool
-	for dec.More() {
-		key, err := jsonString(dec, "a field name")
+	for n := 0; ; n++ {
+		more, err := p.elem('}', n, "the tensor entry")
 		if err != nil {
 			return info, err
 		}
-		switch key {
+		if !more {
+			break
+		}
+		key, err := p.raw("a field name")
+		if err != nil {
+			return info, err
+		}
+		if err := p.colon(key); err != nil {
+			return info, err
+		}
+		switch string(key) {
 		case "dtype":
 			if haveDType {
 				return info, fmt.Errorf("field dtype appears twice")
 			}
 			haveDType = true
-			if info.DType, err = jsonString(dec, "dtype as a string"); err != nil {
+			dt, err := p.raw("dtype as a string")
+			if err != nil {
 				return info, err
 			}
-			if _, ok := stDTypes[info.DType]; !ok {
-				return info, unsupported(fmt.Sprintf("dtype %q, want F32, F64, F16 or BF16", info.DType))
+			if _, ok := stDTypes[string(dt)]; !ok {
+				return info, unsupported(fmt.Sprintf("dtype %q, want F32, F64, F16 or BF16", dt))
 			}
+			info.DType = stDTypeNames[string(dt)]
 		case "shape":
 			if haveShape {
 				return info, fmt.Errorf("field shape appears twice")
 			}
 			haveShape = true
-			if info.Shape, err = jsonInts(dec, "shape", MaxRank); err != nil {
+			if info.Shape, err = jsonInts(p, "shape", "'[' to open shape", MaxRank, nil); err != nil {
 				return info, err
 			}
 		case "data_offsets":
@@ -272,7 +328,8 @@ func parseTensorInfo(dec *json.Decoder, name string) (TensorInfo, error) {
 				return info, fmt.Errorf("field data_offsets appears twice")
 			}
 			haveOffsets = true
-			off, err := jsonInts(dec, "data_offsets", 2)
+			var buf [2]int
+			off, err := jsonInts(p, "data_offsets", "'[' to open data_offsets", 2, buf[:0])
 			if err != nil {
 				return info, err
 			}
@@ -283,9 +340,6 @@ func parseTensorInfo(dec *json.Decoder, name string) (TensorInfo, error) {
 		default:
 			return info, fmt.Errorf("unknown field %q, want dtype, shape and data_offsets", key)
 		}
-	}
-	if err := jsonDelim(dec, '}', "the tensor entry"); err != nil {
-		return info, err
 	}
 	switch {
 	case !haveDType:
@@ -298,81 +352,29 @@ func parseTensorInfo(dec *json.Decoder, name string) (TensorInfo, error) {
 	return info, nil
 }
 
-// jsonInts reads an array of at most limit non-negative integers.
-func jsonInts(dec *json.Decoder, field string, limit int) ([]int, error) {
-	if err := jsonDelim(dec, '[', field); err != nil {
+// jsonInts appends to out an array of at most limit non-negative integers,
+// the field; open describes its '['.
+func jsonInts(p *jsonScanner, field, open string, limit int, out []int) ([]int, error) {
+	if err := p.delim('[', open); err != nil {
 		return nil, err
 	}
-	out := []int{}
-	for dec.More() {
-		if len(out) == limit {
+	if out == nil {
+		out = []int{}
+	}
+	for n := 0; ; n++ {
+		more, err := p.elem(']', n, field)
+		if err != nil || !more {
+			return out, err
+		}
+		if n == limit {
 			return nil, fmt.Errorf("%s has more than %d entries", field, limit)
 		}
-		tok, err := dec.Token()
+		v, err := p.count(field, n)
 		if err != nil {
-			return nil, jsonErr(dec, err)
-		}
-		num, ok := tok.(json.Number)
-		if !ok {
-			return nil, fmt.Errorf("%s[%d] is %s, want a non-negative integer", field, len(out), tokenKind(tok))
-		}
-		v, err := strconv.ParseInt(string(num), 10, 64)
-		if err != nil || v < 0 {
-			return nil, fmt.Errorf("%s[%d] is %s, want a non-negative integer below 2^63", field, len(out), num)
+			return nil, err
 		}
 		out = append(out, int(v))
 	}
-	return out, jsonDelim(dec, ']', field)
-}
-
-func jsonString(dec *json.Decoder, want string) (string, error) {
-	tok, err := dec.Token()
-	if err != nil {
-		return "", jsonErr(dec, err)
-	}
-	s, ok := tok.(string)
-	if !ok {
-		return "", fmt.Errorf("byte %d: found %s, want %s", dec.InputOffset(), tokenKind(tok), want)
-	}
-	return s, nil
-}
-
-func jsonDelim(dec *json.Decoder, d json.Delim, what string) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return jsonErr(dec, err)
-	}
-	if tok != d {
-		return fmt.Errorf("byte %d: found %s, want %q to %s %s", dec.InputOffset(), tokenKind(tok), d,
-			map[bool]string{true: "open", false: "close"}[d == '{' || d == '['], what)
-	}
-	return nil
-}
-
-func jsonErr(dec *json.Decoder, err error) error {
-	if err == io.EOF {
-		return fmt.Errorf("header JSON ends early at byte %d", dec.InputOffset())
-	}
-	return fmt.Errorf("header JSON at byte %d: %v", dec.InputOffset(), err)
-}
-
-func tokenKind(tok json.Token) string {
-	switch v := tok.(type) {
-	case json.Delim:
-		return strconv.Quote(v.String())
-	case string:
-		if len(v) > 40 {
-			v = v[:40] + "..."
-		}
-		return "string " + strconv.Quote(v)
-	case json.Number:
-		return "number " + string(v)
-	case bool:
-		return "boolean " + strconv.FormatBool(v)
-	case nil:
-		return "null"
-	}
-	return fmt.Sprintf("%v", tok)
 }
 
 // Names returns the tensor names, sorted.
@@ -380,9 +382,13 @@ func (f *Safetensors) Names() []string { return append([]string(nil), f.names...
 
 // Info describes the tensor called name.
 func (f *Safetensors) Info(name string) (TensorInfo, bool) {
-	info, ok := f.infos[name]
+	i, ok := f.index[name]
+	if !ok {
+		return TensorInfo{}, false
+	}
+	info := f.infos[i]
 	info.Shape = cloneShape(info.Shape)
-	return info, ok
+	return info, true
 }
 
 // Metadata returns the file's "__metadata__" (empty if it has none).
@@ -397,10 +403,11 @@ func (f *Safetensors) Metadata() map[string]string {
 // Tensor reads the tensor called name, converted to float32. It wraps
 // ErrNotFound for an unknown name and ErrUnsupported for a non-float dtype.
 func (f *Safetensors) Tensor(name string) (*Tensor, error) {
-	info, ok := f.infos[name]
+	i, ok := f.index[name]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s has no tensor %q; it holds %s", ErrNotFound, f.name, name, listNames(f.names))
 	}
+	info := &f.infos[i]
 	dt, ok := stFloat[info.DType]
 	if !ok {
 		return nil, fmt.Errorf("%w: %s: tensor %q has dtype %s, want F32, F64, F16 or BF16", ErrUnsupported, f.name, name, info.DType)
@@ -443,6 +450,9 @@ func EncodeSafetensors(w io.Writer, tensors map[string]*Tensor, metadata map[str
 		if name == stMetadataKey {
 			return fmt.Errorf("%w: tensor name %q is reserved", ErrShape, name)
 		}
+		if !utf8.ValidString(name) {
+			return fmt.Errorf("%w: tensor name %q is not valid UTF-8", ErrShape, name)
+		}
 		if err := t.Validate(); err != nil {
 			return fmt.Errorf("tensor %q: %w", name, err)
 		}
@@ -451,6 +461,11 @@ func EncodeSafetensors(w io.Writer, tensors map[string]*Tensor, metadata map[str
 	sort.Strings(names)
 	var hdr bytes.Buffer
 	hdr.WriteByte('{')
+	for k, v := range metadata {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return fmt.Errorf("%w: metadata %q: %q is not valid UTF-8", ErrShape, k, v)
+		}
+	}
 	if len(metadata) > 0 {
 		md, err := json.Marshal(metadata) // map keys are sorted
 		if err != nil {
