@@ -70,7 +70,9 @@ func config(args []string, stderr io.Writer) (cfg worker.Config, showVersion boo
 				envErr = fmt.Errorf("%s = %q: %v", env, v, err)
 			}
 		}
-		f.Usage += " (env " + env + ")"
+		if f.Name != "version" {
+			f.Usage += " (env " + env + ")"
+		}
 		fs.Var(f.Value, f.Name, f.Usage)
 	})
 	if envErr != nil {
