@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -93,6 +94,7 @@ func FuzzReadSafetensors(f *testing.F) {
 			if !errors.Is(err, ErrUnsupported) {
 				t.Fatalf("valid header but reading failed: %v", err)
 			}
+			checkHeaderJSON(t, b, sf)
 			for _, name := range sf.Names() {
 				if _, err := sf.Tensor(name); err != nil {
 					if info, _ := sf.Info(name); stFloat[info.DType] != 0 {
@@ -105,6 +107,7 @@ func FuzzReadSafetensors(f *testing.F) {
 		if openErr != nil {
 			t.Fatalf("read all tensors but OpenSafetensors failed: %v", openErr)
 		}
+		checkHeaderJSON(t, b, sf)
 		total := 0
 		for name, x := range m {
 			if err := x.Validate(); err != nil {
@@ -136,6 +139,39 @@ func FuzzReadSafetensors(f *testing.F) {
 			}
 		}
 	})
+}
+
+// checkHeaderJSON checks an accepted header against encoding/json: it must
+// be valid JSON whose keys are the tensor names, __metadata__ aside, and whose
+// metadata decodes to the same strings.
+func checkHeaderJSON(t *testing.T, b []byte, sf *Safetensors) {
+	t.Helper()
+	hdr := b[8 : 8+binary.LittleEndian.Uint64(b)]
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(hdr, &top); err != nil {
+		t.Fatalf("accepted a header encoding/json rejects: %v", err)
+	}
+	md := map[string]string{}
+	if raw, ok := top[stMetadataKey]; ok {
+		if err := json.Unmarshal(raw, &md); err != nil {
+			t.Fatalf("accepted metadata encoding/json rejects: %v", err)
+		}
+		if md == nil {
+			md = map[string]string{}
+		}
+		delete(top, stMetadataKey)
+	}
+	if !reflect.DeepEqual(md, sf.Metadata()) {
+		t.Fatalf("metadata %q, encoding/json reads %q", sf.Metadata(), md)
+	}
+	names := make([]string, 0, len(top))
+	for k := range top {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	if !reflect.DeepEqual(names, sf.Names()) {
+		t.Fatalf("tensor names %q, encoding/json reads %q", sf.Names(), names)
+	}
 }
 
 // seedCorpora returns the seeds of each fuzz target by file name.
