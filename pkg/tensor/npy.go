@@ -132,6 +132,9 @@ func dataSize(shape []int, itemsize int) (n int, bytes int64, err error) {
 		}
 		p *= int64(d)
 	}
+	if p > int64(math.MaxInt) { // only on 32-bit platforms
+		return 0, 0, fmt.Errorf("%d elements, more than this platform can index", p)
+	}
 	return int(p), p * int64(itemsize), nil
 }
 
@@ -445,6 +448,9 @@ func (p *pyParser) dim(i int) (int, error) {
 		return 0, p.unexpected(fmt.Sprintf("dimension %d as a non-negative integer", i))
 	}
 	digits := string(p.s[start:p.i])
+	if len(digits) > 1 && digits[0] == '0' { // not a Python 3 literal
+		return 0, fmt.Errorf("dimension %d is %s, want a decimal integer without leading zeros", i, digits)
+	}
 	if p.peek() == 'L' || p.peek() == 'l' {
 		p.i++
 	}

@@ -252,6 +252,7 @@ func badNPYInputs(t testing.TB) []badInput {
 		{"negative dim", rawNPY(1, hdr("<f4", "False", "(-1, 4)"), f32x4), ErrFormat, []string{"shape: dimension 0 is negative, want >= 0"}},
 		{"not a tuple", rawNPY(1, hdr("<f4", "False", "(4)"), f32x4), ErrFormat, []string{"shape: (4) is not a tuple, want (4,)"}},
 		{"shape list", rawNPY(1, hdr("<f4", "False", "[4]"), f32x4), ErrFormat, []string{"shape: byte 50: found '[', want '('"}},
+		{"leading zero", rawNPY(1, hdr("<f4", "False", "(2, 02)"), f32x4), ErrFormat, []string{"shape: dimension 1 is 02, want a decimal integer without leading zeros"}},
 		{"float dim", rawNPY(1, hdr("<f4", "False", "(4.0,)"), f32x4), ErrFormat, []string{"found '.', want ',' or ')'"}},
 		{"dim overflows int64", rawNPY(1, hdr("<f4", "False", "(99999999999999999999,)"), f32x4), ErrFormat,
 			[]string{"dimension 0 is 99999999999999999999, want at most 9223372036854775807"}},
