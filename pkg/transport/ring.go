@@ -144,10 +144,18 @@ type NATSRing struct {
 	peers  []peerState // per source
 	ready  map[frameKey]ringattn.Frame
 	failed map[frameKey]error
-	done   map[frameKey]bool // delivered or given up: later copies are dropped
+	done   map[frameKey]doneState // later copies of these frames are dropped
 	readyB int64
 	stats  RingStats
 }
+
+// doneState says why a frame is finished with.
+type doneState uint8
+
+const (
+	delivered doneState = iota + 1 // returned by Recv
+	gaveUp                         // Recv timed out or reported it lost
+)
 
 type frameKey struct {
 	from int
@@ -258,7 +266,7 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		peers:   make([]peerState, cfg.Size),
 		ready:   make(map[frameKey]ringattn.Frame),
 		failed:  make(map[frameKey]error),
-		done:    make(map[frameKey]bool),
+		done:    make(map[frameKey]doneState),
 	}
 	for i := range r.sendMu {
 		r.sendMu[i] = make(chan struct{}, 1)
@@ -592,7 +600,7 @@ func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringat
 		}
 		if f, ok := r.ready[fk]; ok {
 			delete(r.ready, fk)
-			r.done[fk] = true
+			r.done[fk] = delivered
 			r.readyB -= frameBytes(f)
 			r.stats.FramesReceived++
 			acks := r.releaseLocked()
@@ -602,7 +610,7 @@ func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringat
 		}
 		if err, ok := r.failed[fk]; ok {
 			delete(r.failed, fk)
-			r.done[fk] = true
+			r.done[fk] = gaveUp
 			r.mu.Unlock()
 			return ringattn.Frame{}, fmt.Errorf("transport: ring frame %+v from rank %d: %w: %w", key, from, err, ringattn.ErrTimeout)
 		}
@@ -614,7 +622,7 @@ func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringat
 			return ringattn.Frame{}, ctx.Err()
 		case <-timer.C:
 			r.mu.Lock()
-			r.done[fk] = true
+			r.done[fk] = gaveUp
 			r.stats.Timeouts++
 			r.mu.Unlock()
 			return ringattn.Frame{}, fmt.Errorf("transport: ring frame %+v from rank %d not received within %v: %w",
@@ -658,7 +666,7 @@ func (r *NATSRing) sendAcks(acks []pendingAck) {
 
 // failLocked records that frame fk cannot be completed.
 func (r *NATSRing) failLocked(fk frameKey, err error) {
-	if r.done[fk] {
+	if r.done[fk] != 0 {
 		return
 	}
 	if _, ok := r.ready[fk]; ok {
@@ -764,9 +772,13 @@ func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
 			r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
 			p.asm = nil
 		}
-		if _, ok := r.ready[fk]; ok || r.done[fk] {
+		if r.done[fk] == gaveUp {
+			r.stats.Late++
+			return nil // arrived after Recv gave up on it
+		}
+		if _, ok := r.ready[fk]; ok || r.done[fk] == delivered {
 			r.stats.Duplicates++
-			return nil // a copy of a frame we have (or gave up on)
+			return nil // a copy of a frame we have
 		}
 		if count < 1 {
 			return fmt.Errorf("%w: piece count %d", ErrCorrupt, count)
@@ -792,10 +804,8 @@ func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
 			r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
 			p.asm = nil
 		}
-		if _, ok := r.ready[fk]; !ok && !r.done[fk] {
+		if _, ok := r.ready[fk]; !ok && r.done[fk] == 0 {
 			r.failLocked(fk, errIncomplete)
-		} else {
-			r.stats.Duplicates++
 		}
 		return nil
 	}
@@ -824,7 +834,7 @@ func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
 		return nil
 	}
 	p.asm = nil
-	if r.done[fk] {
+	if r.done[fk] != 0 {
 		r.stats.Late++
 		return nil
 	}

@@ -241,8 +241,10 @@ func TestTransportRingSendStallAbandons(t *testing.T) {
 	})
 	ctx := ctxT(t, 30*time.Second)
 	f := func(step int) ringattn.Frame { return kvFrame(step, 0, randVals(uint64(step), 64<<10), nil) } // 4 pieces
-	must(t, rings[0].Send(ctx, 1, f(0)))                                                                // fills the receiver's buffer
-	must(t, rings[0].Send(ctx, 1, f(1)))                                                                // acks withheld: abandoned after SendTimeout
+	// Frame 0 fills the receiver's buffer; frame 1's acks are withheld, so
+	// it is abandoned after SendTimeout.
+	must(t, rings[0].Send(ctx, 1, f(0)))
+	must(t, rings[0].Send(ctx, 1, f(1)))
 	if st := rings[0].Stats(); st.FramesAbandoned != 1 {
 		t.Fatalf("sender stats %+v: want the second frame abandoned", st)
 	}

@@ -38,10 +38,16 @@ const jsErrStoreMaxBytes jetstream.ErrorCode = 10077
 
 // Store defaults.
 const (
-	DefaultMaxBlockBytes = 1 << 30
-	DefaultChunkBytes    = 1 << 20
-	DefaultRetryFor      = 30 * time.Second
+	DefaultMaxBlockBytes  = 1 << 30
+	DefaultChunkBytes     = 1 << 20
+	DefaultRetryFor       = 30 * time.Second
+	DefaultAttemptTimeout = 5 * time.Second
 )
+
+// attemptTimeout is how long one transfer of n bytes may take.
+func (s *Store) attemptTimeout(n int64) time.Duration {
+	return s.cfg.AttemptTimeout + time.Duration(n/(4<<20))*time.Second
+}
 
 // StoreConfig configures the tensor store bucket.
 type StoreConfig struct {
@@ -62,6 +68,10 @@ type StoreConfig struct {
 	Replicas int
 	// Memory keeps the bucket in memory instead of files.
 	Memory bool
+	// AttemptTimeout bounds one read or write attempt of a small block
+	// (default 5 s); each attempt gets one more second per 4 MiB, and a
+	// stalled attempt is retried within RetryFor.
+	AttemptTimeout time.Duration
 	// RetryFor is how long a read or write is retried while NATS is
 	// unreachable (restarting, reconnecting, timing out); default 30 s,
 	// negative disables retries. The caller's ctx bounds it too.
@@ -108,6 +118,9 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 	}
 	if cfg.RetryFor == 0 {
 		cfg.RetryFor = DefaultRetryFor
+	}
+	if cfg.AttemptTimeout == 0 {
+		cfg.AttemptTimeout = DefaultAttemptTimeout
 	}
 	switch {
 	case !nameRE.MatchString(cfg.Bucket):
@@ -227,7 +240,9 @@ func (s *Store) PutBlock(ctx context.Context, job, tensor string, block int, dat
 		Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(s.cfg.ChunkBytes)},
 	}
 	err := s.retry(ctx, "put", ref, func() error {
-		_, err := s.obs.Put(ctx, meta, bytes.NewReader(b))
+		actx, cancel := context.WithTimeout(ctx, s.attemptTimeout(int64(len(b))))
+		defer cancel()
+		_, err := s.obs.Put(actx, meta, bytes.NewReader(b))
 		return err
 	})
 	var apiErr *jetstream.APIError
@@ -312,15 +327,11 @@ func (s *Store) getBlock(ctx context.Context, job, tensor string, block int) ([]
 	corrupt := func(format string, args ...any) error {
 		return &CorruptBlockError{Job: job, Tensor: tensor, Block: block, Reason: fmt.Sprintf(format, args...)}
 	}
-	res, err := s.obs.Get(ctx, BlockName(job, tensor, block))
+	name := BlockName(job, tensor, block)
+	info, err := s.obs.GetInfo(ctx, name)
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, fmt.Errorf("%w: %s in bucket %q", ErrBlockNotFound, ref, s.cfg.Bucket)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
-	}
-	defer res.Close()
-	info, err := res.Info()
 	if err != nil {
 		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
 	}
@@ -328,11 +339,29 @@ func (s *Store) getBlock(ctx context.Context, job, tensor string, block int) ([]
 		return nil, fmt.Errorf("%w: %s is %d bytes: want <= %d (StoreConfig.MaxBlockBytes)",
 			ErrTooLarge, ref, info.Size, s.cfg.MaxBlockBytes)
 	}
+	// The object store's reader waits for chunks until its context's
+	// deadline: bound each attempt so a stalled transfer is retried.
+	actx, cancel := context.WithTimeout(ctx, s.attemptTimeout(int64(info.Size)))
+	defer cancel()
+	res, err := s.obs.Get(actx, name)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil, fmt.Errorf("%w: %s in bucket %q", ErrBlockNotFound, ref, s.cfg.Bucket)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
+	}
+	defer res.Close()
+	if info, err = res.Info(); err != nil {
+		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
+	}
 	var buf bytes.Buffer
 	buf.Grow(int(info.Size) + 1)
 	if _, err := buf.ReadFrom(res); err != nil {
 		if errors.Is(err, jetstream.ErrDigestMismatch) {
 			return nil, corrupt("object SHA-256 digest mismatch")
+		}
+		if actx.Err() != nil && ctx.Err() == nil {
+			err = fmt.Errorf("%w (%w)", nats.ErrTimeout, err) // the attempt stalled: retry
 		}
 		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
 	}
