@@ -28,6 +28,8 @@ const (
 	// HeaderRoom is what a piece leaves of the server's max payload for
 	// its headers.
 	HeaderRoom = 1 << 10
+	// maxFrameTensors bounds the tensors of one frame.
+	maxFrameTensors = 64
 )
 
 // Piece headers.
@@ -173,6 +175,8 @@ type linkState struct {
 	bytes     int
 	acked     uint64 // acks received, to detect progress
 	lastProbe time.Time
+	// established is set by the first acknowledgement: the peer listens.
+	established bool
 }
 
 type peerState struct {
@@ -369,6 +373,9 @@ func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 		total += int64(len(t) * eb)
 		shape[i] = strconv.Itoa(len(t))
 	}
+	if len(f.Tensors) > maxFrameTensors {
+		return fmt.Errorf("%w: frame %+v has %d tensors: want <= %d", ErrTooLarge, f.Key, len(f.Tensors), maxFrameTensors)
+	}
 	if total > r.cfg.MaxFrameBytes {
 		return fmt.Errorf("%w: frame %+v is %d bytes: want <= %d (RingConfig.MaxFrameBytes)",
 			ErrTooLarge, f.Key, total, r.cfg.MaxFrameBytes)
@@ -473,8 +480,10 @@ func (r *NATSRing) abandon(key ringattn.Key, to, piece, count int, why string) {
 var errStalled = errors.New("stalled")
 
 // acquire waits until n more bytes fit in the window to `to` and returns
-// the piece's sequence number. It probes the peer while stalled and gives
-// up with errStalled after SendTimeout without progress.
+// the piece's sequence number. Before the first piece to a peer it probes
+// until the peer answers (its ring may not be subscribed yet: a worker
+// that starts later than its neighbour). It probes the peer while stalled
+// and gives up with errStalled after SendTimeout without progress.
 func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 	start := time.Now()
 	var acked uint64
@@ -488,7 +497,7 @@ func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 			return 0, ErrClosed
 		}
 		l := &r.links[to]
-		if l.bytes == 0 || l.bytes+n <= r.cfg.WindowBytes {
+		if l.established && (l.bytes == 0 || l.bytes+n <= r.cfg.WindowBytes) {
 			l.nextSeq++
 			seq := l.nextSeq
 			l.inflight = append(l.inflight, inflight{seq, n})
@@ -505,7 +514,7 @@ func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 			return 0, errStalled
 		}
 		var probe *nats.Msg
-		if now.Sub(start) >= r.cfg.ProbeInterval && now.Sub(l.lastProbe) >= r.cfg.ProbeInterval {
+		if (!l.established || now.Sub(start) >= r.cfg.ProbeInterval) && now.Sub(l.lastProbe) >= r.cfg.ProbeInterval {
 			l.lastProbe = now
 			l.nextSeq++
 			l.inflight = append(l.inflight, inflight{l.nextSeq, 0})
@@ -547,6 +556,7 @@ func (r *NATSRing) ackLocked(to int, seq uint64) {
 	if i > 0 {
 		l.inflight = append(l.inflight[:0], l.inflight[i:]...)
 		l.acked++
+		l.established = true
 		r.broadcastLocked()
 	}
 }
@@ -786,7 +796,11 @@ func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
 		p.asm = &assembly{key: key, count: count}
 		var total int64
 		if s := h.Get(hShape); s != "" {
-			for _, f := range strings.Split(s, ",") {
+			fields := strings.Split(s, ",")
+			if len(fields) > maxFrameTensors {
+				return fmt.Errorf("%w: frame of %d tensors, want <= %d", ErrCorrupt, len(fields), maxFrameTensors)
+			}
+			for _, f := range fields {
 				n, err := strconv.Atoi(f)
 				if err != nil || n < 0 {
 					return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hShape, s)

@@ -343,3 +343,34 @@ func TestTransportRingNoGoroutineLeak(t *testing.T) {
 	}()
 	goleak.VerifyNone(t, ignore)
 }
+
+// TestTransportRingPeerStartsLate: a rank sending before its peer's ring
+// exists waits for the peer (probing) instead of losing the frame.
+func TestTransportRingPeerStartsLate(t *testing.T) {
+	e := transporttest.RunServer(t)
+	nc0, nc1 := transporttest.Connect(t, e), transporttest.Connect(t, e)
+	cfg := transport.RingConfig{Job: "late", Size: 2, ProbeInterval: 20 * time.Millisecond, RecvTimeout: 10 * time.Second}
+	r0, err := transport.NewNATSRing(nc0, cfg)
+	must(t, err)
+	defer r0.Close()
+	ctx := ctxT(t, 30*time.Second)
+	k := randVals(21, 50000)
+	wait := sendAsync(ctx, r0, 1, kvFrame(1, 0, k, nil))
+	transporttest.Eventually(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if r0.Stats().Probes < 2 {
+			return errors.New("sender is not probing for its peer yet")
+		}
+		return nil
+	})
+	cfg.Rank = 1
+	r1, err := transport.NewNATSRing(nc1, cfg)
+	must(t, err)
+	defer r1.Close()
+	got, err := r1.Recv(ctx, 0, kvFrame(1, 0, nil, nil).Key)
+	must(t, err)
+	must(t, wait())
+	equalF32(t, "frame", got.Tensors[0], k)
+	if st := r0.Stats(); st.FramesAbandoned != 0 || st.PiecesLost != 0 {
+		t.Fatalf("sender stats %+v: want nothing abandoned or lost", st)
+	}
+}
