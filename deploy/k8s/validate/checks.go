@@ -526,8 +526,14 @@ func checkCoordinator(inv *Inventory, add addFunc) {
 	if args["node-id"] != "$(POD_NAME)" {
 		add(o, "--node-id = %q: want $(POD_NAME) (the raft id is the pod name)", args["node-id"])
 	}
-	if want := dns("$(POD_NAME)"); args["raft-addr"] != want {
-		add(o, "--raft-addr = %q: want %q", args["raft-addr"], want)
+	if want := fmt.Sprintf("0.0.0.0:%d", raftPort); args["raft-addr"] != want {
+		add(o, "--raft-addr = %q: want %q (bind every interface of the pod)", args["raft-addr"], want)
+	}
+	if want := fmt.Sprintf("$(POD_IP):%d", raftPort); args["raft-advertise"] != want {
+		add(o, "--raft-advertise = %q: want %q", args["raft-advertise"], want)
+	}
+	if !hasFieldRef(c, "POD_IP", "status.podIP") {
+		add(o, "env POD_IP: want valueFrom.fieldRef status.podIP")
 	}
 	replicas := 1
 	if w.Replicas != nil {
