@@ -1,0 +1,304 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"math"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/shard"
+	"github.com/ringattn/ringattn/pkg/tensor"
+)
+
+// maskFlags are the mask and mode flags shared by attend and mha.
+type maskFlags struct {
+	causal         bool
+	left, right    int
+	seqlens        string
+	seqlensK       string
+	scale          float64
+	ranks          int
+	cluster        int
+	natsURL        string
+	block          int
+	wire           string
+	strategy       string
+	threads        int
+	allowNonFinite bool
+}
+
+func (m *maskFlags) register(fs *flag.FlagSet) {
+	fs.BoolVar(&m.causal, "causal", false, "causal mask, bottom-right aligned when N != Nk (query i sees key j iff j <= i + Nk - N)")
+	fs.IntVar(&m.left, "window-left", -1, "sliding window: keys at most `L` positions left of the diagonal (-1 = unbounded)")
+	fs.IntVar(&m.right, "window-right", -1, "sliding window: keys at most `R` positions right of the diagonal (-1 = unbounded)")
+	fs.StringVar(&m.seqlens, "seqlens", "", "packed documents: comma-separated `lengths` summing to N; queries see keys of their document only")
+	fs.StringVar(&m.seqlensK, "seqlens-k", "", "key document `lengths` for cross-attention (default: --seqlens)")
+	fs.Float64Var(&m.scale, "scale", 0, "softmax `scale` (default 1/sqrt(D))")
+	fs.IntVar(&m.ranks, "ranks", 0, "run an in-process ring of `R` ranks over in-memory links")
+	fs.IntVar(&m.cluster, "cluster", 0, "run on an embedded ephemeral cluster of `W` workers")
+	fs.StringVar(&m.natsURL, "nats", "", "submit to a running cluster at this NATS `URL`")
+	fs.IntVar(&m.block, "block", shard.DefaultBlock, "block length in `tokens` for ring and cluster modes")
+	fs.StringVar(&m.wire, "wire", "f32", "dtype of key/value blocks on the wire: f32 or bf16")
+	fs.StringVar(&m.strategy, "strategy", "", "shard strategy: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
+	fs.IntVar(&m.threads, "threads", 0, "kernel goroutines (default: all cores)")
+	fs.BoolVar(&m.allowNonFinite, "allow-nonfinite", false, "accept NaN/Inf in the inputs instead of rejecting them")
+}
+
+// mode returns which of the mutually exclusive mode flags is set.
+func (m *maskFlags) check() error {
+	set := 0
+	if m.ranks != 0 {
+		set++
+	}
+	if m.cluster != 0 {
+		set++
+	}
+	if m.natsURL != "" {
+		set++
+	}
+	if set > 1 {
+		return usagef("--ranks, --cluster and --nats are exclusive; give at most one")
+	}
+	if m.ranks < 0 {
+		return usagef("--ranks = %d, expected >= 1", m.ranks)
+	}
+	if m.cluster < 0 {
+		return usagef("--cluster = %d, expected >= 1", m.cluster)
+	}
+	if m.block < 1 {
+		return usagef("--block = %d, expected >= 1", m.block)
+	}
+	if m.wire != "f32" && m.wire != "bf16" {
+		return usagef("--wire = %q, expected f32 or bf16", m.wire)
+	}
+	if m.wire == "bf16" && m.cluster == 0 && m.natsURL == "" {
+		return usagef("--wire bf16 applies to cluster modes (--cluster, --nats) only")
+	}
+	switch shard.Strategy(m.strategy) {
+	case shard.Auto, shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV:
+	default:
+		return usagef("--strategy = %q, expected contiguous, zigzag, striped or splitkv", m.strategy)
+	}
+	if m.threads < 0 {
+		return usagef("--threads = %d, expected >= 0", m.threads)
+	}
+	if math.IsNaN(m.scale) || math.IsInf(m.scale, 0) {
+		return usagef("--scale = %v, expected a finite number", m.scale)
+	}
+	return nil
+}
+
+func parseLens(flagName, s string) ([]int, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []int
+	for i, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, usagef("--%s item %d = %q, expected a positive integer", flagName, i, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func (m *maskFlags) mask() (kernels.Mask, error) {
+	km := kernels.Mask{Causal: m.causal, Left: m.left, Right: m.right, Windowed: m.left >= 0 || m.right >= 0}
+	if m.left < -1 || m.right < -1 {
+		return km, usagef("--window-left/--window-right must be >= -1 (-1 = unbounded)")
+	}
+	var err error
+	if km.SeqLens, err = parseLens("seqlens", m.seqlens); err != nil {
+		return km, err
+	}
+	if km.SeqLensK, err = parseLens("seqlens-k", m.seqlensK); err != nil {
+		return km, err
+	}
+	return km, nil
+}
+
+func shardMask(m kernels.Mask) shard.Mask {
+	return shard.Mask{Causal: m.Causal, Windowed: m.Windowed, Left: m.Left, Right: m.Right,
+		SeqLens: m.SeqLens, SeqLensK: m.SeqLensK}
+}
+
+// loadTensor reads a .npy file, or one tensor of a .safetensors file named
+// as path:name (the name may be omitted when the file holds one tensor).
+func loadTensor(flagName, spec string) (*tensor.Tensor, error) {
+	if spec == "" {
+		return nil, usagef("-%s is required", flagName)
+	}
+	t, err := tensor.Load(spec)
+	if err != nil {
+		return nil, usagef("-%s: %v", flagName, err)
+	}
+	return t, nil
+}
+
+// attention is a validated attention problem.
+type attention struct {
+	p        kernels.Params
+	q, k, v  *tensor.Tensor // as given
+	qShape   []int          // shape of q as given, for the output
+	q4, k4   []int          // [B,H,N,D]
+	qd, kd   []float32
+	vd       []float32
+	allowBad bool
+}
+
+func checkAttentionInputs(q, k, v *tensor.Tensor, mf *maskFlags) (*attention, error) {
+	q4, err := q.As4D()
+	if err != nil {
+		return nil, usagef("-q: %v", err)
+	}
+	k4, err := k.As4D()
+	if err != nil {
+		return nil, usagef("-k: %v", err)
+	}
+	v4, err := v.As4D()
+	if err != nil {
+		return nil, usagef("-v: %v", err)
+	}
+	if !equalInts(k4, v4) {
+		return nil, usagef("-v has shape %v, expected the shape of -k %v", v.Shape, k.Shape)
+	}
+	if q4[0] != k4[0] {
+		return nil, usagef("-k batch B = %d, expected q's batch %d", k4[0], q4[0])
+	}
+	if q4[3] != k4[3] {
+		return nil, usagef("-k head dim D = %d, expected q's head dim %d", k4[3], q4[3])
+	}
+	if k4[1] == 0 || q4[1]%k4[1] != 0 {
+		return nil, usagef("query heads Hq = %d not divisible by key/value heads Hkv = %d", q4[1], k4[1])
+	}
+	km, err := mf.mask()
+	if err != nil {
+		return nil, err
+	}
+	a := &attention{q: q, k: k, v: v, qShape: q.Shape, q4: q4, k4: k4, qd: q.Data, kd: k.Data, vd: v.Data}
+	a.p = kernels.Params{Shape: kernels.Shape{B: q4[0], Hq: q4[1], Hkv: k4[1], D: q4[3]},
+		N: q4[2], Nk: k4[2], Scale: float32(mf.scale), Mask: km, Threads: mf.threads}
+	if err := a.p.Validate(); err != nil {
+		return nil, usageError{err}
+	}
+	if a.p.N == 0 || a.p.Nk == 0 {
+		return nil, usagef("empty sequence: N = %d, Nk = %d, expected >= 1", a.p.N, a.p.Nk)
+	}
+	if !mf.allowNonFinite {
+		for _, c := range []struct {
+			name string
+			t    *tensor.Tensor
+		}{{"q", q}, {"k", k}, {"v", v}} {
+			if err := c.t.CheckFinite(c.name); err != nil {
+				return nil, usagef("%v (pass --allow-nonfinite to accept)", err)
+			}
+		}
+	}
+	return a, nil
+}
+
+func equalInts(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// compute runs the problem in the mode the flags ask for.
+func (a *attention) compute(ctx context.Context, env *cliEnv, mf *maskFlags) (o, lse []float32, err error) {
+	switch {
+	case mf.cluster > 0 || mf.natsURL != "":
+		return nil, nil, usagef("cluster modes (--cluster, --nats) need the worker service, which this build does not have yet; use local mode or --ranks")
+	case mf.ranks > 0:
+		plan, err := shard.NewPlan(shard.Request{B: a.p.B, Hq: a.p.Hq, Hkv: a.p.Hkv, D: a.p.D, N: a.p.N, Nk: a.p.Nk,
+			Block: mf.block, Mask: shardMask(a.p.Mask), Ranks: mf.ranks, Strategy: shard.Strategy(mf.strategy)})
+		if err != nil {
+			return nil, nil, usageError{err}
+		}
+		return ringattn.RunLocal(ctx, &a.p, plan, a.qd, a.kd, a.vd)
+	default:
+		o = make([]float32, a.p.B*a.p.Hq*a.p.N*a.p.D)
+		lse = make([]float32, a.p.B*a.p.Hq*a.p.N)
+		if err := kernels.Attention(&a.p, a.qd, a.kd, a.vd, o, lse); err != nil {
+			return nil, nil, err
+		}
+		return o, lse, nil
+	}
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt)
+}
+
+func runAttend(env *cliEnv, args []string) error {
+	fs := newFlags(env, "attend", "-q Q.npy -k K.npy -v V.npy -o O.npy [--lse LSE.npy] [mask flags] [--ranks R | --cluster W | --nats URL]")
+	var qPath, kPath, vPath, oPath, lsePath string
+	fs.StringVar(&qPath, "q", "", "queries `file` [B,Hq,N,D], [H,N,D] or [N,D] (.npy, or .safetensors[:name])")
+	fs.StringVar(&kPath, "k", "", "keys `file` [B,Hkv,Nk,D] (same rank as -q)")
+	fs.StringVar(&vPath, "v", "", "values `file`, the shape of -k")
+	fs.StringVar(&oPath, "o", "", "output `file` (.npy, float32, the shape of -q)")
+	fs.StringVar(&lsePath, "lse", "", "optional log-sum-exp output `file` (.npy, q's shape without D)")
+	var mf maskFlags
+	mf.register(fs)
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if err := mf.check(); err != nil {
+		return err
+	}
+	if oPath == "" {
+		return usagef("-o is required")
+	}
+	q, err := loadTensor("q", qPath)
+	if err != nil {
+		return err
+	}
+	k, err := loadTensor("k", kPath)
+	if err != nil {
+		return err
+	}
+	v, err := loadTensor("v", vPath)
+	if err != nil {
+		return err
+	}
+	if len(q.Shape) != len(k.Shape) {
+		return usagef("-k has rank %d, expected q's rank %d", len(k.Shape), len(q.Shape))
+	}
+	a, err := checkAttentionInputs(q, k, v, &mf)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	start := time.Now()
+	o, lse, err := a.compute(ctx, env, &mf)
+	if err != nil {
+		return err
+	}
+	el := time.Since(start)
+	if err := tensor.WriteNPY(oPath, tensor.New(o, a.qShape...)); err != nil {
+		return err
+	}
+	if lsePath != "" {
+		if err := tensor.WriteNPY(lsePath, tensor.New(lse, a.qShape[:len(a.qShape)-1]...)); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(env.stderr, "attend: B=%d Hq=%d Hkv=%d N=%d Nk=%d D=%d in %v (%.1f GFLOP/s) -> %s\n",
+		a.p.B, a.p.Hq, a.p.Hkv, a.p.N, a.p.Nk, a.p.D, el.Round(time.Millisecond),
+		a.p.VisibleFLOPs()/el.Seconds()/1e9, oPath)
+	return nil
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/ringattn/ringattn/internal/testrand"
+	"github.com/ringattn/ringattn/pkg/kernels"
+)
+
+func runBench(env *cliEnv, args []string) error {
+	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
+		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
+			fmt.Fprintln(env.stdout, "Usage: ringattn bench kernel [flags]   (run 'ringattn bench kernel --help')")
+			return nil
+		}
+		return usagef("bench needs a target: kernel")
+	}
+	switch args[0] {
+	case "kernel":
+		return benchKernel(env, args[1:])
+	}
+	return usagef("unknown bench target %q, expected kernel", args[0])
+}
+
+func parseIntList(flagName, s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, usagef("--%s item %q, expected a positive integer", flagName, f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// benchKernel prints a Markdown table of the local kernel's speed. Each shape
+// runs in a child process so that its peak RSS is its own.
+func benchKernel(env *cliEnv, args []string) error {
+	fs := newFlags(env, "bench kernel", "[--seq 2048,8192,32768] [--dim 64,128] [--heads 8] [--runs 3]")
+	seqs := fs.String("seq", "2048,8192,32768", "comma-separated sequence `lengths`")
+	dims := fs.String("dim", "64,128", "comma-separated head `dims`")
+	heads := fs.Int("heads", 8, "heads `H` (B = 1)")
+	runs := fs.Int("runs", 3, "timed runs per shape; the median is reported")
+	masks := fs.String("mask", "none,causal", "masks to run: none, causal")
+	one := fs.String("one", "", "internal: run one shape N,D,causal and print a result line")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if *runs < 1 || *heads < 1 {
+		return usagef("--runs and --heads must be >= 1")
+	}
+	if *one != "" {
+		return benchKernelOne(env, *one, *heads, *runs)
+	}
+	ns, err := parseIntList("seq", *seqs)
+	if err != nil {
+		return err
+	}
+	ds, err := parseIntList("dim", *dims)
+	if err != nil {
+		return err
+	}
+	var causals []bool
+	for _, m := range strings.Split(*masks, ",") {
+		switch strings.TrimSpace(m) {
+		case "none":
+			causals = append(causals, false)
+		case "causal":
+			causals = append(causals, true)
+		default:
+			return usagef("--mask item %q, expected none or causal", m)
+		}
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	peak := kernels.PeakGFLOPS(200*time.Millisecond) * float64(runtime.GOMAXPROCS(0))
+	fmt.Fprintf(env.stdout, "kernel %s, %d cores, measured FMA peak %.1f GFLOP/s (all cores)\n\n", kernels.Impl(), runtime.GOMAXPROCS(0), peak)
+	fmt.Fprintln(env.stdout, "| B | H | N | D | mask | time (s) | GFLOP/s | % of peak | peak RSS (MiB) |")
+	fmt.Fprintln(env.stdout, "|---|---|---|---|------|----------|---------|-----------|----------------|")
+	for _, n := range ns {
+		for _, d := range ds {
+			for _, c := range causals {
+				cmd := exec.Command(self, "bench", "kernel", "--one", fmt.Sprintf("%d,%d,%v", n, d, c),
+					"--heads", strconv.Itoa(*heads), "--runs", strconv.Itoa(*runs))
+				var out bytes.Buffer
+				cmd.Stdout, cmd.Stderr = &out, env.stderr
+				if err := cmd.Run(); err != nil {
+					return fmt.Errorf("bench N=%d D=%d causal=%v: %v", n, d, c, err)
+				}
+				var secs, gflops, rss float64
+				if _, err := fmt.Sscanf(strings.TrimSpace(out.String()), "%g %g %g", &secs, &gflops, &rss); err != nil {
+					return fmt.Errorf("bench N=%d D=%d: bad child output %q", n, d, out.String())
+				}
+				mask := "none"
+				if c {
+					mask = "causal"
+				}
+				fmt.Fprintf(env.stdout, "| 1 | %d | %d | %d | %s | %.4f | %.1f | %.1f | %.0f |\n",
+					*heads, n, d, mask, secs, gflops, 100*gflops/peak, rss)
+			}
+		}
+	}
+	fmt.Fprintln(env.stdout, "\nGFLOP/s counts 4·B·H·N·N·D, only pairs the mask leaves visible (≈ half for causal).")
+	return nil
+}
+
+func benchKernelOne(env *cliEnv, spec string, heads, runs int) error {
+	parts := strings.Split(spec, ",")
+	if len(parts) != 3 {
+		return usagef("--one %q, expected N,D,causal", spec)
+	}
+	n, err1 := strconv.Atoi(parts[0])
+	d, err2 := strconv.Atoi(parts[1])
+	causal, err3 := strconv.ParseBool(parts[2])
+	if err1 != nil || err2 != nil || err3 != nil {
+		return usagef("--one %q, expected N,D,causal", spec)
+	}
+	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: heads, Hkv: heads, D: d}, N: n, Nk: n, Mask: kernels.Mask{Causal: causal}}
+	if err := p.Validate(); err != nil {
+		return usageError{err}
+	}
+	r := testrand.New(1)
+	q := r.Slice(heads*n*d, testrand.Normal)
+	k := r.Slice(heads*n*d, testrand.Normal)
+	v := r.Slice(heads*n*d, testrand.Normal)
+	o := make([]float32, len(q))
+	var times []float64
+	for i := 0; i < runs; i++ {
+		start := time.Now()
+		if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
+			return err
+		}
+		times = append(times, time.Since(start).Seconds())
+	}
+	sort.Float64s(times)
+	med := times[len(times)/2]
+	fmt.Fprintf(env.stdout, "%g %g %g\n", med, p.VisibleFLOPs()/med/1e9, peakRSSMiB())
+	return nil
+}
+
+// peakRSSMiB is this process's peak resident set size.
+func peakRSSMiB() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Maxrss) / 1024 // Linux reports KiB
+}

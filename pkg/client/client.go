@@ -1,0 +1,293 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// Sentinel errors. An *APIError from the coordinator wraps the one that
+// matches its code, so errors.Is works on either.
+var (
+	ErrInvalid     = errors.New("client: invalid request")
+	ErrNotFound    = errors.New("client: not found")
+	ErrUnavailable = errors.New("client: coordinator unavailable")
+	ErrExhausted   = errors.New("client: limit reached")
+	ErrConflict    = errors.New("client: failed precondition")
+	ErrJobFailed   = errors.New("client: job failed")
+	ErrJobCanceled = errors.New("client: job canceled")
+)
+
+// APIError is an error reply of the coordinator's API.
+type APIError struct {
+	Code    pb.ErrorCode
+	Field   string // the request field at fault, when there is one
+	Message string
+}
+
+func (e *APIError) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("%s: %s", e.Field, e.Message)
+	}
+	return e.Message
+}
+
+func (e *APIError) Unwrap() error {
+	switch e.Code {
+	case pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT:
+		return ErrInvalid
+	case pb.ErrorCode_ERROR_CODE_NOT_FOUND:
+		return ErrNotFound
+	case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
+		return ErrExhausted
+	case pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION:
+		return ErrConflict
+	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+		return ErrUnavailable
+	}
+	return nil
+}
+
+// retryable reports whether a request may be repeated as it is.
+func retryable(err error) bool {
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)
+}
+
+// Options tune a Client; zero values mean the defaults.
+type Options struct {
+	// RequestTimeout bounds one API request (default 5 s); requests that
+	// find no leader are retried until the context ends.
+	RequestTimeout time.Duration
+	// Logger receives debug logs of retries (default: discard).
+	Logger *slog.Logger
+}
+
+// Client talks to a ringattn cluster: the coordinator's API and the tensor
+// store. It is safe for concurrent use.
+type Client struct {
+	nc      *nats.Conn
+	subj    transport.Subjects
+	cfg     transport.Config
+	timeout time.Duration
+	log     *slog.Logger
+	owned   bool
+	store   *transport.Store
+}
+
+// Connect connects to NATS with cfg (the same options as the binaries) and
+// returns a client that closes the connection on Close.
+func Connect(ctx context.Context, cfg transport.Config, opts Options) (*Client, error) {
+	nc, err := transport.Connect(cfg, opts.Logger)
+	if err != nil {
+		return nil, err
+	}
+	c, err := New(ctx, nc, cfg, opts)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c.owned = true
+	return c, nil
+}
+
+// New returns a client over an existing connection; cfg gives the subject
+// prefix and the store bucket.
+func New(ctx context.Context, nc *nats.Conn, cfg transport.Config, opts Options) (*Client, error) {
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = 5 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	c := &Client{nc: nc, subj: cfg.Subjects(), cfg: cfg, timeout: opts.RequestTimeout, log: opts.Logger}
+	return c, nil
+}
+
+// Close closes the connection if the client opened it.
+func (c *Client) Close() {
+	if c.owned {
+		c.nc.Close()
+	}
+}
+
+// errorReply is any API reply: they all carry an Error.
+type errorReply interface {
+	proto.Message
+	GetError() *pb.Error
+}
+
+// call sends req to an API endpoint and decodes the reply, retrying with
+// backoff while no leader answers, until ctx ends.
+func (c *Client) call(ctx context.Context, endpoint string, req proto.Message, reply errorReply) error {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return err
+	}
+	subject := c.subj.API(endpoint)
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := c.once(ctx, subject, data, reply)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w: %s: %v (after %d attempts)", ErrUnavailable, endpoint, err, attempt)
+		}
+		c.log.Debug("api retry", "endpoint", endpoint, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s: %v (after %d attempts)", ErrUnavailable, endpoint, err, attempt)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+func (c *Client) once(ctx context.Context, subject string, data []byte, reply errorReply) error {
+	rctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	msg, err := c.nc.RequestWithContext(rctx, subject, data)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return nats.ErrTimeout
+		}
+		return err
+	}
+	if err := proto.Unmarshal(msg.Data, reply); err != nil {
+		return fmt.Errorf("client: bad reply on %s: %w", subject, err)
+	}
+	if e := reply.GetError(); e != nil && e.Code != pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
+		return &APIError{Code: e.Code, Field: e.Field, Message: e.Message}
+	}
+	return nil
+}
+
+// Submit submits a job whose inputs are already in the store. Retries with
+// the same idempotency key never create a second job.
+func (c *Client) Submit(ctx context.Context, spec *pb.JobSpec) (*pb.JobStatus, error) {
+	var r pb.SubmitReply
+	if err := c.call(ctx, "submit", &pb.SubmitRequest{Spec: spec}, &r); err != nil {
+		return nil, err
+	}
+	return r.Job, nil
+}
+
+// Get returns a job's status.
+func (c *Client) Get(ctx context.Context, id string) (*pb.JobStatus, error) {
+	var r pb.GetReply
+	if err := c.call(ctx, "get", &pb.GetRequest{JobId: id}, &r); err != nil {
+		return nil, err
+	}
+	return r.Job, nil
+}
+
+// Cancel cancels a job.
+func (c *Client) Cancel(ctx context.Context, id, reason string) (*pb.JobStatus, error) {
+	var r pb.CancelReply
+	if err := c.call(ctx, "cancel", &pb.CancelRequest{JobId: id, Reason: reason}, &r); err != nil {
+		return nil, err
+	}
+	return r.Job, nil
+}
+
+// List lists jobs, newest first, optionally filtered by state.
+func (c *Client) List(ctx context.Context, limit int, states ...pb.JobState) ([]*pb.JobStatus, error) {
+	var r pb.ListReply
+	if err := c.call(ctx, "list", &pb.ListRequest{States: states, Limit: int32(limit)}, &r); err != nil {
+		return nil, err
+	}
+	return r.Jobs, nil
+}
+
+// Cluster describes the coordinators and live workers.
+func (c *Client) Cluster(ctx context.Context) (*pb.ClusterReply, error) {
+	var r pb.ClusterReply
+	if err := c.call(ctx, "cluster", &pb.ClusterRequest{}, &r); err != nil {
+		return nil, err
+	}
+	return &r, nil
+}
+
+// Finished reports whether a job state is final.
+func Finished(s pb.JobState) bool {
+	switch s {
+	case pb.JobState_JOB_STATE_SUCCEEDED, pb.JobState_JOB_STATE_FAILED,
+		pb.JobState_JOB_STATE_CANCELED, pb.JobState_JOB_STATE_EXPIRED:
+		return true
+	}
+	return false
+}
+
+// Watch calls fn with the job's status whenever it changes (events from the
+// job's event stream, with a status poll as a safety net every poll
+// interval) until the job finishes or ctx ends; it returns the final status.
+func (c *Client) Watch(ctx context.Context, id string, poll time.Duration, fn func(*pb.JobStatus)) (*pb.JobStatus, error) {
+	if poll <= 0 {
+		poll = time.Second
+	}
+	events := make(chan struct{}, 1)
+	sub, err := c.nc.Subscribe(c.subj.JobEvents(id), func(*nats.Msg) {
+		select {
+		case events <- struct{}{}:
+		default:
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer sub.Unsubscribe()
+	var last *pb.JobStatus
+	t := time.NewTicker(poll)
+	defer t.Stop()
+	for {
+		st, err := c.Get(ctx, id)
+		if err != nil {
+			return last, err
+		}
+		if last == nil || !proto.Equal(last, st) {
+			last = st
+			if fn != nil {
+				fn(st)
+			}
+		}
+		if Finished(st.State) {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return last, ctx.Err()
+		case <-events:
+		case <-t.C:
+		}
+	}
+}
+
+// Wait waits for a job to finish and returns its status; a failed or
+// canceled job is an error wrapping ErrJobFailed or ErrJobCanceled.
+func (c *Client) Wait(ctx context.Context, id string) (*pb.JobStatus, error) {
+	st, err := c.Watch(ctx, id, 0, nil)
+	if err != nil {
+		return st, err
+	}
+	return st, jobError(st)
+}
+
+func jobError(st *pb.JobStatus) error {
+	switch st.State {
+	case pb.JobState_JOB_STATE_FAILED:
+		return fmt.Errorf("%w: job %s: %s", ErrJobFailed, st.Id, st.Reason)
+	case pb.JobState_JOB_STATE_CANCELED:
+		return fmt.Errorf("%w: job %s: %s", ErrJobCanceled, st.Id, st.Reason)
+	case pb.JobState_JOB_STATE_EXPIRED:
+		return fmt.Errorf("%w: job %s expired", ErrNotFound, st.Id)
+	}
+	return nil
+}

@@ -1,0 +1,9 @@
+// Package client is the Go SDK of ringattn: connect to a cluster with the
+// same NATS options as the binaries, upload tensors to the store, submit
+// attention or mha jobs, watch their progress, wait, and fetch the results.
+//
+// Every API call retries while no coordinator leader answers (a leader
+// election takes seconds) and gives up when its context ends; submits carry
+// an idempotency key, so a retried submit never makes two jobs. Errors from
+// the coordinator are *APIError values wrapping this package's sentinels.
+package client
