@@ -378,7 +378,7 @@ func jsonInts(p *jsonScanner, field, open string, limit int, out []int) ([]int, 
 }
 
 // Names returns the tensor names, sorted.
-func (f *Safetensors) Names() []string { return append([]string(nil), f.names...) }
+func (f *Safetensors) Names() []string { return append(make([]string, 0, len(f.names)), f.names...) }
 
 // Info describes the tensor called name.
 func (f *Safetensors) Info(name string) (TensorInfo, bool) {
