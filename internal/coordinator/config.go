@@ -1,0 +1,270 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+// Peer is one coordinator of the static cluster membership.
+type Peer struct {
+	ID   string
+	Addr string // host:port of its Raft transport
+}
+
+// ParsePeers parses "id=host:port,id=host:port" (what a Kubernetes
+// StatefulSet gives: ringattn-0=ringattn-0.ringattn:7000,...).
+func ParsePeers(s string) ([]Peer, error) {
+	var out []Peer
+	seen := map[string]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, addr, ok := strings.Cut(part, "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("%w: peers: %q is not id=host:port", ErrInvalid, part)
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return nil, fmt.Errorf("%w: peers: %q: address %q is not host:port", ErrInvalid, id, addr)
+		}
+		if seen[id] {
+			return nil, fmt.Errorf("%w: peers: id %q listed twice", ErrInvalid, id)
+		}
+		seen[id] = true
+		out = append(out, Peer{ID: id, Addr: addr})
+	}
+	return out, nil
+}
+
+// Limits bound what a job may ask for (DESIGN §5).
+type Limits struct {
+	// MaxD is the largest head dimension.
+	MaxD int64
+	// MaxTokens bounds N and Nk.
+	MaxTokens int64
+	// MaxHeads bounds Hq.
+	MaxHeads int64
+	// MaxBatch bounds B.
+	MaxBatch int64
+	// MaxJobBytes bounds the float32 bytes of a job's inputs and outputs.
+	MaxJobBytes int64
+	// MaxDocs bounds len(seqlens) and len(seqlens_k).
+	MaxDocs int
+	// MaxQueued bounds the number of QUEUED jobs.
+	MaxQueued int
+	// MaxRequestBytes bounds an API request message.
+	MaxRequestBytes int
+}
+
+// Config is everything a coordinator needs. Start from DefaultConfig.
+type Config struct {
+	// NodeID names this coordinator in the Raft configuration.
+	NodeID string
+	// RaftAddr is the host:port the Raft TCP transport binds.
+	RaftAddr string
+	// RaftAdvertise is the address peers reach this node at (default RaftAddr).
+	RaftAdvertise string
+	// Peers is the static cluster membership (this node may be listed).
+	// Every node bootstraps with the same list; a node that has state in
+	// DataDir ignores it and rejoins.
+	Peers []Peer
+	// Bootstrap starts a single-node cluster when there are no Peers.
+	Bootstrap bool
+	// DataDir holds the Raft log (raft-wal) and snapshots.
+	DataDir string
+	// HTTPAddr serves /metrics, /healthz, /readyz and /v1/*; "" disables.
+	HTTPAddr string
+	// NATS is the connection to NATS (URLs, credentials, TLS, subject
+	// prefix, store bucket).
+	NATS transport.Config
+
+	// HeartbeatTimeout: a worker not heard from for this long is dead.
+	HeartbeatTimeout time.Duration
+	// AssignTimeout bounds the wait for a worker to accept an assignment.
+	AssignTimeout time.Duration
+	// SchedulerInterval is the leader's scheduling tick.
+	SchedulerInterval time.Duration
+	// JobTTL: finished jobs expire (records and tensors deleted) this long
+	// after they finish.
+	JobTTL time.Duration
+	// TombstoneTTL: expired jobs' tombstones (id, state, idempotency key)
+	// are purged this long after expiring.
+	TombstoneTTL time.Duration
+	// MaxEpochs: a job re-planned this many times fails.
+	MaxEpochs int
+	// ApplyTimeout bounds one Raft apply.
+	ApplyTimeout time.Duration
+
+	// Raft timing (hashicorp/raft defaults: 1 s, 1 s, 500 ms, 50 ms).
+	RaftHeartbeatTimeout   time.Duration
+	RaftElectionTimeout    time.Duration
+	RaftLeaderLeaseTimeout time.Duration
+	RaftCommitTimeout      time.Duration
+	// SnapshotInterval and SnapshotThreshold: how often Raft checks, and
+	// how many new entries make it snapshot.
+	SnapshotInterval  time.Duration
+	SnapshotThreshold uint64
+	// SnapshotRetain is how many snapshots stay on disk.
+	SnapshotRetain int
+
+	Limits Limits
+	// Version is reported by the cluster endpoint and the micro service.
+	Version string
+}
+
+// DefaultConfig returns the defaults of every field.
+func DefaultConfig() Config {
+	return Config{
+		RaftAddr:               "127.0.0.1:7000",
+		DataDir:                "ringattn-coordinator",
+		HTTPAddr:               "127.0.0.1:8080",
+		NATS:                   transport.DefaultConfig(),
+		HeartbeatTimeout:       3 * time.Second,
+		AssignTimeout:          2 * time.Second,
+		SchedulerInterval:      100 * time.Millisecond,
+		JobTTL:                 24 * time.Hour,
+		TombstoneTTL:           7 * 24 * time.Hour,
+		MaxEpochs:              16,
+		ApplyTimeout:           5 * time.Second,
+		RaftHeartbeatTimeout:   time.Second,
+		RaftElectionTimeout:    time.Second,
+		RaftLeaderLeaseTimeout: 500 * time.Millisecond,
+		RaftCommitTimeout:      50 * time.Millisecond,
+		SnapshotInterval:       30 * time.Second,
+		SnapshotThreshold:      8192,
+		SnapshotRetain:         2,
+		Limits: Limits{
+			MaxD:            256,
+			MaxTokens:       1 << 24,
+			MaxHeads:        1024,
+			MaxBatch:        1024,
+			MaxJobBytes:     64 << 30,
+			MaxDocs:         1 << 16,
+			MaxQueued:       10000,
+			MaxRequestBytes: 1 << 20,
+		},
+		Version: "dev",
+	}
+}
+
+func bad(field string, format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s", ErrInvalid, field, fmt.Sprintf(format, args...))
+}
+
+// Validate checks every field, naming the first one that is wrong.
+func (c Config) Validate() error {
+	if c.NodeID == "" {
+		return bad("NodeID", "empty: want a unique node name (--node-id)")
+	}
+	if c.DataDir == "" {
+		return bad("DataDir", "empty: want a directory for the Raft log and snapshots")
+	}
+	if c.RaftAddr == "" {
+		return bad("RaftAddr", "empty: want host:port")
+	}
+	if _, _, err := net.SplitHostPort(c.RaftAddr); err != nil {
+		return bad("RaftAddr", "%q is not host:port", c.RaftAddr)
+	}
+	if c.RaftAdvertise != "" {
+		if _, _, err := net.SplitHostPort(c.RaftAdvertise); err != nil {
+			return bad("RaftAdvertise", "%q is not host:port", c.RaftAdvertise)
+		}
+	}
+	if c.HTTPAddr != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
+			return bad("HTTPAddr", "%q is not host:port", c.HTTPAddr)
+		}
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Peers {
+		if p.ID == "" || p.Addr == "" || seen[p.ID] {
+			return bad("Peers", "entry %+v: want unique id=host:port", p)
+		}
+		seen[p.ID] = true
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"HeartbeatTimeout", c.HeartbeatTimeout}, {"AssignTimeout", c.AssignTimeout},
+		{"SchedulerInterval", c.SchedulerInterval}, {"JobTTL", c.JobTTL}, {"TombstoneTTL", c.TombstoneTTL},
+		{"ApplyTimeout", c.ApplyTimeout}, {"RaftHeartbeatTimeout", c.RaftHeartbeatTimeout},
+		{"RaftElectionTimeout", c.RaftElectionTimeout}, {"RaftLeaderLeaseTimeout", c.RaftLeaderLeaseTimeout},
+		{"RaftCommitTimeout", c.RaftCommitTimeout}, {"SnapshotInterval", c.SnapshotInterval},
+	} {
+		if d.v <= 0 {
+			return bad(d.name, "%v: want > 0", d.v)
+		}
+	}
+	if c.RaftLeaderLeaseTimeout > c.RaftHeartbeatTimeout {
+		return bad("RaftLeaderLeaseTimeout", "%v: want <= RaftHeartbeatTimeout (%v)", c.RaftLeaderLeaseTimeout, c.RaftHeartbeatTimeout)
+	}
+	if c.MaxEpochs < 1 {
+		return bad("MaxEpochs", "%d: want >= 1", c.MaxEpochs)
+	}
+	if c.SnapshotThreshold < 1 || c.SnapshotRetain < 1 {
+		return bad("SnapshotThreshold", "threshold %d, retain %d: want >= 1", c.SnapshotThreshold, c.SnapshotRetain)
+	}
+	l := c.Limits
+	switch {
+	case l.MaxD < 1:
+		return bad("Limits.MaxD", "%d: want >= 1", l.MaxD)
+	case l.MaxTokens < 1:
+		return bad("Limits.MaxTokens", "%d: want >= 1", l.MaxTokens)
+	case l.MaxHeads < 1:
+		return bad("Limits.MaxHeads", "%d: want >= 1", l.MaxHeads)
+	case l.MaxBatch < 1:
+		return bad("Limits.MaxBatch", "%d: want >= 1", l.MaxBatch)
+	case l.MaxJobBytes < 1:
+		return bad("Limits.MaxJobBytes", "%d: want >= 1", l.MaxJobBytes)
+	case l.MaxDocs < 1:
+		return bad("Limits.MaxDocs", "%d: want >= 1", l.MaxDocs)
+	case l.MaxQueued < 1:
+		return bad("Limits.MaxQueued", "%d: want >= 1", l.MaxQueued)
+	case l.MaxRequestBytes < 1024:
+		return bad("Limits.MaxRequestBytes", "%d: want >= 1024", l.MaxRequestBytes)
+	}
+	if err := c.NATS.Validate(); err != nil {
+		return fmt.Errorf("%w: NATS: %w", ErrInvalid, err)
+	}
+	return nil
+}
+
+// TensorDeleter deletes every stored tensor of a job namespace (the job id,
+// or the input namespace a client uploaded under). The transport Store
+// satisfies it; nil means tensors are not deleted on expiry.
+type TensorDeleter interface {
+	DeleteJob(ctx context.Context, job string) error
+}
+
+// Deps are the injected collaborators of a coordinator.
+type Deps struct {
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	// Gatherer serves /metrics (default: Registerer when it is a Gatherer).
+	Gatherer prometheus.Gatherer
+	Tensors  TensorDeleter
+	// Conn is an established NATS connection to use (and not close); nil
+	// means connect with Config.NATS.
+	Conn *nats.Conn
+	// RaftTransport replaces the TCP transport (tests use raft's
+	// InmemTransport); the coordinator closes it on Close if it is an
+	// io.Closer.
+	RaftTransport raft.Transport
+	// Fatal is called when a committed entry cannot be applied; it must
+	// not return (default: panic, stopping the process).
+	Fatal func(error)
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}

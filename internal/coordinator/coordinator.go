@@ -1,0 +1,376 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+// Coordinator is one member of the Raft-replicated control plane. Every
+// member applies the log to its State; the leader alone also runs the
+// scheduler, the client API and the worker control plane (see leader.go).
+type Coordinator struct {
+	cfg  Config
+	log  *slog.Logger
+	deps Deps
+	subj transport.Subjects
+	now  func() time.Time
+
+	fsm   *fsm
+	raft  *raft.Raft
+	wal   *wal.WAL
+	trans raft.Transport
+	nc    *nats.Conn
+	ownNC bool
+	met   *metrics
+	httpL net.Listener
+	httpS *http.Server
+
+	mu     sync.Mutex
+	leader *leader // the running leader session, if any
+	closed bool
+
+	stop chan struct{}
+	wg   sync.WaitGroup
+}
+
+// New validates cfg, opens the Raft stores in cfg.DataDir, bootstraps the
+// cluster when this is a fresh node with Peers (or Bootstrap), connects to
+// NATS and starts following the log. It returns once Raft runs; the node
+// serves the API when it becomes the leader.
+func New(cfg Config, deps Deps) (*Coordinator, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if deps.Logger == nil {
+		deps.Logger = slog.New(slog.DiscardHandler)
+	}
+	if deps.Registerer == nil {
+		deps.Registerer = prometheus.NewRegistry()
+	}
+	if deps.Gatherer == nil {
+		if g, ok := deps.Registerer.(prometheus.Gatherer); ok {
+			deps.Gatherer = g
+		}
+	}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	c := &Coordinator{
+		cfg:  cfg,
+		log:  deps.Logger.With("node", cfg.NodeID),
+		deps: deps,
+		subj: cfg.NATS.Subjects(),
+		now:  deps.Now,
+		stop: make(chan struct{}),
+	}
+	c.fsm = newFSM(deps.Fatal)
+	c.fsm.onApply = c.observeApply
+	ok := false
+	defer func() {
+		if !ok {
+			c.closeResources()
+		}
+	}()
+	if err := c.openRaft(); err != nil {
+		return nil, err
+	}
+	var err error
+	if c.met, err = newMetrics(deps.Registerer, c); err != nil {
+		return nil, err
+	}
+	if deps.Conn != nil {
+		c.nc = deps.Conn
+	} else {
+		if c.nc, err = transport.Connect(cfg.NATS, c.log); err != nil {
+			return nil, err
+		}
+		c.ownNC = true
+	}
+	if cfg.HTTPAddr != "" {
+		if err := c.startHTTP(); err != nil {
+			return nil, err
+		}
+	}
+	c.wg.Add(1)
+	go c.watchLeadership()
+	ok = true
+	return c, nil
+}
+
+// hclogAdapter sends raft's hclog output to slog.
+func hclogAdapter(l *slog.Logger, name string) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:   name,
+		Level:  hclog.Info,
+		Output: slogWriter{l},
+	})
+}
+
+type slogWriter struct{ l *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	lv := slog.LevelInfo
+	switch {
+	case strings.Contains(line, "[ERROR]"):
+		lv = slog.LevelError
+	case strings.Contains(line, "[WARN]"):
+		lv = slog.LevelWarn
+	case strings.Contains(line, "[DEBUG]"), strings.Contains(line, "[TRACE]"):
+		lv = slog.LevelDebug
+	}
+	w.l.Log(context.Background(), lv, line, "component", "raft")
+	return len(p), nil
+}
+
+func (c *Coordinator) openRaft() error {
+	cfg := c.cfg
+	walDir := filepath.Join(cfg.DataDir, "raft-wal")
+	if err := os.MkdirAll(walDir, 0o755); err != nil {
+		return fmt.Errorf("coordinator: data dir: %w", err)
+	}
+	var err error
+	if c.wal, err = wal.Open(walDir); err != nil {
+		return fmt.Errorf("coordinator: open raft log in %s: %w", walDir, err)
+	}
+	hl := hclogAdapter(c.log, "raft")
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, cfg.SnapshotRetain, hl)
+	if err != nil {
+		return fmt.Errorf("coordinator: snapshot store in %s: %w", cfg.DataDir, err)
+	}
+	advertise := cfg.RaftAdvertise
+	if advertise == "" {
+		advertise = cfg.RaftAddr
+	}
+	if c.deps.RaftTransport != nil {
+		c.trans = c.deps.RaftTransport
+		advertise = string(c.trans.LocalAddr())
+	} else {
+		adv, err := net.ResolveTCPAddr("tcp", advertise)
+		if err != nil {
+			return fmt.Errorf("coordinator: RaftAdvertise %q: %w", advertise, err)
+		}
+		if c.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, hl); err != nil {
+			return fmt.Errorf("coordinator: raft transport on %s: %w", cfg.RaftAddr, err)
+		}
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.NodeID)
+	rc.HeartbeatTimeout = cfg.RaftHeartbeatTimeout
+	rc.ElectionTimeout = cfg.RaftElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.RaftLeaderLeaseTimeout
+	rc.CommitTimeout = cfg.RaftCommitTimeout
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.Logger = hl
+	if err := raft.ValidateConfig(rc); err != nil {
+		return fmt.Errorf("%w: raft: %w", ErrInvalid, err)
+	}
+	if cfg.Bootstrap || len(cfg.Peers) > 0 {
+		has, err := raft.HasExistingState(c.wal, c.wal, snaps)
+		if err != nil {
+			return fmt.Errorf("coordinator: reading raft state: %w", err)
+		}
+		if !has {
+			servers := []raft.Server{}
+			self := false
+			for _, p := range cfg.Peers {
+				servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.Addr), Suffrage: raft.Voter})
+				self = self || p.ID == cfg.NodeID
+			}
+			if !self {
+				servers = append(servers, raft.Server{ID: rc.LocalID, Address: raft.ServerAddress(advertise), Suffrage: raft.Voter})
+			}
+			err := raft.BootstrapCluster(rc, c.wal, c.wal, snaps, c.trans, raft.Configuration{Servers: servers})
+			if err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+				return fmt.Errorf("coordinator: bootstrap: %w", err)
+			}
+			c.log.Info("bootstrapped raft cluster", "servers", len(servers))
+		}
+	}
+	if c.raft, err = raft.NewRaft(rc, c.fsm, c.wal, c.wal, snaps, c.trans); err != nil {
+		return fmt.Errorf("coordinator: start raft: %w", err)
+	}
+	return nil
+}
+
+// watchLeadership starts a leader session when this node becomes the
+// leader and stops it when it is not any more.
+func (c *Coordinator) watchLeadership() {
+	defer c.wg.Done()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			c.stopLeader()
+			return
+		case <-c.raft.LeaderCh():
+		case <-t.C:
+		}
+		isLeader := c.raft.State() == raft.Leader
+		c.mu.Lock()
+		running := c.leader != nil
+		c.mu.Unlock()
+		switch {
+		case isLeader && !running:
+			c.startLeader()
+		case !isLeader && running:
+			c.stopLeader()
+		}
+	}
+}
+
+func (c *Coordinator) startLeader() {
+	l := newLeader(c)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.leader = l
+	c.mu.Unlock()
+	c.log.Info("became leader; starting scheduler and API", "term", c.raft.CurrentTerm())
+	l.start()
+}
+
+func (c *Coordinator) stopLeader() {
+	c.mu.Lock()
+	l := c.leader
+	c.leader = nil
+	c.mu.Unlock()
+	if l != nil {
+		c.log.Info("leadership lost or node stopping; stopping scheduler and API")
+		l.stop()
+	}
+}
+
+func (c *Coordinator) currentLeader() *leader {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leader
+}
+
+// apply proposes a command and waits for it to be committed and applied
+// here. Raft errors (not the leader, leadership lost, timeout) wrap
+// ErrNotLeader; business errors come back in Result.Err.
+func (c *Coordinator) apply(typ cpb.CommandType, m proto.Message) (*Result, error) {
+	data, err := encodeCommand(typ, m)
+	if err != nil {
+		return nil, err
+	}
+	f := c.raft.Apply(data, c.cfg.ApplyTimeout)
+	if err := f.Error(); err != nil {
+		return nil, fmt.Errorf("%w: %v: %v", ErrNotLeader, typ, err)
+	}
+	r, ok := f.Response().(*Result)
+	if !ok {
+		return nil, fmt.Errorf("coordinator: apply %v: no result", typ)
+	}
+	return r, nil
+}
+
+// observeApply runs after every applied command on every node.
+func (c *Coordinator) observeApply(_ uint64, _ *cpb.Command, _ *Result) {
+	if l := c.currentLeader(); l != nil {
+		l.wake()
+	}
+}
+
+// NodeID returns this node's id.
+func (c *Coordinator) NodeID() string { return c.cfg.NodeID }
+
+// IsLeader reports whether this node is the Raft leader.
+func (c *Coordinator) IsLeader() bool { return c.raft.State() == raft.Leader }
+
+// Leader returns the id of the leader this node knows of ("" if none).
+func (c *Coordinator) Leader() string {
+	_, id := c.raft.LeaderWithID()
+	return string(id)
+}
+
+// Serving reports whether this node runs the leader's API and scheduler.
+func (c *Coordinator) Serving() bool {
+	l := c.currentLeader()
+	return l != nil && l.isReady()
+}
+
+// State returns a deep copy of this node's replicated state.
+func (c *Coordinator) State() *State {
+	var s *State
+	c.fsm.view(func(st *State) { s = st.Clone() })
+	return s
+}
+
+// AppliedIndex is the index of the last log entry applied here.
+func (c *Coordinator) AppliedIndex() uint64 { return c.raft.AppliedIndex() }
+
+// Snapshot forces a Raft snapshot (operations, tests).
+func (c *Coordinator) Snapshot() error { return c.raft.Snapshot().Error() }
+
+// Close stops the leader session, the HTTP server and Raft, and closes the
+// stores (and the NATS connection if New opened it).
+func (c *Coordinator) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	close(c.stop)
+	var errs []error
+	if c.httpS != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, c.httpS.Shutdown(ctx))
+		cancel()
+		c.httpS = nil
+	}
+	c.wg.Wait()
+	return errors.Join(append(errs, c.closeResources())...)
+}
+
+func (c *Coordinator) closeResources() error {
+	var errs []error
+	if c.httpS != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		errs = append(errs, c.httpS.Shutdown(ctx))
+		cancel()
+	}
+	if c.raft != nil {
+		errs = append(errs, c.raft.Shutdown().Error())
+	}
+	if cl, ok := c.trans.(io.Closer); ok && c.trans != nil {
+		errs = append(errs, cl.Close())
+	}
+	if c.wal != nil {
+		errs = append(errs, c.wal.Close())
+	}
+	if c.ownNC && c.nc != nil {
+		c.nc.Close()
+	}
+	if c.met != nil {
+		c.met.unregister()
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,484 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ringattn/ringattn/internal/xlog"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// checkFor polls fn every `every` until it returns nil or total elapses.
+func checkFor(t testing.TB, total, every time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(total)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = fn(); err == nil {
+			return
+		}
+		time.Sleep(every)
+	}
+	t.Fatalf("condition not met after %v: %v", total, err)
+}
+
+func noErr(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startNATS runs an embedded nats-server on 127.0.0.1 with a random port.
+func startNATS(t testing.TB) string {
+	t.Helper()
+	e, err := transport.StartEmbedded(transport.EmbeddedConfig{})
+	noErr(t, err)
+	t.Cleanup(e.Shutdown)
+	return e.ClientURL()
+}
+
+func connect(t testing.TB, url string) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	noErr(t, err)
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// testConfig is a coordinator config with test timings: 50 ms Raft
+// timeouts (as hashicorp/raft's own tests) and a short worker heartbeat
+// timeout.
+func testConfig(t testing.TB, id, natsURL string) Config {
+	cfg := DefaultConfig()
+	cfg.NodeID = id
+	cfg.DataDir = t.TempDir()
+	cfg.HTTPAddr = ""
+	cfg.NATS.URLs = []string{natsURL}
+	cfg.RaftHeartbeatTimeout = 50 * time.Millisecond
+	cfg.RaftElectionTimeout = 50 * time.Millisecond
+	cfg.RaftLeaderLeaseTimeout = 50 * time.Millisecond
+	cfg.RaftCommitTimeout = 5 * time.Millisecond
+	cfg.HeartbeatTimeout = 600 * time.Millisecond
+	cfg.AssignTimeout = 500 * time.Millisecond
+	cfg.SchedulerInterval = 20 * time.Millisecond
+	cfg.ApplyTimeout = 2 * time.Second
+	return cfg
+}
+
+// testCluster is n coordinators over raft's in-memory transport, sharing
+// one NATS server.
+type testCluster struct {
+	t     testing.TB
+	url   string
+	cfgs  []Config
+	trans []*raft.InmemTransport
+	nodes []*Coordinator // nil when stopped
+}
+
+func newCluster(t testing.TB, n int, tweak func(*Config)) *testCluster {
+	t.Helper()
+	tc := &testCluster{t: t, url: startNATS(t)}
+	var peers []Peer
+	for i := range n {
+		addr, tr := raft.NewInmemTransportWithTimeout(raft.ServerAddress(fmt.Sprintf("inmem-%d", i)), 500*time.Millisecond)
+		tc.trans = append(tc.trans, tr)
+		peers = append(peers, Peer{ID: fmt.Sprintf("c%d", i), Addr: string(addr)})
+	}
+	tc.connectAll()
+	for i := range n {
+		cfg := testConfig(t, peers[i].ID, tc.url)
+		cfg.Peers = peers
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		tc.cfgs = append(tc.cfgs, cfg)
+		tc.nodes = append(tc.nodes, nil)
+		tc.start(i)
+	}
+	t.Cleanup(tc.stopAll)
+	return tc
+}
+
+func (tc *testCluster) connectAll() {
+	for i, a := range tc.trans {
+		for j, b := range tc.trans {
+			if i != j {
+				a.Connect(b.LocalAddr(), b)
+			}
+		}
+	}
+}
+
+func (tc *testCluster) start(i int) {
+	tc.t.Helper()
+	c, err := New(tc.cfgs[i], Deps{
+		Logger:        xlog.Test(tc.t).With("test_node", tc.cfgs[i].NodeID),
+		Registerer:    prometheus.NewRegistry(),
+		RaftTransport: tc.trans[i],
+	})
+	noErr(tc.t, err)
+	tc.nodes[i] = c
+}
+
+// stop closes node i (its transport goes with it, as when it dies).
+func (tc *testCluster) stop(i int) {
+	if c := tc.nodes[i]; c != nil {
+		tc.nodes[i] = nil
+		if err := c.Close(); err != nil {
+			tc.t.Logf("closing %s: %v", c.NodeID(), err)
+		}
+	}
+}
+
+// restart starts node i again on its data dir with a fresh transport at
+// the same address.
+func (tc *testCluster) restart(i int) {
+	tc.t.Helper()
+	_, tr := raft.NewInmemTransportWithTimeout(tc.trans[i].LocalAddr(), 500*time.Millisecond)
+	tc.trans[i] = tr
+	tc.connectAll()
+	tc.start(i)
+}
+
+func (tc *testCluster) stopAll() {
+	for i := range tc.nodes {
+		tc.stop(i)
+	}
+}
+
+// leader waits for exactly one serving leader among the running nodes.
+func (tc *testCluster) leader() int {
+	tc.t.Helper()
+	idx := -1
+	checkFor(tc.t, 10*time.Second, 10*time.Millisecond, func() error {
+		idx = -1
+		for i, c := range tc.nodes {
+			if c != nil && c.IsLeader() && c.Serving() {
+				if idx >= 0 {
+					return errors.New("two serving leaders")
+				}
+				idx = i
+			}
+		}
+		if idx < 0 {
+			return errors.New("no serving leader")
+		}
+		return nil
+	})
+	return idx
+}
+
+// converged waits until every running node has applied the same index and
+// holds an identical state, and returns that state.
+func (tc *testCluster) converged() *State {
+	tc.t.Helper()
+	var st *State
+	checkFor(tc.t, 10*time.Second, 20*time.Millisecond, func() error {
+		st = nil
+		var idx uint64
+		for _, c := range tc.nodes {
+			if c == nil {
+				continue
+			}
+			s := c.State()
+			if st == nil {
+				st, idx = s, c.AppliedIndex()
+				continue
+			}
+			if c.AppliedIndex() != idx || !s.Equal(st) {
+				return fmt.Errorf("node %s at index %d differs from index %d", c.NodeID(), c.AppliedIndex(), idx)
+			}
+		}
+		return nil
+	})
+	return st
+}
+
+// api calls one client API endpoint once.
+func api(nc *nats.Conn, endpoint string, req, reply proto.Message, timeout time.Duration) error {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return err
+	}
+	m, err := nc.Request(transport.NewSubjects("").API(endpoint), data, timeout)
+	if err != nil {
+		return err
+	}
+	return proto.Unmarshal(m.Data, reply)
+}
+
+type errReply interface {
+	proto.Message
+	GetError() *pb.Error
+}
+
+// retryable reports whether a client should retry: no leader answered, or
+// it answered NOT_LEADER/UNAVAILABLE.
+func retryable(err error, e *pb.Error) bool {
+	if err != nil {
+		return true
+	}
+	switch e.GetCode() {
+	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+		return true
+	}
+	return false
+}
+
+// apiRetry calls an endpoint until a leader gives a definite answer.
+func apiRetry[R errReply](t testing.TB, nc *nats.Conn, endpoint string, req proto.Message, newReply func() R) R {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := newReply()
+		err := api(nc, endpoint, req, r, time.Second)
+		if !retryable(err, r.GetError()) {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no definite answer: %v %v", endpoint, err, r.GetError())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func submit(t testing.TB, nc *nats.Conn, spec *pb.JobSpec) *pb.SubmitReply {
+	t.Helper()
+	r := apiRetry(t, nc, EndpointSubmit, &pb.SubmitRequest{Spec: spec}, func() *pb.SubmitReply { return &pb.SubmitReply{} })
+	if r.Error != nil {
+		t.Fatalf("submit: %v", r.Error)
+	}
+	return r
+}
+
+func getJob(t testing.TB, nc *nats.Conn, id string) *pb.JobStatus {
+	t.Helper()
+	r := apiRetry(t, nc, EndpointGet, &pb.GetRequest{JobId: id}, func() *pb.GetReply { return &pb.GetReply{} })
+	if r.Error != nil {
+		t.Fatalf("get %s: %v", id, r.Error)
+	}
+	return r.Job
+}
+
+func waitState(t testing.TB, nc *nats.Conn, id string, want pb.JobState, total time.Duration) *pb.JobStatus {
+	t.Helper()
+	var js *pb.JobStatus
+	checkFor(t, total, 20*time.Millisecond, func() error {
+		js = getJob(t, nc, id)
+		if js.State != want {
+			return fmt.Errorf("job %s is %v (epoch %d, %d/%d blocks, %q), want %v", id, js.State, js.Epoch, js.BlocksDone, js.BlocksTotal, js.Reason, want)
+		}
+		return nil
+	})
+	return js
+}
+
+// attnSpec is a small attention job: n tokens in blocks of 64.
+func attnSpec(key string, n int64) *pb.JobSpec {
+	return &pb.JobSpec{
+		Kind: pb.JobKind_JOB_KIND_ATTENTION, B: 1, Hq: 4, Hkv: 2, N: n, Nk: n, D: 32, Block: 64,
+		Mask: &pb.Mask{Causal: true}, IdempotencyKey: key, InputRef: "in-" + key,
+	}
+}
+
+// testWorker speaks the worker side of control.proto over NATS: it
+// heartbeats, accepts assignments (idempotently), "computes" for a while
+// and reports each shard until the report is acknowledged. It computes
+// nothing: the coordinator never sees tensors.
+type testWorker struct {
+	t      testing.TB
+	id     string
+	nc     *nats.Conn
+	subj   transport.Subjects
+	gflops float64
+	slots  int32
+	every  time.Duration
+
+	mu       sync.Mutex
+	delay    time.Duration
+	fail     string // when set, report failures with this reason
+	fatal    bool
+	running  map[shardKey]bool // true once its report is acknowledged
+	assigned map[shardKey]int  // assignments received
+	aborted  []*pb.ShardRef
+	stopped  bool
+	sub      *nats.Subscription
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+func newTestWorker(t testing.TB, url, id string, gflops float64, delay time.Duration) *testWorker {
+	t.Helper()
+	w := &testWorker{t: t, id: id, nc: connect(t, url), subj: transport.NewSubjects(""), gflops: gflops, slots: 2,
+		every: 100 * time.Millisecond, delay: delay, running: map[shardKey]bool{}, assigned: map[shardKey]int{}, done: make(chan struct{})}
+	var err error
+	w.sub, err = w.nc.Subscribe(w.subj.Assign(id), w.onAssign)
+	noErr(t, err)
+	w.wg.Add(1)
+	go w.heartbeats()
+	t.Cleanup(w.kill)
+	return w
+}
+
+func (w *testWorker) heartbeat(leaving bool) {
+	w.mu.Lock()
+	hb := &pb.Heartbeat{WorkerId: w.id, Slots: w.slots, Gflops: w.gflops, Version: "test", Leaving: leaving, SentUnixMs: time.Now().UnixMilli()}
+	for k, acked := range w.running {
+		if !acked {
+			hb.Running = append(hb.Running, &pb.ShardRef{JobId: k.job, Epoch: k.epoch, Rank: k.rank})
+		}
+	}
+	w.mu.Unlock()
+	data, _ := proto.Marshal(hb)
+	m, err := w.nc.Request(w.subj.Heartbeat(), data, 200*time.Millisecond)
+	if err != nil {
+		return
+	}
+	var ack pb.HeartbeatAck
+	if proto.Unmarshal(m.Data, &ack) == nil && len(ack.Abort) > 0 {
+		w.mu.Lock()
+		w.aborted = append(w.aborted, ack.Abort...)
+		for _, ref := range ack.Abort {
+			w.running[shardKey{ref.JobId, ref.Epoch, ref.Rank}] = true
+		}
+		w.mu.Unlock()
+	}
+}
+
+func (w *testWorker) heartbeats() {
+	defer w.wg.Done()
+	t := time.NewTicker(w.every)
+	defer t.Stop()
+	for {
+		w.heartbeat(false)
+		select {
+		case <-w.done:
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (w *testWorker) onAssign(m *nats.Msg) {
+	var a pb.Assignment
+	if err := proto.Unmarshal(m.Data, &a); err != nil {
+		w.t.Errorf("worker %s: bad assignment: %v", w.id, err)
+		return
+	}
+	k := shardKey{a.JobId, a.Epoch, a.Rank}
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		return
+	}
+	w.assigned[k]++
+	_, dup := w.running[k]
+	if !dup {
+		w.running[k] = false
+	}
+	w.mu.Unlock()
+	if a.Plan.Ranks[a.Rank].WorkerId != w.id || a.Params.GetScale() == 0 || a.OutputRef != a.JobId {
+		w.t.Errorf("worker %s: inconsistent assignment %v", w.id, &a)
+	}
+	ackData, _ := proto.Marshal(&pb.AssignmentAck{Accepted: true})
+	_ = m.Respond(ackData)
+	if dup {
+		return
+	}
+	w.wg.Add(1)
+	go w.run(&a)
+}
+
+func (w *testWorker) run(a *pb.Assignment) {
+	defer w.wg.Done()
+	k := shardKey{a.JobId, a.Epoch, a.Rank}
+	w.mu.Lock()
+	delay := w.delay
+	w.mu.Unlock()
+	select {
+	case <-w.done:
+		return
+	case <-time.After(delay):
+	}
+	rep := &pb.Report{WorkerId: w.id, JobId: a.JobId, Epoch: a.Epoch, Rank: a.Rank}
+	w.mu.Lock()
+	if w.fail != "" {
+		rep.Result = &pb.Report_Failed{Failed: &pb.ShardFailed{Reason: w.fail, Fatal: w.fatal, Block: -1}}
+	} else {
+		done := &pb.ShardDone{}
+		for _, b := range a.Plan.Ranks[a.Rank].QBlocks {
+			done.Blocks = append(done.Blocks, &pb.BlockChecksum{Block: b, Crc32CO: uint32(b) * 7})
+		}
+		rep.Result = &pb.Report_Done{Done: done}
+	}
+	w.mu.Unlock()
+	data, _ := proto.Marshal(rep)
+	for {
+		select {
+		case <-w.done:
+			return
+		default:
+		}
+		m, err := w.nc.Request(w.subj.Report(), data, 500*time.Millisecond)
+		if err == nil {
+			var ack pb.ReportAck
+			if proto.Unmarshal(m.Data, &ack) == nil {
+				switch ack.Status {
+				case pb.ReportStatus_REPORT_STATUS_ACCEPTED, pb.ReportStatus_REPORT_STATUS_DUPLICATE,
+					pb.ReportStatus_REPORT_STATUS_STALE, pb.ReportStatus_REPORT_STATUS_REJECTED:
+					w.mu.Lock()
+					w.running[k] = true
+					w.mu.Unlock()
+					return
+				}
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// kill stops the worker without a word (a crash).
+func (w *testWorker) kill() {
+	w.mu.Lock()
+	if w.stopped {
+		w.mu.Unlock()
+		return
+	}
+	w.stopped = true
+	w.mu.Unlock()
+	_ = w.sub.Unsubscribe()
+	close(w.done)
+	w.wg.Wait()
+}
+
+// leave announces the worker is leaving, then stops.
+func (w *testWorker) leave() {
+	w.kill()
+	w.heartbeat(true)
+}
+
+func (w *testWorker) set(delay time.Duration, fail string, fatal bool) {
+	w.mu.Lock()
+	w.delay, w.fail, w.fatal = delay, fail, fatal
+	w.mu.Unlock()
+}
+
+func (w *testWorker) assignments() map[shardKey]int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := map[shardKey]int{}
+	for k, v := range w.assigned {
+		out[k] = v
+	}
+	return out
+}

@@ -1,0 +1,223 @@
+package coordinator
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"github.com/ringattn/ringattn/pkg/shard"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// apiError is an error for a client: a code, the field at fault and a
+// message that names the expected value.
+type apiError struct {
+	code  pb.ErrorCode
+	field string
+	msg   string
+	wrap  error
+}
+
+func (e *apiError) Error() string {
+	if e.field != "" {
+		return e.field + ": " + e.msg
+	}
+	return e.msg
+}
+
+func (e *apiError) Unwrap() error { return e.wrap }
+
+func invalidField(field, format string, args ...any) *apiError {
+	return &apiError{code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, field: field, msg: fmt.Sprintf(format, args...), wrap: ErrInvalid}
+}
+
+func (e *apiError) proto() *pb.Error {
+	return &pb.Error{Code: e.code, Field: e.field, Message: e.Error()}
+}
+
+// validName checks an id, key or store namespace: it becomes part of NATS
+// subjects and object names.
+func validName(field, v string, required bool) *apiError {
+	if v == "" {
+		if required {
+			return invalidField(field, "empty")
+		}
+		return nil
+	}
+	if len(v) > 128 {
+		return invalidField(field, "%d bytes: want at most 128", len(v))
+	}
+	if i := strings.IndexFunc(v, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_')
+	}); i >= 0 {
+		return invalidField(field, "%q has %q at byte %d: want only letters, digits, '-' and '_'", v, v[i], i)
+	}
+	return nil
+}
+
+// validateSpec checks a submitted spec per DESIGN §5, naming the first
+// field at fault and the expected value.
+func validateSpec(spec *pb.JobSpec, l Limits, now time.Time) *apiError {
+	if spec == nil {
+		return invalidField("spec", "missing")
+	}
+	mha := false
+	switch spec.Kind {
+	case pb.JobKind_JOB_KIND_ATTENTION:
+	case pb.JobKind_JOB_KIND_MHA:
+		mha = true
+	default:
+		return invalidField("spec.kind", "%v: want JOB_KIND_ATTENTION or JOB_KIND_MHA", spec.Kind)
+	}
+	dims := []struct {
+		name   string
+		v, max int64
+	}{
+		{"spec.b", spec.B, l.MaxBatch}, {"spec.hq", spec.Hq, l.MaxHeads}, {"spec.hkv", spec.Hkv, l.MaxHeads},
+		{"spec.n", spec.N, l.MaxTokens}, {"spec.nk", spec.Nk, l.MaxTokens}, {"spec.d", spec.D, l.MaxD},
+	}
+	for _, d := range dims {
+		if d.v < 1 || d.v > d.max {
+			return invalidField(d.name, "%d: want 1..%d", d.v, d.max)
+		}
+	}
+	if spec.Hq%spec.Hkv != 0 {
+		return invalidField("spec.hkv", "hq = %d is not a multiple of hkv = %d: want hkv dividing hq", spec.Hq, spec.Hkv)
+	}
+	if mha {
+		if spec.Hkv != spec.Hq {
+			return invalidField("spec.hkv", "%d: an mha layer wants hkv = hq = %d", spec.Hkv, spec.Hq)
+		}
+		if spec.Nk != spec.N {
+			return invalidField("spec.nk", "%d: mha self-attention wants nk = n = %d", spec.Nk, spec.N)
+		}
+		if spec.DModel < 1 || spec.DModel > l.MaxHeads*l.MaxD {
+			return invalidField("spec.d_model", "%d: want 1..%d", spec.DModel, l.MaxHeads*l.MaxD)
+		}
+		if spec.WantLse {
+			return invalidField("spec.want_lse", "true: lse is an output of attention jobs only")
+		}
+	} else {
+		if spec.DModel != 0 {
+			return invalidField("spec.d_model", "%d: attention jobs want 0 (d_model is for mha)", spec.DModel)
+		}
+		if spec.MhaBias {
+			return invalidField("spec.mha_bias", "true: biases are for mha jobs only")
+		}
+	}
+	if math.IsNaN(spec.Scale) || math.IsInf(spec.Scale, 0) || spec.Scale < 0 {
+		return invalidField("spec.scale", "%v: want a finite number > 0 (or 0 for 1/sqrt(d))", spec.Scale)
+	}
+	switch spec.WireDtype {
+	case pb.WireDType_WIRE_DTYPE_UNSPECIFIED, pb.WireDType_WIRE_DTYPE_F32, pb.WireDType_WIRE_DTYPE_BF16:
+	default:
+		return invalidField("spec.wire_dtype", "%v: want WIRE_DTYPE_F32 or WIRE_DTYPE_BF16", spec.WireDtype)
+	}
+	if spec.Block < 0 || spec.Block > l.MaxTokens {
+		return invalidField("spec.block", "%d: want 1..%d tokens (or 0 for %d)", spec.Block, l.MaxTokens, shard.DefaultBlock)
+	}
+	switch shard.Strategy(spec.Strategy) {
+	case shard.Auto, shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV:
+	default:
+		return invalidField("spec.strategy", "%q: want contiguous, zigzag, striped, splitkv or empty (auto)", spec.Strategy)
+	}
+	if spec.Parallelism < 0 || spec.Parallelism > 4096 {
+		return invalidField("spec.parallelism", "%d: want 0..4096 ranks (0 = as many as useful)", spec.Parallelism)
+	}
+	if spec.DeadlineUnixMs < 0 || (spec.DeadlineUnixMs > 0 && spec.DeadlineUnixMs <= now.UnixMilli()) {
+		return invalidField("spec.deadline_unix_ms", "%d: want a time in the future (or 0 for none)", spec.DeadlineUnixMs)
+	}
+	if e := validName("spec.idempotency_key", spec.IdempotencyKey, false); e != nil {
+		return e
+	}
+	if e := validName("spec.input_ref", spec.InputRef, false); e != nil {
+		return e
+	}
+	if spec.InputRef == "" && spec.IdempotencyKey == "" {
+		return invalidField("spec.input_ref", "empty: want the store namespace the inputs were uploaded under (or an idempotency_key naming it)")
+	}
+	if m := spec.Mask; m != nil {
+		if m.Windowed && (m.WindowLeft < -1 || m.WindowRight < -1) {
+			return invalidField("spec.mask", "window (%d, %d): want each side >= 0, or -1 for unbounded", m.WindowLeft, m.WindowRight)
+		}
+		if !m.Windowed && (m.WindowLeft != 0 || m.WindowRight != 0) {
+			return invalidField("spec.mask.windowed", "false with window (%d, %d): set windowed to use a window", m.WindowLeft, m.WindowRight)
+		}
+		if len(m.Seqlens) > l.MaxDocs || len(m.SeqlensK) > l.MaxDocs {
+			return invalidField("spec.mask.seqlens", "%d/%d documents: want at most %d", len(m.Seqlens), len(m.SeqlensK), l.MaxDocs)
+		}
+	}
+	// Bytes of inputs and outputs, float32.
+	var elems int64
+	if mha {
+		hd := spec.Hq * spec.D
+		elems = 2*spec.B*spec.N*spec.DModel + 4*hd*spec.DModel
+	} else {
+		elems = 2*spec.B*spec.Hq*spec.N*spec.D + 2*spec.B*spec.Hkv*spec.Nk*spec.D
+		if spec.WantLse {
+			elems += spec.B * spec.Hq * spec.N
+		}
+	}
+	if bytes := 4 * elems; bytes > l.MaxJobBytes {
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "spec", wrap: ErrLimit,
+			msg: fmt.Sprintf("job needs %d bytes of tensors: want at most %d (Limits.MaxJobBytes)", bytes, l.MaxJobBytes)}
+	}
+	// The planner's own checks (mask lengths, block) on a one-rank plan.
+	req := planRequest(spec, 1, nil, nil)
+	if err := req.Validate(); err != nil {
+		field := "spec"
+		if strings.Contains(err.Error(), "Mask") {
+			field = "spec.mask"
+		}
+		return invalidField(field, "%s", strings.TrimPrefix(err.Error(), shard.ErrInvalid.Error()+": "))
+	}
+	return nil
+}
+
+// planRequest is the shard.Request of a job over ranks workers.
+func planRequest(spec *pb.JobSpec, ranks int, weights []float64, qblocks []int) shard.Request {
+	req := shard.Request{
+		B: int(spec.B), Hq: int(spec.Hq), Hkv: int(spec.Hkv), D: int(spec.D),
+		N: int(spec.N), Nk: int(spec.Nk), Block: int(spec.Block),
+		Ranks: ranks, Weights: weights, Strategy: shard.Strategy(spec.Strategy),
+		QBlocks: qblocks, ElemBytes: 4,
+	}
+	if spec.WireDtype == pb.WireDType_WIRE_DTYPE_BF16 {
+		req.ElemBytes = 2
+	}
+	if m := spec.Mask; m != nil {
+		req.Mask = shard.Mask{Causal: m.Causal, Windowed: m.Windowed, Left: int(m.WindowLeft), Right: int(m.WindowRight)}
+		for _, x := range m.Seqlens {
+			req.Mask.SeqLens = append(req.Mask.SeqLens, int(x))
+		}
+		for _, x := range m.SeqlensK {
+			req.Mask.SeqLensK = append(req.Mask.SeqLensK, int(x))
+		}
+	}
+	return req
+}
+
+// apiErrorOf translates an internal error to a client error.
+func apiErrorOf(err error) *apiError {
+	var ae *apiError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ae):
+		return ae
+	case errors.Is(err, ErrNotFound):
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_NOT_FOUND, field: "job_id", msg: err.Error(), wrap: err}
+	case errors.Is(err, ErrIdempotencyConflict):
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, field: "spec.idempotency_key", msg: err.Error(), wrap: err}
+	case errors.Is(err, ErrFinished):
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION, field: "job_id", msg: err.Error(), wrap: err}
+	case errors.Is(err, ErrNotLeader):
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_NOT_LEADER, msg: err.Error(), wrap: err}
+	case errors.Is(err, ErrLimit):
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: err.Error(), wrap: err}
+	default:
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_UNAVAILABLE, msg: err.Error(), wrap: err}
+	}
+}
