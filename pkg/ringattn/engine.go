@@ -244,6 +244,49 @@ func (r *rankRun) checkKV(b kvBlock) error {
 	return nil
 }
 
+// prefetch calls use on the key/value blocks in order while a goroutine
+// fetches the next one from the Source (double buffering against the
+// store): at most one block waits while another is used. It returns after
+// the fetching goroutine has exited.
+func (r *rankRun) prefetch(ctx context.Context, blocks []int, use func(kvBlock) error) error {
+	type fetched struct {
+		b   kvBlock
+		err error
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	ch := make(chan fetched, 1)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(ch)
+		for _, j := range blocks {
+			b, err := r.fetchKV(ctx, j)
+			select {
+			case ch <- fetched{b, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	for f := range ch {
+		if f.err != nil {
+			return f.err
+		}
+		if err := use(f.b); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
 // fold folds the held blocks into every owned query block they are visible to.
 func (r *rankRun) fold(ctx context.Context, held []kvBlock, qblocks []int, states map[int]*kernels.State, count bool) error {
 	for _, b := range held {
@@ -523,14 +566,10 @@ func (r *rankRun) partial(ctx context.Context, h int, count bool) (o, lse []floa
 			states[qi] = kernels.NewState(p.B, p.Hq, n, p.D)
 		}
 	}
-	for _, j := range r.plan.Ranks[h].KVBlocks {
-		b, err := r.fetchKV(ctx, j)
-		if err != nil {
-			return nil, nil, err
-		}
-		if err := r.fold(ctx, []kvBlock{b}, r.owned, states, count); err != nil {
-			return nil, nil, err
-		}
+	if err := r.prefetch(ctx, r.plan.Ranks[h].KVBlocks, func(b kvBlock) error {
+		return r.fold(ctx, []kvBlock{b}, r.owned, states, count)
+	}); err != nil {
+		return nil, nil, err
 	}
 	rows := 0
 	for _, qi := range r.owned {

@@ -374,28 +374,67 @@ func TestRingKilledRank(t *testing.T) {
 	}
 }
 
-// TestRingCancel: canceling the context stops every rank promptly with the
-// context's error and no goroutine left.
+// cancelingSource cancels a context on the n-th key fetch.
+type cancelingSource struct {
+	ringattn.Source
+	n      atomic.Int64
+	at     int64
+	cancel context.CancelFunc
+	when   atomic.Int64
+}
+
+func (c *cancelingSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	if tensor == "k" && c.n.Add(1) == c.at {
+		c.when.Store(time.Now().UnixNano())
+		c.cancel()
+	}
+	return c.Source.Fetch(ctx, tensor, block)
+}
+
+// TestRingCancel: canceling the context — between ring steps, or while
+// split-KV ranks are fetching and folding their ranges — stops every rank
+// promptly with the context's error and no goroutine left.
 func TestRingCancel(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	pr := newProblem("full", 1, 4, 4, 600, 600, 32, kernels.Mask{}, 71)
-	plan := pr.plan(t, pr.request(3, 32, shard.Contiguous))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	net := ringattn.NewMemNet(3, ringattn.MemOptions{})
-	defer net.Close()
-	var canceledAt atomic.Int64
-	_, _, err := ringattn.RunLocalNet(ctx, ringattn.LocalConfig{Net: net, Progress: func(p ringattn.Progress) {
-		if p.Step == 1 && canceledAt.CompareAndSwap(0, time.Now().UnixNano()) {
-			cancel()
+	t.Run("ring", func(t *testing.T) {
+		plan := pr.plan(t, pr.request(3, 32, shard.Contiguous))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		net := ringattn.NewMemNet(3, ringattn.MemOptions{})
+		defer net.Close()
+		var canceledAt atomic.Int64
+		_, _, err := ringattn.RunLocalNet(ctx, ringattn.LocalConfig{Net: net, Progress: func(p ringattn.Progress) {
+			if p.Step == 1 && canceledAt.CompareAndSwap(0, time.Now().UnixNano()) {
+				cancel()
+			}
+		}}, &pr.p, plan, pr.q, pr.k, pr.v)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, expected context.Canceled", err)
 		}
-	}}, &pr.p, plan, pr.q, pr.k, pr.v)
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("got %v, expected context.Canceled", err)
-	}
-	if d := time.Since(time.Unix(0, canceledAt.Load())); d > 5*time.Second {
-		t.Fatalf("stopped %v after cancel", d)
-	}
+		if d := time.Since(time.Unix(0, canceledAt.Load())); d > 5*time.Second {
+			t.Fatalf("stopped %v after cancel", d)
+		}
+	})
+	t.Run("splitkv", func(t *testing.T) {
+		plan := pr.plan(t, pr.request(3, 32, shard.SplitKV))
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		src, err := ringattn.NewMemSource(&pr.p, plan.Block, pr.q, pr.k, pr.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cs := &cancelingSource{Source: src, at: 5, cancel: cancel}
+		net := ringattn.NewMemNet(3, ringattn.MemOptions{})
+		defer net.Close()
+		_, _, err = ringattn.RunLocalNet(ctx, ringattn.LocalConfig{Net: net, Source: cs}, &pr.p, plan, pr.q, pr.k, pr.v)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v, expected context.Canceled", err)
+		}
+		if d := time.Since(time.Unix(0, cs.when.Load())); d > 5*time.Second {
+			t.Fatalf("stopped %v after cancel", d)
+		}
+	})
 }
 
 // TestRingProgress: the progress counters add up to the plan's work.
