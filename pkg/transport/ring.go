@@ -21,7 +21,7 @@ const (
 	DefaultRecvTimeout   = 10 * time.Second
 	DefaultSendTimeout   = 30 * time.Second
 	DefaultProbeInterval = 250 * time.Millisecond
-	DefaultPieceBytes    = 1 << 20
+	DefaultPieceBytes    = 4 << 20
 	DefaultWindowBytes   = 16 << 20
 	DefaultBufferBytes   = 256 << 20
 	DefaultMaxFrameBytes = 1 << 30
@@ -70,7 +70,7 @@ type RingConfig struct {
 	// the peer before it abandons the frame (default 30 s); the peer then
 	// falls back to its Source.
 	SendTimeout time.Duration
-	// PieceBytes is the largest piece payload (default 1 MiB, at most the
+	// PieceBytes is the largest piece payload (default 4 MiB, at most the
 	// server's max payload minus HeaderRoom).
 	PieceBytes int
 	// WindowBytes is how many piece bytes may be unacknowledged per peer
@@ -292,9 +292,14 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
 	}
 	// Make sure the server has both subscriptions before anyone sends.
+	// While reconnecting, nats.go re-subscribes on reconnect and senders
+	// probe until this rank answers, so only a closed connection fails.
 	if err := nc.FlushTimeout(cfg.RecvTimeout); err != nil {
-		r.Close()
-		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
+		if nc.IsClosed() {
+			r.Close()
+			return nil, fmt.Errorf("transport: ring subscribe: %w", err)
+		}
+		r.logger.Warn("ring subscriptions not confirmed by the server yet", "err", err)
 	}
 	return r, nil
 }

@@ -39,7 +39,7 @@ const jsErrStoreMaxBytes jetstream.ErrorCode = 10077
 // Store defaults.
 const (
 	DefaultMaxBlockBytes  = 1 << 30
-	DefaultChunkBytes     = 1 << 20
+	DefaultChunkBytes     = 4 << 20
 	DefaultRetryFor       = 30 * time.Second
 	DefaultAttemptTimeout = 5 * time.Second
 )
@@ -59,7 +59,7 @@ type StoreConfig struct {
 	// MaxBlockBytes is the largest encoded block PutBlock accepts
 	// (default 1 GiB).
 	MaxBlockBytes int64
-	// ChunkBytes is the object store chunk size (default 1 MiB, at most the
+	// ChunkBytes is the object store chunk size (default 4 MiB, at most the
 	// server's max payload minus 4 KiB).
 	ChunkBytes int
 	// TTL expires objects not rewritten within it (0 = never).
