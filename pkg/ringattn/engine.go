@@ -44,6 +44,20 @@ type RankConfig struct {
 	Progress func(Progress)
 	// Logger receives debug and warning records; nil discards them.
 	Logger *slog.Logger
+	// PartialTimeouts is how many consecutive receive timeouts a split-KV
+	// rank waits for a child's partial before recomputing it from the
+	// Source; 0 means DefaultPartialTimeouts.
+	PartialTimeouts int
+}
+
+// DefaultPartialTimeouts is RankConfig.PartialTimeouts when 0.
+const DefaultPartialTimeouts = 3
+
+func (c *RankConfig) partialPatience() int {
+	if c.PartialTimeouts > 0 {
+		return c.PartialTimeouts
+	}
+	return DefaultPartialTimeouts
 }
 
 // Progress is a rank's cumulative progress.
@@ -71,6 +85,8 @@ func (c *RankConfig) Validate() error {
 		return invalid("RankConfig.Source is nil")
 	case c.Sink == nil:
 		return invalid("RankConfig.Sink is nil")
+	case c.PartialTimeouts < 0:
+		return invalid("RankConfig.PartialTimeouts = %d, expected >= 0", c.PartialTimeouts)
 	}
 	if err := c.Params.Validate(); err != nil {
 		return fmt.Errorf("%w: RankConfig.Params: %w", ErrInvalid, err)
@@ -514,7 +530,14 @@ func (r *rankRun) splitKV(ctx context.Context) error {
 }
 
 func (r *rankRun) recvPartial(ctx context.Context, c, level, no, nl int) (o, lse []float32, err error) {
-	f, err := r.ring.Recv(ctx, c, Key{Kind: KindPartial, Step: level, Block: c})
+	key := Key{Kind: KindPartial, Step: level, Block: c}
+	f, err := r.ring.Recv(ctx, c, key)
+	// A partial is expensive to recompute and a slow child is more likely
+	// than a lost frame: wait a few receive timeouts first.
+	for tries := 1; errors.Is(err, ErrTimeout) && tries < r.cfg.partialPatience(); tries++ {
+		r.log.Debug("partial late, still waiting", "from", c, "level", level, "timeouts", tries)
+		f, err = r.ring.Recv(ctx, c, key)
+	}
 	switch {
 	case err == nil:
 		if len(f.Tensors) == 2 && len(f.Tensors[0]) == no && len(f.Tensors[1]) == nl {
