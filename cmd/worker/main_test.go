@@ -2,9 +2,20 @@ package main
 
 import (
 	"bytes"
+	"os"
+	"os/exec"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+	"github.com/ringattn/ringattn/pkg/transport/transporttest"
 )
 
 func TestWorkerCmdFlagsAndEnv(t *testing.T) {
@@ -58,4 +69,96 @@ func TestWorkerCmdUsage(t *testing.T) {
 	if code := run(nil, &out, &errb); code != 2 || !strings.Contains(errb.String(), "RINGATTN_SLOTS") {
 		t.Fatalf("bad env: exit %d, %q", code, errb.String())
 	}
+}
+
+// TestMain lets the test binary run as the worker command itself when
+// RINGATTN_WORKER_TEST_MAIN is set (the signal test starts it that way).
+func TestMain(m *testing.M) {
+	if os.Getenv("RINGATTN_WORKER_TEST_MAIN") == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// TestWorkerCmdSIGTERMDrains starts the command as a process, waits for its
+// heartbeats, sends SIGTERM, and expects a leaving heartbeat and exit 0.
+func TestWorkerCmdSIGTERMDrains(t *testing.T) {
+	srv := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, srv)
+	subj := transport.NewSubjects("")
+	hbs := make(chan *pb.Heartbeat, 100)
+	sub, err := nc.Subscribe(subj.Heartbeat(), func(m *nats.Msg) {
+		var hb pb.Heartbeat
+		if proto.Unmarshal(m.Data, &hb) == nil {
+			select {
+			case hbs <- &hb:
+			default:
+			}
+		}
+		data, _ := proto.Marshal(&pb.HeartbeatAck{LeaderId: "test"})
+		m.Respond(data) //nolint:errcheck
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe() //nolint:errcheck
+	cmd := exec.Command(os.Args[0], "--id", "sig-worker", "--gflops", "1", "--heartbeat-interval", "50ms",
+		"--metrics-addr", "off", "--log-format", "json")
+	cmd.Env = append(os.Environ(), "RINGATTN_WORKER_TEST_MAIN=1", "RINGATTN_NATS_URL="+srv.ClientURL())
+	logs := &syncBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill() //nolint:errcheck
+	waitHB := func(leaving bool) {
+		t.Helper()
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case hb := <-hbs:
+				if hb.WorkerId == "sig-worker" && hb.Leaving == leaving {
+					return
+				}
+			case <-timeout:
+				t.Fatalf("no heartbeat with leaving=%v; logs:\n%s", leaving, logs.String())
+			}
+		}
+	}
+	waitHB(false)
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	waitHB(true)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("worker exited with %v after SIGTERM, want 0; logs:\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("worker still running 10 s after SIGTERM; logs:\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), `"msg":"draining"`) {
+		t.Fatalf("no drain in the logs:\n%s", logs.String())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe to read while the process writes it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
