@@ -105,14 +105,15 @@ func (p *jsonScanner) elem(close byte, n int, what string) (bool, error) {
 	return true, nil
 }
 
-// colon consumes the ':' after the key key.
-func (p *jsonScanner) colon(key []byte) error {
+// colon consumes a ':' after optional whitespace, reporting whether there
+// was one (callers name the key in their error).
+func (p *jsonScanner) colon() bool {
 	p.ws()
 	if p.peek() != ':' {
-		return p.unexpected(fmt.Sprintf("':' after %q", key))
+		return false
 	}
 	p.i++
-	return nil
+	return true
 }
 
 // null consumes a null literal if one is next.

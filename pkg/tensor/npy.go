@@ -47,8 +47,9 @@ func DecodeNPY(b []byte) (*Tensor, error) {
 // ReadNPYAt reads a .npy file of size bytes from r; name (a path or object
 // name) is used in errors. Every length in the file is checked against size
 // before anything is allocated, so a hostile file cannot make it allocate
-// more than about twice its size; errors wrap ErrFormat (malformed,
-// truncated) or ErrUnsupported (an integer dtype, Fortran order).
+// more than about three times its size (float16 data doubles as float32,
+// plus a read buffer); errors wrap ErrFormat (malformed, truncated) or
+// ErrUnsupported (an integer dtype, Fortran order).
 func ReadNPYAt(r io.ReaderAt, size int64, name string) (*Tensor, error) {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s: "+format, append([]any{ErrFormat, name}, args...)...)
@@ -118,7 +119,7 @@ func ReadNPYAt(r io.ReaderAt, size int64, name string) (*Tensor, error) {
 // dataSize is the product of shape and the byte size of that many elements
 // of itemsize bytes, or an error if the byte size exceeds 2^63-1.
 // Dimensions are already non-negative.
-func dataSize(shape []int, itemsize int) (n int, bytes int64, err error) {
+func dataSize(shape []int, itemsize int) (n int, nbytes int64, err error) {
 	for _, d := range shape {
 		if d == 0 {
 			return 0, 0, nil

@@ -155,8 +155,8 @@ func (f *Safetensors) parseHeader(hdr []byte, size int64) error {
 		if err != nil {
 			return err
 		}
-		if err := p.colon([]byte(key)); err != nil {
-			return err
+		if !p.colon() {
+			return p.unexpected(fmt.Sprintf("':' after %q", key))
 		}
 		if key == stMetadataKey {
 			if f.metadata != nil {
@@ -248,7 +248,7 @@ func parseMetadata(p *jsonScanner) (map[string]string, error) {
 		if more, err := q.elem('}', size, ""); err != nil || !more {
 			break
 		}
-		if _, err := q.raw(""); err != nil || q.colon(nil) != nil {
+		if _, err := q.raw(""); err != nil || !q.colon() {
 			break
 		}
 		if _, err := q.raw(""); err != nil {
@@ -268,8 +268,8 @@ func parseMetadata(p *jsonScanner) (map[string]string, error) {
 		if _, dup := md[k]; dup {
 			return nil, fmt.Errorf("%s key %q appears twice", stMetadataKey, k)
 		}
-		if err := p.colon([]byte(k)); err != nil {
-			return nil, err
+		if !p.colon() {
+			return nil, p.unexpected(fmt.Sprintf("':' after %q", k))
 		}
 		if p.ws(); p.peek() != '"' {
 			return nil, p.unexpected(fmt.Sprintf("%s[%q] as a string", stMetadataKey, k))
@@ -298,8 +298,8 @@ func parseTensorInfo(p *jsonScanner, name string) (TensorInfo, error) {
 		if err != nil {
 			return info, err
 		}
-		if err := p.colon(key); err != nil {
-			return info, err
+		if !p.colon() {
+			return info, p.unexpected(fmt.Sprintf("':' after %q", key))
 		}
 		switch string(key) {
 		case "dtype":
