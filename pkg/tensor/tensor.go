@@ -42,14 +42,25 @@ type Tensor struct {
 
 // New wraps data (not copied) as a tensor of the given shape. It panics if a
 // dimension is negative or len(data) is not the product of the dimensions:
-// that is a programming error, like an out-of-range index. Use Zeros or
-// Validate for shapes that come from input.
+// that is a programming error, like an out-of-range index. Use FromData or
+// Zeros for data and shapes that come from input.
 func New(data []float32, shape ...int) *Tensor {
 	t := &Tensor{Shape: cloneShape(shape), Data: data}
 	if err := t.Validate(); err != nil {
 		panic(err)
 	}
 	return t
+}
+
+// FromData wraps data (not copied) as a tensor of the given shape, or
+// returns an error wrapping ErrShape naming the mismatch: New for data and
+// shapes that come from input (files, the network).
+func FromData(data []float32, shape ...int) (*Tensor, error) {
+	t := &Tensor{Shape: cloneShape(shape), Data: data}
+	if err := t.Validate(); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 // Zeros returns a zero-filled tensor of the given shape, or an error naming

@@ -55,6 +55,14 @@ func TestTensorNewAndAccessors(t *testing.T) {
 	if x.Data[1] != -1 {
 		t.Error("Reshape does not share data")
 	}
+	src := []float32{1, 2}
+	w, err := FromData(src, 1, 2)
+	if err != nil || !reflect.DeepEqual(w.Shape, []int{1, 2}) {
+		t.Fatalf("FromData = %v, %v", w, err)
+	}
+	if src[0] = 9; w.Data[0] != 9 {
+		t.Error("FromData copied its data, want it wrapped")
+	}
 	z, err := Zeros(2, 0, 3)
 	if err != nil || z.Len() != 0 || z.Rank() != 3 {
 		t.Errorf("Zeros(2,0,3) = %v, %v", z, err)
@@ -82,6 +90,8 @@ func TestTensorShapeErrors(t *testing.T) {
 		{"negative", func() error { _, err := Zeros(2, -1); return err }(), []string{"dimension 1 of [2 -1] is -1, want >= 0"}},
 		{"overflow", func() error { _, err := Zeros(huge, huge); return err }(), []string{"more than"}},
 		{"rank", func() error { _, err := Zeros(make([]int, MaxRank+1)...); return err }(), []string{"rank 65, want at most 64"}},
+		{"from data", func() error { _, err := FromData(make([]float32, 5), 2, 3); return err }(), []string{"5 values for shape [2 3], want 6"}},
+		{"from data negative", func() error { _, err := FromData(nil, 0, -2); return err }(), []string{"dimension 1 of [0 -2] is -2, want >= 0"}},
 		{"validate", (&Tensor{Shape: []int{4}, Data: make([]float32, 3)}).Validate(), []string{"3 values for shape [4], want 4"}},
 		{"nil", (*Tensor)(nil).Validate(), []string{"nil tensor"}},
 		{"reshape", func() error { _, err := New(make([]float32, 6), 6).Reshape(4, 2); return err }(),
