@@ -17,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -38,6 +39,7 @@ type Coordinator struct {
 	fsm   *fsm
 	raft  *raft.Raft
 	wal   *wal.WAL
+	meta  *metadb.BoltMetaDB
 	trans raft.Transport
 	nc    *nats.Conn
 	ownNC bool
@@ -150,7 +152,10 @@ func (c *Coordinator) openRaft() error {
 		return fmt.Errorf("coordinator: data dir: %w", err)
 	}
 	var err error
-	if c.wal, err = wal.Open(walDir); err != nil {
+	// raft-wal's Close leaves its metadata DB open (and file-locked), so
+	// the coordinator owns that store and closes it itself.
+	c.meta = &metadb.BoltMetaDB{}
+	if c.wal, err = wal.Open(walDir, wal.WithMetaStore(c.meta)); err != nil {
 		return fmt.Errorf("coordinator: open raft log in %s: %w", walDir, err)
 	}
 	hl := hclogAdapter(c.log, "raft")
@@ -365,6 +370,9 @@ func (c *Coordinator) closeResources() error {
 	}
 	if c.wal != nil {
 		errs = append(errs, c.wal.Close())
+	}
+	if c.meta != nil {
+		errs = append(errs, c.meta.Close())
 	}
 	if c.ownNC && c.nc != nil {
 		c.nc.Close()

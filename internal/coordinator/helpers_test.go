@@ -482,3 +482,36 @@ func (w *testWorker) assignments() map[shardKey]int {
 	}
 	return out
 }
+
+// restartWith restarts node i with a tensor deleter.
+func (tc *testCluster) restartWith(i int, td TensorDeleter) {
+	tc.t.Helper()
+	_, tr := raft.NewInmemTransportWithTimeout(tc.trans[i].LocalAddr(), 500*time.Millisecond)
+	tc.trans[i] = tr
+	tc.connectAll()
+	c, err := New(tc.cfgs[i], Deps{
+		Logger:        xlog.Test(tc.t).With("test_node", tc.cfgs[i].NodeID),
+		Registerer:    prometheus.NewRegistry(),
+		RaftTransport: tc.trans[i],
+		Tensors:       td,
+	})
+	noErr(tc.t, err)
+	tc.nodes[i] = c
+}
+
+// metricValue returns the sum of a metric's series in c's registry.
+func metricValue(t testing.TB, c *Coordinator, name string) float64 {
+	t.Helper()
+	mfs, err := c.deps.Gatherer.Gather()
+	noErr(t, err)
+	var v float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			v += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return v
+}

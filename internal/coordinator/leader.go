@@ -329,6 +329,13 @@ func (l *leader) workerInfos(used map[string]int) []*pb.WorkerInfo {
 	return out
 }
 
+func (l *leader) isLeaving(worker string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w := l.workers[worker]
+	return w != nil && w.hb.Leaving
+}
+
 func slotsOf(hb *pb.Heartbeat) int32 { return max(hb.GetSlots(), 1) }
 
 // usedSlots counts the unfinished ranks each worker holds in running jobs.
@@ -448,6 +455,16 @@ func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map
 			}
 			if _, ok := live[rk.WorkerId]; !ok {
 				reason = fmt.Sprintf("worker %s of rank %d is gone", rk.WorkerId, r)
+				break
+			}
+		}
+	}
+	if !flagged && grace {
+		// In the grace period only an explicit leave counts: workers not
+		// heard from yet may still be alive.
+		for r, rk := range j.Plan.GetRanks() {
+			if _, done := slices.BinarySearch(j.DoneRanks, int32(r)); !done && l.isLeaving(rk.WorkerId) {
+				reason = fmt.Sprintf("worker %s of rank %d is leaving", rk.WorkerId, r)
 				break
 			}
 		}
@@ -795,7 +812,7 @@ func (l *leader) expire(jobs []*cpb.Job, now time.Time) {
 			if err := l.deleteTensors(j, refs[inputRef(j)] <= 1); err != nil {
 				l.log.Warn("deleting expired job's tensors failed; will retry", "job", j.Id, "err", err)
 				l.mu.Lock()
-				l.deleteAt[j.Id] = now.Add(10 * time.Second)
+				l.deleteAt[j.Id] = now.Add(min(10*time.Second, max(c.cfg.JobTTL, c.cfg.SchedulerInterval)))
 				l.mu.Unlock()
 				continue
 			}
