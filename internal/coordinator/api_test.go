@@ -41,7 +41,7 @@ func TestCoordinatorAPIValidation(t *testing.T) {
 		{"past deadline", func(s *pb.JobSpec) { s.DeadlineUnixMs = 1000 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.deadline_unix_ms", "in the future"},
 		{"bad key", func(s *pb.JobSpec) { s.IdempotencyKey = "a.b" }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.idempotency_key", `'.'`},
 		{"no inputs", func(s *pb.JobSpec) { s.IdempotencyKey, s.InputRef = "", "" }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.input_ref", "store namespace"},
-		{"too big", func(s *pb.JobSpec) { s.N, s.Nk, s.Hq, s.D = 1 << 20, 1 << 20, 64, 256 }, pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, "spec", "Limits.MaxJobBytes"},
+		{"too big", func(s *pb.JobSpec) { s.N, s.Nk, s.Hq, s.D = 1<<20, 1<<20, 64, 256 }, pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, "spec", "Limits.MaxJobBytes"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
