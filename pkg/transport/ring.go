@@ -63,8 +63,10 @@ type RingConfig struct {
 	// Encoding of frame tensors on the wire (F32 default; BF16 halves the
 	// bytes and rounds values).
 	Encoding Encoding
-	// RecvTimeout bounds each Recv (default 10 s); then Recv returns an
-	// error wrapping ringattn.ErrTimeout and the caller uses its Source.
+	// RecvTimeout bounds each Recv (default 10 s), extended while pieces of
+	// the awaited frame keep arriving (a large frame on a slow link is not
+	// stalled); then Recv returns an error wrapping ringattn.ErrTimeout and
+	// the caller uses its Source.
 	RecvTimeout time.Duration
 	// SendTimeout is how long Send waits without any acknowledgement from
 	// the peer before it abandons the frame (default 30 s); the peer then
@@ -187,11 +189,12 @@ type peerState struct {
 }
 
 type assembly struct {
-	key     ringattn.Key
-	count   int
-	next    int
-	tensors [][]float32
-	bytes   int64
+	lastPiece time.Time
+	key       ringattn.Key
+	count     int
+	next      int
+	tensors   [][]float32
+	bytes     int64
 }
 
 type pendingAck struct {
@@ -637,6 +640,14 @@ func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringat
 			return ringattn.Frame{}, ctx.Err()
 		case <-timer.C:
 			r.mu.Lock()
+			// The frame is arriving right now: wait while pieces keep coming.
+			if a := r.peers[from].asm; a != nil && a.key == key && !r.closed {
+				if idle := time.Since(a.lastPiece); idle < r.cfg.RecvTimeout {
+					timer.Reset(r.cfg.RecvTimeout - idle)
+					r.mu.Unlock()
+					continue
+				}
+			}
 			r.done[fk] = gaveUp
 			r.stats.Timeouts++
 			r.mu.Unlock()
@@ -849,6 +860,7 @@ func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
 		decodeTo(a.tensors[tensor][off:off+n], m.Data, enc)
 	}
 	a.next++
+	a.lastPiece = time.Now()
 	if a.next < a.count {
 		return nil
 	}

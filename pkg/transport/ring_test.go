@@ -2,9 +2,6 @@ package transport_test
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -53,12 +50,13 @@ func TestTransportRingRoundTripSizes(t *testing.T) {
 	for _, piece := range []string{"default", "max"} {
 		t.Run("piece="+piece, func(t *testing.T) {
 			rings, conns := newRings(t, e, 2, func(c *transport.RingConfig) {
+				c.Job = "job-" + piece
 				if piece == "max" {
 					c.PieceBytes = int(8<<20) - transport.HeaderRoom
 				}
 			})
 			mp := int(conns[0].MaxPayload())
-			ctx := ctxT(t, 60*time.Second)
+			ctx := ctxT(t, 120*time.Second)
 			sizes := []int{0, 1, mp/4 - 1, mp/4 + 1}
 			if piece == "default" {
 				sizes = append(sizes, 100<<20/4)
@@ -115,6 +113,25 @@ func TestTransportRingBF16(t *testing.T) {
 	}
 }
 
-var _ = errors.Is
-var _ = fmt.Sprint
-var _ sync.Mutex
+// TestTransportRingSlowFrameNotTimedOut: a frame whose pieces keep coming
+// is waited for past RecvTimeout; only a stall times out.
+func TestTransportRingSlowFrameNotTimedOut(t *testing.T) {
+	e := transporttest.RunServer(t)
+	rings, _ := newRings(t, e, 2, func(c *transport.RingConfig) {
+		c.PieceBytes = 16 << 10
+		c.RecvTimeout = time.Second
+	})
+	transport.SetMutate(rings[0], func(m *nats.Msg) []*nats.Msg {
+		time.Sleep(50 * time.Millisecond) // a slow link: 30 pieces take 1.5 s
+		return []*nats.Msg{m}
+	})
+	ctx := ctxT(t, 30*time.Second)
+	k := randVals(31, 30*4<<10)
+	start := time.Now()
+	wait := sendAsync(ctx, rings[0], 1, kvFrame(1, 0, k, nil))
+	got, err := rings[1].Recv(ctx, 0, kvFrame(1, 0, nil, nil).Key)
+	must(t, err)
+	must(t, wait())
+	t.Logf("frame of 30 pieces received after %v with a 1 s RecvTimeout", time.Since(start))
+	equalF32(t, "frame", got.Tensors[0], k)
+}

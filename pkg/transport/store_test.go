@@ -18,7 +18,7 @@ func TestTransportStoreRoundTripSizes(t *testing.T) {
 	e := transporttest.RunServer(t)
 	nc := transporttest.Connect(t, e)
 	s := transporttest.Store(t, nc, transport.StoreConfig{})
-	ctx := ctxT(t, 60*time.Second)
+	ctx := ctxT(t, 120*time.Second)
 	mp := int(nc.MaxPayload())
 	sizes := []struct {
 		name  string
