@@ -32,6 +32,7 @@ type maskFlags struct {
 	strategy       string
 	threads        int
 	allowNonFinite bool
+	conn           connFlags
 }
 
 func (m *maskFlags) register(fs *flag.FlagSet) {
@@ -49,6 +50,7 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.strategy, "strategy", "", "shard strategy: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
 	fs.IntVar(&m.threads, "threads", 0, "kernel goroutines (default: all cores)")
 	fs.BoolVar(&m.allowNonFinite, "allow-nonfinite", false, "accept NaN/Inf in the inputs instead of rejecting them")
+	m.conn.register(fs)
 }
 
 // mode returns which of the mutually exclusive mode flags is set.
@@ -221,7 +223,7 @@ func equalInts(a, b []int) bool {
 func (a *attention) compute(ctx context.Context, env *cliEnv, mf *maskFlags) (o, lse []float32, err error) {
 	switch {
 	case mf.cluster > 0 || mf.natsURL != "":
-		return nil, nil, usagef("cluster modes (--cluster, --nats) need the worker service, which this build does not have yet; use local mode or --ranks")
+		return clusterAttend(ctx, env, a, mf, &mf.conn)
 	case mf.ranks > 0:
 		plan, err := shard.NewPlan(shard.Request{B: a.p.B, Hq: a.p.Hq, Hkv: a.p.Hkv, D: a.p.D, N: a.p.N, Nk: a.p.Nk,
 			Block: mf.block, Mask: shardMask(a.p.Mask), Ranks: mf.ranks, Strategy: shard.Strategy(mf.strategy)})

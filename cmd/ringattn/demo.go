@@ -7,10 +7,11 @@ import (
 	"time"
 
 	"github.com/ringattn/ringattn/internal/attnref"
+	"github.com/ringattn/ringattn/internal/devcluster"
 	"github.com/ringattn/ringattn/internal/testrand"
+	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/kernels"
-	"github.com/ringattn/ringattn/pkg/ringattn"
-	"github.com/ringattn/ringattn/pkg/shard"
+	"github.com/ringattn/ringattn/pkg/tensor"
 )
 
 // demoTolerance is the bound on max|o - o_ref| for unit-normal inputs.
@@ -23,7 +24,7 @@ func runDemo(env *cliEnv, args []string) error {
 	kvHeads := fs.Int("kv-heads", 0, "key/value heads (GQA; default: --heads)")
 	dim := fs.Int("dim", 64, "head dimension `D`")
 	causal := fs.Bool("causal", true, "causal mask")
-	workers := fs.Int("workers", 3, "ranks `W` of the ring")
+	workers := fs.Int("workers", 3, "`W` workers in the embedded cluster")
 	block := fs.Int("block", 512, "block length in `tokens`")
 	seed := fs.Uint64("seed", 1, "random `seed`")
 	checkRows := fs.Int("check-rows", 48, "query rows per head checked against the float64 reference")
@@ -51,25 +52,52 @@ func runDemo(env *cliEnv, args []string) error {
 	k := r.Slice(p.B*p.Hkv*p.Nk*p.D, testrand.Normal)
 	v := r.Slice(p.B*p.Hkv*p.Nk*p.D, testrand.Normal)
 
-	fmt.Fprintf(env.stdout, "ringattn demo: B=1 Hq=%d Hkv=%d N=%d D=%d causal=%v, %d ranks, blocks of %d, kernels %s on %d cores\n",
+	fmt.Fprintf(env.stdout, "ringattn demo: B=1 Hq=%d Hkv=%d N=%d D=%d causal=%v, %d workers, blocks of %d, kernels %s on %d cores\n",
 		p.Hq, p.Hkv, p.N, p.D, *causal, *workers, *block, kernels.Impl(), runtime.GOMAXPROCS(0))
 
 	ctx, cancel := signalContext()
 	defer cancel()
-	plan, err := shard.NewPlan(shard.Request{B: p.B, Hq: p.Hq, Hkv: p.Hkv, D: p.D, N: p.N, Nk: p.Nk,
-		Block: *block, Mask: shardMask(p.Mask), Ranks: *workers})
+	t0 := time.Now()
+	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: *workers, HTTPAddr: "off"})
 	if err != nil {
-		return usageError{err}
+		return fmt.Errorf("starting the embedded cluster: %w", err)
 	}
-	start := time.Now()
-	o, _, err := ringattn.RunLocal(ctx, &p, plan, q, k, v)
+	defer dev.Close()
+	cl, err := client.Connect(ctx, dev.NATSConfig(), client.Options{})
 	if err != nil {
 		return err
 	}
-	ringTime := time.Since(start)
+	defer cl.Close()
+	fmt.Fprintf(env.stdout, "  cluster    NATS %s (JetStream), 1 coordinator (Raft), %d workers; up in %v\n",
+		dev.URL(), *workers, time.Since(t0).Round(time.Millisecond))
+
+	opts := client.JobOptions{Causal: *causal, Block: *block}
+	qt, kt, vt := tensor.New(q, 1, p.Hq, p.N, p.D), tensor.New(k, 1, p.Hkv, p.Nk, p.D), tensor.New(v, 1, p.Hkv, p.Nk, p.D)
+	t1 := time.Now()
+	st, err := cl.SubmitAttention(ctx, qt, kt, vt, false, opts)
+	if err != nil {
+		return err
+	}
+	uploaded := time.Now()
+	pr := newProgress(env.stdout)
+	pr.start = uploaded
+	st, err = cl.Watch(ctx, st.GetId(), 0, pr.update)
+	if err != nil {
+		return err
+	}
+	if err := jobOutcome(st); err != nil {
+		return err
+	}
+	ran := time.Now()
+	res, err := cl.FetchAttention(ctx, st)
+	if err != nil {
+		return err
+	}
+	fetched := time.Now()
+	o := res.O.Data
 
 	local := make([]float32, len(o))
-	start = time.Now()
+	start := time.Now()
 	if err := kernels.Attention(&p, q, k, v, local, nil); err != nil {
 		return err
 	}
@@ -79,16 +107,26 @@ func runDemo(env *cliEnv, args []string) error {
 	rows := sampleRows(r, p.N, *checkRows)
 	ref := &attnref.Problem{B: p.B, Hq: p.Hq, Hkv: p.Hkv, N: p.N, Nk: p.Nk, D: p.D, Mask: attnref.Mask{Causal: *causal}}
 	want, _ := ref.Rows(q, k, v, rows)
-	errRing := maxRowErr(o, want, p, rows)
+	errCluster := maxRowErr(o, want, p, rows)
 	errLocal := maxRowErr(local, want, p, rows)
+	same := true
+	for i := range o {
+		if o[i] != local[i] {
+			same = false
+			break
+		}
+	}
 
 	flops := p.VisibleFLOPs()
-	fmt.Fprintf(env.stdout, "  plan       %s, imbalance %.3f\n", plan.Strategy, plan.Imbalance)
-	fmt.Fprintf(env.stdout, "  ring       %8.3f s  %7.1f GFLOP/s  max|o-ref| %.2e\n", ringTime.Seconds(), flops/ringTime.Seconds()/1e9, errRing)
-	fmt.Fprintf(env.stdout, "  local      %8.3f s  %7.1f GFLOP/s  max|o-ref| %.2e\n", localTime.Seconds(), flops/localTime.Seconds()/1e9, errLocal)
-	fmt.Fprintf(env.stdout, "  checked    %d rows × %d heads against the float64 reference (bound %.0e)\n", len(rows), p.Hq, demoTolerance)
-	if !(errRing <= demoTolerance) || !(errLocal <= demoTolerance) {
-		return fmt.Errorf("result is not exact: max error ring %.3g, local %.3g, bound %.0e", errRing, errLocal, demoTolerance)
+	job := ran.Sub(uploaded)
+	fmt.Fprintf(env.stdout, "  job        %s: %s plan over %d ranks, epoch %d\n", st.GetId(), st.GetStrategy(), len(st.GetWorkers()), st.GetEpoch())
+	fmt.Fprintf(env.stdout, "  upload     %8.3f s   fetch %.3f s\n", uploaded.Sub(t1).Seconds(), fetched.Sub(ran).Seconds())
+	fmt.Fprintf(env.stdout, "  cluster    %8.3f s  %7.1f GFLOP/s  max|o-ref| %.2e\n", job.Seconds(), flops/job.Seconds()/1e9, errCluster)
+	fmt.Fprintf(env.stdout, "  local      %8.3f s  %7.1f GFLOP/s  max|o-ref| %.2e  (same cores, one process)\n", localTime.Seconds(), flops/localTime.Seconds()/1e9, errLocal)
+	fmt.Fprintf(env.stdout, "  checked    %d rows × %d heads against the float64 reference (bound %.0e); cluster == local bit for bit: %v\n",
+		len(rows), p.Hq, demoTolerance, same)
+	if !(errCluster <= demoTolerance) || !(errLocal <= demoTolerance) {
+		return fmt.Errorf("result is not exact: max error cluster %.3g, local %.3g, bound %.0e", errCluster, errLocal, demoTolerance)
 	}
 	fmt.Fprintln(env.stdout, "  exact: yes")
 	return nil

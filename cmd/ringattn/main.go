@@ -45,7 +45,14 @@ func commands() []command {
 	return []command{
 		{"attend", "compute attention on .npy/.safetensors inputs", runAttend},
 		{"mha", "run a multi-head self-attention layer (torch conventions)", runMHA},
-		{"demo", "run a random job end to end and check it against the float64 reference", runDemo},
+		{"demo", "run a random job on an embedded cluster and check it against the float64 reference", runDemo},
+		{"dev", "run an all-in-one cluster (NATS, coordinator, workers) in this process until Ctrl-C", runDev},
+		{"submit", "upload inputs and submit an attention job to a running cluster", runSubmit},
+		{"status", "show a job's status", runStatus},
+		{"get", "fetch a finished job's outputs", runGet},
+		{"cancel", "cancel a job", runCancel},
+		{"list", "list jobs", runList},
+		{"watch", "follow a job's progress until it finishes", runWatch},
 		{"bench", "benchmarks: bench kernel", runBench},
 		{"version", "print the version", func(env *cliEnv, _ []string) error {
 			fmt.Fprintln(env.stdout, "ringattn", version())

@@ -113,6 +113,18 @@ func runMHA(env *cliEnv, args []string) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 	start := time.Now()
+	if mf.cluster > 0 || mf.natsURL != "" {
+		y, err := clusterMHA(ctx, env, x, ts, *heads, &mf)
+		if err != nil {
+			return err
+		}
+		if err := tensor.WriteNPY(*oPath, tensor.New(y.Data, x.Shape...)); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d on the cluster in %v -> %s\n",
+			b, n, dModel, *heads, layer.D, time.Since(start).Round(time.Millisecond), *oPath)
+		return nil
+	}
 	q, k, v, err := layer.Project(x.Data, b, n)
 	if err != nil {
 		return err

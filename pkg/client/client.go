@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,7 +36,7 @@ type APIError struct {
 }
 
 func (e *APIError) Error() string {
-	if e.Field != "" {
+	if e.Field != "" && !strings.HasPrefix(e.Message, e.Field) {
 		return fmt.Sprintf("%s: %s", e.Field, e.Message)
 	}
 	return e.Message
@@ -79,6 +81,8 @@ type Client struct {
 	timeout time.Duration
 	log     *slog.Logger
 	owned   bool
+
+	storeMu sync.Mutex
 	store   *transport.Store
 }
 

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"github.com/ringattn/ringattn/internal/devcluster"
+	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/tensor"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// connFlags are the NATS connection flags of the commands that talk to a
+// running cluster (--nats URL plus credentials and TLS, with RINGATTN_* env).
+type connFlags struct {
+	cfg     transport.Config
+	timeout time.Duration
+}
+
+func (c *connFlags) register(fs *flag.FlagSet) {
+	c.cfg = transport.DefaultConfig()
+	c.cfg.Name = "ringattn-cli"
+	// Errors here are programming errors (duplicate flags).
+	if err := transport.RegisterFlags(fs, &c.cfg); err != nil {
+		panic(err)
+	}
+	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this `duration` (0: wait as long as the job runs)")
+}
+
+// connect returns a client for --nats URL (or --nats-url / RINGATTN_NATS_URL).
+func (c *connFlags) connect(ctx context.Context, url string) (*client.Client, error) {
+	cfg := c.cfg
+	if url != "" {
+		cfg.URLs = strings.Split(url, ",")
+	}
+	cfg.ConnectTimeout = min(cfg.ConnectTimeout, 5*time.Second)
+	cl, err := client.Connect(ctx, cfg, client.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return cl, nil
+}
+
+// clusterSession is a client on a cluster: a running one (--nats) or an
+// embedded ephemeral one (--cluster W) that closes with the session.
+type clusterSession struct {
+	cl  *client.Client
+	dev *devcluster.Cluster
+}
+
+func (s *clusterSession) Close() {
+	if s.cl != nil {
+		s.cl.Close()
+	}
+	if s.dev != nil {
+		s.dev.Close()
+	}
+}
+
+func openSession(ctx context.Context, env *cliEnv, mf *maskFlags, cf *connFlags) (*clusterSession, error) {
+	s := &clusterSession{}
+	if mf.cluster > 0 {
+		dev, err := devcluster.Start(ctx, devcluster.Config{Workers: mf.cluster, HTTPAddr: "off"})
+		if err != nil {
+			return nil, fmt.Errorf("starting the embedded cluster: %w", err)
+		}
+		s.dev = dev
+		cl, err := client.Connect(ctx, dev.NATSConfig(), client.Options{})
+		if err != nil {
+			dev.Close()
+			return nil, err
+		}
+		s.cl = cl
+		return s, nil
+	}
+	cl, err := cf.connect(ctx, mf.natsURL)
+	if err != nil {
+		return nil, err
+	}
+	s.cl = cl
+	return s, nil
+}
+
+func (m *maskFlags) jobOptions() (client.JobOptions, error) {
+	km, err := m.mask()
+	if err != nil {
+		return client.JobOptions{}, err
+	}
+	return client.JobOptions{Causal: km.Causal, Windowed: km.Windowed, Left: km.Left, Right: km.Right,
+		SeqLens: km.SeqLens, SeqLensK: km.SeqLensK, Scale: m.scale, Block: m.block, Strategy: m.strategy,
+		BF16Wire: m.wire == "bf16", AllowNonFinite: m.allowNonFinite}, nil
+}
+
+// withTimeout bounds ctx by --timeout when set.
+func (c *connFlags) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.timeout > 0 {
+		return context.WithTimeout(ctx, c.timeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+// progressPrinter shows job progress: a bar on a terminal, lines otherwise.
+type progressPrinter struct {
+	w       io.Writer
+	tty     bool
+	start   time.Time
+	lastPct int
+}
+
+func newProgress(w io.Writer) *progressPrinter {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	return &progressPrinter{w: w, tty: tty, start: time.Now(), lastPct: -1}
+}
+
+func (p *progressPrinter) update(st *pb.JobStatus) {
+	done, total := st.GetBlocksDone(), st.GetBlocksTotal()
+	el := time.Since(p.start)
+	pct := 0
+	if total > 0 {
+		pct = int(100 * done / total)
+	}
+	eta := "?"
+	if done > 0 && done < total {
+		eta = (time.Duration(float64(el) * float64(total-done) / float64(done))).Round(time.Second).String()
+	} else if done == total {
+		eta = "0s"
+	}
+	rate := float64(done) / el.Seconds()
+	state := strings.TrimPrefix(st.GetState().String(), "JOB_STATE_")
+	if p.tty {
+		const width = 30
+		fill := width * pct / 100
+		fmt.Fprintf(p.w, "\r%s %-9s [%s%s] %d/%d blocks %3d%%  %.1f blocks/s  ETA %s  epoch %d ",
+			st.GetId(), state, strings.Repeat("=", fill), strings.Repeat(" ", width-fill), done, total, pct, rate, eta, st.GetEpoch())
+		if client.Finished(st.GetState()) {
+			fmt.Fprintln(p.w)
+		}
+		return
+	}
+	if pct == p.lastPct && !client.Finished(st.GetState()) {
+		return
+	}
+	p.lastPct = pct
+	fmt.Fprintf(p.w, "%s %s %d/%d blocks (%d%%) %.1f blocks/s ETA %s epoch %d\n",
+		st.GetId(), state, done, total, pct, rate, eta, st.GetEpoch())
+}
+
+// clusterAttend runs an attention problem on a cluster and returns o, lse.
+func clusterAttend(ctx context.Context, env *cliEnv, a *attention, mf *maskFlags, cf *connFlags) (o, lse []float32, err error) {
+	opts, err := mf.jobOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := openSession(ctx, env, mf, cf)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer s.Close()
+	ctx, cancel := cf.withTimeout(ctx)
+	defer cancel()
+	q := tensor.New(a.qd, a.q4...)
+	k := tensor.New(a.kd, a.k4...)
+	v := tensor.New(a.vd, a.k4...)
+	res, err := s.cl.Attention(ctx, q, k, v, true, opts, nil)
+	if err != nil {
+		return nil, nil, clusterErr(err)
+	}
+	return res.O.Data, res.LSE.Data, nil
+}
+
+// clusterErr turns API errors about the request into usage errors (exit 2).
+func clusterErr(err error) error {
+	if errors.Is(err, client.ErrInvalid) || errors.Is(err, client.ErrNotFound) {
+		return usageError{err}
+	}
+	return err
+}
+
+// runDev runs the all-in-one cluster until Ctrl-C.
+func runDev(env *cliEnv, args []string) error {
+	fs := newFlags(env, "dev", "[--workers W] [--data DIR] [--port P] [--http ADDR]")
+	workers := fs.Int("workers", 3, "number of `W` workers")
+	data := fs.String("data", "", "data `dir` for JetStream and Raft (default: a temporary one, removed on exit)")
+	port := fs.Int("port", 4222, "NATS client `port` on 127.0.0.1 (0: a free port)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "coordinator ops `address` (/metrics, /readyz, /v1/*)")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn, error")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if *workers < 1 {
+		return usagef("--workers = %d, expected >= 1", *workers)
+	}
+	logger, err := newLogger(env.stderr, *logFormat, *logLevel)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: *workers, DataDir: *data, NATSPort: *port,
+		HTTPAddr: *httpAddr, Logger: logger})
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	fmt.Fprintf(env.stdout, "ringattn dev: %d workers\n  NATS  %s\n  HTTP  http://%s\n", *workers, dev.URL(), dev.HTTPAddr())
+	if *data != "" {
+		fmt.Fprintf(env.stdout, "  data  %s\n", *data)
+	}
+	fmt.Fprintf(env.stdout, "Try:  ringattn attend --nats %s -q Q.npy -k K.npy -v V.npy -o O.npy\nCtrl-C stops.\n", dev.URL())
+	<-ctx.Done()
+	fmt.Fprintln(env.stdout, "ringattn dev: stopping")
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level = %q, expected debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usagef("--log-format = %q, expected text or json", format)
+}

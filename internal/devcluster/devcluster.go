@@ -1,0 +1,242 @@
+// Package devcluster runs a whole ringattn cluster in one process: an
+// embedded NATS server with JetStream, a single-node coordinator (real Raft,
+// log and snapshots on disk) and W workers, each on its own NATS
+// connection. It backs `ringattn dev`, `ringattn demo` and `--cluster W`.
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"runtime"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ringattn/ringattn/internal/coordinator"
+	"github.com/ringattn/ringattn/internal/worker"
+	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+// Config of a dev cluster; zero values mean the defaults.
+type Config struct {
+	// Workers is the number of workers (default 3).
+	Workers int
+	// DataDir holds NATS's JetStream store and the coordinator's Raft data;
+	// empty means a temporary directory removed by Close.
+	DataDir string
+	// NATSPort is the NATS client port on 127.0.0.1 (0: a free port).
+	NATSPort int
+	// HTTPAddr is the coordinator's ops address (default 127.0.0.1:0; "off"
+	// disables it).
+	HTTPAddr string
+	// WorkerThreads bounds each worker's kernel goroutines (0: all cores
+	// divided among the workers).
+	WorkerThreads int
+	// Logger receives every component's logs (nil discards them).
+	Logger *slog.Logger
+	// Ready bounds the wait for the cluster to serve (default 30 s).
+	Ready time.Duration
+}
+
+// Cluster is a running dev cluster.
+type Cluster struct {
+	NATS    *transport.Embedded
+	Coord   *coordinator.Coordinator
+	Workers []*worker.Worker
+	cfg     transport.Config
+	tempDir string
+	cancel  context.CancelFunc
+	done    []chan error
+	storeNC *nats.Conn
+}
+
+// freeAddr returns a free 127.0.0.1 TCP address.
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// Start starts the cluster and waits until the coordinator serves and every
+// worker is ready.
+func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
+	if cfg.Workers == 0 {
+		cfg.Workers = 3
+	}
+	if cfg.Workers < 1 {
+		return nil, fmt.Errorf("devcluster: workers = %d, expected >= 1", cfg.Workers)
+	}
+	if cfg.Ready <= 0 {
+		cfg.Ready = 30 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c = &Cluster{}
+	defer func() {
+		if err != nil {
+			c.Close()
+			c = nil
+		}
+	}()
+	dir := cfg.DataDir
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "ringattn-dev-"); err != nil {
+			return c, err
+		}
+		c.tempDir = dir
+	}
+	c.NATS, err = transport.StartEmbedded(transport.EmbeddedConfig{Port: cfg.NATSPort,
+		DataDir: filepath.Join(dir, "nats"), Logger: log.With("side", "nats")})
+	if err != nil {
+		return c, err
+	}
+	c.cfg = transport.DefaultConfig()
+	c.cfg.URLs = []string{c.NATS.ClientURL()}
+
+	raftAddr, err := freeAddr()
+	if err != nil {
+		return c, err
+	}
+	cc := coordinator.DefaultConfig()
+	cc.NodeID = "coordinator-0"
+	cc.Bootstrap = true
+	cc.RaftAddr = raftAddr
+	cc.DataDir = filepath.Join(dir, "coordinator")
+	cc.HTTPAddr = cfg.HTTPAddr
+	if cc.HTTPAddr == "" {
+		cc.HTTPAddr = "127.0.0.1:0"
+	} else if cc.HTTPAddr == "off" {
+		cc.HTTPAddr = ""
+	}
+	cc.NATS = c.cfg
+	cc.NATS.Name = "coordinator-0"
+	// A single node elects itself: short raft timeouts make start-up quick.
+	cc.RaftHeartbeatTimeout = 200 * time.Millisecond
+	cc.RaftElectionTimeout = 200 * time.Millisecond
+	cc.RaftLeaderLeaseTimeout = 100 * time.Millisecond
+	cc.SchedulerInterval = 20 * time.Millisecond
+	store, err := c.openStore(ctx)
+	if err != nil {
+		return c, err
+	}
+	c.Coord, err = coordinator.New(cc, coordinator.Deps{Logger: log.With("side", "coordinator"),
+		Registerer: prometheus.NewRegistry(), Tensors: storeDeleter{store}})
+	if err != nil {
+		return c, err
+	}
+	threads := cfg.WorkerThreads
+	if threads == 0 {
+		// The workers share this process's cores.
+		threads = max(1, runtime.GOMAXPROCS(0)/cfg.Workers)
+	}
+	rctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	for i := 0; i < cfg.Workers; i++ {
+		wc := worker.DefaultConfig()
+		wc.ID = fmt.Sprintf("worker-%d", i)
+		wc.NATS = c.cfg
+		wc.NATS.Name = wc.ID
+		wc.Threads = threads
+		wc.MetricsAddr = worker.MetricsDisabled
+		wc.HeartbeatInterval = 250 * time.Millisecond
+		wc.Logger = log.With("side", wc.ID)
+		w, err := worker.New(wc)
+		if err != nil {
+			return c, err
+		}
+		done := make(chan error, 1)
+		go func() { done <- w.Run(rctx) }()
+		c.Workers = append(c.Workers, w)
+		c.done = append(c.done, done)
+	}
+	deadline := time.NewTimer(cfg.Ready)
+	defer deadline.Stop()
+	for i, w := range c.Workers {
+		select {
+		case <-w.Ready():
+		case err := <-c.done[i]:
+			return c, fmt.Errorf("devcluster: worker %s stopped: %v", w.ID(), err)
+		case <-deadline.C:
+			return c, fmt.Errorf("devcluster: worker %s not ready within %v", w.ID(), cfg.Ready)
+		case <-ctx.Done():
+			return c, ctx.Err()
+		}
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !c.Coord.Serving() {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			return c, errors.New("devcluster: the coordinator did not become leader in time")
+		case <-ctx.Done():
+			return c, ctx.Err()
+		}
+	}
+	return c, nil
+}
+
+func (c *Cluster) openStore(ctx context.Context) (*transport.Store, error) {
+	nc, err := transport.Connect(c.cfg, nil)
+	if err != nil {
+		return nil, err
+	}
+	s, err := transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: c.cfg.Bucket}, nil)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	c.storeNC = nc
+	return s, nil
+}
+
+// storeDeleter adapts the Store to coordinator.TensorDeleter.
+type storeDeleter struct{ s *transport.Store }
+
+func (d storeDeleter) DeleteJob(ctx context.Context, job string) error {
+	_, err := d.s.DeleteJob(ctx, job)
+	return err
+}
+
+// NATSConfig is how clients reach the cluster.
+func (c *Cluster) NATSConfig() transport.Config { return c.cfg }
+
+// URL is the NATS client URL.
+func (c *Cluster) URL() string { return c.NATS.ClientURL() }
+
+// HTTPAddr is the coordinator's ops address ("" when disabled).
+func (c *Cluster) HTTPAddr() string { return c.Coord.HTTPAddr() }
+
+// Close stops the workers, the coordinator and NATS, and removes a
+// temporary data directory.
+func (c *Cluster) Close() {
+	if c.cancel != nil {
+		c.cancel()
+		for _, d := range c.done {
+			<-d
+		}
+	}
+	if c.Coord != nil {
+		c.Coord.Close()
+	}
+	if c.storeNC != nil {
+		c.storeNC.Close()
+	}
+	if c.NATS != nil {
+		c.NATS.Shutdown()
+	}
+	if c.tempDir != "" {
+		os.RemoveAll(c.tempDir)
+	}
+}

@@ -1,0 +1,306 @@
+package client
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/ringattn/ringattn/pkg/tensor"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// DefaultBlock is the block length used when a job does not set one.
+const DefaultBlock = 1024
+
+// Options of a job, shared by attention and mha jobs.
+type JobOptions struct {
+	Causal bool
+	// Window bounds the keys around the (bottom-right aligned) diagonal;
+	// -1 is unbounded. Used when Windowed.
+	Windowed    bool
+	Left, Right int
+	// SeqLens packs documents (sum = N); SeqLensK for the keys (sum = Nk).
+	SeqLens, SeqLensK []int
+	Scale             float64 // 0 means 1/sqrt(D)
+	Block             int     // tokens per block; 0 means DefaultBlock
+	Strategy          string  // "" (auto), contiguous, zigzag, striped, splitkv
+	BF16Wire          bool    // key/value blocks travel the ring as bfloat16
+	Parallelism       int     // max ranks; 0 means as many as useful
+	Priority          int
+	AllowNonFinite    bool
+	// IdempotencyKey makes a retried submit return the same job; empty
+	// means a random key (so the SDK's own retries are safe).
+	IdempotencyKey string
+}
+
+func (o *JobOptions) spec(kind pb.JobKind) *pb.JobSpec {
+	block := o.Block
+	if block <= 0 {
+		block = DefaultBlock
+	}
+	s := &pb.JobSpec{Kind: kind, Scale: o.Scale, Block: int64(block), Strategy: o.Strategy,
+		Parallelism: int32(o.Parallelism), Priority: int32(o.Priority), AllowNonfinite: o.AllowNonFinite,
+		IdempotencyKey: o.IdempotencyKey,
+		Mask: &pb.Mask{Causal: o.Causal, Windowed: o.Windowed, WindowLeft: int64(o.Left), WindowRight: int64(o.Right),
+			Seqlens: toInt64(o.SeqLens), SeqlensK: toInt64(o.SeqLensK)}}
+	if !o.Windowed {
+		s.Mask.WindowLeft, s.Mask.WindowRight = 0, 0
+	}
+	if o.BF16Wire {
+		s.WireDtype = pb.WireDType_WIRE_DTYPE_BF16
+	}
+	if s.IdempotencyKey == "" {
+		s.IdempotencyKey = randomID()
+	}
+	s.InputRef = "in-" + s.IdempotencyKey
+	return s
+}
+
+func toInt64(x []int) []int64 {
+	if x == nil {
+		return nil
+	}
+	out := make([]int64, len(x))
+	for i, v := range x {
+		out[i] = int64(v)
+	}
+	return out
+}
+
+func randomID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Store returns the client's tensor store, opening the bucket on first use.
+func (c *Client) Store(ctx context.Context) (*transport.Store, error) {
+	c.storeMu.Lock()
+	defer c.storeMu.Unlock()
+	if c.store != nil {
+		return c.store, nil
+	}
+	s, err := transport.OpenStore(ctx, c.nc, transport.StoreConfig{Bucket: c.cfg.Bucket}, c.log)
+	if err != nil {
+		return nil, err
+	}
+	c.store = s
+	return s, nil
+}
+
+func shape4(name string, t *tensor.Tensor) ([]int, error) {
+	if t == nil {
+		return nil, fmt.Errorf("%w: %s is missing", ErrInvalid, name)
+	}
+	s, err := t.As4D()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, name, err)
+	}
+	return s, nil
+}
+
+// SubmitAttention uploads q [B,Hq,N,D], k and v [B,Hkv,Nk,D] (rank 2 and 3
+// mean B=1, H=1) and submits the job. The returned status names the job.
+func (c *Client) SubmitAttention(ctx context.Context, q, k, v *tensor.Tensor, wantLSE bool, o JobOptions) (*pb.JobStatus, error) {
+	qs, err := shape4("q", q)
+	if err != nil {
+		return nil, err
+	}
+	ks, err := shape4("k", k)
+	if err != nil {
+		return nil, err
+	}
+	vs, err := shape4("v", v)
+	if err != nil {
+		return nil, err
+	}
+	spec := o.spec(pb.JobKind_JOB_KIND_ATTENTION)
+	spec.B, spec.Hq, spec.N, spec.D = int64(qs[0]), int64(qs[1]), int64(qs[2]), int64(qs[3])
+	spec.Hkv, spec.Nk = int64(ks[1]), int64(ks[2])
+	spec.WantLse = wantLSE
+	if vs != nil && (vs[0] != ks[0] || vs[1] != ks[1] || vs[2] != ks[2] || vs[3] != ks[3]) {
+		return nil, fmt.Errorf("%w: v has shape %v, expected k's %v", ErrInvalid, v.Shape, k.Shape)
+	}
+	st, err := c.Store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	block := int(spec.Block)
+	for _, in := range []struct {
+		name string
+		t    *tensor.Tensor
+		sh   []int
+	}{{transport.TensorQ, q, qs}, {transport.TensorK, k, ks}, {transport.TensorV, v, vs}} {
+		if _, err := st.PutTensor(ctx, spec.InputRef, in.name, in.t.Data, transport.Shape(in.sh), block, transport.F32); err != nil {
+			return nil, fmt.Errorf("client: uploading %s: %w", in.name, err)
+		}
+	}
+	return c.Submit(ctx, spec)
+}
+
+// AttentionResult is a finished attention job's output.
+type AttentionResult struct {
+	Status *pb.JobStatus
+	O      *tensor.Tensor // [B, Hq, N, D]
+	LSE    *tensor.Tensor // [B, Hq, N]; nil unless asked for
+}
+
+// FetchAttention downloads the outputs of a succeeded attention job.
+func (c *Client) FetchAttention(ctx context.Context, st *pb.JobStatus) (*AttentionResult, error) {
+	if err := jobError(st); err != nil {
+		return nil, err
+	}
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+		return nil, fmt.Errorf("%w: job %s is %v, not succeeded", ErrConflict, st.GetId(), st.GetState())
+	}
+	s := st.GetSpec()
+	store, err := c.Store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ref := st.GetOutputRef()
+	if ref == "" {
+		ref = st.GetId()
+	}
+	b, h, n, d, block := int(s.GetB()), int(s.GetHq()), int(s.GetN()), int(s.GetD()), int(s.GetBlock())
+	if block <= 0 {
+		block = DefaultBlock
+	}
+	o, err := store.GetTensor(ctx, ref, transport.TensorO, transport.Shape{b, h, n, d}, block)
+	if err != nil {
+		return nil, fmt.Errorf("client: fetching o: %w", err)
+	}
+	res := &AttentionResult{Status: st, O: tensor.New(o, b, h, n, d)}
+	if s.GetWantLse() {
+		lse, err := store.GetTensor(ctx, ref, transport.TensorLSE, transport.Shape{b, h, n, 1}, block)
+		if err != nil {
+			return nil, fmt.Errorf("client: fetching lse: %w", err)
+		}
+		res.LSE = tensor.New(lse, b, h, n)
+	}
+	return res, nil
+}
+
+// Attention uploads the inputs, submits, waits and fetches the result.
+// progress, when not nil, is called on every status change.
+func (c *Client) Attention(ctx context.Context, q, k, v *tensor.Tensor, wantLSE bool, o JobOptions, progress func(*pb.JobStatus)) (*AttentionResult, error) {
+	st, err := c.SubmitAttention(ctx, q, k, v, wantLSE, o)
+	if err != nil {
+		return nil, err
+	}
+	st, err = c.Watch(ctx, st.GetId(), 0, progress)
+	if err != nil {
+		return nil, err
+	}
+	return c.FetchAttention(ctx, st)
+}
+
+// MHAWeights are a torch.nn.MultiheadAttention layer's parameters: Wq, Wk,
+// Wv [H·D, d_model], Wo [d_model, H·D]; the biases are optional (all or none).
+type MHAWeights struct {
+	Heads          int
+	Wq, Wk, Wv, Wo *tensor.Tensor
+	Bq, Bk, Bv, Bo *tensor.Tensor
+}
+
+const tensorX, tensorY = "x", "y"
+
+// SubmitMHA uploads x [B, N, d_model] (rank 2 means B=1) and the weights and
+// submits a layer job.
+func (c *Client) SubmitMHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, o JobOptions) (*pb.JobStatus, error) {
+	var b, n, dm int
+	switch x.Rank() {
+	case 2:
+		b, n, dm = 1, x.Shape[0], x.Shape[1]
+	case 3:
+		b, n, dm = x.Shape[0], x.Shape[1], x.Shape[2]
+	default:
+		return nil, fmt.Errorf("%w: x has shape %v, expected [B,N,d_model] or [N,d_model]", ErrInvalid, x.Shape)
+	}
+	if w.Heads < 1 || w.Wq == nil || w.Wq.Rank() != 2 || w.Wq.Shape[0]%w.Heads != 0 {
+		return nil, fmt.Errorf("%w: wq must be [H·D, d_model] with H = heads = %d", ErrInvalid, w.Heads)
+	}
+	hd := w.Wq.Shape[0]
+	spec := o.spec(pb.JobKind_JOB_KIND_MHA)
+	spec.B, spec.Hq, spec.Hkv, spec.N, spec.Nk = int64(b), int64(w.Heads), int64(w.Heads), int64(n), int64(n)
+	spec.D, spec.DModel = int64(hd/w.Heads), int64(dm)
+	biases := []*tensor.Tensor{w.Bq, w.Bk, w.Bv, w.Bo}
+	nb := 0
+	for _, t := range biases {
+		if t != nil {
+			nb++
+		}
+	}
+	if nb != 0 && nb != 4 {
+		return nil, fmt.Errorf("%w: give all four biases bq, bk, bv, bo or none", ErrInvalid)
+	}
+	spec.MhaBias = nb == 4
+	st, err := c.Store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	block := int(spec.Block)
+	if _, err := st.PutTensor(ctx, spec.InputRef, tensorX, x.Data, transport.Shape{b, 1, n, dm}, block, transport.F32); err != nil {
+		return nil, fmt.Errorf("client: uploading x: %w", err)
+	}
+	weights := []struct {
+		name string
+		t    *tensor.Tensor
+	}{{"wq", w.Wq}, {"wk", w.Wk}, {"wv", w.Wv}, {"wo", w.Wo}}
+	if spec.MhaBias {
+		weights = append(weights, []struct {
+			name string
+			t    *tensor.Tensor
+		}{{"bq", w.Bq}, {"bk", w.Bk}, {"bv", w.Bv}, {"bo", w.Bo}}...)
+	}
+	for _, wt := range weights {
+		if wt.t == nil {
+			return nil, fmt.Errorf("%w: %s is missing", ErrInvalid, wt.name)
+		}
+		if err := st.PutBlock(ctx, spec.InputRef, wt.name, 0, wt.t.Data, transport.F32); err != nil {
+			return nil, fmt.Errorf("client: uploading %s: %w", wt.name, err)
+		}
+	}
+	return c.Submit(ctx, spec)
+}
+
+// FetchMHA downloads y [B, N, d_model] of a succeeded layer job.
+func (c *Client) FetchMHA(ctx context.Context, st *pb.JobStatus) (*tensor.Tensor, error) {
+	if err := jobError(st); err != nil {
+		return nil, err
+	}
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+		return nil, fmt.Errorf("%w: job %s is %v, not succeeded", ErrConflict, st.GetId(), st.GetState())
+	}
+	s := st.GetSpec()
+	store, err := c.Store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ref := st.GetOutputRef()
+	if ref == "" {
+		ref = st.GetId()
+	}
+	b, n, dm, block := int(s.GetB()), int(s.GetN()), int(s.GetDModel()), int(s.GetBlock())
+	y, err := store.GetTensor(ctx, ref, tensorY, transport.Shape{b, 1, n, dm}, block)
+	if err != nil {
+		return nil, fmt.Errorf("client: fetching y: %w", err)
+	}
+	return tensor.New(y, b, n, dm), nil
+}
+
+// MHA uploads, submits, waits and fetches a layer job's output.
+func (c *Client) MHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, o JobOptions, progress func(*pb.JobStatus)) (*tensor.Tensor, *pb.JobStatus, error) {
+	st, err := c.SubmitMHA(ctx, x, w, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	st, err = c.Watch(ctx, st.GetId(), 0, progress)
+	if err != nil {
+		return nil, st, err
+	}
+	y, err := c.FetchMHA(ctx, st)
+	return y, st, err
+}
