@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/coordinator"
@@ -48,6 +50,7 @@ type testCluster struct {
 	hbTO     time.Duration
 	client   *client.Client
 	store    *transport.Store
+	nc       *nats.Conn
 	mu       sync.Mutex
 	workers  map[string]*testWorker
 	stepHook func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress)
@@ -103,6 +106,7 @@ func newTestCluster(t *testing.T, hbTimeout time.Duration) *testCluster {
 	t.Cleanup(cl.Close)
 	c.client = cl
 	nc := transporttest.Connect(t, srv)
+	c.nc = nc
 	if c.store, err = transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: ncfg.Bucket}, nil); err != nil {
 		t.Fatalf("store: %v", err)
 	}
@@ -396,6 +400,20 @@ func TestWorkerDrainReplansAtOnce(t *testing.T) {
 		t.Fatal("rank 0 never reached ring step 1")
 	}
 	tw := c.workers[victim]
+	replanned := make(chan time.Time, 1)
+	sub, err := c.nc.Subscribe(c.nats.Subjects().JobEvents(id), func(m *nats.Msg) {
+		var ev pb.JobEvent
+		if proto.Unmarshal(m.Data, &ev) == nil && ev.GetType() == pb.JobEventType_JOB_EVENT_TYPE_EPOCH_STARTED && ev.GetEpoch() == 2 {
+			replanned <- time.Now()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe() //nolint:errcheck
+	if err := c.nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	start := time.Now()
 	dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -404,15 +422,21 @@ func TestWorkerDrainReplansAtOnce(t *testing.T) {
 	if err := <-tw.done; err != nil {
 		t.Fatalf("drained worker's Run returned %v, want nil", err)
 	}
-	st := c.wait(id, 30*time.Second)
-	took := time.Since(start)
+	var replan time.Duration
+	select {
+	case at := <-replanned:
+		replan = at.Sub(start)
+	case <-time.After(hbTimeout):
+		t.Fatalf("no re-plan within the heartbeat timeout %v of the drain", hbTimeout)
+	}
+	st := c.wait(id, 60*time.Second)
 	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
 		t.Fatalf("job %v: %s", st.GetState(), st.GetReason())
 	}
-	t.Logf("drain of %s took %v; job finished %v after the drain began, in epoch %d on %v",
-		victim, drained, took, st.GetEpoch(), st.GetWorkers())
-	if took >= hbTimeout {
-		t.Fatalf("job took %v after the drain, want < the heartbeat timeout %v", took, hbTimeout)
+	t.Logf("drain of %s took %v; re-planned %v after the drain began; job finished in epoch %d on %v",
+		victim, drained, replan, st.GetEpoch(), st.GetWorkers())
+	if drained >= hbTimeout || replan >= hbTimeout {
+		t.Fatalf("drain took %v, re-plan %v: want both < the heartbeat timeout %v", drained, replan, hbTimeout)
 	}
 	if st.GetEpoch() < 2 || slices.Contains(st.GetWorkers(), victim) {
 		t.Fatalf("final epoch %d on %v, want a re-plan without %s", st.GetEpoch(), st.GetWorkers(), victim)
