@@ -18,7 +18,10 @@ func RunLocal(ctx context.Context, p *kernels.Params, plan *shard.Plan, q, k, v 
 	if plan == nil {
 		return nil, nil, invalid("plan is nil")
 	}
-	net := NewMemNet(len(plan.Ranks), MemOptions{})
+	net, err := NewMemNet(len(plan.Ranks), MemOptions{})
+	if err != nil {
+		return nil, nil, err
+	}
 	defer net.Close()
 	return RunLocalNet(ctx, LocalConfig{Net: net}, p, plan, q, k, v)
 }

@@ -78,7 +78,15 @@ type memLink struct {
 }
 
 // NewMemNet returns an in-memory network of size ranks.
-func NewMemNet(size int, opts MemOptions) *MemNet {
+func NewMemNet(size int, opts MemOptions) (*MemNet, error) {
+	switch {
+	case size < 1:
+		return nil, invalid("in-memory ring size %d, expected >= 1", size)
+	case opts.RecvTimeout < 0:
+		return nil, invalid("MemOptions.RecvTimeout = %v, expected >= 0", opts.RecvTimeout)
+	case opts.Buffer < 0:
+		return nil, invalid("MemOptions.Buffer = %d, expected >= 0", opts.Buffer)
+	}
 	n := &MemNet{
 		size:    size,
 		timeout: opts.RecvTimeout,
@@ -101,7 +109,7 @@ func NewMemNet(size int, opts MemOptions) *MemNet {
 			n.links[i][j] = &memLink{changed: make(chan struct{}), minStep: map[Kind]int{}}
 		}
 	}
-	return n
+	return n, nil
 }
 
 // Size is the number of ranks.
@@ -110,17 +118,20 @@ func (n *MemNet) Size() int { return n.size }
 // Rank returns rank r's endpoint.
 func (n *MemNet) Rank(r int) Ring { return &memEnd{net: n, rank: r} }
 
-// Kill marks rank r dead (idempotent).
+// Kill marks rank r dead (idempotent; ranks out of range are ignored).
 func (n *MemNet) Kill(r int) {
 	n.killMu.Lock()
 	defer n.killMu.Unlock()
-	if !n.Killed(r) {
+	if r >= 0 && r < n.size && !n.Killed(r) {
 		close(n.dead[r])
 	}
 }
 
 // Killed reports whether rank r was killed.
 func (n *MemNet) Killed(r int) bool {
+	if r < 0 || r >= n.size {
+		return false
+	}
 	select {
 	case <-n.dead[r]:
 		return true
@@ -175,6 +186,9 @@ func (e *memEnd) Size() int { return e.net.size }
 
 func (e *memEnd) check(peer int) error {
 	n := e.net
+	if e.rank < 0 || e.rank >= n.size {
+		return fmt.Errorf("%w: rank %d, expected 0..%d", ErrInvalid, e.rank, n.size-1)
+	}
 	if peer < 0 || peer >= n.size || peer == e.rank {
 		return fmt.Errorf("%w: peer rank %d, expected 0..%d other than %d", ErrInvalid, peer, n.size-1, e.rank)
 	}

@@ -3,6 +3,7 @@ package ringattn_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ func kv(step, block int) ringattn.Frame {
 // buffers, and dead ranks.
 func TestRingMemNetSemantics(t *testing.T) {
 	ctx := context.Background()
-	net := ringattn.NewMemNet(3, ringattn.MemOptions{RecvTimeout: 30 * time.Millisecond, Buffer: 2})
+	net := newNet(t, 3, ringattn.MemOptions{RecvTimeout: 30 * time.Millisecond, Buffer: 2})
 	defer net.Close()
 	r0, r1 := net.Rank(0), net.Rank(1)
 	if r1.Rank() != 1 || r1.Size() != 3 {
@@ -73,7 +74,7 @@ func TestRingMemNetSemantics(t *testing.T) {
 
 	// A receive blocked on a rank that dies returns ErrPeerGone at once;
 	// the dead rank's own calls return ErrKilled; sends to it ErrPeerGone.
-	net2 := ringattn.NewMemNet(3, ringattn.MemOptions{RecvTimeout: time.Minute})
+	net2 := newNet(t, 3, ringattn.MemOptions{RecvTimeout: time.Minute})
 	defer net2.Close()
 	done := make(chan error, 1)
 	go func() {
@@ -97,5 +98,28 @@ func TestRingMemNetSemantics(t *testing.T) {
 	}
 	if err := net2.Rank(0).Send(ctx, 0, kv(1, 0)); !errors.Is(err, ringattn.ErrInvalid) {
 		t.Fatalf("send to self: %v", err)
+	}
+}
+
+func TestRingMemNetBadInput(t *testing.T) {
+	for name, c := range map[string]struct {
+		size int
+		opts ringattn.MemOptions
+	}{
+		"size 0":      {0, ringattn.MemOptions{}},
+		"RecvTimeout": {2, ringattn.MemOptions{RecvTimeout: -time.Second}},
+		"Buffer":      {2, ringattn.MemOptions{Buffer: -1}},
+	} {
+		if _, err := ringattn.NewMemNet(c.size, c.opts); !errors.Is(err, ringattn.ErrInvalid) || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	net := newNet(t, 2, ringattn.MemOptions{})
+	defer net.Close()
+	if err := net.Rank(5).Send(context.Background(), 0, kv(1, 0)); !errors.Is(err, ringattn.ErrInvalid) {
+		t.Errorf("send from rank 5 of 2: %v", err)
+	}
+	if _, err := net.Rank(0).Recv(context.Background(), -1, ringattn.Key{}); !errors.Is(err, ringattn.ErrInvalid) {
+		t.Errorf("recv from rank -1: %v", err)
 	}
 }

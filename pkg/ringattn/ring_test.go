@@ -46,6 +46,15 @@ func newProblem(name string, b, hq, hkv, n, nk, d int, m kernels.Mask, seed uint
 	return pr
 }
 
+func newNet(t testing.TB, size int, opts ringattn.MemOptions) *ringattn.MemNet {
+	t.Helper()
+	n, err := ringattn.NewMemNet(size, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 func (pr *problem) request(ranks, block int, s shard.Strategy) shard.Request {
 	m := pr.p.Mask
 	return shard.Request{B: pr.p.B, Hq: pr.p.Hq, Hkv: pr.p.Hkv, D: pr.p.D, N: pr.p.N, Nk: pr.p.Nk,
@@ -228,7 +237,7 @@ func TestRingFaults(t *testing.T) {
 	}
 	for _, s := range []shard.Strategy{shard.Zigzag, shard.Striped, shard.SplitKV} {
 		plan := pr.plan(t, pr.request(4, 16, s))
-		clean := ringattn.NewMemNet(4, ringattn.MemOptions{})
+		clean := newNet(t, 4, ringattn.MemOptions{})
 		wantO, wantLSE, cleanSrc := runNet(t, pr, plan, clean)
 		clean.Close()
 		pr.check(t, "clean "+string(s), wantO, wantLSE)
@@ -240,7 +249,7 @@ func TestRingFaults(t *testing.T) {
 				if name == "delay-within-timeout" {
 					timeout = 5 * time.Second
 				}
-				net := ringattn.NewMemNet(4, ringattn.MemOptions{RecvTimeout: timeout, Fault: f})
+				net := newNet(t, 4, ringattn.MemOptions{RecvTimeout: timeout, Fault: f})
 				defer net.Close()
 				o, lse, src := runNet(t, pr, plan, net)
 				pr.check(t, name, o, lse)
@@ -282,12 +291,12 @@ func TestRingFaults(t *testing.T) {
 func TestRingSplitKVPartialLost(t *testing.T) {
 	pr := newProblem("decode", 1, 4, 2, 9, 300, 16, kernels.Mask{Causal: true}, 51)
 	plan := pr.plan(t, pr.request(7, 16, shard.SplitKV))
-	clean := ringattn.NewMemNet(7, ringattn.MemOptions{})
+	clean := newNet(t, 7, ringattn.MemOptions{})
 	wantO, wantLSE, _ := runNet(t, pr, plan, clean)
 	clean.Close()
 	pr.check(t, "clean", wantO, wantLSE)
 	var dropped atomic.Int64
-	net := ringattn.NewMemNet(7, ringattn.MemOptions{RecvTimeout: 50 * time.Millisecond,
+	net := newNet(t, 7, ringattn.MemOptions{RecvTimeout: 50 * time.Millisecond,
 		Fault: func(from, to int, key ringattn.Key) ringattn.Fault {
 			if key.Kind == ringattn.KindPartial && (from == 4 || from == 3) {
 				dropped.Add(1)
@@ -316,7 +325,7 @@ func TestRingKilledRank(t *testing.T) {
 		t.Run(string(s), func(t *testing.T) {
 			plan := pr.plan(t, pr.request(4, 32, s))
 			var net *ringattn.MemNet
-			net = ringattn.NewMemNet(4, ringattn.MemOptions{RecvTimeout: time.Minute,
+			net = newNet(t, 4, ringattn.MemOptions{RecvTimeout: time.Minute,
 				Fault: func(from, to int, key ringattn.Key) ringattn.Fault {
 					if from == 2 && (key.Step == 2 || key.Kind == ringattn.KindPartial) {
 						net.Kill(2)
@@ -401,7 +410,7 @@ func TestRingCancel(t *testing.T) {
 		plan := pr.plan(t, pr.request(3, 32, shard.Contiguous))
 		ctx, cancel := context.WithCancel(context.Background())
 		defer cancel()
-		net := ringattn.NewMemNet(3, ringattn.MemOptions{})
+		net := newNet(t, 3, ringattn.MemOptions{})
 		defer net.Close()
 		var canceledAt atomic.Int64
 		_, _, err := ringattn.RunLocalNet(ctx, ringattn.LocalConfig{Net: net, Progress: func(p ringattn.Progress) {
@@ -425,7 +434,7 @@ func TestRingCancel(t *testing.T) {
 			t.Fatal(err)
 		}
 		cs := &cancelingSource{Source: src, at: 5, cancel: cancel}
-		net := ringattn.NewMemNet(3, ringattn.MemOptions{})
+		net := newNet(t, 3, ringattn.MemOptions{})
 		defer net.Close()
 		_, _, err = ringattn.RunLocalNet(ctx, ringattn.LocalConfig{Net: net, Source: cs}, &pr.p, plan, pr.q, pr.k, pr.v)
 		if !errors.Is(err, context.Canceled) {
@@ -444,7 +453,7 @@ func TestRingProgress(t *testing.T) {
 		plan := pr.plan(t, pr.request(3, 16, s))
 		var mu sync.Mutex
 		last := map[int]ringattn.Progress{}
-		net := ringattn.NewMemNet(3, ringattn.MemOptions{})
+		net := newNet(t, 3, ringattn.MemOptions{})
 		_, _, err := ringattn.RunLocalNet(context.Background(), ringattn.LocalConfig{Net: net, Progress: func(p ringattn.Progress) {
 			mu.Lock()
 			defer mu.Unlock()
@@ -498,7 +507,7 @@ func (badSource) Fetch(ctx context.Context, tensor string, block int) ([]float32
 func TestRingBadConfig(t *testing.T) {
 	pr := newProblem("causal", 1, 2, 2, 64, 64, 8, kernels.Mask{Causal: true}, 91)
 	plan := pr.plan(t, pr.request(2, 16, shard.Zigzag))
-	net := ringattn.NewMemNet(2, ringattn.MemOptions{})
+	net := newNet(t, 2, ringattn.MemOptions{})
 	defer net.Close()
 	src, _ := ringattn.NewMemSource(&pr.p, 16, pr.q, pr.k, pr.v)
 	sink, _ := ringattn.NewMemSink(&pr.p, 16)
@@ -515,7 +524,7 @@ func TestRingBadConfig(t *testing.T) {
 		"Sink is nil":         func(c *ringattn.RankConfig) { c.Sink = nil },
 		"plan mask":           func(c *ringattn.RankConfig) { c.Params = &other },
 		"expected N=65":       func(c *ringattn.RankConfig) { c.Params = &wider },
-		"ring size 3":         func(c *ringattn.RankConfig) { c.Ring = ringattn.NewMemNet(3, ringattn.MemOptions{}).Rank(0) },
+		"ring size 3":         func(c *ringattn.RankConfig) { c.Ring = newNet(t, 3, ringattn.MemOptions{}).Rank(0) },
 		"query block 0 has 3": func(c *ringattn.RankConfig) { c.Source = badSource{} },
 		"expected 2 (bf16) or": func(c *ringattn.RankConfig) {
 			c.Plan = &shard.Plan{Request: shard.Request{B: 1, Hq: 1, Hkv: 1, D: 1, N: 1, Nk: 1, Ranks: 1, ElemBytes: 3}}
