@@ -34,6 +34,16 @@ type EmbeddedConfig struct {
 	// User and Password, when set, are required from every client.
 	User     string
 	Password string
+	// Token, when set, is required from every client (not with User).
+	Token string
+	// NKeyUsers are public nkeys (U...) allowed to connect (not with User
+	// or Token).
+	NKeyUsers []string
+	// TLSCert and TLSKey turn TLS on with this server certificate; with
+	// TLSCA set, clients must present a certificate signed by it.
+	TLSCert string
+	TLSKey  string
+	TLSCA   string
 	// ServerName names the server (default: generated).
 	ServerName string
 	// Logger receives the server's log (Notice -> Info, Trace -> Debug-4);
@@ -76,6 +86,12 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, invalid("EmbeddedConfig.User/Password: want both or neither")
 	case cfg.MaxStore < 0 || cfg.MaxMemory < 0:
 		return nil, invalid("EmbeddedConfig.MaxStore/MaxMemory: want >= 0")
+	case (cfg.User != "" && (cfg.Token != "" || len(cfg.NKeyUsers) > 0)) || (cfg.Token != "" && len(cfg.NKeyUsers) > 0):
+		return nil, invalid("EmbeddedConfig: want at most one of User/Password, Token, NKeyUsers")
+	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
+		return nil, invalid("EmbeddedConfig.TLSCert/TLSKey: want both or neither")
+	case cfg.TLSCA != "" && cfg.TLSCert == "":
+		return nil, invalid("EmbeddedConfig.TLSCA needs TLSCert and TLSKey")
 	}
 	e := &Embedded{cfg: cfg}
 	if e.cfg.DataDir == "" {
@@ -109,6 +125,18 @@ func (e *Embedded) start() error {
 		MaxPayload:         c.MaxPayload,
 		Username:           c.User,
 		Password:           c.Password,
+		Authorization:      c.Token,
+	}
+	for _, pub := range c.NKeyUsers {
+		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: pub})
+	}
+	if c.TLSCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: c.TLSCert, KeyFile: c.TLSKey,
+			CaFile: c.TLSCA, Verify: c.TLSCA != "", Timeout: 2})
+		if err != nil {
+			return fmt.Errorf("%w: EmbeddedConfig TLS: %v", ErrInvalidConfig, err)
+		}
+		opts.TLSConfig, opts.TLS, opts.TLSVerify, opts.TLSTimeout = tc, true, c.TLSCA != "", 2
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
@@ -140,7 +168,11 @@ func (e *Embedded) start() error {
 func (e *Embedded) ClientURL() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return "nats://" + net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.Port))
+	scheme := "nats://"
+	if e.cfg.TLSCert != "" {
+		scheme = "tls://"
+	}
+	return scheme + net.JoinHostPort(e.cfg.Host, strconv.Itoa(e.cfg.Port))
 }
 
 // Config returns the resolved configuration (real port and data dir).

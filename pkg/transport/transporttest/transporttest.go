@@ -46,7 +46,7 @@ func Config(e *transport.Embedded) transport.Config {
 	cfg := transport.DefaultConfig()
 	cfg.URLs = []string{e.ClientURL()}
 	ec := e.Config()
-	cfg.User, cfg.Password = ec.User, ec.Password
+	cfg.User, cfg.Password, cfg.Token = ec.User, ec.Password, ec.Token
 	cfg.ReconnectWait = 20 * time.Millisecond
 	cfg.ReconnectMaxWait = 200 * time.Millisecond
 	cfg.ReconnectJitter = 10 * time.Millisecond
