@@ -1,0 +1,162 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/ringattn/ringattn/internal/coordinator"
+	"github.com/ringattn/ringattn/internal/xlog"
+	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+	"github.com/ringattn/ringattn/pkg/transport/transporttest"
+)
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// BenchmarkWorkerPeakRSS measures the peak resident set of worker
+// processes on one attention job: an embedded NATS server and a
+// single-node coordinator run in this process, the workers are separate
+// processes of this command, and each one's peak RSS is its rusage maxrss
+// after it drained on SIGTERM. Defaults: N = Nk = 131072, H = 8, D = 64,
+// B = 1, block 1024, 4 workers, f32, causal with a sliding window of 1024
+// keys (the window only skips compute; every rank still loads all its
+// query blocks and receives every key/value block of the ring, so the
+// memory is that of the dense job). Override with RINGATTN_RSS_N,
+// RINGATTN_RSS_WORKERS, RINGATTN_RSS_HEADS, RINGATTN_RSS_WINDOW (0 = dense).
+//
+//	go test ./cmd/worker -run '^$' -bench WorkerPeakRSS -benchtime 1x -timeout 30m
+func BenchmarkWorkerPeakRSS(b *testing.B) {
+	n := envInt("RINGATTN_RSS_N", 131072)
+	workers := envInt("RINGATTN_RSS_WORKERS", 4)
+	heads := envInt("RINGATTN_RSS_HEADS", 8)
+	window := 1024
+	if v, ok := os.LookupEnv("RINGATTN_RSS_WINDOW"); ok {
+		window, _ = strconv.Atoi(v)
+	}
+	const d, block = 64, 1024
+	for range b.N {
+		srv := transporttest.RunServer(b)
+		ncfg := transporttest.Config(srv)
+		cc := coordinator.DefaultConfig()
+		cc.NodeID, cc.Bootstrap, cc.DataDir, cc.HTTPAddr, cc.NATS = "c1", true, b.TempDir(), "", ncfg
+		cc.HeartbeatTimeout = 10 * time.Second // loaded machine: no false deaths
+		cc.AssignTimeout = 10 * time.Second
+		_, trans := raft.NewInmemTransport("")
+		coord, err := coordinator.New(cc, coordinator.Deps{Logger: xlog.Discard(), RaftTransport: trans})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { coord.Close() })
+		ctx := context.Background()
+		cl, err := client.Connect(ctx, ncfg, client.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(cl.Close)
+		nc := transporttest.Connect(b, srv)
+		store, err := transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: ncfg.Bucket}, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		// Upload q, k, v block by block (never the whole tensor at once).
+		t0 := time.Now()
+		rng := rand.New(rand.NewPCG(1, 2))
+		blk := make([]float32, heads*block*d)
+		for _, name := range []string{"q", "k", "v"} {
+			for i := range (n + block - 1) / block {
+				rows := min(block, n-i*block)
+				x := blk[:heads*rows*d]
+				for j := range x {
+					x[j] = float32(rng.NormFloat64())
+				}
+				if err := store.PutBlock(ctx, "in-rss", name, i, x, transport.F32); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.Logf("uploaded q, k, v (%d MiB) in %v", 3*n*heads*d*4>>20, time.Since(t0).Round(time.Millisecond))
+
+		procs := make([]*exec.Cmd, workers)
+		logs := make([]*syncBuffer, workers)
+		for i := range procs {
+			cmd := exec.Command(os.Args[0], "--id", fmt.Sprintf("rss%d", i), "--gflops", "1",
+				"--metrics-addr", "off", "--recv-timeout", "60s", "--log-level", "warn")
+			cmd.Env = append(os.Environ(), "RINGATTN_WORKER_TEST_MAIN=1", "RINGATTN_NATS_URL="+srv.ClientURL())
+			logs[i] = &syncBuffer{}
+			cmd.Stderr = logs[i]
+			if err := cmd.Start(); err != nil {
+				b.Fatal(err)
+			}
+			procs[i] = cmd
+			b.Cleanup(func() { cmd.Process.Kill() }) //nolint:errcheck
+		}
+		// Wait until the leader sees every worker.
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			c, err := cl.Cluster(ctx)
+			if err == nil && len(c.GetWorkers()) == workers {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("workers did not register: %v %v", c, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		spec := &pb.JobSpec{Kind: pb.JobKind_JOB_KIND_ATTENTION, B: 1, Hq: int64(heads), Hkv: int64(heads),
+			N: int64(n), Nk: int64(n), D: d, Block: block, Strategy: "contiguous", InputRef: "in-rss"}
+		if window > 0 {
+			spec.Mask = &pb.Mask{Causal: true, Windowed: true, WindowLeft: int64(window), WindowRight: 0}
+		}
+		t1 := time.Now()
+		st, err := cl.Submit(ctx, spec)
+		if err != nil {
+			b.Fatal(err)
+		}
+		wctx, cancel := context.WithTimeout(ctx, 25*time.Minute)
+		st, err = cl.Wait(wctx, st.GetId())
+		cancel()
+		if err != nil || st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+			for i, l := range logs {
+				b.Logf("worker %d logs:\n%s", i, l.String())
+			}
+			b.Fatalf("job: %v %v", st, err)
+		}
+		b.Logf("job %s: %v in epoch %d on %v", st.GetId(), time.Since(t1).Round(time.Millisecond), st.GetEpoch(), st.GetWorkers())
+		var peak int64
+		for i, cmd := range procs {
+			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+				b.Fatal(err)
+			}
+			if err := cmd.Wait(); err != nil {
+				b.Fatalf("worker %d exited with %v:\n%s", i, err, logs[i].String())
+			}
+			ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage)
+			if !ok {
+				b.Fatal("no rusage")
+			}
+			rss := ru.Maxrss << 10 // KiB on Linux
+			peak = max(peak, rss)
+			b.Logf("worker %d: peak RSS %d MiB", i, rss>>20)
+		}
+		shardMiB := float64(n/workers) * float64(heads*d*4) / (1 << 20)
+		b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
+		b.ReportMetric(float64(peak)/(1<<20)/shardMiB, "RSS/q-shard")
+		b.Logf("N=%d H=%d D=%d W=%d window=%d: max worker peak RSS %d MiB; one q shard is %.0f MiB, the full q %.0f MiB",
+			n, heads, d, workers, window, peak>>20, shardMiB, float64(n)*float64(heads*d*4)/(1<<20))
+	}
+}
