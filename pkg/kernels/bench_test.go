@@ -1,7 +1,10 @@
 package kernels_test
 
 import (
+	"flag"
 	"fmt"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,12 +12,22 @@ import (
 	"github.com/ringattn/ringattn/pkg/kernels"
 )
 
-// BenchmarkKernelAttention reports GFLOP/s counting only the FLOPs of the
-// pairs the mask leaves visible (4·D per pair; half of 4·B·H·N²·D when causal).
-// N=4096 by default; -bench 'Attention/.*N8192' style filters need
-// RINGATTN_BENCH_LONG=1 ... see benchShapes.
+var benchN = flag.String("kernels.n", "4096", "comma-separated sequence lengths of BenchmarkKernelAttention")
+
+// BenchmarkKernelAttention reports GFLOP/s for B=1, H=8, D in {64, 128},
+// causal and not, counting only the FLOPs of the pairs the mask leaves
+// visible (4·D per pair: half of 4·B·H·N²·D when causal). N is 4096 unless
+// -args -kernels.n=2048,8192 says otherwise. It runs on all cores.
 func BenchmarkKernelAttention(b *testing.B) {
-	for _, n := range benchLens {
+	var lens []int
+	for _, f := range strings.Split(*benchN, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			b.Fatalf("-kernels.n: bad length %q", f)
+		}
+		lens = append(lens, n)
+	}
+	for _, n := range lens {
 		for _, d := range []int{64, 128} {
 			for _, causal := range []bool{false, true} {
 				name := fmt.Sprintf("N%d_D%d_H8_causal=%v", n, d, causal)
@@ -40,7 +53,8 @@ func BenchmarkKernelAttention(b *testing.B) {
 	}
 }
 
-// BenchmarkKernelPeak reports one core's FMA peak (see PeakGFLOPS).
+// BenchmarkKernelPeak reports one core's FMA peak (see PeakGFLOPS); the
+// attention figures above use every core.
 func BenchmarkKernelPeak(b *testing.B) {
 	var g float64
 	for i := 0; i < b.N; i++ {

@@ -7,12 +7,52 @@
 // the log-sum-exp. Attention does the whole problem at once. Masks (causal,
 // sliding window, packed documents, in any combination) are evaluated on
 // global positions, so any rank can fold any block; tiles a mask hides
-// entirely are skipped without touching their memory.
+// entirely are skipped without touching their memory. MatMulT is the GEMM of
+// the projections (y = x·Wᵀ) on the same micro-kernel.
 //
-// The tile primitives (a small GEMM, scale-and-max, exp-and-sum) are chosen
-// once at init from the CPU's features: plain Go always compiles and is the
-// reference; SIMD assembly sits behind `//go:build !noasm && gc`. Use forces
-// an implementation in tests; Impls lists them.
+// # Tile loop
+//
+// Fold splits the work into units of br query rows of one (batch, head),
+// run on all cores, last query tile first (under a causal mask those see the
+// most keys). A unit packs its queries once, transposed and pre-scaled
+// (Qᵀ·scale, zero-padded to the register tile width), then for every tile of
+// bc keys:
+//
+//	Sᵀ = K·(scale·Q)ᵀ                  gemmNN, K read in place
+//	mask the partial tiles with -inf   (diagonal and window edges only)
+//	online softmax down the columns    softmaxCols: max, alpha, exp, sum
+//	O  = diag(alpha)·O + P·V           gemmTN, P read k-major from Sᵀ, V in place
+//
+// Computing the scores transposed puts one query per SIMD lane, so the
+// softmax needs no horizontal reductions, and P comes out k-major, as the
+// register-tiled GEMM wants its left operand; the rescaling of O by alpha is
+// fused into the GEMM's load of O. Nothing of K or V is copied (except for
+// head dimensions that are not a multiple of the tile width).
+//
+// # Implementations
+//
+//   - "generic": plain Go. It always compiles, and it is the reference the
+//     assembly is tested against.
+//   - "avx2": AVX2+FMA assembly, 6×16 register tile (12 ymm accumulators).
+//   - "avx512": AVX-512 assembly (F, BW, DQ, VL), 6×64 register tile
+//     (24 zmm accumulators); exp scales with VSCALEFPS.
+//
+// The assembly is generated with avo from ./_asm (its own go.mod) into
+// kernels_amd64.s and kernels_amd64_stubs.go, whose doc comments give every
+// kernel's reference loop; it builds with `!noasm && gc` on amd64. exp is a
+// Cephes-style polynomial after range reduction, within 1 ulp of the
+// correctly rounded result over the float32 range (tested), 0 for -inf and
+// x < -104, +inf above 89, NaN for NaN. The best implementation the CPU
+// supports (golang.org/x/sys/cpu) is picked at init; the environment variable
+// RINGATTN_KERNEL=generic (or avx2, avx512) at start-up picks another, and
+// Use switches in tests and benchmarks; Impls lists what this CPU has.
+// Build with -tags noasm for the generic code alone.
+//
+// Under the race detector the Go wrappers read (and write) exactly the
+// elements each assembly kernel touches, so races through assembly are seen.
+//
+// PeakGFLOPS measures one core's FMA throughput with the widest vector unit,
+// for reporting kernel speed as a fraction of the machine's peak.
 //
 // This package imports nothing of this module.
 package kernels

@@ -1483,29 +1483,41 @@ gemmTNAvx512_store1:
 // func softmaxColsAvx512(s []float32, lds int, rows int, m []float32, l []float32, alpha []float32)
 // Requires: AVX, AVX512DQ, AVX512F
 TEXT ·softmaxColsAvx512(SB), NOSPLIT, $0-112
-	MOVQ s_base+0(FP), AX
-	MOVQ lds+24(FP), CX
-	SHLQ $0x02, CX
-	MOVQ m_base+40(FP), DX
-	MOVQ l_base+64(FP), BX
-	MOVQ alpha_base+88(FP), SI
-	MOVQ m_len+48(FP), DI
+	MOVQ    s_base+0(FP), AX
+	MOVQ    lds+24(FP), CX
+	SHLQ    $0x02, CX
+	MOVQ    m_base+40(FP), DX
+	MOVQ    l_base+64(FP), BX
+	MOVQ    alpha_base+88(FP), SI
+	MOVQ    m_len+48(FP), DI
+	VMOVUPS expHi<>+0(SB), Z0
+	VMOVUPS expLo<>+0(SB), Z1
+	VMOVUPS expLog2e<>+0(SB), Z2
+	VMOVUPS expC1<>+0(SB), Z3
+	VMOVUPS expC2<>+0(SB), Z4
+	VMOVUPS expOne<>+0(SB), Z5
+	VMOVUPS expP0<>+0(SB), Z6
+	VMOVUPS expP1<>+0(SB), Z7
+	VMOVUPS expP2<>+0(SB), Z8
+	VMOVUPS expP3<>+0(SB), Z9
+	VMOVUPS expP4<>+0(SB), Z10
+	VMOVUPS expP5<>+0(SB), Z11
 
 softmaxColsAvx512_strip:
 	CMPQ    DI, $0x00000010
 	JL      softmaxColsAvx512_done
 	MOVQ    rows+32(FP), R8
 	MOVQ    AX, R9
-	VMOVUPS (DX), Z0
-	VMOVUPS Z0, Z1
-	VMOVUPS Z0, Z2
+	VMOVUPS (DX), Z12
+	VMOVUPS Z12, Z13
+	VMOVUPS Z12, Z14
 	MOVQ    R8, R10
 
 softmaxColsAvx512_max2:
 	CMPQ   R10, $0x02
 	JL     softmaxColsAvx512_max1
-	VMAXPS (R9), Z1, Z1
-	VMAXPS (R9)(CX*1), Z2, Z2
+	VMAXPS (R9), Z13, Z13
+	VMAXPS (R9)(CX*1), Z14, Z14
 	LEAQ   (R9)(CX*2), R9
 	SUBQ   $0x02, R10
 	JMP    softmaxColsAvx512_max2
@@ -1513,112 +1525,79 @@ softmaxColsAvx512_max2:
 softmaxColsAvx512_max1:
 	TESTQ  R10, R10
 	JEQ    softmaxColsAvx512_maxdone
-	VMAXPS (R9), Z1, Z1
+	VMAXPS (R9), Z13, Z13
 
 softmaxColsAvx512_maxdone:
-	VMAXPS       Z2, Z1, Z1
-	VMOVUPS      Z1, (DX)
-	VMOVUPS      negMaxF32<>+0(SB), Z2
-	VMAXPS       Z1, Z2, Z2
-	VSUBPS       Z2, Z0, Z0
-	VMOVUPS      expHi<>+0(SB), Z1
-	VMINPS       Z0, Z1, Z0
-	VMOVUPS      expLo<>+0(SB), Z1
-	VMAXPS       Z0, Z1, Z0
-	VMOVUPS      expMagic<>+0(SB), Z3
-	VFMADD231PS  expLog2e<>+0(SB), Z0, Z3
-	VSUBPS       expMagic<>+0(SB), Z3, Z1
-	VFNMADD231PS expC1<>+0(SB), Z1, Z0
-	VFNMADD231PS expC2<>+0(SB), Z1, Z0
-	VMOVUPS      expP0<>+0(SB), Z4
-	VFMADD213PS  expP1<>+0(SB), Z0, Z4
-	VFMADD213PS  expP2<>+0(SB), Z0, Z4
-	VFMADD213PS  expP3<>+0(SB), Z0, Z4
-	VFMADD213PS  expP4<>+0(SB), Z0, Z4
-	VFMADD213PS  expP5<>+0(SB), Z0, Z4
-	VMULPS       Z0, Z0, Z1
-	VFMADD213PS  Z0, Z1, Z4
-	VADDPS       expOne<>+0(SB), Z4, Z4
-	VPSUBD       expMagicBits<>+0(SB), Z3, Z3
-	VPSRAD       $0x01, Z3, Z1
-	VPSUBD       Z1, Z3, Z3
-	VPADDD       expBias<>+0(SB), Z1, Z1
-	VPSLLD       $0x17, Z1, Z1
-	VPADDD       expBias<>+0(SB), Z3, Z3
-	VPSLLD       $0x17, Z3, Z3
-	VMULPS       Z1, Z4, Z4
-	VMULPS       Z3, Z4, Z0
-	VMOVUPS      Z0, (SI)
-	VXORPS       Z0, Z0, Z0
-	VXORPS       Z1, Z1, Z1
+	VMAXPS       Z14, Z13, Z13
+	VMOVUPS      Z13, (DX)
+	VMOVUPS      negMaxF32<>+0(SB), Z14
+	VMAXPS       Z13, Z14, Z14
+	VSUBPS       Z14, Z12, Z12
+	VMINPS       Z12, Z0, Z12
+	VMAXPS       Z12, Z1, Z12
+	VMULPS       Z2, Z12, Z15
+	VRNDSCALEPS  $0x00, Z15, Z15
+	VFNMADD231PS Z3, Z15, Z12
+	VFNMADD231PS Z4, Z15, Z12
+	VMOVUPS      Z6, Z16
+	VFMADD213PS  Z7, Z12, Z16
+	VFMADD213PS  Z8, Z12, Z16
+	VFMADD213PS  Z9, Z12, Z16
+	VFMADD213PS  Z10, Z12, Z16
+	VFMADD213PS  Z11, Z12, Z16
+	VMULPS       Z12, Z12, Z13
+	VFMADD213PS  Z12, Z13, Z16
+	VADDPS       Z5, Z16, Z16
+	VSCALEFPS    Z15, Z16, Z12
+	VMOVUPS      Z12, (SI)
+	VXORPS       Z12, Z12, Z12
+	VXORPS       Z13, Z13, Z13
 	MOVQ         AX, R9
 	MOVQ         R8, R10
 
 softmaxColsAvx512_exp2:
 	CMPQ         R10, $0x02
 	JL           softmaxColsAvx512_exp1
-	VMOVUPS      (R9), Z3
-	VMOVUPS      (R9)(CX*1), Z4
-	VSUBPS       Z2, Z3, Z3
-	VSUBPS       Z2, Z4, Z4
-	VMOVUPS      expHi<>+0(SB), Z5
-	VMINPS       Z3, Z5, Z3
-	VMOVUPS      expLo<>+0(SB), Z5
-	VMAXPS       Z3, Z5, Z3
-	VMOVUPS      expMagic<>+0(SB), Z6
-	VFMADD231PS  expLog2e<>+0(SB), Z3, Z6
-	VSUBPS       expMagic<>+0(SB), Z6, Z5
-	VFNMADD231PS expC1<>+0(SB), Z5, Z3
-	VFNMADD231PS expC2<>+0(SB), Z5, Z3
-	VMOVUPS      expP0<>+0(SB), Z7
-	VFMADD213PS  expP1<>+0(SB), Z3, Z7
-	VFMADD213PS  expP2<>+0(SB), Z3, Z7
-	VFMADD213PS  expP3<>+0(SB), Z3, Z7
-	VFMADD213PS  expP4<>+0(SB), Z3, Z7
-	VFMADD213PS  expP5<>+0(SB), Z3, Z7
-	VMULPS       Z3, Z3, Z5
-	VFMADD213PS  Z3, Z5, Z7
-	VADDPS       expOne<>+0(SB), Z7, Z7
-	VPSUBD       expMagicBits<>+0(SB), Z6, Z6
-	VPSRAD       $0x01, Z6, Z5
-	VPSUBD       Z5, Z6, Z6
-	VPADDD       expBias<>+0(SB), Z5, Z5
-	VPSLLD       $0x17, Z5, Z5
-	VPADDD       expBias<>+0(SB), Z6, Z6
-	VPSLLD       $0x17, Z6, Z6
-	VMULPS       Z5, Z7, Z7
-	VMULPS       Z6, Z7, Z3
-	VMOVUPS      expHi<>+0(SB), Z5
-	VMINPS       Z4, Z5, Z4
-	VMOVUPS      expLo<>+0(SB), Z5
-	VMAXPS       Z4, Z5, Z4
-	VMOVUPS      expMagic<>+0(SB), Z6
-	VFMADD231PS  expLog2e<>+0(SB), Z4, Z6
-	VSUBPS       expMagic<>+0(SB), Z6, Z5
-	VFNMADD231PS expC1<>+0(SB), Z5, Z4
-	VFNMADD231PS expC2<>+0(SB), Z5, Z4
-	VMOVUPS      expP0<>+0(SB), Z7
-	VFMADD213PS  expP1<>+0(SB), Z4, Z7
-	VFMADD213PS  expP2<>+0(SB), Z4, Z7
-	VFMADD213PS  expP3<>+0(SB), Z4, Z7
-	VFMADD213PS  expP4<>+0(SB), Z4, Z7
-	VFMADD213PS  expP5<>+0(SB), Z4, Z7
-	VMULPS       Z4, Z4, Z5
-	VFMADD213PS  Z4, Z5, Z7
-	VADDPS       expOne<>+0(SB), Z7, Z7
-	VPSUBD       expMagicBits<>+0(SB), Z6, Z6
-	VPSRAD       $0x01, Z6, Z5
-	VPSUBD       Z5, Z6, Z6
-	VPADDD       expBias<>+0(SB), Z5, Z5
-	VPSLLD       $0x17, Z5, Z5
-	VPADDD       expBias<>+0(SB), Z6, Z6
-	VPSLLD       $0x17, Z6, Z6
-	VMULPS       Z5, Z7, Z7
-	VMULPS       Z6, Z7, Z4
-	VMOVUPS      Z3, (R9)
-	VMOVUPS      Z4, (R9)(CX*1)
-	VADDPS       Z3, Z0, Z0
-	VADDPS       Z4, Z1, Z1
+	VMOVUPS      (R9), Z15
+	VMOVUPS      (R9)(CX*1), Z16
+	VSUBPS       Z14, Z15, Z15
+	VSUBPS       Z14, Z16, Z16
+	VMINPS       Z15, Z0, Z15
+	VMAXPS       Z15, Z1, Z15
+	VMULPS       Z2, Z15, Z18
+	VRNDSCALEPS  $0x00, Z18, Z18
+	VFNMADD231PS Z3, Z18, Z15
+	VFNMADD231PS Z4, Z18, Z15
+	VMOVUPS      Z6, Z19
+	VFMADD213PS  Z7, Z15, Z19
+	VFMADD213PS  Z8, Z15, Z19
+	VFMADD213PS  Z9, Z15, Z19
+	VFMADD213PS  Z10, Z15, Z19
+	VFMADD213PS  Z11, Z15, Z19
+	VMULPS       Z15, Z15, Z17
+	VFMADD213PS  Z15, Z17, Z19
+	VADDPS       Z5, Z19, Z19
+	VSCALEFPS    Z18, Z19, Z15
+	VMINPS       Z16, Z0, Z16
+	VMAXPS       Z16, Z1, Z16
+	VMULPS       Z2, Z16, Z18
+	VRNDSCALEPS  $0x00, Z18, Z18
+	VFNMADD231PS Z3, Z18, Z16
+	VFNMADD231PS Z4, Z18, Z16
+	VMOVUPS      Z6, Z19
+	VFMADD213PS  Z7, Z16, Z19
+	VFMADD213PS  Z8, Z16, Z19
+	VFMADD213PS  Z9, Z16, Z19
+	VFMADD213PS  Z10, Z16, Z19
+	VFMADD213PS  Z11, Z16, Z19
+	VMULPS       Z16, Z16, Z17
+	VFMADD213PS  Z16, Z17, Z19
+	VADDPS       Z5, Z19, Z19
+	VSCALEFPS    Z18, Z19, Z16
+	VMOVUPS      Z15, (R9)
+	VMOVUPS      Z16, (R9)(CX*1)
+	VADDPS       Z15, Z12, Z12
+	VADDPS       Z16, Z13, Z13
 	LEAQ         (R9)(CX*2), R9
 	SUBQ         $0x02, R10
 	JMP          softmaxColsAvx512_exp2
@@ -1626,43 +1605,32 @@ softmaxColsAvx512_exp2:
 softmaxColsAvx512_exp1:
 	TESTQ        R10, R10
 	JEQ          softmaxColsAvx512_expdone
-	VMOVUPS      (R9), Z3
-	VSUBPS       Z2, Z3, Z3
-	VMOVUPS      expHi<>+0(SB), Z2
-	VMINPS       Z3, Z2, Z3
-	VMOVUPS      expLo<>+0(SB), Z2
-	VMAXPS       Z3, Z2, Z3
-	VMOVUPS      expMagic<>+0(SB), Z4
-	VFMADD231PS  expLog2e<>+0(SB), Z3, Z4
-	VSUBPS       expMagic<>+0(SB), Z4, Z2
-	VFNMADD231PS expC1<>+0(SB), Z2, Z3
-	VFNMADD231PS expC2<>+0(SB), Z2, Z3
-	VMOVUPS      expP0<>+0(SB), Z5
-	VFMADD213PS  expP1<>+0(SB), Z3, Z5
-	VFMADD213PS  expP2<>+0(SB), Z3, Z5
-	VFMADD213PS  expP3<>+0(SB), Z3, Z5
-	VFMADD213PS  expP4<>+0(SB), Z3, Z5
-	VFMADD213PS  expP5<>+0(SB), Z3, Z5
-	VMULPS       Z3, Z3, Z2
-	VFMADD213PS  Z3, Z2, Z5
-	VADDPS       expOne<>+0(SB), Z5, Z5
-	VPSUBD       expMagicBits<>+0(SB), Z4, Z4
-	VPSRAD       $0x01, Z4, Z2
-	VPSUBD       Z2, Z4, Z4
-	VPADDD       expBias<>+0(SB), Z2, Z2
-	VPSLLD       $0x17, Z2, Z2
-	VPADDD       expBias<>+0(SB), Z4, Z4
-	VPSLLD       $0x17, Z4, Z4
-	VMULPS       Z2, Z5, Z5
-	VMULPS       Z4, Z5, Z3
-	VMOVUPS      Z3, (R9)
-	VADDPS       Z3, Z0, Z0
+	VMOVUPS      (R9), Z15
+	VSUBPS       Z14, Z15, Z15
+	VMINPS       Z15, Z0, Z15
+	VMAXPS       Z15, Z1, Z15
+	VMULPS       Z2, Z15, Z16
+	VRNDSCALEPS  $0x00, Z16, Z16
+	VFNMADD231PS Z3, Z16, Z15
+	VFNMADD231PS Z4, Z16, Z15
+	VMOVUPS      Z6, Z17
+	VFMADD213PS  Z7, Z15, Z17
+	VFMADD213PS  Z8, Z15, Z17
+	VFMADD213PS  Z9, Z15, Z17
+	VFMADD213PS  Z10, Z15, Z17
+	VFMADD213PS  Z11, Z15, Z17
+	VMULPS       Z15, Z15, Z14
+	VFMADD213PS  Z15, Z14, Z17
+	VADDPS       Z5, Z17, Z17
+	VSCALEFPS    Z16, Z17, Z15
+	VMOVUPS      Z15, (R9)
+	VADDPS       Z15, Z12, Z12
 
 softmaxColsAvx512_expdone:
-	VADDPS      Z1, Z0, Z0
-	VMOVUPS     (BX), Z1
-	VFMADD132PS (SI), Z0, Z1
-	VMOVUPS     Z1, (BX)
+	VADDPS      Z13, Z12, Z12
+	VMOVUPS     (BX), Z13
+	VFMADD132PS (SI), Z12, Z13
+	VMOVUPS     Z13, (BX)
 	ADDQ        $0x00000040, AX
 	ADDQ        $0x00000040, DX
 	ADDQ        $0x00000040, BX
@@ -1677,41 +1645,42 @@ softmaxColsAvx512_done:
 // func expF32Avx512(x []float32)
 // Requires: AVX, AVX512F, BMI2
 TEXT ·expF32Avx512(SB), NOSPLIT, $0-24
-	MOVQ x_base+0(FP), AX
-	MOVQ x_len+8(FP), CX
+	MOVQ    x_base+0(FP), AX
+	MOVQ    x_len+8(FP), CX
+	VMOVUPS expHi<>+0(SB), Z0
+	VMOVUPS expLo<>+0(SB), Z1
+	VMOVUPS expLog2e<>+0(SB), Z2
+	VMOVUPS expC1<>+0(SB), Z3
+	VMOVUPS expC2<>+0(SB), Z4
+	VMOVUPS expOne<>+0(SB), Z5
+	VMOVUPS expP0<>+0(SB), Z6
+	VMOVUPS expP1<>+0(SB), Z7
+	VMOVUPS expP2<>+0(SB), Z8
+	VMOVUPS expP3<>+0(SB), Z9
+	VMOVUPS expP4<>+0(SB), Z10
+	VMOVUPS expP5<>+0(SB), Z11
 
 expF32Avx512_loop:
 	CMPQ         CX, $0x00000010
 	JL           expF32Avx512_tail
-	VMOVUPS      (AX), Z0
-	VMOVUPS      expHi<>+0(SB), Z1
-	VMINPS       Z0, Z1, Z0
-	VMOVUPS      expLo<>+0(SB), Z1
-	VMAXPS       Z0, Z1, Z0
-	VMOVUPS      expMagic<>+0(SB), Z2
-	VFMADD231PS  expLog2e<>+0(SB), Z0, Z2
-	VSUBPS       expMagic<>+0(SB), Z2, Z1
-	VFNMADD231PS expC1<>+0(SB), Z1, Z0
-	VFNMADD231PS expC2<>+0(SB), Z1, Z0
-	VMOVUPS      expP0<>+0(SB), Z3
-	VFMADD213PS  expP1<>+0(SB), Z0, Z3
-	VFMADD213PS  expP2<>+0(SB), Z0, Z3
-	VFMADD213PS  expP3<>+0(SB), Z0, Z3
-	VFMADD213PS  expP4<>+0(SB), Z0, Z3
-	VFMADD213PS  expP5<>+0(SB), Z0, Z3
-	VMULPS       Z0, Z0, Z1
-	VFMADD213PS  Z0, Z1, Z3
-	VADDPS       expOne<>+0(SB), Z3, Z3
-	VPSUBD       expMagicBits<>+0(SB), Z2, Z2
-	VPSRAD       $0x01, Z2, Z1
-	VPSUBD       Z1, Z2, Z2
-	VPADDD       expBias<>+0(SB), Z1, Z1
-	VPSLLD       $0x17, Z1, Z1
-	VPADDD       expBias<>+0(SB), Z2, Z2
-	VPSLLD       $0x17, Z2, Z2
-	VMULPS       Z1, Z3, Z3
-	VMULPS       Z2, Z3, Z0
-	VMOVUPS      Z0, (AX)
+	VMOVUPS      (AX), Z12
+	VMINPS       Z12, Z0, Z12
+	VMAXPS       Z12, Z1, Z12
+	VMULPS       Z2, Z12, Z14
+	VRNDSCALEPS  $0x00, Z14, Z14
+	VFNMADD231PS Z3, Z14, Z12
+	VFNMADD231PS Z4, Z14, Z12
+	VMOVUPS      Z6, Z15
+	VFMADD213PS  Z7, Z12, Z15
+	VFMADD213PS  Z8, Z12, Z15
+	VFMADD213PS  Z9, Z12, Z15
+	VFMADD213PS  Z10, Z12, Z15
+	VFMADD213PS  Z11, Z12, Z15
+	VMULPS       Z12, Z12, Z13
+	VFMADD213PS  Z12, Z13, Z15
+	VADDPS       Z5, Z15, Z15
+	VSCALEFPS    Z14, Z15, Z12
+	VMOVUPS      Z12, (AX)
 	ADDQ         $0x00000040, AX
 	SUBQ         $0x00000010, CX
 	JMP          expF32Avx512_loop
@@ -1723,35 +1692,24 @@ expF32Avx512_tail:
 	SHLXL        CX, DX, DX
 	DECL         DX
 	KMOVW        DX, K1
-	VMOVUPS.Z    (AX), K1, Z0
-	VMOVUPS      expHi<>+0(SB), Z1
-	VMINPS       Z0, Z1, Z0
-	VMOVUPS      expLo<>+0(SB), Z1
-	VMAXPS       Z0, Z1, Z0
-	VMOVUPS      expMagic<>+0(SB), Z2
-	VFMADD231PS  expLog2e<>+0(SB), Z0, Z2
-	VSUBPS       expMagic<>+0(SB), Z2, Z1
-	VFNMADD231PS expC1<>+0(SB), Z1, Z0
-	VFNMADD231PS expC2<>+0(SB), Z1, Z0
-	VMOVUPS      expP0<>+0(SB), Z3
-	VFMADD213PS  expP1<>+0(SB), Z0, Z3
-	VFMADD213PS  expP2<>+0(SB), Z0, Z3
-	VFMADD213PS  expP3<>+0(SB), Z0, Z3
-	VFMADD213PS  expP4<>+0(SB), Z0, Z3
-	VFMADD213PS  expP5<>+0(SB), Z0, Z3
-	VMULPS       Z0, Z0, Z1
-	VFMADD213PS  Z0, Z1, Z3
-	VADDPS       expOne<>+0(SB), Z3, Z3
-	VPSUBD       expMagicBits<>+0(SB), Z2, Z2
-	VPSRAD       $0x01, Z2, Z1
-	VPSUBD       Z1, Z2, Z2
-	VPADDD       expBias<>+0(SB), Z1, Z1
-	VPSLLD       $0x17, Z1, Z1
-	VPADDD       expBias<>+0(SB), Z2, Z2
-	VPSLLD       $0x17, Z2, Z2
-	VMULPS       Z1, Z3, Z3
-	VMULPS       Z2, Z3, Z0
-	VMOVUPS      Z0, K1, (AX)
+	VMOVUPS.Z    (AX), K1, Z12
+	VMINPS       Z12, Z0, Z12
+	VMAXPS       Z12, Z1, Z12
+	VMULPS       Z2, Z12, Z0
+	VRNDSCALEPS  $0x00, Z0, Z0
+	VFNMADD231PS Z3, Z0, Z12
+	VFNMADD231PS Z4, Z0, Z12
+	VMOVUPS      Z6, Z1
+	VFMADD213PS  Z7, Z12, Z1
+	VFMADD213PS  Z8, Z12, Z1
+	VFMADD213PS  Z9, Z12, Z1
+	VFMADD213PS  Z10, Z12, Z1
+	VFMADD213PS  Z11, Z12, Z1
+	VMULPS       Z12, Z12, Z2
+	VFMADD213PS  Z12, Z2, Z1
+	VADDPS       Z5, Z1, Z1
+	VSCALEFPS    Z0, Z1, Z12
+	VMOVUPS      Z12, K1, (AX)
 
 expF32Avx512_done:
 	VZEROUPPER

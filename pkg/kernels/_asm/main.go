@@ -99,29 +99,77 @@ func main() {
 	Generate()
 }
 
+// expK holds the operands of exp's constants: registers loaded once per
+// function on AVX-512 (32 registers), memory on AVX2.
+type expK struct {
+	hi, lo, log2e, c1, c2, one Op
+	p                          [6]Op
+}
+
+func newExpK(is isa) expK {
+	k := expK{hi: cHi, lo: cLo, log2e: cLog2e, c1: cC1, c2: cC2, one: cOne}
+	for i := range k.p {
+		k.p[i] = cP[i]
+	}
+	if is.w != 16 {
+		return k
+	}
+	load := func(m Op) Op {
+		r := is.vec()
+		VMOVUPS(m, r)
+		return r
+	}
+	k.hi, k.lo, k.log2e, k.c1, k.c2, k.one = load(cHi), load(cLo), load(cLog2e), load(cC1), load(cC2), load(cOne)
+	for i := range k.p {
+		k.p[i] = load(cP[i])
+	}
+	return k
+}
+
 // exp replaces the vector x by exp(x) (a few ulp; -inf and x < -104 give 0,
-// x > 89 gives +inf, NaN stays NaN). It clobbers nothing but its own temporaries.
-func exp(is isa, x VecVirtual) {
+// x > 89 gives +inf, NaN stays NaN). On AVX-512 the scaling by 2^n is one
+// VSCALEFPS; AVX2 builds 2^n1·2^n2 (n1 + n2 = n) from the exponent bits so
+// that results in the denormal range are rounded once, correctly.
+func exp(is isa, k expK, x VecVirtual) {
 	t := is.vec()
-	VMOVUPS(cHi, t)
+	if is.w == 16 {
+		VMINPS(x, k.hi, x) // x NaN: returns x
+		VMAXPS(x, k.lo, x)
+		fx := is.vec()
+		VMULPS(k.log2e, x, fx)
+		VRNDSCALEPS(U8(0), fx, fx) // n = round(x·log2e)
+		VFNMADD231PS(k.c1, fx, x)
+		VFNMADD231PS(k.c2, fx, x) // x = r
+		p := is.vec()
+		VMOVUPS(k.p[0], p)
+		for i := 1; i < 6; i++ {
+			VFMADD213PS(k.p[i], x, p) // p = p·r + P[i]
+		}
+		VMULPS(x, x, t)      // r²
+		VFMADD213PS(x, t, p) // p = P·r² + r
+		VADDPS(k.one, p, p)  // + 1
+		VSCALEFPS(fx, p, x)  // p·2^n
+		return
+	}
+	VMOVUPS(k.hi, t)
 	VMINPS(x, t, x) // x NaN: returns x
-	VMOVUPS(cLo, t)
+	VMOVUPS(k.lo, t)
 	VMAXPS(x, t, x)
 	j := is.vec()
 	VMOVUPS(cMagic, j)
-	VFMADD231PS(cLog2e, x, j) // j = round(x·log2e) + magic
+	VFMADD231PS(k.log2e, x, j) // j = round(x·log2e) + magic
 	fx := is.vec()
 	VSUBPS(cMagic, j, fx) // fx = n as float
-	VFNMADD231PS(cC1, fx, x)
-	VFNMADD231PS(cC2, fx, x) // x = r
+	VFNMADD231PS(k.c1, fx, x)
+	VFNMADD231PS(k.c2, fx, x) // x = r
 	p := is.vec()
-	VMOVUPS(cP[0], p)
+	VMOVUPS(k.p[0], p)
 	for i := 1; i < 6; i++ {
-		VFMADD213PS(cP[i], x, p) // p = p·r + P[i]
+		VFMADD213PS(k.p[i], x, p) // p = p·r + P[i]
 	}
 	VMULPS(x, x, t)       // r²
 	VFMADD213PS(x, t, p)  // p = P·r² + r
-	VADDPS(cOne, p, p)    // + 1
+	VADDPS(k.one, p, p)   // + 1
 	VPSUBD(cMagicI, j, j) // n as int32
 	VPSRAD(U8(1), j, t)   // n1 = n>>1
 	VPSUBD(t, j, j)       // n2 = n - n1
@@ -329,6 +377,7 @@ func softmaxCols(is isa) {
 	ap := Load(Param("alpha").Base(), GP64())
 	cols := Load(Param("m").Len(), GP64())
 	vb := 4 * is.w
+	ek := newExpK(is)
 
 	Label(name + "_strip")
 	CMPQ(cols, U32(is.w))
@@ -365,7 +414,7 @@ func softmaxCols(is isa) {
 	VMAXPS(mx, sh, sh)
 	// alpha = exp(m_old - sh)
 	VSUBPS(sh, mold, mold)
-	exp(is, mold)
+	exp(is, ek, mold)
 	VMOVUPS(mold, Mem{Base: ap})
 
 	// Pass 2: exponentials and their sum, two rows at a time.
@@ -384,8 +433,8 @@ func softmaxCols(is isa) {
 	VMOVUPS(Mem{Base: p, Index: lds, Scale: 1}, y)
 	VSUBPS(sh, x, x)
 	VSUBPS(sh, y, y)
-	exp(is, x)
-	exp(is, y)
+	exp(is, ek, x)
+	exp(is, ek, y)
 	VMOVUPS(x, Mem{Base: p})
 	VMOVUPS(y, Mem{Base: p, Index: lds, Scale: 1})
 	VADDPS(x, sum, sum)
@@ -399,7 +448,7 @@ func softmaxCols(is isa) {
 	x1 := is.vec()
 	VMOVUPS(Mem{Base: p}, x1)
 	VSUBPS(sh, x1, x1)
-	exp(is, x1)
+	exp(is, ek, x1)
 	VMOVUPS(x1, Mem{Base: p})
 	VADDPS(x1, sum, sum)
 	Label(name + "_expdone")
@@ -430,12 +479,13 @@ func expF32(is isa) {
 		"\tfor i := range x: x[i] = float32(math.Exp(float64(x[i])))")
 	p := Load(Param("x").Base(), GP64())
 	n := Load(Param("x").Len(), GP64())
+	ek := newExpK(is)
 	Label(name + "_loop")
 	CMPQ(n, U32(is.w))
 	JL(LabelRef(name + "_tail"))
 	x := is.vec()
 	VMOVUPS(Mem{Base: p}, x)
-	exp(is, x)
+	exp(is, ek, x)
 	VMOVUPS(x, Mem{Base: p})
 	ADDQ(U32(4*is.w), p)
 	SUBQ(U32(is.w), n)
@@ -455,7 +505,7 @@ func expF32(is isa) {
 		km := K()
 		KMOVW(one, km)
 		VMOVUPS_Z(Mem{Base: p}, km, y)
-		exp(is, y)
+		exp(is, ek, y)
 		VMOVUPS(y, km, Mem{Base: p})
 	} else {
 		tbl := GP64()
@@ -466,7 +516,7 @@ func expF32(is isa) {
 		msk := is.vec()
 		VMOVUPS(Mem{Base: tbl, Index: off, Scale: 4}, msk)
 		VMASKMOVPS(Mem{Base: p}, msk, y)
-		exp(is, y)
+		exp(is, ek, y)
 		VMASKMOVPS(y, msk, Mem{Base: p})
 	}
 	Label(name + "_done")

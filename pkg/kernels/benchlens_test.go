@@ -1,3 +1,0 @@
-package kernels_test
-
-var benchLens = []int{4096}
