@@ -401,17 +401,20 @@ func (l *leader) tick() {
 		l.startEpoch(j, cands, nil, used, "")
 	}
 	l.expire(jobs, now)
-	l.forget(jobs)
+	l.forget()
 }
 
-// forget drops soft state about epochs that are over.
-func (l *leader) forget(jobs []*cpb.Job) {
+// forget drops soft state about epochs that are over (read afresh: this
+// tick may have started epochs).
+func (l *leader) forget() {
 	cur := map[string]uint64{}
-	for _, j := range jobs {
-		if j.State == pb.JobState_JOB_STATE_RUNNING {
-			cur[j.Id] = j.Epoch
+	l.c.fsm.view(func(s *State) {
+		for id, j := range s.jobs {
+			if j.State == pb.JobState_JOB_STATE_RUNNING {
+				cur[id] = j.Epoch
+			}
 		}
-	}
+	})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for k := range l.sent {
