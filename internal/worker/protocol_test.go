@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
 	"testing"
@@ -423,4 +424,62 @@ func counterValue(t *testing.T, m prometheus.Metric) float64 {
 	}
 	t.Fatalf("metric %v is neither a counter nor a gauge", m.Desc())
 	return 0
+}
+
+// TestWorkerWaitsForNATS: a worker started before NATS keeps dialing and
+// becomes ready once the server is up; a drain before that returns nil.
+func TestWorkerWaitsForNATS(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg := DefaultConfig()
+	cfg.ID = "early"
+	cfg.NATS.URLs = []string{fmt.Sprintf("nats://127.0.0.1:%d", port)}
+	cfg.NATS.ConnectTimeout = 200 * time.Millisecond
+	cfg.GFLOPS, cfg.MetricsAddr, cfg.Logger = 1, MetricsDisabled, xlog.Test(t)
+	w, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	select {
+	case <-w.Ready():
+		t.Fatal("ready without a server")
+	case err := <-done:
+		t.Fatalf("Run gave up without a server: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	transporttest.RunServerWith(t, transport.EmbeddedConfig{Port: port})
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("not ready 10 s after the server started")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run after an abrupt stop: %v", err)
+	}
+
+	// Drained while still dialing: Run returns nil at once.
+	cfg.ID = "never"
+	cfg.NATS.URLs = []string{"nats://127.0.0.1:1"}
+	w2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- w2.Run(context.Background()) }()
+	<-w2.started
+	start := time.Now()
+	w2.Drain(context.Background())
+	if err := <-done; err != nil || time.Since(start) > 5*time.Second {
+		t.Fatalf("drain while dialing: Run = %v after %v, want nil at once", err, time.Since(start))
+	}
 }

@@ -50,13 +50,20 @@ type Worker struct {
 	addr      string
 	draining  bool
 	shards    map[shardKey]*shardRun
-	jobEpoch  map[string]uint64             // highest epoch assigned per job
+	jobEpoch  map[string]epochMark          // highest epoch seen per job
 	jobSubs   map[string]*nats.Subscription // event subscriptions of jobs held
 	drainOnce sync.Once
 	wg        sync.WaitGroup // shard and report goroutines
 
 	// hooks are test seams; zero in production.
 	hooks hooks
+}
+
+// epochMark remembers the newest epoch of a job seen here (assigned, or
+// announced on the job's events), so older assignments are refused.
+type epochMark struct {
+	epoch uint64
+	at    time.Time
 }
 
 // hooks let the package's tests stall a rank at a ring step.
@@ -139,7 +146,7 @@ func New(cfg Config) (*Worker, error) {
 		stopped:  make(chan struct{}),
 		shards:   map[shardKey]*shardRun{},
 		stores:   map[string]*transport.Store{},
-		jobEpoch: map[string]uint64{},
+		jobEpoch: map[string]epochMark{},
 		jobSubs:  map[string]*nats.Subscription{},
 	}, nil
 }
@@ -184,8 +191,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	close(w.started)
 	defer close(w.stopped)
 
-	nc, err := transport.Connect(w.cfg.NATS, w.log)
+	nc, err := w.connect(ctx)
 	if err != nil {
+		if isClosed(w.drainCh) {
+			w.log.Info("drained before connecting")
+			return nil
+		}
 		return err
 	}
 	defer nc.Close()
@@ -260,11 +271,36 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Unlock()
 	if drained := isClosed(w.drainCh); drained {
 		// The last word: leaving with nothing held.
-		w.sendHeartbeat(context.Background(), nc)
+		w.sendHeartbeat(context.Background(), nc, true)
 		_ = nc.Flush()
 	}
 	w.log.Info("worker stopped")
 	return nil
+}
+
+// connect dials NATS, retrying with backoff while no server is reachable
+// (NATS may start after the worker) until ctx ends; bad configuration and
+// rejected credentials fail at once.
+func (w *Worker) connect(ctx context.Context) (*nats.Conn, error) {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		nc, err := transport.Connect(w.cfg.NATS, w.log)
+		if err == nil {
+			return nc, nil
+		}
+		if !errors.Is(err, transport.ErrConnect) {
+			return nil, err
+		}
+		w.log.Warn("cannot reach NATS yet; retrying", "attempt", attempt, "in", wait, "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("worker: %w (gave up: %v)", err, context.Cause(ctx))
+		case <-w.drainCh:
+			return nil, fmt.Errorf("worker: drained before connecting: %w", err)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 func isClosed(ch <-chan struct{}) bool {
@@ -292,12 +328,6 @@ func (w *Worker) Drain(ctx context.Context) {
 	case <-w.started:
 	default:
 		return
-	}
-	select {
-	case <-w.ready:
-	case <-w.stopped:
-		return
-	case <-ctx.Done():
 	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -394,13 +424,14 @@ func (w *Worker) heartbeat(ctx context.Context) {
 	nc := w.nc
 	w.mu.Unlock()
 	if nc != nil {
-		w.sendHeartbeat(ctx, nc)
+		w.sendHeartbeat(ctx, nc, false)
 	}
 }
 
 // sendHeartbeat sends one heartbeat as a request and applies the leader's
+// abort list; the final one (leaving, nothing held) is only published.
 // abort list.
-func (w *Worker) sendHeartbeat(ctx context.Context, nc *nats.Conn) {
+func (w *Worker) sendHeartbeat(ctx context.Context, nc *nats.Conn, final bool) {
 	w.mu.Lock()
 	hb := &pb.Heartbeat{
 		WorkerId:   w.cfg.ID,
@@ -418,6 +449,12 @@ func (w *Worker) sendHeartbeat(ctx context.Context, nc *nats.Conn) {
 	data, err := proto.Marshal(hb)
 	if err != nil {
 		w.log.Error("encoding heartbeat", "err", err)
+		return
+	}
+	if final {
+		if err := nc.Publish(w.subj.Heartbeat(), data); err != nil {
+			w.log.Debug("final heartbeat", "err", err)
+		}
 		return
 	}
 	rctx, cancel := context.WithTimeout(ctx, min(w.cfg.RequestTimeout, w.cfg.HeartbeatInterval))
@@ -482,7 +519,7 @@ func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.Assignment
 		w.mu.Unlock()
 		return &pb.AssignmentAck{Accepted: true, Reason: "already held"}
 	}
-	if latest := w.jobEpoch[key.job]; key.epoch < latest {
+	if latest := w.jobEpoch[key.job].epoch; key.epoch < latest {
 		w.mu.Unlock()
 		return &pb.AssignmentAck{Reason: fmt.Sprintf("stale epoch %d: epoch %d of job %s was assigned already", key.epoch, latest, key.job)}
 	}
@@ -509,7 +546,7 @@ func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.Assignment
 		return &pb.AssignmentAck{Reason: "worker is stopping"}
 	}
 	// A newer epoch of a job supersedes every older shard of it here.
-	if key.epoch > w.jobEpoch[key.job] {
+	if key.epoch > w.jobEpoch[key.job].epoch {
 		for k, s := range w.shards {
 			if k.job == key.job && k.epoch < key.epoch {
 				w.abortLocked(s, ErrAborted, fmt.Sprintf("epoch %d assigned", key.epoch))
@@ -519,7 +556,7 @@ func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.Assignment
 	if busy := w.runningLocked(); busy >= w.cfg.Slots {
 		return &pb.AssignmentAck{Reason: fmt.Sprintf("no free slot: %d of %d busy", busy, w.cfg.Slots)}
 	}
-	w.jobEpoch[key.job] = key.epoch
+	w.jobEpoch[key.job] = epochMark{epoch: key.epoch, at: time.Now()}
 	w.startLocked(runCtx, key, t, a.GetDeadlineUnixMs())
 	return &pb.AssignmentAck{Accepted: true}
 }
@@ -552,8 +589,8 @@ func (w *Worker) abortJob(job string, below uint64, why string) {
 			w.abortLocked(s, ErrAborted, why)
 		}
 	}
-	if below > w.jobEpoch[job] {
-		w.jobEpoch[job] = below
+	if below > w.jobEpoch[job].epoch {
+		w.jobEpoch[job] = epochMark{epoch: below, at: time.Now()}
 	}
 }
 
@@ -591,8 +628,8 @@ func (w *Worker) expire(now time.Time) {
 			w.releaseJobLocked(k.job)
 		}
 	}
-	for job, ep := range w.jobEpoch {
-		if _, held := w.jobSubs[job]; !held && ep > 0 && !w.holdsJobLocked(job) {
+	for job, m := range w.jobEpoch {
+		if now.Sub(m.at) > w.cfg.DoneRetention && !w.holdsJobLocked(job) {
 			delete(w.jobEpoch, job)
 		}
 	}
