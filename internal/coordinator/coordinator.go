@@ -108,6 +108,9 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		}
 		c.ownNC = true
 	}
+	if c.deps.Tensors == nil {
+		c.deps.Tensors = &storeDeleter{nc: c.nc, bucket: c.bucket(), log: c.log}
+	}
 	if cfg.HTTPAddr != "" {
 		if err := c.startHTTP(); err != nil {
 			return nil, err
@@ -300,6 +303,14 @@ func (c *Coordinator) observeApply(_ uint64, _ *cpb.Command, _ *Result) {
 	if l := c.currentLeader(); l != nil {
 		l.wake()
 	}
+}
+
+// bucket is the object store bucket of the tensors.
+func (c *Coordinator) bucket() string {
+	if b := c.cfg.NATS.Bucket; b != "" {
+		return b
+	}
+	return transport.DefaultBucket
 }
 
 // NodeID returns this node's id.

@@ -661,7 +661,7 @@ func (l *leader) assignment(j *cpb.Job, rank int32) *pb.Assignment {
 			Kind: s.Kind, B: s.B, Hq: s.Hq, Hkv: s.Hkv, D: s.D, DModel: s.DModel, Mask: s.Mask, Scale: scale,
 			WireDtype: s.WireDtype, WantLse: s.WantLse, AllowNonfinite: s.AllowNonfinite, MhaBias: s.MhaBias,
 		},
-		Bucket: l.c.cfg.NATS.Bucket, InputRef: inputRef(j), OutputRef: j.Id,
+		Bucket: l.c.bucket(), InputRef: inputRef(j), OutputRef: j.Id,
 		DeadlineUnixMs: s.DeadlineUnixMs, LeaderId: l.c.cfg.NodeID, Term: l.term,
 	}
 }
