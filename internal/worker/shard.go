@@ -40,6 +40,8 @@ type shardRun struct {
 	ctx      context.Context
 	cancel   context.CancelCauseFunc
 	deadline int64
+	// computed is closed when the computation has returned.
+	computed chan struct{}
 
 	// Guarded by Worker.mu.
 	report     *pb.Report // set when the computation ended (done or failed)
@@ -57,7 +59,15 @@ func (s *shardRun) settled() bool { return s.acked }
 // startLocked registers and starts a shard.
 func (w *Worker) startLocked(runCtx context.Context, key shardKey, t *task, deadlineMs int64) {
 	ctx, cancel := context.WithCancelCause(runCtx)
-	s := &shardRun{key: key, task: t, ctx: ctx, cancel: cancel, deadline: deadlineMs}
+	s := &shardRun{key: key, task: t, ctx: ctx, cancel: cancel, deadline: deadlineMs, computed: make(chan struct{})}
+	// Shards stopped a moment ago may still be unwinding (a rank notices its
+	// context after the block pair it is folding): start computing only once
+	// they have let go of their memory, so a worker never holds more than
+	// Slots shards.
+	var unwinding []<-chan struct{}
+	for o := range w.unwinding {
+		unwinding = append(unwinding, o.computed)
+	}
 	w.shards[key] = s
 	w.watchJobLocked(key.job)
 	w.met.shardsRunning.Inc()
@@ -66,6 +76,12 @@ func (w *Worker) startLocked(runCtx context.Context, key shardKey, t *task, dead
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
+		for _, ch := range unwinding {
+			select {
+			case <-ch:
+			case <-ctx.Done():
+			}
+		}
 		w.execute(s)
 	}()
 }
@@ -85,6 +101,8 @@ func (w *Worker) execute(s *shardRun) {
 
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	close(s.computed)
+	delete(w.unwinding, s)
 	cause := context.Cause(s.ctx)
 	if errors.Is(cause, ErrAborted) || errors.Is(cause, ErrDrained) || errors.Is(cause, ErrStopped) {
 		// Stopped on purpose: the leader does not want this report.

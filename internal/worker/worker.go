@@ -52,6 +52,7 @@ type Worker struct {
 	shards    map[shardKey]*shardRun
 	jobEpoch  map[string]epochMark          // highest epoch seen per job
 	jobSubs   map[string]*nats.Subscription // event subscriptions of jobs held
+	unwinding map[*shardRun]struct{}        // stopped shards whose computation has not returned yet
 	drainOnce sync.Once
 	wg        sync.WaitGroup // shard and report goroutines
 
@@ -134,20 +135,21 @@ func New(cfg Config) (*Worker, error) {
 		threads = max(1, runtime.GOMAXPROCS(0)/cfg.Slots)
 	}
 	return &Worker{
-		cfg:      cfg,
-		log:      cfg.Logger.With("worker", cfg.ID),
-		met:      met,
-		gather:   gather,
-		subj:     cfg.NATS.Subjects(),
-		threads:  threads,
-		started:  make(chan struct{}),
-		ready:    make(chan struct{}),
-		drainCh:  make(chan struct{}),
-		stopped:  make(chan struct{}),
-		shards:   map[shardKey]*shardRun{},
-		stores:   map[string]*transport.Store{},
-		jobEpoch: map[string]epochMark{},
-		jobSubs:  map[string]*nats.Subscription{},
+		cfg:       cfg,
+		log:       cfg.Logger.With("worker", cfg.ID),
+		met:       met,
+		gather:    gather,
+		subj:      cfg.NATS.Subjects(),
+		threads:   threads,
+		started:   make(chan struct{}),
+		ready:     make(chan struct{}),
+		drainCh:   make(chan struct{}),
+		stopped:   make(chan struct{}),
+		shards:    map[shardKey]*shardRun{},
+		stores:    map[string]*transport.Store{},
+		jobEpoch:  map[string]epochMark{},
+		jobSubs:   map[string]*nats.Subscription{},
+		unwinding: map[*shardRun]struct{}{},
 	}, nil
 }
 
@@ -611,6 +613,9 @@ func (w *Worker) abortLocked(s *shardRun, cause error, why string) {
 		}
 		w.met.shards.WithLabelValues(result).Inc()
 		w.log.Info("shard stopped", "job", s.key.job, "epoch", s.key.epoch, "rank", s.key.rank, "why", why)
+	}
+	if !isClosed(s.computed) {
+		w.unwinding[s] = struct{}{}
 	}
 	s.cancel(cause)
 	delete(w.shards, s.key)
