@@ -1,0 +1,27 @@
+// Package coordinator is ringattn's control plane: a Raft-replicated job
+// queue and scheduler that survives losing its leader without losing or
+// duplicating a job (DESIGN.md §3, §5, §7; the state machine is argued in
+// this package's DESIGN.md).
+//
+// Layout:
+//
+//   - state.go: the replicated State and its transitions, plain Go with no
+//     raft import, driven by typed append-only commands (pb.Command
+//     envelope, one Apply switch) and versioned snapshots.
+//   - fsm.go: the thin raft.FSM adapter. A committed entry that cannot be
+//     decoded stops the node (Deps.Fatal, default panic); business errors
+//     come back in the apply response (Result.Err).
+//   - coordinator.go: Raft (hashicorp/raft with raft-wal as log and stable
+//     store, file snapshots in Config.DataDir, TCP transport), static-peer
+//     bootstrap, leadership tracking.
+//   - leader.go: the leader session: worker registry from heartbeats (soft
+//     state), the priority/FIFO scheduler, plans from pkg/shard weighted by
+//     worker GFLOP/s, assignments, failure detection and re-planning of
+//     unfinished blocks in a new epoch, deadlines, TTL expiry, and the
+//     worker report handler (acks only after commit).
+//   - api.go: the client API, a NATS micro service served by the leader.
+//   - http.go, metrics.go: ops endpoints and Prometheus metrics.
+//
+// The wire messages are in pkg/transport/pb (api.proto, control.proto);
+// the log entries and snapshot records in internal/coordinator/pb.
+package coordinator
