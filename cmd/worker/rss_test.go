@@ -37,7 +37,8 @@ func envInt(name string, def int) int {
 // keys (the window only skips compute; every rank still loads all its
 // query blocks and receives every key/value block of the ring, so the
 // memory is that of the dense job). Override with RINGATTN_RSS_N,
-// RINGATTN_RSS_WORKERS, RINGATTN_RSS_HEADS, RINGATTN_RSS_WINDOW (0 = dense).
+// RINGATTN_RSS_WORKERS, RINGATTN_RSS_HEADS, RINGATTN_RSS_WINDOW (0 = dense);
+// RINGATTN_RSS_GOMEMLIMIT sets GOMEMLIMIT for the worker processes only.
 //
 //	go test ./cmd/worker -run '^$' -bench WorkerPeakRSS -benchtime 1x -timeout 30m
 func BenchmarkWorkerPeakRSS(b *testing.B) {
@@ -97,6 +98,9 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 			cmd := exec.Command(os.Args[0], "--id", fmt.Sprintf("rss%d", i), "--gflops", "1",
 				"--metrics-addr", "off", "--recv-timeout", "60s", "--log-level", "warn")
 			cmd.Env = append(os.Environ(), "RINGATTN_WORKER_TEST_MAIN=1", "RINGATTN_NATS_URL="+srv.ClientURL())
+			if v := os.Getenv("RINGATTN_RSS_GOMEMLIMIT"); v != "" {
+				cmd.Env = append(cmd.Env, "GOMEMLIMIT="+v)
+			}
 			logs[i] = &syncBuffer{}
 			cmd.Stderr = logs[i]
 			if err := cmd.Start(); err != nil {
