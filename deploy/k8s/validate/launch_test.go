@@ -36,18 +36,20 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// buildBinary builds ./cmd/<name> of the product module as the Dockerfile
-// does (static, trimmed) into a temporary directory.
+// buildBinary builds ./cmd/<name> of the product module into a temporary
+// directory. It uses the default build flags, not the Dockerfile's static
+// ones, so that it reuses what CI's earlier `go build ./...` and `go test
+// ./...` compiled (the flags change no behaviour the test looks at).
 func buildBinary(t *testing.T, name string) string {
 	t.Helper()
 	root := repoRoot(t)
 	if _, err := os.Stat(filepath.Join(root, "cmd", name)); err != nil {
 		t.Fatalf("cmd/%s: %v", name, err)
 	}
-	out := filepath.Join(t.TempDir(), name)
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, "./cmd/"+name)
+	out := filepath.Join(t.TempDir(), "ringattn-"+name) // the name the Dockerfile installs it under
+	cmd := exec.Command("go", "build", "-o", out, "./cmd/"+name)
 	cmd.Dir = root
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOTOOLCHAIN=local", "GOFLAGS=-buildvcs=false")
+	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "GOFLAGS=-buildvcs=false")
 	start := time.Now()
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, b)
@@ -274,19 +276,17 @@ func natsServiceURL(t *testing.T, inv *Inventory) string {
 var leaderRE = regexp.MustCompile(`leader (\S+)`)
 
 // TestCoordinatorStartsAsTheStatefulSetSays builds cmd/coordinator and
-// cmd/worker and starts them exactly as the prod overlay's StatefulSet and
-// Deployment do: three coordinators with the ordinal peer list and one
-// worker, against a nats-server running the rendered NATS configuration.
-// Only the addresses are mapped (each pod DNS name to its own loopback
-// port). The coordinators must elect one leader and report ready on the
-// readiness probe's path, serve the liveness path and the metric the
-// autoscalers use; the worker must become ready and drain within its
-// termination grace period.
+// starts it exactly as the prod overlay's StatefulSet does: three processes
+// with the ordinal peer list, against a nats-server running the rendered
+// NATS configuration. Only the addresses are mapped (each pod DNS name to
+// its own loopback port, volumes to temporary directories). The
+// coordinators must elect one leader, report ready on the readiness probe's
+// path, serve the liveness path and export the metric the autoscalers use,
+// and exit 0 on SIGTERM within their termination grace period.
 func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 	ov := overlays[1] // prod: three coordinators
 	inv := load(t, ov)
 	coordBin := buildBinary(t, "coordinator")
-	workerBin := buildBinary(t, "worker")
 	ns := startNATS(t, inv)
 
 	w, _ := inv.BinaryWorkload("ringattn-coordinator")
@@ -359,7 +359,28 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 		}
 	}
 
-	// One worker, as the Deployment runs it.
+	cgrace := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
+	for _, p := range procs {
+		took, err := p.stop(cgrace)
+		var ee *exec.ExitError
+		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 0) {
+			t.Errorf("%s on SIGTERM: %v (want exit 0 within %v)", p.name, err, cgrace)
+		}
+		t.Logf("%s stopped in %v", p.name, took.Round(time.Millisecond))
+	}
+}
+
+// TestWorkerStartsAsTheDeploymentSays builds cmd/worker and starts it
+// exactly as the prod Deployment does, against a nats-server running the
+// rendered NATS configuration: it must log in with the Secret's password,
+// pass its readiness and liveness probes, serve /metrics, and on SIGTERM
+// drain and exit 0 within terminationGracePeriodSeconds.
+func TestWorkerStartsAsTheDeploymentSays(t *testing.T) {
+	ov := overlays[1]
+	inv := load(t, ov)
+	workerBin := buildBinary(t, "worker")
+	ns := startNATS(t, inv)
+
 	ww, _ := inv.BinaryWorkload("ringattn-worker")
 	wc := &ww.Template.Spec.Containers[0]
 	wports := containerPorts(ww)
@@ -393,13 +414,4 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 	}
 	t.Logf("idle worker drained and exited in %v (grace period %v)", took.Round(time.Millisecond), grace)
 
-	cgrace := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
-	for _, p := range procs {
-		took, err := p.stop(cgrace)
-		var ee *exec.ExitError
-		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 0) {
-			t.Errorf("%s on SIGTERM: %v (want exit 0 within %v)", p.name, err, cgrace)
-		}
-		t.Logf("%s stopped in %v", p.name, took.Round(time.Millisecond))
-	}
 }
