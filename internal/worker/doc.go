@@ -32,5 +32,15 @@
 //
 // Memory is bounded by the shard: a rank holds its own query blocks, its
 // online-softmax state, and the key/value blocks in flight (double
-// buffered), never the full sequence and never an N×N matrix.
+// buffered), never the full sequence and never an N×N matrix. With S = N/W
+// rows per rank, f32 and Hkv = Hq = H, the live set is about
+//
+//	q S·B·H·D·4 + state (O S·B·H·D·4, m and l 2·S·B·H·4) + K,V held and
+//	K,V incoming 2·2·S·B·H·D·4  ≈  6·S·B·H·D·4 bytes
+//
+// plus one block in transit to or from the store or the ring. A new shard
+// starts computing only after any shard stopped on this worker has unwound,
+// so a worker holds at most Slots shards. Go's collector lets the heap grow
+// to about twice the live set (GOGC=100); set GOMEMLIMIT to trade CPU for a
+// tighter bound.
 package worker
