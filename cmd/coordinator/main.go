@@ -41,7 +41,10 @@ func buildVersion() string {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, os.LookupEnv)
+	stop()
+	os.Exit(code)
 }
 
 // envName is the environment variable of a flag: --job-ttl -> RINGATTN_JOB_TTL.
@@ -49,7 +52,8 @@ func envName(flagName string) string {
 	return transport.EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
+// run runs the coordinator until ctx ends and returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup func(string) (string, bool)) int {
 	cfg := coordinator.DefaultConfig()
 	cfg.Version = buildVersion()
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
@@ -136,8 +140,6 @@ func run(args []string, stdout, stderr io.Writer, lookup func(string) (string, b
 		return 1
 	}
 	log.Info("coordinator running", "node", cfg.NodeID, "raft", cfg.RaftAddr, "http", c.HTTPAddr(), "version", cfg.Version)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
 	<-ctx.Done()
 	log.Info("shutting down")
 	if err := c.Close(); err != nil {

@@ -209,6 +209,9 @@ func (s *State) applyShardDone(c *cpb.ShardDone) *Result {
 	if c.GetRank() < 0 || int(c.GetRank()) >= len(ranks) {
 		return fail(ErrBadCommand, "job %s epoch %d: rank %d outside [0,%d)", j.Id, j.Epoch, c.GetRank(), len(ranks))
 	}
+	if w := ranks[c.GetRank()].GetWorkerId(); c.GetWorkerId() != "" && c.GetWorkerId() != w {
+		return fail(ErrBadCommand, "job %s epoch %d: rank %d belongs to worker %s, reported by %s", j.Id, j.Epoch, c.GetRank(), w, c.GetWorkerId())
+	}
 	if _, found := slices.BinarySearch(j.DoneRanks, c.GetRank()); found {
 		return ok(j, true)
 	}

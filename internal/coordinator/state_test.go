@@ -3,6 +3,8 @@ package coordinator
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"strings"
 	"testing"
 
@@ -115,6 +117,7 @@ func TestFSMEpochsAndShardDone(t *testing.T) {
 	}
 	wantErr(t, applyT(t, f, 6, cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "a", Epoch: 2, Rank: 1}), ErrStaleEpoch)
 	wantErr(t, applyT(t, f, 6, cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "a", Epoch: 1, Rank: 2}), ErrBadCommand)
+	wantErr(t, applyT(t, f, 6, cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "a", Epoch: 1, Rank: 1, WorkerId: "w0"}), ErrBadCommand)
 	// Cannot succeed with blocks 1,2 unfinished.
 	wantErr(t, applyT(t, f, 7, cpb.CommandType_COMMAND_TYPE_JOB_SUCCEEDED, &cpb.JobSucceeded{JobId: "a"}), ErrNotDone)
 	// Rank 1's worker died: epoch 2 re-plans only blocks 1 and 2.
@@ -338,3 +341,62 @@ func (s *memSink) Cancel() error { s.canceled = true; return nil }
 type readCloser struct{ *bytes.Reader }
 
 func (readCloser) Close() error { return nil }
+
+// TestFSMReplayDeterministic applies one random command sequence (valid
+// and invalid commands mixed) to a replica straight through, and to another
+// that snapshots and restores half-way: both end identical.
+func TestFSMReplayDeterministic(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	ids := []string{"a", "b", "c", "d", "e"}
+	var cmds []*raft.Log
+	for i := range 400 {
+		id := ids[rng.IntN(len(ids))]
+		var (
+			typ cpb.CommandType
+			m   proto.Message
+		)
+		switch rng.IntN(7) {
+		case 0:
+			typ, m = cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: id + fmt.Sprint(rng.IntN(3)), Spec: testSpec(fmt.Sprint("k", rng.IntN(8))), UnixMs: int64(i)}
+		case 1:
+			typ, m = cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: id + "0", Epoch: uint64(rng.IntN(4)), Plan: testPlan([]int32{0}, []int32{1, 2}), UnixMs: int64(i)}
+		case 2:
+			typ, m = cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: id + "0", Epoch: uint64(rng.IntN(4)), Rank: int32(rng.IntN(3)), UnixMs: int64(i)}
+		case 3:
+			typ, m = cpb.CommandType_COMMAND_TYPE_JOB_SUCCEEDED, &cpb.JobSucceeded{JobId: id + "0", UnixMs: int64(i)}
+		case 4:
+			typ, m = cpb.CommandType_COMMAND_TYPE_JOB_FAILED, &cpb.JobFailed{JobId: id + "1", Reason: "r", UnixMs: int64(i)}
+		case 5:
+			typ, m = cpb.CommandType_COMMAND_TYPE_JOB_CANCELED, &cpb.JobCanceled{JobId: id + "2", UnixMs: int64(i)}
+		case 6:
+			typ, m = cpb.CommandType_COMMAND_TYPE_EXPIRE, &cpb.Expire{JobIds: []string{id + "1"}, PurgeIds: []string{id + "2"}, UnixMs: int64(i)}
+		}
+		data, err := encodeCommand(typ, m)
+		noErr(t, err)
+		cmds = append(cmds, &raft.Log{Index: uint64(i + 1), Type: raft.LogCommand, Data: data})
+	}
+	a, b := newFSM(nil), newFSM(nil)
+	for _, l := range cmds {
+		a.Apply(l)
+	}
+	for _, l := range cmds[:200] {
+		b.Apply(l)
+	}
+	snap, err := b.Snapshot()
+	noErr(t, err)
+	sink := &memSink{}
+	noErr(t, snap.Persist(sink))
+	c := newFSM(nil)
+	noErr(t, c.Restore(readCloser{bytes.NewReader(sink.Bytes())}))
+	for _, l := range cmds[200:] {
+		c.Apply(l)
+	}
+	var sa, sc *State
+	a.view(func(s *State) { sa = s.Clone() })
+	c.view(func(s *State) { sc = s.Clone() })
+	if !sa.Equal(sc) || sa.Len() == 0 {
+		t.Fatalf("replicas differ (%d vs %d jobs)", sa.Len(), sc.Len())
+	}
+	counts := sa.Counts()
+	t.Logf("final states: %v", counts)
+}
