@@ -286,8 +286,10 @@ func (c *testCluster) check(id string, j *attnJob) {
 	}
 }
 
-// TestWorkerClusterJobExact runs an attention job over three workers and
-// checks it against the float64 reference and the reports' checksums.
+// TestWorkerClusterJobExact runs attention jobs over three workers and
+// checks them against the float64 reference: causal GQA with a ragged last
+// block, packed documents on a zigzag plan, and short queries over long
+// keys with a sliding window on a split-KV plan (the reduction tree).
 func TestWorkerClusterJobExact(t *testing.T) {
 	c := newTestCluster(t, 3*time.Second)
 	ids := []string{"w0", "w1", "w2"}
@@ -295,21 +297,35 @@ func TestWorkerClusterJobExact(t *testing.T) {
 		c.startWorker(id)
 	}
 	c.waitWorkers(ids...)
-	j := newAttnJob(1, 1, 4, 2, 1000, 1000, 32, 128, true)
-	id := c.submit(j, "in-exact")
-	st := c.wait(id, 60*time.Second)
-	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
-		t.Fatalf("job %v: %s", st.GetState(), st.GetReason())
+	docs := newAttnJob(2, 1, 2, 1, 960, 960, 16, 64, true)
+	docs.spec.Strategy = "zigzag"
+	docs.spec.Mask.Seqlens = []int64{100, 460, 400}
+	docs.ref.Mask.SeqLens = []int{100, 460, 400}
+	decode := newAttnJob(3, 2, 4, 2, 40, 1100, 16, 100, false)
+	decode.spec.Strategy = "splitkv"
+	decode.spec.Mask = &pb.Mask{Windowed: true, WindowLeft: 700, WindowRight: 5}
+	decode.ref.Mask = attnref.Mask{Windowed: true, Left: 700, Right: 5}
+	for name, j := range map[string]*attnJob{
+		"causal-gqa": newAttnJob(1, 1, 4, 2, 1000, 1000, 32, 128, true),
+		"docs":       docs,
+		"splitkv":    decode,
+	} {
+		id := c.submit(j, "in-"+name)
+		st := c.wait(id, 60*time.Second)
+		if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+			t.Fatalf("%s: job %v: %s", name, st.GetState(), st.GetReason())
+		}
+		if got := len(st.GetWorkers()); got != 3 {
+			t.Fatalf("%s: job ran on %d workers %v, want 3", name, got, st.GetWorkers())
+		}
+		t.Logf("%s: %s plan over %v", name, st.GetStrategy(), st.GetWorkers())
+		c.check(id, j)
 	}
-	if got := len(st.GetWorkers()); got != 3 {
-		t.Fatalf("job ran on %d workers %v, want 3", got, st.GetWorkers())
-	}
-	c.check(id, j)
-	// Every worker reported its shard and holds nothing unacknowledged.
+	// Every worker reported its shards and holds nothing unacknowledged.
 	for _, tw := range c.workers {
 		for _, s := range tw.w.Shards() {
 			if s.State != "reported" {
-				t.Errorf("worker %s holds %+v after the job", tw.id, s)
+				t.Errorf("worker %s holds %+v after the jobs", tw.id, s)
 			}
 		}
 	}
