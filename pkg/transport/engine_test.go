@@ -38,10 +38,10 @@ func newEngineCase(t *testing.T, ranks int) engineCase {
 
 // runOverNATS uploads the inputs, runs every rank on its own connection
 // with its own NATSRing and store, and returns o, lse and the fallbacks.
-func (c engineCase) runOverNATS(t *testing.T, e *transport.Embedded, job string,
+func (c engineCase) runOverNATS(t *testing.T, e *transport.Embedded, job string, recvTimeout time.Duration,
 	tweak func(rank int, r *transport.NATSRing)) (o, lse []float32, fallbacks int) {
 	t.Helper()
-	ctx := ctxT(t, 60*time.Second)
+	ctx := ctxT(t, 120*time.Second)
 	p, plan := c.p, c.plan
 	up := transporttest.Store(t, transporttest.Connect(t, e), transport.StoreConfig{})
 	qs := transport.Shape{p.B, p.Hq, p.N, p.D}
@@ -66,7 +66,7 @@ func (c engineCase) runOverNATS(t *testing.T, e *transport.Embedded, job string,
 		nc := transporttest.Connect(t, e)
 		stores[r] = transporttest.Store(t, nc, transport.StoreConfig{})
 		ring, err := transport.NewNATSRing(nc, transport.RingConfig{Job: job, Epoch: 1, Rank: r, Size: w,
-			RecvTimeout: time.Second, ProbeInterval: 50 * time.Millisecond, Logger: transporttest.Logger(t)})
+			RecvTimeout: recvTimeout, ProbeInterval: 50 * time.Millisecond, Logger: transporttest.Logger(t)})
 		must(t, err)
 		defer ring.Close()
 		rings[r] = ring
@@ -128,7 +128,7 @@ func (c engineCase) check(t *testing.T, o, lse []float32) {
 func TestTransportRingEngineR4(t *testing.T) {
 	e := transporttest.RunServer(t)
 	c := newEngineCase(t, 4)
-	o, lse, falls := c.runOverNATS(t, e, "job-r4", nil)
+	o, lse, falls := c.runOverNATS(t, e, "job-r4", 30*time.Second, nil)
 	c.check(t, o, lse)
 	if falls != 0 {
 		t.Fatalf("%d fallbacks to the store on a healthy ring, want 0", falls)
@@ -144,7 +144,7 @@ func TestTransportRingEngineServerRestart(t *testing.T) {
 	c := newEngineCase(t, 4)
 	var once sync.Once
 	var restartErr error
-	o, lse, falls := c.runOverNATS(t, e, "job-restart", func(rank int, r *transport.NATSRing) {
+	o, lse, falls := c.runOverNATS(t, e, "job-restart", time.Second, func(rank int, r *transport.NATSRing) {
 		if rank != 1 {
 			return
 		}
