@@ -45,29 +45,35 @@ func MatMulT(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float3
 		return nil
 	}
 	im := active
-	// Blocks: mb rows × nb columns of C, kb of the inner dimension at a time
-	// so the packed B block (kb × nb) stays in L2 and one panel in L1.
-	const mb, kb = 96, 256
-	nb := roundUp(256, im.nr)
-	// Bᵀ packed [k × np], np = n rounded up to nr, zero-padded.
-	np := roundUp(n, im.nr)
+	// Bᵀ packed as panels of pw columns, each [k × pw] contiguous (rows of
+	// a panel at a large power-of-two stride would share L1 sets), the last
+	// one zero-padded: bt[(j/pw)·pw·k + p·pw + j%pw] = b[j][p].
+	const pw = 64
+	np := roundUp(n, pw)
 	bt := make([]float32, k*np)
-	parallelFor((n+63)/64, 0, func(_ *scratch, u int) {
-		j0, j1 := u*64, min(u*64+64, n)
+	parallelFor(np/pw, 0, func(_ *scratch, u int) {
+		j0, j1 := u*pw, min(u*pw+pw, n)
+		panel := bt[u*pw*k : (u+1)*pw*k]
 		for j := j0; j < j1; j++ {
 			bj := b[j*ldb : j*ldb+k]
 			for p, x := range bj {
-				bt[p*np+j] = x
+				panel[p*pw+j-j0] = x
 			}
 		}
 	})
+	// Blocks of mb rows × nb columns of C, kb of the inner dimension at a
+	// time: one packed panel block (kb × pw) stays in L1.
+	const mb, nb, kb = 192, 4 * pw, 128
 	mBlocks, nBlocks := (m+mb-1)/mb, (n+nb-1)/nb
 	parallelFor(mBlocks*nBlocks, 0, func(_ *scratch, u int) {
-		i0, j0 := (u/nBlocks)*mb, (u%nBlocks)*nb
-		rows, cols := min(mb, m-i0), min(nb, n-j0)
+		i0, jb := (u/nBlocks)*mb, (u%nBlocks)*nb
+		rows := min(mb, m-i0)
 		for p0 := 0; p0 < k; p0 += kb {
 			kk := min(kb, k-p0)
-			im.gemmNN(rows, cols, kk, a[i0*lda+p0:], lda, bt[p0*np+j0:], np, c[i0*ldc+j0:], ldc, acc || p0 > 0)
+			for j0 := jb; j0 < min(jb+nb, n); j0 += pw {
+				cols := min(pw, n-j0)
+				im.gemmNN(rows, cols, kk, a[i0*lda+p0:], lda, bt[j0*k+p0*pw:], pw, c[i0*ldc+j0:], ldc, acc || p0 > 0)
+			}
 		}
 	})
 	return nil

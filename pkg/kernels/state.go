@@ -86,13 +86,21 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 		sc.ensure(rp, bc, d, dp)
 		lo, hi := sc.lo[:rows], sc.hi[:rows]
 
-		// Qᵀ, scaled and zero-padded to rp columns: qt[t*rp+i] = scale·q[i][t].
+		// Qᵀ, scaled, zero-padded to rp columns and stored as panels of pw
+		// columns, each panel [d × pw] contiguous so that the GEMM streams
+		// it from L1 without cache-set conflicts:
+		// qt[(i/pw)·pw·d + t·pw + i%pw] = scale·q[i][t].
+		pw := nr
+		if pw == 1 {
+			pw = rp
+		}
 		qt := sc.qt[:d*rp]
 		clear(qt)
 		for i := 0; i < rows; i++ {
 			qi := q[(row0+i)*d : (row0+i+1)*d]
+			pq := qt[(i/pw)*pw*d+i%pw:]
 			for t, x := range qi {
-				qt[t*rp+i] = scale * x
+				pq[t*pw] = scale * x
 			}
 		}
 		mT, lT, alpha := sc.m[:rp], sc.l[:rp], sc.alpha[:rp]
@@ -121,18 +129,21 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 			touched = true
 			// Sᵀ[j][i] = k[c0+j]·(scale·q[i]).
 			st := sc.s[:cols*rp]
-			im.gemmNN(cols, rp, d, k[kvBase+c0*d:kvBase+c1*d], d, qt, rp, st, rp, false)
+			kb := k[kvBase+c0*d : kvBase+c1*d]
+			for j0 := 0; j0 < rp; j0 += pw {
+				im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false)
+			}
 			if class == tilePartial {
-				for i := 0; i < rows; i++ {
-					a, e := int(lo[i])-kStart-c0, int(hi[i])-kStart-c0
-					if a >= e {
-						a, e = 0, 0
-					}
-					for j := 0; j < a; j++ {
-						st[j*rp+i] = negInf
-					}
-					for j := e; j < cols; j++ {
-						st[j*rp+i] = negInf
+				// Row by row of Sᵀ (contiguous), -inf where key j is outside
+				// query i's visible range [lo, hi).
+				base := int32(kStart + c0)
+				for j := 0; j < cols; j++ {
+					kj := base + int32(j)
+					row := st[j*rp : j*rp+rows]
+					for i := range row {
+						if kj < lo[i] || kj >= hi[i] {
+							row[i] = negInf
+						}
 					}
 				}
 			}
