@@ -68,7 +68,7 @@ func testConfig(t testing.TB, id, natsURL string) Config {
 	cfg.RaftElectionTimeout = 50 * time.Millisecond
 	cfg.RaftLeaderLeaseTimeout = 50 * time.Millisecond
 	cfg.RaftCommitTimeout = 5 * time.Millisecond
-	cfg.HeartbeatTimeout = 600 * time.Millisecond
+	cfg.HeartbeatTimeout = 1500 * time.Millisecond
 	cfg.AssignTimeout = 500 * time.Millisecond
 	cfg.SchedulerInterval = 20 * time.Millisecond
 	cfg.ApplyTimeout = 2 * time.Second

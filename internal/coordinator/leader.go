@@ -931,7 +931,7 @@ func (l *leader) reportFailed(rep *pb.Report, f *pb.ShardFailed) *pb.ReportAck {
 		return ack(pb.ReportStatus_REPORT_STATUS_REJECTED, j.State, "rank %d outside [0,%d)", rep.Rank, len(j.Plan.GetRanks()))
 	}
 	why := fmt.Sprintf("rank %d on worker %s: %s", rep.Rank, rep.WorkerId, f.Reason)
-	if f.Block >= 0 && f.Fatal {
+	if f.Block >= 0 {
 		why += fmt.Sprintf(" (block %d)", f.Block)
 	}
 	l.publish(j, pb.JobEventType_JOB_EVENT_TYPE_ERROR, rep.Rank, rep.WorkerId, why)
