@@ -285,6 +285,7 @@ func checkContainer(inv *Inventory, o Object, c *corev1.Container, primary bool,
 			}
 		}
 	}
+	checkReferences(o, c, add)
 	for _, m := range c.VolumeMounts {
 		if _, ok := volumes[m.Name]; !ok {
 			add(o, "%s: volumeMount %q: no such volume or volumeClaimTemplate", at, m.Name)
@@ -305,6 +306,49 @@ func checkContainer(inv *Inventory, o Object, c *corev1.Container, primary bool,
 		if p.HTTPGet != nil && p.HTTPGet.Port.StrVal != "" {
 			if _, ok := ports[p.HTTPGet.Port.StrVal]; !ok {
 				add(o, "%s: %s.httpGet.port %q: no container port of that name", at, name, p.HTTPGet.Port.StrVal)
+			}
+		}
+	}
+}
+
+var varRef = regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)`)
+
+// refs returns the $(VAR) references of s that the kubelet would expand
+// ($$ escapes one).
+func refs(s string) []string {
+	var out []string
+	for _, m := range varRef.FindAllStringSubmatchIndex(s, -1) {
+		dollars := 0
+		for i := m[0] - 1; i >= 0 && s[i] == '$'; i-- {
+			dollars++
+		}
+		if dollars%2 == 0 {
+			out = append(out, s[m[2]:m[3]])
+		}
+	}
+	return out
+}
+
+// checkReferences applies the kubelet's expansion rules: an env value may
+// use only variables defined before it, command and args any variable of
+// the container; anything else stays a literal "$(VAR)" at run time.
+func checkReferences(o Object, c *corev1.Container, add addFunc) {
+	at := "container " + c.Name
+	defined := map[string]bool{}
+	for _, e := range c.Env {
+		if e.ValueFrom == nil {
+			for _, r := range refs(e.Value) {
+				if !defined[r] {
+					add(o, "%s: env %s uses $(%s), which is not defined before it: the kubelet would leave it unexpanded", at, e.Name, r)
+				}
+			}
+		}
+		defined[e.Name] = true
+	}
+	for _, a := range append(append([]string{}, c.Command...), c.Args...) {
+		for _, r := range refs(a) {
+			if !defined[r] {
+				add(o, "%s: %q uses $(%s), which the container does not define", at, a, r)
 			}
 		}
 	}

@@ -275,7 +275,7 @@ func natsServiceURL(t *testing.T, inv *Inventory) string {
 
 var leaderRE = regexp.MustCompile(`leader (\S+)`)
 
-// TestCoordinatorStartsAsTheStatefulSetSays builds cmd/coordinator and
+// TestManifestsCoordinatorStartsAsTheStatefulSetSays builds cmd/coordinator and
 // starts it exactly as the prod overlay's StatefulSet does: three processes
 // with the ordinal peer list, against a nats-server running the rendered
 // NATS configuration. Only the addresses are mapped (each pod DNS name to
@@ -283,7 +283,7 @@ var leaderRE = regexp.MustCompile(`leader (\S+)`)
 // coordinators must elect one leader, report ready on the readiness probe's
 // path, serve the liveness path and export the metric the autoscalers use,
 // and exit 0 on SIGTERM within their termination grace period.
-func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
+func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 	ov := overlays[1] // prod: three coordinators
 	inv := load(t, ov)
 	coordBin := buildBinary(t, "coordinator")
@@ -298,6 +298,7 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 		raft[i], httpPorts[i] = freePort(t), freePort(t)
 	}
 	procs := make([]*process, replicas)
+	argvs, envs := make([][]string, replicas), make([][]string, replicas)
 	for i := range replicas {
 		pod := Pod{Name: fmt.Sprintf("%s-%d", w.Obj.Name, i), Namespace: ov.namespace, IP: "127.0.0.1"}
 		addrs := map[string]string{
@@ -314,6 +315,7 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 		if i == 0 {
 			t.Logf("coordinator-0: %s", strings.Join(argv[1:], " "))
 		}
+		argvs[i], envs[i] = argv, env
 		procs[i] = startProcess(t, pod.Name, argv, env)
 	}
 
@@ -321,7 +323,7 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 	live := c.LivenessProbe.HTTPGet.Path
 	leaders := make([]string, replicas)
 	start := time.Now()
-	checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {
+	allReady := func() error {
 		for i, p := range procs {
 			select {
 			case err := <-p.done:
@@ -337,14 +339,15 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 				leaders[i] = m[1]
 			}
 		}
-		return nil
-	})
-	t.Logf("all %d coordinators ready (%s) in %v; leaders seen: %v", replicas, ready, time.Since(start).Round(time.Millisecond), leaders)
-	for i := 1; i < replicas; i++ {
-		if leaders[i] != leaders[0] {
-			t.Errorf("coordinators disagree on the leader: %v", leaders)
+		for i := 1; i < replicas; i++ {
+			if leaders[i] != leaders[0] {
+				return fmt.Errorf("coordinators disagree on the leader: %v", leaders)
+			}
 		}
+		return nil
 	}
+	checkFor(t, 60*time.Second, 100*time.Millisecond, allReady)
+	t.Logf("all %d coordinators ready (%s) in %v; leader: %v", replicas, ready, time.Since(start).Round(time.Millisecond), leaders)
 	if leaders[0] != "" && !strings.HasPrefix(leaders[0], w.Obj.Name+"-") {
 		t.Errorf("leader %q is not one of the pod names (raft ids must be pod names)", leaders[0])
 	}
@@ -359,6 +362,18 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 		}
 	}
 
+	// A pod restarted on its volume (eviction, node drain, rollout) comes
+	// back with the same command line: it must rejoin from its raft state,
+	// not bootstrap a second cluster.
+	cgrace0 := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
+	if _, err := procs[0].stop(cgrace0); err != nil {
+		t.Fatalf("%s on SIGTERM: %v", procs[0].name, err)
+	}
+	procs[0] = startProcess(t, procs[0].name+"-restarted", argvs[0], envs[0])
+	start = time.Now()
+	checkFor(t, 60*time.Second, 100*time.Millisecond, allReady)
+	t.Logf("%s restarted on its data dir and rejoined in %v; leader: %v", procs[0].name, time.Since(start).Round(time.Millisecond), leaders)
+
 	cgrace := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
 	for _, p := range procs {
 		took, err := p.stop(cgrace)
@@ -370,12 +385,12 @@ func TestCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 	}
 }
 
-// TestWorkerStartsAsTheDeploymentSays builds cmd/worker and starts it
+// TestManifestsWorkerStartsAsTheDeploymentSays builds cmd/worker and starts it
 // exactly as the prod Deployment does, against a nats-server running the
 // rendered NATS configuration: it must log in with the Secret's password,
 // pass its readiness and liveness probes, serve /metrics, and on SIGTERM
 // drain and exit 0 within terminationGracePeriodSeconds.
-func TestWorkerStartsAsTheDeploymentSays(t *testing.T) {
+func TestManifestsWorkerStartsAsTheDeploymentSays(t *testing.T) {
 	ov := overlays[1]
 	inv := load(t, ov)
 	workerBin := buildBinary(t, "worker")

@@ -314,6 +314,9 @@ func TestManifestsBrokenInvariantFails(t *testing.T) {
 		{"writable root filesystem", "dev", "base/worker/deployment.yaml", "readOnlyRootFilesystem: true", "readOnlyRootFilesystem: false", "readOnlyRootFilesystem"},
 		{"GOMEMLIMIT above the limit", "dev", "overlays/dev/small.yaml", "value: 900MiB", "value: 1000MiB", "GOMEMLIMIT"},
 		{"ServiceMonitor port missing", "prod", "components/monitoring/servicemonitors.yaml", "  - port: metrics\n    path: /metrics\n    interval: 15s", "  - port: prom\n    path: /metrics\n    interval: 15s", "no port of that name"},
+		{"peer list before the namespace variable", "prod", "components/ha/coordinator.yaml",
+			"        - name: POD_NAMESPACE\n          valueFrom:\n            fieldRef:\n              fieldPath: metadata.namespace\n", "", "not defined before it"},
+		{"argument names an undefined variable", "dev", "base/coordinator/statefulset.yaml", "--node-id=$(POD_NAME)", "--node-id=$(POD_NAM)", "does not define"},
 		{"OrderedReady coordinators", "prod", "base/coordinator/statefulset.yaml", "podManagementPolicy: Parallel", "podManagementPolicy: OrderedReady", "Parallel"},
 	}
 	for _, c := range cases {
