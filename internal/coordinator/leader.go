@@ -534,7 +534,17 @@ func (l *leader) candidates(live map[string]*pb.Heartbeat, used map[string]int, 
 		if until, ok := l.suspect[id]; ok && now.Before(until) {
 			continue
 		}
-		if used[id]-own[id] < int(slotsOf(hb)) {
+		// Busy is what the log says this worker holds, or what the worker
+		// says it holds if that is more (shards of canceled jobs or old
+		// epochs it has not dropped yet still take its slots).
+		busy := used[id] - own[id]
+		held := 0
+		for _, ref := range hb.Running {
+			if freeing == nil || ref.JobId != freeing.Id {
+				held++
+			}
+		}
+		if max(busy, held) < int(slotsOf(hb)) {
 			out = append(out, hb)
 		}
 	}
