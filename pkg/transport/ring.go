@@ -409,6 +409,7 @@ func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 	}
 	subject := r.subj.Ring(r.cfg.Job, r.cfg.Epoch, to)
 	shapeHdr := strings.Join(shape, ",")
+	var buf []byte // encoding buffer, reused across pieces
 	for i, p := range pieces {
 		seq, err := r.acquire(ctx, to, p.n*eb)
 		if err != nil {
@@ -418,9 +419,18 @@ func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 			}
 			return err
 		}
-		data := make([]byte, p.n*eb)
+		var data []byte
 		if p.n > 0 {
-			encodeTo(data, f.Tensors[p.tensor][p.off:p.off+p.n], enc)
+			src := f.Tensors[p.tensor][p.off : p.off+p.n]
+			if enc == F32 && littleEndian && r.mutate == nil {
+				data = f32Bytes(src) // nats.go copies it before PublishMsg returns
+			} else {
+				if buf == nil || r.mutate != nil {
+					buf = make([]byte, per*eb)
+				}
+				data = buf[:p.n*eb]
+				encodeTo(data, src, enc)
+			}
 		}
 		m := nats.NewMsg(subject)
 		m.Data = data
@@ -729,16 +739,24 @@ func (r *NATSRing) onPiece(m *nats.Msg) {
 		return
 	}
 	r.mu.Lock()
-	acks := r.pieceLocked(m, from, sess, seq)
+	acks, data := r.admitLocked(m, from, sess, seq)
 	r.mu.Unlock()
+	// Acknowledge before copying the piece: the sender's window reopens
+	// while this one is decoded.
 	if len(acks) > 0 {
 		r.sendAcks(acks)
 	}
+	if data {
+		r.assemble(from, m)
+	}
 }
 
-func (r *NATSRing) pieceLocked(m *nats.Msg, from int, sess string, seq uint64) []pendingAck {
+// admitLocked applies the per-link sequence: duplicates are dropped, a gap
+// fails the frame in progress, and the piece is acknowledged (now, or once
+// the buffer has room). It reports whether m carries frame data.
+func (r *NATSRing) admitLocked(m *nats.Msg, from int, sess string, seq uint64) (acks []pendingAck, data bool) {
 	if r.closed {
-		return nil
+		return nil, false
 	}
 	p := &r.peers[from]
 	if p.session != sess {
@@ -749,7 +767,7 @@ func (r *NATSRing) pieceLocked(m *nats.Msg, from int, sess string, seq uint64) [
 	}
 	if seq <= p.lastSeq {
 		r.stats.Duplicates++
-		return nil
+		return nil, false
 	}
 	gap := seq > p.lastSeq+1
 	p.lastSeq = seq
@@ -758,37 +776,94 @@ func (r *NATSRing) pieceLocked(m *nats.Msg, from int, sess string, seq uint64) [
 		p.asm = nil
 	}
 	// Acknowledge in arrival order, withholding while the buffer is full.
-	var acks []pendingAck
 	if len(p.withheld) > 0 || r.readyB > int64(r.cfg.BufferBytes) {
 		p.withheld = append(p.withheld, seq)
 	} else {
 		acks = []pendingAck{{from, sess, seq}}
 	}
 	if m.Header.Get(hProbe) != "" {
-		return acks
+		return acks, false
 	}
 	r.stats.PiecesReceived++
 	r.stats.BytesReceived += int64(len(m.Data))
-	if err := r.assembleLocked(p, from, m); err != nil {
+	return acks, true
+}
+
+// assemble adds a data piece to its sender's frame in progress: headers and
+// state under the lock, CRC32C and decoding outside it (only this
+// subscription's goroutine touches a frame before it completes).
+func (r *NATSRing) assemble(from int, m *nats.Msg) {
+	r.mu.Lock()
+	if r.closed {
+		r.mu.Unlock()
+		return
+	}
+	a, dst, enc, err := r.placeLocked(&r.peers[from], from, m)
+	r.mu.Unlock()
+	if a == nil && err == nil {
+		return // dropped: a copy, a late frame, or the rest of a lost one
+	}
+	if err == nil {
+		err = verifyPiece(m, dst, enc)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	p := &r.peers[from]
+	if err != nil {
 		r.stats.Corrupt++
 		if p.asm != nil {
 			r.failLocked(frameKey{from, p.asm.key}, err)
 			p.asm = nil
 		}
+		return
 	}
-	return acks
+	a.next++
+	a.lastPiece = time.Now()
+	if a.next < a.count {
+		return
+	}
+	p.asm = nil
+	fk := frameKey{from, a.key}
+	if r.done[fk] != 0 {
+		r.stats.Late++
+		return
+	}
+	r.ready[fk] = ringattn.Frame{Key: a.key, Tensors: a.tensors}
+	r.readyB += a.bytes
+	r.stats.PeakBufferedBytes = max(r.stats.PeakBufferedBytes, r.readyB)
+	r.broadcastLocked()
 }
 
-// assembleLocked adds one piece to peer p's frame in progress.
-func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
+// verifyPiece checks m's CRC32C and decodes it into dst.
+func verifyPiece(m *nats.Msg, dst []float32, enc Encoding) error {
 	h := m.Header
-	ints := make([]int, 0, 6)
-	for _, k := range []string{hKind, hStep, hBlock, hPiece, hCount, hTensor, hOff} {
+	want, err := strconv.ParseUint(h.Get(hCRC), 16, 32)
+	if err != nil {
+		return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hCRC, h.Get(hCRC))
+	}
+	if got := CRC32C(m.Data); got != uint32(want) {
+		return fmt.Errorf("%w: piece %s/%s CRC32C %08x, header says %08x", ErrCorrupt,
+			h.Get(hPiece), h.Get(hCount), got, want)
+	}
+	decodeTo(dst, m.Data, enc)
+	return nil
+}
+
+// placeLocked finds where piece m goes in peer p's frame in progress,
+// starting a frame at piece 0. It returns a nil assembly (and nil error)
+// for pieces to drop silently, an error for malformed ones.
+func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, []float32, Encoding, error) {
+	h := m.Header
+	var ints [7]int
+	for i, k := range []string{hKind, hStep, hBlock, hPiece, hCount, hTensor, hOff} {
 		v, err := strconv.Atoi(h.Get(k))
 		if err != nil {
-			return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, k, h.Get(k))
+			return nil, nil, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, k, h.Get(k))
 		}
-		ints = append(ints, v)
+		ints[i] = v
 	}
 	key := ringattn.Key{Kind: ringattn.Kind(ints[0]), Step: ints[1], Block: ints[2]}
 	piece, count, tensor, off := ints[3], ints[4], ints[5], ints[6]
@@ -800,35 +875,37 @@ func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
 		}
 		if r.done[fk] == gaveUp {
 			r.stats.Late++
-			return nil // arrived after Recv gave up on it
+			return nil, nil, 0, nil // arrived after Recv gave up on it
 		}
 		if _, ok := r.ready[fk]; ok || r.done[fk] == delivered {
 			r.stats.Duplicates++
-			return nil // a copy of a frame we have
+			return nil, nil, 0, nil // a copy of a frame we have
 		}
 		if count < 1 {
-			return fmt.Errorf("%w: piece count %d", ErrCorrupt, count)
+			return nil, nil, 0, fmt.Errorf("%w: piece count %d", ErrCorrupt, count)
 		}
-		p.asm = &assembly{key: key, count: count}
-		var total int64
+		a := &assembly{key: key, count: count}
 		if s := h.Get(hShape); s != "" {
 			fields := strings.Split(s, ",")
 			if len(fields) > maxFrameTensors {
-				return fmt.Errorf("%w: frame of %d tensors, want <= %d", ErrCorrupt, len(fields), maxFrameTensors)
+				return nil, nil, 0, fmt.Errorf("%w: frame of %d tensors, want <= %d", ErrCorrupt, len(fields), maxFrameTensors)
 			}
 			for _, f := range fields {
 				n, err := strconv.Atoi(f)
 				if err != nil || n < 0 {
-					return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hShape, s)
+					return nil, nil, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hShape, s)
 				}
-				total += int64(n) * 4
-				if total > r.cfg.MaxFrameBytes {
-					return fmt.Errorf("%w: frame of more than %d bytes", ErrTooLarge, r.cfg.MaxFrameBytes)
+				a.bytes += int64(n) * 4
+				if a.bytes > r.cfg.MaxFrameBytes {
+					return nil, nil, 0, fmt.Errorf("%w: frame of more than %d bytes", ErrTooLarge, r.cfg.MaxFrameBytes)
 				}
-				p.asm.tensors = append(p.asm.tensors, make([]float32, n))
+			}
+			for _, f := range fields {
+				n, _ := strconv.Atoi(f)
+				a.tensors = append(a.tensors, make([]float32, n))
 			}
 		}
-		p.asm.bytes = total
+		p.asm = a
 	} else if p.asm == nil || p.asm.key != key || p.asm.next != piece || p.asm.count != count {
 		if p.asm != nil {
 			r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
@@ -837,43 +914,24 @@ func (r *NATSRing) assembleLocked(p *peerState, from int, m *nats.Msg) error {
 		if _, ok := r.ready[fk]; !ok && r.done[fk] == 0 {
 			r.failLocked(fk, errIncomplete)
 		}
-		return nil
+		return nil, nil, 0, nil
 	}
 	a := p.asm
 	enc, err := ParseEncoding(h.Get(hEnc))
 	if err != nil {
-		return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hEnc, h.Get(hEnc))
-	}
-	want, err := strconv.ParseUint(h.Get(hCRC), 16, 32)
-	if err != nil {
-		return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hCRC, h.Get(hCRC))
-	}
-	if got := CRC32C(m.Data); got != uint32(want) {
-		return fmt.Errorf("%w: piece %d/%d CRC32C %08x, header says %08x", ErrCorrupt, piece, count, got, want)
+		return nil, nil, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hEnc, h.Get(hEnc))
 	}
 	eb := enc.ElemBytes()
 	n := len(m.Data) / eb
 	if len(m.Data)%eb != 0 || (n > 0 && (tensor < 0 || tensor >= len(a.tensors) || off < 0 || off+n > len(a.tensors[tensor]))) {
-		return fmt.Errorf("%w: piece %d/%d of %d bytes does not fit tensor %d at %d", ErrCorrupt, piece, count, len(m.Data), tensor, off)
+		return nil, nil, 0, fmt.Errorf("%w: piece %d/%d of %d bytes does not fit tensor %d at %d",
+			ErrCorrupt, piece, count, len(m.Data), tensor, off)
 	}
+	var dst []float32
 	if n > 0 {
-		decodeTo(a.tensors[tensor][off:off+n], m.Data, enc)
+		dst = a.tensors[tensor][off : off+n]
 	}
-	a.next++
-	a.lastPiece = time.Now()
-	if a.next < a.count {
-		return nil
-	}
-	p.asm = nil
-	if r.done[fk] != 0 {
-		r.stats.Late++
-		return nil
-	}
-	r.ready[fk] = ringattn.Frame{Key: key, Tensors: a.tensors}
-	r.readyB += a.bytes
-	r.stats.PeakBufferedBytes = max(r.stats.PeakBufferedBytes, r.readyB)
-	r.broadcastLocked()
-	return nil
+	return a, dst, enc, nil
 }
 
 var _ ringattn.Ring = (*NATSRing)(nil)
