@@ -133,20 +133,30 @@ type kvBlock struct {
 
 // rankRun is the state of one RunRank call.
 type rankRun struct {
-	cfg    RankConfig
-	p      *kernels.Params
-	plan   *shard.Plan
-	ring   Ring
-	log    *slog.Logger
-	rank   int
-	w      int
-	owned  []int // query blocks folded by this rank, ascending
-	q      map[int][]float32
-	state  map[int]*kernels.State
-	pairs  map[int][]int64 // visible pairs of each owned query block with every key block
-	prog   Progress
-	falls  int // fallbacks counted by the receiver goroutine of the current step
-	kvSize func(j int) int
+	cfg   RankConfig
+	p     *kernels.Params
+	plan  *shard.Plan
+	ring  Ring
+	log   *slog.Logger
+	rank  int
+	w     int
+	owned []int // query blocks folded by this rank, ascending
+	runs  []*qRun
+	pairs map[int][]int64 // visible pairs of each owned query block with every key block
+	prog  Progress
+	falls int // fallbacks counted by the receiver goroutine of the current step
+}
+
+// qRun is a run of consecutive owned query blocks folded as one: one State
+// and one Fold call per key block for the whole run, so the kernel tiles
+// the run's rows, not each block's (block sizes need not be multiples of
+// the kernel's tile height).
+type qRun struct {
+	blocks      []int
+	start, rows int       // global first row, row count
+	q           []float32 // [B, Hq, rows, D]
+	st          *kernels.State
+	vis         []bool // per key block: some block of the run sees it
 }
 
 // RunRank executes rank Ring.Rank() of cfg.Plan and returns when its part
@@ -198,30 +208,67 @@ func (r *rankRun) report() {
 // counts the pairs to fold.
 func (r *rankRun) loadQueries(ctx context.Context) error {
 	p := r.p
-	r.q = make(map[int][]float32, len(r.owned))
-	r.state = make(map[int]*kernels.State, len(r.owned))
+	bh := p.B * p.Hq
 	r.pairs = make(map[int][]int64, len(r.owned))
 	folds := make([]int, r.w) // pairs per holder set (ring) or per rank range (split-KV)
-	for _, qi := range r.owned {
-		_, n := r.plan.QSpan(qi)
-		q, err := r.cfg.Source.Fetch(ctx, "q", qi)
-		if err != nil {
-			return fmt.Errorf("rank %d: fetching query block %d: %w", r.rank, qi, err)
+	for i := 0; i < len(r.owned); {
+		e := i + 1
+		for e < len(r.owned) && r.owned[e] == r.owned[e-1]+1 {
+			e++
 		}
-		if want := p.B * p.Hq * n * p.D; len(q) != want {
-			return invalid("rank %d: query block %d has %d values, expected %d ([%d,%d,%d,%d])",
-				r.rank, qi, len(q), want, p.B, p.Hq, n, p.D)
+		run := &qRun{blocks: r.owned[i:e], vis: make([]bool, r.plan.KBlockCount)}
+		run.start, _ = r.plan.QSpan(run.blocks[0])
+		for _, qi := range run.blocks {
+			_, n := r.plan.QSpan(qi)
+			run.rows += n
 		}
-		r.q[qi] = q
-		r.state[qi] = kernels.NewState(p.B, p.Hq, n, p.D)
-		r.pairs[qi] = r.plan.PairsRow(qi)
-		for h := range r.w {
-			for _, kj := range r.plan.Ranks[h].KVBlocks {
-				if r.pairs[qi][kj] > 0 {
-					folds[h]++
+		if rs, ok := r.cfg.Source.(RunSource); ok && len(run.blocks) > 1 {
+			q, err := rs.FetchRun(ctx, "q", run.blocks[0], len(run.blocks))
+			if err != nil {
+				return fmt.Errorf("rank %d: fetching query blocks %v: %w", r.rank, run.blocks, err)
+			}
+			if want := bh * run.rows * p.D; len(q) != want {
+				return invalid("rank %d: query blocks %v have %d values, expected %d ([%d,%d,%d,%d])",
+					r.rank, run.blocks, len(q), want, p.B, p.Hq, run.rows, p.D)
+			}
+			run.q = q
+		} else {
+			if len(run.blocks) > 1 {
+				run.q = make([]float32, bh*run.rows*p.D)
+			}
+			for _, qi := range run.blocks {
+				qs, n := r.plan.QSpan(qi)
+				q, err := r.cfg.Source.Fetch(ctx, "q", qi)
+				if err != nil {
+					return fmt.Errorf("rank %d: fetching query block %d: %w", r.rank, qi, err)
+				}
+				if want := bh * n * p.D; len(q) != want {
+					return invalid("rank %d: query block %d has %d values, expected %d ([%d,%d,%d,%d])",
+						r.rank, qi, len(q), want, p.B, p.Hq, n, p.D)
+				}
+				if len(run.blocks) == 1 {
+					run.q = q
+				} else {
+					scatter(run.q, q, bh, run.rows, qs-run.start, n, p.D)
 				}
 			}
 		}
+		for _, qi := range run.blocks {
+			r.pairs[qi] = r.plan.PairsRow(qi)
+			for kj, c := range r.pairs[qi] {
+				run.vis[kj] = run.vis[kj] || c > 0
+			}
+			for h := range r.w {
+				for _, kj := range r.plan.Ranks[h].KVBlocks {
+					if r.pairs[qi][kj] > 0 {
+						folds[h]++
+					}
+				}
+			}
+		}
+		run.st = kernels.NewState(p.B, p.Hq, run.rows, p.D)
+		r.runs = append(r.runs, run)
+		i = e
 	}
 	if r.plan.Strategy == shard.SplitKV {
 		r.prog.TotalPairs = folds[r.rank]
@@ -231,6 +278,18 @@ func (r *rankRun) loadQueries(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// states returns the runs' states, or fresh ones when fresh is set.
+func (r *rankRun) states(fresh bool) []*kernels.State {
+	out := make([]*kernels.State, len(r.runs))
+	for i, run := range r.runs {
+		out[i] = run.st
+		if fresh {
+			out[i] = kernels.NewState(r.p.B, r.p.Hq, run.rows, r.p.D)
+		}
+	}
+	return out
 }
 
 // fetchKV loads key/value block j from the Source.
@@ -304,26 +363,28 @@ func (r *rankRun) prefetch(ctx context.Context, blocks []int, use func(kvBlock) 
 }
 
 // fold folds the held blocks into every owned query block they are visible to.
-func (r *rankRun) fold(ctx context.Context, held []kvBlock, qblocks []int, states map[int]*kernels.State, count bool) error {
+func (r *rankRun) fold(ctx context.Context, held []kvBlock, states []*kernels.State, count bool) error {
 	for _, b := range held {
 		kStart, nk := r.plan.KSpan(b.j)
-		for _, qi := range qblocks {
-			if r.pairs[qi][b.j] == 0 {
-				if count {
-					r.prog.Skipped++
+		for i, run := range r.runs {
+			if count {
+				for _, qi := range run.blocks {
+					if c := r.pairs[qi][b.j]; c > 0 {
+						r.prog.Pairs++
+						r.prog.FLOPs += float64(c) * r.plan.PairFLOPs()
+					} else {
+						r.prog.Skipped++
+					}
 				}
+			}
+			if !run.vis[b.j] {
 				continue
 			}
 			if err := ctx.Err(); err != nil {
 				return err
 			}
-			qStart, _ := r.plan.QSpan(qi)
-			if err := states[qi].Fold(r.p, r.q[qi], qStart, b.k, b.v, kStart, nk); err != nil {
-				return fmt.Errorf("rank %d: folding key block %d into query block %d: %w", r.rank, b.j, qi, err)
-			}
-			if count {
-				r.prog.Pairs++
-				r.prog.FLOPs += float64(r.pairs[qi][b.j]) * r.plan.PairFLOPs()
+			if err := states[i].Fold(r.p, run.q, run.start, b.k, b.v, kStart, nk); err != nil {
+				return fmt.Errorf("rank %d: folding key block %d into query blocks %v: %w", r.rank, b.j, run.blocks, err)
 			}
 		}
 	}
@@ -394,7 +455,7 @@ func (r *rankRun) ringSteps(ctx context.Context) error {
 				return err
 			})
 		}
-		g.record(r.fold(gctx, cur, r.owned, r.state, true))
+		g.record(r.fold(gctx, cur, r.states(false), true))
 		if err := g.Wait(); err != nil {
 			if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 				err = ctx.Err()
@@ -407,8 +468,8 @@ func (r *rankRun) ringSteps(ctx context.Context) error {
 		r.report()
 		cur = incoming
 	}
-	for _, qi := range r.owned {
-		if err := r.put(ctx, qi); err != nil {
+	for _, run := range r.runs {
+		if err := r.put(ctx, run); err != nil {
 			return err
 		}
 	}
@@ -417,15 +478,35 @@ func (r *rankRun) ringSteps(ctx context.Context) error {
 	return nil
 }
 
-func (r *rankRun) put(ctx context.Context, qi int) error {
-	st := r.state[qi]
-	o := make([]float32, len(st.O))
+func (r *rankRun) put(ctx context.Context, run *qRun) error {
+	st := run.st
 	lse := make([]float32, len(st.M))
-	if err := st.Finalize(o, lse); err != nil {
-		return fmt.Errorf("rank %d: finalizing query block %d: %w", r.rank, qi, err)
+	if err := st.Finalize(st.O, lse); err != nil { // in place: the state is done
+		return fmt.Errorf("rank %d: finalizing query blocks %v: %w", r.rank, run.blocks, err)
 	}
-	if err := r.cfg.Sink.Put(ctx, qi, o, lse); err != nil {
-		return fmt.Errorf("rank %d: writing output block %d: %w", r.rank, qi, err)
+	return r.putRun(ctx, run, st.O, lse)
+}
+
+// putRun writes the finalized rows of a run ([B, Hq, rows, D] and
+// [B, Hq, rows]): at once to a RunSink, else block by block.
+func (r *rankRun) putRun(ctx context.Context, run *qRun, o, lse []float32) error {
+	if rs, ok := r.cfg.Sink.(RunSink); ok && len(run.blocks) > 1 {
+		if err := rs.PutRun(ctx, run.blocks[0], len(run.blocks), o, lse); err != nil {
+			return fmt.Errorf("rank %d: writing output blocks %v: %w", r.rank, run.blocks, err)
+		}
+		return nil
+	}
+	bh := r.p.B * r.p.Hq
+	for _, qi := range run.blocks {
+		qs, n := r.plan.QSpan(qi)
+		bo, bl := o, lse
+		if len(run.blocks) > 1 {
+			bo = gather(o, bh, run.rows, qs-run.start, n, r.p.D)
+			bl = gather(lse, bh, run.rows, qs-run.start, n, 1)
+		}
+		if err := r.cfg.Sink.Put(ctx, qi, bo, bl); err != nil {
+			return fmt.Errorf("rank %d: writing output block %d: %w", r.rank, qi, err)
+		}
 	}
 	return nil
 }
@@ -514,15 +595,13 @@ func (r *rankRun) splitKV(ctx context.Context) error {
 		}
 	}
 	// Rank 0: write every planned block.
-	at, atL := 0, 0
-	for _, qi := range r.plan.Planned {
-		_, n := r.plan.QSpan(qi)
-		rows := r.p.B * r.p.Hq * n
-		if err := r.cfg.Sink.Put(ctx, qi, o[at:at+rows*r.p.D], lse[atL:atL+rows]); err != nil {
-			return fmt.Errorf("rank %d: writing output block %d: %w", r.rank, qi, err)
+	at := 0
+	for _, run := range r.runs {
+		rows := r.p.B * r.p.Hq * run.rows
+		if err := r.putRun(ctx, run, o[at*r.p.D:(at+rows)*r.p.D], lse[at:at+rows]); err != nil {
+			return err
 		}
-		at += rows * r.p.D
-		atL += rows
+		at += rows
 	}
 	r.prog.Done = true
 	r.report()
@@ -577,32 +656,26 @@ func (r *rankRun) subtree(ctx context.Context, c, l int) (o, lse []float32, err 
 }
 
 // partial folds rank h's key range into fresh states of all planned query
-// blocks and returns the finalized (O, LSE), blocks concatenated in plan
-// order. Key blocks are fetched one at a time.
+// blocks and returns the finalized (O, LSE): the runs' [B, Hq, rows, D] and
+// [B, Hq, rows], concatenated in order (every rank of a split-KV plan has
+// the same runs, so partials line up row by row). Key blocks are fetched
+// one ahead of the fold.
 func (r *rankRun) partial(ctx context.Context, h int, count bool) (o, lse []float32, err error) {
 	p := r.p
-	states := r.state
-	if !count { // a recomputation for another rank: keep our own states intact
-		states = make(map[int]*kernels.State, len(r.owned))
-		for _, qi := range r.owned {
-			_, n := r.plan.QSpan(qi)
-			states[qi] = kernels.NewState(p.B, p.Hq, n, p.D)
-		}
-	}
+	states := r.states(!count) // a recomputation for another rank keeps our states intact
 	if err := r.prefetch(ctx, r.plan.Ranks[h].KVBlocks, func(b kvBlock) error {
-		return r.fold(ctx, []kvBlock{b}, r.owned, states, count)
+		return r.fold(ctx, []kvBlock{b}, states, count)
 	}); err != nil {
 		return nil, nil, err
 	}
 	rows := 0
-	for _, qi := range r.owned {
-		rows += len(states[qi].M)
+	for _, st := range states {
+		rows += len(st.M)
 	}
 	o = make([]float32, rows*p.D)
 	lse = make([]float32, rows)
 	at := 0
-	for _, qi := range r.owned {
-		st := states[qi]
+	for _, st := range states {
 		n := len(st.M)
 		if err := st.Finalize(o[at*p.D:(at+n)*p.D], lse[at:at+n]); err != nil {
 			return nil, nil, err

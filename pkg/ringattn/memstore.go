@@ -41,9 +41,15 @@ func NewMemSource(p *kernels.Params, block int, q, k, v []float32) (*MemSource, 
 
 var tensorIndex = map[string]int{"q": 0, "k": 1, "v": 2}
 
-// Fetch returns a copy of block `block` of tensor "q", "k" or "v" as
-// [B, H, len, D].
+// Fetch returns block `block` of tensor "q", "k" or "v" as [B, H, len, D]
+// (a copy, or a view when B·H == 1).
 func (s *MemSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	return s.FetchRun(ctx, tensor, block, 1)
+}
+
+// FetchRun returns blocks first .. first+count-1 of tensor "q", "k" or "v"
+// as one [B, H, rows, D] slice (a copy, or a view when B·H == 1).
+func (s *MemSource) FetchRun(ctx context.Context, tensor string, first, count int) ([]float32, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -59,12 +65,16 @@ func (s *MemSource) Fetch(ctx context.Context, tensor string, block int) ([]floa
 	default:
 		return nil, invalid("tensor %q, expected \"q\", \"k\" or \"v\"", tensor)
 	}
-	start := block * s.block
-	if block < 0 || start >= n {
-		return nil, invalid("%s block %d, expected 0..%d", tensor, block, (n+s.block-1)/s.block-1)
+	blocks := (n + s.block - 1) / s.block
+	if first < 0 || count < 1 || first+count > blocks {
+		return nil, invalid("%s blocks %d..%d, expected within 0..%d", tensor, first, first+count-1, blocks-1)
 	}
-	rows := min(s.block, n-start)
-	s.fetches[tensorIndex[tensor]].Add(1)
+	start := first * s.block
+	rows := min(count*s.block, n-start)
+	s.fetches[tensorIndex[tensor]].Add(int64(count))
+	if s.b*heads == 1 {
+		return src[start*s.d : (start+rows)*s.d : (start+rows)*s.d], nil
+	}
 	return gather(src, s.b*heads, n, start, rows, s.d), nil
 }
 
@@ -119,23 +129,30 @@ func NewMemSink(p *kernels.Params, block int) (*MemSink, error) {
 
 // Put copies output block `block` into place.
 func (s *MemSink) Put(ctx context.Context, block int, o, lse []float32) error {
+	return s.PutRun(ctx, block, 1, o, lse)
+}
+
+// PutRun copies output blocks first .. first+count-1 into place.
+func (s *MemSink) PutRun(ctx context.Context, first, count int, o, lse []float32) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if block < 0 || block >= len(s.puts) {
-		return invalid("output block %d, expected 0..%d", block, len(s.puts)-1)
+	if first < 0 || count < 1 || first+count > len(s.puts) {
+		return invalid("output blocks %d..%d, expected within 0..%d", first, first+count-1, len(s.puts)-1)
 	}
-	start := block * s.block
-	rows := min(s.block, s.n-start)
+	start := first * s.block
+	rows := min(count*s.block, s.n-start)
 	bh := s.b * s.hq
 	if len(o) != bh*rows*s.d || len(lse) != bh*rows {
-		return invalid("output block %d has %d/%d values, expected %d/%d", block, len(o), len(lse), bh*rows*s.d, bh*rows)
+		return invalid("output blocks %d..%d have %d/%d values, expected %d/%d", first, first+count-1, len(o), len(lse), bh*rows*s.d, bh*rows)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	scatter(s.o, o, bh, s.n, start, rows, s.d)
 	scatter(s.lse, lse, bh, s.n, start, rows, 1)
-	s.puts[block]++
+	for b := first; b < first+count; b++ {
+		s.puts[b]++
+	}
 	return nil
 }
 

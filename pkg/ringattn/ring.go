@@ -63,6 +63,21 @@ type Sink interface {
 	Put(ctx context.Context, block int, o, lse []float32) error
 }
 
+// RunSource is optionally implemented by a Source that can serve a run of
+// consecutive blocks in one slice, [B, H, rows, D] over the rows of blocks
+// first .. first+count-1, saving a copy (MemSource does). RunRank uses it
+// for its query blocks.
+type RunSource interface {
+	FetchRun(ctx context.Context, tensor string, first, count int) ([]float32, error)
+}
+
+// RunSink is optionally implemented by a Sink that accepts a run of
+// consecutive output blocks at once: o is [B, Hq, rows, D] and lse
+// [B, Hq, rows] over the rows of blocks first .. first+count-1.
+type RunSink interface {
+	PutRun(ctx context.Context, first, count int, o, lse []float32) error
+}
+
 // Sentinel errors.
 var (
 	// ErrTimeout is returned by Ring.Recv when a frame did not arrive in time.
