@@ -192,6 +192,10 @@ func (c Config) Validate() error {
 	return nil
 }
 
+// StoreConfig returns the tensor store settings carried by c (the bucket);
+// other StoreConfig fields keep their defaults.
+func (c Config) StoreConfig() StoreConfig { return StoreConfig{Bucket: c.withDefaults().Bucket} }
+
 // Subjects returns the subjects under c's prefix.
 func (c Config) Subjects() Subjects { return NewSubjects(c.withDefaults().Prefix) }
 
