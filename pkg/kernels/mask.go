@@ -1,6 +1,9 @@
 package kernels
 
-import "sort"
+import (
+	"math"
+	"sort"
+)
 
 // maskInfo evaluates a Mask on global positions: every row's visible keys are
 // one interval [lo, hi).
@@ -81,37 +84,64 @@ const (
 	tilePartial                  // per-row ranges apply
 )
 
-// classify fills lo/hi with each row's visible range clipped to [k0, k1) and
-// classifies the tile of rows [q0, q0+len(lo)).
-func (mi *maskInfo) classify(q0 int, k0, k1 int, lo, hi []int32) tileClass {
+// spans are the visible key ranges of a block of query rows, computed once
+// so that classifying each key tile costs no mask evaluation.
+type spans struct {
+	none         bool    // nothing masked
+	lo, hi       []int32 // row r sees keys [lo[r], hi[r])
+	minLo, maxHi int32   // over the rows that see some key
+	maxLo, minHi int32   // over all rows (a row seeing nothing spoils "full")
+	empty        bool    // no row sees any key
+}
+
+// spans fills sp with the ranges of rows [q0, q0+len(lo)); lo and hi are
+// the caller's buffers.
+func (mi *maskInfo) spans(q0 int, lo, hi []int32, sp *spans) {
+	*sp = spans{none: mi.none, lo: lo, hi: hi, empty: true,
+		minLo: math.MaxInt32, maxHi: math.MinInt32, maxLo: math.MinInt32, minHi: math.MaxInt32}
 	if mi.none {
-		return tileFull
+		sp.empty = len(lo) == 0 || mi.nk == 0
+		sp.minLo, sp.maxHi, sp.maxLo, sp.minHi = 0, int32(mi.nk), 0, int32(mi.nk)
+		return
 	}
-	hidden, full := true, true
 	for r := range lo {
 		a, b := mi.rowRange(q0 + r)
-		if a < k0 {
-			a = k0
-		}
-		if b > k1 {
-			b = k1
-		}
-		if b < a {
-			b = a
-		}
 		lo[r], hi[r] = int32(a), int32(b)
+		sp.maxLo = max(sp.maxLo, int32(a))
+		sp.minHi = min(sp.minHi, int32(b))
 		if b > a {
-			hidden = false
-		}
-		if a != k0 || b != k1 {
-			full = false
+			sp.empty = false
+			sp.minLo = min(sp.minLo, int32(a))
+			sp.maxHi = max(sp.maxHi, int32(b))
 		}
 	}
+}
+
+// classify classifies the tile of keys [k0, k1) for the rows of sp; for a
+// partial tile it fills lo/hi with each row's range clipped to [k0, k1)
+// (lo == hi when the row sees none of it).
+func (sp *spans) classify(k0, k1 int, lo, hi []int32) tileClass {
+	a0, a1 := int32(k0), int32(k1)
 	switch {
-	case hidden:
-		return tileHidden
-	case full:
+	case sp.none:
 		return tileFull
+	case sp.empty || a1 <= sp.minLo || a0 >= sp.maxHi:
+		return tileHidden
+	case sp.maxLo <= a0 && sp.minHi >= a1:
+		return tileFull
+	}
+	hidden := true
+	for r := range lo {
+		a, b := max(sp.lo[r], a0), min(sp.hi[r], a1)
+		if b <= a {
+			a, b = a0, a0
+		} else {
+			hidden = false
+		}
+		lo[r], hi[r] = a, b
+	}
+	if hidden {
+		return tileHidden
 	}
 	return tilePartial
 }

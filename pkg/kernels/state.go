@@ -85,6 +85,11 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 		row0 := bh*s.Rows + r0
 		sc.ensure(rp, bc, d, dp)
 		lo, hi := sc.lo[:rows], sc.hi[:rows]
+		var sp spans
+		mi.spans(qStart+r0, sc.rlo[:rows], sc.rhi[:rows], &sp)
+		if sp.empty || int(sp.maxHi) <= kStart || int(sp.minLo) >= kStart+nk {
+			return // no row of this unit sees any of these keys
+		}
 
 		// Qᵀ, scaled, zero-padded to rp columns and stored as panels of pw
 		// columns, each panel [d × pw] contiguous so that the GEMM streams
@@ -122,7 +127,7 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 		for c0 := 0; c0 < nk; c0 += bc {
 			c1 := min(c0+bc, nk)
 			cols := c1 - c0
-			class := mi.classify(qStart+r0, kStart+c0, kStart+c1, lo, hi)
+			class := sp.classify(kStart+c0, kStart+c1, lo, hi)
 			if class == tileHidden {
 				continue
 			}
@@ -319,9 +324,9 @@ func exp32(x float32) float32 { return float32(math.Exp(float64(x))) }
 
 // scratch is one goroutine's tile buffers.
 type scratch struct {
-	s, qt, o, vp []float32
-	m, l, alpha  []float32
-	lo, hi       []int32
+	s, qt, o, vp     []float32
+	m, l, alpha      []float32
+	lo, hi, rlo, rhi []int32
 }
 
 func grow(x []float32, n int) []float32 {
@@ -340,8 +345,8 @@ func (sc *scratch) ensure(rp, bc, d, dp int) {
 	sc.l = grow(sc.l, rp)
 	sc.alpha = grow(sc.alpha, rp)
 	if len(sc.lo) < rp {
-		sc.lo = make([]int32, rp)
-		sc.hi = make([]int32, rp)
+		sc.lo, sc.hi = make([]int32, rp), make([]int32, rp)
+		sc.rlo, sc.rhi = make([]int32, rp), make([]int32, rp)
 	}
 }
 
