@@ -1,0 +1,59 @@
+package testenv
+
+import (
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ringattn/ringattn/internal/xlog"
+)
+
+// fastConfig is a cluster tuned for fast tests: short heartbeats and Raft
+// timeouts, one kernel thread per worker, no speed measurement at start.
+func fastConfig(t *testing.T, workers int) Config {
+	return Config{
+		Bin:               binaries(t),
+		Dir:               t.TempDir(),
+		Coordinators:      3,
+		Workers:           workers,
+		NoWorkers:         workers == 0,
+		HeartbeatTimeout:  1500 * time.Millisecond,
+		RaftTimeout:       300 * time.Millisecond,
+		HeartbeatInterval: 200 * time.Millisecond,
+		RecvTimeout:       2 * time.Second,
+		RequestTimeout:    time.Second,
+		DrainTimeout:      10 * time.Second,
+		WorkerThreads:     1,
+		WorkerGFLOPS:      1,
+		LogLevel:          "info",
+		Ready:             60 * time.Second,
+		Logger:            xlog.Test(t).With("side", "testenv"),
+	}
+}
+
+// startCluster starts a cluster for the test; on failure (or with
+// TESTENV_DUMP_LOGS set) the tail of every process's log is written to
+// the test log. Cleanup kills it.
+func startCluster(t *testing.T, cfg Config) *Cluster {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := Start(ctx, cfg)
+	if err != nil {
+		t.Fatalf("starting the cluster: %v", err)
+	}
+	t.Logf("cluster up in %v: %d coordinators, %d workers, NATS %s", time.Since(start).Round(time.Millisecond),
+		len(c.Coordinators), len(c.Workers()), c.URL())
+	t.Cleanup(func() {
+		if t.Failed() || os.Getenv("TESTENV_DUMP_LOGS") != "" {
+			var b strings.Builder
+			c.DumpLogs(&b, 150)
+			t.Logf("process logs:\n%s", b.String())
+		}
+		c.Kill()
+	})
+	return c
+}

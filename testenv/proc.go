@@ -1,0 +1,250 @@
+package testenv
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Kind is what a process runs.
+type Kind string
+
+// Process kinds.
+const (
+	KindNATS        Kind = "nats"
+	KindCoordinator Kind = "coordinator"
+	KindWorker      Kind = "worker"
+)
+
+// Proc is one OS process of the cluster. Its stdout and stderr go to
+// LogPath (appended across restarts, each start marked by a header line).
+// Restart runs the same command again: same data directory, same ports.
+// Methods are safe for concurrent use.
+type Proc struct {
+	// Name is unique in the cluster: "nats", "coordinator-0", "worker-2".
+	// It is also the coordinator's node id and the worker's id.
+	Name string
+	Kind Kind
+	// Addr is the NATS client address (nats), the ops HTTP address
+	// (coordinator) or the metrics HTTP address (worker).
+	Addr string
+	// RaftAddr is a coordinator's Raft address.
+	RaftAddr string
+	// NATSURL is the URL the process connects to (the proxy's for a worker
+	// behind one); for the NATS server, its own client URL.
+	NATSURL string
+	// DataDir is the process's data directory ("" for a worker).
+	DataDir string
+	// LogPath is the process's log file.
+	LogPath string
+
+	bin  string
+	args []string
+	env  []string
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when the current run ends
+	state   *os.ProcessState
+	waitErr error
+	stopped bool
+	starts  int
+	started time.Time
+}
+
+// Args returns the command line (without the binary).
+func (p *Proc) Args() []string { return append([]string(nil), p.args...) }
+
+// Binary returns the executable's path.
+func (p *Proc) Binary() string { return p.bin }
+
+// childEnv is the environment of every child: this process's, without
+// RINGATTN_* variables (the harness sets everything by flags, and a
+// user's RINGATTN_NATS_URL must not redirect a child).
+func childEnv(extra []string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "RINGATTN_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
+}
+
+// start starts the process (it must not be running).
+func (p *Proc) start() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil && p.state == nil {
+		return fmt.Errorf("%w: %s (pid %d)", ErrRunning, p.Name, p.cmd.Process.Pid)
+	}
+	logf, err := os.OpenFile(p.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	p.starts++
+	fmt.Fprintf(logf, "=== testenv %s: start #%d at %s: %s %s\n", p.Name, p.starts,
+		time.Now().UTC().Format(time.RFC3339Nano), p.bin, strings.Join(p.args, " "))
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = childEnv(p.env)
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("testenv: starting %s: %w", p.Name, err)
+	}
+	p.cmd, p.state, p.waitErr, p.stopped, p.started = cmd, nil, nil, false, time.Now()
+	exited := make(chan struct{})
+	p.exited = exited
+	go func() {
+		err := cmd.Wait()
+		logf.Close()
+		p.mu.Lock()
+		p.state, p.waitErr = cmd.ProcessState, err
+		p.mu.Unlock()
+		close(exited)
+	}()
+	return nil
+}
+
+// Pid is the current (or last) run's process id; 0 before the first start.
+func (p *Proc) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
+// Started is when the current (or last) run started.
+func (p *Proc) Started() time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.started
+}
+
+// Running reports whether the process runs (a stopped process runs).
+func (p *Proc) Running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd != nil && p.state == nil
+}
+
+// Exited returns a channel closed when the current run ends.
+func (p *Proc) Exited() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.exited == nil {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return p.exited
+}
+
+// ExitState returns the last run's exit state (nil while running).
+func (p *Proc) ExitState() *os.ProcessState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.state
+}
+
+// Signal sends sig to the running process.
+func (p *Proc) Signal(sig os.Signal) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.state != nil {
+		return fmt.Errorf("%w: %s", ErrExited, p.Name)
+	}
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("testenv: %s: %v: %w", p.Name, sig, err)
+	}
+	switch sig {
+	case syscall.SIGSTOP:
+		p.stopped = true
+	case syscall.SIGCONT:
+		p.stopped = false
+	}
+	return nil
+}
+
+// Wait waits until the current run ends or ctx ends and returns its exit
+// state.
+func (p *Proc) Wait(ctx context.Context) (*os.ProcessState, error) {
+	select {
+	case <-p.Exited():
+		return p.ExitState(), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %s (pid %d) still running: %w", ErrNotReady, p.Name, p.Pid(), ctx.Err())
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to be gone.
+func (p *Proc) Kill() error {
+	if err := p.Signal(syscall.SIGKILL); err != nil {
+		return err
+	}
+	<-p.Exited()
+	return nil
+}
+
+// Stop sends SIGSTOP: the process hangs (no heartbeats, no frames, open
+// connections) until Cont.
+func (p *Proc) Stop() error { return p.Signal(syscall.SIGSTOP) }
+
+// Cont sends SIGCONT to a stopped process.
+func (p *Proc) Cont() error { return p.Signal(syscall.SIGCONT) }
+
+// Stopped reports whether the process was stopped with Stop and not yet
+// continued.
+func (p *Proc) Stopped() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stopped && p.state == nil
+}
+
+// Terminate sends SIGTERM (continuing a stopped process first) and waits
+// up to grace for the process to exit, then kills it. It returns the exit
+// state, and an error when the process had to be killed.
+func (p *Proc) Terminate(grace time.Duration) (*os.ProcessState, error) {
+	if p.Stopped() {
+		_ = p.Cont()
+	}
+	if err := p.Signal(syscall.SIGTERM); err != nil {
+		if errors.Is(err, ErrExited) {
+			return p.ExitState(), nil
+		}
+		return nil, err
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.Exited():
+		return p.ExitState(), nil
+	case <-t.C:
+	}
+	_ = p.Kill()
+	return p.ExitState(), fmt.Errorf("testenv: %s (pid %d) did not exit within %v of SIGTERM: killed", p.Name, p.Pid(), grace)
+}
+
+// Restart starts the process again with the same command line: same
+// ports, same data directory. The process must have exited (Kill or
+// Terminate it first). Readiness is the caller's to wait for.
+func (p *Proc) Restart() error { return p.start() }
+
+// String describes the process on one line.
+func (p *Proc) String() string {
+	s := fmt.Sprintf("%-14s pid %-7d %s", p.Name, p.Pid(), p.Addr)
+	if p.RaftAddr != "" {
+		s += " raft " + p.RaftAddr
+	}
+	return s + "  log " + p.LogPath
+}
