@@ -129,7 +129,7 @@ type ledger struct {
 	jobs     []*job
 	byID     map[string]*job
 	finished map[string][]pb.JobState // FINISHED events by job
-	epochs   map[string][]epochStart      // EPOCH_STARTED events by job
+	epochs   map[string][]epochStart  // EPOCH_STARTED events by job
 }
 
 // epochStart is an EPOCH_STARTED event and when it arrived.
@@ -434,4 +434,3 @@ func ringSteps(ctx context.Context, c *Cluster, w *Proc) float64 {
 
 // round is a duration for logs.
 func round(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
-
