@@ -346,7 +346,17 @@ func (c *Coordinator) Snapshot() error { return c.raft.Snapshot().Error() }
 
 // Close stops the leader session, the HTTP server and Raft, and closes the
 // stores (and the NATS connection if New opened it).
-func (c *Coordinator) Close() error {
+//
+// A leader first hands leadership to another voter (raft leadership
+// transfer), so a planned stop (SIGTERM, rolling upgrade) interrupts the
+// API only for the handoff instead of an election timeout.
+func (c *Coordinator) Close() error { return c.close(true) }
+
+// crash stops without handing leadership over: to others it looks like
+// the node died (tests).
+func (c *Coordinator) crash() error { return c.close(false) }
+
+func (c *Coordinator) close(handoff bool) error {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -354,6 +364,14 @@ func (c *Coordinator) Close() error {
 	}
 	c.closed = true
 	c.mu.Unlock()
+	if handoff && c.raft.State() == raft.Leader && c.otherVoters() > 0 {
+		start := c.now()
+		if err := c.raft.LeadershipTransfer().Error(); err != nil {
+			c.log.Warn("leadership transfer failed; stopping anyway", "err", err)
+		} else {
+			c.log.Info("leadership handed over", "to", c.Leader(), "took", c.now().Sub(start))
+		}
+	}
 	close(c.stop)
 	var errs []error
 	if c.httpS != nil {
@@ -364,6 +382,20 @@ func (c *Coordinator) Close() error {
 	}
 	c.wg.Wait()
 	return errors.Join(append(errs, c.closeResources())...)
+}
+
+func (c *Coordinator) otherVoters() int {
+	f := c.raft.GetConfiguration()
+	if f.Error() != nil {
+		return 0
+	}
+	n := 0
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && string(s.ID) != c.cfg.NodeID {
+			n++
+		}
+	}
+	return n
 }
 
 func (c *Coordinator) closeResources() error {

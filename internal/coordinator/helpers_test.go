@@ -142,6 +142,16 @@ func (tc *testCluster) stop(i int) {
 
 // restart starts node i again on its data dir with a fresh transport at
 // the same address.
+// kill stops node i as if it crashed: no leadership handoff.
+func (tc *testCluster) kill(i int) {
+	if c := tc.nodes[i]; c != nil {
+		tc.nodes[i] = nil
+		if err := c.crash(); err != nil {
+			tc.t.Logf("killing %s: %v", c.NodeID(), err)
+		}
+	}
+}
+
 func (tc *testCluster) restart(i int) {
 	tc.t.Helper()
 	_, tr := raft.NewInmemTransportWithTimeout(tc.trans[i].LocalAddr(), 500*time.Millisecond)
