@@ -5,7 +5,7 @@
 #   /usr/local/bin/ringattn-worker        a worker (cmd/worker)
 #   /usr/local/bin/ringattn               the user CLI (cmd/ringattn), the default
 #
-# Build:  docker build -t ringattn:dev .
+# Build:  docker build -t ringattn:dev .   (add --build-arg VERSION=v0.1.0 for releases)
 # Multi-arch: docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/ringattn:<version> --push .
 # The Kubernetes manifests in deploy/k8s set the command per component.
 
@@ -27,10 +27,15 @@ COPY go.mod go.sum ./
 RUN --mount=type=cache,target=/go/pkg/mod \
     go mod download && go mod verify
 COPY . .
+# VERSION is what --version and the cluster endpoint report
+# (docker build --build-arg VERSION=v0.1.0 .); binaries without a
+# main.version variable ignore it.
+ARG VERSION=dev
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags="-s -w" -o /out/ ./cmd/coordinator ./cmd/worker ./cmd/ringattn
+    go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" \
+      -o /out/ ./cmd/coordinator ./cmd/worker ./cmd/ringattn
 
 # ---- final: no shell, no package manager, non-root (uid/gid 65532)
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -446,6 +446,9 @@ func checkStatefulSets(inv *Inventory, add addFunc) {
 				add(o, "spec.serviceName %q does not select this StatefulSet's pods", svc.Name)
 			}
 		}
+		if w.Replicas != nil && *w.Replicas >= 3 && !hostAntiAffinity(w) {
+			add(o, "spec.template.spec.affinity: want a required podAntiAffinity on %s for its own pods (%d quorum members must not share a node)", corev1.LabelHostname, *w.Replicas)
+		}
 		if sts.Spec.PodManagementPolicy != appsv1.ParallelPodManagement {
 			add(o, "spec.podManagementPolicy = %q: want Parallel (peers need each other to become ready)", sts.Spec.PodManagementPolicy)
 		}
@@ -464,6 +467,19 @@ func checkStatefulSets(inv *Inventory, add addFunc) {
 			}
 		}
 	}
+}
+
+func hostAntiAffinity(w Workload) bool {
+	a := w.Template.Spec.Affinity
+	if a == nil || a.PodAntiAffinity == nil {
+		return false
+	}
+	for _, term := range a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution {
+		if term.TopologyKey == corev1.LabelHostname && selects(term.LabelSelector, w.Template.Labels) {
+			return true
+		}
+	}
+	return false
 }
 
 func checkDisruptionBudgets(inv *Inventory, add addFunc) {

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"testing"
 
-	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -198,19 +197,6 @@ func TestManifestsNetworkReachability(t *testing.T) {
 	}
 }
 
-// TestManifestsWorkerDrainFitsGracePeriod reads the numbers an operator
-// would compare by hand.
-func TestManifestsWorkerDrainFitsGracePeriod(t *testing.T) {
-	inv := load(t, overlays[1])
-	w, _ := inv.BinaryWorkload("ringattn-worker")
-	c := &w.Template.Spec.Containers[0]
-	grace := *w.Template.Spec.TerminationGracePeriodSeconds
-	t.Logf("worker --drain-timeout=%s terminationGracePeriodSeconds=%d", Args(c)["drain-timeout"], grace)
-	if w.Deploy == nil || w.Deploy.Spec.Strategy.Type != appsv1.RollingUpdateDeploymentStrategyType {
-		t.Errorf("workers: want a Deployment with a RollingUpdate strategy")
-	}
-}
-
 // copyTree copies the kustomize tree (base, components, overlays) into a
 // temporary directory so a test can break one file.
 func copyTree(t *testing.T) string {
@@ -317,6 +303,7 @@ func TestManifestsBrokenInvariantFails(t *testing.T) {
 		{"peer list before the namespace variable", "prod", "components/ha/coordinator.yaml",
 			"        - name: POD_NAMESPACE\n          valueFrom:\n            fieldRef:\n              fieldPath: metadata.namespace\n", "", "not defined before it"},
 		{"argument names an undefined variable", "dev", "base/coordinator/statefulset.yaml", "--node-id=$(POD_NAME)", "--node-id=$(POD_NAM)", "does not define"},
+		{"quorum members may share a node", "prod", "components/ha/nats.yaml", "          - topologyKey: kubernetes.io/hostname", "          - topologyKey: topology.kubernetes.io/zone", "podAntiAffinity"},
 		{"OrderedReady coordinators", "prod", "base/coordinator/statefulset.yaml", "podManagementPolicy: Parallel", "podManagementPolicy: OrderedReady", "Parallel"},
 	}
 	for _, c := range cases {
