@@ -8,8 +8,10 @@
 //     error wrapping ErrAuth.
 //   - Subjects: every subject name, under a configurable prefix.
 //   - StartEmbedded: an in-process nats-server with JetStream (file store,
-//     max payload set, 127.0.0.1 by default) for dev mode and tests; see
-//     package transporttest for the test helper.
+//     max payload set, 127.0.0.1 and a random port by default, optional
+//     user/password, token, nkeys and mutual TLS), restartable on the same
+//     port and store for fault tests; package transporttest wraps it for
+//     the tests of every package.
 //   - Store: the tensor store on a JetStream object store bucket, one object
 //     per (job, tensor, block) named "<job>/<tensor>/<block>", each with its
 //     CRC32C, encoding (f32 or bf16) and length as metadata, verified on
@@ -24,7 +26,9 @@
 //     limits; completed frames wait in a bounded buffer. Lost, corrupt,
 //     duplicate and foreign pieces are dropped, and Recv reports a missing
 //     frame as ringattn.ErrTimeout so the engine fetches the block from the
-//     Store instead.
+//     Store instead. A sender waits (probing) for a peer whose ring is not
+//     subscribed yet, and abandons a frame, never the job, when its peer
+//     stops acknowledging for SendTimeout.
 //
 // Tensor payloads are raw little-endian float32 (or bfloat16, rounded to
 // nearest even). Control-plane messages are protobuf, in package pb.
