@@ -277,7 +277,18 @@ func (c *testCluster) check(id string, j *attnJob) {
 	}
 	wantO, wantL := j.ref.Attention(j.q, j.k, j.v)
 	if d := attnref.MaxAbsDiff(o, wantO); !(d <= 1e-4) {
-		c.t.Fatalf("o differs from the float64 reference by %g, want <= 1e-4", d)
+		// Name the blocks at fault (and who wrote them) to make a failure
+		// actionable.
+		sh := transport.Shape{int(s.B), int(s.Hq), int(s.N), int(s.D)}
+		var bad []string
+		for i := range sh.Blocks(int(s.Block)) {
+			got := transport.ExtractBlock(o, sh, int(s.Block), i)
+			want := transport.ExtractBlock(toF32(wantO), sh, int(s.Block), i)
+			if bd := attnref.MaxAbsDiff(got, toF64(want)); !(bd <= 1e-4) {
+				bad = append(bad, fmt.Sprintf("%d (%.3g)", i, bd))
+			}
+		}
+		c.t.Fatalf("o differs from the float64 reference by %g, want <= 1e-4; query blocks at fault: %v", d, bad)
 	} else {
 		c.t.Logf("max |o - o_ref| = %.3g", d)
 	}
@@ -572,4 +583,20 @@ func TestWorkerClusterMHAExact(t *testing.T) {
 	} else {
 		t.Logf("mha over %d workers: max |y - y_ref| = %.3g", len(st.GetWorkers()), diff)
 	}
+}
+
+func toF32(x []float64) []float32 {
+	out := make([]float32, len(x))
+	for i, v := range x {
+		out[i] = float32(v)
+	}
+	return out
+}
+
+func toF64(x []float32) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = float64(v)
+	}
+	return out
 }
