@@ -48,6 +48,7 @@ type testCluster struct {
 	coord    *coordinator.Coordinator
 	serving  time.Time // when the coordinator started serving as leader
 	hbTO     time.Duration
+	dataDir  string
 	client   *client.Client
 	store    *transport.Store
 	nc       *nats.Conn
@@ -70,33 +71,8 @@ func newTestCluster(t *testing.T, hbTimeout time.Duration) *testCluster {
 	ncfg.Name = t.Name()
 	c := &testCluster{t: t, nats: ncfg, hbTO: hbTimeout, workers: map[string]*testWorker{}}
 
-	cc := coordinator.DefaultConfig()
-	cc.NodeID = "c1"
-	cc.Bootstrap = true
-	cc.DataDir = t.TempDir()
-	cc.HTTPAddr = ""
-	cc.NATS = ncfg
-	cc.HeartbeatTimeout = hbTimeout
-	cc.AssignTimeout = 2 * time.Second
-	cc.SchedulerInterval = 20 * time.Millisecond
-	cc.RaftHeartbeatTimeout = 100 * time.Millisecond
-	cc.RaftElectionTimeout = 100 * time.Millisecond
-	cc.RaftLeaderLeaseTimeout = 50 * time.Millisecond
-	cc.RaftCommitTimeout = 5 * time.Millisecond
-	_, trans := raft.NewInmemTransport("")
-	coord, err := coordinator.New(cc, coordinator.Deps{Logger: xlog.Test(t).With("side", "coordinator"), RaftTransport: trans})
-	if err != nil {
-		t.Fatalf("coordinator: %v", err)
-	}
-	t.Cleanup(func() { coord.Close() })
-	c.coord = coord
-	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
-		if !coord.Serving() {
-			return errors.New("coordinator not serving yet")
-		}
-		return nil
-	})
-	c.serving = time.Now()
+	c.dataDir = t.TempDir()
+	c.startCoordinator()
 
 	ctx := context.Background()
 	cl, err := client.Connect(ctx, ncfg, client.Options{})
@@ -111,6 +87,40 @@ func newTestCluster(t *testing.T, hbTimeout time.Duration) *testCluster {
 		t.Fatalf("store: %v", err)
 	}
 	return c
+}
+
+// startCoordinator starts the single-node coordinator on c.dataDir (its
+// raft log and snapshots survive a restart) and waits until it serves.
+func (c *testCluster) startCoordinator() {
+	t := c.t
+	t.Helper()
+	cc := coordinator.DefaultConfig()
+	cc.NodeID = "c1"
+	cc.Bootstrap = true
+	cc.DataDir = c.dataDir
+	cc.HTTPAddr = ""
+	cc.NATS = c.nats
+	cc.HeartbeatTimeout = c.hbTO
+	cc.AssignTimeout = 2 * time.Second
+	cc.SchedulerInterval = 20 * time.Millisecond
+	cc.RaftHeartbeatTimeout = 100 * time.Millisecond
+	cc.RaftElectionTimeout = 100 * time.Millisecond
+	cc.RaftLeaderLeaseTimeout = 50 * time.Millisecond
+	cc.RaftCommitTimeout = 5 * time.Millisecond
+	_, trans := raft.NewInmemTransport("c1")
+	coord, err := coordinator.New(cc, coordinator.Deps{Logger: xlog.Test(t).With("side", "coordinator"), RaftTransport: trans})
+	if err != nil {
+		t.Fatalf("coordinator: %v", err)
+	}
+	t.Cleanup(func() { coord.Close() })
+	c.coord = coord
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if !coord.Serving() {
+			return errors.New("coordinator not serving yet")
+		}
+		return nil
+	})
+	c.serving = time.Now()
 }
 
 // startWorker starts one worker; its context is canceled at cleanup (an
@@ -599,4 +609,63 @@ func toF64(x []float32) []float64 {
 		out[i] = float64(v)
 	}
 	return out
+}
+
+// TestWorkerReportsSurviveLeaderRestart stops the only coordinator while
+// every rank is mid-ring, lets the ranks finish with no leader to report
+// to, and starts the coordinator again from its raft log: the workers'
+// retried reports are committed by the new leader, its re-issued
+// assignments restart nothing, and the job succeeds in its first epoch.
+func TestWorkerReportsSurviveLeaderRestart(t *testing.T) {
+	c := newTestCluster(t, 3*time.Second)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	held := make(chan string, 8)
+	release := make(chan struct{})
+	c.setStepHook(func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) {
+		if p.Step == 1 && !p.Done {
+			held <- w.id
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+	})
+	j := newAttnJob(5, 1, 4, 2, 800, 800, 32, 100, true)
+	id := c.submit(j, "in-failover")
+	for range 3 {
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatal("not every rank reached ring step 1")
+		}
+	}
+	if err := c.coord.Close(); err != nil {
+		t.Fatalf("closing the coordinator: %v", err)
+	}
+	close(release)
+	// With no leader the shards finish and keep their reports.
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		for _, tw := range c.workers {
+			s := tw.w.Shards()
+			if len(s) != 1 || s[0].State != "reporting" {
+				return fmt.Errorf("worker %s holds %+v, want one shard reporting", tw.id, s)
+			}
+		}
+		return nil
+	})
+	c.startCoordinator()
+	st := c.wait(id, 30*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED || st.GetEpoch() != 1 {
+		t.Fatalf("job %v in epoch %d (%s), want SUCCEEDED in epoch 1", st.GetState(), st.GetEpoch(), st.GetReason())
+	}
+	for _, tw := range c.workers {
+		if got := counterValue(t, tw.w.met.shards.WithLabelValues("done")); got != 1 {
+			t.Errorf("worker %s computed %v shards, want 1", tw.id, got)
+		}
+	}
+	c.check(id, j)
 }
