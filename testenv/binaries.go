@@ -148,3 +148,34 @@ func FindBinaries() (Binaries, error) {
 	}
 	return b, errors.Join(errs...)
 }
+
+// Locate finds the binaries for a user-facing cluster, in this order:
+//  1. binDir, when set: binDir/coordinator, binDir/worker, binDir/nats-server;
+//  2. when the working directory is inside a ringattn source checkout and
+//     the go command is installed: `go build` them from the checkout into
+//     buildDir (cheap after the first time: the go build cache);
+//  3. FindBinaries: next to the running executable, then $PATH.
+//
+// It returns the binaries and a phrase saying where they came from.
+func Locate(ctx context.Context, binDir, buildDir string) (Binaries, string, error) {
+	if binDir != "" {
+		b := Binaries{
+			Coordinator: filepath.Join(binDir, CoordinatorBinary),
+			Worker:      filepath.Join(binDir, WorkerBinary),
+			NATSServer:  filepath.Join(binDir, NATSServerBinary),
+		}
+		return b, "from " + binDir, b.Validate()
+	}
+	if root, err := ModuleRoot("."); err == nil {
+		if _, err := exec.LookPath("go"); err == nil {
+			b, err := Build(ctx, root, buildDir)
+			return b, "built from the checkout " + root + " into " + buildDir, err
+		}
+	}
+	b, err := FindBinaries()
+	if err != nil {
+		return b, "", fmt.Errorf("%w (run from a source checkout to build them, or install them: "+
+			"go install %s/cmd/coordinator@latest %s/cmd/worker@latest %s@latest)", err, ModulePath, ModulePath, natsServerPkg)
+	}
+	return b, "found next to this executable or in $PATH", nil
+}

@@ -3,6 +3,7 @@ package testenv
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -131,6 +132,7 @@ type Cluster struct {
 	log     *slog.Logger
 	tempDir bool
 	natsURL string
+	natsMon string
 	http    *http.Client
 	client  *client.Client
 
@@ -188,10 +190,14 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if err := os.MkdirAll(filepath.Join(c.Dir, "logs"), 0o755); err != nil {
 		return c, err
 	}
-	if err := c.startNATS(ctx); err != nil {
+	lay, err := c.layout()
+	if err != nil {
 		return c, err
 	}
-	if err := c.startCoordinators(ctx); err != nil {
+	if err := c.startNATS(ctx, lay); err != nil {
+		return c, err
+	}
+	if err := c.startCoordinators(ctx, lay); err != nil {
 		return c, err
 	}
 	cl, err := client.Connect(ctx, c.NATSConfig("testenv"), client.Options{RequestTimeout: time.Second})
@@ -216,20 +222,77 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	return c, nil
 }
 
-func (c *Cluster) logPath(name string) string { return filepath.Join(c.Dir, "logs", name+".log") }
+// layout are the ports of a cluster, kept in Dir/layout.json: a cluster
+// started again on the same Dir reuses them, since the coordinators' Raft
+// state names its peers by address.
+type layout struct {
+	NATSPort        int                 `json:"nats_port"`
+	NATSMonitorPort int                 `json:"nats_monitor_port"`
+	Coordinators    []layoutCoordinator `json:"coordinators"`
+}
 
-func (c *Cluster) startNATS(ctx context.Context) error {
-	port := c.cfg.NATSPort
-	var err error
-	if port == 0 {
-		if port, err = freePort(); err != nil {
-			return err
+type layoutCoordinator struct {
+	Name     string `json:"name"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
+// layoutFile is the name of the layout in Dir.
+const layoutFile = "layout.json"
+
+// layout loads Dir's layout or makes (and saves) a new one with free
+// ports. Config.NATSPort, when set, wins over a saved NATS port.
+func (c *Cluster) layout() (*layout, error) {
+	path := filepath.Join(c.Dir, layoutFile)
+	lay := &layout{}
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(data, lay); err != nil {
+			return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, path, err)
+		}
+		if len(lay.Coordinators) != c.cfg.Coordinators {
+			return nil, fmt.Errorf("%w: Coordinators = %d, but %s holds a cluster of %d coordinators: use that many or a new directory",
+				ErrInvalid, c.cfg.Coordinators, c.Dir, len(lay.Coordinators))
+		}
+	case errors.Is(err, os.ErrNotExist):
+		if lay.NATSMonitorPort, err = freePort(); err != nil {
+			return nil, err
+		}
+		for i := range c.cfg.Coordinators {
+			raftAddr, err := freeAddr()
+			if err != nil {
+				return nil, err
+			}
+			httpAddr, err := freeAddr()
+			if err != nil {
+				return nil, err
+			}
+			lay.Coordinators = append(lay.Coordinators, layoutCoordinator{"coordinator-" + strconv.Itoa(i), raftAddr, httpAddr})
+		}
+	default:
+		return nil, err
+	}
+	if c.cfg.NATSPort != 0 {
+		lay.NATSPort = c.cfg.NATSPort
+	}
+	if lay.NATSPort == 0 {
+		if lay.NATSPort, err = freePort(); err != nil {
+			return nil, err
 		}
 	}
-	mon, err := freePort()
+	data, err = json.MarshalIndent(lay, "", "  ")
 	if err != nil {
-		return err
+		return nil, err
 	}
+	return lay, os.WriteFile(path, append(data, '\n'), 0o644)
+}
+
+func (c *Cluster) logPath(name string) string { return filepath.Join(c.Dir, "logs", name+".log") }
+
+func (c *Cluster) startNATS(ctx context.Context, lay *layout) error {
+	port, mon := lay.NATSPort, lay.NATSMonitorPort
+	c.natsMon = "http://127.0.0.1:" + strconv.Itoa(mon)
 	dir := filepath.Join(c.Dir, "nats")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
@@ -282,19 +345,10 @@ func (c *Cluster) WaitNATS(ctx context.Context) error {
 	})
 }
 
-func (c *Cluster) startCoordinators(ctx context.Context) error {
-	n := c.cfg.Coordinators
+func (c *Cluster) startCoordinators(ctx context.Context, lay *layout) error {
 	var peers []string
-	for i := range n {
-		raftAddr, err := freeAddr()
-		if err != nil {
-			return err
-		}
-		httpAddr, err := freeAddr()
-		if err != nil {
-			return err
-		}
-		name := "coordinator-" + strconv.Itoa(i)
+	for _, lc := range lay.Coordinators {
+		name, raftAddr, httpAddr := lc.Name, lc.RaftAddr, lc.HTTPAddr
 		dir := filepath.Join(c.Dir, name)
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
@@ -452,6 +506,9 @@ func (c *Cluster) Procs() []*Proc {
 
 // URL is the NATS server's client URL (direct, not through a proxy).
 func (c *Cluster) URL() string { return c.natsURL }
+
+// NATSMonitor is the NATS server's monitoring URL (/varz, /jsz, ...).
+func (c *Cluster) NATSMonitor() string { return c.natsMon }
 
 // NATSConfig is a transport.Config reaching the cluster, with connection
 // name `name`.

@@ -1,0 +1,154 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ringattn/ringattn/testenv"
+)
+
+// runCluster runs a multi-process local cluster in the foreground (DESIGN
+// §6): a NATS server, coordinators and workers, each its own OS process
+// with its own log file, until Ctrl-C stops them (workers drain first).
+//
+// The binaries (coordinator, worker, nats-server) come from --bin DIR;
+// otherwise, inside a source checkout with the go command installed, they
+// are built from it (into DIR/bin with --dir); otherwise they are looked
+// for next to this executable, then in $PATH.
+func runCluster(env *cliEnv, args []string) error {
+	fs := newFlags(env, "cluster", "[--coordinators 3] [--workers W] [--dir D] [--nats-port P] [--bin DIR]")
+	coords := fs.Int("coordinators", 3, "number of `N` coordinators (Raft members; 1, 3 or 5 make sense)")
+	workers := fs.Int("workers", 3, "number of `W` workers")
+	dir := fs.String("dir", "", "`directory` of the data (JetStream, Raft), logs and binaries; kept on exit and reused by the next run (default: a temporary one, removed on exit)")
+	natsPort := fs.Int("nats-port", 4222, "NATS client `port` on 127.0.0.1 (0: a free port)")
+	threads := fs.Int("threads", 0, "kernel goroutines per worker (0: the cores divided among the workers)")
+	binDir := fs.String("bin", "", "`directory` holding the coordinator, worker and nats-server binaries (default: build from the source checkout, else look next to this executable and in $PATH)")
+	hbTimeout := fs.Duration("heartbeat-timeout", 0, "a worker silent this `long` is dead (0: the coordinator's default, 3s)")
+	logLevel := fs.String("log-level", "info", "log level of every process: debug, info, warn, error")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	switch {
+	case *coords < 1 || *coords > 9:
+		return usagef("--coordinators = %d, expected 1..9", *coords)
+	case *workers < 1 || *workers > 64:
+		return usagef("--workers = %d, expected 1..64", *workers)
+	case *natsPort < 0 || *natsPort > 65535:
+		return usagef("--nats-port = %d, expected 0..65535", *natsPort)
+	case *threads < 0:
+		return usagef("--threads = %d, expected >= 0", *threads)
+	case *hbTimeout < 0:
+		return usagef("--heartbeat-timeout = %v, expected >= 0", *hbTimeout)
+	}
+	switch *logLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return usagef("--log-level = %q, expected debug, info, warn or error", *logLevel)
+	}
+	if *threads == 0 {
+		*threads = max(1, runtime.NumCPU() / *workers)
+	}
+
+	// The first Ctrl-C (or SIGTERM) stops the cluster in order; a second
+	// one kills what is left.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-sig:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	buildDir := ""
+	if *dir != "" {
+		buildDir = filepath.Join(*dir, "bin")
+	} else {
+		tmp, err := os.MkdirTemp("", "ringattn-cluster-bin-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(tmp)
+		buildDir = tmp
+	}
+	if *binDir == "" {
+		fmt.Fprintln(env.stdout, "ringattn cluster: locating the coordinator, worker and nats-server binaries...")
+	}
+	bins, how, err := testenv.Locate(ctx, *binDir, buildDir)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	c, err := testenv.Start(ctx, testenv.Config{Bin: bins, Dir: *dir, Coordinators: *coords, Workers: *workers,
+		NATSPort: *natsPort, WorkerThreads: *threads, HeartbeatTimeout: *hbTimeout, LogLevel: *logLevel})
+	if err != nil {
+		return fmt.Errorf("starting the cluster: %w", err)
+	}
+	leader, _ := c.Leader(ctx)
+	printCluster(env.stdout, c, how, leader, time.Since(start))
+
+	// Report processes that die on their own while the cluster runs.
+	for _, p := range c.Procs() {
+		go func() {
+			select {
+			case <-p.Exited():
+				if ctx.Err() == nil {
+					fmt.Fprintf(env.stderr, "ringattn cluster: %s (pid %d) exited: %v; see %s\n", p.Name, p.Pid(), p.ExitState(), p.LogPath)
+				}
+			case <-ctx.Done():
+			}
+		}()
+	}
+	<-ctx.Done()
+	fmt.Fprintln(env.stdout, "ringattn cluster: stopping (workers drain, then coordinators, then NATS; Ctrl-C again kills)")
+	closed := make(chan error, 1)
+	go func() { closed <- c.Close() }()
+	select {
+	case err = <-closed:
+	case <-sig:
+		c.Kill()
+		err = <-closed
+	}
+	if err != nil {
+		return fmt.Errorf("stopping: %w", err)
+	}
+	fmt.Fprintln(env.stdout, "ringattn cluster: stopped")
+	return nil
+}
+
+func printCluster(w io.Writer, c *testenv.Cluster, how string, leader *testenv.Proc, took time.Duration) {
+	fmt.Fprintf(w, "ringattn cluster: %d coordinators, %d workers, up in %v\n", len(c.Coordinators), len(c.Workers()), took.Round(time.Millisecond))
+	fmt.Fprintf(w, "  binaries  %s\n  data      %s\n  NATS      %s  (monitoring %s)\n", how, c.Dir, c.URL(), c.NATSMonitor())
+	if leader != nil {
+		fmt.Fprintf(w, "  leader    %s\n", leader.Name)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  PROCESS\tPID\tADDRESS\tLOG")
+	for _, p := range c.Procs() {
+		addr := p.Addr
+		switch p.Kind {
+		case testenv.KindNATS:
+			addr = p.NATSURL
+		case testenv.KindCoordinator:
+			addr = "http://" + p.Addr + " (raft " + p.RaftAddr + ")"
+		case testenv.KindWorker:
+			addr = "http://" + p.Addr + "/metrics"
+		}
+		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", p.Name, p.Pid(), addr, p.LogPath)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "Try:  ringattn attend --nats %s -q Q.npy -k K.npy -v V.npy -o O.npy\n      ringattn list --nats %s\n", c.URL(), c.URL())
+	fmt.Fprintln(w, "Ctrl-C stops everything.")
+}
