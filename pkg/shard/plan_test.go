@@ -534,6 +534,16 @@ func TestShardSpansAndHolder(t *testing.T) {
 	if s, n := p.KSpan(1); s != 100 || n != 30 {
 		t.Fatalf("KSpan(1) = %d, %d", s, n)
 	}
+	if p.PairsRow(-1) != nil || p.PairsRow(3) != nil || p.Visible(0, 2) || p.Visible(-1, 0) {
+		t.Fatal("out-of-range blocks are not nil / invisible")
+	}
+	if !p.Visible(2, 1) {
+		t.Fatal("block pair (2, 1) of an unmasked plan is not visible")
+	}
+	var empty shard.Plan
+	if empty.Holder(1, 1) != 0 || empty.HeldKV(0, 0) != nil || !errors.Is(empty.Validate(), shard.ErrInvalid) {
+		t.Fatal("an empty plan misbehaves")
+	}
 	for r := range 3 {
 		for s := range 3 {
 			if h := p.Holder(r, s); h != (r-s+3)%3 {

@@ -19,15 +19,21 @@ func (p *Plan) KSpan(j int) (start, n int) {
 }
 
 // Holder returns the rank whose initial key/value blocks rank holds at ring
-// step: (rank - step) mod W.
+// step: (rank - step) mod W (0 for a plan without ranks).
 func (p *Plan) Holder(rank, step int) int {
 	w := len(p.Ranks)
+	if w == 0 {
+		return 0
+	}
 	return ((rank-step)%w + w) % w
 }
 
 // HeldKV returns the key/value blocks rank folds at ring step (do not
-// modify the slice).
+// modify the slice); nil for a plan without ranks.
 func (p *Plan) HeldKV(rank, step int) []int {
+	if len(p.Ranks) == 0 {
+		return nil
+	}
 	return p.Ranks[p.Holder(rank, step)].KVBlocks
 }
 
@@ -37,15 +43,22 @@ func (p *Plan) Reduction() []ReduceStep { return p.Reduce }
 
 // PairsRow returns the number of (query, key) pairs the mask leaves visible
 // between query block qi and every key block. A pair count of 0 means the
-// block pair is entirely masked and is skipped.
+// block pair is entirely masked and is skipped. It returns nil when qi is
+// not a query block of the plan.
 func (p *Plan) PairsRow(qi int) []int64 {
+	if qi < 0 || qi >= p.QBlockCount || p.Block < 1 {
+		return nil
+	}
 	me := newMaskEval(&p.Request.Mask, p.N, p.Nk)
 	q0, rows := p.QSpan(qi)
 	return me.pairsRow(q0, rows, p.Block, p.KBlockCount)
 }
 
 // Visible reports whether query block qi sees any key of key block kj.
-func (p *Plan) Visible(qi, kj int) bool { return p.PairsRow(qi)[kj] > 0 }
+func (p *Plan) Visible(qi, kj int) bool {
+	row := p.PairsRow(qi)
+	return kj >= 0 && kj < len(row) && row[kj] > 0
+}
 
 // PairFLOPs is the cost of one visible (query, key) pair over all batches
 // and heads: 4·B·Hq·D.
