@@ -156,10 +156,14 @@ func (s *MemSink) PutRun(ctx context.Context, first, count int, o, lse []float32
 	return nil
 }
 
-// Puts returns how many times output block `block` was written.
+// Puts returns how many times output block `block` was written (0 for a
+// block out of range).
 func (s *MemSink) Puts(block int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if block < 0 || block >= len(s.puts) {
+		return 0
+	}
 	return s.puts[block]
 }
 
