@@ -47,6 +47,32 @@ func failure(err error) *pb.ShardFailed {
 	return f
 }
 
+// storeAttempts bounds the tries of one store operation.
+const storeAttempts = 5
+
+// retryStore runs op until it succeeds, fails for good, or storeAttempts
+// tries failed transiently (NATS reconnecting, a JetStream timeout), with
+// backoff 100 ms, 200 ms, ... between tries. Missing or corrupt blocks, bad
+// names and sizes are final at once.
+func retryStore(ctx context.Context, op func() error) error {
+	wait := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := op()
+		if err == nil || attempt == storeAttempts || ctx.Err() != nil ||
+			errors.Is(err, transport.ErrBlockNotFound) || errors.Is(err, transport.ErrCorrupt) ||
+			errors.Is(err, transport.ErrInvalidName) || errors.Is(err, transport.ErrTooLarge) ||
+			errors.Is(err, transport.ErrInvalidShape) || errors.Is(err, transport.ErrInvalidConfig) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait *= 2
+	}
+}
+
 // nonFiniteError names an input block holding NaN or Inf.
 type nonFiniteError struct {
 	tensor string
@@ -89,7 +115,11 @@ type checkedSource struct {
 }
 
 func (s *checkedSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
-	x, err := s.r.GetBlock(ctx, s.ns, tensor, block)
+	var x []float32
+	err := retryStore(ctx, func() (err error) {
+		x, err = s.r.GetBlock(ctx, s.ns, tensor, block)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +142,7 @@ type outputs struct {
 // put writes one float32 block and returns the CRC32C of its bytes as
 // stored (little-endian float32, as transport.Store encodes F32).
 func (o *outputs) put(ctx context.Context, w blockWriter, ns, tensor string, block int, data []float32, met *workerMetrics) (uint32, error) {
-	if err := w.PutBlock(ctx, ns, tensor, block, data, transport.F32); err != nil {
+	if err := retryStore(ctx, func() error { return w.PutBlock(ctx, ns, tensor, block, data, transport.F32) }); err != nil {
 		return 0, err
 	}
 	met.storeBytes.WithLabelValues("written").Add(float64(4 * len(data)))

@@ -260,3 +260,28 @@ func TestWorkerMetricsEndpoint(t *testing.T) {
 		t.Fatalf("/readyz: %d", code)
 	}
 }
+
+func TestWorkerRetryStore(t *testing.T) {
+	ctx := context.Background()
+	n := 0
+	err := retryStore(ctx, func() error {
+		n++
+		if n < 3 {
+			return errors.New("nats: timeout")
+		}
+		return nil
+	})
+	if err != nil || n != 3 {
+		t.Fatalf("transient errors: err %v after %d tries, want success on the 3rd", err, n)
+	}
+	n = 0
+	err = retryStore(ctx, func() error { n++; return fmt.Errorf("%w: x", transport.ErrBlockNotFound) })
+	if !errors.Is(err, transport.ErrBlockNotFound) || n != 1 {
+		t.Fatalf("missing block: err %v after %d tries, want it at once", err, n)
+	}
+	n = 0
+	err = retryStore(ctx, func() error { n++; return errors.New("down") })
+	if err == nil || n != storeAttempts {
+		t.Fatalf("persistent error: err %v after %d tries, want %d tries", err, n, storeAttempts)
+	}
+}
