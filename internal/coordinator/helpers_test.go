@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -314,12 +315,16 @@ type testWorker struct {
 	slots  int32
 	every  time.Duration
 
+	// gate, when set, holds finished shards' reports until it is closed.
+	gate *gate
+
 	mu       sync.Mutex
 	delay    time.Duration
 	fail     string // when set, report failures with this reason
 	fatal    bool
 	running  map[shardKey]bool // true once its report is acknowledged
 	assigned map[shardKey]int  // assignments received
+	senders  map[shardKey][]string // leader of each assignment received
 	aborted  []*pb.ShardRef
 	stopped  bool
 	sub      *nats.Subscription
@@ -330,7 +335,7 @@ type testWorker struct {
 func newTestWorker(t testing.TB, url, id string, gflops float64, delay time.Duration) *testWorker {
 	t.Helper()
 	w := &testWorker{t: t, id: id, nc: connect(t, url), subj: transport.NewSubjects(""), gflops: gflops, slots: 2,
-		every: 100 * time.Millisecond, delay: delay, running: map[shardKey]bool{}, assigned: map[shardKey]int{}, done: make(chan struct{})}
+		every: 100 * time.Millisecond, delay: delay, running: map[shardKey]bool{}, assigned: map[shardKey]int{}, senders: map[shardKey][]string{}, done: make(chan struct{})}
 	var err error
 	w.sub, err = w.nc.Subscribe(w.subj.Assign(id), w.onAssign)
 	noErr(t, err)
@@ -392,6 +397,7 @@ func (w *testWorker) onAssign(m *nats.Msg) {
 		return
 	}
 	w.assigned[k]++
+	w.senders[k] = append(w.senders[k], a.LeaderId)
 	_, dup := w.running[k]
 	if !dup {
 		w.running[k] = false
@@ -419,6 +425,13 @@ func (w *testWorker) run(a *pb.Assignment) {
 	case <-w.done:
 		return
 	case <-time.After(delay):
+	}
+	if w.gate != nil {
+		select {
+		case <-w.gate.wait():
+		case <-w.done:
+			return
+		}
 	}
 	rep := &pb.Report{WorkerId: w.id, JobId: a.JobId, Epoch: a.Epoch, Rank: a.Rank}
 	w.mu.Lock()
@@ -483,6 +496,19 @@ func (w *testWorker) set(delay time.Duration, fail string, fatal bool) {
 	w.mu.Unlock()
 }
 
+// sentBy returns the shards for which leader sent an assignment.
+func (w *testWorker) sentBy(leader string) []shardKey {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []shardKey
+	for k, ls := range w.senders {
+		if slices.Contains(ls, leader) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 func (w *testWorker) assignments() map[shardKey]int {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -524,4 +550,38 @@ func metricValue(t testing.TB, c *Coordinator, name string) float64 {
 		}
 	}
 	return v
+}
+
+// gate holds test workers' reports while shut.
+type gate struct {
+	mu sync.Mutex
+	ch chan struct{} // nil: open
+}
+
+func (g *gate) wait() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ch == nil {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	return g.ch
+}
+
+func (g *gate) shut() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ch == nil {
+		g.ch = make(chan struct{})
+	}
+}
+
+func (g *gate) open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ch != nil {
+		close(g.ch)
+		g.ch = nil
+	}
 }

@@ -584,6 +584,9 @@ func (l *leader) replanJob(j *cpb.Job, reason string, live map[string]*pb.Heartb
 // re-planning), commits the new epoch and sends its assignments.
 func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, used map[string]int, reason string) {
 	c := l.c
+	if l.ctx.Err() != nil {
+		return // stepping down: the next leader plans it
+	}
 	w := len(cands)
 	if p := int(j.Spec.GetParallelism()); p > 0 {
 		w = min(w, p)
