@@ -322,8 +322,8 @@ type testWorker struct {
 	delay    time.Duration
 	fail     string // when set, report failures with this reason
 	fatal    bool
-	running  map[shardKey]bool // true once its report is acknowledged
-	assigned map[shardKey]int  // assignments received
+	running  map[shardKey]bool     // true once its report is acknowledged
+	assigned map[shardKey]int      // assignments received
 	senders  map[shardKey][]string // leader of each assignment received
 	aborted  []*pb.ShardRef
 	stopped  bool
