@@ -38,7 +38,7 @@
 //     (24 zmm accumulators); exp scales with VSCALEFPS.
 //
 // The assembly is generated with avo from ./_asm (its own go.mod) into
-// kernels_amd64.s and kernels_amd64_stubs.go, whose doc comments give every
+// kernels_amd64.s and stubs_amd64.go, whose doc comments give every
 // kernel's reference loop; it builds with `!noasm && gc` on amd64. exp is a
 // Cephes-style polynomial after range reduction, within 1 ulp of the
 // correctly rounded result over the float32 range (tested), 0 for -inf and

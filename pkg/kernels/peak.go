@@ -49,7 +49,7 @@ func PeakGFLOPS(d time.Duration) float64 {
 	for {
 		t := time.Now()
 		pl.run(n)
-		if el := time.Since(t); el > 5*time.Millisecond || n > 1<<40 {
+		if el := time.Since(t); el > 5*time.Millisecond || n > 1<<29 {
 			n = int(float64(n) * float64(10*time.Millisecond) / float64(el+1))
 			break
 		}

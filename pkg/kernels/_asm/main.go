@@ -1,6 +1,6 @@
 // Command _asm generates the SIMD kernels of package kernels with avo.
 //
-//	cd pkg/kernels/_asm && go run . -out ../kernels_amd64.s -stubs ../kernels_amd64_stubs.go -pkg kernels
+//	cd pkg/kernels/_asm && go run . -out ../kernels_amd64.s -stubs ../stubs_amd64.go -pkg kernels
 //
 // Every kernel is generated twice from the same code: once for AVX-512 (zmm,
 // 16 lanes, a 6×64 register tile) and once for AVX2+FMA (ymm, 8 lanes, a 6×16
