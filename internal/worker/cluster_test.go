@@ -44,6 +44,7 @@ func checkFor(t *testing.T, total, every time.Duration, f func() error) {
 // raft with its log and snapshots on disk) and workers, all in this process.
 type testCluster struct {
 	t        *testing.T
+	srv      *transport.Embedded
 	nats     transport.Config
 	coord    *coordinator.Coordinator
 	serving  time.Time // when the coordinator started serving as leader
@@ -69,7 +70,7 @@ func newTestCluster(t *testing.T, hbTimeout time.Duration) *testCluster {
 	srv := transporttest.RunServer(t)
 	ncfg := transporttest.Config(srv)
 	ncfg.Name = t.Name()
-	c := &testCluster{t: t, nats: ncfg, hbTO: hbTimeout, workers: map[string]*testWorker{}}
+	c := &testCluster{t: t, srv: srv, nats: ncfg, hbTO: hbTimeout, workers: map[string]*testWorker{}}
 
 	c.dataDir = t.TempDir()
 	c.startCoordinator()
@@ -661,5 +662,49 @@ func TestWorkerReportsSurviveLeaderRestart(t *testing.T) {
 			t.Errorf("worker %s computed %v shards, want 1", tw.id, got)
 		}
 	}
+	c.check(id, j)
+}
+
+// TestWorkerSurvivesNATSRestart restarts the NATS server (JetStream on
+// disk) while every rank is mid-ring: workers, coordinator and client
+// reconnect, ranks fall back to the store for lost frames or are
+// re-planned, and the job's result is exact.
+func TestWorkerSurvivesNATSRestart(t *testing.T) {
+	c := newTestCluster(t, 3*time.Second)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	held := make(chan string, 8)
+	release := make(chan struct{})
+	c.setStepHook(func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) {
+		if epoch == 1 && p.Step == 1 && !p.Done {
+			held <- w.id
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+		}
+	})
+	j := newAttnJob(6, 1, 2, 2, 900, 900, 32, 100, true)
+	id := c.submit(j, "in-natsrestart")
+	for range 3 {
+		select {
+		case <-held:
+		case <-time.After(30 * time.Second):
+			t.Fatal("not every rank reached ring step 1")
+		}
+	}
+	c.srv.Stop()
+	if err := c.srv.Restart(); err != nil {
+		t.Fatalf("restarting NATS: %v", err)
+	}
+	close(release)
+	st := c.wait(id, 60*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+		t.Fatalf("job %v: %s", st.GetState(), st.GetReason())
+	}
+	t.Logf("finished in epoch %d on %v after the NATS restart", st.GetEpoch(), st.GetWorkers())
 	c.check(id, j)
 }

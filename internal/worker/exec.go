@@ -277,7 +277,8 @@ func (w *Worker) compute(ctx context.Context, t *task) (*pb.ShardDone, error) {
 	lastAt := time.Now()
 	start := lastAt
 	err = ringattn.RunRank(ctx, ringattn.RankConfig{
-		Params: &params, Plan: t.plan, Ring: ring, Source: source, Sink: sink,
+		Params: &params, Plan: t.plan, Ring: newFailFastRing(ring, max(w.cfg.RecvTimeout/50, 20*time.Millisecond)),
+		Source: source, Sink: sink,
 		Logger: w.log.With("job", t.job, "epoch", t.epoch),
 		Progress: func(p ringattn.Progress) {
 			now := time.Now()

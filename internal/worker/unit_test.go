@@ -285,3 +285,46 @@ func TestWorkerRetryStore(t *testing.T) {
 		t.Fatalf("persistent error: err %v after %d tries, want %d tries", err, n, storeAttempts)
 	}
 }
+
+// TestWorkerFailFastRing: after one receive from a peer timed out, the
+// next ones wait only the short time, until a frame from it arrives.
+func TestWorkerFailFastRing(t *testing.T) {
+	net, err := ringattn.NewMemNet(2, ringattn.MemOptions{RecvTimeout: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer net.Close()
+	r := newFailFastRing(net.Rank(1), 10*time.Millisecond)
+	ctx := context.Background()
+	key := func(b int) ringattn.Key { return ringattn.Key{Kind: ringattn.KindKV, Step: 1, Block: b} }
+	start := time.Now()
+	if _, err := r.Recv(ctx, 0, key(0)); !errors.Is(err, ringattn.ErrTimeout) {
+		t.Fatalf("first receive: %v, want ErrTimeout", err)
+	}
+	if d := time.Since(start); d < 300*time.Millisecond {
+		t.Fatalf("first receive gave up after %v, want the full timeout", d)
+	}
+	start = time.Now()
+	if _, err := r.Recv(ctx, 0, key(1)); !errors.Is(err, ringattn.ErrTimeout) {
+		t.Fatalf("second receive: %v, want ErrTimeout", err)
+	}
+	if d := time.Since(start); d > 200*time.Millisecond {
+		t.Fatalf("second receive from a stalled peer took %v, want about 10ms", d)
+	}
+	// The peer is back: a frame already there is received, and the full
+	// timeout applies again.
+	if err := net.Rank(0).Send(ctx, 1, ringattn.Frame{Key: key(2), Tensors: [][]float32{{1}, {2}}}); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := r.Recv(ctx, 0, key(2)); err != nil || f.Tensors[1][0] != 2 {
+		t.Fatalf("receive after the peer came back: %v %v", f, err)
+	}
+	if r.stalled[0] {
+		t.Fatal("peer still marked stalled after a frame arrived")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := r.Recv(cctx, 0, key(3)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled receive: %v, want context.Canceled", err)
+	}
+}
