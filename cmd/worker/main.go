@@ -1,8 +1,14 @@
 // Command worker runs one ringattn worker: it connects to NATS, heartbeats
 // to the coordinator leader, and computes the ranks it is assigned
 // (DESIGN.md §3–§5). Configuration is by flags, each with a RINGATTN_*
-// environment variable; SIGTERM (or SIGINT) drains the worker and exits 0,
-// a second signal stops it at once.
+// environment variable (the id is RINGATTN_WORKER_ID); SIGTERM (or SIGINT)
+// drains the worker and exits 0, a second signal stops it at once.
+//
+//	worker --nats-url nats://127.0.0.1:4222 --id w1 --metrics-addr 127.0.0.1:9090
+//	RINGATTN_NATS_URL=nats://nats:4222 RINGATTN_WORKER_ID=$POD_NAME worker --log-format json
+//
+// Exit codes: 0 after a drain (or --help, --version), 1 when the worker
+// cannot start (store, metrics listener), 2 for bad flags or environment.
 package main
 
 import (
