@@ -2,7 +2,6 @@ package validate
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -335,9 +335,11 @@ func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 			if err != nil || code != http.StatusOK {
 				return fmt.Errorf("%s %s: %d %q %v", p.name, ready, code, body, err)
 			}
-			if m := leaderRE.FindStringSubmatch(body); m != nil {
-				leaders[i] = m[1]
+			m := leaderRE.FindStringSubmatch(body)
+			if m == nil {
+				return fmt.Errorf("%s %s: body %q does not name the leader", p.name, ready, body)
 			}
+			leaders[i] = m[1]
 		}
 		for i := 1; i < replicas; i++ {
 			if leaders[i] != leaders[0] {
@@ -348,10 +350,15 @@ func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 	}
 	checkFor(t, 60*time.Second, 100*time.Millisecond, allReady)
 	t.Logf("all %d coordinators ready (%s) in %v; leader: %v", replicas, ready, time.Since(start).Round(time.Millisecond), leaders)
-	if leaders[0] != "" && !strings.HasPrefix(leaders[0], w.Obj.Name+"-") {
+	if !strings.HasPrefix(leaders[0], w.Obj.Name+"-") {
 		t.Errorf("leader %q is not one of the pod names (raft ids must be pod names)", leaders[0])
 	}
-	metric := "ringattn_queue_depth"
+	// The metric the HPA scales on, as the rendered HPA names it.
+	hpas := Typed[*autoscalingv2.HorizontalPodAutoscaler](inv)
+	if len(hpas) != 1 || hpas[0].Spec.Metrics[0].External == nil {
+		t.Fatalf("prod: want one HPA on an external metric")
+	}
+	metric := hpas[0].Spec.Metrics[0].External.Metric.Name
 	for i := range replicas {
 		if code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d%s", httpPorts[i], live)); err != nil || code != http.StatusOK {
 			t.Errorf("coordinator-%d liveness %s: %d %q %v", i, live, code, body, err)
@@ -362,23 +369,27 @@ func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 		}
 	}
 
-	// A pod restarted on its volume (eviction, node drain, rollout) comes
-	// back with the same command line: it must rejoin from its raft state,
-	// not bootstrap a second cluster.
-	cgrace0 := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
-	if _, err := procs[0].stop(cgrace0); err != nil {
-		t.Fatalf("%s on SIGTERM: %v", procs[0].name, err)
+	// The leader's pod restarted on its volume (eviction, node drain,
+	// rollout) comes back with the same command line: the others elect a
+	// new leader, and it rejoins from its raft state instead of
+	// bootstrapping a second cluster.
+	cgrace := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
+	li := slices.IndexFunc(procs, func(p *process) bool { return p.name == leaders[0] })
+	if li < 0 {
+		t.Fatalf("leader %q is not one of the started pods", leaders[0])
 	}
-	procs[0] = startProcess(t, procs[0].name+"-restarted", argvs[0], envs[0])
+	if _, err := procs[li].stop(cgrace); err != nil {
+		t.Fatalf("%s on SIGTERM: %v", procs[li].name, err)
+	}
+	old := leaders[0]
+	procs[li] = startProcess(t, procs[li].name+"-restarted", argvs[li], envs[li])
 	start = time.Now()
 	checkFor(t, 60*time.Second, 100*time.Millisecond, allReady)
-	t.Logf("%s restarted on its data dir and rejoined in %v; leader: %v", procs[0].name, time.Since(start).Round(time.Millisecond), leaders)
+	t.Logf("leader %s restarted on its data dir and rejoined in %v; leader now: %v", old, time.Since(start).Round(time.Millisecond), leaders[0])
 
-	cgrace := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
 	for _, p := range procs {
 		took, err := p.stop(cgrace)
-		var ee *exec.ExitError
-		if err != nil && !(errors.As(err, &ee) && ee.ExitCode() == 0) {
+		if err != nil {
 			t.Errorf("%s on SIGTERM: %v (want exit 0 within %v)", p.name, err, cgrace)
 		}
 		t.Logf("%s stopped in %v", p.name, took.Round(time.Millisecond))
