@@ -77,6 +77,7 @@ func TestCoordinatorLeaderKilledWhileJobsRun(t *testing.T) {
 		w.gate = g
 		workers = append(workers, w)
 	}
+	waitWorkers(t, nc, 3)
 	var ids []string
 	for i := range 12 {
 		ids = append(ids, submit(t, nc, attnSpec(fmt.Sprintf("run-%d", i), 64*8)).Job.Id)

@@ -46,6 +46,7 @@ func TestCoordinatorJobLifecycle(t *testing.T) {
 	tc.leader()
 	newTestWorker(t, tc.url, "wa", 10, 20*time.Millisecond)
 	newTestWorker(t, tc.url, "wb", 30, 20*time.Millisecond)
+	waitWorkers(t, nc, 2)
 
 	r := submit(t, nc, attnSpec("life", 1000))
 	if r.Existing || r.Job.State != pb.JobState_JOB_STATE_QUEUED || r.Job.BlocksTotal != 16 {

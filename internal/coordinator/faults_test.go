@@ -30,7 +30,7 @@ func TestCoordinatorWorkerDiesReplansUnfinished(t *testing.T) {
 	ld := tc.leader()
 	fast := newTestWorker(t, tc.url, "fast", 20, 10*time.Millisecond)
 	slow := newTestWorker(t, tc.url, "slow", 10, time.Hour) // never finishes
-	_ = fast
+	waitWorkers(t, nc, 2)
 
 	r := submit(t, nc, attnSpec("die", 64*20))
 	// Wait for epoch 1 with both workers, and fast's rank done.
@@ -76,6 +76,7 @@ func TestCoordinatorWorkerLeavesReplansAtOnce(t *testing.T) {
 	ld := tc.leader()
 	newTestWorker(t, tc.url, "stay", 20, 10*time.Millisecond)
 	leaver := newTestWorker(t, tc.url, "leaver", 10, time.Hour)
+	waitWorkers(t, nc, 2)
 	r := submit(t, nc, attnSpec("leave", 64*8))
 	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		if len(leaver.assignments()) != 1 {

@@ -585,3 +585,18 @@ func (g *gate) open() {
 		g.ch = nil
 	}
 }
+
+// waitWorkers waits until the leader's registry holds n workers.
+func waitWorkers(t testing.TB, nc *nats.Conn, n int) {
+	t.Helper()
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		r := &pb.ClusterReply{}
+		if err := api(nc, EndpointCluster, &pb.ClusterRequest{}, r, time.Second); err != nil {
+			return err
+		}
+		if len(r.Workers) != n {
+			return fmt.Errorf("%d workers registered, want %d", len(r.Workers), n)
+		}
+		return nil
+	})
+}

@@ -559,6 +559,19 @@ func (l *leader) candidates(live map[string]*pb.Heartbeat, used map[string]int, 
 
 func (l *leader) replanJob(j *cpb.Job, reason string, live map[string]*pb.Heartbeat, used map[string]int, now time.Time) {
 	c := l.c
+	// Re-read: reports may have finished blocks since j was read.
+	c.fsm.view(func(s *State) {
+		if fresh := s.Job(j.Id); fresh != nil {
+			j = fresh
+		}
+	})
+	if j.State != pb.JobState_JOB_STATE_RUNNING {
+		return
+	}
+	if int64(len(j.DoneBlocks)) == j.BlocksTotal {
+		l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
+		return
+	}
 	if j.Epoch >= uint64(c.cfg.MaxEpochs) {
 		l.finish(j, pb.JobState_JOB_STATE_FAILED, fmt.Sprintf("gave up after %d epochs; last: %s", j.Epoch, reason))
 		return
