@@ -18,7 +18,7 @@ type workerMetrics struct {
 	shardsRunning  prometheus.Gauge
 	shards         *prometheus.CounterVec // result = done|failed|aborted|abandoned
 	reports        *prometheus.CounterVec // status = accepted|duplicate|stale|rejected|retry|error
-	assignments    *prometheus.CounterVec // result = accepted|rejected|repeated
+	assignments    *prometheus.CounterVec // result = accepted|repeated (re-issued, already held)|rejected
 	heartbeats     *prometheus.CounterVec // result = acked|unanswered
 	leaving        prometheus.Gauge
 	lastShardGFLOP prometheus.Gauge

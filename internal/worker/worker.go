@@ -489,6 +489,9 @@ func (w *Worker) onAssign(runCtx context.Context, m *nats.Msg) {
 		ack = w.assign(runCtx, &a)
 	}
 	result := "accepted"
+	if ack.GetReason() == alreadyHeld {
+		result = "repeated"
+	}
 	if !ack.GetAccepted() {
 		result = "rejected"
 		w.log.Warn("assignment rejected", "job", a.GetJobId(), "epoch", a.GetEpoch(), "rank", a.GetRank(),
@@ -507,6 +510,9 @@ func (w *Worker) onAssign(runCtx context.Context, m *nats.Msg) {
 	}
 }
 
+// alreadyHeld is the AssignmentAck reason of a re-issued assignment.
+const alreadyHeld = "already held"
+
 // assign applies an assignment: idempotent per (job, epoch, rank).
 func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.AssignmentAck {
 	key := shardKey{job: a.GetJobId(), epoch: a.GetEpoch(), rank: a.GetRank()}
@@ -514,16 +520,15 @@ func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.Assignment
 	if s, ok := w.shards[key]; ok {
 		// Re-issued (e.g. by a new leader): never restart; re-send a
 		// finished shard's report.
-		w.met.assignments.WithLabelValues("repeated").Inc()
 		if s.finished() {
 			w.deliverLocked(s)
 		}
 		w.mu.Unlock()
-		return &pb.AssignmentAck{Accepted: true, Reason: "already held"}
+		return &pb.AssignmentAck{Accepted: true, Reason: alreadyHeld}
 	}
 	if latest := w.jobEpoch[key.job].epoch; key.epoch < latest {
 		w.mu.Unlock()
-		return &pb.AssignmentAck{Reason: fmt.Sprintf("stale epoch %d: epoch %d of job %s was assigned already", key.epoch, latest, key.job)}
+		return &pb.AssignmentAck{Reason: fmt.Sprintf("stale epoch %d: job %s is in epoch %d here", key.epoch, key.job, latest)}
 	}
 	if w.draining {
 		w.mu.Unlock()
@@ -539,7 +544,7 @@ func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.Assignment
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if _, ok := w.shards[key]; ok { // raced with a duplicate
-		return &pb.AssignmentAck{Accepted: true, Reason: "already held"}
+		return &pb.AssignmentAck{Accepted: true, Reason: alreadyHeld}
 	}
 	if w.draining {
 		return &pb.AssignmentAck{Reason: "worker is leaving"}
