@@ -3,6 +3,7 @@ package coordinator
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"testing"
@@ -123,12 +124,20 @@ func (tc *testCluster) connectAll() {
 func (tc *testCluster) start(i int) {
 	tc.t.Helper()
 	c, err := New(tc.cfgs[i], Deps{
-		Logger:        xlog.Test(tc.t).With("test_node", tc.cfgs[i].NodeID),
+		Logger:        tc.logger(i),
 		Registerer:    prometheus.NewRegistry(),
 		RaftTransport: tc.trans[i],
 	})
 	noErr(tc.t, err)
 	tc.nodes[i] = c
+}
+
+// logger logs through t.Log in tests; benchmarks stay quiet.
+func (tc *testCluster) logger(i int) *slog.Logger {
+	if _, bench := tc.t.(*testing.B); bench {
+		return xlog.Discard()
+	}
+	return xlog.Test(tc.t).With("test_node", tc.cfgs[i].NodeID)
 }
 
 // stop closes node i (its transport goes with it, as when it dies).
@@ -526,7 +535,7 @@ func (tc *testCluster) restartWith(i int, td TensorDeleter) {
 	tc.trans[i] = tr
 	tc.connectAll()
 	c, err := New(tc.cfgs[i], Deps{
-		Logger:        xlog.Test(tc.t).With("test_node", tc.cfgs[i].NodeID),
+		Logger:        tc.logger(i),
 		Registerer:    prometheus.NewRegistry(),
 		RaftTransport: tc.trans[i],
 		Tensors:       td,
