@@ -179,6 +179,11 @@ type linkState struct {
 	lastProbe time.Time
 	// established is set by the first acknowledgement: the peer listens.
 	established bool
+	// stalled is set when a frame to the peer was abandoned for want of
+	// acknowledgements and cleared by the next one: until then a send to
+	// the peer waits two probe intervals, not SendTimeout (a peer that
+	// finished or died would otherwise cost SendTimeout per frame).
+	stalled bool
 }
 
 type peerState struct {
@@ -526,13 +531,18 @@ func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 		if first || l.acked != acked {
 			first, acked, start = false, l.acked, time.Now()
 		}
+		budget := r.cfg.SendTimeout
+		if l.stalled {
+			budget = min(budget, 2*r.cfg.ProbeInterval)
+		}
 		now := time.Now()
-		if now.Sub(start) >= r.cfg.SendTimeout {
+		if now.Sub(start) >= budget {
+			l.stalled = true
 			r.mu.Unlock()
 			return 0, errStalled
 		}
 		var probe *nats.Msg
-		if (!l.established || now.Sub(start) >= r.cfg.ProbeInterval) && now.Sub(l.lastProbe) >= r.cfg.ProbeInterval {
+		if (!l.established || l.stalled || now.Sub(start) >= r.cfg.ProbeInterval) && now.Sub(l.lastProbe) >= r.cfg.ProbeInterval {
 			l.lastProbe = now
 			l.nextSeq++
 			l.inflight = append(l.inflight, inflight{l.nextSeq, 0})
@@ -548,7 +558,7 @@ func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 				return 0, err
 			}
 		}
-		wait := min(r.cfg.ProbeInterval, r.cfg.SendTimeout-time.Since(start))
+		wait := min(r.cfg.ProbeInterval, budget-time.Since(start))
 		timer.Reset(max(wait, time.Millisecond))
 		select {
 		case <-ch:
@@ -575,6 +585,7 @@ func (r *NATSRing) ackLocked(to int, seq uint64) {
 		l.inflight = append(l.inflight[:0], l.inflight[i:]...)
 		l.acked++
 		l.established = true
+		l.stalled = false
 		r.broadcastLocked()
 	}
 }
