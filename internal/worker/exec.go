@@ -241,10 +241,14 @@ func (w *Worker) compute(ctx context.Context, t *task) (*pb.ShardDone, error) {
 	if t.bf16 {
 		enc = transport.BF16
 	}
+	// A peer that has acknowledged nothing for twice its RecvTimeout has
+	// fallen back to the store (or is gone): stop sending to it then, not
+	// after the ring's default 30 s.
 	ring, err := transport.NewNATSRing(nc, transport.RingConfig{
 		Job: t.job, Epoch: t.epoch, Rank: t.rank, Size: len(t.plan.Ranks),
 		Prefix: w.subj.Prefix(), Encoding: enc, RecvTimeout: w.cfg.RecvTimeout,
-		Logger: w.log.With("job", t.job, "epoch", t.epoch),
+		SendTimeout: 2 * w.cfg.RecvTimeout,
+		Logger:      w.log.With("job", t.job, "epoch", t.epoch),
 	})
 	if err != nil {
 		return nil, err
