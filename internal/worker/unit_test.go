@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -216,6 +217,10 @@ func TestWorkerMeasureGFLOPS(t *testing.T) {
 		t.Fatalf("MeasureGFLOPS = %v, %v; want > 0", g, err)
 	}
 	t.Logf("kernel: %.1f GFLOP/s on one thread", g)
+	if g, err = MeasureGFLOPS(context.Background(), 100*time.Millisecond, 0); err != nil || !(g > 0) {
+		t.Fatalf("MeasureGFLOPS on all cores = %v, %v; want > 0", g, err)
+	}
+	t.Logf("kernel: %.1f GFLOP/s on %d threads", g, runtime.GOMAXPROCS(0))
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	if _, err := MeasureGFLOPS(ctx, time.Second, 1); !errors.Is(err, context.Canceled) {
