@@ -2,6 +2,7 @@ package validate
 
 import (
 	"fmt"
+	"maps"
 	"net"
 	"regexp"
 	"slices"
@@ -758,7 +759,7 @@ func checkAutoscaling(inv *Inventory, add addFunc) {
 			for i, m := range t.Spec.Metrics {
 				if m.Type == autoscalingv2.ExternalMetricSourceType {
 					if m.External == nil || !served[m.External.Metric.Name] {
-						add(o, "spec.metrics[%d]: external metric not served by any rendered prometheus-adapter rule (served: %v)", i, served)
+						add(o, "spec.metrics[%d]: external metric not served by any rendered prometheus-adapter rule (served: %v)", i, slices.Sorted(maps.Keys(served)))
 					}
 				}
 			}
