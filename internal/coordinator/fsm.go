@@ -17,13 +17,12 @@ import (
 // decoded stops the node (fatal), because skipping it would let this
 // replica diverge from the others.
 type fsm struct {
-	mu      sync.RWMutex
-	st      *State
-	applied uint64
+	mu sync.RWMutex
+	st *State
 	// fatal is called with ErrCorruptEntry; it must not return normally
 	// (default: panic).
 	fatal func(error)
-	// applied is called after every command, outside the lock.
+	// onApply is called after every command, outside the lock.
 	onApply func(index uint64, cmd *cpb.Command, r *Result)
 }
 
@@ -46,9 +45,6 @@ func (f *fsm) Apply(l *raft.Log) any {
 	}
 	f.mu.Lock()
 	r, err := f.st.Apply(l.Index, &cmd)
-	if err == nil {
-		f.applied = l.Index
-	}
 	f.mu.Unlock()
 	if err != nil {
 		f.fatal(err)
@@ -65,12 +61,6 @@ func (f *fsm) view(fn func(s *State)) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	fn(f.st)
-}
-
-func (f *fsm) appliedIndex() uint64 {
-	f.mu.RLock()
-	defer f.mu.RUnlock()
-	return f.applied
 }
 
 // Snapshot implements raft.FSM: a deep copy now, written out later.
