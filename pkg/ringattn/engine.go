@@ -208,7 +208,6 @@ func (r *rankRun) report() {
 // counts the pairs to fold.
 func (r *rankRun) loadQueries(ctx context.Context) error {
 	p := r.p
-	bh := p.B * p.Hq
 	r.pairs = make(map[int][]int64, len(r.owned))
 	folds := make([]int, r.w) // pairs per holder set (ring) or per rank range (split-KV)
 	for i := 0; i < len(r.owned); {
@@ -222,36 +221,8 @@ func (r *rankRun) loadQueries(ctx context.Context) error {
 			_, n := r.plan.QSpan(qi)
 			run.rows += n
 		}
-		if rs, ok := r.cfg.Source.(RunSource); ok && len(run.blocks) > 1 {
-			q, err := rs.FetchRun(ctx, "q", run.blocks[0], len(run.blocks))
-			if err != nil {
-				return fmt.Errorf("rank %d: fetching query blocks %v: %w", r.rank, run.blocks, err)
-			}
-			if want := bh * run.rows * p.D; len(q) != want {
-				return invalid("rank %d: query blocks %v have %d values, expected %d ([%d,%d,%d,%d])",
-					r.rank, run.blocks, len(q), want, p.B, p.Hq, run.rows, p.D)
-			}
-			run.q = q
-		} else {
-			if len(run.blocks) > 1 {
-				run.q = make([]float32, bh*run.rows*p.D)
-			}
-			for _, qi := range run.blocks {
-				qs, n := r.plan.QSpan(qi)
-				q, err := r.cfg.Source.Fetch(ctx, "q", qi)
-				if err != nil {
-					return fmt.Errorf("rank %d: fetching query block %d: %w", r.rank, qi, err)
-				}
-				if want := bh * n * p.D; len(q) != want {
-					return invalid("rank %d: query block %d has %d values, expected %d ([%d,%d,%d,%d])",
-						r.rank, qi, len(q), want, p.B, p.Hq, n, p.D)
-				}
-				if len(run.blocks) == 1 {
-					run.q = q
-				} else {
-					scatter(run.q, q, bh, run.rows, qs-run.start, n, p.D)
-				}
-			}
+		if err := r.fetchQueries(ctx, run); err != nil {
+			return err
 		}
 		for _, qi := range run.blocks {
 			r.pairs[qi] = r.plan.PairsRow(qi)
@@ -275,6 +246,45 @@ func (r *rankRun) loadQueries(ctx context.Context) error {
 	} else {
 		for _, f := range folds {
 			r.prog.TotalPairs += f
+		}
+	}
+	return nil
+}
+
+// fetchQueries loads a run's query rows: in one piece from a RunSource,
+// else block by block (one block is used as fetched).
+func (r *rankRun) fetchQueries(ctx context.Context, run *qRun) error {
+	p := r.p
+	bh := p.B * p.Hq
+	if rs, ok := r.cfg.Source.(RunSource); ok && len(run.blocks) > 1 {
+		q, err := rs.FetchRun(ctx, "q", run.blocks[0], len(run.blocks))
+		if err != nil {
+			return fmt.Errorf("rank %d: fetching query blocks %v: %w", r.rank, run.blocks, err)
+		}
+		if want := bh * run.rows * p.D; len(q) != want {
+			return invalid("rank %d: query blocks %v have %d values, expected %d ([%d,%d,%d,%d])",
+				r.rank, run.blocks, len(q), want, p.B, p.Hq, run.rows, p.D)
+		}
+		run.q = q
+	} else {
+		if len(run.blocks) > 1 {
+			run.q = make([]float32, bh*run.rows*p.D)
+		}
+		for _, qi := range run.blocks {
+			qs, n := r.plan.QSpan(qi)
+			q, err := r.cfg.Source.Fetch(ctx, "q", qi)
+			if err != nil {
+				return fmt.Errorf("rank %d: fetching query block %d: %w", r.rank, qi, err)
+			}
+			if want := bh * n * p.D; len(q) != want {
+				return invalid("rank %d: query block %d has %d values, expected %d ([%d,%d,%d,%d])",
+					r.rank, qi, len(q), want, p.B, p.Hq, n, p.D)
+			}
+			if len(run.blocks) == 1 {
+				run.q = q
+			} else {
+				scatter(run.q, q, bh, run.rows, qs-run.start, n, p.D)
+			}
 		}
 	}
 	return nil

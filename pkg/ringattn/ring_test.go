@@ -563,3 +563,72 @@ func contains(s, sub string) bool {
 	}
 	return false
 }
+
+// blockOnly hides the optional RunSource of the Source it wraps, as a
+// store-backed source (one object per block) would.
+type blockOnly struct{ ringattn.Source }
+
+// blockSink hides the optional RunSink of the MemSink it wraps.
+type blockSink struct{ ms *ringattn.MemSink }
+
+func (b blockSink) Put(ctx context.Context, block int, o, lse []float32) error {
+	return b.ms.Put(ctx, block, o, lse)
+}
+
+// TestRingBlockSource: with a Source that serves single blocks only and a
+// Sink that takes single blocks only, ranks assemble and split their query
+// runs themselves; results are unchanged.
+func TestRingBlockSource(t *testing.T) {
+	pr := newProblem("causal+docs", 2, 4, 2, 157, 157, 16, kernels.Mask{Causal: true, SeqLens: []int{70, 87}}, 111)
+	for _, s := range strategies {
+		plan := pr.plan(t, pr.request(3, 16, s))
+		src, err := ringattn.NewMemSource(&pr.p, plan.Block, pr.q, pr.k, pr.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		net := newNet(t, 3, ringattn.MemOptions{})
+		o, lse, err := ringattn.RunLocalNet(context.Background(), ringattn.LocalConfig{Net: net, Source: blockOnly{src}},
+			&pr.p, plan, pr.q, pr.k, pr.v)
+		net.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr.check(t, string(plan.Strategy), o, lse)
+		wantO, wantLSE, err := ringattn.RunLocal(context.Background(), &pr.p, plan, pr.q, pr.k, pr.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(o, wantO) || !slices.Equal(lse, wantLSE) {
+			t.Fatalf("%s: block-by-block source changed the result", plan.Strategy)
+		}
+
+		ms, err := ringattn.NewMemSink(&pr.p, plan.Block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		net = newNet(t, 3, ringattn.MemOptions{})
+		var wg sync.WaitGroup
+		errs := make([]error, 3)
+		for r := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[r] = ringattn.RunRank(context.Background(), ringattn.RankConfig{Params: &pr.p, Plan: plan,
+					Ring: net.Rank(r), Source: blockOnly{src}, Sink: blockSink{ms}})
+			}()
+		}
+		wg.Wait()
+		net.Close()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		for _, qi := range plan.Planned {
+			if ms.Puts(qi) != 1 {
+				t.Fatalf("%s: block %d written %d times", plan.Strategy, qi, ms.Puts(qi))
+			}
+		}
+		if o, lse := ms.Result(); !slices.Equal(o, wantO) || !slices.Equal(lse, wantLSE) {
+			t.Fatalf("%s: block-by-block sink changed the result", plan.Strategy)
+		}
+	}
+}
