@@ -27,7 +27,10 @@ import (
 // Run, stop it gracefully with Drain or abruptly by ending Run's context.
 //
 // Locking: mu guards every field below it; it is never held across a
-// network call, a store access or a wait on a shard.
+// request/reply, a store access or a wait on a shard (it is held while
+// subscribing to or unsubscribing from a job's events, which only buffer
+// a protocol line). The other mutexes of the package (outputs.mu,
+// mhaSource.mu, failFastRing.mu) are leaves: nothing is locked under them.
 type Worker struct {
 	cfg     Config
 	log     *slog.Logger
