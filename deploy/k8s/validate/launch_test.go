@@ -36,17 +36,49 @@ func repoRoot(t *testing.T) string {
 	return root
 }
 
-// buildBinary builds ./cmd/<name> of the product module into a temporary
-// directory. It uses the default build flags, not the Dockerfile's static
-// ones, so that it reuses what CI's earlier `go build ./...` and `go test
-// ./...` compiled (the flags change no behaviour the test looks at).
+// built caches the binaries this test process built, by cmd name; binDir
+// holds them and TestMain removes it.
+var (
+	builtMu sync.Mutex
+	built   = map[string]string{}
+	binDir  string
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// buildBinary builds ./cmd/<name> of the product module once per test run,
+// named as the Dockerfile installs it. It uses the default build flags, not
+// the Dockerfile's static ones, so that it reuses what CI's earlier `go
+// build ./...` and `go test ./...` compiled (the flags change no behaviour
+// the tests look at).
 func buildBinary(t *testing.T, name string) string {
 	t.Helper()
+	builtMu.Lock()
+	defer builtMu.Unlock()
+	if p, ok := built[name]; ok {
+		return p
+	}
 	root := repoRoot(t)
 	if _, err := os.Stat(filepath.Join(root, "cmd", name)); err != nil {
 		t.Fatalf("cmd/%s: %v", name, err)
 	}
-	out := filepath.Join(t.TempDir(), "ringattn-"+name) // the name the Dockerfile installs it under
+	if binDir == "" {
+		d, err := os.MkdirTemp("", "ringattn-k8s-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		binDir = d
+	}
+	out := filepath.Join(binDir, "ringattn-"+name)
+	if name == "ringattn" {
+		out = filepath.Join(binDir, name)
+	}
 	cmd := exec.Command("go", "build", "-o", out, "./cmd/"+name)
 	cmd.Dir = root
 	cmd.Env = append(os.Environ(), "GOTOOLCHAIN=local", "GOFLAGS=-buildvcs=false")
@@ -55,6 +87,7 @@ func buildBinary(t *testing.T, name string) string {
 		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, b)
 	}
 	t.Logf("built ./cmd/%s in %v", name, time.Since(start).Round(time.Millisecond))
+	built[name] = out
 	return out
 }
 
@@ -275,83 +308,123 @@ func natsServiceURL(t *testing.T, inv *Inventory) string {
 
 var leaderRE = regexp.MustCompile(`leader (\S+)`)
 
-// TestManifestsCoordinatorStartsAsTheStatefulSetSays builds cmd/coordinator and
-// starts it exactly as the prod overlay's StatefulSet does: three processes
-// with the ordinal peer list, against a nats-server running the rendered
-// NATS configuration. Only the addresses are mapped (each pod DNS name to
-// its own loopback port, volumes to temporary directories). The
-// coordinators must elect one leader, report ready on the readiness probe's
-// path, serve the liveness path and export the metric the autoscalers use,
-// and exit 0 on SIGTERM within their termination grace period.
-func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
-	ov := overlays[1] // prod: three coordinators
-	inv := load(t, ov)
-	coordBin := buildBinary(t, "coordinator")
-	ns := startNATS(t, inv)
+// coordinators are the coordinator pods of a StatefulSet, run locally.
+type coordinators struct {
+	sts       Workload
+	procs     []*process
+	argv, env [][]string
+	httpPorts []int
+	ready     string // the readiness probe's path
+	leaders   []string
+}
 
+// startCoordinators starts every replica of the overlay's coordinator
+// StatefulSet as its pod would run, against the NATS server ns: the pod DNS
+// names map to per-pod loopback raft ports, 0.0.0.0 listeners to loopback
+// ports, volumes to temporary directories.
+func startCoordinators(t *testing.T, inv *Inventory, ov overlay, ns *server.Server) *coordinators {
+	t.Helper()
+	bin := buildBinary(t, "coordinator")
 	w, _ := inv.BinaryWorkload("ringattn-coordinator")
 	c := &w.Template.Spec.Containers[0]
 	replicas := int(*w.Replicas)
 	ports := containerPorts(w)
-	raft, httpPorts := make([]int, replicas), make([]int, replicas)
+	raft := make([]int, replicas)
+	cs := &coordinators{sts: w, ready: c.ReadinessProbe.HTTPGet.Path, leaders: make([]string, replicas)}
 	for i := range replicas {
-		raft[i], httpPorts[i] = freePort(t), freePort(t)
+		raft[i] = freePort(t)
+		cs.httpPorts = append(cs.httpPorts, freePort(t))
 	}
-	procs := make([]*process, replicas)
-	argvs, envs := make([][]string, replicas), make([][]string, replicas)
 	for i := range replicas {
 		pod := Pod{Name: fmt.Sprintf("%s-%d", w.Obj.Name, i), Namespace: ov.namespace, IP: "127.0.0.1"}
 		addrs := map[string]string{
 			natsServiceURL(t, inv):                     ns.ClientURL(),
 			fmt.Sprintf("0.0.0.0:%d", ports["raft"]):   fmt.Sprintf("127.0.0.1:%d", raft[i]),
 			fmt.Sprintf("127.0.0.1:%d", ports["raft"]): fmt.Sprintf("127.0.0.1:%d", raft[i]),
-			fmt.Sprintf("0.0.0.0:%d", ports["http"]):   fmt.Sprintf("127.0.0.1:%d", httpPorts[i]),
+			fmt.Sprintf("0.0.0.0:%d", ports["http"]):   fmt.Sprintf("127.0.0.1:%d", cs.httpPorts[i]),
 		}
 		for j := range replicas {
 			dns := fmt.Sprintf("%s-%d.%s.%s.svc.cluster.local:%d", w.Obj.Name, j, w.STS.Spec.ServiceName, ov.namespace, ports["raft"])
 			addrs[dns] = fmt.Sprintf("127.0.0.1:%d", raft[j])
 		}
-		argv, env := podProcess(t, c, pod, secretsOf(inv), coordBin, addrs)
+		argv, env := podProcess(t, c, pod, secretsOf(inv), bin, addrs)
 		if i == 0 {
-			t.Logf("coordinator-0: %s", strings.Join(argv[1:], " "))
+			t.Logf("%s: %s", pod.Name, strings.Join(argv[1:], " "))
 		}
-		argvs[i], envs[i] = argv, env
-		procs[i] = startProcess(t, pod.Name, argv, env)
+		cs.argv, cs.env = append(cs.argv, argv), append(cs.env, env)
+		cs.procs = append(cs.procs, startProcess(t, pod.Name, argv, env))
 	}
+	return cs
+}
 
-	ready := c.ReadinessProbe.HTTPGet.Path
-	live := c.LivenessProbe.HTTPGet.Path
-	leaders := make([]string, replicas)
-	start := time.Now()
-	allReady := func() error {
-		for i, p := range procs {
-			select {
-			case err := <-p.done:
-				p.done <- err
-				return fmt.Errorf("%s exited: %v\n%s", p.name, err, tail(p.logs(), 30))
-			default:
-			}
-			code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d%s", httpPorts[i], ready))
-			if err != nil || code != http.StatusOK {
-				return fmt.Errorf("%s %s: %d %q %v", p.name, ready, code, body, err)
-			}
-			m := leaderRE.FindStringSubmatch(body)
-			if m == nil {
-				return fmt.Errorf("%s %s: body %q does not name the leader", p.name, ready, body)
-			}
-			leaders[i] = m[1]
+// allReady returns nil once every coordinator answers its readiness probe
+// and all name the same leader.
+func (cs *coordinators) allReady() error {
+	for i, p := range cs.procs {
+		select {
+		case err := <-p.done:
+			p.done <- err
+			return fmt.Errorf("%s exited: %v\n%s", p.name, err, tail(p.logs(), 30))
+		default:
 		}
-		for i := 1; i < replicas; i++ {
-			if leaders[i] != leaders[0] {
-				return fmt.Errorf("coordinators disagree on the leader: %v", leaders)
-			}
+		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d%s", cs.httpPorts[i], cs.ready))
+		if err != nil || code != http.StatusOK {
+			return fmt.Errorf("%s %s: %d %q %v", p.name, cs.ready, code, body, err)
 		}
-		return nil
+		m := leaderRE.FindStringSubmatch(body)
+		if m == nil {
+			return fmt.Errorf("%s %s: body %q does not name the leader", p.name, cs.ready, body)
+		}
+		cs.leaders[i] = m[1]
 	}
-	checkFor(t, 60*time.Second, 100*time.Millisecond, allReady)
-	t.Logf("all %d coordinators ready (%s) in %v; leader: %v", replicas, ready, time.Since(start).Round(time.Millisecond), leaders)
-	if !strings.HasPrefix(leaders[0], w.Obj.Name+"-") {
-		t.Errorf("leader %q is not one of the pod names (raft ids must be pod names)", leaders[0])
+	for i := 1; i < len(cs.procs); i++ {
+		if cs.leaders[i] != cs.leaders[0] {
+			return fmt.Errorf("coordinators disagree on the leader: %v", cs.leaders)
+		}
+	}
+	return nil
+}
+
+func (cs *coordinators) grace() time.Duration {
+	return time.Duration(*cs.sts.Template.Spec.TerminationGracePeriodSeconds) * time.Second
+}
+
+// startWorker starts one pod of the overlay's worker Deployment and returns
+// it with its metrics port.
+func startWorker(t *testing.T, inv *Inventory, ov overlay, ns *server.Server, bin, podName string) (*process, int) {
+	t.Helper()
+	ww, _ := inv.BinaryWorkload("ringattn-worker")
+	wc := &ww.Template.Spec.Containers[0]
+	metricsPort := freePort(t)
+	pod := Pod{Name: podName, Namespace: ov.namespace, IP: "127.0.0.1"}
+	argv, env := podProcess(t, wc, pod, secretsOf(inv), bin, map[string]string{
+		natsServiceURL(t, inv): ns.ClientURL(),
+		fmt.Sprintf("0.0.0.0:%d", containerPorts(ww)["metrics"]): fmt.Sprintf("127.0.0.1:%d", metricsPort),
+	})
+	t.Logf("%s: %s", podName, strings.Join(argv[1:], " "))
+	return startProcess(t, podName, argv, env), metricsPort
+}
+
+// TestManifestsCoordinatorStartsAsTheStatefulSetSays builds cmd/coordinator
+// and starts it exactly as the prod overlay's StatefulSet does: three
+// processes with the ordinal peer list, against a nats-server running the
+// rendered NATS configuration. Only the addresses are mapped (each pod DNS
+// name to its own loopback port, volumes to temporary directories). The
+// coordinators must elect one leader, report ready on the readiness probe's
+// path, serve the liveness path and export the metric the HPA scales on;
+// the leader's pod restarted on its volume must rejoin; all exit 0 on
+// SIGTERM within their termination grace period.
+func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
+	ov := overlays[1] // prod: three coordinators
+	inv := load(t, ov)
+	ns := startNATS(t, inv)
+	cs := startCoordinators(t, inv, ov, ns)
+
+	start := time.Now()
+	checkFor(t, 60*time.Second, 100*time.Millisecond, cs.allReady)
+	t.Logf("all %d coordinators ready (%s) in %v; leader: %v", len(cs.procs), cs.ready, time.Since(start).Round(time.Millisecond), cs.leaders[0])
+	if !strings.HasPrefix(cs.leaders[0], cs.sts.Obj.Name+"-") {
+		t.Errorf("leader %q is not one of the pod names (raft ids must be pod names)", cs.leaders[0])
 	}
 	// The metric the HPA scales on, as the rendered HPA names it.
 	hpas := Typed[*autoscalingv2.HorizontalPodAutoscaler](inv)
@@ -359,11 +432,12 @@ func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 		t.Fatalf("prod: want one HPA on an external metric")
 	}
 	metric := hpas[0].Spec.Metrics[0].External.Metric.Name
-	for i := range replicas {
-		if code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d%s", httpPorts[i], live)); err != nil || code != http.StatusOK {
+	live := cs.sts.Template.Spec.Containers[0].LivenessProbe.HTTPGet.Path
+	for i, port := range cs.httpPorts {
+		if code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d%s", port, live)); err != nil || code != http.StatusOK {
 			t.Errorf("coordinator-%d liveness %s: %d %q %v", i, live, code, body, err)
 		}
-		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPorts[i]))
+		code, body, err := httpGet(fmt.Sprintf("http://127.0.0.1:%d/metrics", port))
 		if err != nil || code != http.StatusOK || !regexp.MustCompile(`(?m)^`+metric+`\b`).MatchString(body) {
 			t.Errorf("coordinator-%d /metrics (%d, %v) lacks %s, which the HPA and KEDA scale on", i, code, err, metric)
 		}
@@ -373,51 +447,40 @@ func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 	// rollout) comes back with the same command line: the others elect a
 	// new leader, and it rejoins from its raft state instead of
 	// bootstrapping a second cluster.
-	cgrace := time.Duration(*w.Template.Spec.TerminationGracePeriodSeconds) * time.Second
-	li := slices.IndexFunc(procs, func(p *process) bool { return p.name == leaders[0] })
+	li := slices.IndexFunc(cs.procs, func(p *process) bool { return p.name == cs.leaders[0] })
 	if li < 0 {
-		t.Fatalf("leader %q is not one of the started pods", leaders[0])
+		t.Fatalf("leader %q is not one of the started pods", cs.leaders[0])
 	}
-	if _, err := procs[li].stop(cgrace); err != nil {
-		t.Fatalf("%s on SIGTERM: %v", procs[li].name, err)
+	if _, err := cs.procs[li].stop(cs.grace()); err != nil {
+		t.Fatalf("%s on SIGTERM: %v", cs.procs[li].name, err)
 	}
-	old := leaders[0]
-	procs[li] = startProcess(t, procs[li].name+"-restarted", argvs[li], envs[li])
+	old := cs.leaders[0]
+	cs.procs[li] = startProcess(t, cs.procs[li].name+"-restarted", cs.argv[li], cs.env[li])
 	start = time.Now()
-	checkFor(t, 60*time.Second, 100*time.Millisecond, allReady)
-	t.Logf("leader %s restarted on its data dir and rejoined in %v; leader now: %v", old, time.Since(start).Round(time.Millisecond), leaders[0])
+	checkFor(t, 60*time.Second, 100*time.Millisecond, cs.allReady)
+	t.Logf("leader %s restarted on its data dir and rejoined in %v; leader now: %v", old, time.Since(start).Round(time.Millisecond), cs.leaders[0])
 
-	for _, p := range procs {
-		took, err := p.stop(cgrace)
+	for _, p := range cs.procs {
+		took, err := p.stop(cs.grace())
 		if err != nil {
-			t.Errorf("%s on SIGTERM: %v (want exit 0 within %v)", p.name, err, cgrace)
+			t.Errorf("%s on SIGTERM: %v (want exit 0 within %v)", p.name, err, cs.grace())
 		}
 		t.Logf("%s stopped in %v", p.name, took.Round(time.Millisecond))
 	}
 }
 
-// TestManifestsWorkerStartsAsTheDeploymentSays builds cmd/worker and starts it
-// exactly as the prod Deployment does, against a nats-server running the
+// TestManifestsWorkerStartsAsTheDeploymentSays builds cmd/worker and starts
+// it exactly as the prod Deployment does, against a nats-server running the
 // rendered NATS configuration: it must log in with the Secret's password,
 // pass its readiness and liveness probes, serve /metrics, and on SIGTERM
 // drain and exit 0 within terminationGracePeriodSeconds.
 func TestManifestsWorkerStartsAsTheDeploymentSays(t *testing.T) {
 	ov := overlays[1]
 	inv := load(t, ov)
-	workerBin := buildBinary(t, "worker")
 	ns := startNATS(t, inv)
-
+	wp, metricsPort := startWorker(t, inv, ov, ns, buildBinary(t, "worker"), "ringattn-worker-7d9f8b6c5d-x2x4q")
 	ww, _ := inv.BinaryWorkload("ringattn-worker")
 	wc := &ww.Template.Spec.Containers[0]
-	wports := containerPorts(ww)
-	metricsPort := freePort(t)
-	pod := Pod{Name: ww.Obj.Name + "-7d9f8b6c5d-x2x4q", Namespace: ov.namespace, IP: "127.0.0.1"}
-	argv, env := podProcess(t, wc, pod, secretsOf(inv), workerBin, map[string]string{
-		natsServiceURL(t, inv):                       ns.ClientURL(),
-		fmt.Sprintf("0.0.0.0:%d", wports["metrics"]): fmt.Sprintf("127.0.0.1:%d", metricsPort),
-	})
-	t.Logf("worker: %s", strings.Join(argv[1:], " "))
-	wp := startProcess(t, "worker", argv, env)
 	checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		select {
 		case err := <-wp.done:
@@ -439,5 +502,4 @@ func TestManifestsWorkerStartsAsTheDeploymentSays(t *testing.T) {
 		t.Errorf("worker on SIGTERM: %v (want exit 0 within the grace period %v)", err, grace)
 	}
 	t.Logf("idle worker drained and exited in %v (grace period %v)", took.Round(time.Millisecond), grace)
-
 }
