@@ -16,7 +16,8 @@ var benchN = flag.String("kernels.n", "4096", "comma-separated sequence lengths 
 
 // BenchmarkKernelAttention reports GFLOP/s for B=1, H=8, D in {64, 128},
 // causal and not, counting only the FLOPs of the pairs the mask leaves
-// visible (4·D per pair: half of 4·B·H·N²·D when causal). N is 4096 unless
+// visible (4·D per pair: half of 4·B·H·N²·D when causal), per second of
+// wall time and per CPU-second of this process. N is 4096 unless
 // -args -kernels.n=2048,8192 says otherwise. It runs on all cores.
 func BenchmarkKernelAttention(b *testing.B) {
 	var lens []int
@@ -41,12 +42,19 @@ func BenchmarkKernelAttention(b *testing.B) {
 					o := make([]float32, 8*n*d)
 					flops := p.VisibleFLOPs()
 					b.ResetTimer()
+					cpu0, ok := processCPU()
 					for i := 0; i < b.N; i++ {
 						if err := kernels.Attention(p, q, k, v, o, nil); err != nil {
 							b.Fatal(err)
 						}
 					}
 					b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+					// On a shared machine, wall time counts other processes'
+					// turns; GFLOP per CPU-second does not (on an idle machine
+					// it is GFLOP/s divided by the cores busy).
+					if cpu1, ok1 := processCPU(); ok && ok1 && cpu1 > cpu0 {
+						b.ReportMetric(flops*float64(b.N)/(cpu1-cpu0).Seconds()/1e9, "GFLOP/cpu-s")
+					}
 				})
 			}
 		}
