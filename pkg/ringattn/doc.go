@@ -29,8 +29,9 @@
 // The package declares the interfaces it needs — Ring (send to a rank,
 // receive from a rank by Key), Source and Sink — and implements them in
 // memory: MemNet (with fault hooks: drop, delay, duplicate, reorder, kill),
-// MemSource and MemSink. transport.NATSRing implements Ring for the
-// cluster. RunLocal runs every rank of a plan over a MemNet. Layer holds the
+// MemSource and MemSink (which also implement the optional RunSource and
+// RunSink, serving a run of consecutive blocks in one piece to save a
+// copy). transport.NATSRing implements Ring for the cluster. RunLocal runs every rank of a plan over a MemNet. Layer holds the
 // projections of multi-head self-attention layer jobs.
 //
 // DESIGN.md in this directory makes the exactness argument and describes
