@@ -279,26 +279,39 @@ func TestSystemWorkerTerminated(t *testing.T) {
 	l.verify(ctx)
 }
 
-// TestSystemWorkerJoinsMidQueue: with one worker and a queue of jobs, a
-// worker that joins mid-queue is given work by the next plans.
+// TestSystemWorkerJoinsMidQueue: one worker is busy with a long job and
+// small jobs queue behind it; a worker that joins gets the queued work.
 func TestSystemWorkerJoinsMidQueue(t *testing.T) {
 	c := startCluster(t, fastConfig(t, 1))
 	l := newLedger(t, c)
 	ctx := testCtx(t)
 	w0 := c.Workers()[0]
-	base := ringSteps(ctx, c, w0)
-	var ids []string
+	// A long job keeps the only worker busy; small jobs queue behind it.
+	ids := []string{l.submit(ctx, newJob(10, 1, 8, 2, 4096, 4096, 64, 512, false))}
+	waitRunning(ctx, t, l, ids[0])
 	for i := range 4 {
-		ids = append(ids, l.submit(ctx, newJob(uint64(10+i), 1, 8, 2, 2048, 2048, 64, 256, false)))
+		ids = append(ids, l.submit(ctx, newJob(uint64(11+i), 1, 4, 2, 1024, 1024, 64, 256, i%2 == 0)))
 	}
-	waitMidJob(ctx, t, l, ids[0], w0, base)
+	queued := 0
+	for _, id := range ids[1:] {
+		st, err := l.status(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.GetState() == pb.JobState_JOB_STATE_QUEUED {
+			queued++
+		}
+	}
+	if queued < 2 {
+		t.Fatalf("only %d jobs queued behind the running one: make the first job bigger", queued)
+	}
 	at := time.Now()
 	w1, err := c.AddWorker(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%s joined (live at the leader after %v) while job %s ran on %s and %d more were queued",
-		w1.Name, round(time.Since(at)), ids[0], w0.Name, len(ids)-1)
+		w1.Name, round(time.Since(at)), ids[0], w0.Name, queued)
 	var first time.Time
 	err = Poll(ctx, 5*time.Millisecond, func() error {
 		for _, id := range ids {
