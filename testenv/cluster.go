@@ -69,10 +69,10 @@ type Config struct {
 	WorkerGFLOPS float64
 	// LogLevel of every process (default "info").
 	LogLevel string
-	// CoordinatorArgs, WorkerArgs and NATSConfig are added to the
-	// respective command lines / the NATS configuration file.
+	// CoordinatorArgs and WorkerArgs are added to the command lines;
+	// NATSExtraConf is added to the nats-server configuration file.
 	CoordinatorArgs, WorkerArgs []string
-	NATSConfig                  string
+	NATSExtraConf               string
 	// Ready bounds every wait for readiness (default 60 s).
 	Ready time.Duration
 	// Logger receives the harness's own messages (nil: discard).
@@ -165,10 +165,38 @@ func freeAddr() (string, error) {
 // the NATS server serves JetStream, every coordinator is ready, a leader
 // serves the API and every worker is live at the leader. On error every
 // process started is stopped again.
-func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
+//
+// Ports are picked free and released before the processes bind them, so
+// another program may take one in between: when a process of a new
+// cluster fails to bind (ErrPortInUse), Start removes what the attempt
+// left in Dir and tries again with new ports, up to three times.
+func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
 	}
+	fresh := cfg.Dir == ""
+	if !fresh {
+		_, err := os.Stat(filepath.Join(cfg.Dir, layoutFile))
+		fresh = errors.Is(err, os.ErrNotExist)
+	}
+	for attempt := 1; ; attempt++ {
+		c, err := start(ctx, cfg)
+		if err == nil || !fresh || attempt == 3 || !errors.Is(err, ErrPortInUse) || ctx.Err() != nil {
+			return c, err
+		}
+		cfg.Logger.Warn("a port was taken while the cluster started; starting again with new ports", "attempt", attempt, "err", err)
+		if cfg.Dir != "" {
+			entries, _ := os.ReadDir(cfg.Dir)
+			for _, e := range entries {
+				if e.Name() != "logs" {
+					os.RemoveAll(filepath.Join(cfg.Dir, e.Name()))
+				}
+			}
+		}
+	}
+}
+
+func start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	c = &Cluster{cfg: cfg, log: cfg.Logger, proxies: map[string]*Proxy{},
 		http: &http.Client{Timeout: 2 * time.Second}}
 	defer func() {
@@ -307,7 +335,7 @@ jetstream {
   store_dir: %q
 }
 %s
-`, port, mon, transport.DefaultMaxPayload, dir, c.cfg.NATSConfig)
+`, port, mon, transport.DefaultMaxPayload, dir, c.cfg.NATSExtraConf)
 	confPath := filepath.Join(dir, "nats-server.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return err
@@ -328,7 +356,7 @@ func (c *Cluster) WaitNATS(ctx context.Context) error {
 	return c.poll(ctx, "NATS serving JetStream at "+c.natsURL, func(ctx context.Context) error {
 		select {
 		case <-c.NATS.Exited():
-			return permanent(fmt.Errorf("%w: nats: %v (see %s)", ErrExited, c.NATS.ExitState(), c.NATS.LogPath))
+			return permanent(c.NATS.exitError())
 		default:
 		}
 		nc, err := nats.Connect(c.natsURL, nats.Timeout(time.Second), nats.NoReconnect())
@@ -401,7 +429,7 @@ func (c *Cluster) coordinatorArgs(p *Proc, peers string) []string {
 func (c *Cluster) WaitCoordinator(ctx context.Context, p *Proc) error {
 	return c.poll(ctx, p.Name+" ready", func(ctx context.Context) error {
 		if !p.Running() {
-			return permanent(fmt.Errorf("%w: %s: %v (see %s)", ErrExited, p.Name, p.ExitState(), p.LogPath))
+			return permanent(p.exitError())
 		}
 		return c.httpOK(ctx, p, "/readyz")
 	})
@@ -462,12 +490,28 @@ func (c *Cluster) StartWorker() (*Proc, error) {
 
 // AddWorker starts one more worker and waits until it is live at the
 // leader.
+//
+// A worker that fails to bind its metrics port (ErrPortInUse) is dropped
+// and another one started, up to three times.
 func (c *Cluster) AddWorker(ctx context.Context) (*Proc, error) {
-	p, err := c.StartWorker()
-	if err != nil {
-		return nil, err
+	for attempt := 1; ; attempt++ {
+		p, err := c.StartWorker()
+		if err != nil {
+			return nil, err
+		}
+		err = c.WaitWorkers(ctx, p.Name)
+		if err == nil || attempt == 3 || !errors.Is(err, ErrPortInUse) {
+			return p, err
+		}
+		c.log.Warn("worker could not bind its port; starting another", "name", p.Name, "err", err)
+		c.mu.Lock()
+		c.workers = slices.DeleteFunc(c.workers, func(w *Proc) bool { return w == p })
+		if px := c.proxies[p.Name]; px != nil {
+			px.Close()
+			delete(c.proxies, p.Name)
+		}
+		c.mu.Unlock()
 	}
-	return p, c.WaitWorkers(ctx, p.Name)
 }
 
 // Workers returns the worker processes started so far, in order.
@@ -633,7 +677,7 @@ func (c *Cluster) WaitWorkers(ctx context.Context, names ...string) error {
 				return permanent(fmt.Errorf("no worker %q in this cluster", n))
 			}
 			if !p.Running() {
-				return permanent(fmt.Errorf("%w: %s: %v (see %s)", ErrExited, n, p.ExitState(), p.LogPath))
+				return permanent(p.exitError())
 			}
 			if err := c.httpOK(ctx, p, "/readyz"); err != nil {
 				return err

@@ -16,6 +16,10 @@ var (
 	ErrExited = errors.New("testenv: process exited")
 	// ErrRunning: the process is running (Restart needs it stopped).
 	ErrRunning = errors.New("testenv: process is running")
+	// ErrPortInUse: a process exited because a port it was given was
+	// taken (by another program, between the harness picking it and the
+	// process binding it).
+	ErrPortInUse = errors.New("testenv: port in use")
 	// ErrNoLeader: no coordinator is leader.
 	ErrNoLeader = errors.New("testenv: no leader")
 )

@@ -3,6 +3,7 @@ package testenv
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,6 +44,7 @@ func startCluster(t *testing.T, cfg Config) *Cluster {
 	start := time.Now()
 	c, err := Start(ctx, cfg)
 	if err != nil {
+		dumpDirLogs(t, cfg.Dir)
 		t.Fatalf("starting the cluster: %v", err)
 	}
 	t.Logf("cluster up in %v: %d coordinators, %d workers, NATS %s", time.Since(start).Round(time.Millisecond),
@@ -56,4 +58,17 @@ func startCluster(t *testing.T, cfg Config) *Cluster {
 		c.Kill()
 	})
 	return c
+}
+
+// dumpDirLogs writes the tail of every log in dir/logs to the test log.
+func dumpDirLogs(t *testing.T, dir string) {
+	paths, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
+	for _, p := range paths {
+		tail, err := readTail(p, 8<<10)
+		if err != nil {
+			t.Logf("%s: %v", p, err)
+			continue
+		}
+		t.Logf("----- %s (last 8 KiB) -----\n%s", p, tail)
+	}
 }

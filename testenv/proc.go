@@ -52,7 +52,6 @@ type Proc struct {
 	cmd     *exec.Cmd
 	exited  chan struct{} // closed when the current run ends
 	state   *os.ProcessState
-	waitErr error
 	stopped bool
 	starts  int
 	started time.Time
@@ -100,14 +99,14 @@ func (p *Proc) start() error {
 		logf.Close()
 		return fmt.Errorf("testenv: starting %s: %w", p.Name, err)
 	}
-	p.cmd, p.state, p.waitErr, p.stopped, p.started = cmd, nil, nil, false, time.Now()
+	p.cmd, p.state, p.stopped, p.started = cmd, nil, false, time.Now()
 	exited := make(chan struct{})
 	p.exited = exited
 	go func() {
-		err := cmd.Wait()
+		_ = cmd.Wait() // the exit status is in ProcessState
 		logf.Close()
 		p.mu.Lock()
-		p.state, p.waitErr = cmd.ProcessState, err
+		p.state = cmd.ProcessState
 		p.mu.Unlock()
 		close(exited)
 	}()
@@ -233,6 +232,33 @@ func (p *Proc) Terminate(grace time.Duration) (*os.ProcessState, error) {
 	}
 	_ = p.Kill()
 	return p.ExitState(), fmt.Errorf("testenv: %s (pid %d) did not exit within %v of SIGTERM: killed", p.Name, p.Pid(), grace)
+}
+
+// exitError describes a run that ended: its exit status and log file,
+// wrapping ErrExited, and ErrPortInUse when the log says a bind failed.
+func (p *Proc) exitError() error {
+	err := fmt.Errorf("%w: %s: %v (see %s)", ErrExited, p.Name, p.ExitState(), p.LogPath)
+	if tail, _ := readTail(p.LogPath, 16<<10); strings.Contains(tail, "address already in use") {
+		err = fmt.Errorf("%w: %w", ErrPortInUse, err)
+	}
+	return err
+}
+
+// readTail returns the last n bytes of a file.
+func readTail(path string, n int64) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	off := max(fi.Size()-n, 0)
+	b := make([]byte, fi.Size()-off)
+	_, err = f.ReadAt(b, off)
+	return string(b), err
 }
 
 // Restart starts the process again with the same command line: same

@@ -552,3 +552,67 @@ func TestSystemSlowLink(t *testing.T) {
 	px.SetDelay(0)
 	l.verify(ctx)
 }
+
+// TestSystemWorkerLinkDropped cuts one worker's TCP connection to NATS
+// (through its proxy) in the middle of its ring, twice: the worker
+// reconnects, lost ring pieces are resent or read from the store, and the
+// job finishes exactly.
+func TestSystemWorkerLinkDropped(t *testing.T) {
+	cfg := fastConfig(t, 3)
+	cfg.ProxyWorkers = true
+	c := startCluster(t, cfg)
+	l := newLedger(t, c)
+	ctx := testCtx(t)
+	base := stepCounts(ctx, c)
+	id := l.submit(ctx, bigJob(7, false))
+	st := waitRunning(ctx, t, l, id)
+	victim := c.Worker(st.GetWorkers()[1])
+	px := c.Proxy(victim.Name)
+	st = waitMidJob(ctx, t, l, id, victim, base[victim.Name])
+	at := time.Now()
+	n := px.DropConnections()
+	// Cut again as soon as the worker is back (a second reset mid-ring).
+	if err := Poll(ctx, 5*time.Millisecond, func() error {
+		if px.Stats().Accepted < 2 {
+			return errors.New("not reconnected")
+		}
+		return nil
+	}, victim.Name+" reconnected"); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Since(at)
+	n += px.DropConnections()
+	t.Logf("cut %s's NATS connection twice (%d connections; it reconnected after %v) with job %s in epoch %d, %d/%d blocks done",
+		victim.Name, n, round(back), id, st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal())
+	fin := l.wait(ctx, id)
+	logRecovery(t, l, "worker's NATS connection dropped twice mid-job", at, fin, st.GetEpoch())
+	l.verify(ctx)
+}
+
+// TestSystemWorkerLinkThrottled caps one worker's link to NATS at 2 MiB/s
+// in each direction from the middle of a job: the job finishes exactly,
+// slower.
+func TestSystemWorkerLinkThrottled(t *testing.T) {
+	cfg := fastConfig(t, 3)
+	cfg.ProxyWorkers = true
+	cfg.HeartbeatTimeout = 3 * time.Second // heartbeats queue behind ring pieces
+	c := startCluster(t, cfg)
+	l := newLedger(t, c)
+	ctx := testCtx(t)
+	base := stepCounts(ctx, c)
+	id := l.submit(ctx, bigJob(8, true))
+	st := waitRunning(ctx, t, l, id)
+	victim := c.Worker(st.GetWorkers()[0])
+	px := c.Proxy(victim.Name)
+	st = waitMidJob(ctx, t, l, id, victim, base[victim.Name])
+	at := time.Now()
+	const rate = 2 << 20
+	px.SetBandwidth(rate)
+	t.Logf("capped %s's link at %d MiB/s with job %s in epoch %d, %d/%d blocks done", victim.Name, rate>>20, id,
+		st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal())
+	fin := l.wait(ctx, id)
+	px.SetBandwidth(0)
+	logRecovery(t, l, "worker's link capped at 2 MiB/s mid-job", at, fin, st.GetEpoch())
+	t.Logf("proxy of %s: %+v", victim.Name, px.Stats())
+	l.verify(ctx)
+}
