@@ -28,7 +28,7 @@ func fastConfig(t *testing.T, workers int) Config {
 		DrainTimeout:      10 * time.Second,
 		WorkerThreads:     1,
 		WorkerGFLOPS:      1,
-		LogLevel:          "info",
+		LogLevel:          logLevel(),
 		Ready:             60 * time.Second,
 		Logger:            xlog.Test(t).With("side", "testenv"),
 	}
@@ -71,4 +71,12 @@ func dumpDirLogs(t *testing.T, dir string) {
 		}
 		t.Logf("----- %s (last 8 KiB) -----\n%s", p, tail)
 	}
+}
+
+// logLevel is the processes' log level: info, or TESTENV_LOG_LEVEL.
+func logLevel() string {
+	if l := os.Getenv("TESTENV_LOG_LEVEL"); l != "" {
+		return l
+	}
+	return "info"
 }
