@@ -3,9 +3,6 @@ package ringattn
 import (
 	"fmt"
 
-	"gonum.org/v1/gonum/blas"
-	"gonum.org/v1/gonum/blas/blas32"
-
 	"github.com/ringattn/ringattn/pkg/kernels"
 )
 
@@ -56,7 +53,8 @@ func (l *Layer) Validate() error {
 	return nil
 }
 
-// linear returns y [rows, out] = x [rows, in] · wᵀ + bias, w [out, in].
+// linear returns y [rows, out] = x [rows, in] · wᵀ + bias, w [out, in], with
+// the kernels' SIMD GEMM (kernels.MatMulT) on all cores.
 func linear(x []float32, rows, in int, w, bias []float32, out int) []float32 {
 	y := make([]float32, rows*out)
 	if rows == 0 {
@@ -67,14 +65,10 @@ func linear(x []float32, rows, in int, w, bias []float32, out int) []float32 {
 			copy(y[r*out:(r+1)*out], bias)
 		}
 	}
-	beta := float32(0)
-	if bias != nil {
-		beta = 1
+	// Shapes are checked by Validate and the callers; an error here is a bug.
+	if err := kernels.MatMulT(rows, out, in, x, in, w, in, y, out, bias != nil); err != nil {
+		panic(err)
 	}
-	blas32.Gemm(blas.NoTrans, blas.Trans, 1,
-		blas32.General{Rows: rows, Cols: in, Stride: in, Data: x},
-		blas32.General{Rows: out, Cols: in, Stride: in, Data: w},
-		beta, blas32.General{Rows: rows, Cols: out, Stride: out, Data: y})
 	return y
 }
 
