@@ -22,7 +22,7 @@ var (
 )
 
 func (s *simd) impl(name string) *impl {
-	return &impl{name: name, br: 192, bc: 96, nr: s.nr,
+	return &impl{name: name, br: 192, bc: 192, nr: s.nr,
 		gemmNN: s.gemmNN, gemmTN: s.gemmTN, softmaxCols: s.softmaxCols, exp: s.exp}
 }
 
