@@ -31,7 +31,9 @@ type JobOptions struct {
 	Priority          int
 	AllowNonFinite    bool
 	// IdempotencyKey makes a retried submit return the same job; empty
-	// means a random key (so the SDK's own retries are safe).
+	// means a random key (so the SDK's own retries are safe). The key also
+	// names the inputs' namespace in the store: a retry must carry the same
+	// inputs, or it overwrites those of the job it names.
 	IdempotencyKey string
 }
 
