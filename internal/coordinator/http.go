@@ -47,10 +47,11 @@ func (c *Coordinator) HTTPAddr() string {
 	return c.httpL.Addr().String()
 }
 
-// Handler serves /metrics, /healthz, /readyz, /v1/cluster, /v1/jobs and
-// /v1/jobs/{id}.
+// Handler serves the HTML status page at /, /metrics, /healthz, /readyz,
+// /v1/cluster, /v1/jobs and /v1/jobs/{id}.
 func (c *Coordinator) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", c.serveStatus)
 	if c.deps.Gatherer != nil {
 		mux.Handle("GET /metrics", imetrics.Handler(c.deps.Gatherer))
 	}
