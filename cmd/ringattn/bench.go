@@ -19,16 +19,23 @@ import (
 func runBench(env *cliEnv, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(env.stdout, "Usage: ringattn bench kernel [flags]   (run 'ringattn bench kernel --help')")
+			fmt.Fprintln(env.stdout, "Usage: ringattn bench kernel|ring|cluster [flags]   (run 'ringattn bench <target> --help')")
+			fmt.Fprintln(env.stdout, "  kernel   the local kernel's GFLOP/s and peak RSS per shape")
+			fmt.Fprintln(env.stdout, "  ring     an in-process R-rank ring against the local kernel: overhead")
+			fmt.Fprintln(env.stdout, "  cluster  an in-process W-worker cluster against the local kernel; tiny-job latency and throughput")
 			return nil
 		}
-		return usagef("bench needs a target: kernel")
+		return usagef("bench needs a target: kernel, ring or cluster")
 	}
 	switch args[0] {
 	case "kernel":
 		return benchKernel(env, args[1:])
+	case "ring":
+		return benchRing(env, args[1:])
+	case "cluster":
+		return benchCluster(env, args[1:])
 	}
-	return usagef("unknown bench target %q, expected kernel", args[0])
+	return usagef("unknown bench target %q, expected kernel, ring or cluster", args[0])
 }
 
 func parseIntList(flagName, s string) ([]int, error) {

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// tableRows returns the data rows of the Markdown tables in out whose
+// header starts with header, split into trimmed cells.
+func tableRows(out, header string) [][]string {
+	var rows [][]string
+	in := false
+	for _, line := range strings.Split(out, "\n") {
+		switch {
+		case strings.HasPrefix(line, header):
+			in = true
+		case in && strings.HasPrefix(line, "|--"):
+		case in && strings.HasPrefix(line, "|"):
+			var cells []string
+			for _, c := range strings.Split(strings.Trim(line, "|"), "|") {
+				cells = append(cells, strings.TrimSpace(c))
+			}
+			rows = append(rows, cells)
+		default:
+			in = false
+		}
+	}
+	return rows
+}
+
+func positive(t *testing.T, what, s string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimPrefix(s, "+"), "%"), 64)
+	if err != nil || !(v > 0) {
+		t.Errorf("%s = %q, want a positive number", what, s)
+	}
+	return v
+}
+
+func TestCLIBenchRing(t *testing.T) {
+	code, out, stderr := cli(t, "bench", "ring", "--seq", "300,512", "--dim", "32", "--heads", "2", "--ranks", "2,3",
+		"--block", "64", "--runs", "1")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	rows := tableRows(out, "| B | H | N | D | mask | R |")
+	if len(rows) != 2*2*2 {
+		t.Fatalf("%d rows, want 8:\n%s", len(rows), out)
+	}
+	for _, r := range rows {
+		if len(r) != 12 {
+			t.Fatalf("row %v has %d cells, want 12", r, len(r))
+		}
+		positive(t, "ring time", r[8])
+		positive(t, "ring GFLOP/s", r[10])
+		if d, err := strconv.ParseFloat(r[11], 64); err != nil || d > benchTolerance {
+			t.Errorf("row %v: max abs diff %q, want <= %g", r, r[11], benchTolerance)
+		}
+	}
+	for _, args := range [][]string{
+		{"bench", "ring", "--ranks", "0"},
+		{"bench", "ring", "--mask", "diagonal"},
+		{"bench", "ring", "--runs", "0"},
+		{"bench", "nope"},
+	} {
+		if code, _, stderr := cli(t, args...); code != 2 || stderr == "" {
+			t.Errorf("%v: exit %d (%q), want 2 with a message", args, code, stderr)
+		}
+	}
+}
+
+func TestCLIBenchCluster(t *testing.T) {
+	code, out, stderr := cli(t, "bench", "cluster", "--workers", "2", "--seq", "256", "--dim", "32", "--heads", "2",
+		"--block", "64", "--runs", "1", "--tiny", "6", "--concurrency", "3")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	rows := tableRows(out, "| W | B | H | N | D | mask |")
+	if len(rows) != 2 {
+		t.Fatalf("%d attention rows, want 2:\n%s", len(rows), out)
+	}
+	for _, r := range rows {
+		if len(r) != 13 || r[0] != "2" {
+			t.Fatalf("row %v: want 13 cells for W=2", r)
+		}
+		positive(t, "cluster compute", r[7])
+		positive(t, "end-to-end", r[9])
+		if d, err := strconv.ParseFloat(r[12], 64); err != nil || d > benchTolerance {
+			t.Errorf("row %v: max abs diff %q, want <= %g", r, r[12], benchTolerance)
+		}
+	}
+	tiny := tableRows(out, "| W | jobs |")
+	if len(tiny) != 1 || len(tiny[0]) != 8 || tiny[0][1] != "6" || tiny[0][5] != "6" || tiny[0][6] != "3" {
+		t.Fatalf("tiny-job table %v, want one row of 6 jobs, 3 in flight:\n%s", tiny, out)
+	}
+	p50, p99 := positive(t, "p50", tiny[0][2]), positive(t, "p99", tiny[0][3])
+	if p99 < p50 {
+		t.Errorf("p99 %v < p50 %v", p99, p50)
+	}
+	positive(t, "jobs/s", tiny[0][7])
+}

@@ -1,0 +1,162 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/ringattn/ringattn/internal/testrand"
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/shard"
+)
+
+// benchTolerance is the largest |ring - kernel| a benchmark accepts: both
+// compute the same function in float32 on unit-normal inputs.
+const benchTolerance = 1e-4
+
+// parseMasks reads --mask none,causal.
+func parseMasks(s string) ([]bool, error) {
+	var out []bool
+	for _, m := range strings.Split(s, ",") {
+		switch strings.TrimSpace(m) {
+		case "none":
+			out = append(out, false)
+		case "causal":
+			out = append(out, true)
+		default:
+			return nil, usagef("--mask item %q, expected none or causal", m)
+		}
+	}
+	return out, nil
+}
+
+func maskName(causal bool) string {
+	if causal {
+		return "causal"
+	}
+	return "none"
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	if len(s) == 0 {
+		return math.NaN()
+	}
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+// maxAbsDiff is max |a-b|, +Inf when a value is NaN or the lengths differ.
+func maxAbsDiff(a, b []float32) float64 {
+	if len(a) != len(b) {
+		return math.Inf(1)
+	}
+	var m float64
+	for i := range a {
+		d := math.Abs(float64(a[i]) - float64(b[i]))
+		if math.IsNaN(d) {
+			return math.Inf(1)
+		}
+		m = max(m, d)
+	}
+	return m
+}
+
+// benchRing prints a Markdown table of an in-process R-rank ring against
+// kernels.Attention on the same shape and cores. Kernel and ring runs
+// alternate so both see the same machine load; medians are reported.
+func benchRing(env *cliEnv, args []string) error {
+	fs := newFlags(env, "bench ring", "[--seq 4096,16384] [--dim 128] [--heads 8] [--ranks 2,4] [--mask none,causal] [--runs 3]")
+	seqs := fs.String("seq", "4096,16384", "comma-separated sequence `lengths` (N = Nk)")
+	dims := fs.String("dim", "128", "comma-separated head `dims`")
+	heads := fs.Int("heads", 8, "heads `H` (B = 1)")
+	ranksF := fs.String("ranks", "2,4", "comma-separated ring `sizes` R")
+	masks := fs.String("mask", "none,causal", "masks to run: none, causal")
+	block := fs.Int("block", 0, "tokens per block (0: the plan's default)")
+	strategy := fs.String("strategy", "", "shard strategy (default: the planner's choice)")
+	runs := fs.Int("runs", 3, "timed runs of each side per row; the median is reported")
+	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	if *runs < 1 || *heads < 1 || *block < 0 {
+		return usagef("--runs and --heads must be >= 1, --block >= 0")
+	}
+	ns, err := parseIntList("seq", *seqs)
+	if err != nil {
+		return err
+	}
+	ds, err := parseIntList("dim", *dims)
+	if err != nil {
+		return err
+	}
+	rs, err := parseIntList("ranks", *ranksF)
+	if err != nil {
+		return err
+	}
+	causals, err := parseMasks(*masks)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := signalContext()
+	defer cancel()
+	fmt.Fprintf(env.stdout, "kernel %s, GOMAXPROCS %d; ring ranks are goroutines over an in-memory ring; %d runs per side, medians\n\n",
+		kernels.Impl(), runtime.GOMAXPROCS(0), *runs)
+	fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel (s) | ring (s) | overhead | ring GFLOP/s | max abs diff |")
+	fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|------------|----------|----------|--------------|--------------|")
+	for _, n := range ns {
+		for _, d := range ds {
+			for _, c := range causals {
+				p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: *heads, Hkv: *heads, D: d}, N: n, Nk: n, Mask: kernels.Mask{Causal: c}}
+				if err := p.Validate(); err != nil {
+					return usageError{err}
+				}
+				r := testrand.New(1)
+				q := r.Slice(*heads*n*d, testrand.Normal)
+				k := r.Slice(*heads*n*d, testrand.Normal)
+				v := r.Slice(*heads*n*d, testrand.Normal)
+				for _, ranks := range rs {
+					plan, err := shard.NewPlan(shard.Request{B: 1, Hq: *heads, Hkv: *heads, D: d, N: n, Nk: n, Ranks: ranks,
+						Block: *block, Strategy: shard.Strategy(*strategy), Mask: shard.Mask{Causal: c}})
+					if err != nil {
+						return usageError{err}
+					}
+					var tk, tr []float64
+					var diff float64
+					for range *runs {
+						t0 := time.Now()
+						// Like the ring, the kernel returns a fresh o and lse.
+						o := make([]float32, len(q))
+						lse := make([]float32, *heads*n)
+						if err := kernels.Attention(&p, q, k, v, o, lse); err != nil {
+							return err
+						}
+						t1 := time.Now()
+						ro, _, err := ringattn.RunLocal(ctx, &p, plan, q, k, v)
+						if err != nil {
+							return err
+						}
+						tr = append(tr, time.Since(t1).Seconds())
+						tk = append(tk, t1.Sub(t0).Seconds())
+						diff = max(diff, maxAbsDiff(o, ro))
+					}
+					if !(diff <= benchTolerance) {
+						return fmt.Errorf("bench ring N=%d D=%d %s R=%d: ring differs from the kernel by %g (> %g)",
+							n, d, maskName(c), ranks, diff, benchTolerance)
+					}
+					mk, mr := median(tk), median(tr)
+					fmt.Fprintf(env.stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
+						*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), p.VisibleFLOPs()/mr/1e9, diff)
+				}
+			}
+		}
+	}
+	fmt.Fprintln(env.stdout, "\noverhead = ring median / kernel median - 1, same process, same cores, runs interleaved.")
+	return nil
+}
