@@ -2,10 +2,15 @@ package devcluster_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -290,7 +295,7 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 		counter = iota // strictly larger after than before
 		gauge          // took at least two values during the run
 		leader         // the Raft state of the leader (2) throughout
-		exposed        // exposed with HELP; see below
+		present        // exposed with HELP; see below
 	)
 	checks := []struct {
 		where, series string
@@ -321,7 +326,7 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 		// Frames are sent ahead of need, so even a 1 ms receive timeout
 		// rarely falls back in-process; testenv's TestSystem* tests throttle
 		// a worker's link and assert this counter moves.
-		{"w2:", `ringattn_worker_store_fallbacks_total`, exposed},
+		{"w2:", `ringattn_worker_store_fallbacks_total`, present},
 		{"w1:", `ringattn_worker_shards_running`, gauge},
 	}
 	for _, c := range checks {
@@ -358,6 +363,95 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 	}
 	if v, _ := after["coord:"].value("ringattn_raft_state"); v != 2 {
 		t.Errorf("ringattn_raft_state = %v on the only coordinator, want 2 (leader)", v)
+	}
+
+	// The Grafana dashboard queries only series these processes expose.
+	exposed := map[string]bool{}
+	for _, e := range after {
+		for s := range e.samples {
+			name, _, _ := strings.Cut(s, "{")
+			exposed[name] = true
+		}
+	}
+	var want []string
+	for _, c := range checks {
+		want = append(want, family(c.series))
+	}
+	checkDashboard(t, filepath.Join("..", "..", "deploy", "grafana", "ringattn.json"), exposed, want)
+}
+
+// dashboard is the part of a Grafana dashboard JSON the checks read.
+type dashboard struct {
+	UID    string           `json:"uid"`
+	Title  string           `json:"title"`
+	Panels []dashboardPanel `json:"panels"`
+}
+
+type dashboardPanel struct {
+	ID      int    `json:"id"`
+	Type    string `json:"type"`
+	Title   string `json:"title"`
+	GridPos struct {
+		H, W, X, Y int
+	} `json:"gridPos"`
+	Targets []struct {
+		RefID string `json:"refId"`
+		Expr  string `json:"expr"`
+	} `json:"targets"`
+}
+
+var metricRef = regexp.MustCompile(`\bringattn_[a-z0-9_]+`)
+
+// checkDashboard parses the dashboard at path and checks its panels are
+// well-formed, every ringattn_* series it queries is in exposed, and every
+// family in want is queried by some panel.
+func checkDashboard(t *testing.T, path string, exposed map[string]bool, want []string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d dashboard
+	dec := json.NewDecoder(bytes.NewReader(data))
+	if err := dec.Decode(&d); err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if d.UID == "" || d.Title == "" || len(d.Panels) == 0 {
+		t.Fatalf("%s: uid %q, title %q, %d panels: want all set", path, d.UID, d.Title, len(d.Panels))
+	}
+	ids := map[int]bool{}
+	queried := map[string]bool{}
+	for _, p := range d.Panels {
+		if ids[p.ID] {
+			t.Errorf("%s: panel id %d used twice", path, p.ID)
+		}
+		ids[p.ID] = true
+		if p.GridPos.W < 1 || p.GridPos.X < 0 || p.GridPos.X+p.GridPos.W > 24 || p.GridPos.H < 1 {
+			t.Errorf("%s: panel %q has gridPos %+v outside the 24-column grid", path, p.Title, p.GridPos)
+		}
+		if p.Type == "row" {
+			continue
+		}
+		if p.Title == "" || len(p.Targets) == 0 {
+			t.Errorf("%s: panel %d (%q) needs a title and targets", path, p.ID, p.Title)
+		}
+		for _, tg := range p.Targets {
+			refs := metricRef.FindAllString(tg.Expr, -1)
+			if len(refs) == 0 {
+				t.Errorf("%s: panel %q target %s queries no ringattn metric: %q", path, p.Title, tg.RefID, tg.Expr)
+			}
+			for _, m := range refs {
+				if !exposed[m] {
+					t.Errorf("%s: panel %q queries %s, which no coordinator or worker exposes", path, p.Title, m)
+				}
+				queried[family(m)] = true
+			}
+		}
+	}
+	for _, f := range want {
+		if !queried[f] {
+			t.Errorf("%s: no panel shows %s", path, f)
+		}
 	}
 }
 
