@@ -49,13 +49,16 @@ func TestCLIBenchRing(t *testing.T) {
 		t.Fatalf("%d rows, want 8:\n%s", len(rows), out)
 	}
 	for _, r := range rows {
-		if len(r) != 12 {
-			t.Fatalf("row %v has %d cells, want 12", r, len(r))
+		if len(r) != 15 {
+			t.Fatalf("row %v has %d cells, want 15", r, len(r))
 		}
 		positive(t, "ring time", r[8])
-		positive(t, "ring GFLOP/s", r[10])
-		if d, err := strconv.ParseFloat(r[11], 64); err != nil || d > benchTolerance {
-			t.Errorf("row %v: max abs diff %q, want <= %g", r, r[11], benchTolerance)
+		if c, err := strconv.ParseFloat(r[11], 64); err != nil || c < 0 {
+			t.Errorf("row %v: ring CPU %q, want a number >= 0", r, r[11])
+		}
+		positive(t, "ring GFLOP/s", r[13])
+		if d, err := strconv.ParseFloat(r[14], 64); err != nil || d > benchTolerance {
+			t.Errorf("row %v: max abs diff %q, want <= %g", r, r[14], benchTolerance)
 		}
 	}
 	for _, args := range [][]string{
@@ -81,13 +84,14 @@ func TestCLIBenchCluster(t *testing.T) {
 		t.Fatalf("%d attention rows, want 2:\n%s", len(rows), out)
 	}
 	for _, r := range rows {
-		if len(r) != 13 || r[0] != "2" {
-			t.Fatalf("row %v: want 13 cells for W=2", r)
+		if len(r) != 16 || r[0] != "2" {
+			t.Fatalf("row %v: want 16 cells for W=2", r)
 		}
 		positive(t, "cluster compute", r[7])
 		positive(t, "end-to-end", r[9])
-		if d, err := strconv.ParseFloat(r[12], 64); err != nil || d > benchTolerance {
-			t.Errorf("row %v: max abs diff %q, want <= %g", r, r[12], benchTolerance)
+		positive(t, "end-to-end CPU", r[12])
+		if d, err := strconv.ParseFloat(r[15], 64); err != nil || d > benchTolerance {
+			t.Errorf("row %v: max abs diff %q, want <= %g", r, r[15], benchTolerance)
 		}
 	}
 	tiny := tableRows(out, "| W | jobs |")

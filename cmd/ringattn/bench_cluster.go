@@ -70,8 +70,8 @@ func benchCluster(env *cliEnv, args []string) error {
 	defer cancel()
 	fmt.Fprintf(env.stdout, "kernel %s, GOMAXPROCS %d; in-process cluster: embedded NATS (JetStream), 1 Raft coordinator, W workers on these cores; %d runs per side, medians\n\n",
 		kernels.Impl(), runtime.GOMAXPROCS(0), *runs)
-	fmt.Fprintln(env.stdout, "| W | B | H | N | D | mask | kernel (s) | cluster compute (s) | overhead | end-to-end (s) | overhead | epochs | max abs diff |")
-	fmt.Fprintln(env.stdout, "|---|---|---|---|---|------|------------|---------------------|----------|----------------|----------|--------|--------------|")
+	fmt.Fprintln(env.stdout, "| W | B | H | N | D | mask | kernel (s) | cluster compute (s) | overhead | end-to-end (s) | overhead | kernel CPU (s) | end-to-end CPU (s) | CPU overhead | epochs | max abs diff |")
+	fmt.Fprintln(env.stdout, "|---|---|---|---|---|------|------------|---------------------|----------|----------------|----------|----------------|--------------------|--------------|--------|--------------|")
 	type tinyRow struct {
 		w                int
 		p50, p99, mean   float64
@@ -126,6 +126,7 @@ func benchCluster(env *cliEnv, args []string) error {
 	}
 	fmt.Fprintln(env.stdout, "\ncluster compute = the job's started -> finished time in the coordinator; end-to-end = upload + submit + compute + download of the output.")
 	fmt.Fprintln(env.stdout, "overhead = cluster median / kernel median - 1 (kernel: kernels.Attention in this process on all cores, runs interleaved).")
+	fmt.Fprintln(env.stdout, "CPU = user + system CPU seconds of this whole process (NATS server, coordinator, workers, client) over the call.")
 	if len(tinies) > 0 {
 		fmt.Fprintln(env.stdout, "\nTiny jobs (B=1, H=1, N=Nk=64, D=16): one at a time for latency, then the same count with a fixed number in flight for throughput.")
 		fmt.Fprintln(env.stdout, "\n| W | jobs | latency p50 (ms) | p99 (ms) | mean (ms) | throughput jobs | in flight | jobs/s |")
@@ -149,21 +150,23 @@ func benchClusterRow(ctx context.Context, env *cliEnv, cl *client.Client, w, h, 
 	k := r.Slice(h*n*d, testrand.Normal)
 	v := r.Slice(h*n*d, testrand.Normal)
 	qt, kt, vt := tensor.New(q, 1, h, n, d), tensor.New(k, 1, h, n, d), tensor.New(v, 1, h, n, d)
-	var tk, tc, te []float64
+	var tk, tc, te, ck, ce []float64
 	var diff float64
 	var epochs uint64
 	for range runs {
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuSeconds()
 		o := make([]float32, len(q))
 		if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
 			return err
 		}
-		t1 := time.Now()
+		t1, c1 := time.Now(), cpuSeconds()
 		res, err := cl.Attention(ctx, qt, kt, vt, false, client.JobOptions{Causal: causal, Block: block}, nil)
 		if err != nil {
 			return fmt.Errorf("cluster job W=%d N=%d D=%d %s: %w", w, n, d, maskName(causal), err)
 		}
 		te = append(te, time.Since(t1).Seconds())
+		ce = append(ce, cpuSeconds()-c1)
+		ck = append(ck, c1-c0)
 		tk = append(tk, t1.Sub(t0).Seconds())
 		st := res.Status
 		tc = append(tc, float64(st.GetFinishedUnixMs()-st.GetStartedUnixMs())/1000)
@@ -174,9 +177,9 @@ func benchClusterRow(ctx context.Context, env *cliEnv, cl *client.Client, w, h, 
 		return fmt.Errorf("bench cluster W=%d N=%d D=%d %s: cluster output differs from the kernel by %g (> %g)",
 			w, n, d, maskName(causal), diff, benchTolerance)
 	}
-	mk, mc, me := median(tk), median(tc), median(te)
-	fmt.Fprintf(env.stdout, "| %d | 1 | %d | %d | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %+.1f%% | %d | %.1e |\n",
-		w, h, n, d, maskName(causal), mk, mc, 100*(mc/mk-1), me, 100*(me/mk-1), epochs, diff)
+	mk, mc, me, mck, mce := median(tk), median(tc), median(te), median(ck), median(ce)
+	fmt.Fprintf(env.stdout, "| %d | 1 | %d | %d | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %d | %.1e |\n",
+		w, h, n, d, maskName(causal), mk, mc, 100*(mc/mk-1), me, 100*(me/mk-1), mck, mce, 100*(mce/mck-1), epochs, diff)
 	return nil
 }
 

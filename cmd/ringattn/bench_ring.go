@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/ringattn/ringattn/internal/testrand"
@@ -69,6 +70,17 @@ func maxAbsDiff(a, b []float32) float64 {
 	return m
 }
 
+// cpuSeconds is this process's user + system CPU time so far: on a shared
+// machine it is steadier than wall time (other processes' load stretches
+// wall time but not the work done here).
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return math.NaN()
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
 // benchRing prints a Markdown table of an in-process R-rank ring against
 // kernels.Attention on the same shape and cores. Kernel and ring runs
 // alternate so both see the same machine load; medians are reported.
@@ -108,8 +120,8 @@ func benchRing(env *cliEnv, args []string) error {
 	defer cancel()
 	fmt.Fprintf(env.stdout, "kernel %s, GOMAXPROCS %d; ring ranks are goroutines over an in-memory ring; %d runs per side, medians\n\n",
 		kernels.Impl(), runtime.GOMAXPROCS(0), *runs)
-	fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel (s) | ring (s) | overhead | ring GFLOP/s | max abs diff |")
-	fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|------------|----------|----------|--------------|--------------|")
+	fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel (s) | ring (s) | overhead | kernel CPU (s) | ring CPU (s) | CPU overhead | ring GFLOP/s | max abs diff |")
+	fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|------------|----------|----------|----------------|--------------|--------------|--------------|--------------|")
 	for _, n := range ns {
 		for _, d := range ds {
 			for _, c := range causals {
@@ -127,22 +139,24 @@ func benchRing(env *cliEnv, args []string) error {
 					if err != nil {
 						return usageError{err}
 					}
-					var tk, tr []float64
+					var tk, tr, ck, cr []float64
 					var diff float64
 					for range *runs {
-						t0 := time.Now()
+						t0, c0 := time.Now(), cpuSeconds()
 						// Like the ring, the kernel returns a fresh o and lse.
 						o := make([]float32, len(q))
 						lse := make([]float32, *heads*n)
 						if err := kernels.Attention(&p, q, k, v, o, lse); err != nil {
 							return err
 						}
-						t1 := time.Now()
+						t1, c1 := time.Now(), cpuSeconds()
 						ro, _, err := ringattn.RunLocal(ctx, &p, plan, q, k, v)
 						if err != nil {
 							return err
 						}
 						tr = append(tr, time.Since(t1).Seconds())
+						cr = append(cr, cpuSeconds()-c1)
+						ck = append(ck, c1-c0)
 						tk = append(tk, t1.Sub(t0).Seconds())
 						diff = max(diff, maxAbsDiff(o, ro))
 					}
@@ -150,13 +164,15 @@ func benchRing(env *cliEnv, args []string) error {
 						return fmt.Errorf("bench ring N=%d D=%d %s R=%d: ring differs from the kernel by %g (> %g)",
 							n, d, maskName(c), ranks, diff, benchTolerance)
 					}
-					mk, mr := median(tk), median(tr)
-					fmt.Fprintf(env.stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
-						*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), p.VisibleFLOPs()/mr/1e9, diff)
+					mk, mr, mck, mcr := median(tk), median(tr), median(ck), median(cr)
+					fmt.Fprintf(env.stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
+						*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), mck, mcr, 100*(mcr/mck-1),
+						p.VisibleFLOPs()/mr/1e9, diff)
 				}
 			}
 		}
 	}
-	fmt.Fprintln(env.stdout, "\noverhead = ring median / kernel median - 1, same process, same cores, runs interleaved.")
+	fmt.Fprintln(env.stdout, "\noverhead = ring median / kernel median - 1 (wall time), same process, same cores, runs interleaved;")
+	fmt.Fprintln(env.stdout, "CPU = user + system CPU seconds of this process over the call (steadier than wall time on a shared machine).")
 	return nil
 }
