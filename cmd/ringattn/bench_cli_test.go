@@ -1,10 +1,25 @@
 package main
 
 import (
+	"bytes"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 )
+
+// checkPNG fails unless path is a non-trivial PNG file.
+func checkPNG(t *testing.T, path string) {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(data, []byte("\x89PNG\r\n\x1a\n")) || len(data) < 1000 {
+		t.Fatalf("%s: %d bytes, not a PNG plot", path, len(data))
+	}
+}
 
 // tableRows returns the data rows of the Markdown tables in out whose
 // header starts with header, split into trimmed cells.
@@ -39,11 +54,13 @@ func positive(t *testing.T, what, s string) float64 {
 }
 
 func TestCLIBenchRing(t *testing.T) {
+	png := filepath.Join(t.TempDir(), "ring.png")
 	code, out, stderr := cli(t, "bench", "ring", "--seq", "300,512", "--dim", "32", "--heads", "2", "--ranks", "2,3",
-		"--block", "64", "--runs", "1")
+		"--block", "64", "--runs", "1", "--png", png)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
+	checkPNG(t, png)
 	rows := tableRows(out, "| B | H | N | D | mask | R |")
 	if len(rows) != 2*2*2 {
 		t.Fatalf("%d rows, want 8:\n%s", len(rows), out)
@@ -74,11 +91,13 @@ func TestCLIBenchRing(t *testing.T) {
 }
 
 func TestCLIBenchCluster(t *testing.T) {
+	png := filepath.Join(t.TempDir(), "cluster.png")
 	code, out, stderr := cli(t, "bench", "cluster", "--workers", "2", "--seq", "256", "--dim", "32", "--heads", "2",
-		"--block", "64", "--runs", "1", "--tiny", "6", "--concurrency", "3")
+		"--block", "64", "--runs", "1", "--tiny", "6", "--concurrency", "3", "--png", png)
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
+	checkPNG(t, png)
 	rows := tableRows(out, "| W | B | H | N | D | mask |")
 	if len(rows) != 2 {
 		t.Fatalf("%d attention rows, want 2:\n%s", len(rows), out)

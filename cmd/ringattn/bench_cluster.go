@@ -44,6 +44,7 @@ func benchCluster(env *cliEnv, args []string) error {
 	runs := fs.Int("runs", 3, "timed runs of each side per row; the median is reported")
 	tiny := fs.Int("tiny", 200, "tiny jobs (B=1, H=1, N=64, D=16) for latency and throughput; 0 skips")
 	conc := fs.Int("concurrency", 8, "tiny jobs in flight in the throughput run")
+	png := fs.String("png", "", "also plot the overheads to this `file` (.png, .svg or .pdf)")
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
@@ -79,6 +80,7 @@ func benchCluster(env *cliEnv, args []string) error {
 		conc, n, nThroug int
 	}
 	var tinies []tinyRow
+	pl := &clusterPlot{}
 	for _, w := range ws {
 		dev, err := devcluster.Start(ctx, devcluster.Config{Workers: w, HTTPAddr: "off"})
 		if err != nil {
@@ -94,7 +96,7 @@ func benchCluster(env *cliEnv, args []string) error {
 			for _, n := range ns {
 				for _, d := range ds {
 					for _, c := range causals {
-						if err := benchClusterRow(ctx, env, cl, w, *heads, n, d, *block, c, *runs); err != nil {
+						if err := benchClusterRow(ctx, env, cl, pl, w, *heads, n, d, *block, c, *runs); err != nil {
 							return err
 						}
 					}
@@ -137,10 +139,24 @@ func benchCluster(env *cliEnv, args []string) error {
 		}
 		fmt.Fprintln(env.stdout, "\nlatency = SDK Attention call: upload q, k, v to the store, submit, wait (polling), download o.")
 	}
+	if *png != "" && len(pl.labels) > 0 {
+		pl.compute.name, pl.endToEnd.name, pl.cpu.name = "compute (wall)", "end-to-end (wall)", "end-to-end (CPU)"
+		title := fmt.Sprintf("in-process cluster vs kernels.Attention (B=1, H=%d), GOMAXPROCS %d", *heads, runtime.GOMAXPROCS(0))
+		if err := writeBarsPNG(*png, title, "overhead over the kernel (%)", pl.labels, []barSeries{pl.compute, pl.endToEnd, pl.cpu}); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "\nplot: %s\n", *png)
+	}
 	return nil
 }
 
-func benchClusterRow(ctx context.Context, env *cliEnv, cl *client.Client, w, h, n, d, block int, causal bool, runs int) error {
+// clusterPlot collects the rows of the overhead chart.
+type clusterPlot struct {
+	labels                 []string
+	compute, endToEnd, cpu barSeries
+}
+
+func benchClusterRow(ctx context.Context, env *cliEnv, cl *client.Client, pl *clusterPlot, w, h, n, d, block int, causal bool, runs int) error {
 	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: h, Hkv: h, D: d}, N: n, Nk: n, Mask: kernels.Mask{Causal: causal}}
 	if err := p.Validate(); err != nil {
 		return usageError{err}
@@ -180,6 +196,10 @@ func benchClusterRow(ctx context.Context, env *cliEnv, cl *client.Client, w, h, 
 	mk, mc, me, mck, mce := median(tk), median(tc), median(te), median(ck), median(ce)
 	fmt.Fprintf(env.stdout, "| %d | 1 | %d | %d | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %d | %.1e |\n",
 		w, h, n, d, maskName(causal), mk, mc, 100*(mc/mk-1), me, 100*(me/mk-1), mck, mce, 100*(mce/mck-1), epochs, diff)
+	pl.labels = append(pl.labels, fmt.Sprintf("W=%d N=%d D=%d %s", w, n, d, maskName(causal)))
+	pl.compute.values = append(pl.compute.values, 100*(mc/mk-1))
+	pl.endToEnd.values = append(pl.endToEnd.values, 100*(me/mk-1))
+	pl.cpu.values = append(pl.cpu.values, 100*(mce/mck-1))
 	return nil
 }
 

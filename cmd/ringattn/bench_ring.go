@@ -94,6 +94,7 @@ func benchRing(env *cliEnv, args []string) error {
 	block := fs.Int("block", 0, "tokens per block (0: the plan's default)")
 	strategy := fs.String("strategy", "", "shard strategy (default: the planner's choice)")
 	runs := fs.Int("runs", 3, "timed runs of each side per row; the median is reported")
+	png := fs.String("png", "", "also plot the overheads to this `file` (.png, .svg or .pdf)")
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
@@ -120,6 +121,8 @@ func benchRing(env *cliEnv, args []string) error {
 	defer cancel()
 	fmt.Fprintf(env.stdout, "kernel %s, GOMAXPROCS %d; ring ranks are goroutines over an in-memory ring; %d runs per side, medians\n\n",
 		kernels.Impl(), runtime.GOMAXPROCS(0), *runs)
+	var labels []string
+	wall, cpu := barSeries{name: "wall-time overhead"}, barSeries{name: "CPU-time overhead"}
 	fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel (s) | ring (s) | overhead | kernel CPU (s) | ring CPU (s) | CPU overhead | ring GFLOP/s | max abs diff |")
 	fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|------------|----------|----------|----------------|--------------|--------------|--------------|--------------|")
 	for _, n := range ns {
@@ -168,11 +171,21 @@ func benchRing(env *cliEnv, args []string) error {
 					fmt.Fprintf(env.stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
 						*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), mck, mcr, 100*(mcr/mck-1),
 						p.VisibleFLOPs()/mr/1e9, diff)
+					labels = append(labels, fmt.Sprintf("N=%d D=%d %s R=%d", n, d, maskName(c), ranks))
+					wall.values = append(wall.values, 100*(mr/mk-1))
+					cpu.values = append(cpu.values, 100*(mcr/mck-1))
 				}
 			}
 		}
 	}
 	fmt.Fprintln(env.stdout, "\noverhead = ring median / kernel median - 1 (wall time), same process, same cores, runs interleaved;")
 	fmt.Fprintln(env.stdout, "CPU = user + system CPU seconds of this process over the call (steadier than wall time on a shared machine).")
+	if *png != "" {
+		title := fmt.Sprintf("in-process ring vs kernels.Attention (B=1, H=%d), GOMAXPROCS %d", *heads, runtime.GOMAXPROCS(0))
+		if err := writeBarsPNG(*png, title, "overhead over the kernel (%)", labels, []barSeries{wall, cpu}); err != nil {
+			return err
+		}
+		fmt.Fprintf(env.stdout, "\nplot: %s\n", *png)
+	}
 	return nil
 }
