@@ -132,9 +132,8 @@ func randTensor(r *testrand.Rand, shape ...int) *tensor.Tensor {
 // gauges take more than one value (or, for the Raft state and term of a
 // stable single-node cluster and the measured kernel speed, hold a positive
 // value). A second job queues behind the first and one worker leaves
-// mid-job (a re-plan). Store fallbacks need a slow link, which the
-// multi-process testenv tests provide; here the series is only checked to
-// be exposed with HELP text.
+// mid-job (a re-plan). Store fallbacks need a slow or broken link; here
+// that series is only checked to be exposed with HELP text.
 func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -323,9 +322,10 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 		{"w1:", `ringattn_worker_ring_bytes_total{direction="received"}`, counter},
 		{"w1:", `ringattn_worker_store_bytes_total{direction="read"}`, counter},
 		{"w1:", `ringattn_worker_store_bytes_total{direction="written"}`, counter},
-		// Frames are sent ahead of need, so even a 1 ms receive timeout
-		// rarely falls back in-process; testenv's TestSystem* tests throttle
-		// a worker's link and assert this counter moves.
+		// In-process, ring frames arrived in time even with a 1 ms receive
+		// timeout (tried), so this counter needs a slow or broken link
+		// (testenv's NATS-restart system test logs it); here it is only
+		// checked to be exposed with HELP and TYPE.
 		{"w2:", `ringattn_worker_store_fallbacks_total`, present},
 		{"w1:", `ringattn_worker_shards_running`, gauge},
 	}
