@@ -19,13 +19,13 @@ const demoTolerance = 1e-4
 
 func runDemo(env *cliEnv, args []string) error {
 	fs := newFlags(env, "demo", "[--seq N --heads H --kv-heads H --dim D --causal --workers W]")
-	n := fs.Int("seq", 4096, "sequence length `N`")
+	n := fs.Int("seq", 16384, "sequence length `N`")
 	heads := fs.Int("heads", 8, "query heads `H`")
 	kvHeads := fs.Int("kv-heads", 0, "key/value heads (GQA; default: --heads)")
 	dim := fs.Int("dim", 64, "head dimension `D`")
 	causal := fs.Bool("causal", true, "causal mask")
 	workers := fs.Int("workers", 3, "`W` workers in the embedded cluster")
-	block := fs.Int("block", 512, "block length in `tokens`")
+	block := fs.Int("block", 1024, "block length in `tokens`")
 	seed := fs.Uint64("seed", 1, "random `seed`")
 	checkRows := fs.Int("check-rows", 48, "query rows per head checked against the float64 reference")
 	if err := parse(env, fs, args); err != nil {
