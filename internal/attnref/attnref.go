@@ -27,14 +27,8 @@ type Problem struct {
 	Mask                 Mask
 }
 
-func docOf(starts []int, i int) int {
-	for d := len(starts) - 2; d >= 0; d-- {
-		if i >= starts[d] {
-			return d
-		}
-	}
-	return 0
-}
+// docs holds the document starts of a Mask (prefix sums, plus the total).
+type docs struct{ q, k []int }
 
 func prefix(l []int) []int {
 	s := make([]int, len(l)+1)
@@ -44,23 +38,39 @@ func prefix(l []int) []int {
 	return s
 }
 
-// Visible reports whether query i sees key j.
-func (p *Problem) Visible(i, j int) bool {
+func docOf(starts []int, i int) int {
+	for d := len(starts) - 2; d >= 0; d-- {
+		if i >= starts[d] {
+			return d
+		}
+	}
+	return 0
+}
+
+func (p *Problem) docs() docs {
+	m := &p.Mask
+	if m.SeqLens == nil {
+		return docs{}
+	}
+	ds := docs{q: prefix(m.SeqLens)}
+	ds.k = ds.q
+	if m.SeqLensK != nil {
+		ds.k = prefix(m.SeqLensK)
+	}
+	return ds
+}
+
+// visible is Visible with the document starts computed once.
+func (p *Problem) visible(ds docs, i, j int) bool {
 	m := &p.Mask
 	qs, ks, lq, lk := 0, 0, p.N, p.Nk
-	if m.SeqLens != nil {
-		qStarts := prefix(m.SeqLens)
-		kStarts := qStarts
-		if m.SeqLensK != nil {
-			kStarts = prefix(m.SeqLensK)
-		}
-		dq, dk := docOf(qStarts, i), docOf(kStarts, j)
+	if ds.q != nil {
+		dq, dk := docOf(ds.q, i), docOf(ds.k, j)
 		if dq != dk {
 			return false
 		}
-		qs, lq = qStarts[dq], m.SeqLens[dq]
-		ks = kStarts[dk]
-		lk = kStarts[dk+1] - kStarts[dk]
+		qs, lq = ds.q[dq], ds.q[dq+1]-ds.q[dq]
+		ks, lk = ds.k[dk], ds.k[dk+1]-ds.k[dk]
 	}
 	ip, jp := i-qs, j-ks
 	off := lk - lq
@@ -78,71 +88,17 @@ func (p *Problem) Visible(i, j int) bool {
 	return true
 }
 
+// Visible reports whether query i sees key j.
+func (p *Problem) Visible(i, j int) bool { return p.visible(p.docs(), i, j) }
+
 // Attention returns o [B,Hq,N,D] and lse [B,Hq,N] in float64 for float32
 // inputs q [B,Hq,N,D], k and v [B,Hkv,Nk,D]. Rows that see no key give 0 and -inf.
 func (p *Problem) Attention(q, k, v []float32) (o, lse []float64) {
-	scale := p.Scale
-	if scale == 0 {
-		scale = 1 / math.Sqrt(float64(p.D))
+	rows := make([]int, p.N)
+	for i := range rows {
+		rows[i] = i
 	}
-	d := p.D
-	o = make([]float64, p.B*p.Hq*p.N*d)
-	lse = make([]float64, p.B*p.Hq*p.N)
-	vis := make([][]bool, p.N)
-	for i := range vis {
-		vis[i] = make([]bool, p.Nk)
-		for j := range vis[i] {
-			vis[i][j] = p.Visible(i, j)
-		}
-	}
-	s := make([]float64, p.Nk)
-	qi := make([]float64, d)
-	kj := make([]float64, d)
-	for b := 0; b < p.B; b++ {
-		for h := 0; h < p.Hq; h++ {
-			kvh := h / (p.Hq / p.Hkv)
-			qb := (b*p.Hq + h) * p.N * d
-			kb := (b*p.Hkv + kvh) * p.Nk * d
-			for i := 0; i < p.N; i++ {
-				for t := 0; t < d; t++ {
-					qi[t] = float64(q[qb+i*d+t])
-				}
-				mx := math.Inf(-1)
-				for j := 0; j < p.Nk; j++ {
-					if !vis[i][j] {
-						s[j] = math.Inf(-1)
-						continue
-					}
-					for t := 0; t < d; t++ {
-						kj[t] = float64(k[kb+j*d+t])
-					}
-					s[j] = floats.Dot(qi, kj) * scale
-					mx = math.Max(mx, s[j])
-				}
-				row := (b*p.Hq+h)*p.N + i
-				if math.IsInf(mx, -1) {
-					lse[row] = math.Inf(-1)
-					continue
-				}
-				var sum float64
-				for j := 0; j < p.Nk; j++ {
-					if math.IsInf(s[j], -1) {
-						continue
-					}
-					e := math.Exp(s[j] - mx)
-					sum += e
-					for t := 0; t < d; t++ {
-						o[row*d+t] += e * float64(v[kb+j*d+t])
-					}
-				}
-				for t := 0; t < d; t++ {
-					o[row*d+t] /= sum
-				}
-				lse[row] = mx + math.Log(sum)
-			}
-		}
-	}
-	return o, lse
+	return p.Rows(q, k, v, rows)
 }
 
 // MaxAbsDiff returns max |got - want| over all elements, treating equal
@@ -175,31 +131,43 @@ func MaxAbsDiff(got []float32, want []float64) float64 {
 // problems can be checked on a sample of rows.
 func (p *Problem) Rows(q, k, v []float32, rows []int) (o, lse []float64) {
 	d := p.D
-	o = make([]float64, p.B*p.Hq*len(rows)*d)
-	lse = make([]float64, p.B*p.Hq*len(rows))
-	s := make([]float64, p.Nk)
 	scale := p.Scale
 	if scale == 0 {
 		scale = 1 / math.Sqrt(float64(d))
 	}
+	ds := p.docs()
+	vis := make([][]bool, len(rows))
+	for ri, i := range rows {
+		vis[ri] = make([]bool, p.Nk)
+		for j := range vis[ri] {
+			vis[ri][j] = p.visible(ds, i, j)
+		}
+	}
+	o = make([]float64, p.B*p.Hq*len(rows)*d)
+	lse = make([]float64, p.B*p.Hq*len(rows))
+	s := make([]float64, p.Nk)
+	qi := make([]float64, d)
+	kj := make([]float64, d)
 	for b := 0; b < p.B; b++ {
 		for h := 0; h < p.Hq; h++ {
 			kvh := h / (p.Hq / p.Hkv)
 			qb := (b*p.Hq + h) * p.N * d
 			kb := (b*p.Hkv + kvh) * p.Nk * d
 			for ri, i := range rows {
-				out := ((b*p.Hq+h)*len(rows) + ri)
+				out := (b*p.Hq+h)*len(rows) + ri
+				for t := 0; t < d; t++ {
+					qi[t] = float64(q[qb+i*d+t])
+				}
 				mx := math.Inf(-1)
 				for j := 0; j < p.Nk; j++ {
 					s[j] = math.Inf(-1)
-					if !p.Visible(i, j) {
+					if !vis[ri][j] {
 						continue
 					}
-					var dot float64
 					for t := 0; t < d; t++ {
-						dot += float64(q[qb+i*d+t]) * float64(k[kb+j*d+t])
+						kj[t] = float64(k[kb+j*d+t])
 					}
-					s[j] = dot * scale
+					s[j] = floats.Dot(qi, kj) * scale
 					mx = math.Max(mx, s[j])
 				}
 				if math.IsInf(mx, -1) {
