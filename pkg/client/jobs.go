@@ -149,38 +149,47 @@ type AttentionResult struct {
 	LSE    *tensor.Tensor // [B, Hq, N]; nil unless asked for
 }
 
-// FetchAttention downloads the outputs of a succeeded attention job.
-func (c *Client) FetchAttention(ctx context.Context, st *pb.JobStatus) (*AttentionResult, error) {
+// outputs checks that st is a succeeded job and returns the store, the
+// namespace of its outputs and its block length.
+func (c *Client) outputs(ctx context.Context, st *pb.JobStatus) (*transport.Store, string, int, error) {
 	if err := jobError(st); err != nil {
-		return nil, err
+		return nil, "", 0, err
 	}
 	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
-		return nil, fmt.Errorf("%w: job %s is %v, not succeeded", ErrConflict, st.GetId(), st.GetState())
+		return nil, "", 0, fmt.Errorf("%w: job %s is %v, not succeeded", ErrConflict, st.GetId(), st.GetState())
 	}
-	s := st.GetSpec()
 	store, err := c.Store(ctx)
 	if err != nil {
-		return nil, err
+		return nil, "", 0, err
 	}
 	ref := st.GetOutputRef()
 	if ref == "" {
 		ref = st.GetId()
 	}
-	b, h, n, d, block := int(s.GetB()), int(s.GetHq()), int(s.GetN()), int(s.GetD()), int(s.GetBlock())
+	block := int(st.GetSpec().GetBlock())
 	if block <= 0 {
 		block = DefaultBlock
 	}
-	o, err := store.GetTensor(ctx, ref, transport.TensorO, transport.Shape{b, h, n, d}, block)
+	return store, ref, block, nil
+}
+
+// FetchAttention downloads the outputs of a succeeded attention job.
+func (c *Client) FetchAttention(ctx context.Context, st *pb.JobStatus) (*AttentionResult, error) {
+	store, ref, block, err := c.outputs(ctx, st)
 	if err != nil {
-		return nil, fmt.Errorf("client: fetching o: %w", err)
+		return nil, err
 	}
-	res := &AttentionResult{Status: st, O: tensor.New(o, b, h, n, d)}
+	s := st.GetSpec()
+	b, h, n, d := int(s.GetB()), int(s.GetHq()), int(s.GetN()), int(s.GetD())
+	o, err := fetch(ctx, store, ref, transport.TensorO, transport.Shape{b, h, n, d}, block, b, h, n, d)
+	if err != nil {
+		return nil, err
+	}
+	res := &AttentionResult{Status: st, O: o}
 	if s.GetWantLse() {
-		lse, err := store.GetTensor(ctx, ref, transport.TensorLSE, transport.Shape{b, h, n, 1}, block)
-		if err != nil {
-			return nil, fmt.Errorf("client: fetching lse: %w", err)
+		if res.LSE, err = fetch(ctx, store, ref, transport.TensorLSE, transport.Shape{b, h, n, 1}, block, b, h, n); err != nil {
+			return nil, err
 		}
-		res.LSE = tensor.New(lse, b, h, n)
 	}
 	return res, nil
 }
@@ -270,27 +279,26 @@ func (c *Client) SubmitMHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, 
 
 // FetchMHA downloads y [B, N, d_model] of a succeeded layer job.
 func (c *Client) FetchMHA(ctx context.Context, st *pb.JobStatus) (*tensor.Tensor, error) {
-	if err := jobError(st); err != nil {
+	store, ref, block, err := c.outputs(ctx, st)
+	if err != nil {
 		return nil, err
-	}
-	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
-		return nil, fmt.Errorf("%w: job %s is %v, not succeeded", ErrConflict, st.GetId(), st.GetState())
 	}
 	s := st.GetSpec()
-	store, err := c.Store(ctx)
+	b, n, dm := int(s.GetB()), int(s.GetN()), int(s.GetDModel())
+	return fetch(ctx, store, ref, tensorY, transport.Shape{b, 1, n, dm}, block, b, n, dm)
+}
+
+// fetch downloads a stored tensor laid out as sh and returns it with shape.
+func fetch(ctx context.Context, store *transport.Store, ref, name string, sh transport.Shape, block int, shape ...int) (*tensor.Tensor, error) {
+	data, err := store.GetTensor(ctx, ref, name, sh, block)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("client: fetching %s: %w", name, err)
 	}
-	ref := st.GetOutputRef()
-	if ref == "" {
-		ref = st.GetId()
-	}
-	b, n, dm, block := int(s.GetB()), int(s.GetN()), int(s.GetDModel()), int(s.GetBlock())
-	y, err := store.GetTensor(ctx, ref, tensorY, transport.Shape{b, 1, n, dm}, block)
+	t, err := tensor.FromData(data, shape...)
 	if err != nil {
-		return nil, fmt.Errorf("client: fetching y: %w", err)
+		return nil, fmt.Errorf("client: fetching %s: %w", name, err)
 	}
-	return tensor.New(y, b, n, dm), nil
+	return t, nil
 }
 
 // MHA uploads, submits, waits and fetches a layer job's output.
