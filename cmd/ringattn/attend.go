@@ -53,7 +53,7 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 	m.conn.register(fs)
 }
 
-// mode returns which of the mutually exclusive mode flags is set.
+// check validates the mode and mask flags, naming the flag at fault.
 func (m *maskFlags) check() error {
 	set := 0
 	if m.ranks != 0 {
@@ -145,15 +145,29 @@ func loadTensor(flagName, spec string) (*tensor.Tensor, error) {
 	return t, nil
 }
 
+// loadQKV reads the -q, -k, -v files of attend and submit.
+func loadQKV(qPath, kPath, vPath string) (q, k, v *tensor.Tensor, err error) {
+	if q, err = loadTensor("q", qPath); err != nil {
+		return
+	}
+	if k, err = loadTensor("k", kPath); err != nil {
+		return
+	}
+	if v, err = loadTensor("v", vPath); err != nil {
+		return
+	}
+	if len(q.Shape) != len(k.Shape) {
+		err = usagef("-k has rank %d, expected q's rank %d", len(k.Shape), len(q.Shape))
+	}
+	return
+}
+
 // attention is a validated attention problem.
 type attention struct {
-	p        kernels.Params
-	q, k, v  *tensor.Tensor // as given
-	qShape   []int          // shape of q as given, for the output
-	q4, k4   []int          // [B,H,N,D]
-	qd, kd   []float32
-	vd       []float32
-	allowBad bool
+	p          kernels.Params
+	qShape     []int // shape of q as given, for the output
+	q4, k4     []int // [B,H,N,D]
+	qd, kd, vd []float32
 }
 
 func checkAttentionInputs(q, k, v *tensor.Tensor, mf *maskFlags) (*attention, error) {
@@ -185,7 +199,7 @@ func checkAttentionInputs(q, k, v *tensor.Tensor, mf *maskFlags) (*attention, er
 	if err != nil {
 		return nil, err
 	}
-	a := &attention{q: q, k: k, v: v, qShape: q.Shape, q4: q4, k4: k4, qd: q.Data, kd: k.Data, vd: v.Data}
+	a := &attention{qShape: q.Shape, q4: q4, k4: k4, qd: q.Data, kd: k.Data, vd: v.Data}
 	a.p = kernels.Params{Shape: kernels.Shape{B: q4[0], Hq: q4[1], Hkv: k4[1], D: q4[3]},
 		N: q4[2], Nk: k4[2], Scale: float32(mf.scale), Mask: km, Threads: mf.threads}
 	if err := a.p.Validate(); err != nil {
@@ -264,20 +278,9 @@ func runAttend(env *cliEnv, args []string) error {
 	if oPath == "" {
 		return usagef("-o is required")
 	}
-	q, err := loadTensor("q", qPath)
+	q, k, v, err := loadQKV(qPath, kPath, vPath)
 	if err != nil {
 		return err
-	}
-	k, err := loadTensor("k", kPath)
-	if err != nil {
-		return err
-	}
-	v, err := loadTensor("v", vPath)
-	if err != nil {
-		return err
-	}
-	if len(q.Shape) != len(k.Shape) {
-		return usagef("-k has rank %d, expected q's rank %d", len(k.Shape), len(q.Shape))
 	}
 	a, err := checkAttentionInputs(q, k, v, &mf)
 	if err != nil {

@@ -50,6 +50,18 @@ func parseIntList(flagName, s string) ([]int, error) {
 	return out, nil
 }
 
+// benchShapes parses the --seq, --dim and --mask lists every bench takes.
+func benchShapes(seqs, dims, masks string) (ns, ds []int, causals []bool, err error) {
+	if ns, err = parseIntList("seq", seqs); err != nil {
+		return
+	}
+	if ds, err = parseIntList("dim", dims); err != nil {
+		return
+	}
+	causals, err = parseMasks(masks)
+	return
+}
+
 // benchKernel prints a Markdown table of the local kernel's speed. Each shape
 // runs in a child process so that its peak RSS is its own.
 func benchKernel(env *cliEnv, args []string) error {
@@ -69,24 +81,9 @@ func benchKernel(env *cliEnv, args []string) error {
 	if *one != "" {
 		return benchKernelOne(env, *one, *heads, *runs)
 	}
-	ns, err := parseIntList("seq", *seqs)
+	ns, ds, causals, err := benchShapes(*seqs, *dims, *masks)
 	if err != nil {
 		return err
-	}
-	ds, err := parseIntList("dim", *dims)
-	if err != nil {
-		return err
-	}
-	var causals []bool
-	for _, m := range strings.Split(*masks, ",") {
-		switch strings.TrimSpace(m) {
-		case "none":
-			causals = append(causals, false)
-		case "causal":
-			causals = append(causals, true)
-		default:
-			return usagef("--mask item %q, expected none or causal", m)
-		}
 	}
 	self, err := os.Executable()
 	if err != nil {

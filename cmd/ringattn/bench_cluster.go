@@ -55,15 +55,7 @@ func benchCluster(env *cliEnv, args []string) error {
 	if err != nil {
 		return err
 	}
-	ns, err := parseIntList("seq", *seqs)
-	if err != nil {
-		return err
-	}
-	ds, err := parseIntList("dim", *dims)
-	if err != nil {
-		return err
-	}
-	causals, err := parseMasks(*masks)
+	ns, ds, causals, err := benchShapes(*seqs, *dims, *masks)
 	if err != nil {
 		return err
 	}

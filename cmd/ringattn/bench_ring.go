@@ -101,19 +101,11 @@ func benchRing(env *cliEnv, args []string) error {
 	if *runs < 1 || *heads < 1 || *block < 0 {
 		return usagef("--runs and --heads must be >= 1, --block >= 0")
 	}
-	ns, err := parseIntList("seq", *seqs)
-	if err != nil {
-		return err
-	}
-	ds, err := parseIntList("dim", *dims)
+	ns, ds, causals, err := benchShapes(*seqs, *dims, *masks)
 	if err != nil {
 		return err
 	}
 	rs, err := parseIntList("ranks", *ranksF)
-	if err != nil {
-		return err
-	}
-	causals, err := parseMasks(*masks)
 	if err != nil {
 		return err
 	}

@@ -106,15 +106,7 @@ func runSubmit(env *cliEnv, args []string) error {
 	if err := mf.check(); err != nil {
 		return err
 	}
-	q, err := loadTensor("q", qPath)
-	if err != nil {
-		return err
-	}
-	k, err := loadTensor("k", kPath)
-	if err != nil {
-		return err
-	}
-	v, err := loadTensor("v", vPath)
+	q, k, v, err := loadQKV(qPath, kPath, vPath)
 	if err != nil {
 		return err
 	}
