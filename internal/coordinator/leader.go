@@ -527,6 +527,27 @@ func (l *leader) candidates(live map[string]*pb.Heartbeat, used map[string]int, 
 			}
 		}
 	}
+	// Shards whose reports the log has committed are finished, even if the
+	// worker's last heartbeat (sent before the ack) still lists them.
+	type shard struct {
+		job   string
+		epoch uint64
+		rank  int32
+	}
+	reported := map[shard]bool{}
+	l.c.fsm.view(func(s *State) {
+		for _, hb := range live {
+			for _, ref := range hb.Running {
+				j := s.Job(ref.JobId)
+				if j == nil || j.Epoch != ref.Epoch {
+					continue
+				}
+				if _, done := slices.BinarySearch(j.DoneRanks, ref.Rank); done {
+					reported[shard{ref.JobId, ref.Epoch, ref.Rank}] = true
+				}
+			}
+		}
+	})
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []*pb.Heartbeat
@@ -540,7 +561,7 @@ func (l *leader) candidates(live map[string]*pb.Heartbeat, used map[string]int, 
 		busy := used[id] - own[id]
 		held := 0
 		for _, ref := range hb.Running {
-			if freeing == nil || ref.JobId != freeing.Id {
+			if (freeing == nil || ref.JobId != freeing.Id) && !reported[shard{ref.JobId, ref.Epoch, ref.Rank}] {
 				held++
 			}
 		}
