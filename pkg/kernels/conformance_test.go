@@ -1,8 +1,11 @@
 package kernels_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/ringattn/ringattn/internal/attnref"
@@ -274,6 +277,118 @@ func TestKernelSplitMerge(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestKernelFoldBlocks folds key ranges, in a shuffled order, with one
+// FoldBlocks call: the state must be bit-identical to one Fold per range in
+// the same order, and exact against the reference.
+func TestKernelFoldBlocks(t *testing.T) {
+	forEachImpl(t, func(t *testing.T) {
+		r := testrand.New(11)
+		for trial := 0; trial < 20; trial++ {
+			n, nk := 1+r.Intn(200), 1+r.Intn(300)
+			ms := masksFor(n, nk)
+			p := problem{b: 1 + r.Intn(2), hq: 4, hkv: 2, n: n, nk: nk, d: 1 + r.Intn(70), mask: ms[r.Intn(len(ms))]}
+			prm := p.params()
+			q, k, v := p.inputs(uint64(trial))
+			cuts := []int{0}
+			for c := 1 + r.Intn(6); c > 1; c-- {
+				cuts = append(cuts, r.Intn(nk+1))
+			}
+			cuts = append(cuts, nk)
+			sortInts(cuts)
+			// Odd trials fold views into k and v instead of copies.
+			view := trial%2 == 1
+			var blocks []kernels.KV
+			for i := 0; i+1 < len(cuts); i++ {
+				a, e := cuts[i], cuts[i+1]
+				b := kernels.KV{Start: a, N: e - a,
+					K: sliceRows(k, p.b*p.hkv, nk, p.d, a, e), V: sliceRows(v, p.b*p.hkv, nk, p.d, a, e)}
+				if view {
+					b.K, b.V, b.Stride = k[a*p.d:], v[a*p.d:], nk
+				}
+				blocks = append(blocks, b)
+			}
+			for i := len(blocks) - 1; i > 0; i-- {
+				j := r.Intn(i + 1)
+				blocks[i], blocks[j] = blocks[j], blocks[i]
+			}
+			one := kernels.NewState(p.b, p.hq, n, p.d)
+			if err := one.FoldBlocks(context.Background(), prm, q, 0, 0, blocks); err != nil {
+				t.Fatal(err)
+			}
+			seq := kernels.NewState(p.b, p.hq, n, p.d)
+			for i, b := range blocks {
+				if view {
+					a, e := b.Start, b.Start+b.N
+					b = kernels.KV{Start: a, N: e - a,
+						K: sliceRows(k, p.b*p.hkv, nk, p.d, a, e), V: sliceRows(v, p.b*p.hkv, nk, p.d, a, e)}
+				}
+				if err := seq.FoldBlocks(context.Background(), prm, q, 0, 0, []kernels.KV{b}); err != nil {
+					t.Fatalf("block %d: %v", i, err)
+				}
+			}
+			// A view of query rows [qa, qe) folds like their copy.
+			qa := r.Intn(n)
+			qe := qa + 1 + r.Intn(n-qa)
+			sub := kernels.NewState(p.b, p.hq, qe-qa, p.d)
+			if err := sub.FoldBlocks(context.Background(), prm, q[qa*p.d:], qa, n, blocks); err != nil {
+				t.Fatal(err)
+			}
+			subSeq := kernels.NewState(p.b, p.hq, qe-qa, p.d)
+			if err := subSeq.FoldBlocks(context.Background(), prm, sliceRows(q, p.b*p.hq, n, p.d, qa, qe), qa, 0, blocks); err != nil {
+				t.Fatal(err)
+			}
+			sameBits(t, fmt.Sprintf("%v rows [%d,%d)", p, qa, qe), sub, subSeq)
+			sameBits(t, fmt.Sprintf("%v cuts %v view %v", p, cuts, view), one, seq)
+			o := make([]float32, p.b*p.hq*n*p.d)
+			if err := one.Finalize(o, nil); err != nil {
+				t.Fatal(err)
+			}
+			wantO, _ := p.ref().Attention(q, k, v)
+			if e := attnref.MaxAbsDiff(o, wantO); !(e <= tolerance) {
+				t.Fatalf("%v cuts %v: max |o - ref| = %g", p, cuts, e)
+			}
+		}
+		// Bad blocks and strides are named.
+		p := problem{b: 1, hq: 2, hkv: 2, n: 8, nk: 8, d: 4}
+		q, k, v := p.inputs(1)
+		s := kernels.NewState(1, 2, 8, 4)
+		for _, c := range []struct {
+			qStride int
+			blocks  []kernels.KV
+			want    string
+		}{
+			{0, []kernels.KV{{K: k, V: v, N: 8}, {K: k[:4], V: v, N: 8}}, "block 1: kernels: invalid argument: k has 4 values"},
+			{4, []kernels.KV{{K: k, V: v, N: 8}}, "query stride 4 rows, expected >= the state's 8 rows"},
+			{9, []kernels.KV{{K: k, V: v, N: 8}}, "q has 64 values, too few for 2 heads of 8 rows 9 rows apart"},
+			{0, []kernels.KV{{K: k, V: v, N: 8, Stride: 5}}, "key stride 5 rows, expected >= the block's 8 rows"},
+			{0, []kernels.KV{{K: k, V: v[:36], N: 4, Stride: 6}}, "v has 36 values, too few for 2 heads of 4 rows 6 rows apart"},
+		} {
+			err := s.FoldBlocks(context.Background(), p.params(), q, 0, c.qStride, c.blocks)
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Errorf("FoldBlocks(qStride %d, %d blocks): err = %v, expected %q", c.qStride, len(c.blocks), err, c.want)
+			}
+		}
+		// A canceled fold stops and says so.
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := s.FoldBlocks(ctx, p.params(), q, 0, 0, []kernels.KV{{K: k, V: v, N: 8}}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("FoldBlocks with a canceled context: err = %v, expected context.Canceled", err)
+		}
+	})
+}
+
+// sameBits fails unless the two states are bit-identical.
+func sameBits(t *testing.T, what string, a, b *kernels.State) {
+	t.Helper()
+	for _, x := range [][2][]float32{{a.M, b.M}, {a.L, b.L}, {a.O, b.O}} {
+		for i := range x[0] {
+			if math.Float32bits(x[0][i]) != math.Float32bits(x[1][i]) {
+				t.Fatalf("%s: states differ at %d: %g != %g", what, i, x[0][i], x[1][i])
+			}
+		}
+	}
 }
 
 // TestKernelQueryBlocks folds query row blocks at their global offsets.

@@ -117,6 +117,21 @@ func (mi *maskInfo) spans(q0 int, lo, hi []int32, sp *spans) {
 	}
 }
 
+// sees reports whether some row of the spans sees some key of block b.
+func (sp *spans) sees(b KV) bool {
+	return !sp.empty && b.N > 0 && int(sp.maxHi) > b.Start && int(sp.minLo) < b.Start+b.N
+}
+
+// seesAny reports whether some row of the spans sees some key of the blocks.
+func (sp *spans) seesAny(blocks []KV) bool {
+	for _, b := range blocks {
+		if sp.sees(b) {
+			return true
+		}
+	}
+	return false
+}
+
 // classify classifies the tile of keys [k0, k1) for the rows of sp; for a
 // partial tile it fills lo/hi with each row's range clipped to [k0, k1)
 // (lo == hi when the row sees none of it).

@@ -1,6 +1,7 @@
 package kernels
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"runtime"
@@ -55,10 +56,55 @@ func (s *State) Reset() {
 //
 // Tiles that the mask hides entirely are skipped without reading k or v.
 func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart, nk int) error {
-	if err := s.check(p, q, qStart, k, v, kStart, nk); err != nil {
+	return s.FoldBlocks(context.Background(), p, q, qStart, 0, []KV{{K: k, V: v, Start: kStart, N: nk}})
+}
+
+// KV is a block of keys and values at global key positions
+// [Start, Start+N): K and V hold B·Hkv heads of N rows of D values, head
+// (b, h) from row (b·Hkv+h)·Stride. Stride 0 means N: K and V are
+// [B, Hkv, N, D]; a larger Stride lets a block be a view into whole
+// tensors (K = k[Start·D:] and Stride = Nk for k of [B, Hkv, Nk, D]).
+type KV struct {
+	K, V     []float32
+	Start, N int
+	Stride   int
+}
+
+func (b *KV) stride() int {
+	if b.Stride == 0 {
+		return b.N
+	}
+	return b.Stride
+}
+
+// FoldBlocks folds the key/value blocks into the state in the given order.
+// The result is bit-identical to one Fold per block in that order, but each
+// tile of query rows is transposed, and its part of the state loaded and
+// stored, once for all the blocks instead of once per block, and the
+// threads meet once: a rank holding several blocks folds them in one call.
+//
+// q holds the state's query rows, head (b, h) from row (b·Hq+h)·qStride;
+// qStride 0 means s.Rows (q is [B, Hq, Rows, D]). Like KV.Stride, a larger
+// stride lets q be a view into a whole tensor.
+//
+// The end of ctx stops the fold between tiles of query rows and returns
+// ctx.Err(); the state is then partly folded and must be discarded.
+func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, qStride int, blocks []KV) error {
+	if qStride == 0 {
+		qStride = s.Rows
+	}
+	if err := s.checkQ(p, q, qStart, qStride); err != nil {
 		return err
 	}
-	if s.Rows == 0 || nk == 0 {
+	for i := range blocks {
+		if err := checkKV(p, &blocks[i]); err != nil {
+			if len(blocks) > 1 {
+				return fmt.Errorf("block %d: %w", i, err)
+			}
+			return err
+		}
+	}
+	if s.Rows == 0 || len(blocks) == 0 {
 		return nil
 	}
 	im := active
@@ -74,20 +120,31 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 
 	// Units run last query tile first: under a causal mask they see the
 	// most keys, and starting them first balances the cores.
+	done := ctx.Done()
+	var stopped atomic.Bool
 	parallelFor(units, p.Threads, func(sc *scratch, u int) {
+		if done != nil {
+			select {
+			case <-done:
+				stopped.Store(true)
+				return
+			default:
+			}
+		}
 		t := qTiles - 1 - u/bhN
 		bh := u % bhN
 		b, h := bh/p.Hq, bh%p.Hq
-		kvBase := (b*p.Hkv + h/group) * nk * d
+		kvHead := b*p.Hkv + h/group
 		r0 := t * br
 		rows := min(br, s.Rows-r0)
 		rp := roundUp(rows, nr)
-		row0 := bh*s.Rows + r0
+		row0 := bh*s.Rows + r0 // in the state
+		qRow0 := bh*qStride + r0
 		sc.ensure(rp, bc, d, dp)
 		lo, hi := sc.lo[:rows], sc.hi[:rows]
 		var sp spans
 		mi.spans(qStart+r0, sc.rlo[:rows], sc.rhi[:rows], &sp)
-		if sp.empty || int(sp.maxHi) <= kStart || int(sp.minLo) >= kStart+nk {
+		if !sp.seesAny(blocks) {
 			return // no row of this unit sees any of these keys
 		}
 
@@ -102,7 +159,7 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 		qt := sc.qt[:d*rp]
 		clear(qt)
 		for i := 0; i < rows; i++ {
-			qi := q[(row0+i)*d : (row0+i+1)*d]
+			qi := q[(qRow0+i)*d : (qRow0+i+1)*d]
 			pq := qt[(i/pw)*pw*d+i%pw:]
 			for t, x := range qi {
 				pq[t*pw] = scale * x
@@ -124,45 +181,52 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 			}
 		}
 		touched := false
-		for c0 := 0; c0 < nk; c0 += bc {
-			c1 := min(c0+bc, nk)
-			cols := c1 - c0
-			class := sp.classify(kStart+c0, kStart+c1, lo, hi)
-			if class == tileHidden {
+		for _, blk := range blocks {
+			if !sp.sees(blk) {
 				continue
 			}
-			touched = true
-			// Sᵀ[j][i] = k[c0+j]·(scale·q[i]).
-			st := sc.s[:cols*rp]
-			kb := k[kvBase+c0*d : kvBase+c1*d]
-			for j0 := 0; j0 < rp; j0 += pw {
-				im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false)
-			}
-			if class == tilePartial {
-				// Row by row of Sᵀ (contiguous), -inf where key j is outside
-				// query i's visible range [lo, hi).
-				base := int32(kStart + c0)
-				for j := 0; j < cols; j++ {
-					kj := base + int32(j)
-					row := st[j*rp : j*rp+rows]
-					for i := range row {
-						if kj < lo[i] || kj >= hi[i] {
-							row[i] = negInf
+			k, v, kStart, nk := blk.K, blk.V, blk.Start, blk.N
+			kvBase := kvHead * blk.stride() * d
+			for c0 := 0; c0 < nk; c0 += bc {
+				c1 := min(c0+bc, nk)
+				cols := c1 - c0
+				class := sp.classify(kStart+c0, kStart+c1, lo, hi)
+				if class == tileHidden {
+					continue
+				}
+				touched = true
+				// Sᵀ[j][i] = k[c0+j]·(scale·q[i]).
+				st := sc.s[:cols*rp]
+				kb := k[kvBase+c0*d : kvBase+c1*d]
+				for j0 := 0; j0 < rp; j0 += pw {
+					im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false)
+				}
+				if class == tilePartial {
+					// Row by row of Sᵀ (contiguous), -inf where key j is outside
+					// query i's visible range [lo, hi).
+					base := int32(kStart + c0)
+					for j := 0; j < cols; j++ {
+						kj := base + int32(j)
+						row := st[j*rp : j*rp+rows]
+						for i := range row {
+							if kj < lo[i] || kj >= hi[i] {
+								row[i] = negInf
+							}
 						}
 					}
 				}
-			}
-			im.softmaxCols(st, rp, cols, mT, lT, alpha)
-			// O = diag(alpha)·O + Pᵀᵀ·V.
-			vb, ldv := v[kvBase+c0*d:kvBase+c1*d], d
-			if dp != d {
-				vp := sc.vp[:cols*dp]
-				for j := 0; j < cols; j++ {
-					copy(vp[j*dp:j*dp+d], vb[j*d:j*d+d])
+				im.softmaxCols(st, rp, cols, mT, lT, alpha)
+				// O = diag(alpha)·O + Pᵀᵀ·V.
+				vb, ldv := v[kvBase+c0*d:kvBase+c1*d], d
+				if dp != d {
+					vp := sc.vp[:cols*dp]
+					for j := 0; j < cols; j++ {
+						copy(vp[j*dp:j*dp+d], vb[j*d:j*d+d])
+					}
+					vb, ldv = vp, dp
 				}
-				vb, ldv = vp, dp
+				im.gemmTN(rows, dp, cols, st, rp, vb, ldv, oT, dp, alpha)
 			}
-			im.gemmTN(rows, dp, cols, st, rp, vb, ldv, oT, dp, alpha)
 		}
 		if !touched {
 			return
@@ -175,12 +239,24 @@ func (s *State) Fold(p *Params, q []float32, qStart int, k, v []float32, kStart,
 			}
 		}
 	})
+	if stopped.Load() {
+		return ctx.Err()
+	}
 	return nil
 }
 
 func roundUp(x, m int) int { return (x + m - 1) / m * m }
 
-func (s *State) check(p *Params, q []float32, qStart int, k, v []float32, kStart, nk int) error {
+// strided reports whether x holds bh heads of rows×d values, head i at
+// row offset i·stride: len(x) >= ((bh-1)·stride + rows)·d.
+func strided(x []float32, bh, rows, stride, d int) bool {
+	if bh == 0 || rows == 0 {
+		return true
+	}
+	return len(x) >= ((bh-1)*stride+rows)*d
+}
+
+func (s *State) checkQ(p *Params, q []float32, qStart, qStride int) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -190,18 +266,39 @@ func (s *State) check(p *Params, q []float32, qStart int, k, v []float32, kStart
 	if qStart < 0 || qStart+s.Rows > p.N {
 		return invalid("query rows [%d,%d) outside the sequence of %d", qStart, qStart+s.Rows, p.N)
 	}
-	if nk < 0 || kStart < 0 || kStart+nk > p.Nk {
-		return invalid("key rows [%d,%d) outside the sequence of %d", kStart, kStart+nk, p.Nk)
+	switch bh := p.B * p.Hq; {
+	case qStride == s.Rows:
+		if want := bh * s.Rows * p.D; len(q) != want {
+			return invalid("q has %d values, expected %d ([%d,%d,%d,%d])", len(q), want, p.B, p.Hq, s.Rows, p.D)
+		}
+	case qStride < s.Rows:
+		return invalid("query stride %d rows, expected >= the state's %d rows", qStride, s.Rows)
+	case !strided(q, bh, s.Rows, qStride, p.D):
+		return invalid("q has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(q), bh, s.Rows, qStride, p.D)
 	}
-	if want := p.B * p.Hq * s.Rows * p.D; len(q) != want {
-		return invalid("q has %d values, expected %d ([%d,%d,%d,%d])", len(q), want, p.B, p.Hq, s.Rows, p.D)
+	return nil
+}
+
+func checkKV(p *Params, b *KV) error {
+	if b.N < 0 || b.Start < 0 || b.Start+b.N > p.Nk {
+		return invalid("key rows [%d,%d) outside the sequence of %d", b.Start, b.Start+b.N, p.Nk)
 	}
-	want := p.B * p.Hkv * nk * p.D
-	if len(k) != want {
-		return invalid("k has %d values, expected %d ([%d,%d,%d,%d])", len(k), want, p.B, p.Hkv, nk, p.D)
-	}
-	if len(v) != want {
-		return invalid("v has %d values, expected %d ([%d,%d,%d,%d])", len(v), want, p.B, p.Hkv, nk, p.D)
+	bh := p.B * p.Hkv
+	switch stride := b.stride(); {
+	case stride == b.N:
+		want := bh * b.N * p.D
+		if len(b.K) != want {
+			return invalid("k has %d values, expected %d ([%d,%d,%d,%d])", len(b.K), want, p.B, p.Hkv, b.N, p.D)
+		}
+		if len(b.V) != want {
+			return invalid("v has %d values, expected %d ([%d,%d,%d,%d])", len(b.V), want, p.B, p.Hkv, b.N, p.D)
+		}
+	case stride < b.N:
+		return invalid("key stride %d rows, expected >= the block's %d rows", stride, b.N)
+	case !strided(b.K, bh, b.N, stride, p.D):
+		return invalid("k has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(b.K), bh, b.N, stride, p.D)
+	case !strided(b.V, bh, b.N, stride, p.D):
+		return invalid("v has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(b.V), bh, b.N, stride, p.D)
 	}
 	return nil
 }
