@@ -129,6 +129,9 @@ func PlanMatches(plan *shard.Plan, p *kernels.Params) error {
 type kvBlock struct {
 	j    int
 	k, v []float32
+	// stride, when not 0, is the row distance between heads of k and v:
+	// views lent by a ViewSource (see kernels.KV.Stride).
+	stride int
 }
 
 // rankRun is the state of one RunRank call.
@@ -143,6 +146,8 @@ type rankRun struct {
 	owned []int // query blocks folded by this rank, ascending
 	runs  []*qRun
 	pairs map[int][]int64 // visible pairs of each owned query block with every key block
+	views ViewSource      // the Source, when it lends views
+	share bool            // the ring passes frames by reference (FrameSharer)
 	prog  Progress
 	falls int // fallbacks counted by the receiver goroutine of the current step
 }
@@ -154,7 +159,8 @@ type rankRun struct {
 type qRun struct {
 	blocks      []int
 	start, rows int       // global first row, row count
-	q           []float32 // [B, Hq, rows, D]
+	q           []float32 // [B, Hq, rows, D], or a view with qStride
+	qStride     int       // rows between heads of q; 0: contiguous
 	st          *kernels.State
 	vis         []bool // per key block: some block of the run sees it
 }
@@ -187,6 +193,10 @@ func RunRank(ctx context.Context, cfg RankConfig) error {
 		run.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	run.log = run.log.With("rank", run.rank)
+	run.views, _ = cfg.Source.(ViewSource)
+	if fs, ok := cfg.Ring.(FrameSharer); ok {
+		run.share = fs.SharesFrames()
+	}
 	run.owned = cfg.Plan.Ranks[run.rank].QBlocks
 	run.prog = Progress{Rank: run.rank, Steps: cfg.Plan.Steps}
 	if err := run.loadQueries(ctx); err != nil {
@@ -256,6 +266,18 @@ func (r *rankRun) loadQueries(ctx context.Context) error {
 func (r *rankRun) fetchQueries(ctx context.Context, run *qRun) error {
 	p := r.p
 	bh := p.B * p.Hq
+	if r.views != nil {
+		q, stride, err := r.views.View(ctx, "q", run.blocks[0], len(run.blocks))
+		if err != nil {
+			return fmt.Errorf("rank %d: fetching query blocks %v: %w", r.rank, run.blocks, err)
+		}
+		if !viewFits(q, bh, run.rows, stride, p.D) {
+			return invalid("rank %d: query blocks %v: a view of %d values %d rows apart, expected %d heads of %d rows (D=%d)",
+				r.rank, run.blocks, len(q), stride, bh, run.rows, p.D)
+		}
+		run.q, run.qStride = q, stride
+		return nil
+	}
 	if rs, ok := r.cfg.Source.(RunSource); ok && len(run.blocks) > 1 {
 		q, err := rs.FetchRun(ctx, "q", run.blocks[0], len(run.blocks))
 		if err != nil {
@@ -302,8 +324,26 @@ func (r *rankRun) states(fresh bool) []*kernels.State {
 	return out
 }
 
-// fetchKV loads key/value block j from the Source.
+// fetchKV loads key/value block j from the Source (a view when it lends them).
 func (r *rankRun) fetchKV(ctx context.Context, j int) (kvBlock, error) {
+	if r.views != nil {
+		k, ks, err := r.views.View(ctx, "k", j, 1)
+		if err != nil {
+			return kvBlock{}, fmt.Errorf("rank %d: fetching key block %d: %w", r.rank, j, err)
+		}
+		v, vs, err := r.views.View(ctx, "v", j, 1)
+		if err != nil {
+			return kvBlock{}, fmt.Errorf("rank %d: fetching value block %d: %w", r.rank, j, err)
+		}
+		if ks != vs {
+			return kvBlock{}, invalid("rank %d: key/value block %d: views %d and %d rows apart, expected equal strides", r.rank, j, ks, vs)
+		}
+		b := kvBlock{j: j, k: k, v: v, stride: ks}
+		if err := r.checkKV(b); err != nil {
+			return kvBlock{}, err
+		}
+		return b, nil
+	}
 	k, err := r.cfg.Source.Fetch(ctx, "k", j)
 	if err != nil {
 		return kvBlock{}, fmt.Errorf("rank %d: fetching key block %d: %w", r.rank, j, err)
@@ -321,12 +361,36 @@ func (r *rankRun) fetchKV(ctx context.Context, j int) (kvBlock, error) {
 
 func (r *rankRun) checkKV(b kvBlock) error {
 	_, n := r.plan.KSpan(b.j)
-	want := r.p.B * r.p.Hkv * n * r.p.D
+	bh := r.p.B * r.p.Hkv
+	if b.stride != 0 {
+		if !viewFits(b.k, bh, n, b.stride, r.p.D) || !viewFits(b.v, bh, n, b.stride, r.p.D) {
+			return invalid("rank %d: key/value block %d: views of %d/%d values %d rows apart, expected %d heads of %d rows (D=%d)",
+				r.rank, b.j, len(b.k), len(b.v), b.stride, bh, n, r.p.D)
+		}
+		return nil
+	}
+	want := bh * n * r.p.D
 	if len(b.k) != want || len(b.v) != want {
 		return invalid("rank %d: key/value block %d has %d/%d values, expected %d ([%d,%d,%d,%d])",
 			r.rank, b.j, len(b.k), len(b.v), want, r.p.B, r.p.Hkv, n, r.p.D)
 	}
 	return nil
+}
+
+// viewFits reports whether x holds bh heads of rows×d values, stride rows
+// apart (stride >= rows).
+func viewFits(x []float32, bh, rows, stride, d int) bool {
+	return stride >= rows && (bh == 0 || rows == 0 || len(x) >= ((bh-1)*stride+rows)*d)
+}
+
+// compact returns a contiguous copy [B, Hkv, n, D] of a view.
+func (r *rankRun) compact(b kvBlock) kvBlock {
+	if b.stride == 0 {
+		return b
+	}
+	_, n := r.plan.KSpan(b.j)
+	bh := r.p.B * r.p.Hkv
+	return kvBlock{j: b.j, k: gather(b.k, bh, b.stride, 0, n, r.p.D), v: gather(b.v, bh, b.stride, 0, n, r.p.D)}
 }
 
 // prefetch calls use on the key/value blocks in order while a goroutine
@@ -372,12 +436,14 @@ func (r *rankRun) prefetch(ctx context.Context, blocks []int, use func(kvBlock) 
 	return ctx.Err()
 }
 
-// fold folds the held blocks into every owned query block they are visible to.
+// fold folds the held blocks into every owned query block they are visible
+// to: one kernels.FoldBlocks call per run of query blocks, over the held
+// blocks the run sees, in order (the same result as folding them one by
+// one, with each query tile loaded once).
 func (r *rankRun) fold(ctx context.Context, held []kvBlock, states []*kernels.State, count bool) error {
-	for _, b := range held {
-		kStart, nk := r.plan.KSpan(b.j)
-		for i, run := range r.runs {
-			if count {
+	if count {
+		for _, b := range held {
+			for _, run := range r.runs {
 				for _, qi := range run.blocks {
 					if c := r.pairs[qi][b.j]; c > 0 {
 						r.prog.Pairs++
@@ -387,15 +453,25 @@ func (r *rankRun) fold(ctx context.Context, held []kvBlock, states []*kernels.St
 					}
 				}
 			}
-			if !run.vis[b.j] {
-				continue
+		}
+	}
+	kv := make([]kernels.KV, 0, len(held))
+	for i, run := range r.runs {
+		kv = kv[:0]
+		for _, b := range held {
+			if run.vis[b.j] {
+				start, n := r.plan.KSpan(b.j)
+				kv = append(kv, kernels.KV{K: b.k, V: b.v, Start: start, N: n, Stride: b.stride})
 			}
-			if err := ctx.Err(); err != nil {
-				return err
+		}
+		if len(kv) == 0 {
+			continue
+		}
+		if err := states[i].FoldBlocks(ctx, r.p, run.q, run.start, run.qStride, kv); err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return ctxErr
 			}
-			if err := states[i].Fold(r.p, run.q, run.start, b.k, b.v, kStart, nk); err != nil {
-				return fmt.Errorf("rank %d: folding key block %d into query blocks %v: %w", r.rank, b.j, run.blocks, err)
-			}
+			return fmt.Errorf("rank %d: folding key blocks into query blocks %v: %w", r.rank, run.blocks, err)
 		}
 	}
 	return nil
@@ -524,7 +600,10 @@ func (r *rankRun) putRun(ctx context.Context, run *qRun, o, lse []float32) error
 // sendSet sends the held blocks to rank `to` for step `step`.
 func (r *rankRun) sendSet(ctx context.Context, to, step int, held []kvBlock) error {
 	for _, b := range held {
-		f := Frame{Key: Key{Kind: KindKV, Step: step, Block: b.j}, Tensors: [][]float32{b.k, b.v}}
+		if !r.share {
+			b = r.compact(b)
+		}
+		f := Frame{Key: Key{Kind: KindKV, Step: step, Block: b.j}, Tensors: [][]float32{b.k, b.v}, Stride: b.stride}
 		if err := r.ring.Send(ctx, to, f); err != nil {
 			return fmt.Errorf("sending key/value block %d to rank %d: %w", b.j, to, err)
 		}
@@ -542,7 +621,7 @@ func (r *rankRun) recvSet(ctx context.Context, from, step int) ([]kvBlock, error
 		switch {
 		case err == nil:
 			if len(f.Tensors) == 2 {
-				b := kvBlock{j: j, k: f.Tensors[0], v: f.Tensors[1]}
+				b := kvBlock{j: j, k: f.Tensors[0], v: f.Tensors[1], stride: f.Stride}
 				cerr := r.checkKV(b)
 				if cerr == nil {
 					out = append(out, b)

@@ -118,6 +118,9 @@ func (n *MemNet) Size() int { return n.size }
 // Rank returns rank r's endpoint.
 func (n *MemNet) Rank(r int) Ring { return &memEnd{net: n, rank: r} }
 
+// SharesFrames reports true: frames, views included, pass by reference.
+func (e *memEnd) SharesFrames() bool { return true }
+
 // Kill marks rank r dead (idempotent; ranks out of range are ignored).
 func (n *MemNet) Kill(r int) {
 	n.killMu.Lock()

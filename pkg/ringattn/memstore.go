@@ -50,11 +50,22 @@ func (s *MemSource) Fetch(ctx context.Context, tensor string, block int) ([]floa
 // FetchRun returns blocks first .. first+count-1 of tensor "q", "k" or "v"
 // as one [B, H, rows, D] slice (a copy, or a view when B·H == 1).
 func (s *MemSource) FetchRun(ctx context.Context, tensor string, first, count int) ([]float32, error) {
-	if err := ctx.Err(); err != nil {
+	src, heads, n, start, rows, err := s.locate(ctx, tensor, first, count)
+	if err != nil {
 		return nil, err
 	}
-	var src []float32
-	var heads, n int
+	if s.b*heads == 1 {
+		return src[start*s.d : (start+rows)*s.d : (start+rows)*s.d], nil
+	}
+	return gather(src, s.b*heads, n, start, rows, s.d), nil
+}
+
+// locate checks a request and returns the tensor, its heads and length, and
+// the requested rows; it counts the blocks served.
+func (s *MemSource) locate(ctx context.Context, tensor string, first, count int) (src []float32, heads, n, start, rows int, err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, 0, 0, 0, 0, err
+	}
 	switch tensor {
 	case "q":
 		src, heads, n = s.q, s.hq, s.n
@@ -63,19 +74,27 @@ func (s *MemSource) FetchRun(ctx context.Context, tensor string, first, count in
 	case "v":
 		src, heads, n = s.v, s.hkv, s.nk
 	default:
-		return nil, invalid("tensor %q, expected \"q\", \"k\" or \"v\"", tensor)
+		return nil, 0, 0, 0, 0, invalid("tensor %q, expected \"q\", \"k\" or \"v\"", tensor)
 	}
 	blocks := (n + s.block - 1) / s.block
 	if first < 0 || count < 1 || first+count > blocks {
-		return nil, invalid("%s blocks %d..%d, expected within 0..%d", tensor, first, first+count-1, blocks-1)
+		return nil, 0, 0, 0, 0, invalid("%s blocks %d..%d, expected within 0..%d", tensor, first, first+count-1, blocks-1)
 	}
-	start := first * s.block
-	rows := min(count*s.block, n-start)
+	start = first * s.block
+	rows = min(count*s.block, n-start)
 	s.fetches[tensorIndex[tensor]].Add(int64(count))
-	if s.b*heads == 1 {
-		return src[start*s.d : (start+rows)*s.d : (start+rows)*s.d], nil
+	return src, heads, n, start, rows, nil
+}
+
+// View lends blocks first .. first+count-1 of tensor "q", "k" or "v" in
+// place: head (b, h) starts at row (b·H+h)·stride of data (see ViewSource).
+func (s *MemSource) View(ctx context.Context, tensor string, first, count int) (data []float32, stride int, err error) {
+	src, heads, n, start, rows, err := s.locate(ctx, tensor, first, count)
+	if err != nil {
+		return nil, 0, err
 	}
-	return gather(src, s.b*heads, n, start, rows, s.d), nil
+	end := ((s.b*heads-1)*n + start + rows) * s.d
+	return src[start*s.d : end : end], n, nil
 }
 
 // Fetches returns how many times Fetch served tensor ("q", "k" or "v").

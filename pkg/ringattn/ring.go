@@ -30,6 +30,10 @@ type Key struct {
 type Frame struct {
 	Key
 	Tensors [][]float32
+	// Stride, when not 0, says the tensors are views into larger tensors:
+	// each holds B·H heads of rows, head i from row i·Stride. Only a
+	// FrameSharer ring carries such frames; 0 means contiguous tensors.
+	Stride int
 }
 
 // Ring moves frames between the ranks of one job epoch. Implementations: the
@@ -69,6 +73,24 @@ type Sink interface {
 // for its query blocks.
 type RunSource interface {
 	FetchRun(ctx context.Context, tensor string, first, count int) ([]float32, error)
+}
+
+// ViewSource is optionally implemented by a Source that can lend the rows
+// of blocks first .. first+count-1 of a tensor without copying them: head
+// (b, h) of the run starts at row (b·H+h)·stride of data, and its rows are
+// contiguous. The data must not be modified. MemSource implements it, and
+// RunRank then folds its query rows and its initial key/value blocks in
+// place.
+type ViewSource interface {
+	View(ctx context.Context, tensor string, first, count int) (data []float32, stride int, err error)
+}
+
+// FrameSharer is optionally implemented by a Ring that hands frames to the
+// receiver by reference within one process (MemNet). It accepts frames with
+// a Stride, so a rank forwards the views it holds without copying them;
+// other rings are sent contiguous copies.
+type FrameSharer interface {
+	SharesFrames() bool
 }
 
 // RunSink is optionally implemented by a Sink that accepts a run of

@@ -630,5 +630,45 @@ func TestRingBlockSource(t *testing.T) {
 		if o, lse := ms.Result(); !slices.Equal(o, wantO) || !slices.Equal(lse, wantLSE) {
 			t.Fatalf("%s: block-by-block sink changed the result", plan.Strategy)
 		}
+
+		// A view-lending source with a ring that copies frames, as NATS
+		// does: ranks send contiguous copies of their views.
+		ms, err = ringattn.NewMemSink(&pr.p, plan.Block)
+		if err != nil {
+			t.Fatal(err)
+		}
+		net = newNet(t, 3, ringattn.MemOptions{})
+		for r := range 3 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs[r] = ringattn.RunRank(context.Background(), ringattn.RankConfig{Params: &pr.p, Plan: plan,
+					Ring: copyRing{net.Rank(r)}, Source: src, Sink: ms})
+			}()
+		}
+		wg.Wait()
+		net.Close()
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		if o, lse := ms.Result(); !slices.Equal(o, wantO) || !slices.Equal(lse, wantLSE) {
+			t.Fatalf("%s: a copying ring changed the result", plan.Strategy)
+		}
 	}
+}
+
+// copyRing hides the FrameSharer of the ring it wraps and copies every
+// frame it sends, like a ring that serializes frames; it refuses views.
+type copyRing struct{ ringattn.Ring }
+
+func (c copyRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
+	if f.Stride != 0 {
+		return fmt.Errorf("frame %+v has views (stride %d)", f.Key, f.Stride)
+	}
+	ts := make([][]float32, len(f.Tensors))
+	for i, t := range f.Tensors {
+		ts[i] = slices.Clone(t)
+	}
+	f.Tensors = ts
+	return c.Ring.Send(ctx, to, f)
 }
