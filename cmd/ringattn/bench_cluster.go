@@ -45,8 +45,16 @@ func benchCluster(env *cliEnv, args []string) error {
 	tiny := fs.Int("tiny", 200, "tiny jobs (B=1, H=1, N=64, D=16) for latency and throughput; 0 skips")
 	conc := fs.Int("concurrency", 8, "tiny jobs in flight in the throughput run")
 	png := fs.String("png", "", "also plot the overheads to this `file` (.png, .svg or .pdf)")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this `file` (go tool pprof)")
 	if err := parse(env, fs, args); err != nil {
 		return err
+	}
+	if *cpuprofile != "" {
+		stop, err := startCPUProfile(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	if *runs < 1 || *heads < 1 || *block < 1 || *tiny < 0 || *conc < 1 {
 		return usagef("--runs, --heads, --block and --concurrency must be >= 1, --tiny >= 0")
