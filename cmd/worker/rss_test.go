@@ -37,10 +37,17 @@ func envInt(name string, def int) int {
 // keys (the window only skips compute; every rank still loads all its
 // query blocks and receives every key/value block of the ring, so the
 // memory is that of the dense job). Override with RINGATTN_RSS_N,
-// RINGATTN_RSS_WORKERS, RINGATTN_RSS_HEADS, RINGATTN_RSS_WINDOW (0 = dense);
+// RINGATTN_RSS_WORKERS, RINGATTN_RSS_HEADS, RINGATTN_RSS_WINDOW (0 = no
+// window: fully causal with RINGATTN_RSS_CAUSAL=1, else no mask);
 // RINGATTN_RSS_GOMEMLIMIT sets GOMEMLIMIT for the worker processes only.
+// Causal jobs use the zigzag plan, the others contiguous.
 //
 //	go test ./cmd/worker -run '^$' -bench WorkerPeakRSS -benchtime 1x -timeout 30m
+//
+// The fully causal N = 1,048,576, H = 1 job of issue 10:
+//
+//	RINGATTN_RSS_N=1048576 RINGATTN_RSS_HEADS=1 RINGATTN_RSS_WINDOW=0 RINGATTN_RSS_CAUSAL=1 \
+//	  go test ./cmd/worker -run '^$' -bench WorkerPeakRSS -benchtime 1x -timeout 60m
 func BenchmarkWorkerPeakRSS(b *testing.B) {
 	n := envInt("RINGATTN_RSS_N", 131072)
 	workers := envInt("RINGATTN_RSS_WORKERS", 4)
@@ -49,6 +56,7 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 	if v, ok := os.LookupEnv("RINGATTN_RSS_WINDOW"); ok {
 		window, _ = strconv.Atoi(v)
 	}
+	causal := os.Getenv("RINGATTN_RSS_CAUSAL") == "1"
 	const d, block = 64, 1024
 	for range b.N {
 		srv := transporttest.RunServer(b)
@@ -123,8 +131,12 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 		}
 		spec := &pb.JobSpec{Kind: pb.JobKind_JOB_KIND_ATTENTION, B: 1, Hq: int64(heads), Hkv: int64(heads),
 			N: int64(n), Nk: int64(n), D: d, Block: block, Strategy: "contiguous", InputRef: "in-rss"}
-		if window > 0 {
+		switch {
+		case window > 0:
 			spec.Mask = &pb.Mask{Causal: true, Windowed: true, WindowLeft: int64(window), WindowRight: 0}
+		case causal:
+			spec.Mask = &pb.Mask{Causal: true}
+			spec.Strategy = "zigzag"
 		}
 		t1 := time.Now()
 		st, err := cl.Submit(ctx, spec)
@@ -160,7 +172,7 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 		shardMiB := float64(n/workers) * float64(heads*d*4) / (1 << 20)
 		b.ReportMetric(float64(peak)/(1<<20), "peak-RSS-MiB")
 		b.ReportMetric(float64(peak)/(1<<20)/shardMiB, "RSS/q-shard")
-		b.Logf("N=%d H=%d D=%d W=%d window=%d: max worker peak RSS %d MiB; one q shard is %.0f MiB, the full q %.0f MiB",
-			n, heads, d, workers, window, peak>>20, shardMiB, float64(n)*float64(heads*d*4)/(1<<20))
+		b.Logf("N=%d H=%d D=%d W=%d window=%d causal=%v: max worker peak RSS %d MiB; one q shard is %.0f MiB, the full q %.0f MiB",
+			n, heads, d, workers, window, causal || window > 0, peak>>20, shardMiB, float64(n)*float64(heads*d*4)/(1<<20))
 	}
 }
