@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -41,11 +42,14 @@ type recoveryTimings struct {
 // recoveryJobTimeout bounds one job of the recovery bench, fault included.
 const recoveryJobTimeout = 5 * time.Minute
 
+// maxTries bounds the attempts at one run (see errRerun).
+const maxTries = 3
+
 // recoveryRun is one faulted job: what the fault acts on.
 type recoveryRun struct {
 	b      *recoveryBench
 	victim *testenv.Proc // a worker of the job (rank 1, or rank 0 of a 1-rank plan)
-	leader *testenv.Proc // the coordinator leader when the job was submitted
+	leader *testenv.Proc // the coordinator leader (set for faults with leader)
 	at     time.Time     // when the fault was injected
 }
 
@@ -56,6 +60,8 @@ type recoveryFault struct {
 	// detail names what inject's returned time measures ("" when it
 	// returns none).
 	detail string
+	// leader: the fault acts on the leader (recoveryRun.leader is set).
+	leader bool
 	// inject injects the fault (at r.at) and returns the fault's detail
 	// time in seconds (NaN when it has none). It runs while the job is
 	// followed, so it may wait for the cluster's reaction.
@@ -93,7 +99,7 @@ func recoveryFaults(t recoveryTimings) []recoveryFault {
 			},
 		},
 		{
-			name: "leader-kill", label: "leader SIGKILL", detail: "a new leader serving the API",
+			name: "leader-kill", label: "leader SIGKILL", detail: "a new leader serving the API", leader: true,
 			inject: func(ctx context.Context, r *recoveryRun) (float64, error) {
 				if err := r.leader.Kill(); err != nil {
 					return math.NaN(), err
@@ -270,7 +276,11 @@ Flags:
 	ctx, cancel := signalContext()
 	defer cancel()
 	b := &recoveryBench{env: env, w: *workers, threads: *threads, t: t, p: p, block: *block, repeat: *repeat}
-	return b.run(ctx, faults, *dir, *binDir, *png)
+	err = b.run(ctx, faults, *dir, *binDir, *png)
+	if err != nil && ctx.Err() != nil {
+		return errors.New("interrupted")
+	}
+	return err
 }
 
 // recoveryBench is one run of `bench recovery`.
@@ -391,9 +401,17 @@ func (b *recoveryBench) run(ctx context.Context, faults []recoveryFault, dir, bi
 	// The undisturbed job, then each fault.
 	var undisturbed []float64
 	for i := range b.repeat {
-		st, diff, err := b.plainJob(ctx)
-		if err != nil {
-			return fmt.Errorf("undisturbed job %d: %w", i+1, err)
+		var st *pb.JobStatus
+		var diff float64
+		for try := 1; ; try++ {
+			st, diff, err = b.plainJob(ctx)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, errRerun) || try == maxTries {
+				return fmt.Errorf("undisturbed job %d: %w", i+1, err)
+			}
+			fmt.Fprintf(progress, "undisturbed run %d/%d: %v; running it again\n", i+1, b.repeat, err)
 		}
 		secs := jobSeconds(st)
 		undisturbed = append(undisturbed, secs)
@@ -404,8 +422,20 @@ func (b *recoveryBench) run(ctx context.Context, faults []recoveryFault, dir, bi
 	for _, f := range faults {
 		row := &recoveryRow{f: f}
 		for i := range b.repeat {
-			if err := b.faultedJob(ctx, row, i); err != nil {
-				return fmt.Errorf("%s run %d: %w", f.name, i+1, err)
+			// A run that does not measure what it should is run
+			// again (the machine may be busy), up to maxTries times.
+			for try := 1; ; try++ {
+				err := b.faultedJob(ctx, row, i)
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, errRerun) {
+					return fmt.Errorf("%s run %d: %w", f.name, i+1, err)
+				}
+				if try == maxTries {
+					return fmt.Errorf("%s run %d: %w (%d times: make the job bigger with --seq or --heads, or the machine less busy)", f.name, i+1, err, try)
+				}
+				fmt.Fprintf(progress, "%s run %d/%d: %v; running it again\n", f.name, i+1, b.repeat, err)
 			}
 		}
 		rows = append(rows, row)
@@ -480,6 +510,9 @@ func (b *recoveryBench) plainJob(ctx context.Context) (*pb.JobStatus, float64, e
 		return nil, 0, err
 	}
 	diff, err := b.check(ctx, st)
+	if err == nil && (len(st.GetWorkers()) != b.w || st.GetEpoch() != 1) {
+		err = fmt.Errorf("job %s finished in epoch %d on %v, not in epoch 1 on all %d workers: %w", st.GetId(), st.GetEpoch(), st.GetWorkers(), b.w, errRerun)
+	}
 	return st, diff, err
 }
 
@@ -487,10 +520,6 @@ func (b *recoveryBench) plainJob(ctx context.Context) (*pb.JobStatus, float64, e
 // recovery, checks the output and restores the cluster.
 func (b *recoveryBench) faultedJob(ctx context.Context, row *recoveryRow, i int) error {
 	if err := b.waitQuiet(ctx); err != nil {
-		return err
-	}
-	leader, err := b.c.WaitLeader(ctx)
-	if err != nil {
 		return err
 	}
 	base := map[string]float64{}
@@ -505,8 +534,23 @@ func (b *recoveryBench) faultedJob(ctx context.Context, row *recoveryRow, i int)
 	}
 	id := st.GetId()
 	st, victim, err := b.waitMidJob(ctx, id, base)
+	if errors.Is(err, errRerun) {
+		// No fault: the job still must finish exactly.
+		fin, _, ferr := b.follow(ctx, id, math.MaxUint64)
+		if ferr == nil {
+			_, ferr = b.check(ctx, fin)
+		}
+		return cmp.Or(ferr, err)
+	}
 	if err != nil {
 		return err
+	}
+	var leader *testenv.Proc
+	if row.f.leader {
+		// The leader now (an election may have moved it).
+		if leader, err = b.c.WaitLeader(ctx); err != nil {
+			return err
+		}
 	}
 	rctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -566,17 +610,19 @@ func poll(ctx context.Context, limit time.Duration, what string, f func(ctx cont
 	return testenv.Poll(ctx, testenv.PollInterval, func() error { return f(ctx) }, what)
 }
 
-// errFinishedEarly: the job finished before the fault could land mid-ring.
-var errFinishedEarly = errors.New("the job finished before the fault could be injected mid-ring: make it bigger (--seq, --heads)")
+// errRerun marks a run that does not measure what it should (the fault
+// came too late, the job was not planned on every worker, or an
+// undisturbed job was re-planned): it is run again.
+var errRerun = errors.New("not a clean run")
 
-// waitMidJob waits until job id is RUNNING and its rank-1 worker (rank 0
-// of a one-rank plan) has computed a ring step of it (its step counter
-// passed base) and still runs its shard. It returns the job's status then
-// and that worker.
+// waitMidJob waits until job id is RUNNING, then until its rank-1 worker
+// (rank 0 of a one-rank plan) has computed a ring step of it (its step
+// counter passed base) and still runs its shard. It returns the job's
+// status when it was seen running and that worker. The second wait reads
+// only the worker's metrics, so a busy API does not delay the fault.
 func (b *recoveryBench) waitMidJob(ctx context.Context, id string, base map[string]float64) (*pb.JobStatus, *testenv.Proc, error) {
 	var st *pb.JobStatus
-	var victim *testenv.Proc
-	err := poll(ctx, recoveryJobTimeout, "job "+id+" mid-ring", func(ctx context.Context) error {
+	err := poll(ctx, recoveryJobTimeout, "job "+id+" running", func(ctx context.Context) error {
 		s, err := b.get(ctx, id)
 		if err != nil {
 			return err
@@ -585,18 +631,8 @@ func (b *recoveryBench) waitMidJob(ctx context.Context, id string, base map[stri
 		if client.Finished(s.GetState()) {
 			return nil
 		}
-		ws := s.GetWorkers()
-		if s.GetState() != pb.JobState_JOB_STATE_RUNNING || len(ws) == 0 {
+		if s.GetState() != pb.JobState_JOB_STATE_RUNNING || len(s.GetWorkers()) == 0 {
 			return fmt.Errorf("job %s is %v", id, s.GetState())
-		}
-		victim = b.c.Worker(ws[min(1, len(ws)-1)])
-		if victim == nil {
-			return fmt.Errorf("job %s runs on %v, not workers of this cluster", id, ws)
-		}
-		steps := b.metric(ctx, victim, "ringattn_worker_ring_step_seconds_count")
-		running := b.metric(ctx, victim, "ringattn_worker_shards_running")
-		if steps <= base[victim.Name] || running < 1 {
-			return fmt.Errorf("%s: %g ring steps (%g before the job), %g shards running", victim.Name, steps, base[victim.Name], running)
 		}
 		return nil
 	})
@@ -604,7 +640,33 @@ func (b *recoveryBench) waitMidJob(ctx context.Context, id string, base map[stri
 		return nil, nil, err
 	}
 	if client.Finished(st.GetState()) {
-		return nil, nil, fmt.Errorf("job %s %v in %.3f s: %w", id, st.GetState(), jobSeconds(st), errFinishedEarly)
+		return st, nil, fmt.Errorf("job %s %v in %.3f s before it was seen running: %w", id, st.GetState(), jobSeconds(st), errRerun)
+	}
+	ws := st.GetWorkers()
+	if len(ws) != b.w {
+		return st, nil, fmt.Errorf("job %s was planned on %v, not on all %d workers: %w", id, ws, b.w, errRerun)
+	}
+	victim := b.c.Worker(ws[min(1, len(ws)-1)])
+	if victim == nil {
+		return nil, nil, fmt.Errorf("job %s runs on %v, not workers of this cluster", id, ws)
+	}
+	late := false
+	err = poll(ctx, recoveryJobTimeout, "job "+id+" mid-ring on "+victim.Name, func(ctx context.Context) error {
+		steps := b.metric(ctx, victim, "ringattn_worker_ring_step_seconds_count")
+		running := b.metric(ctx, victim, "ringattn_worker_shards_running")
+		if steps > base[victim.Name] {
+			late = running == 0 // its shard is over
+			if late || running >= 1 {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s: %g ring steps (%g before the job), %g shards running", victim.Name, steps, base[victim.Name], running)
+	})
+	switch {
+	case err != nil:
+		return nil, nil, err
+	case late:
+		return st, nil, fmt.Errorf("%s ran job %s's shard to its end before the fault could land mid-ring: %w", victim.Name, id, errRerun)
 	}
 	return st, victim, nil
 }
