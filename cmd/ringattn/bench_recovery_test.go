@@ -46,7 +46,7 @@ func TestCLIBenchRecovery(t *testing.T) {
 	if e, err := strconv.Atoi(kill[8]); err != nil || e < 2 {
 		t.Errorf("worker SIGKILL: the job finished in epoch %q, want >= 2 (re-planned)", kill[8])
 	}
-	for _, s := range []string{"Timings: workers heartbeat every 200ms and are dead after 1.5s", "leader SIGKILL: fault -> a new leader serving the API p50"} {
+	for _, s := range []string{"Timings: workers heartbeat every 200ms and are dead after 1.5s", "leader SIGKILL: fault -> a new leader elected (its /v1/cluster names itself) p50"} {
 		if !strings.Contains(out, s) {
 			t.Errorf("output lacks %q:\n%s", s, out)
 		}
