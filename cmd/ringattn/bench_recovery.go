@@ -219,8 +219,10 @@ a ring step and still runs its shard), injects the fault and measures
   job      the faulted job's started -> finished time,
 next to the same job undisturbed. Every output is checked against
 kernels.Attention in this process (max |diff| <= %g; more is an error). The
-cluster is restored between faults: killed processes restarted, stopped ones
-continued, drained workers replaced.
+cluster is restored between runs: a killed leader is restarted, a killed or
+drained worker replaced by a new one, a stopped worker continued. A run that
+does not measure a mid-ring fault on all W workers (the job was too quick, or
+planned on fewer workers) is run again, up to 3 times.
 
 Faults (--faults):
   worker-kill  SIGKILL a worker of the job (rank 1)
@@ -350,6 +352,12 @@ func (b *recoveryBench) run(ctx context.Context, faults []recoveryFault, dir, bi
 			return err
 		}
 	}
+	remove := !keep // cleared when processes failed: their logs stay
+	defer func() {
+		if remove {
+			os.RemoveAll(dir)
+		}
+	}()
 	buildDir := filepath.Join(dir, "bin")
 	if !keep {
 		tmp, err := os.MkdirTemp("", "ringattn-bench-recovery-bin-")
@@ -373,22 +381,19 @@ func (b *recoveryBench) run(ctx context.Context, faults []recoveryFault, dir, bi
 		RecvTimeout: t.recvTimeout, RequestTimeout: t.requestTimeout, DrainTimeout: t.drainTimeout,
 		WorkerThreads: b.threads, WorkerGFLOPS: 1, LogLevel: "info"})
 	if err != nil {
-		if !keep {
-			fmt.Fprintf(progress, "bench recovery: the processes' logs are kept in %s\n", filepath.Join(dir, "logs"))
-		}
+		remove = false
+		fmt.Fprintf(progress, "bench recovery: the processes' logs are in %s\n", filepath.Join(dir, "logs"))
 		return fmt.Errorf("starting the cluster: %w", err)
 	}
 	defer func() {
 		if err != nil {
+			remove = false
 			b.c.Kill()
 			fmt.Fprintf(progress, "bench recovery: cluster killed; the processes' logs are in %s\n", filepath.Join(dir, "logs"))
 			return
 		}
 		if cerr := b.c.Close(); cerr != nil {
 			fmt.Fprintf(progress, "bench recovery: stopping the cluster: %v\n", cerr)
-		}
-		if !keep {
-			os.RemoveAll(dir)
 		}
 	}()
 
