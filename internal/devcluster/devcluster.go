@@ -103,6 +103,9 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	c.cfg = transport.DefaultConfig()
 	c.cfg.URLs = []string{c.NATS.ClientURL()}
+	// Everything in this process reaches the server over in-memory pipes
+	// (other processes use the URL).
+	c.cfg.InProcess = c.NATS
 
 	raftAddr, err := freeAddr()
 	if err != nil {
@@ -209,7 +212,8 @@ func (d storeDeleter) DeleteJob(ctx context.Context, job string) error {
 	return err
 }
 
-// NATSConfig is how clients reach the cluster.
+// NATSConfig is how clients in this process reach the cluster (over
+// in-memory pipes); other processes use NATS.ClientURL().
 func (c *Cluster) NATSConfig() transport.Config { return c.cfg }
 
 // URL is the NATS client URL.

@@ -66,6 +66,10 @@ type Config struct {
 	// ReconnectBufferBytes is how much outgoing data is held while
 	// reconnecting (default 32 MiB; beyond it publishes fail).
 	ReconnectBufferBytes int
+	// InProcess, when set, connects to a server running in this process
+	// (an Embedded) over an in-memory pipe instead of dialing URLs: no
+	// sockets, no system calls. Dev clusters set it; flags never do.
+	InProcess nats.InProcessConnProvider
 }
 
 // DefaultConfig returns a Config for a local server without auth.
@@ -258,6 +262,9 @@ func (c Config) Options(logger *slog.Logger) ([]nats.Option, error) {
 			}
 			logger.Error("nats async error", "err", err)
 		}),
+	}
+	if c.InProcess != nil {
+		opts = append(opts, nats.InProcessServer(c.InProcess))
 	}
 	switch {
 	case c.User != "":

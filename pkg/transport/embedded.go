@@ -182,6 +182,16 @@ func (e *Embedded) Config() EmbeddedConfig {
 	return e.cfg
 }
 
+// InProcessConn connects to the running server over an in-memory pipe
+// (nats.InProcessConnProvider; see Config.InProcess).
+func (e *Embedded) InProcessConn() (net.Conn, error) {
+	srv := e.Server()
+	if srv == nil {
+		return nil, ErrEmbeddedStopped
+	}
+	return srv.InProcessConn()
+}
+
 // Server returns the running server, or nil while stopped.
 func (e *Embedded) Server() *server.Server {
 	e.mu.Lock()

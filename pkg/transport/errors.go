@@ -32,6 +32,9 @@ var (
 	ErrStoreFull = errors.New("transport: tensor store full")
 	// ErrClosed is returned by a NATSRing after Close.
 	ErrClosed = errors.New("transport: ring closed")
+	// ErrEmbeddedStopped is returned by an in-process connection to an
+	// Embedded server that is stopped.
+	ErrEmbeddedStopped = errors.New("transport: embedded server stopped")
 )
 
 // BlockRef names one block of one tensor of one job.
