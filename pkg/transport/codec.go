@@ -23,6 +23,22 @@ func f32Bytes(v []float32) []byte {
 	return unsafe.Slice((*byte)(unsafe.Pointer(&v[0])), 4*len(v))
 }
 
+// bytesF32 views b, little-endian float32s, as a []float32 without copying
+// when it can (a little-endian machine and b 4-byte aligned); ok is false
+// otherwise and the caller decodes.
+func bytesF32(b []byte) (v []float32, ok bool) {
+	if len(b)%4 != 0 || !littleEndian {
+		return nil, false
+	}
+	if len(b) == 0 {
+		return []float32{}, true
+	}
+	if uintptr(unsafe.Pointer(&b[0]))%4 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&b[0])), len(b)/4), true
+}
+
 // Encoding is how float32 values are laid out on the wire and in the store.
 type Encoding uint8
 

@@ -198,8 +198,11 @@ type assembly struct {
 	key       ringattn.Key
 	count     int
 	next      int
-	tensors   [][]float32
-	bytes     int64
+	// tensors are allocated at their first piece, or adopt the piece's
+	// payload when one F32 piece carries a whole tensor (no copy).
+	tensors [][]float32
+	lens    []int
+	bytes   int64
 }
 
 type pendingAck struct {
@@ -812,13 +815,13 @@ func (r *NATSRing) assemble(from int, m *nats.Msg) {
 		r.mu.Unlock()
 		return
 	}
-	a, dst, enc, err := r.placeLocked(&r.peers[from], from, m)
+	a, at, enc, err := r.placeLocked(&r.peers[from], from, m)
 	r.mu.Unlock()
 	if a == nil && err == nil {
 		return // dropped: a copy, a late frame, or the rest of a lost one
 	}
 	if err == nil {
-		err = verifyPiece(m, dst, enc)
+		err = verifyPiece(m, a, at, enc)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -840,6 +843,11 @@ func (r *NATSRing) assemble(from int, m *nats.Msg) {
 		return
 	}
 	p.asm = nil
+	for i, t := range a.tensors {
+		if t == nil { // no piece: an empty tensor
+			a.tensors[i] = make([]float32, a.lens[i])
+		}
+	}
 	fk := frameKey{from, a.key}
 	if r.done[fk] != 0 {
 		r.stats.Late++
@@ -851,8 +859,13 @@ func (r *NATSRing) assemble(from int, m *nats.Msg) {
 	r.broadcastLocked()
 }
 
-// verifyPiece checks m's CRC32C and decodes it into dst.
-func verifyPiece(m *nats.Msg, dst []float32, enc Encoding) error {
+// piecePlace is where a piece goes: values [off, off+n) of tensor t.
+type piecePlace struct{ t, off, n int }
+
+// verifyPiece checks m's CRC32C and decodes it into its place in a: a
+// piece that is a whole F32 tensor becomes that tensor (nats.go hands each
+// message its own payload), others are copied into it.
+func verifyPiece(m *nats.Msg, a *assembly, at piecePlace, enc Encoding) error {
 	h := m.Header
 	want, err := strconv.ParseUint(h.Get(hCRC), 16, 32)
 	if err != nil {
@@ -862,20 +875,32 @@ func verifyPiece(m *nats.Msg, dst []float32, enc Encoding) error {
 		return fmt.Errorf("%w: piece %s/%s CRC32C %08x, header says %08x", ErrCorrupt,
 			h.Get(hPiece), h.Get(hCount), got, want)
 	}
-	decodeTo(dst, m.Data, enc)
+	if at.n == 0 {
+		return nil
+	}
+	if enc == F32 && at.off == 0 && at.n == a.lens[at.t] && a.tensors[at.t] == nil {
+		if v, ok := bytesF32(m.Data); ok {
+			a.tensors[at.t] = v
+			return nil
+		}
+	}
+	if a.tensors[at.t] == nil {
+		a.tensors[at.t] = make([]float32, a.lens[at.t])
+	}
+	decodeTo(a.tensors[at.t][at.off:at.off+at.n], m.Data, enc)
 	return nil
 }
 
 // placeLocked finds where piece m goes in peer p's frame in progress,
 // starting a frame at piece 0. It returns a nil assembly (and nil error)
 // for pieces to drop silently, an error for malformed ones.
-func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, []float32, Encoding, error) {
+func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, piecePlace, Encoding, error) {
 	h := m.Header
 	var ints [7]int
 	for i, k := range []string{hKind, hStep, hBlock, hPiece, hCount, hTensor, hOff} {
 		v, err := strconv.Atoi(h.Get(k))
 		if err != nil {
-			return nil, nil, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, k, h.Get(k))
+			return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, k, h.Get(k))
 		}
 		ints[i] = v
 	}
@@ -889,35 +914,36 @@ func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, 
 		}
 		if r.done[fk] == gaveUp {
 			r.stats.Late++
-			return nil, nil, 0, nil // arrived after Recv gave up on it
+			return nil, piecePlace{}, 0, nil // arrived after Recv gave up on it
 		}
 		if _, ok := r.ready[fk]; ok || r.done[fk] == delivered {
 			r.stats.Duplicates++
-			return nil, nil, 0, nil // a copy of a frame we have
+			return nil, piecePlace{}, 0, nil // a copy of a frame we have
 		}
 		if count < 1 {
-			return nil, nil, 0, fmt.Errorf("%w: piece count %d", ErrCorrupt, count)
+			return nil, piecePlace{}, 0, fmt.Errorf("%w: piece count %d", ErrCorrupt, count)
 		}
 		a := &assembly{key: key, count: count}
 		if s := h.Get(hShape); s != "" {
 			fields := strings.Split(s, ",")
 			if len(fields) > maxFrameTensors {
-				return nil, nil, 0, fmt.Errorf("%w: frame of %d tensors, want <= %d", ErrCorrupt, len(fields), maxFrameTensors)
+				return nil, piecePlace{}, 0, fmt.Errorf("%w: frame of %d tensors, want <= %d", ErrCorrupt, len(fields), maxFrameTensors)
 			}
 			for _, f := range fields {
 				n, err := strconv.Atoi(f)
 				if err != nil || n < 0 {
-					return nil, nil, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hShape, s)
+					return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hShape, s)
 				}
 				a.bytes += int64(n) * 4
 				if a.bytes > r.cfg.MaxFrameBytes {
-					return nil, nil, 0, fmt.Errorf("%w: frame of more than %d bytes", ErrTooLarge, r.cfg.MaxFrameBytes)
+					return nil, piecePlace{}, 0, fmt.Errorf("%w: frame of more than %d bytes", ErrTooLarge, r.cfg.MaxFrameBytes)
 				}
 			}
 			for _, f := range fields {
 				n, _ := strconv.Atoi(f)
-				a.tensors = append(a.tensors, make([]float32, n))
+				a.lens = append(a.lens, n)
 			}
+			a.tensors = make([][]float32, len(a.lens))
 		}
 		p.asm = a
 	} else if p.asm == nil || p.asm.key != key || p.asm.next != piece || p.asm.count != count {
@@ -928,24 +954,20 @@ func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, 
 		if _, ok := r.ready[fk]; !ok && r.done[fk] == 0 {
 			r.failLocked(fk, errIncomplete)
 		}
-		return nil, nil, 0, nil
+		return nil, piecePlace{}, 0, nil
 	}
 	a := p.asm
 	enc, err := ParseEncoding(h.Get(hEnc))
 	if err != nil {
-		return nil, nil, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hEnc, h.Get(hEnc))
+		return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hEnc, h.Get(hEnc))
 	}
 	eb := enc.ElemBytes()
 	n := len(m.Data) / eb
-	if len(m.Data)%eb != 0 || (n > 0 && (tensor < 0 || tensor >= len(a.tensors) || off < 0 || off+n > len(a.tensors[tensor]))) {
-		return nil, nil, 0, fmt.Errorf("%w: piece %d/%d of %d bytes does not fit tensor %d at %d",
+	if len(m.Data)%eb != 0 || (n > 0 && (tensor < 0 || tensor >= len(a.lens) || off < 0 || off+n > a.lens[tensor])) {
+		return nil, piecePlace{}, 0, fmt.Errorf("%w: piece %d/%d of %d bytes does not fit tensor %d at %d",
 			ErrCorrupt, piece, count, len(m.Data), tensor, off)
 	}
-	var dst []float32
-	if n > 0 {
-		dst = a.tensors[tensor][off : off+n]
-	}
-	return a, dst, enc, nil
+	return a, piecePlace{tensor, off, n}, enc, nil
 }
 
 var _ ringattn.Ring = (*NATSRing)(nil)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -354,38 +355,74 @@ func (s *Store) getBlock(ctx context.Context, job, tensor string, block int) ([]
 	if info, err = res.Info(); err != nil {
 		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
 	}
-	var buf bytes.Buffer
-	buf.Grow(int(info.Size) + 1)
-	if _, err := buf.ReadFrom(res); err != nil {
+	enc, err := ParseEncoding(info.Metadata[metaEncoding])
+	if err != nil {
+		return nil, corrupt("metadata %s = %q", metaEncoding, info.Metadata[metaEncoding])
+	}
+	elems, err := strconv.Atoi(info.Metadata[metaElems])
+	if err != nil || elems < 0 || uint64(elems)*uint64(enc.ElemBytes()) != info.Size {
+		return nil, corrupt("size %d bytes does not match %s = %q of %v", info.Size, metaElems, info.Metadata[metaElems], enc)
+	}
+	want, err := strconv.ParseUint(info.Metadata[metaCRC], 16, 32)
+	if err != nil {
+		return nil, corrupt("metadata %s = %q: want 8 hex digits", metaCRC, info.Metadata[metaCRC])
+	}
+	// F32 on a little-endian machine is read straight into the result;
+	// otherwise into bytes, then decoded.
+	out := make([]float32, elems)
+	var b []byte
+	if enc == F32 && littleEndian {
+		b = f32Bytes(out)
+	} else {
+		b = make([]byte, info.Size)
+	}
+	if err := readObject(res, b); err != nil {
 		if errors.Is(err, jetstream.ErrDigestMismatch) {
 			return nil, corrupt("object SHA-256 digest mismatch")
+		}
+		if errors.Is(err, errObjectSize) {
+			return nil, corrupt("%v (info says %d bytes)", err, info.Size)
 		}
 		if actx.Err() != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w (%w)", nats.ErrTimeout, err) // the attempt stalled: retry
 		}
 		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
 	}
-	b := buf.Bytes()
-	enc, err := ParseEncoding(info.Metadata[metaEncoding])
-	if err != nil {
-		return nil, corrupt("metadata %s = %q", metaEncoding, info.Metadata[metaEncoding])
-	}
-	elems, err := strconv.Atoi(info.Metadata[metaElems])
-	if err != nil || elems < 0 || elems*enc.ElemBytes() != len(b) {
-		return nil, corrupt("size %d bytes does not match %s = %q of %v", len(b), metaElems, info.Metadata[metaElems], enc)
-	}
-	want, err := strconv.ParseUint(info.Metadata[metaCRC], 16, 32)
-	if err != nil {
-		return nil, corrupt("metadata %s = %q: want 8 hex digits", metaCRC, info.Metadata[metaCRC])
-	}
 	if got := CRC32C(b); got != uint32(want) {
 		return nil, corrupt("CRC32C %08x, metadata says %08x", got, want)
 	}
-	out := make([]float32, elems)
-	decodeTo(out, b, enc)
+	if !(enc == F32 && littleEndian) {
+		decodeTo(out, b, enc)
+	}
 	s.getBlocks.Add(1)
 	s.getBytes.Add(int64(len(b)))
 	return out, nil
+}
+
+var errObjectSize = errors.New("object size differs")
+
+// readObject fills b from r and checks r ends there: the object store
+// verifies the object's digest when its reader reaches the end.
+func readObject(r io.Reader, b []byte) error {
+	if _, err := io.ReadFull(r, b); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: ended before %d bytes", errObjectSize, len(b))
+		}
+		return err
+	}
+	var one [1]byte
+	for {
+		n, err := r.Read(one[:])
+		if n > 0 {
+			return fmt.Errorf("%w: more than %d bytes", errObjectSize, len(b))
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
 }
 
 // DeleteJob deletes every object of job and returns how many.
