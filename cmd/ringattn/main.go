@@ -54,7 +54,7 @@ func commands() []command {
 		{"cancel", "cancel a job", runCancel},
 		{"list", "list jobs", runList},
 		{"watch", "follow a job's progress until it finishes", runWatch},
-		{"bench", "benchmarks: bench kernel|ring|cluster", runBench},
+		{"bench", "benchmarks: bench kernel|ring|cluster|recovery", runBench},
 		{"version", "print the version", func(env *cliEnv, _ []string) error {
 			fmt.Fprintln(env.stdout, "ringattn", version())
 			return nil
