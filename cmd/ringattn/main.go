@@ -11,6 +11,8 @@ import (
 	"os"
 	"runtime/debug"
 	"strings"
+
+	"github.com/ringattn/ringattn/internal/memtune"
 )
 
 // Exit codes (DESIGN §6).
@@ -88,6 +90,7 @@ Exit codes: 0 success, 1 job failure, 2 bad usage or input.
 }
 
 func main() {
+	memtune.Apply()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -23,12 +23,16 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/ringattn/ringattn/internal/memtune"
 	"github.com/ringattn/ringattn/internal/worker"
 	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
-func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+func main() {
+	memtune.Apply()
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
 
 func version() string {
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {

@@ -75,7 +75,7 @@ func TestWorkerCmdUsage(t *testing.T) {
 // RINGATTN_WORKER_TEST_MAIN is set (the signal test starts it that way).
 func TestMain(m *testing.M) {
 	if os.Getenv("RINGATTN_WORKER_TEST_MAIN") == "1" {
-		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+		main() // exits
 	}
 	os.Exit(m.Run())
 }
