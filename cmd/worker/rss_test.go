@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/coordinator"
 	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/client"
@@ -84,19 +85,27 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 		}
 		// Upload q, k, v block by block (never the whole tensor at once).
 		t0 := time.Now()
+		// The whole tensors stay in this (unmeasured) process to check
+		// sampled output rows against the float64 reference at the end.
 		rng := rand.New(rand.NewPCG(1, 2))
 		blk := make([]float32, heads*block*d)
+		full := map[string][]float32{}
 		for _, name := range []string{"q", "k", "v"} {
+			t := make([]float32, heads*n*d)
 			for i := range (n + block - 1) / block {
 				rows := min(block, n-i*block)
 				x := blk[:heads*rows*d]
 				for j := range x {
 					x[j] = float32(rng.NormFloat64())
 				}
+				for h := range heads {
+					copy(t[(h*n+i*block)*d:(h*n+i*block+rows)*d], x[h*rows*d:(h+1)*rows*d])
+				}
 				if err := store.PutBlock(ctx, "in-rss", name, i, x, transport.F32); err != nil {
 					b.Fatal(err)
 				}
 			}
+			full[name] = t
 		}
 		b.Logf("uploaded q, k, v (%d MiB) in %v", 3*n*heads*d*4>>20, time.Since(t0).Round(time.Millisecond))
 
@@ -153,6 +162,7 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 			b.Fatalf("job: %v %v", st, err)
 		}
 		b.Logf("job %s: %v in epoch %d on %v", st.GetId(), time.Since(t1).Round(time.Millisecond), st.GetEpoch(), st.GetWorkers())
+		checkRows(b, ctx, store, st, full, n, heads, d, block, window, causal)
 		var peak int64
 		for i, cmd := range procs {
 			if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -175,4 +185,43 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 		b.Logf("N=%d H=%d D=%d W=%d window=%d causal=%v: max worker peak RSS %d MiB; one q shard is %.0f MiB, the full q %.0f MiB",
 			n, heads, d, workers, window, causal || window > 0, peak>>20, shardMiB, float64(n)*float64(heads*d*4)/(1<<20))
 	}
+}
+
+// checkRows compares 8 output rows of every head (the first, the last and
+// six spread between) with the float64 reference.
+func checkRows(b *testing.B, ctx context.Context, store *transport.Store, st *pb.JobStatus, full map[string][]float32,
+	n, heads, d, block, window int, causal bool) {
+	p := attnref.Problem{B: 1, Hq: heads, Hkv: heads, N: n, Nk: n, D: d}
+	switch {
+	case window > 0:
+		p.Mask = attnref.Mask{Causal: true, Windowed: true, Left: window}
+	case causal:
+		p.Mask = attnref.Mask{Causal: true}
+	}
+	rows := []int{0, n - 1}
+	for i := 1; i <= 6; i++ {
+		rows = append(rows, i*n/7+i)
+	}
+	want, _ := p.Rows(full["q"], full["k"], full["v"], rows)
+	ref := st.GetOutputRef()
+	if ref == "" {
+		ref = st.GetId()
+	}
+	var worst float64
+	for ri, r := range rows {
+		o, err := store.GetBlock(ctx, ref, "o", r/block)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rowsIn := len(o) / (heads * d)
+		for h := range heads {
+			got := o[(h*rowsIn+r%block)*d : (h*rowsIn+r%block+1)*d]
+			w := want[(h*len(rows)+ri)*d : (h*len(rows)+ri+1)*d]
+			worst = max(worst, attnref.MaxAbsDiff(got, w))
+		}
+	}
+	if !(worst <= 1e-4) {
+		b.Fatalf("sampled output rows %v differ from the float64 reference by %g (> 1e-4)", rows, worst)
+	}
+	b.Logf("output rows %v of every head match the float64 reference: max |o - ref| = %.1e", rows, worst)
 }
