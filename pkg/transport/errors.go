@@ -32,6 +32,11 @@ var (
 	ErrStoreFull = errors.New("transport: tensor store full")
 	// ErrClosed is returned by a NATSRing after Close.
 	ErrClosed = errors.New("transport: ring closed")
+	// ErrAbandoned is wrapped, with ringattn.ErrTimeout, by a NATSRing's
+	// Recv of a frame its sender announced it abandoned (the receiver did
+	// not acknowledge it in time, or a publish failed): the sender was
+	// alive then, so a receiver need not treat it as stalled.
+	ErrAbandoned = errors.New("transport: frame abandoned by its sender")
 	// ErrEmbeddedStopped is returned by an in-process connection to an
 	// Embedded server that is stopped.
 	ErrEmbeddedStopped = errors.New("transport: embedded server stopped")

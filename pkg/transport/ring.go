@@ -50,6 +50,17 @@ const (
 	hShape  = "Ra-Shape"
 	hEnc    = "Ra-Enc"
 	hCRC    = "Ra-Crc"
+	// hRSess is the receiver's ring session on an acknowledgement.
+	hRSess = "Ra-Rsess"
+	// hCtl says what a control notice on Subjects.RingCtl announces.
+	hCtl = "Ra-Ctl"
+)
+
+// Control notices (hCtl values).
+const (
+	ctlOpen    = "open"    // the sender's ring listens (a new session)
+	ctlClosed  = "closed"  // the sender's ring closed: send it nothing more
+	ctlAbandon = "abandon" // the sender gave up on the frame named by hKind/hStep/hBlock
 )
 
 // RingConfig configures one rank's NATSRing for one job epoch.
@@ -98,7 +109,8 @@ type RingStats struct {
 	PiecesSent, PiecesReceived int64
 	BytesSent, BytesReceived   int64 // wire payload bytes
 	// FramesAbandoned counts frames Send gave up on (window stalled for
-	// SendTimeout, or a publish failed while disconnected).
+	// SendTimeout, a publish failed while disconnected, or the peer's ring
+	// announced it closed).
 	FramesAbandoned int64
 	// PiecesLost counts sent pieces the peer never saw.
 	PiecesLost int64
@@ -107,6 +119,12 @@ type RingStats struct {
 	// dropped, pieces failing CRC32C, frames that could not be completed,
 	// Recv timeouts, and frames arriving after their Recv gave up.
 	Duplicates, Foreign, Corrupt, Incomplete, Timeouts, Late int64
+	// AbandonedByPeer counts frames whose sender announced it gave up on
+	// them (their Recv returns at once); PeersClosed counts peers'
+	// announcements that their ring closed; SenderClosed counts Recvs that
+	// returned at once because the frame's sender closed its ring after
+	// everything it sent had arrived.
+	AbandonedByPeer, PeersClosed, SenderClosed int64
 	// BufferedBytes are decoded frames waiting for Recv now; Peak is the
 	// most there ever were.
 	BufferedBytes, PeakBufferedBytes int64
@@ -126,6 +144,17 @@ type RingStats struct {
 // frames are dropped; Recv reports them (or a timeout) as
 // ringattn.ErrTimeout so the engine fetches the block from the store.
 //
+// Control notices on Subjects.RingCtl(job, epoch, rank) save waiting: a
+// ring announces to its peers that it opened and, on Close, that it
+// closed, and a sender that abandons a frame names it to the receiver.
+// A sender abandons every frame to a peer known closed at once (still
+// probing, rate-limited, so a peer listening again is found by its
+// acknowledgement); a Recv of a frame its sender abandoned returns
+// ringattn.ErrTimeout at once. The notices are best-effort: a lost one
+// costs SendTimeout or RecvTimeout, as without them. Acknowledgements carry
+// the receiver's session, so a notice of an earlier incarnation's close
+// does not silence a peer that listens again.
+//
 // Lock order: sendMu[to] before mu; no lock is held while publishing.
 type NATSRing struct {
 	nc      *nats.Conn
@@ -135,6 +164,7 @@ type NATSRing struct {
 	session string
 	inbox   *nats.Subscription
 	acks    *nats.Subscription
+	ctl     *nats.Subscription
 	sendMu  []chan struct{} // per destination: one frame at a time
 
 	// mutate, when set (tests), replaces each outgoing piece by what it
@@ -146,6 +176,7 @@ type NATSRing struct {
 	closed bool
 	links  []linkState // per destination
 	peers  []peerState // per source
+	ended  []senderEnd // per source: its ring closed
 	ready  map[frameKey]ringattn.Frame
 	failed map[frameKey]error
 	done   map[frameKey]doneState // later copies of these frames are dropped
@@ -158,7 +189,8 @@ type doneState uint8
 
 const (
 	delivered doneState = iota + 1 // returned by Recv
-	gaveUp                         // Recv timed out or reported it lost
+	gaveUp                         // Recv timed out, was canceled or reported it lost
+	dropped                        // the sender announced it abandoned the frame
 )
 
 type frameKey struct {
@@ -184,11 +216,25 @@ type linkState struct {
 	// the peer waits two probe intervals, not SendTimeout (a peer that
 	// finished or died would otherwise cost SendTimeout per frame).
 	stalled bool
+	// peerClosed is set by the peer's notice that its ring closed: frames
+	// to it are abandoned at once. An acknowledgement or an open notice
+	// from a session not in gone (the peer listens again) clears it.
+	peerClosed bool
+	peerSess   string          // the peer's ring session last heard from
+	gone       map[string]bool // peer sessions that announced they closed
+}
+
+// senderEnd is a source's close notice: session sess sent this ring
+// nothing after sequence number seq.
+type senderEnd struct {
+	sess string
+	seq  uint64
 }
 
 type peerState struct {
 	session  string
-	lastSeq  uint64
+	lastSeq  uint64 // admitted
+	handled  uint64 // admitted and assembled (or dropped)
 	asm      *assembly
 	withheld []uint64
 }
@@ -279,6 +325,7 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		notify:  make(chan struct{}),
 		links:   make([]linkState, cfg.Size),
 		peers:   make([]peerState, cfg.Size),
+		ended:   make([]senderEnd, cfg.Size),
 		ready:   make(map[frameKey]ringattn.Frame),
 		failed:  make(map[frameKey]error),
 		done:    make(map[frameKey]doneState),
@@ -302,6 +349,12 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		r.inbox.Unsubscribe()
 		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
 	}
+	r.ctl, err = nc.Subscribe(r.subj.RingCtl(cfg.Job, cfg.Epoch, cfg.Rank), r.onCtl)
+	if err != nil {
+		r.inbox.Unsubscribe()
+		r.acks.Unsubscribe()
+		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
+	}
 	// Make sure the server has both subscriptions before anyone sends.
 	// While reconnecting, nats.go re-subscribes on reconnect and senders
 	// probe until this rank answers, so only a closed connection fails.
@@ -312,7 +365,38 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		}
 		r.logger.Warn("ring subscriptions not confirmed by the server yet", "err", err)
 	}
+	// A peer that heard an earlier incarnation of this rank close sends to
+	// this one again.
+	r.announce(ctlOpen, nil)
 	return r, nil
+}
+
+// announce publishes a control notice to every peer (best-effort); with
+// seqs, the close notice to rank t carries seqs[t], the last sequence
+// number this ring gave a piece or probe to t.
+func (r *NATSRing) announce(what string, seqs []uint64) {
+	for to := range r.cfg.Size {
+		if to == r.cfg.Rank {
+			continue
+		}
+		m := r.ctlMsg(to, what)
+		if seqs != nil {
+			m.Header.Set(hSeq, strconv.FormatUint(seqs[to], 10))
+		}
+		if err := r.nc.PublishMsg(m); err != nil {
+			r.logger.Debug("ring notice not sent", "to", to, "notice", what, "err", err)
+		}
+	}
+}
+
+func (r *NATSRing) ctlMsg(to int, what string) *nats.Msg {
+	m := nats.NewMsg(r.subj.RingCtl(r.cfg.Job, r.cfg.Epoch, to))
+	m.Header.Set(hJob, r.cfg.Job)
+	m.Header.Set(hEpoch, strconv.FormatUint(r.cfg.Epoch, 10))
+	m.Header.Set(hFrom, strconv.Itoa(r.cfg.Rank))
+	m.Header.Set(hSess, r.session)
+	m.Header.Set(hCtl, what)
+	return m
 }
 
 // Rank returns this ring's rank.
@@ -333,8 +417,9 @@ func (r *NATSRing) Stats() RingStats {
 	return s
 }
 
-// Close unsubscribes and wakes every blocked Send and Recv with ErrClosed.
-// Safe to call more than once.
+// Close tells the peers this ring closed (so they stop sending to it),
+// unsubscribes and wakes every blocked Send and Recv with ErrClosed. Safe
+// to call more than once.
 func (r *NATSRing) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -345,9 +430,18 @@ func (r *NATSRing) Close() error {
 	r.ready, r.failed = nil, nil
 	r.readyB = 0
 	r.broadcastLocked()
+	// No sequence number is given out after closed is set: each peer
+	// has everything this ring will ever send it once it saw seqs[peer].
+	seqs := make([]uint64, r.cfg.Size)
+	for to := range r.links {
+		seqs[to] = r.links[to].nextSeq
+	}
 	r.mu.Unlock()
+	if !r.nc.IsClosed() {
+		r.announce(ctlClosed, seqs)
+	}
 	var errs []error
-	for _, s := range []*nats.Subscription{r.inbox, r.acks} {
+	for _, s := range []*nats.Subscription{r.inbox, r.acks, r.ctl} {
 		if s != nil {
 			if err := s.Unsubscribe(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) && !errors.Is(err, nats.ErrBadSubscription) {
 				errs = append(errs, err)
@@ -424,8 +518,12 @@ func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 	for i, p := range pieces {
 		seq, err := r.acquire(ctx, to, p.n*eb)
 		if err != nil {
-			if errors.Is(err, errStalled) {
+			switch {
+			case errors.Is(err, errStalled):
 				r.abandon(f.Key, to, i, len(pieces), "peer stopped acknowledging")
+				return nil
+			case errors.Is(err, errPeerClosed):
+				r.abandon(f.Key, to, i, len(pieces), "peer ring closed")
 				return nil
 			}
 			return err
@@ -498,21 +596,41 @@ func (r *NATSRing) publish(m *nats.Msg) error {
 	return nil
 }
 
+// abandon counts frame `key` to rank `to` as abandoned before its piece
+// `piece` was published (so the peer can never complete it) and tells the
+// peer, whose Recv of it then returns at once.
 func (r *NATSRing) abandon(key ringattn.Key, to, piece, count int, why string) {
 	r.mu.Lock()
 	r.stats.FramesAbandoned++
+	closed := r.links[to].peerClosed
 	r.mu.Unlock()
-	r.logger.Warn("ring frame abandoned; the peer will use the store", "to", to, "kind", key.Kind,
-		"step", key.Step, "block", key.Block, "piece", piece, "count", count, "reason", why)
+	level := slog.LevelWarn
+	if closed {
+		level = slog.LevelDebug // expected: the peer finished; its close was logged
+	}
+	r.logger.Log(context.Background(), level, "ring frame abandoned; the peer will use the store", "to", to,
+		"kind", key.Kind, "step", key.Step, "block", key.Block, "piece", piece, "count", count, "reason", why)
+	m := r.ctlMsg(to, ctlAbandon)
+	m.Header.Set(hKind, strconv.Itoa(int(key.Kind)))
+	m.Header.Set(hStep, strconv.Itoa(key.Step))
+	m.Header.Set(hBlock, strconv.Itoa(key.Block))
+	if err := r.nc.PublishMsg(m); err != nil {
+		r.logger.Debug("ring abandon notice not sent", "to", to, "err", err)
+	}
 }
 
-var errStalled = errors.New("stalled")
+var (
+	errStalled    = errors.New("stalled")
+	errPeerClosed = errors.New("peer ring closed")
+)
 
 // acquire waits until n more bytes fit in the window to `to` and returns
 // the piece's sequence number. Before the first piece to a peer it probes
 // until the peer answers (its ring may not be subscribed yet: a worker
 // that starts later than its neighbour). It probes the peer while stalled
-// and gives up with errStalled after SendTimeout without progress.
+// and gives up with errStalled after SendTimeout without progress, or with
+// errPeerClosed at once while the peer is known closed (after one
+// rate-limited probe: a peer listening again answers it).
 func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 	start := time.Now()
 	var acked uint64
@@ -526,6 +644,16 @@ func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 			return 0, ErrClosed
 		}
 		l := &r.links[to]
+		if l.peerClosed {
+			probe := r.probeLocked(to, time.Now())
+			r.mu.Unlock()
+			if probe != nil {
+				if err := r.nc.PublishMsg(probe); errors.Is(err, nats.ErrConnectionClosed) {
+					return 0, err
+				}
+			}
+			return 0, errPeerClosed
+		}
 		if l.established && (l.bytes == 0 || l.bytes+n <= r.cfg.WindowBytes) {
 			l.nextSeq++
 			seq := l.nextSeq
@@ -548,14 +676,8 @@ func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 			return 0, errStalled
 		}
 		var probe *nats.Msg
-		if (!l.established || l.stalled || now.Sub(start) >= r.cfg.ProbeInterval) && now.Sub(l.lastProbe) >= r.cfg.ProbeInterval {
-			l.lastProbe = now
-			l.nextSeq++
-			l.inflight = append(l.inflight, inflight{l.nextSeq, 0})
-			probe = nats.NewMsg(r.subj.Ring(r.cfg.Job, r.cfg.Epoch, to))
-			r.header(probe.Header, l.nextSeq)
-			probe.Header.Set(hProbe, "1")
-			r.stats.Probes++
+		if !l.established || l.stalled || now.Sub(start) >= r.cfg.ProbeInterval {
+			probe = r.probeLocked(to, now)
 		}
 		ch := r.notify
 		r.mu.Unlock()
@@ -573,6 +695,23 @@ func (r *NATSRing) acquire(ctx context.Context, to, n int) (uint64, error) {
 			return 0, ctx.Err()
 		}
 	}
+}
+
+// probeLocked returns a probe to publish to `to`, or nil when the last one
+// went out less than ProbeInterval ago.
+func (r *NATSRing) probeLocked(to int, now time.Time) *nats.Msg {
+	l := &r.links[to]
+	if now.Sub(l.lastProbe) < r.cfg.ProbeInterval {
+		return nil
+	}
+	l.lastProbe = now
+	l.nextSeq++
+	l.inflight = append(l.inflight, inflight{l.nextSeq, 0})
+	probe := nats.NewMsg(r.subj.Ring(r.cfg.Job, r.cfg.Epoch, to))
+	r.header(probe.Header, l.nextSeq)
+	probe.Header.Set(hProbe, "1")
+	r.stats.Probes++
+	return probe
 }
 
 // ackLocked releases the window up to seq; earlier pieces still in flight
@@ -623,13 +762,122 @@ func (r *NATSRing) onAck(m *nats.Msg) {
 	defer r.mu.Unlock()
 	if !r.closed {
 		r.ackLocked(from, seq)
+		r.peerLiveLocked(from, h.Get(hRSess))
 	}
+}
+
+// peerLiveLocked records that rank `from` listens with session sess (an
+// acknowledgement or an open notice): unless that session announced it
+// closed, frames go to the peer again.
+func (r *NATSRing) peerLiveLocked(from int, sess string) {
+	l := &r.links[from]
+	if sess == "" || l.gone[sess] {
+		return
+	}
+	l.peerSess = sess
+	if l.peerClosed {
+		l.peerClosed = false
+		r.broadcastLocked()
+		r.logger.Info("peer ring listens again; sending to it", "peer", from)
+	}
+}
+
+// onCtl handles control notices from peers.
+func (r *NATSRing) onCtl(m *nats.Msg) {
+	h := m.Header
+	from, err := strconv.Atoi(h.Get(hFrom))
+	sess := h.Get(hSess)
+	if h.Get(hJob) != r.cfg.Job || h.Get(hEpoch) != strconv.FormatUint(r.cfg.Epoch, 10) ||
+		err != nil || from < 0 || from >= r.cfg.Size || from == r.cfg.Rank || sess == "" {
+		r.mu.Lock()
+		r.stats.Foreign++
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	switch h.Get(hCtl) {
+	case ctlOpen:
+		r.peerLiveLocked(from, sess)
+		if r.ended[from].sess != sess {
+			r.ended[from] = senderEnd{} // a new incarnation may send again
+		}
+	case ctlClosed:
+		l := &r.links[from]
+		if l.gone == nil {
+			l.gone = make(map[string]bool)
+		}
+		l.gone[sess] = true
+		r.stats.PeersClosed++
+		if seq, err := strconv.ParseUint(h.Get(hSeq), 10, 64); err == nil {
+			r.ended[from] = senderEnd{sess, seq}
+			r.broadcastLocked() // Recvs waiting on it re-check
+		}
+		// A close of an earlier incarnation (the peer answered since with
+		// another session) is old news.
+		if !l.peerClosed && (l.peerSess == "" || l.peerSess == sess) {
+			l.peerClosed = true
+			// What is in flight to it is lost: a ring listening there
+			// again starts with an open window.
+			for _, p := range l.inflight {
+				if p.bytes > 0 {
+					r.stats.PiecesLost++
+				}
+			}
+			l.inflight, l.bytes = l.inflight[:0], 0
+			r.broadcastLocked()
+			r.logger.Info("peer ring closed; frames to it are abandoned", "peer", from)
+		}
+	case ctlAbandon:
+		var ints [3]int
+		for i, k := range []string{hKind, hStep, hBlock} {
+			v, err := strconv.Atoi(h.Get(k))
+			if err != nil {
+				r.stats.Corrupt++
+				return
+			}
+			ints[i] = v
+		}
+		r.droppedLocked(frameKey{from, ringattn.Key{Kind: ringattn.Kind(ints[0]), Step: ints[1], Block: ints[2]}})
+	}
+}
+
+// droppedLocked records that frame fk's sender abandoned it: its Recv (and
+// any repeated Recv) returns ringattn.ErrTimeout at once, and pieces of it
+// still on their way are dropped as late. A frame already complete (or
+// delivered) is kept: a sender abandons a frame before its last piece, so
+// that is a copy this notice does not concern.
+func (r *NATSRing) droppedLocked(fk frameKey) {
+	if _, ok := r.ready[fk]; ok || r.done[fk] == delivered || r.done[fk] == dropped {
+		return
+	}
+	r.done[fk] = dropped
+	delete(r.failed, fk)
+	if p := &r.peers[fk.from]; p.asm != nil && p.asm.key == fk.key {
+		p.asm = nil
+	}
+	r.stats.AbandonedByPeer++
+	r.broadcastLocked()
+}
+
+// senderEndedLocked reports whether rank `from` closed its ring and
+// everything it sent this ring has arrived: a frame not here now never
+// will be.
+func (r *NATSRing) senderEndedLocked(from int) bool {
+	e, p := r.ended[from], &r.peers[from]
+	return e.sess != "" && (e.seq == 0 || (p.session == e.sess && p.handled >= e.seq))
 }
 
 // Recv returns the frame with key `key` from rank `from`. It returns an
 // error wrapping ringattn.ErrTimeout when the frame has not arrived within
 // RecvTimeout, or is known lost or corrupt (then also wrapping ErrCorrupt);
-// later copies of that frame are dropped.
+// at once when its sender announced it abandoned it (then also wrapping
+// ErrAbandoned), or closed its ring and everything it sent has arrived.
+// Copies of the frame arriving after Recv gave up (or ctx ended) are
+// dropped, unless Recv asks for it again.
 func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringattn.Frame, error) {
 	if err := r.checkRank("receive from", from); err != nil {
 		return ringattn.Frame{}, err
@@ -637,6 +885,11 @@ func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringat
 	fk := frameKey{from, key}
 	timer := time.NewTimer(r.cfg.RecvTimeout)
 	defer timer.Stop()
+	r.mu.Lock()
+	if !r.closed && r.done[fk] == gaveUp {
+		delete(r.done, fk) // asked again (a partial awaited for several timeouts): let it in
+	}
+	r.mu.Unlock()
 	for {
 		r.mu.Lock()
 		if r.closed {
@@ -645,6 +898,7 @@ func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringat
 		}
 		if f, ok := r.ready[fk]; ok {
 			delete(r.ready, fk)
+			delete(r.failed, fk) // an earlier copy was lost: this one completed
 			r.done[fk] = delivered
 			r.readyB -= frameBytes(f)
 			r.stats.FramesReceived++
@@ -659,16 +913,40 @@ func (r *NATSRing) Recv(ctx context.Context, from int, key ringattn.Key) (ringat
 			r.mu.Unlock()
 			return ringattn.Frame{}, fmt.Errorf("transport: ring frame %+v from rank %d: %w: %w", key, from, err, ringattn.ErrTimeout)
 		}
+		if r.done[fk] == dropped {
+			r.mu.Unlock()
+			return ringattn.Frame{}, fmt.Errorf("transport: ring frame %+v from rank %d: %w: %w", key, from, ErrAbandoned, ringattn.ErrTimeout)
+		}
+		if r.senderEndedLocked(from) {
+			r.done[fk] = gaveUp
+			r.stats.SenderClosed++
+			r.mu.Unlock()
+			return ringattn.Frame{}, fmt.Errorf("transport: ring frame %+v from rank %d: %w: %w", key, from, errSenderClosed, ringattn.ErrTimeout)
+		}
 		ch := r.notify
 		r.mu.Unlock()
 		select {
 		case <-ch:
 		case <-ctx.Done():
+			// The caller stopped waiting (a worker's short wait on a
+			// stalled peer reads the store): a late copy must not sit in
+			// the buffer for good.
+			r.mu.Lock()
+			if _, ok := r.ready[fk]; !ok && !r.closed && r.done[fk] == 0 {
+				r.done[fk] = gaveUp
+			}
+			r.mu.Unlock()
 			return ringattn.Frame{}, ctx.Err()
 		case <-timer.C:
 			r.mu.Lock()
+			_, ready := r.ready[fk]
+			_, failed := r.failed[fk]
+			if ready || failed || r.done[fk] == dropped || r.closed || r.senderEndedLocked(from) {
+				r.mu.Unlock()
+				continue // settled meanwhile: the loop reports it
+			}
 			// The frame is arriving right now: wait while pieces keep coming.
-			if a := r.peers[from].asm; a != nil && a.key == key && !r.closed {
+			if a := r.peers[from].asm; a != nil && a.key == key {
 				if idle := time.Since(a.lastPiece); idle < r.cfg.RecvTimeout {
 					timer.Reset(r.cfg.RecvTimeout - idle)
 					r.mu.Unlock()
@@ -710,6 +988,7 @@ func (r *NATSRing) sendAcks(acks []pendingAck) {
 		m := nats.NewMsg(r.subj.RingAck(r.cfg.Job, r.cfg.Epoch, a.to))
 		m.Header.Set(hFrom, strconv.Itoa(r.cfg.Rank))
 		m.Header.Set(hSess, a.session)
+		m.Header.Set(hRSess, r.session)
 		m.Header.Set(hSeq, strconv.FormatUint(a.seq, 10))
 		if err := r.nc.PublishMsg(m); err != nil {
 			r.logger.Debug("ring ack not sent", "to", a.to, "err", err)
@@ -735,7 +1014,10 @@ func (r *NATSRing) failLocked(fk frameKey, err error) {
 		"block", fk.key.Block, "err", err)
 }
 
-var errIncomplete = errors.New("pieces lost in transit")
+var (
+	errIncomplete   = errors.New("pieces lost in transit")
+	errSenderClosed = errors.New("its sender's ring closed before sending it")
+)
 
 // onPiece runs on the subscription's goroutine for every piece.
 func (r *NATSRing) onPiece(m *nats.Msg) {
@@ -766,6 +1048,14 @@ func (r *NATSRing) onPiece(m *nats.Msg) {
 	if data {
 		r.assemble(from, m)
 	}
+	r.mu.Lock()
+	if p := &r.peers[from]; p.session == sess && seq > p.handled {
+		p.handled = seq
+		if e := r.ended[from]; e.sess == sess && seq >= e.seq {
+			r.broadcastLocked() // the sender's last piece: Recvs waiting on it re-check
+		}
+	}
+	r.mu.Unlock()
 }
 
 // admitLocked applies the per-link sequence: duplicates are dropped, a gap
@@ -788,6 +1078,9 @@ func (r *NATSRing) admitLocked(m *nats.Msg, from int, sess string, seq uint64) (
 	}
 	gap := seq > p.lastSeq+1
 	p.lastSeq = seq
+	if e := &r.ended[from]; e.sess != "" && e.sess != sess && !r.links[from].gone[sess] {
+		*e = senderEnd{} // a live incarnation sends again
+	}
 	if gap && p.asm != nil {
 		r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
 		p.asm = nil
@@ -912,9 +1205,9 @@ func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, 
 			r.failLocked(frameKey{from, p.asm.key}, errIncomplete)
 			p.asm = nil
 		}
-		if r.done[fk] == gaveUp {
+		if d := r.done[fk]; d == gaveUp || d == dropped {
 			r.stats.Late++
-			return nil, piecePlace{}, 0, nil // arrived after Recv gave up on it
+			return nil, piecePlace{}, 0, nil // arrived after Recv or its sender gave up on it
 		}
 		if _, ok := r.ready[fk]; ok || r.done[fk] == delivered {
 			r.stats.Duplicates++

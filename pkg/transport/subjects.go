@@ -61,3 +61,10 @@ func (s Subjects) Ring(job string, epoch uint64, rank int) string {
 func (s Subjects) RingAck(job string, epoch uint64, rank int) string {
 	return fmt.Sprintf("%s.ring.%s.%d.%d.ack", s.prefix, job, epoch, rank)
 }
+
+// RingCtl is where rank `rank` receives control notices from its peers in
+// one job epoch: a sender gave up on a frame to it, a peer's ring closed or
+// opened.
+func (s Subjects) RingCtl(job string, epoch uint64, rank int) string {
+	return fmt.Sprintf("%s.ring.%s.%d.%d.ctl", s.prefix, job, epoch, rank)
+}
