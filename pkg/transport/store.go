@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -383,7 +384,10 @@ func (s *Store) getBlock(ctx context.Context, job, tensor string, block int) ([]
 		if errors.Is(err, errObjectSize) {
 			return nil, corrupt("%v (info says %d bytes)", err, info.Size)
 		}
-		if actx.Err() != nil && ctx.Err() == nil {
+		// The reader's pipe deadline is the attempt's: its timeout can
+		// come before actx reports done (nats.go v1.55 then returns the
+		// pipe's "i/o timeout" as is).
+		if (actx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)) && ctx.Err() == nil {
 			err = fmt.Errorf("%w (%w)", nats.ErrTimeout, err) // the attempt stalled: retry
 		}
 		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
