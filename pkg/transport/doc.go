@@ -28,7 +28,12 @@
 //     frame as ringattn.ErrTimeout so the engine fetches the block from the
 //     Store instead. A sender waits (probing) for a peer whose ring is not
 //     subscribed yet, and abandons a frame, never the job, when its peer
-//     stops acknowledging for SendTimeout.
+//     stops acknowledging for SendTimeout. Best-effort control notices
+//     (Subjects.RingCtl) spare those timeouts: a ring announces on Close
+//     that it closed (peers abandon frames to it at once, and stop waiting
+//     for frames from it once all it sent has arrived), and a sender names
+//     each frame it abandons to its receiver, whose Recv of it returns at
+//     once. A lost notice costs only the timeout it would have saved.
 //
 // Tensor payloads are raw little-endian float32 (or bfloat16, rounded to
 // nearest even). Control-plane messages are protobuf, in package pb.
