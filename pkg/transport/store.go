@@ -330,7 +330,11 @@ func (s *Store) getBlock(ctx context.Context, job, tensor string, block int) ([]
 		return &CorruptBlockError{Job: job, Tensor: tensor, Block: block, Reason: fmt.Sprintf(format, args...)}
 	}
 	name := BlockName(job, tensor, block)
-	info, err := s.obs.GetInfo(ctx, name)
+	// A request sent as NATS restarts may get no reply: bound the attempt
+	// (a timeout is retried) rather than wait for ctx's deadline.
+	ictx, icancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+	info, err := s.obs.GetInfo(ictx, name)
+	icancel()
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
 		return nil, fmt.Errorf("%w: %s in bucket %q", ErrBlockNotFound, ref, s.cfg.Bucket)
 	}
