@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/transport"
 )
 
 // errShortWait is the cause of a receive cut short by failFastRing.
@@ -44,6 +45,10 @@ func (r *failFastRing) Recv(ctx context.Context, from int, key ringattn.Key) (ri
 	switch {
 	case err == nil:
 		r.mark(from, false)
+	case errors.Is(err, transport.ErrAbandoned):
+		// Its sender gave up on this one frame (this rank was slow to
+		// take it) and said so: the peer is alive, do not cut later
+		// receives short.
 	case errors.Is(err, ringattn.ErrTimeout):
 		r.mark(from, true)
 	case stalled && ctx.Err() == nil && errors.Is(context.Cause(rctx), errShortWait):
