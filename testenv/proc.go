@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -121,6 +122,36 @@ func (p *Proc) Pid() int {
 		return 0
 	}
 	return p.cmd.Process.Pid
+}
+
+// PeakRSS is the current run's peak resident set in bytes (VmHWM; Linux).
+func (p *Proc) PeakRSS() (int64, error) {
+	pid := p.Pid()
+	if pid == 0 {
+		return 0, fmt.Errorf("testenv: %s was never started", p.Name)
+	}
+	return PeakRSS(pid)
+}
+
+// PeakRSS returns the peak resident set in bytes of the running process
+// pid: VmHWM in /proc/<pid>/status, the high-water mark of its own address
+// space. (rusage maxrss is no substitute for a child: Linux carries the
+// parent's resident set into a child's maxrss across fork and exec.)
+func PeakRSS(pid int) (int64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, fmt.Errorf("testenv: peak RSS of process %d: %w", pid, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err != nil {
+				return 0, fmt.Errorf("testenv: /proc/%d/status: VmHWM %q: %w", pid, rest, err)
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("testenv: /proc/%d/status has no VmHWM", pid)
 }
 
 // Started is when the current (or last) run started.

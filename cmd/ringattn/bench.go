@@ -20,14 +20,15 @@ import (
 func runBench(env *cliEnv, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(env.stdout, "Usage: ringattn bench kernel|ring|cluster|recovery [flags]   (run 'ringattn bench <target> --help')")
+			fmt.Fprintln(env.stdout, "Usage: ringattn bench kernel|ring|cluster|rss|recovery [flags]   (run 'ringattn bench <target> --help')")
 			fmt.Fprintln(env.stdout, "  kernel   the local kernel's GFLOP/s and peak RSS per shape")
 			fmt.Fprintln(env.stdout, "  ring     an in-process R-rank ring against the local kernel: overhead")
 			fmt.Fprintln(env.stdout, "  cluster  an in-process W-worker cluster against the local kernel; tiny-job latency and throughput")
+			fmt.Fprintln(env.stdout, "  rss      multi-process clusters: each worker process's peak RSS per job shape")
 			fmt.Fprintln(env.stdout, "  recovery a multi-process cluster: recovery times from worker, leader and NATS faults mid-job")
 			return nil
 		}
-		return usagef("bench needs a target: kernel, ring, cluster or recovery")
+		return usagef("bench needs a target: kernel, ring, cluster, rss or recovery")
 	}
 	switch args[0] {
 	case "kernel":
@@ -36,10 +37,12 @@ func runBench(env *cliEnv, args []string) error {
 		return benchRing(env, args[1:])
 	case "cluster":
 		return benchCluster(env, args[1:])
+	case "rss":
+		return benchRSS(env, args[1:])
 	case "recovery":
 		return benchRecovery(env, args[1:])
 	}
-	return usagef("unknown bench target %q, expected kernel, ring, cluster or recovery", args[0])
+	return usagef("unknown bench target %q, expected kernel, ring, cluster, rss or recovery", args[0])
 }
 
 // startCPUProfile profiles this process's CPU into file until stop.

@@ -56,7 +56,7 @@ func commands() []command {
 		{"cancel", "cancel a job", runCancel},
 		{"list", "list jobs", runList},
 		{"watch", "follow a job's progress until it finishes", runWatch},
-		{"bench", "benchmarks: bench kernel|ring|cluster|recovery", runBench},
+		{"bench", "benchmarks: bench kernel|ring|cluster|rss|recovery", runBench},
 		{"version", "print the version", func(env *cliEnv, _ []string) error {
 			fmt.Fprintln(env.stdout, "ringattn", version())
 			return nil

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 	"github.com/ringattn/ringattn/pkg/transport/transporttest"
+	"github.com/ringattn/ringattn/testenv"
 )
 
 func envInt(name string, def int) int {
@@ -170,7 +170,7 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 		// into a child's maxrss across fork and exec.)
 		var peak int64
 		for i, cmd := range procs {
-			rss, err := vmHWM(cmd.Process.Pid)
+			rss, err := testenv.PeakRSS(cmd.Process.Pid)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -228,23 +228,4 @@ func checkRows(b *testing.B, ctx context.Context, store *transport.Store, st *pb
 		b.Fatalf("sampled output rows %v differ from the float64 reference by %g (> 1e-4)", rows, worst)
 	}
 	b.Logf("output rows %v of every head match the float64 reference: max |o - ref| = %.1e", rows, worst)
-}
-
-// vmHWM returns a process's peak resident set (VmHWM in /proc/<pid>/status)
-// in bytes.
-func vmHWM(pid int) (int64, error) {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
-			if err != nil {
-				return 0, fmt.Errorf("/proc/%d/status: VmHWM %q: %w", pid, rest, err)
-			}
-			return kb << 10, nil
-		}
-	}
-	return 0, fmt.Errorf("/proc/%d/status has no VmHWM", pid)
 }
