@@ -2,7 +2,9 @@ package testenv
 
 import (
 	"bufio"
+	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"testing"
@@ -89,8 +91,17 @@ func TestProxyDelay(t *testing.T) {
 		t.Fatalf("round trip after clearing the delay took %v, want < %v", again, d)
 	}
 	t.Logf("round trip: %v plain, %v with %v delay each way, %v after clearing", fast, slow, d, again)
-	if st := p.Stats(); st.Accepted != 1 || st.Up != st.Down || st.Up == 0 {
-		t.Fatalf("stats %+v: want one connection and as many bytes each way", st)
+	// The proxy counts a chunk after writing it, so the echo can reach
+	// the client before its bytes are counted: poll.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := Poll(ctx, PollInterval, func() error {
+		if st := p.Stats(); st.Accepted != 1 || st.Up != st.Down || st.Up == 0 {
+			return fmt.Errorf("stats %+v: want one connection and as many bytes each way", st)
+		}
+		return nil
+	}, "proxy stats"); err != nil {
+		t.Fatal(err)
 	}
 }
 
