@@ -219,24 +219,31 @@ func TestKernelExtremeValues(t *testing.T) {
 	})
 }
 
+// randomCuts draws a ragged problem (GQA, a random mask) and cuts its keys
+// into 1..most ranges at random points: cuts[0] = 0 < ... <= cuts[len-1] = Nk.
+func randomCuts(r *testrand.Rand, most int) (problem, []int) {
+	n, nk := 1+r.Intn(200), 1+r.Intn(300)
+	ms := masksFor(n, nk)
+	p := problem{b: 1 + r.Intn(2), hq: 4, hkv: 2, n: n, nk: nk, d: 1 + r.Intn(70), mask: ms[r.Intn(len(ms))]}
+	cuts := []int{0}
+	for c := 1 + r.Intn(most); c > 1; c-- {
+		cuts = append(cuts, r.Intn(nk+1))
+	}
+	cuts = append(cuts, nk)
+	sortInts(cuts)
+	return p, cuts
+}
+
 // TestKernelSplitMerge folds key ranges into separate states and merges them
 // in every order; the result equals the whole.
 func TestKernelSplitMerge(t *testing.T) {
 	forEachImpl(t, func(t *testing.T) {
 		r := testrand.New(7)
 		for trial := 0; trial < 20; trial++ {
-			n, nk := 1+r.Intn(200), 1+r.Intn(300)
-			ms := masksFor(n, nk)
-			p := problem{b: 1 + r.Intn(2), hq: 4, hkv: 2, n: n, nk: nk, d: 1 + r.Intn(70), mask: ms[r.Intn(len(ms))]}
+			p, cuts := randomCuts(r, 5)
+			n, nk := p.n, p.nk
 			prm := p.params()
 			q, k, v := p.inputs(uint64(trial))
-			// Cut the keys into 1..5 ranges at random points.
-			cuts := []int{0}
-			for c := 1 + r.Intn(5); c > 1; c-- {
-				cuts = append(cuts, r.Intn(nk+1))
-			}
-			cuts = append(cuts, nk)
-			sortInts(cuts)
 			var states []*kernels.State
 			for i := 0; i+1 < len(cuts); i++ {
 				a, e := cuts[i], cuts[i+1]
@@ -286,17 +293,10 @@ func TestKernelFoldBlocks(t *testing.T) {
 	forEachImpl(t, func(t *testing.T) {
 		r := testrand.New(11)
 		for trial := 0; trial < 20; trial++ {
-			n, nk := 1+r.Intn(200), 1+r.Intn(300)
-			ms := masksFor(n, nk)
-			p := problem{b: 1 + r.Intn(2), hq: 4, hkv: 2, n: n, nk: nk, d: 1 + r.Intn(70), mask: ms[r.Intn(len(ms))]}
+			p, cuts := randomCuts(r, 6)
+			n, nk := p.n, p.nk
 			prm := p.params()
 			q, k, v := p.inputs(uint64(trial))
-			cuts := []int{0}
-			for c := 1 + r.Intn(6); c > 1; c-- {
-				cuts = append(cuts, r.Intn(nk+1))
-			}
-			cuts = append(cuts, nk)
-			sortInts(cuts)
 			// Odd trials fold views into k and v instead of copies.
 			view := trial%2 == 1
 			var blocks []kernels.KV
