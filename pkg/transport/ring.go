@@ -476,7 +476,7 @@ func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 		return fmt.Errorf("%w: frame kind %d: want KindKV or KindPartial", ErrInvalidName, f.Kind)
 	}
 	if f.Stride != 0 {
-		return fmt.Errorf("%w: frame %+v has views (Stride %d): want contiguous tensors", ErrInvalidName, f.Key, f.Stride)
+		return fmt.Errorf("%w: frame %+v has views (Stride %d): want contiguous tensors", ErrInvalidShape, f.Key, f.Stride)
 	}
 	enc := r.cfg.Encoding
 	eb := enc.ElemBytes()

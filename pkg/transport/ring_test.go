@@ -2,6 +2,8 @@ package transport_test
 
 import (
 	"context"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,6 +112,39 @@ func TestTransportRingBF16(t *testing.T) {
 	}
 	if st := rings[0].Stats(); st.BytesSent != int64(2*len(k)) {
 		t.Fatalf("sent %d bytes, want %d (2 per value)", st.BytesSent, 2*len(k))
+	}
+}
+
+// TestTransportRingSendRefusesBadFrames: frames the ring cannot carry are
+// refused with an error naming what is wrong, and nothing is sent.
+func TestTransportRingSendRefusesBadFrames(t *testing.T) {
+	e := transporttest.RunServer(t)
+	rings, _ := newRings(t, e, 2, nil)
+	ctx := ctxT(t, 30*time.Second)
+	good := kvFrame(1, 0, randVals(1, 64), randVals(2, 64))
+	strided := good
+	strided.Stride = 16 // views into larger tensors: only in-process rings take them
+	badKind := good
+	badKind.Kind = 9
+	tooMany := good
+	tooMany.Tensors = make([][]float32, 65)
+	for _, c := range []struct {
+		name string
+		f    ringattn.Frame
+		is   error
+		want string
+	}{
+		{"strided", strided, transport.ErrInvalidShape, "Stride 16"},
+		{"kind", badKind, transport.ErrInvalidName, "frame kind 9"},
+		{"tensors", tooMany, transport.ErrTooLarge, "65 tensors"},
+	} {
+		err := rings[0].Send(ctx, 1, c.f)
+		if !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s frame: Send = %v, want %v naming %q", c.name, err, c.is, c.want)
+		}
+	}
+	if st := rings[0].Stats(); st.BytesSent != 0 {
+		t.Fatalf("refused frames sent %d bytes", st.BytesSent)
 	}
 }
 
