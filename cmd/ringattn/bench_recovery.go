@@ -198,7 +198,7 @@ func benchRecovery(env *cliEnv, args []string) error {
 	faultsF := fs.String("faults", "all", "comma-separated `faults` to inject (see above), or all")
 	png := fs.String("png", "", "also plot the median times to this `file` (.png, .svg or .pdf)")
 	dir := fs.String("dir", "", "`directory` of the cluster's data and logs, kept (default: a temporary one, removed unless the bench fails)")
-	binDir := fs.String("bin", "", "`directory` holding the coordinator, worker and nats-server binaries (default: build from the source checkout, else look next to this executable and in $PATH)")
+	binDir := binFlag(fs)
 	threads := fs.Int("threads", 0, "kernel goroutines per worker (0: the cores divided among the workers)")
 	t := def
 	fs.DurationVar(&t.heartbeatTimeout, "heartbeat-timeout", def.heartbeatTimeout, "the coordinators declare a worker dead after this `duration` of silence")

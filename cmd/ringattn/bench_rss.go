@@ -38,7 +38,7 @@ func benchRSS(env *cliEnv, args []string) error {
 	window := fs.Int("window", 1024, "causal mask with a sliding window of this many `keys` (0: fully causal). The window only skips compute: every rank still loads all its query blocks and receives every key/value block of the ring, so memory is that of the dense job")
 	block := fs.Int("block", 1024, "tokens per block")
 	png := fs.String("png", "", "also plot the peak RSS per job to this `file` (.png, .svg or .pdf)")
-	binDir := fs.String("bin", "", "`directory` holding the coordinator, worker and nats-server binaries (default: build from the source checkout, else look next to this executable and in $PATH)")
+	binDir := binFlag(fs)
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprint(w, `Usage: ringattn bench rss [flags]

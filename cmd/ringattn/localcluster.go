@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -23,6 +24,12 @@ import (
 // otherwise, inside a source checkout with the go command installed, they
 // are built from it (into DIR/bin with --dir); otherwise they are looked
 // for next to this executable, then in $PATH.
+// binFlag registers --bin, where the commands that start local
+// multi-process clusters find the coordinator, worker and nats-server.
+func binFlag(fs *flag.FlagSet) *string {
+	return fs.String("bin", "", "`directory` holding the coordinator, worker and nats-server binaries (default: build from the source checkout, else look next to this executable and in $PATH)")
+}
+
 func runCluster(env *cliEnv, args []string) error {
 	fs := newFlags(env, "cluster", "[--coordinators 3] [--workers W] [--dir D] [--nats-port P] [--bin DIR]")
 	coords := fs.Int("coordinators", 3, "number of `N` coordinators (Raft members; 1, 3 or 5 make sense)")
@@ -30,7 +37,7 @@ func runCluster(env *cliEnv, args []string) error {
 	dir := fs.String("dir", "", "`directory` of the data (JetStream, Raft), logs and binaries; kept on exit and reused by the next run (default: a temporary one, removed on exit)")
 	natsPort := fs.Int("nats-port", 4222, "NATS client `port` on 127.0.0.1 (0: a free port)")
 	threads := fs.Int("threads", 0, "kernel goroutines per worker (0: the cores divided among the workers)")
-	binDir := fs.String("bin", "", "`directory` holding the coordinator, worker and nats-server binaries (default: build from the source checkout, else look next to this executable and in $PATH)")
+	binDir := binFlag(fs)
 	hbTimeout := fs.Duration("heartbeat-timeout", 0, "a worker silent this `long` is dead (0: the coordinator's default, 3s)")
 	logLevel := fs.String("log-level", "info", "log level of every process: debug, info, warn, error")
 	if err := parse(env, fs, args); err != nil {
