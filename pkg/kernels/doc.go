@@ -2,7 +2,10 @@
 //
 // The unit of work is a State: the online-softmax state (running max, running
 // sum, unnormalised accumulator) of a block of query rows. State.Fold adds a
-// block of keys and values at any global position, State.Merge combines two
+// block of keys and values at any global position; State.FoldBlocks adds
+// several in one pass over the query tiles (bit-identical to one Fold each),
+// on strided views of q, k and v if asked (KV.Stride), and stops between
+// tiles when its context ends. State.Merge combines two
 // states over disjoint key ranges, and State.Finalize produces the output and
 // the log-sum-exp. Attention does the whole problem at once. Masks (causal,
 // sliding window, packed documents, in any combination) are evaluated on

@@ -7,7 +7,8 @@
 //   - Ring strategies (contiguous, zigzag, striped): the rank keeps one
 //     online-softmax kernels.State per owned query block. At ring step s it
 //     folds the key/value blocks it holds (those rank (r-s) mod W started
-//     with) into every owned query block they are visible to, while two
+//     with) into every owned query block they are visible to — one
+//     kernels.State.FoldBlocks call per run of query blocks — while two
 //     goroutines send the same blocks to rank r+1 and receive the blocks of
 //     step s+1 from rank r-1 (double buffering). After W steps each state
 //     has seen every key exactly once; it is finalized and written to the
@@ -30,9 +31,13 @@
 // receive from a rank by Key), Source and Sink — and implements them in
 // memory: MemNet (with fault hooks: drop, delay, duplicate, reorder, kill),
 // MemSource and MemSink (which also implement the optional RunSource and
-// RunSink, serving a run of consecutive blocks in one piece to save a
-// copy). transport.NATSRing implements Ring for the cluster. RunLocal runs every rank of a plan over a MemNet. Layer holds the
-// projections of multi-head self-attention layer jobs.
+// RunSink, serving a run of consecutive blocks in one piece). MemSource is
+// also a ViewSource: it lends views into the whole tensors, which ranks
+// fold in place (kernels.KV.Stride) and, over a FrameSharer ring such as
+// MemNet, forward by reference; other rings are sent contiguous copies.
+// transport.NATSRing implements Ring for the cluster. RunLocal runs every
+// rank of a plan over a MemNet. Layer holds the projections of multi-head
+// self-attention layer jobs.
 //
 // DESIGN.md in this directory makes the exactness argument and describes
 // the schedule.
