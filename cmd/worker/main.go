@@ -29,8 +29,11 @@ import (
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
+// mem is what memtune put in effect, logged at start.
+var mem memtune.Settings
+
 func main() {
-	memtune.Apply()
+	mem = memtune.Apply()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -123,6 +126,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	cfg.Logger = logger
+	if mem.GCPercent != 0 {
+		logger.Info("memory", "gogc", mem.GCPercent, "huge_pages", mem.HugePages)
+	}
 	if cfg.NATS.Name == transport.DefaultName {
 		cfg.NATS.Name = "ringattn-worker"
 	}
