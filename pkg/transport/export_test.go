@@ -12,3 +12,8 @@ func SetMutate(r *NATSRing, f func(*nats.Msg) []*nats.Msg) {
 // F32ToBF16 and BF16ToF32 expose the private conversions to tests.
 func F32ToBF16(f float32) uint16 { return f32ToBF16(f) }
 func BF16ToF32(h uint16) float32 { return bf16ToF32(h) }
+
+// PadHeader and PayloadAlign expose the ring's header padding to tests.
+func PadHeader(h nats.Header) { padHeader(h) }
+
+const PayloadAlign = payloadAlign

@@ -50,6 +50,7 @@ const (
 	hShape  = "Ra-Shape"
 	hEnc    = "Ra-Enc"
 	hCRC    = "Ra-Crc"
+	hPad    = "Ra-Pad"
 	// hRSess is the receiver's ring session on an acknowledgement.
 	hRSess = "Ra-Rsess"
 	// hCtl says what a control notice on Subjects.RingCtl announces.
@@ -554,6 +555,7 @@ func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 		m.Header.Set(hShape, shapeHdr)
 		m.Header.Set(hEnc, enc.String())
 		m.Header.Set(hCRC, strconv.FormatUint(uint64(CRC32C(data)), 16))
+		padHeader(m.Header)
 		if err := r.publish(m); err != nil {
 			if errors.Is(err, nats.ErrConnectionClosed) {
 				return fmt.Errorf("transport: ring send %+v to rank %d: %w", f.Key, to, err)
@@ -1154,6 +1156,29 @@ func (r *NATSRing) assemble(from int, m *nats.Msg) {
 
 // piecePlace is where a piece goes: values [off, off+n) of tensor t.
 type piecePlace struct{ t, off, n int }
+
+// payloadAlign is the alignment padHeader gives a piece's payload within
+// the buffer a receiver's nats.go allocates for the message (header, then
+// payload): a cache line, so an F32 piece is adopted as a tensor in place
+// (bytesF32 needs 4) and the kernels read it from aligned rows.
+const payloadAlign = 64
+
+// padHeader adds a Ra-Pad header sized so that the header's wire length
+// (as nats.go writes it: "NATS/1.0\r\n", "Key: value\r\n" per value, "\r\n")
+// is a multiple of payloadAlign.
+func padHeader(h nats.Header) {
+	size := len("NATS/1.0\r\n") + 2
+	for k, vs := range h {
+		if k == hPad {
+			continue
+		}
+		for _, v := range vs {
+			size += len(k) + len(v) + 4
+		}
+	}
+	size += len(hPad) + 4 + 1 // the pad header with a 1-byte value
+	h.Set(hPad, strings.Repeat("x", 1+(payloadAlign-size%payloadAlign)%payloadAlign))
+}
 
 // verifyPiece checks m's CRC32C and decodes it into its place in a: a
 // piece that is a whole F32 tensor becomes that tensor (nats.go hands each

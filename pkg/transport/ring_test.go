@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/nats-io/nats.go"
 
@@ -169,4 +170,39 @@ func TestTransportRingSlowFrameNotTimedOut(t *testing.T) {
 	must(t, wait())
 	t.Logf("frame of 30 pieces received after %v with a 1 s RecvTimeout", time.Since(start))
 	equalF32(t, "frame", got.Tensors[0], k)
+}
+
+// TestTransportRingPayloadAligned: a padded header puts the payload of a
+// large message on a cache line of the buffer nats.go receives it in, so
+// the ring adopts F32 pieces in place; headers of every length are padded
+// right.
+func TestTransportRingPayloadAligned(t *testing.T) {
+	e := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, e)
+	sub, err := nc.SubscribeSync("align")
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload := make([]byte, 1<<20)
+	for n := range 70 {
+		m := nats.NewMsg("align")
+		m.Header.Set("Ra-Job", strings.Repeat("j", 1+n))
+		m.Header.Set("Ra-Crc", "1234abcd")
+		transport.PadHeader(m.Header)
+		m.Data = payload
+		if err := nc.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+		got, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got.Data) != len(payload) || got.Header.Get("Ra-Job") != m.Header.Get("Ra-Job") {
+			t.Fatalf("job %d bytes: received %d bytes, job header %q", 1+n, len(got.Data), got.Header.Get("Ra-Job"))
+		}
+		if off := uintptr(unsafe.Pointer(&got.Data[0])) % transport.PayloadAlign; off != 0 {
+			t.Fatalf("job header of %d bytes: payload at %d bytes past a %d-byte boundary, expected aligned",
+				1+n, off, transport.PayloadAlign)
+		}
+	}
 }
