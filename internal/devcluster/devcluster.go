@@ -35,8 +35,8 @@ type Config struct {
 	// HTTPAddr is the coordinator's ops address (default 127.0.0.1:0; "off"
 	// disables it).
 	HTTPAddr string
-	// WorkerThreads bounds each worker's kernel goroutines (0: all cores
-	// divided among the workers).
+	// WorkerThreads bounds each worker's kernel goroutines (0: all the
+	// process's cores, shared by the workers).
 	WorkerThreads int
 	// Logger receives every component's logs (nil discards them).
 	Logger *slog.Logger
@@ -140,8 +140,12 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	threads := cfg.WorkerThreads
 	if threads == 0 {
-		// The workers share this process's cores.
-		threads = max(1, runtime.GOMAXPROCS(0)/cfg.Workers)
+		// Every worker may use all of this process's cores and the Go
+		// scheduler shares them: a rank waiting on the ring leaves its
+		// cores to the others. Against cores divided among the workers,
+		// a 4-worker N=32768 causal job took 9.5–9.8 s instead of
+		// 10.3–10.6 s (docs/BENCHMARKS.md).
+		threads = runtime.GOMAXPROCS(0)
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
