@@ -13,6 +13,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/worker"
 	"github.com/ringattn/ringattn/testenv"
 )
 
@@ -37,6 +38,7 @@ func runCluster(env *cliEnv, args []string) error {
 	dir := fs.String("dir", "", "`directory` of the data (JetStream, Raft), logs and binaries; kept on exit and reused by the next run (default: a temporary one, removed on exit)")
 	natsPort := fs.Int("nats-port", 4222, "NATS client `port` on 127.0.0.1 (0: a free port)")
 	threads := fs.Int("threads", 0, "kernel goroutines per worker (0: the cores divided among the workers)")
+	gflops := fs.Float64("gflops", 0, "kernel `speed` in GFLOP/s every worker reports; plans weight ranks by it (0: measured once here, as the workers share this machine's cores — measured by each at once it is noise)")
 	binDir := binFlag(fs)
 	hbTimeout := fs.Duration("heartbeat-timeout", 0, "a worker silent this `long` is dead (0: the coordinator's default, 3s)")
 	logLevel := fs.String("log-level", "info", "log level of every process: debug, info, warn, error")
@@ -52,6 +54,8 @@ func runCluster(env *cliEnv, args []string) error {
 		return usagef("--nats-port = %d, expected 0..65535", *natsPort)
 	case *threads < 0:
 		return usagef("--threads = %d, expected >= 0", *threads)
+	case *gflops < 0 || *gflops != *gflops:
+		return usagef("--gflops = %v, expected >= 0", *gflops)
 	case *hbTimeout < 0:
 		return usagef("--heartbeat-timeout = %v, expected >= 0", *hbTimeout)
 	}
@@ -62,6 +66,13 @@ func runCluster(env *cliEnv, args []string) error {
 	}
 	if *threads == 0 {
 		*threads = max(1, runtime.NumCPU() / *workers)
+	}
+	if *gflops == 0 {
+		gf, err := worker.MeasureGFLOPS(context.Background(), 150*time.Millisecond, *threads)
+		if err != nil {
+			return fmt.Errorf("measuring the kernel: %w", err)
+		}
+		*gflops = gf
 	}
 
 	// The first Ctrl-C (or SIGTERM) stops the cluster in order; a second
@@ -99,7 +110,7 @@ func runCluster(env *cliEnv, args []string) error {
 	}
 	start := time.Now()
 	c, err := testenv.Start(ctx, testenv.Config{Bin: bins, Dir: *dir, Coordinators: *coords, Workers: *workers,
-		NATSPort: *natsPort, WorkerThreads: *threads, HeartbeatTimeout: *hbTimeout, LogLevel: *logLevel})
+		NATSPort: *natsPort, WorkerThreads: *threads, WorkerGFLOPS: *gflops, HeartbeatTimeout: *hbTimeout, LogLevel: *logLevel})
 	if err != nil {
 		return fmt.Errorf("starting the cluster: %w", err)
 	}

@@ -119,6 +119,7 @@ func TestCLIBadInput(t *testing.T) {
 		{"strategy", []string{"attend", "-q", q, "-k", k, "-v", v, "-o", o, "--strategy", "diagonal"}, "--strategy"},
 		{"unknown flag", []string{"attend", "--frobnicate"}, "frobnicate"},
 		{"unknown command", []string{"attnd"}, "unknown command"},
+		{"cluster gflops", []string{"cluster", "--gflops", "-1"}, "--gflops = -1"},
 		{"mha heads", []string{"mha", "-x", fixture("mha_x.npy"), "--wq", fixture("mha_wq.npy"), "--wk", fixture("mha_wk.npy"),
 			"--wv", fixture("mha_wv.npy"), "--wo", fixture("mha_wo.npy"), "--heads", "5", "-o", o}, "not divisible by --heads 5"},
 		{"mha weight", []string{"mha", "-x", fixture("mha_x.npy"), "--wq", fixture("mha_wq.npy"), "--wk", fixture("mha_wk.npy"),
