@@ -31,9 +31,9 @@ const (
 	madvHugePage = 14 // MADV_HUGEPAGE
 )
 
-// WatchInterval is how often the heap's size is checked for growth to
+// watchInterval is how often the heap's size is checked for growth to
 // advise after EnableHugePages.
-var WatchInterval = 10 * time.Millisecond
+const watchInterval = 10 * time.Millisecond
 
 var (
 	hugeOnce   sync.Once
@@ -49,7 +49,7 @@ var (
 //     allocating and freeing one untouched buffer: address space and no
 //     resident memory, which later allocations reuse lowest address first;
 //   - advises that region MADV_HUGEPAGE before any of it is touched;
-//   - watches the heap's mapped size every WatchInterval and advises any
+//   - watches the heap's mapped size every watchInterval (10 ms) and advises any
 //     growth past it (the runtime maps new heap memory afresh, without
 //     the advice).
 //
@@ -92,7 +92,7 @@ func enableHugePages() string {
 func watch() {
 	s := []metrics.Sample{{Name: "/memory/classes/total:bytes"}}
 	var last uint64
-	t := time.NewTicker(WatchInterval)
+	t := time.NewTicker(watchInterval)
 	for range t.C {
 		metrics.Read(s)
 		if v := s[0].Value.Uint64(); v != last {
