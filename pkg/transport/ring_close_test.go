@@ -36,7 +36,7 @@ func TestTransportRingPeerClosedAbandonsAtOnce(t *testing.T) {
 	}
 	rings, conns := newRings(t, e, 2, tweak)
 	ctx := ctxT(t, 60*time.Second)
-	f := func(step int) ringattn.Frame { return kvFrame(step, 0, randVals(uint64(step), 64<<10), nil) } // 4 pieces
+	f := stepFrame // 4 pieces
 
 	// Record the notices to rank 1, to replay rank 0's close later.
 	var mu sync.Mutex
@@ -149,7 +149,7 @@ func TestTransportRingAbandonedFrameFailsAtOnce(t *testing.T) {
 		c.RecvTimeout = recvTimeout
 	})
 	ctx := ctxT(t, 60*time.Second)
-	f := func(step int) ringattn.Frame { return kvFrame(step, 0, randVals(uint64(step), 64<<10), nil) } // 4 pieces
+	f := stepFrame // 4 pieces
 	var mu sync.Mutex
 	var sent []*nats.Msg
 	transport.SetMutate(rings[0], func(m *nats.Msg) []*nats.Msg {
@@ -288,7 +288,7 @@ func TestTransportRingSenderClosedRecvAtOnce(t *testing.T) {
 		c.RecvTimeout = recvTimeout
 	})
 	ctx := ctxT(t, 60*time.Second)
-	f := func(step int) ringattn.Frame { return kvFrame(step, 0, randVals(uint64(step), 64<<10), nil) } // 4 pieces
+	f := stepFrame // 4 pieces
 	// Rank 0's pieces of frame 0 are held back: published only after rank 1
 	// has handled rank 0's close notice.
 	var mu sync.Mutex

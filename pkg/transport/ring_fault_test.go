@@ -240,7 +240,7 @@ func TestTransportRingSendStallAbandons(t *testing.T) {
 		c.ProbeInterval = 50 * time.Millisecond
 	})
 	ctx := ctxT(t, 30*time.Second)
-	f := func(step int) ringattn.Frame { return kvFrame(step, 0, randVals(uint64(step), 64<<10), nil) } // 4 pieces
+	f := stepFrame // 4 pieces
 	// Frame 0 fills the receiver's buffer; frame 1's acks are withheld, so
 	// it is abandoned after SendTimeout.
 	must(t, rings[0].Send(ctx, 1, f(0)))

@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/transporttest"
 )
@@ -27,7 +26,7 @@ func TestTransportRingStallIsSticky(t *testing.T) {
 	}
 	rings, conns := newRings(t, e, 2, tweak)
 	ctx := ctxT(t, 60*time.Second)
-	f := func(step int) ringattn.Frame { return kvFrame(step, 0, randVals(uint64(step), 64<<10), nil) } // 4 pieces
+	f := stepFrame // 4 pieces
 	must(t, rings[0].Send(ctx, 1, f(0)))
 	got, err := rings[1].Recv(ctx, 0, f(0).Key)
 	must(t, err)

@@ -48,6 +48,11 @@ func kvFrame(step, block int, k, v []float32) ringattn.Frame {
 	return ringattn.Frame{Key: ringattn.Key{Kind: ringattn.KindKV, Step: step, Block: block}, Tensors: [][]float32{k, v}}
 }
 
+// stepFrame is step's frame of 64 Ki random keys: 4 pieces of 64 KiB.
+func stepFrame(step int) ringattn.Frame {
+	return kvFrame(step, 0, randVals(uint64(step), 64<<10), nil)
+}
+
 func TestTransportRingRoundTripSizes(t *testing.T) {
 	e := transporttest.RunServer(t)
 	for _, piece := range []string{"default", "max"} {
