@@ -17,7 +17,7 @@
 //     ask for huge pages, so every heap page is faulted in 4 KiB at a time.
 //     EnableHugePages maps a large heap region up front and advises it (and
 //     any later growth) MADV_HUGEPAGE, so buffers are faulted in 2 MiB at a
-//     time: the same job went from 1.0 M page faults to about 7 thousand.
+//     time: the same job went from 1.0 M page faults to 7–11 thousand.
 //
 // Apply does both unless the environment says otherwise (GOGC set, or
 // RINGATTN_HUGEPAGES=off).
