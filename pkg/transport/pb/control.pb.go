@@ -156,10 +156,17 @@ func (JobEventType) EnumDescriptor() ([]byte, []int) {
 
 // ShardRef names one rank of one job epoch.
 type ShardRef struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Rank          int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	JobId string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Epoch uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Rank  int32                  `protobuf:"varint,3,opt,name=rank,proto3" json:"rank,omitempty"`
+	// steps_done counts the units of work the rank has finished so far (ring
+	// steps folded, blocks written): it only grows while the rank makes
+	// progress. Heartbeats carry it so the leader can re-plan a rank that
+	// stopped progressing while its worker still heartbeats.
+	StepsDone int64 `protobuf:"varint,4,opt,name=steps_done,json=stepsDone,proto3" json:"steps_done,omitempty"`
+	// steps_total is how many such units the rank has in all (0 = unknown).
+	StepsTotal    int64 `protobuf:"varint,5,opt,name=steps_total,json=stepsTotal,proto3" json:"steps_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -211,6 +218,20 @@ func (x *ShardRef) GetEpoch() uint64 {
 func (x *ShardRef) GetRank() int32 {
 	if x != nil {
 		return x.Rank
+	}
+	return 0
+}
+
+func (x *ShardRef) GetStepsDone() int64 {
+	if x != nil {
+		return x.StepsDone
+	}
+	return 0
+}
+
+func (x *ShardRef) GetStepsTotal() int64 {
+	if x != nil {
+		return x.StepsTotal
 	}
 	return 0
 }
@@ -1392,11 +1413,15 @@ var File_pkg_transport_pb_control_proto protoreflect.FileDescriptor
 
 const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	"\n" +
-	"\x1epkg/transport/pb/control.proto\x12\vringattn.v1\x1a\x1apkg/transport/pb/api.proto\"K\n" +
+	"\x1epkg/transport/pb/control.proto\x12\vringattn.v1\x1a\x1apkg/transport/pb/api.proto\"\x8b\x01\n" +
 	"\bShardRef\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
-	"\x04rank\x18\x03 \x01(\x05R\x04rank\"\x80\x02\n" +
+	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x1d\n" +
+	"\n" +
+	"steps_done\x18\x04 \x01(\x03R\tstepsDone\x12\x1f\n" +
+	"\vsteps_total\x18\x05 \x01(\x03R\n" +
+	"stepsTotal\"\x80\x02\n" +
 	"\tHeartbeat\x12\x1b\n" +
 	"\tworker_id\x18\x01 \x01(\tR\bworkerId\x12\x14\n" +
 	"\x05slots\x18\x02 \x01(\x05R\x05slots\x12\x16\n" +
