@@ -23,7 +23,7 @@ func runDemo(env *cliEnv, args []string) error {
 	heads := fs.Int("heads", 8, "query heads `H`")
 	kvHeads := fs.Int("kv-heads", 0, "key/value heads (GQA; default: --heads)")
 	dim := fs.Int("dim", 64, "head dimension `D`")
-	causal := fs.Bool("causal", true, "causal mask")
+	causal := fs.Bool("causal", false, "causal mask (bottom-right aligned)")
 	workers := fs.Int("workers", 3, "`W` workers in the embedded cluster")
 	block := fs.Int("block", 1024, "block length in `tokens`")
 	seed := fs.Uint64("seed", 1, "random `seed`")
@@ -123,8 +123,15 @@ func runDemo(env *cliEnv, args []string) error {
 	fmt.Fprintf(env.stdout, "  upload     %8.3f s   fetch %.3f s\n", uploaded.Sub(t1).Seconds(), fetched.Sub(ran).Seconds())
 	fmt.Fprintf(env.stdout, "  cluster    %8.3f s  %7.1f GFLOP/s  max|o-ref| %.2e\n", job.Seconds(), flops/job.Seconds()/1e9, errCluster)
 	fmt.Fprintf(env.stdout, "  local      %8.3f s  %7.1f GFLOP/s  max|o-ref| %.2e  (same cores, one process)\n", localTime.Seconds(), flops/localTime.Seconds()/1e9, errLocal)
-	fmt.Fprintf(env.stdout, "  checked    %d rows × %d heads against the float64 reference (bound %.0e); cluster == local bit for bit: %v\n",
-		len(rows), p.Hq, demoTolerance, same)
+	// The cluster sums a row's key blocks in its plan's order, the local
+	// kernel in its own, so the two agree to rounding, not always to the bit;
+	// both are checked against float64.
+	agree := "to rounding (the plan folds key blocks in another order than the local kernel)"
+	if same {
+		agree = "bit for bit"
+	}
+	fmt.Fprintf(env.stdout, "  checked    %d rows × %d heads against the float64 reference (bound %.0e); cluster and local agree %s\n",
+		len(rows), p.Hq, demoTolerance, agree)
 	if !(errCluster <= demoTolerance) || !(errLocal <= demoTolerance) {
 		return fmt.Errorf("result is not exact: max error cluster %.3g, local %.3g, bound %.0e", errCluster, errLocal, demoTolerance)
 	}
