@@ -1,6 +1,6 @@
 # ringattn — make targets people expect.
 GO ?= go
-.PHONY: all build check test test-noasm bench system generate fmt
+.PHONY: all build check test test-noasm bench system fuzz generate fmt
 
 all: check test
 
@@ -31,6 +31,10 @@ bench:
 ## system: the multi-process system and fault tests
 system:
 	$(GO) test -timeout 15m -run 'TestSystem' ./testenv/...
+
+## fuzz: every fuzz target for FUZZTIME (default 10s) beyond its committed corpus
+fuzz:
+	scripts/fuzz.sh $(or $(FUZZTIME),10s)
 
 ## generate: regenerate protobuf and avo assembly
 generate:
