@@ -3,11 +3,12 @@ package transport
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
+	"math"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -93,7 +94,9 @@ type StoreStats struct {
 // the CRC32C of its bytes, its encoding and element count as metadata;
 // reads verify them. Safe for concurrent use.
 type Store struct {
+	js     jetstream.JetStream
 	obs    jetstream.ObjectStore
+	idx    jetstream.KeyValue // the namespace index (see indexBucket)
 	cfg    StoreConfig
 	logger *slog.Logger
 
@@ -143,12 +146,13 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 	if err != nil {
 		return nil, fmt.Errorf("transport: jetstream: %w", err)
 	}
+	storage := jetstream.FileStorage
+	if cfg.Memory {
+		storage = jetstream.MemoryStorage
+	}
 	obs, err := js.ObjectStore(ctx, cfg.Bucket)
+	created := false
 	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		storage := jetstream.FileStorage
-		if cfg.Memory {
-			storage = jetstream.MemoryStorage
-		}
 		obs, err = js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{
 			Bucket:      cfg.Bucket,
 			Description: "ringattn tensor blocks",
@@ -157,6 +161,7 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 			Storage:     storage,
 			Replicas:    cfg.Replicas,
 		})
+		created = err == nil
 		if errors.Is(err, jetstream.ErrBucketExists) {
 			obs, err = js.ObjectStore(ctx, cfg.Bucket) // lost a creation race
 		}
@@ -164,7 +169,41 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 	if err != nil {
 		return nil, fmt.Errorf("transport: object store bucket %q: %w", cfg.Bucket, err)
 	}
-	return &Store{obs: obs, cfg: cfg, logger: logger}, nil
+	s := &Store{js: js, obs: obs, cfg: cfg, logger: logger}
+	if !created {
+		s.checkSettings(ctx)
+	}
+	if err := s.openIndex(ctx, storage); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// checkSettings logs, once per OpenStore, how an existing bucket's
+// replicas, TTL and size limit differ from cfg: they are applied only when
+// the bucket is created (change them with the nats CLI).
+func (s *Store) checkSettings(ctx context.Context) {
+	st, err := s.obs.Status(ctx)
+	if err != nil {
+		s.logger.Warn("tensor store bucket status unavailable", "bucket", s.cfg.Bucket, "err", err)
+		return
+	}
+	var diffs []any
+	if st.Replicas() != s.cfg.Replicas {
+		diffs = append(diffs, "replicas", st.Replicas(), "configured_replicas", s.cfg.Replicas)
+	}
+	if st.TTL() != s.cfg.TTL {
+		diffs = append(diffs, "ttl", st.TTL(), "configured_ttl", s.cfg.TTL)
+	}
+	if bs, ok := st.(*jetstream.ObjectBucketStatus); ok && bs.StreamInfo() != nil {
+		if mb := bs.StreamInfo().Config.MaxBytes; mb != orUnlimited(s.cfg.MaxBytes) {
+			diffs = append(diffs, "max_bytes", mb, "configured_max_bytes", orUnlimited(s.cfg.MaxBytes))
+		}
+	}
+	if len(diffs) > 0 {
+		s.logger.Warn("tensor store bucket exists with other settings than configured; keeping the bucket's (they apply only when it is created)",
+			append([]any{"bucket", s.cfg.Bucket}, diffs...)...)
+	}
 }
 
 func orUnlimited(n int64) int64 {
@@ -241,7 +280,18 @@ func (s *Store) PutBlock(ctx context.Context, job, tensor string, block int, dat
 		},
 		Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(s.cfg.ChunkBytes)},
 	}
+	// The index key first: no block exists without one (DeleteNamespace
+	// finds blocks by their keys).
 	err := s.retry(ctx, "put", ref, func() error {
+		actx, cancel := context.WithTimeout(ctx, s.cfg.AttemptTimeout)
+		defer cancel()
+		_, err := s.idx.Put(actx, indexKey(job, tensor, block), strconv.AppendInt(nil, int64(len(b)), 10))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("transport: put %s: index: %w", ref, err)
+	}
+	err = s.retry(ctx, "put", ref, func() error {
 		actx, cancel := context.WithTimeout(ctx, s.attemptTimeout(int64(len(b))))
 		defer cancel()
 		_, err := s.obs.Put(actx, meta, bytes.NewReader(b))
@@ -341,121 +391,159 @@ func (s *Store) getBlock(ctx context.Context, job, tensor string, block int) ([]
 	if err != nil {
 		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
 	}
-	if int64(info.Size) > s.cfg.MaxBlockBytes {
+	if info.Size > uint64(s.cfg.MaxBlockBytes) {
 		return nil, fmt.Errorf("%w: %s is %d bytes: want <= %d (StoreConfig.MaxBlockBytes)",
 			ErrTooLarge, ref, info.Size, s.cfg.MaxBlockBytes)
 	}
-	// The object store's reader waits for chunks until its context's
-	// deadline: bound each attempt so a stalled transfer is retried.
-	actx, cancel := context.WithTimeout(ctx, s.attemptTimeout(int64(info.Size)))
-	defer cancel()
-	res, err := s.obs.Get(actx, name)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return nil, fmt.Errorf("%w: %s in bucket %q", ErrBlockNotFound, ref, s.cfg.Bucket)
-	}
+	m, err := parseBlockMeta(info.Size, info.Metadata)
 	if err != nil {
-		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
-	}
-	defer res.Close()
-	if info, err = res.Info(); err != nil {
-		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
-	}
-	enc, err := ParseEncoding(info.Metadata[metaEncoding])
-	if err != nil {
-		return nil, corrupt("metadata %s = %q", metaEncoding, info.Metadata[metaEncoding])
-	}
-	elems, err := strconv.Atoi(info.Metadata[metaElems])
-	if err != nil || elems < 0 || uint64(elems)*uint64(enc.ElemBytes()) != info.Size {
-		return nil, corrupt("size %d bytes does not match %s = %q of %v", info.Size, metaElems, info.Metadata[metaElems], enc)
-	}
-	want, err := strconv.ParseUint(info.Metadata[metaCRC], 16, 32)
-	if err != nil {
-		return nil, corrupt("metadata %s = %q: want 8 hex digits", metaCRC, info.Metadata[metaCRC])
+		return nil, corrupt("%v", err)
 	}
 	// F32 on a little-endian machine is read straight into the result;
 	// otherwise into bytes, then decoded.
-	out := make([]float32, elems)
+	out := make([]float32, m.elems)
 	var b []byte
-	if enc == F32 && littleEndian {
+	if m.enc == F32 && littleEndian {
 		b = f32Bytes(out)
 	} else {
 		b = make([]byte, info.Size)
 	}
-	if err := readObject(res, b); err != nil {
+	// Bound the transfer so a stalled one is retried.
+	actx, cancel := context.WithTimeout(ctx, s.attemptTimeout(int64(info.Size)))
+	defer cancel()
+	if err := s.readObject(actx, info, b); err != nil {
 		if errors.Is(err, jetstream.ErrDigestMismatch) {
 			return nil, corrupt("object SHA-256 digest mismatch")
 		}
 		if errors.Is(err, errObjectSize) {
 			return nil, corrupt("%v (info says %d bytes)", err, info.Size)
 		}
-		// The reader's pipe deadline is the attempt's: its timeout can
-		// come before actx reports done (nats.go v1.55 then returns the
-		// pipe's "i/o timeout" as is).
-		if (actx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded)) && ctx.Err() == nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrStreamNotFound) {
+			return nil, fmt.Errorf("transport: get %s: %w", ref, err)
+		}
+		if actx.Err() != nil && ctx.Err() == nil {
 			err = fmt.Errorf("%w (%w)", nats.ErrTimeout, err) // the attempt stalled: retry
 		}
 		return nil, fmt.Errorf("transport: get %s: %w", ref, err)
 	}
-	if got := CRC32C(b); got != uint32(want) {
-		return nil, corrupt("CRC32C %08x, metadata says %08x", got, want)
+	if got := CRC32C(b); got != m.crc {
+		return nil, corrupt("CRC32C %08x, metadata says %08x", got, m.crc)
 	}
-	if !(enc == F32 && littleEndian) {
-		decodeTo(out, b, enc)
+	if !(m.enc == F32 && littleEndian) {
+		decodeTo(out, b, m.enc)
 	}
 	s.getBlocks.Add(1)
 	s.getBytes.Add(int64(len(b)))
 	return out, nil
 }
 
+// blockMeta is what a block's object metadata says about its bytes.
+type blockMeta struct {
+	enc   Encoding
+	elems int
+	crc   uint32
+}
+
+// parseBlockMeta checks the metadata PutBlock wrote against the object's
+// size (both read from the network): the encoding, an element count that
+// is exactly size/ElemBytes, and an 8-hex-digit CRC32C.
+func parseBlockMeta(size uint64, md map[string]string) (blockMeta, error) {
+	var m blockMeta
+	encS, ok := md[metaEncoding]
+	enc, err := ParseEncoding(encS)
+	if !ok || err != nil {
+		return m, fmt.Errorf("metadata %s = %q: want f32 or bf16", metaEncoding, encS)
+	}
+	eb := uint64(enc.ElemBytes())
+	elems, err := strconv.ParseUint(md[metaElems], 10, 63)
+	if err != nil || size%eb != 0 || elems != size/eb || elems > math.MaxInt {
+		return m, fmt.Errorf("size %d bytes does not match %s = %q of %v", size, metaElems, md[metaElems], enc)
+	}
+	crcS := md[metaCRC]
+	crc, err := strconv.ParseUint(crcS, 16, 32)
+	if err != nil || len(crcS) != 8 {
+		return m, fmt.Errorf("metadata %s = %q: want 8 hex digits", metaCRC, crcS)
+	}
+	return blockMeta{enc: enc, elems: int(elems), crc: uint32(crc)}, nil
+}
+
 var errObjectSize = errors.New("object size differs")
 
-// readObject fills b from r and checks r ends there: the object store
-// verifies the object's digest when its reader reaches the end.
-func readObject(r io.Reader, b []byte) error {
-	if _, err := io.ReadFull(r, b); err != nil {
-		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return fmt.Errorf("%w: ended before %d bytes", errObjectSize, len(b))
+// readObject fills b with the chunks of object info, checks there are no
+// more and verifies the object's SHA-256 digest. It reads the chunks from
+// the bucket's stream itself (an ordered consumer on the object's chunk
+// subject, as the object store does) because the object store's reader
+// ignores its context while it waits for a chunk: a canceled read would
+// hang up to its deadline. Here ctx ends the read at once, and the
+// consumer is stopped before returning.
+func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []byte) error {
+	if info.Size == 0 {
+		if info.Chunks != 0 {
+			return fmt.Errorf("%w: %d chunks of an empty object", errObjectSize, info.Chunks)
 		}
+		return nil
+	}
+	if info.NUID == "" || !strings.HasPrefix(info.Digest, digestPrefix) {
+		return jetstream.ErrBadObjectMeta
+	}
+	cons, err := s.js.OrderedConsumer(ctx, "OBJ_"+s.cfg.Bucket, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{"$O." + s.cfg.Bucket + ".C." + info.NUID},
+	})
+	if err != nil {
 		return err
 	}
-	var one [1]byte
+	it, err := cons.Messages(jetstream.PullMaxBytes(readAheadBytes(s.cfg.ChunkBytes)))
+	if err != nil {
+		return err
+	}
+	defer it.Stop()
+	sum := sha256.New()
+	off := 0
 	for {
-		n, err := r.Read(one[:])
-		if n > 0 {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w (%w)", ctx.Err(), err)
+			}
+			return err
+		}
+		data := msg.Data()
+		if len(data) > len(b)-off {
 			return fmt.Errorf("%w: more than %d bytes", errObjectSize, len(b))
 		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
+		off += copy(b[off:], data)
+		sum.Write(data)
+		md, err := msg.Metadata()
 		if err != nil {
 			return err
 		}
+		if md.NumPending == 0 {
+			break
+		}
 	}
+	if off != len(b) {
+		return fmt.Errorf("%w: ended before %d bytes", errObjectSize, len(b))
+	}
+	if base64.URLEncoding.EncodeToString(sum.Sum(nil)) != info.Digest[len(digestPrefix):] {
+		return jetstream.ErrDigestMismatch
+	}
+	return nil
 }
 
-// DeleteJob deletes every object of job and returns how many.
+// digestPrefix starts an object's digest in the object store's metadata.
+const digestPrefix = "SHA-256="
+
+// readAheadBytes is how many chunk bytes a read asks the server for ahead
+// of consuming them: a few chunks, so the transfer streams.
+func readAheadBytes(chunk int) int { return max(4*chunk, 16<<20) }
+
+// DeleteJob deletes every object of job and returns how many (see
+// DeleteNamespace).
 func (s *Store) DeleteJob(ctx context.Context, job string) (int, error) {
 	if err := ValidateJobID(job); err != nil {
 		return 0, err
 	}
-	infos, err := s.obs.List(ctx)
-	if errors.Is(err, jetstream.ErrNoObjectsFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, fmt.Errorf("transport: list bucket %q: %w", s.cfg.Bucket, err)
-	}
-	n := 0
-	for _, info := range infos {
-		if !strings.HasPrefix(info.Name, job+"/") {
-			continue
-		}
-		if err := s.obs.Delete(ctx, info.Name); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			return n, fmt.Errorf("transport: delete %q of job %q: %w", info.Name, job, err)
-		}
-		n++
-	}
-	return n, nil
+	return s.DeleteNamespace(ctx, job)
 }
 
 // Layout of a [B, H, N, D] tensor cut into blocks of blockLen rows along N.
