@@ -105,6 +105,23 @@ type Config struct {
 	MaxEpochs int
 	// ApplyTimeout bounds one Raft apply.
 	ApplyTimeout time.Duration
+	// PlanTimeout bounds the planning of one epoch; a job whose plan takes
+	// longer fails saying so.
+	PlanTimeout time.Duration
+	// ProgressTimeout is the least time a rank may go without its steps_done
+	// growing (in its worker's heartbeats) before it is treated as lost and
+	// re-planned; the leader waits longer for ranks whose plan predicts slow
+	// steps (progressStepFactor times the expected step time).
+	ProgressTimeout time.Duration
+	// SweepGrace: an upload namespace that no job references and that has
+	// not been written for this long is deleted by the leader's sweeper.
+	SweepGrace time.Duration
+	// SweepInterval is how often the leader's sweeper lists the store.
+	SweepInterval time.Duration
+	// MaxVerifyTries bounds how many times the output blocks of a job are
+	// re-planned because the store does not hold what workers reported;
+	// then the job fails naming the block.
+	MaxVerifyTries int
 
 	// Raft timing (hashicorp/raft defaults: 1 s, 1 s, 500 ms, 50 ms).
 	RaftHeartbeatTimeout   time.Duration
@@ -137,6 +154,11 @@ func DefaultConfig() Config {
 		TombstoneTTL:           7 * 24 * time.Hour,
 		MaxEpochs:              16,
 		ApplyTimeout:           5 * time.Second,
+		PlanTimeout:            10 * time.Second,
+		ProgressTimeout:        30 * time.Second,
+		SweepGrace:             time.Hour,
+		SweepInterval:          5 * time.Minute,
+		MaxVerifyTries:         3,
 		RaftHeartbeatTimeout:   time.Second,
 		RaftElectionTimeout:    time.Second,
 		RaftLeaderLeaseTimeout: 500 * time.Millisecond,
@@ -200,6 +222,8 @@ func (c Config) Validate() error {
 		{"HeartbeatTimeout", c.HeartbeatTimeout}, {"AssignTimeout", c.AssignTimeout},
 		{"SchedulerInterval", c.SchedulerInterval}, {"JobTTL", c.JobTTL}, {"TombstoneTTL", c.TombstoneTTL},
 		{"ApplyTimeout", c.ApplyTimeout}, {"RaftHeartbeatTimeout", c.RaftHeartbeatTimeout},
+		{"PlanTimeout", c.PlanTimeout}, {"ProgressTimeout", c.ProgressTimeout},
+		{"SweepGrace", c.SweepGrace}, {"SweepInterval", c.SweepInterval},
 		{"RaftElectionTimeout", c.RaftElectionTimeout}, {"RaftLeaderLeaseTimeout", c.RaftLeaderLeaseTimeout},
 		{"RaftCommitTimeout", c.RaftCommitTimeout}, {"SnapshotInterval", c.SnapshotInterval},
 	} {
@@ -212,6 +236,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEpochs < 1 {
 		return bad("MaxEpochs", "%d: want >= 1", c.MaxEpochs)
+	}
+	if c.MaxVerifyTries < 1 {
+		return bad("MaxVerifyTries", "%d: want >= 1", c.MaxVerifyTries)
 	}
 	if c.SnapshotThreshold < 1 || c.SnapshotRetain < 1 {
 		return bad("SnapshotThreshold", "threshold %d, retain %d: want >= 1", c.SnapshotThreshold, c.SnapshotRetain)
