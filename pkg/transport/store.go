@@ -486,8 +486,12 @@ func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []
 	if info.NUID == "" || !strings.HasPrefix(info.Digest, digestPrefix) {
 		return jetstream.ErrBadObjectMeta
 	}
-	cons, err := s.js.OrderedConsumer(ctx, "OBJ_"+s.cfg.Bucket, jetstream.OrderedConsumerConfig{
+	stream := "OBJ_" + s.cfg.Bucket
+	cons, err := s.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{"$O." + s.cfg.Bucket + ".C." + info.NUID},
+		// The server drops a consumer whose delete below was lost after
+		// this long without pulls.
+		InactiveThreshold: readConsumerIdle,
 	})
 	if err != nil {
 		return err
@@ -496,7 +500,18 @@ func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []
 	if err != nil {
 		return err
 	}
-	defer it.Stop()
+	defer func() {
+		it.Stop()
+		// Stopping leaves the consumer on the server: delete it, even
+		// when ctx ended (bounded, so a cancel still returns promptly).
+		if ci := cons.CachedInfo(); ci != nil {
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readConsumerDelete)
+			if err := s.js.DeleteConsumer(dctx, stream, ci.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+				s.logger.Debug("tensor store read consumer not deleted; the server drops it when idle", "consumer", ci.Name, "err", err)
+			}
+			cancel()
+		}
+	}()
 	sum := sha256.New()
 	off := 0
 	for {
@@ -532,6 +547,13 @@ func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []
 
 // digestPrefix starts an object's digest in the object store's metadata.
 const digestPrefix = "SHA-256="
+
+// A block read's consumer is deleted within readConsumerDelete when the
+// read ends; failing that, the server drops it after readConsumerIdle.
+const (
+	readConsumerDelete = 500 * time.Millisecond
+	readConsumerIdle   = 30 * time.Second
+)
 
 // readAheadBytes is how many chunk bytes a read asks the server for ahead
 // of consuming them: a few chunks, so the transfer streams.

@@ -1,0 +1,71 @@
+package transport_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/transporttest"
+)
+
+// TestTransportStoreGetCanceledPromptly: canceling a read of a 64 MiB
+// block returns within the 1 s rule (bounded at 2 s here for a loaded
+// machine), at several points of the transfer, and leaves no goroutine
+// behind. The object store's own reader ignored the cancellation until its
+// deadline: 5 s + 1 s per 4 MiB = 21 s.
+func TestTransportStoreGetCanceledPromptly(t *testing.T) {
+	e := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, e)
+	s := transporttest.Store(t, nc, transport.StoreConfig{})
+	ctx := ctxT(t, 120*time.Second)
+	data := randVals(64, 64<<20/4)
+	must(t, s.PutBlock(ctx, "job-c", "k", 0, data, transport.F32))
+	start := time.Now()
+	got, err := s.GetBlock(ctx, "job-c", "k", 0)
+	must(t, err)
+	full := time.Since(start)
+	equalF32(t, "block", got, data)
+	t.Logf("uncanceled read of 64 MiB: %v", full)
+
+	ignore := goleak.IgnoreCurrent()
+	var worst time.Duration
+	canceledReads := 0
+	for _, frac := range []float64{0.1, 0.3, 0.5, 0.8} {
+		cctx, cancel := context.WithCancel(ctx)
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.GetBlock(cctx, "job-c", "k", 0)
+			done <- err
+		}()
+		time.Sleep(time.Duration(frac * float64(full)))
+		cancel()
+		canceled := time.Now()
+		select {
+		case err := <-done:
+			lat := time.Since(canceled)
+			worst = max(worst, lat)
+			t.Logf("canceled at %.0f%% of the read: returned after %v: %v", 100*frac, lat, err)
+			if err != nil && !errors.Is(err, context.Canceled) {
+				t.Fatalf("canceled read: %v, want context.Canceled", err)
+			}
+			if err != nil {
+				canceledReads++
+			}
+		case <-time.After(2 * time.Second):
+			t.Fatalf("canceled at %.0f%% of the read: not returned after 2 s", 100*frac)
+		}
+	}
+	t.Logf("worst cancellation latency %v", worst)
+	if canceledReads == 0 {
+		t.Fatal("no read was canceled before it completed: the test measured nothing")
+	}
+	goleak.VerifyNone(t, ignore)
+	// The store still reads.
+	got, err = s.GetBlock(ctx, "job-c", "k", 0)
+	must(t, err)
+	equalF32(t, "block after canceled reads", got, data)
+}
