@@ -23,7 +23,8 @@ var (
 
 func (s *simd) impl(name string) *impl {
 	return &impl{name: name, br: 192, bc: 192, nr: s.nr,
-		gemmNN: s.gemmNN, gemmTN: s.gemmTN, softmaxCols: s.softmaxCols, exp: s.exp}
+		gemmNN: s.gemmNN, gemmTN: s.gemmTN, softmaxCols: s.softmaxCols, exp: s.exp,
+		dsoftmax: s.dsoftmax}
 }
 
 // registerArch registers the SIMD implementations this CPU supports, best last.

@@ -39,6 +39,15 @@ type impl struct {
 
 	// exp replaces x[i] by exp(x[i]).
 	exp func(x []float32)
+
+	// dsoftmax turns a tile of scores and their gradients, row-major with
+	// leading dimension ld, into probabilities and score gradients (cols is
+	// a multiple of nr); the backward pass's elementwise step:
+	//
+	//	for i < rows, j < cols:
+	//		p := exp(s[i*ld+j] - lse[i]);  s[i*ld+j] = p
+	//		dp[i*ld+j] = scale·p·(dp[i*ld+j] - delta[i])
+	dsoftmax func(s, dp []float32, ld, rows, cols int, lse, delta []float32, scale float32)
 }
 
 var (

@@ -1,0 +1,479 @@
+package kernels
+
+import (
+	"math"
+	"runtime"
+	"sync"
+	"sync/atomic"
+)
+
+// BackwardRows is the query side of one backward step: rows
+// [Start, Start+Rows) of the query sequence, for every batch and head.
+// Q, DO and DQ are [B, Hq, Rows, D]; LSE and Delta are [B, Hq, Rows].
+// LSE is the forward's log-sum-exp (natural log, -inf for a row that sees
+// no key) and Delta is rowsum(dO∘O) (see BackwardDelta).
+type BackwardRows struct {
+	Start, Rows int
+	Q, DO       []float32
+	LSE, Delta  []float32
+	// DQ receives the rows' query gradient; BackwardBlock adds to it.
+	DQ []float32
+}
+
+// AttentionBackward computes the gradients of sum(o·do) for the whole
+// problem, o = softmax(q·kᵀ·scale + mask)·v with lse its log-sum-exp, as
+// Attention returns them: q, o, do and dq are [B, Hq, N, D], lse is
+// [B, Hq, N], k, v, dk and dv are [B, Hkv, Nk, D]. dq, dk and dv are
+// overwritten; for grouped heads dk and dv are summed over the query heads
+// of a group; rows that see no key get a zero gradient. It runs on
+// p.Threads goroutines and its result does not depend on their number or
+// scheduling (bit-identical for the same inputs). It is equivalent to
+//
+//	delta := BackwardDelta(o, do)
+//	dq, dk, dv = 0
+//	p.BackwardBlock(&BackwardRows{Start: 0, Rows: N, q, do, lse, delta, dq}, KV{k, v, 0, Nk}, dk, dv)
+func AttentionBackward(p *Params, q, k, v, o, lse, do, dq, dk, dv []float32) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	nq, nkv, rows := p.B*p.Hq*p.N*p.D, p.B*p.Hkv*p.Nk*p.D, p.B*p.Hq*p.N
+	for _, x := range []struct {
+		name string
+		x    []float32
+		want int
+	}{{"o", o, nq}, {"do", do, nq}, {"dq", dq, nq}, {"lse", lse, rows}, {"dk", dk, nkv}, {"dv", dv, nkv}} {
+		if len(x.x) != x.want {
+			return invalid("%s has %d values, expected %d", x.name, len(x.x), x.want)
+		}
+	}
+	delta := make([]float32, rows)
+	r := &BackwardRows{Start: 0, Rows: p.N, Q: q, DO: do, LSE: lse, Delta: delta, DQ: dq}
+	kv := KV{K: k, V: v, Start: 0, N: p.Nk}
+	if err := p.checkBackward(r, &kv, dk, dv); err != nil {
+		return err
+	}
+	if err := BackwardDelta(o, do, delta, p.D); err != nil {
+		return err
+	}
+	clear(dq)
+	clear(dk)
+	clear(dv)
+	if p.N > 0 && p.Nk > 0 {
+		p.backward(r, &kv, dk, dv)
+	}
+	return nil
+}
+
+// BackwardDelta computes delta[i] = Σ_t o[i·d+t]·do[i·d+t] (summed in
+// float64) for every row i: the Δ = rowsum(dO∘O) of the backward pass.
+func BackwardDelta(o, do, delta []float32, d int) error {
+	if d < 1 {
+		return invalid("head dim D = %d, expected >= 1", d)
+	}
+	if len(o) != len(delta)*d || len(do) != len(o) {
+		return invalid("delta of %d rows needs o and do of %d values (D = %d), got %d and %d",
+			len(delta), len(delta)*d, d, len(o), len(do))
+	}
+	for i := range delta {
+		var s float64
+		oi, di := o[i*d:i*d+d], do[i*d:i*d+d]
+		for t, x := range oi {
+			s += float64(x) * float64(di[t])
+		}
+		delta[i] = float32(s)
+	}
+	return nil
+}
+
+// BackwardBlock adds to r.DQ, dk and dv the gradient contributions of the
+// query rows r and the key/value block kv (FlashAttention-2's backward on
+// one (query block, key block) pair); summed over the key blocks of a
+// partition of the keys it gives the gradients of sum(O·dO). dk and dv are
+// laid out like kv.K and kv.V (same Stride). It is equivalent to, for
+// every batch, query head h (key/value head h/group), row i of r and key j
+// of kv that the mask lets i see:
+//
+//	S    = scale·q_i·k_j
+//	P    = exp(S - lse_i)            0 when lse_i = -inf
+//	dP   = dO_i·v_j
+//	dS   = P·(dP - Δ_i)
+//	dv_j += P·dO_i
+//	dk_j += scale·dS·q_i
+//	dq_i += scale·dS·k_j
+//
+// Tiles the mask hides entirely are skipped without reading their memory.
+// Each row of dq accumulates its keys in increasing key order, and each
+// key of dk and dv its query rows in increasing order per query head, so
+// calling BackwardBlock on the blocks of a partition of the keys in
+// increasing key order is bit-identical to one call on their union, as is
+// splitting the query rows (in order) when Hq = Hkv. It runs on p.Threads
+// goroutines; the result does not depend on their number or scheduling.
+func (p *Params) BackwardBlock(r *BackwardRows, kv KV, dk, dv []float32) error {
+	if err := p.checkBackward(r, &kv, dk, dv); err != nil {
+		return err
+	}
+	if r.Rows == 0 || kv.N == 0 {
+		return nil
+	}
+	p.backward(r, &kv, dk, dv)
+	return nil
+}
+
+func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32) error {
+	if err := p.Validate(); err != nil {
+		return err
+	}
+	if r.Rows < 0 || r.Start < 0 || r.Start+r.Rows > p.N {
+		return invalid("query rows [%d,%d) outside the sequence of %d", r.Start, r.Start+r.Rows, p.N)
+	}
+	nq, rows := p.B*p.Hq*r.Rows*p.D, p.B*p.Hq*r.Rows
+	for _, x := range []struct {
+		name string
+		x    []float32
+		want int
+	}{{"q", r.Q, nq}, {"do", r.DO, nq}, {"dq", r.DQ, nq}, {"lse", r.LSE, rows}, {"delta", r.Delta, rows}} {
+		if len(x.x) != x.want {
+			return invalid("%s has %d values, expected %d ([%d,%d,%d...])", x.name, len(x.x), x.want, p.B, p.Hq, r.Rows)
+		}
+	}
+	if err := checkKV(p, kv); err != nil {
+		return err
+	}
+	bh := p.B * p.Hkv
+	if !strided(dk, bh, kv.N, kv.stride(), p.D) {
+		return invalid("dk has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(dk), bh, kv.N, kv.stride(), p.D)
+	}
+	if !strided(dv, bh, kv.N, kv.stride(), p.D) {
+		return invalid("dv has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(dv), bh, kv.N, kv.stride(), p.D)
+	}
+	return nil
+}
+
+// backward runs the tile loop of BackwardBlock on checked arguments.
+//
+// Work units are (key tile, key/value head), key tile major. A unit packs
+// scale·Kᵀ and Vᵀ of its tile once, keeps the tile's dK and dV in its own
+// accumulators, and sweeps the query heads of its group and their query
+// tiles in order; per visible (query tile, key tile) pair:
+//
+//	S  = Q·(scale·K)ᵀ                 gemmNN, Q in place, one query per row
+//	mask the partial tiles with -inf
+//	dP = dO·Vᵀ                        gemmNN, dO in place
+//	P  = exp(S - lse); dS = scale·P∘(dP - Δ)   dsoftmax, row by row
+//	dV += Pᵀ·dO                       gemmTN, P read k-major
+//	dK += dSᵀ·Q                       gemmTN
+//	dQ += dS·K                        gemmNN, K in place, in key tile order
+//
+// dQ of a query tile is shared by the units of all key tiles: they add to
+// it in key tile order, each waiting for its turn (the previous visible key
+// tile of that query tile is done), so the sum is the same whatever the
+// scheduling. Units of lower key tiles are taken first and wait only on
+// lower ones, so the waits end.
+func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
+	im := active
+	mi := newMaskInfo(p)
+	br, bc, nr := im.br, im.bc, im.nr
+	d := p.D
+	dp := roundUp(d, nr)
+	rows := r.Rows
+	bhq := p.B * p.Hq
+	qTiles := (rows + br - 1) / br
+	kTiles := (kv.N + bc - 1) / bc
+	scale := p.EffectiveScale()
+	group := p.Group()
+	kStart, kEnd := kv.Start, kv.Start+kv.N
+
+	// Visible key ranges of every row (the same for every head).
+	rlo, rhi := make([]int32, rows), make([]int32, rows)
+	sps := make([]spans, qTiles)
+	for t := range sps {
+		r0, r1 := t*br, min(t*br+br, rows)
+		mi.spans(r.Start+r0, rlo[r0:r1], rhi[r0:r1], &sps[t])
+	}
+	// lse with +inf for rows that see no key: exp(S - lse) is then 0.
+	lse := make([]float32, bhq*rows)
+	for i, x := range r.LSE {
+		if math.IsInf(float64(x), -1) {
+			x = float32(math.Inf(1))
+		}
+		lse[i] = x
+	}
+	// Q, dO and dQ with rows padded to dp columns when D is not a multiple
+	// of the register tile width.
+	q, do, dq, ldq := r.Q, r.DO, r.DQ, d
+	if dp != d {
+		q, do, dq, ldq = padRows(r.Q, d, dp), padRows(r.DO, d, dp), padRows(r.DQ, d, dp), dp
+	}
+	// turn[bh·qTiles + t] is the key tile whose turn it is to add to dQ of
+	// query tile t of head bh (kTiles when none is left).
+	turn := make([]atomic.Int32, bhq*qTiles)
+	for t := range sps {
+		first := int32(nextVisible(&sps[t], -1, kStart, kEnd, bc))
+		for bh := 0; bh < bhq; bh++ {
+			turn[bh*qTiles+t].Store(first)
+		}
+	}
+	var mu sync.Mutex
+	cond := sync.NewCond(&mu)
+	waitTurn := func(i int, j int32) {
+		if turn[i].Load() == j {
+			return
+		}
+		mu.Lock()
+		for turn[i].Load() != j {
+			cond.Wait()
+		}
+		mu.Unlock()
+	}
+	passTurn := func(i int, next int32) {
+		turn[i].Store(next)
+		mu.Lock()
+		cond.Broadcast()
+		mu.Unlock()
+	}
+
+	bhkv := p.B * p.Hkv
+	stride := kv.stride()
+	ds := im.dsoftmax
+	bwdParallel(kTiles*bhkv, p.Threads, func(sc *bwdScratch, u int) {
+		j := u / bhkv
+		bkv := u % bhkv
+		c0, c1 := j*bc, min(j*bc+bc, kv.N)
+		cols := c1 - c0
+		pw := nr
+		if pw == 1 {
+			pw = cols
+		}
+		cp := roundUp(cols, pw)
+		k0, k1 := kStart+c0, kStart+c1
+		seen := false
+		for t := range sps {
+			if sps[t].sees(KV{Start: k0, N: cols}) {
+				seen = true
+				break
+			}
+		}
+		if !seen {
+			return
+		}
+		sc.ensure(br, cols, cp, d, dp)
+		kvBase := bkv * stride * d
+		kb := kv.K[kvBase+c0*d : kvBase+c1*d]
+		vb := kv.V[kvBase+c0*d : kvBase+c1*d]
+		// scale·Kᵀ and Vᵀ as panels of pw columns, [d × pw] each, zero-padded.
+		kt, vt := sc.kt[:d*cp], sc.vt[:d*cp]
+		clear(kt[(cp-pw)*d:])
+		clear(vt[(cp-pw)*d:])
+		for c := 0; c < cols; c++ {
+			kc, vc := kb[c*d:c*d+d], vb[c*d:c*d+d]
+			off := (c/pw)*pw*d + c%pw
+			for t := range kc {
+				kt[off+t*pw] = scale * kc[t]
+				vt[off+t*pw] = vc[t]
+			}
+		}
+		km, ldk := kb, d
+		if dp != d {
+			km, ldk = sc.kp[:cols*dp], dp
+			clear(km)
+			for c := 0; c < cols; c++ {
+				copy(km[c*dp:c*dp+d], kb[c*d:c*d+d])
+			}
+		}
+		dkAcc, dvAcc := sc.dk[:cols*dp], sc.dv[:cols*dp]
+		dkOut, dvOut := dk[kvBase+c0*d:kvBase+c1*d], dv[kvBase+c0*d:kvBase+c1*d]
+		if dp != d {
+			clear(dkAcc)
+			clear(dvAcc)
+			for c := 0; c < cols; c++ {
+				copy(dkAcc[c*dp:c*dp+d], dkOut[c*d:c*d+d])
+				copy(dvAcc[c*dp:c*dp+d], dvOut[c*d:c*d+d])
+			}
+		} else {
+			copy(dkAcc, dkOut)
+			copy(dvAcc, dvOut)
+		}
+		ones := sc.ones[:max(cols, br)]
+		b, kvh := bkv/p.Hkv, bkv%p.Hkv
+		for g := 0; g < group; g++ {
+			bh := b*p.Hq + kvh*group + g
+			for t := range sps {
+				sp := &sps[t]
+				if !sp.sees(KV{Start: k0, N: cols}) {
+					continue
+				}
+				r0 := t * br
+				nrow := min(br, rows-r0)
+				lo, hi := sc.lo[:nrow], sc.hi[:nrow]
+				class := sp.classify(k0, k1, lo, hi)
+				if class == tileHidden {
+					continue
+				}
+				row0 := bh*rows + r0
+				qs := q[row0*ldq : (row0+nrow)*ldq]
+				dos := do[row0*ldq : (row0+nrow)*ldq]
+				s, dpt := sc.s[:nrow*cp], sc.dp[:nrow*cp]
+				for j0 := 0; j0 < cp; j0 += pw {
+					im.gemmNN(nrow, pw, d, qs, ldq, kt[j0*d:], pw, s[j0:], cp, false)
+					im.gemmNN(nrow, pw, d, dos, ldq, vt[j0*d:], pw, dpt[j0:], cp, false)
+				}
+				if class == tilePartial {
+					for i := 0; i < nrow; i++ {
+						a, e := int(lo[i])-k0, int(hi[i])-k0
+						row := s[i*cp : i*cp+cols]
+						fillNegInf(row[:a])
+						fillNegInf(row[e:])
+					}
+				}
+				ds(s, dpt, cp, nrow, cp, lse[row0:row0+nrow], r.Delta[row0:row0+nrow], scale)
+				im.gemmTN(cols, dp, nrow, s, cp, dos, ldq, dvAcc, dp, ones)
+				im.gemmTN(cols, dp, nrow, dpt, cp, qs, ldq, dkAcc, dp, ones)
+				ti := bh*qTiles + t
+				waitTurn(ti, int32(j))
+				im.gemmNN(nrow, dp, cols, dpt, cp, km, ldk, dq[row0*ldq:(row0+nrow)*ldq], ldq, true)
+				passTurn(ti, int32(nextVisible(sp, j, kStart, kEnd, bc)))
+			}
+		}
+		if dp != d {
+			for c := 0; c < cols; c++ {
+				copy(dkOut[c*d:c*d+d], dkAcc[c*dp:c*dp+d])
+				copy(dvOut[c*d:c*d+d], dvAcc[c*dp:c*dp+d])
+			}
+		} else {
+			copy(dkOut, dkAcc)
+			copy(dvOut, dvAcc)
+		}
+	})
+	if dp != d {
+		unpadRows(r.DQ, dq, d, dp)
+	}
+}
+
+// nextVisible returns the first key tile after tile j (tiles of bc keys
+// from kStart, up to kEnd) that some row of sp sees, or the number of
+// tiles when there is none.
+func nextVisible(sp *spans, j, kStart, kEnd, bc int) int {
+	tiles := (kEnd - kStart + bc - 1) / bc
+	x0 := kStart + (j+1)*bc
+	if sp.empty || x0 >= kEnd {
+		return tiles
+	}
+	if sp.none {
+		return j + 1
+	}
+	best := math.MaxInt
+	for r := range sp.lo {
+		a := max(int(sp.lo[r]), x0)
+		if a < int(sp.hi[r]) && a < best {
+			best = a
+		}
+	}
+	if best >= kEnd {
+		return tiles
+	}
+	return (best - kStart) / bc
+}
+
+func fillNegInf(x []float32) {
+	for i := range x {
+		x[i] = negInf
+	}
+}
+
+// padRows copies rows of d values into rows of dp values, zero-padded.
+func padRows(x []float32, d, dp int) []float32 {
+	n := len(x) / d
+	y := make([]float32, n*dp)
+	for i := 0; i < n; i++ {
+		copy(y[i*dp:i*dp+d], x[i*d:i*d+d])
+	}
+	return y
+}
+
+// unpadRows copies the first d values of every row of y (dp apart) into x.
+func unpadRows(x, y []float32, d, dp int) {
+	n := len(x) / d
+	for i := 0; i < n; i++ {
+		copy(x[i*d:i*d+d], y[i*dp:i*dp+d])
+	}
+}
+
+// dsoftmaxGeneric turns a tile of scores into probabilities and score
+// gradients, row by row:
+//
+//	for i < rows, j < cols:
+//		p := exp(s[i*ld+j] - lse[i]);  s[i*ld+j] = p
+//		dp[i*ld+j] = scale·p·(dp[i*ld+j] - delta[i])
+func dsoftmaxGeneric(s, dp []float32, ld, rows, cols int, lse, delta []float32, scale float32) {
+	for i := 0; i < rows; i++ {
+		si, di := s[i*ld:i*ld+cols], dp[i*ld:i*ld+cols]
+		l, dl := lse[i], delta[i]
+		for j, x := range si {
+			e := exp32(x - l)
+			si[j] = e
+			di[j] = scale * e * (di[j] - dl)
+		}
+	}
+}
+
+func init() {
+	genericImpl.dsoftmax = dsoftmaxGeneric
+}
+
+// bwdScratch is one goroutine's buffers of the backward tile loop.
+type bwdScratch struct {
+	kt, vt, kp, dk, dv, s, dp, ones []float32
+	lo, hi                          []int32
+}
+
+func (sc *bwdScratch) ensure(br, cols, cp, d, dp int) {
+	sc.kt = grow(sc.kt, d*cp)
+	sc.vt = grow(sc.vt, d*cp)
+	sc.kp = grow(sc.kp, cols*dp)
+	sc.dk = grow(sc.dk, cols*dp)
+	sc.dv = grow(sc.dv, cols*dp)
+	sc.s = grow(sc.s, br*cp)
+	sc.dp = grow(sc.dp, br*cp)
+	if n := max(cols, br); len(sc.ones) < n {
+		sc.ones = make([]float32, n)
+		for i := range sc.ones {
+			sc.ones[i] = 1
+		}
+	}
+	if len(sc.lo) < br {
+		sc.lo, sc.hi = make([]int32, br), make([]int32, br)
+	}
+}
+
+var bwdScratchPool = sync.Pool{New: func() any { return new(bwdScratch) }}
+
+// bwdParallel runs fn(sc, i) for i in [0, n) in increasing order of
+// start on up to threads goroutines (GOMAXPROCS when 0).
+func bwdParallel(n, threads int, fn func(sc *bwdScratch, i int)) {
+	if threads <= 0 {
+		threads = runtime.GOMAXPROCS(0)
+	}
+	threads = min(threads, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	work := func() {
+		sc := bwdScratchPool.Get().(*bwdScratch)
+		defer bwdScratchPool.Put(sc)
+		for {
+			i := int(next.Add(1)) - 1
+			if i >= n {
+				return
+			}
+			fn(sc, i)
+		}
+	}
+	for w := 1; w < threads; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			work()
+		}()
+	}
+	work()
+	wg.Wait()
+}
