@@ -1,6 +1,9 @@
 package shard
 
-import "sort"
+import (
+	"context"
+	"sort"
+)
 
 // maskEval evaluates a Mask on global positions exactly as kernels.Mask does
 // (this package may not import kernels; the two are checked against each
@@ -15,6 +18,9 @@ type maskEval struct {
 	qStarts     []int // document starts in the query sequence, plus N
 	kStarts     []int // document starts in the key sequence, plus Nk
 	none        bool  // nothing is masked
+	// ops counts the rows and key blocks sweep visited (for the test of
+	// its complexity).
+	ops int64
 }
 
 func newMaskEval(m *Mask, n, nk int) *maskEval {
@@ -47,12 +53,21 @@ func prefix(lens []int) []int {
 // rowRange returns the interval [lo, hi) of keys query i sees; lo == hi when
 // none. Positions are document-local and aligned bottom-right.
 func (me *maskEval) rowRange(i int) (lo, hi int) {
+	d := 0
+	if me.qStarts != nil {
+		d = sort.SearchInts(me.qStarts, i+1) - 1
+	}
+	return me.rowRangeDoc(i, d)
+}
+
+// rowRangeDoc is rowRange for query i of document d (d = 0 without
+// documents).
+func (me *maskEval) rowRangeDoc(i, d int) (lo, hi int) {
 	if me.none {
 		return 0, me.nk
 	}
 	qs, ks, lq, lk := 0, 0, me.n, me.nk
 	if me.qStarts != nil {
-		d := sort.SearchInts(me.qStarts, i+1) - 1
 		qs, lq = me.qStarts[d], me.qStarts[d+1]-me.qStarts[d]
 		ks, lk = me.kStarts[d], me.kStarts[d+1]-me.kStarts[d]
 	}
@@ -73,6 +88,61 @@ func (me *maskEval) rowRange(i int) (lo, hi int) {
 		hi = lo
 	}
 	return lo, hi
+}
+
+// sweep returns the visible pairs of every planned query block (indexed by
+// query block, 0 for blocks not planned) and of every key block summed over
+// the planned query blocks. It runs in O(planned rows + key blocks) time and
+// O(query blocks + key blocks) memory: a row's visible keys are one interval
+// [lo, hi), which adds its overlap to its first and last key block and one
+// whole block to every block between them, counted in a difference array.
+// planned must be ascending; ctx is checked every 64 query blocks.
+func (me *maskEval) sweep(ctx context.Context, p *Plan, planned []int) (rowPairs, colPairs []int64, err error) {
+	block, kb := p.Block, p.KBlockCount
+	rowPairs = make([]int64, p.QBlockCount)
+	colPairs = make([]int64, kb)
+	full := make([]int64, kb+1) // difference array of whole-block coverage
+	d := 0
+	for n, qi := range planned {
+		if n%64 == 0 {
+			if err := ctx.Err(); err != nil {
+				return nil, nil, err
+			}
+		}
+		q0, rows := p.QSpan(qi)
+		var tot int64
+		for i := q0; i < q0+rows; i++ {
+			if me.qStarts != nil {
+				for me.qStarts[d+1] <= i {
+					d++
+				}
+			}
+			lo, hi := me.rowRangeDoc(i, d)
+			if hi <= lo {
+				continue
+			}
+			tot += int64(hi - lo)
+			a, b := lo/block, (hi-1)/block
+			if a == b {
+				colPairs[a] += int64(hi - lo)
+				continue
+			}
+			colPairs[a] += int64((a+1)*block - lo)
+			colPairs[b] += int64(hi - b*block)
+			full[a+1]++
+			full[b]--
+		}
+		me.ops += int64(rows)
+		rowPairs[qi] = tot
+	}
+	var c int64
+	for j := range colPairs {
+		c += full[j]
+		_, n := p.KSpan(j)
+		colPairs[j] += c * int64(n)
+	}
+	me.ops += int64(kb)
+	return rowPairs, colPairs, nil
 }
 
 // pairsRow returns, for the query rows [q0, q0+rows), the number of visible

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -10,103 +11,13 @@ func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
 }
 
-// Validate reports the first field of r that is out of range, naming it and
-// the expected value.
+// Validate reports the first field of r that is out of range, as a
+// *FieldError naming it and the expected value. It checks the rules every
+// request must meet, with only the hard bounds every count must meet for
+// the planner's arithmetic to stay exact; Limits.Check applies the same
+// rules with a job's limits.
 func (r *Request) Validate() error {
-	switch {
-	case r.B < 1:
-		return invalid("B = %d, expected >= 1", r.B)
-	case r.Hq < 1:
-		return invalid("Hq = %d, expected >= 1", r.Hq)
-	case r.Hkv < 1:
-		return invalid("Hkv = %d, expected >= 1", r.Hkv)
-	case r.Hq%r.Hkv != 0:
-		return invalid("Hq = %d not divisible by Hkv = %d", r.Hq, r.Hkv)
-	case r.D < 1:
-		return invalid("D = %d, expected >= 1", r.D)
-	case r.N < 1:
-		return invalid("N = %d, expected >= 1", r.N)
-	case r.Nk < 1:
-		return invalid("Nk = %d, expected >= 1", r.Nk)
-	case r.Block < 0:
-		return invalid("Block = %d, expected >= 1 (or 0 for %d)", r.Block, DefaultBlock)
-	case r.Ranks < 1:
-		return invalid("Ranks = %d, expected >= 1", r.Ranks)
-	case r.ElemBytes != 0 && r.ElemBytes != 2 && r.ElemBytes != 4:
-		return invalid("ElemBytes = %d, expected 2 (bf16) or 4 (f32)", r.ElemBytes)
-	}
-	switch r.Strategy {
-	case Auto, Contiguous, Zigzag, Striped, SplitKV:
-	default:
-		return invalid("Strategy = %q, expected one of %q, %q, %q, %q or empty (auto)",
-			r.Strategy, Contiguous, Zigzag, Striped, SplitKV)
-	}
-	if r.Weights != nil {
-		if len(r.Weights) != r.Ranks {
-			return invalid("Weights has %d entries, expected Ranks = %d", len(r.Weights), r.Ranks)
-		}
-		for i, w := range r.Weights {
-			if !(w > 0) || math.IsInf(w, 0) {
-				return invalid("Weights[%d] = %v, expected a finite number > 0", i, w)
-			}
-		}
-	}
-	if r.QBlocks != nil {
-		nq := ceilDiv(r.N, r.block())
-		if len(r.QBlocks) == 0 {
-			return invalid("QBlocks is empty, expected nil (all blocks) or a non-empty subset")
-		}
-		seen := make(map[int]bool, len(r.QBlocks))
-		for i, b := range r.QBlocks {
-			if b < 0 || b >= nq {
-				return invalid("QBlocks[%d] = %d, expected 0..%d", i, b, nq-1)
-			}
-			if seen[b] {
-				return invalid("QBlocks[%d] = %d is repeated, expected distinct blocks", i, b)
-			}
-			seen[b] = true
-		}
-	}
-	return r.Mask.validate(r.N, r.Nk)
-}
-
-func (m *Mask) validate(n, nk int) error {
-	if m.SeqLensK != nil && m.SeqLens == nil {
-		return invalid("Mask.SeqLensK given without Mask.SeqLens")
-	}
-	if m.SeqLens == nil {
-		return nil
-	}
-	if err := checkLens("Mask.SeqLens", m.SeqLens, n); err != nil {
-		return err
-	}
-	if m.SeqLensK == nil {
-		if n != nk {
-			return invalid("Mask.SeqLens without Mask.SeqLensK needs N == Nk, got N = %d, Nk = %d", n, nk)
-		}
-		return nil
-	}
-	if len(m.SeqLensK) != len(m.SeqLens) {
-		return invalid("Mask.SeqLensK has %d documents, expected %d as Mask.SeqLens", len(m.SeqLensK), len(m.SeqLens))
-	}
-	return checkLens("Mask.SeqLensK", m.SeqLensK, nk)
-}
-
-func checkLens(name string, lens []int, total int) error {
-	sum := 0
-	for i, l := range lens {
-		if l < 1 {
-			return invalid("%s[%d] = %d, expected >= 1", name, i, l)
-		}
-		sum += l
-		if sum > total {
-			break
-		}
-	}
-	if sum != total {
-		return invalid("%s sum to %d, expected the sequence length %d", name, sum, total)
-	}
-	return nil
+	return r.check(&unlimited, Tensors{})
 }
 
 func (r *Request) block() int {
@@ -166,7 +77,18 @@ func (r *Request) normalized() Request {
 //     than 2 % better (contiguous keeps sliding windows local; zigzag
 //     balances causal masks; striped balances packed documents).
 func NewPlan(req Request) (*Plan, error) {
+	return NewPlanContext(context.Background(), req)
+}
+
+// NewPlanContext is NewPlan that gives up with ctx.Err() when ctx ends; it
+// checks ctx between phases and every few query blocks, so a caller can
+// bound the planning time. Planning runs in O(N + W·(blocks) + W log W)
+// time and O(blocks + W) memory (blocks = query plus key blocks).
+func NewPlanContext(ctx context.Context, req Request) (*Plan, error) {
 	if err := req.Validate(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	r := req.normalized()
@@ -185,34 +107,33 @@ func NewPlan(req Request) (*Plan, error) {
 		}
 	}
 	// Visible pairs per planned query block (row totals) and per key block
-	// (column totals over the planned query blocks).
+	// (column totals over the planned query blocks), in one sweep.
 	me := newMaskEval(&r.Mask, r.N, r.Nk)
-	rowPairs := make(map[int]int64, len(p.Planned))
-	colPairs := make([]int64, p.KBlockCount)
-	for _, qi := range p.Planned {
-		q0, rows := p.QSpan(qi)
-		var tot int64
-		for j, c := range me.pairsRow(q0, rows, p.Block, p.KBlockCount) {
-			tot += c
-			colPairs[j] += c
-		}
-		rowPairs[qi] = tot
+	rowPairs, colPairs, err := me.sweep(ctx, p, p.Planned)
+	if err != nil {
+		return nil, err
 	}
-	c := &costs{plan: p, rowPairs: rowPairs, colPairs: colPairs}
+	c := &costs{ctx: ctx, plan: p, rowPairs: rowPairs, colPairs: colPairs}
 
+	var out *Plan
 	switch r.Strategy {
 	case Auto:
-		return c.auto(), nil
+		out = c.auto()
 	default:
-		return c.build(r.Strategy), nil
+		out = c.build(r.Strategy)
 	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
 }
 
 // costs carries what the strategies need to price a plan.
 type costs struct {
+	ctx      context.Context
 	plan     *Plan
-	rowPairs map[int]int64
-	colPairs []int64
+	rowPairs []int64 // by query block (zero for blocks not planned)
+	colPairs []int64 // by key block
 }
 
 func (c *costs) auto() *Plan {
@@ -226,6 +147,9 @@ func (c *costs) auto() *Plan {
 	}
 	best := c.build(Contiguous)
 	for _, s := range []Strategy{Zigzag, Striped} {
+		if c.ctx.Err() != nil {
+			return best // NewPlanContext returns ctx.Err()
+		}
 		if cand := c.build(s); cand.Imbalance < best.Imbalance/1.02 {
 			best = cand
 		}
@@ -285,12 +209,18 @@ func (c *costs) build(s Strategy) *Plan {
 			}
 			p.Ranks[r].Cost = float64(pairs) * pairFLOPs
 		}
+		// Over steps 0..W-2 rank r sends what ranks r, r-1, ..., r-W+2
+		// started with: every rank's key/value blocks but those of r+1.
+		held := make([]int64, w)
+		var total int64
 		for r := range p.Ranks {
-			for s := 0; s+1 < p.Steps; s++ {
-				for _, j := range p.HeldKV(r, s) {
-					p.Ranks[r].Bytes += p.kvBytes(j)
-				}
+			for _, j := range p.Ranks[r].KVBlocks {
+				held[r] += p.kvBytes(j)
 			}
+			total += held[r]
+		}
+		for r := range p.Ranks {
+			p.Ranks[r].Bytes = total - held[(r+1)%w]
 		}
 	}
 	p.Imbalance = imbalance(p.Ranks, req.Weights)

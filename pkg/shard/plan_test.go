@@ -295,7 +295,7 @@ func genRequest(n, nk uint16, block, ranks, strat, flags uint8, left, right int8
 	req.Mask.Causal = flags&2 != 0
 	if flags&4 != 0 {
 		req.Mask.Windowed = true
-		req.Mask.Left, req.Mask.Right = int(left)%40, int(right)%40
+		req.Mask.Left, req.Mask.Right = max(-1, int(left)%40), max(-1, int(right)%40)
 	}
 	if flags&8 != 0 {
 		docs := 1 + rnd.IntN(min(req.N, req.Nk, 6))
@@ -363,41 +363,52 @@ func TestShardInvariants(t *testing.T) {
 func TestShardRequestValidate(t *testing.T) {
 	good := shard.Request{B: 1, Hq: 4, Hkv: 2, D: 64, N: 100, Nk: 100, Ranks: 2}
 	cases := []struct {
-		field string
-		edit  func(r *shard.Request)
+		field, msg string
+		edit       func(r *shard.Request)
 	}{
-		{"B = 0", func(r *shard.Request) { r.B = 0 }},
-		{"Hq = 0", func(r *shard.Request) { r.Hq = 0 }},
-		{"Hkv = 0", func(r *shard.Request) { r.Hkv = 0 }},
-		{"Hq = 4 not divisible by Hkv = 3", func(r *shard.Request) { r.Hkv = 3 }},
-		{"D = 0", func(r *shard.Request) { r.D = 0 }},
-		{"N = 0", func(r *shard.Request) { r.N = 0 }},
-		{"Nk = -1", func(r *shard.Request) { r.Nk = -1 }},
-		{"Block = -5", func(r *shard.Request) { r.Block = -5 }},
-		{"Ranks = 0", func(r *shard.Request) { r.Ranks = 0 }},
-		{"ElemBytes = 3", func(r *shard.Request) { r.ElemBytes = 3 }},
-		{`Strategy = "ring"`, func(r *shard.Request) { r.Strategy = "ring" }},
-		{"Weights has 1 entries, expected Ranks = 2", func(r *shard.Request) { r.Weights = []float64{1} }},
-		{"Weights[1] = 0", func(r *shard.Request) { r.Weights = []float64{1, 0} }},
-		{"Weights[0] = NaN", func(r *shard.Request) { r.Weights = []float64{math.NaN(), 1} }},
-		{"QBlocks[0] = 1, expected 0..0", func(r *shard.Request) { r.QBlocks = []int{1} }},
-		{"QBlocks[1] = 0 is repeated", func(r *shard.Request) { r.Block = 10; r.QBlocks = []int{0, 0} }},
-		{"QBlocks is empty", func(r *shard.Request) { r.QBlocks = []int{} }},
-		{"Mask.SeqLens sum to 90", func(r *shard.Request) { r.Mask.SeqLens = []int{40, 50} }},
-		{"Mask.SeqLens[1] = 0", func(r *shard.Request) { r.Mask.SeqLens = []int{100, 0} }},
-		{"Mask.SeqLensK given without", func(r *shard.Request) { r.Mask.SeqLensK = []int{100} }},
-		{"Mask.SeqLensK has 1 documents, expected 2", func(r *shard.Request) {
+		{"b", "0: want 1..", func(r *shard.Request) { r.B = 0 }},
+		{"hq", "0: want 1..", func(r *shard.Request) { r.Hq = 0 }},
+		{"hkv", "0: want 1..", func(r *shard.Request) { r.Hkv = 0 }},
+		{"hkv", "hq = 4 is not a multiple of hkv = 3", func(r *shard.Request) { r.Hkv = 3 }},
+		{"d", "0: want 1..", func(r *shard.Request) { r.D = 0 }},
+		{"n", "0: want 1..", func(r *shard.Request) { r.N = 0 }},
+		{"nk", "-1: want 1..", func(r *shard.Request) { r.Nk = -1 }},
+		{"block", "-5: want 1..", func(r *shard.Request) { r.Block = -5 }},
+		{"ranks", "0: want 1..", func(r *shard.Request) { r.Ranks = 0 }},
+		{"elem_bytes", "3: want 2 (bf16) or 4 (f32)", func(r *shard.Request) { r.ElemBytes = 3 }},
+		{"strategy", `"ring"`, func(r *shard.Request) { r.Strategy = "ring" }},
+		{"weights", "1 entries: want ranks = 2", func(r *shard.Request) { r.Weights = []float64{1} }},
+		{"weights", "item 1 = 0", func(r *shard.Request) { r.Weights = []float64{1, 0} }},
+		{"weights", "item 0 = NaN", func(r *shard.Request) { r.Weights = []float64{math.NaN(), 1} }},
+		{"qblocks", "2 entries: want at most the 1 query blocks", func(r *shard.Request) { r.QBlocks = []int{0, 1} }},
+		{"qblocks", "item 0 = 1: want 0..0", func(r *shard.Request) { r.QBlocks = []int{1} }},
+		{"qblocks", "item 1 = 0 is repeated", func(r *shard.Request) { r.Block = 10; r.QBlocks = []int{0, 0} }},
+		{"qblocks", "empty", func(r *shard.Request) { r.QBlocks = []int{} }},
+		{"mask.window_left", "-2: want -1 for unbounded", func(r *shard.Request) { r.Mask.Windowed, r.Mask.Left = true, -2 }},
+		{"mask.window_right", "2147483648: want -1 for unbounded or 0..2147483647", func(r *shard.Request) {
+			r.Mask.Windowed, r.Mask.Right = true, math.MaxInt32+1
+		}},
+		{"mask.seqlens", "lengths sum to 90, expected the sequence length 100", func(r *shard.Request) { r.Mask.SeqLens = []int{40, 50} }},
+		{"mask.seqlens", "item 1 = 0: want lengths >= 1", func(r *shard.Request) { r.Mask.SeqLens = []int{100, 0} }},
+		{"mask.seqlens", "item 1 = 51 brings the sum past n = 100", func(r *shard.Request) { r.Mask.SeqLens = []int{50, 51} }},
+		{"mask.seqlens_k", "given without mask.seqlens", func(r *shard.Request) { r.Mask.SeqLensK = []int{100} }},
+		{"mask.seqlens_k", "1 documents: want 2", func(r *shard.Request) {
 			r.Mask.SeqLens = []int{50, 50}
 			r.Mask.SeqLensK = []int{100}
 		}},
-		{"needs N == Nk", func(r *shard.Request) { r.Nk = 80; r.Mask.SeqLens = []int{100} }},
+		{"mask.seqlens", "needs n == nk", func(r *shard.Request) { r.Nk = 80; r.Mask.SeqLens = []int{100} }},
+		{"", "more than 2^63 bytes", func(r *shard.Request) {
+			r.B, r.Hq, r.Hkv, r.N, r.Nk, r.D = math.MaxInt32, math.MaxInt32, math.MaxInt32, math.MaxInt32, math.MaxInt32, 4
+			r.Block = math.MaxInt32
+		}},
 	}
 	for _, c := range cases {
 		r := good
 		c.edit(&r)
 		_, err := shard.NewPlan(r)
-		if !errors.Is(err, shard.ErrInvalid) || !strings.Contains(err.Error(), c.field) {
-			t.Errorf("%s: got %v", c.field, err)
+		var fe *shard.FieldError
+		if !errors.Is(err, shard.ErrInvalid) || !errors.As(err, &fe) || fe.Field != c.field || !strings.Contains(fe.Msg, c.msg) {
+			t.Errorf("%s %q: got %v", c.field, c.msg, err)
 		}
 	}
 	if _, err := shard.NewPlan(good); err != nil {

@@ -144,7 +144,16 @@ func (p *Plan) Validate() error {
 		if p.Reduce != nil {
 			return invalid("Plan.Reduce has %d steps, expected none for %s", len(p.Reduce), p.Strategy)
 		}
-		owner := make(map[int]int, len(p.Planned))
+		// Count before allocating: what is tracked is bounded by the
+		// entries actually listed, never by a claimed count.
+		listed := 0
+		for rk := range p.Ranks {
+			listed += len(p.Ranks[rk].QBlocks)
+		}
+		if listed > len(p.Planned) {
+			listed = len(p.Planned) + 1 // enough to find the first repeat
+		}
+		owner := make(map[int]int, listed)
 		for rk := range p.Ranks {
 			for i, b := range p.Ranks[rk].QBlocks {
 				if _, ok := slices.BinarySearch(p.Planned, b); !ok {
@@ -164,7 +173,14 @@ func (p *Plan) Validate() error {
 			}
 		}
 	}
-	held := make(map[int]int, p.KBlockCount)
+	listed := 0
+	for rk := range p.Ranks {
+		listed += len(p.Ranks[rk].KVBlocks)
+	}
+	if listed > p.KBlockCount {
+		listed = p.KBlockCount + 1 // enough to find the first repeat
+	}
+	held := make(map[int]int, listed)
 	for rk := range p.Ranks {
 		for i, j := range p.Ranks[rk].KVBlocks {
 			if j < 0 || j >= p.KBlockCount {
@@ -177,11 +193,21 @@ func (p *Plan) Validate() error {
 		}
 	}
 	if len(held) != p.KBlockCount {
-		for j := range p.KBlockCount {
-			if _, ok := held[j]; !ok {
-				return invalid("key/value block %d is not dealt to any rank in Plan.Ranks", j)
+		// Some block is missing: the first gap of the sorted dealt blocks
+		// (not a scan of the claimed count).
+		got := make([]int, 0, len(held))
+		for j := range held {
+			got = append(got, j)
+		}
+		slices.Sort(got)
+		missing := len(got)
+		for i, j := range got {
+			if i != j {
+				missing = i
+				break
 			}
 		}
+		return invalid("key/value block %d is not dealt to any rank in Plan.Ranks", missing)
 	}
 	return nil
 }
