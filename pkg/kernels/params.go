@@ -114,16 +114,18 @@ func (p *Params) Validate() error {
 	return nil
 }
 
+// checkLens checks that lens are lengths >= 1 summing to exactly total. A
+// sum is never formed past total, so lengths cannot wrap around to it.
 func checkLens(name string, lens []int, total int) error {
 	sum := 0
 	for i, l := range lens {
 		if l < 1 {
 			return invalid("%s[%d] = %d, expected >= 1", name, i, l)
 		}
-		sum += l
-		if sum > total {
-			break
+		if l > total-sum {
+			return invalid("%s[%d] = %d brings the sum past the sequence length %d, expected lengths summing to %d", name, i, l, total, total)
 		}
+		sum += l
 	}
 	if sum != total {
 		return invalid("%s sum to %d, expected the sequence length %d", name, sum, total)
