@@ -17,3 +17,13 @@ func BF16ToF32(h uint16) float32 { return bf16ToF32(h) }
 func PadHeader(h nats.Header) { padHeader(h) }
 
 const PayloadAlign = payloadAlign
+
+// DeliverPiece, DeliverAck and DeliverCtl run r's subscription handlers
+// on m directly, without the panic guard (fuzzing).
+func DeliverPiece(r *NATSRing, m *nats.Msg) { r.onPiece(m) }
+func DeliverAck(r *NATSRing, m *nats.Msg)   { r.onAck(m) }
+func DeliverCtl(r *NATSRing, m *nats.Msg)   { r.onCtl(m) }
+
+// SetHandlerHook installs f to run first in each of r's subscription
+// handlers ("piece", "ack", "ctl"), inside their panic guard (tests).
+func SetHandlerHook(r *NATSRing, f func(handler string, m *nats.Msg)) { r.testHook.Store(&f) }

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -30,6 +32,14 @@ const (
 	HeaderRoom = 1 << 10
 	// maxFrameTensors bounds the tensors of one frame.
 	maxFrameTensors = 64
+	// maxSessionLen bounds a ring session id read from a header (a NUID
+	// is 22 characters).
+	maxSessionLen = 64
+	// maxFailed bounds the frames known lost that wait for their Recv,
+	// and maxGone the closed sessions remembered per peer: a publisher
+	// forging them cannot grow the ring without bound.
+	maxFailed = 4096
+	maxGone   = 64
 )
 
 // Piece headers.
@@ -120,6 +130,14 @@ type RingStats struct {
 	// dropped, pieces failing CRC32C, frames that could not be completed,
 	// Recv timeouts, and frames arriving after their Recv gave up.
 	Duplicates, Foreign, Corrupt, Incomplete, Timeouts, Late int64
+	// Malformed counts pieces, acknowledgements and notices dropped for a
+	// header out of range or not parsing (a bad kind, count, tensor,
+	// offset, shape, encoding, session...); the frame they claimed to be
+	// part of is lost.
+	Malformed int64
+	// HandlerPanics counts messages whose handler panicked: each is
+	// logged at ERROR with its stack and dropped, the process goes on.
+	HandlerPanics int64
 	// AbandonedByPeer counts frames whose sender announced it gave up on
 	// them (their Recv returns at once); PeersClosed counts peers'
 	// announcements that their ring closed; SenderClosed counts Recvs that
@@ -183,6 +201,11 @@ type NATSRing struct {
 	done   map[frameKey]doneState // later copies of these frames are dropped
 	readyB int64
 	stats  RingStats
+	panics atomic.Int64
+
+	// testHook, when set (tests), runs first in every subscription
+	// handler with the handler's name.
+	testHook atomic.Pointer[func(handler string, m *nats.Msg)]
 }
 
 // doneState says why a frame is finished with.
@@ -250,6 +273,10 @@ type assembly struct {
 	tensors [][]float32
 	lens    []int
 	bytes   int64
+	// The next piece's place: values from curOff of tensor curT (pieces
+	// arrive in order, tensor by tensor, none empty but an empty frame's
+	// one piece). curT == len(lens) once every value arrived.
+	curT, curOff int
 }
 
 type pendingAck struct {
@@ -335,7 +362,7 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		r.sendMu[i] = make(chan struct{}, 1)
 	}
 	var err error
-	r.inbox, err = nc.Subscribe(r.subj.Ring(cfg.Job, cfg.Epoch, cfg.Rank), r.onPiece)
+	r.inbox, err = nc.Subscribe(r.subj.Ring(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("piece", r.onPiece))
 	if err != nil {
 		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
 	}
@@ -345,12 +372,12 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		r.inbox.Unsubscribe()
 		return nil, fmt.Errorf("transport: ring pending limits: %w", err)
 	}
-	r.acks, err = nc.Subscribe(r.subj.RingAck(cfg.Job, cfg.Epoch, cfg.Rank), r.onAck)
+	r.acks, err = nc.Subscribe(r.subj.RingAck(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("ack", r.onAck))
 	if err != nil {
 		r.inbox.Unsubscribe()
 		return nil, fmt.Errorf("transport: ring subscribe: %w", err)
 	}
-	r.ctl, err = nc.Subscribe(r.subj.RingCtl(cfg.Job, cfg.Epoch, cfg.Rank), r.onCtl)
+	r.ctl, err = nc.Subscribe(r.subj.RingCtl(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("ctl", r.onCtl))
 	if err != nil {
 		r.inbox.Unsubscribe()
 		r.acks.Unsubscribe()
@@ -370,6 +397,36 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 	// this one again.
 	r.announce(ctlOpen, nil)
 	return r, nil
+}
+
+// guard wraps a subscription handler so that a panic in it (a bug a
+// message found) is logged at ERROR with its stack, counted in
+// RingStats.HandlerPanics and the message dropped, instead of ending the
+// process on nats.go's goroutine. The handlers take r.mu with deferred
+// unlocks, so a panic never leaves it held.
+func (r *NATSRing) guard(name string, h nats.MsgHandler) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		defer func() {
+			if v := recover(); v != nil {
+				r.panics.Add(1)
+				r.logger.Error("ring message handler panicked; message dropped", "handler", name,
+					"subject", m.Subject, "header", m.Header, "bytes", len(m.Data), "panic", v, "stack", string(debug.Stack()))
+			}
+		}()
+		if hook := r.testHook.Load(); hook != nil {
+			(*hook)(name, m)
+		}
+		h(m)
+	}
+}
+
+// malformedLocked counts a message dropped for its headers.
+func (r *NATSRing) malformedLocked() { r.stats.Malformed++ }
+
+func (r *NATSRing) malformed() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.malformedLocked()
 }
 
 // announce publishes a control notice to every peer (best-effort); with
@@ -415,6 +472,7 @@ func (r *NATSRing) Stats() RingStats {
 	defer r.mu.Unlock()
 	s := r.stats
 	s.BufferedBytes = r.readyB
+	s.HandlerPanics = r.panics.Load()
 	return s
 }
 
@@ -757,14 +815,16 @@ func (r *NATSRing) onAck(m *nats.Msg) {
 	}
 	from, err1 := strconv.Atoi(h.Get(hFrom))
 	seq, err2 := strconv.ParseUint(h.Get(hSeq), 10, 64)
-	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size {
-		return
-	}
+	rsess := h.Get(hRSess)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size || len(rsess) > maxSessionLen {
+		r.malformedLocked()
+		return
+	}
 	if !r.closed {
 		r.ackLocked(from, seq)
-		r.peerLiveLocked(from, h.Get(hRSess))
+		r.peerLiveLocked(from, rsess)
 	}
 }
 
@@ -789,15 +849,16 @@ func (r *NATSRing) onCtl(m *nats.Msg) {
 	h := m.Header
 	from, err := strconv.Atoi(h.Get(hFrom))
 	sess := h.Get(hSess)
-	if h.Get(hJob) != r.cfg.Job || h.Get(hEpoch) != strconv.FormatUint(r.cfg.Epoch, 10) ||
-		err != nil || from < 0 || from >= r.cfg.Size || from == r.cfg.Rank || sess == "" {
-		r.mu.Lock()
-		r.stats.Foreign++
-		r.mu.Unlock()
-		return
-	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if h.Get(hJob) != r.cfg.Job || h.Get(hEpoch) != strconv.FormatUint(r.cfg.Epoch, 10) {
+		r.stats.Foreign++
+		return
+	}
+	if err != nil || from < 0 || from >= r.cfg.Size || from == r.cfg.Rank || sess == "" || len(sess) > maxSessionLen {
+		r.malformedLocked()
+		return
+	}
 	if r.closed {
 		return
 	}
@@ -811,6 +872,12 @@ func (r *NATSRing) onCtl(m *nats.Msg) {
 		l := &r.links[from]
 		if l.gone == nil {
 			l.gone = make(map[string]bool)
+		}
+		if len(l.gone) >= maxGone && !l.gone[sess] {
+			for old := range l.gone { // forget one: sessions long gone rarely speak again
+				delete(l.gone, old)
+				break
+			}
 		}
 		l.gone[sess] = true
 		r.stats.PeersClosed++
@@ -834,18 +901,39 @@ func (r *NATSRing) onCtl(m *nats.Msg) {
 			r.logger.Info("peer ring closed; frames to it are abandoned", "peer", from)
 		}
 	case ctlAbandon:
-		var ints [3]int
-		for i, k := range []string{hKind, hStep, hBlock} {
-			v, err := strconv.Atoi(h.Get(k))
-			if err != nil {
-				r.stats.Corrupt++
-				return
-			}
-			ints[i] = v
+		key, err := parseKey(h)
+		if err != nil {
+			r.malformedLocked()
+			return
 		}
-		r.droppedLocked(frameKey{from, ringattn.Key{Kind: ringattn.Kind(ints[0]), Step: ints[1], Block: ints[2]}})
+		r.droppedLocked(frameKey{from, key})
+	default:
+		r.malformedLocked()
 	}
 }
+
+// parseKey reads a frame key from hKind, hStep and hBlock: a known kind,
+// a step and a block >= 0.
+func parseKey(h nats.Header) (ringattn.Key, error) {
+	kind, err1 := strconv.Atoi(h.Get(hKind))
+	step, err2 := strconv.Atoi(h.Get(hStep))
+	block, err3 := strconv.Atoi(h.Get(hBlock))
+	switch {
+	case err1 != nil || (ringattn.Kind(kind) != ringattn.KindKV && ringattn.Kind(kind) != ringattn.KindPartial) ||
+		kind != int(ringattn.Kind(kind)):
+		return ringattn.Key{}, fmt.Errorf("%w: header %s = %.64q: want %d or %d", errMalformed, hKind, h.Get(hKind),
+			ringattn.KindKV, ringattn.KindPartial)
+	case err2 != nil || step < 0:
+		return ringattn.Key{}, fmt.Errorf("%w: header %s = %.64q: want an integer >= 0", errMalformed, hStep, h.Get(hStep))
+	case err3 != nil || block < 0:
+		return ringattn.Key{}, fmt.Errorf("%w: header %s = %.64q: want an integer >= 0", errMalformed, hBlock, h.Get(hBlock))
+	}
+	return ringattn.Key{Kind: ringattn.Kind(kind), Step: step, Block: block}, nil
+}
+
+// errMalformed is wrapped (with ErrCorrupt) by a piece whose headers are
+// out of range; it is counted in RingStats.Malformed.
+var errMalformed = fmt.Errorf("%w: malformed ring message", ErrCorrupt)
 
 // droppedLocked records that frame fk's sender abandoned it: its Recv (and
 // any repeated Recv) returns ringattn.ErrTimeout at once, and pieces of it
@@ -1009,8 +1097,15 @@ func (r *NATSRing) failLocked(fk frameKey, err error) {
 	if _, ok := r.failed[fk]; ok {
 		return
 	}
-	r.failed[fk] = err
 	r.stats.Incomplete++
+	if len(r.failed) >= maxFailed {
+		// Lost frames nobody asks for (forged pieces?): the Recv of this
+		// one times out instead of failing at once.
+		r.logger.Warn("ring frame lost; too many lost frames pending to record it", "from", fk.from,
+			"kind", fk.key.Kind, "step", fk.key.Step, "block", fk.key.Block, "err", err)
+		return
+	}
+	r.failed[fk] = err
 	r.broadcastLocked()
 	r.logger.Warn("ring frame lost", "from", fk.from, "kind", fk.key.Kind, "step", fk.key.Step,
 		"block", fk.key.Block, "err", err)
@@ -1033,15 +1128,11 @@ func (r *NATSRing) onPiece(m *nats.Msg) {
 	from, err1 := strconv.Atoi(h.Get(hFrom))
 	seq, err2 := strconv.ParseUint(h.Get(hSeq), 10, 64)
 	sess := h.Get(hSess)
-	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size || sess == "" {
-		r.mu.Lock()
-		r.stats.Foreign++
-		r.mu.Unlock()
+	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size || sess == "" || len(sess) > maxSessionLen {
+		r.malformed()
 		return
 	}
-	r.mu.Lock()
-	acks, data := r.admitLocked(m, from, sess, seq)
-	r.mu.Unlock()
+	acks, data := r.admit(m, from, sess, seq)
 	// Acknowledge before copying the piece: the sender's window reopens
 	// while this one is decoded.
 	if len(acks) > 0 {
@@ -1050,14 +1141,25 @@ func (r *NATSRing) onPiece(m *nats.Msg) {
 	if data {
 		r.assemble(from, m)
 	}
+	r.handled(from, sess, seq)
+}
+
+func (r *NATSRing) admit(m *nats.Msg, from int, sess string, seq uint64) (acks []pendingAck, data bool) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.admitLocked(m, from, sess, seq)
+}
+
+// handled records that piece seq of sess from rank `from` was dealt with.
+func (r *NATSRing) handled(from int, sess string, seq uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if p := &r.peers[from]; p.session == sess && seq > p.handled {
 		p.handled = seq
 		if e := r.ended[from]; e.sess == sess && seq >= e.seq {
 			r.broadcastLocked() // the sender's last piece: Recvs waiting on it re-check
 		}
 	}
-	r.mu.Unlock()
 }
 
 // admitLocked applies the per-link sequence: duplicates are dropped, a gap
@@ -1105,15 +1207,9 @@ func (r *NATSRing) admitLocked(m *nats.Msg, from int, sess string, seq uint64) (
 // state under the lock, CRC32C and decoding outside it (only this
 // subscription's goroutine touches a frame before it completes).
 func (r *NATSRing) assemble(from int, m *nats.Msg) {
-	r.mu.Lock()
-	if r.closed {
-		r.mu.Unlock()
-		return
-	}
-	a, at, enc, err := r.placeLocked(&r.peers[from], from, m)
-	r.mu.Unlock()
+	a, at, enc, err := r.place(from, m)
 	if a == nil && err == nil {
-		return // dropped: a copy, a late frame, or the rest of a lost one
+		return // dropped: a copy, a late frame, the rest of a lost one, or closed
 	}
 	if err == nil {
 		err = verifyPiece(m, a, at, enc)
@@ -1124,16 +1220,26 @@ func (r *NATSRing) assemble(from int, m *nats.Msg) {
 		return
 	}
 	p := &r.peers[from]
+	if err == nil {
+		a.next++
+		a.lastPiece = time.Now()
+		a.advance(at.n)
+		if a.next == a.count && a.curT != len(a.lens) {
+			err = fmt.Errorf("%w: frame of %d pieces ended before its tensors were filled", errMalformed, a.count)
+		}
+	}
 	if err != nil {
-		r.stats.Corrupt++
+		if errors.Is(err, errMalformed) {
+			r.stats.Malformed++
+		} else {
+			r.stats.Corrupt++
+		}
 		if p.asm != nil {
 			r.failLocked(frameKey{from, p.asm.key}, err)
 			p.asm = nil
 		}
 		return
 	}
-	a.next++
-	a.lastPiece = time.Now()
 	if a.next < a.count {
 		return
 	}
@@ -1152,6 +1258,26 @@ func (r *NATSRing) assemble(from int, m *nats.Msg) {
 	r.readyB += a.bytes
 	r.stats.PeakBufferedBytes = max(r.stats.PeakBufferedBytes, r.readyB)
 	r.broadcastLocked()
+}
+
+// place runs placeLocked under the lock; nothing for a closed ring.
+func (r *NATSRing) place(from int, m *nats.Msg) (*assembly, piecePlace, Encoding, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, piecePlace{}, 0, nil
+	}
+	return r.placeLocked(&r.peers[from], from, m)
+}
+
+// advance moves the assembly's cursor past n values and any empty
+// tensors after them.
+func (a *assembly) advance(n int) {
+	a.curOff += n
+	for a.curT < len(a.lens) && a.curOff == a.lens[a.curT] {
+		a.curT++
+		a.curOff = 0
+	}
 }
 
 // piecePlace is where a piece goes: values [off, off+n) of tensor t.
@@ -1187,7 +1313,7 @@ func verifyPiece(m *nats.Msg, a *assembly, at piecePlace, enc Encoding) error {
 	h := m.Header
 	want, err := strconv.ParseUint(h.Get(hCRC), 16, 32)
 	if err != nil {
-		return fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hCRC, h.Get(hCRC))
+		return fmt.Errorf("%w: piece header %s = %.64q: want up to 8 hex digits", errMalformed, hCRC, h.Get(hCRC))
 	}
 	if got := CRC32C(m.Data); got != uint32(want) {
 		return fmt.Errorf("%w: piece %s/%s CRC32C %08x, header says %08x", ErrCorrupt,
@@ -1211,19 +1337,26 @@ func verifyPiece(m *nats.Msg, a *assembly, at piecePlace, enc Encoding) error {
 
 // placeLocked finds where piece m goes in peer p's frame in progress,
 // starting a frame at piece 0. It returns a nil assembly (and nil error)
-// for pieces to drop silently, an error for malformed ones.
+// for pieces to drop silently, an error for malformed ones. Every header
+// is bounded before use: the headers come from the network.
 func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, piecePlace, Encoding, error) {
 	h := m.Header
-	var ints [7]int
-	for i, k := range []string{hKind, hStep, hBlock, hPiece, hCount, hTensor, hOff} {
+	key, err := parseKey(h)
+	if err != nil {
+		return nil, piecePlace{}, 0, err
+	}
+	var ints [4]int
+	for i, k := range []string{hPiece, hCount, hTensor, hOff} {
 		v, err := strconv.Atoi(h.Get(k))
-		if err != nil {
-			return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, k, h.Get(k))
+		if err != nil || v < 0 {
+			return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %.64q: want an integer >= 0", errMalformed, k, h.Get(k))
 		}
 		ints[i] = v
 	}
-	key := ringattn.Key{Kind: ringattn.Kind(ints[0]), Step: ints[1], Block: ints[2]}
-	piece, count, tensor, off := ints[3], ints[4], ints[5], ints[6]
+	piece, count, tensor, off := ints[0], ints[1], ints[2], ints[3]
+	if count < 1 || piece >= count {
+		return nil, piecePlace{}, 0, fmt.Errorf("%w: piece %d of %d: want 0 <= piece < count", errMalformed, piece, count)
+	}
 	fk := frameKey{from, key}
 	if piece == 0 {
 		if p.asm != nil {
@@ -1238,31 +1371,16 @@ func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, 
 			r.stats.Duplicates++
 			return nil, piecePlace{}, 0, nil // a copy of a frame we have
 		}
-		if count < 1 {
-			return nil, piecePlace{}, 0, fmt.Errorf("%w: piece count %d", ErrCorrupt, count)
-		}
 		a := &assembly{key: key, count: count}
-		if s := h.Get(hShape); s != "" {
-			fields := strings.Split(s, ",")
-			if len(fields) > maxFrameTensors {
-				return nil, piecePlace{}, 0, fmt.Errorf("%w: frame of %d tensors, want <= %d", ErrCorrupt, len(fields), maxFrameTensors)
-			}
-			for _, f := range fields {
-				n, err := strconv.Atoi(f)
-				if err != nil || n < 0 {
-					return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hShape, s)
-				}
-				a.bytes += int64(n) * 4
-				if a.bytes > r.cfg.MaxFrameBytes {
-					return nil, piecePlace{}, 0, fmt.Errorf("%w: frame of more than %d bytes", ErrTooLarge, r.cfg.MaxFrameBytes)
-				}
-			}
-			for _, f := range fields {
-				n, _ := strconv.Atoi(f)
-				a.lens = append(a.lens, n)
-			}
-			a.tensors = make([][]float32, len(a.lens))
+		elems, err := r.parseShape(a, h.Get(hShape))
+		if err != nil {
+			return nil, piecePlace{}, 0, err
 		}
+		// Every piece carries a value, but an empty frame's only piece.
+		if int64(count) > max(1, elems) {
+			return nil, piecePlace{}, 0, fmt.Errorf("%w: %d pieces for a frame of %d values", errMalformed, count, elems)
+		}
+		a.advance(0)
 		p.asm = a
 	} else if p.asm == nil || p.asm.key != key || p.asm.next != piece || p.asm.count != count {
 		if p.asm != nil {
@@ -1277,15 +1395,46 @@ func (r *NATSRing) placeLocked(p *peerState, from int, m *nats.Msg) (*assembly, 
 	a := p.asm
 	enc, err := ParseEncoding(h.Get(hEnc))
 	if err != nil {
-		return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %q", ErrCorrupt, hEnc, h.Get(hEnc))
+		return nil, piecePlace{}, 0, fmt.Errorf("%w: piece header %s = %.64q: want f32 or bf16", errMalformed, hEnc, h.Get(hEnc))
 	}
 	eb := enc.ElemBytes()
 	n := len(m.Data) / eb
-	if len(m.Data)%eb != 0 || (n > 0 && (tensor < 0 || tensor >= len(a.lens) || off < 0 || off+n > a.lens[tensor])) {
-		return nil, piecePlace{}, 0, fmt.Errorf("%w: piece %d/%d of %d bytes does not fit tensor %d at %d",
-			ErrCorrupt, piece, count, len(m.Data), tensor, off)
+	// Pieces come in order: the next values of the current tensor (an
+	// empty piece only for a frame without values).
+	if len(m.Data)%eb != 0 ||
+		(n == 0 && a.curT != len(a.lens)) ||
+		(n > 0 && (a.curT >= len(a.lens) || tensor != a.curT || off != a.curOff || n > a.lens[tensor]-off)) {
+		return nil, piecePlace{}, 0, fmt.Errorf("%w: piece %d/%d of %d bytes at tensor %d offset %d: want whole %v values at tensor %d offset %d",
+			errMalformed, piece, count, len(m.Data), tensor, off, enc, a.curT, a.curOff)
 	}
 	return a, piecePlace{tensor, off, n}, enc, nil
+}
+
+// parseShape reads hShape (the frame's tensor lengths, comma-separated)
+// into a, bounding the tensors by maxFrameTensors and their float32 bytes
+// by MaxFrameBytes before anything is sized by them. It returns the
+// frame's value count.
+func (r *NATSRing) parseShape(a *assembly, s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if c := strings.Count(s, ",") + 1; c > maxFrameTensors {
+		return 0, fmt.Errorf("%w: frame of %d tensors, want <= %d", errMalformed, c, maxFrameTensors)
+	}
+	a.lens = make([]int, 0, strings.Count(s, ",")+1)
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(f)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("%w: piece header %s = %.64q: want tensor lengths >= 0", errMalformed, hShape, s)
+		}
+		if int64(n) > (r.cfg.MaxFrameBytes-a.bytes)/4 {
+			return 0, fmt.Errorf("%w: %w: frame of more than %d bytes (RingConfig.MaxFrameBytes)", errMalformed, ErrTooLarge, r.cfg.MaxFrameBytes)
+		}
+		a.bytes += int64(n) * 4
+		a.lens = append(a.lens, n)
+	}
+	a.tensors = make([][]float32, len(a.lens))
+	return a.bytes / 4, nil
 }
 
 var _ ringattn.Ring = (*NATSRing)(nil)
