@@ -77,6 +77,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.IntVar(&cfg.Limits.MaxQueued, "max-queued", cfg.Limits.MaxQueued, "most jobs QUEUED at once")
 	fs.Int64Var(&cfg.Limits.MaxJobBytes, "max-job-bytes", cfg.Limits.MaxJobBytes, "largest job, in float32 bytes of inputs and outputs")
 	fs.Int64Var(&cfg.Limits.MaxTokens, "max-tokens", cfg.Limits.MaxTokens, "longest query or key sequence")
+	fs.Int64Var(&cfg.Limits.MaxBlocks, "max-blocks", cfg.Limits.MaxBlocks, "most blocks per sequence, ceil(N/block)")
 	fs.DurationVar(&cfg.RaftHeartbeatTimeout, "raft-heartbeat-timeout", cfg.RaftHeartbeatTimeout, "Raft heartbeat timeout")
 	fs.DurationVar(&cfg.RaftElectionTimeout, "raft-election-timeout", cfg.RaftElectionTimeout, "Raft election timeout")
 	fs.DurationVar(&cfg.RaftLeaderLeaseTimeout, "raft-leader-lease-timeout", cfg.RaftLeaderLeaseTimeout, "Raft leader lease (<= heartbeat timeout)")

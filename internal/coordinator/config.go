@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
@@ -47,20 +48,11 @@ func ParsePeers(s string) ([]Peer, error) {
 	return out, nil
 }
 
-// Limits bound what a job may ask for (DESIGN §5).
+// Limits bound what a job may ask for (DESIGN §5): the job limits of
+// shard.Limits, which CLI, SDK, coordinator and worker check alike
+// (shard.Limits.Check), and the coordinator's own.
 type Limits struct {
-	// MaxD is the largest head dimension.
-	MaxD int64
-	// MaxTokens bounds N and Nk.
-	MaxTokens int64
-	// MaxHeads bounds Hq.
-	MaxHeads int64
-	// MaxBatch bounds B.
-	MaxBatch int64
-	// MaxJobBytes bounds the float32 bytes of a job's inputs and outputs.
-	MaxJobBytes int64
-	// MaxDocs bounds len(seqlens) and len(seqlens_k).
-	MaxDocs int
+	shard.Limits
 	// MaxQueued bounds the number of QUEUED jobs.
 	MaxQueued int
 	// MaxRequestBytes bounds an API request message.
@@ -167,12 +159,7 @@ func DefaultConfig() Config {
 		SnapshotThreshold:      8192,
 		SnapshotRetain:         2,
 		Limits: Limits{
-			MaxD:            256,
-			MaxTokens:       1 << 24,
-			MaxHeads:        1024,
-			MaxBatch:        1024,
-			MaxJobBytes:     64 << 30,
-			MaxDocs:         1 << 16,
+			Limits:          shard.DefaultLimits(),
 			MaxQueued:       10000,
 			MaxRequestBytes: 1 << 20,
 		},
@@ -257,6 +244,8 @@ func (c Config) Validate() error {
 		return bad("Limits.MaxJobBytes", "%d: want >= 1", l.MaxJobBytes)
 	case l.MaxDocs < 1:
 		return bad("Limits.MaxDocs", "%d: want >= 1", l.MaxDocs)
+	case l.MaxBlocks < 1:
+		return bad("Limits.MaxBlocks", "%d: want >= 1", l.MaxBlocks)
 	case l.MaxQueued < 1:
 		return bad("Limits.MaxQueued", "%d: want >= 1", l.MaxQueued)
 	case l.MaxRequestBytes < 1024:

@@ -58,54 +58,33 @@ func validName(field, v string, required bool) *apiError {
 }
 
 // validateSpec checks a submitted spec per DESIGN §5, naming the first
-// field at fault and the expected value.
+// field at fault and the expected value. The job's shape, mask and size go
+// through shard.Limits.Check, the one rule set the CLI, the SDK and the
+// workers apply too; what is checked here besides is what only the wire
+// spec has (kind, dtype, scale, names, deadline, parallelism).
 func validateSpec(spec *pb.JobSpec, l Limits, now time.Time) *apiError {
 	if spec == nil {
 		return invalidField("spec", "missing")
 	}
-	mha := false
+	tensors := shard.Tensors{LSE: spec.WantLse}
 	switch spec.Kind {
 	case pb.JobKind_JOB_KIND_ATTENTION:
-	case pb.JobKind_JOB_KIND_MHA:
-		mha = true
-	default:
-		return invalidField("spec.kind", "%v: want JOB_KIND_ATTENTION or JOB_KIND_MHA", spec.Kind)
-	}
-	dims := []struct {
-		name   string
-		v, max int64
-	}{
-		{"spec.b", spec.B, l.MaxBatch}, {"spec.hq", spec.Hq, l.MaxHeads}, {"spec.hkv", spec.Hkv, l.MaxHeads},
-		{"spec.n", spec.N, l.MaxTokens}, {"spec.nk", spec.Nk, l.MaxTokens}, {"spec.d", spec.D, l.MaxD},
-	}
-	for _, d := range dims {
-		if d.v < 1 || d.v > d.max {
-			return invalidField(d.name, "%d: want 1..%d", d.v, d.max)
-		}
-	}
-	if spec.Hq%spec.Hkv != 0 {
-		return invalidField("spec.hkv", "hq = %d is not a multiple of hkv = %d: want hkv dividing hq", spec.Hq, spec.Hkv)
-	}
-	if mha {
-		if spec.Hkv != spec.Hq {
-			return invalidField("spec.hkv", "%d: an mha layer wants hkv = hq = %d", spec.Hkv, spec.Hq)
-		}
-		if spec.Nk != spec.N {
-			return invalidField("spec.nk", "%d: mha self-attention wants nk = n = %d", spec.Nk, spec.N)
-		}
-		if spec.DModel < 1 || spec.DModel > l.MaxHeads*l.MaxD {
-			return invalidField("spec.d_model", "%d: want 1..%d", spec.DModel, l.MaxHeads*l.MaxD)
-		}
-		if spec.WantLse {
-			return invalidField("spec.want_lse", "true: lse is an output of attention jobs only")
-		}
-	} else {
 		if spec.DModel != 0 {
 			return invalidField("spec.d_model", "%d: attention jobs want 0 (d_model is for mha)", spec.DModel)
 		}
 		if spec.MhaBias {
 			return invalidField("spec.mha_bias", "true: biases are for mha jobs only")
 		}
+	case pb.JobKind_JOB_KIND_MHA:
+		if spec.WantLse {
+			return invalidField("spec.want_lse", "true: lse is an output of attention jobs only")
+		}
+		if spec.DModel < 1 {
+			return invalidField("spec.d_model", "%d: an mha job wants d_model >= 1", spec.DModel)
+		}
+		tensors = shard.Tensors{DModel: int(spec.DModel), Bias: spec.MhaBias}
+	default:
+		return invalidField("spec.kind", "%v: want JOB_KIND_ATTENTION or JOB_KIND_MHA", spec.Kind)
 	}
 	if math.IsNaN(spec.Scale) || math.IsInf(spec.Scale, 0) || spec.Scale < 0 {
 		return invalidField("spec.scale", "%v: want a finite number > 0 (or 0 for 1/sqrt(d))", spec.Scale)
@@ -114,14 +93,6 @@ func validateSpec(spec *pb.JobSpec, l Limits, now time.Time) *apiError {
 	case pb.WireDType_WIRE_DTYPE_UNSPECIFIED, pb.WireDType_WIRE_DTYPE_F32, pb.WireDType_WIRE_DTYPE_BF16:
 	default:
 		return invalidField("spec.wire_dtype", "%v: want WIRE_DTYPE_F32 or WIRE_DTYPE_BF16", spec.WireDtype)
-	}
-	if spec.Block < 0 || spec.Block > l.MaxTokens {
-		return invalidField("spec.block", "%d: want 1..%d tokens (or 0 for %d)", spec.Block, l.MaxTokens, shard.DefaultBlock)
-	}
-	switch shard.Strategy(spec.Strategy) {
-	case shard.Auto, shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV:
-	default:
-		return invalidField("spec.strategy", "%q: want contiguous, zigzag, striped, splitkv or empty (auto)", spec.Strategy)
 	}
 	if spec.Parallelism < 0 || spec.Parallelism > 4096 {
 		return invalidField("spec.parallelism", "%d: want 0..4096 ranks (0 = as many as useful)", spec.Parallelism)
@@ -138,42 +109,40 @@ func validateSpec(spec *pb.JobSpec, l Limits, now time.Time) *apiError {
 	if spec.InputRef == "" && spec.IdempotencyKey == "" {
 		return invalidField("spec.input_ref", "empty: want the store namespace the inputs were uploaded under (or an idempotency_key naming it)")
 	}
-	if m := spec.Mask; m != nil {
-		if m.Windowed && (m.WindowLeft < -1 || m.WindowRight < -1) {
-			return invalidField("spec.mask", "window (%d, %d): want each side >= 0, or -1 for unbounded", m.WindowLeft, m.WindowRight)
-		}
-		if !m.Windowed && (m.WindowLeft != 0 || m.WindowRight != 0) {
-			return invalidField("spec.mask.windowed", "false with window (%d, %d): set windowed to use a window", m.WindowLeft, m.WindowRight)
-		}
-		if len(m.Seqlens) > l.MaxDocs || len(m.SeqlensK) > l.MaxDocs {
-			return invalidField("spec.mask.seqlens", "%d/%d documents: want at most %d", len(m.Seqlens), len(m.SeqlensK), l.MaxDocs)
-		}
+	if m := spec.Mask; m != nil && !m.Windowed && (m.WindowLeft != 0 || m.WindowRight != 0) {
+		return invalidField("spec.mask.windowed", "false with window (%d, %d): set windowed to use a window", m.WindowLeft, m.WindowRight)
 	}
-	// Bytes of inputs and outputs, float32.
-	var elems int64
-	if mha {
-		hd := spec.Hq * spec.D
-		elems = 2*spec.B*spec.N*spec.DModel + 4*hd*spec.DModel
-	} else {
-		elems = 2*spec.B*spec.Hq*spec.N*spec.D + 2*spec.B*spec.Hkv*spec.Nk*spec.D
-		if spec.WantLse {
-			elems += spec.B * spec.Hq * spec.N
+	// Count the documents before planRequest copies them.
+	if m := spec.Mask; m != nil && (int64(len(m.Seqlens)) > l.MaxDocs || int64(len(m.SeqlensK)) > l.MaxDocs) {
+		field := "spec.mask.seqlens"
+		if int64(len(m.Seqlens)) <= l.MaxDocs {
+			field = "spec.mask.seqlens_k"
 		}
+		return invalidField(field, "%d/%d documents: want at most %d (Limits.MaxDocs)", len(m.Seqlens), len(m.SeqlensK), l.MaxDocs)
 	}
-	if bytes := 4 * elems; bytes > l.MaxJobBytes {
-		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "spec", wrap: ErrLimit,
-			msg: fmt.Sprintf("job needs %d bytes of tensors: want at most %d (Limits.MaxJobBytes)", bytes, l.MaxJobBytes)}
-	}
-	// The planner's own checks (mask lengths, block) on a one-rank plan.
 	req := planRequest(spec, 1, nil, nil)
-	if err := req.Validate(); err != nil {
-		field := "spec"
-		if strings.Contains(err.Error(), "Mask") {
-			field = "spec.mask"
-		}
-		return invalidField(field, "%s", strings.TrimPrefix(err.Error(), shard.ErrInvalid.Error()+": "))
+	return limitError(l.Check(&req, tensors))
+}
+
+// limitError translates an error of shard.Limits.Check to a client error
+// on the spec field it names: INVALID_ARGUMENT, or RESOURCE_EXHAUSTED for a
+// job above Limits.MaxJobBytes.
+func limitError(err error) *apiError {
+	if err == nil {
+		return nil
 	}
-	return nil
+	var fe *shard.FieldError
+	if !errors.As(err, &fe) {
+		return invalidField("spec", "%v", err)
+	}
+	field := "spec"
+	if fe.Field != "" {
+		field += "." + fe.Field
+	}
+	if errors.Is(fe, shard.ErrLimit) {
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: field, msg: fe.Msg, wrap: ErrLimit}
+	}
+	return invalidField(field, "%s", fe.Msg)
 }
 
 // planRequest is the shard.Request of a job over ranks workers.
