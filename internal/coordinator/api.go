@@ -101,21 +101,7 @@ func (l *leader) handler(endpoint string, h func([]byte) (proto.Message, *apiErr
 		}
 		go func() {
 			defer l.wg.Done()
-			var (
-				reply proto.Message
-				ae    *apiError
-			)
-			if n := len(req.Data()); n > l.c.cfg.Limits.MaxRequestBytes {
-				ae = &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: "request too large", wrap: ErrLimit}
-			} else {
-				reply, ae = h(req.Data())
-			}
-			code := "ok"
-			if ae != nil {
-				reply = errorReply(endpoint, ae.proto())
-				code = strings.ToLower(strings.TrimPrefix(ae.code.String(), "ERROR_CODE_"))
-			}
-			l.c.met.apiRequests.WithLabelValues(endpoint, code).Inc()
+			reply, ae := l.serve(endpoint, h, req.Data())
 			data, err := proto.Marshal(reply)
 			if err != nil {
 				_ = req.Error("500", err.Error(), nil)
@@ -131,6 +117,32 @@ func (l *leader) handler(endpoint string, h func([]byte) (proto.Message, *apiErr
 			}
 		}()
 	})
+}
+
+// serve runs one API request through its handler h and returns the reply
+// to send (an error reply when ae != nil). A panic in h is contained: the
+// client gets ERROR_CODE_INTERNAL and the leader goes on.
+func (l *leader) serve(endpoint string, h func([]byte) (proto.Message, *apiError), data []byte) (reply proto.Message, ae *apiError) {
+	defer func() {
+		if err := l.recovered("api_"+endpoint, recover()); err != nil {
+			reply, ae = nil, &apiError{code: pb.ErrorCode_ERROR_CODE_INTERNAL, wrap: err,
+				msg: fmt.Sprintf("internal error while serving %s (logged on leader %s); retrying will not help", endpoint, l.c.cfg.NodeID)}
+		}
+		code := "ok"
+		if ae != nil {
+			reply = errorReply(endpoint, ae.proto())
+			code = strings.ToLower(strings.TrimPrefix(ae.code.String(), "ERROR_CODE_"))
+		}
+		l.c.met.apiRequests.WithLabelValues(endpoint, code).Inc()
+	}()
+	if n := len(data); n > l.c.cfg.Limits.MaxRequestBytes {
+		return nil, &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "request", wrap: ErrLimit,
+			msg: fmt.Sprintf("%d bytes: want at most %d (Limits.MaxRequestBytes)", n, l.c.cfg.Limits.MaxRequestBytes)}
+	}
+	if hk := l.c.hooks.Load(); hk != nil && hk.api != nil {
+		hk.api(endpoint, data)
+	}
+	return h(data)
 }
 
 func decodeReq(data []byte, m proto.Message) *apiError {
@@ -155,25 +167,50 @@ func (l *leader) apiSubmit(data []byte) (proto.Message, *apiError) {
 	// Fast path for retries: the key is already in the log.
 	var (
 		existing *cpb.Job
+		user     *cpb.Job // another live job reading the same inputs
 		queued   int
 	)
+	key, ref := req.Spec.IdempotencyKey, specInputRef(req.Spec)
 	c.fsm.view(func(s *State) {
-		if k := req.Spec.IdempotencyKey; k != "" {
-			existing = s.JobByKey(k)
+		if key != "" {
+			existing = s.JobByKey(key)
 		}
 		if existing == nil {
 			queued = s.Counts()[pb.JobState_JOB_STATE_QUEUED]
+			user = s.inputUser(ref)
 		}
 	})
 	if existing != nil {
-		if existing.State != pb.JobState_JOB_STATE_EXPIRED && !proto.Equal(existing.Spec, req.Spec) {
-			return nil, apiErrorOf(fmt.Errorf("%w: key %q is job %s, submitted with a different spec", ErrIdempotencyConflict, req.Spec.IdempotencyKey, existing.Id))
+		if existing.State != pb.JobState_JOB_STATE_EXPIRED && !sameSpec(existing.Spec, req.Spec) {
+			return nil, apiErrorOf(fmt.Errorf("%w: key %q is job %s, submitted with a different spec", ErrIdempotencyConflict, key, existing.Id))
 		}
 		return &pb.SubmitReply{Job: l.status(existing), Existing: true}, nil
+	}
+	if user != nil {
+		return nil, inputInUse(ref, user.Id)
 	}
 	if queued >= c.cfg.Limits.MaxQueued {
 		return nil, &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "spec", wrap: ErrLimit,
 			msg: fmt.Sprintf("queue full: %d jobs queued, want fewer than %d (Limits.MaxQueued); retry later", queued, c.cfg.Limits.MaxQueued)}
+	}
+	// Reserve the input namespace while the submit is proposed, so that
+	// two submits racing with the same namespace (and different keys)
+	// cannot both pass the check above; retries of one key share it.
+	l.mu.Lock()
+	holder, busy := l.inputs[ref]
+	if !busy {
+		l.inputs[ref] = key
+	}
+	l.mu.Unlock()
+	if busy && (holder != key || key == "") {
+		return nil, inputInUse(ref, "being submitted")
+	}
+	if !busy {
+		defer func() {
+			l.mu.Lock()
+			delete(l.inputs, ref)
+			l.mu.Unlock()
+		}()
 	}
 	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: newJobID(), Spec: req.Spec, UnixMs: c.now().UnixMilli()})
 	if err != nil {
@@ -187,6 +224,15 @@ func (l *leader) apiSubmit(data []byte) (proto.Message, *apiError) {
 		l.wake()
 	}
 	return &pb.SubmitReply{Job: l.status(r.Job), Existing: r.Existing}, nil
+}
+
+// inputInUse refuses a submit whose input namespace a live job reads.
+func inputInUse(ref, by string) *apiError {
+	if by != "being submitted" {
+		by = "in use by job " + by
+	}
+	return &apiError{code: pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION, field: "spec.input_ref", wrap: ErrInputInUse,
+		msg: fmt.Sprintf("%q is %s: inputs of a live job are immutable; upload under a fresh namespace", ref, by)}
 }
 
 func (l *leader) apiGet(data []byte) (proto.Message, *apiError) {

@@ -47,6 +47,8 @@ type Coordinator struct {
 	httpL net.Listener
 	httpS *http.Server
 
+	hooks hookPtr // test seams (contain.go)
+
 	mu     sync.Mutex
 	leader *leader // the running leader session, if any
 	closed bool

@@ -28,6 +28,8 @@ var (
 	ErrInvalid = errors.New("coordinator: invalid")
 	// ErrNotLeader: this node is not the Raft leader.
 	ErrNotLeader = errors.New("coordinator: not the leader")
+	// ErrInputInUse: a submit names the input namespace of a live job.
+	ErrInputInUse = errors.New("coordinator: input namespace in use")
 	// ErrLimit: a size or queue limit was hit.
 	ErrLimit = errors.New("coordinator: limit exceeded")
 )

@@ -194,9 +194,7 @@ func TestCoordinatorExpiry(t *testing.T) {
 	tc.leader()
 	newTestWorker(t, tc.url, "w", 10, 5*time.Millisecond)
 	a := submit(t, nc, attnSpec("exp-a", 128))
-	shared := attnSpec("exp-b", 128)
-	shared.InputRef = "in-exp-a" // reads a's inputs: they must outlive b
-	b := submit(t, nc, shared)
+	b := submit(t, nc, attnSpec("exp-b", 128))
 	waitState(t, nc, a.Job.Id, pb.JobState_JOB_STATE_SUCCEEDED, 10*time.Second)
 	waitState(t, nc, b.Job.Id, pb.JobState_JOB_STATE_SUCCEEDED, 10*time.Second)
 	// Both expire (the first deletion attempt fails and is retried), then
@@ -212,10 +210,10 @@ func TestCoordinatorExpiry(t *testing.T) {
 	got := slices.Clone(del.jobs)
 	del.mu.Unlock()
 	slices.Sort(got)
-	want := []string{a.Job.Id, b.Job.Id, "in-exp-a"}
+	want := []string{a.Job.Id, b.Job.Id, "in-exp-a", "in-exp-b"}
 	slices.Sort(want)
 	if !slices.Equal(got, want) {
-		t.Fatalf("deleted %v, want %v (inputs once, after their last reader)", got, want)
+		t.Fatalf("deleted %v, want %v (each job's outputs and inputs once)", got, want)
 	}
 	if n := tc.nodes[0].State().Len(); n != 0 {
 		t.Fatalf("%d records left after purge", n)

@@ -326,12 +326,16 @@ type testWorker struct {
 
 	// gate, when set, holds finished shards' reports until it is closed.
 	gate *gate
+	// stepping: heartbeats show each running shard's steps_done growing
+	// (by one a heartbeat); otherwise it stays 0 (a stuck rank).
+	stepping bool
 
 	mu       sync.Mutex
 	delay    time.Duration
 	fail     string // when set, report failures with this reason
 	fatal    bool
 	running  map[shardKey]bool     // true once its report is acknowledged
+	steps    map[shardKey]int64    // steps_done shown in heartbeats
 	assigned map[shardKey]int      // assignments received
 	senders  map[shardKey][]string // leader of each assignment received
 	aborted  []*pb.ShardRef
@@ -344,7 +348,7 @@ type testWorker struct {
 func newTestWorker(t testing.TB, url, id string, gflops float64, delay time.Duration) *testWorker {
 	t.Helper()
 	w := &testWorker{t: t, id: id, nc: connect(t, url), subj: transport.NewSubjects(""), gflops: gflops, slots: 2,
-		every: 100 * time.Millisecond, delay: delay, running: map[shardKey]bool{}, assigned: map[shardKey]int{}, senders: map[shardKey][]string{}, done: make(chan struct{})}
+		every: 100 * time.Millisecond, delay: delay, running: map[shardKey]bool{}, steps: map[shardKey]int64{}, assigned: map[shardKey]int{}, senders: map[shardKey][]string{}, done: make(chan struct{})}
 	var err error
 	w.sub, err = w.nc.Subscribe(w.subj.Assign(id), w.onAssign)
 	noErr(t, err)
@@ -359,7 +363,10 @@ func (w *testWorker) heartbeat(leaving bool) {
 	hb := &pb.Heartbeat{WorkerId: w.id, Slots: w.slots, Gflops: w.gflops, Version: "test", Leaving: leaving, SentUnixMs: time.Now().UnixMilli()}
 	for k, acked := range w.running {
 		if !acked {
-			hb.Running = append(hb.Running, &pb.ShardRef{JobId: k.job, Epoch: k.epoch, Rank: k.rank})
+			if w.stepping {
+				w.steps[k]++
+			}
+			hb.Running = append(hb.Running, &pb.ShardRef{JobId: k.job, Epoch: k.epoch, Rank: k.rank, StepsDone: w.steps[k], StepsTotal: 1000})
 		}
 	}
 	w.mu.Unlock()
@@ -542,6 +549,35 @@ func (tc *testCluster) restartWith(i int, td TensorDeleter) {
 	})
 	noErr(tc.t, err)
 	tc.nodes[i] = c
+}
+
+// setHooks installs test hooks on every running node.
+func (tc *testCluster) setHooks(h *hooks) {
+	for _, c := range tc.nodes {
+		if c != nil {
+			c.setHooks(h)
+		}
+	}
+}
+
+// metricLabel returns the value of one labelled series of a counter.
+func metricLabel(t testing.TB, c *Coordinator, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := c.deps.Gatherer.Gather()
+	noErr(t, err)
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.Metric {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == label && lp.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
 
 // metricValue returns the sum of a metric's series in c's registry.

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,8 +29,13 @@ import (
 // reads everything durable from the FSM, so a new leader resumes every job
 // where the log says it is and re-issues each running job's current epoch.
 //
-// Lock order: planMu before mu. mu guards the soft state only and is never
-// held across a Raft apply or a NATS request.
+// Locks: mu guards the soft state (maps below) and nothing else: it is
+// never held across a Raft apply, a store call, a NATS request or publish,
+// or planning, and no other lock is taken while it is held (fsm.mu and
+// Coordinator.mu are taken only when mu is not held). Only the scheduler
+// goroutine (run → tick) plans and starts epochs; the report and API
+// handlers record what they learn in the soft state and wake it. See
+// DESIGN.md, "Locks".
 type leader struct {
 	c     *Coordinator
 	log   *slog.Logger
@@ -40,9 +46,6 @@ type leader struct {
 	ready atomic.Bool
 	term  uint64
 
-	// planMu serialises planning decisions (the tick, failure reports).
-	planMu sync.Mutex
-
 	mu       sync.Mutex
 	stopped  bool
 	wg       sync.WaitGroup
@@ -51,13 +54,23 @@ type leader struct {
 	replan   map[string]replanReq
 	suspect  map[string]time.Time // worker -> excluded from plans until
 	deleteAt map[string]time.Time // job -> next tensor-deletion attempt
+	progress map[shardKey]*progressState
+	inputs   map[string]string // input namespace -> submit in flight (api.go)
 	subs     []*nats.Subscription
 	svc      micro.Service
 }
 
 type workerInfo struct {
-	hb   *pb.Heartbeat
+	hb   *pb.Heartbeat // sanitized (sanitizeHeartbeat)
 	seen time.Time
+	// warned: a bad speed of this worker has been logged.
+	warned bool
+}
+
+// progressState is when a rank's steps_done last changed.
+type progressState struct {
+	steps int64
+	at    time.Time
 }
 
 type shardKey struct {
@@ -70,6 +83,9 @@ type sendState struct {
 	at       time.Time
 	acked    bool
 	inflight bool
+	// since is when the worker first accepted this shard in this term
+	// (kept across re-sends): the progress watchdog counts from it.
+	since time.Time
 }
 
 type replanReq struct {
@@ -89,6 +105,8 @@ func newLeader(c *Coordinator) *leader {
 		replan:   map[string]replanReq{},
 		suspect:  map[string]time.Time{},
 		deleteAt: map[string]time.Time{},
+		progress: map[shardKey]*progressState{},
+		inputs:   map[string]string{},
 	}
 }
 
@@ -204,7 +222,9 @@ func (l *leader) listen() error {
 		}
 		go func() {
 			defer l.wg.Done()
-			l.respond(m, l.handleReport(m.Data))
+			if a := l.handleReport(m.Data); a != nil {
+				l.respond(m, a)
+			}
 		}()
 	})
 	if err != nil {
@@ -251,30 +271,124 @@ func (l *leader) respond(m *nats.Msg, reply proto.Message) {
 
 // ---- worker registry ----
 
-func (l *leader) onHeartbeat(m *nats.Msg) {
-	var hb pb.Heartbeat
-	if err := proto.Unmarshal(m.Data, &hb); err != nil || validName("worker_id", hb.WorkerId, true) != nil {
-		l.log.Warn("dropping malformed heartbeat", "bytes", len(m.Data), "err", err)
-		return
+// Heartbeat limits. A heartbeat is decoded once, here, into a value the
+// scheduler can trust: numbers it weighs plans by are finite and bounded,
+// lists are bounded, names are valid subject tokens.
+const (
+	// maxHeartbeatBytes bounds an encoded heartbeat (1024 shard refs take
+	// about 50 KiB).
+	maxHeartbeatBytes = 256 << 10
+	// maxRunning bounds the shards one heartbeat lists; more are dropped.
+	maxRunning = 1024
+	// maxSlots bounds the ranks one worker may run at once.
+	maxSlots = 1024
+	// maxGflops: a speed above this (10 PFLOP/s) is not a measurement.
+	maxGflops = 1e7
+	// maxWorkers bounds the registry: heartbeats of further new worker ids
+	// are dropped until some worker times out.
+	maxWorkers = 4096
+	// maxVersionBytes bounds the version string kept for display.
+	maxVersionBytes = 64
+)
+
+// sanitizeHeartbeat makes hb trustworthy in place and says what it had to
+// change: a speed that is not finite and within (0, maxGflops] becomes 0
+// (unknown: plans give it a default weight), slots are clamped to
+// [0, maxSlots], shard refs with an invalid job id or negative rank and
+// duplicates are dropped and at most maxRunning are kept, the version is
+// cut to maxVersionBytes. The worker id is checked by the caller.
+func sanitizeHeartbeat(hb *pb.Heartbeat) (badSpeed bool, dropped int) {
+	if g := hb.Gflops; math.IsNaN(g) || math.IsInf(g, 0) || g <= 0 || g > maxGflops {
+		badSpeed = true
+		hb.Gflops = 0
 	}
+	hb.Slots = min(max(hb.Slots, 0), maxSlots)
+	if len(hb.Version) > maxVersionBytes {
+		hb.Version = strings.ToValidUTF8(hb.Version[:maxVersionBytes], "")
+	}
+	seen := map[shardKey]bool{}
+	keep := hb.Running[:0]
+	for _, ref := range hb.Running {
+		k := shardKey{ref.GetJobId(), ref.GetEpoch(), ref.GetRank()}
+		if ref == nil || len(keep) >= maxRunning || validName("job_id", ref.JobId, true) != nil || ref.Rank < 0 || seen[k] {
+			dropped++
+			continue
+		}
+		seen[k] = true
+		keep = append(keep, ref)
+	}
+	clear(hb.Running[len(keep):])
+	hb.Running = keep
+	return badSpeed, dropped
+}
+
+func (l *leader) onHeartbeat(m *nats.Msg) {
+	l.guard("heartbeat", func() {
+		if a := l.heartbeat(m.Data); a != nil && m.Reply != "" {
+			l.respond(m, a)
+		}
+	})
+}
+
+// heartbeat records one heartbeat and returns its ack (nil: dropped).
+func (l *leader) heartbeat(data []byte) *pb.HeartbeatAck {
+	if len(data) > maxHeartbeatBytes {
+		l.log.Warn("dropping oversized heartbeat", "bytes", len(data), "max", maxHeartbeatBytes)
+		return nil
+	}
+	var hb pb.Heartbeat
+	if err := proto.Unmarshal(data, &hb); err != nil {
+		l.log.Warn("dropping malformed heartbeat", "bytes", len(data), "err", err)
+		return nil
+	}
+	if e := validName("worker_id", hb.WorkerId, true); e != nil {
+		l.log.Warn("dropping heartbeat", "err", e)
+		return nil
+	}
+	rawSpeed := hb.Gflops
+	badSpeed, dropped := sanitizeHeartbeat(&hb)
+	abort, owned := l.classify(&hb)
 	now := l.c.now()
 	l.mu.Lock()
 	old, known := l.workers[hb.WorkerId]
-	l.workers[hb.WorkerId] = &workerInfo{hb: &hb, seen: now}
+	if !known && len(l.workers) >= maxWorkers {
+		l.mu.Unlock()
+		l.log.Warn("dropping heartbeat of a new worker: registry full", "worker", hb.WorkerId, "max", maxWorkers)
+		return nil
+	}
+	wi := &workerInfo{hb: &hb, seen: now}
+	if known {
+		wi.warned = old.warned
+	}
+	warn := badSpeed && !wi.warned
+	wi.warned = wi.warned || badSpeed
+	l.workers[hb.WorkerId] = wi
+	for _, ref := range owned {
+		k := shardKey{ref.JobId, ref.Epoch, ref.Rank}
+		if p := l.progress[k]; p == nil || p.steps != ref.StepsDone {
+			l.progress[k] = &progressState{steps: ref.StepsDone, at: now}
+		}
+	}
 	l.mu.Unlock()
+	if warn {
+		l.log.Warn("worker reports an unusable speed; planning it with a default weight", "worker", hb.WorkerId,
+			"gflops", rawSpeed, "want", fmt.Sprintf("finite, in (0, %g]", float64(maxGflops)))
+	}
+	if dropped > 0 {
+		l.log.Debug("heartbeat shard refs dropped", "worker", hb.WorkerId, "dropped", dropped)
+	}
 	if !known || hb.Leaving != old.hb.GetLeaving() {
 		l.log.Info("worker heartbeat", "worker", hb.WorkerId, "slots", hb.Slots, "gflops", hb.Gflops, "leaving", hb.Leaving, "new", !known)
 		l.wake()
 	}
-	if m.Reply != "" {
-		l.respond(m, &pb.HeartbeatAck{LeaderId: l.c.cfg.NodeID, Term: l.term, Abort: l.aborts(&hb)})
-	}
+	return &pb.HeartbeatAck{LeaderId: l.c.cfg.NodeID, Term: l.term, Abort: abort}
 }
 
-// aborts lists the shards a worker holds that are over: their job finished
-// or moved to a newer epoch, or the rank belongs to another worker.
-func (l *leader) aborts(hb *pb.Heartbeat) []*pb.ShardRef {
-	var out []*pb.ShardRef
+// classify sorts the shards a worker lists: abort those that are over
+// (their job finished or moved to a newer epoch, or the rank belongs to
+// another worker); owned are the ranks of running jobs' current epochs
+// that the plan gives this worker (their progress is tracked).
+func (l *leader) classify(hb *pb.Heartbeat) (abort, owned []*pb.ShardRef) {
 	l.c.fsm.view(func(s *State) {
 		for _, ref := range hb.Running {
 			j := s.jobs[ref.JobId]
@@ -283,12 +397,15 @@ func (l *leader) aborts(hb *pb.Heartbeat) []*pb.ShardRef {
 				ranks := j.Plan.GetRanks()
 				over = ref.Rank < 0 || int(ref.Rank) >= len(ranks) || ranks[ref.Rank].WorkerId != hb.WorkerId
 			}
-			if over {
-				out = append(out, proto.CloneOf(ref))
+			switch {
+			case over:
+				abort = append(abort, proto.CloneOf(ref))
+			case ref.Epoch == j.Epoch && j.State == pb.JobState_JOB_STATE_RUNNING:
+				owned = append(owned, ref)
 			}
 		}
 	})
-	return out
+	return abort, owned
 }
 
 // liveWorkers returns the workers that may take work now, dropping those
@@ -356,9 +473,12 @@ func usedSlots(jobs []*cpb.Job) map[string]int {
 
 // ---- the scheduler ----
 
-func (l *leader) tick() {
-	l.planMu.Lock()
-	defer l.planMu.Unlock()
+// tick is one scheduling round. It runs on the scheduler goroutine only,
+// holds no lock across its effects, and contains panics: one per job (that
+// job fails) and one for the round.
+func (l *leader) tick() { l.guard("scheduling", l.schedule) }
+
+func (l *leader) schedule() {
 	c := l.c
 	now := c.now()
 	var jobs []*cpb.Job
@@ -377,7 +497,7 @@ func (l *leader) tick() {
 		case pb.JobState_JOB_STATE_QUEUED:
 			queued = append(queued, j)
 		case pb.JobState_JOB_STATE_RUNNING:
-			l.tickRunning(j, live, used, grace, now)
+			l.guardJob("scheduling", j, func() { l.tickRunning(j, live, used, grace, now) })
 		}
 	}
 	slices.SortStableFunc(queued, func(a, b *cpb.Job) int {
@@ -398,9 +518,9 @@ func (l *leader) tick() {
 		if len(cands) == 0 {
 			break // strict priority/FIFO: the head waits for capacity
 		}
-		l.startEpoch(j, cands, nil, used, "")
+		l.guardJob("scheduling", j, func() { l.startEpoch(j, cands, nil, used, "") })
 	}
-	l.expire(jobs, now)
+	l.guard("expiring", func() { l.expire(jobs, now) })
 	l.forget()
 }
 
@@ -425,6 +545,11 @@ func (l *leader) forget() {
 	for id, rq := range l.replan {
 		if e, ok := cur[id]; !ok || e != rq.epoch {
 			delete(l.replan, id)
+		}
+	}
+	for k := range l.progress {
+		if e, ok := cur[k.job]; !ok || e != k.epoch {
+			delete(l.progress, k)
 		}
 	}
 }
@@ -472,6 +597,9 @@ func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map
 			}
 		}
 	}
+	if reason == "" && !grace {
+		reason = l.watchdog(j, live, now)
+	}
 	if reason != "" {
 		l.replanJob(j, reason, live, used, now)
 		return
@@ -514,6 +642,72 @@ func (l *leader) needsSend(k shardKey, worker string, now time.Time) bool {
 	// The worker has been heartbeating without this shard for a while:
 	// it lost it (restarted?). Assignments are idempotent; send again.
 	return true
+}
+
+// progressStepFactor: a rank may go this many times its plan's expected
+// step time without progress (but at least ProgressTimeout).
+const progressStepFactor = 10
+
+// maxProgressTimeout caps the computed progress timeout.
+const maxProgressTimeout = 24 * time.Hour
+
+// progressTimeout is how long rank rk of plan p may go without its
+// steps_done changing: max(floor, progressStepFactor × the expected time of
+// one step: the rank's cost over the plan's steps at the worker's speed,
+// taken as 1 GFLOP/s when unknown).
+func progressTimeout(floor time.Duration, p *pb.Plan, rk *pb.RankPlan, gflops float64) time.Duration {
+	if !(gflops > 0) {
+		gflops = 1
+	}
+	step := rk.GetCost() / float64(max(p.GetSteps(), 1)) / (gflops * 1e9) // seconds
+	d := progressStepFactor * step
+	if !(d >= 0) || d > maxProgressTimeout.Seconds() {
+		if d > 0 {
+			return maxProgressTimeout
+		}
+		return floor
+	}
+	return max(floor, time.Duration(d*float64(time.Second)))
+}
+
+// watchdog returns why j's epoch must be re-planned because a rank stopped
+// making progress ("" if none did): its worker heartbeats but the rank's
+// steps_done has not changed (or was never listed) for longer than its
+// progress timeout since the assignment was acknowledged. The worker is
+// marked suspect like any other loss.
+func (l *leader) watchdog(j *cpb.Job, live map[string]*pb.Heartbeat, now time.Time) string {
+	for r, rk := range j.Plan.GetRanks() {
+		if _, done := slices.BinarySearch(j.DoneRanks, int32(r)); done {
+			continue
+		}
+		hb, ok := live[rk.WorkerId]
+		if !ok {
+			continue
+		}
+		limit := progressTimeout(l.c.cfg.ProgressTimeout, j.Plan, rk, hb.Gflops)
+		k := shardKey{j.Id, j.Epoch, int32(r)}
+		l.mu.Lock()
+		var idle time.Duration
+		if st := l.sent[k]; st != nil && !st.since.IsZero() {
+			last := st.since
+			if p := l.progress[k]; p != nil && p.at.After(last) {
+				last = p.at
+			}
+			idle = now.Sub(last)
+		}
+		stalled := idle > limit
+		if stalled {
+			l.suspect[rk.WorkerId] = now.Add(l.c.cfg.HeartbeatTimeout)
+		}
+		l.mu.Unlock()
+		if stalled {
+			l.c.met.stalls.Inc()
+			l.log.Warn("rank made no progress; re-planning without its worker", "job", j.Id, "epoch", j.Epoch, "rank", r,
+				"worker", rk.WorkerId, "idle", idle, "timeout", limit)
+			return fmt.Sprintf("rank %d on worker %s made no progress for %v", r, rk.WorkerId, idle.Round(time.Millisecond))
+		}
+	}
+	return ""
 }
 
 // candidates returns the live workers with a free slot, fastest first,
@@ -632,16 +826,20 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, us
 	nk := int(BlockCount(&pb.JobSpec{N: j.Spec.GetNk(), Block: j.Spec.GetBlock()}))
 	w = max(1, min(w, max(nq, nk)))
 	cands = cands[:w]
-	weights := make([]float64, w)
-	for i, hb := range cands {
-		weights[i] = hb.Gflops
-		if !(weights[i] > 0) {
-			weights[i] = 1
-		}
-	}
-	sp, err := shard.NewPlan(planRequest(j.Spec, w, weights, qblocks))
-	if err != nil {
-		l.finish(j, pb.JobState_JOB_STATE_FAILED, "cannot plan: "+err.Error())
+	sp, err := l.plan(j, planRequest(j.Spec, w, planWeights(cands), qblocks))
+	var pe *panicError
+	switch {
+	case errors.As(err, &pe):
+		l.logPanic(pe, "job", j.Id)
+		l.finish(j, pb.JobState_JOB_STATE_FAILED, pe.Error())
+		return
+	case errors.Is(err, errPlanTimeout):
+		l.finish(j, pb.JobState_JOB_STATE_FAILED, fmt.Sprintf("cannot plan: planning took longer than %v (PlanTimeout)", c.cfg.PlanTimeout))
+		return
+	case l.ctx.Err() != nil:
+		return // stepping down: the next leader plans it
+	case err != nil:
+		l.finish(j, pb.JobState_JOB_STATE_FAILED, "cannot plan: "+strings.TrimPrefix(err.Error(), shard.ErrInvalid.Error()+": "))
 		return
 	}
 	plan := planProto(sp, cands)
@@ -674,6 +872,43 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, us
 	for rank := range plan.Ranks {
 		l.send(r.Job, int32(rank))
 	}
+}
+
+// plan plans job j within Config.PlanTimeout (or until the leader steps
+// down); see planWithin.
+func (l *leader) plan(j *cpb.Job, req shard.Request) (*shard.Plan, error) {
+	ctx, cancel := context.WithTimeout(l.ctx, l.c.cfg.PlanTimeout)
+	defer cancel()
+	var before func()
+	if h := l.c.hooks.Load(); h != nil && h.plan != nil {
+		before = func() { h.plan(proto.CloneOf(j)) }
+	}
+	return planWithin(ctx, req, before)
+}
+
+// planWeights are the candidates' speeds as plan weights. A worker whose
+// speed is unknown (0 after sanitizeHeartbeat) weighs as the median of the
+// known ones (1 when none is known).
+func planWeights(cands []*pb.Heartbeat) []float64 {
+	var known []float64
+	for _, hb := range cands {
+		if hb.Gflops > 0 {
+			known = append(known, hb.Gflops)
+		}
+	}
+	def := 1.0
+	if len(known) > 0 {
+		slices.Sort(known)
+		def = known[len(known)/2]
+	}
+	w := make([]float64, len(cands))
+	for i, hb := range cands {
+		w[i] = hb.Gflops
+		if !(w[i] > 0) {
+			w[i] = def
+		}
+	}
+	return w
 }
 
 func planProto(sp *shard.Plan, workers []*pb.Heartbeat) *pb.Plan {
@@ -713,12 +948,7 @@ func (l *leader) assignment(j *cpb.Job, rank int32) *pb.Assignment {
 	}
 }
 
-func inputRef(j *cpb.Job) string {
-	if r := j.Spec.GetInputRef(); r != "" {
-		return r
-	}
-	return j.Spec.GetIdempotencyKey()
-}
+func inputRef(j *cpb.Job) string { return specInputRef(j.Spec) }
 
 // send delivers one assignment (asynchronously). A worker that does not
 // accept it is excluded from plans for a while and the job re-planned.
@@ -726,7 +956,11 @@ func (l *leader) send(j *cpb.Job, rank int32) {
 	k := shardKey{j.Id, j.Epoch, rank}
 	worker := j.Plan.Ranks[rank].WorkerId
 	l.mu.Lock()
-	l.sent[k] = &sendState{at: l.c.now(), inflight: true}
+	st := &sendState{at: l.c.now(), inflight: true}
+	if old := l.sent[k]; old != nil {
+		st.since = old.since
+	}
+	l.sent[k] = st
 	l.mu.Unlock()
 	a := l.assignment(j, rank)
 	if !l.enter() {
@@ -745,6 +979,9 @@ func (l *leader) send(j *cpb.Job, rank int32) {
 		if err == nil {
 			st.acked = true
 			st.at = l.c.now()
+			if st.since.IsZero() {
+				st.since = st.at
+			}
 			l.c.met.assignments.WithLabelValues("accepted").Inc()
 			return
 		}
@@ -901,105 +1138,4 @@ func (l *leader) deleteTensors(j *cpb.Job, inputs bool) error {
 		return td.DeleteJob(ctx, ref)
 	}
 	return nil
-}
-
-// ---- reports ----
-
-func ack(st pb.ReportStatus, js pb.JobState, format string, args ...any) *pb.ReportAck {
-	return &pb.ReportAck{Status: st, JobState: js, Message: fmt.Sprintf(format, args...)}
-}
-
-// handleReport commits a worker's report and says what became of it. The
-// ack is sent only after the change is committed, so a worker that retries
-// until it gets ACCEPTED, DUPLICATE or STALE loses nothing across a leader
-// change, and a repeated report changes nothing.
-func (l *leader) handleReport(data []byte) *pb.ReportAck {
-	c := l.c
-	a := l.report(data)
-	a.LeaderId = c.cfg.NodeID
-	c.met.reports.WithLabelValues(reportStatusName(a.Status)).Inc()
-	return a
-}
-
-func (l *leader) report(data []byte) *pb.ReportAck {
-	c := l.c
-	var rep pb.Report
-	if err := proto.Unmarshal(data, &rep); err != nil {
-		return ack(pb.ReportStatus_REPORT_STATUS_REJECTED, 0, "malformed report: %v", err)
-	}
-	if e := validName("job_id", rep.JobId, true); e != nil {
-		return ack(pb.ReportStatus_REPORT_STATUS_REJECTED, 0, "%v", e)
-	}
-	if !l.isReady() {
-		return ack(pb.ReportStatus_REPORT_STATUS_RETRY, 0, "leader not ready")
-	}
-	switch res := rep.Result.(type) {
-	case *pb.Report_Done:
-		r, err := c.apply(cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{
-			JobId: rep.JobId, Epoch: rep.Epoch, Rank: rep.Rank, WorkerId: rep.WorkerId,
-			Blocks: res.Done.GetBlocks(), UnixMs: c.now().UnixMilli(),
-		})
-		switch {
-		case err != nil:
-			return ack(pb.ReportStatus_REPORT_STATUS_RETRY, 0, "%v", err)
-		case errors.Is(r.Err, ErrStaleEpoch), errors.Is(r.Err, ErrFinished):
-			return ack(pb.ReportStatus_REPORT_STATUS_STALE, r.Job.GetState(), "%v", r.Err)
-		case r.Err != nil:
-			return ack(pb.ReportStatus_REPORT_STATUS_REJECTED, r.Job.GetState(), "%v", r.Err)
-		case r.Existing:
-			return ack(pb.ReportStatus_REPORT_STATUS_DUPLICATE, r.Job.State, "already recorded")
-		}
-		j := r.Job
-		l.publish(j, pb.JobEventType_JOB_EVENT_TYPE_SHARD_DONE, rep.Rank, rep.WorkerId,
-			fmt.Sprintf("rank %d done: %d of %d blocks", rep.Rank, len(j.DoneBlocks), j.BlocksTotal))
-		if int64(len(j.DoneBlocks)) == j.BlocksTotal {
-			l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
-		}
-		return ack(pb.ReportStatus_REPORT_STATUS_ACCEPTED, j.State, "committed")
-	case *pb.Report_Failed:
-		return l.reportFailed(&rep, res.Failed)
-	default:
-		return ack(pb.ReportStatus_REPORT_STATUS_REJECTED, 0, "report carries neither done nor failed")
-	}
-}
-
-func (l *leader) reportFailed(rep *pb.Report, f *pb.ShardFailed) *pb.ReportAck {
-	c := l.c
-	l.planMu.Lock()
-	defer l.planMu.Unlock()
-	var j *cpb.Job
-	c.fsm.view(func(s *State) { j = s.Job(rep.JobId) })
-	switch {
-	case j == nil:
-		return ack(pb.ReportStatus_REPORT_STATUS_REJECTED, 0, "unknown job %s", rep.JobId)
-	case Terminal(j.State) || j.State != pb.JobState_JOB_STATE_RUNNING || rep.Epoch != j.Epoch:
-		return ack(pb.ReportStatus_REPORT_STATUS_STALE, j.State, "job %s is %v in epoch %d", j.Id, j.State, j.Epoch)
-	case rep.Rank < 0 || int(rep.Rank) >= len(j.Plan.GetRanks()):
-		return ack(pb.ReportStatus_REPORT_STATUS_REJECTED, j.State, "rank %d outside [0,%d)", rep.Rank, len(j.Plan.GetRanks()))
-	}
-	why := fmt.Sprintf("rank %d on worker %s: %s", rep.Rank, rep.WorkerId, f.Reason)
-	if f.Block >= 0 {
-		why += fmt.Sprintf(" (block %d)", f.Block)
-	}
-	l.publish(j, pb.JobEventType_JOB_EVENT_TYPE_ERROR, rep.Rank, rep.WorkerId, why)
-	if f.Fatal {
-		r, err := c.apply(cpb.CommandType_COMMAND_TYPE_JOB_FAILED, &cpb.JobFailed{JobId: j.Id, Reason: why, UnixMs: c.now().UnixMilli()})
-		if err != nil {
-			return ack(pb.ReportStatus_REPORT_STATUS_RETRY, j.State, "%v", err)
-		}
-		if r.Err == nil && !r.Existing {
-			l.finished(r.Job)
-		}
-		return ack(pb.ReportStatus_REPORT_STATUS_ACCEPTED, r.Job.GetState(), "job failed")
-	}
-	now := c.now()
-	l.mu.Lock()
-	l.suspect[rep.WorkerId] = now.Add(c.cfg.HeartbeatTimeout)
-	l.mu.Unlock()
-	var jobs []*cpb.Job
-	c.fsm.view(func(s *State) {
-		jobs = s.Jobs(func(x *cpb.Job) bool { return x.State == pb.JobState_JOB_STATE_RUNNING })
-	})
-	l.replanJob(j, why, l.liveWorkers(now), usedSlots(jobs), now)
-	return ack(pb.ReportStatus_REPORT_STATUS_ACCEPTED, pb.JobState_JOB_STATE_RUNNING, "re-planning")
 }

@@ -20,6 +20,17 @@ type metrics struct {
 	apiRequests *prometheus.CounterVec
 	reports     *prometheus.CounterVec
 	assignments *prometheus.CounterVec
+	// panics counts recovered panics by where they happened (contain.go).
+	panics *prometheus.CounterVec
+	// reportsRefused counts reports refused as untrustworthy, by reason.
+	reportsRefused *prometheus.CounterVec
+	// stalls counts ranks re-planned by the progress watchdog.
+	stalls prometheus.Counter
+	// swept counts upload namespaces deleted by the sweeper.
+	swept prometheus.Counter
+	// verifyFailures counts output blocks the store did not hold as
+	// reported when a job was about to succeed, by problem.
+	verifyFailures *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, c *Coordinator) (*metrics, error) {
@@ -39,7 +50,18 @@ func newMetrics(reg prometheus.Registerer, c *Coordinator) (*metrics, error) {
 		assignments: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "assignments_total",
 			Help: "Assignments sent to workers, by result."}, []string{"result"}),
 	}
-	m.cs = []prometheus.Collector{m.workersLive, m.replans, m.jobDuration, m.apiRequests, m.reports, m.assignments}
+	m.panics = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "coordinator_panics_total",
+		Help: "Panics recovered in the leader, by where (planning, scheduling, report, heartbeat, api_<endpoint>, ...)."}, []string{"where"})
+	m.reportsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "reports_refused_total",
+		Help: "Worker reports refused as untrustworthy (malformed, not_owner, bad_checksums, ...)."}, []string{"reason"})
+	m.stalls = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "rank_stalls_total",
+		Help: "Ranks re-planned because their steps_done stopped growing while their worker heartbeat."})
+	m.swept = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "namespaces_swept_total",
+		Help: "Upload namespaces no job referenced, deleted by the leader's sweeper after the grace period."})
+	m.verifyFailures = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "output_verify_failures_total",
+		Help: "Output blocks found missing or with another checksum than reported, before a job could succeed."}, []string{"problem"})
+	m.cs = []prometheus.Collector{m.workersLive, m.replans, m.jobDuration, m.apiRequests, m.reports, m.assignments,
+		m.panics, m.reportsRefused, m.stalls, m.swept, m.verifyFailures}
 	for st := pb.JobState_JOB_STATE_QUEUED; st <= pb.JobState_JOB_STATE_EXPIRED; st++ {
 		st := st
 		m.cs = append(m.cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "jobs",

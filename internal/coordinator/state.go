@@ -139,7 +139,7 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 	if key := c.GetSpec().GetIdempotencyKey(); key != "" {
 		if id, ok2 := s.byKey[key]; ok2 {
 			j := s.jobs[id]
-			if j.GetState() != pb.JobState_JOB_STATE_EXPIRED && !proto.Equal(j.GetSpec(), c.GetSpec()) {
+			if j.GetState() != pb.JobState_JOB_STATE_EXPIRED && !sameSpec(j.GetSpec(), c.GetSpec()) {
 				return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: key %q is job %s", ErrIdempotencyConflict, key, id)}
 			}
 			return ok(j, true)
@@ -161,6 +161,41 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 		s.byKey[key] = j.Id
 	}
 	return ok(j, false)
+}
+
+// sameSpec reports whether two submits of one idempotency key ask for the
+// same job. input_ref is not compared: a client uploads each attempt under
+// a fresh namespace, so a retry names another one (its upload is an orphan
+// the sweeper deletes); the job keeps reading the first attempt's inputs.
+func sameSpec(a, b *pb.JobSpec) bool {
+	if a.GetInputRef() == b.GetInputRef() {
+		return proto.Equal(a, b)
+	}
+	a2, b2 := proto.CloneOf(a), proto.CloneOf(b)
+	a2.InputRef, b2.InputRef = "", ""
+	return proto.Equal(a2, b2)
+}
+
+// specInputRef is the store namespace a spec reads its inputs from.
+func specInputRef(s *pb.JobSpec) string {
+	if r := s.GetInputRef(); r != "" {
+		return r
+	}
+	return s.GetIdempotencyKey()
+}
+
+// inputUser returns a job that is not expired and reads its inputs from
+// namespace ref (nil if none).
+func (s *State) inputUser(ref string) *cpb.Job {
+	if ref == "" {
+		return nil
+	}
+	for _, j := range s.jobs {
+		if j.State != pb.JobState_JOB_STATE_EXPIRED && specInputRef(j.Spec) == ref {
+			return proto.CloneOf(j)
+		}
+	}
+	return nil
 }
 
 func (s *State) applyStartEpoch(c *cpb.StartEpoch) *Result {
