@@ -496,7 +496,11 @@ func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []
 	if err != nil {
 		return err
 	}
-	it, err := cons.Messages(jetstream.PullMaxBytes(readAheadBytes(s.cfg.ChunkBytes)))
+	// A few chunks ahead (the client sizes a channel by the message
+	// count: keep it to what the object has).
+	ahead := readAheadBytes(s.cfg.ChunkBytes)
+	msgs := min(int(min(info.Chunks, 1<<20))+1, max(8, ahead/s.cfg.ChunkBytes))
+	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(msgs, ahead))
 	if err != nil {
 		return err
 	}
