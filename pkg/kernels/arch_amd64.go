@@ -13,12 +13,13 @@ type simd struct {
 	tn     func(mr, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32)
 	smax   func(s []float32, lds, rows int, m, l, alpha []float32)
 	ex     func(x []float32)
+	ds     func(s, dp []float32, ld, rows, cols int, lse, delta []float32, scale float32)
 	w      int // lanes per vector
 }
 
 var (
-	avx512 = &simd{mr: 6, nr: 64, w: 16, nn: gemmNNAvx512, tn: gemmTNAvx512, smax: softmaxColsAvx512, ex: expF32Avx512}
-	avx2   = &simd{mr: 6, nr: 16, w: 8, nn: gemmNNAvx2, tn: gemmTNAvx2, smax: softmaxColsAvx2, ex: expF32Avx2}
+	avx512 = &simd{mr: 6, nr: 64, w: 16, nn: gemmNNAvx512, tn: gemmTNAvx512, smax: softmaxColsAvx512, ex: expF32Avx512, ds: dsoftmaxAvx512}
+	avx2   = &simd{mr: 6, nr: 16, w: 8, nn: gemmNNAvx2, tn: gemmTNAvx2, smax: softmaxColsAvx2, ex: expF32Avx2, ds: dsoftmaxAvx2}
 )
 
 func (s *simd) impl(name string) *impl {

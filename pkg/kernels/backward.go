@@ -172,7 +172,8 @@ func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32) error 
 func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 	im := active
 	mi := newMaskInfo(p)
-	br, bc, nr := im.br, im.bc, im.nr
+	br, bc := bwdTiles(im)
+	nr := im.nr
 	d := p.D
 	dp := roundUp(d, nr)
 	rows := r.Rows
@@ -347,6 +348,15 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 	if dp != d {
 		unpadRows(r.DQ, dq, d, dp)
 	}
+}
+
+// bwdTiles returns the query rows and keys of the backward's tiles: the
+// forward's, with at most 128 query rows. A (128 × 192) tile keeps the
+// B panels of the dK, dV products (128 rows × 64 columns) within 32 KiB;
+// at D=128, N=4096 it measured 146 GFLOP per CPU-second against 140 for
+// (192 × 192), three alternating runs each on the shared 2-core machine.
+func bwdTiles(im *impl) (br, bc int) {
+	return min(im.br, 128), im.bc
 }
 
 // nextVisible returns the first key tile after tile j (tiles of bc keys

@@ -1715,6 +1715,140 @@ expF32Avx512_done:
 	VZEROUPPER
 	RET
 
+// func dsoftmaxAvx512(s []float32, dp []float32, ld int, rows int, cols int, lse []float32, delta []float32, scale float32)
+// Requires: AVX, AVX512F, SSE
+TEXT ·dsoftmaxAvx512(SB), NOSPLIT, $0-124
+	MOVQ         s_base+0(FP), AX
+	MOVQ         dp_base+24(FP), CX
+	MOVQ         ld+48(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         rows+56(FP), BX
+	MOVQ         lse_base+72(FP), SI
+	MOVQ         delta_base+96(FP), DI
+	MOVSS        scale+120(FP), X0
+	VBROADCASTSS X0, Z0
+	VMOVUPS      expHi<>+0(SB), Z1
+	VMOVUPS      expLo<>+0(SB), Z2
+	VMOVUPS      expLog2e<>+0(SB), Z3
+	VMOVUPS      expC1<>+0(SB), Z4
+	VMOVUPS      expC2<>+0(SB), Z5
+	VMOVUPS      expOne<>+0(SB), Z6
+	VMOVUPS      expP0<>+0(SB), Z7
+	VMOVUPS      expP1<>+0(SB), Z8
+	VMOVUPS      expP2<>+0(SB), Z9
+	VMOVUPS      expP3<>+0(SB), Z10
+	VMOVUPS      expP4<>+0(SB), Z11
+	VMOVUPS      expP5<>+0(SB), Z12
+	TESTQ        BX, BX
+	JEQ          dsoftmaxAvx512_done
+
+dsoftmaxAvx512_row:
+	MOVQ         cols+64(FP), R8
+	VBROADCASTSS (SI), Z13
+	VBROADCASTSS (DI), Z14
+	MOVQ         AX, R9
+	MOVQ         CX, R10
+
+dsoftmaxAvx512_two:
+	CMPQ         R8, $0x00000020
+	JL           dsoftmaxAvx512_one
+	VMOVUPS      (R9), Z15
+	VMOVUPS      64(R9), Z16
+	VSUBPS       Z13, Z15, Z15
+	VSUBPS       Z13, Z16, Z16
+	VMINPS       Z15, Z1, Z15
+	VMAXPS       Z15, Z2, Z15
+	VMULPS       Z3, Z15, Z18
+	VRNDSCALEPS  $0x00, Z18, Z18
+	VFNMADD231PS Z4, Z18, Z15
+	VFNMADD231PS Z5, Z18, Z15
+	VMOVUPS      Z7, Z19
+	VFMADD213PS  Z8, Z15, Z19
+	VFMADD213PS  Z9, Z15, Z19
+	VFMADD213PS  Z10, Z15, Z19
+	VFMADD213PS  Z11, Z15, Z19
+	VFMADD213PS  Z12, Z15, Z19
+	VMULPS       Z15, Z15, Z17
+	VFMADD213PS  Z15, Z17, Z19
+	VADDPS       Z6, Z19, Z19
+	VSCALEFPS    Z18, Z19, Z15
+	VMINPS       Z16, Z1, Z16
+	VMAXPS       Z16, Z2, Z16
+	VMULPS       Z3, Z16, Z18
+	VRNDSCALEPS  $0x00, Z18, Z18
+	VFNMADD231PS Z4, Z18, Z16
+	VFNMADD231PS Z5, Z18, Z16
+	VMOVUPS      Z7, Z19
+	VFMADD213PS  Z8, Z16, Z19
+	VFMADD213PS  Z9, Z16, Z19
+	VFMADD213PS  Z10, Z16, Z19
+	VFMADD213PS  Z11, Z16, Z19
+	VFMADD213PS  Z12, Z16, Z19
+	VMULPS       Z16, Z16, Z17
+	VFMADD213PS  Z16, Z17, Z19
+	VADDPS       Z6, Z19, Z19
+	VSCALEFPS    Z18, Z19, Z16
+	VMOVUPS      Z15, (R9)
+	VMOVUPS      Z16, 64(R9)
+	VMOVUPS      (R10), Z17
+	VMOVUPS      64(R10), Z18
+	VSUBPS       Z14, Z17, Z17
+	VSUBPS       Z14, Z18, Z18
+	VMULPS       Z0, Z15, Z15
+	VMULPS       Z0, Z16, Z16
+	VMULPS       Z15, Z17, Z17
+	VMULPS       Z16, Z18, Z18
+	VMOVUPS      Z17, (R10)
+	VMOVUPS      Z18, 64(R10)
+	ADDQ         $0x00000080, R9
+	ADDQ         $0x00000080, R10
+	SUBQ         $0x00000020, R8
+	JMP          dsoftmaxAvx512_two
+
+dsoftmaxAvx512_one:
+	TESTQ        R8, R8
+	JEQ          dsoftmaxAvx512_next
+	VMOVUPS      (R9), Z15
+	VSUBPS       Z13, Z15, Z15
+	VMINPS       Z15, Z1, Z15
+	VMAXPS       Z15, Z2, Z15
+	VMULPS       Z3, Z15, Z17
+	VRNDSCALEPS  $0x00, Z17, Z17
+	VFNMADD231PS Z4, Z17, Z15
+	VFNMADD231PS Z5, Z17, Z15
+	VMOVUPS      Z7, Z18
+	VFMADD213PS  Z8, Z15, Z18
+	VFMADD213PS  Z9, Z15, Z18
+	VFMADD213PS  Z10, Z15, Z18
+	VFMADD213PS  Z11, Z15, Z18
+	VFMADD213PS  Z12, Z15, Z18
+	VMULPS       Z15, Z15, Z16
+	VFMADD213PS  Z15, Z16, Z18
+	VADDPS       Z6, Z18, Z18
+	VSCALEFPS    Z17, Z18, Z15
+	VMOVUPS      Z15, (R9)
+	VMOVUPS      (R10), Z16
+	VSUBPS       Z14, Z16, Z16
+	VMULPS       Z0, Z15, Z15
+	VMULPS       Z15, Z16, Z16
+	VMOVUPS      Z16, (R10)
+	ADDQ         $0x00000040, R9
+	ADDQ         $0x00000040, R10
+	SUBQ         $0x00000010, R8
+	JMP          dsoftmaxAvx512_one
+
+dsoftmaxAvx512_next:
+	ADDQ DX, AX
+	ADDQ DX, CX
+	ADDQ $0x04, SI
+	ADDQ $0x04, DI
+	DECQ BX
+	JNE  dsoftmaxAvx512_row
+
+dsoftmaxAvx512_done:
+	VZEROUPPER
+	RET
+
 // func fmaPeakAvx512(n int)
 // Requires: AVX, AVX512DQ, AVX512F
 TEXT ·fmaPeakAvx512(SB), NOSPLIT, $0-8
@@ -2905,6 +3039,161 @@ expF32Avx2_tail:
 	VMASKMOVPS   Y0, Y1, (AX)
 
 expF32Avx2_done:
+	VZEROUPPER
+	RET
+
+// func dsoftmaxAvx2(s []float32, dp []float32, ld int, rows int, cols int, lse []float32, delta []float32, scale float32)
+// Requires: AVX, AVX2, FMA3, SSE
+TEXT ·dsoftmaxAvx2(SB), NOSPLIT, $0-124
+	MOVQ         s_base+0(FP), AX
+	MOVQ         dp_base+24(FP), CX
+	MOVQ         ld+48(FP), DX
+	SHLQ         $0x02, DX
+	MOVQ         rows+56(FP), BX
+	MOVQ         lse_base+72(FP), SI
+	MOVQ         delta_base+96(FP), DI
+	MOVSS        scale+120(FP), X0
+	VBROADCASTSS X0, Y0
+	TESTQ        BX, BX
+	JEQ          dsoftmaxAvx2_done
+
+dsoftmaxAvx2_row:
+	MOVQ         cols+64(FP), R8
+	VBROADCASTSS (SI), Y1
+	VBROADCASTSS (DI), Y2
+	MOVQ         AX, R9
+	MOVQ         CX, R10
+
+dsoftmaxAvx2_two:
+	CMPQ         R8, $0x00000010
+	JL           dsoftmaxAvx2_one
+	VMOVUPS      (R9), Y3
+	VMOVUPS      32(R9), Y4
+	VSUBPS       Y1, Y3, Y3
+	VSUBPS       Y1, Y4, Y4
+	VMOVUPS      expHi<>+0(SB), Y5
+	VMINPS       Y3, Y5, Y3
+	VMOVUPS      expLo<>+0(SB), Y5
+	VMAXPS       Y3, Y5, Y3
+	VMOVUPS      expMagic<>+0(SB), Y6
+	VFMADD231PS  expLog2e<>+0(SB), Y3, Y6
+	VSUBPS       expMagic<>+0(SB), Y6, Y5
+	VFNMADD231PS expC1<>+0(SB), Y5, Y3
+	VFNMADD231PS expC2<>+0(SB), Y5, Y3
+	VMOVUPS      expP0<>+0(SB), Y7
+	VFMADD213PS  expP1<>+0(SB), Y3, Y7
+	VFMADD213PS  expP2<>+0(SB), Y3, Y7
+	VFMADD213PS  expP3<>+0(SB), Y3, Y7
+	VFMADD213PS  expP4<>+0(SB), Y3, Y7
+	VFMADD213PS  expP5<>+0(SB), Y3, Y7
+	VMULPS       Y3, Y3, Y5
+	VFMADD213PS  Y3, Y5, Y7
+	VADDPS       expOne<>+0(SB), Y7, Y7
+	VPSUBD       expMagicBits<>+0(SB), Y6, Y6
+	VPSRAD       $0x01, Y6, Y5
+	VPSUBD       Y5, Y6, Y6
+	VPADDD       expBias<>+0(SB), Y5, Y5
+	VPSLLD       $0x17, Y5, Y5
+	VPADDD       expBias<>+0(SB), Y6, Y6
+	VPSLLD       $0x17, Y6, Y6
+	VMULPS       Y5, Y7, Y7
+	VMULPS       Y6, Y7, Y3
+	VMOVUPS      expHi<>+0(SB), Y5
+	VMINPS       Y4, Y5, Y4
+	VMOVUPS      expLo<>+0(SB), Y5
+	VMAXPS       Y4, Y5, Y4
+	VMOVUPS      expMagic<>+0(SB), Y6
+	VFMADD231PS  expLog2e<>+0(SB), Y4, Y6
+	VSUBPS       expMagic<>+0(SB), Y6, Y5
+	VFNMADD231PS expC1<>+0(SB), Y5, Y4
+	VFNMADD231PS expC2<>+0(SB), Y5, Y4
+	VMOVUPS      expP0<>+0(SB), Y7
+	VFMADD213PS  expP1<>+0(SB), Y4, Y7
+	VFMADD213PS  expP2<>+0(SB), Y4, Y7
+	VFMADD213PS  expP3<>+0(SB), Y4, Y7
+	VFMADD213PS  expP4<>+0(SB), Y4, Y7
+	VFMADD213PS  expP5<>+0(SB), Y4, Y7
+	VMULPS       Y4, Y4, Y5
+	VFMADD213PS  Y4, Y5, Y7
+	VADDPS       expOne<>+0(SB), Y7, Y7
+	VPSUBD       expMagicBits<>+0(SB), Y6, Y6
+	VPSRAD       $0x01, Y6, Y5
+	VPSUBD       Y5, Y6, Y6
+	VPADDD       expBias<>+0(SB), Y5, Y5
+	VPSLLD       $0x17, Y5, Y5
+	VPADDD       expBias<>+0(SB), Y6, Y6
+	VPSLLD       $0x17, Y6, Y6
+	VMULPS       Y5, Y7, Y7
+	VMULPS       Y6, Y7, Y4
+	VMOVUPS      Y3, (R9)
+	VMOVUPS      Y4, 32(R9)
+	VMOVUPS      (R10), Y5
+	VMOVUPS      32(R10), Y6
+	VSUBPS       Y2, Y5, Y5
+	VSUBPS       Y2, Y6, Y6
+	VMULPS       Y0, Y3, Y3
+	VMULPS       Y0, Y4, Y4
+	VMULPS       Y3, Y5, Y5
+	VMULPS       Y4, Y6, Y6
+	VMOVUPS      Y5, (R10)
+	VMOVUPS      Y6, 32(R10)
+	ADDQ         $0x00000040, R9
+	ADDQ         $0x00000040, R10
+	SUBQ         $0x00000010, R8
+	JMP          dsoftmaxAvx2_two
+
+dsoftmaxAvx2_one:
+	TESTQ        R8, R8
+	JEQ          dsoftmaxAvx2_next
+	VMOVUPS      (R9), Y3
+	VSUBPS       Y1, Y3, Y3
+	VMOVUPS      expHi<>+0(SB), Y4
+	VMINPS       Y3, Y4, Y3
+	VMOVUPS      expLo<>+0(SB), Y4
+	VMAXPS       Y3, Y4, Y3
+	VMOVUPS      expMagic<>+0(SB), Y5
+	VFMADD231PS  expLog2e<>+0(SB), Y3, Y5
+	VSUBPS       expMagic<>+0(SB), Y5, Y4
+	VFNMADD231PS expC1<>+0(SB), Y4, Y3
+	VFNMADD231PS expC2<>+0(SB), Y4, Y3
+	VMOVUPS      expP0<>+0(SB), Y6
+	VFMADD213PS  expP1<>+0(SB), Y3, Y6
+	VFMADD213PS  expP2<>+0(SB), Y3, Y6
+	VFMADD213PS  expP3<>+0(SB), Y3, Y6
+	VFMADD213PS  expP4<>+0(SB), Y3, Y6
+	VFMADD213PS  expP5<>+0(SB), Y3, Y6
+	VMULPS       Y3, Y3, Y4
+	VFMADD213PS  Y3, Y4, Y6
+	VADDPS       expOne<>+0(SB), Y6, Y6
+	VPSUBD       expMagicBits<>+0(SB), Y5, Y5
+	VPSRAD       $0x01, Y5, Y4
+	VPSUBD       Y4, Y5, Y5
+	VPADDD       expBias<>+0(SB), Y4, Y4
+	VPSLLD       $0x17, Y4, Y4
+	VPADDD       expBias<>+0(SB), Y5, Y5
+	VPSLLD       $0x17, Y5, Y5
+	VMULPS       Y4, Y6, Y6
+	VMULPS       Y5, Y6, Y3
+	VMOVUPS      Y3, (R9)
+	VMOVUPS      (R10), Y4
+	VSUBPS       Y2, Y4, Y4
+	VMULPS       Y0, Y3, Y3
+	VMULPS       Y3, Y4, Y4
+	VMOVUPS      Y4, (R10)
+	ADDQ         $0x00000020, R9
+	ADDQ         $0x00000020, R10
+	SUBQ         $0x00000008, R8
+	JMP          dsoftmaxAvx2_one
+
+dsoftmaxAvx2_next:
+	ADDQ DX, AX
+	ADDQ DX, CX
+	ADDQ $0x04, SI
+	ADDQ $0x04, DI
+	DECQ BX
+	JNE  dsoftmaxAvx2_row
+
+dsoftmaxAvx2_done:
 	VZEROUPPER
 	RET
 

@@ -42,6 +42,16 @@ func softmaxColsAvx512(s []float32, lds int, rows int, m []float32, l []float32,
 //	for i := range x: x[i] = float32(math.Exp(float64(x[i])))
 func expF32Avx512(x []float32)
 
+// dsoftmaxAvx512 turns rows of scores and their gradients (cols a multiple of 16,
+// leading dimension ld) into probabilities and score gradients:
+//
+//	for i < rows, j < cols:
+//		p := exp(s[i*ld+j] - lse[i]);  s[i*ld+j] = p
+//		dp[i*ld+j] = (p·scale)·(dp[i*ld+j] - delta[i])
+//
+// with exp as in expF32. The caller checks the slice bounds.
+func dsoftmaxAvx512(s []float32, dp []float32, ld int, rows int, cols int, lse []float32, delta []float32, scale float32)
+
 // fmaPeakAvx512 runs n iterations of 24 independent 16-lane FMAs (768 FLOP per iteration),
 // for measuring the core's peak.
 func fmaPeakAvx512(n int)
@@ -83,6 +93,16 @@ func softmaxColsAvx2(s []float32, lds int, rows int, m []float32, l []float32, a
 //
 //	for i := range x: x[i] = float32(math.Exp(float64(x[i])))
 func expF32Avx2(x []float32)
+
+// dsoftmaxAvx2 turns rows of scores and their gradients (cols a multiple of 8,
+// leading dimension ld) into probabilities and score gradients:
+//
+//	for i < rows, j < cols:
+//		p := exp(s[i*ld+j] - lse[i]);  s[i*ld+j] = p
+//		dp[i*ld+j] = (p·scale)·(dp[i*ld+j] - delta[i])
+//
+// with exp as in expF32. The caller checks the slice bounds.
+func dsoftmaxAvx2(s []float32, dp []float32, ld int, rows int, cols int, lse []float32, delta []float32, scale float32)
 
 // fmaPeakAvx2 runs n iterations of 12 independent 8-lane FMAs (192 FLOP per iteration),
 // for measuring the core's peak.
