@@ -56,6 +56,13 @@ type Config struct {
 	Prefix string
 	// Bucket is the JetStream object store bucket holding tensors.
 	Bucket string
+	// StoreReplicas (default 1; 3 for a cluster that survives a server
+	// loss), StoreMaxBytes (0 = unlimited) and StoreTTL (0 = objects never
+	// expire) are the tensor store bucket's settings, applied when the
+	// bucket is created (see StoreConfig).
+	StoreReplicas int
+	StoreMaxBytes int64
+	StoreTTL      time.Duration
 	// ConnectTimeout bounds the initial dial and handshake of each server.
 	ConnectTimeout time.Duration
 	// Reconnection is forever, waiting ReconnectWait·2^attempt (capped at
@@ -182,6 +189,12 @@ func (c Config) Validate() error {
 		return invalid("Bucket = %q: want [A-Za-z0-9_-]+", c.Bucket)
 	}
 	switch {
+	case c.StoreReplicas < 0 || c.StoreReplicas > 5:
+		return invalid("StoreReplicas = %d: want 1..5 (0 = default 1)", c.StoreReplicas)
+	case c.StoreMaxBytes < 0:
+		return invalid("StoreMaxBytes = %d: want >= 0 (0 = unlimited)", c.StoreMaxBytes)
+	case c.StoreTTL < 0:
+		return invalid("StoreTTL = %v: want >= 0 (0 = never expire)", c.StoreTTL)
 	case c.ConnectTimeout < 0:
 		return invalid("ConnectTimeout = %v: want > 0", c.ConnectTimeout)
 	case c.ReconnectWait < 0:
@@ -196,9 +209,11 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// StoreConfig returns the tensor store settings carried by c (the bucket);
-// other StoreConfig fields keep their defaults.
-func (c Config) StoreConfig() StoreConfig { return StoreConfig{Bucket: c.withDefaults().Bucket} }
+// StoreConfig returns the tensor store settings carried by c (bucket,
+// replicas, size cap, TTL); other StoreConfig fields keep their defaults.
+func (c Config) StoreConfig() StoreConfig {
+	return StoreConfig{Bucket: c.withDefaults().Bucket, Replicas: c.StoreReplicas, MaxBytes: c.StoreMaxBytes, TTL: c.StoreTTL}
+}
 
 // Subjects returns the subjects under c's prefix.
 func (c Config) Subjects() Subjects { return NewSubjects(c.withDefaults().Prefix) }

@@ -3,6 +3,7 @@ package transport
 import (
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -18,6 +19,8 @@ type flagSpec struct {
 	str              *string
 	dur              *time.Duration
 	boolean          *bool
+	integer          *int
+	size             *int64 // bytes, with an optional KiB/MiB/GiB/TiB suffix
 }
 
 func flagSpecs(cfg *Config, urls *string) []flagSpec {
@@ -36,14 +39,18 @@ func flagSpecs(cfg *Config, urls *string) []flagSpec {
 		{flag: "nats-prefix", env: "NATS_PREFIX", usage: "NATS subject prefix", str: &cfg.Prefix},
 		{flag: "nats-connect-timeout", env: "NATS_CONNECT_TIMEOUT", usage: "NATS dial and handshake timeout", dur: &cfg.ConnectTimeout},
 		{flag: "store-bucket", env: "STORE_BUCKET", usage: "JetStream object store bucket for tensors", str: &cfg.Bucket},
+		{flag: "store-replicas", env: "STORE_REPLICAS", usage: "replicas of the tensor store bucket when it is created (1..5; 3 survives a NATS server loss)", integer: &cfg.StoreReplicas},
+		{flag: "store-max-bytes", env: "STORE_MAX_BYTES", usage: "size cap of the tensor store bucket when it is created, bytes or with KiB/MiB/GiB/TiB (0 = unlimited)", size: &cfg.StoreMaxBytes},
+		{flag: "store-ttl", env: "STORE_TTL", usage: "tensor store objects expire this long after written, set when the bucket is created (0 = never)", dur: &cfg.StoreTTL},
 	}
 }
 
 // RegisterFlags registers the NATS connection flags on fs, writing into
 // cfg: --nats-url, --nats-user, --nats-password, --nats-token, --nats-creds,
 // --nats-nkey, --nats-tls-ca, --nats-tls-cert, --nats-tls-key,
-// --nats-tls-insecure, --nats-name, --nats-prefix, --nats-connect-timeout
-// and --store-bucket. Each has an environment variable RINGATTN_<NAME>
+// --nats-tls-insecure, --nats-name, --nats-prefix, --nats-connect-timeout,
+// --store-bucket, --store-replicas, --store-max-bytes and --store-ttl (the
+// last three apply when the bucket is created). Each has an environment variable RINGATTN_<NAME>
 // (e.g. RINGATTN_NATS_URL) applied now as the default, so a flag given on
 // the command line overrides it. Fields of cfg that neither sets keep their
 // values (fill cfg with DefaultConfig first). A malformed environment value
@@ -76,6 +83,18 @@ func registerFlags(fs *flag.FlagSet, cfg *Config, lookup func(string) (string, b
 				return fmt.Errorf("%w: %s = %q: want true or false", ErrInvalidConfig, env, v)
 			}
 			*s.boolean = b
+		case s.integer != nil:
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("%w: %s = %q: want an integer", ErrInvalidConfig, env, v)
+			}
+			*s.integer = n
+		case s.size != nil:
+			n, err := ParseBytes(v)
+			if err != nil {
+				return fmt.Errorf("%w: %s = %q: %v", ErrInvalidConfig, env, v, err)
+			}
+			*s.size = n
 		}
 	}
 	cfg.URLs = splitURLs(urls)
@@ -93,6 +112,17 @@ func registerFlags(fs *flag.FlagSet, cfg *Config, lookup func(string) (string, b
 			fs.DurationVar(s.dur, s.flag, *s.dur, usage)
 		case s.boolean != nil:
 			fs.BoolVar(s.boolean, s.flag, *s.boolean, usage)
+		case s.integer != nil:
+			fs.IntVar(s.integer, s.flag, *s.integer, usage)
+		case s.size != nil:
+			fs.Func(s.flag, usage+" (default "+strconv.FormatInt(*s.size, 10)+")", func(v string) error {
+				n, err := ParseBytes(v)
+				if err != nil {
+					return err
+				}
+				*s.size = n
+				return nil
+			})
 		}
 	}
 	return nil
@@ -106,4 +136,21 @@ func splitURLs(s string) []string {
 		}
 	}
 	return out
+}
+
+// ParseBytes parses a byte count: an integer >= 0 with an optional suffix
+// KiB, MiB, GiB or TiB (powers of 1024), e.g. "512MiB".
+func ParseBytes(s string) (int64, error) {
+	num, mul := strings.TrimSpace(s), int64(1)
+	for i, suf := range []string{"KiB", "MiB", "GiB", "TiB"} {
+		if strings.HasSuffix(num, suf) {
+			num, mul = strings.TrimSpace(strings.TrimSuffix(num, suf)), int64(1)<<(10*(i+1))
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mul {
+		return 0, fmt.Errorf("want a byte count >= 0 like 1073741824 or 1GiB, at most 8 EiB")
+	}
+	return n * mul, nil
 }
