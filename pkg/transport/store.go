@@ -111,6 +111,7 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 	if cfg.Bucket == "" {
 		cfg.Bucket = DefaultBucket
 	}
+	asked := cfg // the bucket settings the caller chose (zero: not chosen)
 	if cfg.MaxBlockBytes == 0 {
 		cfg.MaxBlockBytes = DefaultMaxBlockBytes
 	}
@@ -171,7 +172,7 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 	}
 	s := &Store{js: js, obs: obs, cfg: cfg, logger: logger}
 	if !created {
-		s.checkSettings(ctx)
+		s.checkSettings(ctx, asked)
 	}
 	if err := s.openIndex(ctx, storage); err != nil {
 		return nil, err
@@ -180,22 +181,27 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 }
 
 // checkSettings logs, once per OpenStore, how an existing bucket's
-// replicas, TTL and size limit differ from cfg: they are applied only when
-// the bucket is created (change them with the nats CLI).
-func (s *Store) checkSettings(ctx context.Context) {
+// replicas, TTL and size limit differ from the ones the caller chose
+// (non-zero in asked): they are applied only when the bucket is created
+// (change them with the nats CLI). A caller leaving them zero, like a
+// client, binds whatever the bucket has without a word.
+func (s *Store) checkSettings(ctx context.Context, asked StoreConfig) {
+	if asked.Replicas == 0 && asked.TTL == 0 && asked.MaxBytes == 0 {
+		return
+	}
 	st, err := s.obs.Status(ctx)
 	if err != nil {
 		s.logger.Warn("tensor store bucket status unavailable", "bucket", s.cfg.Bucket, "err", err)
 		return
 	}
 	var diffs []any
-	if st.Replicas() != s.cfg.Replicas {
+	if asked.Replicas != 0 && st.Replicas() != asked.Replicas {
 		diffs = append(diffs, "replicas", st.Replicas(), "configured_replicas", s.cfg.Replicas)
 	}
-	if st.TTL() != s.cfg.TTL {
+	if asked.TTL != 0 && st.TTL() != asked.TTL {
 		diffs = append(diffs, "ttl", st.TTL(), "configured_ttl", s.cfg.TTL)
 	}
-	if bs, ok := st.(*jetstream.ObjectBucketStatus); ok && bs.StreamInfo() != nil {
+	if bs, ok := st.(*jetstream.ObjectBucketStatus); ok && bs.StreamInfo() != nil && asked.MaxBytes != 0 {
 		if mb := bs.StreamInfo().Config.MaxBytes; mb != orUnlimited(s.cfg.MaxBytes) {
 			diffs = append(diffs, "max_bytes", mb, "configured_max_bytes", orUnlimited(s.cfg.MaxBytes))
 		}

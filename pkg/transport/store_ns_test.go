@@ -257,19 +257,23 @@ func TestTransportStoreBucketSettings(t *testing.T) {
 	var logs bytes.Buffer
 	var mu sync.Mutex
 	logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &logs}, nil))
-	if _, err := transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: "cfg", TTL: 2 * time.Hour}, logger); err != nil {
+	// Settings left zero (a client's) bind the bucket silently.
+	if _, err := transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: "cfg"}, logger); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: "cfg", TTL: 2 * time.Hour, MaxBytes: 4 << 20, Replicas: 1}, logger); err != nil {
 		t.Fatal(err)
 	}
 	mu.Lock()
 	out := logs.String()
 	mu.Unlock()
-	for _, want := range []string{"other settings", "ttl=1h0m0s", "configured_ttl=2h0m0s", "max_bytes=8388608", "configured_max_bytes=-1"} {
+	for _, want := range []string{"other settings", "ttl=1h0m0s", "configured_ttl=2h0m0s", "max_bytes=8388608", "configured_max_bytes=4194304"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("log %q does not say %s", out, want)
 		}
 	}
-	if strings.Count(out, "\n") != 1 {
-		t.Fatalf("log %q: want one line", out)
+	if strings.Count(out, "\n") != 1 || strings.Contains(out, "replicas") {
+		t.Fatalf("log %q: want one line, replicas not in it (they match)", out)
 	}
 	// Replicas 3 on a single server: creation fails naming the problem.
 	_, err = transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: "r3", Replicas: 3}, nil)
