@@ -9,6 +9,13 @@
 //
 // Exit codes: 0 after a drain (or --help, --version), 1 when the worker
 // cannot start (store, metrics listener), 2 for bad flags or environment.
+//
+// Test-only fault injection (never set in production): RINGATTN_FAULT_STALL
+// and RINGATTN_FAULT_PANIC hold a fault spec (worker.ParseFault), e.g.
+// "epoch=1,step=1": a rank it picks stalls (the worker keeps heartbeating,
+// the rank makes no progress until it is aborted) or panics inside its
+// computation. System tests use them to exercise the leader's progress
+// watchdog and the worker's panic containment in real processes.
 package main
 
 import (
@@ -27,6 +34,12 @@ import (
 	"github.com/ringattn/ringattn/internal/worker"
 	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+// The test-only fault injections (see the package doc).
+const (
+	envFaultStall = transport.EnvPrefix + "FAULT_STALL"
+	envFaultPanic = transport.EnvPrefix + "FAULT_PANIC"
 )
 
 // mem is what memtune put in effect, logged at start.
@@ -104,6 +117,17 @@ func config(args []string, stderr io.Writer) (cfg worker.Config, showVersion boo
 	if cfg.Slots < 1 {
 		return cfg, false, "", "", fmt.Errorf("--slots = %d: want >= 1", cfg.Slots)
 	}
+	if err := worker.CheckGFLOPS(cfg.GFLOPS); err != nil {
+		return cfg, false, "", "", fmt.Errorf("--gflops = %v: %v", cfg.GFLOPS, err)
+	}
+	for _, f := range []struct {
+		env string
+		dst **worker.Fault
+	}{{envFaultStall, &cfg.StallFault}, {envFaultPanic, &cfg.PanicFault}} {
+		if *f.dst, err = worker.ParseFault(os.Getenv(f.env)); err != nil {
+			return cfg, false, "", "", fmt.Errorf("%s: %v", f.env, err)
+		}
+	}
 	return cfg, showVersion, logFormat, logLevel, nil
 }
 
@@ -128,6 +152,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg.Logger = logger
 	if mem.GCPercent != 0 {
 		logger.Info("memory", "gogc", mem.GCPercent, "huge_pages", mem.HugePages)
+	}
+	if cfg.StallFault != nil || cfg.PanicFault != nil {
+		logger.Warn("TEST FAULTS INJECTED: this worker stalls or panics on purpose",
+			"stall", cfg.StallFault.String(), "panic", cfg.PanicFault.String())
 	}
 	if cfg.NATS.Name == transport.DefaultName {
 		cfg.NATS.Name = "ringattn-worker"

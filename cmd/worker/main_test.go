@@ -162,3 +162,50 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestWorkerCmdRefusesBadGFLOPS: a speed that is not 0 or a finite number
+// in (0, MaxGFLOPS] — by flag or environment — exits 2 with one line
+// naming --gflops (the old worker took --gflops inf and reported +Inf).
+func TestWorkerCmdRefusesBadGFLOPS(t *testing.T) {
+	for _, v := range []string{"inf", "+Inf", "-inf", "NaN", "-1", "1e300", "1000000.5"} {
+		var out, errb bytes.Buffer
+		code := run([]string{"--gflops", v, "--nats-url", "nats://127.0.0.1:1"}, &out, &errb)
+		if code != 2 || !strings.Contains(errb.String(), "--gflops = ") || strings.Count(errb.String(), "\n") != 1 {
+			t.Errorf("--gflops %s: exit %d, stderr %q; want exit 2 and one line naming --gflops", v, code, errb.String())
+		}
+	}
+	t.Setenv("RINGATTN_GFLOPS", "inf")
+	var out, errb bytes.Buffer
+	if code := run(nil, &out, &errb); code != 2 || !strings.Contains(errb.String(), "--gflops = +Inf") {
+		t.Errorf("RINGATTN_GFLOPS=inf: exit %d, stderr %q; want exit 2 naming --gflops", code, errb.String())
+	}
+	// At the limit and the measure-at-start 0 are fine.
+	for _, v := range []string{"1e6", "0", "0.001"} {
+		if _, _, _, _, err := config([]string{"--gflops", v}, &errb); err != nil {
+			t.Errorf("--gflops %s: %v, want accepted", v, err)
+		}
+	}
+}
+
+// TestWorkerCmdFaultEnv: the test-only fault variables are parsed into the
+// Config, and a bad spec exits 2 naming the variable.
+func TestWorkerCmdFaultEnv(t *testing.T) {
+	t.Setenv(envFaultStall, "epoch=1,step=2")
+	t.Setenv(envFaultPanic, "rank=0")
+	var errb bytes.Buffer
+	cfg, _, _, _, err := config(nil, &errb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cfg.StallFault.String(); got != "job=*,epoch=1,rank=*,step=2" {
+		t.Errorf("StallFault = %q", got)
+	}
+	if got := cfg.PanicFault.String(); got != "job=*,epoch=*,rank=0,step=0" {
+		t.Errorf("PanicFault = %q", got)
+	}
+	t.Setenv(envFaultStall, "epoch=zero")
+	var out bytes.Buffer
+	if code := run(nil, &out, &errb); code != 2 || !strings.Contains(errb.String(), envFaultStall) {
+		t.Errorf("bad %s: exit %d, stderr %q; want exit 2 naming it", envFaultStall, code, errb.String())
+	}
+}

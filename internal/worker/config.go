@@ -30,6 +30,10 @@ const (
 	DefaultDoneRetention = 10 * time.Minute
 	// MetricsDisabled as Config.MetricsAddr turns the HTTP server off.
 	MetricsDisabled = "off"
+	// MaxGFLOPS bounds Config.GFLOPS: a speed above it (a petaFLOP/s for
+	// one worker process) is a typo, and would draw every block of every
+	// plan weighted by speed onto this worker.
+	MaxGFLOPS = 1e6
 )
 
 // Config configures a Worker. Zero values mean their defaults; build one
@@ -73,6 +77,12 @@ type Config struct {
 	Version string
 	// Logger receives the worker's logs (nil discards them).
 	Logger *slog.Logger
+	// StallFault and PanicFault are test-only fault injections; leave them
+	// nil in production. A rank they pick (see Fault) stalls — keeps its
+	// worker heartbeating but makes no progress until its context ends —
+	// or panics inside its computation. cmd/worker reads them from
+	// RINGATTN_FAULT_STALL and RINGATTN_FAULT_PANIC (ParseFault).
+	StallFault, PanicFault *Fault
 	// Registerer receives the worker's metrics (nil: a private registry).
 	// Gatherer, when set, is what /metrics serves; nil serves the
 	// Registerer when it is also a Gatherer.
@@ -191,10 +201,20 @@ func (c Config) Validate() error {
 		return invalid("ReportBackoffMax = %v: want > 0", c.ReportBackoffMax)
 	case c.DoneRetention < 0:
 		return invalid("DoneRetention = %v: want > 0", c.DoneRetention)
-	case c.GFLOPS < 0 || c.GFLOPS != c.GFLOPS:
-		return invalid("GFLOPS = %v: want >= 0 (0 measures at start)", c.GFLOPS)
+	case CheckGFLOPS(c.GFLOPS) != nil:
+		return invalid("GFLOPS = %v: %v", c.GFLOPS, CheckGFLOPS(c.GFLOPS))
 	case c.MeasureDuration < 0:
 		return invalid("MeasureDuration = %v: want > 0", c.MeasureDuration)
 	}
 	return nil
+}
+
+// CheckGFLOPS returns why gf cannot be a worker's reported speed: it must
+// be 0 (measure at start) or a finite number in (0, MaxGFLOPS]. NaN, Inf,
+// negative and absurd speeds would skew every plan weighted by speed.
+func CheckGFLOPS(gf float64) error {
+	if gf == 0 || (gf > 0 && gf <= MaxGFLOPS) { // false for NaN and +Inf
+		return nil
+	}
+	return fmt.Errorf("want 0 (measure at start) or a finite speed in (0, %g] GFLOP/s", float64(MaxGFLOPS))
 }

@@ -34,7 +34,11 @@ func failure(err error) *pb.ShardFailed {
 	f := &pb.ShardFailed{Reason: err.Error(), Block: -1}
 	var ce *transport.CorruptBlockError
 	var ne *nonFiniteError
+	var pe *panicError
 	switch {
+	case errors.As(err, &pe):
+		// A bug here, not a bad job: the leader re-plans.
+		f.Reason = pe.Error()
 	case errors.As(err, &ce):
 		f.Fatal, f.Block = true, int32(ce.Block)
 	case errors.As(err, &ne):
@@ -230,29 +234,51 @@ func (s *attnSink) Put(ctx context.Context, block int, o, lse []float32) error {
 	return nil
 }
 
-// storeFor returns the store of bucket ("" means the configured one).
+// storeFor returns the store of bucket ("" means the configured one). It
+// opens a store not seen before without holding w.mu (opening is a
+// JetStream request); when two ranks open the same bucket at once, the
+// first one stored is kept.
 func (w *Worker) storeFor(ctx context.Context, bucket string) (*transport.Store, error) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if bucket == "" || bucket == w.store.Bucket() {
-		return w.store, nil
+	store, nc := w.store, w.nc
+	s, ok := w.stores[bucket]
+	w.mu.Unlock()
+	if bucket == "" || bucket == store.Bucket() {
+		return store, nil
 	}
-	if s, ok := w.stores[bucket]; ok {
+	if ok {
 		return s, nil
+	}
+	if h := w.hooks.openStore; h != nil {
+		h(bucket)
 	}
 	cfg := w.storeConfig()
 	cfg.Bucket = bucket
-	s, err := transport.OpenStore(ctx, w.nc, cfg, w.log)
+	s, err := transport.OpenStore(ctx, nc, cfg, w.log)
 	if err != nil {
 		return nil, err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if prev, ok := w.stores[bucket]; ok {
+		return prev, nil
 	}
 	w.stores[bucket] = s
 	return s, nil
 }
 
+// computeContained is compute with a panic turned into an error (logged
+// with its stack and counted): the shard then reports FAILED, non-fatal,
+// for the leader to re-plan, and the worker lives on.
+func (w *Worker) computeContained(ctx context.Context, t *task, prog *progress) (done *pb.ShardDone, err error) {
+	defer w.contain("rank computation", &err)
+	return w.compute(ctx, t, prog)
+}
+
 // compute runs one rank: fetch its blocks, run the ring, write its
-// outputs. It returns the ShardDone to report.
-func (w *Worker) compute(ctx context.Context, t *task) (*pb.ShardDone, error) {
+// outputs. It returns the ShardDone to report. prog counts the rank's
+// units of work as they finish (blocks fetched and written, ring steps).
+func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.ShardDone, error) {
 	store, err := w.storeFor(ctx, t.bucket)
 	if err != nil {
 		return nil, err
@@ -300,12 +326,16 @@ func (w *Worker) compute(ctx context.Context, t *task) (*pb.ShardDone, error) {
 			outs: outs, met: w.met}
 	}
 
+	prog.total.Store(t.units())
+	w.injectFaults(ctx, t, 0)
 	var last ringattn.Progress
 	lastAt := time.Now()
 	start := lastAt
 	err = ringattn.RunRank(ctx, ringattn.RankConfig{
-		Params: &params, Plan: t.plan, Ring: newFailFastRing(ring, max(w.cfg.RecvTimeout/50, 20*time.Millisecond)),
-		Source: source, Sink: sink,
+		Params: &params, Plan: t.plan,
+		Ring:   guardedRing{Ring: newFailFastRing(ring, max(w.cfg.RecvTimeout/50, 20*time.Millisecond)), w: w},
+		Source: guardedSource{src: source, w: w, prog: prog},
+		Sink:   guardedSink{sink: sink, w: w, prog: prog},
 		Logger: w.log.With("job", t.job, "epoch", t.epoch),
 		Progress: func(p ringattn.Progress) {
 			now := time.Now()
@@ -314,9 +344,16 @@ func (w *Worker) compute(ctx context.Context, t *task) (*pb.ShardDone, error) {
 			}
 			w.met.flops.Add(p.FLOPs - last.FLOPs)
 			w.met.fallbacks.Add(float64(p.Fallbacks - last.Fallbacks))
+			if p.Step > last.Step {
+				prog.done.Add(int64(p.Step - last.Step))
+			}
+			stepped := p.Step > last.Step
 			last, lastAt = p, now
 			if h := w.hooks.progress; h != nil {
 				h(ctx, t.job, t.epoch, t.rank, p)
+			}
+			if stepped {
+				w.injectFaults(ctx, t, p.Step)
 			}
 		},
 	})

@@ -22,6 +22,7 @@ type workerMetrics struct {
 	heartbeats     *prometheus.CounterVec // result = acked|unanswered
 	leaving        prometheus.Gauge
 	lastShardGFLOP prometheus.Gauge
+	panics         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*workerMetrics, error) {
@@ -54,9 +55,11 @@ func newMetrics(reg prometheus.Registerer) (*workerMetrics, error) {
 			Name: "leaving", Help: "1 while the worker drains."}),
 		lastShardGFLOP: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "last_shard_gflops", Help: "GFLOP/s of the last finished shard (visible FLOPs over its compute time)."}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "panics_total", Help: "Panics recovered in NATS handlers and rank computations (each logged with its stack)."}),
 	}
 	for _, c := range []prometheus.Collector{m.flops, m.gflops, m.stepSeconds, m.ringBytes, m.storeBytes,
-		m.fallbacks, m.shardsRunning, m.shards, m.reports, m.assignments, m.heartbeats, m.leaving, m.lastShardGFLOP} {
+		m.fallbacks, m.shardsRunning, m.shards, m.reports, m.assignments, m.heartbeats, m.leaving, m.lastShardGFLOP, m.panics} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

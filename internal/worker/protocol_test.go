@@ -130,6 +130,22 @@ type protoEnv struct {
 	lead  *fakeLeader
 	hook  chan struct{} // closed to release ranks held by the hook
 	held  chan string
+
+	// Test seams set with setHooks (guarded by mu): step replaces the
+	// default step hook when it returns true; handler and openStore are
+	// the worker's hooks of the same names.
+	mu        sync.Mutex
+	step      func(ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) bool
+	handler   func(where string)
+	openStore func(bucket string)
+}
+
+// setHooks installs the test seams (nil leaves one unset).
+func (e *protoEnv) setHooks(step func(ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) bool,
+	handler func(where string), openStore func(bucket string)) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.step, e.handler, e.openStore = step, handler, openStore
 }
 
 func newProtoEnv(t *testing.T, retries int, mut func(*Config)) *protoEnv {
@@ -159,7 +175,29 @@ func newProtoEnv(t *testing.T, retries int, mut func(*Config)) *protoEnv {
 	if e.w, err = New(cfg); err != nil {
 		t.Fatal(err)
 	}
+	e.w.hooks.handler = func(where string) {
+		e.mu.Lock()
+		h := e.handler
+		e.mu.Unlock()
+		if h != nil {
+			h(where)
+		}
+	}
+	e.w.hooks.openStore = func(bucket string) {
+		e.mu.Lock()
+		h := e.openStore
+		e.mu.Unlock()
+		if h != nil {
+			h(bucket)
+		}
+	}
 	e.w.hooks.progress = func(ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress) {
+		e.mu.Lock()
+		h := e.step
+		e.mu.Unlock()
+		if h != nil && h(ctx, job, epoch, rank, p) {
+			return
+		}
 		if p.Step == 1 && !p.Done && strings.HasPrefix(job, "hold") {
 			e.held <- job
 			select {

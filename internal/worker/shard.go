@@ -24,6 +24,13 @@ func (k shardKey) ref() *pb.ShardRef {
 	return &pb.ShardRef{JobId: k.job, Epoch: k.epoch, Rank: k.rank}
 }
 
+// ref is the shard's ShardRef with its progress, as heartbeats list it.
+func (s *shardRun) ref() *pb.ShardRef {
+	r := s.key.ref()
+	r.StepsDone, r.StepsTotal = s.prog.counts()
+	return r
+}
+
 func keyOf(r *pb.ShardRef) shardKey {
 	return shardKey{job: r.GetJobId(), epoch: r.GetEpoch(), rank: r.GetRank()}
 }
@@ -42,6 +49,8 @@ type shardRun struct {
 	deadline int64
 	// computed is closed when the computation has returned.
 	computed chan struct{}
+	// prog counts the rank's work as it finishes (heartbeats carry it).
+	prog progress
 
 	// Guarded by Worker.mu.
 	report     *pb.Report // set when the computation ended (done or failed)
@@ -82,7 +91,7 @@ func (w *Worker) startLocked(runCtx context.Context, key shardKey, t *task, dead
 			case <-ctx.Done():
 			}
 		}
-		w.execute(s)
+		w.safely("shard "+key.String(), func() { w.execute(s) })
 	}()
 }
 
@@ -95,7 +104,7 @@ func (w *Worker) execute(s *shardRun) {
 		defer cancel()
 	}
 	start := time.Now()
-	done, err := w.compute(ctx, s.task)
+	done, err := w.computeContained(ctx, s.task, &s.prog)
 	w.met.shardsRunning.Dec()
 	elapsed := time.Since(start)
 
@@ -148,7 +157,7 @@ func (w *Worker) deliverLocked(s *shardRun) {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		w.deliver(s, data)
+		w.safely("report delivery "+s.key.String(), func() { w.deliver(s, data) })
 	}()
 }
 
@@ -202,21 +211,5 @@ func (w *Worker) sendReport(ctx context.Context, nc *nats.Conn, data []byte) (st
 	if err != nil {
 		return "error", err.Error()
 	}
-	var ack pb.ReportAck
-	if err := proto.Unmarshal(m.Data, &ack); err != nil {
-		return "error", "bad report ack: " + err.Error()
-	}
-	switch ack.GetStatus() {
-	case pb.ReportStatus_REPORT_STATUS_ACCEPTED:
-		return "accepted", ack.GetMessage()
-	case pb.ReportStatus_REPORT_STATUS_DUPLICATE:
-		return "duplicate", ack.GetMessage()
-	case pb.ReportStatus_REPORT_STATUS_STALE:
-		return "stale", ack.GetMessage()
-	case pb.ReportStatus_REPORT_STATUS_REJECTED:
-		return "rejected", ack.GetMessage()
-	case pb.ReportStatus_REPORT_STATUS_RETRY:
-		return "retry", ack.GetMessage()
-	}
-	return "error", fmt.Sprintf("unknown report status %v: %s", ack.GetStatus(), ack.GetMessage())
+	return decodeReportAck(m.Data)
 }

@@ -27,10 +27,18 @@ import (
 // Run, stop it gracefully with Drain or abruptly by ending Run's context.
 //
 // Locking: mu guards every field below it; it is never held across a
-// request/reply, a store access or a wait on a shard (it is held while
-// subscribing to or unsubscribing from a job's events, which only buffer
-// a protocol line). The other mutexes of the package (outputs.mu,
-// mhaSource.mu, failFastRing.mu) are leaves: nothing is locked under them.
+// request/reply, a store access (opening a bucket included) or a wait on
+// a shard (it is held while subscribing to or unsubscribing from a job's
+// events, which only buffer a protocol line). Lock order: mu, then the
+// leaves — outputs.mu, mhaSource.mu and failFastRing.mu are never held
+// while taking another lock of the package, and mu is never taken under
+// them. NATS handlers (assignments, job events) and the heartbeat loop
+// take mu only briefly and never call NATS while holding it.
+//
+// Containment: every NATS handler, the heartbeat loop, report delivery
+// and every rank's goroutine recover panics (logged with the stack,
+// counted in ringattn_worker_panics_total); a rank that panicked reports
+// FAILED, not fatal ("internal error"), and the worker lives on.
 type Worker struct {
 	cfg     Config
 	log     *slog.Logger
@@ -70,11 +78,18 @@ type epochMark struct {
 	at    time.Time
 }
 
-// hooks let the package's tests stall a rank at a ring step.
+// hooks let the package's tests stall a rank at a ring step, panic in a
+// handler and watch store openings.
 type hooks struct {
 	// progress is called from the rank's goroutine after each ring step;
 	// blocking it holds the rank at that step.
 	progress func(ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress)
+	// handler is called as a NATS handler or background loop iteration
+	// starts, with its name ("assign", "job events", "heartbeat", "shard
+	// <job>/<epoch>/<rank>", "report delivery ..."); a test panics in it.
+	handler func(where string)
+	// openStore is called before a store of another bucket is opened.
+	openStore func(bucket string)
 }
 
 // ShardStatus describes one shard the worker holds.
@@ -239,7 +254,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.nc, w.store, w.gflops = nc, store, gf
 	w.mu.Unlock()
 
-	sub, err := nc.Subscribe(w.subj.Assign(w.cfg.ID), func(m *nats.Msg) { w.onAssign(runCtx, m) })
+	sub, err := nc.Subscribe(w.subj.Assign(w.cfg.ID), func(m *nats.Msg) {
+		replied := false
+		defer func() {
+			if r := recover(); r != nil {
+				_ = w.recovered("assign", r)
+				if !replied && m.Reply != "" {
+					data, _ := proto.Marshal(&pb.AssignmentAck{Reason: "internal error"})
+					_ = m.Respond(data)
+				}
+			}
+		}()
+		if h := w.hooks.handler; h != nil {
+			h("assign")
+		}
+		w.onAssign(runCtx, m, &replied)
+	})
 	if err != nil {
 		return fmt.Errorf("worker: subscribing to assignments: %w", err)
 	}
@@ -256,7 +286,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(hbDone)
 		w.heartbeatLoop(runCtx)
 	}()
-	w.heartbeat(runCtx) // announce at once
+	w.safely("heartbeat", func() { w.heartbeat(runCtx) }) // announce at once
 
 	select {
 	case <-ctx.Done():
@@ -419,8 +449,10 @@ func (w *Worker) heartbeatLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		w.heartbeat(ctx)
-		w.expire(time.Now())
+		w.safely("heartbeat", func() {
+			w.heartbeat(ctx)
+			w.expire(time.Now())
+		})
 	}
 }
 
@@ -447,7 +479,7 @@ func (w *Worker) sendHeartbeat(ctx context.Context, nc *nats.Conn, final bool) {
 		SentUnixMs: time.Now().UnixMilli(),
 	}
 	for _, s := range w.pendingLocked() {
-		hb.Running = append(hb.Running, s.key.ref())
+		hb.Running = append(hb.Running, s.ref())
 	}
 	w.mu.Unlock()
 	hb.MemoryBytes = memoryBytes()
@@ -471,19 +503,19 @@ func (w *Worker) sendHeartbeat(ctx context.Context, nc *nats.Conn, final bool) {
 		return
 	}
 	w.met.heartbeats.WithLabelValues("acked").Inc()
-	var ack pb.HeartbeatAck
-	if err := proto.Unmarshal(msg.Data, &ack); err != nil {
+	leader, aborts, err := decodeHeartbeatAck(msg.Data)
+	if err != nil {
 		w.log.Warn("bad heartbeat ack", "err", err)
 		return
 	}
-	for _, ref := range ack.GetAbort() {
-		w.abort(keyOf(ref), "leader: "+ack.GetLeaderId())
+	for _, k := range aborts {
+		w.abort(k, "leader: "+leader)
 	}
 }
 
 // onAssign handles one Assignment request and replies with an
-// AssignmentAck.
-func (w *Worker) onAssign(runCtx context.Context, m *nats.Msg) {
+// AssignmentAck (setting *replied once it did).
+func (w *Worker) onAssign(runCtx context.Context, m *nats.Msg, replied *bool) {
 	var a pb.Assignment
 	var ack *pb.AssignmentAck
 	if err := proto.Unmarshal(m.Data, &a); err != nil {
@@ -506,6 +538,7 @@ func (w *Worker) onAssign(runCtx context.Context, m *nats.Msg) {
 	}
 	data, err := proto.Marshal(ack)
 	if err == nil {
+		*replied = true
 		err = m.Respond(data)
 	}
 	if err != nil {
@@ -665,16 +698,7 @@ func (w *Worker) watchJobLocked(job string) {
 		return
 	}
 	sub, err := w.nc.Subscribe(w.subj.JobEvents(job), func(m *nats.Msg) {
-		var ev pb.JobEvent
-		if proto.Unmarshal(m.Data, &ev) != nil || ev.GetJobId() != job {
-			return
-		}
-		switch ev.GetType() {
-		case pb.JobEventType_JOB_EVENT_TYPE_FINISHED:
-			w.abortJob(job, 0, fmt.Sprintf("job finished: %v", ev.GetState()))
-		case pb.JobEventType_JOB_EVENT_TYPE_EPOCH_STARTED:
-			w.abortJob(job, ev.GetEpoch(), fmt.Sprintf("epoch %d started", ev.GetEpoch()))
-		}
+		w.safely("job events", func() { w.onJobEvent(job, m.Data) })
 	})
 	if err != nil {
 		w.log.Warn("subscribing to job events", "job", job, "err", err)
@@ -690,5 +714,21 @@ func (w *Worker) releaseJobLocked(job string) {
 	if sub, ok := w.jobSubs[job]; ok {
 		_ = sub.Unsubscribe()
 		delete(w.jobSubs, job)
+	}
+}
+
+// onJobEvent applies one event of a job held here: the job's end or a
+// newer epoch stops its shards.
+func (w *Worker) onJobEvent(job string, data []byte) {
+	act, err := decodeJobEvent(job, data)
+	if err != nil {
+		w.log.Debug("ignoring job event", "job", job, "err", err)
+		return
+	}
+	switch {
+	case act.finished:
+		w.abortJob(job, 0, "job finished: "+act.state.String())
+	case act.epoch > 0:
+		w.abortJob(job, act.epoch, fmt.Sprintf("epoch %d started", act.epoch))
 	}
 }

@@ -1,0 +1,130 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+
+	"github.com/ringattn/ringattn/pkg/ringattn"
+)
+
+// errInternal is matched by the error of a computation that panicked (a
+// *panicError): the shard reports FAILED with the reason "internal error:
+// ...", not fatal, so the leader re-plans the job instead of failing it.
+var errInternal = errors.New("internal error")
+
+// panicError is a recovered panic.
+type panicError struct {
+	where string
+	value any
+}
+
+func (e *panicError) Error() string {
+	return fmt.Sprintf("internal error: panic in %s: %v", e.where, e.value)
+}
+
+func (e *panicError) Is(target error) bool { return target == errInternal }
+
+// recovered logs a recovered panic with its stack, counts it in
+// ringattn_worker_panics_total and returns it as a *panicError.
+func (w *Worker) recovered(where string, r any) error {
+	w.met.panics.Inc()
+	w.log.Error("panic recovered", "where", where, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+	return &panicError{where: where, value: r}
+}
+
+// contain, deferred directly, turns a panic of the function deferring it
+// into *err (see recovered).
+func (w *Worker) contain(where string, err *error) {
+	if r := recover(); r != nil {
+		*err = w.recovered(where, r)
+	}
+}
+
+// safely runs f, containing a panic (logged and counted): every NATS
+// handler and background loop of the worker runs through it, so one bad
+// message or bug costs that message, not the process.
+func (w *Worker) safely(where string, f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			_ = w.recovered(where, r)
+		}
+	}()
+	if h := w.hooks.handler; h != nil {
+		h(where)
+	}
+	f()
+}
+
+// progress counts a rank's units of work (DESIGN §5 progress watchdog):
+// done grows by one per block fetched from the store, per output block
+// written and per ring step folded; total is the number expected (an
+// estimate: fallbacks fetch more). Heartbeats carry both.
+type progress struct {
+	done, total atomic.Int64
+}
+
+// counts returns (done, total), total never below done.
+func (p *progress) counts() (int64, int64) {
+	d, t := p.done.Load(), p.total.Load()
+	return d, max(d, t)
+}
+
+// units is the work a rank of t expects to do in progress units: its ring
+// steps, its query blocks and initial key/value blocks fetched (k and v
+// apart), and its output blocks written.
+func (t *task) units() int64 {
+	rk := t.plan.Ranks[t.rank]
+	q, kv := int64(len(rk.QBlocks)), int64(len(rk.KVBlocks))
+	return int64(t.plan.Steps) + 2*q + 2*kv
+}
+
+// guardedSource contains a panic of the rank's Source (it runs on the
+// engine's goroutines, which the worker does not own) and counts fetches.
+type guardedSource struct {
+	src  ringattn.Source
+	w    *Worker
+	prog *progress
+}
+
+func (g guardedSource) Fetch(ctx context.Context, tensor string, block int) (x []float32, err error) {
+	defer g.w.contain("fetching "+tensor+" block", &err)
+	x, err = g.src.Fetch(ctx, tensor, block)
+	if err == nil {
+		g.prog.done.Add(1)
+	}
+	return x, err
+}
+
+// guardedSink contains a panic of the rank's Sink and counts blocks written.
+type guardedSink struct {
+	sink ringattn.Sink
+	w    *Worker
+	prog *progress
+}
+
+func (g guardedSink) Put(ctx context.Context, block int, o, lse []float32) (err error) {
+	defer g.w.contain("writing an output block", &err)
+	if err = g.sink.Put(ctx, block, o, lse); err == nil {
+		g.prog.done.Add(1)
+	}
+	return err
+}
+
+// guardedRing contains a panic of the rank's ring calls.
+type guardedRing struct {
+	ringattn.Ring
+	w *Worker
+}
+
+func (g guardedRing) Send(ctx context.Context, to int, f ringattn.Frame) (err error) {
+	defer g.w.contain("ring send", &err)
+	return g.Ring.Send(ctx, to, f)
+}
+
+func (g guardedRing) Recv(ctx context.Context, from int, key ringattn.Key) (f ringattn.Frame, err error) {
+	defer g.w.contain("ring receive", &err)
+	return g.Ring.Recv(ctx, from, key)
+}
