@@ -1,10 +1,12 @@
 package worker
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"regexp"
 	"slices"
+	"strings"
 
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -35,23 +37,22 @@ func badAssignment(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalidAssignment, fmt.Sprintf(format, args...))
 }
 
-// toInt converts a wire int64 to int, naming the field when it does not fit
-// in 0..limit.
-func toInt(field string, v int64, lo, limit int64) (int, error) {
-	if v < lo || v > limit {
-		return 0, badAssignment("%s = %d, expected %d..%d", field, v, lo, limit)
-	}
-	return int(v), nil
+// newTask validates a against the default job limits (newTaskLimits).
+func newTask(a *pb.Assignment, workerID string) (*task, error) {
+	return newTaskLimits(a, workerID, shard.DefaultLimits())
 }
 
-// newTask validates a and converts it. Every error names the field at
-// fault and what was expected.
-func newTask(a *pb.Assignment, workerID string) (*task, error) {
-	const maxDim = 1 << 40
+// newTaskLimits validates a and converts it. The job's shape, mask and size
+// go through lim.Check, the rule set the coordinator applied on submit, so
+// an assignment the coordinator could not have sent (with the same limits)
+// is refused and one it could have sent is accepted. Every error names the
+// field at fault and what was expected; nothing is allocated by a count the
+// assignment claims before that count is checked.
+func newTaskLimits(a *pb.Assignment, workerID string, lim shard.Limits) (*task, error) {
 	t := &task{job: a.GetJobId(), epoch: a.GetEpoch(), rank: int(a.GetRank())}
 	switch {
 	case !tokenRE.MatchString(t.job):
-		return nil, badAssignment("job_id = %q, expected [A-Za-z0-9_-]+", t.job)
+		return nil, badAssignment("job_id = %.64q, expected [A-Za-z0-9_-]+", t.job)
 	case t.epoch == 0:
 		return nil, badAssignment("epoch = 0, expected >= 1")
 	case a.GetSize() < 1:
@@ -66,7 +67,7 @@ func newTask(a *pb.Assignment, workerID string) (*task, error) {
 		return nil, badAssignment("plan.ranks has %d entries, expected size = %d", len(a.GetPlan().GetRanks()), a.GetSize())
 	}
 	if w := a.GetPlan().GetRanks()[t.rank].GetWorkerId(); w != "" && w != workerID {
-		return nil, badAssignment("plan.ranks[%d].worker_id = %q, expected this worker %q", t.rank, w, workerID)
+		return nil, badAssignment("plan.ranks[%d].worker_id = %.64q, expected this worker %q", t.rank, w, workerID)
 	}
 	t.bucket, t.inputRef, t.outputRef = a.GetBucket(), a.GetInputRef(), a.GetOutputRef()
 	if t.outputRef == "" {
@@ -77,44 +78,40 @@ func newTask(a *pb.Assignment, workerID string) (*task, error) {
 	}
 	for _, f := range []struct{ name, v string }{{"input_ref", t.inputRef}, {"output_ref", t.outputRef}} {
 		if !tokenRE.MatchString(f.v) {
-			return nil, badAssignment("%s = %q, expected [A-Za-z0-9_-]+", f.name, f.v)
+			return nil, badAssignment("%s = %.64q, expected [A-Za-z0-9_-]+", f.name, f.v)
 		}
 	}
 	if t.bucket != "" && !tokenRE.MatchString(t.bucket) {
-		return nil, badAssignment("bucket = %q, expected [A-Za-z0-9_-]+", t.bucket)
+		return nil, badAssignment("bucket = %.64q, expected [A-Za-z0-9_-]+", t.bucket)
 	}
 
-	kp := a.GetParams()
+	kp, pp := a.GetParams(), a.GetPlan()
 	t.kind = kp.GetKind()
-	var err error
-	var b, hq, hkv, d int
-	if b, err = toInt("params.b", kp.GetB(), 1, maxDim); err != nil {
-		return nil, err
-	}
-	if hq, err = toInt("params.hq", kp.GetHq(), 1, maxDim); err != nil {
-		return nil, err
-	}
-	if hkv, err = toInt("params.hkv", kp.GetHkv(), 1, maxDim); err != nil {
-		return nil, err
-	}
-	if d, err = toInt("params.d", kp.GetD(), 1, kernels.MaxHeadDim); err != nil {
-		return nil, err
-	}
+	t.wantLSE, t.allowNaN, t.bias = kp.GetWantLse(), kp.GetAllowNonfinite(), kp.GetMhaBias()
+	tensors := shard.Tensors{LSE: t.wantLSE}
+	// What only the wire spec has, as the coordinator's validateSpec checks it.
 	switch t.kind {
 	case pb.JobKind_JOB_KIND_ATTENTION:
+		if kp.GetDModel() != 0 {
+			return nil, badAssignment("params.d_model = %d, expected 0 for an attention job", kp.GetDModel())
+		}
+		if t.bias {
+			return nil, badAssignment("params.mha_bias = true, expected false for an attention job")
+		}
 	case pb.JobKind_JOB_KIND_MHA:
-		if t.dModel, err = toInt("params.d_model", kp.GetDModel(), 1, maxDim); err != nil {
-			return nil, err
+		if kp.GetDModel() < 1 {
+			return nil, badAssignment("params.d_model = %d, expected >= 1 for an mha job", kp.GetDModel())
 		}
-		if hq != hkv {
-			return nil, badAssignment("params.hkv = %d, expected hq = %d for an mha job", hkv, hq)
+		if t.wantLSE {
+			return nil, badAssignment("params.want_lse = true, expected false for an mha job")
 		}
+		tensors = shard.Tensors{DModel: int(kp.GetDModel()), Bias: t.bias}
 	default:
 		return nil, badAssignment("params.kind = %v, expected JOB_KIND_ATTENTION or JOB_KIND_MHA", kp.GetKind())
 	}
 	scale := kp.GetScale()
-	if scale == 0 || math.IsNaN(scale) || math.IsInf(scale, 0) {
-		return nil, badAssignment("params.scale = %v, expected a resolved finite non-zero scale", scale)
+	if !(scale > 0) || math.IsInf(scale, 0) {
+		return nil, badAssignment("params.scale = %v, expected a resolved finite scale > 0", scale)
 	}
 	switch kp.GetWireDtype() {
 	case pb.WireDType_WIRE_DTYPE_UNSPECIFIED, pb.WireDType_WIRE_DTYPE_F32:
@@ -123,48 +120,46 @@ func newTask(a *pb.Assignment, workerID string) (*task, error) {
 	default:
 		return nil, badAssignment("params.wire_dtype = %v, expected F32 or BF16", kp.GetWireDtype())
 	}
-	t.wantLSE, t.allowNaN, t.bias = kp.GetWantLse(), kp.GetAllowNonfinite(), kp.GetMhaBias()
-
-	pp := a.GetPlan()
-	n, err := toInt("plan.n", pp.GetN(), 0, maxDim)
-	if err != nil {
-		return nil, err
+	m := kp.GetMask()
+	if m != nil && !m.GetWindowed() && (m.GetWindowLeft() != 0 || m.GetWindowRight() != 0) {
+		return nil, badAssignment("params.mask.windowed = false with window (%d, %d), expected no window", m.GetWindowLeft(), m.GetWindowRight())
 	}
-	nk, err := toInt("plan.nk", pp.GetNk(), 0, maxDim)
-	if err != nil {
-		return nil, err
+	if m != nil && (int64(len(m.GetSeqlens())) > lim.MaxDocs || int64(len(m.GetSeqlensK())) > lim.MaxDocs) {
+		return nil, badAssignment("params.mask.seqlens: %d/%d documents, expected at most %d (limits.MaxDocs)",
+			len(m.GetSeqlens()), len(m.GetSeqlensK()), lim.MaxDocs)
 	}
-	block, err := toInt("plan.block", pp.GetBlock(), 1, maxDim)
-	if err != nil {
-		return nil, err
+	elem := 4
+	if t.bf16 {
+		elem = 2
+	}
+	// The request the leader planned, from the wire (int is 64 bits wide
+	// here, so no value is cut; Check bounds them all).
+	req := shard.Request{B: int(kp.GetB()), Hq: int(kp.GetHq()), Hkv: int(kp.GetHkv()), D: int(kp.GetD()),
+		N: int(pp.GetN()), Nk: int(pp.GetNk()), Block: int(pp.GetBlock()), Ranks: len(pp.GetRanks()),
+		Strategy: shard.Strategy(pp.GetStrategy()), ElemBytes: elem}
+	if pp.GetBlock() == 0 {
+		return nil, badAssignment("plan.block = 0, expected the planned block length >= 1")
 	}
 	var mask kernels.Mask
-	var smask shard.Mask
-	if m := kp.GetMask(); m != nil {
-		mask.Causal, mask.Windowed = m.GetCausal(), m.GetWindowed()
-		mask.Left, mask.Right = int(m.GetWindowLeft()), int(m.GetWindowRight())
-		if m.GetWindowLeft() < -1 || m.GetWindowRight() < -1 || m.GetWindowLeft() > maxDim || m.GetWindowRight() > maxDim {
-			return nil, badAssignment("params.mask window (%d, %d), expected each -1 or >= 0", m.GetWindowLeft(), m.GetWindowRight())
-		}
-		if mask.SeqLens, err = lens("params.mask.seqlens", m.GetSeqlens()); err != nil {
-			return nil, err
-		}
-		if mask.SeqLensK, err = lens("params.mask.seqlens_k", m.GetSeqlensK()); err != nil {
-			return nil, err
-		}
-		smask = shard.Mask{Causal: mask.Causal, Windowed: mask.Windowed, Left: mask.Left, Right: mask.Right,
-			SeqLens: mask.SeqLens, SeqLensK: mask.SeqLensK}
+	if m != nil {
+		req.Mask = shard.Mask{Causal: m.GetCausal(), Windowed: m.GetWindowed(), Left: int(m.GetWindowLeft()), Right: int(m.GetWindowRight()),
+			SeqLens: ints(m.GetSeqlens()), SeqLensK: ints(m.GetSeqlensK())}
+		mask = kernels.Mask{Causal: req.Mask.Causal, Windowed: req.Mask.Windowed, Left: req.Mask.Left, Right: req.Mask.Right,
+			SeqLens: req.Mask.SeqLens, SeqLensK: req.Mask.SeqLensK}
 	}
-	t.params = kernels.Params{Shape: kernels.Shape{B: b, Hq: hq, Hkv: hkv, D: d}, N: n, Nk: nk,
+	if err := lim.Check(&req, tensors); err != nil {
+		return nil, badAssignment("%s", limitField(err))
+	}
+	if req.Strategy == shard.Auto {
+		return nil, badAssignment("plan.strategy is empty, expected a concrete strategy")
+	}
+	t.dModel = tensors.DModel
+	t.params = kernels.Params{Shape: kernels.Shape{B: req.B, Hq: req.Hq, Hkv: req.Hkv, D: req.D}, N: req.N, Nk: req.Nk,
 		Scale: float32(scale), Mask: mask}
 	if err := t.params.Validate(); err != nil {
-		return nil, badAssignment("params: %v", err)
+		return nil, badAssignment("params: %v", strings.TrimPrefix(err.Error(), kernels.ErrInvalid.Error()+": "))
 	}
-	if t.kind == pb.JobKind_JOB_KIND_MHA && n != nk {
-		return nil, badAssignment("plan.nk = %d, expected plan.n = %d for an mha job (self-attention)", nk, n)
-	}
-
-	plan, err := planFromPB(pp, b, hq, hkv, d, block, n, nk, smask, t.bf16)
+	plan, err := planFromPB(pp, req)
 	if err != nil {
 		return nil, err
 	}
@@ -172,33 +167,49 @@ func newTask(a *pb.Assignment, workerID string) (*task, error) {
 	return t, nil
 }
 
-func lens(field string, v []int64) ([]int, error) {
+// limitField renders an error of shard.Limits.Check with the assignment
+// field it names: plan.n, plan.nk, plan.block, plan.strategy, size, or
+// params.<field> for the rest.
+func limitField(err error) string {
+	var fe *shard.FieldError
+	if !errors.As(err, &fe) {
+		return err.Error()
+	}
+	field := "params"
+	switch fe.Field {
+	case "":
+	case "n", "nk", "block", "strategy":
+		field = "plan." + fe.Field
+	case "ranks":
+		field = "size"
+	default:
+		field += "." + fe.Field
+	}
+	return field + ": " + fe.Msg
+}
+
+// ints converts wire lengths; nil stays nil (no documents).
+func ints(v []int64) []int {
 	if len(v) == 0 {
-		return nil, nil
+		return nil
 	}
 	out := make([]int, len(v))
 	for i, x := range v {
-		if x < 1 || x > 1<<40 {
-			return nil, badAssignment("%s[%d] = %d, expected >= 1", field, i, x)
-		}
 		out[i] = int(x)
 	}
-	return out, nil
+	return out
 }
 
-// planFromPB rebuilds the shard.Plan the leader made from its wire form and
-// checks it with shard.Plan.Validate.
-func planFromPB(pp *pb.Plan, b, hq, hkv, d, block, n, nk int, mask shard.Mask, bf16 bool) (*shard.Plan, error) {
+// planFromPB rebuilds the shard.Plan the leader made for req from its wire
+// form and checks it with shard.Plan.Validate. What it allocates is bounded
+// by the entries the plan lists (req was checked against the limits).
+func planFromPB(pp *pb.Plan, req shard.Request) (*shard.Plan, error) {
 	w := len(pp.GetRanks())
-	elem := 4
-	if bf16 {
-		elem = 2
-	}
 	p := &shard.Plan{
-		Strategy:    shard.Strategy(pp.GetStrategy()),
-		N:           n,
-		Nk:          nk,
-		Block:       block,
+		Strategy:    req.Strategy,
+		N:           req.N,
+		Nk:          req.Nk,
+		Block:       req.Block,
 		QBlockCount: int(pp.GetQBlockCount()),
 		KBlockCount: int(pp.GetKBlockCount()),
 		Steps:       int(pp.GetSteps()),
@@ -226,10 +237,10 @@ func planFromPB(pp *pb.Plan, b, hq, hkv, d, block, n, nk int, mask shard.Mask, b
 	if p.Strategy == shard.SplitKV {
 		p.Reduce = treeReduction(w)
 	}
-	p.Request = shard.Request{B: b, Hq: hq, Hkv: hkv, D: d, N: n, Nk: nk, Block: block, Mask: mask,
-		Ranks: w, Weights: weights, Strategy: p.Strategy, QBlocks: p.Planned, ElemBytes: elem}
+	req.Weights, req.QBlocks = weights, p.Planned
+	p.Request = req
 	if err := p.Validate(); err != nil {
-		return nil, badAssignment("plan: %v", err)
+		return nil, badAssignment("plan: %v", strings.TrimPrefix(err.Error(), shard.ErrInvalid.Error()+": "))
 	}
 	return p, nil
 }
