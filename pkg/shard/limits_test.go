@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -271,4 +272,27 @@ func FuzzRequest(f *testing.F) {
 			t.Fatalf("plan of %+v: %v", req, err)
 		}
 	})
+}
+
+// TestShardPlanValidateClaimedCounts: a plan claiming 2^31-1 blocks but
+// listing two is refused without sizing anything by the claimed count (it
+// used to make a map of 2^31 entries first).
+func TestShardPlanValidateClaimedCounts(t *testing.T) {
+	const huge = math.MaxInt32
+	p := &shard.Plan{Strategy: shard.Contiguous, N: huge, Nk: huge, Block: 1, QBlockCount: huge, KBlockCount: huge, Steps: 2,
+		Ranks:   []shard.Rank{{QBlocks: []int{0}, KVBlocks: []int{0}}, {QBlocks: []int{1}, KVBlocks: []int{1}}},
+		Planned: []int{0, 1},
+		Request: shard.Request{B: 1, Hq: 1, Hkv: 1, D: 1, N: huge, Nk: huge, Block: 1, Ranks: 2, Weights: []float64{1, 1}, QBlocks: []int{0, 1}}}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	err := p.Validate()
+	runtime.ReadMemStats(&after)
+	if !errors.Is(err, shard.ErrInvalid) || !strings.Contains(err.Error(), "key/value block 2 is not dealt") {
+		t.Fatalf("Validate = %v", err)
+	}
+	if got := after.TotalAlloc - before.TotalAlloc; got > 1<<20 {
+		t.Fatalf("Validate allocated %d bytes for a plan listing 4 blocks", got)
+	}
+	// The limits refuse such a request before any plan is built.
+	wantField(t, "claimed blocks", shard.DefaultLimits().Check(&p.Request, shard.Tensors{}), "n", "2147483647: want 1..16777216")
 }
