@@ -46,19 +46,24 @@ func (l *leader) startAPI() (micro.Service, error) {
 		return nil, err
 	}
 	g := svc.AddGroup(c.subj.APIPrefix())
-	for name, h := range map[string]func([]byte) (proto.Message, *apiError){
-		EndpointSubmit:  l.apiSubmit,
-		EndpointGet:     l.apiGet,
-		EndpointCancel:  l.apiCancel,
-		EndpointList:    l.apiList,
-		EndpointCluster: l.apiCluster,
-	} {
+	for name, h := range l.endpoints() {
 		if err := g.AddEndpoint(name, l.handler(name, h)); err != nil {
 			_ = svc.Stop()
 			return nil, err
 		}
 	}
 	return svc, nil
+}
+
+// endpoints maps each API endpoint to its handler.
+func (l *leader) endpoints() map[string]func([]byte) (proto.Message, *apiError) {
+	return map[string]func([]byte) (proto.Message, *apiError){
+		EndpointSubmit:  l.apiSubmit,
+		EndpointGet:     l.apiGet,
+		EndpointCancel:  l.apiCancel,
+		EndpointList:    l.apiList,
+		EndpointCluster: l.apiCluster,
+	}
 }
 
 // errorReply builds the reply message of an endpoint carrying an error.

@@ -38,22 +38,45 @@ func (f *fsm) Apply(l *raft.Log) any {
 	if l.Type != raft.LogCommand {
 		return nil
 	}
-	var cmd cpb.Command
-	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
-		f.fatal(fmt.Errorf("%w: index %d: envelope: %v", ErrCorruptEntry, l.Index, err))
+	cmd, err := decodeEntry(l.Index, l.Data)
+	if err != nil {
+		f.fatal(err)
 		return nil
 	}
-	f.mu.Lock()
-	r, err := f.st.Apply(l.Index, &cmd)
-	f.mu.Unlock()
+	r, err := f.apply(l.Index, cmd)
 	if err != nil {
 		f.fatal(err)
 		return nil
 	}
 	if f.onApply != nil {
-		f.onApply(l.Index, &cmd, r)
+		f.onApply(l.Index, cmd, r)
 	}
 	return r
+}
+
+// decodeEntry decodes a committed entry's envelope. An error wraps
+// ErrCorruptEntry: the node must stop rather than skip the entry.
+func decodeEntry(index uint64, data []byte) (*cpb.Command, error) {
+	var cmd cpb.Command
+	if err := proto.Unmarshal(data, &cmd); err != nil {
+		return nil, fmt.Errorf("%w: index %d: envelope: %v", ErrCorruptEntry, index, err)
+	}
+	return &cmd, nil
+}
+
+// apply applies one command under the write lock. A panic in State.Apply
+// (a bug: the fuzz targets look for one) is returned as ErrCorruptEntry,
+// so the node stops deliberately, with the lock released, instead of
+// dying with the state half-changed under a held lock.
+func (f *fsm) apply(index uint64, cmd *cpb.Command) (r *Result, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	defer func() {
+		if v := recover(); v != nil {
+			r, err = nil, fmt.Errorf("%w: index %d: applying %v panicked: %v", ErrCorruptEntry, index, cmd.GetType(), v)
+		}
+	}()
+	return f.st.Apply(index, cmd)
 }
 
 // view runs fn with the state locked for reading.

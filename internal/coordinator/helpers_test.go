@@ -132,9 +132,10 @@ func (tc *testCluster) start(i int) {
 	tc.nodes[i] = c
 }
 
-// logger logs through t.Log in tests; benchmarks stay quiet.
+// logger logs through t.Log in tests; benchmarks and fuzz targets stay quiet.
 func (tc *testCluster) logger(i int) *slog.Logger {
-	if _, bench := tc.t.(*testing.B); bench {
+	switch tc.t.(type) {
+	case *testing.B, *testing.F:
 		return xlog.Discard()
 	}
 	return xlog.Test(tc.t).With("test_node", tc.cfgs[i].NodeID)

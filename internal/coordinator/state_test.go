@@ -315,14 +315,6 @@ func TestFSMCorruptEntryStopsNode(t *testing.T) {
 	newFSM(nil).Apply(&raft.Log{Index: 1, Type: raft.LogCommand, Data: []byte{0xff}})
 }
 
-func mustMarshal(t *testing.T, m proto.Message) []byte {
-	b, err := proto.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
-
 type memSink struct {
 	bytes.Buffer
 	fail, closed, canceled bool
