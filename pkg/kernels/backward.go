@@ -2,6 +2,7 @@ package kernels
 
 import (
 	"math"
+	"math/bits"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -35,6 +36,9 @@ type BackwardRows struct {
 func AttentionBackward(p *Params, q, k, v, o, lse, do, dq, dk, dv []float32) error {
 	if err := p.Validate(); err != nil {
 		return err
+	}
+	if !fitsInt(p.B, p.Hq, p.N, p.D) || !fitsInt(p.B, p.Hkv, p.Nk, p.D) {
+		return invalid("shape B=%d Hq=%d Hkv=%d N=%d Nk=%d D=%d has more values than an int holds", p.B, p.Hq, p.Hkv, p.N, p.Nk, p.D)
 	}
 	nq, nkv, rows := p.B*p.Hq*p.N*p.D, p.B*p.Hkv*p.Nk*p.D, p.B*p.Hq*p.N
 	for _, x := range []struct {
@@ -126,6 +130,9 @@ func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32) error 
 	if r.Rows < 0 || r.Start < 0 || r.Start+r.Rows > p.N {
 		return invalid("query rows [%d,%d) outside the sequence of %d", r.Start, r.Start+r.Rows, p.N)
 	}
+	if !fitsInt(p.B, p.Hq, r.Rows, p.D) || !fitsInt(p.B, p.Hkv, p.Nk, p.D) {
+		return invalid("shape B=%d Hq=%d Hkv=%d rows=%d Nk=%d D=%d has more values than an int holds", p.B, p.Hq, p.Hkv, r.Rows, p.Nk, p.D)
+	}
 	nq, rows := p.B*p.Hq*r.Rows*p.D, p.B*p.Hq*r.Rows
 	for _, x := range []struct {
 		name string
@@ -147,6 +154,19 @@ func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32) error 
 		return invalid("dv has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(dv), bh, kv.N, kv.stride(), p.D)
 	}
 	return nil
+}
+
+// fitsInt reports whether the product of the non-negative xs fits in an int.
+func fitsInt(xs ...int) bool {
+	prod := uint64(1)
+	for _, x := range xs {
+		hi, lo := bits.Mul64(prod, uint64(x))
+		if hi != 0 || lo > math.MaxInt {
+			return false
+		}
+		prod = lo
+	}
+	return true
 }
 
 // backward runs the tile loop of BackwardBlock on checked arguments.

@@ -345,6 +345,11 @@ func TestKernelBackwardInvalid(t *testing.T) {
 			return prm.BackwardBlock(&kernels.BackwardRows{Start: 0, Rows: 8, Q: q, DO: do, DQ: dq, LSE: lse, Delta: lse},
 				kernels.KV{K: k, V: v, N: 3, Stride: 6}, dk[:11], dv)
 		}, "dk has 11 values, too few for 1 heads of 3 rows 6 rows apart"},
+		{"overflow", func() error {
+			huge := *prm
+			huge.N, huge.Nk = math.MaxInt/4, math.MaxInt/4 // B·Hq·N·D = 2·MaxInt wraps around
+			return kernels.AttentionBackward(&huge, q, k, v, o, lse, do, dq, dk, dv)
+		}, "has more values than an int holds"},
 		{"delta D", func() error { return kernels.BackwardDelta(o, do, lse, 0) }, "head dim D = 0"},
 		{"delta rows", func() error { return kernels.BackwardDelta(o, do, lse[:15], 4) }, "delta of 15 rows needs o and do of 60 values"},
 	} {
