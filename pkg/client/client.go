@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -70,6 +71,10 @@ type Options struct {
 	RequestTimeout time.Duration
 	// Logger receives debug logs of retries (default: discard).
 	Logger *slog.Logger
+	// Limits are the job limits checked before anything is uploaded: the
+	// coordinator's (zero value: shard.DefaultLimits, the coordinator's
+	// defaults).
+	Limits shard.Limits
 }
 
 // Client talks to a ringattn cluster: the coordinator's API and the tensor
@@ -81,6 +86,7 @@ type Client struct {
 	timeout time.Duration
 	log     *slog.Logger
 	owned   bool
+	limits  shard.Limits
 
 	storeMu sync.Mutex
 	store   *transport.Store
@@ -111,7 +117,13 @@ func New(ctx context.Context, nc *nats.Conn, cfg transport.Config, opts Options)
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	c := &Client{nc: nc, subj: cfg.Subjects(), cfg: cfg, timeout: opts.RequestTimeout, log: opts.Logger}
+	if opts.Limits == (shard.Limits{}) {
+		opts.Limits = shard.DefaultLimits()
+	}
+	if err := opts.Limits.Validate(); err != nil {
+		return nil, fmt.Errorf("%w: Options.%v", ErrInvalid, err)
+	}
+	c := &Client{nc: nc, subj: cfg.Subjects(), cfg: cfg, timeout: opts.RequestTimeout, log: opts.Logger, limits: opts.Limits}
 	return c, nil
 }
 

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"math"
 
+	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -31,9 +34,9 @@ type JobOptions struct {
 	Priority          int
 	AllowNonFinite    bool
 	// IdempotencyKey makes a retried submit return the same job; empty
-	// means a random key (so the SDK's own retries are safe). The key also
-	// names the inputs' namespace in the store: a retry must carry the same
-	// inputs, or it overwrites those of the job it names.
+	// means a random key (so the SDK's own retries are safe). Every submit
+	// uploads its inputs under a fresh random namespace of its own, so a
+	// retried or colliding key never overwrites the inputs of a live job.
 	IdempotencyKey string
 }
 
@@ -56,8 +59,57 @@ func (o *JobOptions) spec(kind pb.JobKind) *pb.JobSpec {
 	if s.IdempotencyKey == "" {
 		s.IdempotencyKey = randomID()
 	}
-	s.InputRef = "in-" + s.IdempotencyKey
+	// A namespace of this submit alone, whatever the key.
+	s.InputRef = "in-" + randomID()
 	return s
+}
+
+// check applies the job limits to spec before anything is uploaded, with
+// the rules the coordinator applies (shard.Limits.Check): an error is an
+// *APIError naming the spec field, as the coordinator would answer.
+func (c *Client) check(spec *pb.JobSpec) error {
+	if math.IsNaN(spec.Scale) || math.IsInf(spec.Scale, 0) || spec.Scale < 0 {
+		return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "spec.scale",
+			Message: fmt.Sprintf("%v: want a finite number > 0 (or 0 for 1/sqrt(d))", spec.Scale)}
+	}
+	req := shard.Request{B: int(spec.B), Hq: int(spec.Hq), Hkv: int(spec.Hkv), D: int(spec.D), N: int(spec.N), Nk: int(spec.Nk),
+		Block: int(spec.Block), Ranks: 1, Strategy: shard.Strategy(spec.Strategy)}
+	if m := spec.Mask; m != nil {
+		req.Mask = shard.Mask{Causal: m.Causal, Windowed: m.Windowed, Left: int(m.WindowLeft), Right: int(m.WindowRight),
+			SeqLens: fromInt64(m.Seqlens), SeqLensK: fromInt64(m.SeqlensK)}
+	}
+	t := shard.Tensors{LSE: spec.WantLse}
+	if spec.Kind == pb.JobKind_JOB_KIND_MHA {
+		if spec.DModel < 1 {
+			return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "spec.d_model",
+				Message: fmt.Sprintf("%d: an mha job wants d_model >= 1", spec.DModel)}
+		}
+		t = shard.Tensors{DModel: int(spec.DModel), Bias: spec.MhaBias}
+	}
+	err := c.limits.Check(&req, t)
+	var fe *shard.FieldError
+	if err == nil || !errors.As(err, &fe) {
+		return err
+	}
+	ae := &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "spec", Message: fe.Msg}
+	if fe.Field != "" {
+		ae.Field += "." + fe.Field
+	}
+	if errors.Is(fe, shard.ErrLimit) {
+		ae.Code = pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED
+	}
+	return ae
+}
+
+func fromInt64(x []int64) []int {
+	if x == nil {
+		return nil
+	}
+	out := make([]int, len(x))
+	for i, v := range x {
+		out[i] = int(v)
+	}
+	return out
 }
 
 func toInt64(x []int) []int64 {
@@ -124,6 +176,12 @@ func (c *Client) SubmitAttention(ctx context.Context, q, k, v *tensor.Tensor, wa
 	spec.WantLse = wantLSE
 	if vs != nil && (vs[0] != ks[0] || vs[1] != ks[1] || vs[2] != ks[2] || vs[3] != ks[3]) {
 		return nil, fmt.Errorf("%w: v has shape %v, expected k's %v", ErrInvalid, v.Shape, k.Shape)
+	}
+	if qs[0] != ks[0] || qs[3] != ks[3] {
+		return nil, fmt.Errorf("%w: k has shape %v, expected q's batch %d and head dim %d", ErrInvalid, k.Shape, qs[0], qs[3])
+	}
+	if err := c.check(spec); err != nil {
+		return nil, err
 	}
 	st, err := c.Store(ctx)
 	if err != nil {
@@ -248,6 +306,9 @@ func (c *Client) SubmitMHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, 
 		return nil, fmt.Errorf("%w: give all four biases bq, bk, bv, bo or none", ErrInvalid)
 	}
 	spec.MhaBias = nb == 4
+	if err := c.check(spec); err != nil {
+		return nil, err
+	}
 	st, err := c.Store(ctx)
 	if err != nil {
 		return nil, err
