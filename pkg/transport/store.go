@@ -585,9 +585,17 @@ type Shape [4]int
 
 func (sh Shape) elems() int { return sh[0] * sh[1] * sh[2] * sh[3] }
 
-// Blocks returns how many blocks of blockLen rows cover N (the last one
-// ragged).
-func (sh Shape) Blocks(blockLen int) int { return (sh[2] + blockLen - 1) / blockLen }
+// Blocks returns how many blocks of blockLen (>= 1) rows cover N (the
+// last one ragged).
+func (sh Shape) Blocks(blockLen int) int {
+	if sh[2] <= 0 || blockLen < 1 {
+		return 0
+	}
+	return (sh[2]-1)/blockLen + 1 // N + blockLen - 1 could overflow
+}
+
+// MaxTensorValues bounds a tensor's values: its float32 bytes fit an int.
+const MaxTensorValues = math.MaxInt / 4
 
 // BlockRows returns the first row and the row count of block i.
 func (sh Shape) BlockRows(blockLen, i int) (start, n int) {
@@ -603,6 +611,13 @@ func (sh Shape) check(what string, data []float32, blockLen int) error {
 	}
 	if blockLen < 1 {
 		return fmt.Errorf("%w: %s block length %d: want >= 1", ErrInvalidShape, what, blockLen)
+	}
+	n := 1
+	for _, d := range sh {
+		if d > 0 && n > MaxTensorValues/d {
+			return fmt.Errorf("%w: %s shape %v: more than %d values", ErrInvalidShape, what, sh, MaxTensorValues)
+		}
+		n *= d
 	}
 	if data != nil && len(data) != sh.elems() {
 		return fmt.Errorf("%w: %s has %d values, shape %v needs %d", ErrInvalidShape, what, len(data), sh, sh.elems())
@@ -653,16 +668,34 @@ func (s *Store) GetTensor(ctx context.Context, job, tensor string, sh Shape, blo
 	if err := sh.check(fmt.Sprintf("job %q tensor %q", job, tensor), nil, blockLen); err != nil {
 		return nil, err
 	}
+	nb := sh.Blocks(blockLen)
+	wrongSize := func(i, got int) error {
+		_, n := sh.BlockRows(blockLen, i)
+		if want := sh[0] * sh[1] * n * sh[3]; got != want {
+			return &CorruptBlockError{Job: job, Tensor: tensor, Block: i,
+				Reason: fmt.Sprintf("%d values, shape %v with block length %d needs %d", got, sh, blockLen, want)}
+		}
+		return nil
+	}
+	// The shape is the caller's claim: before sizing the result by it,
+	// check the store holds its last block, of the size it implies.
+	if nb > 0 {
+		_, m, err := s.blockMeta(ctx, job, tensor, nb-1)
+		if err != nil {
+			return nil, err
+		}
+		if err := wrongSize(nb-1, m.elems); err != nil {
+			return nil, err
+		}
+	}
 	t := make([]float32, sh.elems())
-	for i := range sh.Blocks(blockLen) {
+	for i := range nb {
 		blk, err := s.GetBlock(ctx, job, tensor, i)
 		if err != nil {
 			return nil, err
 		}
-		_, n := sh.BlockRows(blockLen, i)
-		if want := sh[0] * sh[1] * n * sh[3]; len(blk) != want {
-			return nil, &CorruptBlockError{Job: job, Tensor: tensor, Block: i,
-				Reason: fmt.Sprintf("%d values, shape %v with block length %d needs %d", len(blk), sh, blockLen, want)}
+		if err := wrongSize(i, len(blk)); err != nil {
+			return nil, err
 		}
 		InsertBlock(t, sh, blockLen, i, blk)
 	}

@@ -234,8 +234,17 @@ type BlockInfo struct {
 // wrapping ErrBlockNotFound; metadata that does not parse, a
 // *CorruptBlockError.
 func (s *Store) BlockInfo(ctx context.Context, ns, tensor string, block int) (BlockInfo, error) {
-	if err := validateRef(ns, tensor, block); err != nil {
+	info, m, err := s.blockMeta(ctx, ns, tensor, block)
+	if err != nil {
 		return BlockInfo{}, err
+	}
+	return BlockInfo{CRC32C: m.crc, Bytes: int64(info.Size), Modified: info.ModTime}, nil
+}
+
+// blockMeta reads and checks one block's object metadata.
+func (s *Store) blockMeta(ctx context.Context, ns, tensor string, block int) (*jetstream.ObjectInfo, blockMeta, error) {
+	if err := validateRef(ns, tensor, block); err != nil {
+		return nil, blockMeta{}, err
 	}
 	ref := BlockRef{ns, tensor, block}
 	var info *jetstream.ObjectInfo
@@ -246,14 +255,14 @@ func (s *Store) BlockInfo(ctx context.Context, ns, tensor string, block int) (Bl
 		return err
 	})
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		return BlockInfo{}, fmt.Errorf("%w: %s in bucket %q", ErrBlockNotFound, ref, s.cfg.Bucket)
+		return nil, blockMeta{}, fmt.Errorf("%w: %s in bucket %q", ErrBlockNotFound, ref, s.cfg.Bucket)
 	}
 	if err != nil {
-		return BlockInfo{}, fmt.Errorf("transport: block info %s: %w", ref, err)
+		return nil, blockMeta{}, fmt.Errorf("transport: block info %s: %w", ref, err)
 	}
 	m, err := parseBlockMeta(info.Size, info.Metadata)
 	if err != nil {
-		return BlockInfo{}, &CorruptBlockError{Job: ns, Tensor: tensor, Block: block, Reason: err.Error()}
+		return nil, blockMeta{}, &CorruptBlockError{Job: ns, Tensor: tensor, Block: block, Reason: err.Error()}
 	}
-	return BlockInfo{CRC32C: m.crc, Bytes: int64(info.Size), Modified: info.ModTime}, nil
+	return info, m, nil
 }
