@@ -437,7 +437,12 @@ func (c *Cluster) WaitCoordinator(ctx context.Context, p *Proc) error {
 
 // StartWorker starts one more worker (named worker-<n>) without waiting
 // for it to be live; see WaitWorkers and AddWorker.
-func (c *Cluster) StartWorker() (*Proc, error) {
+func (c *Cluster) StartWorker() (*Proc, error) { return c.StartWorkerEnv() }
+
+// StartWorkerEnv is StartWorker with extra environment variables
+// ("NAME=value") for this worker only, such as the worker's test-only
+// fault injections RINGATTN_FAULT_STALL and RINGATTN_FAULT_PANIC.
+func (c *Cluster) StartWorkerEnv(env ...string) (*Proc, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -458,7 +463,8 @@ func (c *Cluster) StartWorker() (*Proc, error) {
 		}
 		url = px.URL()
 	}
-	p := &Proc{Name: name, Kind: KindWorker, Addr: addr, NATSURL: url, LogPath: c.logPath(name), bin: c.cfg.Bin.Worker}
+	p := &Proc{Name: name, Kind: KindWorker, Addr: addr, NATSURL: url, LogPath: c.logPath(name), bin: c.cfg.Bin.Worker,
+		env: slices.Clone(env)}
 	p.args = []string{"--id", name, "--nats-url", url, "--nats-name", name, "--metrics-addr", addr,
 		"--log-level", c.cfg.LogLevel}
 	p.args = durArg(p.args, "heartbeat-interval", c.cfg.HeartbeatInterval)
@@ -493,9 +499,13 @@ func (c *Cluster) StartWorker() (*Proc, error) {
 //
 // A worker that fails to bind its metrics port (ErrPortInUse) is dropped
 // and another one started, up to three times.
-func (c *Cluster) AddWorker(ctx context.Context) (*Proc, error) {
+func (c *Cluster) AddWorker(ctx context.Context) (*Proc, error) { return c.AddWorkerEnv(ctx) }
+
+// AddWorkerEnv is AddWorker with extra environment variables for the new
+// worker (see StartWorkerEnv).
+func (c *Cluster) AddWorkerEnv(ctx context.Context, env ...string) (*Proc, error) {
 	for attempt := 1; ; attempt++ {
-		p, err := c.StartWorker()
+		p, err := c.StartWorkerEnv(env...)
 		if err != nil {
 			return nil, err
 		}
