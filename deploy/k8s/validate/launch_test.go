@@ -263,6 +263,13 @@ func podProcess(t *testing.T, c *corev1.Container, pod Pod, secrets SecretLookup
 			t.Fatalf("%s: %q is not expanded or mapped to loopback", pod.Name, s)
 		}
 	}
+	// One local nats-server stands for the overlay's cluster (its routes
+	// are dropped): it holds one copy of a stream, not three.
+	for i, kv := range envList {
+		if strings.HasPrefix(kv, StoreReplicasEnv+"=") {
+			envList[i] = StoreReplicasEnv + "=1"
+		}
+	}
 	envList = append(envList, "HOME="+t.TempDir(), "TMPDIR="+t.TempDir())
 	return argv, envList
 }

@@ -253,7 +253,7 @@ func TestManifestsMisspelledFieldFails(t *testing.T) {
 		overlay, file, old, new, field string
 	}{
 		{"dev", "base/coordinator/statefulset.yaml", "        readinessProbe:", "        readynessProbe:", "readynessProbe"},
-		{"dev", "base/worker/deployment.yaml", "      terminationGracePeriodSeconds: 75", "      terminationGracePeriodSecond: 75", "terminationGracePeriodSecond"},
+		{"dev", "base/worker/deployment.yaml", "      terminationGracePeriodSeconds: 90", "      terminationGracePeriodSecond: 90", "terminationGracePeriodSecond"},
 		{"dev", "base/networkpolicies.yaml", "      podSelector:\n        matchLabels:\n          app.kubernetes.io/name: prometheus", "      podSelector:\n        matchLabel:\n          app.kubernetes.io/name: prometheus", "matchLabel"},
 		{"prod", "components/hpa/hpa.yaml", "        averageValue: \"1\"", "        avgValue: \"1\"", "avgValue"},
 		{"prod", "components/monitoring/servicemonitors.yaml", "    scrapeTimeout: 10s", "    scrapeTimout: 10s", "scrapeTimout"},
@@ -290,7 +290,9 @@ func TestManifestsBrokenInvariantFails(t *testing.T) {
 		{"peer list shorter than replicas", "prod", "components/ha/coordinator.yaml",
 			",ringattn-coordinator-2=ringattn-coordinator-2.ringattn-coordinator-headless.$(POD_NAMESPACE).svc.cluster.local:7000", "", "raft peers"},
 		{"even coordinator count", "prod", "components/ha/coordinator.yaml", "  replicas: 3", "  replicas: 4", "replicas"},
-		{"grace period shorter than drain", "dev", "base/worker/deployment.yaml", "terminationGracePeriodSeconds: 75", "terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds"},
+		{"HA store with one replica", "prod", "components/ha/worker.yaml", `value: "3"`, `value: "1"`, "RINGATTN_STORE_REPLICAS"},
+		{"store replicas above the NATS servers", "dev", "base/worker/deployment.yaml", "        - --slots=1", "        - --slots=1\n        - --store-replicas=3", "--store-replicas"},
+		{"grace period shorter than drain", "dev", "base/worker/deployment.yaml", "terminationGracePeriodSeconds: 90", "terminationGracePeriodSeconds: 70", "terminationGracePeriodSeconds"},
 		{"PDB breaks quorum", "prod", "base/coordinator/pdb.yaml", "maxUnavailable: 1", "maxUnavailable: 2", "quorum"},
 		{"secret key typo", "dev", "base/coordinator/statefulset.yaml", "key: coordinator-password", "key: coordinator-pasword", "coordinator-pasword"},
 		{"HPA metric not served", "prod", "components/hpa/hpa.yaml", "        name: ringattn_queue_depth", "        name: ringattn_queue_length", "external metric"},
