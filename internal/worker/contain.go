@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 
 	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
 // errInternal is matched by the error of a computation that panicked (a
@@ -59,8 +60,8 @@ func (w *Worker) safely(where string, f func()) {
 }
 
 // progress counts a rank's units of work (DESIGN §5 progress watchdog):
-// done grows by one per block fetched from the store, per output block
-// written and per ring step folded; total is the number expected (an
+// done grows by one per block read from the store (inputs, fallbacks and
+// a layer's weights), per output block written and per ring step folded; total is the number expected (an
 // estimate: fallbacks fetch more). Heartbeats carry both.
 type progress struct {
 	done, total atomic.Int64
@@ -74,28 +75,31 @@ func (p *progress) counts() (int64, int64) {
 
 // units is the work a rank of t expects to do in progress units: its ring
 // steps, its query blocks and initial key/value blocks fetched (k and v
-// apart), and its output blocks written.
+// apart; a layer reads its x blocks instead, after its weights), and its
+// output blocks written.
 func (t *task) units() int64 {
 	rk := t.plan.Ranks[t.rank]
 	q, kv := int64(len(rk.QBlocks)), int64(len(rk.KVBlocks))
-	return int64(t.plan.Steps) + 2*q + 2*kv
+	n := int64(t.plan.Steps) + 2*q + 2*kv
+	if t.kind == pb.JobKind_JOB_KIND_MHA {
+		n = int64(t.plan.Steps) + 2*q + kv + 4 // x blocks: q's and the initial kv's, often the same
+		if t.bias {
+			n += 4
+		}
+	}
+	return n
 }
 
 // guardedSource contains a panic of the rank's Source (it runs on the
-// engine's goroutines, which the worker does not own) and counts fetches.
+// engine's goroutines, which the worker does not own).
 type guardedSource struct {
-	src  ringattn.Source
-	w    *Worker
-	prog *progress
+	src ringattn.Source
+	w   *Worker
 }
 
 func (g guardedSource) Fetch(ctx context.Context, tensor string, block int) (x []float32, err error) {
 	defer g.w.contain("fetching "+tensor+" block", &err)
-	x, err = g.src.Fetch(ctx, tensor, block)
-	if err == nil {
-		g.prog.done.Add(1)
-	}
-	return x, err
+	return g.src.Fetch(ctx, tensor, block)
 }
 
 // guardedSink contains a panic of the rank's Sink and counts blocks written.

@@ -139,6 +139,7 @@ type checkedSource struct {
 	ns       string
 	allowNaN bool
 	met      *workerMetrics
+	prog     *progress // counts every block read (nil: not counted)
 }
 
 func (s *checkedSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
@@ -151,6 +152,9 @@ func (s *checkedSource) Fetch(ctx context.Context, tensor string, block int) ([]
 		return nil, err
 	}
 	s.met.storeBytes.WithLabelValues("read").Add(float64(4 * len(x)))
+	if s.prog != nil {
+		s.prog.done.Add(1)
+	}
 	if !s.allowNaN {
 		if err := checkFinite(tensor, block, x); err != nil {
 			return nil, err
@@ -312,7 +316,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	params := t.params
 	params.Threads = w.threads
 	outs := &outputs{}
-	src := &checkedSource{r: store, ns: t.inputRef, allowNaN: t.allowNaN, met: w.met}
+	src := &checkedSource{r: store, ns: t.inputRef, allowNaN: t.allowNaN, met: w.met, prog: prog}
 	var source ringattn.Source = src
 	var sink ringattn.Sink = &attnSink{w: store, ns: t.outputRef, lse: t.wantLSE, outs: outs, met: w.met}
 	if t.kind == pb.JobKind_JOB_KIND_MHA {
@@ -334,7 +338,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	err = ringattn.RunRank(ctx, ringattn.RankConfig{
 		Params: &params, Plan: t.plan,
 		Ring:   guardedRing{Ring: newFailFastRing(ring, max(w.cfg.RecvTimeout/50, 20*time.Millisecond)), w: w},
-		Source: guardedSource{src: source, w: w, prog: prog},
+		Source: guardedSource{src: source, w: w},
 		Sink:   guardedSink{sink: sink, w: w, prog: prog},
 		Logger: w.log.With("job", t.job, "epoch", t.epoch),
 		Progress: func(p ringattn.Progress) {
