@@ -322,6 +322,31 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 			copy(dvAcc, dvOut)
 		}
 		ones := sc.ones[:max(cols, br)]
+		// The dQ product of a pair waits for its turn while the next pair
+		// is computed: one pair is pending at a time, its dS in the
+		// other of the two dS buffers. Pairs on different query tiles or
+		// heads may add in any order; each dQ tile still receives its key
+		// tiles in order.
+		var pend struct {
+			ok       bool
+			ti, row0 int
+			nrow     int
+			next     int32
+			buf      int
+		}
+		flush := func() {
+			if !pend.ok {
+				return
+			}
+			waitTurn(pend.ti, int32(j))
+			dqs := dq[pend.row0*ldq : (pend.row0+pend.nrow)*ldq]
+			dS := sc.dp[pend.buf]
+			for p0 := 0; p0 < cols; p0 += kSplit {
+				im.gemmNN(pend.nrow, dp, min(kSplit, cols-p0), dS[p0:], cp, km[p0*ldk:], ldk, dqs, ldq, true)
+			}
+			passTurn(pend.ti, pend.next)
+			pend.ok = false
+		}
 		b, kvh := bkv/p.Hkv, bkv%p.Hkv
 		for g := 0; g < group; g++ {
 			bh := b*p.Hq + kvh*group + g
@@ -337,10 +362,17 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 				if class == tileHidden {
 					continue
 				}
+				if pend.ok && turn[pend.ti].Load() == int32(j) {
+					flush() // its turn came: no wait
+				}
+				buf := 0
+				if pend.ok && pend.buf == 0 {
+					buf = 1
+				}
 				row0 := bh*rows + r0
 				qs := q[row0*ldq : (row0+nrow)*ldq]
 				dos := do[row0*ldq : (row0+nrow)*ldq]
-				s, dpt := sc.s[:nrow*cp], sc.dp[:nrow*cp]
+				s, dpt := sc.s[:nrow*cp], sc.dp[buf][:nrow*cp]
 				for j0 := 0; j0 < cp; j0 += pw {
 					im.gemmNN(nrow, pw, d, qs, ldq, kt[j0*d:], pw, s[j0:], cp, false)
 					im.gemmNN(nrow, pw, d, dos, ldq, vt[j0*d:], pw, dpt[j0:], cp, false)
@@ -356,15 +388,12 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 				ds(s, dpt, cp, nrow, cp, lse[row0:row0+nrow], r.Delta[row0:row0+nrow], scale)
 				im.gemmTN(cols, dp, nrow, s, cp, dos, ldq, dvAcc, dp, ones)
 				im.gemmTN(cols, dp, nrow, dpt, cp, qs, ldq, dkAcc, dp, ones)
-				ti := bh*qTiles + t
-				waitTurn(ti, int32(j))
-				dqs := dq[row0*ldq : (row0+nrow)*ldq]
-				for p0 := 0; p0 < cols; p0 += kSplit {
-					im.gemmNN(nrow, dp, min(kSplit, cols-p0), dpt[p0:], cp, km[p0*ldk:], ldk, dqs, ldq, true)
-				}
-				passTurn(ti, int32(nextVisible(sp, j, kStart, kEnd, bc)))
+				flush()
+				pend.ok, pend.ti, pend.row0, pend.nrow, pend.buf = true, bh*qTiles+t, row0, nrow, buf
+				pend.next = int32(nextVisible(sp, j, kStart, kEnd, bc))
 			}
 		}
+		flush()
 		if dp != d {
 			for c := 0; c < cols; c++ {
 				copy(dkOut[c*d:c*d+d], dkAcc[c*dp:c*dp+d])
@@ -470,8 +499,9 @@ func init() {
 
 // bwdScratch is one goroutine's buffers of the backward tile loop.
 type bwdScratch struct {
-	kt, vt, kp, dk, dv, s, dp, ones []float32
-	lo, hi                          []int32
+	kt, vt, kp, dk, dv, s, ones []float32
+	dp                          [2][]float32 // dP, then dS: two for the pending pair
+	lo, hi                      []int32
 }
 
 func (sc *bwdScratch) ensure(br, cols, cp, d, dp int) {
@@ -481,7 +511,8 @@ func (sc *bwdScratch) ensure(br, cols, cp, d, dp int) {
 	sc.dk = grow(sc.dk, cols*dp)
 	sc.dv = grow(sc.dv, cols*dp)
 	sc.s = grow(sc.s, br*cp)
-	sc.dp = grow(sc.dp, br*cp)
+	sc.dp[0] = grow(sc.dp[0], br*cp)
+	sc.dp[1] = grow(sc.dp[1], br*cp)
 	if n := max(cols, br); len(sc.ones) < n {
 		sc.ones = make([]float32, n)
 		for i := range sc.ones {
