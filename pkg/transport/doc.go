@@ -15,7 +15,11 @@
 //   - Store: the tensor store on a JetStream object store bucket, one object
 //     per (job, tensor, block) named "<job>/<tensor>/<block>", each with its
 //     CRC32C, encoding (f32 or bf16) and length as metadata, verified on
-//     every read (*CorruptBlockError, ErrBlockNotFound). Store.Source and
+//     every read (*CorruptBlockError, ErrBlockNotFound); a canceled read
+//     returns at once. A key/value bucket "<bucket>-index" beside it holds a
+//     key per block, so DeleteNamespace (and DeleteJob) cost in proportion
+//     to the namespace; Namespaces lists them for a sweeper; BlockInfo
+//     returns a block's stored CRC32C without reading it. Store.Source and
 //     Store.Sink adapt it to the ring engine.
 //   - NATSRing: ringattn.Ring over NATS core subjects. Frames are cut into
 //     pieces no larger than the server's max payload, each carrying (job,
@@ -24,7 +28,9 @@
 //     acknowledges pieces and the sender keeps at most a window of bytes
 //     unacknowledged, so a fast sender never overruns NATS's slow-consumer
 //     limits; completed frames wait in a bounded buffer. Lost, corrupt,
-//     duplicate and foreign pieces are dropped, and Recv reports a missing
+//     duplicate, foreign and malformed pieces are dropped (every header is
+//     bounded before use; the handlers recover from panics, log and count
+//     them: RingStats.Malformed, HandlerPanics), and Recv reports a missing
 //     frame as ringattn.ErrTimeout so the engine fetches the block from the
 //     Store instead. A sender waits (probing) for a peer whose ring is not
 //     subscribed yet, and abandons a frame, never the job, when its peer
