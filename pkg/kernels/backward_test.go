@@ -25,9 +25,13 @@ type bwdCase struct {
 
 func newBwdCase(t testing.TB, p problem, seed uint64) *bwdCase {
 	t.Helper()
-	c := &bwdCase{p: p}
-	c.q, c.k, c.v = p.inputs(seed)
-	c.do = testrand.New(seed^0xd0).Slice(len(c.q), testrand.Normal)
+	q, k, v := p.inputs(seed)
+	return newBwdCaseFrom(t, p, q, k, v, testrand.New(seed^0xd0).Slice(len(q), testrand.Normal))
+}
+
+func newBwdCaseFrom(t testing.TB, p problem, q, k, v, do []float32) *bwdCase {
+	t.Helper()
+	c := &bwdCase{p: p, q: q, k: k, v: v, do: do}
 	c.o = make([]float32, len(c.q))
 	c.lse = make([]float32, p.b*p.hq*p.n)
 	restore, err := kernels.Use("generic")
@@ -173,8 +177,23 @@ func TestKernelBackwardExtremeValues(t *testing.T) {
 		mask: kernels.Mask{Windowed: true, Left: 20, Right: 0}})
 	checkBackwardAllImpls(t, problem{b: 1, hq: 1, hkv: 1, n: 70, nk: 70, d: 8, scale: -0.5, mask: kernels.Mask{Causal: true}})
 
+	// NaN keys and values in the first 192 keys, which no row sees: the
+	// tiles holding them are skipped (dQ += dS·K would turn 0·NaN into NaN).
+	p := problem{b: 1, hq: 2, hkv: 1, n: 50, nk: 300, d: 16, mask: kernels.Mask{Windowed: true, Left: 20, Right: 0}}
+	q, k, v := p.inputs(8)
+	for h := 0; h < p.b*p.hkv; h++ {
+		for i := h * p.nk * p.d; i < (h*p.nk+192)*p.d; i++ {
+			k[i], v[i] = float32(math.NaN()), float32(math.NaN())
+		}
+	}
+	nanCase := newBwdCaseFrom(t, p, q, k, v, testrand.New(8).Slice(len(q), testrand.Normal))
+	forEachImpl(t, func(t *testing.T) {
+		dq, dk, dv := nanCase.grads(t, 0)
+		nanCase.check(t, "NaN in hidden keys", dq, dk, dv)
+	})
+
 	// N > Nk causal: the first 60 rows see no key; their dq is exactly 0.
-	p := problem{b: 2, hq: 2, hkv: 1, n: 100, nk: 40, d: 16, mask: kernels.Mask{Causal: true}}
+	p = problem{b: 2, hq: 2, hkv: 1, n: 100, nk: 40, d: 16, mask: kernels.Mask{Causal: true}}
 	c := newBwdCase(t, p, 9)
 	forEachImpl(t, func(t *testing.T) {
 		dq, dk, dv := c.grads(t, 0)
