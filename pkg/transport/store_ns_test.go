@@ -111,6 +111,22 @@ func TestTransportStoreDeleteNamespaceIndexed(t *testing.T) {
 	if n, err := s.DeleteJob(ctx, "job-a"); err != nil || n != 1 {
 		t.Fatalf("DeleteJob after a rewrite: %d, %v; want 1, nil", n, err)
 	}
+	// A put racing the delete: its key is written, its block not yet. The
+	// key survives the delete, so the block, once written, is deleted by
+	// the next one.
+	_, err = kv.Put(ctx, "job-r.q.0", []byte("4"))
+	must(t, err)
+	if n, err := s.DeleteNamespace(ctx, "job-r"); err != nil || n != 0 {
+		t.Fatalf("DeleteNamespace with a block being written: %d, %v; want 0, nil", n, err)
+	}
+	if _, err := kv.Get(ctx, "job-r.q.0"); err != nil {
+		t.Fatalf("index key of a block being written: %v, want kept", err)
+	}
+	_, err = s.ObjectStore().PutBytes(ctx, transport.BlockName("job-r", "q", 0), []byte{1, 2, 3, 4})
+	must(t, err)
+	if n, err := s.DeleteNamespace(ctx, "job-r"); err != nil || n != 1 {
+		t.Fatalf("DeleteNamespace after the racing put: %d, %v; want 1, nil", n, err)
+	}
 	for _, bad := range []string{"", "a.b", "a/b", "a*", strings.Repeat("x", 129)} {
 		if _, err := s.DeleteNamespace(ctx, bad); !errors.Is(err, transport.ErrInvalidName) {
 			t.Fatalf("DeleteNamespace(%q): %v, want ErrInvalidName", bad, err)

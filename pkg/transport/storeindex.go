@@ -147,20 +147,32 @@ func (s *Store) Namespaces(ctx context.Context) ([]NamespaceInfo, error) {
 	return out, nil
 }
 
+// indexKeyInFlight is how long an index key whose block is missing is
+// kept by DeleteNamespace: its PutBlock may still be writing the block
+// (attempts of a large block, retried while NATS restarts, take minutes);
+// an older one is a put that failed.
+const indexKeyInFlight = 10 * time.Minute
+
 // DeleteNamespace deletes every block of namespace ns (a job id or upload
 // id) and returns how many objects it deleted. It reads the namespace's
 // index keys, not the whole bucket, so it costs in proportion to the
-// namespace. Deleting a namespace that has no objects returns 0, nil.
+// namespace. Deleting a namespace that has no objects returns 0, nil. A
+// block written while its namespace is deleted may survive; its index key
+// then does too, so the next DeleteNamespace deletes it.
 func (s *Store) DeleteNamespace(ctx context.Context, ns string) (int, error) {
 	if err := validateName("namespace", ns); err != nil {
 		return 0, err
+	}
+	type key struct {
+		name    string
+		rev     uint64
+		created time.Time
 	}
 	w, err := s.idx.WatchFiltered(ctx, []string{ns + ".>"}, jetstream.IgnoreDeletes(), jetstream.MetaOnly())
 	if err != nil {
 		return 0, fmt.Errorf("transport: read index of namespace %q: %w", ns, err)
 	}
-	var keys []string
-	var last uint64
+	var keys []key
 	func() {
 		defer w.Stop()
 		for {
@@ -169,8 +181,7 @@ func (s *Store) DeleteNamespace(ctx context.Context, ns string) (int, error) {
 				if e == nil {
 					return
 				}
-				keys = append(keys, e.Key())
-				last = max(last, e.Revision())
+				keys = append(keys, key{e.Key(), e.Revision(), e.Created()})
 			case <-ctx.Done():
 				err = ctx.Err()
 				return
@@ -180,40 +191,43 @@ func (s *Store) DeleteNamespace(ctx context.Context, ns string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("transport: read index of namespace %q: %w", ns, err)
 	}
+	var st jetstream.Stream
+	if len(keys) > 0 {
+		if st, err = s.js.Stream(ctx, "KV_"+indexBucket(s.cfg.Bucket)); err != nil {
+			return 0, fmt.Errorf("transport: index of namespace %q: %w", ns, err)
+		}
+	}
 	n := 0
 	for _, k := range keys {
-		parts := strings.Split(k, ".")
-		if len(parts) != 3 {
+		ref, ok := parseIndexKey(k.name)
+		if !ok || ref.Job != ns {
 			continue
 		}
-		b, err := strconv.Atoi(parts[2])
-		if err != nil {
-			continue
-		}
-		name := BlockName(parts[0], parts[1], b)
-		err = s.obs.Delete(ctx, name)
+		name := BlockName(ref.Job, ref.Tensor, ref.Block)
+		err := s.obs.Delete(ctx, name)
 		switch {
 		case err == nil:
 			n++
 		case errors.Is(err, jetstream.ErrObjectNotFound):
-			// Indexed, never written (a failed put) or deleted already.
+			if time.Since(k.created) < indexKeyInFlight {
+				continue // its put may be writing it now: keep the key
+			}
 		default:
 			return n, fmt.Errorf("transport: delete %q of namespace %q: %w", name, ns, err)
 		}
-	}
-	if last > 0 {
-		// Purge the keys read (not ones written since: a block put
-		// meanwhile keeps its key).
-		st, err := s.js.Stream(ctx, "KV_"+indexBucket(s.cfg.Bucket))
-		if err == nil {
-			err = st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+indexBucket(s.cfg.Bucket)+"."+ns+".>"),
-				jetstream.WithPurgeSequence(last+1))
-		}
-		if err != nil {
-			return n, fmt.Errorf("transport: purge index of namespace %q: %w", ns, err)
+		// Purge the key as read (a put of the same block since keeps its
+		// newer key).
+		if err := st.Purge(ctx, jetstream.WithPurgeSubject("$KV."+indexBucket(s.cfg.Bucket)+"."+k.name),
+			jetstream.WithPurgeSequence(k.rev+1)); err != nil {
+			return n, fmt.Errorf("transport: purge index key %q of namespace %q: %w", k.name, ns, err)
 		}
 	}
 	return n, nil
+}
+
+// parseIndexKey splits "<ns>.<tensor>.<block>" (indexKey's form).
+func parseIndexKey(k string) (BlockRef, bool) {
+	return parseBlockName(strings.ReplaceAll(k, ".", "/"))
 }
 
 // BlockInfo is what the store recorded about a block when it was written.
