@@ -514,7 +514,9 @@ func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []
 		it.Stop()
 		// Stopping leaves the consumer on the server: delete it, even
 		// when ctx ended (bounded, so a cancel still returns promptly).
-		if ci := cons.CachedInfo(); ci != nil {
+		// Not while disconnected: the request would only wait out its
+		// timeout, and the server drops the idle consumer anyway.
+		if ci := cons.CachedInfo(); ci != nil && s.js.Conn().IsConnected() {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readConsumerDelete)
 			if err := s.js.DeleteConsumer(dctx, stream, ci.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 				s.logger.Debug("tensor store read consumer not deleted; the server drops it when idle", "consumer", ci.Name, "err", err)

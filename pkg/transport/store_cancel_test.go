@@ -69,3 +69,46 @@ func TestTransportStoreGetCanceledPromptly(t *testing.T) {
 	must(t, err)
 	equalF32(t, "block after canceled reads", got, data)
 }
+
+// TestTransportStoreGetCanceledWhileServerDown: the drain's worst case, a
+// read stalled because NATS went away, returns within the 1 s rule of its
+// cancellation (bounded at 2 s here), not at its attempt's deadline.
+func TestTransportStoreGetCanceledWhileServerDown(t *testing.T) {
+	e := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, e)
+	s := transporttest.Store(t, nc, transport.StoreConfig{})
+	ctx := ctxT(t, 120*time.Second)
+	data := randVals(65, 64<<20/4)
+	must(t, s.PutBlock(ctx, "job-d", "k", 0, data, transport.F32))
+	start := time.Now()
+	_, err := s.GetBlock(ctx, "job-d", "k", 0)
+	must(t, err)
+	full := time.Since(start)
+
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.GetBlock(cctx, "job-d", "k", 0)
+		done <- err
+	}()
+	time.Sleep(full / 5)
+	e.Stop() // the read stalls (and retries, while NATS is unreachable)
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	canceled := time.Now()
+	select {
+	case err := <-done:
+		t.Logf("read of 64 MiB stalled by a stopped server, canceled: returned after %v: %v", time.Since(canceled), err)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("canceled stalled read: %v, want context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("canceled stalled read: not returned after 2 s")
+	}
+	must(t, e.Restart())
+	transporttest.WaitConnected(t, nc, 10*time.Second)
+	got, err := s.GetBlock(ctx, "job-d", "k", 0)
+	must(t, err)
+	equalF32(t, "block after the restart", got, data)
+}
