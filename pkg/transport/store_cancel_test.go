@@ -112,3 +112,34 @@ func TestTransportStoreGetCanceledWhileServerDown(t *testing.T) {
 	must(t, err)
 	equalF32(t, "block after the restart", got, data)
 }
+
+// TestTransportStorePutCanceledPromptly: a canceled write of a 64 MiB
+// block returns within the 1 s rule too (bounded at 2 s here), leaving no
+// goroutine behind.
+func TestTransportStorePutCanceledPromptly(t *testing.T) {
+	e := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, e)
+	s := transporttest.Store(t, nc, transport.StoreConfig{})
+	ctx := ctxT(t, 120*time.Second)
+	data := randVals(66, 64<<20/4)
+	start := time.Now()
+	must(t, s.PutBlock(ctx, "job-w", "o", 0, data, transport.F32))
+	full := time.Since(start)
+	ignore := goleak.IgnoreCurrent()
+	cctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- s.PutBlock(cctx, "job-w", "o", 1, data, transport.F32) }()
+	time.Sleep(full / 3)
+	cancel()
+	canceled := time.Now()
+	select {
+	case err := <-done:
+		t.Logf("write of 64 MiB (%v uncanceled) canceled at a third: returned after %v: %v", full, time.Since(canceled), err)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			t.Fatalf("canceled write: %v, want context.Canceled", err)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("canceled write: not returned after 2 s")
+	}
+	goleak.VerifyNone(t, ignore)
+}
