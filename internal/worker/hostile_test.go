@@ -366,3 +366,64 @@ func TestWorkerParseFault(t *testing.T) {
 		t.Error("Fault.hits picks the wrong ranks")
 	}
 }
+
+// TestWorkerShardGoroutinePanicContained: a panic in a shard's goroutine
+// outside its computation frees the slot and fails the shard (not fatal);
+// a panic in report delivery leaves the report to be sent again when the
+// leader re-issues the assignment.
+func TestWorkerShardGoroutinePanicContained(t *testing.T) {
+	e := newProtoEnv(t, 0, nil)
+	left := map[string]int{"shard sg/1/0": 1, "report delivery sg/1/0": 1}
+	e.setHooks(nil, func(where string) {
+		e.mu.Lock()
+		n := left[where]
+		if n > 0 {
+			left[where] = n - 1
+		}
+		e.mu.Unlock()
+		if n > 0 {
+			panic("test panic in " + where)
+		}
+	}, nil)
+	a := e.job("sg", 1, 8)
+	if ack := e.assign(a); !ack.Accepted {
+		t.Fatalf("rejected: %s", ack.Reason)
+	}
+	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		if got := counterValue(t, e.w.met.panics); got != 2 {
+			return fmt.Errorf("panics_total = %v, want 2", got)
+		}
+		return nil
+	})
+	if rs := e.lead.reportsFor("sg"); len(rs) != 0 {
+		t.Fatalf("reports %v sent by a delivery that panicked", rs)
+	}
+	if st := e.shardState("sg", 1); st != "reporting" {
+		t.Fatalf("shard is %q, want reporting (failed, report unsent)", st)
+	}
+	// Re-issued: the report goes out now.
+	if ack := e.assign(a); !ack.Accepted || ack.Reason != alreadyHeld {
+		t.Fatalf("re-issued: %v", ack)
+	}
+	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		rs := e.lead.reportsFor("sg")
+		if len(rs) == 0 {
+			return errors.New("no report yet")
+		}
+		if f := rs[0].GetFailed(); f == nil || f.GetFatal() || !strings.HasPrefix(f.GetReason(), "internal error") {
+			return fmt.Errorf("report %v: want FAILED, not fatal, internal error", rs[0])
+		}
+		return nil
+	})
+	// The slot is free again.
+	if ack := e.assign(e.job("sg2", 1, 9)); !ack.Accepted {
+		t.Fatalf("next job rejected: %s", ack.Reason)
+	}
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		rs := e.lead.reportsFor("sg2")
+		if len(rs) == 0 || rs[0].GetDone() == nil {
+			return fmt.Errorf("reports for sg2: %v", rs)
+		}
+		return nil
+	})
+}

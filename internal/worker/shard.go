@@ -91,7 +91,11 @@ func (w *Worker) startLocked(runCtx context.Context, key shardKey, t *task, dead
 			case <-ctx.Done():
 			}
 		}
-		w.safely("shard "+key.String(), func() { w.execute(s) })
+		ok := false
+		w.safely("shard "+key.String(), func() { w.execute(s); ok = true })
+		if !ok {
+			w.executePanicked(s)
+		}
 	}()
 }
 
@@ -142,6 +146,27 @@ func (w *Worker) execute(s *shardRun) {
 	w.deliverLocked(s)
 }
 
+// executePanicked settles a shard whose goroutine panicked outside its
+// (contained) computation: the shard stops counting as computing, and
+// unless it was stopped on purpose it reports FAILED, not fatal, so its
+// slot frees and the leader re-plans.
+func (w *Worker) executePanicked(s *shardRun) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !isClosed(s.computed) {
+		close(s.computed)
+		w.met.shardsRunning.Dec()
+		delete(w.unwinding, s)
+	}
+	if s.report != nil || s.ctx.Err() != nil || w.shards[s.key] != s {
+		return
+	}
+	s.report = &pb.Report{WorkerId: w.cfg.ID, JobId: s.key.job, Epoch: s.key.epoch, Rank: s.key.rank,
+		Result: &pb.Report_Failed{Failed: &pb.ShardFailed{Reason: "internal error: the shard's goroutine panicked (stack in the worker's log)", Block: -1}}}
+	w.met.shards.WithLabelValues("failed").Inc()
+	w.deliverLocked(s)
+}
+
 // deliverLocked starts (re)sending s's report unless it is being sent.
 func (w *Worker) deliverLocked(s *shardRun) {
 	if s.delivering || s.report == nil || s.ctx.Err() != nil {
@@ -157,7 +182,14 @@ func (w *Worker) deliverLocked(s *shardRun) {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
-		w.safely("report delivery "+s.key.String(), func() { w.deliver(s, data) })
+		ok := false
+		w.safely("report delivery "+s.key.String(), func() { w.deliver(s, data); ok = true })
+		if !ok {
+			// Let a re-issued assignment send the report again.
+			w.mu.Lock()
+			s.delivering = false
+			w.mu.Unlock()
+		}
 	}()
 }
 
