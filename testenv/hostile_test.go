@@ -157,9 +157,19 @@ func TestSystemWholeClusterCrash(t *testing.T) {
 	c := startCluster(t, fastConfig(t, 3))
 	l := newLedger(t, c)
 	ctx := testCtx(t)
-	const jobs = 8
-	for i := range jobs {
-		l.submit(ctx, newJob(uint64(70+i), 1, 4, 2, 2048, 2048, 64, 256, i%2 == 0))
+	const jobs = 10
+	errc := make(chan error, jobs)
+	for g := range 5 { // uploads in parallel, so that jobs queue
+		go func() {
+			for i := g; i < jobs; i += 5 {
+				errc <- l.trySubmit(ctx, newJob(uint64(70+i), 1, 4, 2, 3072, 3072, 64, 512, i%2 == 0))
+			}
+		}()
+	}
+	for range jobs {
+		if err := <-errc; err != nil {
+			t.Fatalf("submit: %v", err)
+		}
 	}
 	// The victim worker is computing a shard; some jobs are done, some
 	// queued.
@@ -298,7 +308,7 @@ func forgedRing(t *testing.T, nc *nats.Conn, subj transport.Subjects, job string
 		}
 		m.Data = payload
 		if err := nc.PublishMsg(m); err != nil {
-			t.Fatalf("publishing a forged message (%v): %v", h, err)
+			t.Errorf("publishing a forged message to %s: %v", subject, err)
 		}
 		n++
 	}
@@ -368,26 +378,57 @@ func TestSystemHostileRingFrame(t *testing.T) {
 	defer nc.Close()
 	subj := c.NATSConfig("forger").Subjects()
 	size := len(st.GetWorkers())
-	n := 0
-	for rank := range size {
-		n += forgedRing(t, nc, subj, id, st.GetEpoch(), rank, size)
+	// A burst to every rank now, and again every 50 ms until the job is
+	// done, so forged messages keep arriving while the rings are open.
+	forge := func() int {
+		n := 0
+		for rank := range size {
+			n += forgedRing(t, nc, subj, id, st.GetEpoch(), rank, size)
+		}
+		if err := nc.Flush(); err != nil {
+			t.Error(err)
+		}
+		return n
 	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	n, bursts := forge(), 1
 	t.Logf("published %d forged ring messages to the %d ranks of job %s epoch %d (%d/%d blocks done)",
 		n, size, id, st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal())
+	stop, forged := make(chan struct{}), make(chan int, 1)
+	var once sync.Once
+	more := 0
+	halt := func() int { // stops the bursts; the number sent after the first
+		once.Do(func() { close(stop); more = <-forged })
+		return more
+	}
+	defer halt()
+	go func() {
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		b := 0
+		for {
+			select {
+			case <-stop:
+				forged <- b
+				return
+			case <-tick.C:
+				forge()
+				b++
+			}
+		}
+	}()
 	fin := l.wait(ctx, id)
+	bursts += halt()
+	t.Logf("%d bursts of forged messages while the job ran", bursts)
 	assertAlive(t, c)
-	var malformed float64
+	var fallbacks float64
 	for _, w := range c.Workers() {
 		if v, err := c.Metric(ctx, w, "ringattn_worker_panics_total"); err == nil && v > 0 {
 			t.Errorf("%s recovered %g panics: a forged frame reached a bug", w.Name, v)
 		}
 		v, _ := c.Metric(ctx, w, "ringattn_worker_store_fallbacks_total")
-		malformed += v
+		fallbacks += v
 	}
-	t.Logf("job %s %v in epoch %d on %v; store fallbacks %g", id, fin.GetState(), fin.GetEpoch(), fin.GetWorkers(), malformed)
+	t.Logf("job %s %v in epoch %d on %v; store fallbacks %g", id, fin.GetState(), fin.GetEpoch(), fin.GetWorkers(), fallbacks)
 	l.verify(ctx)
 }
 
