@@ -4,7 +4,10 @@
 // A Worker connects to NATS, measures its kernel speed, and heartbeats to
 // the coordinator leader every second with its slots, GFLOP/s, version,
 // memory and the shards it holds (running, or finished with the report not
-// yet acknowledged). The leader sends it assignments, one rank of one job
+// yet acknowledged), each with its progress: steps_done counts the blocks
+// the rank has read from the store, the ring steps it has folded and the
+// output blocks it has written, so it grows at least once per ring step
+// while the rank works; the leader re-plans a rank whose count stops. The leader sends it assignments, one rank of one job
 // epoch each; assignments are idempotent per (job, epoch, rank): a
 // re-issued one never restarts the work, and a finished one re-sends its
 // report. For each rank the worker fetches exactly its blocks from the
@@ -19,6 +22,13 @@
 // fetched from the store as a fallback is projected from its x rows too.
 // After the ring the rank applies the output projection to its own rows and
 // writes "y" blocks.
+//
+// Nothing received is trusted: assignments are validated field by field,
+// heartbeat acks, report acks and job events are decoded by functions
+// with fuzz targets, and a panic in any NATS handler, the heartbeat loop,
+// report delivery or a rank's computation is recovered (logged with its
+// stack, counted in ringattn_worker_panics_total); a rank that panicked
+// reports FAILED, not fatal, so the leader re-plans it elsewhere.
 //
 // A shard stops promptly when the leader lists it in HeartbeatAck.abort,
 // when the job's event stream announces a newer epoch or the job's end, or
