@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"math"
@@ -33,6 +34,7 @@ type maskFlags struct {
 	threads        int
 	allowNonFinite bool
 	conn           connFlags
+	given          map[string]bool // the flags given (check fills it)
 }
 
 func (m *maskFlags) register(fs *flag.FlagSet) {
@@ -53,29 +55,34 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 	m.conn.register(fs)
 }
 
-// check validates the mode and mask flags, naming the flag at fault.
-func (m *maskFlags) check() error {
+// check validates the mode and mask flags, naming the flag at fault, and
+// applies the job limits to what the flags alone decide (block, window,
+// document lengths) before any input is read. fs tells which flags were
+// given: --ranks 0 or --cluster 0 is refused, not taken for "unset".
+func (m *maskFlags) check(fs *flag.FlagSet) error {
+	m.given = map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { m.given[f.Name] = true })
 	set := 0
-	if m.ranks != 0 {
-		set++
-	}
-	if m.cluster != 0 {
-		set++
-	}
-	if m.natsURL != "" {
-		set++
+	for _, f := range []string{"ranks", "cluster", "nats"} {
+		if m.given[f] {
+			set++
+		}
 	}
 	if set > 1 {
 		return usagef("--ranks, --cluster and --nats are exclusive; give at most one")
 	}
-	if m.ranks < 0 {
-		return usagef("--ranks = %d, expected >= 1", m.ranks)
+	if m.given["ranks"] && m.ranks < 1 {
+		return usagef("--ranks = %d, expected >= 1 (leave --ranks out to run the in-process kernel)", m.ranks)
 	}
-	if m.cluster < 0 {
-		return usagef("--cluster = %d, expected >= 1", m.cluster)
+	if m.given["cluster"] && m.cluster < 1 {
+		return usagef("--cluster = %d, expected >= 1 workers", m.cluster)
 	}
-	if m.block < 1 {
-		return usagef("--block = %d, expected >= 1", m.block)
+	if m.given["nats"] && m.natsURL == "" {
+		return usagef("--nats is empty, expected the NATS URL of a running cluster")
+	}
+	lim := shard.DefaultLimits()
+	if m.block < 1 || int64(m.block) > lim.MaxTokens {
+		return usagef("--block = %d, expected 1..%d tokens", m.block, lim.MaxTokens)
 	}
 	if m.wire != "f32" && m.wire != "bf16" {
 		return usagef("--wire = %q, expected f32 or bf16", m.wire)
@@ -91,10 +98,70 @@ func (m *maskFlags) check() error {
 	if m.threads < 0 {
 		return usagef("--threads = %d, expected >= 0", m.threads)
 	}
-	if math.IsNaN(m.scale) || math.IsInf(m.scale, 0) {
-		return usagef("--scale = %v, expected a finite number", m.scale)
+	if math.IsNaN(m.scale) || math.IsInf(m.scale, 0) || m.scale < 0 {
+		return usagef("--scale = %v, expected a finite number > 0 (or 0 for 1/sqrt(D))", m.scale)
+	}
+	km, err := m.mask()
+	if err != nil {
+		return err
+	}
+	for _, w := range []struct {
+		flag string
+		v    int
+	}{{"window-left", km.Left}, {"window-right", km.Right}} {
+		if int64(w.v) > lim.MaxTokens {
+			return usagef("--%s = %d, expected -1 (unbounded) or 0..%d", w.flag, w.v, lim.MaxTokens)
+		}
+	}
+	for _, l := range []struct {
+		flag string
+		lens []int
+	}{{"seqlens", km.SeqLens}, {"seqlens-k", km.SeqLensK}} {
+		if int64(len(l.lens)) > lim.MaxDocs {
+			return usagef("--%s has %d documents, expected at most %d", l.flag, len(l.lens), lim.MaxDocs)
+		}
+		for i, x := range l.lens {
+			if int64(x) > lim.MaxTokens {
+				return usagef("--%s item %d = %d, expected 1..%d (the lengths sum to the sequence length)", l.flag, i, x, lim.MaxTokens)
+			}
+		}
 	}
 	return nil
+}
+
+// attendFields name the flag or input each field of a shard.FieldError
+// comes from, for attend and submit.
+var attendFields = map[string]string{
+	"b": "-q batch B", "hq": "-q heads Hq", "hkv": "-k heads Hkv", "d": "-q head dim D",
+	"n": "-q length N", "nk": "-k length Nk", "block": "--block", "ranks": "--ranks", "strategy": "--strategy",
+	"mask.seqlens": "--seqlens", "mask.seqlens_k": "--seqlens-k",
+	"mask.window_left": "--window-left", "mask.window_right": "--window-right", "": "inputs",
+}
+
+// checkLimits applies the job limits (those of a coordinator and workers
+// left at their defaults) to the problem r storing t; an error names the
+// flag or input at fault (fields maps the limits' field names), exit 2.
+func checkLimits(r *shard.Request, t shard.Tensors, fields map[string]string) error {
+	err := shard.DefaultLimits().Check(r, t)
+	var fe *shard.FieldError
+	if err == nil || !errors.As(err, &fe) {
+		return err
+	}
+	name, ok := fields[fe.Field]
+	if !ok {
+		name = fe.Field
+	}
+	return usagef("%s: %s", name, fe.Msg)
+}
+
+// userError is a validation error of a library for the one line a user
+// sees: exit 2, without the library's "pkg: invalid argument:" prefix.
+func userError(err error) error {
+	msg := err.Error()
+	for _, p := range []error{kernels.ErrInvalid, shard.ErrInvalid, ringattn.ErrInvalid} {
+		msg = strings.TrimPrefix(msg, p.Error()+": ")
+	}
+	return usageError{errors.New(msg)}
 }
 
 func parseLens(flagName, s string) ([]int, error) {
@@ -199,14 +266,19 @@ func checkAttentionInputs(q, k, v *tensor.Tensor, mf *maskFlags) (*attention, er
 	if err != nil {
 		return nil, err
 	}
+	if q4[2] == 0 || k4[2] == 0 {
+		return nil, usagef("empty sequence: N = %d, Nk = %d, expected >= 1", q4[2], k4[2])
+	}
+	req := shard.Request{B: q4[0], Hq: q4[1], Hkv: k4[1], D: q4[3], N: q4[2], Nk: k4[2], Block: mf.block,
+		Mask: shardMask(km), Ranks: max(1, mf.ranks), Strategy: shard.Strategy(mf.strategy)}
+	if err := checkLimits(&req, shard.Tensors{LSE: true}, attendFields); err != nil {
+		return nil, err
+	}
 	a := &attention{qShape: q.Shape, q4: q4, k4: k4, qd: q.Data, kd: k.Data, vd: v.Data}
 	a.p = kernels.Params{Shape: kernels.Shape{B: q4[0], Hq: q4[1], Hkv: k4[1], D: q4[3]},
 		N: q4[2], Nk: k4[2], Scale: float32(mf.scale), Mask: km, Threads: mf.threads}
 	if err := a.p.Validate(); err != nil {
-		return nil, usageError{err}
-	}
-	if a.p.N == 0 || a.p.Nk == 0 {
-		return nil, usagef("empty sequence: N = %d, Nk = %d, expected >= 1", a.p.N, a.p.Nk)
+		return nil, userError(err)
 	}
 	if !mf.allowNonFinite {
 		for _, c := range []struct {
@@ -242,7 +314,7 @@ func (a *attention) compute(ctx context.Context, env *cliEnv, mf *maskFlags) (o,
 		plan, err := shard.NewPlan(shard.Request{B: a.p.B, Hq: a.p.Hq, Hkv: a.p.Hkv, D: a.p.D, N: a.p.N, Nk: a.p.Nk,
 			Block: mf.block, Mask: shardMask(a.p.Mask), Ranks: mf.ranks, Strategy: shard.Strategy(mf.strategy)})
 		if err != nil {
-			return nil, nil, usageError{err}
+			return nil, nil, userError(err)
 		}
 		return ringattn.RunLocal(ctx, &a.p, plan, a.qd, a.kd, a.vd)
 	default:
@@ -272,7 +344,7 @@ func runAttend(env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
-	if err := mf.check(); err != nil {
+	if err := mf.check(fs); err != nil {
 		return err
 	}
 	if oPath == "" {

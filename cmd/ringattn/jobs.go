@@ -100,11 +100,11 @@ func runSubmit(env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
-	if mf.ranks != 0 || mf.cluster != 0 {
-		return usagef("submit goes to a running cluster (--nats); --ranks and --cluster do not apply")
-	}
-	if err := mf.check(); err != nil {
+	if err := mf.check(fs); err != nil {
 		return err
+	}
+	if mf.given["ranks"] || mf.given["cluster"] {
+		return usagef("submit goes to a running cluster (--nats); --ranks and --cluster do not apply")
 	}
 	q, k, v, err := loadQKV(qPath, kPath, vPath)
 	if err != nil {

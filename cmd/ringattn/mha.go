@@ -6,8 +6,18 @@ import (
 
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/tensor"
 )
+
+// mhaFields name the flag or input each field of a shard.FieldError comes
+// from, for mha.
+var mhaFields = map[string]string{
+	"b": "-x batch B", "hq": "--heads", "hkv": "--heads", "d": "--wq head dim D (rows / --heads)",
+	"n": "-x length N", "nk": "-x length N", "d_model": "-x d_model", "block": "--block", "ranks": "--ranks",
+	"strategy": "--strategy", "mask.seqlens": "--seqlens", "mask.seqlens_k": "--seqlens-k",
+	"mask.window_left": "--window-left", "mask.window_right": "--window-right", "": "inputs",
+}
 
 func runMHA(env *cliEnv, args []string) error {
 	fs := newFlags(env, "mha", "-x X.npy --wq WQ.npy --wk WK.npy --wv WV.npy --wo WO.npy [--bq .. --bk .. --bv .. --bo ..] --heads H -o Y.npy [mask flags] [--ranks R]")
@@ -32,11 +42,11 @@ func runMHA(env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
-	if err := mf.check(); err != nil {
+	if err := mf.check(fs); err != nil {
 		return err
 	}
-	if *heads < 1 {
-		return usagef("--heads = %d, expected >= 1", *heads)
+	if lim := shard.DefaultLimits(); *heads < 1 || int64(*heads) > lim.MaxHeads {
+		return usagef("--heads = %d, expected 1..%d", *heads, lim.MaxHeads)
 	}
 	if *oPath == "" {
 		return usagef("-o is required")
@@ -92,23 +102,29 @@ func runMHA(env *cliEnv, args []string) error {
 		}
 		return nil
 	}
-	layer := &ringattn.Layer{DModel: dModel, Heads: *heads, D: hd / *heads,
-		Wq: data("wq"), Wk: data("wk"), Wv: data("wv"), Wo: data("wo"),
-		Bq: data("bq"), Bk: data("bk"), Bv: data("bv"), Bo: data("bo")}
-	if err := layer.Validate(); err != nil {
-		return usageError{err}
+	if n == 0 {
+		return usagef("-x has an empty sequence, expected N >= 1")
 	}
 	km, err := mf.mask()
 	if err != nil {
 		return err
 	}
+	_, bias := ts["bq"]
+	req := shard.Request{B: b, Hq: *heads, Hkv: *heads, D: hd / *heads, N: n, Nk: n, Block: mf.block,
+		Mask: shardMask(km), Ranks: max(1, mf.ranks), Strategy: shard.Strategy(mf.strategy)}
+	if err := checkLimits(&req, shard.Tensors{DModel: dModel, Bias: bias}, mhaFields); err != nil {
+		return err
+	}
+	layer := &ringattn.Layer{DModel: dModel, Heads: *heads, D: hd / *heads,
+		Wq: data("wq"), Wk: data("wk"), Wv: data("wv"), Wo: data("wo"),
+		Bq: data("bq"), Bk: data("bk"), Bv: data("bv"), Bo: data("bo")}
+	if err := layer.Validate(); err != nil {
+		return userError(err)
+	}
 	p := kernels.Params{Shape: kernels.Shape{B: b, Hq: *heads, Hkv: *heads, D: layer.D}, N: n, Nk: n,
 		Scale: float32(mf.scale), Mask: km, Threads: mf.threads}
 	if err := p.Validate(); err != nil {
-		return usageError{err}
-	}
-	if n == 0 {
-		return usagef("-x has an empty sequence, expected N >= 1")
+		return userError(err)
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
