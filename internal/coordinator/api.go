@@ -249,7 +249,13 @@ func (l *leader) apiGet(data []byte) (proto.Message, *apiError) {
 	if ae != nil {
 		return nil, ae
 	}
-	return &pb.GetReply{Job: l.status(j)}, nil
+	st := l.status(j)
+	// A succeeded job whose outputs have vanished stays SUCCEEDED (it did)
+	// but says so, and lists no outputs to fetch (verify.go).
+	if missing := l.outputsMissing(j); missing != "" {
+		st.Reason, st.Outputs = missing, nil
+	}
+	return &pb.GetReply{Job: st}, nil
 }
 
 func (l *leader) lookup(id string) (*cpb.Job, *apiError) {

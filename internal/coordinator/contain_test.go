@@ -372,7 +372,20 @@ func TestCoordinatorProgressWatchdog(t *testing.T) {
 	slow.mu.Lock()
 	slow.stepping = true
 	slow.mu.Unlock()
-	waitWorkers(t, nc, 2)
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		r := &pb.ClusterReply{}
+		if err := api(nc, EndpointCluster, &pb.ClusterRequest{}, r, time.Second); err != nil {
+			return err
+		}
+		var ids []string
+		for _, w := range r.Workers {
+			ids = append(ids, w.Id)
+		}
+		if !slices.Equal(ids, []string{"ok", "slow"}) {
+			return fmt.Errorf("workers %v, want ok and slow", ids)
+		}
+		return nil
+	})
 	spec := attnSpec("slow", 64*8)
 	spec.Parallelism = 1 // the fastest worker: slow
 	r = submit(t, nc, spec)

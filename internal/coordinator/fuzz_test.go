@@ -111,6 +111,8 @@ func FuzzRaftCommand(f *testing.F) {
 		add(cpb.CommandType_COMMAND_TYPE_JOB_FAILED, &cpb.JobFailed{JobId: "j-fuzz", Reason: "x"}),
 		add(cpb.CommandType_COMMAND_TYPE_JOB_CANCELED, &cpb.JobCanceled{JobId: "j-q"}),
 		add(cpb.CommandType_COMMAND_TYPE_EXPIRE, &cpb.Expire{JobIds: []string{"j-q", "j-fuzz"}, PurgeIds: []string{"j-q"}}),
+		add(cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j-fuzz", Epoch: 1, Blocks: []int32{1, 0}, Reason: "missing"}),
+		add(cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j-fuzz", Epoch: 1, Blocks: []int32{4}}),
 		[]any{mustMarshal(f, &cpb.Command{Type: 99, Payload: []byte{1}})},
 		[]any{mustMarshal(f, &cpb.Command{Type: cpb.CommandType_COMMAND_TYPE_SUBMIT, Payload: []byte{0xff}})},
 		[]any{[]byte{0xff, 0xff, 0xff}},

@@ -1,9 +1,12 @@
 package coordinator
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -330,6 +333,11 @@ type testWorker struct {
 	// stepping: heartbeats show each running shard's steps_done growing
 	// (by one a heartbeat); otherwise it stays 0 (a stuck rank).
 	stepping bool
+	// skip: output blocks it reports without writing them; lie: blocks
+	// whose checksum it reports wrong, for that many reports.
+	skip  map[int32]bool
+	lie   map[int32]int
+	store *transport.Store
 
 	mu       sync.Mutex
 	delay    time.Duration
@@ -452,16 +460,22 @@ func (w *testWorker) run(a *pb.Assignment) {
 	}
 	rep := &pb.Report{WorkerId: w.id, JobId: a.JobId, Epoch: a.Epoch, Rank: a.Rank}
 	w.mu.Lock()
-	if w.fail != "" {
-		rep.Result = &pb.Report_Failed{Failed: &pb.ShardFailed{Reason: w.fail, Fatal: w.fatal, Block: -1}}
+	fail, fatal := w.fail, w.fatal
+	w.mu.Unlock()
+	if fail != "" {
+		rep.Result = &pb.Report_Failed{Failed: &pb.ShardFailed{Reason: fail, Fatal: fatal, Block: -1}}
 	} else {
 		done := &pb.ShardDone{}
 		for _, b := range a.Plan.Ranks[a.Rank].QBlocks {
-			done.Blocks = append(done.Blocks, &pb.BlockChecksum{Block: b, Crc32CO: uint32(b) * 7})
+			bc, err := w.writeBlock(a, b)
+			if err != nil {
+				w.t.Logf("worker %s: writing block %d of %s: %v", w.id, b, a.JobId, err)
+				return
+			}
+			done.Blocks = append(done.Blocks, bc)
 		}
 		rep.Result = &pb.Report_Done{Done: done}
 	}
-	w.mu.Unlock()
 	data, _ := proto.Marshal(rep)
 	for {
 		select {
@@ -485,6 +499,67 @@ func (w *testWorker) run(a *pb.Assignment) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// outputData is what a test worker writes as output block b of a job.
+func outputData(job string, b int32) []float32 {
+	return []float32{float32(b), float32(len(job)), -2.5, 4}
+}
+
+func crcOfF32(x []float32) uint32 {
+	buf := make([]byte, 4*len(x))
+	for i, v := range x {
+		binary.LittleEndian.PutUint32(buf[4*i:], math.Float32bits(v))
+	}
+	return transport.CRC32C(buf)
+}
+
+// writeBlock writes output block b of assignment a to the store (unless
+// told to skip it) and returns the checksums to report (wrong ones when
+// told to lie).
+func (w *testWorker) writeBlock(a *pb.Assignment, b int32) (*pb.BlockChecksum, error) {
+	w.mu.Lock()
+	skip := w.skip[b]
+	lie := w.lie[b] > 0
+	if lie {
+		w.lie[b]--
+	}
+	st := w.store
+	w.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if st == nil {
+		var err error
+		if st, err = transport.OpenStore(ctx, w.nc, transport.StoreConfig{Bucket: transport.DefaultBucket}, xlog.Discard()); err != nil {
+			return nil, err
+		}
+		w.mu.Lock()
+		w.store = st
+		w.mu.Unlock()
+	}
+	tensors := []string{transport.TensorO}
+	if a.Params.GetKind() == pb.JobKind_JOB_KIND_MHA {
+		tensors = []string{"y"}
+	} else if a.Params.GetWantLse() {
+		tensors = append(tensors, transport.TensorLSE)
+	}
+	data := outputData(a.JobId, b)
+	bc := &pb.BlockChecksum{Block: b, Crc32CO: crcOfF32(data)}
+	for _, t := range tensors {
+		if skip {
+			break
+		}
+		if err := st.PutBlock(ctx, a.OutputRef, t, int(b), data, transport.F32); err != nil {
+			return nil, err
+		}
+	}
+	if len(tensors) > 1 {
+		bc.Crc32CLse = bc.Crc32CO
+	}
+	if lie {
+		bc.Crc32CO ^= 0xdeadbeef
+	}
+	return bc, nil
 }
 
 // kill stops the worker without a word (a crash).

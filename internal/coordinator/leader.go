@@ -56,8 +56,14 @@ type leader struct {
 	deleteAt map[string]time.Time // job -> next tensor-deletion attempt
 	progress map[shardKey]*progressState
 	inputs   map[string]string // input namespace -> submit in flight (api.go)
-	subs     []*nats.Subscription
-	svc      micro.Service
+	// verifying: output checks of jobs about to succeed (verify.go);
+	// outChecks: get's cached checks of succeeded jobs.
+	verifying map[string]*verifyState
+	outChecks map[string]outputsCheck
+	// sweep is the upload sweeper's state (sweep.go).
+	sweep sweepState
+	subs  []*nats.Subscription
+	svc   micro.Service
 }
 
 type workerInfo struct {
@@ -107,6 +113,9 @@ func newLeader(c *Coordinator) *leader {
 		deleteAt: map[string]time.Time{},
 		progress: map[shardKey]*progressState{},
 		inputs:   map[string]string{},
+
+		verifying: map[string]*verifyState{},
+		outChecks: map[string]outputsCheck{},
 	}
 }
 
@@ -521,6 +530,7 @@ func (l *leader) schedule() {
 		l.guardJob("scheduling", j, func() { l.startEpoch(j, cands, nil, used, "") })
 	}
 	l.guard("expiring", func() { l.expire(jobs, now) })
+	l.maybeSweep(now)
 	l.forget()
 }
 
@@ -547,6 +557,11 @@ func (l *leader) forget() {
 			delete(l.replan, id)
 		}
 	}
+	for id, v := range l.verifying {
+		if e, ok := cur[id]; !ok || (e != v.epoch && !v.running) {
+			delete(l.verifying, id)
+		}
+	}
 	for k := range l.progress {
 		if e, ok := cur[k.job]; !ok || e != k.epoch {
 			delete(l.progress, k)
@@ -565,7 +580,7 @@ func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map
 		return
 	}
 	if int64(len(j.DoneBlocks)) == j.BlocksTotal {
-		l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
+		l.complete(j)
 		return
 	}
 	l.mu.Lock()
@@ -576,7 +591,12 @@ func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map
 	}
 	l.mu.Unlock()
 	reason := rq.reason
-	if !flagged && !grace {
+	if !flagged && len(j.DoneRanks) == len(j.Plan.GetRanks()) {
+		// Every rank reported, yet blocks are not done (a redo, or a new
+		// leader after one): plan the rest.
+		reason = fmt.Sprintf("epoch %d ended with %d of %d blocks done", j.Epoch, len(j.DoneBlocks), j.BlocksTotal)
+	}
+	if reason == "" && !grace {
 		for r, rk := range j.Plan.GetRanks() {
 			if _, done := slices.BinarySearch(j.DoneRanks, int32(r)); done {
 				continue
@@ -587,7 +607,7 @@ func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map
 			}
 		}
 	}
-	if !flagged && grace {
+	if reason == "" && !flagged && grace {
 		// In the grace period only an explicit leave counts: workers not
 		// heard from yet may still be alive.
 		for r, rk := range j.Plan.GetRanks() {
@@ -784,7 +804,7 @@ func (l *leader) replanJob(j *cpb.Job, reason string, live map[string]*pb.Heartb
 		return
 	}
 	if int64(len(j.DoneBlocks)) == j.BlocksTotal {
-		l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
+		l.complete(j)
 		return
 	}
 	if j.Epoch >= uint64(c.cfg.MaxEpochs) {

@@ -91,6 +91,11 @@ func (s *State) Apply(index uint64, cmd *cpb.Command) (*Result, error) {
 		if err = decode(cmd, &c); err == nil {
 			r = s.applyExpire(&c)
 		}
+	case cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS:
+		var c cpb.RedoBlocks
+		if err = decode(cmd, &c); err == nil {
+			r = s.applyRedo(&c)
+		}
 	default:
 		return nil, fmt.Errorf("%w: index %d: unknown command type %d", ErrCorruptEntry, index, cmd.GetType())
 	}
@@ -277,6 +282,37 @@ func insertSorted(xs []int32, x int32) []int32 {
 		return xs
 	}
 	return slices.Insert(xs, i, x)
+}
+
+func (s *State) applyRedo(c *cpb.RedoBlocks) *Result {
+	j, ok2 := s.jobs[c.GetJobId()]
+	if !ok2 {
+		return fail(ErrNotFound, "job %s", c.GetJobId())
+	}
+	if Terminal(j.State) {
+		return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: job %s is %v", ErrFinished, j.Id, j.State)}
+	}
+	if j.State != pb.JobState_JOB_STATE_RUNNING || c.GetEpoch() != j.Epoch {
+		return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: job %s: redo for epoch %d, current %d", ErrStaleEpoch, j.Id, c.GetEpoch(), j.Epoch)}
+	}
+	if len(c.GetBlocks()) == 0 {
+		return fail(ErrBadCommand, "job %s: redo of no blocks", j.Id)
+	}
+	for _, b := range c.GetBlocks() {
+		if b < 0 || int64(b) >= j.BlocksTotal {
+			return fail(ErrBadCommand, "job %s: redo block %d outside [0,%d)", j.Id, b, j.BlocksTotal)
+		}
+	}
+	for _, b := range c.GetBlocks() {
+		if i, found := slices.BinarySearch(j.DoneBlocks, b); found {
+			j.DoneBlocks = slices.Delete(j.DoneBlocks, i, i+1)
+		}
+		if i, found := slices.BinarySearchFunc(j.Checksums, b, func(x *pb.BlockChecksum, b int32) int { return cmp.Compare(x.GetBlock(), b) }); found {
+			j.Checksums = slices.Delete(j.Checksums, i, i+1)
+		}
+	}
+	j.Redos++
+	return ok(j, false)
 }
 
 func (s *State) applySucceeded(c *cpb.JobSucceeded) *Result {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -16,8 +17,25 @@ type TensorDeleterFunc func(ctx context.Context, job string) error
 // DeleteJob implements TensorDeleter.
 func (f TensorDeleterFunc) DeleteJob(ctx context.Context, job string) error { return f(ctx, job) }
 
-// storeDeleter deletes through the JetStream object store bucket, opened
-// on first use (so a coordinator starts even before JetStream is up).
+// outputStore is what the leader needs from the tensor store beyond
+// deleting a job's tensors: a block's recorded checksum (to check outputs
+// before a job succeeds, and when a client gets it) and the namespaces (to
+// sweep abandoned uploads). *transport.Store has it; so does the default
+// Deps.Tensors. A Deps.Tensors without it disables both checks.
+type outputStore interface {
+	BlockInfo(ctx context.Context, ns, tensor string, block int) (transport.BlockInfo, error)
+	Namespaces(ctx context.Context) ([]transport.NamespaceInfo, error)
+	DeleteNamespace(ctx context.Context, ns string) (int, error)
+}
+
+// outputs returns the store to check outputs against (nil: none).
+func (c *Coordinator) outputs() outputStore {
+	st, _ := c.deps.Tensors.(outputStore)
+	return st
+}
+
+// storeDeleter reaches the JetStream object store bucket, opened on first
+// use (so a coordinator starts even before JetStream is up).
 type storeDeleter struct {
 	nc     *nats.Conn
 	bucket string
@@ -27,22 +45,66 @@ type storeDeleter struct {
 	store *transport.Store
 }
 
-// DeleteJob implements TensorDeleter.
-func (d *storeDeleter) DeleteJob(ctx context.Context, job string) error {
+// open returns the store, opening it on first use. The mutex guards only
+// the field: the open itself runs without it (two racing opens both work;
+// one wins).
+func (d *storeDeleter) open(ctx context.Context) (*transport.Store, error) {
 	d.mu.Lock()
-	if d.store == nil {
-		st, err := transport.OpenStore(ctx, d.nc, transport.StoreConfig{Bucket: d.bucket}, d.log)
-		if err != nil {
-			d.mu.Unlock()
-			return err
-		}
-		d.store = st
-	}
 	st := d.store
 	d.mu.Unlock()
+	if st != nil {
+		return st, nil
+	}
+	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := transport.OpenStore(octx, d.nc, transport.StoreConfig{Bucket: d.bucket}, d.log)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.store == nil {
+		d.store = st
+	}
+	return d.store, nil
+}
+
+// DeleteJob implements TensorDeleter.
+func (d *storeDeleter) DeleteJob(ctx context.Context, job string) error {
+	st, err := d.open(ctx)
+	if err != nil {
+		return err
+	}
 	n, err := st.DeleteJob(ctx, job)
 	if err == nil && n > 0 {
 		d.log.Info("deleted expired tensors", "namespace", job, "objects", n)
 	}
 	return err
+}
+
+// BlockInfo implements outputStore.
+func (d *storeDeleter) BlockInfo(ctx context.Context, ns, tensor string, block int) (transport.BlockInfo, error) {
+	st, err := d.open(ctx)
+	if err != nil {
+		return transport.BlockInfo{}, err
+	}
+	return st.BlockInfo(ctx, ns, tensor, block)
+}
+
+// Namespaces implements outputStore.
+func (d *storeDeleter) Namespaces(ctx context.Context) ([]transport.NamespaceInfo, error) {
+	st, err := d.open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return st.Namespaces(ctx)
+}
+
+// DeleteNamespace implements outputStore.
+func (d *storeDeleter) DeleteNamespace(ctx context.Context, ns string) (int, error) {
+	st, err := d.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return st.DeleteNamespace(ctx, ns)
 }

@@ -36,6 +36,7 @@ const (
 	CommandType_COMMAND_TYPE_JOB_FAILED    CommandType = 5
 	CommandType_COMMAND_TYPE_JOB_CANCELED  CommandType = 6
 	CommandType_COMMAND_TYPE_EXPIRE        CommandType = 7
+	CommandType_COMMAND_TYPE_REDO_BLOCKS   CommandType = 8
 )
 
 // Enum value maps for CommandType.
@@ -49,6 +50,7 @@ var (
 		5: "COMMAND_TYPE_JOB_FAILED",
 		6: "COMMAND_TYPE_JOB_CANCELED",
 		7: "COMMAND_TYPE_EXPIRE",
+		8: "COMMAND_TYPE_REDO_BLOCKS",
 	}
 	CommandType_value = map[string]int32{
 		"COMMAND_TYPE_UNKNOWN":       0,
@@ -59,6 +61,7 @@ var (
 		"COMMAND_TYPE_JOB_FAILED":    5,
 		"COMMAND_TYPE_JOB_CANCELED":  6,
 		"COMMAND_TYPE_EXPIRE":        7,
+		"COMMAND_TYPE_REDO_BLOCKS":   8,
 	}
 )
 
@@ -595,6 +598,85 @@ func (x *Expire) GetUnixMs() int64 {
 	return 0
 }
 
+// RedoBlocks marks output blocks of a RUNNING job's current epoch not done
+// again: the store does not hold what their report said (missing, or
+// another checksum). The leader then re-plans them in a new epoch.
+type RedoBlocks struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Blocks        []int32                `protobuf:"varint,3,rep,packed,name=blocks,proto3" json:"blocks,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	UnixMs        int64                  `protobuf:"varint,5,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RedoBlocks) Reset() {
+	*x = RedoBlocks{}
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RedoBlocks) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RedoBlocks) ProtoMessage() {}
+
+func (x *RedoBlocks) ProtoReflect() protoreflect.Message {
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RedoBlocks.ProtoReflect.Descriptor instead.
+func (*RedoBlocks) Descriptor() ([]byte, []int) {
+	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *RedoBlocks) GetJobId() string {
+	if x != nil {
+		return x.JobId
+	}
+	return ""
+}
+
+func (x *RedoBlocks) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *RedoBlocks) GetBlocks() []int32 {
+	if x != nil {
+		return x.Blocks
+	}
+	return nil
+}
+
+func (x *RedoBlocks) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *RedoBlocks) GetUnixMs() int64 {
+	if x != nil {
+		return x.UnixMs
+	}
+	return 0
+}
+
 // Job is the replicated record of one job.
 type Job struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -616,14 +698,17 @@ type Job struct {
 	FinishedUnixMs int64               `protobuf:"varint,13,opt,name=finished_unix_ms,json=finishedUnixMs,proto3" json:"finished_unix_ms,omitempty"`
 	ExpiredUnixMs  int64               `protobuf:"varint,14,opt,name=expired_unix_ms,json=expiredUnixMs,proto3" json:"expired_unix_ms,omitempty"`
 	// seq is the log index of the submit: the FIFO order within a priority.
-	Seq           uint64 `protobuf:"varint,15,opt,name=seq,proto3" json:"seq,omitempty"`
+	Seq uint64 `protobuf:"varint,15,opt,name=seq,proto3" json:"seq,omitempty"`
+	// redos counts RedoBlocks applied: how often the store did not hold the
+	// outputs workers reported.
+	Redos         uint32 `protobuf:"varint,16,opt,name=redos,proto3" json:"redos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Job) Reset() {
 	*x = Job{}
-	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[8]
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -635,7 +720,7 @@ func (x *Job) String() string {
 func (*Job) ProtoMessage() {}
 
 func (x *Job) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[8]
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -648,7 +733,7 @@ func (x *Job) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Job.ProtoReflect.Descriptor instead.
 func (*Job) Descriptor() ([]byte, []int) {
-	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{8}
+	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Job) GetId() string {
@@ -756,6 +841,13 @@ func (x *Job) GetSeq() uint64 {
 	return 0
 }
 
+func (x *Job) GetRedos() uint32 {
+	if x != nil {
+		return x.Redos
+	}
+	return 0
+}
+
 // SnapshotHeader starts every snapshot; records follow, length-delimited.
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -768,7 +860,7 @@ type SnapshotHeader struct {
 
 func (x *SnapshotHeader) Reset() {
 	*x = SnapshotHeader{}
-	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[9]
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -780,7 +872,7 @@ func (x *SnapshotHeader) String() string {
 func (*SnapshotHeader) ProtoMessage() {}
 
 func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[9]
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -793,7 +885,7 @@ func (x *SnapshotHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotHeader.ProtoReflect.Descriptor instead.
 func (*SnapshotHeader) Descriptor() ([]byte, []int) {
-	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{9}
+	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *SnapshotHeader) GetVersion() uint32 {
@@ -830,7 +922,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[10]
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +934,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[10]
+	mi := &file_internal_coordinator_pb_raft_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +947,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{10}
+	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SnapshotRecord) GetRecord() isSnapshotRecord_Record {
@@ -923,7 +1015,14 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\x06Expire\x12\x17\n" +
 	"\ajob_ids\x18\x01 \x03(\tR\x06jobIds\x12\x1b\n" +
 	"\tpurge_ids\x18\x02 \x03(\tR\bpurgeIds\x12\x17\n" +
-	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\"\x92\x04\n" +
+	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\"\x82\x01\n" +
+	"\n" +
+	"RedoBlocks\x12\x15\n" +
+	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06blocks\x18\x03 \x03(\x05R\x06blocks\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
+	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\"\xa8\x04\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
 	"\x04spec\x18\x02 \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\x12+\n" +
@@ -942,14 +1041,15 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\x0fstarted_unix_ms\x18\f \x01(\x03R\rstartedUnixMs\x12(\n" +
 	"\x10finished_unix_ms\x18\r \x01(\x03R\x0efinishedUnixMs\x12&\n" +
 	"\x0fexpired_unix_ms\x18\x0e \x01(\x03R\rexpiredUnixMs\x12\x10\n" +
-	"\x03seq\x18\x0f \x01(\x04R\x03seq\"W\n" +
+	"\x03seq\x18\x0f \x01(\x04R\x03seq\x12\x14\n" +
+	"\x05redos\x18\x10 \x01(\rR\x05redos\"W\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04jobs\x18\x02 \x01(\x04R\x04jobs\x12\x17\n" +
 	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\"L\n" +
 	"\x0eSnapshotRecord\x120\n" +
 	"\x03job\x18\x01 \x01(\v2\x1c.ringattn.coordinator.v1.JobH\x00R\x03jobB\b\n" +
-	"\x06record*\xf0\x01\n" +
+	"\x06record*\x8e\x02\n" +
 	"\vCommandType\x12\x18\n" +
 	"\x14COMMAND_TYPE_UNKNOWN\x10\x00\x12\x17\n" +
 	"\x13COMMAND_TYPE_SUBMIT\x10\x01\x12\x1c\n" +
@@ -958,7 +1058,8 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\x1aCOMMAND_TYPE_JOB_SUCCEEDED\x10\x04\x12\x1b\n" +
 	"\x17COMMAND_TYPE_JOB_FAILED\x10\x05\x12\x1d\n" +
 	"\x19COMMAND_TYPE_JOB_CANCELED\x10\x06\x12\x17\n" +
-	"\x13COMMAND_TYPE_EXPIRE\x10\aB6Z4github.com/ringattn/ringattn/internal/coordinator/pbb\x06proto3"
+	"\x13COMMAND_TYPE_EXPIRE\x10\a\x12\x1c\n" +
+	"\x18COMMAND_TYPE_REDO_BLOCKS\x10\bB6Z4github.com/ringattn/ringattn/internal/coordinator/pbb\x06proto3"
 
 var (
 	file_internal_coordinator_pb_raft_proto_rawDescOnce sync.Once
@@ -973,7 +1074,7 @@ func file_internal_coordinator_pb_raft_proto_rawDescGZIP() []byte {
 }
 
 var file_internal_coordinator_pb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_internal_coordinator_pb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_internal_coordinator_pb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_internal_coordinator_pb_raft_proto_goTypes = []any{
 	(CommandType)(0),         // 0: ringattn.coordinator.v1.CommandType
 	(*Command)(nil),          // 1: ringattn.coordinator.v1.Command
@@ -984,24 +1085,25 @@ var file_internal_coordinator_pb_raft_proto_goTypes = []any{
 	(*JobFailed)(nil),        // 6: ringattn.coordinator.v1.JobFailed
 	(*JobCanceled)(nil),      // 7: ringattn.coordinator.v1.JobCanceled
 	(*Expire)(nil),           // 8: ringattn.coordinator.v1.Expire
-	(*Job)(nil),              // 9: ringattn.coordinator.v1.Job
-	(*SnapshotHeader)(nil),   // 10: ringattn.coordinator.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),   // 11: ringattn.coordinator.v1.SnapshotRecord
-	(*pb.JobSpec)(nil),       // 12: ringattn.v1.JobSpec
-	(*pb.Plan)(nil),          // 13: ringattn.v1.Plan
-	(*pb.BlockChecksum)(nil), // 14: ringattn.v1.BlockChecksum
-	(pb.JobState)(0),         // 15: ringattn.v1.JobState
+	(*RedoBlocks)(nil),       // 9: ringattn.coordinator.v1.RedoBlocks
+	(*Job)(nil),              // 10: ringattn.coordinator.v1.Job
+	(*SnapshotHeader)(nil),   // 11: ringattn.coordinator.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),   // 12: ringattn.coordinator.v1.SnapshotRecord
+	(*pb.JobSpec)(nil),       // 13: ringattn.v1.JobSpec
+	(*pb.Plan)(nil),          // 14: ringattn.v1.Plan
+	(*pb.BlockChecksum)(nil), // 15: ringattn.v1.BlockChecksum
+	(pb.JobState)(0),         // 16: ringattn.v1.JobState
 }
 var file_internal_coordinator_pb_raft_proto_depIdxs = []int32{
 	0,  // 0: ringattn.coordinator.v1.Command.type:type_name -> ringattn.coordinator.v1.CommandType
-	12, // 1: ringattn.coordinator.v1.Submit.spec:type_name -> ringattn.v1.JobSpec
-	13, // 2: ringattn.coordinator.v1.StartEpoch.plan:type_name -> ringattn.v1.Plan
-	14, // 3: ringattn.coordinator.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
-	12, // 4: ringattn.coordinator.v1.Job.spec:type_name -> ringattn.v1.JobSpec
-	15, // 5: ringattn.coordinator.v1.Job.state:type_name -> ringattn.v1.JobState
-	13, // 6: ringattn.coordinator.v1.Job.plan:type_name -> ringattn.v1.Plan
-	14, // 7: ringattn.coordinator.v1.Job.checksums:type_name -> ringattn.v1.BlockChecksum
-	9,  // 8: ringattn.coordinator.v1.SnapshotRecord.job:type_name -> ringattn.coordinator.v1.Job
+	13, // 1: ringattn.coordinator.v1.Submit.spec:type_name -> ringattn.v1.JobSpec
+	14, // 2: ringattn.coordinator.v1.StartEpoch.plan:type_name -> ringattn.v1.Plan
+	15, // 3: ringattn.coordinator.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
+	13, // 4: ringattn.coordinator.v1.Job.spec:type_name -> ringattn.v1.JobSpec
+	16, // 5: ringattn.coordinator.v1.Job.state:type_name -> ringattn.v1.JobState
+	14, // 6: ringattn.coordinator.v1.Job.plan:type_name -> ringattn.v1.Plan
+	15, // 7: ringattn.coordinator.v1.Job.checksums:type_name -> ringattn.v1.BlockChecksum
+	10, // 8: ringattn.coordinator.v1.SnapshotRecord.job:type_name -> ringattn.coordinator.v1.Job
 	9,  // [9:9] is the sub-list for method output_type
 	9,  // [9:9] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
@@ -1014,7 +1116,7 @@ func file_internal_coordinator_pb_raft_proto_init() {
 	if File_internal_coordinator_pb_raft_proto != nil {
 		return
 	}
-	file_internal_coordinator_pb_raft_proto_msgTypes[10].OneofWrappers = []any{
+	file_internal_coordinator_pb_raft_proto_msgTypes[11].OneofWrappers = []any{
 		(*SnapshotRecord_Job)(nil),
 	}
 	type x struct{}
@@ -1023,7 +1125,7 @@ func file_internal_coordinator_pb_raft_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_coordinator_pb_raft_proto_rawDesc), len(file_internal_coordinator_pb_raft_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -1,0 +1,293 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// Honest completion. A job becomes SUCCEEDED only after the leader has
+// checked, block by block, that the store holds each output block with the
+// checksum its worker reported (transport BlockInfo: metadata only, no
+// data read). A block missing or stored with another checksum is marked
+// not done again (REDO_BLOCKS, counted in Job.redos) and re-planned in a
+// new epoch: the store is the source of truth. After MaxVerifyTries redos
+// the job fails naming the block. A store that cannot be asked (down,
+// timing out) delays the check; it does not decide it.
+//
+// After SUCCEEDED, get checks the outputs again (at most every
+// outputsCheckEvery per job): when blocks have vanished the job stays
+// SUCCEEDED (that is what happened) but its reason says "outputs missing
+// from the store: ..." and its outputs list is empty.
+
+const (
+	// verifyParallel bounds the block-info requests in flight per job.
+	verifyParallel = 16
+	// verifyTimeout bounds one job's check.
+	verifyTimeout = time.Minute
+	// verifyRetry is the wait before checking again after the store failed.
+	verifyRetry = time.Second
+	// outputsCheckTimeout bounds that check inside a get; when it runs out
+	// nothing is claimed.
+	outputsCheckTimeout = 2 * time.Second
+)
+
+// outputsCheckEvery: get re-checks a succeeded job's outputs at most this
+// often (the answer is cached in between). A variable for tests.
+var outputsCheckEvery = 10 * time.Second
+
+// badBlock is one output block the store does not hold as reported.
+type badBlock struct {
+	block  int32
+	tensor string
+	why    string // "missing", or "checksum ..."
+}
+
+func (b badBlock) String() string {
+	return fmt.Sprintf("output block %d (%s) %s", b.block, b.tensor, b.why)
+}
+
+// verifyState is the leader's check of one job's outputs (soft state).
+type verifyState struct {
+	epoch   uint64
+	running bool
+	at      time.Time // when it finished
+	bad     []badBlock
+	err     error // the store could not be asked
+}
+
+// outputTensors names a job's output tensors and picks each one's
+// reported checksum.
+func outputTensors(spec *pb.JobSpec) []struct {
+	name string
+	crc  func(*pb.BlockChecksum) uint32
+} {
+	type t = struct {
+		name string
+		crc  func(*pb.BlockChecksum) uint32
+	}
+	o := func(c *pb.BlockChecksum) uint32 { return c.GetCrc32CO() }
+	if spec.GetKind() == pb.JobKind_JOB_KIND_MHA {
+		return []t{{"y", o}}
+	}
+	out := []t{{transport.TensorO, o}}
+	if spec.GetWantLse() {
+		out = append(out, t{transport.TensorLSE, func(c *pb.BlockChecksum) uint32 { return c.GetCrc32CLse() }})
+	}
+	return out
+}
+
+// checkOutputs asks the store about every output block of j and returns
+// those it does not hold as reported (checksums not recorded, as for old
+// reports, are checked for presence only). err is set when the store
+// could not be asked; bad is then incomplete.
+func checkOutputs(ctx context.Context, st outputStore, j *cpb.Job) (bad []badBlock, err error) {
+	sums := j.Checksums
+	tensors := outputTensors(j.Spec)
+	var (
+		mu   sync.Mutex
+		wg   sync.WaitGroup
+		next int64
+	)
+	for range min(int64(verifyParallel), max(j.BlocksTotal, 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				b := next
+				next++
+				stop := b >= j.BlocksTotal || err != nil || ctx.Err() != nil
+				mu.Unlock()
+				if stop {
+					return
+				}
+				i, found := slices.BinarySearchFunc(sums, int32(b), func(x *pb.BlockChecksum, b int32) int { return cmp.Compare(x.GetBlock(), b) })
+				for _, t := range tensors {
+					info, e := st.BlockInfo(ctx, j.Id, t.name, int(b))
+					var bb *badBlock
+					var corrupt *transport.CorruptBlockError
+					switch {
+					case errors.Is(e, transport.ErrBlockNotFound):
+						bb = &badBlock{int32(b), t.name, "missing from the store"}
+					case errors.As(e, &corrupt):
+						bb = &badBlock{int32(b), t.name, "unreadable in the store: " + corrupt.Reason}
+					case e != nil:
+						mu.Lock()
+						err = cmp.Or(err, e)
+						mu.Unlock()
+						return
+					case found && info.CRC32C != t.crc(sums[i]):
+						bb = &badBlock{int32(b), t.name, fmt.Sprintf("stored with checksum %08x, reported %08x", info.CRC32C, t.crc(sums[i]))}
+					}
+					if bb != nil {
+						mu.Lock()
+						bad = append(bad, *bb)
+						mu.Unlock()
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if err == nil {
+		err = ctx.Err()
+	}
+	slices.SortFunc(bad, func(a, b badBlock) int { return cmp.Compare(a.block, b.block) })
+	return bad, err
+}
+
+// complete is called by the scheduler for a RUNNING job whose blocks are
+// all done: it finishes the job once its outputs check out, re-plans the
+// blocks that do not, and fails it after MaxVerifyTries re-plans.
+func (l *leader) complete(j *cpb.Job) {
+	c := l.c
+	st := c.outputs()
+	if st == nil {
+		l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
+		return
+	}
+	now := c.now()
+	l.mu.Lock()
+	v := l.verifying[j.Id]
+	start := v == nil || v.epoch != j.Epoch || (!v.running && v.err != nil && now.Sub(v.at) >= verifyRetry)
+	if start {
+		v = &verifyState{epoch: j.Epoch, running: true}
+		l.verifying[j.Id] = v
+	}
+	running, bad, verr := v.running, v.bad, v.err
+	l.mu.Unlock()
+	if start {
+		l.startCheck(j, st)
+		return
+	}
+	if running || verr != nil {
+		return
+	}
+	if len(bad) == 0 {
+		l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
+		return
+	}
+	for _, b := range bad {
+		problem := "mismatch"
+		if strings.HasPrefix(b.why, "missing") {
+			problem = "missing"
+		}
+		c.met.verifyFailures.WithLabelValues(problem).Inc()
+	}
+	what := bad[0].String()
+	if len(bad) > 1 {
+		what += fmt.Sprintf(" and %d more", len(bad)-1)
+	}
+	l.log.Warn("outputs not in the store as reported", "job", j.Id, "epoch", j.Epoch, "bad", len(bad), "first", bad[0].String(), "redos", j.Redos)
+	if int(j.Redos) >= c.cfg.MaxVerifyTries {
+		l.finish(j, pb.JobState_JOB_STATE_FAILED, fmt.Sprintf("%s after %d re-plans of the outputs", what, j.Redos))
+		return
+	}
+	var blocks []int32
+	for _, b := range bad {
+		if n := len(blocks); n == 0 || blocks[n-1] != b.block {
+			blocks = append(blocks, b.block)
+		}
+	}
+	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: j.Id, Epoch: j.Epoch, Blocks: blocks,
+		Reason: what, UnixMs: now.UnixMilli()})
+	if err != nil {
+		l.log.Warn("redo not committed", "job", j.Id, "err", err)
+		return
+	}
+	if r.Err != nil {
+		l.log.Debug("redo refused", "job", j.Id, "err", r.Err)
+		return
+	}
+	l.mu.Lock()
+	delete(l.verifying, j.Id)
+	l.replan[j.Id] = replanReq{epoch: j.Epoch, reason: what}
+	l.mu.Unlock()
+	l.publish(r.Job, pb.JobEventType_JOB_EVENT_TYPE_ERROR, -1, "", what+"; re-planning")
+	l.wake()
+}
+
+// startCheck checks j's outputs in the background and wakes the scheduler
+// with the result.
+func (l *leader) startCheck(j *cpb.Job, st outputStore) {
+	if !l.enter() {
+		return
+	}
+	go func() {
+		defer l.wg.Done()
+		var (
+			bad []badBlock
+			err error
+		)
+		l.guard("checking outputs", func() {
+			ctx, cancel := context.WithTimeout(l.ctx, verifyTimeout)
+			defer cancel()
+			bad, err = checkOutputs(ctx, st, j)
+		})
+		if l.ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			l.log.Warn("cannot check outputs yet; will retry", "job", j.Id, "err", err)
+		}
+		l.mu.Lock()
+		if v := l.verifying[j.Id]; v != nil && v.epoch == j.Epoch {
+			v.running, v.at, v.bad, v.err = false, l.c.now(), bad, err
+		}
+		l.mu.Unlock()
+		l.wake()
+	}()
+}
+
+// outputsCheck is a cached answer of get's check of a succeeded job.
+type outputsCheck struct {
+	at      time.Time
+	missing string // "" when all there
+}
+
+// outputsMissing says which outputs of succeeded job j have vanished from
+// the store ("" when all are there, or the store cannot tell now). The
+// answer is cached for outputsCheckEvery.
+func (l *leader) outputsMissing(j *cpb.Job) string {
+	st := l.c.outputs()
+	if st == nil || j.State != pb.JobState_JOB_STATE_SUCCEEDED {
+		return ""
+	}
+	now := l.c.now()
+	l.mu.Lock()
+	if oc, ok := l.outChecks[j.Id]; ok && now.Sub(oc.at) < outputsCheckEvery {
+		l.mu.Unlock()
+		return oc.missing
+	}
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(l.ctx, outputsCheckTimeout)
+	defer cancel()
+	bad, err := checkOutputs(ctx, st, j)
+	if err != nil {
+		return "" // cannot tell: claim nothing, do not cache
+	}
+	missing := ""
+	if len(bad) > 0 {
+		missing = fmt.Sprintf("outputs missing or changed in the store: %s (%d of %d blocks)", bad[0], len(bad), j.BlocksTotal)
+	}
+	l.mu.Lock()
+	if len(l.outChecks) >= maxOutputChecks {
+		clear(l.outChecks)
+	}
+	l.outChecks[j.Id] = outputsCheck{at: now, missing: missing}
+	l.mu.Unlock()
+	return missing
+}
+
+// maxOutputChecks bounds the cache of get's output checks.
+const maxOutputChecks = 4096
