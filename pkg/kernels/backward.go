@@ -257,11 +257,11 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 	stride := kv.stride()
 	ds := im.dsoftmax
 	// dQ += dS·K runs over the keys in halves of at most 96: a 96-key
-	// panel of K (96 rows × 64 columns of a row-major [cols × D] tile)
-	// stays within 24 KiB of L1 (all 192: 48 KiB; 141 against 129-133
-	// GFLOP per CPU-second in two of three alternating runs at N=4096, the
-	// third within the load's noise). The accumulator chain is the same,
-	// so the bits are too.
+	// panel of K (96 rows × 64 columns) stays within 24 KiB of L1 (all
+	// 192: 48 KiB; 141 against 129-133 GFLOP per CPU-second in two of
+	// three alternating runs at N=4096 with K read in place, the third
+	// within the load's noise; with K packed into panels the two measure
+	// alike). The accumulator chain is the same, so the bits are too.
 	kSplit := cols96(im)
 	bwdParallel(kTiles*bhkv, p.Threads, func(sc *bwdScratch, u int) {
 		j := u / bhkv
@@ -300,12 +300,20 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 				vt[off+t*pw] = vc[t]
 			}
 		}
-		km, ldk := kb, d
-		if dp != d {
-			km, ldk = sc.kp[:cols*dp], dp
-			clear(km)
+		// K for dQ += dS·K: with register tiles of nr > 1 columns, as
+		// panels of nr columns, [cols × nr] each, contiguous and
+		// zero-padded (in place, rows of K are 4·D bytes apart and a
+		// panel's rows share L1 sets); the generic code reads K in place.
+		km, ldk, kpw := kb, d, dp
+		if nr > 1 {
+			km, ldk, kpw = sc.kp[:cols*dp], nr, nr
 			for c := 0; c < cols; c++ {
-				copy(km[c*dp:c*dp+d], kb[c*d:c*d+d])
+				kc := kb[c*d : c*d+d]
+				for pn := 0; pn < dp; pn += nr {
+					dst := km[pn*cols+c*nr : pn*cols+c*nr+nr]
+					n := copy(dst, kc[min(pn, d):min(pn+nr, d)])
+					clear(dst[n:])
+				}
 			}
 		}
 		dkAcc, dvAcc := sc.dk[:cols*dp], sc.dv[:cols*dp]
@@ -341,8 +349,14 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 			waitTurn(pend.ti, int32(j))
 			dqs := dq[pend.row0*ldq : (pend.row0+pend.nrow)*ldq]
 			dS := sc.dp[pend.buf]
-			for p0 := 0; p0 < cols; p0 += kSplit {
-				im.gemmNN(pend.nrow, dp, min(kSplit, cols-p0), dS[p0:], cp, km[p0*ldk:], ldk, dqs, ldq, true)
+			for pn := 0; pn < dp; pn += kpw {
+				kp := km[pn*cols:]
+				if kpw == dp {
+					kp = km // in place
+				}
+				for p0 := 0; p0 < cols; p0 += kSplit {
+					im.gemmNN(pend.nrow, kpw, min(kSplit, cols-p0), dS[p0:], cp, kp[p0*ldk:], ldk, dqs[pn:], ldq, true)
+				}
 			}
 			passTurn(pend.ti, pend.next)
 			pend.ok = false
