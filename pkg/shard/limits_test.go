@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"math"
+	"math/rand/v2"
 	"runtime"
 	"strings"
 	"testing"
@@ -295,4 +296,37 @@ func TestShardPlanValidateClaimedCounts(t *testing.T) {
 	}
 	// The limits refuse such a request before any plan is built.
 	wantField(t, "claimed blocks", shard.DefaultLimits().Check(&p.Request, shard.Tensors{}), "n", "2147483647: want 1..16777216")
+}
+
+// TestShardBlockPairs: BlockPairs answers what PairsRow does, key block by
+// key block, over the fuzz sweep's shapes and masks.
+func TestShardBlockPairs(t *testing.T) {
+	rnd := rand.New(rand.NewPCG(11, 11))
+	for i := range 200 {
+		req := genRequest(uint16(rnd.Uint32()), uint16(rnd.Uint32()), uint8(rnd.Uint32()), uint8(i%9),
+			uint8(i%len(allStrategies)), uint8(rnd.Uint32()), int8(rnd.Uint32()), int8(rnd.Uint32()), rnd.Uint64())
+		p, err := shard.NewPlan(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for qi := range p.QBlockCount {
+			row, bp := p.PairsRow(qi), p.BlockPairs(qi)
+			first, last := bp.Span()
+			for kj := -1; kj <= p.KBlockCount; kj++ {
+				want := int64(0)
+				if kj >= 0 && kj < len(row) {
+					want = row[kj]
+				}
+				if got := bp.Pairs(kj); got != want {
+					t.Fatalf("case %d %+v: block (%d, %d): Pairs = %d, PairsRow = %d", i, req, qi, kj, got, want)
+				}
+				if want > 0 && (kj < first || kj >= last) {
+					t.Fatalf("case %d: block (%d, %d) has %d pairs outside Span [%d, %d)", i, qi, kj, want, first, last)
+				}
+			}
+		}
+	}
+	if (&shard.Plan{}).BlockPairs(0) != nil {
+		t.Fatal("BlockPairs of an empty plan")
+	}
 }

@@ -3,6 +3,7 @@ package shard
 import (
 	"fmt"
 	"slices"
+	"sort"
 )
 
 // QSpan returns the global start and the length of query block i; the last
@@ -216,4 +217,62 @@ func (p *Plan) Validate() error {
 func (p *Plan) String() string {
 	return fmt.Sprintf("%s plan: N=%d Nk=%d block=%d, %d ranks, %d steps, imbalance %.3f",
 		p.Strategy, p.N, p.Nk, p.Block, len(p.Ranks), p.Steps, p.Imbalance)
+}
+
+// BlockPairs counts the visible (query, key) pairs of one query block with
+// any key block, as PairsRow does, but without a row of every key block:
+// it keeps the block's row bounds (O(Block) memory) and answers each key
+// block in O(log Block). A rank holding many query blocks of a plan with
+// many key blocks needs it: PairsRow for each would take O(blocks²).
+type BlockPairs struct {
+	block, nk, kBlocks int
+	los, his           []int32 // each row's visible keys [lo, hi), both non-decreasing
+	loSum, hiSum       []int64 // their prefix sums
+}
+
+// BlockPairs returns the pair counter of query block qi, or nil when qi is
+// not a query block of the plan.
+func (p *Plan) BlockPairs(qi int) *BlockPairs {
+	if qi < 0 || qi >= p.QBlockCount || p.Block < 1 {
+		return nil
+	}
+	me := newMaskEval(&p.Request.Mask, p.N, p.Nk)
+	q0, rows := p.QSpan(qi)
+	bp := &BlockPairs{block: p.Block, nk: p.Nk, kBlocks: p.KBlockCount,
+		los: make([]int32, rows), his: make([]int32, rows), loSum: make([]int64, rows+1), hiSum: make([]int64, rows+1)}
+	for r := range rows {
+		lo, hi := me.rowRange(q0 + r)
+		bp.los[r], bp.his[r] = int32(lo), int32(hi)
+		bp.loSum[r+1] = bp.loSum[r] + int64(lo)
+		bp.hiSum[r+1] = bp.hiSum[r] + int64(hi)
+	}
+	return bp
+}
+
+// Span returns the key blocks [first, last) outside which the query block
+// sees no key (first == last when it sees none).
+func (b *BlockPairs) Span() (first, last int) {
+	if len(b.los) == 0 {
+		return 0, 0
+	}
+	first = int(b.los[0]) / b.block
+	last = min((int(b.his[len(b.his)-1])+b.block-1)/b.block, b.kBlocks)
+	return first, max(first, last)
+}
+
+// Pairs returns the number of visible pairs between the query block and
+// key block kj (0 for kj out of range): PairsRow(qi)[kj].
+func (b *BlockPairs) Pairs(kj int) int64 {
+	if kj < 0 || kj >= b.kBlocks || len(b.los) == 0 {
+		return 0
+	}
+	ks, ke := kj*b.block, min((kj+1)*b.block, b.nk)
+	return clampSum32(b.his, b.hiSum, ks, ke) - clampSum32(b.los, b.loSum, ks, ke)
+}
+
+// clampSum32 is clampSum over int32 bounds.
+func clampSum32(x []int32, ps []int64, a, b int) int64 {
+	i := sort.Search(len(x), func(i int) bool { return int(x[i]) >= a }) // x[:i] < a
+	e := sort.Search(len(x), func(i int) bool { return int(x[i]) > b })  // x[e:] > b
+	return int64(i)*int64(a) + (ps[e] - ps[i]) + int64(len(x)-e)*int64(b)
 }
