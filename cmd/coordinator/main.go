@@ -74,6 +74,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.DurationVar(&cfg.JobTTL, "job-ttl", cfg.JobTTL, "finished jobs expire (records and tensors deleted) after this")
 	fs.DurationVar(&cfg.TombstoneTTL, "tombstone-ttl", cfg.TombstoneTTL, "expired jobs' tombstones are purged after this")
 	fs.IntVar(&cfg.MaxEpochs, "max-epochs", cfg.MaxEpochs, "a job re-planned this many times fails")
+	fs.DurationVar(&cfg.PlanTimeout, "plan-timeout", cfg.PlanTimeout, "a job whose plan takes longer than this fails")
+	fs.DurationVar(&cfg.ProgressTimeout, "progress-timeout", cfg.ProgressTimeout,
+		"a rank whose progress stalls this long (or 10 of its expected steps, if longer) is re-planned")
+	fs.DurationVar(&cfg.SweepGrace, "sweep-grace", cfg.SweepGrace, "upload namespaces no job references are deleted once this old")
+	fs.DurationVar(&cfg.SweepInterval, "sweep-interval", cfg.SweepInterval, "how often the leader sweeps unreferenced upload namespaces")
+	fs.IntVar(&cfg.MaxVerifyTries, "max-verify-tries", cfg.MaxVerifyTries,
+		"a job whose outputs are missing from the store (or differ from their report) after this many re-plans fails")
 	fs.IntVar(&cfg.Limits.MaxQueued, "max-queued", cfg.Limits.MaxQueued, "most jobs QUEUED at once")
 	fs.Int64Var(&cfg.Limits.MaxJobBytes, "max-job-bytes", cfg.Limits.MaxJobBytes, "largest job, in float32 bytes of inputs and outputs")
 	fs.Int64Var(&cfg.Limits.MaxTokens, "max-tokens", cfg.Limits.MaxTokens, "longest query or key sequence")

@@ -97,9 +97,10 @@ type hookPtr = atomic.Pointer[hooks]
 // planWithin runs the planner for req, giving up when ctx ends (a
 // deadline, or the leader stepping down: nothing waits for a plan). A
 // panic in the planner (or in before) comes back as a *panicError; the
-// caller fails the job with it. The planner runs on its own goroutine so
-// that even a planner that ignores ctx cannot hold up the scheduler; such
-// a goroutine is abandoned and finishes on its own.
+// caller fails the job with it. shard.NewPlanContext stops soon after ctx
+// ends; the planner still runs on its own goroutine so that a planner (or
+// hook) that does not look at ctx cannot hold up the scheduler either:
+// such a goroutine is abandoned and finishes on its own.
 func planWithin(ctx context.Context, req shard.Request, before func()) (*shard.Plan, error) {
 	type result struct {
 		p   *shard.Plan
@@ -115,7 +116,7 @@ func planWithin(ctx context.Context, req shard.Request, before func()) (*shard.P
 		if before != nil {
 			before()
 		}
-		p, err := shard.NewPlan(req)
+		p, err := shard.NewPlanContext(ctx, req)
 		ch <- result{p, err}
 	}()
 	select {
