@@ -14,11 +14,16 @@
 //   - coordinator.go: Raft (hashicorp/raft with raft-wal as log and stable
 //     store, file snapshots in Config.DataDir, TCP transport), static-peer
 //     bootstrap, leadership tracking.
-//   - leader.go: the leader session: worker registry from heartbeats (soft
-//     state), the priority/FIFO scheduler, plans from pkg/shard weighted by
-//     worker GFLOP/s, assignments, failure detection and re-planning of
-//     unfinished blocks in a new epoch, deadlines, TTL expiry, and the
-//     worker report handler (acks only after commit).
+//   - leader.go: the leader session: worker registry from sanitized
+//     heartbeats (soft state), the priority/FIFO scheduler, plans from
+//     pkg/shard weighted by worker GFLOP/s, assignments, failure detection
+//     (silence, leaving, refusals, the progress watchdog) and re-planning of
+//     unfinished blocks in a new epoch, deadlines, TTL expiry.
+//   - report.go: the worker report handler: checks the reporting worker
+//     owns the rank, acks only after commit.
+//   - verify.go: outputs checked against the store before a job succeeds
+//     (and again when a client gets it); sweep.go: orphaned uploads deleted.
+//   - contain.go: panic containment and bounded, cancellable planning.
 //   - api.go: the client API, a NATS micro service served by the leader.
 //   - http.go, metrics.go: ops endpoints and Prometheus metrics.
 //
