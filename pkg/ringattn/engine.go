@@ -145,9 +145,9 @@ type rankRun struct {
 	w     int
 	owned []int // query blocks folded by this rank, ascending
 	runs  []*qRun
-	pairs map[int][]int64 // visible pairs of each owned query block with every key block
-	views ViewSource      // the Source, when it lends views
-	share bool            // the ring passes frames by reference (FrameSharer)
+	pairs map[int]*shard.BlockPairs // visible pairs of each owned query block with any key block
+	views ViewSource                // the Source, when it lends views
+	share bool                      // the ring passes frames by reference (FrameSharer)
 	prog  Progress
 	falls int // fallbacks counted by the receiver goroutine of the current step
 }
@@ -162,7 +162,19 @@ type qRun struct {
 	q           []float32 // [B, Hq, rows, D], or a view with qStride
 	qStride     int       // rows between heads of q; 0: contiguous
 	st          *kernels.State
-	vis         []bool // per key block: some block of the run sees it
+}
+
+// sees reports whether some query block of the run sees key block kj.
+// It asks the blocks' pair counters (O(log Block) each) instead of keeping
+// a flag per key block per run: striped plans with small blocks have as
+// many runs as blocks, and a flag row each would take O(blocks²) memory.
+func (r *rankRun) sees(run *qRun, kj int) bool {
+	for _, qi := range run.blocks {
+		if r.pairs[qi].Pairs(kj) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // RunRank executes rank Ring.Rank() of cfg.Plan and returns when its part
@@ -218,14 +230,23 @@ func (r *rankRun) report() {
 // counts the pairs to fold.
 func (r *rankRun) loadQueries(ctx context.Context) error {
 	p := r.p
-	r.pairs = make(map[int][]int64, len(r.owned))
-	folds := make([]int, r.w) // pairs per holder set (ring) or per rank range (split-KV)
+	r.pairs = make(map[int]*shard.BlockPairs, len(r.owned))
+	folds := make([]int, r.w)                   // pairs per holder set (ring) or per rank range (split-KV)
+	holder := make([]int32, r.plan.KBlockCount) // the rank holding each key block (plans deal each to one)
+	for kj := range holder {
+		holder[kj] = -1
+	}
+	for h := range r.w {
+		for _, kj := range r.plan.Ranks[h].KVBlocks {
+			holder[kj] = int32(h)
+		}
+	}
 	for i := 0; i < len(r.owned); {
 		e := i + 1
 		for e < len(r.owned) && r.owned[e] == r.owned[e-1]+1 {
 			e++
 		}
-		run := &qRun{blocks: r.owned[i:e], vis: make([]bool, r.plan.KBlockCount)}
+		run := &qRun{blocks: r.owned[i:e]}
 		run.start, _ = r.plan.QSpan(run.blocks[0])
 		for _, qi := range run.blocks {
 			_, n := r.plan.QSpan(qi)
@@ -235,15 +256,12 @@ func (r *rankRun) loadQueries(ctx context.Context) error {
 			return err
 		}
 		for _, qi := range run.blocks {
-			r.pairs[qi] = r.plan.PairsRow(qi)
-			for kj, c := range r.pairs[qi] {
-				run.vis[kj] = run.vis[kj] || c > 0
-			}
-			for h := range r.w {
-				for _, kj := range r.plan.Ranks[h].KVBlocks {
-					if r.pairs[qi][kj] > 0 {
-						folds[h]++
-					}
+			bp := r.plan.BlockPairs(qi)
+			r.pairs[qi] = bp
+			first, last := bp.Span()
+			for kj := first; kj < last; kj++ {
+				if h := holder[kj]; h >= 0 && bp.Pairs(kj) > 0 {
+					folds[h]++
 				}
 			}
 		}
@@ -445,7 +463,7 @@ func (r *rankRun) fold(ctx context.Context, held []kvBlock, states []*kernels.St
 		for _, b := range held {
 			for _, run := range r.runs {
 				for _, qi := range run.blocks {
-					if c := r.pairs[qi][b.j]; c > 0 {
+					if c := r.pairs[qi].Pairs(b.j); c > 0 {
 						r.prog.Pairs++
 						r.prog.FLOPs += float64(c) * r.plan.PairFLOPs()
 					} else {
@@ -459,7 +477,7 @@ func (r *rankRun) fold(ctx context.Context, held []kvBlock, states []*kernels.St
 	for i, run := range r.runs {
 		kv = kv[:0]
 		for _, b := range held {
-			if run.vis[b.j] {
+			if r.sees(run, b.j) {
 				start, n := r.plan.KSpan(b.j)
 				kv = append(kv, kernels.KV{K: b.k, V: b.v, Start: start, N: n, Stride: b.stride})
 			}

@@ -529,7 +529,7 @@ func TestRingBadConfig(t *testing.T) {
 		"expected N=65":       func(c *ringattn.RankConfig) { c.Params = &wider },
 		"ring size 3":         func(c *ringattn.RankConfig) { c.Ring = newNet(t, 3, ringattn.MemOptions{}).Rank(0) },
 		"query block 0 has 3": func(c *ringattn.RankConfig) { c.Source = badSource{} },
-		"expected 2 (bf16) or": func(c *ringattn.RankConfig) {
+		"elem_bytes: 3: want 2 (bf16) or 4": func(c *ringattn.RankConfig) {
 			c.Plan = &shard.Plan{Request: shard.Request{B: 1, Hq: 1, Hkv: 1, D: 1, N: 1, Nk: 1, Ranks: 1, ElemBytes: 3}}
 		},
 	}
