@@ -60,10 +60,12 @@ type leader struct {
 	// outChecks: get's cached checks of succeeded jobs.
 	verifying map[string]*verifyState
 	outChecks map[string]outputsCheck
-	// sweep is the upload sweeper's state (sweep.go).
-	sweep sweepState
-	subs  []*nats.Subscription
-	svc   micro.Service
+	// sweep is the upload sweeper's state (sweep.go); expiring: expire
+	// runs in the background.
+	sweep    sweepState
+	expiring bool
+	subs     []*nats.Subscription
+	svc      micro.Service
 }
 
 type workerInfo struct {
@@ -529,7 +531,7 @@ func (l *leader) schedule() {
 		}
 		l.guardJob("scheduling", j, func() { l.startEpoch(j, cands, nil, used, "") })
 	}
-	l.guard("expiring", func() { l.expire(jobs, now) })
+	l.maybeExpire(jobs, now)
 	l.maybeSweep(now)
 	l.forget()
 }
@@ -1084,6 +1086,32 @@ func (l *leader) publish(j *cpb.Job, typ pb.JobEventType, rank int32, worker, ms
 	if err != nil {
 		l.log.Debug("publish event failed", "job", j.Id, "err", err)
 	}
+}
+
+// maybeExpire runs expire in the background unless it already runs: its
+// store deletes may take long (a store down times out after 30 s per job)
+// and must not hold up scheduling.
+func (l *leader) maybeExpire(jobs []*cpb.Job, now time.Time) {
+	l.mu.Lock()
+	busy := l.expiring
+	l.expiring = true
+	l.mu.Unlock()
+	if busy {
+		return
+	}
+	if !l.enter() {
+		l.mu.Lock()
+		l.expiring = false
+		l.mu.Unlock()
+		return
+	}
+	go func() {
+		defer l.wg.Done()
+		l.guard("expiring", func() { l.expire(jobs, now) })
+		l.mu.Lock()
+		l.expiring = false
+		l.mu.Unlock()
+	}()
 }
 
 // expire deletes the tensors and records of jobs finished longer than
