@@ -24,7 +24,8 @@ func TestWorkerCmdFlagsAndEnv(t *testing.T) {
 	t.Setenv("RINGATTN_DRAIN_TIMEOUT", "7s")
 	t.Setenv("RINGATTN_NATS_URL", "nats://10.0.0.1:4222")
 	var stderr bytes.Buffer
-	cfg, ver, format, level, err := config([]string{"--slots", "2", "--log-format", "json", "--heartbeat-interval", "250ms"}, &stderr)
+	t.Setenv("RINGATTN_MAX_TOKENS", "33554432")
+	cfg, ver, format, level, err := config([]string{"--slots", "2", "--log-format", "json", "--heartbeat-interval", "250ms", "--max-blocks", "131072"}, &stderr)
 	if err != nil {
 		t.Fatalf("config: %v (%s)", err, stderr.String())
 	}
@@ -41,6 +42,8 @@ func TestWorkerCmdFlagsAndEnv(t *testing.T) {
 		t.Errorf("HeartbeatInterval = %v", cfg.HeartbeatInterval)
 	case len(cfg.NATS.URLs) != 1 || cfg.NATS.URLs[0] != "nats://10.0.0.1:4222":
 		t.Errorf("NATS URLs = %v", cfg.NATS.URLs)
+	case cfg.Limits.MaxTokens != 1<<25 || cfg.Limits.MaxBlocks != 1<<17 || cfg.Limits.MaxD != 256:
+		t.Errorf("Limits = %+v, want MaxTokens 2^25 from the environment, MaxBlocks 2^17 from the flag, the rest default", cfg.Limits)
 	case format != "json" || level != "info":
 		t.Errorf("log format %q level %q", format, level)
 	}

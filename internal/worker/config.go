@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
@@ -44,6 +45,11 @@ type Config struct {
 	ID string
 	// NATS is how to reach NATS and the tensor store bucket.
 	NATS transport.Config
+	// Limits bound the jobs this worker accepts assignments for. They must
+	// be the coordinators' (the same flags): an assignment the leader may
+	// send but the worker refuses fails its job. The zero value means
+	// shard.DefaultLimits().
+	Limits shard.Limits
 	// Slots is how many ranks the worker runs at once (default 1).
 	Slots int
 	// Threads bounds the kernel goroutines of one rank; 0 means GOMAXPROCS
@@ -94,6 +100,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		NATS:              transport.DefaultConfig(),
+		Limits:            shard.DefaultLimits(),
 		Slots:             DefaultSlots,
 		HeartbeatInterval: DefaultHeartbeatInterval,
 		DrainTimeout:      DefaultDrainTimeout,
@@ -164,6 +171,9 @@ func (c Config) withDefaults() Config {
 	if c.Version == "" {
 		c.Version = d.Version
 	}
+	if c.Limits == (shard.Limits{}) {
+		c.Limits = shard.DefaultLimits()
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -183,6 +193,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.NATS.Validate(); err != nil {
 		return fmt.Errorf("%w: NATS: %w", ErrInvalidConfig, err)
+	}
+	if err := c.Limits.Validate(); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
 	}
 	switch {
 	case c.Slots < 1 || c.Slots > 1024:

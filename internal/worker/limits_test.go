@@ -190,3 +190,32 @@ func FuzzAssignment(f *testing.F) {
 		}
 	})
 }
+
+// TestWorkerConfiguredLimits: a worker started with the coordinators'
+// raised limits (Config.Limits, the --max-* flags) accepts the jobs they
+// accept; left at the defaults it refuses them naming the field.
+func TestWorkerConfiguredLimits(t *testing.T) {
+	req := shard.Request{B: 1, Hq: 1, Hkv: 1, D: 8, N: 1 << 17, Nk: 1 << 17, Block: 1, Ranks: 2}
+	raised := shard.DefaultLimits()
+	raised.MaxBlocks = 1 << 17
+	a := limitJob(t, req, shard.Tensors{})
+	if a == nil {
+		t.Fatal("the job does not plan")
+	}
+	if _, err := newTaskLimits(a, "me", DefaultConfig().Limits); !errors.Is(err, ErrInvalidAssignment) || !strings.Contains(err.Error(), "plan.block") {
+		t.Fatalf("default limits: %v, want a refusal naming plan.block", err)
+	}
+	if _, err := newTaskLimits(a, "me", raised); err != nil {
+		t.Fatalf("raised limits: %v", err)
+	}
+	cfg := DefaultConfig()
+	cfg.ID = "w"
+	cfg.Limits = shard.Limits{MaxTokens: 5}
+	if err := cfg.Validate(); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "Limits.MaxBatch") {
+		t.Fatalf("partial limits: %v, want ErrInvalidConfig naming Limits.MaxBatch", err)
+	}
+	cfg.Limits = shard.Limits{}
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("zero limits (defaults): %v", err)
+	}
+}

@@ -572,7 +572,7 @@ func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.Assignment
 	}
 	w.mu.Unlock()
 
-	t, err := newTask(a, w.cfg.ID)
+	t, err := newTaskLimits(a, w.cfg.ID, w.cfg.Limits)
 	if err != nil {
 		return &pb.AssignmentAck{Reason: err.Error()}
 	}
