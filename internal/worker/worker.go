@@ -348,7 +348,7 @@ func isClosed(ch <-chan struct{}) bool {
 }
 
 func (w *Worker) storeConfig() transport.StoreConfig {
-	return transport.StoreConfig{Bucket: w.cfg.NATS.Bucket}
+	return w.cfg.NATS.StoreConfig()
 }
 
 // Drain stops the worker gracefully: it takes no new work, tells the leader
