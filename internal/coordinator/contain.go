@@ -87,6 +87,11 @@ type hooks struct {
 	plan func(j *cpb.Job)
 	// api runs before an API request's handler.
 	api func(endpoint string, data []byte)
+	// tick runs before the scheduler handles a running job.
+	tick func(j *cpb.Job)
+	// heartbeat and report run before those handlers decode.
+	heartbeat func(data []byte)
+	report    func(data []byte)
 }
 
 // setHooks installs test hooks (tests only).

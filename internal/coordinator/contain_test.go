@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"fmt"
 	"math"
 	"slices"
@@ -8,6 +9,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
@@ -417,5 +419,136 @@ func TestCoordinatorProgressTimeoutFormula(t *testing.T) {
 		if got != c.want {
 			t.Errorf("cost %g at %g GFLOP/s: %v, want %v", c.cost, c.gflops, got, c.want)
 		}
+	}
+}
+
+// A panic in the report handler answers REJECTED, one in the heartbeat
+// handler drops that heartbeat, one while scheduling a running job fails
+// that job: the leader goes on in every case.
+func TestCoordinatorHandlerPanicsContained(t *testing.T) {
+	tc := newCluster(t, 1, nil)
+	tc.setHooks(&hooks{
+		report: func(data []byte) {
+			if bytes.Contains(data, []byte("report-boom")) {
+				panic("report exploded")
+			}
+		},
+		heartbeat: func(data []byte) {
+			if bytes.Contains(data, []byte("hb-boom")) {
+				panic("heartbeat exploded")
+			}
+		},
+		tick: func(j *cpb.Job) {
+			if j.GetSpec().GetIdempotencyKey() == "tick-boom" {
+				panic("scheduler exploded")
+			}
+		},
+	})
+	nc := connect(t, tc.url)
+	ld := tc.leader()
+	newTestWorker(t, tc.url, "w", 10, 10*time.Millisecond)
+	waitWorkers(t, nc, 1)
+
+	a := sendReport(t, nc, &pb.Report{WorkerId: "w", JobId: "report-boom", Epoch: 1})
+	if a.Status != pb.ReportStatus_REPORT_STATUS_REJECTED || !strings.Contains(a.Message, "internal error while handling the report") {
+		t.Fatalf("report panic: ack %v %q", a.Status, a.Message)
+	}
+	data, err := proto.Marshal(&pb.Heartbeat{WorkerId: "hb-boom", Gflops: 1})
+	noErr(t, err)
+	if _, err := nc.Request(transport.NewSubjects("").Heartbeat(), data, 300*time.Millisecond); err == nil {
+		t.Fatal("a heartbeat whose handler panicked got an ack")
+	}
+	boom := submit(t, nc, attnSpec("tick-boom", 256))
+	js := waitState(t, nc, boom.Job.Id, pb.JobState_JOB_STATE_FAILED, 10*time.Second)
+	if !strings.Contains(js.Reason, "internal error while scheduling: scheduler exploded") {
+		t.Fatalf("scheduling panic: %v", js)
+	}
+	ok := submit(t, nc, attnSpec("tick-fine", 256))
+	waitState(t, nc, ok.Job.Id, pb.JobState_JOB_STATE_SUCCEEDED, 10*time.Second)
+	for _, where := range []string{"report", "heartbeat", "scheduling"} {
+		if n := metricLabel(t, tc.nodes[ld], "ringattn_coordinator_panics_total", "where", where); n != 1 {
+			t.Errorf("panics{where=%s} = %v, want 1", where, n)
+		}
+	}
+	if got := tc.leader(); got != ld {
+		t.Fatal("leader changed")
+	}
+}
+
+// serving returns node i's running leader session.
+func serving(t *testing.T, tc *testCluster, i int) *leader {
+	t.Helper()
+	l := tc.nodes[i].currentLeader()
+	if l == nil || !l.isReady() {
+		t.Fatal("no serving leader")
+	}
+	return l
+}
+
+// padTo grows the string *s until m encodes to exactly n bytes.
+func padTo(t *testing.T, m proto.Message, s *string, n int) []byte {
+	t.Helper()
+	for i := 0; i < 8 && proto.Size(m) != n; i++ {
+		if d := n - proto.Size(m); d > 0 {
+			*s += strings.Repeat("x", d)
+		} else {
+			*s = (*s)[:max(0, len(*s)+d)]
+		}
+	}
+	b, err := proto.Marshal(m)
+	noErr(t, err)
+	if len(b) != n {
+		t.Fatalf("padded to %d bytes, want %d", len(b), n)
+	}
+	return b
+}
+
+// The handlers' size and count limits, at the limit and just past it.
+func TestCoordinatorEdgeLimits(t *testing.T) {
+	tc := newCluster(t, 1, func(c *Config) { c.HeartbeatTimeout = time.Hour })
+	ld := tc.leader()
+	l := serving(t, tc, ld)
+
+	hb := &pb.Heartbeat{WorkerId: "big", Gflops: 1}
+	if l.heartbeat(padTo(t, hb, &hb.Version, maxHeartbeatBytes)) == nil {
+		t.Error("heartbeat of maxHeartbeatBytes dropped")
+	}
+	hb.Version = ""
+	if l.heartbeat(padTo(t, hb, &hb.Version, maxHeartbeatBytes+1)) != nil {
+		t.Error("heartbeat of maxHeartbeatBytes+1 accepted")
+	}
+
+	rep := &pb.Report{WorkerId: "w", JobId: "j-none", Result: &pb.Report_Failed{Failed: &pb.ShardFailed{}}}
+	if a := l.report(padTo(t, rep, &rep.GetFailed().Reason, maxReportBytes)); !strings.Contains(a.Message, "unknown job") {
+		t.Errorf("report of maxReportBytes: %q, want it read (unknown job)", a.Message)
+	}
+	rep.GetFailed().Reason = ""
+	if a := l.report(padTo(t, rep, &rep.GetFailed().Reason, maxReportBytes+1)); !strings.Contains(a.Message, "want at most 4194304") {
+		t.Errorf("report of maxReportBytes+1: %q", a.Message)
+	}
+
+	rk := &pb.RankPlan{QBlocks: []int32{4, 5, 6}}
+	if err := checkChecksums(rk, []*pb.BlockChecksum{{Block: 6}, {Block: 4}, {Block: 5}}); err != nil {
+		t.Errorf("one checksum per block: %v", err)
+	}
+	if err := checkChecksums(rk, []*pb.BlockChecksum{{Block: 6}, {Block: 4}, {Block: 5}, {Block: 4}}); err == nil {
+		t.Error("more checksums than blocks accepted")
+	}
+	if got := truncate(strings.Repeat("é", maxReasonBytes), maxReasonBytes); len(got) > maxReasonBytes+len("…") || !utf8.ValidString(got) {
+		t.Errorf("truncated reason: %d bytes, valid %v", len(got), utf8.ValidString(got))
+	}
+
+	// The registry holds maxWorkers; one more new worker is dropped, a
+	// known one still heard.
+	for i := len(l.workerInfos(nil)); i < maxWorkers; i++ {
+		if l.heartbeat(mustMarshal(t, &pb.Heartbeat{WorkerId: fmt.Sprintf("w%d", i), Gflops: 1})) == nil {
+			t.Fatalf("worker %d of %d dropped", i, maxWorkers)
+		}
+	}
+	if l.heartbeat(mustMarshal(t, &pb.Heartbeat{WorkerId: "one-too-many", Gflops: 1})) != nil {
+		t.Error("worker past maxWorkers registered")
+	}
+	if l.heartbeat(mustMarshal(t, &pb.Heartbeat{WorkerId: "w7", Gflops: 2})) == nil {
+		t.Error("a known worker dropped when the registry is full")
 	}
 }

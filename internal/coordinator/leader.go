@@ -343,6 +343,9 @@ func (l *leader) onHeartbeat(m *nats.Msg) {
 
 // heartbeat records one heartbeat and returns its ack (nil: dropped).
 func (l *leader) heartbeat(data []byte) *pb.HeartbeatAck {
+	if h := l.c.hooks.Load(); h != nil && h.heartbeat != nil {
+		h.heartbeat(data)
+	}
 	if len(data) > maxHeartbeatBytes {
 		l.log.Warn("dropping oversized heartbeat", "bytes", len(data), "max", maxHeartbeatBytes)
 		return nil
@@ -577,6 +580,9 @@ func deadlinePassed(j *cpb.Job, now time.Time) bool {
 }
 
 func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map[string]int, grace bool, now time.Time) {
+	if h := l.c.hooks.Load(); h != nil && h.tick != nil {
+		h.tick(j)
+	}
 	if deadlinePassed(j, now) {
 		l.finish(j, pb.JobState_JOB_STATE_FAILED, fmt.Sprintf("deadline exceeded in epoch %d (%d of %d blocks done)", j.Epoch, len(j.DoneBlocks), j.BlocksTotal))
 		return
@@ -990,33 +996,42 @@ func (l *leader) send(j *cpb.Job, rank int32) {
 	}
 	go func() {
 		defer l.wg.Done()
-		err := l.request(l.c.subj.Assign(worker), a)
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		st := l.sent[k]
-		if st == nil {
-			return
+		l.guard("assigning", func() { l.delivered(k, worker, l.request(l.c.subj.Assign(worker), a)) })
+	}()
+}
+
+// delivered records the outcome of sending assignment k to worker.
+func (l *leader) delivered(k shardKey, worker string, err error) {
+	l.mu.Lock()
+	st := l.sent[k]
+	if st == nil {
+		l.mu.Unlock()
+		return
+	}
+	st.inflight = false
+	if err == nil {
+		st.acked = true
+		st.at = l.c.now()
+		if st.since.IsZero() {
+			st.since = st.at
 		}
-		st.inflight = false
-		if err == nil {
-			st.acked = true
-			st.at = l.c.now()
-			if st.since.IsZero() {
-				st.since = st.at
-			}
-			l.c.met.assignments.WithLabelValues("accepted").Inc()
-			return
-		}
-		l.c.met.assignments.WithLabelValues("failed").Inc()
-		if l.ctx.Err() != nil {
-			return
-		}
-		l.log.Warn("assignment not accepted; re-planning without the worker", "job", k.job, "epoch", k.epoch, "rank", k.rank, "worker", worker, "err", err)
+		l.mu.Unlock()
+		l.c.met.assignments.WithLabelValues("accepted").Inc()
+		return
+	}
+	stopping := l.ctx.Err() != nil
+	if !stopping {
 		delete(l.sent, k)
 		l.suspect[worker] = l.c.now().Add(l.c.cfg.HeartbeatTimeout)
 		l.replan[k.job] = replanReq{epoch: k.epoch, reason: fmt.Sprintf("worker %s did not accept rank %d: %v", worker, k.rank, err)}
-		l.wake()
-	}()
+	}
+	l.mu.Unlock()
+	l.c.met.assignments.WithLabelValues("failed").Inc()
+	if stopping {
+		return
+	}
+	l.log.Warn("assignment not accepted; re-planning without the worker", "job", k.job, "epoch", k.epoch, "rank", k.rank, "worker", worker, "err", err)
+	l.wake()
 }
 
 func (l *leader) request(subject string, a *pb.Assignment) error {

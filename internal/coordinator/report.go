@@ -93,6 +93,9 @@ func checkChecksums(rk *pb.RankPlan, blocks []*pb.BlockChecksum) error {
 
 func (l *leader) report(data []byte) *pb.ReportAck {
 	c := l.c
+	if h := c.hooks.Load(); h != nil && h.report != nil {
+		h.report(data)
+	}
 	if len(data) > maxReportBytes {
 		return l.refuse("malformed", 0, "report of %d bytes: want at most %d", len(data), maxReportBytes)
 	}
