@@ -507,10 +507,6 @@ func dsoftmaxGeneric(s, dp []float32, ld, rows, cols int, lse, delta []float32, 
 	}
 }
 
-func init() {
-	genericImpl.dsoftmax = dsoftmaxGeneric
-}
-
 // bwdScratch is one goroutine's buffers of the backward tile loop.
 type bwdScratch struct {
 	kt, vt, kp, dk, dv, s, ones []float32

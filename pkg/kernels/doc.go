@@ -32,6 +32,20 @@
 // fused into the GEMM's load of O. Nothing of K or V is copied (except for
 // head dimensions that are not a multiple of the tile width).
 //
+// # Backward
+//
+// AttentionBackward computes the gradients of sum(O·dO) with respect to q,
+// k and v, FlashAttention-2's backward from O, LSE and dO: Δ = rowsum(dO∘O),
+// and for each visible (query tile, key tile) P = exp(scale·Q·Kᵀ − LSE),
+// dV += Pᵀ·dO, dP = dO·Vᵀ, dS = P∘(dP − Δ), dQ += scale·dS·K,
+// dK += scale·dSᵀ·Q. BackwardBlock does one (query rows, key block) pair for
+// a ring and adds into dQ and the block's dK/dV. Work units of (key tile,
+// key/value head) keep dK/dV in their own accumulators; each dQ tile
+// receives key tiles in key order, so results are bit-identical for any
+// thread count. The five products run on gemmNN/gemmTN; dsoftmax (assembly)
+// is the elementwise step P = exp(S − lse), dS = scale·P·(dP − Δ). Rows that
+// see no key get zero gradients; tiles the mask hides are skipped.
+//
 // # Implementations
 //
 //   - "generic": plain Go. It always compiles, and it is the reference the

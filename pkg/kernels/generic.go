@@ -13,6 +13,7 @@ var genericImpl = &impl{
 	gemmTN:      gemmTNGeneric,
 	softmaxCols: softmaxColsGeneric,
 	exp:         expGeneric,
+	dsoftmax:    dsoftmaxGeneric,
 }
 
 func gemmNNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool) {
