@@ -231,6 +231,10 @@ func (l *leader) apiSubmit(data []byte) (proto.Message, *apiError) {
 	return &pb.SubmitReply{Job: l.status(r.Job), Existing: r.Existing}, nil
 }
 
+// maxListStates bounds the states a list request filters by (each state
+// once, and some slack).
+const maxListStates = 16
+
 // inputInUse refuses a submit whose input namespace a live job reads.
 func inputInUse(ref, by string) *apiError {
 	if by != "being submitted" {
@@ -276,6 +280,9 @@ func (l *leader) apiCancel(data []byte) (proto.Message, *apiError) {
 	if ae := decodeReq(data, &req); ae != nil {
 		return nil, ae
 	}
+	if len(req.Reason) > maxReasonBytes {
+		return nil, invalidField("reason", "%d bytes: want at most %d", len(req.Reason), maxReasonBytes)
+	}
 	if _, ae := l.lookup(req.JobId); ae != nil {
 		return nil, ae
 	}
@@ -303,6 +310,14 @@ func (l *leader) apiList(data []byte) (proto.Message, *apiError) {
 	}
 	if req.Limit < 0 {
 		return nil, invalidField("limit", "%d: want >= 0 (0 means 1000)", req.Limit)
+	}
+	if len(req.States) > maxListStates {
+		return nil, invalidField("states", "%d states: want at most %d", len(req.States), maxListStates)
+	}
+	for _, st := range req.States {
+		if _, known := pb.JobState_name[int32(st)]; !known || st == pb.JobState_JOB_STATE_UNSPECIFIED {
+			return nil, invalidField("states", "%d: want a job state (JOB_STATE_QUEUED ... JOB_STATE_EXPIRED)", st)
+		}
 	}
 	return l.c.list(req.States, int(req.Limit)), nil
 }

@@ -538,6 +538,25 @@ func TestCoordinatorEdgeLimits(t *testing.T) {
 		t.Errorf("truncated reason: %d bytes, valid %v", len(got), utf8.ValidString(got))
 	}
 
+	// API request lists: list states and a cancel reason.
+	states := slices.Repeat([]pb.JobState{pb.JobState_JOB_STATE_RUNNING}, maxListStates)
+	if _, ae := l.apiList(mustMarshal(t, &pb.ListRequest{States: states})); ae != nil {
+		t.Errorf("list of %d states: %v", maxListStates, ae)
+	}
+	if _, ae := l.apiList(mustMarshal(t, &pb.ListRequest{States: append(states, 1)})); ae == nil || ae.field != "states" {
+		t.Errorf("list of %d states: %v", maxListStates+1, ae)
+	}
+	if _, ae := l.apiList(mustMarshal(t, &pb.ListRequest{States: []pb.JobState{7}})); ae == nil || ae.field != "states" {
+		t.Errorf("list of state 7: %v", ae)
+	}
+	reason := strings.Repeat("r", maxReasonBytes)
+	if _, ae := l.apiCancel(mustMarshal(t, &pb.CancelRequest{JobId: "j-none", Reason: reason})); ae == nil || ae.field != "job_id" {
+		t.Errorf("cancel with a reason of %d bytes: %v, want unknown job", maxReasonBytes, ae)
+	}
+	if _, ae := l.apiCancel(mustMarshal(t, &pb.CancelRequest{JobId: "j-none", Reason: reason + "r"})); ae == nil || ae.field != "reason" {
+		t.Errorf("cancel with a reason of %d bytes: %v", maxReasonBytes+1, ae)
+	}
+
 	// The registry holds maxWorkers; one more new worker is dropped, a
 	// known one still heard.
 	for i := len(l.workerInfos(nil)); i < maxWorkers; i++ {
