@@ -303,6 +303,9 @@ func (s *State) applyRedo(c *cpb.RedoBlocks) *Result {
 			return fail(ErrBadCommand, "job %s: redo block %d outside [0,%d)", j.Id, b, j.BlocksTotal)
 		}
 	}
+	if !slices.ContainsFunc(c.GetBlocks(), func(b int32) bool { _, done := slices.BinarySearch(j.DoneBlocks, b); return done }) {
+		return ok(j, true) // a repeat: none of them is done any more
+	}
 	for _, b := range c.GetBlocks() {
 		if i, found := slices.BinarySearch(j.DoneBlocks, b); found {
 			j.DoneBlocks = slices.Delete(j.DoneBlocks, i, i+1)

@@ -392,3 +392,60 @@ func TestFSMReplayDeterministic(t *testing.T) {
 	counts := sa.Counts()
 	t.Logf("final states: %v", counts)
 }
+
+func TestFSMRedoBlocks(t *testing.T) {
+	f := newFSM(nil)
+	wantOK(t, applyT(t, f, 1, cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j", Spec: testSpec("k")}))
+	wantOK(t, applyT(t, f, 2, cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: "j", Epoch: 1, Plan: testPlan([]int32{0, 1}, []int32{2})}))
+	wantOK(t, applyT(t, f, 3, cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "j", Epoch: 1, Rank: 0, WorkerId: "w0",
+		Blocks: []*pb.BlockChecksum{{Block: 0, Crc32CO: 10}, {Block: 1, Crc32CO: 11}}}))
+	wantOK(t, applyT(t, f, 4, cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "j", Epoch: 1, Rank: 1, WorkerId: "w1",
+		Blocks: []*pb.BlockChecksum{{Block: 2, Crc32CO: 12}}}))
+	wantErr(t, applyT(t, f, 5, cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j", Epoch: 2, Blocks: []int32{1}}), ErrStaleEpoch)
+	wantErr(t, applyT(t, f, 6, cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j", Epoch: 1, Blocks: []int32{3}}), ErrBadCommand)
+	wantErr(t, applyT(t, f, 7, cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j", Epoch: 1}), ErrBadCommand)
+	r := applyT(t, f, 8, cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j", Epoch: 1, Blocks: []int32{1}})
+	wantOK(t, r)
+	j := r.Job
+	if fmt.Sprint(j.DoneBlocks) != "[0 2]" || len(j.Checksums) != 2 || j.Checksums[1].Block != 2 || j.Redos != 1 || r.Existing {
+		t.Fatalf("after redo: %v", j)
+	}
+	// A repeat changes nothing; succeeding is refused until block 1 is done.
+	r = applyT(t, f, 9, cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j", Epoch: 1, Blocks: []int32{1}})
+	if !r.Existing || r.Job.Redos != 1 {
+		t.Fatalf("repeated redo: %v", r)
+	}
+	wantErr(t, applyT(t, f, 10, cpb.CommandType_COMMAND_TYPE_JOB_SUCCEEDED, &cpb.JobSucceeded{JobId: "j"}), ErrNotDone)
+	wantOK(t, applyT(t, f, 11, cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: "j", Epoch: 2, Plan: testPlan([]int32{1})}))
+	wantOK(t, applyT(t, f, 12, cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "j", Epoch: 2, Rank: 0, WorkerId: "w0",
+		Blocks: []*pb.BlockChecksum{{Block: 1, Crc32CO: 21}}}))
+	r = applyT(t, f, 13, cpb.CommandType_COMMAND_TYPE_JOB_SUCCEEDED, &cpb.JobSucceeded{JobId: "j"})
+	wantOK(t, r)
+	if r.Job.State != pb.JobState_JOB_STATE_SUCCEEDED || r.Job.Checksums[1].Crc32CO != 21 {
+		t.Fatalf("after re-plan: %v", r.Job)
+	}
+	wantErr(t, applyT(t, f, 14, cpb.CommandType_COMMAND_TYPE_REDO_BLOCKS, &cpb.RedoBlocks{JobId: "j", Epoch: 2, Blocks: []int32{1}}), ErrFinished)
+}
+
+// A retried submit names a fresh upload namespace: the same job, not a
+// conflict; any other difference is still a conflict.
+func TestFSMSubmitIgnoresInputRef(t *testing.T) {
+	f := newFSM(nil)
+	a := testSpec("k")
+	a.InputRef = "up-1"
+	wantOK(t, applyT(t, f, 1, cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j", Spec: a}))
+	b := testSpec("k")
+	b.InputRef = "up-2"
+	r := applyT(t, f, 2, cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j2", Spec: b})
+	if r.Err != nil || !r.Existing || r.Job.Id != "j" || r.Job.Spec.InputRef != "up-1" {
+		t.Fatalf("retry with another namespace: %v", r)
+	}
+	b.N = 400
+	wantErr(t, applyT(t, f, 3, cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j3", Spec: b}), ErrIdempotencyConflict)
+	if user := f.st.inputUser("up-1"); user == nil || user.Id != "j" {
+		t.Fatalf("inputUser(up-1) = %v", user)
+	}
+	if f.st.inputUser("up-2") != nil || f.st.inputUser("") != nil {
+		t.Fatal("inputUser found a job for a namespace nobody reads")
+	}
+}
