@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 	"testing"
@@ -74,7 +75,7 @@ func TestCoordinatorOutputsVerified(t *testing.T) {
 	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		js = getJob(t, nc, r.Job.Id)
 		if js.State != pb.JobState_JOB_STATE_SUCCEEDED || len(js.Outputs) != 0 ||
-			!strings.Contains(js.Reason, "outputs missing or changed in the store: output block 0 (o) missing from the store (4 of 4 blocks)") {
+			!strings.Contains(js.Reason, "outputs missing or changed in the store: output block 0 (o) missing from the store (4 of 4 blocks checked)") {
 			return fmt.Errorf("after deleting the outputs: %v", js)
 		}
 		return nil
@@ -134,5 +135,20 @@ func TestCoordinatorSweeper(t *testing.T) {
 	}
 	if n := metricValue(t, tc.nodes[ld], "ringattn_namespaces_swept_total"); n != 1 {
 		t.Fatalf("namespaces_swept_total = %v, want 1", n)
+	}
+}
+
+func TestCoordinatorSampleBlocks(t *testing.T) {
+	for _, c := range []struct {
+		total int64
+		n     int
+		want  string
+	}{
+		{0, 4, "[]"}, {3, 4, "[0 1 2]"}, {4, 4, "[0 1 2 3]"}, {5, 4, "[0 1 2 4]"}, {1000, 3, "[0 499 999]"},
+		{math.MaxInt32, 2, "[0 2147483646]"},
+	} {
+		if got := fmt.Sprint(sampleBlocks(c.total, c.n)); got != c.want {
+			t.Errorf("sampleBlocks(%d, %d) = %s, want %s", c.total, c.n, got, c.want)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
+	"math"
 	"slices"
 
 	"google.golang.org/protobuf/encoding/protodelim"
@@ -535,8 +536,8 @@ func checkJob(j *cpb.Job) error {
 	if j.State < pb.JobState_JOB_STATE_QUEUED || j.State > pb.JobState_JOB_STATE_EXPIRED {
 		return fmt.Errorf("job %s: state %v", j.Id, j.State)
 	}
-	if j.BlocksTotal < 0 {
-		return fmt.Errorf("job %s: %d blocks", j.Id, j.BlocksTotal)
+	if j.BlocksTotal < 0 || j.BlocksTotal > math.MaxInt32 {
+		return fmt.Errorf("job %s: %d blocks: want 0..%d", j.Id, j.BlocksTotal, math.MaxInt32)
 	}
 	if j.State == pb.JobState_JOB_STATE_RUNNING && len(j.Plan.GetRanks()) == 0 {
 		return fmt.Errorf("job %s: running without a plan", j.Id)

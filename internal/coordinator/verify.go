@@ -25,7 +25,8 @@ import (
 // timing out) delays the check; it does not decide it.
 //
 // After SUCCEEDED, get checks the outputs again (at most every
-// outputsCheckEvery per job): when blocks have vanished the job stays
+// outputsCheckEvery per job, at most outputsCheckBlocks blocks spread over
+// the job): when blocks have vanished the job stays
 // SUCCEEDED (that is what happened) but its reason says "outputs missing
 // from the store: ..." and its outputs list is empty.
 
@@ -39,6 +40,9 @@ const (
 	// outputsCheckTimeout bounds that check inside a get; when it runs out
 	// nothing is claimed.
 	outputsCheckTimeout = 2 * time.Second
+	// outputsCheckBlocks: get checks at most this many blocks, spread over
+	// the job (vanished outputs are usually a whole namespace).
+	outputsCheckBlocks = 256
 )
 
 // outputsCheckEvery: get re-checks a succeeded job's outputs at most this
@@ -86,30 +90,39 @@ func outputTensors(spec *pb.JobSpec) []struct {
 	return out
 }
 
-// checkOutputs asks the store about every output block of j and returns
-// those it does not hold as reported (checksums not recorded, as for old
-// reports, are checked for presence only). err is set when the store
-// could not be asked; bad is then incomplete.
-func checkOutputs(ctx context.Context, st outputStore, j *cpb.Job) (bad []badBlock, err error) {
+// checkOutputs asks the store about output blocks of j (the given ones;
+// all when blocks is nil) and returns those it does not hold as reported
+// (checksums not recorded, as for old reports, are checked for presence
+// only). err is set when the store could not be asked; bad is then
+// incomplete.
+func checkOutputs(ctx context.Context, st outputStore, j *cpb.Job, blocks []int64) (bad []badBlock, err error) {
 	sums := j.Checksums
 	tensors := outputTensors(j.Spec)
+	count := int64(len(blocks))
+	if blocks == nil {
+		count = j.BlocksTotal
+	}
 	var (
 		mu   sync.Mutex
 		wg   sync.WaitGroup
 		next int64
 	)
-	for range min(int64(verifyParallel), max(j.BlocksTotal, 1)) {
+	for range min(verifyParallel, max(count, 1)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
 				mu.Lock()
-				b := next
+				n := next
 				next++
-				stop := b >= j.BlocksTotal || err != nil || ctx.Err() != nil
+				stop := n >= count || err != nil || ctx.Err() != nil
 				mu.Unlock()
 				if stop {
 					return
+				}
+				b := n
+				if blocks != nil {
+					b = blocks[n]
 				}
 				i, found := slices.BinarySearchFunc(sums, int32(b), func(x *pb.BlockChecksum, b int32) int { return cmp.Compare(x.GetBlock(), b) })
 				for _, t := range tensors {
@@ -232,7 +245,7 @@ func (l *leader) startCheck(j *cpb.Job, st outputStore) {
 		l.guard("checking outputs", func() {
 			ctx, cancel := context.WithTimeout(l.ctx, verifyTimeout)
 			defer cancel()
-			bad, err = checkOutputs(ctx, st, j)
+			bad, err = checkOutputs(ctx, st, j, nil)
 		})
 		if l.ctx.Err() != nil {
 			return
@@ -272,13 +285,15 @@ func (l *leader) outputsMissing(j *cpb.Job) string {
 	l.mu.Unlock()
 	ctx, cancel := context.WithTimeout(l.ctx, outputsCheckTimeout)
 	defer cancel()
-	bad, err := checkOutputs(ctx, st, j)
-	if err != nil {
-		return "" // cannot tell: claim nothing, do not cache
-	}
+	sample := sampleBlocks(j.BlocksTotal, outputsCheckBlocks)
+	bad, err := checkOutputs(ctx, st, j, sample)
 	missing := ""
-	if len(bad) > 0 {
-		missing = fmt.Sprintf("outputs missing or changed in the store: %s (%d of %d blocks)", bad[0], len(bad), j.BlocksTotal)
+	switch {
+	case err != nil:
+		// Cannot tell: claim nothing (cached too, so that a slow store
+		// is not asked again on every get).
+	case len(bad) > 0:
+		missing = fmt.Sprintf("outputs missing or changed in the store: %s (%d of %d blocks checked)", bad[0], len(bad), len(sample))
 	}
 	l.mu.Lock()
 	if len(l.outChecks) >= maxOutputChecks {
@@ -287,6 +302,23 @@ func (l *leader) outputsMissing(j *cpb.Job) string {
 	l.outChecks[j.Id] = outputsCheck{at: now, missing: missing}
 	l.mu.Unlock()
 	return missing
+}
+
+// sampleBlocks returns up to n block indices spread evenly over [0,total),
+// always including the first and the last.
+func sampleBlocks(total int64, n int) []int64 {
+	if total <= int64(n) {
+		out := make([]int64, total)
+		for i := range out {
+			out[i] = int64(i)
+		}
+		return out
+	}
+	out := make([]int64, n)
+	for i := range out {
+		out[i] = int64(i) * (total - 1) / int64(n-1)
+	}
+	return out
 }
 
 // maxOutputChecks bounds the cache of get's output checks.
