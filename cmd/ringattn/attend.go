@@ -46,11 +46,11 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&m.scale, "scale", 0, "softmax `scale` (default 1/sqrt(D))")
 	fs.IntVar(&m.ranks, "ranks", 0, "run an in-process ring of `R` ranks over in-memory links")
 	fs.IntVar(&m.cluster, "cluster", 0, "run on an embedded ephemeral cluster of `W` workers")
-	fs.StringVar(&m.natsURL, "nats", "", "submit to a running cluster at this NATS `URL`")
+	fs.StringVar(&m.natsURL, "nats", "", "submit to a running cluster at this NATS `URL` (nats://host:port or host:port; env RINGATTN_NATS_URL)")
 	fs.IntVar(&m.block, "block", shard.DefaultBlock, "block length in `tokens` for ring and cluster modes")
-	fs.StringVar(&m.wire, "wire", "f32", "dtype of key/value blocks on the wire: f32 or bf16")
-	fs.StringVar(&m.strategy, "strategy", "", "shard strategy: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
-	fs.IntVar(&m.threads, "threads", 0, "kernel goroutines (default: all cores)")
+	fs.StringVar(&m.wire, "wire", "f32", "`dtype` of key/value blocks on the wire: f32 or bf16")
+	fs.StringVar(&m.strategy, "strategy", "", "shard `strategy`: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
+	fs.IntVar(&m.threads, "threads", 0, "`N` kernel goroutines (default: all cores)")
 	fs.BoolVar(&m.allowNonFinite, "allow-nonfinite", false, "accept NaN/Inf in the inputs instead of rejecting them")
 	m.conn.register(fs)
 }
@@ -77,8 +77,12 @@ func (m *maskFlags) check(fs *flag.FlagSet) error {
 	if m.given["cluster"] && m.cluster < 1 {
 		return usagef("--cluster = %d, expected >= 1 workers", m.cluster)
 	}
-	if m.given["nats"] && m.natsURL == "" {
-		return usagef("--nats is empty, expected the NATS URL of a running cluster")
+	if m.given["nats"] {
+		u, err := normalizeNATSURL("nats", m.natsURL)
+		if err != nil {
+			return err
+		}
+		m.natsURL = u
 	}
 	lim := shard.DefaultLimits()
 	if m.block < 1 || int64(m.block) > lim.MaxTokens {
@@ -309,7 +313,7 @@ func equalInts(a, b []int) bool {
 func (a *attention) compute(ctx context.Context, env *cliEnv, mf *maskFlags) (o, lse []float32, err error) {
 	switch {
 	case mf.cluster > 0 || mf.natsURL != "":
-		return clusterAttend(ctx, env, a, mf, &mf.conn)
+		return attendOnCluster(ctx, env, a, mf)
 	case mf.ranks > 0:
 		plan, err := shard.NewPlan(shard.Request{B: a.p.B, Hq: a.p.Hq, Hkv: a.p.Hkv, D: a.p.D, N: a.p.N, Nk: a.p.Nk,
 			Block: mf.block, Mask: shardMask(a.p.Mask), Ranks: mf.ranks, Strategy: shard.Strategy(mf.strategy)})
@@ -321,7 +325,7 @@ func (a *attention) compute(ctx context.Context, env *cliEnv, mf *maskFlags) (o,
 		o = make([]float32, a.p.B*a.p.Hq*a.p.N*a.p.D)
 		lse = make([]float32, a.p.B*a.p.Hq*a.p.N)
 		if err := kernels.Attention(&a.p, a.qd, a.kd, a.vd, o, lse); err != nil {
-			return nil, nil, err
+			return nil, nil, userError(err)
 		}
 		return o, lse, nil
 	}
@@ -333,10 +337,11 @@ func signalContext() (context.Context, context.CancelFunc) {
 
 func runAttend(env *cliEnv, args []string) error {
 	fs := newFlags(env, "attend", "-q Q.npy -k K.npy -v V.npy -o O.npy [--lse LSE.npy] [mask flags] [--ranks R | --cluster W | --nats URL]")
-	var qPath, kPath, vPath, oPath, lsePath string
+	var qPath, kPath, vPath, oPath, lsePath, layout string
 	fs.StringVar(&qPath, "q", "", "queries `file` [B,Hq,N,D], [H,N,D] or [N,D] (.npy, or .safetensors[:name])")
 	fs.StringVar(&kPath, "k", "", "keys `file` [B,Hkv,Nk,D] (same rank as -q)")
 	fs.StringVar(&vPath, "v", "", "values `file`, the shape of -k")
+	fs.StringVar(&layout, "layout", layoutBHND, "`axis order` of -q/-k/-v and -o: bhnd [B,H,N,D] or bnhd [B,N,H,D] (torch's); --lse is [B,H,N] either way")
 	fs.StringVar(&oPath, "o", "", "output `file` (.npy, float32, the shape of -q)")
 	fs.StringVar(&lsePath, "lse", "", "optional log-sum-exp output `file` (.npy, q's shape without D)")
 	var mf maskFlags
@@ -347,11 +352,29 @@ func runAttend(env *cliEnv, args []string) error {
 	if err := mf.check(fs); err != nil {
 		return err
 	}
+	if err := checkLayout(layout); err != nil {
+		return err
+	}
 	if oPath == "" {
 		return usagef("-o is required")
 	}
+	if err := checkWritable([2]string{"-o", oPath}, [2]string{"--lse", lsePath}); err != nil {
+		return err
+	}
 	q, k, v, err := loadQKV(qPath, kPath, vPath)
 	if err != nil {
+		return err
+	}
+	if layout == layoutBNHD {
+		q, k, v = swapHN(q), swapHN(k), swapHN(v)
+	}
+	shapes := map[string][]int{}
+	for name, t := range map[string]*tensor.Tensor{"q": q, "k": k} {
+		if s, err := t.As4D(); err == nil && len(t.Shape) >= 3 {
+			shapes[name] = s
+		}
+	}
+	if err := checkLayoutGuess(env.stderr, layout, mf.given["layout"], shapes); err != nil {
 		return err
 	}
 	a, err := checkAttentionInputs(q, k, v, &mf)
@@ -366,16 +389,59 @@ func runAttend(env *cliEnv, args []string) error {
 		return err
 	}
 	el := time.Since(start)
-	if err := tensor.WriteNPY(oPath, tensor.New(o, a.qShape...)); err != nil {
+	ot := tensor.New(o, a.qShape...)
+	if layout == layoutBNHD {
+		ot = swapHN(ot)
+	}
+	if err := tensor.WriteNPY(oPath, ot); err != nil {
 		return err
 	}
+	wrote := fmt.Sprintf("%s %v", oPath, ot.Shape)
 	if lsePath != "" {
-		if err := tensor.WriteNPY(lsePath, tensor.New(lse, a.qShape[:len(a.qShape)-1]...)); err != nil {
+		lt := tensor.New(lse, a.qShape[:len(a.qShape)-1]...)
+		if err := tensor.WriteNPY(lsePath, lt); err != nil {
 			return err
 		}
+		wrote += fmt.Sprintf(", %s %v", lsePath, lt.Shape)
 	}
 	fmt.Fprintf(env.stderr, "attend: B=%d Hq=%d Hkv=%d N=%d Nk=%d D=%d in %v (%.1f GFLOP/s) -> %s\n",
 		a.p.B, a.p.Hq, a.p.Hkv, a.p.N, a.p.Nk, a.p.D, el.Round(time.Millisecond),
-		a.p.VisibleFLOPs()/el.Seconds()/1e9, oPath)
+		a.p.VisibleFLOPs()/el.Seconds()/1e9, wrote)
 	return nil
+}
+
+// attendOnCluster runs an attention problem on a cluster (--cluster W or
+// --nats URL), printing the job id and its progress, and returns o, lse.
+func attendOnCluster(ctx context.Context, env *cliEnv, a *attention, mf *maskFlags) (o, lse []float32, err error) {
+	opts, err := mf.jobOptions()
+	if err != nil {
+		return nil, nil, err
+	}
+	jc, err := openCluster(ctx, mf)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer jc.Close()
+	ctx, cancel := mf.conn.withTimeout(ctx)
+	defer cancel()
+	q := tensor.New(a.qd, a.q4...)
+	k := tensor.New(a.kd, a.k4...)
+	v := tensor.New(a.vd, a.k4...)
+	st, err := jc.cl.SubmitAttention(ctx, q, k, v, true, opts)
+	if err != nil {
+		return nil, nil, clusterErr(err)
+	}
+	jobIDLine(env.stderr, st.GetId(), jc.where)
+	st, err = watchJob(ctx, env, jc.cl, st.GetId(), nil)
+	if err != nil {
+		return nil, nil, clusterErr(err)
+	}
+	if err := jobOutcome(st); err != nil {
+		return nil, nil, err
+	}
+	res, err := jc.cl.FetchAttention(ctx, st)
+	if err != nil {
+		return nil, nil, clusterErr(err)
+	}
+	return res.O.Data, res.LSE.Data, nil
 }

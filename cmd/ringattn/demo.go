@@ -79,9 +79,8 @@ func runDemo(env *cliEnv, args []string) error {
 		return err
 	}
 	uploaded := time.Now()
-	pr := newProgress(env.stdout)
-	pr.start = uploaded
-	st, err = cl.Watch(ctx, st.GetId(), 0, pr.update)
+	fmt.Fprintf(env.stdout, "  submitted  job %s (upload %.3f s)\n", st.GetId(), uploaded.Sub(t1).Seconds())
+	st, err = watchJob(ctx, env, cl, st.GetId(), env.stdout)
 	if err != nil {
 		return err
 	}

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
+	"runtime"
 	"runtime/debug"
 	"strings"
 
@@ -20,7 +22,14 @@ const (
 	exitOK    = 0
 	exitJob   = 1 // the job failed or the result is not exact
 	exitUsage = 2 // bad usage or bad input
+	exitReach = 3 // the cluster cannot be reached
 )
+
+// unreachableError is a cluster that cannot be reached: exit 3.
+type unreachableError struct{ err error }
+
+func (e unreachableError) Error() string { return e.err.Error() }
+func (e unreachableError) Unwrap() error { return e.err }
 
 // usageError is bad usage or bad input: exit 2.
 type usageError struct{ err error }
@@ -57,18 +66,65 @@ func commands() []command {
 		{"list", "list jobs", runList},
 		{"watch", "follow a job's progress until it finishes", runWatch},
 		{"bench", "benchmarks: bench kernel|ring|cluster|rss|recovery", runBench},
-		{"version", "print the version", func(env *cliEnv, _ []string) error {
-			fmt.Fprintln(env.stdout, "ringattn", version())
+		{"version", "print the version, commit and build date", func(env *cliEnv, _ []string) error {
+			fmt.Fprintln(env.stdout, versionLine())
 			return nil
 		}},
 	}
 }
+
+// commit and date may be set at link time:
+//
+//	go build -ldflags "-X main.commit=$(git rev-parse HEAD) -X main.date=$(date -u +%FT%TZ)"
+//
+// else they come from the build's VCS stamp (absent with -buildvcs=false).
+var commit, date string
 
 func version() string {
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
 		return bi.Main.Version
 	}
 	return "dev"
+}
+
+// buildStamp returns the commit (12 hex digits, "+dirty" when modified)
+// and build date, "unknown" when neither -ldflags nor the VCS stamp says.
+func buildStamp() (rev, when string) {
+	rev, when = commit, date
+	modified := false
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				if rev == "" {
+					rev = s.Value
+				}
+			case "vcs.time":
+				if when == "" {
+					when = s.Value
+				}
+			case "vcs.modified":
+				modified = s.Value == "true"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev == "" {
+		rev = "unknown"
+	} else if modified && commit == "" {
+		rev += "+dirty"
+	}
+	if when == "" {
+		when = "unknown"
+	}
+	return rev, when
+}
+
+func versionLine() string {
+	rev, when := buildStamp()
+	return fmt.Sprintf("ringattn %s (commit %s, built %s, %s)", version(), rev, when, runtime.Version())
 }
 
 func usage(w io.Writer) {
@@ -84,8 +140,15 @@ Commands:
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `
-Run 'ringattn <command> --help' for a command's flags.
-Exit codes: 0 success, 1 job failure, 2 bad usage or input.
+Run 'ringattn <command> --help' for a command's flags and examples.
+
+Examples:
+  ringattn demo                                   # a random job on an embedded cluster, checked
+  ringattn attend -q q.npy -k k.npy -v v.npy -o o.npy --causal
+  ringattn dev                                    # a cluster in one process, then in another shell:
+  ringattn attend --nats 127.0.0.1:4222 -q q.npy -k k.npy -v v.npy -o o.npy
+
+Exit codes: 0 success, 1 job failure, 2 bad usage or input, 3 cluster unreachable.
 `)
 }
 
@@ -106,7 +169,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		usage(stdout)
 		return exitOK
 	case "--version", "-version":
-		fmt.Fprintln(stdout, "ringattn", version())
+		fmt.Fprintln(stdout, versionLine())
 		return exitOK
 	}
 	for _, c := range commands() {
@@ -122,32 +185,59 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case errors.As(err, new(usageError)):
 			fmt.Fprintf(stderr, "ringattn %s: %v\n", c.name, oneLine(err))
 			return exitUsage
+		case errors.As(err, new(unreachableError)):
+			fmt.Fprintf(stderr, "ringattn %s: %v\n", c.name, oneLine(err))
+			return exitReach
 		default:
 			fmt.Fprintf(stderr, "ringattn %s: %v\n", c.name, oneLine(err))
 			return exitJob
 		}
 	}
-	fmt.Fprintf(stderr, "ringattn: unknown command %q (run 'ringattn help')\n", args[0])
+	names := make([]string, 0, len(commands()))
+	for _, c := range commands() {
+		names = append(names, c.name)
+	}
+	hint := "run 'ringattn help'"
+	if s := nearest(args[0], names); s != "" {
+		hint = fmt.Sprintf("did you mean %q?", s)
+	}
+	fmt.Fprintf(stderr, "ringattn: unknown command %q (%s)\n", args[0], hint)
 	return exitUsage
 }
 
+// internalPrefix matches the package prefixes and error classes of the
+// libraries ("kernels: invalid argument: "), which mean nothing to a user.
+var internalPrefix = regexp.MustCompile(`\b(?:kernels|shard|ringattn|client|transport|tensor|coordinator|worker|devcluster|nats): |\b(?:invalid argument|invalid request|invalid config): `)
+
+// oneLine is err as the one line a user sees: newlines joined and the
+// libraries' internal prefixes removed.
 func oneLine(err error) string {
-	return strings.ReplaceAll(err.Error(), "\n", "; ")
+	return internalPrefix.ReplaceAllString(strings.ReplaceAll(err.Error(), "\n", "; "), "")
 }
 
-// newFlags returns a FlagSet whose errors are returned, not printed twice.
+// newFlags returns a FlagSet whose errors are returned, not printed twice;
+// its --help groups the flags (see help.go).
 func newFlags(env *cliEnv, name, synopsis string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(env.stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: ringattn %s %s\n\nFlags:\n", name, synopsis)
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() { printUsage(fs.Output(), fs, name, synopsis) }
 	return fs
 }
 
-// parse parses flags; a flag error is a usage error, --help prints to stdout.
+// parse parses flags; a flag error is a usage error (an unknown flag with
+// the nearest known one suggested), --help prints to stdout.
 func parse(env *cliEnv, fs *flag.FlagSet, args []string) error {
+	if err := parseFlags(env, fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// parseFlags is parse allowing arguments after the flags.
+func parseFlags(env *cliEnv, fs *flag.FlagSet, args []string) error {
 	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
@@ -156,10 +246,7 @@ func parse(env *cliEnv, fs *flag.FlagSet, args []string) error {
 		return flag.ErrHelp
 	}
 	if err != nil {
-		return usageError{err}
-	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+		return usageError{flagError(fs, err)}
 	}
 	return nil
 }

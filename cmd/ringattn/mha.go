@@ -51,6 +51,9 @@ func runMHA(env *cliEnv, args []string) error {
 	if *oPath == "" {
 		return usagef("-o is required")
 	}
+	if err := checkWritable([2]string{"-o", *oPath}); err != nil {
+		return err
+	}
 	ts := map[string]*tensor.Tensor{}
 	for _, name := range []string{"x", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo"} {
 		p := *paths[name]
