@@ -10,11 +10,14 @@ import (
 )
 
 // MemSource serves blocks of whole in-memory tensors q [B,Hq,N,D] and k, v
-// [B,Hkv,Nk,D], cut into blocks of Block tokens (the last one ragged).
+// [B,Hkv,Nk,D], cut into blocks of Block tokens (the last one ragged); a
+// source made by NewMemGradSource also serves the backward's inputs o and
+// do [B,Hq,N,D] and lse [B,Hq,N] by query block.
 type MemSource struct {
 	b, hq, hkv, d, n, nk, block int
 	q, k, v                     []float32
-	fetches                     [3]atomic.Int64
+	o, lse, do                  []float32 // nil unless made by NewMemGradSource
+	fetches                     [6]atomic.Int64
 }
 
 // NewMemSource checks the tensors' lengths against p and returns a Source
@@ -39,10 +42,30 @@ func NewMemSource(p *kernels.Params, block int, q, k, v []float32) (*MemSource, 
 	return &MemSource{b: p.B, hq: p.Hq, hkv: p.Hkv, d: p.D, n: p.N, nk: p.Nk, block: block, q: q, k: k, v: v}, nil
 }
 
-var tensorIndex = map[string]int{"q": 0, "k": 1, "v": 2}
+// NewMemGradSource is NewMemSource that also serves the forward's output o
+// [B,Hq,N,D], its log-sum-exp lse [B,Hq,N] and the output gradient do
+// [B,Hq,N,D] as tensors "o", "lse" and "do" by query block: the inputs of
+// RunRankBackward.
+func NewMemGradSource(p *kernels.Params, block int, q, k, v, o, lse, do []float32) (*MemSource, error) {
+	s, err := NewMemSource(p, block, q, k, v)
+	if err != nil {
+		return nil, err
+	}
+	if want := p.B * p.Hq * p.N * p.D; len(o) != want || len(do) != want {
+		return nil, invalid("o and do have %d and %d values, expected %d ([%d,%d,%d,%d])", len(o), len(do), want, p.B, p.Hq, p.N, p.D)
+	}
+	if want := p.B * p.Hq * p.N; len(lse) != want {
+		return nil, invalid("lse has %d values, expected %d ([%d,%d,%d])", len(lse), want, p.B, p.Hq, p.N)
+	}
+	s.o, s.lse, s.do = o, lse, do
+	return s, nil
+}
+
+var tensorIndex = map[string]int{"q": 0, "k": 1, "v": 2, "o": 3, "lse": 4, "do": 5}
 
 // Fetch returns block `block` of tensor "q", "k" or "v" as [B, H, len, D]
-// (a copy, or a view when B·H == 1).
+// (a copy, or a view when B·H == 1); also "o", "do" ([B, Hq, len, D]) and
+// "lse" ([B, Hq, len]) for a source made by NewMemGradSource.
 func (s *MemSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
 	return s.FetchRun(ctx, tensor, block, 1)
 }
@@ -54,10 +77,14 @@ func (s *MemSource) FetchRun(ctx context.Context, tensor string, first, count in
 	if err != nil {
 		return nil, err
 	}
-	if s.b*heads == 1 {
-		return src[start*s.d : (start+rows)*s.d : (start+rows)*s.d], nil
+	d := s.d
+	if tensor == "lse" {
+		d = 1
 	}
-	return gather(src, s.b*heads, n, start, rows, s.d), nil
+	if s.b*heads == 1 {
+		return src[start*d : (start+rows)*d : (start+rows)*d], nil
+	}
+	return gather(src, s.b*heads, n, start, rows, d), nil
 }
 
 // locate checks a request and returns the tensor, its heads and length, and
@@ -73,8 +100,13 @@ func (s *MemSource) locate(ctx context.Context, tensor string, first, count int)
 		src, heads, n = s.k, s.hkv, s.nk
 	case "v":
 		src, heads, n = s.v, s.hkv, s.nk
+	case "o", "lse", "do":
+		if s.o == nil {
+			return nil, 0, 0, 0, 0, invalid("tensor %q: the source has no backward inputs (see NewMemGradSource)", tensor)
+		}
+		src, heads, n = map[string][]float32{"o": s.o, "lse": s.lse, "do": s.do}[tensor], s.hq, s.n
 	default:
-		return nil, 0, 0, 0, 0, invalid("tensor %q, expected \"q\", \"k\" or \"v\"", tensor)
+		return nil, 0, 0, 0, 0, invalid("tensor %q, expected \"q\", \"k\", \"v\", \"o\", \"lse\" or \"do\"", tensor)
 	}
 	blocks := (n + s.block - 1) / s.block
 	if first < 0 || count < 1 || first+count > blocks {
@@ -89,6 +121,9 @@ func (s *MemSource) locate(ctx context.Context, tensor string, first, count int)
 // View lends blocks first .. first+count-1 of tensor "q", "k" or "v" in
 // place: head (b, h) starts at row (b·H+h)·stride of data (see ViewSource).
 func (s *MemSource) View(ctx context.Context, tensor string, first, count int) (data []float32, stride int, err error) {
+	if tensor == "lse" {
+		return nil, 0, invalid("tensor %q cannot be lent as a view of D-wide rows", tensor)
+	}
 	src, heads, n, start, rows, err := s.locate(ctx, tensor, first, count)
 	if err != nil {
 		return nil, 0, err

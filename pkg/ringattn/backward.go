@@ -1,0 +1,732 @@
+package ringattn
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/shard"
+)
+
+// Frame kinds of the backward pass.
+const (
+	// KindGrad is a dK/dV accumulator travelling the ring behind its
+	// key/value block: Tensors = [dK, dV], each [B, Hkv, len, D] of the
+	// block, the sum of the contributions of the ranks that held the block
+	// so far. Step is the number of ranks summed in (1 .. W); the frame of
+	// step W goes to the block's owner.
+	KindGrad Kind = 3
+	// KindDQ is a split-KV dQ partial on its way up the reduction tree:
+	// Tensors = [dQ] for every planned query row (the runs' [B, Hq, rows, D]
+	// concatenated), Step the tree level, Block the sending rank.
+	KindDQ Kind = 4
+)
+
+// GradSink receives a rank's finished gradient blocks. Every write is
+// complete — the exact gradient of the block over the whole problem, never
+// a partial sum — and tagged with the epoch that computed it, so a store can
+// keep the first complete write of a block and ignore later ones (complete
+// writes of different epochs are equal within float32 rounding).
+//
+// PutDQ writes dq [B, Hq, len, D] of query block `block`; PutDKV writes dk
+// and dv [B, Hkv, len, D] of key block `block`.
+type GradSink interface {
+	PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error
+	PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error
+}
+
+// BackwardConfig is everything one rank of a backward plan needs.
+type BackwardConfig struct {
+	// Params describes the whole problem (global N and Nk, mask, scale).
+	Params *kernels.Params
+	// Plan is the epoch's plan; it must have been made for Params. A plan
+	// restricted to some query blocks (Request.QBlocks) computes dQ of
+	// those blocks only and is valid only when every key block is listed
+	// in DoneDKV: dK/dV of a key block needs all query blocks.
+	Plan *shard.Plan
+	// Ring connects this rank (Ring.Rank()) to the others of the epoch.
+	Ring Ring
+	// Source provides the inputs by block: "q", "o", "do" ([B,Hq,len,D])
+	// and "lse" ([B,Hq,len]) by query block, "k" and "v" by key block. It
+	// is also the fallback for frames that do not arrive.
+	Source Source
+	// Sink receives the complete gradient blocks this rank owns.
+	Sink GradSink
+	// Epoch tags every write to the Sink.
+	Epoch uint64
+	// DoneDQ and DoneDKV list the query and key blocks whose gradients an
+	// earlier epoch already wrote complete; they are not written again
+	// (every rank of the epoch must be given the same lists).
+	DoneDQ, DoneDKV []int
+	// Progress, Logger and PartialTimeouts are as in RankConfig; a lost
+	// dK/dV accumulator or dQ partial is recomputed after PartialTimeouts
+	// consecutive receive timeouts.
+	Progress        func(Progress)
+	Logger          *slog.Logger
+	PartialTimeouts int
+}
+
+// Validate checks that the parts fit together, and the fencing rule: a
+// plan over a subset of the query blocks may not produce dK/dV.
+func (c *BackwardConfig) Validate() error {
+	rc := RankConfig{Params: c.Params, Plan: c.Plan, Ring: c.Ring, Source: c.Source, Sink: nopSink{}, PartialTimeouts: c.PartialTimeouts}
+	if c.Sink == nil {
+		return invalid("BackwardConfig.Sink is nil")
+	}
+	if err := rc.Validate(); err != nil {
+		return err
+	}
+	plan := c.Plan
+	for i, b := range c.DoneDQ {
+		if b < 0 || b >= plan.QBlockCount {
+			return invalid("BackwardConfig.DoneDQ[%d] = %d, expected a query block in 0..%d", i, b, plan.QBlockCount-1)
+		}
+	}
+	for i, b := range c.DoneDKV {
+		if b < 0 || b >= plan.KBlockCount {
+			return invalid("BackwardConfig.DoneDKV[%d] = %d, expected a key block in 0..%d", i, b, plan.KBlockCount-1)
+		}
+	}
+	if len(plan.Planned) != plan.QBlockCount {
+		done := make([]bool, plan.KBlockCount)
+		for _, b := range c.DoneDKV {
+			done[b] = true
+		}
+		if j := slices.Index(done, false); j >= 0 {
+			return invalid("plan covers %d of %d query blocks but key block %d has no dK/dV yet: dK/dV need every query block, expected a plan over all query blocks or key block %d in DoneDKV",
+				len(plan.Planned), plan.QBlockCount, j, j)
+		}
+	}
+	return nil
+}
+
+// nopSink lets BackwardConfig.Validate reuse RankConfig.Validate.
+type nopSink struct{}
+
+func (nopSink) Put(context.Context, int, []float32, []float32) error { return nil }
+
+// bwdRows are the backward inputs of a run of consecutive query blocks
+// (see qRun), contiguous [B, Hq, rows, D] and [B, Hq, rows].
+type bwdRows struct {
+	blocks      []int
+	start, rows int
+	pairs       []*shard.BlockPairs
+	q, do       []float32
+	lse, delta  []float32
+	dq          []float32 // accumulated over the key blocks
+}
+
+// sees reports whether some query block of the run sees key block kj.
+func (b *bwdRows) sees(kj int) bool {
+	for _, bp := range b.pairs {
+		if bp.Pairs(kj) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// bwdRun is the state of one RunRankBackward call.
+type bwdRun struct {
+	*rankRun
+	bcfg    BackwardConfig
+	mine    []*bwdRows   // this rank's runs
+	doneDQ  []bool       // by query block
+	doneDKV []bool       // by key block
+	grads   bool         // some dK/dV is still to be written: accumulators travel
+	gfalls  atomic.Int64 // accumulators recomputed (counted by the goroutine finishing them)
+}
+
+// gradPair is the dK, dV of one key/value block.
+type gradPair struct{ dk, dv []float32 }
+
+// RunRankBackward executes rank Ring.Rank() of the backward pass of
+// cfg.Plan: it ends with the exact dQ of the query blocks the rank owns and
+// the exact dK, dV of the key/value blocks it starts with, and writes them
+// to the Sink (split-KV: rank 0 writes dQ, every rank the dK/dV of its key
+// range). See DESIGN.md §6 for the schedule and §7 for the fencing rule.
+//
+// Ring strategies: the key/value blocks travel the ring as in the forward
+// (double buffered) and their dK/dV accumulators follow them one step
+// behind: at step s the rank computes its contribution to the blocks it
+// holds into fresh buffers while, besides the key/value transfer, it
+// receives the accumulators of the previous step's blocks from rank r-1,
+// adds its contribution of that step and sends them on to rank r+1. After
+// the last step the accumulators make one more hop, to their owners, which
+// write them. A lost or malformed accumulator is recomputed from the Source
+// (the contributions of the ranks it passed, in their order), so the result
+// is bit-identical to the fault-free run.
+//
+// Errors: as RunRank.
+func RunRankBackward(ctx context.Context, cfg BackwardConfig) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	rr := &rankRun{
+		cfg: RankConfig{Params: cfg.Params, Plan: cfg.Plan, Ring: cfg.Ring, Source: cfg.Source,
+			Progress: cfg.Progress, Logger: cfg.Logger, PartialTimeouts: cfg.PartialTimeouts},
+		p: cfg.Params, plan: cfg.Plan, ring: cfg.Ring, log: cfg.Logger,
+		rank: cfg.Ring.Rank(), w: cfg.Ring.Size(),
+	}
+	if rr.log == nil {
+		rr.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	rr.log = rr.log.With("rank", rr.rank, "pass", "backward")
+	// No views: the kernel's dK and dV are laid out like K and V, and the
+	// accumulators are block-sized, so key/value blocks are held contiguous.
+	if fs, ok := cfg.Ring.(FrameSharer); ok {
+		rr.share = fs.SharesFrames()
+	}
+	rr.owned = cfg.Plan.Ranks[rr.rank].QBlocks
+	rr.prog = Progress{Rank: rr.rank, Steps: cfg.Plan.Steps}
+	r := &bwdRun{rankRun: rr, bcfg: cfg,
+		doneDQ: make([]bool, cfg.Plan.QBlockCount), doneDKV: make([]bool, cfg.Plan.KBlockCount)}
+	for _, b := range cfg.DoneDQ {
+		r.doneDQ[b] = true
+	}
+	for _, b := range cfg.DoneDKV {
+		r.doneDKV[b] = true
+	}
+	r.grads = slices.Contains(r.doneDKV, false)
+	mine, err := r.loadRows(ctx, rr.owned)
+	if err != nil {
+		return err
+	}
+	r.mine = mine
+	r.countPairs()
+	if cfg.Plan.Strategy == shard.SplitKV {
+		return r.splitKV(ctx)
+	}
+	return r.ringSteps(ctx)
+}
+
+// countPairs sets the progress total: the visible pairs of the rank's
+// query blocks with the key blocks it will hold.
+func (r *bwdRun) countPairs() {
+	var blocks []int
+	if r.plan.Strategy == shard.SplitKV {
+		blocks = r.plan.Ranks[r.rank].KVBlocks
+	} else {
+		for h := range r.w {
+			blocks = append(blocks, r.plan.Ranks[h].KVBlocks...)
+		}
+	}
+	for _, run := range r.mine {
+		for _, bp := range run.pairs {
+			for _, kj := range blocks {
+				if bp.Pairs(kj) > 0 {
+					r.prog.TotalPairs++
+				}
+			}
+		}
+	}
+}
+
+// loadRows fetches the backward inputs of the given query blocks
+// (ascending), grouped into runs of consecutive blocks, and computes each
+// run's Δ = rowsum(dO∘O).
+func (r *bwdRun) loadRows(ctx context.Context, blocks []int) ([]*bwdRows, error) {
+	p := r.p
+	bh := p.B * p.Hq
+	var out []*bwdRows
+	for i := 0; i < len(blocks); {
+		e := i + 1
+		for e < len(blocks) && blocks[e] == blocks[e-1]+1 {
+			e++
+		}
+		run := &bwdRows{blocks: blocks[i:e]}
+		run.start, _ = r.plan.QSpan(run.blocks[0])
+		for _, qi := range run.blocks {
+			_, n := r.plan.QSpan(qi)
+			run.rows += n
+			run.pairs = append(run.pairs, r.plan.BlockPairs(qi))
+		}
+		var o []float32
+		for _, t := range []struct {
+			name string
+			dst  *[]float32
+			d    int
+		}{{"q", &run.q, p.D}, {"do", &run.do, p.D}, {"o", &o, p.D}, {"lse", &run.lse, 1}} {
+			x, err := r.fetchRows(ctx, t.name, run, t.d)
+			if err != nil {
+				return nil, err
+			}
+			*t.dst = x
+		}
+		run.delta = make([]float32, bh*run.rows)
+		if err := kernels.BackwardDelta(o, run.do, run.delta, p.D); err != nil {
+			return nil, fmt.Errorf("rank %d: query blocks %v: %w", r.rank, run.blocks, err)
+		}
+		run.dq = make([]float32, bh*run.rows*p.D)
+		out = append(out, run)
+		i = e
+	}
+	return out, nil
+}
+
+// fetchRows loads tensor `name` ([B, Hq, len, d] by query block) over the
+// rows of a run: in one piece from a RunSource, else block by block.
+func (r *bwdRun) fetchRows(ctx context.Context, name string, run *bwdRows, d int) ([]float32, error) {
+	bh := r.p.B * r.p.Hq
+	if rs, ok := r.cfg.Source.(RunSource); ok && len(run.blocks) > 1 {
+		x, err := rs.FetchRun(ctx, name, run.blocks[0], len(run.blocks))
+		if err != nil {
+			return nil, fmt.Errorf("rank %d: fetching %s of query blocks %v: %w", r.rank, name, run.blocks, err)
+		}
+		if want := bh * run.rows * d; len(x) != want {
+			return nil, invalid("rank %d: %s of query blocks %v has %d values, expected %d", r.rank, name, run.blocks, len(x), want)
+		}
+		return x, nil
+	}
+	var out []float32
+	if len(run.blocks) > 1 {
+		out = make([]float32, bh*run.rows*d)
+	}
+	for _, qi := range run.blocks {
+		qs, n := r.plan.QSpan(qi)
+		x, err := r.cfg.Source.Fetch(ctx, name, qi)
+		if err != nil {
+			return nil, fmt.Errorf("rank %d: fetching %s of query block %d: %w", r.rank, name, qi, err)
+		}
+		if want := bh * n * d; len(x) != want {
+			return nil, invalid("rank %d: %s of query block %d has %d values, expected %d", r.rank, name, qi, len(x), want)
+		}
+		if len(run.blocks) == 1 {
+			return x, nil
+		}
+		scatter(out, x, bh, run.rows, qs-run.start, n, d)
+	}
+	return out, nil
+}
+
+// contrib adds to g the contributions of the query rows `runs` to the
+// gradients of key/value block b, run by run in order (BackwardBlock adds
+// the runs' dQ too). With g zeroed beforehand this is the rank's
+// contribution c_{x,j}: a function of the plan and the inputs only.
+func (r *bwdRun) contrib(ctx context.Context, runs []*bwdRows, b kvBlock, g gradPair, count bool) error {
+	start, n := r.plan.KSpan(b.j)
+	kv := kernels.KV{K: b.k, V: b.v, Start: start, N: n}
+	for _, run := range runs {
+		if count {
+			for _, bp := range run.pairs {
+				if c := bp.Pairs(b.j); c > 0 {
+					r.prog.Pairs++
+					r.prog.FLOPs += 2.5 * float64(c) * r.plan.PairFLOPs()
+				} else {
+					r.prog.Skipped++
+				}
+			}
+		}
+		if !run.sees(b.j) {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		rows := &kernels.BackwardRows{Start: run.start, Rows: run.rows, Q: run.q, DO: run.do,
+			LSE: run.lse, Delta: run.delta, DQ: run.dq}
+		if err := r.p.BackwardBlock(rows, kv, g.dk, g.dv); err != nil {
+			return fmt.Errorf("rank %d: backward of query blocks %v with key block %d: %w", r.rank, run.blocks, b.j, err)
+		}
+	}
+	return nil
+}
+
+func (r *bwdRun) newGrad(j int) gradPair {
+	_, n := r.plan.KSpan(j)
+	size := r.p.B * r.p.Hkv * n * r.p.D
+	return gradPair{dk: make([]float32, size), dv: make([]float32, size)}
+}
+
+// addInto sets acc[i] = acc[i] + x[i]: one rounding per element, so the
+// chain of additions fixes the result.
+func addInto(acc, x []float32) {
+	x = x[:len(acc)]
+	for i := range acc {
+		acc[i] += x[i]
+	}
+}
+
+// fetchContig loads key/value block j contiguous.
+func (r *bwdRun) fetchContig(ctx context.Context, j int) (kvBlock, error) {
+	b, err := r.fetchKV(ctx, j) // r.views is nil: a contiguous fetch
+	if err != nil {
+		return kvBlock{}, err
+	}
+	return r.compact(b), nil
+}
+
+// ringSteps runs the W ring steps of a ring strategy's backward.
+//
+// Step s on rank r: compute the contributions c_{r,j} of the held blocks
+// (those of rank h = r-s) into fresh buffers while, concurrently, the held
+// key/value blocks go to r+1, those of step s+1 come from r-1, and the
+// accumulators of step s-1 are finished: the frame of step s-1 (the sum of
+// ranks h+1 .. r-1) is received from r-1, the rank's own contribution of
+// step s-1 added, and the sum sent to r+1 as step s. After step W-1 the
+// last accumulators are finished the same way (step W goes to the owner),
+// and the owner receives its own blocks' step-W frames and writes them.
+func (r *bwdRun) ringSteps(ctx context.Context) error {
+	plan := r.plan
+	w := plan.Steps
+	var cur []kvBlock
+	for _, j := range plan.Ranks[r.rank].KVBlocks {
+		b, err := r.fetchContig(ctx, j)
+		if err != nil {
+			return err
+		}
+		cur = append(cur, b)
+	}
+	next := (r.rank + 1) % r.w
+	prev := (r.rank - 1 + r.w) % r.w
+	var pending []gradPair // contributions of the previous step, to finish
+	var pendBlocks []kvBlock
+	for s := 0; s < w; s++ {
+		var incoming []kvBlock
+		g, gctx := newGroup(ctx)
+		if s+1 < w {
+			held := cur
+			g.Go(func() error { return r.sendSet(gctx, next, s+1, held) })
+			g.Go(func() (err error) {
+				incoming, err = r.recvSet(gctx, prev, s+1)
+				if err == nil {
+					for i := range incoming {
+						incoming[i] = r.compact(incoming[i])
+					}
+				}
+				return err
+			})
+		}
+		if s > 0 && r.grads {
+			pb, pg, ps := pendBlocks, pending, s-1
+			g.Go(func() error { return r.passGrads(gctx, ps, pb, pg) })
+		}
+		local := make([]gradPair, len(cur))
+		g.record(func() error {
+			for i, b := range cur {
+				local[i] = r.newGrad(b.j)
+				if err := r.contrib(gctx, r.mine, b, local[i], true); err != nil {
+					return err
+				}
+			}
+			return nil
+		}())
+		if err := g.Wait(); err != nil {
+			return r.stepErr(ctx, s, err)
+		}
+		r.prog.Fallbacks += r.falls + int(r.gfalls.Swap(0))
+		r.falls = 0
+		r.prog.Step = s + 1
+		r.report()
+		pending, pendBlocks = local, cur
+		cur = incoming
+	}
+	// dQ is complete after the last step.
+	for _, run := range r.mine {
+		if err := r.putDQ(ctx, run, run.dq); err != nil {
+			return err
+		}
+	}
+	if r.grads {
+		if w == 1 {
+			// The only rank: its contributions are the gradients.
+			for i, b := range pendBlocks {
+				if err := r.putDKV(ctx, b.j, pending[i]); err != nil {
+					return err
+				}
+			}
+		} else {
+			// In this order: a receive of step W would make the ring drop
+			// the step W-1 frames still to come as stale.
+			if err := r.passGrads(ctx, w-1, pendBlocks, pending); err != nil {
+				return r.stepErr(ctx, w, err)
+			}
+			home, err := r.recvGrads(ctx, w, plan.Ranks[r.rank].KVBlocks)
+			if err != nil {
+				return r.stepErr(ctx, w, err)
+			}
+			r.prog.Fallbacks += int(r.gfalls.Swap(0))
+			for i, j := range plan.Ranks[r.rank].KVBlocks {
+				if r.doneDKV[j] {
+					continue
+				}
+				if err := r.putDKV(ctx, j, home[i]); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	r.prog.Done = true
+	r.report()
+	return nil
+}
+
+func (r *bwdRun) stepErr(ctx context.Context, s int, err error) error {
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = ctx.Err()
+	}
+	return fmt.Errorf("rank %d backward step %d: %w", r.rank, s, err)
+}
+
+// passGrads finishes the accumulators of the blocks held at step s: for
+// s > 0 it receives their step-s frames from r-1 and adds the rank's
+// contributions (acc + c), then sends the sums to r+1 as step s+1. Blocks
+// whose dK/dV is done travel without accumulators.
+func (r *bwdRun) passGrads(ctx context.Context, s int, held []kvBlock, local []gradPair) error {
+	next := (r.rank + 1) % r.w
+	prev := (r.rank - 1 + r.w) % r.w
+	for i, b := range held {
+		if r.doneDKV[b.j] {
+			continue
+		}
+		g := local[i]
+		if s > 0 {
+			acc, err := r.recvGrad(ctx, prev, s, b.j)
+			if err != nil {
+				return err
+			}
+			// c + acc: float addition commutes exactly, so this is acc + c.
+			addInto(g.dk, acc.dk)
+			addInto(g.dv, acc.dv)
+		}
+		f := Frame{Key: Key{Kind: KindGrad, Step: s + 1, Block: b.j}, Tensors: [][]float32{g.dk, g.dv}}
+		if err := r.ring.Send(ctx, next, f); err != nil {
+			return fmt.Errorf("sending the dK/dV accumulator of key block %d to rank %d: %w", b.j, next, err)
+		}
+	}
+	return nil
+}
+
+// recvGrads receives the step-`step` accumulators of the given blocks from
+// r-1 (nil entries for blocks whose dK/dV is done).
+func (r *bwdRun) recvGrads(ctx context.Context, step int, blocks []int) ([]gradPair, error) {
+	prev := (r.rank - 1 + r.w) % r.w
+	out := make([]gradPair, len(blocks))
+	for i, j := range blocks {
+		if r.doneDKV[j] {
+			continue
+		}
+		g, err := r.recvGrad(ctx, prev, step, j)
+		if err != nil {
+			return nil, err
+		}
+		out[i] = g
+	}
+	return out, nil
+}
+
+// recvGrad receives the accumulator of key block j at step `step` from
+// rank `from`. One that is still missing after PartialTimeouts receive
+// timeouts, or is malformed, is recomputed from the Source: the
+// contributions of ranks r-step .. r-1, summed in that order, which is the
+// frame's exact value. The caller must not modify the result (a received
+// frame may be shared with its sender).
+func (r *bwdRun) recvGrad(ctx context.Context, from, step, j int) (gradPair, error) {
+	key := Key{Kind: KindGrad, Step: step, Block: j}
+	f, err := r.ring.Recv(ctx, from, key)
+	for tries := 1; errors.Is(err, ErrTimeout) && tries < r.cfg.partialPatience(); tries++ {
+		r.log.Debug("dK/dV accumulator late, still waiting", "block", j, "step", step, "timeouts", tries)
+		f, err = r.ring.Recv(ctx, from, key)
+	}
+	_, n := r.plan.KSpan(j)
+	size := r.p.B * r.p.Hkv * n * r.p.D
+	switch {
+	case err == nil:
+		if len(f.Tensors) == 2 && len(f.Tensors[0]) == size && len(f.Tensors[1]) == size && f.Stride == 0 {
+			return gradPair{dk: f.Tensors[0], dv: f.Tensors[1]}, nil
+		}
+		r.log.Warn("malformed dK/dV accumulator, recomputing it from the source", "block", j, "step", step)
+	case errors.Is(err, ErrTimeout):
+		r.log.Warn("dK/dV accumulator timed out, recomputing it from the source", "block", j, "step", step, "from", from)
+	default:
+		return gradPair{}, fmt.Errorf("receiving the dK/dV accumulator of key block %d from rank %d: %w", j, from, err)
+	}
+	r.gfalls.Add(1)
+	return r.recomputeGrad(ctx, step, j)
+}
+
+// recomputeGrad returns the accumulator of key block j after `step` ranks
+// have added to it on its way to rank r: c_{r-step,j} + c_{r-step+1,j} +
+// ... + c_{r-1,j}, each contribution computed as its rank computes it.
+func (r *bwdRun) recomputeGrad(ctx context.Context, step, j int) (gradPair, error) {
+	b, err := r.fetchContig(ctx, j)
+	if err != nil {
+		return gradPair{}, err
+	}
+	var acc gradPair
+	for t := step; t >= 1; t-- {
+		x := ((r.rank-t)%r.w + r.w) % r.w
+		runs, err := r.loadRows(ctx, r.plan.Ranks[x].QBlocks)
+		if err != nil {
+			return gradPair{}, err
+		}
+		c := r.newGrad(j)
+		if err := r.contrib(ctx, runs, b, c, false); err != nil {
+			return gradPair{}, err
+		}
+		if t == step {
+			acc = c
+			continue
+		}
+		addInto(acc.dk, c.dk)
+		addInto(acc.dv, c.dv)
+	}
+	return acc, nil
+}
+
+// putDQ writes the dQ rows of a run block by block (blocks whose dQ is
+// done are skipped).
+func (r *bwdRun) putDQ(ctx context.Context, run *bwdRows, dq []float32) error {
+	bh := r.p.B * r.p.Hq
+	for _, qi := range run.blocks {
+		if r.doneDQ[qi] {
+			continue
+		}
+		qs, n := r.plan.QSpan(qi)
+		x := dq
+		if len(run.blocks) > 1 {
+			x = gather(dq, bh, run.rows, qs-run.start, n, r.p.D)
+		}
+		if err := r.bcfg.Sink.PutDQ(ctx, r.bcfg.Epoch, qi, x); err != nil {
+			return fmt.Errorf("rank %d: writing dQ of query block %d: %w", r.rank, qi, err)
+		}
+	}
+	return nil
+}
+
+func (r *bwdRun) putDKV(ctx context.Context, j int, g gradPair) error {
+	if r.doneDKV[j] {
+		return nil
+	}
+	if err := r.bcfg.Sink.PutDKV(ctx, r.bcfg.Epoch, j, g.dk, g.dv); err != nil {
+		return fmt.Errorf("rank %d: writing dK/dV of key block %d: %w", r.rank, j, err)
+	}
+	return nil
+}
+
+// splitKV is the split-KV backward: the rank computes, over its key range
+// and all planned query rows, the complete dK/dV of its key blocks (every
+// query is here) and a dQ partial; the partials are summed up the forward's
+// binary tree (own + child, by level) to rank 0, which writes dQ. A lost
+// partial is recomputed from the Source, subtree and all.
+func (r *bwdRun) splitKV(ctx context.Context) error {
+	dq, err := r.dqPartial(ctx, r.rank, r.mine, true)
+	if err != nil {
+		return err
+	}
+	r.prog.Step = 1
+	r.report()
+	for l := 0; 1<<l < r.w; l++ {
+		if r.rank&(1<<l) != 0 {
+			to := r.rank - 1<<l
+			f := Frame{Key: Key{Kind: KindDQ, Step: l, Block: r.rank}, Tensors: [][]float32{dq}}
+			if err := r.ring.Send(ctx, to, f); err != nil {
+				return fmt.Errorf("rank %d: sending dQ partial to rank %d: %w", r.rank, to, err)
+			}
+			r.prog.Done = true
+			r.report()
+			return nil
+		}
+		c := r.rank + 1<<l
+		if c >= r.w {
+			continue
+		}
+		cdq, err := r.recvDQ(ctx, c, l, len(dq))
+		if err != nil {
+			return err
+		}
+		addInto(dq, cdq)
+	}
+	at := 0
+	for _, run := range r.mine {
+		n := len(run.dq)
+		if err := r.putDQ(ctx, run, dq[at:at+n]); err != nil {
+			return err
+		}
+		at += n
+	}
+	r.prog.Done = true
+	r.report()
+	return nil
+}
+
+// dqPartial computes rank h's split-KV part: its key blocks against the
+// runs (their dq zeroed first), in ascending order with the next block
+// fetched ahead. For h = this rank (own) it writes the dK/dV of its blocks;
+// it returns the runs' dq concatenated (a fresh slice).
+func (r *bwdRun) dqPartial(ctx context.Context, h int, runs []*bwdRows, own bool) ([]float32, error) {
+	for _, run := range runs {
+		clear(run.dq)
+	}
+	err := r.prefetch(ctx, r.plan.Ranks[h].KVBlocks, func(b kvBlock) error {
+		b = r.compact(b)
+		g := r.newGrad(b.j)
+		if err := r.contrib(ctx, runs, b, g, own); err != nil {
+			return err
+		}
+		if own {
+			return r.putDKV(ctx, b.j, g)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []float32
+	for _, run := range runs {
+		out = append(out, run.dq...)
+	}
+	return out, nil
+}
+
+func (r *bwdRun) recvDQ(ctx context.Context, c, level, size int) ([]float32, error) {
+	key := Key{Kind: KindDQ, Step: level, Block: c}
+	f, err := r.ring.Recv(ctx, c, key)
+	for tries := 1; errors.Is(err, ErrTimeout) && tries < r.cfg.partialPatience(); tries++ {
+		r.log.Debug("dQ partial late, still waiting", "from", c, "level", level, "timeouts", tries)
+		f, err = r.ring.Recv(ctx, c, key)
+	}
+	switch {
+	case err == nil:
+		if len(f.Tensors) == 1 && len(f.Tensors[0]) == size && f.Stride == 0 {
+			return f.Tensors[0], nil
+		}
+		r.log.Warn("malformed dQ partial, recomputing it from the source", "from", c, "level", level)
+	case errors.Is(err, ErrTimeout):
+		r.log.Warn("dQ partial timed out, recomputing it from the source", "from", c, "level", level)
+	default:
+		return nil, fmt.Errorf("rank %d: receiving dQ partial of rank %d: %w", r.rank, c, err)
+	}
+	r.prog.Fallbacks++
+	return r.dqSubtree(ctx, c, level)
+}
+
+// dqSubtree recomputes what rank c sends at level l: its own dQ partial
+// plus the subtrees of c + 2^m for m < l, in that order.
+func (r *bwdRun) dqSubtree(ctx context.Context, c, l int) ([]float32, error) {
+	runs, err := r.loadRows(ctx, r.plan.Ranks[c].QBlocks)
+	if err != nil {
+		return nil, err
+	}
+	dq, err := r.dqPartial(ctx, c, runs, false)
+	if err != nil {
+		return nil, err
+	}
+	for m := 0; m < l; m++ {
+		cc := c + 1<<m
+		if cc >= r.w {
+			continue
+		}
+		cdq, err := r.dqSubtree(ctx, cc, m)
+		if err != nil {
+			return nil, err
+		}
+		addInto(dq, cdq)
+	}
+	return dq, nil
+}
