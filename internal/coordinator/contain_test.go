@@ -571,3 +571,40 @@ func TestCoordinatorEdgeLimits(t *testing.T) {
 		t.Error("a known worker dropped when the registry is full")
 	}
 }
+
+// In a ring the ranks after a stuck one stall too; the watchdog blames
+// the rank idle longest and makes only its worker suspect.
+func TestCoordinatorWatchdogBlamesFirstStalled(t *testing.T) {
+	tc := newCluster(t, 1, func(c *Config) { c.ProgressTimeout = time.Second })
+	// A session that is not started: no scheduler tick touches its state.
+	l := newLeader(tc.nodes[tc.leader()])
+	j := &cpb.Job{Id: "j-ring", Epoch: 3, Plan: &pb.Plan{Steps: 3, Ranks: []*pb.RankPlan{
+		{WorkerId: "a", Cost: 1}, {WorkerId: "b", Cost: 1}, {WorkerId: "c", Cost: 1}, {WorkerId: "d", Cost: 1}}},
+		DoneRanks: []int32{3}}
+	live := map[string]*pb.Heartbeat{"a": {Gflops: 1}, "b": {Gflops: 1}, "c": {Gflops: 1}, "d": {Gflops: 1}}
+	now := time.Now()
+	l.mu.Lock()
+	for r, last := range []time.Duration{2 * time.Second, 5 * time.Second, 3 * time.Second, 9 * time.Second} {
+		k := shardKey{j.Id, j.Epoch, int32(r)}
+		l.sent[k] = &sendState{acked: true, since: now.Add(-10 * time.Second)}
+		l.progress[k] = &progressState{steps: 7, at: now.Add(-last)}
+	}
+	l.mu.Unlock()
+	// Ranks 0..2 are past the 1 s timeout; rank 1 stopped first (rank 3
+	// idles longer but is done).
+	why := l.watchdog(j, live, now)
+	if why != "rank 1 on worker b made no progress for 5s" {
+		t.Fatalf("watchdog: %q", why)
+	}
+	l.mu.Lock()
+	_, a := l.suspect["a"]
+	_, b := l.suspect["b"]
+	l.mu.Unlock()
+	if a || !b {
+		t.Fatalf("suspects: a %v, b %v; want only b", a, b)
+	}
+	// Within the timeout nobody is blamed.
+	if why := l.watchdog(j, live, now.Add(-4500*time.Millisecond)); why != "" {
+		t.Fatalf("watchdog within the timeout: %q", why)
+	}
+}

@@ -701,9 +701,14 @@ func progressTimeout(floor time.Duration, p *pb.Plan, rk *pb.RankPlan, gflops fl
 // watchdog returns why j's epoch must be re-planned because a rank stopped
 // making progress ("" if none did): its worker heartbeats but the rank's
 // steps_done has not changed (or was never listed) for longer than its
-// progress timeout since the assignment was acknowledged. The worker is
-// marked suspect like any other loss.
+// progress timeout since the assignment was first acknowledged. In a ring
+// the ranks after a stuck one soon stall too, waiting for its blocks, so
+// the rank blamed is the one idle longest (it stopped first); only its
+// worker is marked suspect, like any other loss.
 func (l *leader) watchdog(j *cpb.Job, live map[string]*pb.Heartbeat, now time.Time) string {
+	blame, worst := -1, time.Duration(0)
+	var worstLimit time.Duration
+	l.mu.Lock()
 	for r, rk := range j.Plan.GetRanks() {
 		if _, done := slices.BinarySearch(j.DoneRanks, int32(r)); done {
 			continue
@@ -712,30 +717,32 @@ func (l *leader) watchdog(j *cpb.Job, live map[string]*pb.Heartbeat, now time.Ti
 		if !ok {
 			continue
 		}
+		st := l.sent[shardKey{j.Id, j.Epoch, int32(r)}]
+		if st == nil || st.since.IsZero() {
+			continue
+		}
+		last := st.since
+		if p := l.progress[shardKey{j.Id, j.Epoch, int32(r)}]; p != nil && p.at.After(last) {
+			last = p.at
+		}
+		idle := now.Sub(last)
 		limit := progressTimeout(l.c.cfg.ProgressTimeout, j.Plan, rk, hb.Gflops)
-		k := shardKey{j.Id, j.Epoch, int32(r)}
-		l.mu.Lock()
-		var idle time.Duration
-		if st := l.sent[k]; st != nil && !st.since.IsZero() {
-			last := st.since
-			if p := l.progress[k]; p != nil && p.at.After(last) {
-				last = p.at
-			}
-			idle = now.Sub(last)
-		}
-		stalled := idle > limit
-		if stalled {
-			l.suspect[rk.WorkerId] = now.Add(l.c.cfg.HeartbeatTimeout)
-		}
-		l.mu.Unlock()
-		if stalled {
-			l.c.met.stalls.Inc()
-			l.log.Warn("rank made no progress; re-planning without its worker", "job", j.Id, "epoch", j.Epoch, "rank", r,
-				"worker", rk.WorkerId, "idle", idle, "timeout", limit)
-			return fmt.Sprintf("rank %d on worker %s made no progress for %v", r, rk.WorkerId, idle.Round(time.Millisecond))
+		if idle > limit && idle > worst {
+			blame, worst, worstLimit = r, idle, limit
 		}
 	}
-	return ""
+	if blame >= 0 {
+		l.suspect[j.Plan.Ranks[blame].WorkerId] = now.Add(l.c.cfg.HeartbeatTimeout)
+	}
+	l.mu.Unlock()
+	if blame < 0 {
+		return ""
+	}
+	worker := j.Plan.Ranks[blame].WorkerId
+	l.c.met.stalls.Inc()
+	l.log.Warn("rank made no progress; re-planning without its worker", "job", j.Id, "epoch", j.Epoch, "rank", blame,
+		"worker", worker, "idle", worst, "timeout", worstLimit)
+	return fmt.Sprintf("rank %d on worker %s made no progress for %v", blame, worker, worst.Round(time.Millisecond))
 }
 
 // candidates returns the live workers with a free slot, fastest first,
