@@ -350,7 +350,10 @@ func errOf(e *pb.Error) error {
 // A rank whose worker heartbeats but whose steps_done stays put is
 // re-planned elsewhere; a slow rank that keeps progressing is not.
 func TestCoordinatorProgressWatchdog(t *testing.T) {
-	tc := newCluster(t, 1, func(c *Config) { c.ProgressTimeout = 400 * time.Millisecond })
+	tc := newCluster(t, 1, func(c *Config) {
+		c.ProgressTimeout = 400 * time.Millisecond
+		c.HeartbeatTimeout = 800 * time.Millisecond
+	})
 	nc := connect(t, tc.url)
 	ld := tc.leader()
 	stuck := newTestWorker(t, tc.url, "stuck", 20, time.Hour)
@@ -370,7 +373,7 @@ func TestCoordinatorProgressWatchdog(t *testing.T) {
 	stuck.kill()
 
 	// Slower than the timeout, but progressing: left alone.
-	slow := newTestWorker(t, tc.url, "slow", 50, 1500*time.Millisecond)
+	slow := newTestWorker(t, tc.url, "slow", 50, time.Second)
 	slow.mu.Lock()
 	slow.stepping = true
 	slow.mu.Unlock()
