@@ -18,6 +18,20 @@
 //     tree (KindPartial frames, kernels.MergeOutputs) to rank 0, which
 //     writes the outputs.
 //
+// RunRankBackward executes one rank of a plan's backward pass from the
+// forward's O and LSE and the output gradient dO (Source tensors "o",
+// "lse", "do"): ring strategies send the key/value blocks around as the
+// forward does, with their dK/dV accumulators (KindGrad frames) one step
+// behind and one extra hop home, so each rank ends with the exact dQ of its
+// query blocks (kernels.BackwardBlock per run and held block) and the exact
+// dK/dV of the key blocks it started with; split-KV ranks compute complete
+// dK/dV of their key range and sum dQ partials (KindDQ frames) up the
+// reduction tree. Only complete gradient blocks are written, to a GradSink,
+// tagged with the epoch; a plan over a subset of the query blocks may not
+// produce dK/dV (DESIGN.md §7 is the fencing argument). Lost accumulators
+// and partials are recomputed from the Source bit-identically.
+// RunLocalBackward runs every rank over a MemNet into a MemGradSink.
+//
 // The Source (the tensor store in a cluster) is the fallback: a key/value
 // frame that does not arrive within the ring's receive timeout, or arrives
 // malformed, is fetched from the Source and forwarded like a received one;
@@ -40,5 +54,5 @@
 // self-attention layer jobs.
 //
 // DESIGN.md in this directory makes the exactness argument and describes
-// the schedule.
+// the schedules, forward and backward, and the fencing of re-planned epochs.
 package ringattn
