@@ -611,3 +611,17 @@ func TestCoordinatorWatchdogBlamesFirstStalled(t *testing.T) {
 		t.Fatalf("watchdog within the timeout: %q", why)
 	}
 }
+
+// A panic under the soft-state lock, once contained, leaves it unlocked.
+func TestCoordinatorPanicUnderLockReleasesIt(t *testing.T) {
+	tc := newCluster(t, 1, nil)
+	l := newLeader(tc.nodes[tc.leader()])
+	l.guard("test", func() { l.locked(func() { panic("under the lock") }) })
+	if !l.mu.TryLock() {
+		t.Fatal("l.mu still held after a contained panic")
+	}
+	l.mu.Unlock()
+	if n := metricLabel(t, tc.nodes[0], "ringattn_coordinator_panics_total", "where", "test"); n != 1 {
+		t.Fatalf("panics{where=test} = %v", n)
+	}
+}

@@ -121,6 +121,15 @@ func newLeader(c *Coordinator) *leader {
 	}
 }
 
+// locked runs fn holding l.mu and releases it even if fn panics: a panic
+// under the lock, once contained, must not leave the whole leader
+// deadlocked.
+func (l *leader) locked(fn func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	fn()
+}
+
 // enter registers a handler goroutine; false once the session stops.
 func (l *leader) enter() bool {
 	l.mu.Lock()
@@ -363,27 +372,33 @@ func (l *leader) heartbeat(data []byte) *pb.HeartbeatAck {
 	badSpeed, dropped := sanitizeHeartbeat(&hb)
 	abort, owned := l.classify(&hb)
 	now := l.c.now()
-	l.mu.Lock()
-	old, known := l.workers[hb.WorkerId]
-	if !known && len(l.workers) >= maxWorkers {
-		l.mu.Unlock()
+	var (
+		old               *workerInfo
+		known, full, warn bool
+	)
+	l.locked(func() {
+		old, known = l.workers[hb.WorkerId]
+		if full = !known && len(l.workers) >= maxWorkers; full {
+			return
+		}
+		wi := &workerInfo{hb: &hb, seen: now}
+		if known {
+			wi.warned = old.warned
+		}
+		warn = badSpeed && !wi.warned
+		wi.warned = wi.warned || badSpeed
+		l.workers[hb.WorkerId] = wi
+		for _, ref := range owned {
+			k := shardKey{ref.JobId, ref.Epoch, ref.Rank}
+			if p := l.progress[k]; p == nil || p.steps != ref.StepsDone {
+				l.progress[k] = &progressState{steps: ref.StepsDone, at: now}
+			}
+		}
+	})
+	if full {
 		l.log.Warn("dropping heartbeat of a new worker: registry full", "worker", hb.WorkerId, "max", maxWorkers)
 		return nil
 	}
-	wi := &workerInfo{hb: &hb, seen: now}
-	if known {
-		wi.warned = old.warned
-	}
-	warn := badSpeed && !wi.warned
-	wi.warned = wi.warned || badSpeed
-	l.workers[hb.WorkerId] = wi
-	for _, ref := range owned {
-		k := shardKey{ref.JobId, ref.Epoch, ref.Rank}
-		if p := l.progress[k]; p == nil || p.steps != ref.StepsDone {
-			l.progress[k] = &progressState{steps: ref.StepsDone, at: now}
-		}
-	}
-	l.mu.Unlock()
 	if warn {
 		l.log.Warn("worker reports an unusable speed; planning it with a default weight", "worker", hb.WorkerId,
 			"gflops", rawSpeed, "want", fmt.Sprintf("finite, in (0, %g]", float64(maxGflops)))
@@ -708,7 +723,21 @@ func progressTimeout(floor time.Duration, p *pb.Plan, rk *pb.RankPlan, gflops fl
 func (l *leader) watchdog(j *cpb.Job, live map[string]*pb.Heartbeat, now time.Time) string {
 	blame, worst := -1, time.Duration(0)
 	var worstLimit time.Duration
-	l.mu.Lock()
+	l.locked(func() { blame, worst, worstLimit = l.stalledRank(j, live, now) })
+	if blame < 0 {
+		return ""
+	}
+	worker := j.Plan.Ranks[blame].WorkerId
+	l.c.met.stalls.Inc()
+	l.log.Warn("rank made no progress; re-planning without its worker", "job", j.Id, "epoch", j.Epoch, "rank", blame,
+		"worker", worker, "idle", worst, "timeout", worstLimit)
+	return fmt.Sprintf("rank %d on worker %s made no progress for %v", blame, worker, worst.Round(time.Millisecond))
+}
+
+// stalledRank finds the rank of j stalled longest (-1: none) and marks
+// its worker suspect. l.mu is held.
+func (l *leader) stalledRank(j *cpb.Job, live map[string]*pb.Heartbeat, now time.Time) (blame int, worst, worstLimit time.Duration) {
+	blame = -1
 	for r, rk := range j.Plan.GetRanks() {
 		if _, done := slices.BinarySearch(j.DoneRanks, int32(r)); done {
 			continue
@@ -734,15 +763,7 @@ func (l *leader) watchdog(j *cpb.Job, live map[string]*pb.Heartbeat, now time.Ti
 	if blame >= 0 {
 		l.suspect[j.Plan.Ranks[blame].WorkerId] = now.Add(l.c.cfg.HeartbeatTimeout)
 	}
-	l.mu.Unlock()
-	if blame < 0 {
-		return ""
-	}
-	worker := j.Plan.Ranks[blame].WorkerId
-	l.c.met.stalls.Inc()
-	l.log.Warn("rank made no progress; re-planning without its worker", "job", j.Id, "epoch", j.Epoch, "rank", blame,
-		"worker", worker, "idle", worst, "timeout", worstLimit)
-	return fmt.Sprintf("rank %d on worker %s made no progress for %v", blame, worker, worst.Round(time.Millisecond))
+	return blame, worst, worstLimit
 }
 
 // candidates returns the live workers with a free slot, fastest first,
@@ -1009,30 +1030,34 @@ func (l *leader) send(j *cpb.Job, rank int32) {
 
 // delivered records the outcome of sending assignment k to worker.
 func (l *leader) delivered(k shardKey, worker string, err error) {
-	l.mu.Lock()
-	st := l.sent[k]
-	if st == nil {
-		l.mu.Unlock()
+	var known, stopping bool
+	now := l.c.now()
+	l.locked(func() {
+		st := l.sent[k]
+		if known = st != nil; !known {
+			return
+		}
+		st.inflight = false
+		if err == nil {
+			st.acked, st.at = true, now
+			if st.since.IsZero() {
+				st.since = now
+			}
+			return
+		}
+		if stopping = l.ctx.Err() != nil; !stopping {
+			delete(l.sent, k)
+			l.suspect[worker] = now.Add(l.c.cfg.HeartbeatTimeout)
+			l.replan[k.job] = replanReq{epoch: k.epoch, reason: fmt.Sprintf("worker %s did not accept rank %d: %v", worker, k.rank, err)}
+		}
+	})
+	if !known {
 		return
 	}
-	st.inflight = false
 	if err == nil {
-		st.acked = true
-		st.at = l.c.now()
-		if st.since.IsZero() {
-			st.since = st.at
-		}
-		l.mu.Unlock()
 		l.c.met.assignments.WithLabelValues("accepted").Inc()
 		return
 	}
-	stopping := l.ctx.Err() != nil
-	if !stopping {
-		delete(l.sent, k)
-		l.suspect[worker] = l.c.now().Add(l.c.cfg.HeartbeatTimeout)
-		l.replan[k.job] = replanReq{epoch: k.epoch, reason: fmt.Sprintf("worker %s did not accept rank %d: %v", worker, k.rank, err)}
-	}
-	l.mu.Unlock()
 	l.c.met.assignments.WithLabelValues("failed").Inc()
 	if stopping {
 		return

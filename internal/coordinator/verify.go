@@ -170,15 +170,20 @@ func (l *leader) complete(j *cpb.Job) {
 		return
 	}
 	now := c.now()
-	l.mu.Lock()
-	v := l.verifying[j.Id]
-	start := v == nil || v.epoch != j.Epoch || (!v.running && v.err != nil && now.Sub(v.at) >= verifyRetry)
-	if start {
-		v = &verifyState{epoch: j.Epoch, running: true}
-		l.verifying[j.Id] = v
-	}
-	running, bad, verr := v.running, v.bad, v.err
-	l.mu.Unlock()
+	var (
+		start, running bool
+		bad            []badBlock
+		verr           error
+	)
+	l.locked(func() {
+		v := l.verifying[j.Id]
+		start = v == nil || v.epoch != j.Epoch || (!v.running && v.err != nil && now.Sub(v.at) >= verifyRetry)
+		if start {
+			v = &verifyState{epoch: j.Epoch, running: true}
+			l.verifying[j.Id] = v
+		}
+		running, bad, verr = v.running, v.bad, v.err
+	})
 	if start {
 		l.startCheck(j, st)
 		return
