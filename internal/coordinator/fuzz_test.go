@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -332,5 +333,20 @@ func FuzzAPIRequest(f *testing.F) {
 			t.Fatalf("%s: no reply and no error", name)
 		}
 		mustMarshal(t, reply)
+	})
+}
+
+func FuzzAssignmentAck(f *testing.F) {
+	addSeeds(f,
+		[]any{mustMarshal(f, &pb.AssignmentAck{Accepted: true})},
+		[]any{mustMarshal(f, &pb.AssignmentAck{Reason: "no free slot"})},
+		[]any{mustMarshal(f, &pb.AssignmentAck{Reason: strings.Repeat("é", 2000)})},
+		[]any{[]byte{0x12, 0xff}},
+	)
+	f.Fuzz(func(t *testing.T, data []byte) {
+		err := decodeAssignmentAck(data)
+		if err != nil && len(err.Error()) > maxReasonBytes+64 {
+			t.Fatalf("error of %d bytes", len(err.Error()))
+		}
 	})
 }

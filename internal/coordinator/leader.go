@@ -1077,12 +1077,22 @@ func (l *leader) request(subject string, a *pb.Assignment) error {
 	if err != nil {
 		return err
 	}
+	return decodeAssignmentAck(m.Data)
+}
+
+// decodeAssignmentAck reads a worker's answer to an assignment: nil when
+// accepted, else an error carrying the worker's reason (cut to
+// maxReasonBytes: it may end up in a job's reason).
+func decodeAssignmentAck(data []byte) error {
+	if len(data) > maxReportBytes {
+		return fmt.Errorf("assignment ack of %d bytes: want at most %d", len(data), maxReportBytes)
+	}
 	var ack pb.AssignmentAck
-	if err := proto.Unmarshal(m.Data, &ack); err != nil {
+	if err := proto.Unmarshal(data, &ack); err != nil {
 		return fmt.Errorf("bad assignment ack: %w", err)
 	}
 	if !ack.Accepted {
-		return fmt.Errorf("rejected: %s", ack.Reason)
+		return fmt.Errorf("rejected: %s", truncate(ack.Reason, maxReasonBytes))
 	}
 	return nil
 }
