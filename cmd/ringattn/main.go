@@ -65,6 +65,9 @@ func commands() []command {
 		{"cancel", "cancel a job", runCancel},
 		{"list", "list jobs", runList},
 		{"watch", "follow a job's progress until it finishes", runWatch},
+		{"info", "show a running cluster's leader and workers (--wait: until it is up)", runInfo},
+		{"randn", "write a random normal .npy tensor (inputs to try things with)", runRandn},
+		{"compare", "compare two .npy outputs: max |a - b| within a tolerance", runCompare},
 		{"bench", "benchmarks: bench kernel|ring|cluster|rss|recovery", runBench},
 		{"version", "print the version, commit and build date", func(env *cliEnv, _ []string) error {
 			fmt.Fprintln(env.stdout, versionLine())
