@@ -102,6 +102,10 @@ func TestSystemWorkerHung(t *testing.T) {
 	st := waitRunning(ctx, t, l, id)
 	victim := c.Worker(st.GetWorkers()[0])
 	st = waitMidJob(ctx, t, l, id, victim, base[victim.Name])
+	// The victim's counters of ended shards and reports just before the
+	// hang: after SIGCONT its stale rank must end as aborted or STALE, and
+	// never be accepted.
+	before := lateCounters(ctx, t, c, victim)
 	at := time.Now()
 	if err := victim.Stop(); err != nil {
 		t.Fatal(err)
@@ -136,17 +140,25 @@ func TestSystemWorkerHung(t *testing.T) {
 	if err := c.WaitWorkers(ctx, victim.Name); err != nil {
 		t.Fatal(err)
 	}
-	stale, _ := c.Metric(ctx, victim, `ringattn_worker_reports_total{status="stale"}`)
-	t.Logf("SIGCONT %s: stale shard over and worker live again after %v (stale reports answered: %g)",
-		victim.Name, round(time.Since(cont)), stale)
-	after, err := l.status(ctx, id)
+	after := lateCounters(ctx, t, c, victim)
+	t.Logf("SIGCONT %s: stale shard over and worker live again after %v (before the hang: %+v; after: %+v)",
+		victim.Name, round(time.Since(cont)), before, after)
+	if after.accepted != before.accepted {
+		t.Errorf("%s had %g reports accepted after SIGCONT: its stale rank's report must not be accepted",
+			victim.Name, after.accepted-before.accepted)
+	}
+	if ended := (after.aborted - before.aborted) + (after.stale - before.stale); ended < 1 {
+		t.Errorf("%s's stale rank ended neither aborted by the leader nor answered STALE after SIGCONT (%+v -> %+v)",
+			victim.Name, before, after)
+	}
+	now, err := l.status(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if after.GetState() != pb.JobState_JOB_STATE_SUCCEEDED || after.GetEpoch() != fin.GetEpoch() ||
-		after.GetFinishedUnixMs() != fin.GetFinishedUnixMs() {
+	if now.GetState() != pb.JobState_JOB_STATE_SUCCEEDED || now.GetEpoch() != fin.GetEpoch() ||
+		now.GetFinishedUnixMs() != fin.GetFinishedUnixMs() {
 		t.Fatalf("after SIGCONT the job is %v in epoch %d finished at %d, want unchanged (SUCCEEDED, epoch %d, %d)",
-			after.GetState(), after.GetEpoch(), after.GetFinishedUnixMs(), fin.GetEpoch(), fin.GetFinishedUnixMs())
+			now.GetState(), now.GetEpoch(), now.GetFinishedUnixMs(), fin.GetEpoch(), fin.GetFinishedUnixMs())
 	}
 	l.verify(ctx) // the outputs are still exact after the late worker ran
 }
@@ -202,20 +214,30 @@ func TestSystemLeaderKilled(t *testing.T) {
 	t.Logf("old leader %s restarted with its data and caught up in %v", leader.Name, round(time.Since(restart)))
 }
 
-// TestSystemNATSRestarted SIGKILLs the NATS server mid-job and starts it
+// TestSystemNATSRestarted SIGKILLs the NATS server mid-ring and starts it
 // again on the same port with the same JetStream store: every process
-// reconnects, stalled ring steps fall back to the store, and the job
-// finishes exactly.
+// reconnects and the job finishes exactly in its epoch. One worker of the
+// job reconnects late (its link refuses connections for longer than the
+// ring's receive timeout, yet less than the heartbeat timeout), so ring
+// frames to or from it are lost for certain: the ranks waiting for them
+// must fall back to the store.
 func TestSystemNATSRestarted(t *testing.T) {
-	c := startCluster(t, fastConfig(t, 3))
+	cfg := fastConfig(t, 3)
+	cfg.ProxyWorkers = true
+	cfg.RecvTimeout = time.Second
+	cfg.HeartbeatTimeout = 4 * time.Second // the late worker is slow to return, not dead
+	c := startCluster(t, cfg)
 	l := newLedger(t, c)
 	ctx := testCtx(t)
 	base := stepCounts(ctx, c)
+	fallbacksBefore := storeFallbacks(ctx, t, c)
 	id := l.submit(ctx, bigJob(5, false))
 	st := waitRunning(ctx, t, l, id)
-	w := c.Worker(st.GetWorkers()[1])
-	st = waitMidJob(ctx, t, l, id, w, base[w.Name])
+	late := c.Worker(st.GetWorkers()[1])
+	px := c.Proxy(late.Name)
+	st = waitMidJob(ctx, t, l, id, late, base[late.Name])
 	at := time.Now()
+	px.SetRefuse(true)
 	if err := c.NATS.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -224,31 +246,46 @@ func TestSystemNATSRestarted(t *testing.T) {
 	}
 	t.Logf("NATS SIGKILLed and serving again after %v (job %s was in epoch %d, %d/%d blocks done)",
 		round(time.Since(at)), id, st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal())
+	// The others reconnect now; the late worker after 2 receive timeouts.
+	lateFor := 2 * cfg.RecvTimeout
+	timer := time.AfterFunc(lateFor, func() { px.SetRefuse(false) })
+	defer timer.Stop()
 	fin := l.wait(ctx, id)
 	logRecovery(t, l, "NATS server restarted mid-job", at, fin, st.GetEpoch())
-	var fallbacks float64
-	for _, w := range c.Workers() {
-		n, _ := c.Metric(ctx, w, "ringattn_worker_store_fallbacks_total")
-		fallbacks += n
+	if fin.GetEpoch() != st.GetEpoch() {
+		t.Errorf("job finished in epoch %d, want %d: a NATS restart must not cost a re-plan", fin.GetEpoch(), st.GetEpoch())
 	}
-	t.Logf("ring frames fetched from the store instead: %g", fallbacks)
+	fallbacks := storeFallbacks(ctx, t, c) - fallbacksBefore
+	t.Logf("%s reconnected %v after NATS; ring frames fetched from the store instead: %g", late.Name, lateFor, fallbacks)
+	if fallbacks < 1 {
+		t.Errorf("no ring step fell back to the store across the NATS restart (ringattn_worker_store_fallbacks_total unchanged)")
+	}
 	l.verify(ctx)
 }
 
-// TestSystemWorkerTerminated SIGTERMs a worker mid-job (Kubernetes
+// TestSystemWorkerTerminated SIGTERMs a worker mid-shard (Kubernetes
 // scale-down): it tells the leader it is leaving, so the leader re-plans
-// without waiting for the heartbeat timeout; it exits 0 within its drain
-// timeout, and the job finishes exactly.
+// without waiting for the heartbeat timeout and aborts the victim's
+// shard; the victim exits 0 well within its drain timeout, and the job
+// finishes exactly without it. The victim's rank is stalled after its
+// first ring step (a test fault), so it cannot finish its shard during
+// the drain: the re-plan must happen.
 func TestSystemWorkerTerminated(t *testing.T) {
-	cfg := fastConfig(t, 3)
+	cfg := fastConfig(t, 2)
 	cfg.HeartbeatTimeout = 3 * time.Second // a re-plan must not wait for it
 	c := startCluster(t, cfg)
 	l := newLedger(t, c)
 	ctx := testCtx(t)
+	victim, err := c.AddWorkerEnv(ctx, stallAfterFirstStep)
+	if err != nil {
+		t.Fatal(err)
+	}
 	base := stepCounts(ctx, c)
 	id := l.submit(ctx, bigJob(6, true))
 	st := waitRunning(ctx, t, l, id)
-	victim := c.Worker(st.GetWorkers()[2])
+	if !slices.Contains(st.GetWorkers(), victim.Name) {
+		t.Fatalf("job %s planned on %v, without %s: the fault cannot land", id, st.GetWorkers(), victim.Name)
+	}
 	st = waitMidJob(ctx, t, l, id, victim, base[victim.Name])
 	at := time.Now()
 	ps, err := victim.Terminate(cfg.DrainTimeout + 5*time.Second)
@@ -259,22 +296,85 @@ func TestSystemWorkerTerminated(t *testing.T) {
 	if ps.ExitCode() != 0 {
 		t.Fatalf("%s exited with %v after SIGTERM, want 0", victim.Name, ps)
 	}
-	t.Logf("SIGTERM %s (rank 2 of epoch %d, %d/%d blocks done): exited 0 after %v",
+	t.Logf("SIGTERM %s (stalled mid-shard in epoch %d, %d/%d blocks done): exited 0 after %v",
 		victim.Name, st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal(), round(exited))
+	if exited >= cfg.DrainTimeout || logContains(t, victim, "drain timeout") {
+		t.Errorf("%s took %v to exit (drain timeout %v): the leader should have aborted its shard after the re-plan",
+			victim.Name, round(exited), cfg.DrainTimeout)
+	}
 	fin := l.wait(ctx, id)
-	logRecovery(t, l, "worker SIGTERMed mid-job (drain)", at, fin, st.GetEpoch())
-	if rp := l.replannedAt(id, st.GetEpoch()); !rp.IsZero() {
-		if d := rp.Sub(at); d >= cfg.HeartbeatTimeout {
-			t.Errorf("re-plan %v after SIGTERM: want < the heartbeat timeout %v (the worker said it was leaving)", d, cfg.HeartbeatTimeout)
-		}
-		if slices.Contains(fin.GetWorkers(), victim.Name) {
-			t.Errorf("the re-plan still uses %s: %v", victim.Name, fin.GetWorkers())
-		}
-	} else if fin.GetEpoch() != st.GetEpoch() {
-		t.Errorf("job went from epoch %d to %d but no EPOCH_STARTED event was seen", st.GetEpoch(), fin.GetEpoch())
+	logRecovery(t, l, "worker SIGTERMed mid-shard (drain)", at, fin, st.GetEpoch())
+	rp := l.replannedAt(id, st.GetEpoch())
+	switch {
+	case rp.IsZero():
+		t.Errorf("job %s finished in epoch %d on %v with no re-plan after SIGTERM: want a re-plan without %s",
+			id, fin.GetEpoch(), fin.GetWorkers(), victim.Name)
+	case rp.Sub(at) >= cfg.HeartbeatTimeout:
+		t.Errorf("re-plan %v after SIGTERM: want < the heartbeat timeout %v (the worker said it was leaving)", rp.Sub(at), cfg.HeartbeatTimeout)
+	}
+	if fin.GetEpoch() <= st.GetEpoch() || slices.Contains(fin.GetWorkers(), victim.Name) {
+		t.Errorf("job finished in epoch %d on %v: want a re-plan without %s", fin.GetEpoch(), fin.GetWorkers(), victim.Name)
 	}
 	if err := c.WaitWorkerGone(ctx, victim.Name); err != nil {
 		t.Fatal(err)
+	}
+	l.verify(ctx)
+}
+
+// TestSystemWorkerDrainTimeout takes the drain-timeout path: a worker
+// whose rank is stalled mid-shard is SIGTERMed while its link to NATS is
+// cut, so it cannot tell the leader it leaves and no abort reaches it.
+// It must abandon its shard when its drain timeout passes and exit 0; the
+// leader re-plans after the heartbeat timeout and the job finishes
+// exactly without it.
+func TestSystemWorkerDrainTimeout(t *testing.T) {
+	cfg := fastConfig(t, 2)
+	cfg.ProxyWorkers = true
+	cfg.DrainTimeout = 1500 * time.Millisecond
+	c := startCluster(t, cfg)
+	l := newLedger(t, c)
+	ctx := testCtx(t)
+	victim, err := c.AddWorkerEnv(ctx, stallAfterFirstStep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := stepCounts(ctx, c)
+	id := l.submit(ctx, bigJob(9, false))
+	st := waitRunning(ctx, t, l, id)
+	if !slices.Contains(st.GetWorkers(), victim.Name) {
+		t.Fatalf("job %s planned on %v, without %s: the fault cannot land", id, st.GetWorkers(), victim.Name)
+	}
+	st = waitMidJob(ctx, t, l, id, victim, base[victim.Name])
+	px := c.Proxy(victim.Name)
+	px.SetRefuse(true)
+	px.DropConnections()
+	at := time.Now()
+	ps, err := victim.Terminate(cfg.DrainTimeout + 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exited := time.Since(at)
+	if ps.ExitCode() != 0 {
+		t.Fatalf("%s exited with %v after SIGTERM, want 0 after its drain timeout", victim.Name, ps)
+	}
+	t.Logf("SIGTERM %s (stalled mid-shard in epoch %d, link cut): exited 0 after %v (drain timeout %v)",
+		victim.Name, st.GetEpoch(), round(exited), cfg.DrainTimeout)
+	const exitSlack = 3 * time.Second
+	switch {
+	case exited < cfg.DrainTimeout:
+		t.Errorf("%s exited %v after SIGTERM, before its drain timeout %v: its stalled shard cannot have finished",
+			victim.Name, round(exited), cfg.DrainTimeout)
+	case exited > cfg.DrainTimeout+exitSlack:
+		t.Errorf("%s exited %v after SIGTERM: want within its drain timeout %v (+%v): a drain must bound the exit even when NATS is unreachable",
+			victim.Name, round(exited), cfg.DrainTimeout, exitSlack)
+	}
+	if !logContains(t, victim, "drain timeout: abandoning shards") {
+		t.Errorf("%s's log does not show the drain timeout abandoning its shard", victim.Name)
+	}
+	fin := l.wait(ctx, id)
+	logRecovery(t, l, "worker SIGTERMed mid-shard, drain timed out", at, fin, st.GetEpoch())
+	if fin.GetEpoch() <= st.GetEpoch() || slices.Contains(fin.GetWorkers(), victim.Name) {
+		t.Errorf("job finished in epoch %d on %v: want a re-plan without %s", fin.GetEpoch(), fin.GetWorkers(), victim.Name)
 	}
 	l.verify(ctx)
 }
@@ -345,12 +445,20 @@ func TestSystemWorkerJoinsMidQueue(t *testing.T) {
 }
 
 // TestSystemManyJobsWorkerAndLeaderKilled runs 40 concurrent jobs over 4
-// workers; a worker is SIGKILLed after 10 have finished and the leader
-// after 20. Every job ends SUCCEEDED exactly once with exact outputs.
+// workers. One worker stalls its first-epoch ranks after one ring step (a
+// test fault), so it is SIGKILLed while it surely holds a shard mid-ring:
+// every job running on it then must be re-planned without it. The leader
+// is SIGKILLed after 20 jobs finished, with jobs still in flight. Every
+// job ends SUCCEEDED exactly once with exact outputs.
 func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
-	c := startCluster(t, fastConfig(t, 4))
+	c := startCluster(t, fastConfig(t, 3))
 	l := newLedger(t, c)
 	ctx := testCtx(t)
+	victim, err := c.AddWorkerEnv(ctx, stallAfterFirstStep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := ringSteps(ctx, c, victim)
 	const jobs = 40
 	var all []*job
 	for i := range jobs {
@@ -374,6 +482,47 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 		}
 	}
 	t.Logf("%d jobs submitted in %v", jobs, round(time.Since(start)))
+	// The victim holds a stalled shard: it finished a ring step and runs
+	// a shard that cannot end before it is aborted.
+	if err := Poll(ctx, 5*time.Millisecond, func() error {
+		steps, err := c.Metric(ctx, victim, "ringattn_worker_ring_step_seconds_count")
+		if err != nil {
+			return err
+		}
+		running, err := c.Metric(ctx, victim, "ringattn_worker_shards_running")
+		if err != nil {
+			return err
+		}
+		if steps <= base || running < 1 {
+			if l.finishedCount() == jobs {
+				return permanent(fmt.Errorf("every job finished without a shard on %s", victim.Name))
+			}
+			return fmt.Errorf("%s: %g ring steps (base %g), %g shards running", victim.Name, steps, base, running)
+		}
+		return nil
+	}, victim.Name+" stalled mid-shard"); err != nil {
+		t.Fatal(err)
+	}
+	// The jobs running on the victim now: its ranks in them cannot finish.
+	onVictim := map[string]uint64{}
+	for _, j := range all {
+		st, err := l.status(ctx, j.id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.GetState() == pb.JobState_JOB_STATE_RUNNING && st.GetEpoch() == 1 && slices.Contains(st.GetWorkers(), victim.Name) {
+			onVictim[j.id] = st.GetEpoch()
+		}
+	}
+	workerAt := time.Now()
+	if err := victim.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("SIGKILL %s holding a stalled shard, after %d jobs finished; %d jobs were running on it",
+		victim.Name, l.finishedCount(), len(onVictim))
+	if len(onVictim) == 0 {
+		t.Fatalf("no running job was planned on %s when it was killed", victim.Name)
+	}
 	waitFinished := func(n int) {
 		t.Helper()
 		if err := Poll(ctx, 5*time.Millisecond, func() error {
@@ -385,28 +534,6 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFinished(10)
-	// The victim is a worker computing a shard right now.
-	var victim *Proc
-	if err := Poll(ctx, 5*time.Millisecond, func() error {
-		for _, w := range c.Workers() {
-			if n, err := c.Metric(ctx, w, "ringattn_worker_shards_running"); err == nil && n > 0 {
-				victim = w
-				return nil
-			}
-		}
-		if l.finishedCount() == jobs {
-			return permanent(errors.New("every job finished before a worker could be killed mid-shard: make the jobs bigger"))
-		}
-		return errors.New("no worker is running a shard")
-	}, "a worker running a shard"); err != nil {
-		t.Fatal(err)
-	}
-	workerAt := time.Now()
-	if err := victim.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("SIGKILL %s while it ran a shard, after %d jobs finished", victim.Name, l.finishedCount())
 	waitFinished(20)
 	leader, err := c.Leader(ctx)
 	if err != nil {
@@ -427,17 +554,30 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 	t.Logf("SIGKILL leader %s after %d jobs finished; new leader %s serving after %v", leader.Name, done, next.Name, round(time.Since(leaderAt)))
 	final := l.waitAll(ctx)
 	var last time.Time
-	replanned := 0
+	replanned, afterLeader := 0, 0
 	for _, st := range final {
 		if f := finishedAt(st); f.After(last) {
 			last = f
+		}
+		if finishedAt(st).After(leaderAt) {
+			afterLeader++
 		}
 		if st.GetEpoch() > 1 {
 			replanned++
 		}
 	}
-	t.Logf("FAULT worker and leader SIGKILLed during 40 jobs: all finished %v after the worker kill, %v after the leader kill; %d jobs re-planned; whole run %v",
-		round(last.Sub(workerAt)), round(last.Sub(leaderAt)), replanned, round(last.Sub(start)))
+	for id, epoch := range onVictim {
+		st := final[id]
+		if st.GetEpoch() <= epoch || slices.Contains(st.GetWorkers(), victim.Name) {
+			t.Errorf("job %s ran on %s when it was killed but finished in epoch %d on %v: want a re-plan without it",
+				id, victim.Name, st.GetEpoch(), st.GetWorkers())
+		}
+	}
+	if afterLeader == 0 {
+		t.Errorf("no job finished after the leader was killed: the fault did not land mid-flight")
+	}
+	t.Logf("FAULT worker and leader SIGKILLed during 40 jobs: all finished %v after the worker kill, %v after the leader kill (%d jobs finished under the new leader); %d jobs re-planned (%d were on the killed worker); whole run %v",
+		round(last.Sub(workerAt)), round(last.Sub(leaderAt)), afterLeader, replanned, len(onVictim), round(last.Sub(start)))
 	l.verify(ctx)
 }
 
@@ -543,9 +683,19 @@ func TestSystemSlowLink(t *testing.T) {
 	slow := c.Workers()[1]
 	px := c.Proxy(slow.Name)
 	px.SetDelay(200 * time.Millisecond)
+	// The slow worker is still live (its heartbeats cross the delay) when
+	// the job is planned.
+	if err := c.WaitWorkers(ctx, slow.Name); err != nil {
+		t.Fatal(err)
+	}
+	pre := px.Stats()
 	st, took := run(31)
-	if st.GetState() == pb.JobState_JOB_STATE_SUCCEEDED && !slices.Contains(st.GetWorkers(), slow.Name) {
-		t.Logf("note: the job ran without %s (%v)", slow.Name, st.GetWorkers())
+	if !slices.Contains(st.GetWorkers(), slow.Name) || st.GetEpoch() != 1 {
+		t.Errorf("the job ran in epoch %d on %v: want epoch 1 with %s, whose link is slow (slow is not dead)",
+			st.GetEpoch(), st.GetWorkers(), slow.Name)
+	}
+	if post := px.Stats(); post.Down-pre.Down < 256<<10 {
+		t.Errorf("only %d bytes reached %s over its slow link during the job: its ring did not cross the link", post.Down-pre.Down, slow.Name)
 	}
 	t.Logf("FAULT 200 ms added latency on %s's link: job %v in epoch %d on %v in %v (undisturbed: %v, x%.2f); proxy %+v",
 		slow.Name, st.GetState(), st.GetEpoch(), st.GetWorkers(), round(took), round(fast), took.Seconds()/fast.Seconds(), px.Stats())
