@@ -1,0 +1,362 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// API endpoints (under Subjects.APIPrefix).
+const (
+	EndpointSubmit  = "submit"
+	EndpointGet     = "get"
+	EndpointCancel  = "cancel"
+	EndpointList    = "list"
+	EndpointCluster = "cluster"
+)
+
+// Sentinels an *APIError wraps by its code, so errors.Is works on either.
+var (
+	ErrAPIInvalid     = errors.New("invalid request")
+	ErrAPINotFound    = errors.New("not found")
+	ErrAPIUnavailable = errors.New("coordinator unavailable")
+	ErrAPIExhausted   = errors.New("limit reached")
+	ErrAPIConflict    = errors.New("failed precondition")
+	ErrAPIInternal    = errors.New("internal error")
+)
+
+// APIError is an error reply of the API: a code, the request field at
+// fault (when there is one) and a message naming the expected value.
+type APIError struct {
+	Code     pb.ErrorCode
+	Field    string
+	Message  string
+	LeaderID string // with ERROR_CODE_NOT_LEADER, when known
+}
+
+func (e *APIError) Error() string {
+	if e.Field != "" && !strings.HasPrefix(e.Message, e.Field) {
+		return e.Field + ": " + e.Message
+	}
+	return e.Message
+}
+
+// Unwrap returns the sentinel of e's code.
+func (e *APIError) Unwrap() error {
+	switch e.Code {
+	case pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT:
+		return ErrAPIInvalid
+	case pb.ErrorCode_ERROR_CODE_NOT_FOUND:
+		return ErrAPINotFound
+	case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
+		return ErrAPIExhausted
+	case pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION:
+		return ErrAPIConflict
+	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+		return ErrAPIUnavailable
+	case pb.ErrorCode_ERROR_CODE_INTERNAL:
+		return ErrAPIInternal
+	}
+	return nil
+}
+
+// Proto is e on the wire.
+func (e *APIError) Proto() *pb.Error {
+	return &pb.Error{Code: e.Code, Field: e.Field, Message: e.Error(), LeaderId: e.LeaderID}
+}
+
+// APIErrorOf is the *APIError err is or wraps; a *FieldError becomes
+// INVALID_ARGUMENT (RESOURCE_EXHAUSTED for a limit) on its field, anything
+// else UNAVAILABLE.
+func APIErrorOf(err error) *APIError {
+	var ae *APIError
+	var fe *FieldError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ae):
+		return ae
+	case errors.As(err, &fe):
+		return &APIError{Code: fe.Code(), Field: fe.Field, Message: fe.Error()}
+	}
+	return &APIError{Code: pb.ErrorCode_ERROR_CODE_UNAVAILABLE, Message: err.Error()}
+}
+
+// Retryable reports whether an API call that failed with err may be
+// repeated as it is: no leader, no responder, a timeout.
+func Retryable(err error) bool {
+	return errors.Is(err, ErrAPIUnavailable) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)
+}
+
+// APIClient calls the coordinator's API. Each call is bounded by
+// Timeout (default 5 s) and retried while Retryable until ctx ends.
+type APIClient struct {
+	conn *Conn
+	// Timeout bounds one attempt (0: 5 s).
+	Timeout time.Duration
+}
+
+// NewAPIClient returns a client of the API on c.
+func NewAPIClient(c *Conn) *APIClient { return &APIClient{conn: c} }
+
+type errorReply interface {
+	proto.Message
+	GetError() *pb.Error
+}
+
+func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message, rep errorReply) error {
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return err
+	}
+	timeout := a.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	wait := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := a.once(ctx, endpoint, data, timeout, rep)
+		if err == nil || !Retryable(err) {
+			return err
+		}
+		a.conn.log.Debug("api retry", "endpoint", endpoint, "attempt", attempt, "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s: %v (after %d attempts)", ErrAPIUnavailable, endpoint, err, attempt)
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+func (a *APIClient) once(ctx context.Context, endpoint string, data []byte, timeout time.Duration, rep errorReply) error {
+	rctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	m, err := a.conn.nc.RequestWithContext(rctx, a.conn.subj.API(endpoint), data)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+			return nats.ErrTimeout
+		}
+		return err
+	}
+	if err := decode(m.Data, MaxControlBytes, rep); err != nil {
+		return fmt.Errorf("bad reply to %s: %w", endpoint, err)
+	}
+	if e := rep.GetError(); e != nil && e.Code != pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
+		return &APIError{Code: e.Code, Field: e.Field, Message: e.Message, LeaderID: e.LeaderId}
+	}
+	return nil
+}
+
+// Submit submits a job.
+func (a *APIClient) Submit(ctx context.Context, req *pb.SubmitRequest) (*pb.SubmitReply, error) {
+	rep := new(pb.SubmitReply)
+	return rep, a.call(ctx, EndpointSubmit, req, rep)
+}
+
+// Get returns a job's status.
+func (a *APIClient) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetReply, error) {
+	rep := new(pb.GetReply)
+	return rep, a.call(ctx, EndpointGet, req, rep)
+}
+
+// Cancel cancels a job.
+func (a *APIClient) Cancel(ctx context.Context, req *pb.CancelRequest) (*pb.CancelReply, error) {
+	rep := new(pb.CancelReply)
+	return rep, a.call(ctx, EndpointCancel, req, rep)
+}
+
+// List lists jobs.
+func (a *APIClient) List(ctx context.Context, req *pb.ListRequest) (*pb.ListReply, error) {
+	rep := new(pb.ListReply)
+	return rep, a.call(ctx, EndpointList, req, rep)
+}
+
+// Cluster describes the cluster.
+func (a *APIClient) Cluster(ctx context.Context, req *pb.ClusterRequest) (*pb.ClusterReply, error) {
+	rep := new(pb.ClusterReply)
+	return rep, a.call(ctx, EndpointCluster, req, rep)
+}
+
+// Watch delivers job jobID's events until ctx ends or stop is called (see
+// Conn.WatchEvents).
+func (a *APIClient) Watch(ctx context.Context, jobID string) (<-chan *pb.JobEvent, StopFunc, error) {
+	return a.conn.WatchEvents(ctx, jobID)
+}
+
+// APIHandlers serve the API's endpoints. A handler returns its reply, or
+// an error: an *APIError (or *FieldError) is sent as it is, anything else
+// as UNAVAILABLE. A nil handler answers INTERNAL.
+type APIHandlers struct {
+	Submit  func(context.Context, *pb.SubmitRequest) (*pb.SubmitReply, error)
+	Get     func(context.Context, *pb.GetRequest) (*pb.GetReply, error)
+	Cancel  func(context.Context, *pb.CancelRequest) (*pb.CancelReply, error)
+	List    func(context.Context, *pb.ListRequest) (*pb.ListReply, error)
+	Cluster func(context.Context, *pb.ClusterRequest) (*pb.ClusterReply, error)
+}
+
+// APIConfig describes the API service.
+type APIConfig struct {
+	ServeConfig
+	// Version and Description of the micro service; Metadata (e.g. the
+	// node's id) is shown by `nats micro info`.
+	Version, Description string
+	Metadata             map[string]string
+	// MaxRequestBytes bounds a request (0: DefaultMaxRequestBytes); a
+	// larger one is answered RESOURCE_EXHAUSTED on field "request".
+	MaxRequestBytes int
+	// OnRequest, when set, sees each request before it is decoded (tests).
+	OnRequest func(endpoint string, data []byte)
+	// Observe, when set, is called once per request with its endpoint and
+	// result code (ERROR_CODE_UNSPECIFIED for success), e.g. for metrics.
+	Observe func(endpoint string, code pb.ErrorCode)
+}
+
+// endpoint is one API endpoint, typed: decode a request, run the handler.
+type endpoint struct {
+	name  string
+	run   func(ctx context.Context, data []byte, max int) (proto.Message, *APIError)
+	reply func(*pb.Error) proto.Message
+}
+
+func typedEndpoint[Req proto.Message, Rep proto.Message](name string, newReq func() Req, h func(context.Context, Req) (Rep, error),
+	reply func(*pb.Error) proto.Message) endpoint {
+	return endpoint{name: name, reply: reply, run: func(ctx context.Context, data []byte, max int) (proto.Message, *APIError) {
+		if h == nil {
+			return nil, &APIError{Code: pb.ErrorCode_ERROR_CODE_INTERNAL, Message: "endpoint " + name + " not served"}
+		}
+		req := newReq()
+		if err := decode(data, max, req); err != nil {
+			if errors.Is(err, ErrMessageTooLarge) {
+				return nil, &APIError{Code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, Field: "request",
+					Message: fmt.Sprintf("%d bytes: want at most %d (Limits.MaxRequestBytes)", len(data), max)}
+			}
+			return nil, &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "request",
+				Message: strings.TrimPrefix(err.Error(), ErrMalformed.Error()+": ")}
+		}
+		rep, err := h(ctx, req)
+		if err != nil {
+			return nil, APIErrorOf(err)
+		}
+		return rep, nil
+	}}
+}
+
+func (h APIHandlers) endpoints() []endpoint {
+	return []endpoint{
+		typedEndpoint(EndpointSubmit, func() *pb.SubmitRequest { return new(pb.SubmitRequest) }, h.Submit,
+			func(e *pb.Error) proto.Message { return &pb.SubmitReply{Error: e} }),
+		typedEndpoint(EndpointGet, func() *pb.GetRequest { return new(pb.GetRequest) }, h.Get,
+			func(e *pb.Error) proto.Message { return &pb.GetReply{Error: e} }),
+		typedEndpoint(EndpointCancel, func() *pb.CancelRequest { return new(pb.CancelRequest) }, h.Cancel,
+			func(e *pb.Error) proto.Message { return &pb.CancelReply{Error: e} }),
+		typedEndpoint(EndpointList, func() *pb.ListRequest { return new(pb.ListRequest) }, h.List,
+			func(e *pb.Error) proto.Message { return &pb.ListReply{Error: e} }),
+		typedEndpoint(EndpointCluster, func() *pb.ClusterRequest { return new(pb.ClusterRequest) }, h.Cluster,
+			func(e *pb.Error) proto.Message { return &pb.ClusterReply{Error: e} }),
+	}
+}
+
+// ServeAPI serves the API on c as the NATS micro service
+// Subjects.APIService with endpoints Subjects.API(name) (the wire of
+// internal/coordinator's service, so existing clients keep working).
+// Each request is size-checked, decoded once and handled; a handler's
+// panic is contained (logged with its stack, counted in HandlerPanics and
+// cfg.OnPanic, answered INTERNAL). The context handlers get ends when
+// stop is called.
+func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
+	max := cfg.MaxRequestBytes
+	if max <= 0 {
+		max = DefaultMaxRequestBytes
+	}
+	version := cfg.Version
+	if version == "" {
+		version = "1.0.0"
+	}
+	svc, err := micro.AddService(c.nc, micro.Config{
+		Name: c.subj.APIService(), Version: version, Description: cfg.Description, Metadata: cfg.Metadata,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("transport: api service: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := svc.AddGroup(c.subj.APIPrefix())
+	for _, ep := range h.endpoints() {
+		handle := func(req micro.Request) { c.serveAPIRequest(ctx, ep, cfg, max, req) }
+		err := g.AddEndpoint(ep.name, micro.HandlerFunc(func(req micro.Request) {
+			if cfg.Dispatch == nil {
+				handle(req)
+				return
+			}
+			cfg.Dispatch(func() { handle(req) })
+		}))
+		if err != nil {
+			cancel()
+			_ = svc.Stop()
+			return nil, fmt.Errorf("transport: api endpoint %s: %w", ep.name, err)
+		}
+	}
+	return func() error { cancel(); return svc.Stop() }, nil
+}
+
+// serveAPIRequest answers one API request.
+func (c *Conn) serveAPIRequest(ctx context.Context, ep endpoint, cfg APIConfig, max int, req micro.Request) {
+	data := req.Data()
+	if cfg.OnRequest != nil {
+		cfg.OnRequest(ep.name, data)
+	}
+	var reply proto.Message
+	var ae *APIError
+	if err := c.contain("api_"+ep.name, cfg.ServeConfig, func() { reply, ae = ep.run(ctx, data, max) }); err != nil {
+		ae = &APIError{Code: pb.ErrorCode_ERROR_CODE_INTERNAL,
+			Message: fmt.Sprintf("internal error while serving %s (logged on the server); retrying will not help", ep.name)}
+	}
+	if cfg.Observe != nil {
+		code := pb.ErrorCode_ERROR_CODE_UNSPECIFIED
+		if ae != nil {
+			code = ae.Code
+		}
+		cfg.Observe(ep.name, code)
+	}
+	if ae != nil {
+		reply = ep.reply(ae.Proto())
+	}
+	out, err := proto.Marshal(reply)
+	if err != nil {
+		_ = req.Error("500", err.Error(), nil)
+		return
+	}
+	if ae != nil {
+		err = req.Error(httpCode(ae.Code), ae.Error(), out)
+	} else {
+		err = req.Respond(out)
+	}
+	if err != nil {
+		c.log.Debug("api reply failed", "endpoint", ep.name, "err", err)
+	}
+}
+
+// httpCode is the micro error code of an API error code.
+func httpCode(c pb.ErrorCode) string {
+	switch c {
+	case pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT:
+		return "400"
+	case pb.ErrorCode_ERROR_CODE_NOT_FOUND:
+		return "404"
+	case pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION:
+		return "409"
+	case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
+		return "429"
+	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+		return "503"
+	}
+	return "500"
+}
