@@ -88,6 +88,14 @@ func TestCoordinatorStatusPage(t *testing.T) {
 	}
 
 	// A failure reason with markup is escaped, never rendered as HTML.
+	// (wa must hold its shard first: killed before it answers the
+	// assignment, the job is re-planned at once onto wb, which fails it.)
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if len(slow.assignments()) == 0 {
+			return fmt.Errorf("wa has no assignment yet")
+		}
+		return nil
+	})
 	slow.kill()
 	bad := newTestWorker(t, tc.url, "wb", 10, 10*time.Millisecond)
 	bad.set(10*time.Millisecond, `<script>alert("x")</script> & <b>`, true)
