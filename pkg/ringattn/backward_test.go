@@ -515,15 +515,15 @@ func TestRingBackwardBadConfig(t *testing.T) {
 	sub := pr.plan(t, req)
 	good := ringattn.BackwardConfig{Params: &pr.p, Plan: plan, Ring: net.Rank(0), Source: src, Sink: sink}
 	cases := map[string]func(c *ringattn.BackwardConfig){
-		"Sink is nil":                    func(c *ringattn.BackwardConfig) { c.Sink = nil },
-		"Plan is nil":                    func(c *ringattn.BackwardConfig) { c.Plan = nil },
-		"DoneDQ[0] = 4":                  func(c *ringattn.BackwardConfig) { c.DoneDQ = []int{4} },
-		"DoneDKV[1] = -1":                func(c *ringattn.BackwardConfig) { c.DoneDKV = []int{0, -1} },
-		"dK/dV need every query block":   func(c *ringattn.BackwardConfig) { c.Plan = sub; c.DoneDKV = []int{0, 1, 3} },
-		"no backward inputs":             func(c *ringattn.BackwardConfig) { c.Source = fwdSrc },
-		"q of query block 0 has 3":       func(c *ringattn.BackwardConfig) { c.Source = badSource{} },
-		"expected the plan's 2 ranks":    func(c *ringattn.BackwardConfig) { c.Ring = newNet(t, 3, ringattn.MemOptions{}).Rank(0) },
-		"PartialTimeouts = -1, expected": func(c *ringattn.BackwardConfig) { c.PartialTimeouts = -1 },
+		"Sink is nil":                  func(c *ringattn.BackwardConfig) { c.Sink = nil },
+		"Plan is nil":                  func(c *ringattn.BackwardConfig) { c.Plan = nil },
+		"DoneDQ[0] = 4":                func(c *ringattn.BackwardConfig) { c.DoneDQ = []int{4} },
+		"DoneDKV[1] = -1":              func(c *ringattn.BackwardConfig) { c.DoneDKV = []int{0, -1} },
+		"dK/dV need every query block": func(c *ringattn.BackwardConfig) { c.Plan = sub; c.DoneDKV = []int{0, 1, 3} },
+		"no backward inputs":           func(c *ringattn.BackwardConfig) { c.Source = fwdSrc },
+		"q of query block 0 has 3":     func(c *ringattn.BackwardConfig) { c.Source = badSource{} },
+		"expected the plan's 2 ranks":  func(c *ringattn.BackwardConfig) { c.Ring = newNet(t, 3, ringattn.MemOptions{}).Rank(0) },
+		"BackwardConfig.PartialTimeouts = -1, expected >= 0": func(c *ringattn.BackwardConfig) { c.PartialTimeouts = -1 },
 	}
 	for want, edit := range cases {
 		c := good
