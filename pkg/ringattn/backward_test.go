@@ -560,3 +560,47 @@ func TestRingBackwardBadConfig(t *testing.T) {
 		t.Errorf("short dQ: %v", err)
 	}
 }
+
+// TestRingBackwardAccumulatorPatience: a dK/dV accumulator late by less
+// than PartialTimeouts receive timeouts is waited for; one late by more is
+// recomputed from the Source (and the delay that causes can make the next
+// rank recompute too). The gradients are the same bits either way.
+func TestRingBackwardAccumulatorPatience(t *testing.T) {
+	pr := newProblem("window", 1, 4, 2, 157, 157, 16, kernels.Mask{Windowed: true, Left: 20, Right: 7}, 141)
+	g := newGradProblem(t, pr, 142)
+	plan := pr.plan(t, pr.request(3, 16, shard.Zigzag))
+	want, wk, wv := g.runBackward(t, plan)
+	// One accumulator (block 0's on its second hop) is 350 ms late; the
+	// receive timeout is 200 ms.
+	late := func(from, to int, key ringattn.Key) ringattn.Fault {
+		if key.Kind == ringattn.KindGrad && key.Block == plan.Ranks[0].KVBlocks[0] && key.Step == 2 {
+			return ringattn.Fault{Delay: 350 * time.Millisecond}
+		}
+		return ringattn.Fault{}
+	}
+	for _, c := range []struct {
+		patience  int
+		fallbacks int64
+	}{{2, 0}, {3, 0}, {1, 1}} {
+		net := newNet(t, 3, ringattn.MemOptions{RecvTimeout: 200 * time.Millisecond, Fault: late})
+		var falls atomic.Int64
+		dq, dk, dv, err := ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net,
+			PartialTimeouts: c.patience, Progress: func(p ringattn.Progress) {
+				if p.Done {
+					falls.Add(int64(p.Fallbacks))
+				}
+			}}, &pr.p, plan, pr.q, pr.k, pr.v, g.o, g.lse, g.do)
+		st := net.Stats()
+		net.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Delayed != 1 || (c.fallbacks == 0) != (falls.Load() == 0) || falls.Load() < c.fallbacks {
+			t.Fatalf("PartialTimeouts=%d: %d delayed, %d fallbacks (%+v), expected 1 and %d", c.patience, st.Delayed, falls.Load(), st, c.fallbacks)
+		}
+		t.Logf("PartialTimeouts=%d: %d fallbacks, %d timeouts", c.patience, falls.Load(), st.Timeouts)
+		if !slices.Equal(dq, want) || !slices.Equal(dk, wk) || !slices.Equal(dv, wv) {
+			t.Fatalf("PartialTimeouts=%d: gradients differ from the prompt run", c.patience)
+		}
+	}
+}

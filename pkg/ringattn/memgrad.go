@@ -190,6 +190,8 @@ type BackwardLocalConfig struct {
 	DoneDQ, DoneDKV []int
 	// Progress, when not nil, receives every rank's progress.
 	Progress func(Progress)
+	// PartialTimeouts is given to every rank (BackwardConfig).
+	PartialTimeouts int
 	// Ring, when not nil, wraps each rank's endpoint (tests: inspect or
 	// alter frames).
 	Ring func(Ring) Ring
@@ -242,7 +244,8 @@ func RunLocalBackwardNet(ctx context.Context, cfg BackwardLocalConfig, p *kernel
 				ring = cfg.Ring(ring)
 			}
 			err := RunRankBackward(ctx, BackwardConfig{Params: p, Plan: plan, Ring: ring, Source: src, Sink: sink,
-				Epoch: cfg.Epoch, DoneDQ: cfg.DoneDQ, DoneDKV: cfg.DoneDKV, Progress: cfg.Progress})
+				Epoch: cfg.Epoch, DoneDQ: cfg.DoneDQ, DoneDKV: cfg.DoneDKV, Progress: cfg.Progress,
+				PartialTimeouts: cfg.PartialTimeouts})
 			if err == nil {
 				return
 			}
