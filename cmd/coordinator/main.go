@@ -23,8 +23,8 @@ import (
 
 	"github.com/ringattn/ringattn/internal/coordinator"
 	"github.com/ringattn/ringattn/internal/metrics"
+	"github.com/ringattn/ringattn/internal/natsflags"
 	"github.com/ringattn/ringattn/internal/xlog"
-	"github.com/ringattn/ringattn/pkg/transport"
 )
 
 // version is set at link time (-ldflags "-X main.version=v1.2.3").
@@ -49,7 +49,7 @@ func main() {
 
 // envName is the environment variable of a flag: --job-ttl -> RINGATTN_JOB_TTL.
 func envName(flagName string) string {
-	return transport.EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+	return natsflags.EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 // run runs the coordinator until ctx ends and returns the exit code.
@@ -91,7 +91,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.BoolVar(&showVersion, "version", false, "print the version and exit")
-	if err := transport.RegisterFlags(fs, &cfg.NATS); err != nil {
+	if err := natsflags.RegisterFlags(fs, &cfg.NATS); err != nil {
 		fmt.Fprintln(stderr, "coordinator:", err)
 		return 2
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ringattn/ringattn/internal/devcluster"
+	"github.com/ringattn/ringattn/internal/natsflags"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
@@ -31,7 +32,7 @@ func (c *connFlags) register(fs *flag.FlagSet) {
 	c.cfg = transport.DefaultConfig()
 	c.cfg.Name = "ringattn-cli"
 	// Errors here are programming errors (duplicate flags).
-	if err := transport.RegisterFlags(fs, &c.cfg); err != nil {
+	if err := natsflags.RegisterFlags(fs, &c.cfg); err != nil {
 		panic(err)
 	}
 	fs.DurationVar(&c.timeout, "timeout", 0, "give up after this `duration` (0: wait as long as the job runs)")

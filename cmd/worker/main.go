@@ -31,6 +31,7 @@ import (
 	"syscall"
 
 	"github.com/ringattn/ringattn/internal/memtune"
+	"github.com/ringattn/ringattn/internal/natsflags"
 	"github.com/ringattn/ringattn/internal/worker"
 	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/transport"
@@ -38,8 +39,8 @@ import (
 
 // The test-only fault injections (see the package doc).
 const (
-	envFaultStall = transport.EnvPrefix + "FAULT_STALL"
-	envFaultPanic = transport.EnvPrefix + "FAULT_PANIC"
+	envFaultStall = natsflags.EnvPrefix + "FAULT_STALL"
+	envFaultPanic = natsflags.EnvPrefix + "FAULT_PANIC"
 )
 
 // mem is what memtune put in effect, logged at start.
@@ -61,9 +62,9 @@ func version() string {
 // worker's id as RINGATTN_WORKER_ID.
 func envName(flagName string) string {
 	if flagName == "id" {
-		return transport.EnvPrefix + "WORKER_ID"
+		return natsflags.EnvPrefix + "WORKER_ID"
 	}
-	return transport.EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+	return natsflags.EnvPrefix + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
 // config parses args (and the environment) into a worker.Config.
@@ -72,7 +73,7 @@ func config(args []string, stderr io.Writer) (cfg worker.Config, showVersion boo
 	cfg.Version = version()
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	if err = transport.RegisterFlags(fs, &cfg.NATS); err != nil {
+	if err = natsflags.RegisterFlags(fs, &cfg.NATS); err != nil {
 		return cfg, false, "", "", err
 	}
 	own := flag.NewFlagSet("", flag.ContinueOnError)

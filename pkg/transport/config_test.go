@@ -3,7 +3,6 @@ package transport_test
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -51,44 +50,6 @@ func TestTransportConfigValidate(t *testing.T) {
 		if !errors.Is(err, transport.ErrInvalidConfig) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("Validate(%+v) = %v, want ErrInvalidConfig naming %q", cfg, err, c.want)
 		}
-	}
-}
-
-func TestTransportConfigFlags(t *testing.T) {
-	t.Setenv("RINGATTN_NATS_URL", "nats://a:1, nats://b:2")
-	t.Setenv("RINGATTN_NATS_USER", "env-user")
-	t.Setenv("RINGATTN_NATS_PASSWORD", "env-pass")
-	t.Setenv("RINGATTN_NATS_CONNECT_TIMEOUT", "7s")
-	t.Setenv("RINGATTN_STORE_BUCKET", "tensors")
-	cfg := transport.DefaultConfig()
-	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
-	must(t, transport.RegisterFlags(fs, &cfg))
-	must(t, fs.Parse([]string{"--nats-user", "flag-user", "--nats-tls-ca", "/ca.pem", "--nats-prefix", "p1"}))
-	want := transport.DefaultConfig()
-	want.URLs = []string{"nats://a:1", "nats://b:2"}
-	want.User, want.Password = "flag-user", "env-pass"
-	want.ConnectTimeout = 7 * time.Second
-	want.Bucket, want.TLSCA, want.Prefix = "tensors", "/ca.pem", "p1"
-	if fmt.Sprintf("%+v", cfg) != fmt.Sprintf("%+v", want) {
-		t.Fatalf("config after env and flags:\n got %+v\nwant %+v", cfg, want)
-	}
-	for _, name := range []string{"nats-url", "nats-user", "nats-password", "nats-token", "nats-creds", "nats-nkey",
-		"nats-tls-ca", "nats-tls-cert", "nats-tls-key"} {
-		f := fs.Lookup(name)
-		if f == nil {
-			t.Fatalf("flag --%s not registered", name)
-		}
-		if env := "RINGATTN_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")); !strings.Contains(f.Usage, env) {
-			t.Fatalf("--%s usage %q does not name %s", name, f.Usage, env)
-		}
-	}
-	fs2 := flag.NewFlagSet("x", flag.ContinueOnError)
-	must(t, fs2.Parse(nil))
-	t.Setenv("RINGATTN_NATS_CONNECT_TIMEOUT", "soon")
-	cfg2 := transport.DefaultConfig()
-	err := transport.RegisterFlags(flag.NewFlagSet("y", flag.ContinueOnError), &cfg2)
-	if !errors.Is(err, transport.ErrInvalidConfig) || !strings.Contains(err.Error(), "RINGATTN_NATS_CONNECT_TIMEOUT") {
-		t.Fatalf("bad env duration: %v, want ErrInvalidConfig naming the variable", err)
 	}
 }
 

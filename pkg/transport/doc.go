@@ -1,11 +1,24 @@
 // Package transport is everything of ringattn that crosses a process
 // boundary, over NATS (DESIGN.md §4):
 //
-//   - Config, RegisterFlags and Connect: one way for every binary to reach
+//   - Config and Connect: one way for every binary to reach
 //     NATS (URLs, user/password, token, creds or nkey file, TLS), reconnecting
 //     forever with exponential backoff and jitter, connection events logged
 //     through an injected *slog.Logger, rejected credentials reported as one
-//     error wrapping ErrAuth.
+//     error wrapping ErrAuth. (The flags and environment variables that
+//     fill a Config live in internal/natsflags, for cmd/*.)
+//   - Conn: the typed control plane, so no other package speaks NATS.
+//     APIClient (Submit, Get, Cancel, List, Cluster, Watch; *APIError) and
+//     Conn.ServeAPI (the NATS micro service of the coordinator's API);
+//     SendHeartbeat/PublishHeartbeat/ServeHeartbeats, Assign/
+//     ServeAssignments, Report/ServeReports, PublishEvent/WatchEvents.
+//     Every serve checks a message's size before decoding it once,
+//     contains a handler's panic (logged, counted in HandlerPanics,
+//     answered or dropped) and takes a Dispatch hook for concurrency.
+//   - One codec between the wire and the planner/kernels types:
+//     SpecToRequest, PlanToPB/PlanFromPB, MaskFromPB/MaskToPB,
+//     KernelMask/ShardMask, DefaultBlock and DefaultScale, refusing bad
+//     messages with a *FieldError naming the field.
 //   - Subjects: every subject name, under a configurable prefix.
 //   - StartEmbedded: an in-process nats-server with JetStream (file store,
 //     max payload set, 127.0.0.1 and a random port by default, optional

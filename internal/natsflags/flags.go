@@ -1,4 +1,4 @@
-package transport
+package natsflags
 
 import (
 	"flag"
@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/ringattn/ringattn/pkg/transport"
 )
 
 // EnvPrefix starts every environment variable RegisterFlags reads.
@@ -23,7 +25,7 @@ type flagSpec struct {
 	size             *int64 // bytes, with an optional KiB/MiB/GiB/TiB suffix
 }
 
-func flagSpecs(cfg *Config, urls *string) []flagSpec {
+func flagSpecs(cfg *transport.Config, urls *string) []flagSpec {
 	return []flagSpec{
 		{flag: "nats-url", env: "NATS_URL", usage: "NATS server URLs, comma-separated", str: urls},
 		{flag: "nats-user", env: "NATS_USER", usage: "NATS username", str: &cfg.User},
@@ -55,11 +57,11 @@ func flagSpecs(cfg *Config, urls *string) []flagSpec {
 // the command line overrides it. Fields of cfg that neither sets keep their
 // values (fill cfg with DefaultConfig first). A malformed environment value
 // is an error naming the variable.
-func RegisterFlags(fs *flag.FlagSet, cfg *Config) error {
+func RegisterFlags(fs *flag.FlagSet, cfg *transport.Config) error {
 	return registerFlags(fs, cfg, os.LookupEnv)
 }
 
-func registerFlags(fs *flag.FlagSet, cfg *Config, lookup func(string) (string, bool)) error {
+func registerFlags(fs *flag.FlagSet, cfg *transport.Config, lookup func(string) (string, bool)) error {
 	urls := strings.Join(cfg.URLs, ",")
 	specs := flagSpecs(cfg, &urls)
 	for _, s := range specs {
@@ -74,25 +76,25 @@ func registerFlags(fs *flag.FlagSet, cfg *Config, lookup func(string) (string, b
 		case s.dur != nil:
 			d, err := time.ParseDuration(v)
 			if err != nil {
-				return fmt.Errorf("%w: %s = %q: want a duration like 5s", ErrInvalidConfig, env, v)
+				return fmt.Errorf("%w: %s = %q: want a duration like 5s", transport.ErrInvalidConfig, env, v)
 			}
 			*s.dur = d
 		case s.boolean != nil:
 			b, err := strconv.ParseBool(v)
 			if err != nil {
-				return fmt.Errorf("%w: %s = %q: want true or false", ErrInvalidConfig, env, v)
+				return fmt.Errorf("%w: %s = %q: want true or false", transport.ErrInvalidConfig, env, v)
 			}
 			*s.boolean = b
 		case s.integer != nil:
 			n, err := strconv.Atoi(v)
 			if err != nil {
-				return fmt.Errorf("%w: %s = %q: want an integer", ErrInvalidConfig, env, v)
+				return fmt.Errorf("%w: %s = %q: want an integer", transport.ErrInvalidConfig, env, v)
 			}
 			*s.integer = n
 		case s.size != nil:
 			n, err := ParseBytes(v)
 			if err != nil {
-				return fmt.Errorf("%w: %s = %q: %v", ErrInvalidConfig, env, v, err)
+				return fmt.Errorf("%w: %s = %q: %v", transport.ErrInvalidConfig, env, v, err)
 			}
 			*s.size = n
 		}

@@ -1,29 +1,76 @@
-package transport_test
+package natsflags_test
 
 import (
+	"context"
 	"errors"
 	"flag"
-	"math"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ringattn/ringattn/internal/natsflags"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/transporttest"
 )
 
-// TestTransportStoreFlags: the store bucket's replicas, size cap and TTL
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestNATSFlagsConfig(t *testing.T) {
+	t.Setenv("RINGATTN_NATS_URL", "nats://a:1, nats://b:2")
+	t.Setenv("RINGATTN_NATS_USER", "env-user")
+	t.Setenv("RINGATTN_NATS_PASSWORD", "env-pass")
+	t.Setenv("RINGATTN_NATS_CONNECT_TIMEOUT", "7s")
+	t.Setenv("RINGATTN_STORE_BUCKET", "tensors")
+	cfg := transport.DefaultConfig()
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	must(t, natsflags.RegisterFlags(fs, &cfg))
+	must(t, fs.Parse([]string{"--nats-user", "flag-user", "--nats-tls-ca", "/ca.pem", "--nats-prefix", "p1"}))
+	want := transport.DefaultConfig()
+	want.URLs = []string{"nats://a:1", "nats://b:2"}
+	want.User, want.Password = "flag-user", "env-pass"
+	want.ConnectTimeout = 7 * time.Second
+	want.Bucket, want.TLSCA, want.Prefix = "tensors", "/ca.pem", "p1"
+	if fmt.Sprintf("%+v", cfg) != fmt.Sprintf("%+v", want) {
+		t.Fatalf("config after env and flags:\n got %+v\nwant %+v", cfg, want)
+	}
+	for _, name := range []string{"nats-url", "nats-user", "nats-password", "nats-token", "nats-creds", "nats-nkey",
+		"nats-tls-ca", "nats-tls-cert", "nats-tls-key"} {
+		f := fs.Lookup(name)
+		if f == nil {
+			t.Fatalf("flag --%s not registered", name)
+		}
+		if env := "RINGATTN_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_")); !strings.Contains(f.Usage, env) {
+			t.Fatalf("--%s usage %q does not name %s", name, f.Usage, env)
+		}
+	}
+	fs2 := flag.NewFlagSet("x", flag.ContinueOnError)
+	must(t, fs2.Parse(nil))
+	t.Setenv("RINGATTN_NATS_CONNECT_TIMEOUT", "soon")
+	cfg2 := transport.DefaultConfig()
+	err := natsflags.RegisterFlags(flag.NewFlagSet("y", flag.ContinueOnError), &cfg2)
+	if !errors.Is(err, transport.ErrInvalidConfig) || !strings.Contains(err.Error(), "RINGATTN_NATS_CONNECT_TIMEOUT") {
+		t.Fatalf("bad env duration: %v, want ErrInvalidConfig naming the variable", err)
+	}
+}
+
+// TestNATSFlagsStore: the store bucket's replicas, size cap and TTL
 // come from RINGATTN_STORE_* and --store-* (the flag wins), reach
 // StoreConfig, and apply when OpenStore creates the bucket.
-func TestTransportStoreFlags(t *testing.T) {
+func TestNATSFlagsStore(t *testing.T) {
 	t.Setenv("RINGATTN_STORE_REPLICAS", "3")
 	t.Setenv("RINGATTN_STORE_MAX_BYTES", "10GiB")
 	t.Setenv("RINGATTN_STORE_TTL", "72h")
 	cfg := transport.DefaultConfig()
 	fs := flag.NewFlagSet("x", flag.ContinueOnError)
-	must(t, transport.RegisterFlags(fs, &cfg))
+	must(t, natsflags.RegisterFlags(fs, &cfg))
 	if sc := cfg.StoreConfig(); sc.Replicas != 3 || sc.MaxBytes != 10<<30 || sc.TTL != 72*time.Hour {
 		t.Fatalf("StoreConfig from env = %+v: want 3 replicas, 10 GiB, 72h", sc)
 	}
@@ -51,7 +98,7 @@ func TestTransportStoreFlags(t *testing.T) {
 	} {
 		t.Setenv(c.env, c.val)
 		cfg := transport.DefaultConfig()
-		err := transport.RegisterFlags(flag.NewFlagSet("y", flag.ContinueOnError), &cfg)
+		err := natsflags.RegisterFlags(flag.NewFlagSet("y", flag.ContinueOnError), &cfg)
 		if !errors.Is(err, transport.ErrInvalidConfig) || !strings.Contains(err.Error(), c.want) {
 			t.Fatalf("%s=%q: %v, want ErrInvalidConfig naming %s", c.env, c.val, err, c.want)
 		}
@@ -77,8 +124,8 @@ func TestTransportStoreFlags(t *testing.T) {
 	must(t, cfg.Validate())
 }
 
-// TestTransportParseBytes: byte counts at and past the int64 limit.
-func TestTransportParseBytes(t *testing.T) {
+// TestNATSFlagsParseBytes: byte counts at and past the int64 limit.
+func TestNATSFlagsParseBytes(t *testing.T) {
 	for _, c := range []struct {
 		in   string
 		want int64
@@ -86,52 +133,21 @@ func TestTransportParseBytes(t *testing.T) {
 		{"0", 0}, {"1", 1}, {"1KiB", 1 << 10}, {"3 MiB", 3 << 20}, {"10GiB", 10 << 30}, {"2TiB", 2 << 40},
 		{"9223372036854775807", 1<<63 - 1}, {"8388607TiB", 8388607 << 40},
 	} {
-		got, err := transport.ParseBytes(c.in)
+		got, err := natsflags.ParseBytes(c.in)
 		if err != nil || got != c.want {
 			t.Fatalf("ParseBytes(%q) = %d, %v; want %d", c.in, got, err, c.want)
 		}
 	}
 	for _, in := range []string{"", "-1", "9223372036854775808", "8388608TiB", "1.5GiB", "1GB", "GiB", "0x10"} {
-		if n, err := transport.ParseBytes(in); err == nil {
+		if n, err := natsflags.ParseBytes(in); err == nil {
 			t.Fatalf("ParseBytes(%q) = %d, want an error", in, n)
 		}
 	}
 }
 
-// TestTransportStoreShapeOverflow: a shape whose value count overflows, or
-// a block length near the int limit, is refused or computed without
-// wrapping (GetTensor used to size its result by the wrapped product and
-// read no block for blockLen = MaxInt).
-func TestTransportStoreShapeOverflow(t *testing.T) {
-	e := transporttest.RunServer(t)
-	s := transporttest.Store(t, transporttest.Connect(t, e), transport.StoreConfig{})
-	ctx := ctxT(t, 30*time.Second)
-	big := 1 << 16
-	for _, sh := range []transport.Shape{{big, big, big, big}, {1, 1, math.MaxInt, 2}, {2, 2, math.MaxInt / 8, 1}} {
-		if _, err := s.GetTensor(ctx, "job-s", "q", sh, 4); !errors.Is(err, transport.ErrInvalidShape) {
-			t.Fatalf("GetTensor of shape %v: %v, want ErrInvalidShape", sh, err)
-		}
-	}
-	// At the limit the shape is valid (the block is then simply missing).
-	if _, err := s.GetTensor(ctx, "job-s", "q", transport.Shape{1, 1, 1, transport.MaxTensorValues}, 1); !errors.Is(err, transport.ErrBlockNotFound) {
-		t.Fatalf("GetTensor of %d values: %v, want ErrBlockNotFound", transport.MaxTensorValues, err)
-	}
-	must(t, s.PutBlock(ctx, "job-s", "q", 0, []float32{1, 2, 3}, transport.F32))
-	got, err := s.GetTensor(ctx, "job-s", "q", transport.Shape{1, 1, 3, 1}, math.MaxInt)
-	must(t, err)
-	equalF32(t, "tensor with block length MaxInt", got, []float32{1, 2, 3})
-	// A shape claiming more rows than were stored (1 GiB of values): the
-	// missing last block is found before anything is sized by the claim.
-	var err2 error
-	alloc := allocatedBy(func() { _, err2 = s.GetTensor(ctx, "job-s", "q", transport.Shape{1, 1, 1 << 28, 1}, 1<<20) })
-	if !errors.Is(err2, transport.ErrBlockNotFound) || alloc > 4<<20 {
-		t.Fatalf("GetTensor claiming 2^28 values: %v after allocating %d bytes; want ErrBlockNotFound, under 4 MiB", err2, alloc)
-	}
-	// A last block of another size than the shape implies.
-	if _, err := s.GetTensor(ctx, "job-s", "q", transport.Shape{1, 1, 4, 1}, 4); !errors.Is(err, transport.ErrCorrupt) {
-		t.Fatalf("GetTensor of 4 rows stored as 3: %v, want ErrCorrupt", err)
-	}
-	if n := (transport.Shape{1, 1, 10, 1}).Blocks(math.MaxInt); n != 1 {
-		t.Fatalf("Blocks(MaxInt) of 10 rows = %d, want 1", n)
-	}
+func ctxT(t testing.TB, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
 }
