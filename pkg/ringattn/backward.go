@@ -321,19 +321,28 @@ func (r *bwdRun) fetchRows(ctx context.Context, name string, run *bwdRows, d int
 // contribution c_{x,j}: a function of the plan and the inputs only.
 func (r *bwdRun) contrib(ctx context.Context, runs []*bwdRows, b kvBlock, g gradPair, count bool) error {
 	start, n := r.plan.KSpan(b.j)
-	kv := kernels.KV{K: b.k, V: b.v, Start: start, N: n}
+	return r.contribKV(ctx, runs, kernels.KV{K: b.k, V: b.v, Start: start, N: n}, []int{b.j}, g, count)
+}
+
+// contribKV is contrib for the consecutive key blocks js held contiguous
+// in kv (one BackwardBlock call per run).
+func (r *bwdRun) contribKV(ctx context.Context, runs []*bwdRows, kv kernels.KV, js []int, g gradPair, count bool) error {
 	for _, run := range runs {
-		if count {
-			for _, bp := range run.pairs {
-				if c := bp.Pairs(b.j); c > 0 {
-					r.prog.Pairs++
-					r.prog.FLOPs += 2.5 * float64(c) * r.plan.PairFLOPs()
-				} else {
-					r.prog.Skipped++
+		sees := false
+		for _, j := range js {
+			if count {
+				for _, bp := range run.pairs {
+					if c := bp.Pairs(j); c > 0 {
+						r.prog.Pairs++
+						r.prog.FLOPs += 2.5 * float64(c) * r.plan.PairFLOPs()
+					} else {
+						r.prog.Skipped++
+					}
 				}
 			}
+			sees = sees || run.sees(j)
 		}
-		if !run.sees(b.j) {
+		if !sees {
 			continue
 		}
 		if err := ctx.Err(); err != nil {
@@ -342,10 +351,64 @@ func (r *bwdRun) contrib(ctx context.Context, runs []*bwdRows, b kvBlock, g grad
 		rows := &kernels.BackwardRows{Start: run.start, Rows: run.rows, Q: run.q, DO: run.do,
 			LSE: run.lse, Delta: run.delta, DQ: run.dq}
 		if err := r.p.BackwardBlock(rows, kv, g.dk, g.dv); err != nil {
-			return fmt.Errorf("rank %d: backward of query blocks %v with key block %d: %w", r.rank, run.blocks, b.j, err)
+			return fmt.Errorf("rank %d: backward of query blocks %v with key blocks %v: %w", r.rank, run.blocks, js, err)
 		}
 	}
 	return nil
+}
+
+// contribSet computes the rank's contributions to the held blocks, in
+// order, into fresh buffers. Runs of consecutive key blocks are copied
+// into one contiguous set and computed in one BackwardBlock call per query
+// run: the kernel tiles the set's keys rather than each block's (a
+// 1024-key block is not a multiple of its 192-key tiles), and by the
+// kernel's partition property the result is bit-identical to one call per
+// block in the same order — dK/dV of every block, and the runs' dQ.
+func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]gradPair, error) {
+	out := make([]gradPair, len(held))
+	bh, d := r.p.B*r.p.Hkv, r.p.D
+	for i := 0; i < len(held); {
+		e := i + 1
+		for e < len(held) && held[e].j == held[e-1].j+1 {
+			e++
+		}
+		if e == i+1 {
+			out[i] = r.newGrad(held[i].j)
+			if err := r.contrib(ctx, r.mine, held[i], out[i], count); err != nil {
+				return nil, err
+			}
+			i = e
+			continue
+		}
+		start, _ := r.plan.KSpan(held[i].j)
+		js := make([]int, 0, e-i)
+		total := 0
+		for _, b := range held[i:e] {
+			_, n := r.plan.KSpan(b.j)
+			total += n
+			js = append(js, b.j)
+		}
+		k, v := make([]float32, bh*total*d), make([]float32, bh*total*d)
+		off := 0
+		for _, b := range held[i:e] {
+			_, n := r.plan.KSpan(b.j)
+			scatter(k, b.k, bh, total, off, n, d)
+			scatter(v, b.v, bh, total, off, n, d)
+			off += n
+		}
+		g := gradPair{dk: make([]float32, len(k)), dv: make([]float32, len(v))}
+		if err := r.contribKV(ctx, r.mine, kernels.KV{K: k, V: v, Start: start, N: total}, js, g, count); err != nil {
+			return nil, err
+		}
+		off = 0
+		for m, b := range held[i:e] {
+			_, n := r.plan.KSpan(b.j)
+			out[i+m] = gradPair{dk: gather(g.dk, bh, total, off, n, d), dv: gather(g.dv, bh, total, off, n, d)}
+			off += n
+		}
+		i = e
+	}
+	return out, nil
 }
 
 func (r *bwdRun) newGrad(j int) gradPair {
@@ -417,16 +480,8 @@ func (r *bwdRun) ringSteps(ctx context.Context) error {
 			pb, pg, ps := pendBlocks, pending, s-1
 			g.Go(func() error { return r.passGrads(gctx, ps, pb, pg) })
 		}
-		local := make([]gradPair, len(cur))
-		g.record(func() error {
-			for i, b := range cur {
-				local[i] = r.newGrad(b.j)
-				if err := r.contrib(gctx, r.mine, b, local[i], true); err != nil {
-					return err
-				}
-			}
-			return nil
-		}())
+		local, err := r.contribSet(gctx, cur, true)
+		g.record(err)
 		if err := g.Wait(); err != nil {
 			return r.stepErr(ctx, s, err)
 		}

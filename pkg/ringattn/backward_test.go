@@ -570,18 +570,20 @@ func TestRingBackwardAccumulatorPatience(t *testing.T) {
 	g := newGradProblem(t, pr, 142)
 	plan := pr.plan(t, pr.request(3, 16, shard.Zigzag))
 	want, wk, wv := g.runBackward(t, plan)
-	// One accumulator (block 0's on its second hop) is 350 ms late; the
-	// receive timeout is 200 ms.
-	late := func(from, to int, key ringattn.Key) ringattn.Fault {
-		if key.Kind == ringattn.KindGrad && key.Block == plan.Ranks[0].KVBlocks[0] && key.Step == 2 {
-			return ringattn.Fault{Delay: 350 * time.Millisecond}
-		}
-		return ringattn.Fault{}
-	}
+	// One accumulator (block 0's on its second hop) is late; the receive
+	// timeout is 200 ms. Late by 350 ms: past one timeout, well within 3.
+	// Late by 2 s: past a patience of 1 (or 3) for certain.
 	for _, c := range []struct {
 		patience  int
+		delay     time.Duration
 		fallbacks int64
-	}{{2, 0}, {3, 0}, {1, 1}} {
+	}{{3, 350 * time.Millisecond, 0}, {1, 2 * time.Second, 1}} {
+		late := func(from, to int, key ringattn.Key) ringattn.Fault {
+			if key.Kind == ringattn.KindGrad && key.Block == plan.Ranks[0].KVBlocks[0] && key.Step == 2 {
+				return ringattn.Fault{Delay: c.delay}
+			}
+			return ringattn.Fault{}
+		}
 		net := newNet(t, 3, ringattn.MemOptions{RecvTimeout: 200 * time.Millisecond, Fault: late})
 		var falls atomic.Int64
 		dq, dk, dv, err := ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net,
@@ -595,7 +597,7 @@ func TestRingBackwardAccumulatorPatience(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Delayed != 1 || (c.fallbacks == 0) != (falls.Load() == 0) || falls.Load() < c.fallbacks {
+		if st.Delayed != 1 || st.Timeouts == 0 || (c.fallbacks == 0) != (falls.Load() == 0) || falls.Load() < c.fallbacks {
 			t.Fatalf("PartialTimeouts=%d: %d delayed, %d fallbacks (%+v), expected 1 and %d", c.patience, st.Delayed, falls.Load(), st, c.fallbacks)
 		}
 		t.Logf("PartialTimeouts=%d: %d fallbacks, %d timeouts", c.patience, falls.Load(), st.Timeouts)
