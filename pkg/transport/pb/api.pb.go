@@ -209,6 +209,10 @@ const (
 	ErrorCode_ERROR_CODE_INTERNAL            ErrorCode = 6
 	// UNAVAILABLE: transient (e.g. leadership changing); retry.
 	ErrorCode_ERROR_CODE_UNAVAILABLE ErrorCode = 7
+	// BUSY: the coordinator is handling as many requests as it allows at
+	// once; nothing was done. Retry after Error.retry_after_ms, with
+	// jittered exponential backoff.
+	ErrorCode_ERROR_CODE_BUSY ErrorCode = 8
 )
 
 // Enum value maps for ErrorCode.
@@ -222,6 +226,7 @@ var (
 		5: "ERROR_CODE_FAILED_PRECONDITION",
 		6: "ERROR_CODE_INTERNAL",
 		7: "ERROR_CODE_UNAVAILABLE",
+		8: "ERROR_CODE_BUSY",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":         0,
@@ -232,6 +237,7 @@ var (
 		"ERROR_CODE_FAILED_PRECONDITION": 5,
 		"ERROR_CODE_INTERNAL":            6,
 		"ERROR_CODE_UNAVAILABLE":         7,
+		"ERROR_CODE_BUSY":                8,
 	}
 )
 
@@ -594,8 +600,15 @@ type JobStatus struct {
 	OutputRef string   `protobuf:"bytes,12,opt,name=output_ref,json=outputRef,proto3" json:"output_ref,omitempty"`
 	Spec      *JobSpec `protobuf:"bytes,13,opt,name=spec,proto3" json:"spec,omitempty"`
 	// workers lists the worker of each rank of the current epoch.
-	Workers       []string `protobuf:"bytes,14,rep,name=workers,proto3" json:"workers,omitempty"`
-	Strategy      string   `protobuf:"bytes,15,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	Workers  []string `protobuf:"bytes,14,rep,name=workers,proto3" json:"workers,omitempty"`
+	Strategy string   `protobuf:"bytes,15,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	// steps_done of steps_total ring steps of the current epoch are folded,
+	// summed over its ranks (finished ranks count as done), from the
+	// workers' heartbeats; 0 of 0 when not known (the leader publishes the
+	// same in PROGRESS events). Finer than blocks_done, which only moves
+	// when a rank finishes.
+	StepsDone     int64 `protobuf:"varint,16,opt,name=steps_done,json=stepsDone,proto3" json:"steps_done,omitempty"`
+	StepsTotal    int64 `protobuf:"varint,17,opt,name=steps_total,json=stepsTotal,proto3" json:"steps_total,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -735,14 +748,31 @@ func (x *JobStatus) GetStrategy() string {
 	return ""
 }
 
+func (x *JobStatus) GetStepsDone() int64 {
+	if x != nil {
+		return x.StepsDone
+	}
+	return 0
+}
+
+func (x *JobStatus) GetStepsTotal() int64 {
+	if x != nil {
+		return x.StepsTotal
+	}
+	return 0
+}
+
 // Error is carried by every reply; code UNSPECIFIED means success.
 type Error struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Code    ErrorCode              `protobuf:"varint,1,opt,name=code,proto3,enum=ringattn.v1.ErrorCode" json:"code,omitempty"`
 	Message string                 `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
 	// field is the request field at fault ("spec.hkv"), when there is one.
-	Field         string `protobuf:"bytes,3,opt,name=field,proto3" json:"field,omitempty"`
-	LeaderId      string `protobuf:"bytes,4,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Field    string `protobuf:"bytes,3,opt,name=field,proto3" json:"field,omitempty"`
+	LeaderId string `protobuf:"bytes,4,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	// retry_after_ms: with BUSY (and RESOURCE_EXHAUSTED for a full queue),
+	// the least time to wait before retrying.
+	RetryAfterMs  int64 `protobuf:"varint,5,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -803,6 +833,13 @@ func (x *Error) GetLeaderId() string {
 		return x.LeaderId
 	}
 	return ""
+}
+
+func (x *Error) GetRetryAfterMs() int64 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
 }
 
 type SubmitRequest struct {
@@ -1575,7 +1612,7 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\x0fallow_nonfinite\x18\x12 \x01(\bR\x0eallowNonfinite\x12\x19\n" +
 	"\bwant_lse\x18\x13 \x01(\bR\awantLse\x12\x19\n" +
 	"\bmha_bias\x18\x14 \x01(\bR\amhaBias\x12\x1b\n" +
-	"\tinput_ref\x18\x15 \x01(\tR\binputRef\"\xf5\x03\n" +
+	"\tinput_ref\x18\x15 \x01(\tR\binputRef\"\xb5\x04\n" +
 	"\tJobStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.ringattn.v1.JobStateR\x05state\x12\x14\n" +
@@ -1594,12 +1631,17 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"output_ref\x18\f \x01(\tR\toutputRef\x12(\n" +
 	"\x04spec\x18\r \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\x12\x18\n" +
 	"\aworkers\x18\x0e \x03(\tR\aworkers\x12\x1a\n" +
-	"\bstrategy\x18\x0f \x01(\tR\bstrategy\"\x80\x01\n" +
+	"\bstrategy\x18\x0f \x01(\tR\bstrategy\x12\x1d\n" +
+	"\n" +
+	"steps_done\x18\x10 \x01(\x03R\tstepsDone\x12\x1f\n" +
+	"\vsteps_total\x18\x11 \x01(\x03R\n" +
+	"stepsTotal\"\xa6\x01\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.ringattn.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
 	"\x05field\x18\x03 \x01(\tR\x05field\x12\x1b\n" +
-	"\tleader_id\x18\x04 \x01(\tR\bleaderId\"9\n" +
+	"\tleader_id\x18\x04 \x01(\tR\bleaderId\x12$\n" +
+	"\x0eretry_after_ms\x18\x05 \x01(\x03R\fretryAfterMs\"9\n" +
 	"\rSubmitRequest\x12(\n" +
 	"\x04spec\x18\x01 \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\"}\n" +
 	"\vSubmitReply\x12(\n" +
@@ -1672,7 +1714,7 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n" +
 	"\x10JOB_STATE_FAILED\x10\x04\x12\x16\n" +
 	"\x12JOB_STATE_CANCELED\x10\x05\x12\x15\n" +
-	"\x11JOB_STATE_EXPIRED\x10\x06*\xf9\x01\n" +
+	"\x11JOB_STATE_EXPIRED\x10\x06*\x8e\x02\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bERROR_CODE_INVALID_ARGUMENT\x10\x01\x12\x18\n" +
@@ -1681,7 +1723,8 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\x1dERROR_CODE_RESOURCE_EXHAUSTED\x10\x04\x12\"\n" +
 	"\x1eERROR_CODE_FAILED_PRECONDITION\x10\x05\x12\x17\n" +
 	"\x13ERROR_CODE_INTERNAL\x10\x06\x12\x1a\n" +
-	"\x16ERROR_CODE_UNAVAILABLE\x10\aB/Z-github.com/ringattn/ringattn/pkg/transport/pbb\x06proto3"
+	"\x16ERROR_CODE_UNAVAILABLE\x10\a\x12\x13\n" +
+	"\x0fERROR_CODE_BUSY\x10\bB/Z-github.com/ringattn/ringattn/pkg/transport/pbb\x06proto3"
 
 var (
 	file_pkg_transport_pb_api_proto_rawDescOnce sync.Once
