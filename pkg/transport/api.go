@@ -213,8 +213,6 @@ type APIConfig struct {
 	// MaxRequestBytes bounds a request (0: DefaultMaxRequestBytes); a
 	// larger one is answered RESOURCE_EXHAUSTED on field "request".
 	MaxRequestBytes int
-	// OnRequest, when set, sees each request before it is decoded (tests).
-	OnRequest func(endpoint string, data []byte)
 	// Observe, when set, is called once per request with its endpoint and
 	// result code (ERROR_CODE_UNSPECIFIED for success), e.g. for metrics.
 	Observe func(endpoint string, code pb.ErrorCode)
@@ -310,8 +308,8 @@ func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 // serveAPIRequest answers one API request.
 func (c *Conn) serveAPIRequest(ctx context.Context, ep endpoint, cfg APIConfig, max int, req micro.Request) {
 	data := req.Data()
-	if cfg.OnRequest != nil {
-		cfg.OnRequest(ep.name, data)
+	if cfg.OnMessage != nil {
+		cfg.OnMessage("api_"+ep.name, data)
 	}
 	var reply proto.Message
 	var ae *APIError

@@ -104,6 +104,9 @@ type ServeConfig struct {
 	// OnPanic, when set, is called (after logging) with what a handler
 	// panicked with, e.g. to count it in a metric.
 	OnPanic func(handler string, v any)
+	// OnMessage, when set, sees each message's bytes before they are
+	// decoded (tests: observe or delay what arrives).
+	OnMessage func(handler string, data []byte)
 }
 
 // decode checks data's size against max and decodes it into m.
@@ -142,6 +145,9 @@ func (c *Conn) contain(name string, cfg ServeConfig, f func()) (err error) {
 func serve[Req, Rep proto.Message](c *Conn, name, subject, queue string, max int, cfg ServeConfig,
 	newReq func() Req, h func(Req) Rep, bad func(error) Rep) (StopFunc, error) {
 	handle := func(m *nats.Msg) {
+		if cfg.OnMessage != nil {
+			cfg.OnMessage(name, m.Data)
+		}
 		var rep Rep
 		var ok bool
 		req := newReq()
@@ -180,9 +186,9 @@ func serve[Req, Rep proto.Message](c *Conn, name, subject, queue string, max int
 }
 
 // respond sends rep to m's requester (nothing for a publish, or a nil
-// reply).
+// reply, typed or not).
 func (c *Conn) respond(name string, m *nats.Msg, rep proto.Message) {
-	if m.Reply == "" || rep == nil {
+	if m.Reply == "" || rep == nil || !rep.ProtoReflect().IsValid() {
 		return
 	}
 	data, err := proto.Marshal(rep)
@@ -239,8 +245,8 @@ func (c *Conn) ServeHeartbeats(cfg ServeConfig, h func(*pb.Heartbeat) *pb.Heartb
 
 // Assign sends an assignment to worker workerID and returns its answer.
 func (c *Conn) Assign(ctx context.Context, workerID string, a *pb.Assignment) (*pb.AssignmentAck, error) {
-	if err := ValidateJobID(workerID); err != nil {
-		return nil, fmt.Errorf("transport: assign to worker %.64q: %w", workerID, err)
+	if err := ValidateName("worker id", workerID); err != nil {
+		return nil, err
 	}
 	var ack pb.AssignmentAck
 	if err := c.request(ctx, c.subj.Assign(workerID), a, &ack); err != nil {
@@ -253,8 +259,8 @@ func (c *Conn) Assign(ctx context.Context, workerID string, a *pb.Assignment) (*
 // h's acknowledgement. A malformed or oversized assignment, or one whose
 // handler panics, is refused (Accepted false, the reason).
 func (c *Conn) ServeAssignments(workerID string, cfg ServeConfig, h func(*pb.Assignment) *pb.AssignmentAck) (StopFunc, error) {
-	if err := ValidateJobID(workerID); err != nil {
-		return nil, fmt.Errorf("transport: serve assignments of worker %.64q: %w", workerID, err)
+	if err := ValidateName("worker id", workerID); err != nil {
+		return nil, err
 	}
 	return serve(c, "assign", c.subj.Assign(workerID), "", MaxControlBytes, cfg,
 		func() *pb.Assignment { return new(pb.Assignment) }, h,
@@ -298,6 +304,23 @@ func (c *Conn) PublishEvent(ev *pb.JobEvent) error {
 		return err
 	}
 	return c.nc.Publish(c.subj.JobEvents(ev.GetJobId()), data)
+}
+
+// OnEvents calls h with each event of job jobID ("" for every job) on the
+// subscription's goroutine (or cfg.Dispatch), until stop is called.
+// Malformed or oversized events are dropped; a panic in h is contained
+// (logged, counted in HandlerPanics).
+func (c *Conn) OnEvents(jobID string, cfg ServeConfig, h func(*pb.JobEvent)) (StopFunc, error) {
+	subject := c.subj.AllJobEvents()
+	if jobID != "" {
+		if err := ValidateJobID(jobID); err != nil {
+			return nil, err
+		}
+		subject = c.subj.JobEvents(jobID)
+	}
+	return serve(c, "events", subject, "", MaxControlBytes, cfg,
+		func() *pb.JobEvent { return new(pb.JobEvent) },
+		func(ev *pb.JobEvent) proto.Message { h(ev); return nil }, nil)
 }
 
 // eventBuffer is how many events WatchEvents holds for a slow reader;

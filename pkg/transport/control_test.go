@@ -317,3 +317,83 @@ func TestTransportControlAPI(t *testing.T) {
 		t.Errorf("get with no server: %v, want ErrAPIUnavailable", err)
 	}
 }
+
+// TestTransportControlOnEvents: events reach a callback; a panicking
+// callback is contained and later events still arrive.
+func TestTransportControlOnEvents(t *testing.T) {
+	srv, cli, _ := controlPair(t)
+	ctx := ctxT(t, 10*time.Second)
+	got := make(chan *pb.JobEvent, 4)
+	stop, err := cli.OnEvents("j1", transport.ServeConfig{}, func(ev *pb.JobEvent) {
+		if ev.Message == "boom" {
+			panic("callback bug")
+		}
+		got <- ev
+	})
+	stopAt(t, stop, err)
+	must(t, cli.Flush(ctx))
+	must(t, srv.PublishEvent(&pb.JobEvent{JobId: "j1", Message: "boom"}))
+	must(t, srv.PublishEvent(&pb.JobEvent{JobId: "j2", Message: "other job"}))
+	must(t, srv.PublishEvent(&pb.JobEvent{JobId: "j1", Message: "after"}))
+	select {
+	case ev := <-got:
+		if ev.Message != "after" {
+			t.Errorf("event %v, want the one after the panic", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("no event after a panicking callback")
+	}
+	if cli.HandlerPanics() != 1 {
+		t.Errorf("HandlerPanics = %d, want 1", cli.HandlerPanics())
+	}
+}
+
+// TestTransportControlNilReply: a handler answering a typed nil sends no
+// reply (not an empty message the requester would decode as a zero ack).
+func TestTransportControlNilReply(t *testing.T) {
+	srv, cli, _ := controlPair(t)
+	ctx := ctxT(t, 10*time.Second)
+	stop, err := srv.ServeHeartbeats(transport.ServeConfig{}, func(*pb.Heartbeat) *pb.HeartbeatAck { return nil })
+	stopAt(t, stop, err)
+	must(t, srv.Flush(ctx))
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if ack, err := cli.SendHeartbeat(short, &pb.Heartbeat{WorkerId: "w1"}); err == nil {
+		t.Fatalf("nil ack answered: %v", ack)
+	}
+}
+
+// TestTransportControlEventBuffer: a watcher that does not read holds
+// the first 64 events (eventBuffer) and drops the 65th.
+func TestTransportControlEventBuffer(t *testing.T) {
+	srv, cli, _ := controlPair(t)
+	ctx := ctxT(t, 10*time.Second)
+	ch, stop, err := cli.WatchEvents(ctx, "j1")
+	stopAt(t, stop, err)
+	must(t, cli.Flush(ctx))
+	const buffer = 64
+	for i := range buffer + 1 {
+		must(t, srv.PublishEvent(&pb.JobEvent{JobId: "j1", BlocksDone: int64(i)}))
+	}
+	must(t, srv.Flush(ctx))
+	// Wait until the watcher has seen everything: a marker on the other
+	// connection's own watch, published after the events, has arrived.
+	transporttest.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if len(ch) < buffer {
+			return errors.New("events still arriving")
+		}
+		return nil
+	})
+	must(t, cli.Flush(ctx))
+	time.Sleep(100 * time.Millisecond)
+	for i := range buffer {
+		if ev := <-ch; ev.BlocksDone != int64(i) {
+			t.Fatalf("event %d has blocks_done %d", i, ev.BlocksDone)
+		}
+	}
+	select {
+	case ev := <-ch:
+		t.Fatalf("event %v beyond the buffer was kept", ev)
+	default:
+	}
+}

@@ -11,14 +11,17 @@
 //     APIClient (Submit, Get, Cancel, List, Cluster, Watch; *APIError) and
 //     Conn.ServeAPI (the NATS micro service of the coordinator's API);
 //     SendHeartbeat/PublishHeartbeat/ServeHeartbeats, Assign/
-//     ServeAssignments, Report/ServeReports, PublishEvent/WatchEvents.
+//     ServeAssignments, Report/ServeReports, PublishEvent/WatchEvents/
+//     OnEvents.
 //     Every serve checks a message's size before decoding it once,
 //     contains a handler's panic (logged, counted in HandlerPanics,
 //     answered or dropped) and takes a Dispatch hook for concurrency.
 //   - One codec between the wire and the planner/kernels types:
-//     SpecToRequest, PlanToPB/PlanFromPB, MaskFromPB/MaskToPB,
-//     KernelMask/ShardMask, DefaultBlock and DefaultScale, refusing bad
-//     messages with a *FieldError naming the field.
+//     SpecToRequest, ParamsFromSpec, JobFromPB (an assignment's params and
+//     plan), PlanToPB/PlanFromPB, MaskFromPB/MaskToPB, KernelMask/
+//     ShardMask, DefaultBlock and DefaultScale/ResolveScale, and the one
+//     name rule ValidateName, refusing bad messages with a *FieldError
+//     naming the field.
 //   - Subjects: every subject name, under a configurable prefix.
 //   - StartEmbedded: an in-process nats-server with JetStream (file store,
 //     max payload set, 127.0.0.1 and a random port by default, optional

@@ -25,6 +25,16 @@ const DefaultBlock = shard.DefaultBlock
 // spec leaves scale 0: 1/sqrt(d), as kernels.Params.EffectiveScale.
 func DefaultScale(d int64) float64 { return 1 / math.Sqrt(float64(d)) }
 
+// The kernels compute in float32: a scale must be a normal float32, or it
+// would round to 0 (which the kernels read as "the default") or overflow.
+const (
+	minScale = 0x1p-126 // math.SmallestNonzeroFloat32 is subnormal; the smallest normal
+	maxScale = math.MaxFloat32
+)
+
+// validScale32 reports whether s > 0 survives the kernels' float32.
+func validScale32(s float64) bool { return s >= minScale && s <= maxScale }
+
 // ResolveScale returns scale, or DefaultScale(d) when it is 0.
 func ResolveScale(scale float64, d int64) float64 {
 	if scale == 0 {
@@ -225,8 +235,8 @@ func SpecToRequest(spec *pb.JobSpec, ranks int, lim shard.Limits) (shard.Request
 	if fe != nil {
 		return shard.Request{}, shard.Tensors{}, fe
 	}
-	if s := spec.GetScale(); math.IsNaN(s) || math.IsInf(s, 0) || s < 0 {
-		return shard.Request{}, shard.Tensors{}, fieldError("spec.scale", "%v: want a finite number > 0 (or 0 for 1/sqrt(d))", s)
+	if s := spec.GetScale(); math.IsNaN(s) || math.IsInf(s, 0) || s < 0 || (s != 0 && !validScale32(s)) {
+		return shard.Request{}, shard.Tensors{}, fieldError("spec.scale", "%v: want %g..%g (or 0 for 1/sqrt(d))", s, minScale, maxScale)
 	}
 	eb, fe := elemBytes("spec.wire_dtype", spec.GetWireDtype())
 	if fe != nil {

@@ -231,6 +231,12 @@ func (s *Store) Stats() StoreStats {
 // ValidateJobID checks a job id: non-empty [A-Za-z0-9_-], at most 128 bytes.
 func ValidateJobID(job string) error { return validateName("job id", job) }
 
+// ValidateName checks a name that becomes part of NATS subjects or object
+// names (job and worker ids, tensor names, store namespaces, idempotency
+// keys): 1..128 characters of [A-Za-z0-9_-]. what names it in the error.
+// This is the one name rule of ringattn.
+func ValidateName(what, s string) error { return validateName(what, s) }
+
 func validateName(what, s string) error {
 	if len(s) == 0 || len(s) > 128 || !nameRE.MatchString(s) {
 		return fmt.Errorf("%w: %s %q: want 1..128 characters of [A-Za-z0-9_-]", ErrInvalidName, what, s)
