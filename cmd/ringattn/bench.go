@@ -41,6 +41,8 @@ func runBench(env *cliEnv, args []string) error {
 		return benchRSS(env, args[1:])
 	case "recovery":
 		return benchRecovery(env, args[1:])
+	case "load":
+		return benchLoad(env, args[1:])
 	}
 	return usagef("unknown bench target %q, expected kernel, ring, cluster, rss or recovery", args[0])
 }
