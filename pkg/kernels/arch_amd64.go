@@ -14,18 +14,19 @@ type simd struct {
 	smax   func(s []float32, lds, rows int, m, l, alpha []float32)
 	ex     func(x []float32)
 	ds     func(s, dp []float32, ld, rows, cols int, lse, delta []float32, scale float32)
+	rb     func(dst, src []float32)
 	w      int // lanes per vector
 }
 
 var (
-	avx512 = &simd{mr: 6, nr: 64, w: 16, nn: gemmNNAvx512, tn: gemmTNAvx512, smax: softmaxColsAvx512, ex: expF32Avx512, ds: dsoftmaxAvx512}
-	avx2   = &simd{mr: 6, nr: 16, w: 8, nn: gemmNNAvx2, tn: gemmTNAvx2, smax: softmaxColsAvx2, ex: expF32Avx2, ds: dsoftmaxAvx2}
+	avx512 = &simd{mr: 6, nr: 64, w: 16, nn: gemmNNAvx512, tn: gemmTNAvx512, smax: softmaxColsAvx512, ex: expF32Avx512, ds: dsoftmaxAvx512, rb: roundBF16Avx512}
+	avx2   = &simd{mr: 6, nr: 16, w: 8, nn: gemmNNAvx2, tn: gemmTNAvx2, smax: softmaxColsAvx2, ex: expF32Avx2, ds: dsoftmaxAvx2, rb: roundBF16Avx2}
 )
 
 func (s *simd) impl(name string) *impl {
 	return &impl{name: name, br: 192, bc: 192, nr: s.nr,
 		gemmNN: s.gemmNN, gemmTN: s.gemmTN, softmaxCols: s.softmaxCols, exp: s.exp,
-		dsoftmax: s.dsoftmax}
+		dsoftmax: s.dsoftmax, roundBF16: s.roundBF16}
 }
 
 // registerArch registers the SIMD implementations this CPU supports, best last.
@@ -167,4 +168,22 @@ func (s *simd) exp(x []float32) {
 		raceTile(x, 1, len(x), len(x), true)
 	}
 	s.ex(x)
+}
+
+// roundBF16 runs the assembly on whole vectors and the generic code on the
+// tail.
+func (s *simd) roundBF16(dst, src []float32) {
+	n := len(dst)
+	src = src[:n]
+	full := n - n%s.w
+	if full > 0 {
+		if raceEnabled {
+			raceTile(src[:full], 1, full, full, false)
+			raceTile(dst[:full], 1, full, full, true)
+		}
+		s.rb(dst[:full], src[:full])
+	}
+	if full < n {
+		roundBF16Generic(dst[full:], src[full:])
+	}
 }

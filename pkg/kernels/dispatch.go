@@ -48,6 +48,13 @@ type impl struct {
 	//		p := exp(s[i*ld+j] - lse[i]);  s[i*ld+j] = p
 	//		dp[i*ld+j] = scale·p·(dp[i*ld+j] - delta[i])
 	dsoftmax func(s, dp []float32, ld, rows, cols int, lse, delta []float32, scale float32)
+
+	// roundBF16 rounds src to bfloat16 (ties to even, NaN stays a NaN) and
+	// stores the values widened back to float32 in dst (len(dst) values;
+	// dst and src may be the same slice):
+	//
+	//	for i := range dst: dst[i] = bf16(src[i])
+	roundBF16 func(dst, src []float32)
 }
 
 var (

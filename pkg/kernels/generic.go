@@ -14,6 +14,7 @@ var genericImpl = &impl{
 	softmaxCols: softmaxColsGeneric,
 	exp:         expGeneric,
 	dsoftmax:    dsoftmaxGeneric,
+	roundBF16:   roundBF16Generic,
 }
 
 func gemmNNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool) {
@@ -75,5 +76,26 @@ func softmaxColsGeneric(s []float32, lds, rows int, m, l, alpha []float32) {
 func expGeneric(x []float32) {
 	for i, v := range x {
 		x[i] = exp32(v)
+	}
+}
+
+// bf16 rounds x to the nearest bfloat16, ties to even, and widens it back:
+// the top 16 bits of the rounded bit pattern. NaNs stay NaN (quiet),
+// infinities stay infinite, finite values past the largest bfloat16 round
+// to infinity. It is pkg/transport's f32ToBF16 followed by bf16ToF32.
+func bf16(x float32) float32 {
+	b := math.Float32bits(x)
+	if b&0x7fffffff > 0x7f800000 {
+		b |= 0x00400000
+	} else {
+		b += 0x7fff + (b>>16)&1
+	}
+	return math.Float32frombits(b &^ 0xffff)
+}
+
+func roundBF16Generic(dst, src []float32) {
+	src = src[:len(dst)]
+	for i, x := range src {
+		dst[i] = bf16(x)
 	}
 }

@@ -292,6 +292,114 @@ DATA negMaxF32<>+56(SB)/4, $0xff7fffff
 DATA negMaxF32<>+60(SB)/4, $0xff7fffff
 GLOBL negMaxF32<>(SB), RODATA|NOPTR, $64
 
+DATA bf16One<>+0(SB)/4, $0x00000001
+DATA bf16One<>+4(SB)/4, $0x00000001
+DATA bf16One<>+8(SB)/4, $0x00000001
+DATA bf16One<>+12(SB)/4, $0x00000001
+DATA bf16One<>+16(SB)/4, $0x00000001
+DATA bf16One<>+20(SB)/4, $0x00000001
+DATA bf16One<>+24(SB)/4, $0x00000001
+DATA bf16One<>+28(SB)/4, $0x00000001
+DATA bf16One<>+32(SB)/4, $0x00000001
+DATA bf16One<>+36(SB)/4, $0x00000001
+DATA bf16One<>+40(SB)/4, $0x00000001
+DATA bf16One<>+44(SB)/4, $0x00000001
+DATA bf16One<>+48(SB)/4, $0x00000001
+DATA bf16One<>+52(SB)/4, $0x00000001
+DATA bf16One<>+56(SB)/4, $0x00000001
+DATA bf16One<>+60(SB)/4, $0x00000001
+GLOBL bf16One<>(SB), RODATA|NOPTR, $64
+
+DATA bf16Half<>+0(SB)/4, $0x00007fff
+DATA bf16Half<>+4(SB)/4, $0x00007fff
+DATA bf16Half<>+8(SB)/4, $0x00007fff
+DATA bf16Half<>+12(SB)/4, $0x00007fff
+DATA bf16Half<>+16(SB)/4, $0x00007fff
+DATA bf16Half<>+20(SB)/4, $0x00007fff
+DATA bf16Half<>+24(SB)/4, $0x00007fff
+DATA bf16Half<>+28(SB)/4, $0x00007fff
+DATA bf16Half<>+32(SB)/4, $0x00007fff
+DATA bf16Half<>+36(SB)/4, $0x00007fff
+DATA bf16Half<>+40(SB)/4, $0x00007fff
+DATA bf16Half<>+44(SB)/4, $0x00007fff
+DATA bf16Half<>+48(SB)/4, $0x00007fff
+DATA bf16Half<>+52(SB)/4, $0x00007fff
+DATA bf16Half<>+56(SB)/4, $0x00007fff
+DATA bf16Half<>+60(SB)/4, $0x00007fff
+GLOBL bf16Half<>(SB), RODATA|NOPTR, $64
+
+DATA bf16Hi<>+0(SB)/4, $0xffff0000
+DATA bf16Hi<>+4(SB)/4, $0xffff0000
+DATA bf16Hi<>+8(SB)/4, $0xffff0000
+DATA bf16Hi<>+12(SB)/4, $0xffff0000
+DATA bf16Hi<>+16(SB)/4, $0xffff0000
+DATA bf16Hi<>+20(SB)/4, $0xffff0000
+DATA bf16Hi<>+24(SB)/4, $0xffff0000
+DATA bf16Hi<>+28(SB)/4, $0xffff0000
+DATA bf16Hi<>+32(SB)/4, $0xffff0000
+DATA bf16Hi<>+36(SB)/4, $0xffff0000
+DATA bf16Hi<>+40(SB)/4, $0xffff0000
+DATA bf16Hi<>+44(SB)/4, $0xffff0000
+DATA bf16Hi<>+48(SB)/4, $0xffff0000
+DATA bf16Hi<>+52(SB)/4, $0xffff0000
+DATA bf16Hi<>+56(SB)/4, $0xffff0000
+DATA bf16Hi<>+60(SB)/4, $0xffff0000
+GLOBL bf16Hi<>(SB), RODATA|NOPTR, $64
+
+DATA bf16Abs<>+0(SB)/4, $0x7fffffff
+DATA bf16Abs<>+4(SB)/4, $0x7fffffff
+DATA bf16Abs<>+8(SB)/4, $0x7fffffff
+DATA bf16Abs<>+12(SB)/4, $0x7fffffff
+DATA bf16Abs<>+16(SB)/4, $0x7fffffff
+DATA bf16Abs<>+20(SB)/4, $0x7fffffff
+DATA bf16Abs<>+24(SB)/4, $0x7fffffff
+DATA bf16Abs<>+28(SB)/4, $0x7fffffff
+DATA bf16Abs<>+32(SB)/4, $0x7fffffff
+DATA bf16Abs<>+36(SB)/4, $0x7fffffff
+DATA bf16Abs<>+40(SB)/4, $0x7fffffff
+DATA bf16Abs<>+44(SB)/4, $0x7fffffff
+DATA bf16Abs<>+48(SB)/4, $0x7fffffff
+DATA bf16Abs<>+52(SB)/4, $0x7fffffff
+DATA bf16Abs<>+56(SB)/4, $0x7fffffff
+DATA bf16Abs<>+60(SB)/4, $0x7fffffff
+GLOBL bf16Abs<>(SB), RODATA|NOPTR, $64
+
+DATA bf16Inf<>+0(SB)/4, $0x7f800000
+DATA bf16Inf<>+4(SB)/4, $0x7f800000
+DATA bf16Inf<>+8(SB)/4, $0x7f800000
+DATA bf16Inf<>+12(SB)/4, $0x7f800000
+DATA bf16Inf<>+16(SB)/4, $0x7f800000
+DATA bf16Inf<>+20(SB)/4, $0x7f800000
+DATA bf16Inf<>+24(SB)/4, $0x7f800000
+DATA bf16Inf<>+28(SB)/4, $0x7f800000
+DATA bf16Inf<>+32(SB)/4, $0x7f800000
+DATA bf16Inf<>+36(SB)/4, $0x7f800000
+DATA bf16Inf<>+40(SB)/4, $0x7f800000
+DATA bf16Inf<>+44(SB)/4, $0x7f800000
+DATA bf16Inf<>+48(SB)/4, $0x7f800000
+DATA bf16Inf<>+52(SB)/4, $0x7f800000
+DATA bf16Inf<>+56(SB)/4, $0x7f800000
+DATA bf16Inf<>+60(SB)/4, $0x7f800000
+GLOBL bf16Inf<>(SB), RODATA|NOPTR, $64
+
+DATA bf16Quiet<>+0(SB)/4, $0x00400000
+DATA bf16Quiet<>+4(SB)/4, $0x00400000
+DATA bf16Quiet<>+8(SB)/4, $0x00400000
+DATA bf16Quiet<>+12(SB)/4, $0x00400000
+DATA bf16Quiet<>+16(SB)/4, $0x00400000
+DATA bf16Quiet<>+20(SB)/4, $0x00400000
+DATA bf16Quiet<>+24(SB)/4, $0x00400000
+DATA bf16Quiet<>+28(SB)/4, $0x00400000
+DATA bf16Quiet<>+32(SB)/4, $0x00400000
+DATA bf16Quiet<>+36(SB)/4, $0x00400000
+DATA bf16Quiet<>+40(SB)/4, $0x00400000
+DATA bf16Quiet<>+44(SB)/4, $0x00400000
+DATA bf16Quiet<>+48(SB)/4, $0x00400000
+DATA bf16Quiet<>+52(SB)/4, $0x00400000
+DATA bf16Quiet<>+56(SB)/4, $0x00400000
+DATA bf16Quiet<>+60(SB)/4, $0x00400000
+GLOBL bf16Quiet<>(SB), RODATA|NOPTR, $64
+
 DATA tailMask<>+0(SB)/4, $0xffffffff
 DATA tailMask<>+4(SB)/4, $0xffffffff
 DATA tailMask<>+8(SB)/4, $0xffffffff
@@ -1849,6 +1957,69 @@ dsoftmaxAvx512_done:
 	VZEROUPPER
 	RET
 
+// func roundBF16Avx512(dst []float32, src []float32)
+// Requires: AVX, AVX512F
+TEXT ·roundBF16Avx512(SB), NOSPLIT, $0-48
+	MOVQ      dst_base+0(FP), AX
+	MOVQ      src_base+24(FP), CX
+	MOVQ      dst_len+8(FP), DX
+	VMOVDQU32 bf16One<>+0(SB), Z0
+	VMOVDQU32 bf16Half<>+0(SB), Z1
+	VMOVDQU32 bf16Hi<>+0(SB), Z2
+	VMOVDQU32 bf16Abs<>+0(SB), Z3
+	VMOVDQU32 bf16Inf<>+0(SB), Z4
+	VMOVDQU32 bf16Quiet<>+0(SB), Z5
+
+roundBF16Avx512_two:
+	CMPQ      DX, $0x00000020
+	JL        roundBF16Avx512_one
+	VMOVDQU32 (CX), Z6
+	VMOVDQU32 64(CX), Z7
+	VPSRLD    $0x10, Z6, Z8
+	VPANDD    Z0, Z8, Z8
+	VPADDD    Z1, Z8, Z8
+	VPANDD    Z3, Z6, Z9
+	VPCMPGTD  Z4, Z9, K1
+	VPADDD    Z8, Z6, Z8
+	VPORD     Z5, Z6, K1, Z8
+	VPANDD    Z2, Z8, Z6
+	VPSRLD    $0x10, Z7, Z8
+	VPANDD    Z0, Z8, Z8
+	VPADDD    Z1, Z8, Z8
+	VPANDD    Z3, Z7, Z9
+	VPCMPGTD  Z4, Z9, K1
+	VPADDD    Z8, Z7, Z8
+	VPORD     Z5, Z7, K1, Z8
+	VPANDD    Z2, Z8, Z7
+	VMOVDQU32 Z6, (AX)
+	VMOVDQU32 Z7, 64(AX)
+	ADDQ      $0x00000080, CX
+	ADDQ      $0x00000080, AX
+	SUBQ      $0x00000020, DX
+	JMP       roundBF16Avx512_two
+
+roundBF16Avx512_one:
+	TESTQ     DX, DX
+	JEQ       roundBF16Avx512_done
+	VMOVDQU32 (CX), Z6
+	VPSRLD    $0x10, Z6, Z7
+	VPANDD    Z0, Z7, Z7
+	VPADDD    Z1, Z7, Z7
+	VPANDD    Z3, Z6, Z8
+	VPCMPGTD  Z4, Z8, K1
+	VPADDD    Z7, Z6, Z7
+	VPORD     Z5, Z6, K1, Z7
+	VPANDD    Z2, Z7, Z6
+	VMOVDQU32 Z6, (AX)
+	ADDQ      $0x00000040, CX
+	ADDQ      $0x00000040, AX
+	SUBQ      $0x00000010, DX
+	JMP       roundBF16Avx512_one
+
+roundBF16Avx512_done:
+	VZEROUPPER
+	RET
+
 // func fmaPeakAvx512(n int)
 // Requires: AVX, AVX512DQ, AVX512F
 TEXT ·fmaPeakAvx512(SB), NOSPLIT, $0-8
@@ -3194,6 +3365,72 @@ dsoftmaxAvx2_next:
 	JNE  dsoftmaxAvx2_row
 
 dsoftmaxAvx2_done:
+	VZEROUPPER
+	RET
+
+// func roundBF16Avx2(dst []float32, src []float32)
+// Requires: AVX, AVX2
+TEXT ·roundBF16Avx2(SB), NOSPLIT, $0-48
+	MOVQ    dst_base+0(FP), AX
+	MOVQ    src_base+24(FP), CX
+	MOVQ    dst_len+8(FP), DX
+	VMOVDQU bf16One<>+0(SB), Y0
+	VMOVDQU bf16Half<>+0(SB), Y1
+	VMOVDQU bf16Hi<>+0(SB), Y2
+	VMOVDQU bf16Abs<>+0(SB), Y3
+	VMOVDQU bf16Inf<>+0(SB), Y4
+	VMOVDQU bf16Quiet<>+0(SB), Y5
+
+roundBF16Avx2_two:
+	CMPQ      DX, $0x00000010
+	JL        roundBF16Avx2_one
+	VMOVDQU   (CX), Y6
+	VMOVDQU   32(CX), Y7
+	VPSRLD    $0x10, Y6, Y8
+	VPAND     Y0, Y8, Y8
+	VPADDD    Y1, Y8, Y8
+	VPAND     Y3, Y6, Y9
+	VPCMPGTD  Y4, Y9, Y9
+	VPADDD    Y8, Y6, Y8
+	VPOR      Y5, Y6, Y6
+	VPBLENDVB Y9, Y6, Y8, Y8
+	VPAND     Y2, Y8, Y6
+	VPSRLD    $0x10, Y7, Y8
+	VPAND     Y0, Y8, Y8
+	VPADDD    Y1, Y8, Y8
+	VPAND     Y3, Y7, Y9
+	VPCMPGTD  Y4, Y9, Y9
+	VPADDD    Y8, Y7, Y8
+	VPOR      Y5, Y7, Y7
+	VPBLENDVB Y9, Y7, Y8, Y8
+	VPAND     Y2, Y8, Y7
+	VMOVDQU   Y6, (AX)
+	VMOVDQU   Y7, 32(AX)
+	ADDQ      $0x00000040, CX
+	ADDQ      $0x00000040, AX
+	SUBQ      $0x00000010, DX
+	JMP       roundBF16Avx2_two
+
+roundBF16Avx2_one:
+	TESTQ     DX, DX
+	JEQ       roundBF16Avx2_done
+	VMOVDQU   (CX), Y6
+	VPSRLD    $0x10, Y6, Y7
+	VPAND     Y0, Y7, Y7
+	VPADDD    Y1, Y7, Y7
+	VPAND     Y3, Y6, Y8
+	VPCMPGTD  Y4, Y8, Y8
+	VPADDD    Y7, Y6, Y7
+	VPOR      Y5, Y6, Y6
+	VPBLENDVB Y8, Y6, Y7, Y7
+	VPAND     Y2, Y7, Y6
+	VMOVDQU   Y6, (AX)
+	ADDQ      $0x00000020, CX
+	ADDQ      $0x00000020, AX
+	SUBQ      $0x00000008, DX
+	JMP       roundBF16Avx2_one
+
+roundBF16Avx2_done:
 	VZEROUPPER
 	RET
 

@@ -56,6 +56,50 @@ type Params struct {
 	Mask  Mask
 	// Threads bounds the goroutines one call uses; 0 means GOMAXPROCS.
 	Threads int
+	// Precision is the arithmetic of the forward pass's two products; the
+	// zero value is PrecisionF32. The backward pass ignores it (float32).
+	Precision Precision
+}
+
+// Precision selects the arithmetic of the forward pass's products Q·Kᵀ and
+// P·V (Fold, FoldBlocks, Attention).
+type Precision uint8
+
+const (
+	// PrecisionF32 computes in float32 throughout (the default).
+	PrecisionF32 Precision = iota
+	// PrecisionBF16 rounds scale·Q, K, V and the probabilities P to
+	// bfloat16 (ties to even) before the products; the products of two
+	// bfloat16 values are exact in float32, and the accumulation, the
+	// softmax statistics (M, L), the state and the output stay float32.
+	// It is what AVX512_BF16's VDPBF16PS computes (up to the order of the
+	// sums and its flushing of denormals), run on the float32 FMA kernels
+	// of every implementation, so every CPU supports it. See the package
+	// documentation for the error bound.
+	PrecisionBF16
+)
+
+// String returns "f32" or "bf16".
+func (p Precision) String() string {
+	switch p {
+	case PrecisionF32:
+		return "f32"
+	case PrecisionBF16:
+		return "bf16"
+	}
+	return fmt.Sprintf("Precision(%d)", uint8(p))
+}
+
+// ParsePrecision parses "f32" (also "fp32", "float32" and "") and "bf16"
+// (also "bfloat16").
+func ParsePrecision(s string) (Precision, error) {
+	switch s {
+	case "", "f32", "fp32", "float32":
+		return PrecisionF32, nil
+	case "bf16", "bfloat16":
+		return PrecisionBF16, nil
+	}
+	return 0, invalid("precision %q, expected f32 or bf16", s)
 }
 
 // EffectiveScale returns Scale, or 1/sqrt(D) when Scale is 0.
@@ -91,6 +135,8 @@ func (p *Params) Validate() error {
 		return invalid("scale = %v, expected a finite number", p.Scale)
 	case p.Threads < 0:
 		return invalid("threads = %d, expected >= 0", p.Threads)
+	case p.Precision > PrecisionBF16:
+		return invalid("precision = %d, expected f32 (%d) or bf16 (%d)", p.Precision, PrecisionF32, PrecisionBF16)
 	}
 	m := &p.Mask
 	if m.SeqLensK != nil && m.SeqLens == nil {

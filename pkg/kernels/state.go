@@ -117,6 +117,7 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 	group := p.Group()
 	d := p.D
 	dp := roundUp(d, nr)
+	bf := p.Precision == PrecisionBF16
 
 	// Units run last query tile first: under a causal mask they see the
 	// most keys, and starting them first balances the cores.
@@ -141,6 +142,9 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 		row0 := bh*s.Rows + r0 // in the state
 		qRow0 := bh*qStride + r0
 		sc.ensure(rp, bc, d, dp)
+		if bf {
+			sc.kr, sc.vr = grow(sc.kr, bc*d), grow(sc.vr, bc*dp)
+		}
 		lo, hi := sc.lo[:rows], sc.hi[:rows]
 		var sp spans
 		mi.spans(qStart+r0, sc.rlo[:rows], sc.rhi[:rows], &sp)
@@ -161,6 +165,12 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 		for i := 0; i < rows; i++ {
 			qi := q[(qRow0+i)*d : (qRow0+i+1)*d]
 			pq := qt[(i/pw)*pw*d+i%pw:]
+			if bf {
+				for t, x := range qi {
+					pq[t*pw] = bf16(scale * x)
+				}
+				continue
+			}
 			for t, x := range qi {
 				pq[t*pw] = scale * x
 			}
@@ -198,6 +208,11 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 				// Sᵀ[j][i] = k[c0+j]·(scale·q[i]).
 				st := sc.s[:cols*rp]
 				kb := k[kvBase+c0*d : kvBase+c1*d]
+				if bf {
+					kr := sc.kr[:cols*d]
+					im.roundBF16(kr, kb)
+					kb = kr
+				}
 				for j0 := 0; j0 < rp; j0 += pw {
 					im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false)
 				}
@@ -224,6 +239,14 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 						copy(vp[j*dp:j*dp+d], vb[j*d:j*d+d])
 					}
 					vb, ldv = vp, dp
+				}
+				if bf {
+					// L above summed P in float32; the product sees
+					// bfloat16 P and V.
+					im.roundBF16(st[:cols*rp], st[:cols*rp])
+					vr := sc.vr[:cols*ldv]
+					im.roundBF16(vr, vb)
+					vb = vr
 				}
 				im.gemmTN(rows, dp, cols, st, rp, vb, ldv, oT, dp, alpha)
 			}
@@ -422,6 +445,7 @@ func exp32(x float32) float32 { return float32(math.Exp(float64(x))) }
 // scratch is one goroutine's tile buffers.
 type scratch struct {
 	s, qt, o, vp     []float32
+	kr, vr           []float32 // bfloat16-rounded K and V tiles
 	m, l, alpha      []float32
 	lo, hi, rlo, rhi []int32
 }

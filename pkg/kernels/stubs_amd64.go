@@ -52,6 +52,18 @@ func expF32Avx512(x []float32)
 // with exp as in expF32. The caller checks the slice bounds.
 func dsoftmaxAvx512(s []float32, dp []float32, ld int, rows int, cols int, lse []float32, delta []float32, scale float32)
 
+// roundBF16Avx512 rounds len(dst) values (a multiple of 16) of src to bfloat16,
+// ties to even, NaN to a quiet NaN, and stores them widened to float32 in dst
+// (dst and src may be the same slice):
+//
+//	for i := range dst:
+//		b := math.Float32bits(src[i])
+//		if b&0x7fffffff > 0x7f800000 { b |= 0x400000 } else { b += 0x7fff + (b>>16)&1 }
+//		dst[i] = math.Float32frombits(b &^ 0xffff)
+//
+// The caller checks the slice bounds.
+func roundBF16Avx512(dst []float32, src []float32)
+
 // fmaPeakAvx512 runs n iterations of 24 independent 16-lane FMAs (768 FLOP per iteration),
 // for measuring the core's peak.
 func fmaPeakAvx512(n int)
@@ -103,6 +115,18 @@ func expF32Avx2(x []float32)
 //
 // with exp as in expF32. The caller checks the slice bounds.
 func dsoftmaxAvx2(s []float32, dp []float32, ld int, rows int, cols int, lse []float32, delta []float32, scale float32)
+
+// roundBF16Avx2 rounds len(dst) values (a multiple of 8) of src to bfloat16,
+// ties to even, NaN to a quiet NaN, and stores them widened to float32 in dst
+// (dst and src may be the same slice):
+//
+//	for i := range dst:
+//		b := math.Float32bits(src[i])
+//		if b&0x7fffffff > 0x7f800000 { b |= 0x400000 } else { b += 0x7fff + (b>>16)&1 }
+//		dst[i] = math.Float32frombits(b &^ 0xffff)
+//
+// The caller checks the slice bounds.
+func roundBF16Avx2(dst []float32, src []float32)
 
 // fmaPeakAvx2 runs n iterations of 12 independent 8-lane FMAs (192 FLOP per iteration),
 // for measuring the core's peak.
