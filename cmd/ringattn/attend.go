@@ -46,13 +46,14 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 	fs.Float64Var(&m.scale, "scale", 0, "softmax `scale` (default 1/sqrt(D))")
 	fs.IntVar(&m.ranks, "ranks", 0, "run an in-process ring of `R` ranks over in-memory links")
 	fs.IntVar(&m.cluster, "cluster", 0, "run on an embedded ephemeral cluster of `W` workers")
-	fs.StringVar(&m.natsURL, "nats", "", "submit to a running cluster at this NATS `URL` (nats://host:port or host:port; env RINGATTN_NATS_URL)")
+
 	fs.IntVar(&m.block, "block", shard.DefaultBlock, "block length in `tokens` for ring and cluster modes")
 	fs.StringVar(&m.wire, "wire", "f32", "`dtype` of key/value blocks on the wire: f32 or bf16")
 	fs.StringVar(&m.strategy, "strategy", "", "shard `strategy`: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
 	fs.IntVar(&m.threads, "threads", 0, "`N` kernel goroutines (default: all cores)")
 	fs.BoolVar(&m.allowNonFinite, "allow-nonfinite", false, "accept NaN/Inf in the inputs instead of rejecting them")
 	m.conn.register(fs)
+	registerNATS(fs, &m.natsURL, "submit to a running cluster at this NATS `URL` (nats://host:port or host:port; env RINGATTN_NATS_URL)")
 }
 
 // check validates the mode and mask flags, naming the flag at fault, and
@@ -78,7 +79,7 @@ func (m *maskFlags) check(fs *flag.FlagSet) error {
 		return usagef("--cluster = %d, expected >= 1 workers", m.cluster)
 	}
 	if m.given["nats"] {
-		u, err := normalizeNATSURL("nats", m.natsURL)
+		u, err := normalizeNATSURL("nats", natsValue(fs, &m.conn, m.natsURL))
 		if err != nil {
 			return err
 		}

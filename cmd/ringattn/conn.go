@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -46,6 +47,31 @@ func normalizeNATSURL(flagName, s string) (string, error) {
 		return "", usagef("--%s is empty, expected the NATS URL of a running cluster such as nats://127.0.0.1:4222", flagName)
 	}
 	return strings.Join(out, ","), nil
+}
+
+// registerNATS registers --nats URL into dst unless the connection flags
+// already define it (internal/natsflags may make --nats the binaries' one
+// spelling, keeping --nats-url as an alias).
+func registerNATS(fs *flag.FlagSet, dst *string, usage string) {
+	if fs.Lookup("nats") == nil {
+		fs.StringVar(dst, "nats", "", usage)
+	}
+}
+
+// natsValue is the --nats value given: a string flag's value (ours, even
+// when empty), else the connection flags' URLs when they own --nats.
+func natsValue(fs *flag.FlagSet, cf *connFlags, own string) string {
+	if f := fs.Lookup("nats"); f != nil {
+		if g, ok := f.Value.(flag.Getter); ok {
+			if s, ok := g.Get().(string); ok {
+				return s
+			}
+		}
+	}
+	if own != "" {
+		return own
+	}
+	return strings.Join(cf.cfg.URLs, ",")
 }
 
 // dial connects to the cluster at url (--nats), or at the connection

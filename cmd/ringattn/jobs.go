@@ -54,7 +54,8 @@ func jobCommand(env *cliEnv, name, synopsis string, args []string, extra func(fs
 	fs := newFlags(env, name, synopsis+" [--nats URL]")
 	cf = &connFlags{}
 	cf.register(fs)
-	natsURL := fs.String("nats", "", "NATS `URL` of the cluster: nats://host:port or host:port (default nats://127.0.0.1:4222, env RINGATTN_NATS_URL)")
+	natsURL := new(string)
+	registerNATS(fs, natsURL, "NATS `URL` of the cluster: nats://host:port or host:port (default nats://127.0.0.1:4222, env RINGATTN_NATS_URL)")
 	if extra != nil {
 		extra(fs)
 	}
@@ -78,7 +79,7 @@ func jobCommand(env *cliEnv, name, synopsis string, args []string, extra func(fs
 	given := false
 	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "nats" })
 	if given {
-		u, err := normalizeNATSURL("nats", *natsURL)
+		u, err := normalizeNATSURL("nats", natsValue(fs, cf, *natsURL))
 		if err != nil {
 			return "", nil, "", err
 		}
@@ -87,9 +88,22 @@ func jobCommand(env *cliEnv, name, synopsis string, args []string, extra func(fs
 	return id, cf, *natsURL, nil
 }
 
+// progressCell is a job's progress: percent and counts of its finest
+// counters (ring steps when known, else blocks).
+func progressCell(st *pb.JobStatus) string {
+	done, total, unit := client.StatusProgress(st)
+	if st.GetState() == pb.JobState_JOB_STATE_SUCCEEDED && total > 0 {
+		done = total
+	}
+	if total <= 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.0f%% %d/%d %s", 100*float64(min(done, total))/float64(total), done, total, unit)
+}
+
 func statusLine(st *pb.JobStatus) string {
-	s := fmt.Sprintf("%s  %-9s epoch %d  %d/%d blocks  %s", st.GetId(), shortState(st.GetState()), st.GetEpoch(),
-		st.GetBlocksDone(), st.GetBlocksTotal(), jobShape(st.GetSpec()))
+	s := fmt.Sprintf("%s  %-9s epoch %d  %s  %s", st.GetId(), shortState(st.GetState()), st.GetEpoch(),
+		progressCell(st), jobShape(st.GetSpec()))
 	if d := jobDuration(st); d != "" {
 		s += "  " + d
 	}
@@ -327,14 +341,14 @@ func writeJobList(w io.Writer, jobs []*pb.JobStatus, state string, now time.Time
 		return
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB\tSTATE\tSHAPE\tBLOCKS\tSUBMITTED\tRAN\tREASON")
+	fmt.Fprintln(tw, "JOB\tSTATE\tSHAPE\tPROGRESS\tSUBMITTED\tRAN\tREASON")
 	for _, st := range jobs {
 		d := jobDuration(st)
 		if d == "" {
 			d = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%s\t%s\t%s\n", st.GetId(), shortState(st.GetState()), jobShape(st.GetSpec()),
-			st.GetBlocksDone(), st.GetBlocksTotal(), submitTime(st.GetCreatedUnixMs(), now), d, st.GetReason())
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", st.GetId(), shortState(st.GetState()), jobShape(st.GetSpec()),
+			progressCell(st), submitTime(st.GetCreatedUnixMs(), now), d, st.GetReason())
 	}
 	tw.Flush()
 }

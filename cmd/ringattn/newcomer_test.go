@@ -66,6 +66,7 @@ func TestCLIUnreachableCluster(t *testing.T) {
 		{"submit", "--nats", addr, "-q", q, "-k", k, "-v", v},
 		{"list", "--nats", addr},
 		{"status", "JOB", "--nats", addr},
+		{"info", "--nats", addr, "--wait", "300ms"},
 	} {
 		code, _, stderr := cli(t, args...)
 		if code != exitReach || !strings.Contains(stderr, "cannot reach the cluster at nats://"+addr) ||
@@ -293,7 +294,11 @@ func TestCLIJobsOnCluster(t *testing.T) {
 	url := dev.URL()
 	dir := t.TempDir()
 	q, k, v := fixture("attn_q.npy"), fixture("attn_k.npy"), fixture("attn_v.npy")
-	code, stdout, stderr := cli(t, "list", "--nats", url, "--state", "running")
+	code, stdout, stderr := cli(t, "info", "--nats", url, "--wait", "30s", "--workers", "2")
+	if code != 0 || !strings.Contains(stdout, "2 workers") {
+		t.Fatalf("info: exit %d, stdout %q, stderr %q", code, stdout, stderr)
+	}
+	code, stdout, stderr = cli(t, "list", "--nats", url, "--state", "running")
 	if code != 0 || strings.TrimSpace(stdout) != "no running jobs" {
 		t.Fatalf("empty list: exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
@@ -329,5 +334,60 @@ func TestCLIJobsOnCluster(t *testing.T) {
 	}
 	if d := maxDiff(t, o, fixture("attn_o_ref.npy")); d > 1e-4 {
 		t.Fatalf("attend --nats: max |o - numpy| = %g", d)
+	}
+}
+
+// TestCLIRandnCompare: randn writes seeded tensors of the shape asked,
+// compare passes equal files and fails different ones (exit 1).
+func TestCLIRandnCompare(t *testing.T) {
+	dir := t.TempDir()
+	a, b, c := filepath.Join(dir, "a.npy"), filepath.Join(dir, "b.npy"), filepath.Join(dir, "c.npy")
+	for _, x := range []struct {
+		path, seed string
+	}{{a, "1"}, {b, "1"}, {c, "2"}} {
+		code, stdout, stderr := cli(t, "randn", "--shape", "2,3,5,4", "-o", x.path, "--seed", x.seed)
+		if code != 0 || !strings.Contains(stdout, "[2 3 5 4]") {
+			t.Fatalf("randn: exit %d, %q %q", code, stdout, stderr)
+		}
+	}
+	if code, stdout, _ := cli(t, "compare", a, b); code != 0 || !strings.Contains(stdout, "max |a - b| = 0.00e+00") {
+		t.Errorf("same seed: exit %d, %q", code, stdout)
+	}
+	if code, stdout, stderr := cli(t, "compare", a, c); code != exitJob || !strings.Contains(stdout, "DIFFERENT") || !strings.Contains(stderr, "exceeds --tol") {
+		t.Errorf("other seed: exit %d, %q %q", code, stdout, stderr)
+	}
+	if code, _, _ := cli(t, "compare", "--tol", "100", a, c); code != 0 {
+		t.Errorf("--tol 100 before the files: exit %d", code)
+	}
+	if code, _, _ := cli(t, "compare", a, "--tol", "100", c); code != 0 {
+		t.Errorf("--tol 100 between the files: exit %d", code)
+	}
+	d := filepath.Join(dir, "d.npy")
+	cli(t, "randn", "--shape", "3,5", "-o", d)
+	if code, _, stderr := cli(t, "compare", a, d); code != exitJob || !strings.Contains(stderr, "shape") {
+		t.Errorf("shapes differ: exit %d, %q", code, stderr)
+	}
+	for _, args := range [][]string{
+		{"randn", "-o", a},
+		{"randn", "--shape", "2,x", "-o", a},
+		{"randn", "--shape", "1,1,1,1,1", "-o", a},
+		{"randn", "--shape", "65536,16385", "-o", a},
+		{"randn", "--shape", "4", "-o", filepath.Join(dir, "no", "a.npy")},
+		{"compare", a},
+		{"compare", a, b, "--tol", "-1"},
+	} {
+		if code, _, stderr := cli(t, args...); code != exitUsage {
+			t.Errorf("%v: exit %d (%q), want 2", args, code, stderr)
+		}
+	}
+	// The element limit, at and just past it (checked before allocating).
+	if n, err := randnElems("s", []int{1 << 15, 1 << 15}); err != nil || n != maxRandnElems {
+		t.Errorf("at the limit: %d, %v", n, err)
+	}
+	if _, err := randnElems("s", []int{1<<15 + 1, 1 << 15}); err == nil {
+		t.Error("past the limit: no error")
+	}
+	if _, err := randnElems("s", []int{1 << 40, 1 << 40}); err == nil {
+		t.Error("overflowing shape: no error")
 	}
 }

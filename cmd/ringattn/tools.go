@@ -42,12 +42,9 @@ func runRandn(env *cliEnv, args []string) error {
 	if len(shape) > 4 {
 		return usagef("--shape has %d dims, expected 1 to 4", len(shape))
 	}
-	n := 1
-	for i, d := range shape {
-		if d > maxRandnElems/n {
-			return usagef("--shape %s has more than %d elements (dim %d)", *shapeFlag, maxRandnElems, i)
-		}
-		n *= d
+	n, err := randnElems(*shapeFlag, shape)
+	if err != nil {
+		return err
 	}
 	if err := checkWritable([2]string{"-o", *out}); err != nil {
 		return err
@@ -58,6 +55,19 @@ func runRandn(env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stdout, "wrote %s %v (standard normal, seed %d)\n", *out, t.Shape, *seed)
 	return nil
+}
+
+// randnElems is the element count of shape, at most maxRandnElems,
+// checked before each multiplication.
+func randnElems(spec string, shape []int) (int, error) {
+	n := 1
+	for _, d := range shape {
+		if d > maxRandnElems/n {
+			return 0, usagef("--shape %s has more than %d elements, expected at most that", spec, maxRandnElems)
+		}
+		n *= d
+	}
+	return n, nil
 }
 
 func runCompare(env *cliEnv, args []string) error {

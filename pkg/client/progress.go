@@ -164,6 +164,15 @@ func (m *Meter) ETA(now time.Time, done int64) (time.Duration, bool) {
 	return time.Duration(secs * float64(time.Second)), true
 }
 
+// StatusProgress returns a status's finest progress counters: ring steps
+// of the current epoch when the coordinator knows them, else blocks.
+func StatusProgress(st *pb.JobStatus) (done, total int64, unit string) {
+	if t := st.GetStepsTotal(); t > 0 && st.GetStepsDone() >= 0 && st.GetStepsDone() <= t {
+		return st.GetStepsDone(), t, UnitSteps
+	}
+	return st.GetBlocksDone(), st.GetBlocksTotal(), UnitBlocks
+}
+
 // parseProgressEvent decodes a job event from the network and returns the
 // ring-step progress it carries: ok only for a well-formed PROGRESS event
 // of job id with 0 <= done <= total and total > 0.
@@ -222,8 +231,10 @@ func (c *Client) WatchProgress(ctx context.Context, id string, fn func(Progress)
 	)
 	defer tick.Stop()
 	emit := func(now time.Time) {
-		p := Progress{Status: st, Unit: UnitBlocks, Done: st.GetBlocksDone(), Total: st.GetBlocksTotal(), FinishedBeforeWatch: before}
-		if stepTot > 0 && stepEp == st.GetEpoch() {
+		p := Progress{Status: st, FinishedBeforeWatch: before}
+		p.Done, p.Total, p.Unit = StatusProgress(st)
+		// A PROGRESS event of the current epoch newer than the status.
+		if stepTot > 0 && stepEp == st.GetEpoch() && (p.Unit != UnitSteps || (stepTot == p.Total && stepDone > p.Done)) {
 			p.Unit, p.Done, p.Total = UnitSteps, stepDone, stepTot
 		}
 		if st.GetState() == pb.JobState_JOB_STATE_SUCCEEDED && p.Total > 0 {

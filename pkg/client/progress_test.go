@@ -198,3 +198,25 @@ func FuzzClientProgressEvent(f *testing.F) {
 		}
 	})
 }
+
+// TestClientStatusProgress: a status's ring-step counters are used when
+// known and sane, blocks otherwise.
+func TestClientStatusProgress(t *testing.T) {
+	for _, c := range []struct {
+		st          *pb.JobStatus
+		done, total int64
+		unit        string
+	}{
+		{&pb.JobStatus{BlocksDone: 1, BlocksTotal: 4}, 1, 4, UnitBlocks},
+		{&pb.JobStatus{BlocksDone: 1, BlocksTotal: 4, StepsDone: 30, StepsTotal: 64}, 30, 64, UnitSteps},
+		{&pb.JobStatus{BlocksDone: 1, BlocksTotal: 4, StepsDone: 64, StepsTotal: 64}, 64, 64, UnitSteps},
+		{&pb.JobStatus{BlocksDone: 1, BlocksTotal: 4, StepsDone: 65, StepsTotal: 64}, 1, 4, UnitBlocks},
+		{&pb.JobStatus{BlocksDone: 1, BlocksTotal: 4, StepsDone: -1, StepsTotal: 64}, 1, 4, UnitBlocks},
+		{nil, 0, 0, UnitBlocks},
+	} {
+		d, tot, u := StatusProgress(c.st)
+		if d != c.done || tot != c.total || u != c.unit {
+			t.Errorf("%v: %d/%d %s, want %d/%d %s", c.st, d, tot, u, c.done, c.total, c.unit)
+		}
+	}
+}
