@@ -269,7 +269,8 @@ func (h APIHandlers) endpoints() []endpoint {
 // Each request is size-checked, decoded once and handled; a handler's
 // panic is contained (logged with its stack, counted in HandlerPanics and
 // cfg.OnPanic, answered INTERNAL). The context handlers get ends when
-// stop is called.
+// stop is called; from then on no request is answered (a client retries
+// with another server).
 func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 	max := cfg.MaxRequestBytes
 	if max <= 0 {
@@ -288,7 +289,12 @@ func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	g := svc.AddGroup(c.subj.APIPrefix())
 	for _, ep := range h.endpoints() {
-		handle := func(req micro.Request) { c.serveAPIRequest(ctx, ep, cfg, max, req) }
+		handle := func(req micro.Request) {
+			if ctx.Err() != nil {
+				return // stopped: micro drains its subscriptions, but this server answers no more
+			}
+			c.serveAPIRequest(ctx, ep, cfg, max, req)
+		}
 		err := g.AddEndpoint(ep.name, micro.HandlerFunc(func(req micro.Request) {
 			if cfg.Dispatch == nil {
 				handle(req)
@@ -302,7 +308,14 @@ func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 			return nil, fmt.Errorf("transport: api endpoint %s: %w", ep.name, err)
 		}
 	}
-	return func() error { cancel(); return svc.Stop() }, nil
+	return func() error {
+		cancel()
+		err := svc.Stop()
+		if ferr := c.nc.FlushTimeout(DefaultRecvTimeout); err == nil && !c.nc.IsClosed() {
+			err = ferr
+		}
+		return err
+	}, nil
 }
 
 // serveAPIRequest answers one API request.

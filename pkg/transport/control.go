@@ -71,6 +71,23 @@ func Dial(cfg Config, logger *slog.Logger) (*Conn, error) {
 // NATS returns the underlying connection, for NewNATSRing and OpenStore.
 func (c *Conn) NATS() *nats.Conn { return c.nc }
 
+// IsConnected reports whether c is connected to a server now.
+func (c *Conn) IsConnected() bool { return c.nc.IsConnected() }
+
+// NewRing is NewNATSRing on c, under c's subject prefix unless cfg sets
+// one.
+func (c *Conn) NewRing(cfg RingConfig) (*NATSRing, error) {
+	if cfg.Prefix == "" {
+		cfg.Prefix = c.subj.Prefix()
+	}
+	return NewNATSRing(c.nc, cfg)
+}
+
+// OpenStore is OpenStore on c.
+func (c *Conn) OpenStore(ctx context.Context, cfg StoreConfig) (*Store, error) {
+	return OpenStore(ctx, c.nc, cfg, c.log)
+}
+
 // Subjects returns the subjects c uses.
 func (c *Conn) Subjects() Subjects { return c.subj }
 
@@ -138,11 +155,11 @@ func (c *Conn) contain(name string, cfg ServeConfig, f func()) (err error) {
 	return nil
 }
 
-// serve subscribes subject (in queue group queue, when set) and answers
+// serve subscribes subject and answers
 // each request: decoded into newReq() (bounded by max) and passed to h,
 // whose reply is sent. A request that does not decode, or whose handler
 // panics, is answered with bad(err) when bad is set, else dropped.
-func serve[Req, Rep proto.Message](c *Conn, name, subject, queue string, max int, cfg ServeConfig,
+func serve[Req, Rep proto.Message](c *Conn, name, subject string, max int, cfg ServeConfig,
 	newReq func() Req, h func(Req) Rep, bad func(error) Rep) (StopFunc, error) {
 	handle := func(m *nats.Msg) {
 		if cfg.OnMessage != nil {
@@ -172,13 +189,7 @@ func serve[Req, Rep proto.Message](c *Conn, name, subject, queue string, max int
 		}
 		cfg.Dispatch(func() { handle(m) })
 	}
-	var sub *nats.Subscription
-	var err error
-	if queue != "" {
-		sub, err = c.nc.QueueSubscribe(subject, queue, cb)
-	} else {
-		sub, err = c.nc.Subscribe(subject, cb)
-	}
+	sub, err := c.nc.Subscribe(subject, cb)
 	if err != nil {
 		return nil, fmt.Errorf("transport: subscribe %s: %w", name, err)
 	}
@@ -239,7 +250,7 @@ func (c *Conn) PublishHeartbeat(hb *pb.Heartbeat) error {
 // answer). Heartbeats over MaxHeartbeatBytes, malformed ones and those
 // whose handler panics are dropped (logged, counted).
 func (c *Conn) ServeHeartbeats(cfg ServeConfig, h func(*pb.Heartbeat) *pb.HeartbeatAck) (StopFunc, error) {
-	return serve(c, "heartbeat", c.subj.Heartbeat(), "", MaxHeartbeatBytes, cfg,
+	return serve(c, "heartbeat", c.subj.Heartbeat(), MaxHeartbeatBytes, cfg,
 		func() *pb.Heartbeat { return new(pb.Heartbeat) }, h, nil)
 }
 
@@ -262,7 +273,7 @@ func (c *Conn) ServeAssignments(workerID string, cfg ServeConfig, h func(*pb.Ass
 	if err := ValidateName("worker id", workerID); err != nil {
 		return nil, err
 	}
-	return serve(c, "assign", c.subj.Assign(workerID), "", MaxControlBytes, cfg,
+	return serve(c, "assign", c.subj.Assign(workerID), MaxControlBytes, cfg,
 		func() *pb.Assignment { return new(pb.Assignment) }, h,
 		func(err error) *pb.AssignmentAck {
 			return &pb.AssignmentAck{Reason: "malformed assignment: " + err.Error()}
@@ -283,7 +294,7 @@ func (c *Conn) Report(ctx context.Context, r *pb.Report) (*pb.ReportAck, error) 
 // oversized report is answered REPORT_STATUS_REJECTED (retrying it cannot
 // help); one whose handler panics REPORT_STATUS_RETRY.
 func (c *Conn) ServeReports(cfg ServeConfig, h func(*pb.Report) *pb.ReportAck) (StopFunc, error) {
-	return serve(c, "report", c.subj.Report(), "", MaxControlBytes, cfg,
+	return serve(c, "report", c.subj.Report(), MaxControlBytes, cfg,
 		func() *pb.Report { return new(pb.Report) }, h,
 		func(err error) *pb.ReportAck {
 			if errors.Is(err, ErrMalformed) || errors.Is(err, ErrMessageTooLarge) {
@@ -318,7 +329,7 @@ func (c *Conn) OnEvents(jobID string, cfg ServeConfig, h func(*pb.JobEvent)) (St
 		}
 		subject = c.subj.JobEvents(jobID)
 	}
-	return serve(c, "events", subject, "", MaxControlBytes, cfg,
+	return serve(c, "events", subject, MaxControlBytes, cfg,
 		func() *pb.JobEvent { return new(pb.JobEvent) },
 		func(ev *pb.JobEvent) proto.Message { h(ev); return nil }, nil)
 }

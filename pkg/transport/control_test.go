@@ -397,3 +397,36 @@ func TestTransportControlEventBuffer(t *testing.T) {
 	default:
 	}
 }
+
+// TestTransportControlConn: a Conn from Dial reaches the ring and the
+// store without its user touching NATS, and Close ends it.
+func TestTransportControlConn(t *testing.T) {
+	e := transporttest.RunServer(t)
+	ctx := ctxT(t, 20*time.Second)
+	cfg := transporttest.Config(e)
+	cfg.Prefix = "pfx"
+	c, err := transport.Dial(cfg, transporttest.Logger(t))
+	must(t, err)
+	if !c.IsConnected() || c.Subjects().Prefix() != "pfx" {
+		t.Fatalf("connected %v, prefix %q", c.IsConnected(), c.Subjects().Prefix())
+	}
+	r, err := c.NewRing(transport.RingConfig{Job: "job-c", Epoch: 1, Rank: 0, Size: 1})
+	must(t, err)
+	if r.Config().Prefix != "pfx" {
+		t.Errorf("ring prefix %q, want the Conn's", r.Config().Prefix)
+	}
+	must(t, r.Close())
+	s, err := c.OpenStore(ctx, transport.StoreConfig{})
+	must(t, err)
+	must(t, s.PutBlock(ctx, "job-c", "q", 0, []float32{1, 2}, transport.F32))
+	got, err := s.GetBlock(ctx, "job-c", "q", 0)
+	must(t, err)
+	equalF32(t, "block", got, []float32{1, 2})
+	must(t, c.Close())
+	transporttest.Eventually(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if c.IsConnected() {
+			return errors.New("still connected after Close")
+		}
+		return nil
+	})
+}
