@@ -1,0 +1,72 @@
+package gateway
+
+import (
+	"bytes"
+	"io"
+	"mime/multipart"
+	"net/textproto"
+	"testing"
+
+	"github.com/ringattn/ringattn/pkg/tensor"
+)
+
+func fuzzBody(spec string, parts ...[2]string) []byte {
+	var buf bytes.Buffer
+	mw := multipart.NewWriter(&buf)
+	_ = mw.SetBoundary("fuzzboundary")
+	if spec != "" {
+		h := textproto.MIMEHeader{}
+		h.Set("Content-Disposition", `form-data; name="spec"`)
+		w, _ := mw.CreatePart(h)
+		io.WriteString(w, spec)
+	}
+	for _, p := range parts {
+		w, _ := mw.CreateFormFile(p[0], p[0]+".npy")
+		io.WriteString(w, p[1])
+	}
+	mw.Close()
+	return buf.Bytes()
+}
+
+func fuzzNPY(shape ...int) string {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	var buf bytes.Buffer
+	_ = tensor.EncodeNPY(&buf, tensor.New(make([]float32, n), shape...))
+	return buf.String()
+}
+
+// FuzzGatewaySubmit: no multipart submit body can crash the decoder or
+// make it allocate past its budget; what it accepts is consistent.
+func FuzzGatewaySubmit(f *testing.F) {
+	q := fuzzNPY(1, 2, 4, 8)
+	f.Add(fuzzBody(`{"causal": true, "return_lse": true}`, [2]string{"q", q}, [2]string{"k", q}, [2]string{"v", q}))
+	f.Add(fuzzBody(`{"window": [4, -1], "seqlens": [2, 2], "scale": 0.5}`, [2]string{"q", q}, [2]string{"k", q}, [2]string{"v", q}))
+	f.Add(fuzzBody(`{"kind": "mha", "heads": 2}`, [2]string{"x", fuzzNPY(3, 4)}, [2]string{"wq", fuzzNPY(4, 4)},
+		[2]string{"wk", fuzzNPY(4, 4)}, [2]string{"wv", fuzzNPY(4, 4)}, [2]string{"wo", fuzzNPY(4, 4)}))
+	f.Add(fuzzBody(`{"cuasal": 1}`, [2]string{"q", q[:20]}))
+	f.Add(fuzzBody("", [2]string{"q", q}))
+	f.Add([]byte("--fuzzboundary--\r\n"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		const budget = 1 << 16
+		sub, err := decodeSubmit(limitBody(bytes.NewReader(body), budget+maxSpecBytes), "fuzzboundary", budget, "")
+		if err != nil {
+			e, ok := err.(*Error)
+			if !ok || e.Status < 400 || e.Message == "" {
+				t.Fatalf("error %T %v: want an *Error with a status and a message", err, err)
+			}
+			return
+		}
+		if sub.bytes > budget {
+			t.Fatalf("accepted %d tensor bytes past the budget %d", sub.bytes, budget)
+		}
+		required, _ := partNames(sub.spec.Kind)
+		for _, n := range required {
+			if sub.tensors[n] == nil || sub.tensors[n].Validate() != nil {
+				t.Fatalf("accepted without a valid %s", n)
+			}
+		}
+	})
+}
