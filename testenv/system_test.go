@@ -87,20 +87,30 @@ func TestSystemWorkerKilled(t *testing.T) {
 	l.verify(ctx)
 }
 
-// TestSystemWorkerHung SIGSTOPs a worker mid-job (a hang: connections
-// open, no heartbeats, no frames). The leader removes it after the
-// heartbeat timeout and re-plans; the job finishes exactly without it.
-// Then the worker is continued: its stale rank's late frames and report
-// change nothing (the job stays SUCCEEDED in its epoch, its outputs stay
-// exact), and it rejoins as a live worker.
+// TestSystemWorkerHung SIGSTOPs a worker mid-shard (a hang: connections
+// open, no heartbeats, no frames; its rank is stalled after one ring step
+// by a test fault, so the hang surely lands mid-shard). The leader
+// removes it after the heartbeat timeout and re-plans; the job finishes
+// exactly without it. Then the worker is continued: its stale rank ends
+// (aborted, or answered STALE) and no report of it is accepted, the job
+// stays SUCCEEDED in its epoch with exact outputs, and the worker rejoins
+// as a live worker.
 func TestSystemWorkerHung(t *testing.T) {
-	c := startCluster(t, fastConfig(t, 3))
+	c := startCluster(t, fastConfig(t, 2))
 	l := newLedger(t, c)
 	ctx := testCtx(t)
+	// The victim's rank stalls after one ring step: the hang lands
+	// mid-shard, and the rank cannot finish on its own after SIGCONT.
+	victim, err := c.AddWorkerEnv(ctx, stallAfterFirstStep)
+	if err != nil {
+		t.Fatal(err)
+	}
 	base := stepCounts(ctx, c)
 	id := l.submit(ctx, bigJob(3, true))
 	st := waitRunning(ctx, t, l, id)
-	victim := c.Worker(st.GetWorkers()[0])
+	if !slices.Contains(st.GetWorkers(), victim.Name) {
+		t.Fatalf("job %s planned on %v, without %s: the fault cannot land", id, st.GetWorkers(), victim.Name)
+	}
 	st = waitMidJob(ctx, t, l, id, victim, base[victim.Name])
 	// The victim's counters of ended shards and reports just before the
 	// hang: after SIGCONT its stale rank must end as aborted or STALE, and
@@ -110,7 +120,7 @@ func TestSystemWorkerHung(t *testing.T) {
 	if err := victim.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("SIGSTOP %s (rank 0 of epoch %d) with %d/%d blocks done", victim.Name, st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal())
+	t.Logf("SIGSTOP %s (stalled mid-shard in epoch %d) with %d/%d blocks done", victim.Name, st.GetEpoch(), st.GetBlocksDone(), st.GetBlocksTotal())
 	fin := l.wait(ctx, id)
 	logRecovery(t, l, "worker SIGSTOPped mid-job", at, fin, st.GetEpoch())
 	if fin.GetEpoch() <= st.GetEpoch() || slices.Contains(fin.GetWorkers(), victim.Name) {
@@ -124,7 +134,7 @@ func TestSystemWorkerHung(t *testing.T) {
 	cont := time.Now()
 	// The continued worker ends its stale shard (aborted, or finished and
 	// answered STALE) and is a live worker again.
-	err := Poll(ctx, PollInterval, func() error {
+	err = Poll(ctx, PollInterval, func() error {
 		n, err := c.Metric(ctx, victim, "ringattn_worker_shards_running")
 		if err != nil {
 			return err
