@@ -14,6 +14,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ringattn/ringattn/internal/devcluster"
+	"github.com/ringattn/ringattn/internal/gateway"
 	"github.com/ringattn/ringattn/internal/natsflags"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
@@ -196,7 +197,8 @@ func runDev(env *cliEnv, args []string) error {
 	workers := fs.Int("workers", 3, "number of `W` workers")
 	data := fs.String("data", "", "data `dir` for JetStream and Raft (default: a temporary one, removed on exit)")
 	port := fs.Int("port", 4222, "NATS client `port` on 127.0.0.1 (0: a free port)")
-	httpAddr := fs.String("http", "127.0.0.1:8080", "coordinator ops `address` (/metrics, /readyz, /v1/*)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "HTTP `address`: the job API (/v1/jobs, for curl and Python) and the ops endpoints (/metrics, /readyz, /v1/cluster)")
+	token := fs.String("token", os.Getenv("RINGATTN_GATEWAY_TOKEN"), "bearer `token` the HTTP job API requires (env RINGATTN_GATEWAY_TOKEN; needed to bind a non-loopback --http)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn, error")
 	if err := parse(env, fs, args); err != nil {
@@ -212,7 +214,7 @@ func runDev(env *cliEnv, args []string) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: *workers, DataDir: *data, NATSPort: *port,
-		HTTPAddr: *httpAddr, Logger: logger})
+		HTTPAddr: *httpAddr, Logger: logger, Gateway: gateway.Config{Token: *token, Version: version()}})
 	if err != nil {
 		return err
 	}
@@ -221,7 +223,8 @@ func runDev(env *cliEnv, args []string) error {
 	if *data != "" {
 		fmt.Fprintf(env.stdout, "  data  %s\n", *data)
 	}
-	fmt.Fprintf(env.stdout, "Try:  ringattn attend --nats %s -q Q.npy -k K.npy -v V.npy -o O.npy\nCtrl-C stops.\n", dev.URL())
+	fmt.Fprintf(env.stdout, "Try:  ringattn attend --nats %s -q Q.npy -k K.npy -v V.npy -o O.npy\n", dev.URL())
+	fmt.Fprintf(env.stdout, "      python3 -c 'import ringattn; print(ringattn.Client(\"http://%s\").info())'   (PYTHONPATH=python)\nCtrl-C stops.\n", dev.HTTPAddr())
 	<-ctx.Done()
 	fmt.Fprintln(env.stdout, "ringattn dev: stopping")
 	return nil

@@ -13,7 +13,10 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/gateway"
 	"github.com/ringattn/ringattn/internal/worker"
+	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/testenv"
 )
 
@@ -32,7 +35,7 @@ func binFlag(fs *flag.FlagSet) *string {
 }
 
 func runCluster(env *cliEnv, args []string) error {
-	fs := newFlags(env, "cluster", "[--coordinators 3] [--workers W] [--dir D] [--nats-port P] [--bin DIR]")
+	fs := newFlags(env, "cluster", "[--coordinators 3] [--workers W] [--dir D] [--nats-port P] [--http ADDR] [--bin DIR]")
 	coords := fs.Int("coordinators", 3, "number of `N` coordinators (Raft members; 1, 3 or 5 make sense)")
 	workers := fs.Int("workers", 3, "number of `W` workers")
 	dir := fs.String("dir", "", "`directory` of the data (JetStream, Raft), logs and binaries; kept on exit and reused by the next run (default: a temporary one, removed on exit)")
@@ -42,8 +45,15 @@ func runCluster(env *cliEnv, args []string) error {
 	binDir := binFlag(fs)
 	hbTimeout := fs.Duration("heartbeat-timeout", 0, "a worker silent this `long` is dead (0: the coordinator's default, 3s)")
 	logLevel := fs.String("log-level", "info", "log level of every process: debug, info, warn, error")
+	httpAddr := fs.String("http", gateway.DefaultAddr, "`address` of the HTTP job API served for the cluster (\"off\": none)")
+	token := fs.String("token", os.Getenv("RINGATTN_GATEWAY_TOKEN"), "bearer `token` the HTTP job API requires (env RINGATTN_GATEWAY_TOKEN)")
 	if err := parse(env, fs, args); err != nil {
 		return err
+	}
+	if *httpAddr != "off" {
+		if err := gateway.CheckBind(*httpAddr, *token, false); err != nil {
+			return usagef("--http: %v", err)
+		}
 	}
 	switch {
 	case *coords < 1 || *coords > 9:
@@ -116,6 +126,26 @@ func runCluster(env *cliEnv, args []string) error {
 	}
 	leader, _ := c.Leader(ctx)
 	printCluster(env.stdout, c, how, leader, time.Since(start))
+	gwDone := make(chan error, 1)
+	gwCtx, gwCancel := context.WithCancel(ctx)
+	defer gwCancel()
+	if *httpAddr != "off" {
+		// The job API, in this process: stateless, over the cluster's NATS.
+		ncfg := transport.DefaultConfig()
+		ncfg.URLs = []string{c.URL()}
+		ncfg.Name = "ringattn-gateway"
+		cl, err := client.Connect(ctx, ncfg, client.Options{})
+		if err != nil {
+			c.Close()
+			return fmt.Errorf("the HTTP job API's connection: %w", err)
+		}
+		defer cl.Close()
+		go func() {
+			gwDone <- serveGateway(gwCtx, env, cl, *httpAddr, gateway.Config{Token: *token, Version: version()})
+		}()
+	} else {
+		gwDone <- nil
+	}
 
 	// Report processes that die on their own while the cluster runs.
 	for _, p := range c.Procs() {
@@ -129,7 +159,16 @@ func runCluster(env *cliEnv, args []string) error {
 			}
 		}()
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+		gwCancel()
+		<-gwDone
+	case err := <-gwDone:
+		if err != nil {
+			fmt.Fprintf(env.stderr, "ringattn cluster: the HTTP job API stopped: %v\n", err)
+		}
+		<-ctx.Done()
+	}
 	fmt.Fprintln(env.stdout, "ringattn cluster: stopping (workers drain, then coordinators, then NATS; Ctrl-C again kills)")
 	closed := make(chan error, 1)
 	go func() { closed <- c.Close() }()

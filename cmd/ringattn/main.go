@@ -59,6 +59,7 @@ func commands() []command {
 		{"demo", "run a random job on an embedded cluster and check it against the float64 reference", runDemo},
 		{"dev", "run an all-in-one cluster (NATS, coordinator, workers) in this process until Ctrl-C", runDev},
 		{"cluster", "run a multi-process local cluster (NATS, coordinators, workers as processes) until Ctrl-C", runCluster},
+		{"gateway", "serve the HTTP job API (for curl and Python) for a running cluster until Ctrl-C", runGateway},
 		{"submit", "upload inputs and submit an attention job to a running cluster", runSubmit},
 		{"status", "show a job's status", runStatus},
 		{"get", "fetch a finished job's outputs", runGet},

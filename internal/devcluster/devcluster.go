@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -19,7 +20,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ringattn/ringattn/internal/coordinator"
+	"github.com/ringattn/ringattn/internal/gateway"
 	"github.com/ringattn/ringattn/internal/worker"
+	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
@@ -32,9 +35,12 @@ type Config struct {
 	DataDir string
 	// NATSPort is the NATS client port on 127.0.0.1 (0: a free port).
 	NATSPort int
-	// HTTPAddr is the coordinator's ops address (default 127.0.0.1:0; "off"
-	// disables it).
+	// HTTPAddr is the HTTP address (default 127.0.0.1:0; "off" disables
+	// it): the HTTP job API (internal/gateway) on /v1/info and /v1/jobs...,
+	// the coordinator's ops endpoints on everything else.
 	HTTPAddr string
+	// Gateway configures the HTTP job API (zero: the defaults, no token).
+	Gateway gateway.Config
 	// WorkerThreads bounds each worker's kernel goroutines (0: all the
 	// process's cores, shared by the workers).
 	WorkerThreads int
@@ -57,6 +63,9 @@ type Cluster struct {
 	cancel  context.CancelFunc
 	done    []chan error
 	storeNC *nats.Conn
+	httpL   net.Listener
+	httpS   *http.Server
+	httpC   *client.Client
 }
 
 // freeAddr returns a free 127.0.0.1 TCP address.
@@ -119,12 +128,9 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	cc.Bootstrap = true
 	cc.RaftAddr = raftAddr
 	cc.DataDir = filepath.Join(dir, "coordinator")
-	cc.HTTPAddr = cfg.HTTPAddr
-	if cc.HTTPAddr == "" {
-		cc.HTTPAddr = "127.0.0.1:0"
-	} else if cc.HTTPAddr == "off" {
-		cc.HTTPAddr = ""
-	}
+	// The coordinator serves no HTTP of its own: Start serves one mux of
+	// the job API and the coordinator's handler on cfg.HTTPAddr.
+	cc.HTTPAddr = ""
 	cc.NATS = c.cfg
 	cc.NATS.Name = "coordinator-0"
 	// A single node elects itself: short raft timeouts make start-up quick.
@@ -194,6 +200,11 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 			return c, ctx.Err()
 		}
 	}
+	if cfg.HTTPAddr != "off" {
+		if err := c.serveHTTP(ctx, cfg, log); err != nil {
+			return c, err
+		}
+	}
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for !c.Coord.Serving() {
@@ -237,8 +248,66 @@ func (c *Cluster) NATSConfig() transport.Config { return c.cfg }
 // URL is the NATS client URL.
 func (c *Cluster) URL() string { return c.NATS.ClientURL() }
 
-// HTTPAddr is the coordinator's ops address ("" when disabled).
-func (c *Cluster) HTTPAddr() string { return c.Coord.HTTPAddr() }
+// serveHTTP serves the job API and the coordinator's ops endpoints on one
+// address.
+func (c *Cluster) serveHTTP(ctx context.Context, cfg Config, log *slog.Logger) error {
+	addr := cfg.HTTPAddr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	if err := gateway.CheckBind(addr, cfg.Gateway.Token, false); err != nil {
+		return fmt.Errorf("devcluster: HTTP: %w", err)
+	}
+	gcfg := cfg.Gateway
+	if gcfg.Logger == nil {
+		gcfg.Logger = log.With("side", "gateway")
+	}
+	gcfg = gcfg.WithDefaults()
+	ncfg := c.cfg
+	ncfg.Name = "gateway"
+	cl, err := client.Connect(ctx, ncfg, client.Options{Limits: gcfg.Limits, Logger: gcfg.Logger})
+	if err != nil {
+		return fmt.Errorf("devcluster: the gateway's connection: %w", err)
+	}
+	c.httpC = cl
+	gw, err := gateway.New(cl, gcfg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("devcluster: HTTP on %s: %w", addr, err)
+	}
+	c.httpL = ln
+	c.httpS = &http.Server{Handler: Composite(gw, c.Coord.Handler()), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := c.httpS.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("HTTP server stopped", "err", err)
+		}
+	}()
+	log.Info("HTTP listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Composite routes the job API's paths to gw and every other path to ops
+// (the coordinator's handler).
+func Composite(gw *gateway.Gateway, ops http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gateway.Owns(r.URL.Path) {
+			gw.ServeHTTP(w, r)
+			return
+		}
+		ops.ServeHTTP(w, r)
+	})
+}
+
+// HTTPAddr is the HTTP address, job API and ops ("" when disabled).
+func (c *Cluster) HTTPAddr() string {
+	if c.httpL == nil {
+		return ""
+	}
+	return c.httpL.Addr().String()
+}
 
 // Close stops the workers, the coordinator and NATS, and removes a
 // temporary data directory.
@@ -248,6 +317,15 @@ func (c *Cluster) Close() {
 		for _, d := range c.done {
 			<-d
 		}
+	}
+	if c.httpS != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = c.httpS.Shutdown(sctx)
+		cancel()
+		c.httpS.Close()
+	}
+	if c.httpC != nil {
+		c.httpC.Close()
 	}
 	if c.Coord != nil {
 		c.Coord.Close()
