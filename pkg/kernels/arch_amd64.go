@@ -39,6 +39,9 @@ func registerArch() {
 	if x.HasAVX512F && x.HasAVX512BW && x.HasAVX512DQ && x.HasAVX512VL {
 		register(avx512.impl("avx512"))
 		archPeak = peakLoop{fmaPeakAvx512, 2 * 16 * 24, "avx512"}
+		if x.HasAVX512BF16 {
+			archBF16Peak = &peakLoop{dpbf16PeakAvx512, 4 * 16 * 24, "avx512bf16"}
+		}
 	}
 }
 

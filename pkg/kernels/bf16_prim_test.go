@@ -3,6 +3,7 @@ package kernels
 import (
 	"math"
 	"testing"
+	"time"
 
 	"github.com/ringattn/ringattn/internal/testrand"
 )
@@ -135,4 +136,20 @@ func FuzzKernelRoundBF16(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestKernelPeakBF16 runs the VDPBF16PS peak loop (raw-encoded: a wrong
+// encoding faults or hangs here) where the CPU has AVX512_BF16.
+func TestKernelPeakBF16(t *testing.T) {
+	g, ok := PeakBF16GFLOPS(20 * time.Millisecond)
+	if ok != (archBF16Peak != nil) {
+		t.Fatalf("PeakBF16GFLOPS ok = %v without the loop registered", ok)
+	}
+	if !ok {
+		t.Skip("no AVX512_BF16 on this CPU or build")
+	}
+	if !(g > 0) || math.IsInf(g, 0) {
+		t.Fatalf("PeakBF16GFLOPS = %g", g)
+	}
+	t.Logf("VDPBF16PS %.0f GFLOP/s, FMA %.0f GFLOP/s", g, PeakGFLOPS(20*time.Millisecond))
 }

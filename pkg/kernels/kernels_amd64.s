@@ -3473,3 +3473,235 @@ fmaPeakAvx2_loop:
 fmaPeakAvx2_done:
 	VZEROUPPER
 	RET
+
+// func dpbf16PeakAvx512(n int)
+// Requires: AVX, AVX512DQ
+TEXT ·dpbf16PeakAvx512(SB), NOSPLIT, $0-8
+	MOVQ   n+0(FP), AX
+	VXORPS Z0, Z0, Z0
+	VXORPS Z1, Z1, Z1
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+	VXORPS Z10, Z10, Z10
+	VXORPS Z11, Z11, Z11
+	VXORPS Z12, Z12, Z12
+	VXORPS Z13, Z13, Z13
+	VXORPS Z14, Z14, Z14
+	VXORPS Z15, Z15, Z15
+	VXORPS Z16, Z16, Z16
+	VXORPS Z17, Z17, Z17
+	VXORPS Z18, Z18, Z18
+	VXORPS Z19, Z19, Z19
+	VXORPS Z20, Z20, Z20
+	VXORPS Z21, Z21, Z21
+	VXORPS Z22, Z22, Z22
+	VXORPS Z23, Z23, Z23
+	VXORPS Z24, Z24, Z24
+	VXORPS Z25, Z25, Z25
+	VXORPS Z26, Z26, Z26
+	VXORPS Z27, Z27, Z27
+	VXORPS Z28, Z28, Z28
+	VXORPS Z29, Z29, Z29
+	VXORPS Z30, Z30, Z30
+	VXORPS Z31, Z31, Z31
+	TESTQ  AX, AX
+	JEQ    dpbf16PeakAvx512_done
+
+dpbf16PeakAvx512_loop:
+	// VDPBF16PS Z0, Z1, Z8 (Z8 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xc0
+
+	// VDPBF16PS Z0, Z1, Z9 (Z9 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xc8
+
+	// VDPBF16PS Z0, Z1, Z10 (Z10 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xd0
+
+	// VDPBF16PS Z0, Z1, Z11 (Z11 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xd8
+
+	// VDPBF16PS Z0, Z1, Z12 (Z12 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xe0
+
+	// VDPBF16PS Z0, Z1, Z13 (Z13 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xe8
+
+	// VDPBF16PS Z0, Z1, Z14 (Z14 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xf0
+
+	// VDPBF16PS Z0, Z1, Z15 (Z15 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x72
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xf8
+
+	// VDPBF16PS Z0, Z1, Z16 (Z16 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xc0
+
+	// VDPBF16PS Z0, Z1, Z17 (Z17 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xc8
+
+	// VDPBF16PS Z0, Z1, Z18 (Z18 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xd0
+
+	// VDPBF16PS Z0, Z1, Z19 (Z19 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xd8
+
+	// VDPBF16PS Z0, Z1, Z20 (Z20 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xe0
+
+	// VDPBF16PS Z0, Z1, Z21 (Z21 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xe8
+
+	// VDPBF16PS Z0, Z1, Z22 (Z22 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xf0
+
+	// VDPBF16PS Z0, Z1, Z23 (Z23 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0xe2
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xf8
+
+	// VDPBF16PS Z0, Z1, Z24 (Z24 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xc0
+
+	// VDPBF16PS Z0, Z1, Z25 (Z25 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xc8
+
+	// VDPBF16PS Z0, Z1, Z26 (Z26 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xd0
+
+	// VDPBF16PS Z0, Z1, Z27 (Z27 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xd8
+
+	// VDPBF16PS Z0, Z1, Z28 (Z28 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xe0
+
+	// VDPBF16PS Z0, Z1, Z29 (Z29 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xe8
+
+	// VDPBF16PS Z0, Z1, Z30 (Z30 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xf0
+
+	// VDPBF16PS Z0, Z1, Z31 (Z31 += Z1·Z0 in bf16 pairs)
+	BYTE $0x62
+	BYTE $0x62
+	BYTE $0x76
+	BYTE $0x48
+	BYTE $0x52
+	BYTE $0xf8
+	DECQ AX
+	JNE  dpbf16PeakAvx512_loop
+
+dpbf16PeakAvx512_done:
+	VZEROUPPER
+	RET

@@ -40,10 +40,28 @@ var peakSink float32
 // AVX2+FMA assembly; a scalar Go loop with -tags noasm or elsewhere). The
 // result is the best of several timed runs, so background load lowers it
 // only when it lasts the whole measurement. PeakISA names the loop used.
-func PeakGFLOPS(d time.Duration) float64 {
+func PeakGFLOPS(d time.Duration) float64 { return measurePeak(archPeak, d) }
+
+// archBF16Peak is the VDPBF16PS loop when the CPU has AVX512_BF16;
+// registerArch sets it.
+var archBF16Peak *peakLoop
+
+// PeakBF16GFLOPS measures like PeakGFLOPS one core's throughput of
+// AVX512_BF16's VDPBF16PS on zmm registers (64 FLOP each: 16 lanes of two
+// bfloat16 products and two float32 adds); ok is false when the CPU or
+// the build (noasm) has no AVX512_BF16. On the Xeon this package was
+// tuned on it is half of PeakGFLOPS (one VDPBF16PS per two cycles against
+// two FMAs per cycle), which is why PrecisionBF16 runs on the FMA kernels.
+func PeakBF16GFLOPS(d time.Duration) (gflops float64, ok bool) {
+	if archBF16Peak == nil {
+		return 0, false
+	}
+	return measurePeak(*archBF16Peak, d), true
+}
+
+func measurePeak(pl peakLoop, d time.Duration) float64 {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	pl := archPeak
 	// Calibrate to runs of about 10 ms.
 	n := 1 << 10
 	for {

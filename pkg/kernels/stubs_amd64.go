@@ -131,3 +131,7 @@ func roundBF16Avx2(dst []float32, src []float32)
 // fmaPeakAvx2 runs n iterations of 12 independent 8-lane FMAs (192 FLOP per iteration),
 // for measuring the core's peak.
 func fmaPeakAvx2(n int)
+
+// dpbf16PeakAvx512 runs n iterations of 24 independent VDPBF16PS zmm (1536 FLOP per
+// iteration), for measuring the core's bfloat16 dot-product peak; needs AVX512_BF16.
+func dpbf16PeakAvx512(n int)
