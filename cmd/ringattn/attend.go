@@ -342,7 +342,7 @@ func runAttend(env *cliEnv, args []string) error {
 	fs.StringVar(&qPath, "q", "", "queries `file` [B,Hq,N,D], [H,N,D] or [N,D] (.npy, or .safetensors[:name])")
 	fs.StringVar(&kPath, "k", "", "keys `file` [B,Hkv,Nk,D] (same rank as -q)")
 	fs.StringVar(&vPath, "v", "", "values `file`, the shape of -k")
-	fs.StringVar(&layout, "layout", layoutBHND, "`axis order` of -q/-k/-v and -o: bhnd [B,H,N,D] or bnhd [B,N,H,D] (torch's); --lse is [B,H,N] either way")
+	fs.StringVar(&layout, "layout", layoutBHND, "axis `order` of -q/-k/-v and -o: bhnd [B,H,N,D] or bnhd [B,N,H,D] (torch's); --lse is [B,H,N] either way")
 	fs.StringVar(&oPath, "o", "", "output `file` (.npy, float32, the shape of -q)")
 	fs.StringVar(&lsePath, "lse", "", "optional log-sum-exp output `file` (.npy, q's shape without D)")
 	var mf maskFlags
@@ -428,6 +428,7 @@ func attendOnCluster(ctx context.Context, env *cliEnv, a *attention, mf *maskFla
 	q := tensor.New(a.qd, a.q4...)
 	k := tensor.New(a.kd, a.k4...)
 	v := tensor.New(a.vd, a.k4...)
+	uploadNote(env.stderr, len(a.qd)+len(a.kd)+len(a.vd), jc.where)
 	st, err := jc.cl.SubmitAttention(ctx, q, k, v, true, opts)
 	if err != nil {
 		return nil, nil, clusterErr(err)

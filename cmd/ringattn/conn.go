@@ -198,3 +198,15 @@ func watchJob(ctx context.Context, env *cliEnv, cl *client.Client, id string, pl
 	defer v.done()
 	return cl.WatchProgress(ctx, id, v.update)
 }
+
+// uploadNoteMin is the input size from which the upload is announced (it
+// takes seconds, before the job id is known).
+const uploadNoteMin = 8 << 20
+
+// uploadNote says on w that n float32 values are being uploaded, when
+// there are enough of them for the wait to be noticed.
+func uploadNote(w io.Writer, n int, where string) {
+	if b := 4 * int64(n); b >= uploadNoteMin {
+		fmt.Fprintf(w, "uploading %.1f MiB of inputs to the cluster's store%s\n", float64(b)/(1<<20), where)
+	}
+}

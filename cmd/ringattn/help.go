@@ -41,6 +41,11 @@ var hiddenFor = map[string][]string{
 	"submit": {"ranks", "cluster", "threads"},
 }
 
+// groupedCommands get their flags in flagGroups' sections; the others
+// (dev, demo, bench, ...) one list.
+var groupedCommands = map[string]bool{"attend": true, "mha": true, "submit": true, "status": true,
+	"get": true, "cancel": true, "list": true, "watch": true, "info": true}
+
 // examples are shown at the end of a command's --help.
 var examples = map[string][]string{
 	"attend": {
@@ -124,12 +129,22 @@ func printUsage(w io.Writer, fs *flag.FlagSet, name, synopsis string) {
 		}
 	}
 	for _, g := range flagGroups {
-		if g.title == "Cluster connection" {
-			names := g.flags
-			if !containsName(flagGroups[2].flags, "nats", fs) {
-				names = append([]string{"nats"}, names...)
+		if !groupedCommands[name] {
+			break // one alphabetical list
+		}
+		modes := name == "attend" || name == "mha"
+		if strings.HasPrefix(g.title, "Mode") && !modes {
+			g.title = "Blocks and plan"
+			var names []string
+			for _, n := range g.flags {
+				if n != "nats" { // a connection flag here
+					names = append(names, n)
+				}
 			}
-			group(g.title, names)
+			g.flags = names
+		}
+		if g.title == "Cluster connection" {
+			group(g.title, append([]string{"nats"}, g.flags...))
 			var adv []string
 			for _, n := range natsAdvanced {
 				if fs.Lookup(n) != nil {
@@ -162,20 +177,6 @@ func printUsage(w io.Writer, fs *flag.FlagSet, name, synopsis string) {
 			fmt.Fprintf(w, "  %s\n", e)
 		}
 	}
-}
-
-// containsName reports whether the mode group lists name and fs has it
-// (then --nats is shown under Mode, not again under Cluster connection).
-func containsName(names []string, name string, fs *flag.FlagSet) bool {
-	if fs.Lookup("ranks") == nil {
-		return false // a command without modes: --nats is a connection flag
-	}
-	for _, n := range names {
-		if n == name {
-			return true
-		}
-	}
-	return false
 }
 
 // flagError rewrites the flag package's parse errors for people: dashes

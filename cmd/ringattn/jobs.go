@@ -29,6 +29,7 @@ func clusterMHA(ctx context.Context, env *cliEnv, x *tensor.Tensor, ts map[strin
 	defer cancel()
 	w := client.MHAWeights{Heads: heads, Wq: ts["wq"], Wk: ts["wk"], Wv: ts["wv"], Wo: ts["wo"],
 		Bq: ts["bq"], Bk: ts["bk"], Bv: ts["bv"], Bo: ts["bo"]}
+	uploadNote(env.stderr, len(x.Data), jc.where)
 	st, err := jc.cl.SubmitMHA(ctx, x, w, opts)
 	if err != nil {
 		return nil, clusterErr(err)
@@ -173,7 +174,7 @@ func runSubmit(env *cliEnv, args []string) error {
 	fs.StringVar(&qPath, "q", "", "queries `file` [B,Hq,N,D], [H,N,D] or [N,D] (.npy, or .safetensors[:name])")
 	fs.StringVar(&kPath, "k", "", "keys `file` [B,Hkv,Nk,D]")
 	fs.StringVar(&vPath, "v", "", "values `file`, the shape of -k")
-	fs.StringVar(&layout, "layout", layoutBHND, "`axis order` of -q/-k/-v: bhnd [B,H,N,D] or bnhd [B,N,H,D] (torch's); outputs are fetched as [B,H,N,D]")
+	fs.StringVar(&layout, "layout", layoutBHND, "axis `order` of -q/-k/-v: bhnd [B,H,N,D] or bnhd [B,N,H,D] (torch's); outputs are fetched as [B,H,N,D]")
 	wait := fs.Bool("wait", false, "wait for the job to finish, showing progress")
 	lse := fs.Bool("lse", false, "also compute the log-sum-exp output")
 	key := fs.String("idempotency-key", "", "retrying with the same `key` returns the same job")
@@ -224,6 +225,7 @@ func runSubmit(env *cliEnv, args []string) error {
 	defer cl.Close()
 	ctx, cancel2 := mf.conn.withTimeout(ctx)
 	defer cancel2()
+	uploadNote(env.stderr, len(q.Data)+len(k.Data)+len(v.Data), "")
 	st, err := cl.SubmitAttention(ctx, q, k, v, *lse, opts)
 	if err != nil {
 		return clusterErr(err)
@@ -379,7 +381,7 @@ func runGet(env *cliEnv, args []string) error {
 	id, cf, url, err := jobCommand(env, "get", "JOB -o OUT.npy [--lse LSE.npy]", args, func(fs *flag.FlagSet) {
 		fs.StringVar(&oPath, "o", "", "output `file` (.npy): o for attention jobs, y for mha jobs")
 		fs.StringVar(&lsePath, "lse", "", "log-sum-exp output `file` (attention jobs submitted with --lse)")
-		fs.StringVar(&layout, "layout", layoutBHND, "`axis order` of -o for attention jobs: bhnd [B,H,N,D] or bnhd [B,N,H,D]")
+		fs.StringVar(&layout, "layout", layoutBHND, "axis `order` of -o for attention jobs: bhnd [B,H,N,D] or bnhd [B,N,H,D]")
 	})
 	if err != nil {
 		return err
