@@ -31,6 +31,9 @@ var (
 	ErrAPIExhausted   = errors.New("limit reached")
 	ErrAPIConflict    = errors.New("failed precondition")
 	ErrAPIInternal    = errors.New("internal error")
+	// ErrAPIBusy: the server handles as many requests as it allows at
+	// once; nothing was done (retry after APIError.RetryAfter).
+	ErrAPIBusy = errors.New("coordinator busy")
 )
 
 // APIError is an error reply of the API: a code, the request field at
@@ -40,6 +43,9 @@ type APIError struct {
 	Field    string
 	Message  string
 	LeaderID string // with ERROR_CODE_NOT_LEADER, when known
+	// RetryAfter is when to retry, with ERROR_CODE_BUSY (and
+	// RESOURCE_EXHAUSTED for a full queue); 0 when not said.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {
@@ -64,13 +70,16 @@ func (e *APIError) Unwrap() error {
 		return ErrAPIUnavailable
 	case pb.ErrorCode_ERROR_CODE_INTERNAL:
 		return ErrAPIInternal
+	case pb.ErrorCode_ERROR_CODE_BUSY:
+		return ErrAPIBusy
 	}
 	return nil
 }
 
 // Proto is e on the wire.
 func (e *APIError) Proto() *pb.Error {
-	return &pb.Error{Code: e.Code, Field: e.Field, Message: e.Error(), LeaderId: e.LeaderID}
+	return &pb.Error{Code: e.Code, Field: e.Field, Message: e.Error(), LeaderId: e.LeaderID,
+		RetryAfterMs: e.RetryAfter.Milliseconds()}
 }
 
 // APIErrorOf is the *APIError err is or wraps; a *FieldError becomes
@@ -91,10 +100,14 @@ func APIErrorOf(err error) *APIError {
 }
 
 // Retryable reports whether an API call that failed with err may be
-// repeated as it is: no leader, no responder, a timeout.
+// repeated as it is: no leader, busy, no responder, a timeout.
 func Retryable(err error) bool {
-	return errors.Is(err, ErrAPIUnavailable) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)
+	return errors.Is(err, ErrAPIUnavailable) || errors.Is(err, ErrAPIBusy) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)
 }
+
+// maxRetryAfter caps the wait a BUSY reply asks for.
+const maxRetryAfter = 10 * time.Second
 
 // APIClient calls the coordinator's API. Each call is bounded by
 // Timeout (default 5 s) and retried while Retryable until ctx ends.
@@ -128,10 +141,14 @@ func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message
 			return err
 		}
 		a.conn.log.Debug("api retry", "endpoint", endpoint, "attempt", attempt, "err", err)
+		sleep := wait
+		if ae, ok := errors.AsType[*APIError](err); ok && ae.RetryAfter > 0 {
+			sleep = max(sleep, min(ae.RetryAfter, maxRetryAfter))
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %s: %v (after %d attempts)", ErrAPIUnavailable, endpoint, err, attempt)
-		case <-time.After(wait):
+		case <-time.After(sleep):
 		}
 		wait = min(2*wait, time.Second)
 	}
@@ -151,7 +168,8 @@ func (a *APIClient) once(ctx context.Context, endpoint string, data []byte, time
 		return fmt.Errorf("bad reply to %s: %w", endpoint, err)
 	}
 	if e := rep.GetError(); e != nil && e.Code != pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
-		return &APIError{Code: e.Code, Field: e.Field, Message: e.Message, LeaderID: e.LeaderId}
+		return &APIError{Code: e.Code, Field: e.Field, Message: e.Message, LeaderID: e.LeaderId,
+			RetryAfter: time.Duration(max(0, min(e.RetryAfterMs, maxRetryAfter.Milliseconds()))) * time.Millisecond}
 	}
 	return nil
 }
@@ -210,6 +228,9 @@ type APIConfig struct {
 	// node's id) is shown by `nats micro info`.
 	Version, Description string
 	Metadata             map[string]string
+	// BusyRetryAfter is the retry-after of the BUSY reply a request gets
+	// when Dispatch refuses it (default 100 ms).
+	BusyRetryAfter time.Duration
 	// MaxRequestBytes bounds a request (0: DefaultMaxRequestBytes); a
 	// larger one is answered RESOURCE_EXHAUSTED on field "request".
 	MaxRequestBytes int
@@ -300,7 +321,9 @@ func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 				handle(req)
 				return
 			}
-			cfg.Dispatch(func() { handle(req) })
+			if !cfg.Dispatch(func() { handle(req) }) {
+				c.busy(ep, cfg, req)
+			}
 		}))
 		if err != nil {
 			cancel()
@@ -355,6 +378,27 @@ func (c *Conn) serveAPIRequest(ctx context.Context, ep endpoint, cfg APIConfig, 
 	}
 }
 
+// busy answers a request Dispatch refused: BUSY, retry after
+// cfg.BusyRetryAfter.
+func (c *Conn) busy(ep endpoint, cfg APIConfig, req micro.Request) {
+	after := cfg.BusyRetryAfter
+	if after <= 0 {
+		after = 100 * time.Millisecond
+	}
+	ae := &APIError{Code: pb.ErrorCode_ERROR_CODE_BUSY, RetryAfter: after,
+		Message: fmt.Sprintf("busy: handling as many requests as allowed; retry after %v", after)}
+	if cfg.Observe != nil {
+		cfg.Observe(ep.name, ae.Code)
+	}
+	out, err := proto.Marshal(ep.reply(ae.Proto()))
+	if err == nil {
+		err = req.Error(httpCode(ae.Code), ae.Error(), out)
+	}
+	if err != nil {
+		c.log.Debug("api busy reply failed", "endpoint", ep.name, "err", err)
+	}
+}
+
 // httpCode is the micro error code of an API error code.
 func httpCode(c pb.ErrorCode) string {
 	switch c {
@@ -366,7 +410,7 @@ func httpCode(c pb.ErrorCode) string {
 		return "409"
 	case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
 		return "429"
-	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, pb.ErrorCode_ERROR_CODE_BUSY:
 		return "503"
 	}
 	return "500"

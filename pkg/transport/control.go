@@ -115,8 +115,10 @@ type StopFunc func() error
 type ServeConfig struct {
 	// Dispatch, when set, runs each request's handling (decode, handler,
 	// reply): it may run it on another goroutine, or refuse it by
-	// returning false (the request is dropped; a requester times out).
-	// It is the hook for bounded concurrency.
+	// returning false. A refused request is answered busy where the call
+	// has such an answer (API: ERROR_CODE_BUSY; reports:
+	// REPORT_STATUS_RETRY) and dropped otherwise (the requester times
+	// out). It is the hook for bounded concurrency.
 	Dispatch func(run func()) bool
 	// OnPanic, when set, is called (after logging) with what a handler
 	// panicked with, e.g. to count it in a metric.
@@ -125,6 +127,10 @@ type ServeConfig struct {
 	// decoded (tests: observe or delay what arrives).
 	OnMessage func(handler string, data []byte)
 }
+
+// errBusy is what a serve's bad reply is built from when Dispatch refuses
+// a request.
+var errBusy = errors.New("busy: handling as many requests as allowed; retry later")
 
 // decode checks data's size against max and decodes it into m.
 func decode(data []byte, max int, m proto.Message) error {
@@ -158,7 +164,8 @@ func (c *Conn) contain(name string, cfg ServeConfig, f func()) (err error) {
 // serve subscribes subject and answers
 // each request: decoded into newReq() (bounded by max) and passed to h,
 // whose reply is sent. A request that does not decode, or whose handler
-// panics, is answered with bad(err) when bad is set, else dropped.
+// panics, is answered with bad(err) when bad is set, else dropped; one
+// cfg.Dispatch refuses is answered with bad(errBusy), else dropped.
 func serve[Req, Rep proto.Message](c *Conn, name, subject string, max int, cfg ServeConfig,
 	newReq func() Req, h func(Req) Rep, bad func(error) Rep) (StopFunc, error) {
 	handle := func(m *nats.Msg) {
@@ -187,7 +194,9 @@ func serve[Req, Rep proto.Message](c *Conn, name, subject string, max int, cfg S
 			handle(m)
 			return
 		}
-		cfg.Dispatch(func() { handle(m) })
+		if !cfg.Dispatch(func() { handle(m) }) && bad != nil {
+			c.respond(name, m, bad(errBusy))
+		}
 	}
 	sub, err := c.nc.Subscribe(subject, cb)
 	if err != nil {
@@ -267,8 +276,9 @@ func (c *Conn) Assign(ctx context.Context, workerID string, a *pb.Assignment) (*
 }
 
 // ServeAssignments answers the assignments sent to worker workerID with
-// h's acknowledgement. A malformed or oversized assignment, or one whose
-// handler panics, is refused (Accepted false, the reason).
+// h's acknowledgement. A malformed or oversized assignment, one whose
+// handler panics or one cfg.Dispatch refuses, is refused (Accepted false,
+// the reason).
 func (c *Conn) ServeAssignments(workerID string, cfg ServeConfig, h func(*pb.Assignment) *pb.AssignmentAck) (StopFunc, error) {
 	if err := ValidateName("worker id", workerID); err != nil {
 		return nil, err
@@ -276,7 +286,10 @@ func (c *Conn) ServeAssignments(workerID string, cfg ServeConfig, h func(*pb.Ass
 	return serve(c, "assign", c.subj.Assign(workerID), MaxControlBytes, cfg,
 		func() *pb.Assignment { return new(pb.Assignment) }, h,
 		func(err error) *pb.AssignmentAck {
-			return &pb.AssignmentAck{Reason: "malformed assignment: " + err.Error()}
+			if errors.Is(err, ErrMalformed) || errors.Is(err, ErrMessageTooLarge) {
+				return &pb.AssignmentAck{Reason: "malformed assignment: " + err.Error()}
+			}
+			return &pb.AssignmentAck{Reason: err.Error()}
 		})
 }
 
@@ -292,7 +305,8 @@ func (c *Conn) Report(ctx context.Context, r *pb.Report) (*pb.ReportAck, error) 
 
 // ServeReports answers reports with h's acknowledgement. A malformed or
 // oversized report is answered REPORT_STATUS_REJECTED (retrying it cannot
-// help); one whose handler panics REPORT_STATUS_RETRY.
+// help); one whose handler panics, or cfg.Dispatch refuses,
+// REPORT_STATUS_RETRY.
 func (c *Conn) ServeReports(cfg ServeConfig, h func(*pb.Report) *pb.ReportAck) (StopFunc, error) {
 	return serve(c, "report", c.subj.Report(), MaxControlBytes, cfg,
 		func() *pb.Report { return new(pb.Report) }, h,

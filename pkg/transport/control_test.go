@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -429,4 +430,62 @@ func TestTransportControlConn(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestTransportControlBusy: requests Dispatch refuses are answered busy
+// where the call has such an answer (API: BUSY with a retry-after the
+// client honours; reports: RETRY; assignments: refused).
+func TestTransportControlBusy(t *testing.T) {
+	srv, cli, _ := controlPair(t)
+	ctx := ctxT(t, 20*time.Second)
+	var refuse atomic.Int32 // requests still to refuse
+	dispatch := func(run func()) bool {
+		if refuse.Add(-1) >= 0 {
+			return false
+		}
+		run()
+		return true
+	}
+	stop, err := srv.ServeAPI(transport.APIHandlers{
+		Get: func(context.Context, *pb.GetRequest) (*pb.GetReply, error) {
+			return &pb.GetReply{Job: &pb.JobStatus{Id: "j1"}}, nil
+		},
+	}, transport.APIConfig{ServeConfig: transport.ServeConfig{Dispatch: dispatch}, BusyRetryAfter: 200 * time.Millisecond})
+	stopAt(t, stop, err)
+	stop, err = srv.ServeReports(transport.ServeConfig{Dispatch: dispatch}, func(*pb.Report) *pb.ReportAck {
+		return &pb.ReportAck{Status: pb.ReportStatus_REPORT_STATUS_ACCEPTED}
+	})
+	stopAt(t, stop, err)
+	stop, err = srv.ServeAssignments("w1", transport.ServeConfig{Dispatch: dispatch}, func(*pb.Assignment) *pb.AssignmentAck {
+		return &pb.AssignmentAck{Accepted: true}
+	})
+	stopAt(t, stop, err)
+	must(t, srv.Flush(ctx))
+
+	// One refusal: the client waits the retry-after, then succeeds.
+	refuse.Store(1)
+	api := transport.NewAPIClient(cli)
+	start := time.Now()
+	rep, err := api.Get(ctx, &pb.GetRequest{JobId: "j1"})
+	must(t, err)
+	if rep.Job.GetId() != "j1" || time.Since(start) < 200*time.Millisecond {
+		t.Errorf("get after BUSY: %v after %v, want success after the 200ms retry-after", rep, time.Since(start))
+	}
+	// Refused until the context ends: the error says busy.
+	refuse.Store(1 << 20)
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if _, err := api.Get(short, &pb.GetRequest{JobId: "j1"}); !errors.Is(err, transport.ErrAPIUnavailable) || !strings.Contains(err.Error(), "busy") {
+		t.Errorf("get while busy: %v, want unavailable naming busy", err)
+	}
+	ack, err := cli.Report(ctx, &pb.Report{JobId: "j1"})
+	must(t, err)
+	if ack.Status != pb.ReportStatus_REPORT_STATUS_RETRY {
+		t.Errorf("report while busy: %v, want RETRY", ack)
+	}
+	aack, err := cli.Assign(ctx, "w1", &pb.Assignment{JobId: "j1"})
+	must(t, err)
+	if aack.Accepted || !strings.Contains(aack.Reason, "busy") {
+		t.Errorf("assignment while busy: %v, want refused as busy", aack)
+	}
 }
