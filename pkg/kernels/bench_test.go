@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/kernels"
 )
@@ -88,7 +89,8 @@ var benchPrecN = flag.String("kernels.precn", "4096,16384", "comma-separated seq
 // %peak-cpu is GFLOP/cpu-s against one core's peak, which other
 // processes' load on a shared machine does not lower; x-f32 is the bf16
 // call's throughput over the f32 call's just before it (by CPU time when
-// measured, else wall time).
+// measured, else wall time); maxerr-f64 is the largest |o - reference|
+// against float64 on 32 rows of every head.
 //
 //	go test -run XXX -bench KernelPrecision -benchtime 2x ./pkg/kernels
 func BenchmarkKernelPrecision(b *testing.B) {
@@ -135,6 +137,23 @@ func BenchmarkKernelPrecision(b *testing.B) {
 				} else if f32 > 0 {
 					b.ReportMetric(rate/f32, "x-f32")
 				}
+				// Error against float64 on 32 rows spread over the
+				// sequence, every head (the float64 reference of all rows
+				// would cost minutes).
+				b.StopTimer()
+				rows := make([]int, 32)
+				for i := range rows {
+					rows[i] = i * (n - 1) / (len(rows) - 1)
+				}
+				ref := &attnref.Problem{B: 1, Hq: h, Hkv: h, N: n, Nk: n, D: d}
+				want, _ := ref.Rows(q, k, v, rows)
+				got := make([]float32, 0, len(want))
+				for hh := 0; hh < h; hh++ {
+					for _, i := range rows {
+						got = append(got, o[(hh*n+i)*d:(hh*n+i+1)*d]...)
+					}
+				}
+				b.ReportMetric(attnref.MaxAbsDiff(got, want), "maxerr-f64")
 			})
 		}
 	}
