@@ -391,3 +391,31 @@ func TestCLIRandnCompare(t *testing.T) {
 		t.Error("overflowing shape: no error")
 	}
 }
+
+// TestCLIProgressBar: on a terminal the bar is redrawn in place (\r, clear
+// to the end of line) and ends with a newline when the job finishes.
+func TestCLIProgressBar(t *testing.T) {
+	var buf bytes.Buffer
+	v := &progressView{w: &buf, tty: true, now: time.Now}
+	run := &pb.JobStatus{Id: "j", State: pb.JobState_JOB_STATE_RUNNING, Epoch: 1}
+	v.update(client.Progress{Status: run, Done: 6, Total: 24, Unit: client.UnitSteps})
+	if s := buf.String(); !strings.HasPrefix(s, "\r[######..................] job j") || !strings.HasSuffix(s, "\x1b[K") || strings.Contains(s, "\n") {
+		t.Fatalf("bar %q", s)
+	}
+	v.done()
+	if !strings.HasSuffix(buf.String(), "\n") {
+		t.Fatal("an interrupted bar is left without its newline")
+	}
+	buf.Reset()
+	v.update(client.Progress{Status: &pb.JobStatus{Id: "j", State: pb.JobState_JOB_STATE_SUCCEEDED}, Done: 24, Total: 24, Unit: client.UnitSteps})
+	if s := buf.String(); !strings.Contains(s, "[########################]") || !strings.HasSuffix(s, "\n") {
+		t.Fatalf("final bar %q", s)
+	}
+	v.done()
+	if strings.HasSuffix(buf.String(), "\n\n") {
+		t.Fatal("a finished bar gets a second newline")
+	}
+	if isTTY(&buf) {
+		t.Fatal("a buffer is a terminal")
+	}
+}

@@ -6,4 +6,10 @@
 // election takes seconds) and gives up when its context ends; submits carry
 // an idempotency key, so a retried submit never makes two jobs. Errors from
 // the coordinator are *APIError values wrapping this package's sentinels.
+//
+// WatchProgress follows a job with its finest counters (ring steps, summed
+// over the ranks, once the workers report them; blocks before) and a Meter
+// that computes the rate over a sliding window: a rate and an ETA only once
+// enough progress was seen, none for a job that had finished before the
+// watch began.
 package client

@@ -96,3 +96,36 @@ func ExampleClient_SubmitAttention() {
 	fmt.Println(st.GetState(), st.GetBlocksTotal(), res.O.Shape, again.GetId() == st.GetId())
 	// Output: JOB_STATE_SUCCEEDED 4 [1 1 500 16] true
 }
+
+// Follow a job's progress: done/total in ring steps once the workers report
+// them (blocks before), with a rate and an ETA only once they can be told.
+func ExampleClient_WatchProgress() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dev := startCluster(ctx)
+	defer dev.Close()
+	cl, err := client.Connect(ctx, dev.NATSConfig(), client.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cl.Close()
+
+	r := testrand.New(3)
+	x := func() *tensor.Tensor { return tensor.New(r.Slice(512*16, testrand.Normal), 1, 1, 512, 16) }
+	st, err := cl.SubmitAttention(ctx, x(), x(), x(), false, client.JobOptions{Block: 64})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var last client.Progress
+	st, err = cl.WatchProgress(ctx, st.GetId(), func(p client.Progress) {
+		last = p
+		if p.ETAOK {
+			log.Printf("%.0f%% %.1f %s/s ETA %v", 100*p.Fraction(), p.Rate, p.Unit, p.ETA)
+		}
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(st.GetState(), last.Fraction(), last.FinishedBeforeWatch)
+	// Output: JOB_STATE_SUCCEEDED 1 false
+}
