@@ -1,0 +1,408 @@
+"""The HTTP client: Client and Job."""
+
+import io
+import json
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import numpy as np
+
+from . import errors
+
+_STATES_FINISHED = ("succeeded", "failed", "canceled", "expired")
+
+
+def _as_float32(a, name):
+    """a (numpy array, torch tensor, or array-like) as a C-contiguous float32 array."""
+    if hasattr(a, "detach") and hasattr(a, "cpu"):  # a torch tensor, without importing torch
+        a = a.detach().cpu()
+        if str(a.dtype) != "torch.float32":
+            a = a.float()
+        a = a.numpy()
+    a = np.asarray(a)
+    if a.dtype.kind not in "fV" and a.dtype.name != "bfloat16":
+        raise errors.InvalidArgument(400, "invalid_argument", name,
+                                     "dtype %s: want a floating-point array (float32; float16, float64, bfloat16 are converted)" % a.dtype)
+    if a.dtype != np.float32:
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a)
+
+
+def _npy(a):
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def _to_bhnd(a, layout, name):
+    if layout == "bhnd":
+        return a
+    if layout == "bnhd":
+        if a.ndim != 4:
+            raise errors.InvalidArgument(400, "invalid_argument", name,
+                                         "shape %s: layout 'bnhd' wants [B,N,H,D]" % (list(a.shape),))
+        return np.ascontiguousarray(a.transpose(0, 2, 1, 3))
+    raise errors.InvalidArgument(400, "invalid_argument", "layout", "%r: want 'bhnd' or 'bnhd'" % (layout,))
+
+
+def _multipart(spec, parts):
+    """A multipart/form-data body: the JSON spec, then .npy parts."""
+    boundary = "ringattn-" + uuid.uuid4().hex
+    chunks = []
+    b = boundary.encode()
+    chunks.append(b"--" + b + b'\r\nContent-Disposition: form-data; name="spec"\r\nContent-Type: application/json\r\n\r\n')
+    chunks.append(json.dumps(spec).encode())
+    for name, data in parts:
+        chunks.append(b"\r\n--" + b + ('\r\nContent-Disposition: form-data; name="%s"; filename="%s.npy"\r\n'
+                                       "Content-Type: application/x-npy\r\n\r\n" % (name, name)).encode())
+        chunks.append(data)
+    chunks.append(b"\r\n--" + b + b"--\r\n")
+    return "multipart/form-data; boundary=" + boundary, b"".join(chunks)
+
+
+def _window(window):
+    if window is None:
+        return None
+    if len(window) != 2:
+        raise errors.InvalidArgument(400, "invalid_argument", "window", "%r: want (left, right), None or -1 unbounded" % (window,))
+    return [-1 if w is None else int(w) for w in window]
+
+
+class Client:
+    """A client of a ringattn HTTP job API (``ringattn dev`` prints its address).
+
+    ``token`` is the gateway's bearer token, if it has one. ``timeout`` bounds
+    each HTTP request (seconds); waiting for a job is bounded by ``wait``'s own
+    timeout.
+    """
+
+    def __init__(self, url="http://127.0.0.1:8080", token=None, timeout=300.0):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._info = None
+
+    # -- HTTP ---------------------------------------------------------------
+
+    def _request(self, method, path, body=None, content_type=None, headers=None, timeout=None, stream=False):
+        req = urllib.request.Request(self.url + path, data=body, method=method)
+        if content_type:
+            req.add_header("Content-Type", content_type)
+        if self.token:
+            req.add_header("Authorization", "Bearer " + self.token)
+        for k, v in (headers or {}).items():
+            req.add_header(k, v)
+        try:
+            resp = urllib.request.urlopen(req, timeout=self.timeout if timeout is None else timeout)
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                parsed = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                parsed = {"error": {"message": raw.decode("utf-8", "replace").strip()[:500]}}
+            raise errors.from_response(e.code, parsed) from None
+        except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
+            reason = getattr(e, "reason", e)
+            raise errors.Unavailable(0, "unreachable", "url", "cannot reach %s: %s" % (self.url, reason)) from None
+        if stream:
+            return resp
+        with resp:
+            return resp.read(), resp.headers.get("Content-Type", "")
+
+    def _json(self, method, path, **kw):
+        data, _ = self._request(method, path, **kw)
+        return json.loads(data.decode("utf-8"))
+
+    def info(self):
+        """GET /v1/info: job kinds, outputs, limits, whether backward jobs exist."""
+        if self._info is None:
+            self._info = self._json("GET", "/v1/info")
+        return self._info
+
+    # -- jobs ---------------------------------------------------------------
+
+    def submit(self, q=None, k=None, v=None, causal=False, window=None, seqlens=None, seqlens_k=None,
+               scale=None, return_lse=False, layout="bhnd", block=None, strategy=None, wire=None,
+               priority=0, parallelism=0, allow_nonfinite=False, idempotency_key=None, **mha):
+        """Upload the inputs and submit an attention job (or an mha job when
+        called with kind="mha" and x=..., see mha()). Returns a Job at once."""
+        kind = mha.pop("kind", "attention")
+        spec = {"kind": kind, "causal": bool(causal)}
+        if window is not None:
+            spec["window"] = _window(window)
+        if seqlens is not None:
+            spec["seqlens"] = [int(s) for s in seqlens]
+        if seqlens_k is not None:
+            spec["seqlens_k"] = [int(s) for s in seqlens_k]
+        if scale is not None:
+            spec["scale"] = float(scale)
+        if block:
+            spec["block"] = int(block)
+        if strategy:
+            spec["strategy"] = strategy
+        if wire:
+            spec["wire"] = wire
+        if priority:
+            spec["priority"] = int(priority)
+        if parallelism:
+            spec["parallelism"] = int(parallelism)
+        if allow_nonfinite:
+            spec["allow_nonfinite"] = True
+        if idempotency_key:
+            spec["idempotency_key"] = idempotency_key
+        if kind == "mha":
+            heads = mha.pop("heads")
+            spec["heads"] = int(heads)
+            names = ["x", "wq", "wk", "wv", "wo"]
+            biases = ["bq", "bk", "bv", "bo"]
+            if any(mha.get(b) is not None for b in biases):
+                names += biases
+            parts = []
+            for n in names:
+                if mha.get(n) is None:
+                    raise errors.InvalidArgument(400, "invalid_argument", n, "missing: give %s (biases all or none)" % ", ".join(names))
+                parts.append((n, _npy(_as_float32(mha.pop(n), n))))
+            for n in list(mha):
+                if mha[n] is None:
+                    mha.pop(n)
+            layout_out = None
+        else:
+            if return_lse:
+                spec["return_lse"] = True
+            parts = []
+            for n, a in (("q", q), ("k", k), ("v", v)):
+                if a is None:
+                    raise errors.InvalidArgument(400, "invalid_argument", n, "missing")
+                parts.append((n, _npy(_to_bhnd(_as_float32(a, n), layout, n))))
+            layout_out = layout
+        if mha:
+            raise TypeError("submit() got unexpected keyword arguments %s" % ", ".join(sorted(mha)))
+        ctype, body = _multipart(spec, parts)
+        st = self._json("POST", "/v1/jobs", body=body, content_type=ctype)
+        return Job(self, st, return_lse=return_lse, layout=layout_out)
+
+    def attention(self, q, k, v, causal=False, window=None, seqlens=None, scale=None, return_lse=False,
+                  layout="bhnd", progress=False, timeout=None, **kw):
+        """Exact attention softmax(q·kᵀ·scale + mask)·v on the cluster.
+
+        q [B,Hq,N,D], k and v [B,Hkv,Nk,D] (Hq % Hkv == 0; rank 3 [H,N,D] and
+        rank 2 [N,D] mean B=1, H=1), or [B,N,H,D] with layout="bnhd". Returns
+        o (float32, like q), or (o, lse [B,Hq,N]) with return_lse=True."""
+        job = self.submit(q, k, v, causal=causal, window=window, seqlens=seqlens, scale=scale,
+                          return_lse=return_lse, layout=layout, **kw)
+        job.wait(progress=progress, timeout=timeout)
+        return job.result()
+
+    def attention_backward(self, q, k, v, do, causal=False, window=None, seqlens=None, scale=None,
+                           layout="bhnd", o=None, lse=None, **kw):
+        """Gradients (dq, dk, dv) of sum(o·do) on the cluster.
+
+        Raises ringattn.Unimplemented while the cluster has no backward job
+        kind (GET /v1/info says backward: false)."""
+        if not self.info().get("backward"):
+            raise errors.Unimplemented(
+                501, "unimplemented", "backward",
+                "the ringattn cluster at %s has no backward job kind yet (GET /v1/info: backward false); "
+                "gradients cannot be computed on it" % self.url)
+        # The server advertises backward jobs: spec backward=true with the
+        # inputs and do (o and lse when known save a recomputation); outputs
+        # dq, dk, dv.
+        spec = {"kind": "attention", "backward": True, "causal": bool(causal)}
+        if window is not None:
+            spec["window"] = _window(window)
+        if seqlens is not None:
+            spec["seqlens"] = [int(s) for s in seqlens]
+        if scale is not None:
+            spec["scale"] = float(scale)
+        for key in ("block", "strategy", "wire", "priority", "parallelism"):
+            if kw.get(key):
+                spec[key] = kw.pop(key)
+        if kw:
+            raise TypeError("attention_backward() got unexpected keyword arguments %s" % ", ".join(sorted(kw)))
+        parts = []
+        for n, a in (("q", q), ("k", k), ("v", v), ("do", do), ("o", o)):
+            if a is not None:
+                parts.append((n, _npy(_to_bhnd(_as_float32(a, n), layout, n))))
+        if lse is not None:
+            parts.append(("lse", _npy(_as_float32(lse, "lse"))))
+        ctype, body = _multipart(spec, parts)
+        job = Job(self, self._json("POST", "/v1/jobs", body=body, content_type=ctype), layout=layout)
+        job.wait()
+        grads = [job.fetch(n) for n in ("dq", "dk", "dv")]
+        if layout == "bnhd":
+            grads = [np.ascontiguousarray(g.transpose(0, 2, 1, 3)) for g in grads]
+        return tuple(grads)
+
+    def mha(self, x, wq, wk, wv, wo, heads, causal=False, bq=None, bk=None, bv=None, bo=None,
+            progress=False, timeout=None, **kw):
+        """A multi-head self-attention layer as torch.nn.MultiheadAttention
+        computes it: x [B,N,d_model] (or [N,d_model]), wq, wk, wv [H·D,d_model],
+        wo [d_model,H·D], biases all or none. Returns y [B,N,d_model]."""
+        job = self.submit(kind="mha", x=x, wq=wq, wk=wk, wv=wv, wo=wo, bq=bq, bk=bk, bv=bv, bo=bo,
+                          heads=heads, causal=causal, **kw)
+        job.wait(progress=progress, timeout=timeout)
+        return job.result()
+
+    def job(self, job_id):
+        """The Job of an id (its status read now)."""
+        return Job(self, self._json("GET", "/v1/jobs/" + urllib.parse.quote(job_id, safe="")))
+
+    def jobs(self, state=None, limit=100):
+        """Jobs, newest first; state: a state name or a list of them."""
+        q = {"limit": str(int(limit))}
+        if state:
+            q["state"] = state if isinstance(state, str) else ",".join(state)
+        r = self._json("GET", "/v1/jobs?" + urllib.parse.urlencode(q))
+        return [Job(self, j) for j in r.get("jobs", [])]
+
+
+class Job:
+    """A submitted job: .id, .state, .status (the last status read)."""
+
+    def __init__(self, client, status, return_lse=None, layout=None):
+        self.client = client
+        self.status = status
+        self.id = status["id"]
+        self._return_lse = return_lse
+        self._layout = layout
+
+    def __repr__(self):
+        return "<ringattn.Job %s %s>" % (self.id, self.state)
+
+    @property
+    def state(self):
+        return self.status.get("state")
+
+    def _path(self, suffix=""):
+        return "/v1/jobs/" + urllib.parse.quote(self.id, safe="") + suffix
+
+    def refresh(self):
+        """Read the job's status now."""
+        self.status = self.client._json("GET", self._path())
+        return self.status
+
+    def done(self):
+        return self.state in _STATES_FINISHED
+
+    def cancel(self, reason=None):
+        """Cancel the job (ringattn.Conflict if it already finished)."""
+        path = self._path()
+        if reason:
+            path += "?" + urllib.parse.urlencode({"reason": reason})
+        self.status = self.client._json("DELETE", path)
+        return self.status
+
+    def wait(self, timeout=None, progress=False):
+        """Wait until the job finishes; raise JobFailed or JobCanceled unless
+        it succeeded. progress=True shows a bar (tqdm when installed, else a
+        line on stderr), following the job's server-sent events."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if progress:
+            self._follow_events(deadline)
+        while not self.done():
+            left = 30.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("job %s is still %s after %ss" % (self.id, self.state, timeout))
+            wait = max(1, min(30, int(left)))
+            self.status = self.client._json("GET", self._path("?wait=%ds" % wait), timeout=wait + self.client.timeout)
+        if self.state == "failed":
+            raise errors.JobFailed(self.status)
+        if self.state == "canceled":
+            raise errors.JobCanceled(self.status)
+        if self.state == "expired":
+            raise errors.NotFound(404, "not_found", "id", "job %s expired: its outputs are deleted" % self.id)
+        return self
+
+    def _follow_events(self, deadline):
+        bar = _Bar(self.id)
+        try:
+            timeout = None if deadline is None else max(1.0, deadline - time.monotonic())
+            resp = self.client._request("GET", self._path("/events"), stream=True,
+                                        timeout=timeout if timeout is not None else self.client.timeout)
+            event = None
+            with resp:
+                for raw in resp:
+                    line = raw.decode("utf-8").rstrip("\r\n")
+                    if line.startswith("event: "):
+                        event = line[7:]
+                    elif line.startswith("data: "):
+                        data = json.loads(line[6:])
+                        if event == "progress":
+                            bar.update(data)
+                        elif event == "done":
+                            self.status = data
+                        elif event == "error":
+                            e = data.get("error", {})
+                            raise errors.from_response(e.get("status", 503), data)
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+        except (socket.timeout, TimeoutError):
+            pass  # the polling loop reports the timeout
+        finally:
+            bar.close()
+
+    def result(self):
+        """The outputs of the finished job as float32 numpy arrays: o, or
+        (o, lse) for an attention job submitted with return_lse=True; y for mha."""
+        if not self.done():
+            self.wait()
+        elif self.state != "succeeded":
+            self.wait()  # raises
+        outs = self.status.get("outputs", [])
+        if "y" in outs:
+            return self.fetch("y")
+        o = self.fetch("o")
+        if self._layout == "bnhd":
+            o = np.ascontiguousarray(o.transpose(0, 2, 1, 3))
+        want_lse = self._return_lse if self._return_lse is not None else "lse" in outs
+        if want_lse:
+            return o, self.fetch("lse")
+        return o
+
+    def fetch(self, name):
+        """One output (o, lse or y) as stored, float32 [B,H,N,D]/[B,H,N]/[B,N,d_model]."""
+        data, _ = self.client._request("GET", self._path("/outputs/" + urllib.parse.quote(name, safe="")))
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class _Bar:
+    """tqdm when installed, else a carriage-return line on stderr."""
+
+    def __init__(self, job_id):
+        self.job_id = job_id
+        self.tqdm = None
+        self.last = None
+        try:
+            from tqdm import tqdm  # optional
+            self.tqdm = tqdm(desc="ringattn " + job_id[:12], unit="step", total=None)
+        except ImportError:
+            pass
+
+    def update(self, p):
+        total, done, unit = p.get("total", 0), p.get("done", 0), p.get("unit", "")
+        if self.tqdm is not None:
+            if total and self.tqdm.total != total:
+                self.tqdm.total = total
+                self.tqdm.unit = unit
+            self.tqdm.n = done
+            self.tqdm.set_postfix_str(p.get("state", ""), refresh=False)
+            self.tqdm.refresh()
+            return
+        import sys
+        line = "ringattn %s: %s %d/%d %s (%.0f%%)" % (self.job_id[:12], p.get("state", ""), done, total, unit,
+                                                     100.0 * p.get("fraction", 0.0))
+        if line != self.last:
+            sys.stderr.write("\r" + line)
+            sys.stderr.flush()
+            self.last = line
+
+    def close(self):
+        if self.tqdm is not None:
+            self.tqdm.close()
+        elif self.last is not None:
+            import sys
+            sys.stderr.write("\n")

@@ -1,0 +1,62 @@
+"""float64 numpy references, from the definitions (DESIGN §2)."""
+
+import numpy as np
+
+
+def visible(n, nk, causal=False, window=None, seqlens=None):
+    """[n, nk] bool: query i sees key j (bottom-right aligned)."""
+    i = np.arange(n)[:, None] + (nk - n)
+    j = np.arange(nk)[None, :]
+    m = np.ones((n, nk), dtype=bool)
+    if causal:
+        m &= j <= i
+    if window is not None:
+        left, right = window
+        if left is not None and left >= 0:
+            m &= j >= i - left
+        if right is not None and right >= 0:
+            m &= j <= i + right
+    if seqlens is not None:
+        dq = np.repeat(np.arange(len(seqlens)), seqlens)
+        dk = dq
+        m &= dq[:, None] == dk[None, :]
+    return m
+
+
+def attention(q, k, v, causal=False, window=None, seqlens=None, scale=None):
+    """o [B,Hq,N,D], lse [B,Hq,N] in float64; rows seeing no key: 0 and -inf."""
+    q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
+    b, hq, n, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    k = np.repeat(k, g, axis=1)
+    v = np.repeat(v, g, axis=1)
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    s = np.einsum("bhnd,bhmd->bhnm", q, k) * scale
+    m = visible(n, nk, causal, window, seqlens)
+    s = np.where(m, s, -np.inf)
+    mx = np.max(s, axis=-1, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    p = np.exp(s - mx)
+    l = p.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        o = np.where(l > 0, np.einsum("bhnm,bhmd->bhnd", p, v) / np.where(l > 0, l, 1), 0.0)
+        lse = np.where(l[..., 0] > 0, np.log(np.where(l[..., 0] > 0, l[..., 0], 1)) + mx[..., 0], -np.inf)
+    return o, lse
+
+
+def mha(x, wq, wk, wv, wo, heads, causal=False, bq=None, bk=None, bv=None, bo=None):
+    """torch.nn.MultiheadAttention's forward (self-attention), float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 2:
+        x = x[None]
+    b, n, dm = x.shape
+    z = lambda bias, size: np.zeros(size) if bias is None else np.asarray(bias, dtype=np.float64)
+    hd = wq.shape[0]
+    d = hd // heads
+    def proj(w, bias):
+        y = x @ np.asarray(w, dtype=np.float64).T + z(bias, hd)
+        return y.reshape(b, n, heads, d).transpose(0, 2, 1, 3)
+    o, _ = attention(proj(wq, bq), proj(wk, bk), proj(wv, bv), causal=causal)
+    o = o.transpose(0, 2, 1, 3).reshape(b, n, hd)
+    return o @ np.asarray(wo, dtype=np.float64).T + z(bo, dm)

@@ -1,0 +1,233 @@
+"""The Python client against a real `ringattn dev` process.
+
+Run: PYTHONPATH=python python3 -m unittest discover -s python/tests -v
+(torch tests run when torch is installed; RINGATTN_REQUIRE_TORCH=1, as CI
+sets, makes a missing torch a failure).
+"""
+
+import io
+import os
+import sys
+import time
+import unittest
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import devserver  # noqa: E402
+import reference  # noqa: E402
+
+import ringattn  # noqa: E402
+
+try:
+    import torch
+except ImportError:  # torch is optional, unless CI requires it
+    torch = None
+    if os.environ.get("RINGATTN_REQUIRE_TORCH") == "1":
+        raise
+
+DEV = None
+
+
+def setUpModule():
+    global DEV
+    DEV = devserver.DevServer(workers=2)
+
+
+def tearDownModule():
+    if DEV is not None:
+        DEV.stop()
+
+
+def rand(*shape, seed=0):
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def tol(ref):
+    return 1e-4 * max(1.0, float(np.max(np.abs(ref[np.isfinite(ref)]))) if np.isfinite(ref).any() else 1.0)
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self):
+        self.c = ringattn.Client(DEV.url, token=DEV.token)
+
+    def assertClose(self, got, ref, what):
+        self.assertEqual(got.shape, ref.shape, what)
+        self.assertEqual(got.dtype, np.float32, what)
+        fin = np.isfinite(ref)
+        self.assertTrue(np.array_equal(np.isfinite(got), fin), what + ": non-finite entries differ")
+        err = float(np.max(np.abs(got[fin] - ref[fin]))) if fin.any() else 0.0
+        self.assertLessEqual(err, tol(ref), "%s: max |err| %g against float64" % (what, err))
+
+    def test_attention_causal_gqa_lse(self):
+        q, k, v = rand(2, 4, 200, 32, seed=1), rand(2, 2, 200, 32, seed=2), rand(2, 2, 200, 32, seed=3)
+        o, lse = self.c.attention(q, k, v, causal=True, return_lse=True, block=64)
+        ro, rl = reference.attention(q, k, v, causal=True)
+        self.assertClose(o, ro, "o")
+        self.assertClose(lse, rl, "lse")
+        self.assertClose(self.c.attention(q, k, v, causal=True), ro, "o without lse")
+
+    def test_window_seqlens_scale_cross_lengths(self):
+        q, k, v = rand(1, 2, 96, 16, seed=4), rand(1, 2, 160, 16, seed=5), rand(1, 2, 160, 16, seed=6)
+        o = self.c.attention(q, k, v, causal=True, window=(40, None), scale=0.3, block=32)
+        self.assertClose(o, reference.attention(q, k, v, causal=True, window=(40, -1), scale=0.3)[0], "window")
+        q2, k2, v2 = rand(1, 2, 128, 16, seed=7), rand(1, 2, 128, 16, seed=8), rand(1, 2, 128, 16, seed=9)
+        o2, lse2 = self.c.attention(q2, k2, v2, seqlens=[50, 30, 48], return_lse=True, block=32)
+        ro2, rl2 = reference.attention(q2, k2, v2, seqlens=[50, 30, 48])
+        self.assertClose(o2, ro2, "seqlens o")
+        self.assertClose(lse2, rl2, "seqlens lse")
+
+    def test_layout_bnhd_and_dtypes(self):
+        q, k, v = rand(1, 64, 4, 16, seed=10), rand(1, 64, 4, 16, seed=11), rand(1, 64, 4, 16, seed=12)
+        o = self.c.attention(q, k, v, causal=True, layout="bnhd")
+        ro = reference.attention(*(a.transpose(0, 2, 1, 3) for a in (q, k, v)), causal=True)[0].transpose(0, 2, 1, 3)
+        self.assertClose(o, ro, "bnhd")
+        o64 = self.c.attention(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), causal=True, layout="bnhd")
+        self.assertClose(o64, ro, "float64 inputs")
+        h = [a.astype(np.float16) for a in (q, k, v)]
+        oh = self.c.attention(*h, causal=True, layout="bnhd")
+        rh = reference.attention(*(a.astype(np.float64).transpose(0, 2, 1, 3) for a in h), causal=True)[0].transpose(0, 2, 1, 3)
+        self.assertClose(oh, rh, "float16 inputs")
+        # Rank 2 [N, D] means B = H = 1.
+        q2, k2, v2 = rand(40, 8, seed=13), rand(40, 8, seed=14), rand(40, 8, seed=15)
+        o2 = self.c.attention(q2, k2, v2)
+        self.assertClose(o2, reference.attention(q2[None, None], k2[None, None], v2[None, None])[0], "rank 2")
+
+    def test_mha(self):
+        dm, h = 24, 4
+        x = rand(2, 50, dm, seed=20)
+        w = [rand(dm, dm, seed=21 + i) * 0.3 for i in range(4)]
+        bias = [rand(dm, seed=31 + i) for i in range(4)]
+        y = self.c.mha(x, *w, heads=h, causal=True, bq=bias[0], bk=bias[1], bv=bias[2], bo=bias[3], block=16)
+        ref = reference.mha(x, *w, heads=h, causal=True, bq=bias[0], bk=bias[1], bv=bias[2], bo=bias[3])
+        self.assertClose(y, ref, "y")
+        y0 = self.c.mha(x, *w, heads=h)
+        self.assertClose(y0, reference.mha(x, *w, heads=h), "y without biases")
+
+    def test_submit_wait_result_jobs(self):
+        q, k, v = rand(1, 2, 64, 16, seed=40), rand(1, 2, 64, 16, seed=41), rand(1, 2, 64, 16, seed=42)
+        job = self.c.submit(q, k, v, causal=True, return_lse=True)
+        self.assertIn(job.state, ("queued", "running", "succeeded"))
+        stderr, sys.stderr = sys.stderr, io.StringIO()
+        try:
+            job.wait(progress=True, timeout=60)
+            shown = sys.stderr.getvalue()
+        finally:
+            sys.stderr = stderr
+        self.assertEqual(job.state, "succeeded")
+        try:
+            import tqdm  # noqa: F401
+        except ImportError:
+            self.assertIn(job.id[:12], shown)
+        o, lse = job.result()
+        ro, rl = reference.attention(q, k, v, causal=True)
+        self.assertClose(o, ro, "o")
+        self.assertClose(lse, rl, "lse")
+        ids = [j.id for j in self.c.jobs(state="succeeded", limit=1000)]
+        self.assertIn(job.id, ids)
+        self.assertEqual(self.c.job(job.id).state, "succeeded")
+
+    def test_idempotency_key(self):
+        q = rand(1, 1, 16, 8, seed=43)
+        key = "py-idem-%d" % time.time_ns()
+        a = self.c.submit(q, q, q, idempotency_key=key)
+        b = self.c.submit(q, q, q, idempotency_key=key)
+        self.assertEqual(a.id, b.id)
+
+    def test_cancel(self):
+        q, k, v = rand(1, 4, 8192, 64, seed=50), rand(1, 4, 8192, 64, seed=51), rand(1, 4, 8192, 64, seed=52)
+        job = self.c.submit(q, k, v, block=512)
+        job.cancel(reason="test cancel")
+        with self.assertRaises(ringattn.JobCanceled) as cm:
+            job.wait(timeout=60)
+        self.assertIn("test cancel", str(cm.exception))
+        with self.assertRaises(ringattn.Conflict) as cm:
+            job.fetch("o")
+        self.assertEqual(cm.exception.field, "id")
+        self.assertEqual(self.c.job(job.id).state, "canceled")
+
+    def test_bad_shapes(self):
+        q, k = rand(1, 2, 32, 16, seed=60), rand(1, 2, 32, 8, seed=61)
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention(q, k, k)
+        self.assertEqual(cm.exception.field, "k")
+        self.assertEqual(cm.exception.status, 400)
+        self.assertIn("head dim", cm.exception.message)
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention(rand(1, 3, 32, 16), rand(1, 2, 32, 16), rand(1, 2, 32, 16))
+        self.assertEqual(cm.exception.field, "k")
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention(q, q, q, seqlens=[10, 10])
+        self.assertTrue(cm.exception.field.startswith("spec.mask.seqlens"), cm.exception.field)
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention(rand(1, 1, 4, 300), rand(1, 1, 4, 300), rand(1, 1, 4, 300))
+        self.assertEqual(cm.exception.field, "spec.d")
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention(q, q, q, layout="nhd")
+        self.assertEqual(cm.exception.field, "layout")
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention(np.zeros((1, 1, 4, 4), dtype=np.int32), q, q)
+        self.assertEqual(cm.exception.field, "q")
+
+    def test_not_found(self):
+        with self.assertRaises(ringattn.NotFound) as cm:
+            self.c.job("j-nosuchjob")
+        self.assertEqual(cm.exception.field, "id")
+        self.assertIn("j-nosuchjob", str(cm.exception))
+
+    def test_unreachable(self):
+        c = ringattn.Client("http://127.0.0.1:%d" % devserver.free_port(), timeout=5)
+        with self.assertRaises(ringattn.Unavailable) as cm:
+            c.attention(rand(1, 1, 4, 4), rand(1, 1, 4, 4), rand(1, 1, 4, 4))
+        self.assertEqual(cm.exception.code, "unreachable")
+        self.assertIsInstance(cm.exception, ConnectionError)
+
+    def test_token(self):
+        for token in (None, "wrong"):
+            with self.assertRaises(ringattn.Unauthenticated) as cm:
+                ringattn.Client(DEV.url, token=token).jobs()
+            self.assertEqual(cm.exception.field, "Authorization")
+
+    def test_backward_not_yet(self):
+        q = rand(1, 1, 16, 8)
+        self.assertFalse(self.c.info()["backward"])
+        with self.assertRaises(ringattn.Unimplemented) as cm:
+            self.c.attention_backward(q, q, q, q, causal=True)
+        self.assertIsInstance(cm.exception, NotImplementedError)
+        self.assertIn("no backward job kind", str(cm.exception))
+
+
+@unittest.skipIf(torch is None, "torch is not installed")
+class TorchTest(unittest.TestCase):
+    def setUp(self):
+        self.c = ringattn.Client(DEV.url, token=DEV.token)
+
+    def test_forward_matches_float64_torch(self):
+        from ringattn.torch import attention
+        g = torch.Generator().manual_seed(0)
+        q = torch.randn(1, 4, 96, 32, generator=g)
+        k = torch.randn(1, 4, 96, 32, generator=g)
+        v = torch.randn(1, 4, 96, 32, generator=g)
+        o = attention(q, k, v, causal=True, client=self.c)
+        self.assertEqual(o.dtype, torch.float32)
+        q64, k64, v64 = q.double(), k.double(), v.double()
+        s = q64 @ k64.transpose(-1, -2) / 32 ** 0.5
+        s = s.masked_fill(torch.ones(96, 96, dtype=torch.bool).triu(1), float("-inf"))
+        ref = torch.softmax(s, -1) @ v64
+        self.assertLessEqual(float((o.double() - ref).abs().max()), 1e-4)
+        # bnhd, torch's common layout
+        ob = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, layout="bnhd", client=self.c)
+        self.assertLessEqual(float((ob.transpose(1, 2).double() - ref).abs().max()), 1e-4)
+
+    def test_backward_raises_until_the_cluster_has_it(self):
+        from ringattn.torch import attention
+        q = torch.randn(1, 2, 32, 16, requires_grad=True)
+        o = attention(q, q.detach(), q.detach(), causal=True, client=self.c)
+        self.assertTrue(o.requires_grad)
+        with self.assertRaises(ringattn.Unimplemented) as cm:
+            o.sum().backward()
+        self.assertIn("no backward job kind", str(cm.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
