@@ -82,6 +82,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.IntVar(&cfg.MaxVerifyTries, "max-verify-tries", cfg.MaxVerifyTries,
 		"a job whose outputs are missing from the store (or differ from their report) after this many re-plans fails")
 	fs.IntVar(&cfg.Limits.MaxQueued, "max-queued", cfg.Limits.MaxQueued, "most jobs QUEUED at once")
+	fs.IntVar(&cfg.Limits.MaxConcurrentRequests, "max-concurrent-requests", cfg.Limits.MaxConcurrentRequests,
+		"most client API requests handled at once; more are answered BUSY with a retry-after")
+	fs.IntVar(&cfg.Limits.MaxConcurrentReports, "max-concurrent-reports", cfg.Limits.MaxConcurrentReports,
+		"most worker reports handled at once; more are answered RETRY")
 	fs.Int64Var(&cfg.Limits.MaxJobBytes, "max-job-bytes", cfg.Limits.MaxJobBytes, "largest job, in float32 bytes of inputs and outputs")
 	fs.Int64Var(&cfg.Limits.MaxTokens, "max-tokens", cfg.Limits.MaxTokens, "longest query or key sequence")
 	fs.Int64Var(&cfg.Limits.MaxBlocks, "max-blocks", cfg.Limits.MaxBlocks, "most blocks per sequence, ceil(N/block)")

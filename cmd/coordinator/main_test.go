@@ -37,6 +37,10 @@ func TestCoordinatorCmdFlags(t *testing.T) {
 		{[]string{"--node-id", "a"}, map[string]string{"RINGATTN_JOB_TTL": "soon"}, "RINGATTN_JOB_TTL"},
 		{nil, map[string]string{"RINGATTN_NODE_ID": "a", "RINGATTN_HEARTBEAT_TIMEOUT": "0s"}, "HeartbeatTimeout"},
 		{[]string{"--heartbeat-timeout", "0s"}, map[string]string{"RINGATTN_NODE_ID": "a", "RINGATTN_HEARTBEAT_TIMEOUT": "5s"}, "HeartbeatTimeout"},
+		{[]string{"--node-id", "a", "--plan-timeout", "0s"}, nil, "PlanTimeout"},
+		{[]string{"--node-id", "a"}, map[string]string{"RINGATTN_SWEEP_GRACE": "0s"}, "SweepGrace"},
+		{[]string{"--node-id", "a", "--max-concurrent-requests", "0"}, nil, "Limits.MaxConcurrentRequests"},
+		{[]string{"--node-id", "a"}, map[string]string{"RINGATTN_MAX_CONCURRENT_REPORTS": "0"}, "Limits.MaxConcurrentReports"},
 	} {
 		errb.Reset()
 		lookup := func(k string) (string, bool) { v, ok := c.env[k]; return v, ok }

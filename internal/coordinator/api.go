@@ -92,7 +92,7 @@ func httpCode(c pb.ErrorCode) string {
 		return "409"
 	case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
 		return "429"
-	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, pb.ErrorCode_ERROR_CODE_BUSY:
 		return "503"
 	default:
 		return "500"
@@ -101,11 +101,17 @@ func httpCode(c pb.ErrorCode) string {
 
 func (l *leader) handler(endpoint string, h func([]byte) (proto.Message, *apiError)) micro.Handler {
 	return micro.HandlerFunc(func(req micro.Request) {
+		if !l.apiGate.try() {
+			l.replyBusy(endpoint, req)
+			return
+		}
 		if !l.enter() {
+			l.apiGate.done()
 			return
 		}
 		go func() {
 			defer l.wg.Done()
+			defer l.apiGate.done()
 			reply, ae := l.serve(endpoint, h, req.Data())
 			data, err := proto.Marshal(reply)
 			if err != nil {
@@ -194,9 +200,10 @@ func (l *leader) apiSubmit(data []byte) (proto.Message, *apiError) {
 	if user != nil {
 		return nil, inputInUse(ref, user.Id)
 	}
+	// Fast path: a queue seen full here is full (the log only grows it
+	// by submits); the binding check is in State.Apply.
 	if queued >= c.cfg.Limits.MaxQueued {
-		return nil, &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "spec", wrap: ErrLimit,
-			msg: fmt.Sprintf("queue full: %d jobs queued, want fewer than %d (Limits.MaxQueued); retry later", queued, c.cfg.Limits.MaxQueued)}
+		return nil, apiErrorOf(fmt.Errorf("%w: %d jobs queued, want fewer than %d (Limits.MaxQueued); retry later", ErrQueueFull, queued, c.cfg.Limits.MaxQueued))
 	}
 	// Reserve the input namespace while the submit is proposed, so that
 	// two submits racing with the same namespace (and different keys)
@@ -217,7 +224,8 @@ func (l *leader) apiSubmit(data []byte) (proto.Message, *apiError) {
 			l.mu.Unlock()
 		}()
 	}
-	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: newJobID(), Spec: req.Spec, UnixMs: c.now().UnixMilli()})
+	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: newJobID(), Spec: req.Spec, UnixMs: c.now().UnixMilli(),
+		MaxQueued: int64(c.cfg.Limits.MaxQueued)})
 	if err != nil {
 		return nil, apiErrorOf(err)
 	}

@@ -57,6 +57,12 @@ type Limits struct {
 	MaxQueued int
 	// MaxRequestBytes bounds an API request message.
 	MaxRequestBytes int
+	// MaxConcurrentRequests bounds the API requests the leader handles at
+	// once; more are answered BUSY with a retry-after at once.
+	MaxConcurrentRequests int
+	// MaxConcurrentReports bounds the worker reports handled at once; more
+	// are answered RETRY at once.
+	MaxConcurrentReports int
 }
 
 // Config is everything a coordinator needs. Start from DefaultConfig.
@@ -162,6 +168,10 @@ func DefaultConfig() Config {
 			Limits:          shard.DefaultLimits(),
 			MaxQueued:       10000,
 			MaxRequestBytes: 1 << 20,
+			// Each request holds at most one Raft apply; 256 in flight
+			// keep a leader's pipeline full without unbounded goroutines.
+			MaxConcurrentRequests: 256,
+			MaxConcurrentReports:  256,
 		},
 		Version: "dev",
 	}
@@ -250,6 +260,10 @@ func (c Config) Validate() error {
 		return bad("Limits.MaxQueued", "%d: want >= 1", l.MaxQueued)
 	case l.MaxRequestBytes < 1024:
 		return bad("Limits.MaxRequestBytes", "%d: want >= 1024", l.MaxRequestBytes)
+	case l.MaxConcurrentRequests < 1:
+		return bad("Limits.MaxConcurrentRequests", "%d: want >= 1", l.MaxConcurrentRequests)
+	case l.MaxConcurrentReports < 1:
+		return bad("Limits.MaxConcurrentReports", "%d: want >= 1", l.MaxConcurrentReports)
 	}
 	if err := c.NATS.Validate(); err != nil {
 		return fmt.Errorf("%w: NATS: %w", ErrInvalid, err)

@@ -110,13 +110,24 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		}
 		c.ownNC = true
 	}
+	var sd *storeDeleter
 	if c.deps.Tensors == nil {
-		c.deps.Tensors = &storeDeleter{nc: c.nc, bucket: c.bucket(), log: c.log}
+		sc := cfg.NATS.StoreConfig()
+		sc.Bucket = c.bucket()
+		sd = &storeDeleter{nc: c.nc, cfg: sc, log: c.log}
+		c.deps.Tensors = sd
 	}
 	if cfg.HTTPAddr != "" {
 		if err := c.startHTTP(); err != nil {
 			return nil, err
 		}
+	}
+	if sd != nil {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			sd.openAtStart(c.stop)
+		}()
 	}
 	c.wg.Add(1)
 	go c.watchLeadership()

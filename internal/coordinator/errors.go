@@ -1,6 +1,9 @@
 package coordinator
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Business errors of the state machine come back through
 // the Raft apply response; the API translates them to pb.ErrorCode.
@@ -32,4 +35,9 @@ var (
 	ErrInputInUse = errors.New("coordinator: input namespace in use")
 	// ErrLimit: a size or queue limit was hit.
 	ErrLimit = errors.New("coordinator: limit exceeded")
+	// ErrQueueFull: a submit found Limits.MaxQueued jobs queued (decided
+	// in State.Apply). It wraps ErrLimit.
+	ErrQueueFull = fmt.Errorf("%w: queue full", ErrLimit)
+	// ErrBusy: the leader is handling as many requests as it allows.
+	ErrBusy = errors.New("coordinator: busy")
 )

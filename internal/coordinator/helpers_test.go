@@ -247,13 +247,13 @@ type errReply interface {
 }
 
 // retryable reports whether a client should retry: no leader answered, or
-// it answered NOT_LEADER/UNAVAILABLE.
+// it answered NOT_LEADER/UNAVAILABLE/BUSY (as the SDK does).
 func retryable(err error, e *pb.Error) bool {
 	if err != nil {
 		return true
 	}
 	switch e.GetCode() {
-	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
+	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, pb.ErrorCode_ERROR_CODE_BUSY:
 		return true
 	}
 	return false

@@ -66,6 +66,9 @@ type leader struct {
 	expiring bool
 	subs     []*nats.Subscription
 	svc      micro.Service
+	// apiGate and reportGate bound the API requests and worker reports
+	// handled at once (busy.go).
+	apiGate, reportGate slots
 }
 
 type workerInfo struct {
@@ -118,6 +121,9 @@ func newLeader(c *Coordinator) *leader {
 
 		verifying: map[string]*verifyState{},
 		outChecks: map[string]outputsCheck{},
+
+		apiGate:    newSlots(c.cfg.Limits.MaxConcurrentRequests),
+		reportGate: newSlots(c.cfg.Limits.MaxConcurrentReports),
 	}
 }
 
@@ -236,17 +242,7 @@ func (l *leader) listen() error {
 	if err != nil {
 		return fmt.Errorf("subscribe heartbeats: %w", err)
 	}
-	rep, err := c.nc.Subscribe(c.subj.Report(), func(m *nats.Msg) {
-		if !l.enter() {
-			return
-		}
-		go func() {
-			defer l.wg.Done()
-			if a := l.handleReport(m.Data); a != nil {
-				l.respond(m, a)
-			}
-		}()
-	})
+	rep, err := c.nc.Subscribe(c.subj.Report(), l.onReport)
 	if err != nil {
 		_ = hb.Unsubscribe()
 		return fmt.Errorf("subscribe reports: %w", err)

@@ -156,6 +156,15 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 	if _, dup := s.jobs[c.GetJobId()]; dup {
 		return fail(ErrExists, "job %s", c.GetJobId())
 	}
+	// The queue limit is decided here, in log order, so concurrent submits
+	// cannot overshoot it (a check before proposing reads a state the
+	// other proposals have not changed yet). Counting is O(jobs), and only
+	// when there are at least as many jobs as the limit.
+	if limit := c.GetMaxQueued(); limit > 0 && int64(len(s.jobs)) >= limit {
+		if n := s.count(pb.JobState_JOB_STATE_QUEUED); int64(n) >= limit {
+			return fail(ErrQueueFull, "%d jobs queued, want fewer than %d (Limits.MaxQueued); retry later", n, limit)
+		}
+	}
 	j := &cpb.Job{
 		Id:            c.GetJobId(),
 		Spec:          proto.CloneOf(c.GetSpec()),
@@ -439,6 +448,17 @@ func (s *State) Jobs(keep func(*cpb.Job) bool) []*cpb.Job {
 
 // Len is the number of job records (tombstones included).
 func (s *State) Len() int { return len(s.jobs) }
+
+// count returns the number of jobs in state st.
+func (s *State) count(st pb.JobState) int {
+	n := 0
+	for _, j := range s.jobs {
+		if j.State == st {
+			n++
+		}
+	}
+	return n
+}
 
 // Counts returns the number of jobs in each state.
 func (s *State) Counts() map[pb.JobState]int {

@@ -37,9 +37,9 @@ func (c *Coordinator) outputs() outputStore {
 // storeDeleter reaches the JetStream object store bucket, opened on first
 // use (so a coordinator starts even before JetStream is up).
 type storeDeleter struct {
-	nc     *nats.Conn
-	bucket string
-	log    *slog.Logger
+	nc  *nats.Conn
+	cfg transport.StoreConfig // Config.NATS.StoreConfig(): bucket, replicas, max bytes, TTL
+	log *slog.Logger
 
 	mu    sync.Mutex
 	store *transport.Store
@@ -57,7 +57,7 @@ func (d *storeDeleter) open(ctx context.Context) (*transport.Store, error) {
 	}
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := transport.OpenStore(octx, d.nc, transport.StoreConfig{Bucket: d.bucket}, d.log)
+	st, err := transport.OpenStore(octx, d.nc, d.cfg, d.log)
 	if err != nil {
 		return nil, err
 	}
@@ -65,8 +65,40 @@ func (d *storeDeleter) open(ctx context.Context) (*transport.Store, error) {
 	defer d.mu.Unlock()
 	if d.store == nil {
 		d.store = st
+		d.log.Info("tensor store open", "bucket", d.cfg.Bucket, "replicas", max(d.cfg.Replicas, 1),
+			"max_bytes", d.cfg.MaxBytes, "ttl", d.cfg.TTL)
 	}
 	return d.store, nil
+}
+
+// openAtStart creates (or binds) the bucket at startup with the
+// configured replicas, size limit and TTL, so that a client cannot create
+// it first with defaults; JetStream may come up after the coordinator, so
+// it retries with backoff until stop closes. Later uses open it anyway.
+func (d *storeDeleter) openAtStart(stop <-chan struct{}) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	wait := 500 * time.Millisecond
+	for {
+		_, err := d.open(ctx)
+		if err == nil || ctx.Err() != nil {
+			return
+		}
+		d.log.Debug("tensor store not reachable yet; retrying", "bucket", d.cfg.Bucket, "err", err, "in", wait)
+		select {
+		case <-stop:
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 30*time.Second)
+	}
 }
 
 // DeleteJob implements TensorDeleter.

@@ -18,6 +18,9 @@ type apiError struct {
 	field string
 	msg   string
 	wrap  error
+	// retryAfter: the client should wait this long before retrying
+	// (BUSY, a full queue).
+	retryAfter time.Duration
 }
 
 func (e *apiError) Error() string {
@@ -34,7 +37,7 @@ func invalidField(field, format string, args ...any) *apiError {
 }
 
 func (e *apiError) proto() *pb.Error {
-	return &pb.Error{Code: e.code, Field: e.field, Message: e.Error()}
+	return &pb.Error{Code: e.code, Field: e.field, Message: e.Error(), RetryAfterMs: e.retryAfter.Milliseconds()}
 }
 
 // validName checks an id, key or store namespace: it becomes part of NATS
@@ -184,6 +187,8 @@ func apiErrorOf(err error) *apiError {
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION, field: "job_id", msg: err.Error(), wrap: err}
 	case errors.Is(err, ErrNotLeader):
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_NOT_LEADER, msg: err.Error(), wrap: err}
+	case errors.Is(err, ErrQueueFull):
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "spec", msg: strings.TrimPrefix(err.Error(), "coordinator: limit exceeded: "), wrap: err, retryAfter: queueRetryAfter}
 	case errors.Is(err, ErrLimit):
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: err.Error(), wrap: err}
 	default:

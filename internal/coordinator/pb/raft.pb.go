@@ -148,10 +148,15 @@ func (x *Command) GetPayload() []byte {
 // Submit creates a QUEUED job (or, when the idempotency key is known,
 // returns the existing one).
 type Submit struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Spec          *pb.JobSpec            `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
-	UnixMs        int64                  `protobuf:"varint,3,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	JobId  string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Spec   *pb.JobSpec            `protobuf:"bytes,2,opt,name=spec,proto3" json:"spec,omitempty"`
+	UnixMs int64                  `protobuf:"varint,3,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	// max_queued is the proposing leader's queue limit: Apply refuses the
+	// submit when this many jobs are QUEUED already, so the limit holds under
+	// concurrent submits and every replica decides alike. 0 (entries written
+	// before the field) means no limit.
+	MaxQueued     int64 `protobuf:"varint,4,opt,name=max_queued,json=maxQueued,proto3" json:"max_queued,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -203,6 +208,13 @@ func (x *Submit) GetSpec() *pb.JobSpec {
 func (x *Submit) GetUnixMs() int64 {
 	if x != nil {
 		return x.UnixMs
+	}
+	return 0
+}
+
+func (x *Submit) GetMaxQueued() int64 {
+	if x != nil {
+		return x.MaxQueued
 	}
 	return 0
 }
@@ -983,11 +995,13 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\"internal/coordinator/pb/raft.proto\x12\x17ringattn.coordinator.v1\x1a\x1apkg/transport/pb/api.proto\x1a\x1epkg/transport/pb/control.proto\"]\n" +
 	"\aCommand\x128\n" +
 	"\x04type\x18\x01 \x01(\x0e2$.ringattn.coordinator.v1.CommandTypeR\x04type\x12\x18\n" +
-	"\apayload\x18\x02 \x01(\fR\apayload\"b\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\"\x81\x01\n" +
 	"\x06Submit\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12(\n" +
 	"\x04spec\x18\x02 \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\x12\x17\n" +
-	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\"y\n" +
+	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\x12\x1d\n" +
+	"\n" +
+	"max_queued\x18\x04 \x01(\x03R\tmaxQueued\"y\n" +
 	"\n" +
 	"StartEpoch\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
