@@ -17,6 +17,13 @@ const (
 	KindPartial Kind = 2
 )
 
+// MaxKind is the largest Kind a frame may carry (KindDQ); a ring transport
+// refuses frames of any other kind.
+const MaxKind = KindDQ
+
+// Known reports whether k is one of the kinds above (KindKV..MaxKind).
+func (k Kind) Known() bool { return k >= KindKV && k <= MaxKind }
+
 // Key identifies a frame within one job epoch: what it is, at which step of
 // the schedule, and which block (KV block index, or the sending rank for
 // partials).

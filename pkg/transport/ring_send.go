@@ -59,8 +59,8 @@ func (r *NATSRing) checkSend(to int, f ringattn.Frame) (string, error) {
 	if err := r.checkRank("send to", to); err != nil {
 		return "", err
 	}
-	if f.Kind != ringattn.KindKV && f.Kind != ringattn.KindPartial {
-		return "", fmt.Errorf("%w: frame kind %d: want KindKV or KindPartial", ErrInvalidName, f.Kind)
+	if !f.Kind.Known() {
+		return "", fmt.Errorf("%w: frame kind %d: want %d..%d (KindKV..KindDQ)", ErrInvalidName, f.Kind, ringattn.KindKV, ringattn.MaxKind)
 	}
 	if f.Stride != 0 {
 		return "", fmt.Errorf("%w: frame %+v has views (Stride %d): want contiguous tensors", ErrInvalidShape, f.Key, f.Stride)

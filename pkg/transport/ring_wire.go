@@ -42,10 +42,9 @@ func parseKey(h nats.Header) (ringattn.Key, error) {
 	step, err2 := strconv.Atoi(h.Get(hStep))
 	block, err3 := strconv.Atoi(h.Get(hBlock))
 	switch {
-	case err1 != nil || (ringattn.Kind(kind) != ringattn.KindKV && ringattn.Kind(kind) != ringattn.KindPartial) ||
-		kind != int(ringattn.Kind(kind)):
-		return ringattn.Key{}, fmt.Errorf("%w: header %s = %.64q: want %d or %d", errMalformed, hKind, h.Get(hKind),
-			ringattn.KindKV, ringattn.KindPartial)
+	case err1 != nil || kind != int(ringattn.Kind(kind)) || !ringattn.Kind(kind).Known():
+		return ringattn.Key{}, fmt.Errorf("%w: header %s = %.64q: want %d..%d", errMalformed, hKind, h.Get(hKind),
+			ringattn.KindKV, ringattn.MaxKind)
 	case err2 != nil || step < 0:
 		return ringattn.Key{}, fmt.Errorf("%w: header %s = %.64q: want an integer >= 0", errMalformed, hStep, h.Get(hStep))
 	case err3 != nil || block < 0:
