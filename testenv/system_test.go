@@ -96,7 +96,8 @@ func TestSystemWorkerKilled(t *testing.T) {
 // stays SUCCEEDED in its epoch with exact outputs, and the worker rejoins
 // as a live worker.
 func TestSystemWorkerHung(t *testing.T) {
-	c := startCluster(t, fastConfig(t, 2))
+	cfg := fastConfig(t, 2)
+	c := startCluster(t, cfg)
 	l := newLedger(t, c)
 	ctx := testCtx(t)
 	// The victim's rank stalls after one ring step: the hang lands
@@ -125,6 +126,12 @@ func TestSystemWorkerHung(t *testing.T) {
 	logRecovery(t, l, "worker SIGSTOPped mid-job", at, fin, st.GetEpoch())
 	if fin.GetEpoch() <= st.GetEpoch() || slices.Contains(fin.GetWorkers(), victim.Name) {
 		t.Fatalf("job finished in epoch %d on %v: want a re-plan without %s", fin.GetEpoch(), fin.GetWorkers(), victim.Name)
+	}
+	// The hang is found by the missed heartbeats, long before the
+	// progress watchdog would re-plan the stalled rank.
+	if rp := l.replannedAt(id, st.GetEpoch()); rp.IsZero() || rp.Sub(at) > 3*cfg.HeartbeatTimeout {
+		t.Fatalf("re-plan %v after SIGSTOP: want within a few heartbeat timeouts (%v): the hang was not detected",
+			round(rp.Sub(at)), cfg.HeartbeatTimeout)
 	}
 	l.verify(ctx)
 
@@ -495,6 +502,9 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 	// The victim holds a stalled shard: it finished a ring step and runs
 	// a shard that cannot end before it is aborted.
 	if err := Poll(ctx, 5*time.Millisecond, func() error {
+		if !victim.Running() {
+			return permanent(fmt.Errorf("%s exited before it held a shard", victim.Name))
+		}
 		steps, err := c.Metric(ctx, victim, "ringattn_worker_ring_step_seconds_count")
 		if err != nil {
 			return err
