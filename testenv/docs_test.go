@@ -30,12 +30,12 @@ import (
 //   - A command ending in `&` starts a server in the background; the
 //     document's own commands stop it, and whatever still runs when the
 //     document ends is killed with its process group.
-//   - The documents use loopback ports 14222, 17001-17003, 18080-18083;
+//   - The documents use loopback ports 14222, 17401-17403, 18480-18483;
 //     they must be free.
 var docsFiles = []string{"README.md", "docs/QUICKSTART.md"}
 
 // docsPorts are the loopback ports the documents' servers listen on.
-var docsPorts = []int{14222, 17001, 17002, 17003, 18080, 18081, 18082, 18083}
+var docsPorts = []int{14222, 17401, 17402, 17403, 18480, 18481, 18482, 18483}
 
 // docsTimeout bounds one document's run.
 const docsTimeout = 4 * time.Minute
@@ -114,12 +114,20 @@ func TestSystemDocsCommands(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, ".git")); err != nil {
 		t.Skipf("%s is not a git checkout, so there is no committed code to clone: %v", root, err)
 	}
+	// Another run's servers may still be stopping: wait a little.
 	for _, p := range docsPorts {
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err != nil {
-			t.Fatalf("port %d, which the documents use, is busy (another docs test or cluster running?): %v", p, err)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err == nil {
+				l.Close()
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("port %d, which the documents use, is busy (another docs test or cluster running?): %v", p, err)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		l.Close()
 	}
 	clone := filepath.Join(t.TempDir(), "ringattn")
 	if out, err := exec.Command("git", "clone", "--quiet", root, clone).CombinedOutput(); err != nil {

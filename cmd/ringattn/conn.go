@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -92,7 +93,33 @@ func dial(ctx context.Context, cf *connFlags, rawURL string) (*client.Client, er
 	if err != nil {
 		return nil, unreachable(u, err)
 	}
+	if err := probeLeader(ctx, cl, u); err != nil {
+		cl.Close()
+		return nil, err
+	}
 	return cl, nil
+}
+
+// leaderWait bounds how long a command waits for a coordinator leader to
+// answer before saying there is none (an election takes a few seconds).
+var leaderWait = 15 * time.Second
+
+// probeLeader asks the coordinators' API for the cluster, so a NATS
+// server without coordinators is exit 3 with a hint instead of a
+// command waiting forever.
+func probeLeader(ctx context.Context, cl *client.Client, u string) error {
+	pctx, cancel := context.WithTimeout(ctx, leaderWait)
+	defer cancel()
+	_, err := cl.Cluster(pctx)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, client.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
+		return unreachableError{fmt.Errorf("NATS at %s answers, but no coordinator leader did within %v; start coordinators (or `ringattn dev`)", u, leaderWait)}
+	}
+	return err
 }
 
 // unreachable is the exit-3 error for a cluster at u that did not answer.

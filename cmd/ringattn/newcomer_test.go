@@ -15,6 +15,7 @@ import (
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
+	"github.com/ringattn/ringattn/pkg/transport/transporttest"
 )
 
 // Tests of issue 22, "A newcomer's first hour, without a stumble".
@@ -417,5 +418,28 @@ func TestCLIProgressBar(t *testing.T) {
 	}
 	if isTTY(&buf) {
 		t.Fatal("a buffer is a terminal")
+	}
+}
+
+// TestCLINoCoordinator: a NATS server without coordinators is exit 3
+// saying so, after leaderWait, instead of a command waiting forever.
+func TestCLINoCoordinator(t *testing.T) {
+	e := transporttest.RunServer(t)
+	old := leaderWait
+	leaderWait = 500 * time.Millisecond
+	defer func() { leaderWait = old }()
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"list", "--nats", e.ClientURL()},
+		{"attend", "--nats", e.ClientURL(), "-q", fixture("attn_q.npy"), "-k", fixture("attn_k.npy"), "-v", fixture("attn_v.npy"), "-o", filepath.Join(dir, "o.npy")},
+	} {
+		start := time.Now()
+		code, _, stderr := cli(t, args...)
+		if code != exitReach || !strings.Contains(stderr, "no coordinator leader") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%s: exit %d, stderr %q; want exit 3 naming the missing leader", args[0], code, stderr)
+		}
+		if el := time.Since(start); el > 10*time.Second {
+			t.Errorf("%s: took %v", args[0], el)
+		}
 	}
 }
