@@ -34,7 +34,7 @@ var (
 
 // cluster is one in-process dev cluster shared by the tests (it lives
 // until the test binary exits); its HTTP address serves the job API.
-func cluster(t *testing.T) *devcluster.Cluster {
+func cluster(t testing.TB) *devcluster.Cluster {
 	t.Helper()
 	devOnce.Do(func() {
 		dev, devErr = devcluster.Start(context.Background(), devcluster.Config{Workers: 2, WorkerThreads: 1, WorkerGFLOPS: 10})
