@@ -58,7 +58,21 @@ func serveGateway(ctx context.Context, env *cliEnv, cl *client.Client, addr stri
 	if err != nil {
 		return fmt.Errorf("--http %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: g, ReadHeaderTimeout: 10 * time.Second}
+	// Probes for Kubernetes, outside the token: /healthz is the process,
+	// /readyz the cluster answering.
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		rctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if _, err := cl.Cluster(rctx); err != nil {
+			http.Error(w, "not ready: the cluster does not answer: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("/", g)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(env.stdout, "ringattn gateway: serving the job API on http://%s\n", ln.Addr())
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
