@@ -43,5 +43,15 @@
 //
 // System tests (TestSystem*) run real faults against real processes and
 // check every result against the float64 reference (internal/attnref),
-// and that no job is lost or finished twice.
+// and that no job is lost or finished twice. Each fault is landed where
+// it must be by polling (a worker's ring step counter, its running
+// shards) or by the workers' test-only fault hooks (StartWorkerEnv with
+// RINGATTN_FAULT_STALL stalls a rank after a given ring step); a test that
+// cannot land its fault fails rather than passing with a note.
+//
+// RunLoad drives many concurrent clients' jobs with idempotency keys into
+// a cluster while workers, the leader and NATS are faulted, and reports
+// throughput, latency, per-fault stall and recovery times, duplicates,
+// lost jobs, leaked records and namespaces, and each process's goroutines
+// and RSS against its idle level (TestSystemLoad, `ringattn bench load`).
 package testenv
