@@ -30,6 +30,12 @@ func runGateway(env *cliEnv, args []string) error {
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
+	switch {
+	case *maxReq < 1:
+		return usagef("--max-request-bytes = %d, expected >= 1", *maxReq)
+	case *inFlight < 1:
+		return usagef("--max-in-flight = %d, expected >= 1", *inFlight)
+	}
 	if err := gateway.CheckBind(*httpAddr, *token, *insecure); err != nil {
 		return usagef("--http: %v", err)
 	}
