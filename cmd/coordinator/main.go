@@ -5,7 +5,7 @@
 //
 //	coordinator --node-id c0 --raft-addr 10.0.0.1:7000 \
 //	    --peers c0=10.0.0.1:7000,c1=10.0.0.2:7000,c2=10.0.0.3:7000 \
-//	    --data-dir /var/lib/ringattn --nats-url nats://nats:4222
+//	    --data-dir /var/lib/ringattn --nats nats://nats:4222
 //	coordinator --node-id dev --bootstrap     # a single-node cluster
 package main
 
@@ -69,6 +69,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.BoolVar(&cfg.Bootstrap, "bootstrap", cfg.Bootstrap, "start a single-node cluster when there are no --peers")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory of the Raft log and snapshots; restarting with it rejoins")
 	fs.StringVar(&cfg.HTTPAddr, "http-addr", cfg.HTTPAddr, "ops HTTP address (/metrics, /healthz, /readyz, /v1/...); empty disables")
+	fs.StringVar(&cfg.HTTPAdvertise, "http-advertise", cfg.HTTPAdvertise,
+		"host:port others reach --http-addr at (default --http-addr); followers' status pages link the leader's")
 	fs.DurationVar(&cfg.HeartbeatTimeout, "heartbeat-timeout", cfg.HeartbeatTimeout, "a worker silent this long is dead and its shards re-planned")
 	fs.DurationVar(&cfg.AssignTimeout, "assign-timeout", cfg.AssignTimeout, "how long a worker has to accept an assignment")
 	fs.DurationVar(&cfg.JobTTL, "job-ttl", cfg.JobTTL, "finished jobs expire (records and tensors deleted) after this")

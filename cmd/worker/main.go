@@ -4,7 +4,7 @@
 // environment variable (the id is RINGATTN_WORKER_ID); SIGTERM (or SIGINT)
 // drains the worker and exits 0, a second signal stops it at once.
 //
-//	worker --nats-url nats://127.0.0.1:4222 --id w1 --metrics-addr 127.0.0.1:9090
+//	worker --nats nats://127.0.0.1:4222 --id w1 --metrics-addr 127.0.0.1:9090
 //	RINGATTN_NATS_URL=nats://nats:4222 RINGATTN_WORKER_ID=$POD_NAME worker --log-format json
 //
 // Exit codes: 0 after a drain (or --help, --version), 1 when the worker

@@ -48,7 +48,7 @@ func flagSpecs(cfg *transport.Config, urls *string) []flagSpec {
 }
 
 // RegisterFlags registers the NATS connection flags on fs, writing into
-// cfg: --nats-url, --nats-user, --nats-password, --nats-token, --nats-creds,
+// cfg: --nats (alias --nats-url), --nats-user, --nats-password, --nats-token, --nats-creds,
 // --nats-nkey, --nats-tls-ca, --nats-tls-cert, --nats-tls-key,
 // --nats-tls-insecure, --nats-name, --nats-prefix, --nats-connect-timeout,
 // --store-bucket, --store-replicas, --store-max-bytes and --store-ttl (the
@@ -104,10 +104,16 @@ func registerFlags(fs *flag.FlagSet, cfg *transport.Config, lookup func(string) 
 		usage := fmt.Sprintf("%s (env %s%s)", s.usage, EnvPrefix, s.env)
 		switch {
 		case s.flag == "nats-url":
-			fs.Func(s.flag, usage+" (default "+strconv.Quote(urls)+")", func(v string) error {
+			// --nats is the one spelling every binary documents; --nats-url
+			// stays as an alias for existing deployments.
+			set := func(v string) error {
 				cfg.URLs = splitURLs(v)
 				return nil
-			})
+			}
+			if fs.Lookup("nats") == nil {
+				fs.Func("nats", usage+" (default "+strconv.Quote(urls)+")", set)
+			}
+			fs.Func(s.flag, "alias of --nats (env "+EnvPrefix+s.env+")", set)
 		case s.str != nil:
 			fs.StringVar(s.str, s.flag, *s.str, usage)
 		case s.dur != nil:

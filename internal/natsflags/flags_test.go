@@ -151,3 +151,23 @@ func ctxT(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// TestNATSFlagsOneSpelling: --nats is the URL flag of every binary, and
+// --nats-url stays as its alias.
+func TestNATSFlagsOneSpelling(t *testing.T) {
+	for _, name := range []string{"nats", "nats-url"} {
+		fs := flag.NewFlagSet("x", flag.ContinueOnError)
+		cfg := transport.DefaultConfig()
+		must(t, natsflags.RegisterFlags(fs, &cfg))
+		must(t, fs.Parse([]string{"--" + name, "nats://h1:1,nats://h2:2"}))
+		if fmt.Sprint(cfg.URLs) != "[nats://h1:1 nats://h2:2]" {
+			t.Fatalf("--%s: URLs %v", name, cfg.URLs)
+		}
+	}
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	cfg := transport.DefaultConfig()
+	must(t, natsflags.RegisterFlags(fs, &cfg))
+	if f := fs.Lookup("nats"); f == nil || !strings.Contains(f.Usage, "RINGATTN_NATS_URL") {
+		t.Fatalf("--nats: %+v, want its usage to name RINGATTN_NATS_URL", f)
+	}
+}
