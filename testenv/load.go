@@ -94,8 +94,8 @@ type LoadConfig struct {
 	JobTimeout time.Duration
 	// ExpiryTimeout bounds the wait, after the load, for every job record
 	// and every store namespace to be gone (default 2 min). The cluster's
-	// coordinators need a short --job-ttl, --tombstone-ttl and
-	// --sweep-grace for it.
+	// coordinators need a short --job-ttl and --sweep-grace for it
+	// (LoadCoordinatorArgs).
 	ExpiryTimeout time.Duration
 	// IdleTimeout bounds the wait for the processes' goroutines and RSS
 	// to return to their idle level (default 60 s).
@@ -153,11 +153,17 @@ func (c *LoadConfig) fill() error {
 }
 
 // LoadCoordinatorArgs are coordinator flags that let a load run's jobs
-// and orphaned uploads go within seconds, so that RunLoad can check that
-// nothing leaked. Tombstones (id, state, idempotency key of an expired
-// job) stay for the run: RunLoad checks the keys against them.
-var LoadCoordinatorArgs = []string{"--job-ttl", "15s", "--tombstone-ttl", "10m",
-	"--sweep-grace", "10s", "--sweep-interval", "1s"}
+// expire after jobTTL and orphaned uploads be swept after sweepGrace, so
+// that RunLoad can check that nothing leaked. Tombstones (id, state,
+// idempotency key of an expired job) stay for the run: RunLoad checks the
+// keys against them. jobTTL must exceed the time a client takes from its
+// job finishing to its outputs fetched, and sweepGrace the time from an
+// upload to its submit committed (both grow with the load and with
+// leader changes); RunLoad's wait for expiry takes at least the longer.
+func LoadCoordinatorArgs(jobTTL, sweepGrace time.Duration) []string {
+	return []string{"--job-ttl", jobTTL.String(), "--tombstone-ttl", "1h",
+		"--sweep-grace", sweepGrace.String(), "--sweep-interval", "1s"}
+}
 
 // LoadFaultResult is what one injected fault did.
 type LoadFaultResult struct {

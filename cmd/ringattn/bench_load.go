@@ -24,6 +24,9 @@ func benchLoad(env *cliEnv, args []string) error {
 	workers := fs.Int("workers", 4, "number of `W` worker processes (>= 3: two worker faults leave one, until replacements join)")
 	threads := fs.Int("threads", 1, "kernel goroutines per worker")
 	timeout := fs.Duration("timeout", 30*time.Minute, "bound on the whole bench")
+	jobTTL := fs.Duration("job-ttl", time.Minute, "the coordinators' --job-ttl: finished jobs expire after this `duration` (more than a client takes to fetch outputs under the load)")
+	sweepGrace := fs.Duration("sweep-grace", time.Minute, "the coordinators' --sweep-grace: orphaned uploads are swept once this `old` (more than an upload-to-submit under the load)")
+	raftTimeout := fs.Duration("raft-timeout", time.Second, "the coordinators' Raft heartbeat and election `timeout` (leader lease: half); short ones churn leaders on a saturated machine")
 	dir := fs.String("dir", "", "`directory` of the cluster's data and logs, kept (default: a temporary one, removed unless the bench fails)")
 	binDir := binFlag(fs)
 	fs.Usage = func() {
@@ -32,7 +35,7 @@ func benchLoad(env *cliEnv, args []string) error {
 
 Starts a local multi-process cluster (a NATS server, 3 Raft coordinators and W
 workers, each its own OS process) with short fault-detection timings and
-short job and upload lifetimes, then --clients clients submit
+short job and upload lifetimes (--job-ttl, --sweep-grace), then --clients clients submit
 --jobs small and --large larger attention jobs with idempotency keys, each
 submit sent twice with the same key (a client retrying after a lost reply).
 Meanwhile the --faults hit, in this order, spread over the run:
@@ -68,6 +71,12 @@ Flags:
 		return usagef("--threads = %d, expected >= 1", *threads)
 	case *timeout <= 0:
 		return usagef("--timeout = %v, expected > 0", *timeout)
+	case *jobTTL < time.Second:
+		return usagef("--job-ttl = %v, expected >= 1s", *jobTTL)
+	case *sweepGrace < time.Second:
+		return usagef("--sweep-grace = %v, expected >= 1s", *sweepGrace)
+	case *raftTimeout < 50*time.Millisecond:
+		return usagef("--raft-timeout = %v, expected >= 50ms", *raftTimeout)
 	}
 	faults, err := testenv.ParseLoadFaults(*faultsF)
 	if err != nil {
@@ -105,9 +114,9 @@ Flags:
 	fmt.Fprintf(progress, "bench load: binaries %s; starting 3 coordinators and %d workers in %s\n", how, *workers, *dir)
 	logger := slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	c, err := testenv.Start(ctx, testenv.Config{Bin: bins, Dir: *dir, Coordinators: 3, Workers: *workers,
-		HeartbeatTimeout: 1500 * time.Millisecond, RaftTimeout: 300 * time.Millisecond, HeartbeatInterval: 200 * time.Millisecond,
+		HeartbeatTimeout: 1500 * time.Millisecond, RaftTimeout: *raftTimeout, HeartbeatInterval: 200 * time.Millisecond,
 		RecvTimeout: 2 * time.Second, RequestTimeout: time.Second, DrainTimeout: 10 * time.Second,
-		WorkerThreads: *threads, WorkerGFLOPS: 1, LogLevel: "info", CoordinatorArgs: testenv.LoadCoordinatorArgs})
+		WorkerThreads: *threads, WorkerGFLOPS: 1, LogLevel: "info", CoordinatorArgs: testenv.LoadCoordinatorArgs(*jobTTL, *sweepGrace)})
 	if err != nil {
 		remove = false
 		fmt.Fprintf(progress, "bench load: the processes' logs are in %s\n", filepath.Join(*dir, "logs"))
@@ -118,7 +127,7 @@ Flags:
 	fmt.Fprintf(progress, "bench load: %d clients, %d small and %d large jobs, faults %v\n", *clients, *jobs, *large, faults)
 	start := time.Now()
 	rep, err := testenv.RunLoad(rctx, c, testenv.LoadConfig{Clients: *clients, Small: *jobs, Large: *large, Faults: faults,
-		Logger: logger, JobTimeout: 10 * time.Minute})
+		Logger: logger, JobTimeout: 10 * time.Minute, ExpiryTimeout: *jobTTL + *sweepGrace + 2*time.Minute})
 	if err != nil {
 		remove = false
 		c.Kill()
