@@ -306,8 +306,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Unlock()
 	if drained := isClosed(w.drainCh); drained {
 		// The last word: leaving with nothing held.
+		// Flush only a live connection, and briefly: nats.go's Flush waits
+		// 10 s for a server that is gone, and a drain must end within its
+		// timeout even when NATS is unreachable.
 		w.sendHeartbeat(context.Background(), nc, true)
-		_ = nc.Flush()
+		if nc.IsConnected() {
+			_ = nc.FlushTimeout(finalFlushTimeout)
+		}
 	}
 	w.log.Info("worker stopped")
 	return nil
@@ -404,6 +409,9 @@ func (w *Worker) Drain(ctx context.Context) {
 	})
 	<-w.stopped
 }
+
+// finalFlushTimeout bounds the flush of the last heartbeat at exit.
+const finalFlushTimeout = 500 * time.Millisecond
 
 // pendingLocked lists the shards still held: running, or finished with a
 // report not yet acknowledged.
