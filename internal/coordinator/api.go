@@ -40,7 +40,7 @@ func (l *leader) startAPI() (micro.Service, error) {
 		Name:        c.subj.APIService(),
 		Version:     serviceVersion,
 		Description: "ringattn coordinator client API (leader " + c.cfg.NodeID + ")",
-		Metadata:    map[string]string{"node": c.cfg.NodeID, "build": c.cfg.Version},
+		Metadata:    map[string]string{"node": c.cfg.NodeID, "build": c.cfg.Version, metaHTTP: c.httpURL()},
 	})
 	if err != nil {
 		return nil, err
@@ -383,12 +383,17 @@ func (c *Coordinator) cluster() *pb.ClusterReply {
 
 func (l *leader) status(j *cpb.Job) *pb.JobStatus { return l.c.status(j) }
 
-// status is the client view of a job record.
+// status is the client view of a job record. On the leader a running
+// job's step counters come from the workers' heartbeats (soft state: 0 of
+// 0 on followers). It takes leader.mu: call it holding no lock.
 func (c *Coordinator) status(j *cpb.Job) *pb.JobStatus {
 	st := &pb.JobStatus{
 		Id: j.Id, State: j.State, Epoch: j.Epoch, Reason: j.Reason, BlocksDone: int64(len(j.DoneBlocks)),
 		BlocksTotal: j.BlocksTotal, CreatedUnixMs: j.CreatedUnixMs, StartedUnixMs: j.StartedUnixMs,
 		FinishedUnixMs: j.FinishedUnixMs, Spec: j.Spec, Strategy: j.Plan.GetStrategy(),
+	}
+	if l := c.currentLeader(); l != nil {
+		st.StepsDone, st.StepsTotal = l.stepsOf(j)
 	}
 	if j.State == pb.JobState_JOB_STATE_EXPIRED {
 		st.BlocksDone = 0

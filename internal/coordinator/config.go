@@ -83,6 +83,10 @@ type Config struct {
 	DataDir string
 	// HTTPAddr serves /metrics, /healthz, /readyz and /v1/*; "" disables.
 	HTTPAddr string
+	// HTTPAdvertise is the host:port others reach HTTPAddr at (default:
+	// HTTPAddr, an unspecified host replaced by the host name). The leader
+	// advertises it so that followers' status pages link the leader's.
+	HTTPAdvertise string
 	// NATS is the connection to NATS (URLs, credentials, TLS, subject
 	// prefix, store bucket).
 	NATS transport.Config
@@ -203,6 +207,11 @@ func (c Config) Validate() error {
 	if c.HTTPAddr != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPAddr); err != nil {
 			return bad("HTTPAddr", "%q is not host:port", c.HTTPAddr)
+		}
+	}
+	if c.HTTPAdvertise != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPAdvertise); err != nil {
+			return bad("HTTPAdvertise", "%q is not host:port", c.HTTPAdvertise)
 		}
 	}
 	seen := map[string]bool{}

@@ -48,6 +48,8 @@ type Coordinator struct {
 	httpS *http.Server
 
 	hooks hookPtr // test seams (contain.go)
+	// leaderURL: a follower's last lookup of the leader's ops URL.
+	leaderURL leaderURLCache
 
 	mu     sync.Mutex
 	leader *leader // the running leader session, if any
@@ -146,6 +148,15 @@ func hclogAdapter(l *slog.Logger, name string) hclog.Logger {
 
 type slogWriter struct{ l *slog.Logger }
 
+// raftExpected are hashicorp/raft warnings that a normal start or stop
+// logs: the first election of a node that never had a leader (every
+// cluster's start, a single node's bootstrap). They are logged at INFO so
+// that a WARN means something went wrong; the same election after a
+// leader was known (last-leader-id set) stays a WARN.
+var raftExpected = []string{
+	"heartbeat timeout reached, starting election: last-leader-addr= last-leader-id=",
+}
+
 func (w slogWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	lv := slog.LevelInfo
@@ -154,6 +165,11 @@ func (w slogWriter) Write(p []byte) (int, error) {
 		lv = slog.LevelError
 	case strings.Contains(line, "[WARN]"):
 		lv = slog.LevelWarn
+		for _, s := range raftExpected {
+			if strings.HasSuffix(line, s) {
+				lv = slog.LevelInfo
+			}
+		}
 	case strings.Contains(line, "[DEBUG]"), strings.Contains(line, "[TRACE]"):
 		lv = slog.LevelDebug
 	}
@@ -431,6 +447,8 @@ func (c *Coordinator) closeResources() error {
 		errs = append(errs, c.meta.Close())
 	}
 	if c.ownNC && c.nc != nil {
+		// Closing is not a disconnect worth a warning.
+		c.nc.SetDisconnectErrHandler(nil)
 		c.nc.Close()
 	}
 	if c.met != nil {

@@ -64,7 +64,9 @@ func TestCoordinatorJobLifecycle(t *testing.T) {
 	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		var types []pb.JobEventType
 		for _, ev := range evs() {
-			if ev.JobId == r.Job.Id {
+			// PROGRESS events depend on heartbeat timing
+			// (TestCoordinatorProgressEvents checks them).
+			if ev.JobId == r.Job.Id && ev.Type != pb.JobEventType_JOB_EVENT_TYPE_PROGRESS {
 				types = append(types, ev.Type)
 			}
 		}
@@ -81,8 +83,8 @@ func TestCoordinatorJobLifecycle(t *testing.T) {
 	for path, want := range map[string]string{
 		"/healthz":              "ok",
 		"/readyz":               "leader c0",
-		"/v1/jobs/" + r.Job.Id:  `"state":"JOB_STATE_SUCCEEDED"`,
-		"/v1/jobs?state=queued": `"total":"0"`,
+		"/v1/jobs/" + r.Job.Id:  `"state":"succeeded"`,
+		"/v1/jobs?state=queued": `"total":0`,
 		"/v1/cluster":           `"leader_id":"c0"`,
 		"/metrics":              `ringattn_jobs{state="succeeded"} 1`,
 	} {

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
+	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
 	imetrics "github.com/ringattn/ringattn/internal/metrics"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -65,8 +66,8 @@ func (c *Coordinator) Handler() http.Handler {
 		}
 		writeText(w, http.StatusServiceUnavailable, "not ready: no known leader")
 	})
-	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, _ *http.Request) {
-		writeProto(w, http.StatusOK, c.cluster())
+	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, r, http.StatusOK, c.cluster())
 	})
 	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
 		var states []pb.JobState
@@ -90,21 +91,17 @@ func (c *Coordinator) Handler() http.Handler {
 			}
 			limit = n
 		}
-		writeProto(w, http.StatusOK, c.list(states, limit))
+		writeJSON(w, r, http.StatusOK, c.list(states, limit))
 	})
 	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
-		var st *pb.JobStatus
-		c.fsm.view(func(s *State) {
-			if j := s.jobs[id]; j != nil {
-				st = c.status(proto.CloneOf(j))
-			}
-		})
-		if st == nil {
+		var j *cpb.Job
+		c.fsm.view(func(s *State) { j = s.Job(id) })
+		if j == nil {
 			writeJSONError(w, http.StatusNotFound, "id", "unknown job "+id)
 			return
 		}
-		writeProto(w, http.StatusOK, st)
+		writeJSON(w, r, http.StatusOK, c.status(j))
 	})
 	return mux
 }

@@ -55,7 +55,9 @@ type leader struct {
 	suspect  map[string]time.Time // worker -> excluded from plans until
 	deleteAt map[string]time.Time // job -> next tensor-deletion attempt
 	progress map[shardKey]*progressState
-	inputs   map[string]string // input namespace -> submit in flight (api.go)
+	// published: the last PROGRESS event of each running job (progress.go).
+	published map[string]progressPub
+	inputs    map[string]string // input namespace -> submit in flight (api.go)
 	// verifying: output checks of jobs about to succeed (verify.go);
 	// outChecks: get's cached checks of succeeded jobs.
 	verifying map[string]*verifyState
@@ -78,10 +80,15 @@ type workerInfo struct {
 	warned bool
 }
 
-// progressState is when a rank's steps_done last changed.
+// progressState is when a rank's steps_done last changed, the steps_total
+// its worker last reported, and when (and at which count) the leader first
+// heard of it: the worker's step time is (at-first)/(steps-firstSteps).
 type progressState struct {
-	steps int64
-	at    time.Time
+	steps, total int64
+	at           time.Time
+	first        time.Time
+	firstSteps   int64
+	worker       string
 }
 
 type shardKey struct {
@@ -118,6 +125,8 @@ func newLeader(c *Coordinator) *leader {
 		deleteAt: map[string]time.Time{},
 		progress: map[shardKey]*progressState{},
 		inputs:   map[string]string{},
+
+		published: map[string]progressPub{},
 
 		verifying: map[string]*verifyState{},
 		outChecks: map[string]outputsCheck{},
@@ -386,9 +395,15 @@ func (l *leader) heartbeat(data []byte) *pb.HeartbeatAck {
 		l.workers[hb.WorkerId] = wi
 		for _, ref := range owned {
 			k := shardKey{ref.JobId, ref.Epoch, ref.Rank}
-			if p := l.progress[k]; p == nil || p.steps != ref.StepsDone {
-				l.progress[k] = &progressState{steps: ref.StepsDone, at: now}
+			p := l.progress[k]
+			switch {
+			case p == nil:
+				p = &progressState{steps: ref.StepsDone, at: now, first: now, firstSteps: ref.StepsDone}
+				l.progress[k] = p
+			case p.steps != ref.StepsDone:
+				p.steps, p.at = ref.StepsDone, now
 			}
+			p.total, p.worker = ref.StepsTotal, hb.WorkerId
 		}
 	})
 	if full {
@@ -441,7 +456,12 @@ func (l *leader) liveWorkers(now time.Time) map[string]*pb.Heartbeat {
 	live := map[string]*pb.Heartbeat{}
 	for id, w := range l.workers {
 		if now.Sub(w.seen) > l.c.cfg.HeartbeatTimeout {
-			l.log.Warn("worker lost: missed heartbeats", "worker", id, "last_seen", w.seen)
+			if w.hb.Leaving {
+				// It said it was leaving: its silence is the drain ending.
+				l.log.Info("worker left", "worker", id, "last_seen", w.seen)
+			} else {
+				l.log.Warn("worker lost: missed heartbeats", "worker", id, "last_seen", w.seen)
+			}
 			delete(l.workers, id)
 			continue
 		}
@@ -583,6 +603,11 @@ func (l *leader) forget() {
 			delete(l.progress, k)
 		}
 	}
+	for id := range l.published {
+		if _, ok := cur[id]; !ok {
+			delete(l.published, id)
+		}
+	}
 }
 
 func deadlinePassed(j *cpb.Job, now time.Time) bool {
@@ -643,6 +668,7 @@ func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map
 		l.replanJob(j, reason, live, used, now)
 		return
 	}
+	l.maybePublishProgress(j, now)
 	// (Re-)issue assignments: every rank not done whose worker is live
 	// and has not acknowledged this epoch in this leadership term, or whose
 	// heartbeats stopped listing it.
@@ -1124,6 +1150,7 @@ func (l *leader) finished(j *cpb.Job) {
 	if j.FinishedUnixMs > 0 && j.CreatedUnixMs > 0 {
 		l.c.met.jobDuration.WithLabelValues(stateName(j.State)).Observe(float64(j.FinishedUnixMs-j.CreatedUnixMs) / 1000)
 	}
+	l.finalProgress(j)
 	l.publish(j, pb.JobEventType_JOB_EVENT_TYPE_FINISHED, -1, "", j.Reason)
 }
 

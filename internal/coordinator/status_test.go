@@ -38,7 +38,7 @@ func row(page, table, first string) string {
 	tbl := page[i:]
 	tbl = tbl[:strings.Index(tbl, "</table>")]
 	for _, r := range strings.Split(tbl, "<tr>")[1:] {
-		if strings.HasPrefix(r, "<td>"+first+"</td>") {
+		if strings.HasPrefix(r, "<td>"+first+"</td>") || strings.HasPrefix(r, `<td><a href="/v1/jobs/`+first+`">`+first+"</a></td>") {
 			return r
 		}
 	}
@@ -53,7 +53,8 @@ func TestCoordinatorStatusPage(t *testing.T) {
 
 	// An empty cluster renders.
 	page := getStatusPage(t, base)
-	for _, want := range []string{"<h1>ringattn coordinator c0</h1>", "Leader: <b>c0</b>", "no live workers", "no jobs"} {
+	for _, want := range []string{"<h1>ringattn coordinator c0</h1>", `Leader: <b><a href="` + base + `/">c0</a></b> (this node)`,
+		`<a href="/metrics">/metrics</a>`, `<a href="/v1/jobs">/v1/jobs</a>`, `<a href="/v1/cluster">/v1/cluster</a>`, "no live workers", "no jobs"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("empty status page lacks %q:\n%s", want, page)
 		}
@@ -65,7 +66,7 @@ func TestCoordinatorStatusPage(t *testing.T) {
 	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		page = getStatusPage(t, base)
 		r := row(page, "workers", "wa")
-		if !strings.Contains(r, running.Job.Id) {
+		if !strings.Contains(r, `<a href="/v1/jobs/`+running.Job.Id+`">`+running.Job.Id+"</a>") {
 			return fmt.Errorf("worker row %q does not name job %s", r, running.Job.Id)
 		}
 		return nil
