@@ -34,6 +34,9 @@ type APIError struct {
 	Code    pb.ErrorCode
 	Field   string // the request field at fault, when there is one
 	Message string
+	// RetryAfter is the least wait before retrying the coordinator asked
+	// for (BUSY, a full queue); 0 when it named none.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {
@@ -55,6 +58,8 @@ func (e *APIError) Unwrap() error {
 		return ErrConflict
 	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:
 		return ErrUnavailable
+	case pb.ErrorCode_ERROR_CODE_BUSY:
+		return ErrBusy
 	}
 	return nil
 }
@@ -141,14 +146,14 @@ type errorReply interface {
 }
 
 // call sends req to an API endpoint and decodes the reply, retrying with
-// backoff while no leader answers, until ctx ends.
+// jittered exponential backoff while no leader answers or it is busy
+// (honouring its retry-after; retry.go), until ctx ends.
 func (c *Client) call(ctx context.Context, endpoint string, req proto.Message, reply errorReply) error {
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return err
 	}
 	subject := c.subj.API(endpoint)
-	wait := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		err := c.once(ctx, subject, data, reply)
 		if err == nil || !retryable(err) {
@@ -161,9 +166,8 @@ func (c *Client) call(ctx context.Context, endpoint string, req proto.Message, r
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%w: %s: %v (after %d attempts)", ErrUnavailable, endpoint, err, attempt)
-		case <-time.After(wait):
+		case <-time.After(retryWait(attempt, err)):
 		}
-		wait = min(2*wait, time.Second)
 	}
 }
 
@@ -181,7 +185,7 @@ func (c *Client) once(ctx context.Context, subject string, data []byte, reply er
 		return fmt.Errorf("client: bad reply on %s: %w", subject, err)
 	}
 	if e := reply.GetError(); e != nil && e.Code != pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
-		return &APIError{Code: e.Code, Field: e.Field, Message: e.Message}
+		return &APIError{Code: e.Code, Field: e.Field, Message: e.Message, RetryAfter: time.Duration(e.RetryAfterMs) * time.Millisecond}
 	}
 	return nil
 }

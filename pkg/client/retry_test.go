@@ -1,0 +1,108 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+	"github.com/ringattn/ringattn/pkg/transport/transporttest"
+)
+
+// TestClientRetryWait: the backoff grows, stays within its cap, is
+// jittered, and never undercuts the coordinator's retry-after.
+func TestClientRetryWait(t *testing.T) {
+	for attempt := 1; attempt <= 12; attempt++ {
+		hi := min(retryFirst<<(attempt-1), retryMax)
+		for range 50 {
+			if d := retryWait(attempt, ErrUnavailable); d < hi/2 || d > hi {
+				t.Fatalf("attempt %d: wait %v, want in [%v, %v]", attempt, d, hi/2, hi)
+			}
+		}
+	}
+	busy := &APIError{Code: pb.ErrorCode_ERROR_CODE_BUSY, RetryAfter: 700 * time.Millisecond}
+	seen := map[time.Duration]bool{}
+	for range 50 {
+		d := retryWait(1, busy)
+		if d < 700*time.Millisecond || d > 840*time.Millisecond {
+			t.Fatalf("busy with retry-after 700ms: wait %v, want in [700ms, 840ms]", d)
+		}
+		seen[d] = true
+	}
+	if len(seen) < 10 {
+		t.Fatalf("%d distinct waits in 50: want jitter", len(seen))
+	}
+	if !errors.Is(busy, ErrBusy) || !errors.Is(busy, ErrUnavailable) || !retryable(busy) {
+		t.Fatalf("BUSY is not a retryable ErrBusy")
+	}
+}
+
+// TestClientRetriesBusy: calls answered BUSY are retried after the
+// retry-after until served; a full queue (RESOURCE_EXHAUSTED) is returned
+// at once with its retry-after.
+func TestClientRetriesBusy(t *testing.T) {
+	e := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := New(ctx, nc, transporttest.Config(e), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gets, submits atomic.Int32
+	reply := func(m *nats.Msg, r proto.Message) {
+		data, _ := proto.Marshal(r)
+		_ = m.Respond(data)
+	}
+	sub, err := nc.Subscribe(c.subj.API("get"), func(m *nats.Msg) {
+		if gets.Add(1) <= 2 {
+			reply(m, &pb.GetReply{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_BUSY, Message: "coordinator busy", RetryAfterMs: 150}})
+			return
+		}
+		reply(m, &pb.GetReply{Job: &pb.JobStatus{Id: "j-1", State: pb.JobState_JOB_STATE_RUNNING}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	sub2, err := nc.Subscribe(c.subj.API("submit"), func(m *nats.Msg) {
+		submits.Add(1)
+		reply(m, &pb.SubmitReply{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, Field: "spec",
+			Message: "queue full: 5 jobs queued, want fewer than 5 (Limits.MaxQueued); retry later", RetryAfterMs: 1000}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub2.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	start := time.Now()
+	st, err := c.Get(ctx, "j-1")
+	if err != nil || st.GetId() != "j-1" {
+		t.Fatalf("get: %v, %v", st, err)
+	}
+	if n, took := gets.Load(), time.Since(start); n != 3 || took < 300*time.Millisecond {
+		t.Fatalf("%d attempts in %v: want 3, at least 2 × the 150ms retry-after", n, took)
+	}
+
+	_, err = c.Submit(ctx, &pb.JobSpec{})
+	var ae *APIError
+	if !errors.As(err, &ae) || !errors.Is(err, ErrExhausted) || ae.RetryAfter != time.Second || submits.Load() != 1 {
+		t.Fatalf("full queue: %v (%d attempts), want ErrExhausted once with retry-after 1s", err, submits.Load())
+	}
+
+	// A coordinator busy until the context ends: the call gives up then.
+	gets.Store(-1000)
+	sctx, scancel := context.WithTimeout(ctx, 400*time.Millisecond)
+	defer scancel()
+	if _, err := c.Get(sctx, "j-1"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("busy until the deadline: %v, want ErrUnavailable", err)
+	}
+}
