@@ -23,9 +23,14 @@
 //     owns the rank, acks only after commit.
 //   - verify.go: outputs checked against the store before a job succeeds
 //     (and again when a client gets it); sweep.go: orphaned uploads deleted.
+//   - progress.go: per-ring-step PROGRESS events from the heartbeats.
 //   - contain.go: panic containment and bounded, cancellable planning.
-//   - api.go: the client API, a NATS micro service served by the leader.
-//   - http.go, metrics.go: ops endpoints and Prometheus metrics.
+//   - api.go: the client API, a NATS micro service served by the leader;
+//     busy.go: bounded request and report handling (BUSY replies); the
+//     queue limit itself is decided in State.Apply.
+//   - http.go, jsonview.go, status.go, leaderhttp.go, metrics.go: ops
+//     endpoints (plain JSON, the status page linking the leader's) and
+//     Prometheus metrics.
 //
 // The wire messages are in pkg/transport/pb (api.proto, control.proto);
 // the log entries and snapshot records in internal/coordinator/pb.
