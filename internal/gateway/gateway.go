@@ -472,7 +472,7 @@ func asError(err error) *Error {
 			out.Status, out.Code = 404, "not_found"
 		case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
 			out.Status, out.Code = 429, "resource_exhausted"
-			if strings.HasPrefix(ae.Field, "spec.") {
+			if ae.Field == "spec" || strings.HasPrefix(ae.Field, "spec.") {
 				out.Status, out.Code = 413, "too_large"
 			}
 		case pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION:

@@ -22,6 +22,7 @@ import (
 	"github.com/ringattn/ringattn/internal/gateway"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
@@ -463,6 +464,56 @@ func TestGatewayRequestLimit(t *testing.T) {
 			t.Fatalf("Content-Length 1 TiB: %d", resp.StatusCode)
 		}
 		resp.Body.Close()
+	}
+}
+
+// TestGatewayJobLimits: the job limits are the SDK's (and so the
+// coordinator's) shard.Limits, with the NATS API's errors: N past
+// MaxTokens is 400 naming spec.n; a job at MaxJobBytes is served, one
+// byte under it is 413 naming the spec.
+func TestGatewayJobLimits(t *testing.T) {
+	d := cluster(t)
+	const n = 64
+	jobBytes, ok := shard.JobBytes(&shard.Request{B: 1, Hq: 1, Hkv: 1, N: n, Nk: n, D: 8, Block: 16, Ranks: 1}, shard.Tensors{})
+	if !ok {
+		t.Fatal("JobBytes overflowed")
+	}
+	serve := func(lim shard.Limits) string {
+		cl, err := client.Connect(context.Background(), d.NATSConfig(), client.Options{Limits: lim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(cl.Close)
+		g, err := gateway.New(cl, gateway.Config{Limits: lim})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := httptest.NewServer(g)
+		t.Cleanup(srv.Close)
+		return srv.URL
+	}
+	_, _, _, parts := attentionInputs(t, 10, 1, 1, 1, n, n, 8)
+	ct, body := multipartBody(t, `{"block": 16}`, parts...)
+	for _, c := range []struct {
+		maxTokens, maxJobBytes int64
+		status                 int
+		field                  string
+	}{{n, jobBytes, 201, ""}, {n - 1, jobBytes, 400, "spec.n"}, {n, jobBytes - 1, 413, "spec"}} {
+		lim := shard.DefaultLimits()
+		lim.MaxTokens, lim.MaxJobBytes = c.maxTokens, c.maxJobBytes
+		resp, rb := do(t, "POST", serve(lim)+"/v1/jobs", ct, body)
+		var e apiError
+		json.Unmarshal(rb, &e)
+		if resp.StatusCode != c.status || (c.field != "" && !strings.HasPrefix(e.Error.Field, c.field)) {
+			t.Fatalf("MaxTokens %d, MaxJobBytes %d (job %d bytes, N %d): %d %s, expected %d naming %s",
+				c.maxTokens, c.maxJobBytes, jobBytes, n, resp.StatusCode, rb, c.status, c.field)
+		}
+	}
+	lim := shard.DefaultLimits()
+	lim.MaxTokens = 64
+	resp, rb := do(t, "GET", serve(lim)+"/v1/info", "", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(rb), `"max_tokens":64`) {
+		t.Fatalf("info: %s", rb)
 	}
 }
 
