@@ -219,6 +219,16 @@ class TorchTest(unittest.TestCase):
         ob = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, layout="bnhd", client=self.c)
         self.assertLessEqual(float((ob.transpose(1, 2).double() - ref).abs().max()), 1e-4)
 
+    def test_bfloat16_tensors_are_converted(self):
+        from ringattn.torch import attention
+        g = torch.Generator().manual_seed(1)
+        q, k, v = (torch.randn(1, 2, 64, 16, generator=g).bfloat16() for _ in range(3))
+        o = attention(q, k, v, causal=True, client=self.c)
+        self.assertEqual(o.dtype, torch.bfloat16)
+        ref, _ = reference.attention(*(t.float().numpy() for t in (q, k, v)), causal=True)
+        # float32 on the cluster; the error is bf16's rounding of the output.
+        self.assertLessEqual(float(np.max(np.abs(o.float().numpy() - ref))), 2 ** -8 * max(1.0, float(np.max(np.abs(ref)))))
+
     def test_backward_raises_until_the_cluster_has_it(self):
         from ringattn.torch import attention
         q = torch.randn(1, 2, 32, 16, requires_grad=True)
