@@ -238,6 +238,7 @@ func loadQKV(qPath, kPath, vPath string) (q, k, v *tensor.Tensor, err error) {
 type attention struct {
 	p          kernels.Params
 	qShape     []int // shape of q as given, for the output
+	kShape     []int // shape of k as given, for dk and dv
 	q4, k4     []int // [B,H,N,D]
 	qd, kd, vd []float32
 }
@@ -279,7 +280,7 @@ func checkAttentionInputs(q, k, v *tensor.Tensor, mf *maskFlags) (*attention, er
 	if err := checkLimits(&req, shard.Tensors{LSE: true}, attendFields); err != nil {
 		return nil, err
 	}
-	a := &attention{qShape: q.Shape, q4: q4, k4: k4, qd: q.Data, kd: k.Data, vd: v.Data}
+	a := &attention{qShape: q.Shape, kShape: k.Shape, q4: q4, k4: k4, qd: q.Data, kd: k.Data, vd: v.Data}
 	a.p = kernels.Params{Shape: kernels.Shape{B: q4[0], Hq: q4[1], Hkv: k4[1], D: q4[3]},
 		N: q4[2], Nk: k4[2], Scale: float32(mf.scale), Mask: km, Threads: mf.threads}
 	if err := a.p.Validate(); err != nil {
@@ -316,10 +317,9 @@ func (a *attention) compute(ctx context.Context, env *cliEnv, mf *maskFlags) (o,
 	case mf.cluster > 0 || mf.natsURL != "":
 		return attendOnCluster(ctx, env, a, mf)
 	case mf.ranks > 0:
-		plan, err := shard.NewPlan(shard.Request{B: a.p.B, Hq: a.p.Hq, Hkv: a.p.Hkv, D: a.p.D, N: a.p.N, Nk: a.p.Nk,
-			Block: mf.block, Mask: shardMask(a.p.Mask), Ranks: mf.ranks, Strategy: shard.Strategy(mf.strategy)})
+		plan, err := a.plan(mf)
 		if err != nil {
-			return nil, nil, userError(err)
+			return nil, nil, err
 		}
 		return ringattn.RunLocal(ctx, &a.p, plan, a.qd, a.kd, a.vd)
 	default:
@@ -332,19 +332,101 @@ func (a *attention) compute(ctx context.Context, env *cliEnv, mf *maskFlags) (o,
 	}
 }
 
+// plan is the in-process ring's plan of --ranks R.
+func (a *attention) plan(mf *maskFlags) (*shard.Plan, error) {
+	plan, err := shard.NewPlan(shard.Request{B: a.p.B, Hq: a.p.Hq, Hkv: a.p.Hkv, D: a.p.D, N: a.p.N, Nk: a.p.Nk,
+		Block: mf.block, Mask: shardMask(a.p.Mask), Ranks: mf.ranks, Strategy: shard.Strategy(mf.strategy)})
+	if err != nil {
+		return nil, userError(err)
+	}
+	return plan, nil
+}
+
+// backward computes the gradients of sum(o·do) of the problem whose
+// forward gave o and lse, locally or on the --ranks ring (the same plan as
+// the forward's). The cluster modes are refused before any input is read
+// (gradFlags.check).
+func (a *attention) backward(ctx context.Context, mf *maskFlags, o, lse, do []float32) (dq, dk, dv []float32, err error) {
+	if mf.ranks > 0 {
+		plan, err := a.plan(mf)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		return ringattn.RunLocalBackward(ctx, &a.p, plan, a.qd, a.kd, a.vd, o, lse, do)
+	}
+	dq, dk, dv = make([]float32, len(a.qd)), make([]float32, len(a.kd)), make([]float32, len(a.vd))
+	if err := kernels.AttentionBackward(&a.p, a.qd, a.kd, a.vd, o, lse, do, dq, dk, dv); err != nil {
+		return nil, nil, nil, userError(err)
+	}
+	return dq, dk, dv, nil
+}
+
+// gradFlags are attend's gradient flags: --do in, --dq, --dk, --dv out.
+type gradFlags struct{ do, dq, dk, dv string }
+
+func (g *gradFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.do, "do", "", "upstream gradient `file` dO, the shape of -q: also compute the gradients of sum(O·dO) (needs --dq, --dk, --dv)")
+	fs.StringVar(&g.dq, "dq", "", "output `file` for dQ (.npy, the shape of -q)")
+	fs.StringVar(&g.dk, "dk", "", "output `file` for dK (.npy, the shape of -k)")
+	fs.StringVar(&g.dv, "dv", "", "output `file` for dV (.npy, the shape of -v)")
+}
+
+// on tells whether gradients were asked for.
+func (g *gradFlags) on() bool { return g.do != "" || g.dq != "" || g.dk != "" || g.dv != "" }
+
+// check refuses an incomplete set of gradient flags, the cluster modes and
+// unwritable outputs, before any input is read.
+func (g *gradFlags) check(mf *maskFlags) error {
+	if !g.on() {
+		return nil
+	}
+	for _, f := range []struct{ name, v string }{{"do", g.do}, {"dq", g.dq}, {"dk", g.dk}, {"dv", g.dv}} {
+		if f.v == "" {
+			return usagef("--%s is required with the gradient flags (give all of --do, --dq, --dk, --dv)", f.name)
+		}
+	}
+	if mf.cluster > 0 || mf.natsURL != "" {
+		return usagef("--do: gradients run locally or with --ranks; the cluster's backward job is not available yet")
+	}
+	return checkWritable([2]string{"--dq", g.dq}, [2]string{"--dk", g.dk}, [2]string{"--dv", g.dv})
+}
+
+// loadDO reads --do in layout and checks it against q (as read, before
+// any layout conversion: qShape).
+func (g *gradFlags) loadDO(layout string, qShape []int, allowNonFinite bool) (*tensor.Tensor, error) {
+	t, err := tensor.Load(g.do)
+	if err != nil {
+		return nil, usagef("--do: %v", err)
+	}
+	if !equalInts(t.Shape, qShape) {
+		return nil, usagef("--do has shape %v, expected the shape of -q %v", t.Shape, qShape)
+	}
+	if !allowNonFinite {
+		if err := t.CheckFinite("do"); err != nil {
+			return nil, usagef("--do: %v (pass --allow-nonfinite to accept)", err)
+		}
+	}
+	if layout == layoutBNHD {
+		t = swapHN(t)
+	}
+	return t, nil
+}
+
 func signalContext() (context.Context, context.CancelFunc) {
 	return signal.NotifyContext(context.Background(), os.Interrupt)
 }
 
 func runAttend(env *cliEnv, args []string) error {
-	fs := newFlags(env, "attend", "-q Q.npy -k K.npy -v V.npy -o O.npy [--lse LSE.npy] [mask flags] [--ranks R | --cluster W | --nats URL]")
+	fs := newFlags(env, "attend", "-q Q.npy -k K.npy -v V.npy -o O.npy [--lse LSE.npy] [--do dO.npy --dq dQ.npy --dk dK.npy --dv dV.npy] [mask flags] [--ranks R | --cluster W | --nats URL]")
 	var qPath, kPath, vPath, oPath, lsePath, layout string
 	fs.StringVar(&qPath, "q", "", "queries `file` [B,Hq,N,D], [H,N,D] or [N,D] (.npy, or .safetensors[:name])")
 	fs.StringVar(&kPath, "k", "", "keys `file` [B,Hkv,Nk,D] (same rank as -q)")
 	fs.StringVar(&vPath, "v", "", "values `file`, the shape of -k")
-	fs.StringVar(&layout, "layout", layoutBHND, "axis `order` of -q/-k/-v and -o: bhnd [B,H,N,D] or bnhd [B,N,H,D] (torch's); --lse is [B,H,N] either way")
+	fs.StringVar(&layout, "layout", layoutBHND, "axis `order` of -q/-k/-v, -o, --do and the gradients: bhnd [B,H,N,D] or bnhd [B,N,H,D] (torch's); --lse is [B,H,N] either way")
 	fs.StringVar(&oPath, "o", "", "output `file` (.npy, float32, the shape of -q)")
 	fs.StringVar(&lsePath, "lse", "", "optional log-sum-exp output `file` (.npy, q's shape without D)")
+	var gf gradFlags
+	gf.register(fs)
 	var mf maskFlags
 	mf.register(fs)
 	if err := parse(env, fs, args); err != nil {
@@ -362,9 +444,18 @@ func runAttend(env *cliEnv, args []string) error {
 	if err := checkWritable([2]string{"-o", oPath}, [2]string{"--lse", lsePath}); err != nil {
 		return err
 	}
+	if err := gf.check(&mf); err != nil {
+		return err
+	}
 	q, k, v, err := loadQKV(qPath, kPath, vPath)
 	if err != nil {
 		return err
+	}
+	var do *tensor.Tensor
+	if gf.on() {
+		if do, err = gf.loadDO(layout, q.Shape, mf.allowNonFinite); err != nil {
+			return err
+		}
 	}
 	if layout == layoutBNHD {
 		q, k, v = swapHN(q), swapHN(k), swapHN(v)
@@ -390,6 +481,15 @@ func runAttend(env *cliEnv, args []string) error {
 		return err
 	}
 	el := time.Since(start)
+	var dq, dk, dv []float32
+	var bel time.Duration
+	if do != nil {
+		bstart := time.Now()
+		if dq, dk, dv, err = a.backward(ctx, &mf, o, lse, do.Data); err != nil {
+			return err
+		}
+		bel = time.Since(bstart)
+	}
 	ot := tensor.New(o, a.qShape...)
 	if layout == layoutBNHD {
 		ot = swapHN(ot)
@@ -408,8 +508,39 @@ func runAttend(env *cliEnv, args []string) error {
 	fmt.Fprintf(env.stderr, "attend: B=%d Hq=%d Hkv=%d N=%d Nk=%d D=%d in %v (%.1f GFLOP/s) -> %s\n",
 		a.p.B, a.p.Hq, a.p.Hkv, a.p.N, a.p.Nk, a.p.D, el.Round(time.Millisecond),
 		a.p.VisibleFLOPs()/el.Seconds()/1e9, wrote)
+	if do == nil {
+		return nil
+	}
+	wrote = ""
+	for _, g := range []struct {
+		path  string
+		data  []float32
+		shape []int
+	}{{gf.dq, dq, a.qShape}, {gf.dk, dk, a.kShape}, {gf.dv, dv, a.kShape}} {
+		t := tensor.New(g.data, g.shape...)
+		if layout == layoutBNHD {
+			t = swapHN(t)
+		}
+		if err := tensor.WriteNPY(g.path, t); err != nil {
+			return err
+		}
+		if wrote != "" {
+			wrote += ", "
+		}
+		wrote += fmt.Sprintf("%s %v", g.path, t.Shape)
+	}
+	fmt.Fprintf(env.stderr, "attend: gradients in %v (%.1f GFLOP/s, counting 2.5x the forward's) -> %s\n",
+		bel.Round(time.Millisecond), backwardFLOPs(&a.p)/bel.Seconds()/1e9, wrote)
 	return nil
 }
+
+// backwardFactor is the backward's FLOPs over the forward's: the backward
+// computes q·kᵀ again, dO·vᵀ, dS·k, dSᵀ·q and Pᵀ·dO: five products
+// against the forward's two.
+const backwardFactor = 2.5
+
+// backwardFLOPs is the count GFLOP/s of a backward is quoted with.
+func backwardFLOPs(p *kernels.Params) float64 { return backwardFactor * p.VisibleFLOPs() }
 
 // attendOnCluster runs an attention problem on a cluster (--cluster W or
 // --nats URL), printing the job id and its progress, and returns o, lse.

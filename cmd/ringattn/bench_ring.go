@@ -19,6 +19,29 @@ import (
 // compute the same function in float32 on unit-normal inputs.
 const benchTolerance = 1e-4
 
+// benchGradTolerance bounds |ring - kernel| / max(1, max |kernel|) over the
+// gradients dq, dk, dv of bench ring --backward: dk and dv sum over every
+// query row, so the bound is relative to their size.
+const benchGradTolerance = 2e-4
+
+// maxAbs is max |x|.
+func maxAbs(xs []float32) float64 {
+	var m float64
+	for _, x := range xs {
+		m = max(m, math.Abs(float64(x)))
+	}
+	return m
+}
+
+// gradDiff is the largest max |a-b| / max(1, max |b|) of the pairs.
+func gradDiff(pairs ...[2][]float32) float64 {
+	var m float64
+	for _, p := range pairs {
+		m = max(m, maxAbsDiff(p[0], p[1])/max(1, maxAbs(p[1])))
+	}
+	return m
+}
+
 // parseMasks reads --mask none,causal.
 func parseMasks(s string) ([]bool, error) {
 	var out []bool
@@ -85,7 +108,7 @@ func cpuSeconds() float64 {
 // kernels.Attention on the same shape and cores. Kernel and ring runs
 // alternate so both see the same machine load; medians are reported.
 func benchRing(env *cliEnv, args []string) error {
-	fs := newFlags(env, "bench ring", "[--seq 4096,16384] [--dim 128] [--heads 8] [--ranks 2,4] [--mask none,causal] [--runs 3]")
+	fs := newFlags(env, "bench ring", "[--seq 4096,16384] [--dim 128] [--heads 8] [--ranks 2,4] [--mask none,causal] [--runs 3] [--backward]")
 	seqs := fs.String("seq", "4096,16384", "comma-separated sequence `lengths` (N = Nk)")
 	dims := fs.String("dim", "128", "comma-separated head `dims`")
 	heads := fs.Int("heads", 8, "heads `H` (B = 1)")
@@ -95,6 +118,7 @@ func benchRing(env *cliEnv, args []string) error {
 	strategy := fs.String("strategy", "", "shard strategy (default: the planner's choice)")
 	runs := fs.Int("runs", 3, "timed runs of each side per row; the median is reported")
 	png := fs.String("png", "", "also plot the overheads to this `file` (.png, .svg or .pdf)")
+	backward := fs.Bool("backward", false, "also time the ring's backward (RunLocalBackward) against kernels.AttentionBackward: a second table")
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
@@ -117,6 +141,7 @@ func benchRing(env *cliEnv, args []string) error {
 	wall, cpu := barSeries{name: "wall-time overhead"}, barSeries{name: "CPU-time overhead"}
 	fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel (s) | ring (s) | overhead | kernel CPU (s) | ring CPU (s) | CPU overhead | ring GFLOP/s | max abs diff |")
 	fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|------------|----------|----------|----------------|--------------|--------------|--------------|--------------|")
+	var bwdRows []string // the backward table, printed after the forward one
 	for _, n := range ns {
 		for _, d := range ds {
 			for _, c := range causals {
@@ -128,6 +153,10 @@ func benchRing(env *cliEnv, args []string) error {
 				q := r.Slice(*heads*n*d, testrand.Normal)
 				k := r.Slice(*heads*n*d, testrand.Normal)
 				v := r.Slice(*heads*n*d, testrand.Normal)
+				var do []float32
+				if *backward {
+					do = r.Slice(*heads*n*d, testrand.Normal)
+				}
 				for _, ranks := range rs {
 					plan, err := shard.NewPlan(shard.Request{B: 1, Hq: *heads, Hkv: *heads, D: d, N: n, Nk: n, Ranks: ranks,
 						Block: *block, Strategy: shard.Strategy(*strategy), Mask: shard.Mask{Causal: c}})
@@ -135,7 +164,8 @@ func benchRing(env *cliEnv, args []string) error {
 						return usageError{err}
 					}
 					var tk, tr, ck, cr []float64
-					var diff float64
+					var btk, btr, bck, bcr []float64
+					var diff, bdiff float64
 					for range *runs {
 						t0, c0 := time.Now(), cpuSeconds()
 						// Like the ring, the kernel returns a fresh o and lse.
@@ -154,10 +184,39 @@ func benchRing(env *cliEnv, args []string) error {
 						ck = append(ck, c1-c0)
 						tk = append(tk, t1.Sub(t0).Seconds())
 						diff = max(diff, maxAbsDiff(o, ro))
+						if !*backward {
+							continue
+						}
+						// Both backwards start from the kernel's o and lse.
+						t2, c2 := time.Now(), cpuSeconds()
+						dq, dk, dv := make([]float32, len(q)), make([]float32, len(k)), make([]float32, len(v))
+						if err := kernels.AttentionBackward(&p, q, k, v, o, lse, do, dq, dk, dv); err != nil {
+							return err
+						}
+						t3, c3 := time.Now(), cpuSeconds()
+						rdq, rdk, rdv, err := ringattn.RunLocalBackward(ctx, &p, plan, q, k, v, o, lse, do)
+						if err != nil {
+							return err
+						}
+						btr = append(btr, time.Since(t3).Seconds())
+						bcr = append(bcr, cpuSeconds()-c3)
+						bck = append(bck, c3-c2)
+						btk = append(btk, t3.Sub(t2).Seconds())
+						bdiff = max(bdiff, gradDiff([2][]float32{rdq, dq}, [2][]float32{rdk, dk}, [2][]float32{rdv, dv}))
 					}
 					if !(diff <= benchTolerance) {
 						return fmt.Errorf("bench ring N=%d D=%d %s R=%d: ring differs from the kernel by %g (> %g)",
 							n, d, maskName(c), ranks, diff, benchTolerance)
+					}
+					if *backward {
+						if !(bdiff <= benchGradTolerance) {
+							return fmt.Errorf("bench ring N=%d D=%d %s R=%d: ring gradients differ from the kernel's by %g of their size (> %g)",
+								n, d, maskName(c), ranks, bdiff, benchGradTolerance)
+						}
+						mk, mr, mck, mcr := median(btk), median(btr), median(bck), median(bcr)
+						bwdRows = append(bwdRows, fmt.Sprintf("| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |",
+							*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), mck, mcr, 100*(mcr/mck-1),
+							backwardFLOPs(&p)/mr/1e9, bdiff))
 					}
 					mk, mr, mck, mcr := median(tk), median(tr), median(ck), median(cr)
 					fmt.Fprintf(env.stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
@@ -172,6 +231,16 @@ func benchRing(env *cliEnv, args []string) error {
 	}
 	fmt.Fprintln(env.stdout, "\noverhead = ring median / kernel median - 1 (wall time), same process, same cores, runs interleaved;")
 	fmt.Fprintln(env.stdout, "CPU = user + system CPU seconds of this process over the call (steadier than wall time on a shared machine).")
+	if *backward {
+		fmt.Fprintln(env.stdout, "\nBackward: ringattn.RunLocalBackward on the ring against kernels.AttentionBackward, both from the kernel's o and lse, runs interleaved with the forward ones")
+		fmt.Fprintln(env.stdout, "")
+		fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel bwd (s) | ring bwd (s) | overhead | kernel bwd CPU (s) | ring bwd CPU (s) | CPU overhead | ring bwd GFLOP/s | max rel diff |")
+		fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|----------------|--------------|----------|--------------------|------------------|--------------|------------------|--------------|")
+		for _, row := range bwdRows {
+			fmt.Fprintln(env.stdout, row)
+		}
+		fmt.Fprintf(env.stdout, "\nbackward GFLOP/s counts %.1f× the forward's visible FLOPs; max rel diff = max |ring - kernel| / max(1, max |kernel|) over dq, dk, dv.\n", backwardFactor)
+	}
 	if *png != "" {
 		title := fmt.Sprintf("in-process ring vs kernels.Attention (B=1, H=%d), GOMAXPROCS %d", *heads, runtime.GOMAXPROCS(0))
 		if err := writeBarsPNG(*png, title, "overhead over the kernel (%)", labels, []barSeries{wall, cpu}); err != nil {

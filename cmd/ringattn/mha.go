@@ -2,6 +2,9 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/ringattn/ringattn/pkg/kernels"
@@ -20,7 +23,7 @@ var mhaFields = map[string]string{
 }
 
 func runMHA(env *cliEnv, args []string) error {
-	fs := newFlags(env, "mha", "-x X.npy --wq WQ.npy --wk WK.npy --wv WV.npy --wo WO.npy [--bq .. --bk .. --bv .. --bo ..] --heads H -o Y.npy [mask flags] [--ranks R]")
+	fs := newFlags(env, "mha", "-x X.npy --wq WQ.npy --wk WK.npy --wv WV.npy --wo WO.npy [--bq .. --bk .. --bv .. --bo ..] --heads H -o Y.npy [--dy dY.npy --grads DIR] [mask flags] [--ranks R]")
 	paths := map[string]*string{}
 	for _, n := range []struct{ name, help string }{
 		{"x", "input `file` [B,N,d_model] or [N,d_model]"},
@@ -37,6 +40,8 @@ func runMHA(env *cliEnv, args []string) error {
 	}
 	heads := fs.Int("heads", 0, "number of heads `H` (H·D is the projections' output size)")
 	oPath := fs.String("o", "", "output `file` (.npy, float32, the shape of -x)")
+	dyPath := fs.String("dy", "", "upstream gradient `file` dY, the shape of -x: also compute the gradients of sum(Y·dY) (needs --grads; local only)")
+	gradsDir := fs.String("grads", "", "output `directory` for dx, dwq, dwk, dwv, dwo (and dbq, dbk, dbv, dbo when biases are given) .npy; created if missing")
 	var mf maskFlags
 	mf.register(fs)
 	if err := parse(env, fs, args); err != nil {
@@ -53,6 +58,20 @@ func runMHA(env *cliEnv, args []string) error {
 	}
 	if err := checkWritable([2]string{"-o", *oPath}); err != nil {
 		return err
+	}
+	grads := *dyPath != "" || *gradsDir != ""
+	if grads {
+		switch {
+		case *dyPath == "":
+			return usagef("--dy is required with --grads")
+		case *gradsDir == "":
+			return usagef("--grads is required with --dy")
+		case mf.ranks > 0 || mf.cluster > 0 || mf.natsURL != "":
+			return usagef("--grads: mha gradients run locally; leave out --ranks, --cluster and --nats")
+		}
+		if err := checkGradsDir(*gradsDir); err != nil {
+			return err
+		}
 	}
 	ts := map[string]*tensor.Tensor{}
 	for _, name := range []string{"x", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo"} {
@@ -75,6 +94,22 @@ func runMHA(env *cliEnv, args []string) error {
 		ts[name] = t
 	}
 	x := ts["x"]
+	var dy *tensor.Tensor
+	if grads {
+		t, err := loadTensor("-dy", *dyPath)
+		if err != nil {
+			return err
+		}
+		if !equalInts(t.Shape, x.Shape) {
+			return usagef("--dy has shape %v, expected the shape of -x %v", t.Shape, x.Shape)
+		}
+		if !mf.allowNonFinite {
+			if err := t.CheckFinite("dy"); err != nil {
+				return usagef("--dy: %v (pass --allow-nonfinite to accept)", err)
+			}
+		}
+		dy = t
+	}
 	var b, n, dModel int
 	switch len(x.Shape) {
 	case 2:
@@ -129,6 +164,9 @@ func runMHA(env *cliEnv, args []string) error {
 	if err := p.Validate(); err != nil {
 		return userError(err)
 	}
+	if grads {
+		return mhaGrads(env, layer, &p, x, dy, ts, *oPath, *gradsDir)
+	}
 	ctx, cancel := signalContext()
 	defer cancel()
 	start := time.Now()
@@ -162,5 +200,77 @@ func runMHA(env *cliEnv, args []string) error {
 	}
 	fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d in %v -> %s\n",
 		b, n, dModel, *heads, layer.D, time.Since(start).Round(time.Millisecond), *oPath)
+	return nil
+}
+
+// mhaGrads runs the layer's forward and backward locally, writes y to
+// oPath and the gradients of sum(y·dY) to dir: dx like x, dw* like the
+// weights, db* like the biases given.
+func mhaGrads(env *cliEnv, layer *ringattn.Layer, p *kernels.Params, x, dy *tensor.Tensor, ts map[string]*tensor.Tensor, oPath, dir string) error {
+	start := time.Now()
+	y, g, err := layer.Backward(p, x.Data, dy.Data)
+	if err != nil {
+		return userError(err)
+	}
+	el := time.Since(start)
+	if err := tensor.WriteNPY(oPath, tensor.New(y, x.Shape...)); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o777); err != nil {
+		return err
+	}
+	out := []struct {
+		name string
+		data []float32
+		like *tensor.Tensor
+	}{{"dx", g.DX, x}, {"dwq", g.DWq, ts["wq"]}, {"dwk", g.DWk, ts["wk"]}, {"dwv", g.DWv, ts["wv"]}, {"dwo", g.DWo, ts["wo"]},
+		{"dbq", g.DBq, ts["bq"]}, {"dbk", g.DBk, ts["bk"]}, {"dbv", g.DBv, ts["bv"]}, {"dbo", g.DBo, ts["bo"]}}
+	var names []string
+	for _, o := range out {
+		if o.like == nil || o.data == nil {
+			continue
+		}
+		if err := tensor.WriteNPY(filepath.Join(dir, o.name+".npy"), tensor.New(o.data, o.like.Shape...)); err != nil {
+			return err
+		}
+		names = append(names, o.name)
+	}
+	fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d, forward and gradients in %v -> %s, %s/{%s}.npy\n",
+		p.B, p.N, layer.DModel, layer.Heads, layer.D, el.Round(time.Millisecond), oPath, dir, strings.Join(names, ","))
+	return nil
+}
+
+// checkGradsDir checks that --grads dir can be written: an existing
+// writable directory, or a missing one whose nearest existing ancestor is a
+// writable directory (dir is created after the computation).
+func checkGradsDir(dir string) error {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return usagef("--grads %s is not a directory", dir)
+		}
+		return checkDirWritable("--grads", dir)
+	}
+	parent := filepath.Dir(filepath.Clean(dir))
+	for {
+		fi, err := os.Stat(parent)
+		if err == nil {
+			if !fi.IsDir() {
+				return usagef("--grads %s: %s is not a directory", dir, parent)
+			}
+			break
+		}
+		next := filepath.Dir(parent)
+		if next == parent {
+			return usagef("--grads %s: no existing parent directory", dir)
+		}
+		parent = next
+	}
+	f, err := os.CreateTemp(parent, ".ringattn-write-check-*")
+	if err != nil {
+		return usagef("--grads %s: directory %s is not writable", dir, parent)
+	}
+	name := f.Name()
+	f.Close()
+	os.Remove(name)
 	return nil
 }
