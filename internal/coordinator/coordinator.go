@@ -157,21 +157,32 @@ var raftExpected = []string{
 	"heartbeat timeout reached, starting election: last-leader-addr= last-leader-id=",
 }
 
+// hclogLevels maps hclog's level tags to slog levels.
+var hclogLevels = []struct {
+	tag string
+	lv  slog.Level
+}{
+	{"[ERROR]", slog.LevelError}, {"[WARN]", slog.LevelWarn}, {"[INFO]", slog.LevelInfo},
+	{"[DEBUG]", slog.LevelDebug}, {"[TRACE]", slog.LevelDebug},
+}
+
+// Write logs one hclog line ("<time> [LEVEL]  raft: message: k=v") as the
+// message after the level tag (slog adds its own time and level).
 func (w slogWriter) Write(p []byte) (int, error) {
 	line := strings.TrimSpace(string(p))
 	lv := slog.LevelInfo
-	switch {
-	case strings.Contains(line, "[ERROR]"):
-		lv = slog.LevelError
-	case strings.Contains(line, "[WARN]"):
-		lv = slog.LevelWarn
+	for _, h := range hclogLevels {
+		if i := strings.Index(line, h.tag); i >= 0 {
+			lv, line = h.lv, strings.TrimSpace(line[i+len(h.tag):])
+			break
+		}
+	}
+	if lv == slog.LevelWarn {
 		for _, s := range raftExpected {
 			if strings.HasSuffix(line, s) {
 				lv = slog.LevelInfo
 			}
 		}
-	case strings.Contains(line, "[DEBUG]"), strings.Contains(line, "[TRACE]"):
-		lv = slog.LevelDebug
 	}
 	w.l.Log(context.Background(), lv, line, "component", "raft")
 	return len(p), nil

@@ -118,6 +118,9 @@ func FuzzRaftCommand(f *testing.F) {
 		[]any{mustMarshal(f, &cpb.Command{Type: cpb.CommandType_COMMAND_TYPE_SUBMIT, Payload: []byte{0xff}})},
 		[]any{[]byte{0xff, 0xff, 0xff}},
 		[]any{[]byte{}},
+		// The queue limit decided in Apply: full, and not.
+		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-full", Spec: attnSpec("full", 512), UnixMs: 5, MaxQueued: 1}),
+		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-room", Spec: attnSpec("room", 512), UnixMs: 5, MaxQueued: 1 << 40}),
 	)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		st := fuzzState(t)
