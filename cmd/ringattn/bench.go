@@ -162,7 +162,7 @@ func benchKernel(env *cliEnv, args []string) error {
 	}
 	fmt.Fprintln(env.stdout, "\nGFLOP/s counts 4·B·H·N·N·D, only pairs the mask leaves visible (≈ half for causal).")
 	if *backward {
-		fmt.Fprintf(env.stdout, "The backward's GFLOP/s counts %.1f× that (five matrix products against the forward's two); its peak RSS is in the same column.\n", backwardFactor)
+		fmt.Fprintf(env.stdout, "The backward's GFLOP/s counts %.1f× that (five matrix products against the forward's two); peak RSS includes the backward's buffers.\n", backwardFactor)
 	}
 	return nil
 }
