@@ -73,6 +73,12 @@ func TestCoordinatorProgressEvents(t *testing.T) {
 		return nil
 	})
 	final := waitState(t, nc, job.Id, pb.JobState_JOB_STATE_SUCCEEDED, 20*time.Second)
+	// The finished job's row: created time and its GFLOP/s.
+	jr := row(getStatusPage(t, base), "jobs", job.Id)
+	if !regexp.MustCompile(`<td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>`).MatchString(jr) ||
+		!regexp.MustCompile(`<td class="num">\d+\.\d</td>`).MatchString(jr) {
+		t.Errorf("finished job row lacks its created time or GFLOP/s: %s", jr)
+	}
 	if final.StepsTotal != 0 {
 		t.Errorf("finished job status: steps %d of %d, want 0 of 0 (only running jobs have them)", final.StepsDone, final.StepsTotal)
 	}

@@ -66,7 +66,9 @@ func TestCoordinatorStatusPage(t *testing.T) {
 	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		page = getStatusPage(t, base)
 		r := row(page, "workers", "wa")
-		if !strings.Contains(r, `<a href="/v1/jobs/`+running.Job.Id+`">`+running.Job.Id+"</a>") {
+		// (The registry and the job list are read one after the other:
+		// wait until both saw the job start.)
+		if !strings.Contains(r, `<a href="/v1/jobs/`+running.Job.Id+`">`+running.Job.Id+"</a>") || !strings.Contains(r, `<td class="num">1 / 2</td>`) {
 			return fmt.Errorf("worker row %q does not name job %s", r, running.Job.Id)
 		}
 		return nil
