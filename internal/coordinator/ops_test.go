@@ -16,6 +16,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -101,6 +102,13 @@ func TestCoordinatorJSONShape(t *testing.T) {
 		t.Errorf("jobs_by_state = %#v", c["jobs_by_state"])
 	} else {
 		wantNumber(t, "jobs_by_state.queued", by["queued"], "1")
+	}
+	// Readers that parse it as protobuf JSON (testenv) still can.
+	raw, err := json.Marshal(c)
+	noErr(t, err)
+	var cr pb.ClusterReply
+	if err := (protojson.UnmarshalOptions{DiscardUnknown: true}).Unmarshal(raw, &cr); err != nil || cr.LeaderId != "c0" || cr.JobsByState["queued"] != 1 {
+		t.Errorf("/v1/cluster as protobuf JSON: %v, %v", &cr, err)
 	}
 	if c["leader_id"] != "c0" {
 		t.Errorf("leader_id = %#v", c["leader_id"])
