@@ -82,7 +82,7 @@ func TestAPIConcurrentSubmitsQueueLimit(t *testing.T) {
 		t.Fatalf("%d accepted, %d refused: want %d and %d", accepted, len(refused), limit, n-limit)
 	}
 	for _, e := range refused {
-		if e.GetCode() != pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED || e.GetField() != "spec" ||
+		if e.GetCode() != pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED || e.GetField() != "" ||
 			!strings.Contains(e.GetMessage(), "queue full") || !strings.Contains(e.GetMessage(), "Limits.MaxQueued") || e.GetRetryAfterMs() <= 0 {
 			t.Fatalf("refusal = %v", e)
 		}

@@ -188,7 +188,7 @@ func apiErrorOf(err error) *apiError {
 	case errors.Is(err, ErrNotLeader):
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_NOT_LEADER, msg: err.Error(), wrap: err}
 	case errors.Is(err, ErrQueueFull):
-		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "spec", msg: strings.TrimPrefix(err.Error(), "coordinator: limit exceeded: "), wrap: err, retryAfter: queueRetryAfter}
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: strings.TrimPrefix(err.Error(), "coordinator: limit exceeded: "), wrap: err, retryAfter: queueRetryAfter}
 	case errors.Is(err, ErrLimit):
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: err.Error(), wrap: err}
 	default:

@@ -72,7 +72,7 @@ func TestClientRetriesBusy(t *testing.T) {
 	defer sub.Unsubscribe()
 	sub2, err := nc.Subscribe(c.subj.API("submit"), func(m *nats.Msg) {
 		submits.Add(1)
-		reply(m, &pb.SubmitReply{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, Field: "spec",
+		reply(m, &pb.SubmitReply{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED,
 			Message: "queue full: 5 jobs queued, want fewer than 5 (Limits.MaxQueued); retry later", RetryAfterMs: 1000}})
 	})
 	if err != nil {
