@@ -290,7 +290,10 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	select {
 	case <-ctx.Done():
-		w.log.Warn("worker stopping abruptly", "cause", context.Cause(ctx))
+		// The embedding program ended the context (ringattn dev on
+		// Ctrl-C, a test): a stop it asked for, logged as such. Shards
+		// still held are abandoned and re-planned by the leader.
+		w.log.Info("worker stopping: its context ended (no drain)", "cause", context.Cause(ctx))
 	case <-w.drainCh:
 	}
 	_ = sub.Unsubscribe()

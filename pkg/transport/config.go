@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -249,7 +250,13 @@ func (c Config) Options(logger *slog.Logger) ([]nats.Option, error) {
 		nats.CustomReconnectDelay(c.reconnectDelay),
 		nats.ReconnectBufSize(c.ReconnectBufferBytes),
 		nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
-			logger.Warn("nats disconnected", "url", nc.ConnectedUrlRedacted(), "err", err)
+			// err is nil when this side closed the connection: a clean
+			// stop, not a fault worth a WARN.
+			level := slog.LevelWarn
+			if err == nil || nc.IsClosed() {
+				level = slog.LevelInfo
+			}
+			logger.Log(context.Background(), level, "nats disconnected", "url", nc.ConnectedUrlRedacted(), "err", err)
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			logger.Info("nats reconnected", "url", nc.ConnectedUrlRedacted(), "reconnects", nc.Stats().Reconnects)
