@@ -29,8 +29,13 @@ type sweepState struct {
 	running bool
 }
 
-// sweepTimeout bounds one sweep.
-const sweepTimeout = 5 * time.Minute
+// sweepTimeout bounds one sweep; sweepCallTimeout each store call in it,
+// so that a call lost in a NATS restart ends the sweep early instead of
+// holding it (and every later one) for sweepTimeout.
+const (
+	sweepTimeout     = 5 * time.Minute
+	sweepCallTimeout = 20 * time.Second
+)
 
 // maybeSweep starts a sweep in the background when one is due.
 func (l *leader) maybeSweep(now time.Time) {
@@ -86,7 +91,9 @@ func (l *leader) referenced() map[string]bool {
 // sweepOnce deletes the unreferenced namespaces older than SweepGrace.
 func (l *leader) sweepOnce(ctx context.Context, st outputStore) {
 	c := l.c
-	nss, err := st.Namespaces(ctx)
+	lctx, cancel := context.WithTimeout(ctx, sweepCallTimeout)
+	nss, err := st.Namespaces(lctx)
+	cancel()
 	if err != nil {
 		l.log.Warn("sweeper cannot list the store", "err", err)
 		return
@@ -107,10 +114,14 @@ func (l *leader) sweepOnce(ctx context.Context, st outputStore) {
 		if keep[ns] || ctx.Err() != nil {
 			continue
 		}
-		n, err := st.DeleteNamespace(ctx, ns)
+		dctx, cancel := context.WithTimeout(ctx, sweepCallTimeout)
+		n, err := st.DeleteNamespace(dctx, ns)
+		cancel()
 		if err != nil {
-			l.log.Warn("sweeper cannot delete a namespace", "namespace", ns, "err", err)
-			continue
+			// The store is unreachable or slow: stop here; the next sweep
+			// takes up what is left.
+			l.log.Warn("sweeper cannot delete a namespace; ending this sweep", "namespace", ns, "err", err)
+			return
 		}
 		c.met.swept.Inc()
 		l.log.Info("swept an unreferenced upload namespace", "namespace", ns, "objects", n, "grace", c.cfg.SweepGrace)
