@@ -28,6 +28,8 @@ const (
 	metaCRC      = "ringattn-crc32c"
 	metaEncoding = "ringattn-encoding"
 	metaElems    = "ringattn-elems"
+	// metaEpoch is the epoch that wrote a gradient block (GradSink).
+	metaEpoch = "ringattn-epoch"
 )
 
 // jsErrStoreMaxBytes is JetStream's "maximum bytes exceeded" error code.
@@ -265,6 +267,12 @@ func BlockName(job, tensor string, block int) string {
 // PutBlock stores data as block `block` of tensor `tensor` of job `job`,
 // encoded with enc, replacing any previous version.
 func (s *Store) PutBlock(ctx context.Context, job, tensor string, block int, data []float32, enc Encoding) error {
+	return s.putBlock(ctx, job, tensor, block, data, enc, nil)
+}
+
+// putBlock is PutBlock with extra object metadata (keys other than the
+// checksum, encoding and element count).
+func (s *Store) putBlock(ctx context.Context, job, tensor string, block int, data []float32, enc Encoding, extra map[string]string) error {
 	if err := validateRef(job, tensor, block); err != nil {
 		return err
 	}
@@ -285,6 +293,9 @@ func (s *Store) PutBlock(ctx context.Context, job, tensor string, block int, dat
 			metaElems:    strconv.Itoa(len(data)),
 		},
 		Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(s.cfg.ChunkBytes)},
+	}
+	for k, v := range extra {
+		meta.Metadata[k] = v
 	}
 	// The index key first: no block exists without one (DeleteNamespace
 	// finds blocks by their keys).

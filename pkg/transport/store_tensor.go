@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strconv"
 
 	"github.com/ringattn/ringattn/pkg/ringattn"
 )
@@ -138,6 +139,49 @@ func (s *Store) Source(job string) ringattn.Source { return storeSource{s, job} 
 // Sink returns a ringattn.Sink writing job's output blocks to s as tensors
 // "o" and "lse", float32 (outputs are never narrowed).
 func (s *Store) Sink(job string) ringattn.Sink { return storeSink{s, job} }
+
+// Gradient tensors of a backward job, written by GradSink: "dq" by query
+// block ([B, Hq, len, D]), "dk" and "dv" by key block ([B, Hkv, len, D]).
+const (
+	TensorDO = "do"
+	TensorDQ = "dq"
+	TensorDK = "dk"
+	TensorDV = "dv"
+)
+
+// GradSink returns a ringattn.GradSink writing the gradient blocks of
+// namespace ns to s as float32 tensors "dq" (PutDQ, by query block) and
+// "dk", "dv" (PutDKV, by key block), the writing epoch in each block's
+// metadata (BlockInfo.Epoch). Every write a GradSink receives is complete
+// (ringattn's fencing rule): a later write of a block already written —
+// another epoch recomputing it after a re-plan — replaces it with an equal
+// gradient, so overwriting is exact and no write is skipped. A partial
+// sum never reaches the sink, so no epoch's partial dK/dV is ever added
+// to another's.
+//
+// The store Source of the same job serves the backward's inputs by name:
+// "q", "o", "do" and "lse" by query block, "k" and "v" by key block.
+func (s *Store) GradSink(ns string) ringattn.GradSink { return storeGradSink{s, ns} }
+
+type storeGradSink struct {
+	s  *Store
+	ns string
+}
+
+func epochMeta(epoch uint64) map[string]string {
+	return map[string]string{metaEpoch: strconv.FormatUint(epoch, 10)}
+}
+
+func (g storeGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error {
+	return g.s.putBlock(ctx, g.ns, TensorDQ, block, dq, F32, epochMeta(epoch))
+}
+
+func (g storeGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error {
+	if err := g.s.putBlock(ctx, g.ns, TensorDK, block, dk, F32, epochMeta(epoch)); err != nil {
+		return err
+	}
+	return g.s.putBlock(ctx, g.ns, TensorDV, block, dv, F32, epochMeta(epoch))
+}
 
 type storeSource struct {
 	s   *Store

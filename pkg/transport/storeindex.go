@@ -241,6 +241,9 @@ type BlockInfo struct {
 	Bytes int64
 	// Modified is when the block was last written.
 	Modified time.Time
+	// Epoch is the epoch that wrote a gradient block (GradSink); 0 for
+	// blocks written without one.
+	Epoch uint64
 }
 
 // BlockInfo returns the stored checksum and size of one block from its
@@ -252,7 +255,16 @@ func (s *Store) BlockInfo(ctx context.Context, ns, tensor string, block int) (Bl
 	if err != nil {
 		return BlockInfo{}, err
 	}
-	return BlockInfo{CRC32C: m.crc, Bytes: int64(info.Size), Modified: info.ModTime}, nil
+	bi := BlockInfo{CRC32C: m.crc, Bytes: int64(info.Size), Modified: info.ModTime}
+	if e, ok := info.Metadata[metaEpoch]; ok {
+		ep, err := strconv.ParseUint(e, 10, 64)
+		if err != nil {
+			return BlockInfo{}, &CorruptBlockError{Job: ns, Tensor: tensor, Block: block,
+				Reason: fmt.Sprintf("metadata %s = %.32q: want a decimal epoch", metaEpoch, e)}
+		}
+		bi.Epoch = ep
+	}
+	return bi, nil
 }
 
 // blockMeta reads and checks one block's object metadata.

@@ -131,6 +131,63 @@ func (WireDType) EnumDescriptor() ([]byte, []int) {
 }
 
 // JobState is the life of a job (DESIGN §3).
+// JobMode says which passes an attention job runs.
+//
+//	FORWARD: inputs q, k, v; outputs o (and lse when want_lse).
+//	BACKWARD: inputs q, k, v, do and o, lse (the forward's outputs, in the
+//	  same namespace); outputs dq [b,hq,n,d], dk, dv [b,hkv,nk,d].
+//	FORWARD_BACKWARD: inputs q, k, v, do; runs the forward first (writing
+//	  o and lse to the output namespace), then the backward reading them;
+//	  outputs o, lse, dq, dk, dv.
+type JobMode int32
+
+const (
+	JobMode_JOB_MODE_FORWARD          JobMode = 0
+	JobMode_JOB_MODE_BACKWARD         JobMode = 1
+	JobMode_JOB_MODE_FORWARD_BACKWARD JobMode = 2
+)
+
+// Enum value maps for JobMode.
+var (
+	JobMode_name = map[int32]string{
+		0: "JOB_MODE_FORWARD",
+		1: "JOB_MODE_BACKWARD",
+		2: "JOB_MODE_FORWARD_BACKWARD",
+	}
+	JobMode_value = map[string]int32{
+		"JOB_MODE_FORWARD":          0,
+		"JOB_MODE_BACKWARD":         1,
+		"JOB_MODE_FORWARD_BACKWARD": 2,
+	}
+)
+
+func (x JobMode) Enum() *JobMode {
+	p := new(JobMode)
+	*p = x
+	return p
+}
+
+func (x JobMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (JobMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_pkg_transport_pb_api_proto_enumTypes[2].Descriptor()
+}
+
+func (JobMode) Type() protoreflect.EnumType {
+	return &file_pkg_transport_pb_api_proto_enumTypes[2]
+}
+
+func (x JobMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use JobMode.Descriptor instead.
+func (JobMode) EnumDescriptor() ([]byte, []int) {
+	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{2}
+}
+
 type JobState int32
 
 const (
@@ -176,11 +233,11 @@ func (x JobState) String() string {
 }
 
 func (JobState) Descriptor() protoreflect.EnumDescriptor {
-	return file_pkg_transport_pb_api_proto_enumTypes[2].Descriptor()
+	return file_pkg_transport_pb_api_proto_enumTypes[3].Descriptor()
 }
 
 func (JobState) Type() protoreflect.EnumType {
-	return &file_pkg_transport_pb_api_proto_enumTypes[2]
+	return &file_pkg_transport_pb_api_proto_enumTypes[3]
 }
 
 func (x JobState) Number() protoreflect.EnumNumber {
@@ -189,7 +246,7 @@ func (x JobState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobState.Descriptor instead.
 func (JobState) EnumDescriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{2}
+	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{3}
 }
 
 // ErrorCode classifies API errors.
@@ -252,11 +309,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_pkg_transport_pb_api_proto_enumTypes[3].Descriptor()
+	return file_pkg_transport_pb_api_proto_enumTypes[4].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_pkg_transport_pb_api_proto_enumTypes[3]
+	return &file_pkg_transport_pb_api_proto_enumTypes[4]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -265,7 +322,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{3}
+	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{4}
 }
 
 // Mask is the attention mask, in the coordinates of DESIGN §2 (bottom-right
@@ -397,7 +454,9 @@ type JobSpec struct {
 	MhaBias bool `protobuf:"varint,20,opt,name=mha_bias,json=mhaBias,proto3" json:"mha_bias,omitempty"`
 	// input_ref is the store namespace the inputs were uploaded under;
 	// empty means they were uploaded under the idempotency key.
-	InputRef      string `protobuf:"bytes,21,opt,name=input_ref,json=inputRef,proto3" json:"input_ref,omitempty"`
+	InputRef string `protobuf:"bytes,21,opt,name=input_ref,json=inputRef,proto3" json:"input_ref,omitempty"`
+	// mode: forward (the default), backward, or forward then backward.
+	Mode          JobMode `protobuf:"varint,22,opt,name=mode,proto3,enum=ringattn.v1.JobMode" json:"mode,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -579,6 +638,13 @@ func (x *JobSpec) GetInputRef() string {
 	return ""
 }
 
+func (x *JobSpec) GetMode() JobMode {
+	if x != nil {
+		return x.Mode
+	}
+	return JobMode_JOB_MODE_FORWARD
+}
+
 // JobStatus is the externally visible state of a job.
 type JobStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -607,8 +673,11 @@ type JobStatus struct {
 	// workers' heartbeats; 0 of 0 when not known (the leader publishes the
 	// same in PROGRESS events). Finer than blocks_done, which only moves
 	// when a rank finishes.
-	StepsDone     int64 `protobuf:"varint,16,opt,name=steps_done,json=stepsDone,proto3" json:"steps_done,omitempty"`
-	StepsTotal    int64 `protobuf:"varint,17,opt,name=steps_total,json=stepsTotal,proto3" json:"steps_total,omitempty"`
+	StepsDone  int64 `protobuf:"varint,16,opt,name=steps_done,json=stepsDone,proto3" json:"steps_done,omitempty"`
+	StepsTotal int64 `protobuf:"varint,17,opt,name=steps_total,json=stepsTotal,proto3" json:"steps_total,omitempty"`
+	// phase is the pass the current epoch runs: "forward" or "backward"
+	// (a forward+backward job runs its forward epochs first).
+	Phase         string `protobuf:"bytes,18,opt,name=phase,proto3" json:"phase,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -760,6 +829,13 @@ func (x *JobStatus) GetStepsTotal() int64 {
 		return x.StepsTotal
 	}
 	return 0
+}
+
+func (x *JobStatus) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
 }
 
 // Error is carried by every reply; code UNSPECIFIED means success.
@@ -1588,7 +1664,7 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"windowLeft\x12!\n" +
 	"\fwindow_right\x18\x04 \x01(\x03R\vwindowRight\x12\x18\n" +
 	"\aseqlens\x18\x05 \x03(\x03R\aseqlens\x12\x1b\n" +
-	"\tseqlens_k\x18\x06 \x03(\x03R\bseqlensK\"\xdb\x04\n" +
+	"\tseqlens_k\x18\x06 \x03(\x03R\bseqlensK\"\x85\x05\n" +
 	"\aJobSpec\x12(\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x14.ringattn.v1.JobKindR\x04kind\x12\f\n" +
 	"\x01b\x18\x02 \x01(\x03R\x01b\x12\x0e\n" +
@@ -1612,7 +1688,8 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\x0fallow_nonfinite\x18\x12 \x01(\bR\x0eallowNonfinite\x12\x19\n" +
 	"\bwant_lse\x18\x13 \x01(\bR\awantLse\x12\x19\n" +
 	"\bmha_bias\x18\x14 \x01(\bR\amhaBias\x12\x1b\n" +
-	"\tinput_ref\x18\x15 \x01(\tR\binputRef\"\xb5\x04\n" +
+	"\tinput_ref\x18\x15 \x01(\tR\binputRef\x12(\n" +
+	"\x04mode\x18\x16 \x01(\x0e2\x14.ringattn.v1.JobModeR\x04mode\"\xcb\x04\n" +
 	"\tJobStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.ringattn.v1.JobStateR\x05state\x12\x14\n" +
@@ -1635,7 +1712,8 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\n" +
 	"steps_done\x18\x10 \x01(\x03R\tstepsDone\x12\x1f\n" +
 	"\vsteps_total\x18\x11 \x01(\x03R\n" +
-	"stepsTotal\"\xa6\x01\n" +
+	"stepsTotal\x12\x14\n" +
+	"\x05phase\x18\x12 \x01(\tR\x05phase\"\xa6\x01\n" +
 	"\x05Error\x12*\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x16.ringattn.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
@@ -1706,7 +1784,11 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\tWireDType\x12\x1a\n" +
 	"\x16WIRE_DTYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eWIRE_DTYPE_F32\x10\x01\x12\x13\n" +
-	"\x0fWIRE_DTYPE_BF16\x10\x02*\xb0\x01\n" +
+	"\x0fWIRE_DTYPE_BF16\x10\x02*U\n" +
+	"\aJobMode\x12\x14\n" +
+	"\x10JOB_MODE_FORWARD\x10\x00\x12\x15\n" +
+	"\x11JOB_MODE_BACKWARD\x10\x01\x12\x1d\n" +
+	"\x19JOB_MODE_FORWARD_BACKWARD\x10\x02*\xb0\x01\n" +
 	"\bJobState\x12\x19\n" +
 	"\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n" +
@@ -1738,57 +1820,59 @@ func file_pkg_transport_pb_api_proto_rawDescGZIP() []byte {
 	return file_pkg_transport_pb_api_proto_rawDescData
 }
 
-var file_pkg_transport_pb_api_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_pkg_transport_pb_api_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
 var file_pkg_transport_pb_api_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_pkg_transport_pb_api_proto_goTypes = []any{
 	(JobKind)(0),           // 0: ringattn.v1.JobKind
 	(WireDType)(0),         // 1: ringattn.v1.WireDType
-	(JobState)(0),          // 2: ringattn.v1.JobState
-	(ErrorCode)(0),         // 3: ringattn.v1.ErrorCode
-	(*Mask)(nil),           // 4: ringattn.v1.Mask
-	(*JobSpec)(nil),        // 5: ringattn.v1.JobSpec
-	(*JobStatus)(nil),      // 6: ringattn.v1.JobStatus
-	(*Error)(nil),          // 7: ringattn.v1.Error
-	(*SubmitRequest)(nil),  // 8: ringattn.v1.SubmitRequest
-	(*SubmitReply)(nil),    // 9: ringattn.v1.SubmitReply
-	(*GetRequest)(nil),     // 10: ringattn.v1.GetRequest
-	(*GetReply)(nil),       // 11: ringattn.v1.GetReply
-	(*CancelRequest)(nil),  // 12: ringattn.v1.CancelRequest
-	(*CancelReply)(nil),    // 13: ringattn.v1.CancelReply
-	(*ListRequest)(nil),    // 14: ringattn.v1.ListRequest
-	(*ListReply)(nil),      // 15: ringattn.v1.ListReply
-	(*ClusterRequest)(nil), // 16: ringattn.v1.ClusterRequest
-	(*Peer)(nil),           // 17: ringattn.v1.Peer
-	(*WorkerInfo)(nil),     // 18: ringattn.v1.WorkerInfo
-	(*ClusterReply)(nil),   // 19: ringattn.v1.ClusterReply
-	nil,                    // 20: ringattn.v1.ClusterReply.JobsByStateEntry
+	(JobMode)(0),           // 2: ringattn.v1.JobMode
+	(JobState)(0),          // 3: ringattn.v1.JobState
+	(ErrorCode)(0),         // 4: ringattn.v1.ErrorCode
+	(*Mask)(nil),           // 5: ringattn.v1.Mask
+	(*JobSpec)(nil),        // 6: ringattn.v1.JobSpec
+	(*JobStatus)(nil),      // 7: ringattn.v1.JobStatus
+	(*Error)(nil),          // 8: ringattn.v1.Error
+	(*SubmitRequest)(nil),  // 9: ringattn.v1.SubmitRequest
+	(*SubmitReply)(nil),    // 10: ringattn.v1.SubmitReply
+	(*GetRequest)(nil),     // 11: ringattn.v1.GetRequest
+	(*GetReply)(nil),       // 12: ringattn.v1.GetReply
+	(*CancelRequest)(nil),  // 13: ringattn.v1.CancelRequest
+	(*CancelReply)(nil),    // 14: ringattn.v1.CancelReply
+	(*ListRequest)(nil),    // 15: ringattn.v1.ListRequest
+	(*ListReply)(nil),      // 16: ringattn.v1.ListReply
+	(*ClusterRequest)(nil), // 17: ringattn.v1.ClusterRequest
+	(*Peer)(nil),           // 18: ringattn.v1.Peer
+	(*WorkerInfo)(nil),     // 19: ringattn.v1.WorkerInfo
+	(*ClusterReply)(nil),   // 20: ringattn.v1.ClusterReply
+	nil,                    // 21: ringattn.v1.ClusterReply.JobsByStateEntry
 }
 var file_pkg_transport_pb_api_proto_depIdxs = []int32{
 	0,  // 0: ringattn.v1.JobSpec.kind:type_name -> ringattn.v1.JobKind
-	4,  // 1: ringattn.v1.JobSpec.mask:type_name -> ringattn.v1.Mask
+	5,  // 1: ringattn.v1.JobSpec.mask:type_name -> ringattn.v1.Mask
 	1,  // 2: ringattn.v1.JobSpec.wire_dtype:type_name -> ringattn.v1.WireDType
-	2,  // 3: ringattn.v1.JobStatus.state:type_name -> ringattn.v1.JobState
-	5,  // 4: ringattn.v1.JobStatus.spec:type_name -> ringattn.v1.JobSpec
-	3,  // 5: ringattn.v1.Error.code:type_name -> ringattn.v1.ErrorCode
-	5,  // 6: ringattn.v1.SubmitRequest.spec:type_name -> ringattn.v1.JobSpec
-	7,  // 7: ringattn.v1.SubmitReply.error:type_name -> ringattn.v1.Error
-	6,  // 8: ringattn.v1.SubmitReply.job:type_name -> ringattn.v1.JobStatus
-	7,  // 9: ringattn.v1.GetReply.error:type_name -> ringattn.v1.Error
-	6,  // 10: ringattn.v1.GetReply.job:type_name -> ringattn.v1.JobStatus
-	7,  // 11: ringattn.v1.CancelReply.error:type_name -> ringattn.v1.Error
-	6,  // 12: ringattn.v1.CancelReply.job:type_name -> ringattn.v1.JobStatus
-	2,  // 13: ringattn.v1.ListRequest.states:type_name -> ringattn.v1.JobState
-	7,  // 14: ringattn.v1.ListReply.error:type_name -> ringattn.v1.Error
-	6,  // 15: ringattn.v1.ListReply.jobs:type_name -> ringattn.v1.JobStatus
-	7,  // 16: ringattn.v1.ClusterReply.error:type_name -> ringattn.v1.Error
-	17, // 17: ringattn.v1.ClusterReply.peers:type_name -> ringattn.v1.Peer
-	18, // 18: ringattn.v1.ClusterReply.workers:type_name -> ringattn.v1.WorkerInfo
-	20, // 19: ringattn.v1.ClusterReply.jobs_by_state:type_name -> ringattn.v1.ClusterReply.JobsByStateEntry
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	2,  // 3: ringattn.v1.JobSpec.mode:type_name -> ringattn.v1.JobMode
+	3,  // 4: ringattn.v1.JobStatus.state:type_name -> ringattn.v1.JobState
+	6,  // 5: ringattn.v1.JobStatus.spec:type_name -> ringattn.v1.JobSpec
+	4,  // 6: ringattn.v1.Error.code:type_name -> ringattn.v1.ErrorCode
+	6,  // 7: ringattn.v1.SubmitRequest.spec:type_name -> ringattn.v1.JobSpec
+	8,  // 8: ringattn.v1.SubmitReply.error:type_name -> ringattn.v1.Error
+	7,  // 9: ringattn.v1.SubmitReply.job:type_name -> ringattn.v1.JobStatus
+	8,  // 10: ringattn.v1.GetReply.error:type_name -> ringattn.v1.Error
+	7,  // 11: ringattn.v1.GetReply.job:type_name -> ringattn.v1.JobStatus
+	8,  // 12: ringattn.v1.CancelReply.error:type_name -> ringattn.v1.Error
+	7,  // 13: ringattn.v1.CancelReply.job:type_name -> ringattn.v1.JobStatus
+	3,  // 14: ringattn.v1.ListRequest.states:type_name -> ringattn.v1.JobState
+	8,  // 15: ringattn.v1.ListReply.error:type_name -> ringattn.v1.Error
+	7,  // 16: ringattn.v1.ListReply.jobs:type_name -> ringattn.v1.JobStatus
+	8,  // 17: ringattn.v1.ClusterReply.error:type_name -> ringattn.v1.Error
+	18, // 18: ringattn.v1.ClusterReply.peers:type_name -> ringattn.v1.Peer
+	19, // 19: ringattn.v1.ClusterReply.workers:type_name -> ringattn.v1.WorkerInfo
+	21, // 20: ringattn.v1.ClusterReply.jobs_by_state:type_name -> ringattn.v1.ClusterReply.JobsByStateEntry
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_pkg_transport_pb_api_proto_init() }
@@ -1801,7 +1885,7 @@ func file_pkg_transport_pb_api_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pkg_transport_pb_api_proto_rawDesc), len(file_pkg_transport_pb_api_proto_rawDesc)),
-			NumEnums:      4,
+			NumEnums:      5,
 			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -424,8 +424,13 @@ type KernelParams struct {
 	WantLse        bool      `protobuf:"varint,10,opt,name=want_lse,json=wantLse,proto3" json:"want_lse,omitempty"`
 	AllowNonfinite bool      `protobuf:"varint,11,opt,name=allow_nonfinite,json=allowNonfinite,proto3" json:"allow_nonfinite,omitempty"`
 	MhaBias        bool      `protobuf:"varint,12,opt,name=mha_bias,json=mhaBias,proto3" json:"mha_bias,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// mode is the pass this assignment runs: FORWARD or BACKWARD (a
+	// forward+backward job is assigned as forward epochs, then backward
+	// ones). A BACKWARD rank reads q, do, o, lse by query block and k, v by
+	// key block; q, k, v, do from input_ref, o and lse from o_lse_ref.
+	Mode          JobMode `protobuf:"varint,13,opt,name=mode,proto3,enum=ringattn.v1.JobMode" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KernelParams) Reset() {
@@ -540,6 +545,13 @@ func (x *KernelParams) GetMhaBias() bool {
 		return x.MhaBias
 	}
 	return false
+}
+
+func (x *KernelParams) GetMode() JobMode {
+	if x != nil {
+		return x.Mode
+	}
+	return JobMode_JOB_MODE_FORWARD
 }
 
 // RankPlan is one rank's share of an epoch's plan (shard.Rank).
@@ -748,8 +760,17 @@ type Assignment struct {
 	DeadlineUnixMs int64  `protobuf:"varint,10,opt,name=deadline_unix_ms,json=deadlineUnixMs,proto3" json:"deadline_unix_ms,omitempty"`
 	LeaderId       string `protobuf:"bytes,11,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
 	Term           uint64 `protobuf:"varint,12,opt,name=term,proto3" json:"term,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// done_dq and done_dkv (BACKWARD only) list the query and key blocks
+	// whose gradients an earlier epoch wrote complete: they are not written
+	// again. Every rank of an epoch gets the same lists; a plan over a
+	// subset of the query blocks lists every key block in done_dkv.
+	DoneDq  []int32 `protobuf:"varint,13,rep,packed,name=done_dq,json=doneDq,proto3" json:"done_dq,omitempty"`
+	DoneDkv []int32 `protobuf:"varint,14,rep,packed,name=done_dkv,json=doneDkv,proto3" json:"done_dkv,omitempty"`
+	// o_lse_ref (BACKWARD only) is the namespace holding o and lse; empty
+	// means input_ref.
+	OLseRef       string `protobuf:"bytes,15,opt,name=o_lse_ref,json=oLseRef,proto3" json:"o_lse_ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Assignment) Reset() {
@@ -864,6 +885,27 @@ func (x *Assignment) GetTerm() uint64 {
 		return x.Term
 	}
 	return 0
+}
+
+func (x *Assignment) GetDoneDq() []int32 {
+	if x != nil {
+		return x.DoneDq
+	}
+	return nil
+}
+
+func (x *Assignment) GetDoneDkv() []int32 {
+	if x != nil {
+		return x.DoneDkv
+	}
+	return nil
+}
+
+func (x *Assignment) GetOLseRef() string {
+	if x != nil {
+		return x.OLseRef
+	}
+	return ""
 }
 
 // AssignmentAck is the worker's reply to an Assignment.
@@ -981,19 +1023,85 @@ func (x *BlockChecksum) GetCrc32CLse() uint32 {
 	return 0
 }
 
+// GradChecksum is the CRC32C of the gradient blocks of one block as
+// written: for a query block crc32c is dq's; for a key block crc32c is
+// dk's and crc32c_dv dv's.
+type GradChecksum struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Block         int32                  `protobuf:"varint,1,opt,name=block,proto3" json:"block,omitempty"`
+	Crc32C        uint32                 `protobuf:"varint,2,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	Crc32CDv      uint32                 `protobuf:"varint,3,opt,name=crc32c_dv,json=crc32cDv,proto3" json:"crc32c_dv,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GradChecksum) Reset() {
+	*x = GradChecksum{}
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GradChecksum) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GradChecksum) ProtoMessage() {}
+
+func (x *GradChecksum) ProtoReflect() protoreflect.Message {
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GradChecksum.ProtoReflect.Descriptor instead.
+func (*GradChecksum) Descriptor() ([]byte, []int) {
+	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *GradChecksum) GetBlock() int32 {
+	if x != nil {
+		return x.Block
+	}
+	return 0
+}
+
+func (x *GradChecksum) GetCrc32C() uint32 {
+	if x != nil {
+		return x.Crc32C
+	}
+	return 0
+}
+
+func (x *GradChecksum) GetCrc32CDv() uint32 {
+	if x != nil {
+		return x.Crc32CDv
+	}
+	return 0
+}
+
 // ShardDone: the rank wrote all its output blocks to the store.
 type ShardDone struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Blocks        []*BlockChecksum       `protobuf:"bytes,1,rep,name=blocks,proto3" json:"blocks,omitempty"`
-	Gflops        float64                `protobuf:"fixed64,2,opt,name=gflops,proto3" json:"gflops,omitempty"`
-	ComputeMs     int64                  `protobuf:"varint,3,opt,name=compute_ms,json=computeMs,proto3" json:"compute_ms,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Blocks    []*BlockChecksum       `protobuf:"bytes,1,rep,name=blocks,proto3" json:"blocks,omitempty"`
+	Gflops    float64                `protobuf:"fixed64,2,opt,name=gflops,proto3" json:"gflops,omitempty"`
+	ComputeMs int64                  `protobuf:"varint,3,opt,name=compute_ms,json=computeMs,proto3" json:"compute_ms,omitempty"`
+	// dq_blocks and dkv_blocks (BACKWARD): the gradient blocks written.
+	DqBlocks      []*GradChecksum `protobuf:"bytes,4,rep,name=dq_blocks,json=dqBlocks,proto3" json:"dq_blocks,omitempty"`
+	DkvBlocks     []*GradChecksum `protobuf:"bytes,5,rep,name=dkv_blocks,json=dkvBlocks,proto3" json:"dkv_blocks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ShardDone) Reset() {
 	*x = ShardDone{}
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[9]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1005,7 +1113,7 @@ func (x *ShardDone) String() string {
 func (*ShardDone) ProtoMessage() {}
 
 func (x *ShardDone) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[9]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1018,7 +1126,7 @@ func (x *ShardDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardDone.ProtoReflect.Descriptor instead.
 func (*ShardDone) Descriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{9}
+	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ShardDone) GetBlocks() []*BlockChecksum {
@@ -1042,6 +1150,20 @@ func (x *ShardDone) GetComputeMs() int64 {
 	return 0
 }
 
+func (x *ShardDone) GetDqBlocks() []*GradChecksum {
+	if x != nil {
+		return x.DqBlocks
+	}
+	return nil
+}
+
+func (x *ShardDone) GetDkvBlocks() []*GradChecksum {
+	if x != nil {
+		return x.DkvBlocks
+	}
+	return nil
+}
+
 // ShardFailed: the rank could not finish.
 type ShardFailed struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -1058,7 +1180,7 @@ type ShardFailed struct {
 
 func (x *ShardFailed) Reset() {
 	*x = ShardFailed{}
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[10]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1070,7 +1192,7 @@ func (x *ShardFailed) String() string {
 func (*ShardFailed) ProtoMessage() {}
 
 func (x *ShardFailed) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[10]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1083,7 +1205,7 @@ func (x *ShardFailed) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShardFailed.ProtoReflect.Descriptor instead.
 func (*ShardFailed) Descriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{10}
+	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ShardFailed) GetReason() string {
@@ -1126,7 +1248,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[11]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1138,7 +1260,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[11]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1151,7 +1273,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{11}
+	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Report) GetWorkerId() string {
@@ -1235,7 +1357,7 @@ type ReportAck struct {
 
 func (x *ReportAck) Reset() {
 	*x = ReportAck{}
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[12]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1369,7 @@ func (x *ReportAck) String() string {
 func (*ReportAck) ProtoMessage() {}
 
 func (x *ReportAck) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[12]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1382,7 @@ func (x *ReportAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportAck.ProtoReflect.Descriptor instead.
 func (*ReportAck) Descriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{12}
+	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReportAck) GetStatus() ReportStatus {
@@ -1311,7 +1433,7 @@ type JobEvent struct {
 
 func (x *JobEvent) Reset() {
 	*x = JobEvent{}
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[13]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1323,7 +1445,7 @@ func (x *JobEvent) String() string {
 func (*JobEvent) ProtoMessage() {}
 
 func (x *JobEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_pkg_transport_pb_control_proto_msgTypes[13]
+	mi := &file_pkg_transport_pb_control_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1336,7 +1458,7 @@ func (x *JobEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JobEvent.ProtoReflect.Descriptor instead.
 func (*JobEvent) Descriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{13}
+	return file_pkg_transport_pb_control_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JobEvent) GetType() JobEventType {
@@ -1435,7 +1557,7 @@ const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	"\fHeartbeatAck\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12+\n" +
-	"\x05abort\x18\x03 \x03(\v2\x15.ringattn.v1.ShardRefR\x05abort\"\xe2\x02\n" +
+	"\x05abort\x18\x03 \x03(\v2\x15.ringattn.v1.ShardRefR\x05abort\"\x8c\x03\n" +
 	"\fKernelParams\x12(\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x14.ringattn.v1.JobKindR\x04kind\x12\f\n" +
 	"\x01b\x18\x02 \x01(\x03R\x01b\x12\x0e\n" +
@@ -1450,7 +1572,8 @@ const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	"\bwant_lse\x18\n" +
 	" \x01(\bR\awantLse\x12'\n" +
 	"\x0fallow_nonfinite\x18\v \x01(\bR\x0eallowNonfinite\x12\x19\n" +
-	"\bmha_bias\x18\f \x01(\bR\amhaBias\"\x89\x01\n" +
+	"\bmha_bias\x18\f \x01(\bR\amhaBias\x12(\n" +
+	"\x04mode\x18\r \x01(\x0e2\x14.ringattn.v1.JobModeR\x04mode\"\x89\x01\n" +
 	"\bRankPlan\x12\x19\n" +
 	"\bq_blocks\x18\x01 \x03(\x05R\aqBlocks\x12\x1b\n" +
 	"\tkv_blocks\x18\x02 \x03(\x05R\bkvBlocks\x12\x12\n" +
@@ -1466,7 +1589,7 @@ const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	"\rk_block_count\x18\x06 \x01(\x05R\vkBlockCount\x12\x14\n" +
 	"\x05steps\x18\a \x01(\x05R\x05steps\x12+\n" +
 	"\x05ranks\x18\b \x03(\v2\x15.ringattn.v1.RankPlanR\x05ranks\x12\x1c\n" +
-	"\timbalance\x18\t \x01(\x01R\timbalance\"\xea\x02\n" +
+	"\timbalance\x18\t \x01(\x01R\timbalance\"\xba\x03\n" +
 	"\n" +
 	"Assignment\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -1482,7 +1605,10 @@ const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	"\x10deadline_unix_ms\x18\n" +
 	" \x01(\x03R\x0edeadlineUnixMs\x12\x1b\n" +
 	"\tleader_id\x18\v \x01(\tR\bleaderId\x12\x12\n" +
-	"\x04term\x18\f \x01(\x04R\x04term\"C\n" +
+	"\x04term\x18\f \x01(\x04R\x04term\x12\x17\n" +
+	"\adone_dq\x18\r \x03(\x05R\x06doneDq\x12\x19\n" +
+	"\bdone_dkv\x18\x0e \x03(\x05R\adoneDkv\x12\x1a\n" +
+	"\to_lse_ref\x18\x0f \x01(\tR\aoLseRef\"C\n" +
 	"\rAssignmentAck\x12\x1a\n" +
 	"\baccepted\x18\x01 \x01(\bR\baccepted\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"_\n" +
@@ -1490,12 +1616,19 @@ const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x19\n" +
 	"\bcrc32c_o\x18\x02 \x01(\rR\acrc32cO\x12\x1d\n" +
 	"\n" +
-	"crc32c_lse\x18\x03 \x01(\rR\tcrc32cLse\"v\n" +
+	"crc32c_lse\x18\x03 \x01(\rR\tcrc32cLse\"Y\n" +
+	"\fGradChecksum\x12\x14\n" +
+	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x16\n" +
+	"\x06crc32c\x18\x02 \x01(\rR\x06crc32c\x12\x1b\n" +
+	"\tcrc32c_dv\x18\x03 \x01(\rR\bcrc32cDv\"\xe8\x01\n" +
 	"\tShardDone\x122\n" +
 	"\x06blocks\x18\x01 \x03(\v2\x1a.ringattn.v1.BlockChecksumR\x06blocks\x12\x16\n" +
 	"\x06gflops\x18\x02 \x01(\x01R\x06gflops\x12\x1d\n" +
 	"\n" +
-	"compute_ms\x18\x03 \x01(\x03R\tcomputeMs\"Q\n" +
+	"compute_ms\x18\x03 \x01(\x03R\tcomputeMs\x126\n" +
+	"\tdq_blocks\x18\x04 \x03(\v2\x19.ringattn.v1.GradChecksumR\bdqBlocks\x128\n" +
+	"\n" +
+	"dkv_blocks\x18\x05 \x03(\v2\x19.ringattn.v1.GradChecksumR\tdkvBlocks\"Q\n" +
 	"\vShardFailed\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05fatal\x18\x02 \x01(\bR\x05fatal\x12\x14\n" +
@@ -1554,7 +1687,7 @@ func file_pkg_transport_pb_control_proto_rawDescGZIP() []byte {
 }
 
 var file_pkg_transport_pb_control_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_pkg_transport_pb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_pkg_transport_pb_control_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_pkg_transport_pb_control_proto_goTypes = []any{
 	(ReportStatus)(0),     // 0: ringattn.v1.ReportStatus
 	(JobEventType)(0),     // 1: ringattn.v1.JobEventType
@@ -1567,37 +1700,42 @@ var file_pkg_transport_pb_control_proto_goTypes = []any{
 	(*Assignment)(nil),    // 8: ringattn.v1.Assignment
 	(*AssignmentAck)(nil), // 9: ringattn.v1.AssignmentAck
 	(*BlockChecksum)(nil), // 10: ringattn.v1.BlockChecksum
-	(*ShardDone)(nil),     // 11: ringattn.v1.ShardDone
-	(*ShardFailed)(nil),   // 12: ringattn.v1.ShardFailed
-	(*Report)(nil),        // 13: ringattn.v1.Report
-	(*ReportAck)(nil),     // 14: ringattn.v1.ReportAck
-	(*JobEvent)(nil),      // 15: ringattn.v1.JobEvent
-	(JobKind)(0),          // 16: ringattn.v1.JobKind
-	(*Mask)(nil),          // 17: ringattn.v1.Mask
-	(WireDType)(0),        // 18: ringattn.v1.WireDType
-	(JobState)(0),         // 19: ringattn.v1.JobState
+	(*GradChecksum)(nil),  // 11: ringattn.v1.GradChecksum
+	(*ShardDone)(nil),     // 12: ringattn.v1.ShardDone
+	(*ShardFailed)(nil),   // 13: ringattn.v1.ShardFailed
+	(*Report)(nil),        // 14: ringattn.v1.Report
+	(*ReportAck)(nil),     // 15: ringattn.v1.ReportAck
+	(*JobEvent)(nil),      // 16: ringattn.v1.JobEvent
+	(JobKind)(0),          // 17: ringattn.v1.JobKind
+	(*Mask)(nil),          // 18: ringattn.v1.Mask
+	(WireDType)(0),        // 19: ringattn.v1.WireDType
+	(JobMode)(0),          // 20: ringattn.v1.JobMode
+	(JobState)(0),         // 21: ringattn.v1.JobState
 }
 var file_pkg_transport_pb_control_proto_depIdxs = []int32{
 	2,  // 0: ringattn.v1.Heartbeat.running:type_name -> ringattn.v1.ShardRef
 	2,  // 1: ringattn.v1.HeartbeatAck.abort:type_name -> ringattn.v1.ShardRef
-	16, // 2: ringattn.v1.KernelParams.kind:type_name -> ringattn.v1.JobKind
-	17, // 3: ringattn.v1.KernelParams.mask:type_name -> ringattn.v1.Mask
-	18, // 4: ringattn.v1.KernelParams.wire_dtype:type_name -> ringattn.v1.WireDType
-	6,  // 5: ringattn.v1.Plan.ranks:type_name -> ringattn.v1.RankPlan
-	7,  // 6: ringattn.v1.Assignment.plan:type_name -> ringattn.v1.Plan
-	5,  // 7: ringattn.v1.Assignment.params:type_name -> ringattn.v1.KernelParams
-	10, // 8: ringattn.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
-	11, // 9: ringattn.v1.Report.done:type_name -> ringattn.v1.ShardDone
-	12, // 10: ringattn.v1.Report.failed:type_name -> ringattn.v1.ShardFailed
-	0,  // 11: ringattn.v1.ReportAck.status:type_name -> ringattn.v1.ReportStatus
-	19, // 12: ringattn.v1.ReportAck.job_state:type_name -> ringattn.v1.JobState
-	1,  // 13: ringattn.v1.JobEvent.type:type_name -> ringattn.v1.JobEventType
-	19, // 14: ringattn.v1.JobEvent.state:type_name -> ringattn.v1.JobState
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	17, // 2: ringattn.v1.KernelParams.kind:type_name -> ringattn.v1.JobKind
+	18, // 3: ringattn.v1.KernelParams.mask:type_name -> ringattn.v1.Mask
+	19, // 4: ringattn.v1.KernelParams.wire_dtype:type_name -> ringattn.v1.WireDType
+	20, // 5: ringattn.v1.KernelParams.mode:type_name -> ringattn.v1.JobMode
+	6,  // 6: ringattn.v1.Plan.ranks:type_name -> ringattn.v1.RankPlan
+	7,  // 7: ringattn.v1.Assignment.plan:type_name -> ringattn.v1.Plan
+	5,  // 8: ringattn.v1.Assignment.params:type_name -> ringattn.v1.KernelParams
+	10, // 9: ringattn.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
+	11, // 10: ringattn.v1.ShardDone.dq_blocks:type_name -> ringattn.v1.GradChecksum
+	11, // 11: ringattn.v1.ShardDone.dkv_blocks:type_name -> ringattn.v1.GradChecksum
+	12, // 12: ringattn.v1.Report.done:type_name -> ringattn.v1.ShardDone
+	13, // 13: ringattn.v1.Report.failed:type_name -> ringattn.v1.ShardFailed
+	0,  // 14: ringattn.v1.ReportAck.status:type_name -> ringattn.v1.ReportStatus
+	21, // 15: ringattn.v1.ReportAck.job_state:type_name -> ringattn.v1.JobState
+	1,  // 16: ringattn.v1.JobEvent.type:type_name -> ringattn.v1.JobEventType
+	21, // 17: ringattn.v1.JobEvent.state:type_name -> ringattn.v1.JobState
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_pkg_transport_pb_control_proto_init() }
@@ -1606,7 +1744,7 @@ func file_pkg_transport_pb_control_proto_init() {
 		return
 	}
 	file_pkg_transport_pb_api_proto_init()
-	file_pkg_transport_pb_control_proto_msgTypes[11].OneofWrappers = []any{
+	file_pkg_transport_pb_control_proto_msgTypes[12].OneofWrappers = []any{
 		(*Report_Done)(nil),
 		(*Report_Failed)(nil),
 	}
@@ -1616,7 +1754,7 @@ func file_pkg_transport_pb_control_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pkg_transport_pb_control_proto_rawDesc), len(file_pkg_transport_pb_control_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
