@@ -20,12 +20,13 @@ import (
 func runBench(env *cliEnv, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(env.stdout, "Usage: ringattn bench kernel|ring|cluster|rss|recovery [flags]   (run 'ringattn bench <target> --help')")
+			fmt.Fprintln(env.stdout, "Usage: ringattn bench kernel|ring|cluster|rss|recovery|load [flags]   (run 'ringattn bench <target> --help')")
 			fmt.Fprintln(env.stdout, "  kernel   the local kernel's GFLOP/s and peak RSS per shape")
 			fmt.Fprintln(env.stdout, "  ring     an in-process R-rank ring against the local kernel: overhead")
 			fmt.Fprintln(env.stdout, "  cluster  an in-process W-worker cluster against the local kernel; tiny-job latency and throughput")
 			fmt.Fprintln(env.stdout, "  rss      multi-process clusters: each worker process's peak RSS per job shape")
 			fmt.Fprintln(env.stdout, "  recovery a multi-process cluster: recovery times from worker, leader and NATS faults mid-job")
+			fmt.Fprintln(env.stdout, "  load     a multi-process cluster under many clients and faults: successes, duplicates, lost, latency, recovery")
 			return nil
 		}
 		return usagef("bench needs a target: kernel, ring, cluster, rss or recovery")
@@ -44,7 +45,7 @@ func runBench(env *cliEnv, args []string) error {
 	case "load":
 		return benchLoad(env, args[1:])
 	}
-	return usagef("unknown bench target %q, expected kernel, ring, cluster, rss or recovery", args[0])
+	return usagef("unknown bench target %q, expected kernel, ring, cluster, rss, recovery or load", args[0])
 }
 
 // startCPUProfile profiles this process's CPU into file until stop.
