@@ -29,7 +29,7 @@ func runBench(env *cliEnv, args []string) error {
 			fmt.Fprintln(env.stdout, "  load     a multi-process cluster under many clients and faults: successes, duplicates, lost, latency, recovery")
 			return nil
 		}
-		return usagef("bench needs a target: kernel, ring, cluster, rss or recovery")
+		return usagef("bench needs a target: kernel, ring, cluster, rss, recovery or load")
 	}
 	switch args[0] {
 	case "kernel":
