@@ -9,6 +9,7 @@ import (
 	"math"
 	"mime/multipart"
 	"strings"
+	"time"
 
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
@@ -60,6 +61,9 @@ type Error struct {
 	Code    string
 	Field   string
 	Message string
+	// RetryAfter, when > 0, is sent as the Retry-After header: the
+	// request was not processed (busy, queue full) and may be retried.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {

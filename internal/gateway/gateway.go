@@ -146,8 +146,8 @@ func (g *Gateway) acquire(w http.ResponseWriter) bool {
 	case g.slots <- struct{}{}:
 		return true
 	default:
-		w.Header().Set("Retry-After", "1")
-		writeError(w, &Error{Status: 429, Code: "busy", Message: fmt.Sprintf("this gateway is serving %d tensor transfers already; retry later", g.cfg.MaxInFlight)})
+		writeError(w, &Error{Status: 429, Code: "busy", RetryAfter: time.Second,
+			Message: fmt.Sprintf("this gateway is serving %d tensor transfers already; retry later", g.cfg.MaxInFlight)})
 		return false
 	}
 }
@@ -472,9 +472,14 @@ func asError(err error) *Error {
 			out.Status, out.Code = 404, "not_found"
 		case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
 			out.Status, out.Code = 429, "resource_exhausted"
-			if ae.Field == "spec" || strings.HasPrefix(ae.Field, "spec.") {
+			switch {
+			case ae.Field == "spec" || strings.HasPrefix(ae.Field, "spec."):
 				out.Status, out.Code = 413, "too_large"
+			case ae.RetryAfter > 0: // the queue is full: retry later
+				out.Code, out.RetryAfter = "queue_full", ae.RetryAfter
 			}
+		case pb.ErrorCode_ERROR_CODE_BUSY:
+			out.Status, out.Code, out.RetryAfter = 503, "busy", max(ae.RetryAfter, time.Second/5)
 		case pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION:
 			out.Status, out.Code = 409, "conflict"
 		case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE:

@@ -2,6 +2,7 @@
 
 import io
 import json
+import random
 import socket
 import time
 import urllib.error
@@ -89,6 +90,31 @@ class Client:
     # -- HTTP ---------------------------------------------------------------
 
     def _request(self, method, path, body=None, content_type=None, headers=None, timeout=None, stream=False):
+        """One request, retried while the server answers busy.
+
+        A 429 or 503 that carries Retry-After was not processed (the gateway or
+        the coordinator is busy, or the queue is full): it is sent again after
+        jittered exponential backoff (50 ms doubling up to 2 s, never sooner
+        than Retry-After) until the client's timeout has passed; then the
+        error is raised.
+        """
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + (limit if limit else 60.0)
+        backoff = 0.05
+        while True:
+            try:
+                return self._request_once(method, path, body, content_type, headers, timeout, stream)
+            except (errors.Busy, errors.Unavailable) as e:
+                wait = getattr(e, "retry_after", None)
+                if wait is None:
+                    raise
+                wait = max(wait, random.uniform(0, backoff))
+                backoff = min(2 * backoff, 2.0)
+                if time.monotonic() + wait > deadline:
+                    raise
+                time.sleep(wait)
+
+    def _request_once(self, method, path, body, content_type, headers, timeout, stream):
         req = urllib.request.Request(self.url + path, data=body, method=method)
         if content_type:
             req.add_header("Content-Type", content_type)
@@ -104,7 +130,14 @@ class Client:
                 parsed = json.loads(raw.decode("utf-8"))
             except ValueError:
                 parsed = {"error": {"message": raw.decode("utf-8", "replace").strip()[:500]}}
-            raise errors.from_response(e.code, parsed) from None
+            err = errors.from_response(e.code, parsed)
+            retry_after = e.headers.get("Retry-After") if e.headers else None
+            if retry_after is not None:
+                try:
+                    err.retry_after = max(0.0, float(retry_after))
+                except ValueError:
+                    pass
+            raise err from None
         except (urllib.error.URLError, socket.timeout, ConnectionError) as e:
             reason = getattr(e, "reason", e)
             raise errors.Unavailable(0, "unreachable", "url", "cannot reach %s: %s" % (self.url, reason)) from None

@@ -17,6 +17,9 @@ class APIError(RingattnError):
         self.code = code
         self.field = field
         self.message = message
+        # Seconds from the Retry-After header: the request was not processed
+        # and may be sent again (set by the client; None otherwise).
+        self.retry_after = None
         text = "%s: %s" % (field, message) if field else message
         super().__init__(text)
 
