@@ -38,7 +38,7 @@ func (ov overlay) options() CheckOptions {
 	if ov.secret {
 		return CheckOptions{}
 	}
-	return CheckOptions{ExternalSecrets: map[string][]string{"ringattn-nats-auth": natsAuthKeys}}
+	return CheckOptions{ExternalSecrets: map[string][]string{"ringattn-nats-auth": natsAuthKeys, "ringattn-gateway": {"token"}}}
 }
 
 // load renders, decodes and checks an overlay, failing the test on any
@@ -103,21 +103,24 @@ func TestManifestsOverlaysRenderAndDecodeStrictly(t *testing.T) {
 				t.Errorf("overlay %s renders %d Secrets: credentials must not be committed for it", ov.name, len(secrets))
 			}
 			if ov.secret {
-				if len(secrets) != 1 {
-					t.Fatalf("dev renders %d Secrets, want the example ringattn-nats-auth", len(secrets))
+				if len(secrets) != 2 {
+					t.Fatalf("dev renders %d Secrets, want the examples ringattn-nats-auth and ringattn-gateway", len(secrets))
 				}
-				var keys []string
-				for k := range secrets[0].Data {
-					keys = append(keys, k)
-				}
-				slices.Sort(keys)
-				want := slices.Sorted(slices.Values(natsAuthKeys))
-				if !slices.Equal(keys, want) {
-					t.Errorf("dev Secret keys %v, want %v (the keys prod expects)", keys, want)
-				}
-				for k, v := range secrets[0].Data {
-					if !strings.HasPrefix(string(v), "dev-only-") {
-						t.Errorf("dev Secret key %s does not say it is a dev-only example", k)
+				wantKeys := map[string][]string{"ringattn-nats-auth": natsAuthKeys, "ringattn-gateway": {"token"}}
+				for _, sec := range secrets {
+					var keys []string
+					for k := range sec.Data {
+						keys = append(keys, k)
+					}
+					slices.Sort(keys)
+					want := slices.Sorted(slices.Values(wantKeys[sec.Name]))
+					if !slices.Equal(keys, want) {
+						t.Errorf("dev Secret %s keys %v, want %v (the keys prod expects)", sec.Name, keys, want)
+					}
+					for k, v := range sec.Data {
+						if !strings.HasPrefix(string(v), "dev-only-") {
+							t.Errorf("dev Secret %s key %s does not say it is a dev-only example", sec.Name, k)
+						}
 					}
 				}
 			}
