@@ -11,15 +11,11 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/term"
-
 	"github.com/ringattn/ringattn/internal/devcluster"
 	"github.com/ringattn/ringattn/internal/gateway"
 	"github.com/ringattn/ringattn/internal/natsflags"
 	"github.com/ringattn/ringattn/pkg/client"
-	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
-	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
 // connFlags are the NATS connection flags of the commands that talk to a
@@ -53,46 +49,6 @@ func (c *connFlags) connect(ctx context.Context, url string) (*client.Client, er
 	return cl, nil
 }
 
-// clusterSession is a client on a cluster: a running one (--nats) or an
-// embedded ephemeral one (--cluster W) that closes with the session.
-type clusterSession struct {
-	cl  *client.Client
-	dev *devcluster.Cluster
-}
-
-func (s *clusterSession) Close() {
-	if s.cl != nil {
-		s.cl.Close()
-	}
-	if s.dev != nil {
-		s.dev.Close()
-	}
-}
-
-func openSession(ctx context.Context, env *cliEnv, mf *maskFlags, cf *connFlags) (*clusterSession, error) {
-	s := &clusterSession{}
-	if mf.cluster > 0 {
-		dev, err := devcluster.Start(ctx, devcluster.Config{Workers: mf.cluster, HTTPAddr: "off"})
-		if err != nil {
-			return nil, fmt.Errorf("starting the embedded cluster: %w", err)
-		}
-		s.dev = dev
-		cl, err := client.Connect(ctx, dev.NATSConfig(), client.Options{})
-		if err != nil {
-			dev.Close()
-			return nil, err
-		}
-		s.cl = cl
-		return s, nil
-	}
-	cl, err := cf.connect(ctx, mf.natsURL)
-	if err != nil {
-		return nil, err
-	}
-	s.cl = cl
-	return s, nil
-}
-
 func (m *maskFlags) jobOptions() (client.JobOptions, error) {
 	km, err := m.mask()
 	if err != nil {
@@ -109,78 +65,6 @@ func (c *connFlags) withTimeout(ctx context.Context) (context.Context, context.C
 		return context.WithTimeout(ctx, c.timeout)
 	}
 	return context.WithCancel(ctx)
-}
-
-// progressPrinter shows job progress: a bar on a terminal, lines otherwise.
-type progressPrinter struct {
-	w       io.Writer
-	tty     bool
-	start   time.Time
-	lastPct int
-}
-
-func newProgress(w io.Writer) *progressPrinter {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		tty = term.IsTerminal(int(f.Fd()))
-	}
-	return &progressPrinter{w: w, tty: tty, start: time.Now(), lastPct: -1}
-}
-
-func (p *progressPrinter) update(st *pb.JobStatus) {
-	done, total := st.GetBlocksDone(), st.GetBlocksTotal()
-	el := time.Since(p.start)
-	pct := 0
-	if total > 0 {
-		pct = int(100 * done / total)
-	}
-	eta := "?"
-	if done > 0 && done < total {
-		eta = (time.Duration(float64(el) * float64(total-done) / float64(done))).Round(time.Second).String()
-	} else if done == total {
-		eta = "0s"
-	}
-	rate := float64(done) / el.Seconds()
-	state := strings.TrimPrefix(st.GetState().String(), "JOB_STATE_")
-	if p.tty {
-		const width = 30
-		fill := width * pct / 100
-		fmt.Fprintf(p.w, "\r%s %-9s [%s%s] %d/%d blocks %3d%%  %.1f blocks/s  ETA %s  epoch %d ",
-			st.GetId(), state, strings.Repeat("=", fill), strings.Repeat(" ", width-fill), done, total, pct, rate, eta, st.GetEpoch())
-		if client.Finished(st.GetState()) {
-			fmt.Fprintln(p.w)
-		}
-		return
-	}
-	if pct == p.lastPct && !client.Finished(st.GetState()) {
-		return
-	}
-	p.lastPct = pct
-	fmt.Fprintf(p.w, "%s %s %d/%d blocks (%d%%) %.1f blocks/s ETA %s epoch %d\n",
-		st.GetId(), state, done, total, pct, rate, eta, st.GetEpoch())
-}
-
-// clusterAttend runs an attention problem on a cluster and returns o, lse.
-func clusterAttend(ctx context.Context, env *cliEnv, a *attention, mf *maskFlags, cf *connFlags) (o, lse []float32, err error) {
-	opts, err := mf.jobOptions()
-	if err != nil {
-		return nil, nil, err
-	}
-	s, err := openSession(ctx, env, mf, cf)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer s.Close()
-	ctx, cancel := cf.withTimeout(ctx)
-	defer cancel()
-	q := tensor.New(a.qd, a.q4...)
-	k := tensor.New(a.kd, a.k4...)
-	v := tensor.New(a.vd, a.k4...)
-	res, err := s.cl.Attention(ctx, q, k, v, true, opts, nil)
-	if err != nil {
-		return nil, nil, clusterErr(err)
-	}
-	return res.O.Data, res.LSE.Data, nil
 }
 
 // clusterErr turns API errors about the request into usage errors (exit 2).
