@@ -81,6 +81,10 @@ func (t *task) units() int64 {
 	rk := t.plan.Ranks[t.rank]
 	q, kv := int64(len(rk.QBlocks)), int64(len(rk.KVBlocks))
 	n := int64(t.plan.Steps) + 2*q + 2*kv
+	if t.mode == pb.JobMode_JOB_MODE_BACKWARD {
+		// q, do, o, lse by query block, k, v by key block; dq and dk/dv written.
+		n = int64(t.plan.Steps) + 5*q + 3*kv
+	}
 	if t.kind == pb.JobKind_JOB_KIND_MHA {
 		n = int64(t.plan.Steps) + 2*q + kv + 4 // x blocks: q's and the initial kv's, often the same
 		if t.bias {
@@ -112,6 +116,30 @@ type guardedSink struct {
 func (g guardedSink) Put(ctx context.Context, block int, o, lse []float32) (err error) {
 	defer g.w.contain("writing an output block", &err)
 	if err = g.sink.Put(ctx, block, o, lse); err == nil {
+		g.prog.done.Add(1)
+	}
+	return err
+}
+
+// guardedGradSink contains a panic of a backward rank's GradSink and
+// counts gradient blocks written.
+type guardedGradSink struct {
+	sink ringattn.GradSink
+	w    *Worker
+	prog *progress
+}
+
+func (g guardedGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) (err error) {
+	defer g.w.contain("writing a dq block", &err)
+	if err = g.sink.PutDQ(ctx, epoch, block, dq); err == nil {
+		g.prog.done.Add(1)
+	}
+	return err
+}
+
+func (g guardedGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) (err error) {
+	defer g.w.contain("writing a dk/dv block", &err)
+	if err = g.sink.PutDKV(ctx, epoch, block, dk, dv); err == nil {
 		g.prog.done.Add(1)
 	}
 	return err

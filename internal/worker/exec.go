@@ -335,39 +335,140 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	var last ringattn.Progress
 	lastAt := time.Now()
 	start := lastAt
-	err = ringattn.RunRank(ctx, ringattn.RankConfig{
-		Params: &params, Plan: t.plan,
-		Ring:   guardedRing{Ring: newFailFastRing(ring, max(w.cfg.RecvTimeout/50, 20*time.Millisecond)), w: w},
-		Source: guardedSource{src: source, w: w},
-		Sink:   guardedSink{sink: sink, w: w, prog: prog},
-		Logger: w.log.With("job", t.job, "epoch", t.epoch),
-		Progress: func(p ringattn.Progress) {
-			now := time.Now()
-			if p.Step > last.Step {
-				w.met.stepSeconds.Observe(now.Sub(lastAt).Seconds())
-			}
-			w.met.flops.Add(p.FLOPs - last.FLOPs)
-			w.met.fallbacks.Add(float64(p.Fallbacks - last.Fallbacks))
-			if p.Step > last.Step {
-				prog.done.Add(int64(p.Step - last.Step))
-			}
-			stepped := p.Step > last.Step
-			last, lastAt = p, now
-			if h := w.hooks.progress; h != nil {
-				h(ctx, t.job, t.epoch, t.rank, p)
-			}
-			if stepped {
-				w.injectFaults(ctx, t, p.Step)
-			}
-		},
-	})
+	progress := func(p ringattn.Progress) {
+		now := time.Now()
+		if p.Step > last.Step {
+			w.met.stepSeconds.Observe(now.Sub(lastAt).Seconds())
+		}
+		w.met.flops.Add(p.FLOPs - last.FLOPs)
+		w.met.fallbacks.Add(float64(p.Fallbacks - last.Fallbacks))
+		if p.Step > last.Step {
+			prog.done.Add(int64(p.Step - last.Step))
+		}
+		stepped := p.Step > last.Step
+		last, lastAt = p, now
+		if h := w.hooks.progress; h != nil {
+			h(ctx, t.job, t.epoch, t.rank, p)
+		}
+		if stepped {
+			w.injectFaults(ctx, t, p.Step)
+		}
+	}
+	fring := guardedRing{Ring: newFailFastRing(ring, max(w.cfg.RecvTimeout/50, 20*time.Millisecond)), w: w}
+	logger := w.log.With("job", t.job, "epoch", t.epoch)
+	var grads *gradSink
+	if t.mode == pb.JobMode_JOB_MODE_BACKWARD {
+		// o and lse are the forward's outputs, written by ranks of this
+		// cluster: not checked for non-finite values (lse is -Inf on a
+		// row that sees no key).
+		olse := &checkedSource{r: store, ns: t.oLSERef, allowNaN: true, met: w.met, prog: prog}
+		grads = &gradSink{w: store, ns: t.outputRef, met: w.met}
+		err = ringattn.RunRankBackward(ctx, ringattn.BackwardConfig{
+			Params: &params, Plan: t.plan, Ring: fring,
+			Source: guardedSource{src: bwdSource{in: src, olse: olse}, w: w},
+			Sink:   guardedGradSink{sink: grads, w: w, prog: prog},
+			Epoch:  t.epoch, DoneDQ: t.doneDQ, DoneDKV: t.doneDKV,
+			Logger: logger, Progress: progress,
+		})
+	} else {
+		err = ringattn.RunRank(ctx, ringattn.RankConfig{
+			Params: &params, Plan: t.plan, Ring: fring,
+			Source:   guardedSource{src: source, w: w},
+			Sink:     guardedSink{sink: sink, w: w, prog: prog},
+			Logger:   logger,
+			Progress: progress,
+		})
+	}
 	if err != nil {
 		return nil, err
 	}
 	secs := time.Since(start).Seconds()
 	done := &pb.ShardDone{Blocks: outs.list()}
+	if grads != nil {
+		done.DqBlocks, done.DkvBlocks = grads.list()
+	}
 	if secs > 0 {
 		done.Gflops = last.FLOPs / secs / 1e9
 	}
 	return done, nil
+}
+
+// bwdSource serves a backward rank's inputs: q, k, v, do from the job's
+// input namespace, o and lse (the forward's outputs) from olse.
+type bwdSource struct{ in, olse *checkedSource }
+
+func (b bwdSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	if tensor == transport.TensorO || tensor == transport.TensorLSE {
+		return b.olse.Fetch(ctx, tensor, block)
+	}
+	return b.in.Fetch(ctx, tensor, block)
+}
+
+// gradSink writes a backward rank's gradient blocks ("dq" by query block,
+// "dk", "dv" by key block, float32, the epoch in their metadata, as
+// transport.Store.GradSink does) and records their checksums.
+type gradSink struct {
+	w   gradWriter
+	ns  string
+	met *workerMetrics
+
+	mu      sync.Mutex
+	buf     []byte
+	dq, dkv map[int]*pb.GradChecksum
+}
+
+// gradWriter is what a backward rank writes its gradients with.
+type gradWriter interface {
+	GradSink(ns string) ringattn.GradSink
+}
+
+func (g *gradSink) crc(x []float32) uint32 {
+	var c uint32
+	g.buf, c = crcF32(g.buf, x)
+	return c
+}
+
+func (g *gradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error {
+	s := g.w.GradSink(g.ns)
+	if err := retryStore(ctx, func() error { return s.PutDQ(ctx, epoch, block, dq) }); err != nil {
+		return err
+	}
+	g.met.storeBytes.WithLabelValues("written").Add(float64(4 * len(dq)))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.dq == nil {
+		g.dq = map[int]*pb.GradChecksum{}
+	}
+	g.dq[block] = &pb.GradChecksum{Block: int32(block), Crc32C: g.crc(dq)}
+	return nil
+}
+
+func (g *gradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error {
+	s := g.w.GradSink(g.ns)
+	if err := retryStore(ctx, func() error { return s.PutDKV(ctx, epoch, block, dk, dv) }); err != nil {
+		return err
+	}
+	g.met.storeBytes.WithLabelValues("written").Add(float64(4 * (len(dk) + len(dv))))
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.dkv == nil {
+		g.dkv = map[int]*pb.GradChecksum{}
+	}
+	g.dkv[block] = &pb.GradChecksum{Block: int32(block), Crc32C: g.crc(dk), Crc32CDv: g.crc(dv)}
+	return nil
+}
+
+// list returns the checksums of the blocks written, sorted by block.
+func (g *gradSink) list() (dq, dkv []*pb.GradChecksum) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	sorted := func(m map[int]*pb.GradChecksum) []*pb.GradChecksum {
+		out := make([]*pb.GradChecksum, 0, len(m))
+		for _, c := range m {
+			out = append(out, c)
+		}
+		slices.SortFunc(out, func(a, b *pb.GradChecksum) int { return int(a.GetBlock() - b.GetBlock()) })
+		return out
+	}
+	return sorted(g.dq), sorted(g.dkv)
 }

@@ -70,6 +70,13 @@ func TestWorkerAssignmentSameLimits(t *testing.T) {
 		{"MaxJobBytes+", func(r *shard.Request, t *shard.Tensors) {
 			r.Hq, r.Hkv, r.N, r.Nk, r.D = 1024, 1024, 1<<14+1, 1<<14, 256
 		}, "params"},
+		// Backward: do, dq, dk, dv and lse count too (2^33 + 2^23 + 2^20·Nk values).
+		{"backward MaxJobBytes", func(r *shard.Request, t *shard.Tensors) {
+			r.Hq, r.Hkv, r.N, r.Nk, r.D, t.Grad = 1024, 1024, 1<<13, 1<<13-8, 256, true
+		}, ""},
+		{"backward MaxJobBytes+", func(r *shard.Request, t *shard.Tensors) {
+			r.Hq, r.Hkv, r.N, r.Nk, r.D, t.Grad = 1024, 1024, 1<<13, 1<<13-7, 256, true
+		}, "params"},
 		{"mha", func(r *shard.Request, t *shard.Tensors) { t.DModel, t.Bias = 128, true }, ""},
 		{"mha d_model+1", func(r *shard.Request, t *shard.Tensors) { t.DModel = 1024*256 + 1 }, "params.d_model"},
 	}
@@ -90,6 +97,9 @@ func TestWorkerAssignmentSameLimits(t *testing.T) {
 		a.Params.DModel, a.Params.MhaBias = int64(t4.DModel), t4.Bias
 		if t4.DModel > 0 {
 			a.Params.Kind = pb.JobKind_JOB_KIND_MHA
+		}
+		if t4.Grad {
+			a.Params.Mode = pb.JobMode_JOB_MODE_BACKWARD
 		}
 		a.Plan.N, a.Plan.Nk, a.Plan.Block = int64(req.N), int64(req.Nk), int64(req.Block)
 		a.Params.Mask = maskPB(req.Mask)

@@ -29,6 +29,11 @@ type task struct {
 	bucket    string
 	inputRef  string
 	outputRef string
+	// Backward ranks (mode BACKWARD): o and lse are read from oLSERef;
+	// doneDQ and doneDKV are the blocks an earlier epoch wrote.
+	mode            pb.JobMode
+	oLSERef         string
+	doneDQ, doneDKV []int
 }
 
 var tokenRE = regexp.MustCompile(`^[A-Za-z0-9_-]+$`)
@@ -89,6 +94,27 @@ func newTaskLimits(a *pb.Assignment, workerID string, lim shard.Limits) (*task, 
 	t.kind = kp.GetKind()
 	t.wantLSE, t.allowNaN, t.bias = kp.GetWantLse(), kp.GetAllowNonfinite(), kp.GetMhaBias()
 	tensors := shard.Tensors{LSE: t.wantLSE}
+	t.mode = kp.GetMode()
+	switch t.mode {
+	case pb.JobMode_JOB_MODE_FORWARD:
+		if len(a.GetDoneDq()) != 0 || len(a.GetDoneDkv()) != 0 || a.GetOLseRef() != "" {
+			return nil, badAssignment("done_dq, done_dkv and o_lse_ref are set on a forward assignment, expected them empty")
+		}
+	case pb.JobMode_JOB_MODE_BACKWARD:
+		if t.kind != pb.JobKind_JOB_KIND_ATTENTION {
+			return nil, badAssignment("params.mode = JOB_MODE_BACKWARD with kind %v, expected JOB_KIND_ATTENTION", t.kind)
+		}
+		tensors.Grad = true
+		t.oLSERef = a.GetOLseRef()
+		if t.oLSERef == "" {
+			t.oLSERef = t.inputRef
+		}
+		if !tokenRE.MatchString(t.oLSERef) {
+			return nil, badAssignment("o_lse_ref = %.64q, expected [A-Za-z0-9_-]+", t.oLSERef)
+		}
+	default:
+		return nil, badAssignment("params.mode = %v, expected JOB_MODE_FORWARD or JOB_MODE_BACKWARD (a forward+backward job is assigned pass by pass)", kp.GetMode())
+	}
 	// What only the wire spec has, as the coordinator's validateSpec checks it.
 	switch t.kind {
 	case pb.JobKind_JOB_KIND_ATTENTION:
@@ -164,7 +190,42 @@ func newTaskLimits(a *pb.Assignment, workerID string, lim shard.Limits) (*task, 
 		return nil, err
 	}
 	t.plan = plan
+	if t.mode == pb.JobMode_JOB_MODE_BACKWARD {
+		if t.doneDQ, err = doneList("done_dq", a.GetDoneDq(), plan.QBlockCount); err != nil {
+			return nil, err
+		}
+		if t.doneDKV, err = doneList("done_dkv", a.GetDoneDkv(), plan.KBlockCount); err != nil {
+			return nil, err
+		}
+		// The fencing rule (ringattn DESIGN §7): dK/dV need every query block.
+		if len(plan.Planned) != plan.QBlockCount && len(t.doneDKV) != plan.KBlockCount {
+			return nil, badAssignment("plan covers %d of %d query blocks but done_dkv lists %d of %d key blocks, expected a plan over all query blocks or every key block in done_dkv",
+				len(plan.Planned), plan.QBlockCount, len(t.doneDKV), plan.KBlockCount)
+		}
+	}
 	return t, nil
+}
+
+// doneList checks a Done list of a backward assignment: at most count
+// distinct blocks, each in 0..count-1 (checked before anything is
+// allocated by its length).
+func doneList(field string, v []int32, count int) ([]int, error) {
+	if len(v) > count {
+		return nil, badAssignment("%s has %d blocks, expected at most %d", field, len(v), count)
+	}
+	seen := make([]bool, count)
+	out := make([]int, len(v))
+	for i, b := range v {
+		if b < 0 || int(b) >= count {
+			return nil, badAssignment("%s[%d] = %d, expected a block in 0..%d", field, i, b, count-1)
+		}
+		if seen[b] {
+			return nil, badAssignment("%s[%d] = %d is listed twice, expected distinct blocks", field, i, b)
+		}
+		seen[b] = true
+		out[i] = int(b)
+	}
+	return out, nil
 }
 
 // limitField renders an error of shard.Limits.Check with the assignment

@@ -104,6 +104,10 @@ type Tensors struct {
 	DModel int
 	// Bias: a layer job with biases bq, bk, bv [Hq·D] and bo [DModel].
 	Bias bool
+	// Grad: an attention job with a backward pass, which also stores do
+	// and dq [B,Hq,N,D], dk and dv [B,Hkv,Nk,D], and lse [B,Hq,N] (as if
+	// LSE were set).
+	Grad bool
 }
 
 // hardMax bounds every count and length of a request whatever the limits:
@@ -139,7 +143,8 @@ func (l *Limits) clamp() {
 // JobBytes returns the float32 bytes of the inputs and outputs of a job of
 // shape r storing t, and false when that overflows int64 (or a dimension is
 // negative). Attention: q and o [B,Hq,N,D], k and v [B,Hkv,Nk,D], and lse
-// [B,Hq,N] when t.LSE. Layer: x and y [B,N,DModel], the four projections
+// [B,Hq,N] when t.LSE; t.Grad doubles the q/o and k/v terms (do, dq, dk,
+// dv) and counts lse. Layer: x and y [B,N,DModel], the four projections
 // 4·Hq·D·DModel and the biases 3·Hq·D + DModel when t.Bias.
 func JobBytes(r *Request, t Tensors) (int64, bool) {
 	var elems int64
@@ -156,10 +161,14 @@ func JobBytes(r *Request, t Tensors) (int64, bool) {
 		}
 		ok = ok && ok1 && ok2 && ok3
 	} else {
-		qo, ok1 := mulChecked(2, r.B, r.Hq, r.N, r.D)
-		kv, ok2 := mulChecked(2, r.B, r.Hkv, r.Nk, r.D)
+		per := 2
+		if t.Grad {
+			per = 4
+		}
+		qo, ok1 := mulChecked(per, r.B, r.Hq, r.N, r.D)
+		kv, ok2 := mulChecked(per, r.B, r.Hkv, r.Nk, r.D)
 		elems, ok = addChecked(qo, kv)
-		if t.LSE {
+		if t.LSE || t.Grad {
 			lse, ok3 := mulChecked(r.B, r.Hq, r.N)
 			elems, ok = addChecked(elems, lse)
 			ok = ok && ok3

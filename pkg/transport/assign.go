@@ -17,6 +17,7 @@ func ParamsFromSpec(s *pb.JobSpec) *pb.KernelParams {
 		Kind: s.GetKind(), B: s.GetB(), Hq: s.GetHq(), Hkv: s.GetHkv(), D: s.GetD(), DModel: s.GetDModel(),
 		Mask: s.GetMask(), Scale: ResolveScale(s.GetScale(), s.GetD()), WireDtype: s.GetWireDtype(),
 		WantLse: s.GetWantLse(), AllowNonfinite: s.GetAllowNonfinite(), MhaBias: s.GetMhaBias(),
+		Mode: s.GetMode(),
 	}
 }
 
@@ -41,7 +42,7 @@ func JobFromPB(kp *pb.KernelParams, pp *pb.Plan, lim shard.Limits) (*Job, error)
 	if kp == nil {
 		return nil, fieldError("params", "missing")
 	}
-	tensors, fe := tensorsOf("params", kp.GetKind(), kp.GetDModel(), kp.GetMhaBias(), kp.GetWantLse())
+	tensors, fe := tensorsOf("params", kp.GetKind(), kp.GetDModel(), kp.GetMhaBias(), kp.GetWantLse(), kp.GetMode())
 	if fe != nil {
 		return nil, fe
 	}

@@ -186,7 +186,16 @@ func checkWireMask(field string, m *pb.Mask, lim shard.Limits) *FieldError {
 // tensorsOf checks the kind-specific fields of a job (as a spec or an
 // assignment's params carries them; prefix is "spec" or "params") and
 // returns its tensors.
-func tensorsOf(prefix string, kind pb.JobKind, dModel int64, bias, wantLSE bool) (shard.Tensors, *FieldError) {
+func tensorsOf(prefix string, kind pb.JobKind, dModel int64, bias, wantLSE bool, mode pb.JobMode) (shard.Tensors, *FieldError) {
+	switch mode {
+	case pb.JobMode_JOB_MODE_FORWARD:
+	case pb.JobMode_JOB_MODE_BACKWARD, pb.JobMode_JOB_MODE_FORWARD_BACKWARD:
+		if kind != pb.JobKind_JOB_KIND_ATTENTION {
+			return shard.Tensors{}, fieldError(prefix+".mode", "%v: backward passes are for attention jobs only", mode)
+		}
+	default:
+		return shard.Tensors{}, fieldError(prefix+".mode", "%v: want JOB_MODE_FORWARD, JOB_MODE_BACKWARD or JOB_MODE_FORWARD_BACKWARD", mode)
+	}
 	switch kind {
 	case pb.JobKind_JOB_KIND_ATTENTION:
 		if dModel != 0 {
@@ -195,7 +204,7 @@ func tensorsOf(prefix string, kind pb.JobKind, dModel int64, bias, wantLSE bool)
 		if bias {
 			return shard.Tensors{}, fieldError(prefix+".mha_bias", "true: biases are for mha jobs only")
 		}
-		return shard.Tensors{LSE: wantLSE}, nil
+		return shard.Tensors{LSE: wantLSE, Grad: mode != pb.JobMode_JOB_MODE_FORWARD}, nil
 	case pb.JobKind_JOB_KIND_MHA:
 		if wantLSE {
 			return shard.Tensors{}, fieldError(prefix+".want_lse", "true: lse is an output of attention jobs only")
@@ -231,7 +240,7 @@ func SpecToRequest(spec *pb.JobSpec, ranks int, lim shard.Limits) (shard.Request
 	if spec == nil {
 		return shard.Request{}, shard.Tensors{}, fieldError("spec", "missing")
 	}
-	tensors, fe := tensorsOf("spec", spec.GetKind(), spec.GetDModel(), spec.GetMhaBias(), spec.GetWantLse())
+	tensors, fe := tensorsOf("spec", spec.GetKind(), spec.GetDModel(), spec.GetMhaBias(), spec.GetWantLse(), spec.GetMode())
 	if fe != nil {
 		return shard.Request{}, shard.Tensors{}, fe
 	}

@@ -221,11 +221,17 @@ func (x *Submit) GetMaxQueued() int64 {
 
 // StartEpoch moves a job to RUNNING in epoch (= current + 1) with a plan.
 type StartEpoch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	JobId         string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	Plan          *pb.Plan               `protobuf:"bytes,3,opt,name=plan,proto3" json:"plan,omitempty"`
-	UnixMs        int64                  `protobuf:"varint,4,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	JobId  string                 `protobuf:"bytes,1,opt,name=job_id,json=jobId,proto3" json:"job_id,omitempty"`
+	Epoch  uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Plan   *pb.Plan               `protobuf:"bytes,3,opt,name=plan,proto3" json:"plan,omitempty"`
+	UnixMs int64                  `protobuf:"varint,4,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	// mode is the epoch's pass (FORWARD or BACKWARD); done_dq and done_dkv
+	// are the gradient blocks written before it (BACKWARD), given to every
+	// rank of the epoch.
+	Mode          pb.JobMode `protobuf:"varint,5,opt,name=mode,proto3,enum=ringattn.v1.JobMode" json:"mode,omitempty"`
+	DoneDq        []int32    `protobuf:"varint,6,rep,packed,name=done_dq,json=doneDq,proto3" json:"done_dq,omitempty"`
+	DoneDkv       []int32    `protobuf:"varint,7,rep,packed,name=done_dkv,json=doneDkv,proto3" json:"done_dkv,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -288,6 +294,27 @@ func (x *StartEpoch) GetUnixMs() int64 {
 	return 0
 }
 
+func (x *StartEpoch) GetMode() pb.JobMode {
+	if x != nil {
+		return x.Mode
+	}
+	return pb.JobMode(0)
+}
+
+func (x *StartEpoch) GetDoneDq() []int32 {
+	if x != nil {
+		return x.DoneDq
+	}
+	return nil
+}
+
+func (x *StartEpoch) GetDoneDkv() []int32 {
+	if x != nil {
+		return x.DoneDkv
+	}
+	return nil
+}
+
 // ShardDone records that rank finished its output blocks in epoch.
 type ShardDone struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -297,6 +324,8 @@ type ShardDone struct {
 	WorkerId      string                 `protobuf:"bytes,4,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	Blocks        []*pb.BlockChecksum    `protobuf:"bytes,5,rep,name=blocks,proto3" json:"blocks,omitempty"`
 	UnixMs        int64                  `protobuf:"varint,6,opt,name=unix_ms,json=unixMs,proto3" json:"unix_ms,omitempty"`
+	DqBlocks      []*pb.GradChecksum     `protobuf:"bytes,7,rep,name=dq_blocks,json=dqBlocks,proto3" json:"dq_blocks,omitempty"`
+	DkvBlocks     []*pb.GradChecksum     `protobuf:"bytes,8,rep,name=dkv_blocks,json=dkvBlocks,proto3" json:"dkv_blocks,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -371,6 +400,20 @@ func (x *ShardDone) GetUnixMs() int64 {
 		return x.UnixMs
 	}
 	return 0
+}
+
+func (x *ShardDone) GetDqBlocks() []*pb.GradChecksum {
+	if x != nil {
+		return x.DqBlocks
+	}
+	return nil
+}
+
+func (x *ShardDone) GetDkvBlocks() []*pb.GradChecksum {
+	if x != nil {
+		return x.DkvBlocks
+	}
+	return nil
 }
 
 // JobSucceeded finishes a RUNNING job whose output blocks are all done.
@@ -713,7 +756,16 @@ type Job struct {
 	Seq uint64 `protobuf:"varint,15,opt,name=seq,proto3" json:"seq,omitempty"`
 	// redos counts RedoBlocks applied: how often the store did not hold the
 	// outputs workers reported.
-	Redos         uint32 `protobuf:"varint,16,opt,name=redos,proto3" json:"redos,omitempty"`
+	Redos uint32 `protobuf:"varint,16,opt,name=redos,proto3" json:"redos,omitempty"`
+	// Backward jobs: epoch_mode is the current epoch's pass and
+	// epoch_done_dq/dkv its Done lists (as StartEpoch gave them);
+	// dq_checksums and dkv_checksums the gradient blocks written (all
+	// epochs, sorted by block; a block's first complete write is kept).
+	EpochMode     pb.JobMode         `protobuf:"varint,17,opt,name=epoch_mode,json=epochMode,proto3,enum=ringattn.v1.JobMode" json:"epoch_mode,omitempty"`
+	EpochDoneDq   []int32            `protobuf:"varint,18,rep,packed,name=epoch_done_dq,json=epochDoneDq,proto3" json:"epoch_done_dq,omitempty"`
+	EpochDoneDkv  []int32            `protobuf:"varint,19,rep,packed,name=epoch_done_dkv,json=epochDoneDkv,proto3" json:"epoch_done_dkv,omitempty"`
+	DqChecksums   []*pb.GradChecksum `protobuf:"bytes,20,rep,name=dq_checksums,json=dqChecksums,proto3" json:"dq_checksums,omitempty"`
+	DkvChecksums  []*pb.GradChecksum `protobuf:"bytes,21,rep,name=dkv_checksums,json=dkvChecksums,proto3" json:"dkv_checksums,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -860,6 +912,41 @@ func (x *Job) GetRedos() uint32 {
 	return 0
 }
 
+func (x *Job) GetEpochMode() pb.JobMode {
+	if x != nil {
+		return x.EpochMode
+	}
+	return pb.JobMode(0)
+}
+
+func (x *Job) GetEpochDoneDq() []int32 {
+	if x != nil {
+		return x.EpochDoneDq
+	}
+	return nil
+}
+
+func (x *Job) GetEpochDoneDkv() []int32 {
+	if x != nil {
+		return x.EpochDoneDkv
+	}
+	return nil
+}
+
+func (x *Job) GetDqChecksums() []*pb.GradChecksum {
+	if x != nil {
+		return x.DqChecksums
+	}
+	return nil
+}
+
+func (x *Job) GetDkvChecksums() []*pb.GradChecksum {
+	if x != nil {
+		return x.DkvChecksums
+	}
+	return nil
+}
+
 // SnapshotHeader starts every snapshot; records follow, length-delimited.
 type SnapshotHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1001,20 +1088,26 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\x04spec\x18\x02 \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\x12\x17\n" +
 	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\x12\x1d\n" +
 	"\n" +
-	"max_queued\x18\x04 \x01(\x03R\tmaxQueued\"y\n" +
+	"max_queued\x18\x04 \x01(\x03R\tmaxQueued\"\xd7\x01\n" +
 	"\n" +
 	"StartEpoch\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12%\n" +
 	"\x04plan\x18\x03 \x01(\v2\x11.ringattn.v1.PlanR\x04plan\x12\x17\n" +
-	"\aunix_ms\x18\x04 \x01(\x03R\x06unixMs\"\xb6\x01\n" +
+	"\aunix_ms\x18\x04 \x01(\x03R\x06unixMs\x12(\n" +
+	"\x04mode\x18\x05 \x01(\x0e2\x14.ringattn.v1.JobModeR\x04mode\x12\x17\n" +
+	"\adone_dq\x18\x06 \x03(\x05R\x06doneDq\x12\x19\n" +
+	"\bdone_dkv\x18\a \x03(\x05R\adoneDkv\"\xa8\x02\n" +
 	"\tShardDone\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x12\n" +
 	"\x04rank\x18\x03 \x01(\x05R\x04rank\x12\x1b\n" +
 	"\tworker_id\x18\x04 \x01(\tR\bworkerId\x122\n" +
 	"\x06blocks\x18\x05 \x03(\v2\x1a.ringattn.v1.BlockChecksumR\x06blocks\x12\x17\n" +
-	"\aunix_ms\x18\x06 \x01(\x03R\x06unixMs\">\n" +
+	"\aunix_ms\x18\x06 \x01(\x03R\x06unixMs\x126\n" +
+	"\tdq_blocks\x18\a \x03(\v2\x19.ringattn.v1.GradChecksumR\bdqBlocks\x128\n" +
+	"\n" +
+	"dkv_blocks\x18\b \x03(\v2\x19.ringattn.v1.GradChecksumR\tdkvBlocks\">\n" +
 	"\fJobSucceeded\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x17\n" +
 	"\aunix_ms\x18\x02 \x01(\x03R\x06unixMs\"S\n" +
@@ -1036,7 +1129,7 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
 	"\x06blocks\x18\x03 \x03(\x05R\x06blocks\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
-	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\"\xa8\x04\n" +
+	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\"\xa5\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
 	"\x04spec\x18\x02 \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\x12+\n" +
@@ -1056,7 +1149,13 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\x10finished_unix_ms\x18\r \x01(\x03R\x0efinishedUnixMs\x12&\n" +
 	"\x0fexpired_unix_ms\x18\x0e \x01(\x03R\rexpiredUnixMs\x12\x10\n" +
 	"\x03seq\x18\x0f \x01(\x04R\x03seq\x12\x14\n" +
-	"\x05redos\x18\x10 \x01(\rR\x05redos\"W\n" +
+	"\x05redos\x18\x10 \x01(\rR\x05redos\x123\n" +
+	"\n" +
+	"epoch_mode\x18\x11 \x01(\x0e2\x14.ringattn.v1.JobModeR\tepochMode\x12\"\n" +
+	"\repoch_done_dq\x18\x12 \x03(\x05R\vepochDoneDq\x12$\n" +
+	"\x0eepoch_done_dkv\x18\x13 \x03(\x05R\fepochDoneDkv\x12<\n" +
+	"\fdq_checksums\x18\x14 \x03(\v2\x19.ringattn.v1.GradChecksumR\vdqChecksums\x12>\n" +
+	"\rdkv_checksums\x18\x15 \x03(\v2\x19.ringattn.v1.GradChecksumR\fdkvChecksums\"W\n" +
 	"\x0eSnapshotHeader\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\rR\aversion\x12\x12\n" +
 	"\x04jobs\x18\x02 \x01(\x04R\x04jobs\x12\x17\n" +
@@ -1105,24 +1204,32 @@ var file_internal_coordinator_pb_raft_proto_goTypes = []any{
 	(*SnapshotRecord)(nil),   // 12: ringattn.coordinator.v1.SnapshotRecord
 	(*pb.JobSpec)(nil),       // 13: ringattn.v1.JobSpec
 	(*pb.Plan)(nil),          // 14: ringattn.v1.Plan
-	(*pb.BlockChecksum)(nil), // 15: ringattn.v1.BlockChecksum
-	(pb.JobState)(0),         // 16: ringattn.v1.JobState
+	(pb.JobMode)(0),          // 15: ringattn.v1.JobMode
+	(*pb.BlockChecksum)(nil), // 16: ringattn.v1.BlockChecksum
+	(*pb.GradChecksum)(nil),  // 17: ringattn.v1.GradChecksum
+	(pb.JobState)(0),         // 18: ringattn.v1.JobState
 }
 var file_internal_coordinator_pb_raft_proto_depIdxs = []int32{
 	0,  // 0: ringattn.coordinator.v1.Command.type:type_name -> ringattn.coordinator.v1.CommandType
 	13, // 1: ringattn.coordinator.v1.Submit.spec:type_name -> ringattn.v1.JobSpec
 	14, // 2: ringattn.coordinator.v1.StartEpoch.plan:type_name -> ringattn.v1.Plan
-	15, // 3: ringattn.coordinator.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
-	13, // 4: ringattn.coordinator.v1.Job.spec:type_name -> ringattn.v1.JobSpec
-	16, // 5: ringattn.coordinator.v1.Job.state:type_name -> ringattn.v1.JobState
-	14, // 6: ringattn.coordinator.v1.Job.plan:type_name -> ringattn.v1.Plan
-	15, // 7: ringattn.coordinator.v1.Job.checksums:type_name -> ringattn.v1.BlockChecksum
-	10, // 8: ringattn.coordinator.v1.SnapshotRecord.job:type_name -> ringattn.coordinator.v1.Job
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	15, // 3: ringattn.coordinator.v1.StartEpoch.mode:type_name -> ringattn.v1.JobMode
+	16, // 4: ringattn.coordinator.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
+	17, // 5: ringattn.coordinator.v1.ShardDone.dq_blocks:type_name -> ringattn.v1.GradChecksum
+	17, // 6: ringattn.coordinator.v1.ShardDone.dkv_blocks:type_name -> ringattn.v1.GradChecksum
+	13, // 7: ringattn.coordinator.v1.Job.spec:type_name -> ringattn.v1.JobSpec
+	18, // 8: ringattn.coordinator.v1.Job.state:type_name -> ringattn.v1.JobState
+	14, // 9: ringattn.coordinator.v1.Job.plan:type_name -> ringattn.v1.Plan
+	16, // 10: ringattn.coordinator.v1.Job.checksums:type_name -> ringattn.v1.BlockChecksum
+	15, // 11: ringattn.coordinator.v1.Job.epoch_mode:type_name -> ringattn.v1.JobMode
+	17, // 12: ringattn.coordinator.v1.Job.dq_checksums:type_name -> ringattn.v1.GradChecksum
+	17, // 13: ringattn.coordinator.v1.Job.dkv_checksums:type_name -> ringattn.v1.GradChecksum
+	10, // 14: ringattn.coordinator.v1.SnapshotRecord.job:type_name -> ringattn.coordinator.v1.Job
+	15, // [15:15] is the sub-list for method output_type
+	15, // [15:15] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_internal_coordinator_pb_raft_proto_init() }
