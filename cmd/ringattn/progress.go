@@ -6,6 +6,7 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/term"
 
@@ -119,7 +120,13 @@ func (v *progressView) update(p client.Progress) {
 		if p.Total > 0 {
 			bar = "[" + strings.Repeat("#", fill) + strings.Repeat(".", width-fill) + "] "
 		}
-		fmt.Fprintf(v.w, "\r%s%s\x1b[K", bar, progressLine(p))
+		line := bar + progressLine(p)
+		if cols := v.cols(); cols > 1 && utf8.RuneCountInString(line) >= cols {
+			// A line that wraps cannot be redrawn in place: cut it to
+			// the terminal's width.
+			line = string([]rune(line)[:cols-1])
+		}
+		fmt.Fprintf(v.w, "\r%s\x1b[K", line)
 		v.drawn = !fin
 		if fin {
 			fmt.Fprintln(v.w)
@@ -133,6 +140,19 @@ func (v *progressView) update(p client.Progress) {
 	}
 	v.last, v.lastState, v.lastEpoch = now, st.GetState(), st.GetEpoch()
 	fmt.Fprintln(v.w, progressLine(p))
+}
+
+// cols is the terminal's width, or 0 when unknown.
+func (v *progressView) cols() int {
+	f, ok := v.w.(*os.File)
+	if !ok {
+		return 0
+	}
+	w, _, err := term.GetSize(int(f.Fd()))
+	if err != nil {
+		return 0
+	}
+	return w
 }
 
 // done ends a bar left without its newline (the watch ended early).
