@@ -391,6 +391,7 @@ func (c *Coordinator) status(j *cpb.Job) *pb.JobStatus {
 		Id: j.Id, State: j.State, Epoch: j.Epoch, Reason: j.Reason, BlocksDone: int64(len(j.DoneBlocks)),
 		BlocksTotal: j.BlocksTotal, CreatedUnixMs: j.CreatedUnixMs, StartedUnixMs: j.StartedUnixMs,
 		FinishedUnixMs: j.FinishedUnixMs, Spec: j.Spec, Strategy: j.Plan.GetStrategy(),
+		Phase: phaseName(j),
 	}
 	if l := c.currentLeader(); l != nil {
 		st.StepsDone, st.StepsTotal = l.stepsOf(j)
@@ -407,14 +408,7 @@ func (c *Coordinator) status(j *cpb.Job) *pb.JobStatus {
 	}
 	if j.State == pb.JobState_JOB_STATE_SUCCEEDED {
 		st.OutputRef = j.Id
-		if j.Spec.GetKind() == pb.JobKind_JOB_KIND_MHA {
-			st.Outputs = []string{"y"}
-		} else {
-			st.Outputs = []string{"o"}
-			if j.Spec.GetWantLse() {
-				st.Outputs = append(st.Outputs, "lse")
-			}
-		}
+		st.Outputs = outputNames(j.Spec)
 	}
 	return st
 }

@@ -624,6 +624,10 @@ func (l *leader) tickRunning(j *cpb.Job, live map[string]*pb.Heartbeat, used map
 		return
 	}
 	if int64(len(j.DoneBlocks)) == j.BlocksTotal {
+		if forwardOfFB(j) && l.verified(j) {
+			l.replanJob(j, "", live, used, now) // the backward pass starts
+			return
+		}
 		l.complete(j)
 		return
 	}
@@ -861,7 +865,7 @@ func (l *leader) replanJob(j *cpb.Job, reason string, live map[string]*pb.Heartb
 	if j.State != pb.JobState_JOB_STATE_RUNNING {
 		return
 	}
-	if int64(len(j.DoneBlocks)) == j.BlocksTotal {
+	if int64(len(j.DoneBlocks)) == j.BlocksTotal && !(forwardOfFB(j) && l.verified(j)) {
 		l.complete(j)
 		return
 	}
@@ -897,7 +901,8 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, us
 	if p := int(j.Spec.GetParallelism()); p > 0 {
 		w = min(w, p)
 	}
-	nq := int(j.BlocksTotal)
+	mode, doneDQ, doneDKV, qblocks := nextPass(j, qblocks)
+	nq := int(qBlocks(j.Spec))
 	if qblocks != nil {
 		nq = len(qblocks)
 	}
@@ -922,7 +927,8 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, us
 	}
 	plan := planProto(sp, cands)
 	epoch := j.Epoch + 1
-	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: j.Id, Epoch: epoch, Plan: plan, UnixMs: c.now().UnixMilli()})
+	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: j.Id, Epoch: epoch, Plan: plan, UnixMs: c.now().UnixMilli(),
+		Mode: mode, DoneDq: doneDQ, DoneDkv: doneDKV})
 	if err != nil {
 		l.log.Warn("start epoch not committed", "job", j.Id, "epoch", epoch, "err", err)
 		return
@@ -943,6 +949,9 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, us
 	l.log.Info("epoch started", "job", j.Id, "epoch", epoch, "ranks", len(plan.Ranks), "strategy", plan.Strategy,
 		"blocks", nq, "imbalance", plan.Imbalance, "reason", reason)
 	msg := fmt.Sprintf("epoch %d: %d ranks, %s", epoch, len(plan.Ranks), plan.Strategy)
+	if ph := phaseName(r.Job); ph != "" {
+		msg += ", " + ph + " pass"
+	}
 	if reason != "" {
 		msg += "; re-planned: " + reason
 	}
@@ -1015,7 +1024,7 @@ func (l *leader) assignment(j *cpb.Job, rank int32) *pb.Assignment {
 	if scale == 0 {
 		scale = 1 / math.Sqrt(float64(s.D))
 	}
-	return &pb.Assignment{
+	a := &pb.Assignment{
 		JobId: j.Id, Epoch: j.Epoch, Rank: rank, Size: int32(len(j.Plan.GetRanks())), Plan: j.Plan,
 		Params: &pb.KernelParams{
 			Kind: s.Kind, B: s.B, Hq: s.Hq, Hkv: s.Hkv, D: s.D, DModel: s.DModel, Mask: s.Mask, Scale: scale,
@@ -1024,6 +1033,16 @@ func (l *leader) assignment(j *cpb.Job, rank int32) *pb.Assignment {
 		Bucket: l.c.bucket(), InputRef: inputRef(j), OutputRef: j.Id,
 		DeadlineUnixMs: s.DeadlineUnixMs, LeaderId: l.c.cfg.NodeID, Term: l.term,
 	}
+	switch {
+	case inBackward(j):
+		a.Params.Mode, a.DoneDq, a.DoneDkv = pb.JobMode_JOB_MODE_BACKWARD, j.EpochDoneDq, j.EpochDoneDkv
+		if s.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD {
+			a.OLseRef = j.Id // the forward phase wrote o and lse there
+		}
+	case forwardOfFB(j):
+		a.Params.WantLse = true // the backward pass reads lse
+	}
+	return a
 }
 
 func inputRef(j *cpb.Job) string { return specInputRef(j.Spec) }

@@ -91,6 +91,59 @@ func checkChecksums(rk *pb.RankPlan, blocks []*pb.BlockChecksum) error {
 	return nil
 }
 
+// checkGradChecksums checks a done report's gradient checksums against
+// j's current epoch: none in a forward epoch and no output checksums in a
+// backward one; in a backward one each block at most once, dq blocks
+// planned in the epoch and neither kind listed done before it. It returns
+// the field at fault.
+func checkGradChecksums(j *cpb.Job, d *pb.ShardDone) (string, error) {
+	if !inBackward(j) {
+		if n := len(d.GetDqBlocks()) + len(d.GetDkvBlocks()); n > 0 {
+			return "dq_blocks", fmt.Errorf("%d gradient checksums for a forward epoch, want none", n)
+		}
+		return "", nil
+	}
+	if len(d.GetBlocks()) > 0 {
+		return "blocks", fmt.Errorf("%d output checksums for a backward epoch, want none", len(d.GetBlocks()))
+	}
+	planned := map[int32]bool{}
+	for _, rk := range j.Plan.GetRanks() {
+		for _, b := range rk.GetQBlocks() {
+			planned[b] = true
+		}
+	}
+	for _, c := range []struct {
+		field string
+		sums  []*pb.GradChecksum
+		count int64
+		done  []int32
+		ok    func(int32) bool
+	}{
+		{"dq_blocks", d.GetDqBlocks(), qBlocks(j.Spec), j.EpochDoneDq, func(b int32) bool { return planned[b] }},
+		{"dkv_blocks", d.GetDkvBlocks(), kBlocks(j.Spec), j.EpochDoneDkv, func(int32) bool { return true }},
+	} {
+		if int64(len(c.sums)) > c.count {
+			return c.field, fmt.Errorf("%d checksums for %d blocks", len(c.sums), c.count)
+		}
+		seen := map[int32]bool{}
+		for _, g := range c.sums {
+			b := g.GetBlock()
+			switch {
+			case b < 0 || int64(b) >= c.count:
+				return c.field, fmt.Errorf("block %d outside [0,%d)", b, c.count)
+			case seen[b]:
+				return c.field, fmt.Errorf("block %d listed twice", b)
+			case !c.ok(b):
+				return c.field, fmt.Errorf("block %d is not planned in epoch %d", b, j.Epoch)
+			case slices.Contains(c.done, b):
+				return c.field, fmt.Errorf("block %d was done before epoch %d", b, j.Epoch)
+			}
+			seen[b] = true
+		}
+	}
+	return "", nil
+}
+
 func (l *leader) report(data []byte) *pb.ReportAck {
 	c := l.c
 	if h := c.hooks.Load(); h != nil && h.report != nil {
@@ -121,9 +174,13 @@ func (l *leader) report(data []byte) *pb.ReportAck {
 		if err := checkChecksums(j.Plan.Ranks[rep.Rank], res.Done.GetBlocks()); err != nil {
 			return l.refuse("bad_checksums", j.State, "done.blocks: %v", err)
 		}
+		if field, err := checkGradChecksums(j, res.Done); err != nil {
+			return l.refuse("bad_checksums", j.State, "done.%s: %v", field, err)
+		}
 		r, err := c.apply(cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{
 			JobId: rep.JobId, Epoch: rep.Epoch, Rank: rep.Rank, WorkerId: rep.WorkerId,
 			Blocks: res.Done.GetBlocks(), UnixMs: c.now().UnixMilli(),
+			DqBlocks: res.Done.GetDqBlocks(), DkvBlocks: res.Done.GetDkvBlocks(),
 		})
 		switch {
 		case err != nil:

@@ -165,11 +165,14 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 			return fail(ErrQueueFull, "%d jobs queued, want fewer than %d (Limits.MaxQueued); retry later", n, limit)
 		}
 	}
+	if blocksTotal(c.GetSpec()) > math.MaxInt32 {
+		return fail(ErrBadCommand, "job %s: %d blocks, want at most %d", c.GetJobId(), blocksTotal(c.GetSpec()), math.MaxInt32)
+	}
 	j := &cpb.Job{
 		Id:            c.GetJobId(),
 		Spec:          proto.CloneOf(c.GetSpec()),
 		State:         pb.JobState_JOB_STATE_QUEUED,
-		BlocksTotal:   BlockCount(c.GetSpec()),
+		BlocksTotal:   blocksTotal(c.GetSpec()),
 		CreatedUnixMs: c.GetUnixMs(),
 		Seq:           index,
 	}
@@ -229,13 +232,43 @@ func (s *State) applyStartEpoch(c *cpb.StartEpoch) *Result {
 	if len(c.GetPlan().GetRanks()) == 0 {
 		return fail(ErrBadCommand, "job %s epoch %d: plan without ranks", j.Id, c.GetEpoch())
 	}
+	qb := qBlocks(j.Spec)
 	for r, rk := range c.GetPlan().GetRanks() {
 		for _, b := range rk.GetQBlocks() {
-			if b < 0 || int64(b) >= j.BlocksTotal {
-				return fail(ErrBadCommand, "job %s epoch %d rank %d: query block %d outside [0,%d)", j.Id, c.GetEpoch(), r, b, j.BlocksTotal)
+			if b < 0 || int64(b) >= qb {
+				return fail(ErrBadCommand, "job %s epoch %d rank %d: query block %d outside [0,%d)", j.Id, c.GetEpoch(), r, b, qb)
 			}
 		}
 	}
+	switch mode := c.GetMode(); {
+	case mode == pb.JobMode_JOB_MODE_FORWARD:
+		if j.Spec.GetMode() == pb.JobMode_JOB_MODE_BACKWARD || inBackward(j) || len(c.GetDoneDq())+len(c.GetDoneDkv()) > 0 {
+			return fail(ErrBadCommand, "job %s epoch %d: a forward epoch of a %v job in its %s phase", j.Id, c.GetEpoch(), j.Spec.GetMode(), phaseName(j))
+		}
+	case mode == pb.JobMode_JOB_MODE_BACKWARD:
+		if j.Spec.GetMode() == pb.JobMode_JOB_MODE_FORWARD {
+			return fail(ErrBadCommand, "job %s epoch %d: a backward epoch of a forward job", j.Id, c.GetEpoch())
+		}
+		if forwardOfFB(j) && (j.Epoch == 0 || int64(len(j.DoneBlocks)) != j.BlocksTotal) {
+			return fail(ErrBadCommand, "job %s epoch %d: backward before the forward pass is done (%d of %d blocks)", j.Id, c.GetEpoch(), len(j.DoneBlocks), j.BlocksTotal)
+		}
+		if err := checkSet(c.GetDoneDq(), qb); err != nil {
+			return fail(ErrBadCommand, "job %s epoch %d: done_dq: %v", j.Id, c.GetEpoch(), err)
+		}
+		if err := checkSet(c.GetDoneDkv(), kBlocks(j.Spec)); err != nil {
+			return fail(ErrBadCommand, "job %s epoch %d: done_dkv: %v", j.Id, c.GetEpoch(), err)
+		}
+		if !inBackward(j) {
+			// The backward phase starts: its blocks are gradient units.
+			j.BlocksTotal = qb + kBlocks(j.Spec)
+			j.DoneBlocks = nil
+		}
+	default:
+		return fail(ErrBadCommand, "job %s epoch %d: mode %v", j.Id, c.GetEpoch(), mode)
+	}
+	j.EpochMode = c.GetMode()
+	j.EpochDoneDq = slices.Clone(c.GetDoneDq())
+	j.EpochDoneDkv = slices.Clone(c.GetDoneDkv())
 	j.State = pb.JobState_JOB_STATE_RUNNING
 	j.Epoch = c.GetEpoch()
 	j.Plan = proto.CloneOf(c.GetPlan())
@@ -267,6 +300,12 @@ func (s *State) applyShardDone(c *cpb.ShardDone) *Result {
 	if _, found := slices.BinarySearch(j.DoneRanks, c.GetRank()); found {
 		return ok(j, true)
 	}
+	if inBackward(j) {
+		return s.applyGradDone(j, c)
+	}
+	if len(c.GetDqBlocks())+len(c.GetDkvBlocks()) > 0 {
+		return fail(ErrBadCommand, "job %s epoch %d: gradient checksums in a forward epoch", j.Id, j.Epoch)
+	}
 	j.DoneRanks = insertSorted(j.DoneRanks, c.GetRank())
 	// A split-KV plan's output is complete only at the root of its
 	// reduction tree; the other ranks hand partials up and own no rows.
@@ -282,6 +321,36 @@ func (s *State) applyShardDone(c *cpb.ShardDone) *Result {
 				j.Checksums = slices.Insert(j.Checksums, i, proto.CloneOf(bc))
 			}
 		}
+	}
+	return ok(j, false)
+}
+
+// applyGradDone records a backward rank's written gradient blocks: each
+// becomes a done unit with its checksum (a later epoch's complete write of
+// the same block replaces it: the store keeps the last write).
+func (s *State) applyGradDone(j *cpb.Job, c *cpb.ShardDone) *Result {
+	qb, kb := int32(qBlocks(j.Spec)), int32(kBlocks(j.Spec))
+	if len(c.GetBlocks()) > 0 {
+		return fail(ErrBadCommand, "job %s epoch %d: output checksums in a backward epoch", j.Id, j.Epoch)
+	}
+	for _, g := range c.GetDqBlocks() {
+		if g.GetBlock() < 0 || g.GetBlock() >= qb {
+			return fail(ErrBadCommand, "job %s epoch %d: dq block %d outside [0,%d)", j.Id, j.Epoch, g.GetBlock(), qb)
+		}
+	}
+	for _, g := range c.GetDkvBlocks() {
+		if g.GetBlock() < 0 || g.GetBlock() >= kb {
+			return fail(ErrBadCommand, "job %s epoch %d: dk/dv block %d outside [0,%d)", j.Id, j.Epoch, g.GetBlock(), kb)
+		}
+	}
+	j.DoneRanks = insertSorted(j.DoneRanks, c.GetRank())
+	for _, g := range c.GetDqBlocks() {
+		j.DoneBlocks = insertSorted(j.DoneBlocks, g.GetBlock())
+		j.DqChecksums = upsertGrad(j.DqChecksums, proto.CloneOf(g))
+	}
+	for _, g := range c.GetDkvBlocks() {
+		j.DoneBlocks = insertSorted(j.DoneBlocks, qb+g.GetBlock())
+		j.DkvChecksums = upsertGrad(j.DkvChecksums, proto.CloneOf(g))
 	}
 	return ok(j, false)
 }
@@ -319,6 +388,14 @@ func (s *State) applyRedo(c *cpb.RedoBlocks) *Result {
 	for _, b := range c.GetBlocks() {
 		if i, found := slices.BinarySearch(j.DoneBlocks, b); found {
 			j.DoneBlocks = slices.Delete(j.DoneBlocks, i, i+1)
+		}
+		if inBackward(j) {
+			if qb := int32(qBlocks(j.Spec)); b < qb {
+				j.DqChecksums = deleteGrad(j.DqChecksums, b)
+			} else {
+				j.DkvChecksums = deleteGrad(j.DkvChecksums, b-qb)
+			}
+			continue
 		}
 		if i, found := slices.BinarySearchFunc(j.Checksums, b, func(x *pb.BlockChecksum, b int32) int { return cmp.Compare(x.GetBlock(), b) }); found {
 			j.Checksums = slices.Delete(j.Checksums, i, i+1)

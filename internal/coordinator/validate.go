@@ -70,6 +70,16 @@ func validateSpec(spec *pb.JobSpec, l Limits, now time.Time) *apiError {
 		return invalidField("spec", "missing")
 	}
 	tensors := shard.Tensors{LSE: spec.WantLse}
+	switch spec.Mode {
+	case pb.JobMode_JOB_MODE_FORWARD:
+	case pb.JobMode_JOB_MODE_BACKWARD, pb.JobMode_JOB_MODE_FORWARD_BACKWARD:
+		if spec.Kind != pb.JobKind_JOB_KIND_ATTENTION {
+			return invalidField("spec.mode", "%v: backward passes are for attention jobs only", spec.Mode)
+		}
+		tensors.Grad = true
+	default:
+		return invalidField("spec.mode", "%v: want JOB_MODE_FORWARD, JOB_MODE_BACKWARD or JOB_MODE_FORWARD_BACKWARD", spec.Mode)
+	}
 	switch spec.Kind {
 	case pb.JobKind_JOB_KIND_ATTENTION:
 		if spec.DModel != 0 {

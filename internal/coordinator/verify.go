@@ -84,7 +84,7 @@ func outputTensors(spec *pb.JobSpec) []struct {
 		return []t{{"y", o}}
 	}
 	out := []t{{transport.TensorO, o}}
-	if spec.GetWantLse() {
+	if spec.GetWantLse() || spec.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD {
 		out = append(out, t{transport.TensorLSE, func(c *pb.BlockChecksum) uint32 { return c.GetCrc32CLse() }})
 	}
 	return out
@@ -124,6 +124,14 @@ func checkOutputs(ctx context.Context, st outputStore, j *cpb.Job, blocks []int6
 				if blocks != nil {
 					b = blocks[n]
 				}
+				if inBackward(j) {
+					bb, e := checkGradUnit(ctx, st, j, int32(b))
+					mu.Lock()
+					bad = append(bad, bb...)
+					err = cmp.Or(err, e)
+					mu.Unlock()
+					continue
+				}
 				i, found := slices.BinarySearchFunc(sums, int32(b), func(x *pb.BlockChecksum, b int32) int { return cmp.Compare(x.GetBlock(), b) })
 				for _, t := range tensors {
 					info, e := st.BlockInfo(ctx, j.Id, t.name, int(b))
@@ -159,6 +167,37 @@ func checkOutputs(ctx context.Context, st outputStore, j *cpb.Job, blocks []int6
 	return bad, err
 }
 
+// checkGradUnit checks the stored blocks of gradient unit u of j (see
+// backward.go) against the checksums reported for them.
+func checkGradUnit(ctx context.Context, st outputStore, j *cpb.Job, u int32) ([]badBlock, error) {
+	tensors, block, crcs, found := gradUnit(j, u)
+	var bad []badBlock
+	for i, name := range tensors {
+		info, e := st.BlockInfo(ctx, j.Id, name, int(block))
+		var corrupt *transport.CorruptBlockError
+		switch {
+		case errors.Is(e, transport.ErrBlockNotFound):
+			bad = append(bad, badBlock{u, name, "missing from the store"})
+		case errors.As(e, &corrupt):
+			bad = append(bad, badBlock{u, name, "unreadable in the store: " + corrupt.Reason})
+		case e != nil:
+			return bad, e
+		case found && info.CRC32C != crcs[i]:
+			bad = append(bad, badBlock{u, name, fmt.Sprintf("stored with checksum %08x, reported %08x", info.CRC32C, crcs[i])})
+		}
+	}
+	return bad, nil
+}
+
+// verified reports whether the outputs of j's current epoch checked out
+// (the forward phase of a FORWARD_BACKWARD job waits for it).
+func (l *leader) verified(j *cpb.Job) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	v := l.verifying[j.Id]
+	return v != nil && v.epoch == j.Epoch && !v.running && v.err == nil && len(v.bad) == 0
+}
+
 // complete is called by the scheduler for a RUNNING job whose blocks are
 // all done: it finishes the job once its outputs check out, re-plans the
 // blocks that do not, and fails it after MaxVerifyTries re-plans.
@@ -166,6 +205,11 @@ func (l *leader) complete(j *cpb.Job) {
 	c := l.c
 	st := c.outputs()
 	if st == nil {
+		if forwardOfFB(j) {
+			l.locked(func() { l.verifying[j.Id] = &verifyState{epoch: j.Epoch} })
+			l.wake()
+			return
+		}
 		l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
 		return
 	}
@@ -192,6 +236,10 @@ func (l *leader) complete(j *cpb.Job) {
 		return
 	}
 	if len(bad) == 0 {
+		if forwardOfFB(j) {
+			l.wake() // checked: the scheduler starts the backward pass
+			return
+		}
 		l.finish(j, pb.JobState_JOB_STATE_SUCCEEDED, "")
 		return
 	}
