@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/tensor"
@@ -78,7 +79,7 @@ func (c *Client) check(spec *pb.JobSpec) error {
 		req.Mask = shard.Mask{Causal: m.Causal, Windowed: m.Windowed, Left: int(m.WindowLeft), Right: int(m.WindowRight),
 			SeqLens: fromInt64(m.Seqlens), SeqLensK: fromInt64(m.SeqlensK)}
 	}
-	t := shard.Tensors{LSE: spec.WantLse}
+	t := shard.Tensors{LSE: spec.WantLse, Grad: spec.Mode != pb.JobMode_JOB_MODE_FORWARD}
 	if spec.Kind == pb.JobKind_JOB_KIND_MHA {
 		if spec.DModel < 1 {
 			return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "spec.d_model",
@@ -374,4 +375,147 @@ func (c *Client) MHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, o JobO
 	}
 	y, err := c.FetchMHA(ctx, st)
 	return y, st, err
+}
+
+// GradResult is a finished backward job's output: the gradients of the
+// loss with respect to q, k and v given dO, and (forward+backward jobs
+// only) the forward's outputs.
+type GradResult struct {
+	Status *pb.JobStatus
+	DQ     *tensor.Tensor // [B, Hq, N, D]
+	DK, DV *tensor.Tensor // [B, Hkv, Nk, D]
+	// O [B, Hq, N, D] and LSE [B, Hq, N] of the forward pass; nil for a
+	// BACKWARD job, whose o and lse were given.
+	O, LSE *tensor.Tensor
+}
+
+// SubmitAttentionBackward uploads q [B,Hq,N,D], k and v [B,Hkv,Nk,D], dO
+// (do, q's shape) and submits a backward job. With out and lse nil it is a
+// forward+backward job (the cluster computes o and lse first); with both
+// given (the forward's o [B,Hq,N,D] and lse [B,Hq,N], as FetchAttention
+// returns them with wantLSE) it is a backward job that skips the forward.
+func (c *Client) SubmitAttentionBackward(ctx context.Context, q, k, v, do, out, lse *tensor.Tensor, o JobOptions) (*pb.JobStatus, error) {
+	qs, err := shape4("q", q)
+	if err != nil {
+		return nil, err
+	}
+	ks, err := shape4("k", k)
+	if err != nil {
+		return nil, err
+	}
+	vs, err := shape4("v", v)
+	if err != nil {
+		return nil, err
+	}
+	dos, err := shape4("do", do)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Equal(dos, qs) {
+		return nil, fmt.Errorf("%w: do has shape %v, expected q's %v", ErrInvalid, do.Shape, q.Shape)
+	}
+	if !slices.Equal(vs, ks) {
+		return nil, fmt.Errorf("%w: v has shape %v, expected k's %v", ErrInvalid, v.Shape, k.Shape)
+	}
+	if qs[0] != ks[0] || qs[3] != ks[3] {
+		return nil, fmt.Errorf("%w: k has shape %v, expected q's batch %d and head dim %d", ErrInvalid, k.Shape, qs[0], qs[3])
+	}
+	spec := o.spec(pb.JobKind_JOB_KIND_ATTENTION)
+	spec.B, spec.Hq, spec.N, spec.D = int64(qs[0]), int64(qs[1]), int64(qs[2]), int64(qs[3])
+	spec.Hkv, spec.Nk = int64(ks[1]), int64(ks[2])
+	spec.Mode = pb.JobMode_JOB_MODE_FORWARD_BACKWARD
+	type upload struct {
+		name string
+		t    *tensor.Tensor
+		sh   []int
+	}
+	ups := []upload{{transport.TensorQ, q, qs}, {transport.TensorK, k, ks}, {transport.TensorV, v, vs}, {transport.TensorDO, do, dos}}
+	switch {
+	case out == nil && lse == nil:
+	case out == nil || lse == nil:
+		return nil, fmt.Errorf("%w: give both o and lse of the forward (or neither, to compute them)", ErrInvalid)
+	default:
+		os, err := shape4("o", out)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Equal(os, qs) {
+			return nil, fmt.Errorf("%w: o has shape %v, expected q's %v", ErrInvalid, out.Shape, q.Shape)
+		}
+		if want := []int{qs[0], qs[1], qs[2]}; !slices.Equal(lse.Shape, want) && !(qs[0] == 1 && slices.Equal(lse.Shape, want[1:])) {
+			return nil, fmt.Errorf("%w: lse has shape %v, expected [B, Hq, N] = %v", ErrInvalid, lse.Shape, want)
+		}
+		spec.Mode = pb.JobMode_JOB_MODE_BACKWARD
+		ups = append(ups, upload{transport.TensorO, out, os}, upload{transport.TensorLSE, lse, []int{qs[0], qs[1], qs[2], 1}})
+	}
+	if err := c.check(spec); err != nil {
+		return nil, err
+	}
+	st, err := c.Store(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, in := range ups {
+		if _, err := st.PutTensor(ctx, spec.InputRef, in.name, in.t.Data, transport.Shape(in.sh), int(spec.Block), transport.F32); err != nil {
+			return nil, fmt.Errorf("client: uploading %s: %w", in.name, err)
+		}
+	}
+	return c.Submit(ctx, spec)
+}
+
+// FetchGrads downloads the gradients (and, for a forward+backward job, o
+// and lse) of a succeeded backward job.
+func (c *Client) FetchGrads(ctx context.Context, st *pb.JobStatus) (*GradResult, error) {
+	store, ref, block, err := c.outputs(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	s := st.GetSpec()
+	if s.GetMode() == pb.JobMode_JOB_MODE_FORWARD {
+		return nil, fmt.Errorf("%w: job %s is a forward job: no gradients", ErrInvalid, st.GetId())
+	}
+	b, hq, hkv, n, nk, d := int(s.GetB()), int(s.GetHq()), int(s.GetHkv()), int(s.GetN()), int(s.GetNk()), int(s.GetD())
+	res := &GradResult{Status: st}
+	for _, f := range []struct {
+		dst      **tensor.Tensor
+		name     string
+		h, n, dd int
+	}{{&res.DQ, transport.TensorDQ, hq, n, d}, {&res.DK, transport.TensorDK, hkv, nk, d}, {&res.DV, transport.TensorDV, hkv, nk, d}} {
+		if *f.dst, err = fetch(ctx, store, ref, f.name, transport.Shape{b, f.h, f.n, f.dd}, block, b, f.h, f.n, f.dd); err != nil {
+			return nil, err
+		}
+	}
+	if s.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD {
+		if res.O, err = fetch(ctx, store, ref, transport.TensorO, transport.Shape{b, hq, n, d}, block, b, hq, n, d); err != nil {
+			return nil, err
+		}
+		if res.LSE, err = fetch(ctx, store, ref, transport.TensorLSE, transport.Shape{b, hq, n, 1}, block, b, hq, n); err != nil {
+			return nil, err
+		}
+	}
+	return res, nil
+}
+
+// AttentionBackward runs attention forward and backward on the cluster:
+// it uploads q [B,Hq,N,D], k, v [B,Hkv,Nk,D] and dO (q's shape), submits a
+// forward+backward job, waits and returns dQ, dK, dV with the forward's O
+// and LSE. progress, when not nil, is called on every status change
+// (JobStatus.phase says which pass runs).
+func (c *Client) AttentionBackward(ctx context.Context, q, k, v, do *tensor.Tensor, o JobOptions, progress func(*pb.JobStatus)) (*GradResult, error) {
+	return c.AttentionBackwardFrom(ctx, q, k, v, nil, nil, do, o, progress)
+}
+
+// AttentionBackwardFrom is AttentionBackward given the forward's outputs
+// out [B,Hq,N,D] and lse [B,Hq,N] (both, or neither to compute them): the
+// job then runs the backward pass only.
+func (c *Client) AttentionBackwardFrom(ctx context.Context, q, k, v, out, lse, do *tensor.Tensor, o JobOptions, progress func(*pb.JobStatus)) (*GradResult, error) {
+	st, err := c.SubmitAttentionBackward(ctx, q, k, v, do, out, lse, o)
+	if err != nil {
+		return nil, err
+	}
+	st, err = c.Watch(ctx, st.GetId(), 0, progress)
+	if err != nil {
+		return nil, err
+	}
+	return c.FetchGrads(ctx, st)
 }

@@ -92,3 +92,37 @@ func TestClientInputRefFresh(t *testing.T) {
 		t.Fatalf("input refs %q and %q: want fresh random namespaces", a.InputRef, b.InputRef)
 	}
 }
+
+// TestClientLimitsBackward: a backward job counts do, dq, dk, dv and lse
+// against MaxJobBytes (65·n float32 for these shapes: 260 bytes at n = 1,
+// 520 at n = 2 against a limit of 512), refused before any upload, while
+// the forward of the same shape (128·n bytes) fits.
+func TestClientLimitsBackward(t *testing.T) {
+	e := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, e)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	small, err := New(ctx, nc, transporttest.Config(e), Options{Limits: shard.Limits{MaxBatch: 1, MaxHeads: 1, MaxTokens: 64,
+		MaxD: 8, MaxBlocks: 64, MaxDocs: 4, MaxJobBytes: 512}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mk := func(n int) *tensor.Tensor { return tensor.New(make([]float32, n*8), 1, 1, n, 8) }
+	spec := func(n int, mode pb.JobMode) *pb.JobSpec {
+		return &pb.JobSpec{Kind: pb.JobKind_JOB_KIND_ATTENTION, B: 1, Hq: 1, Hkv: 1, N: int64(n), Nk: int64(n), D: 8, Block: 4, Mode: mode}
+	}
+	if err := small.check(spec(1, pb.JobMode_JOB_MODE_FORWARD_BACKWARD)); err != nil {
+		t.Fatalf("backward of 260 bytes under a 512-byte limit: %v", err)
+	}
+	if err := small.check(spec(2, pb.JobMode_JOB_MODE_FORWARD)); err != nil {
+		t.Fatalf("forward of 256 bytes under a 512-byte limit: %v", err)
+	}
+	_, err = small.SubmitAttentionBackward(ctx, mk(2), mk(2), mk(2), mk(2), nil, nil, JobOptions{Block: 4})
+	var ae *APIError
+	if !errors.As(err, &ae) || ae.Code != pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED || ae.Field != "spec" || !strings.Contains(ae.Message, "520 bytes") {
+		t.Fatalf("backward of 520 bytes: %v, want RESOURCE_EXHAUSTED naming 520 bytes", err)
+	}
+	if small.store != nil {
+		t.Fatal("the store was opened for a refused job")
+	}
+}
