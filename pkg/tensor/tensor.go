@@ -79,12 +79,22 @@ func numElements(shape []int) (int, error) {
 	if len(shape) > MaxRank {
 		return 0, fmt.Errorf("%w: rank %d, want at most %d", ErrShape, len(shape), MaxRank)
 	}
-	n := 1
+	empty := false
 	for i, d := range shape {
 		if d < 0 {
 			return 0, fmt.Errorf("%w: dimension %d of %s is %d, want >= 0", ErrShape, i, FormatShape(shape), d)
 		}
-		if d != 0 && n > math.MaxInt/8/d {
+		empty = empty || d == 0
+	}
+	if empty {
+		// A zero dimension makes the tensor empty whatever the others
+		// are, as the file readers count it: the partial products of the
+		// others must not be taken for an overflow.
+		return 0, nil
+	}
+	n := 1
+	for _, d := range shape {
+		if n > math.MaxInt/8/d {
 			return 0, fmt.Errorf("%w: %s has more than %d elements", ErrShape, FormatShape(shape), math.MaxInt/8)
 		}
 		n *= d

@@ -226,3 +226,21 @@ func TestTensorRowsErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) { wantErr(t, tc.err, ErrShape, tc.parts...) })
 	}
 }
+
+// TestTensorEmptyHugeDims: a zero dimension makes a tensor empty whatever
+// the other dimensions are, as the .safetensors reader counts it (the
+// fuzzer found a header with [1e18, 1e16, 1e18, 0] that the reader
+// accepted and Validate refused as an overflow); negative dimensions are
+// still refused.
+func TestTensorEmptyHugeDims(t *testing.T) {
+	x, err := Zeros(1e18, 1e16, 1e18, 0)
+	if err != nil || x.Len() != 0 || x.Validate() != nil {
+		t.Fatalf("Zeros(1e18, 1e16, 1e18, 0) = %v, %v: want an empty valid tensor", x, err)
+	}
+	if _, err := Zeros(1e18, 1e16, 0, -1); err == nil {
+		t.Fatal("a negative dimension after a zero one was accepted")
+	}
+	if _, err := Zeros(1e18, 1e16); err == nil {
+		t.Fatal("1e34 elements accepted")
+	}
+}
