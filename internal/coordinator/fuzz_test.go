@@ -121,6 +121,13 @@ func FuzzRaftCommand(f *testing.F) {
 		// The queue limit decided in Apply: full, and not.
 		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-full", Spec: attnSpec("full", 512), UnixMs: 5, MaxQueued: 1}),
 		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-room", Spec: attnSpec("room", 512), UnixMs: 5, MaxQueued: 1 << 40}),
+		// Backward jobs: a submit, a backward epoch with Done lists, and
+		// gradient reports.
+		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-bwd", Spec: bwdSpec("bwd"), UnixMs: 5}),
+		add(cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: "j-fuzz", Epoch: 2, Plan: fuzzPlan(),
+			Mode: pb.JobMode_JOB_MODE_BACKWARD, DoneDq: []int32{1}, DoneDkv: []int32{0, 1}}),
+		add(cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "j-fuzz", Epoch: 1, Rank: 1, WorkerId: "w2",
+			DqBlocks: []*pb.GradChecksum{{Block: 2, Crc32C: 1}}, DkvBlocks: []*pb.GradChecksum{{Block: 3, Crc32C: 2, Crc32CDv: 3}}}),
 	)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		st := fuzzState(t)
@@ -288,6 +295,8 @@ func FuzzReport(f *testing.F) {
 		rep(&pb.Report{WorkerId: "w1", JobId: "j-fuzz", Epoch: 9, Rank: -4}),
 		rep(&pb.Report{WorkerId: "w1", JobId: "nope", Epoch: 1, Result: done()}),
 		[]any{[]byte{0x12, 0x80}},
+		rep(&pb.Report{WorkerId: "w2", JobId: "j-fuzz", Epoch: 1, Rank: 1, Result: &pb.Report_Done{Done: &pb.ShardDone{
+			DqBlocks: []*pb.GradChecksum{{Block: 2, Crc32C: 1}, {Block: 2}}, DkvBlocks: []*pb.GradChecksum{{Block: -1}}}}}),
 	)
 	l := fuzzLeader(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -352,4 +361,11 @@ func FuzzAssignmentAck(f *testing.F) {
 			t.Fatalf("error of %d bytes", len(err.Error()))
 		}
 	})
+}
+
+// bwdSpec is a forward+backward attention job's spec.
+func bwdSpec(key string) *pb.JobSpec {
+	s := attnSpec(key, 512)
+	s.Mode = pb.JobMode_JOB_MODE_FORWARD_BACKWARD
+	return s
 }

@@ -169,6 +169,10 @@ func FuzzAssignment(f *testing.F) {
 		Mask: shard.Mask{SeqLens: []int{1, 1, 1, 1}, SeqLensK: []int{1, 1, 1, 1}}}, shard.Tensors{})
 	wrap.Params.Mask.SeqlensK = []int64{1, math.MaxInt64, math.MaxInt64, 5}
 	add(wrap)
+	bwd := limitJob(t, shard.Request{B: 1, Hq: 4, Hkv: 2, D: 16, N: 300, Nk: 300, Block: 64, Ranks: 2,
+		Mask: shard.Mask{Causal: true}}, shard.Tensors{Grad: true})
+	bwd.Params.Mode, bwd.DoneDq, bwd.DoneDkv, bwd.OLseRef = pb.JobMode_JOB_MODE_BACKWARD, []int32{1}, []int32{0, 4}, "out-j"
+	add(bwd)
 	claimed := limitJob(t, shard.Request{B: 1, Hq: 1, Hkv: 1, D: 8, N: 8, Nk: 8, Block: 1, Ranks: 2}, shard.Tensors{})
 	claimed.Plan.Nk, claimed.Plan.KBlockCount = math.MaxInt32, math.MaxInt32
 	add(claimed)
