@@ -214,3 +214,57 @@ func TestWorkerBackwardAssignmentRejections(t *testing.T) {
 		t.Fatalf("ShardDone %v with every block done, want nothing written", done)
 	}
 }
+
+// panicGradSink panics on every write.
+type panicGradSink struct{}
+
+func (panicGradSink) PutDQ(context.Context, uint64, int, []float32) error { panic("dq sink bug") }
+func (panicGradSink) PutDKV(context.Context, uint64, int, []float32, []float32) error {
+	panic("dkv sink bug")
+}
+
+// TestWorkerBackwardPanicContained: a panic in a backward rank (injected
+// after ring step 1) fails the shard non-fatally (the leader re-plans) and
+// the worker runs the next backward job; a panicking gradient sink
+// returns an "internal error" instead of taking the rank's goroutine down.
+func TestWorkerBackwardPanicContained(t *testing.T) {
+	e := newProtoEnv(t, 0, func(c *Config) { c.PanicFault = &Fault{Job: "boom", Rank: -1, Step: 1} })
+	j := e.bwdJob("boom", 9)
+	if ack := e.assign(j.assignment("boom", 1, j.plan, nil, nil)); !ack.Accepted {
+		t.Fatalf("rejected: %s", ack.Reason)
+	}
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		rs := e.lead.reportsFor("boom")
+		if len(rs) == 0 {
+			return fmt.Errorf("no report for boom")
+		}
+		if f := rs[0].GetFailed(); f == nil || f.GetFatal() || !strings.HasPrefix(f.GetReason(), "internal error") {
+			t.Fatalf("report %v: want FAILED, not fatal, reason \"internal error ...\"", rs[0])
+		}
+		return nil
+	})
+	fine := e.bwdJob("fine", 10)
+	if ack := e.assign(fine.assignment("fine", 1, fine.plan, nil, nil)); !ack.Accepted {
+		t.Fatalf("next job rejected: %s", ack.Reason)
+	}
+	checkFor(t, 30*time.Second, 5*time.Millisecond, func() error {
+		if rs := e.lead.reportsFor("fine"); len(rs) == 0 || rs[0].GetDone() == nil {
+			return fmt.Errorf("reports for fine: %v", rs)
+		}
+		return nil
+	})
+	before := counterValue(t, e.w.met.panics)
+	g := guardedGradSink{sink: panicGradSink{}, w: e.w, prog: &progress{}}
+	if err := g.PutDQ(context.Background(), 1, 0, nil); err == nil || !strings.Contains(err.Error(), "internal error") {
+		t.Fatalf("PutDQ of a panicking sink: %v, want an internal error", err)
+	}
+	if err := g.PutDKV(context.Background(), 1, 0, nil, nil); err == nil || !strings.Contains(err.Error(), "internal error") {
+		t.Fatalf("PutDKV of a panicking sink: %v, want an internal error", err)
+	}
+	if got := counterValue(t, e.w.met.panics); got != before+2 {
+		t.Fatalf("panics_total = %v, want %v", got, before+2)
+	}
+	if n, _ := g.prog.counts(); n != 0 {
+		t.Fatalf("failed writes counted as progress: %d", n)
+	}
+}
