@@ -165,7 +165,8 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 			return fail(ErrQueueFull, "%d jobs queued, want fewer than %d (Limits.MaxQueued); retry later", n, limit)
 		}
 	}
-	if blocksTotal(c.GetSpec()) > math.MaxInt32 {
+	// Only backward jobs are new here (old log entries never hit this).
+	if c.GetSpec().GetMode() == pb.JobMode_JOB_MODE_BACKWARD && blocksTotal(c.GetSpec()) > math.MaxInt32 {
 		return fail(ErrBadCommand, "job %s: %d blocks, want at most %d", c.GetJobId(), blocksTotal(c.GetSpec()), math.MaxInt32)
 	}
 	j := &cpb.Job{
