@@ -4,12 +4,14 @@ import (
 	"context"
 	"math"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -195,4 +197,61 @@ func TestWorkerKilledMidBackward(t *testing.T) {
 		t.Fatalf("no dk/dv block written after epoch 1, want the victim's blocks re-planned")
 	}
 	t.Logf("%d of 11 dk/dv blocks written after the re-plan", late)
+}
+
+// TestWorkerBackwardRedoDQOnly: the stored dq of query block 0 is
+// overwritten after its rank wrote it (before the last report, so before
+// the leader checks the store). The check finds its CRC differs from the
+// reported one, redoes that unit alone, and, every dK/dV being written,
+// re-plans only query block 0 with every key block done: epoch 2 rewrites
+// dq block 0 and nothing else, so every dk/dv block stays the one
+// complete write of epoch 1, and the gradients are exact.
+func TestWorkerBackwardRedoDQOnly(t *testing.T) {
+	c := newTestCluster(t, 3*time.Second)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	var tampered atomic.Bool
+	c.setStepHook(func(_ *testWorker, ctx context.Context, job string, epoch uint64, _ int, p ringattn.Progress) {
+		if epoch != 1 || !p.Done || tampered.Load() {
+			return
+		}
+		dq, err := c.store.GetBlock(ctx, job, transport.TensorDQ, 0)
+		if err != nil {
+			return // not written yet: a later rank's hook tampers
+		}
+		dq[0] += 1
+		if err := c.store.PutBlock(ctx, job, transport.TensorDQ, 0, dq, transport.F32); err == nil {
+			tampered.Store(true)
+		}
+	})
+	j := newGradJob(5, pb.JobMode_JOB_MODE_BACKWARD)
+	id := c.submitGrad(j, "in-redo")
+	st := c.wait(id, 90*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED || !tampered.Load() {
+		t.Fatalf("job %v (%s), tampered %v", st.GetState(), st.GetReason(), tampered.Load())
+	}
+	if st.GetEpoch() != 2 {
+		t.Fatalf("finished in epoch %d, want 2 (one dQ-only re-plan)", st.GetEpoch())
+	}
+	c.checkGrads(id, j)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for b := range 11 {
+		want := uint64(1)
+		if b == 0 {
+			want = 2
+		}
+		for _, c2 := range []struct {
+			tensor string
+			want   uint64
+		}{{transport.TensorDQ, want}, {transport.TensorDK, 1}, {transport.TensorDV, 1}} {
+			bi, err := c.store.BlockInfo(ctx, id, c2.tensor, b)
+			if err != nil || bi.Epoch != c2.want {
+				t.Fatalf("%s block %d: %+v, %v: want written in epoch %d", c2.tensor, b, bi, err, c2.want)
+			}
+		}
+	}
 }
