@@ -7,6 +7,10 @@
 // an idempotency key, so a retried submit never makes two jobs. Errors from
 // the coordinator are *APIError values wrapping this package's sentinels.
 //
+// AttentionBackward runs the forward and backward passes on the cluster
+// (dQ, dK, dV given dO, with the forward's O and LSE); AttentionBackwardFrom
+// takes the forward's O and LSE and runs the backward alone.
+//
 // WatchProgress follows a job with its finest counters (ring steps, summed
 // over the ranks, once the workers report them; blocks before) and a Meter
 // that computes the rate over a sliding window: a rate and an ETA only once

@@ -36,7 +36,9 @@
 //     key per block, so DeleteNamespace (and DeleteJob) cost in proportion
 //     to the namespace; Namespaces lists them for a sweeper; BlockInfo
 //     returns a block's stored CRC32C without reading it. Store.Source and
-//     Store.Sink adapt it to the ring engine.
+//     Store.Sink adapt it to the ring engine; Store.GradSink writes a
+//     backward's complete gradient blocks ("dq", "dk", "dv") with the
+//     writing epoch in their metadata (BlockInfo.Epoch).
 //   - NATSRing: ringattn.Ring over NATS core subjects. Frames are cut into
 //     pieces no larger than the server's max payload, each carrying (job,
 //     epoch, sender, session, sequence, kind, step, block, piece, count,
