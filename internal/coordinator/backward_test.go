@@ -226,3 +226,24 @@ func TestValidateBackwardSpec(t *testing.T) {
 		t.Fatalf("the forward of the same shape: %v", e)
 	}
 }
+
+// TestCoordinatorStatusBackwardKind: the status page's kind names a
+// backward job's mode and, while it runs, its pass; forward jobs read as
+// before.
+func TestCoordinatorStatusBackwardKind(t *testing.T) {
+	now := time.Now()
+	fb := testSpec("")
+	fb.Mode = pb.JobMode_JOB_MODE_FORWARD_BACKWARD
+	for _, c := range []struct {
+		st   *pb.JobStatus
+		want string
+	}{
+		{&pb.JobStatus{Spec: testSpec(""), State: pb.JobState_JOB_STATE_RUNNING}, "attention"},
+		{&pb.JobStatus{Spec: fb, State: pb.JobState_JOB_STATE_RUNNING, Phase: "forward"}, "attention forward_backward, forward pass"},
+		{&pb.JobStatus{Spec: fb, State: pb.JobState_JOB_STATE_SUCCEEDED, Phase: "backward"}, "attention forward_backward"},
+	} {
+		if got := statusJobOf(c.st, 0, now).Kind; got != c.want {
+			t.Errorf("kind %q, want %q", got, c.want)
+		}
+	}
+}

@@ -163,6 +163,12 @@ func statusJobOf(j *pb.JobStatus, flops float64, now time.Time) statusJob {
 	if s.GetMask().GetCausal() {
 		sj.Shape += " causal"
 	}
+	if m := s.GetMode(); m != pb.JobMode_JOB_MODE_FORWARD {
+		sj.Kind += " " + strings.ToLower(strings.TrimPrefix(m.String(), "JOB_MODE_"))
+		if p := j.GetPhase(); p != "" && !Terminal(j.GetState()) {
+			sj.Kind += ", " + p + " pass"
+		}
+	}
 	frac := -1.0
 	if t := j.GetBlocksTotal(); t > 0 {
 		frac = float64(j.GetBlocksDone()) / float64(t)
