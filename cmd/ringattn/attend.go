@@ -344,8 +344,8 @@ func (a *attention) plan(mf *maskFlags) (*shard.Plan, error) {
 
 // backward computes the gradients of sum(o·do) of the problem whose
 // forward gave o and lse, locally or on the --ranks ring (the same plan as
-// the forward's). The cluster modes are refused before any input is read
-// (gradFlags.check).
+// the forward's). The cluster modes run forward and backward as one job
+// (attendOnClusterGrads) instead.
 func (a *attention) backward(ctx context.Context, mf *maskFlags, o, lse, do []float32) (dq, dk, dv []float32, err error) {
 	if mf.ranks > 0 {
 		plan, err := a.plan(mf)
@@ -374,8 +374,8 @@ func (g *gradFlags) register(fs *flag.FlagSet) {
 // on tells whether gradients were asked for.
 func (g *gradFlags) on() bool { return g.do != "" || g.dq != "" || g.dk != "" || g.dv != "" }
 
-// check refuses an incomplete set of gradient flags, the cluster modes and
-// unwritable outputs, before any input is read.
+// check refuses an incomplete set of gradient flags and unwritable
+// outputs, before any input is read.
 func (g *gradFlags) check(mf *maskFlags) error {
 	if !g.on() {
 		return nil
@@ -384,9 +384,6 @@ func (g *gradFlags) check(mf *maskFlags) error {
 		if f.v == "" {
 			return usagef("--%s is required with the gradient flags (give all of --do, --dq, --dk, --dv)", f.name)
 		}
-	}
-	if mf.cluster > 0 || mf.natsURL != "" {
-		return usagef("--do: gradients run locally or with --ranks; the cluster's backward job is not available yet")
 	}
 	return checkWritable([2]string{"--dq", g.dq}, [2]string{"--dk", g.dk}, [2]string{"--dv", g.dv})
 }
@@ -476,14 +473,23 @@ func runAttend(env *cliEnv, args []string) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 	start := time.Now()
-	o, lse, err := a.compute(ctx, env, &mf)
+	var o, lse, dq, dk, dv []float32
+	var bel time.Duration
+	onCluster := mf.cluster > 0 || mf.natsURL != ""
+	if do != nil && onCluster {
+		// One forward+backward job: the cluster runs both passes.
+		o, lse, dq, dk, dv, err = attendOnClusterGrads(ctx, env, a, &mf, do)
+	} else {
+		o, lse, err = a.compute(ctx, env, &mf)
+	}
 	if err != nil {
 		return err
 	}
 	el := time.Since(start)
-	var dq, dk, dv []float32
-	var bel time.Duration
-	if do != nil {
+	if do != nil && onCluster {
+		bel = el // the job's two passes together
+	}
+	if do != nil && !onCluster {
 		bstart := time.Now()
 		if dq, dk, dv, err = a.backward(ctx, &mf, o, lse, do.Data); err != nil {
 			return err
@@ -529,9 +535,53 @@ func runAttend(env *cliEnv, args []string) error {
 		}
 		wrote += fmt.Sprintf("%s %v", g.path, t.Shape)
 	}
-	fmt.Fprintf(env.stderr, "attend: gradients in %v (%.1f GFLOP/s, counting 2.5x the forward's) -> %s\n",
-		bel.Round(time.Millisecond), backwardFLOPs(&a.p)/bel.Seconds()/1e9, wrote)
+	what := "gradients"
+	if onCluster {
+		what = "forward+backward job"
+	}
+	fmt.Fprintf(env.stderr, "attend: %s in %v (%.1f GFLOP/s, counting 2.5x the forward's) -> %s\n",
+		what, bel.Round(time.Millisecond), backwardFLOPs(&a.p)/bel.Seconds()/1e9, wrote)
 	return nil
+}
+
+// attendOnClusterGrads runs the forward and the backward of an attention
+// problem as one forward+backward job on a cluster (--cluster W or --nats
+// URL), printing the job id and its progress through both passes, and
+// returns o, lse and the gradients of sum(o·do).
+func attendOnClusterGrads(ctx context.Context, env *cliEnv, a *attention, mf *maskFlags, do *tensor.Tensor) (o, lse, dq, dk, dv []float32, err error) {
+	opts, err := mf.jobOptions()
+	if err != nil {
+		return nil, nil, nil, nil, nil, err
+	}
+	jc, err := openCluster(ctx, mf)
+	if err != nil {
+		return nil, nil, nil, nil, nil, err
+	}
+	defer jc.Close()
+	ctx, cancel := mf.conn.withTimeout(ctx)
+	defer cancel()
+	q := tensor.New(a.qd, a.q4...)
+	k := tensor.New(a.kd, a.k4...)
+	v := tensor.New(a.vd, a.k4...)
+	d := tensor.New(do.Data, a.q4...)
+	uploadNote(env.stderr, 2*len(a.qd)+len(a.kd)+len(a.vd), jc.where)
+	st, err := jc.cl.SubmitAttentionBackward(ctx, q, k, v, d, nil, nil, opts)
+	if err != nil {
+		return nil, nil, nil, nil, nil, clusterErr(err)
+	}
+	jobIDLine(env.stderr, st.GetId(), jc.where)
+	st, err = watchJob(ctx, env, jc.cl, st.GetId(), nil)
+	if err != nil {
+		return nil, nil, nil, nil, nil, clusterErr(err)
+	}
+	if err := jobOutcome(st); err != nil {
+		return nil, nil, nil, nil, nil, err
+	}
+	res, err := jc.cl.FetchGrads(ctx, st)
+	if err != nil {
+		return nil, nil, nil, nil, nil, clusterErr(err)
+	}
+	return res.O.Data, res.LSE.Data, res.DQ.Data, res.DK.Data, res.DV.Data, nil
 }
 
 // backwardFactor is the backward's FLOPs over the forward's: the backward

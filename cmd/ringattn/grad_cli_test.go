@@ -107,7 +107,8 @@ func TestCLIAttendGradients(t *testing.T) {
 	in := g.write(t, dir, false)
 	rq, rk, rv := g.ref.Backward(g.q.Data, g.k.Data, g.v.Data, g.do.Data)
 	refO, _ := g.ref.Attention(g.q.Data, g.k.Data, g.v.Data)
-	for _, mode := range [][]string{nil, {"--ranks", "3", "--block", "8"}, {"--ranks", "2", "--block", "5", "--strategy", "striped"}} {
+	for _, mode := range [][]string{nil, {"--ranks", "3", "--block", "8"}, {"--ranks", "2", "--block", "5", "--strategy", "striped"},
+		{"--cluster", "2", "--block", "8"}} {
 		out := map[string]string{}
 		for _, name := range []string{"o", "dq", "dk", "dv"} {
 			out[name] = filepath.Join(dir, "out_"+name+".npy")
@@ -119,7 +120,8 @@ func TestCLIAttendGradients(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("%v: exit %d: %s", mode, code, stderr)
 		}
-		if stdout != "" || !strings.Contains(stderr, "gradients in") || !strings.Contains(stderr, out["dk"]) {
+		if stdout != "" || !(strings.Contains(stderr, "gradients in") || strings.Contains(stderr, "forward+backward job in")) ||
+			!strings.Contains(stderr, out["dk"]) {
 			t.Errorf("%v: stdout %q, stderr %q; want a gradients line naming the files", mode, stdout, stderr)
 		}
 		closeTo(t, "o", readNPY(t, out["o"], g.b, g.hq, g.n, g.d).Data, refO)
@@ -176,9 +178,8 @@ func TestCLIAttendGradientsBNHD(t *testing.T) {
 }
 
 // TestCLIAttendGradientsRefused: incomplete gradient flags, a dO of the
-// wrong shape, a non-finite dO, an unwritable gradient path and the
-// cluster modes are exit 2 with one line naming the flag, and nothing is
-// written.
+// wrong shape, a non-finite dO and an unwritable gradient path are exit 2
+// with one line naming the flag, and nothing is written.
 func TestCLIAttendGradientsRefused(t *testing.T) {
 	g := newGradProblem()
 	dir := t.TempDir()
@@ -186,7 +187,6 @@ func TestCLIAttendGradientsRefused(t *testing.T) {
 	o := filepath.Join(dir, "o.npy")
 	dq, dk, dv := filepath.Join(dir, "dq.npy"), filepath.Join(dir, "dk.npy"), filepath.Join(dir, "dv.npy")
 	base := []string{"attend", "-q", in["q"], "-k", in["k"], "-v", in["v"], "-o", o, "--causal"}
-	all := append(append([]string{}, base...), "--do", in["do"], "--dq", dq, "--dk", dk, "--dv", dv)
 	nan := filepath.Join(dir, "nan_do.npy")
 	bad := append([]float32(nil), g.do.Data...)
 	bad[7] = float32(math.NaN())
@@ -205,8 +205,6 @@ func TestCLIAttendGradientsRefused(t *testing.T) {
 		{"dO shaped like k", append(append([]string{}, base...), "--do", in["k"], "--dq", dq, "--dk", dk, "--dv", dv), "--do has shape [2 2 37 8], expected the shape of -q [2 4 29 8]"},
 		{"dO not finite", append(append([]string{}, base...), "--do", nan, "--dq", dq, "--dk", dk, "--dv", dv), "--do:"},
 		{"dk unwritable", append(append([]string{}, base...), "--do", in["do"], "--dq", dq, "--dk", filepath.Join(dir, "nope", "dk.npy"), "--dv", dv), "--dk"},
-		{"--cluster", append(append([]string{}, all...), "--cluster", "2"), "--do: gradients run locally or with --ranks; the cluster's backward job is not available yet"},
-		{"--nats", append(append([]string{}, all...), "--nats", "nats://127.0.0.1:1"), "--do: gradients run locally or with --ranks"},
 	}
 	for _, c := range cases {
 		wantUsage(t, c.name, o, c.args...)
