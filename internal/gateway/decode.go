@@ -42,6 +42,8 @@ type Spec struct {
 // The tensor parts each kind takes; the optional ones all or none.
 var (
 	attentionParts = []string{"q", "k", "v"}
+	backwardParts  = []string{"q", "k", "v", "do"}
+	forwardOutputs = []string{"o", "lse"} // a backward job's optional parts
 	mhaParts       = []string{"x", "wq", "wk", "wv", "wo"}
 	mhaBiasParts   = []string{"bq", "bk", "bv", "bo"}
 )
@@ -102,8 +104,12 @@ func decodeSpec(data []byte) (Spec, client.JobOptions, error) {
 		return s, o, invalid("spec.kind", "%q: want attention or mha", s.Kind)
 	}
 	if s.Backward {
-		return s, o, &Error{Status: 501, Code: "unimplemented", Field: "spec.backward",
-			Message: "this cluster has no backward job kind yet (GET /v1/info says backward: false)"}
+		if s.Kind != "attention" {
+			return s, o, invalid("spec.backward", "a %s job has no backward: want kind attention", s.Kind)
+		}
+		if s.ReturnLSE {
+			return s, o, invalid("spec.return_lse", "a backward job takes no return_lse (a forward+backward job always returns o and lse)")
+		}
 	}
 	if s.Kind == "mha" {
 		if s.Heads < 1 {
@@ -171,10 +177,13 @@ func specJSONError(err error) *Error {
 	return invalid("spec", "not a JSON object: %s", strings.TrimPrefix(msg, "json: "))
 }
 
-// partNames are the parts a spec of kind takes.
-func partNames(kind string) (required, optional []string) {
-	if kind == "mha" {
+// partNames are the parts a spec takes.
+func partNames(s Spec) (required, optional []string) {
+	switch {
+	case s.Kind == "mha":
 		return mhaParts, mhaBiasParts
+	case s.Backward:
+		return backwardParts, forwardOutputs
 	}
 	return attentionParts, nil
 }
@@ -219,7 +228,7 @@ func decodeSubmit(body io.Reader, boundary string, budget int64, idemHeader stri
 				}
 				sub.opts.IdempotencyKey = idemHeader
 			}
-			required, optional = partNames(sub.spec.Kind)
+			required, optional = partNames(sub.spec)
 			first = false
 			continue
 		}

@@ -46,6 +46,8 @@ func FuzzGatewaySubmit(f *testing.F) {
 	f.Add(fuzzBody(`{"window": [4, -1], "seqlens": [2, 2], "scale": 0.5}`, [2]string{"q", q}, [2]string{"k", q}, [2]string{"v", q}))
 	f.Add(fuzzBody(`{"kind": "mha", "heads": 2}`, [2]string{"x", fuzzNPY(3, 4)}, [2]string{"wq", fuzzNPY(4, 4)},
 		[2]string{"wk", fuzzNPY(4, 4)}, [2]string{"wv", fuzzNPY(4, 4)}, [2]string{"wo", fuzzNPY(4, 4)}))
+	f.Add(fuzzBody(`{"backward": true, "causal": true}`, [2]string{"q", q}, [2]string{"k", q}, [2]string{"v", q}, [2]string{"do", q},
+		[2]string{"o", q}, [2]string{"lse", fuzzNPY(1, 2, 4)}))
 	f.Add(fuzzBody(`{"cuasal": 1}`, [2]string{"q", q[:20]}))
 	f.Add(fuzzBody("", [2]string{"q", q}))
 	f.Add([]byte("--fuzzboundary--\r\n"))
@@ -62,7 +64,7 @@ func FuzzGatewaySubmit(f *testing.F) {
 		if sub.bytes > budget {
 			t.Fatalf("accepted %d tensor bytes past the budget %d", sub.bytes, budget)
 		}
-		required, _ := partNames(sub.spec.Kind)
+		required, _ := partNames(sub.spec)
 		for _, n := range required {
 			if sub.tensors[n] == nil || sub.tensors[n].Validate() != nil {
 				t.Fatalf("accepted without a valid %s", n)

@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -164,8 +165,9 @@ func (g *Gateway) info(w http.ResponseWriter, _ *http.Request) {
 	writeJSON(w, 200, map[string]any{
 		"api": "v1", "version": g.cfg.Version,
 		"kinds":    []string{"attention", "mha"},
-		"backward": false,
-		"outputs":  map[string][]string{"attention": {"o", "lse"}, "mha": {"y"}},
+		"backward": true,
+		"outputs": map[string][]string{"attention": {"o", "lse"}, "mha": {"y"},
+			"attention_backward": {"dq", "dk", "dv"}, "attention_forward_backward": {"o", "lse", "dq", "dk", "dv"}},
 		"limits": map[string]int64{"max_batch": l.MaxBatch, "max_heads": l.MaxHeads, "max_tokens": l.MaxTokens,
 			"max_d": l.MaxD, "max_blocks": l.MaxBlocks, "max_docs": l.MaxDocs, "max_job_bytes": l.MaxJobBytes,
 			"max_request_bytes": g.cfg.MaxRequestBytes},
@@ -205,7 +207,17 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 			writeError(w, err)
 			return
 		}
-		st, err = g.cl.SubmitAttention(ctx, sub.tensors["q"], sub.tensors["k"], sub.tensors["v"], sub.spec.ReturnLSE, sub.opts)
+		if sub.spec.Backward {
+			t := sub.tensors
+			lse, e := checkBackwardShapes(t)
+			if e != nil {
+				writeError(w, e)
+				return
+			}
+			st, err = g.cl.SubmitAttentionBackward(ctx, t["q"], t["k"], t["v"], t["do"], t["o"], lse, sub.opts)
+		} else {
+			st, err = g.cl.SubmitAttention(ctx, sub.tensors["q"], sub.tensors["k"], sub.tensors["v"], sub.spec.ReturnLSE, sub.opts)
+		}
 	}
 	if err != nil {
 		writeError(w, asError(err))
@@ -236,6 +248,35 @@ func checkAttentionShapes(t map[string]*tensor.Tensor) *Error {
 		return invalid("k", "%d heads do not divide q's %d heads: want Hq %% Hkv == 0", k[1], q[1])
 	}
 	return nil
+}
+
+// checkBackwardShapes names the backward part whose shape does not fit
+// q's (after checkAttentionShapes) and returns lse as [B, Hq, N] (nil when
+// not given). lse may drop q's leading 1s as q may: [Hq, N] or [N].
+func checkBackwardShapes(t map[string]*tensor.Tensor) (*tensor.Tensor, *Error) {
+	q, _ := t["q"].As4D()
+	for _, n := range []string{"do", "o"} {
+		if t[n] == nil {
+			continue
+		}
+		s, err := t[n].As4D()
+		if err != nil || !slices.Equal(s, q) {
+			return nil, invalid(n, "shape %s: want q's shape %s", tensor.FormatShape(t[n].Shape), tensor.FormatShape(t["q"].Shape))
+		}
+	}
+	lse := t["lse"]
+	if lse == nil {
+		return nil, nil
+	}
+	want := []int{q[0], q[1], q[2]}
+	got := lse.Shape
+	for len(got) < 3 && len(got) > 0 {
+		got = append([]int{1}, got...)
+	}
+	if !slices.Equal(got, want) {
+		return nil, invalid("lse", "shape %s: want [B,Hq,N] = %v", tensor.FormatShape(lse.Shape), want)
+	}
+	return tensor.New(lse.Data, want...), nil
 }
 
 func (g *Gateway) list(w http.ResponseWriter, r *http.Request) {
@@ -386,9 +427,14 @@ func (g *Gateway) output(w http.ResponseWriter, r *http.Request) {
 	}
 	s := st.GetSpec()
 	b, h, n, d, dm := int(s.GetB()), int(s.GetHq()), int(s.GetN()), int(s.GetD()), int(s.GetDModel())
+	hkv, nk := int(s.GetHkv()), int(s.GetNk())
 	var sh transport.Shape
 	var shape []int
 	switch name {
+	case transport.TensorDQ:
+		sh, shape = transport.Shape{b, h, n, d}, []int{b, h, n, d}
+	case transport.TensorDK, transport.TensorDV:
+		sh, shape = transport.Shape{b, hkv, nk, d}, []int{b, hkv, nk, d}
 	case transport.TensorO:
 		sh, shape = transport.Shape{b, h, n, d}, []int{b, h, n, d}
 	case transport.TensorLSE:

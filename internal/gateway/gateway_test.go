@@ -244,6 +244,97 @@ func TestGatewayAttentionRoundTrip(t *testing.T) {
 	}
 }
 
+// fetchNPY gets one output of a succeeded job and checks its shape.
+func fetchNPY(t *testing.T, base, id, name string, shape ...int) *tensor.Tensor {
+	t.Helper()
+	resp, data := do(t, "GET", base+"/v1/jobs/"+id+"/outputs/"+name, "", nil)
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/x-npy" {
+		t.Fatalf("%s: %d %s", name, resp.StatusCode, data)
+	}
+	got, err := tensor.DecodeNPY(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got.Shape) != fmt.Sprint(shape) {
+		t.Fatalf("%s: shape %v, expected %v", name, got.Shape, shape)
+	}
+	return got
+}
+
+// TestGatewayBackward: a causal GQA problem of three documents, as a
+// forward+backward job (dq, dk, dv, o, lse) and then as a backward job
+// given that job's o and lse; every output against the float64
+// reference within 2e-4·max(1, max|ref|).
+func TestGatewayBackward(t *testing.T) {
+	base := "http://" + cluster(t).HTTPAddr()
+	const b, hq, hkv, n, d = 1, 4, 2, 96, 16
+	q, k, v, parts := attentionInputs(t, 21, b, hq, hkv, n, n, d)
+	dO := testrand.New(22).Slice(b*hq*n*d, testrand.Normal)
+	parts = append(parts, part{"do", npyBytes(t, dO, b, hq, n, d)})
+	seqlens := []int{40, 25, 31}
+	ref := attnref.Problem{B: b, Hq: hq, Hkv: hkv, N: n, Nk: n, D: d, Mask: attnref.Mask{Causal: true, SeqLens: seqlens, SeqLensK: seqlens}}
+	wantO, wantLSE := ref.Attention(q, k, v)
+	dq, dk, dv := ref.Backward(q, k, v, dO)
+	check := func(name string, got *tensor.Tensor, want []float64) {
+		t.Helper()
+		e, tol := attnref.MaxAbsDiff(got.Data, want), 2e-4*max(1, attnref.MaxAbs(want))
+		t.Logf("%s: max |err| %.3g (tolerance %.3g)", name, e, tol)
+		if e > tol {
+			t.Fatalf("%s: max |err| %g against float64, expected <= %g", name, e, tol)
+		}
+	}
+	run := func(spec string, parts []part, mode string, outputs string) string {
+		t.Helper()
+		ct, body := multipartBody(t, spec, parts...)
+		resp, rb := do(t, "POST", base+"/v1/jobs", ct, body)
+		if resp.StatusCode != 201 {
+			t.Fatalf("submit: %d %s", resp.StatusCode, rb)
+		}
+		id := decodeJob(t, rb).ID
+		resp, rb = do(t, "GET", base+"/v1/jobs/"+id+"?wait=60s", "", nil)
+		var st struct {
+			State, Mode, Phase string
+			Outputs            []string
+		}
+		if err := json.Unmarshal(rb, &st); err != nil || resp.StatusCode != 200 || st.State != "succeeded" {
+			t.Fatalf("wait: %d %s", resp.StatusCode, rb)
+		}
+		if st.Mode != mode || fmt.Sprint(st.Outputs) != outputs {
+			t.Fatalf("status %s: expected mode %q, outputs %s", rb, mode, outputs)
+		}
+		return id
+	}
+	spec := `{"causal": true, "backward": true, "block": 16, "seqlens": [40, 25, 31]}`
+	id := run(spec, parts, "forward_backward", "[o lse dq dk dv]")
+	check("o", fetchNPY(t, base, id, "o", b, hq, n, d), wantO)
+	lse := fetchNPY(t, base, id, "lse", b, hq, n)
+	check("lse", lse, wantLSE)
+	o := fetchNPY(t, base, id, "o", b, hq, n, d)
+	check("dq", fetchNPY(t, base, id, "dq", b, hq, n, d), dq)
+	check("dk", fetchNPY(t, base, id, "dk", b, hkv, n, d), dk)
+	check("dv", fetchNPY(t, base, id, "dv", b, hkv, n, d), dv)
+
+	// A backward job given the forward's o and lse (lse as [Hq, N]: q's
+	// leading 1 may be dropped).
+	var ob bytes.Buffer
+	if err := tensor.EncodeNPY(&ob, o); err != nil {
+		t.Fatal(err)
+	}
+	parts = append(parts, part{"o", ob.Bytes()}, part{"lse", npyBytes(t, lse.Data, hq, n)})
+	id = run(spec, parts, "backward", "[dq dk dv]")
+	check("dq (backward job)", fetchNPY(t, base, id, "dq", b, hq, n, d), dq)
+	check("dk (backward job)", fetchNPY(t, base, id, "dk", b, hkv, n, d), dk)
+	check("dv (backward job)", fetchNPY(t, base, id, "dv", b, hkv, n, d), dv)
+	if resp, rb := do(t, "GET", base+"/v1/jobs/"+id+"/outputs/o", "", nil); resp.StatusCode != 404 {
+		t.Fatalf("o of a backward job: %d %s, expected 404", resp.StatusCode, rb)
+	}
+	resp, rb := do(t, "GET", base+"/v1/info", "", nil)
+	var info struct{ Backward bool }
+	if json.Unmarshal(rb, &info) != nil || resp.StatusCode != 200 || !info.Backward {
+		t.Fatalf("/v1/info: %d %s, expected backward: true", resp.StatusCode, rb)
+	}
+}
+
 // TestGatewayMHA: a layer job with biases, checked against a float64
 // computation of torch.nn.MultiheadAttention's forward.
 func TestGatewayMHA(t *testing.T) {
@@ -355,7 +446,12 @@ func TestGatewayErrors(t *testing.T) {
 		{"bad kind", "", nil, 400, "spec.kind", "attention or mha"},
 		{"bad wire", "", nil, 400, "spec.wire", "f32 or bf16"},
 		{"bad scale", "", nil, 400, "spec.scale", "finite"},
-		{"backward", "", nil, 501, "spec.backward", "no backward job kind"},
+		{"backward no do", "", nil, 400, "do", "missing part"},
+		{"backward bad do", "", nil, 400, "do", "want q's shape"},
+		{"backward o only", "", nil, 400, "o", "or none"},
+		{"backward bad lse", "", nil, 400, "lse", "[B,Hq,N]"},
+		{"backward mha", "", nil, 400, "spec.backward", "kind attention"},
+		{"backward return_lse", "", nil, 400, "spec.return_lse", "no return_lse"},
 		{"missing v", "", nil, 400, "v", "missing part"},
 		{"duplicate", "", nil, 400, "q", "twice"},
 		{"unknown part", "", nil, 400, "x", "unexpected part"},
@@ -368,23 +464,35 @@ func TestGatewayErrors(t *testing.T) {
 		{"mha one bias", "", nil, 400, "bq", "or none"},
 	}
 	bodies := map[string]func() (string, []byte){
-		"tensor first":  func() (string, []byte) { return mc("", good...) },
-		"spec not JSON": func() (string, []byte) { return mc(`[1`, good...) },
-		"unknown field": func() (string, []byte) { return mc(`{"cuasal": true}`, good...) },
-		"bad type":      func() (string, []byte) { return mc(`{"causal": "yes"}`, good...) },
-		"bad kind":      func() (string, []byte) { return mc(`{"kind": "conv"}`, good...) },
-		"bad wire":      func() (string, []byte) { return mc(`{"wire": "f8"}`, good...) },
-		"bad scale":     func() (string, []byte) { return mc(`{"scale": -1}`, good...) },
-		"backward":      func() (string, []byte) { return mc(`{"backward": true}`, good...) },
-		"missing v":     func() (string, []byte) { return mc(`{}`, good[:2]...) },
-		"duplicate":     func() (string, []byte) { return mc(`{}`, good[0], good[0]) },
-		"unknown part":  func() (string, []byte) { return mc(`{}`, part{"x", good[0].data}) },
-		"truncated npy": func() (string, []byte) { return mc(`{}`, part{"q", truncated}, good[1], good[2]) },
-		"k head dim":    func() (string, []byte) { return mc(`{}`, good[0], part{"k", kBadD}, part{"v", kBadD}) },
-		"gqa":           func() (string, []byte) { return mc(`{}`, part{"q", q3}, good[1], good[2]) },
-		"d over limit":  func() (string, []byte) { return mc(`{}`, bigD...) },
-		"bad seqlens":   func() (string, []byte) { return mc(`{"seqlens": [10, 10]}`, good...) },
-		"mha no heads":  func() (string, []byte) { return mc(`{"kind": "mha"}`) },
+		"tensor first":   func() (string, []byte) { return mc("", good...) },
+		"spec not JSON":  func() (string, []byte) { return mc(`[1`, good...) },
+		"unknown field":  func() (string, []byte) { return mc(`{"cuasal": true}`, good...) },
+		"bad type":       func() (string, []byte) { return mc(`{"causal": "yes"}`, good...) },
+		"bad kind":       func() (string, []byte) { return mc(`{"kind": "conv"}`, good...) },
+		"bad wire":       func() (string, []byte) { return mc(`{"wire": "f8"}`, good...) },
+		"bad scale":      func() (string, []byte) { return mc(`{"scale": -1}`, good...) },
+		"backward no do": func() (string, []byte) { return mc(`{"backward": true}`, good...) },
+		"backward bad do": func() (string, []byte) {
+			return mc(`{"backward": true}`, append(good[:3:3], part{"do", kBadD})...)
+		},
+		"backward o only": func() (string, []byte) {
+			return mc(`{"backward": true}`, append(good[:3:3], part{"do", good[0].data}, part{"o", good[0].data})...)
+		},
+		"backward bad lse": func() (string, []byte) {
+			return mc(`{"backward": true}`, append(good[:3:3], part{"do", good[0].data}, part{"o", good[0].data},
+				part{"lse", npyBytes(t, make([]float32, 2*15), 1, 2, 15)})...)
+		},
+		"backward mha":        func() (string, []byte) { return mc(`{"kind": "mha", "heads": 1, "backward": true}`) },
+		"backward return_lse": func() (string, []byte) { return mc(`{"backward": true, "return_lse": true}`, good...) },
+		"missing v":           func() (string, []byte) { return mc(`{}`, good[:2]...) },
+		"duplicate":           func() (string, []byte) { return mc(`{}`, good[0], good[0]) },
+		"unknown part":        func() (string, []byte) { return mc(`{}`, part{"x", good[0].data}) },
+		"truncated npy":       func() (string, []byte) { return mc(`{}`, part{"q", truncated}, good[1], good[2]) },
+		"k head dim":          func() (string, []byte) { return mc(`{}`, good[0], part{"k", kBadD}, part{"v", kBadD}) },
+		"gqa":                 func() (string, []byte) { return mc(`{}`, part{"q", q3}, good[1], good[2]) },
+		"d over limit":        func() (string, []byte) { return mc(`{}`, bigD...) },
+		"bad seqlens":         func() (string, []byte) { return mc(`{"seqlens": [10, 10]}`, good...) },
+		"mha no heads":        func() (string, []byte) { return mc(`{"kind": "mha"}`) },
 		"mha one bias": func() (string, []byte) {
 			w := npyBytes(t, make([]float32, 16), 4, 4)
 			return mc(`{"kind": "mha", "heads": 1}`, part{"x", npyBytes(t, make([]float32, 12), 3, 4)},

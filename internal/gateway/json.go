@@ -17,6 +17,8 @@ type Job struct {
 	State          string   `json:"state"`
 	Reason         string   `json:"reason,omitempty"`
 	Kind           string   `json:"kind"`
+	Mode           string   `json:"mode"`            // forward, backward or forward_backward
+	Phase          string   `json:"phase,omitempty"` // the pass a backward job runs: forward or backward
 	Epoch          uint64   `json:"epoch"`
 	BlocksDone     int64    `json:"blocks_done"`
 	BlocksTotal    int64    `json:"blocks_total"`
@@ -45,10 +47,16 @@ func stateName(s pb.JobState) string {
 	return strings.ToLower(strings.TrimPrefix(s.String(), "JOB_STATE_"))
 }
 
+// modeName is a job mode's short name: forward, backward, forward_backward.
+func modeName(m pb.JobMode) string {
+	return strings.ToLower(strings.TrimPrefix(m.String(), "JOB_MODE_"))
+}
+
 func jobJSON(st *pb.JobStatus) *Job {
 	s := st.GetSpec()
 	j := &Job{ID: st.GetId(), State: stateName(st.GetState()), Reason: st.GetReason(),
-		Kind:  strings.ToLower(strings.TrimPrefix(s.GetKind().String(), "JOB_KIND_")),
+		Kind: strings.ToLower(strings.TrimPrefix(s.GetKind().String(), "JOB_KIND_")),
+		Mode: modeName(s.GetMode()), Phase: st.GetPhase(),
 		Epoch: st.GetEpoch(), BlocksDone: st.GetBlocksDone(), BlocksTotal: st.GetBlocksTotal(),
 		CreatedUnixMs: st.GetCreatedUnixMs(), StartedUnixMs: st.GetStartedUnixMs(), FinishedUnixMs: st.GetFinishedUnixMs(),
 		ExpiresUnixMs: st.GetExpiresUnixMs(), Outputs: st.GetOutputs(), Strategy: st.GetStrategy(), Workers: st.GetWorkers(),

@@ -231,29 +231,38 @@ class Client:
         return job.result()
 
     def attention_backward(self, q, k, v, do, causal=False, window=None, seqlens=None, scale=None,
-                           layout="bhnd", o=None, lse=None, **kw):
-        """Gradients (dq, dk, dv) of sum(o·do) on the cluster.
+                           layout="bhnd", o=None, lse=None, seqlens_k=None, progress=False, timeout=None, **kw):
+        """Gradients (dq, dk, dv) of a loss L given do = dL/do, for
+        o = attention(q, k, v, ...) with the same masking arguments, computed
+        on the cluster (float32, like q, k, v; in ``layout``).
 
-        Raises ringattn.Unimplemented while the cluster has no backward job
-        kind (GET /v1/info says backward: false)."""
+        With the forward's o (q's shape and layout) and lse ([B,Hq,N], as
+        attention(..., return_lse=True) returns them) the cluster runs the
+        backward pass only; without them it runs the forward first (one
+        forward+backward job). Raises ringattn.Unimplemented when the cluster
+        has no backward jobs (GET /v1/info says backward: false)."""
         if not self.info().get("backward"):
             raise errors.Unimplemented(
                 501, "unimplemented", "backward",
                 "the ringattn cluster at %s has no backward job kind yet (GET /v1/info: backward false); "
                 "gradients cannot be computed on it" % self.url)
-        # The server advertises backward jobs: spec backward=true with the
-        # inputs and do (o and lse when known save a recomputation); outputs
-        # dq, dk, dv.
+        if (o is None) != (lse is None):
+            raise errors.InvalidArgument(400, "invalid_argument", "o" if o is None else "lse",
+                                         "missing: give both o and lse of the forward (or neither, to compute them)")
         spec = {"kind": "attention", "backward": True, "causal": bool(causal)}
         if window is not None:
             spec["window"] = _window(window)
         if seqlens is not None:
             spec["seqlens"] = [int(s) for s in seqlens]
+        if seqlens_k is not None:
+            spec["seqlens_k"] = [int(s) for s in seqlens_k]
         if scale is not None:
             spec["scale"] = float(scale)
-        for key in ("block", "strategy", "wire", "priority", "parallelism"):
+        for key in ("block", "strategy", "wire", "priority", "parallelism", "idempotency_key"):
             if kw.get(key):
                 spec[key] = kw.pop(key)
+            else:
+                kw.pop(key, None)
         if kw:
             raise TypeError("attention_backward() got unexpected keyword arguments %s" % ", ".join(sorted(kw)))
         parts = []
@@ -264,7 +273,7 @@ class Client:
             parts.append(("lse", _npy(_as_float32(lse, "lse"))))
         ctype, body = _multipart(spec, parts)
         job = Job(self, self._json("POST", "/v1/jobs", body=body, content_type=ctype), layout=layout)
-        job.wait()
+        job.wait(progress=progress, timeout=timeout)
         grads = [job.fetch(n) for n in ("dq", "dk", "dv")]
         if layout == "bnhd":
             grads = [np.ascontiguousarray(g.transpose(0, 2, 1, 3)) for g in grads]
@@ -397,7 +406,8 @@ class Job:
         return o
 
     def fetch(self, name):
-        """One output (o, lse or y) as stored, float32 [B,H,N,D]/[B,H,N]/[B,N,d_model]."""
+        """One output as stored: o, dq [B,Hq,N,D]; lse [B,Hq,N]; dk, dv
+        [B,Hkv,Nk,D]; y [B,N,d_model] (float32, the [B,H,N,D] layout)."""
         data, _ = self.client._request("GET", self._path("/outputs/" + urllib.parse.quote(name, safe="")))
         return np.load(io.BytesIO(data), allow_pickle=False)
 

@@ -4,10 +4,13 @@
     o = attention(q, k, v, causal=True, client=c)   # q, k, v torch tensors
     o.sum().backward()                              # runs the backward on the cluster
 
-The forward runs on the cluster and returns a tensor of q's dtype and
-device. The backward calls Client.attention_backward, which raises
-ringattn.Unimplemented while the cluster has no backward job kind (GET
-/v1/info says backward: false): gradients are never approximated locally.
+The forward runs on the cluster (one attention job returning o and lse)
+and returns a tensor of q's dtype and device. It saves q, k, v, o and lse,
+so the backward is one backward job on the cluster (Client.attention_backward
+given o and lse: no second forward). Gradients come back in the inputs'
+dtypes and devices. A cluster without backward jobs (GET /v1/info says
+backward: false) raises ringattn.Unimplemented: gradients are never
+approximated locally.
 """
 
 import numpy as np
@@ -26,21 +29,23 @@ class AttentionFunction(torch.autograd.Function):
         o, lse = client.attention(q, k, v, causal=causal, window=window, seqlens=seqlens, scale=scale,
                                   layout=layout, return_lse=True)
         out = torch.from_numpy(np.ascontiguousarray(o)).to(device=q.device, dtype=q.dtype)
-        ctx.save_for_backward(q, k, v, out)
-        ctx.lse = lse
+        ctx.save_for_backward(q, k, v)
+        ctx.o, ctx.lse = o, lse  # float32 as the cluster returned them (not rounded to q's dtype)
         ctx.opts = dict(causal=causal, window=window, seqlens=seqlens, scale=scale, layout=layout)
         ctx.client = client
         return out
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, o = ctx.saved_tensors
-        dq, dk, dv = ctx.client.attention_backward(q, k, v, do, o=o, lse=ctx.lse, **ctx.opts)
+        q, k, v = ctx.saved_tensors
+        dq, dk, dv = ctx.client.attention_backward(q, k, v, do, o=ctx.o, lse=ctx.lse, **ctx.opts)
 
         def like(g, t):
             return torch.from_numpy(np.ascontiguousarray(g)).to(device=t.device, dtype=t.dtype)
 
-        return like(dq, q), like(dk, k), like(dv, v), None, None, None, None, None, None
+        need = ctx.needs_input_grad
+        return (like(dq, q) if need[0] else None, like(dk, k) if need[1] else None,
+                like(dv, v) if need[2] else None, None, None, None, None, None, None)
 
 
 def attention(q, k, v, causal=False, window=None, seqlens=None, scale=None, layout="bhnd", client=None):

@@ -45,6 +45,36 @@ def attention(q, k, v, causal=False, window=None, seqlens=None, scale=None):
     return o, lse
 
 
+def attention_backward(q, k, v, do, causal=False, window=None, seqlens=None, scale=None):
+    """dq [B,Hq,N,D], dk, dv [B,Hkv,Nk,D] of sum(o·do) in float64, from the
+    definition: p = softmax(s), dp = do·vᵀ, ds = p·(dp - rowsum(do·o)),
+    dq = scale·ds·k, dk = scale·dsᵀ·q, dv = pᵀ·do; a GQA group's heads sum
+    into their shared k, v head. Rows seeing no key contribute nothing."""
+    q, k, v, do = (np.asarray(a, dtype=np.float64) for a in (q, k, v, do))
+    b, hq, n, d = q.shape
+    hkv, nk = k.shape[1], k.shape[2]
+    g = hq // hkv
+    kr, vr = np.repeat(k, g, axis=1), np.repeat(v, g, axis=1)
+    scale = 1.0 / np.sqrt(d) if scale is None else scale
+    s = np.einsum("bhnd,bhmd->bhnm", q, kr) * scale
+    m = visible(n, nk, causal, window, seqlens)
+    s = np.where(m, s, -np.inf)
+    mx = np.max(s, axis=-1, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    p = np.exp(s - mx)
+    l = p.sum(-1, keepdims=True)
+    p = p / np.where(l > 0, l, 1)
+    o = np.einsum("bhnm,bhmd->bhnd", p, vr)
+    dp = np.einsum("bhnd,bhmd->bhnm", do, vr)
+    ds = p * (dp - np.sum(do * o, axis=-1, keepdims=True))
+    dq = scale * np.einsum("bhnm,bhmd->bhnd", ds, kr)
+    dk = scale * np.einsum("bhnm,bhnd->bhmd", ds, q)
+    dv = np.einsum("bhnm,bhnd->bhmd", p, do)
+    dk = dk.reshape(b, hkv, g, nk, d).sum(2)
+    dv = dv.reshape(b, hkv, g, nk, d).sum(2)
+    return dq, dk, dv
+
+
 def mha(x, wq, wk, wv, wo, heads, causal=False, bq=None, bk=None, bv=None, bo=None):
     """torch.nn.MultiheadAttention's forward (self-attention), float64."""
     x = np.asarray(x, dtype=np.float64)

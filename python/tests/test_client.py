@@ -188,13 +188,65 @@ class ClientTest(unittest.TestCase):
                 ringattn.Client(DEV.url, token=token).jobs()
             self.assertEqual(cm.exception.field, "Authorization")
 
-    def test_backward_not_yet(self):
-        q = rand(1, 1, 16, 8)
-        self.assertFalse(self.c.info()["backward"])
-        with self.assertRaises(ringattn.Unimplemented) as cm:
-            self.c.attention_backward(q, q, q, q, causal=True)
-        self.assertIsInstance(cm.exception, NotImplementedError)
-        self.assertIn("no backward job kind", str(cm.exception))
+    def assertGrad(self, got, ref, what):
+        # 2e-4·max(1, max|ref|): float32 accumulation over the keys
+        self.assertEqual(got.shape, ref.shape, what)
+        self.assertEqual(got.dtype, np.float32, what)
+        err = float(np.max(np.abs(got - ref)))
+        lim = 2e-4 * max(1.0, float(np.max(np.abs(ref))))
+        print("%s: max |err| %.3g (tolerance %.3g)" % (what, err, lim), file=sys.stderr)
+        self.assertLessEqual(err, lim, "%s: max |err| %g against float64" % (what, err))
+
+    def test_backward_matches_float64(self):
+        # causal GQA of three documents: one forward+backward job, then a
+        # backward job given the forward's o and lse, then layout bnhd.
+        self.assertTrue(self.c.info()["backward"])
+        b, hq, hkv, n, d, seqlens = 1, 4, 2, 96, 16, [40, 25, 31]
+        q, k, v = rand(b, hq, n, d, seed=11), rand(b, hkv, n, d, seed=12), rand(b, hkv, n, d, seed=13)
+        do = rand(b, hq, n, d, seed=14)
+        ref = reference.attention_backward(q, k, v, do, causal=True, seqlens=seqlens)
+        got = self.c.attention_backward(q, k, v, do, causal=True, seqlens=seqlens, block=32)
+        for name, g, r in zip(("dq", "dk", "dv"), got, ref):
+            self.assertGrad(g, r, name + " (forward+backward)")
+        o, lse = self.c.attention(q, k, v, causal=True, seqlens=seqlens, return_lse=True)
+        got = self.c.attention_backward(q, k, v, do, causal=True, seqlens=seqlens, o=o, lse=lse)
+        for name, g, r in zip(("dq", "dk", "dv"), got, ref):
+            self.assertGrad(g, r, name + " (backward)")
+        t = lambda a: np.ascontiguousarray(a.transpose(0, 2, 1, 3))
+        got = self.c.attention_backward(t(q), t(k), t(v), t(do), causal=True, seqlens=seqlens, layout="bnhd")
+        for name, g, r in zip(("dq", "dk", "dv"), got, ref):
+            self.assertGrad(g, t(r), name + " (bnhd)")
+
+    def test_backward_bad_do_names_it(self):
+        q = rand(1, 2, 16, 8)
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention_backward(q, q, q, rand(1, 2, 15, 8), causal=True)
+        self.assertEqual(cm.exception.field, "do")
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention_backward(q, q, q, q, o=q)
+        self.assertEqual(cm.exception.field, "lse")
+
+
+class ReferenceTest(unittest.TestCase):
+    def test_backward_reference_matches_finite_differences(self):
+        # central differences of L = sum(o·do) in float64, on a tiny causal
+        # GQA problem with two documents and a scale of its own
+        rng = np.random.default_rng(5)
+        q, k, v = rng.standard_normal((1, 2, 5, 3)), rng.standard_normal((1, 1, 5, 3)), rng.standard_normal((1, 1, 5, 3))
+        do = rng.standard_normal((1, 2, 5, 3))
+        kw = dict(causal=True, seqlens=[3, 2], scale=0.7)
+        grads = reference.attention_backward(q, k, v, do, **kw)
+        loss = lambda q, k, v: float(np.sum(reference.attention(q, k, v, **kw)[0] * do))
+        h = 1e-6
+        for i, (x, g) in enumerate(zip((q, k, v), grads)):
+            fd = np.zeros_like(x)
+            for idx in np.ndindex(x.shape):
+                args = [q.copy(), k.copy(), v.copy()]
+                args[i][idx] += h
+                up = loss(*args)
+                args[i][idx] -= 2 * h
+                fd[idx] = (up - loss(*args)) / (2 * h)
+            self.assertLessEqual(float(np.max(np.abs(fd - g))), 1e-7, "input %d" % i)
 
 
 @unittest.skipIf(torch is None, "torch is not installed")
@@ -229,14 +281,40 @@ class TorchTest(unittest.TestCase):
         # float32 on the cluster; the error is bf16's rounding of the output.
         self.assertLessEqual(float(np.max(np.abs(o.float().numpy() - ref))), 2 ** -8 * max(1.0, float(np.max(np.abs(ref)))))
 
-    def test_backward_raises_until_the_cluster_has_it(self):
+    def test_autograd_matches_float64_torch(self):
+        # gradients through ringattn.torch.attention (a forward job, then a
+        # backward job) against torch float64 autograd of plain softmax
+        # attention, causal GQA, in both layouts
+        from ringattn.torch import attention
+        g = torch.Generator().manual_seed(3)
+        b, hq, hkv, n, d = 2, 4, 2, 80, 16
+        q0 = torch.randn(b, hq, n, d, generator=g)
+        k0, v0 = torch.randn(b, hkv, n, d, generator=g), torch.randn(b, hkv, n, d, generator=g)
+        w = torch.randn(b, hq, n, d, generator=g)
+        q64, k64, v64 = (t.double().requires_grad_() for t in (q0, k0, v0))
+        s = q64 @ k64.repeat_interleave(hq // hkv, 1).transpose(-1, -2) / d ** 0.5
+        s = s.masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        ((torch.softmax(s, -1) @ v64.repeat_interleave(hq // hkv, 1)) * w.double()).sum().backward()
+        refs = (q64.grad, k64.grad, v64.grad)
+        for layout in ("bhnd", "bnhd"):
+            tr = (lambda t: t.transpose(1, 2).contiguous()) if layout == "bnhd" else (lambda t: t)
+            q, k, v = (tr(t).clone().requires_grad_() for t in (q0, k0, v0))
+            o = attention(q, k, v, causal=True, layout=layout, client=self.c)
+            (o * tr(w)).sum().backward()
+            for name, x, ref in zip(("dq", "dk", "dv"), (q, k, v), refs):
+                self.assertEqual(x.grad.dtype, torch.float32)
+                err = float((tr(x.grad).double() - ref).abs().max())
+                lim = 2e-4 * max(1.0, float(ref.abs().max()))
+                print("torch %s %s: max |err| %.3g (tolerance %.3g)" % (layout, name, err, lim), file=sys.stderr)
+                self.assertLessEqual(err, lim, "%s %s" % (layout, name))
+
+    def test_autograd_only_needed_grads(self):
         from ringattn.torch import attention
         q = torch.randn(1, 2, 32, 16, requires_grad=True)
-        o = attention(q, q.detach(), q.detach(), causal=True, client=self.c)
-        self.assertTrue(o.requires_grad)
-        with self.assertRaises(ringattn.Unimplemented) as cm:
-            o.sum().backward()
-        self.assertIn("no backward job kind", str(cm.exception))
+        k, v = torch.randn(1, 2, 32, 16), torch.randn(1, 2, 32, 16)
+        attention(q, k, v, causal=True, client=self.c).sum().backward()
+        self.assertIsNotNone(q.grad)
+        self.assertIsNone(k.grad)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,16 @@ class RetryTest(unittest.TestCase):
         self.assertEqual(cm.exception.retry_after, 1.0)
         self.assertLessEqual(_Busy.calls, 3)
 
+    def test_backward_on_an_older_server_is_unimplemented(self):
+        # A gateway whose /v1/info says backward: false has no backward
+        # jobs: the client says so rather than sending one.
+        q = [[0.0] * 4] * 4
+        with self.assertRaises(ringattn.Unimplemented) as cm:
+            ringattn.Client(self.url, timeout=10).attention_backward(q, q, q, q)
+        self.assertIsInstance(cm.exception, NotImplementedError)
+        self.assertIn("no backward job kind", str(cm.exception))
+        self.assertEqual(_Busy.calls, 1)
+
     def test_503_without_retry_after_is_not_retried(self):
         _Busy.busy_left, _Busy.retry_after = 1, None
         with self.assertRaises(errors.Unavailable):
