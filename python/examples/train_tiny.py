@@ -3,10 +3,12 @@
     ringattn dev &                       # serves http://127.0.0.1:8080
     PYTHONPATH=python python3 python/examples/train_tiny.py [--url URL] [--token T]
 
-Step 0 checks the cluster's gradients against torch's own attention (float32,
-same parameters, same batch); then it trains and checks that the loss falls.
-Needs a cluster whose GET /v1/info says backward: true: until the backward job
-kind exists, it stops with exit code 3 after checking the forward pass.
+Step 0 checks the cluster's forward and gradients against torch's own
+attention (float32, same parameters, same batch); then it trains with the
+cluster's gradients (each step: one forward job, one backward job given the
+forward's o and lse) and checks that the loss falls. A cluster whose GET
+/v1/info says backward: false has no backward jobs: it stops with exit code 3
+after checking the forward pass.
 """
 
 import argparse
