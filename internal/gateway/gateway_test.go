@@ -617,6 +617,26 @@ func TestGatewayJobLimits(t *testing.T) {
 				c.maxTokens, c.maxJobBytes, jobBytes, n, resp.StatusCode, rb, c.status, c.field)
 		}
 	}
+	// A backward job stores do, dq, dk, dv (and lse) too: the same shape is
+	// counted with them, at the limit and one byte under it.
+	gradBytes, ok := shard.JobBytes(&shard.Request{B: 1, Hq: 1, Hkv: 1, N: n, Nk: n, D: 8, Block: 16, Ranks: 1}, shard.Tensors{Grad: true})
+	if !ok || gradBytes <= jobBytes {
+		t.Fatalf("backward JobBytes %d (ok %v), expected more than the forward's %d", gradBytes, ok, jobBytes)
+	}
+	ct, body = multipartBody(t, `{"block": 16, "backward": true}`, append(parts, part{"do", parts[0].data})...)
+	for _, c := range []struct {
+		maxJobBytes int64
+		status      int
+	}{{gradBytes, 201}, {gradBytes - 1, 413}, {jobBytes, 413}} {
+		lim := shard.DefaultLimits()
+		lim.MaxJobBytes = c.maxJobBytes
+		resp, rb := do(t, "POST", serve(lim)+"/v1/jobs", ct, body)
+		var e apiError
+		json.Unmarshal(rb, &e)
+		if resp.StatusCode != c.status || (c.status == 413 && !strings.HasPrefix(e.Error.Field, "spec")) {
+			t.Fatalf("backward, MaxJobBytes %d (job %d bytes): %d %s, expected %d", c.maxJobBytes, gradBytes, resp.StatusCode, rb, c.status)
+		}
+	}
 	lim := shard.DefaultLimits()
 	lim.MaxTokens = 64
 	resp, rb := do(t, "GET", serve(lim)+"/v1/info", "", nil)
