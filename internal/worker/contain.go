@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/ringattn/ringattn/pkg/shard"
 	"runtime/debug"
 	"sync/atomic"
 
@@ -77,18 +78,55 @@ func (p *progress) counts() (int64, int64) {
 // steps, its query blocks and initial key/value blocks fetched (k and v
 // apart; a layer reads its x blocks instead, after its weights), and its
 // output blocks written.
+//
+// A forward rank's ring steps also count the visible (query block, key
+// block) pairs they fold (pairUnits), so that progress follows the
+// arithmetic: a step is worth 1 plus its pairs, a block read or written 1.
 func (t *task) units() int64 {
 	rk := t.plan.Ranks[t.rank]
 	q, kv := int64(len(rk.QBlocks)), int64(len(rk.KVBlocks))
-	n := int64(t.plan.Steps) + 2*q + 2*kv
-	if t.mode == pb.JobMode_JOB_MODE_BACKWARD {
+	steps := int64(t.plan.Steps)
+	switch {
+	case t.mode == pb.JobMode_JOB_MODE_BACKWARD:
 		// q, do, o, lse by query block, k, v by key block; dq and dk/dv written.
-		n = int64(t.plan.Steps) + 5*q + 3*kv
-	}
-	if t.kind == pb.JobKind_JOB_KIND_MHA {
-		n = int64(t.plan.Steps) + 2*q + kv + 4 // x blocks: q's and the initial kv's, often the same
+		return steps + 5*q + 3*kv
+	case t.kind == pb.JobKind_JOB_KIND_MHA:
+		n := steps + 2*q + kv + 4 + pairUnits(t.plan, t.rank) // x blocks: q's and the initial kv's, often the same
 		if t.bias {
 			n += 4
+		}
+		return n
+	}
+	return steps + 2*q + 2*kv + pairUnits(t.plan, t.rank)
+}
+
+// pairUnits is the number of visible (query block, key block) pairs rank
+// folds in a forward pass of plan, counted as ringattn's engine counts its
+// Progress.TotalPairs: each owned query block with each key block some
+// rank holds (split-KV: this rank) that the mask leaves some pair of.
+func pairUnits(plan *shard.Plan, rank int) int64 {
+	holder := make([]int32, plan.KBlockCount)
+	for kj := range holder {
+		holder[kj] = -1
+	}
+	for h, rk := range plan.Ranks {
+		for _, kj := range rk.KVBlocks {
+			holder[kj] = int32(h)
+		}
+	}
+	var n int64
+	for _, qi := range plan.Ranks[rank].QBlocks {
+		bp := plan.BlockPairs(qi)
+		if bp == nil {
+			continue
+		}
+		first, last := bp.Span()
+		for kj := first; kj < last; kj++ {
+			h := holder[kj]
+			if h < 0 || (plan.Strategy == shard.SplitKV && int(h) != rank) || bp.Pairs(kj) == 0 {
+				continue
+			}
+			n++
 		}
 	}
 	return n

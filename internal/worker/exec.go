@@ -343,7 +343,11 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		w.met.flops.Add(p.FLOPs - last.FLOPs)
 		w.met.fallbacks.Add(float64(p.Fallbacks - last.Fallbacks))
 		if p.Step > last.Step {
-			prog.done.Add(int64(p.Step - last.Step))
+			units := int64(p.Step - last.Step)
+			if t.mode != pb.JobMode_JOB_MODE_BACKWARD {
+				units += int64(p.Pairs - last.Pairs) // the step's folded pairs (task.units)
+			}
+			prog.done.Add(units)
 		}
 		stepped := p.Step > last.Step
 		last, lastAt = p, now
