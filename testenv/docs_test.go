@@ -30,12 +30,12 @@ import (
 //   - A command ending in `&` starts a server in the background; the
 //     document's own commands stop it, and whatever still runs when the
 //     document ends is killed with its process group.
-//   - The documents use loopback ports 14222, 17401-17403, 18480-18483;
+//   - The documents use loopback ports 14222-14223, 17401-17403, 18480-18484;
 //     they must be free.
 var docsFiles = []string{"README.md", "docs/QUICKSTART.md"}
 
 // docsPorts are the loopback ports the documents' servers listen on.
-var docsPorts = []int{14222, 17401, 17402, 17403, 18480, 18481, 18482, 18483}
+var docsPorts = []int{14222, 14223, 17401, 17402, 17403, 18480, 18481, 18482, 18483, 18484}
 
 // docsTimeout bounds one document's run.
 const docsTimeout = 4 * time.Minute
