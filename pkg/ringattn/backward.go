@@ -74,19 +74,8 @@ type BackwardConfig struct {
 // Validate checks that the parts fit together, and the fencing rule: a
 // plan over a subset of the query blocks may not produce dK/dV.
 func (c *BackwardConfig) Validate() error {
-	switch {
-	case c.Params == nil:
-		return invalid("BackwardConfig.Params is nil")
-	case c.Plan == nil:
-		return invalid("BackwardConfig.Plan is nil")
-	case c.Ring == nil:
-		return invalid("BackwardConfig.Ring is nil")
-	case c.Source == nil:
-		return invalid("BackwardConfig.Source is nil")
-	case c.Sink == nil:
-		return invalid("BackwardConfig.Sink is nil")
-	case c.PartialTimeouts < 0:
-		return invalid("BackwardConfig.PartialTimeouts = %d, expected >= 0", c.PartialTimeouts)
+	if err := checkParts("BackwardConfig", c.Params != nil, c.Plan != nil, c.Ring != nil, c.Source != nil, c.Sink != nil, c.PartialTimeouts); err != nil {
+		return err
 	}
 	rc := RankConfig{Params: c.Params, Plan: c.Plan, Ring: c.Ring, Source: c.Source, Sink: nopSink{}}
 	if err := rc.Validate(); err != nil {

@@ -72,21 +72,27 @@ type Progress struct {
 	Done        bool    // outputs written (or, split-KV, partial handed on)
 }
 
+// checkParts reports the first missing part of a rank's configuration
+// (cfg names its type in the error) or a negative PartialTimeouts.
+func checkParts(cfg string, params, plan, ring, source, sink bool, partialTimeouts int) error {
+	for _, part := range []struct {
+		name string
+		ok   bool
+	}{{"Params", params}, {"Plan", plan}, {"Ring", ring}, {"Source", source}, {"Sink", sink}} {
+		if !part.ok {
+			return invalid("%s.%s is nil", cfg, part.name)
+		}
+	}
+	if partialTimeouts < 0 {
+		return invalid("%s.PartialTimeouts = %d, expected >= 0", cfg, partialTimeouts)
+	}
+	return nil
+}
+
 // Validate checks that the parts fit together.
 func (c *RankConfig) Validate() error {
-	switch {
-	case c.Params == nil:
-		return invalid("RankConfig.Params is nil")
-	case c.Plan == nil:
-		return invalid("RankConfig.Plan is nil")
-	case c.Ring == nil:
-		return invalid("RankConfig.Ring is nil")
-	case c.Source == nil:
-		return invalid("RankConfig.Source is nil")
-	case c.Sink == nil:
-		return invalid("RankConfig.Sink is nil")
-	case c.PartialTimeouts < 0:
-		return invalid("RankConfig.PartialTimeouts = %d, expected >= 0", c.PartialTimeouts)
+	if err := checkParts("RankConfig", c.Params != nil, c.Plan != nil, c.Ring != nil, c.Source != nil, c.Sink != nil, c.PartialTimeouts); err != nil {
+		return err
 	}
 	if err := c.Params.Validate(); err != nil {
 		return fmt.Errorf("%w: RankConfig.Params: %w", ErrInvalid, err)
