@@ -401,6 +401,18 @@ func TestWorkerShardGoroutinePanicContained(t *testing.T) {
 	if st := e.shardState("sg", 1); st != "reporting" {
 		t.Fatalf("shard is %q, want reporting (failed, report unsent)", st)
 	}
+	// The panic is counted before the delivery goroutine clears its
+	// in-flight mark; a re-issue inside that window is (rightly) ignored.
+	checkFor(t, 5*time.Second, 5*time.Millisecond, func() error {
+		e.w.mu.Lock()
+		defer e.w.mu.Unlock()
+		for k, s := range e.w.shards {
+			if k.job == "sg" && s.delivering {
+				return errors.New("report delivery still marked in flight")
+			}
+		}
+		return nil
+	})
 	// Re-issued: the report goes out now.
 	if ack := e.assign(a); !ack.Accepted || ack.Reason != alreadyHeld {
 		t.Fatalf("re-issued: %v", ack)
