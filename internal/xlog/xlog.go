@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
-	"testing"
 )
 
 // ErrFormat is returned for an unknown log format or level.
@@ -56,9 +55,18 @@ func ParseLevel(s string) (slog.Level, error) {
 // Discard returns a logger that drops everything.
 func Discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
+// TB is the part of testing.TB that Test uses; *testing.T, *testing.B and
+// *testing.F satisfy it. Declaring it here keeps the testing package out of
+// every binary that links xlog.
+type TB interface {
+	Helper()
+	Log(args ...any)
+	Cleanup(func())
+}
+
 // Test returns a debug-level text logger that writes through tb.Log and
 // goes quiet when the test ends (goroutines may outlive it briefly).
-func Test(tb testing.TB) *slog.Logger {
+func Test(tb TB) *slog.Logger {
 	w := &tbWriter{tb: tb}
 	tb.Cleanup(w.close)
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -66,7 +74,7 @@ func Test(tb testing.TB) *slog.Logger {
 
 type tbWriter struct {
 	mu   sync.Mutex
-	tb   testing.TB
+	tb   TB
 	done bool
 }
 
