@@ -4,16 +4,15 @@ import (
 	"errors"
 	"fmt"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
-// The decoders of what the worker receives from the network besides
-// assignments (plan.go): heartbeat acks, report acks and job events. None
-// trusts its input: a malformed message is an error, names are bounded
-// before they reach a log, and references that cannot name a shard are
-// dropped. Each has a fuzz target (decode_fuzz_test.go).
+// The checks of what the worker receives from the network besides
+// assignments (task.go): heartbeat acks, report acks and job events.
+// pkg/transport decodes each message (bounded by its size); these checks
+// trust none of its fields: names are bounded before they reach a log,
+// references that cannot name a shard are dropped. Each has a fuzz target
+// (decode_fuzz_test.go) fed with the bytes on the wire.
 
 // maxLogName bounds a peer-chosen name (a leader id, a message) copied into
 // a log line or an abort reason.
@@ -27,26 +26,22 @@ func clip(s string) string {
 	return fmt.Sprintf("%q... (%d bytes)", s[:maxLogName], len(s))
 }
 
-// errBadMessage is wrapped by every decoding error of this file.
+// errBadMessage is wrapped by every error of this file.
 var errBadMessage = errors.New("malformed message")
 
-// decodeHeartbeatAck decodes a leader's answer to a heartbeat: the
-// leader's id (clipped) and the shards to abort. References that cannot
-// name a shard this worker holds (a job id that is no subject token,
-// epoch 0, a negative rank) are dropped.
-func decodeHeartbeatAck(data []byte) (leader string, aborts []shardKey, err error) {
-	var ack pb.HeartbeatAck
-	if err := proto.Unmarshal(data, &ack); err != nil {
-		return "", nil, fmt.Errorf("%w: heartbeat ack: %v", errBadMessage, err)
-	}
+// checkHeartbeatAck reads a leader's answer to a heartbeat: the leader's
+// id (clipped) and the shards to abort. References that cannot name a
+// shard this worker holds (a job id that is no valid name, epoch 0, a
+// negative rank) are dropped.
+func checkHeartbeatAck(ack *pb.HeartbeatAck) (leader string, aborts []shardKey) {
 	for _, r := range ack.GetAbort() {
 		k := keyOf(r)
-		if !tokenRE.MatchString(k.job) || k.epoch == 0 || k.rank < 0 {
+		if !validName(k.job) || k.epoch == 0 || k.rank < 0 {
 			continue
 		}
 		aborts = append(aborts, k)
 	}
-	return clip(ack.GetLeaderId()), aborts, nil
+	return clip(ack.GetLeaderId()), aborts
 }
 
 // jobAction is what a job event asks of the shards of its job.
@@ -56,14 +51,10 @@ type jobAction struct {
 	epoch    uint64      // > 0: epoch started, stop the shards of older epochs
 }
 
-// decodeJobEvent decodes an event published on the events subject of job:
-// an event naming another job, or an epoch start with epoch 0, is an
-// error; other event types ask nothing (a zero jobAction).
-func decodeJobEvent(job string, data []byte) (jobAction, error) {
-	var ev pb.JobEvent
-	if err := proto.Unmarshal(data, &ev); err != nil {
-		return jobAction{}, fmt.Errorf("%w: job event: %v", errBadMessage, err)
-	}
+// checkJobEvent reads an event received on the events subject of job: an
+// event naming another job, or an epoch start with epoch 0, is an error;
+// other event types ask nothing (a zero jobAction).
+func checkJobEvent(job string, ev *pb.JobEvent) (jobAction, error) {
 	if ev.GetJobId() != job {
 		return jobAction{}, fmt.Errorf("%w: job event names job %s on the subject of job %s", errBadMessage, clip(ev.GetJobId()), job)
 	}
@@ -79,14 +70,14 @@ func decodeJobEvent(job string, data []byte) (jobAction, error) {
 	return jobAction{}, nil
 }
 
-// decodeReportAck classifies a leader's answer to a report: status is
-// accepted, duplicate, stale, rejected or retry, or error (with the
-// reason as message) for an answer that does not decode or has an
+// reportStatus classifies the outcome of one report attempt (the answer
+// of transport.Conn.Report): status is accepted, duplicate, stale,
+// rejected or retry, or error (with the reason as message) when the call
+// failed (no answer, or one that does not decode) or the answer has an
 // unknown status. The message is clipped.
-func decodeReportAck(data []byte) (status, message string) {
-	var ack pb.ReportAck
-	if err := proto.Unmarshal(data, &ack); err != nil {
-		return "error", "bad report ack: " + err.Error()
+func reportStatus(ack *pb.ReportAck, err error) (status, message string) {
+	if err != nil {
+		return "error", err.Error()
 	}
 	msg := clip(ack.GetMessage())
 	switch ack.GetStatus() {

@@ -18,6 +18,10 @@ func mustMarshal(f *testing.F, m proto.Message) []byte {
 	return data
 }
 
+// The fuzz targets feed the bytes on the wire through the decoding
+// pkg/transport does (proto.Unmarshal; a message that does not decode
+// never reaches the worker's checks) and then through the worker's check.
+
 // FuzzHeartbeatAck: any bytes on the heartbeat reply decode to an error or
 // to a leader id of bounded length and abort keys that can name a shard;
 // nothing panics.
@@ -29,18 +33,16 @@ func FuzzHeartbeatAck(f *testing.F) {
 		{JobId: "j", Epoch: 1<<64 - 1, Rank: 1<<31 - 1, StepsDone: -1, StepsTotal: 1 << 62}}}))
 	f.Add([]byte{0x12, 0xff, 0xff, 0xff, 0xff, 0x0f}) // abort with a length past the end
 	f.Fuzz(func(t *testing.T, data []byte) {
-		leader, aborts, err := decodeHeartbeatAck(data)
-		if err != nil {
-			if leader != "" || aborts != nil {
-				t.Fatalf("error %v with results %q %v", err, leader, aborts)
-			}
+		var ack pb.HeartbeatAck
+		if err := proto.Unmarshal(data, &ack); err != nil {
 			return
 		}
+		leader, aborts := checkHeartbeatAck(&ack)
 		if len(leader) > maxLogName+32 {
 			t.Fatalf("leader id of %d bytes reaches the logs", len(leader))
 		}
 		for _, k := range aborts {
-			if !tokenRE.MatchString(k.job) || k.epoch == 0 || k.rank < 0 {
+			if !validName(k.job) || k.epoch == 0 || k.rank < 0 {
 				t.Fatalf("abort key %v cannot name a shard", k)
 			}
 		}
@@ -57,7 +59,11 @@ func FuzzJobEvent(f *testing.F) {
 	f.Add("j1", mustMarshal(f, &pb.JobEvent{JobId: "j1", Type: 99, Epoch: 1<<64 - 1}))
 	f.Add("j1", []byte{0x0a, 0x80})
 	f.Fuzz(func(t *testing.T, job string, data []byte) {
-		act, err := decodeJobEvent(job, data)
+		var ev pb.JobEvent
+		if err := proto.Unmarshal(data, &ev); err != nil {
+			return
+		}
+		act, err := checkJobEvent(job, &ev)
 		if err != nil {
 			if act != (jobAction{}) {
 				t.Fatalf("error %v with action %+v", err, act)
@@ -79,7 +85,8 @@ func FuzzReportAck(f *testing.F) {
 	f.Add(mustMarshal(f, &pb.ReportAck{Status: pb.ReportStatus_REPORT_STATUS_REJECTED, Message: strings.Repeat("m", 5000)}))
 	f.Add([]byte{0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		status, msg := decodeReportAck(data)
+		var ack pb.ReportAck
+		status, msg := reportStatus(&ack, proto.Unmarshal(data, &ack))
 		switch status {
 		case "accepted", "duplicate", "stale", "rejected", "retry", "error":
 		default:

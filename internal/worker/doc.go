@@ -1,7 +1,9 @@
 // Package worker is the ringattn worker service (DESIGN.md §3–§5): the
 // stateless, replaceable process where the computation happens.
 //
-// A Worker connects to NATS, measures its kernel speed, and heartbeats to
+// A Worker connects to NATS through a transport.Conn (every control-plane
+// exchange is one of its typed calls; this package does not speak NATS
+// itself), measures its kernel speed, and heartbeats to
 // the coordinator leader every second with its slots, GFLOP/s, version,
 // memory and the shards it holds (running, or finished with the report not
 // yet acknowledged), each with its progress: steps_done counts the blocks
@@ -23,9 +25,11 @@
 // After the ring the rank applies the output projection to its own rows and
 // writes "y" blocks.
 //
-// Nothing received is trusted: assignments are validated field by field,
-// heartbeat acks, report acks and job events are decoded by functions
-// with fuzz targets, and a panic in any NATS handler, the heartbeat loop,
+// Nothing received is trusted: assignments are validated field by field
+// (their params and plan by transport.JobFromPB, the codec the leader
+// planned with; the rest in task.go), heartbeat acks, report acks and job
+// events are checked by functions with fuzz targets, and a panic in any
+// handler, the heartbeat loop,
 // report delivery or a rank's computation is recovered (logged with its
 // stack, counted in ringattn_worker_panics_total); a rank that panicked
 // reports FAILED, not fatal, so the leader re-plans it elsewhere.

@@ -244,7 +244,7 @@ func (s *attnSink) Put(ctx context.Context, block int, o, lse []float32) error {
 // first one stored is kept.
 func (w *Worker) storeFor(ctx context.Context, bucket string) (*transport.Store, error) {
 	w.mu.Lock()
-	store, nc := w.store, w.nc
+	store, conn := w.store, w.conn
 	s, ok := w.stores[bucket]
 	w.mu.Unlock()
 	if bucket == "" || bucket == store.Bucket() {
@@ -258,7 +258,7 @@ func (w *Worker) storeFor(ctx context.Context, bucket string) (*transport.Store,
 	}
 	cfg := w.storeConfig()
 	cfg.Bucket = bucket
-	s, err := transport.OpenStore(ctx, nc, cfg, w.log)
+	s, err := conn.OpenStore(ctx, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +288,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		return nil, err
 	}
 	w.mu.Lock()
-	nc := w.nc
+	conn := w.conn
 	w.mu.Unlock()
 	enc := transport.F32
 	if t.bf16 {
@@ -297,7 +297,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	// A peer that has acknowledged nothing for twice its RecvTimeout has
 	// fallen back to the store (or is gone): stop sending to it then, not
 	// after the ring's default 30 s.
-	ring, err := transport.NewNATSRing(nc, transport.RingConfig{
+	ring, err := conn.NewRing(transport.RingConfig{
 		Job: t.job, Epoch: t.epoch, Rank: t.rank, Size: len(t.plan.Ranks),
 		Prefix: w.subj.Prefix(), Encoding: enc, RecvTimeout: w.cfg.RecvTimeout,
 		SendTimeout: 2 * w.cfg.RecvTimeout,

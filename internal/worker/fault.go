@@ -41,7 +41,7 @@ func ParseFault(spec string) (*Fault, error) {
 		var err error
 		switch k {
 		case "job":
-			if v != "" && !tokenRE.MatchString(v) {
+			if v != "" && !validName(v) {
 				return nil, fmt.Errorf("fault %q: job = %q: want a job id [A-Za-z0-9_-]+ or *", spec, v)
 			}
 			f.Job = v

@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/ringattn"
@@ -228,15 +227,12 @@ func TestWorkerHandlerPanicsContained(t *testing.T) {
 		t.Fatalf("assignment after the panic: %s", ack.Reason)
 	}
 	<-e.held
-	ev, err := proto.Marshal(&pb.JobEvent{JobId: "hold-p", Type: pb.JobEventType_JOB_EVENT_TYPE_FINISHED,
-		State: pb.JobState_JOB_STATE_CANCELED})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ev := &pb.JobEvent{JobId: "hold-p", Type: pb.JobEventType_JOB_EVENT_TYPE_FINISHED,
+		State: pb.JobState_JOB_STATE_CANCELED}
 	// The first event's handler panics; a later one is applied.
 	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
 		if st := e.shardState("hold-p", 1); st != "" {
-			if err := e.nc.Publish(e.subj.JobEvents("hold-p"), ev); err != nil {
+			if err := e.conn.PublishEvent(ev); err != nil {
 				return err
 			}
 			return fmt.Errorf("shard still %s", st)
@@ -264,7 +260,7 @@ func TestWorkerHandlerPanicsContained(t *testing.T) {
 func TestWorkerStoreOpenHoldsNoLock(t *testing.T) {
 	e := newProtoEnv(t, 0, nil)
 	ctx := context.Background()
-	other, err := transport.OpenStore(ctx, e.nc, transport.StoreConfig{Bucket: "otherbkt"}, nil)
+	other, err := e.conn.OpenStore(ctx, transport.StoreConfig{Bucket: "otherbkt"})
 	if err != nil {
 		t.Fatal(err)
 	}

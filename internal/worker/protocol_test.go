@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
@@ -24,28 +23,16 @@ import (
 )
 
 // These tests play the leader's side of the control protocol themselves,
-// with the real protocol messages, to reach what a healthy coordinator does
-// not do on demand: answer RETRY, re-issue an assignment that is running or
-// finished, list a shard in HeartbeatAck.abort, send malformed or stale
-// assignments. Everything else (NATS, the store, the ring, the worker) is
-// real.
+// through pkg/transport's typed calls (ServeReports, ServeHeartbeats,
+// Assign) with the real protocol messages, to reach what a healthy
+// coordinator does not do on demand: answer RETRY, re-issue an assignment
+// that is running or finished, list a shard in HeartbeatAck.abort, send
+// malformed or stale assignments. Everything else (NATS, the store, the
+// ring, the worker) is real.
 
-// planPB converts a shard plan for the wire, every rank on `worker`.
-func planPB(p *shard.Plan, workers ...string) *pb.Plan {
-	out := &pb.Plan{Strategy: string(p.Strategy), N: int64(p.N), Nk: int64(p.Nk), Block: int64(p.Block),
-		QBlockCount: int32(p.QBlockCount), KBlockCount: int32(p.KBlockCount), Steps: int32(p.Steps), Imbalance: p.Imbalance}
-	for r, rk := range p.Ranks {
-		rp := &pb.RankPlan{Cost: rk.Cost, Bytes: rk.Bytes, WorkerId: workers[r%len(workers)]}
-		for _, b := range rk.QBlocks {
-			rp.QBlocks = append(rp.QBlocks, int32(b))
-		}
-		for _, b := range rk.KVBlocks {
-			rp.KvBlocks = append(rp.KvBlocks, int32(b))
-		}
-		out.Ranks = append(out.Ranks, rp)
-	}
-	return out
-}
+// planPB encodes a shard plan for the wire as the leader does, rank r on
+// workers[r % len(workers)].
+func planPB(p *shard.Plan, workers ...string) *pb.Plan { return transport.PlanToPB(p, workers) }
 
 // fakeLeader answers reports and heartbeats on the real subjects.
 type fakeLeader struct {
@@ -57,16 +44,12 @@ type fakeLeader struct {
 	seen    map[string]bool
 }
 
-func startFakeLeader(t *testing.T, nc *nats.Conn, subj transport.Subjects, retries int) *fakeLeader {
+func startFakeLeader(t *testing.T, conn *transport.Conn, retries int) *fakeLeader {
 	f := &fakeLeader{retries: retries, seen: map[string]bool{}}
-	sub1, err := nc.Subscribe(subj.Report(), func(m *nats.Msg) {
-		var r pb.Report
-		if err := proto.Unmarshal(m.Data, &r); err != nil {
-			t.Errorf("bad report: %v", err)
-			return
-		}
+	stopReports, err := conn.ServeReports(transport.ServeConfig{}, func(r *pb.Report) *pb.ReportAck {
 		f.mu.Lock()
-		f.reports = append(f.reports, &r)
+		defer f.mu.Unlock()
+		f.reports = append(f.reports, r)
 		st := pb.ReportStatus_REPORT_STATUS_ACCEPTED
 		key := fmt.Sprintf("%s/%d/%d", r.JobId, r.Epoch, r.Rank)
 		switch {
@@ -78,30 +61,34 @@ func startFakeLeader(t *testing.T, nc *nats.Conn, subj transport.Subjects, retri
 		default:
 			f.seen[key] = true
 		}
-		f.mu.Unlock()
-		data, _ := proto.Marshal(&pb.ReportAck{Status: st, LeaderId: "fake"})
-		m.Respond(data) //nolint:errcheck
+		return &pb.ReportAck{Status: st, LeaderId: "fake"}
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sub2, err := nc.Subscribe(subj.Heartbeat(), func(m *nats.Msg) {
-		var hb pb.Heartbeat
-		if err := proto.Unmarshal(m.Data, &hb); err != nil {
-			t.Errorf("bad heartbeat: %v", err)
-			return
-		}
+	stopHeartbeats, err := conn.ServeHeartbeats(transport.ServeConfig{}, func(hb *pb.Heartbeat) *pb.HeartbeatAck {
 		f.mu.Lock()
-		f.hbs = append(f.hbs, &hb)
-		ack := &pb.HeartbeatAck{LeaderId: "fake", Abort: f.aborts}
-		f.mu.Unlock()
-		data, _ := proto.Marshal(ack)
-		m.Respond(data) //nolint:errcheck
+		defer f.mu.Unlock()
+		f.hbs = append(f.hbs, hb)
+		return &pb.HeartbeatAck{LeaderId: "fake", Abort: f.aborts}
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { sub1.Unsubscribe(); sub2.Unsubscribe() }) //nolint:errcheck
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := conn.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Every message that reached the fake leader decoded (transport
+	// counts a handler's panic; a malformed message is logged and dropped).
+	t.Cleanup(func() {
+		stopReports()    //nolint:errcheck
+		stopHeartbeats() //nolint:errcheck
+		if n := conn.HandlerPanics(); n != 0 {
+			t.Errorf("the fake leader's handlers panicked %d times", n)
+		}
+	})
 	return f
 }
 
@@ -122,7 +109,7 @@ func (f *fakeLeader) lastHeartbeat() *pb.Heartbeat {
 
 type protoEnv struct {
 	t     *testing.T
-	nc    *nats.Conn
+	conn  *transport.Conn // the leader's side
 	subj  transport.Subjects
 	store *transport.Store
 	w     *Worker
@@ -151,14 +138,14 @@ func (e *protoEnv) setHooks(step func(ctx context.Context, job string, epoch uin
 func newProtoEnv(t *testing.T, retries int, mut func(*Config)) *protoEnv {
 	srv := transporttest.RunServer(t)
 	ncfg := transporttest.Config(srv)
-	nc := transporttest.Connect(t, srv)
-	e := &protoEnv{t: t, nc: nc, subj: ncfg.Subjects(), reg: prometheus.NewRegistry(),
+	conn := transport.NewConn(transporttest.Connect(t, srv), ncfg.Subjects(), xlog.Test(t))
+	e := &protoEnv{t: t, conn: conn, subj: ncfg.Subjects(), reg: prometheus.NewRegistry(),
 		hook: make(chan struct{}), held: make(chan string, 16)}
 	var err error
-	if e.store, err = transport.OpenStore(context.Background(), nc, transport.StoreConfig{Bucket: ncfg.Bucket}, nil); err != nil {
+	if e.store, err = conn.OpenStore(context.Background(), transport.StoreConfig{Bucket: ncfg.Bucket}); err != nil {
 		t.Fatal(err)
 	}
-	e.lead = startFakeLeader(t, nc, e.subj, retries)
+	e.lead = startFakeLeader(t, conn, retries)
 	cfg := DefaultConfig()
 	cfg.ID = "pw"
 	cfg.NATS = ncfg
@@ -240,19 +227,13 @@ func (e *protoEnv) job(id string, epoch uint64, seed uint64) *pb.Assignment {
 
 func (e *protoEnv) assign(a *pb.Assignment) *pb.AssignmentAck {
 	e.t.Helper()
-	data, err := proto.Marshal(a)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	m, err := e.nc.Request(e.subj.Assign("pw"), data, 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ack, err := e.conn.Assign(ctx, "pw", a)
 	if err != nil {
 		e.t.Fatalf("assign: %v", err)
 	}
-	var ack pb.AssignmentAck
-	if err := proto.Unmarshal(m.Data, &ack); err != nil {
-		e.t.Fatal(err)
-	}
-	return &ack
+	return ack
 }
 
 func (e *protoEnv) shardState(job string, epoch uint64) string {
@@ -377,7 +358,8 @@ func TestWorkerAssignmentRejections(t *testing.T) {
 		{func(a *pb.Assignment) { a.Plan.Ranks[0].KvBlocks = a.Plan.Ranks[0].KvBlocks[1:] }, "key/value block 0"},
 		{func(a *pb.Assignment) { a.Plan.Ranks[0].WorkerId = "someone" }, "worker_id"},
 		{func(a *pb.Assignment) { a.JobId = "a.b" }, "job_id"},
-		{func(a *pb.Assignment) { a.Params.Kind = pb.JobKind_JOB_KIND_MHA; a.Params.DModel = 0 }, "params.d_model"},
+		{func(a *pb.Assignment) { a.Params.Kind, a.Params.DModel, a.Params.WantLse = pb.JobKind_JOB_KIND_MHA, 0, false }, "params.d_model"},
+		{func(a *pb.Assignment) { a.Params.Kind, a.Params.DModel = pb.JobKind_JOB_KIND_MHA, 8 }, "params.want_lse"},
 	} {
 		bad := e.job("bad", 5, 4)
 		c.mut(bad)

@@ -7,9 +7,7 @@ import (
 	"math/rand/v2"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
-
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -173,17 +171,12 @@ func (w *Worker) deliverLocked(s *shardRun) {
 		return
 	}
 	s.delivering, s.acked = true, false
-	data, err := proto.Marshal(s.report)
-	if err != nil {
-		w.log.Error("encoding report", "err", err)
-		s.delivering = false
-		return
-	}
+	report := s.report
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
 		ok := false
-		w.safely("report delivery "+s.key.String(), func() { w.deliver(s, data); ok = true })
+		w.safely("report delivery "+s.key.String(), func() { w.deliver(s, report); ok = true })
 		if !ok {
 			// Let a re-issued assignment send the report again.
 			w.mu.Lock()
@@ -196,13 +189,13 @@ func (w *Worker) deliverLocked(s *shardRun) {
 // deliver sends the report until a leader answers ACCEPTED, DUPLICATE,
 // STALE or REJECTED, backing off (with jitter) on RETRY, no responders and
 // timeouts, until the shard is stopped.
-func (w *Worker) deliver(s *shardRun, data []byte) {
+func (w *Worker) deliver(s *shardRun, report *pb.Report) {
 	wait := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		w.mu.Lock()
-		nc := w.nc
+		conn := w.conn
 		w.mu.Unlock()
-		status, msg := w.sendReport(s.ctx, nc, data)
+		status, msg := w.sendReport(s.ctx, conn, report)
 		w.met.reports.WithLabelValues(status).Inc()
 		switch status {
 		case "accepted", "duplicate", "stale", "rejected":
@@ -233,15 +226,11 @@ func (w *Worker) deliver(s *shardRun, data []byte) {
 }
 
 // sendReport sends one report attempt and classifies the answer.
-func (w *Worker) sendReport(ctx context.Context, nc *nats.Conn, data []byte) (status, message string) {
-	if nc == nil {
+func (w *Worker) sendReport(ctx context.Context, conn *transport.Conn, report *pb.Report) (status, message string) {
+	if conn == nil {
 		return "error", "not connected"
 	}
 	rctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
 	defer cancel()
-	m, err := nc.RequestWithContext(rctx, w.subj.Report(), data)
-	if err != nil {
-		return "error", err.Error()
-	}
-	return decodeReportAck(m.Data)
+	return reportStatus(conn.Report(rctx, report))
 }

@@ -13,9 +13,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ringattn/ringattn/internal/metrics"
 	"github.com/ringattn/ringattn/pkg/ringattn"
@@ -54,7 +52,7 @@ type Worker struct {
 
 	mu        sync.Mutex
 	run       bool
-	nc        *nats.Conn
+	conn      *transport.Conn
 	store     *transport.Store
 	stores    map[string]*transport.Store // other buckets named by assignments
 	gflops    float64
@@ -62,7 +60,7 @@ type Worker struct {
 	draining  bool
 	shards    map[shardKey]*shardRun
 	jobEpoch  map[string]epochMark          // highest epoch seen per job
-	jobSubs   map[string]*nats.Subscription // event subscriptions of jobs held
+	jobSubs   map[string]transport.StopFunc // event subscriptions of jobs held
 	unwinding map[*shardRun]struct{}        // stopped shards whose computation has not returned yet
 	drainOnce sync.Once
 	wg        sync.WaitGroup // shard and report goroutines
@@ -166,7 +164,7 @@ func New(cfg Config) (*Worker, error) {
 		shards:    map[shardKey]*shardRun{},
 		stores:    map[string]*transport.Store{},
 		jobEpoch:  map[string]epochMark{},
-		jobSubs:   map[string]*nats.Subscription{},
+		jobSubs:   map[string]transport.StopFunc{},
 		unwinding: map[*shardRun]struct{}{},
 	}, nil
 }
@@ -211,7 +209,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	close(w.started)
 	defer close(w.stopped)
 
-	nc, err := w.connect(ctx)
+	conn, err := w.connect(ctx)
 	if err != nil {
 		if isClosed(w.drainCh) {
 			w.log.Info("drained before connecting")
@@ -219,8 +217,8 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	defer nc.Close()
-	store, err := transport.OpenStore(ctx, nc, w.storeConfig(), w.log)
+	defer conn.Close() //nolint:errcheck // leaving anyway
+	store, err := conn.OpenStore(ctx, w.storeConfig())
 	if err != nil {
 		return fmt.Errorf("worker: opening the tensor store: %w", err)
 	}
@@ -251,30 +249,20 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 
 	w.mu.Lock()
-	w.nc, w.store, w.gflops = nc, store, gf
+	w.conn, w.store, w.gflops = conn, store, gf
 	w.mu.Unlock()
 
-	sub, err := nc.Subscribe(w.subj.Assign(w.cfg.ID), func(m *nats.Msg) {
-		replied := false
-		defer func() {
-			if r := recover(); r != nil {
-				_ = w.recovered("assign", r)
-				if !replied && m.Reply != "" {
-					data, _ := proto.Marshal(&pb.AssignmentAck{Reason: "internal error"})
-					_ = m.Respond(data)
-				}
-			}
-		}()
-		if h := w.hooks.handler; h != nil {
-			h("assign")
-		}
-		w.onAssign(runCtx, m, &replied)
+	stopAssign, err := conn.ServeAssignments(w.cfg.ID, transport.ServeConfig{}, func(a *pb.Assignment) *pb.AssignmentAck {
+		return w.onAssign(runCtx, a)
 	})
 	if err != nil {
 		return fmt.Errorf("worker: subscribing to assignments: %w", err)
 	}
-	defer sub.Unsubscribe() //nolint:errcheck // closing anyway
-	if err := nc.Flush(); err != nil {
+	defer stopAssign() //nolint:errcheck // closing anyway
+	fctx, cancelFlush := context.WithTimeout(ctx, subscribeFlushTimeout)
+	err = conn.Flush(fctx)
+	cancelFlush()
+	if err != nil {
 		return fmt.Errorf("worker: subscribing to assignments: %w", err)
 	}
 	w.log.Info("worker ready", "gflops", fmt.Sprintf("%.1f", gf), "slots", w.cfg.Slots, "threads", w.threads,
@@ -296,14 +284,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.log.Info("worker stopping: its context ended (no drain)", "cause", context.Cause(ctx))
 	case <-w.drainCh:
 	}
-	_ = sub.Unsubscribe()
+	_ = stopAssign()
 	cancelRun(ErrStopped)
 	<-hbDone
 	w.abortAll(ErrStopped)
 	w.wg.Wait()
 	w.mu.Lock()
-	for job, s := range w.jobSubs {
-		_ = s.Unsubscribe()
+	for job, stop := range w.jobSubs {
+		_ = stop()
 		delete(w.jobSubs, job)
 	}
 	w.mu.Unlock()
@@ -312,9 +300,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		// Flush only a live connection, and briefly: nats.go's Flush waits
 		// 10 s for a server that is gone, and a drain must end within its
 		// timeout even when NATS is unreachable.
-		w.sendHeartbeat(context.Background(), nc, true)
-		if nc.IsConnected() {
-			_ = nc.FlushTimeout(finalFlushTimeout)
+		w.sendHeartbeat(context.Background(), conn, true)
+		if conn.IsConnected() {
+			fctx, cancel := context.WithTimeout(context.Background(), finalFlushTimeout)
+			_ = conn.Flush(fctx)
+			cancel()
 		}
 	}
 	w.log.Info("worker stopped")
@@ -324,12 +314,12 @@ func (w *Worker) Run(ctx context.Context) error {
 // connect dials NATS, retrying with backoff while no server is reachable
 // (NATS may start after the worker) until ctx ends; bad configuration and
 // rejected credentials fail at once.
-func (w *Worker) connect(ctx context.Context) (*nats.Conn, error) {
+func (w *Worker) connect(ctx context.Context) (*transport.Conn, error) {
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		nc, err := transport.Connect(w.cfg.NATS, w.log)
+		conn, err := transport.Dial(w.cfg.NATS, w.log)
 		if err == nil {
-			return nc, nil
+			return conn, nil
 		}
 		if !errors.Is(err, transport.ErrConnect) {
 			return nil, err
@@ -413,8 +403,13 @@ func (w *Worker) Drain(ctx context.Context) {
 	<-w.stopped
 }
 
-// finalFlushTimeout bounds the flush of the last heartbeat at exit.
-const finalFlushTimeout = 500 * time.Millisecond
+// finalFlushTimeout bounds the flush of the last heartbeat at exit;
+// subscribeFlushTimeout the flush that confirms the assignment
+// subscription at start (nats.go's Flush default).
+const (
+	finalFlushTimeout     = 500 * time.Millisecond
+	subscribeFlushTimeout = 10 * time.Second
+)
 
 // pendingLocked lists the shards still held: running, or finished with a
 // report not yet acknowledged.
@@ -438,308 +433,13 @@ func (w *Worker) httpHandler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", func(rw http.ResponseWriter, _ *http.Request) {
 		w.mu.Lock()
-		nc, draining := w.nc, w.draining
+		conn, draining := w.conn, w.draining
 		w.mu.Unlock()
-		if nc == nil || !nc.IsConnected() || draining {
+		if conn == nil || !conn.IsConnected() || draining {
 			http.Error(rw, "not ready", http.StatusServiceUnavailable)
 			return
 		}
 		rw.Write([]byte("ok\n")) //nolint:errcheck
 	})
 	return mux
-}
-
-// heartbeatLoop heartbeats every interval until ctx ends, and forgets
-// acknowledged shards older than the retention.
-func (w *Worker) heartbeatLoop(ctx context.Context) {
-	t := time.NewTicker(w.cfg.HeartbeatInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		w.safely("heartbeat", func() {
-			w.heartbeat(ctx)
-			w.expire(time.Now())
-		})
-	}
-}
-
-func (w *Worker) heartbeat(ctx context.Context) {
-	w.mu.Lock()
-	nc := w.nc
-	w.mu.Unlock()
-	if nc != nil {
-		w.sendHeartbeat(ctx, nc, false)
-	}
-}
-
-// sendHeartbeat sends one heartbeat as a request and applies the leader's
-// abort list; the final one (leaving, nothing held) is only published.
-// abort list.
-func (w *Worker) sendHeartbeat(ctx context.Context, nc *nats.Conn, final bool) {
-	w.mu.Lock()
-	hb := &pb.Heartbeat{
-		WorkerId:   w.cfg.ID,
-		Slots:      int32(w.cfg.Slots),
-		Gflops:     w.gflops,
-		Version:    w.cfg.Version,
-		Leaving:    w.draining,
-		SentUnixMs: time.Now().UnixMilli(),
-	}
-	for _, s := range w.pendingLocked() {
-		hb.Running = append(hb.Running, s.ref())
-	}
-	w.mu.Unlock()
-	hb.MemoryBytes = memoryBytes()
-	data, err := proto.Marshal(hb)
-	if err != nil {
-		w.log.Error("encoding heartbeat", "err", err)
-		return
-	}
-	if final {
-		if err := nc.Publish(w.subj.Heartbeat(), data); err != nil {
-			w.log.Debug("final heartbeat", "err", err)
-		}
-		return
-	}
-	rctx, cancel := context.WithTimeout(ctx, min(w.cfg.RequestTimeout, w.cfg.HeartbeatInterval))
-	defer cancel()
-	msg, err := nc.RequestWithContext(rctx, w.subj.Heartbeat(), data)
-	if err != nil {
-		w.met.heartbeats.WithLabelValues("unanswered").Inc()
-		w.log.Debug("heartbeat unanswered", "err", err)
-		return
-	}
-	w.met.heartbeats.WithLabelValues("acked").Inc()
-	leader, aborts, err := decodeHeartbeatAck(msg.Data)
-	if err != nil {
-		w.log.Warn("bad heartbeat ack", "err", err)
-		return
-	}
-	for _, k := range aborts {
-		w.abort(k, "leader: "+leader)
-	}
-}
-
-// onAssign handles one Assignment request and replies with an
-// AssignmentAck (setting *replied once it did).
-func (w *Worker) onAssign(runCtx context.Context, m *nats.Msg, replied *bool) {
-	var a pb.Assignment
-	var ack *pb.AssignmentAck
-	if err := proto.Unmarshal(m.Data, &a); err != nil {
-		ack = &pb.AssignmentAck{Reason: fmt.Sprintf("malformed assignment: %v", err)}
-	} else {
-		ack = w.assign(runCtx, &a)
-	}
-	result := "accepted"
-	if ack.GetReason() == alreadyHeld {
-		result = "repeated"
-	}
-	if !ack.GetAccepted() {
-		result = "rejected"
-		w.log.Warn("assignment rejected", "job", a.GetJobId(), "epoch", a.GetEpoch(), "rank", a.GetRank(),
-			"reason", ack.GetReason())
-	}
-	w.met.assignments.WithLabelValues(result).Inc()
-	if m.Reply == "" {
-		return
-	}
-	data, err := proto.Marshal(ack)
-	if err == nil {
-		*replied = true
-		err = m.Respond(data)
-	}
-	if err != nil {
-		w.log.Warn("replying to assignment", "err", err)
-	}
-}
-
-// alreadyHeld is the AssignmentAck reason of a re-issued assignment.
-const alreadyHeld = "already held"
-
-// assign applies an assignment: idempotent per (job, epoch, rank).
-func (w *Worker) assign(runCtx context.Context, a *pb.Assignment) *pb.AssignmentAck {
-	key := shardKey{job: a.GetJobId(), epoch: a.GetEpoch(), rank: a.GetRank()}
-	w.mu.Lock()
-	if s, ok := w.shards[key]; ok {
-		// Re-issued (e.g. by a new leader): never restart; re-send a
-		// finished shard's report.
-		if s.finished() {
-			w.deliverLocked(s)
-		}
-		w.mu.Unlock()
-		return &pb.AssignmentAck{Accepted: true, Reason: alreadyHeld}
-	}
-	if latest := w.jobEpoch[key.job].epoch; key.epoch < latest {
-		w.mu.Unlock()
-		return &pb.AssignmentAck{Reason: fmt.Sprintf("stale epoch %d: job %s is in epoch %d here", key.epoch, key.job, latest)}
-	}
-	if w.draining {
-		w.mu.Unlock()
-		return &pb.AssignmentAck{Reason: "worker is leaving"}
-	}
-	w.mu.Unlock()
-
-	t, err := newTaskLimits(a, w.cfg.ID, w.cfg.Limits)
-	if err != nil {
-		return &pb.AssignmentAck{Reason: err.Error()}
-	}
-
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if _, ok := w.shards[key]; ok { // raced with a duplicate
-		return &pb.AssignmentAck{Accepted: true, Reason: alreadyHeld}
-	}
-	if w.draining {
-		return &pb.AssignmentAck{Reason: "worker is leaving"}
-	}
-	if runCtx.Err() != nil {
-		return &pb.AssignmentAck{Reason: "worker is stopping"}
-	}
-	// A newer epoch of a job supersedes every older shard of it here.
-	if key.epoch > w.jobEpoch[key.job].epoch {
-		for k, s := range w.shards {
-			if k.job == key.job && k.epoch < key.epoch {
-				w.abortLocked(s, ErrAborted, fmt.Sprintf("epoch %d assigned", key.epoch))
-			}
-		}
-	}
-	if busy := w.runningLocked(); busy >= w.cfg.Slots {
-		return &pb.AssignmentAck{Reason: fmt.Sprintf("no free slot: %d of %d busy", busy, w.cfg.Slots)}
-	}
-	w.jobEpoch[key.job] = epochMark{epoch: key.epoch, at: time.Now()}
-	w.startLocked(runCtx, key, t, a.GetDeadlineUnixMs())
-	return &pb.AssignmentAck{Accepted: true}
-}
-
-func (w *Worker) runningLocked() int {
-	n := 0
-	for _, s := range w.shards {
-		if !s.finished() {
-			n++
-		}
-	}
-	return n
-}
-
-// abort stops one shard (running or reporting) and forgets it.
-func (w *Worker) abort(key shardKey, why string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if s, ok := w.shards[key]; ok {
-		w.abortLocked(s, ErrAborted, why)
-	}
-}
-
-// abortJob stops every shard of job with an epoch below `below` (0: all).
-func (w *Worker) abortJob(job string, below uint64, why string) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for k, s := range w.shards {
-		if k.job == job && (below == 0 || k.epoch < below) {
-			w.abortLocked(s, ErrAborted, why)
-		}
-	}
-	if below > w.jobEpoch[job].epoch {
-		w.jobEpoch[job] = epochMark{epoch: below, at: time.Now()}
-	}
-}
-
-// abortAll stops every shard with cause.
-func (w *Worker) abortAll(cause error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, s := range w.shards {
-		w.abortLocked(s, cause, cause.Error())
-	}
-}
-
-func (w *Worker) abortLocked(s *shardRun, cause error, why string) {
-	if !s.settled() && !s.finished() {
-		result := "aborted"
-		if errors.Is(cause, ErrDrained) || errors.Is(cause, ErrStopped) {
-			result = "abandoned"
-		}
-		w.met.shards.WithLabelValues(result).Inc()
-		w.log.Info("shard stopped", "job", s.key.job, "epoch", s.key.epoch, "rank", s.key.rank, "why", why)
-	}
-	if !isClosed(s.computed) {
-		w.unwinding[s] = struct{}{}
-	}
-	s.cancel(cause)
-	delete(w.shards, s.key)
-	w.releaseJobLocked(s.key.job)
-}
-
-// expire forgets acknowledged shards older than the retention.
-func (w *Worker) expire(now time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for k, s := range w.shards {
-		if s.settled() && now.Sub(s.settledAt) > w.cfg.DoneRetention {
-			s.cancel(ErrStopped)
-			delete(w.shards, k)
-			w.releaseJobLocked(k.job)
-		}
-	}
-	for job, m := range w.jobEpoch {
-		if now.Sub(m.at) > w.cfg.DoneRetention && !w.holdsJobLocked(job) {
-			delete(w.jobEpoch, job)
-		}
-	}
-}
-
-func (w *Worker) holdsJobLocked(job string) bool {
-	for k := range w.shards {
-		if k.job == job {
-			return true
-		}
-	}
-	return false
-}
-
-// watchJobLocked subscribes to the job's event stream while the worker
-// holds a shard of it: a newer epoch or the job's end aborts the shard at
-// once, without waiting for the next heartbeat.
-func (w *Worker) watchJobLocked(job string) {
-	if _, ok := w.jobSubs[job]; ok || w.nc == nil {
-		return
-	}
-	sub, err := w.nc.Subscribe(w.subj.JobEvents(job), func(m *nats.Msg) {
-		w.safely("job events", func() { w.onJobEvent(job, m.Data) })
-	})
-	if err != nil {
-		w.log.Warn("subscribing to job events", "job", job, "err", err)
-		return
-	}
-	w.jobSubs[job] = sub
-}
-
-func (w *Worker) releaseJobLocked(job string) {
-	if w.holdsJobLocked(job) {
-		return
-	}
-	if sub, ok := w.jobSubs[job]; ok {
-		_ = sub.Unsubscribe()
-		delete(w.jobSubs, job)
-	}
-}
-
-// onJobEvent applies one event of a job held here: the job's end or a
-// newer epoch stops its shards.
-func (w *Worker) onJobEvent(job string, data []byte) {
-	act, err := decodeJobEvent(job, data)
-	if err != nil {
-		w.log.Debug("ignoring job event", "job", job, "err", err)
-		return
-	}
-	switch {
-	case act.finished:
-		w.abortJob(job, 0, "job finished: "+act.state.String())
-	case act.epoch > 0:
-		w.abortJob(job, act.epoch, fmt.Sprintf("epoch %d started", act.epoch))
-	}
 }
