@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/shard"

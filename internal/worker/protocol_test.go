@@ -358,7 +358,9 @@ func TestWorkerAssignmentRejections(t *testing.T) {
 		{func(a *pb.Assignment) { a.Plan.Ranks[0].KvBlocks = a.Plan.Ranks[0].KvBlocks[1:] }, "key/value block 0"},
 		{func(a *pb.Assignment) { a.Plan.Ranks[0].WorkerId = "someone" }, "worker_id"},
 		{func(a *pb.Assignment) { a.JobId = "a.b" }, "job_id"},
-		{func(a *pb.Assignment) { a.Params.Kind, a.Params.DModel, a.Params.WantLse = pb.JobKind_JOB_KIND_MHA, 0, false }, "params.d_model"},
+		{func(a *pb.Assignment) {
+			a.Params.Kind, a.Params.DModel, a.Params.WantLse = pb.JobKind_JOB_KIND_MHA, 0, false
+		}, "params.d_model"},
 		{func(a *pb.Assignment) { a.Params.Kind, a.Params.DModel = pb.JobKind_JOB_KIND_MHA, 8 }, "params.want_lse"},
 	} {
 		bad := e.job("bad", 5, 4)
