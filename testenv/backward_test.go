@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/kernels"
@@ -37,16 +38,16 @@ func TestSystemBackwardWorkerKilled(t *testing.T) {
 	id := st.GetId()
 	// Wait for the backward phase, then for the victim (rank 1) to fold a
 	// ring step of it.
-	var victim *Proc
+	var victim *localcluster.Proc
 	var base float64
 	var bst *pb.JobStatus
-	err = Poll(ctx, 5*time.Millisecond, func() error {
+	err = localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 		s, err := cl.Get(ctx, id)
 		if err != nil {
 			return err
 		}
 		if client.Finished(s.GetState()) {
-			return permanent(fmt.Errorf("job %s %v (%s) before its backward pass was caught running", id, s.GetState(), s.GetReason()))
+			return localcluster.Permanent(fmt.Errorf("job %s %v (%s) before its backward pass was caught running", id, s.GetState(), s.GetReason()))
 		}
 		if s.GetState() != pb.JobState_JOB_STATE_RUNNING || s.GetPhase() != "backward" || len(s.GetWorkers()) < 2 {
 			return fmt.Errorf("job %s is %v in phase %q", id, s.GetState(), s.GetPhase())

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
@@ -32,7 +33,7 @@ func ringattnCLI(t *testing.T) string {
 	t.Helper()
 	binaries(t) // the cluster's binaries live in binDir too
 	cliOnce.Do(func() {
-		root, err := ModuleRoot(".")
+		root, err := localcluster.ModuleRoot(".")
 		if err != nil {
 			cliErr = err
 			return
@@ -102,11 +103,11 @@ func startCLICluster(t *testing.T, args ...string) *cliCluster {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	err := Poll(ctx, PollInterval, func() error {
+	err := localcluster.Poll(ctx, localcluster.PollInterval, func() error {
 		select {
 		case err := <-cc.exited:
 			cc.exited <- err
-			return permanent(errors.New("ringattn cluster exited: " + out.String()))
+			return localcluster.Permanent(errors.New("ringattn cluster exited: " + out.String()))
 		default:
 		}
 		if !strings.Contains(out.String(), "Ctrl-C stops everything.") {
@@ -195,7 +196,7 @@ func TestHarnessCLICluster(t *testing.T) {
 	// layout kept their ports) and still know the job.
 	cc2 := startCLICluster(t, args...)
 	if cc2.url != cc.url {
-		t.Errorf("NATS URL %s on the second run, want the first run's %s (kept in %s)", cc2.url, cc.url, layoutFile)
+		t.Errorf("NATS URL %s on the second run, want the first run's %s (kept in %s)", cc2.url, cc.url, localcluster.LayoutFile)
 	}
 	cfg.URLs = []string{cc2.url}
 	cl2, err := client.Connect(ctx, cfg, client.Options{})

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ringattn/ringattn/internal/localcluster"
 )
 
 // The docs test runs every shell block of the README and the quickstart as
@@ -107,7 +109,7 @@ func TestSystemDocsCommands(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: the docs test builds the binaries and runs clusters (about a minute)")
 	}
-	root, err := ModuleRoot(".")
+	root, err := localcluster.ModuleRoot(".")
 	if err != nil {
 		t.Fatal(err)
 	}

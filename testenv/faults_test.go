@@ -5,6 +5,8 @@ import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/ringattn/ringattn/internal/localcluster"
 )
 
 // stallAfterFirstStep is the worker fault spec (RINGATTN_FAULT_STALL) that
@@ -20,7 +22,7 @@ type lateCount struct {
 }
 
 // lateCounters scrapes a worker's report and shard counters.
-func lateCounters(ctx context.Context, t *testing.T, c *Cluster, w *Proc) lateCount {
+func lateCounters(ctx context.Context, t *testing.T, c *localcluster.Cluster, w *localcluster.Proc) lateCount {
 	t.Helper()
 	var out lateCount
 	for _, m := range []struct {
@@ -42,7 +44,7 @@ func lateCounters(ctx context.Context, t *testing.T, c *Cluster, w *Proc) lateCo
 
 // storeFallbacks is the sum over the running workers of the ring frames
 // they fetched from the store instead.
-func storeFallbacks(ctx context.Context, t *testing.T, c *Cluster) float64 {
+func storeFallbacks(ctx context.Context, t *testing.T, c *localcluster.Cluster) float64 {
 	t.Helper()
 	var sum float64
 	for _, w := range c.Workers() {
@@ -59,7 +61,7 @@ func storeFallbacks(ctx context.Context, t *testing.T, c *Cluster) float64 {
 }
 
 // logContains reports whether a process's log holds s.
-func logContains(t *testing.T, p *Proc, s string) bool {
+func logContains(t *testing.T, p *localcluster.Proc, s string) bool {
 	t.Helper()
 	data, err := os.ReadFile(p.LogPath)
 	if err != nil {

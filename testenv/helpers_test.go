@@ -8,13 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/internal/xlog"
 )
 
 // fastConfig is a cluster tuned for fast tests: short heartbeats and Raft
 // timeouts, one kernel thread per worker, no speed measurement at start.
-func fastConfig(t *testing.T, workers int) Config {
-	return Config{
+func fastConfig(t *testing.T, workers int) localcluster.Config {
+	return localcluster.Config{
 		Bin:               binaries(t),
 		Dir:               t.TempDir(),
 		Coordinators:      3,
@@ -37,12 +38,12 @@ func fastConfig(t *testing.T, workers int) Config {
 // startCluster starts a cluster for the test; on failure (or with
 // TESTENV_DUMP_LOGS set) the tail of every process's log is written to
 // the test log. Cleanup kills it.
-func startCluster(t *testing.T, cfg Config) *Cluster {
+func startCluster(t *testing.T, cfg localcluster.Config) *localcluster.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	c, err := Start(ctx, cfg)
+	c, err := localcluster.Start(ctx, cfg)
 	if err != nil {
 		dumpDirLogs(t, cfg.Dir)
 		t.Fatalf("starting the cluster: %v", err)
@@ -64,7 +65,7 @@ func startCluster(t *testing.T, cfg Config) *Cluster {
 func dumpDirLogs(t *testing.T, dir string) {
 	paths, _ := filepath.Glob(filepath.Join(dir, "logs", "*.log"))
 	for _, p := range paths {
-		tail, err := readTail(p, 8<<10)
+		tail, err := localcluster.ReadTail(p, 8<<10)
 		if err != nil {
 			t.Logf("%s: %v", p, err)
 			continue

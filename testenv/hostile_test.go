@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -33,17 +34,17 @@ import (
 
 // assertAlive fails the test for every cluster process not running, but
 // those in killed.
-func assertAlive(t *testing.T, c *Cluster, killed ...*Proc) {
+func assertAlive(t *testing.T, c *localcluster.Cluster, killed ...*localcluster.Proc) {
 	t.Helper()
 	for _, p := range c.Procs() {
 		if !slices.Contains(killed, p) && !p.Running() {
-			t.Errorf("%s died: %v", p.Name, p.exitError())
+			t.Errorf("%s died: %v", p.Name, p.ExitError())
 		}
 	}
 }
 
 // logHas reports whether the process's log holds s.
-func logHas(t *testing.T, p *Proc, s string) bool {
+func logHas(t *testing.T, p *localcluster.Proc, s string) bool {
 	t.Helper()
 	data, err := os.ReadFile(p.LogPath)
 	if err != nil {
@@ -84,7 +85,7 @@ func TestSystemProgressWatchdog(t *testing.T) {
 		t.Fatalf("job %s runs epoch %d on %v: want epoch 1 on all three workers, %s among them", id, st.GetEpoch(), st.GetWorkers(), stalled.Name)
 	}
 	var at time.Time
-	if err := Poll(ctx, PollInterval, func() error {
+	if err := localcluster.Poll(ctx, localcluster.PollInterval, func() error {
 		if !logHas(t, stalled, "stalling rank (test fault)") {
 			return errors.New("no stall logged yet")
 		}
@@ -173,10 +174,10 @@ func TestSystemWholeClusterCrash(t *testing.T) {
 	}
 	// The victim worker is computing a shard; some jobs are done, some
 	// queued.
-	var victim *Proc
-	if err := Poll(ctx, 5*time.Millisecond, func() error {
+	var victim *localcluster.Proc
+	if err := localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 		if n := l.finishedCount(); n == jobs {
-			return permanent(errors.New("every job finished before the crash: make the jobs bigger"))
+			return localcluster.Permanent(errors.New("every job finished before the crash: make the jobs bigger"))
 		} else if n < 1 {
 			return fmt.Errorf("%d jobs finished", n)
 		}
@@ -442,7 +443,7 @@ func runCLI(ctx context.Context, t *testing.T, args ...string) (int, string) {
 	cctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(cctx, ringattnCLI(t), args...)
-	cmd.Env = childEnv(nil)
+	cmd.Env = localcluster.ChildEnv(nil)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	cmd.Stdout = &stderr
@@ -561,7 +562,7 @@ func TestSystemHostileSubmit(t *testing.T) {
 	}
 	// Refused, or taken with the speed unknown: never listed with a speed
 	// a plan could be weighted by.
-	ws, err := c.workerInfos(ctx)
+	ws, err := c.WorkerInfos(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

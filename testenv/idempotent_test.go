@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -45,11 +46,11 @@ func submitUntilAnswered(ctx context.Context, t *testing.T, l *ledger, spec *pb.
 	t.Helper()
 	var r *pb.SubmitReply
 	tries := 0
-	err := Poll(ctx, PollInterval, func() (err error) {
+	err := localcluster.Poll(ctx, localcluster.PollInterval, func() (err error) {
 		tries++
 		r, err = rawSubmit(ctx, l, spec, time.Second)
 		if err != nil && !errors.Is(err, client.ErrUnavailable) && !isNATSRetryable(err) {
-			return permanent(err)
+			return localcluster.Permanent(err)
 		}
 		return err
 	}, "submit with key "+spec.GetIdempotencyKey())
@@ -90,7 +91,7 @@ func uploadSpec(ctx context.Context, t *testing.T, l *ledger, j *job, key string
 func jobsWithKey(ctx context.Context, t *testing.T, l *ledger, key string) []string {
 	t.Helper()
 	var ids []string
-	err := Poll(ctx, PollInterval, func() error {
+	err := localcluster.Poll(ctx, localcluster.PollInterval, func() error {
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		all, err := l.cl.List(rctx, 0)

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ringattn/ringattn/internal/attnref"
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
@@ -121,7 +122,7 @@ func (j *job) check(res *client.AttentionResult) error {
 // leader publishes, to prove that no job is lost or finished twice.
 type ledger struct {
 	t  *testing.T
-	c  *Cluster
+	c  *localcluster.Cluster
 	cl *client.Client
 	nc *nats.Conn
 
@@ -138,7 +139,7 @@ type epochStart struct {
 	at    time.Time
 }
 
-func newLedger(t *testing.T, c *Cluster) *ledger {
+func newLedger(t *testing.T, c *localcluster.Cluster) *ledger {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -240,7 +241,7 @@ func (l *ledger) status(ctx context.Context, id string) (*pb.JobStatus, error) {
 func (l *ledger) wait(ctx context.Context, id string) *pb.JobStatus {
 	l.t.Helper()
 	var st *pb.JobStatus
-	err := Poll(ctx, PollInterval, func() error {
+	err := localcluster.Poll(ctx, localcluster.PollInterval, func() error {
 		s, err := l.status(ctx, id)
 		if err != nil {
 			return err
@@ -279,7 +280,7 @@ func (l *ledger) verify(ctx context.Context) {
 	l.t.Helper()
 	final := l.waitAll(ctx)
 	var listed []*pb.JobStatus
-	err := Poll(ctx, PollInterval, func() (err error) {
+	err := localcluster.Poll(ctx, localcluster.PollInterval, func() (err error) {
 		rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()
 		listed, err = l.cl.List(rctx, 0)
@@ -334,12 +335,12 @@ func (l *ledger) verify(ctx context.Context) {
 // fetchCheck downloads a succeeded job's outputs and checks them.
 func (l *ledger) fetchCheck(ctx context.Context, j *job, st *pb.JobStatus) error {
 	var res *client.AttentionResult
-	err := Poll(ctx, PollInterval, func() (err error) {
+	err := localcluster.Poll(ctx, localcluster.PollInterval, func() (err error) {
 		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		res, err = l.cl.FetchAttention(fctx, st)
 		if errors.Is(err, client.ErrJobFailed) || errors.Is(err, client.ErrConflict) {
-			return permanent(err)
+			return localcluster.Permanent(err)
 		}
 		return err
 	}, "fetching the outputs of job "+j.id)
@@ -356,14 +357,14 @@ func finishedAt(st *pb.JobStatus) time.Time { return time.UnixMilli(st.GetFinish
 func waitRunning(ctx context.Context, t *testing.T, l *ledger, id string) *pb.JobStatus {
 	t.Helper()
 	var st *pb.JobStatus
-	err := Poll(ctx, 5*time.Millisecond, func() error {
+	err := localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 		s, err := l.status(ctx, id)
 		if err != nil {
 			return err
 		}
 		st = s
 		if client.Finished(s.GetState()) {
-			return permanent(fmt.Errorf("job %s %v (%s) before it was seen running", id, s.GetState(), s.GetReason()))
+			return localcluster.Permanent(fmt.Errorf("job %s %v (%s) before it was seen running", id, s.GetState(), s.GetReason()))
 		}
 		if s.GetState() != pb.JobState_JOB_STATE_RUNNING {
 			return fmt.Errorf("job %s is %v", id, s.GetState())
@@ -377,7 +378,7 @@ func waitRunning(ctx context.Context, t *testing.T, l *ledger, id string) *pb.Jo
 }
 
 // stepCounts are every worker's ring step counters now.
-func stepCounts(ctx context.Context, c *Cluster) map[string]float64 {
+func stepCounts(ctx context.Context, c *localcluster.Cluster) map[string]float64 {
 	out := map[string]float64{}
 	for _, w := range c.Workers() {
 		out[w.Name] = ringSteps(ctx, c, w)
@@ -389,17 +390,17 @@ func stepCounts(ctx context.Context, c *Cluster) map[string]float64 {
 // least one ring step of it (its step counter passed base) with a shard
 // still running, and returns the job's status then. A job that finishes
 // first fails the test: it is too small for the fault to land mid-job.
-func waitMidJob(ctx context.Context, t *testing.T, l *ledger, id string, w *Proc, base float64) *pb.JobStatus {
+func waitMidJob(ctx context.Context, t *testing.T, l *ledger, id string, w *localcluster.Proc, base float64) *pb.JobStatus {
 	t.Helper()
 	var st *pb.JobStatus
-	err := Poll(ctx, 5*time.Millisecond, func() error {
+	err := localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 		s, err := l.status(ctx, id)
 		if err != nil {
 			return err
 		}
 		st = s
 		if client.Finished(s.GetState()) {
-			return permanent(fmt.Errorf("job %s %v before %s computed a ring step: make the job bigger", id, s.GetState(), w.Name))
+			return localcluster.Permanent(fmt.Errorf("job %s %v before %s computed a ring step: make the job bigger", id, s.GetState(), w.Name))
 		}
 		if s.GetState() != pb.JobState_JOB_STATE_RUNNING || !slices.Contains(s.GetWorkers(), w.Name) {
 			return fmt.Errorf("job %s is %v on %v", id, s.GetState(), s.GetWorkers())
@@ -424,7 +425,7 @@ func waitMidJob(ctx context.Context, t *testing.T, l *ledger, id string, w *Proc
 }
 
 // ringSteps is a worker's ring step counter (0 when unreachable).
-func ringSteps(ctx context.Context, c *Cluster, w *Proc) float64 {
+func ringSteps(ctx context.Context, c *localcluster.Cluster, w *localcluster.Proc) float64 {
 	v, err := c.Metric(ctx, w, "ringattn_worker_ring_step_seconds_count")
 	if err != nil {
 		return 0

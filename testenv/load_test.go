@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/ringattn/ringattn/internal/localcluster"
 )
 
 // TestSystemLoad drives 50 concurrent clients submitting 300 small and 4
@@ -20,12 +22,12 @@ func TestSystemLoad(t *testing.T) {
 		t.Skip("a load on real processes: not in -short")
 	}
 	cfg := fastConfig(t, 4)
-	cfg.CoordinatorArgs = append(cfg.CoordinatorArgs, LoadCoordinatorArgs(20*time.Second, 20*time.Second)...)
+	cfg.CoordinatorArgs = append(cfg.CoordinatorArgs, localcluster.LoadCoordinatorArgs(20*time.Second, 20*time.Second)...)
 	c := startCluster(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	start := time.Now()
-	rep, err := RunLoad(ctx, c, LoadConfig{Clients: 50, Small: 300, Large: 4, Faults: AllLoadFaults,
+	rep, err := localcluster.RunLoad(ctx, c, localcluster.LoadConfig{Clients: 50, Small: 300, Large: 4, Faults: localcluster.AllLoadFaults,
 		ExpiryTimeout: 60 * time.Second, IdleTimeout: 30 * time.Second, Logger: cfg.Logger})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ringattn/ringattn/internal/localcluster"
 )
 
 // The binaries every test of this package runs, built once per test
@@ -14,7 +16,7 @@ import (
 var (
 	binDir   string
 	binOnce  sync.Once
-	bins     Binaries
+	bins     localcluster.Binaries
 	binsErr  error
 	binsTook time.Duration
 )
@@ -35,10 +37,10 @@ func testMain(m *testing.M) int {
 }
 
 // binaries returns the built binaries, building them on first use.
-func binaries(t *testing.T) Binaries {
+func binaries(t *testing.T) localcluster.Binaries {
 	t.Helper()
 	binOnce.Do(func() {
-		root, err := ModuleRoot(".")
+		root, err := localcluster.ModuleRoot(".")
 		if err != nil {
 			binsErr = err
 			return
@@ -46,7 +48,7 @@ func binaries(t *testing.T) Binaries {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 		defer cancel()
 		start := time.Now()
-		bins, binsErr = Build(ctx, root, binDir)
+		bins, binsErr = localcluster.Build(ctx, root, binDir)
 		binsTook = time.Since(start)
 		t.Logf("built coordinator, worker and nats-server in %v", binsTook.Round(time.Millisecond))
 	})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -141,7 +142,7 @@ func TestSystemWorkerHung(t *testing.T) {
 	cont := time.Now()
 	// The continued worker ends its stale shard (aborted, or finished and
 	// answered STALE) and is a live worker again.
-	err = Poll(ctx, PollInterval, func() error {
+	err = localcluster.Poll(ctx, localcluster.PollInterval, func() error {
 		n, err := c.Metric(ctx, victim, "ringattn_worker_shards_running")
 		if err != nil {
 			return err
@@ -215,7 +216,7 @@ func TestSystemLeaderKilled(t *testing.T) {
 	if err := c.RestartAndWait(ctx, leader); err != nil {
 		t.Fatal(err)
 	}
-	err = Poll(ctx, PollInterval, func() error {
+	err = localcluster.Poll(ctx, localcluster.PollInterval, func() error {
 		r, err := c.ClusterInfo(ctx, leader)
 		if err != nil {
 			return err
@@ -265,7 +266,7 @@ func TestSystemNATSRestarted(t *testing.T) {
 // natsRestartOnce runs one job, restarts NATS after one of its workers
 // finished its first ring step, lets that worker reconnect late, and
 // reports whether ring steps fell back to the store.
-func natsRestartOnce(ctx context.Context, t *testing.T, c *Cluster, l *ledger, cfg Config, seed uint64) bool {
+func natsRestartOnce(ctx context.Context, t *testing.T, c *localcluster.Cluster, l *ledger, cfg localcluster.Config, seed uint64) bool {
 	t.Helper()
 	base := stepCounts(ctx, c)
 	fallbacksBefore := storeFallbacks(ctx, t, c)
@@ -276,13 +277,13 @@ func natsRestartOnce(ctx context.Context, t *testing.T, c *Cluster, l *ledger, c
 	// Mid-ring: the late worker has finished exactly its first ring step,
 	// so frames of later steps are still to cross its link (after the
 	// last step it only writes outputs, and nothing could fall back).
-	err := Poll(ctx, 2*time.Millisecond, func() error {
+	err := localcluster.Poll(ctx, 2*time.Millisecond, func() error {
 		steps := ringSteps(ctx, c, late)
 		switch {
 		case steps == base[late.Name]+1:
 			return nil
 		case steps > base[late.Name]+1:
-			return permanent(fmt.Errorf("%s finished %g ring steps between two polls: make the job bigger", late.Name, steps-base[late.Name]))
+			return localcluster.Permanent(fmt.Errorf("%s finished %g ring steps between two polls: make the job bigger", late.Name, steps-base[late.Name]))
 		}
 		return fmt.Errorf("%s: %g ring steps (base %g)", late.Name, steps, base[late.Name])
 	}, late.Name+" after its first ring step")
@@ -469,7 +470,7 @@ func TestSystemWorkerJoinsMidQueue(t *testing.T) {
 	t.Logf("%s joined (live at the leader after %v) while job %s ran on %s and %d more were queued",
 		w1.Name, round(time.Since(at)), ids[0], w0.Name, queued)
 	var first time.Time
-	err = Poll(ctx, 5*time.Millisecond, func() error {
+	err = localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 		for _, id := range ids {
 			st, err := l.status(ctx, id)
 			if err != nil {
@@ -540,9 +541,9 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 	t.Logf("%d jobs submitted in %v", jobs, round(time.Since(start)))
 	// The victim holds a stalled shard: it finished a ring step and runs
 	// a shard that cannot end before it is aborted.
-	if err := Poll(ctx, 5*time.Millisecond, func() error {
+	if err := localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 		if !victim.Running() {
-			return permanent(fmt.Errorf("%s exited before it held a shard", victim.Name))
+			return localcluster.Permanent(fmt.Errorf("%s exited before it held a shard", victim.Name))
 		}
 		steps, err := c.Metric(ctx, victim, "ringattn_worker_ring_step_seconds_count")
 		if err != nil {
@@ -554,7 +555,7 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 		}
 		if steps <= base || running < 1 {
 			if l.finishedCount() == jobs {
-				return permanent(fmt.Errorf("every job finished without a shard on %s", victim.Name))
+				return localcluster.Permanent(fmt.Errorf("every job finished without a shard on %s", victim.Name))
 			}
 			return fmt.Errorf("%s: %g ring steps (base %g), %g shards running", victim.Name, steps, base, running)
 		}
@@ -584,7 +585,7 @@ func TestSystemManyJobsWorkerAndLeaderKilled(t *testing.T) {
 	}
 	waitFinished := func(n int) {
 		t.Helper()
-		if err := Poll(ctx, 5*time.Millisecond, func() error {
+		if err := localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 			if got := l.finishedCount(); got < n {
 				return fmt.Errorf("%d jobs finished", got)
 			}
@@ -781,7 +782,7 @@ func TestSystemWorkerLinkDropped(t *testing.T) {
 	at := time.Now()
 	n := px.DropConnections()
 	// Cut again as soon as the worker is back (a second reset mid-ring).
-	if err := Poll(ctx, 5*time.Millisecond, func() error {
+	if err := localcluster.Poll(ctx, 5*time.Millisecond, func() error {
 		if px.Stats().Accepted < 2 {
 			return errors.New("not reconnected")
 		}

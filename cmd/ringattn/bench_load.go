@@ -9,7 +9,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/ringattn/ringattn/testenv"
+	"github.com/ringattn/ringattn/internal/localcluster"
 )
 
 // benchLoad starts a multi-process local cluster (like `ringattn cluster`),
@@ -78,7 +78,7 @@ Flags:
 	case *raftTimeout < 50*time.Millisecond:
 		return usagef("--raft-timeout = %v, expected >= 50ms", *raftTimeout)
 	}
-	faults, err := testenv.ParseLoadFaults(*faultsF)
+	faults, err := localcluster.ParseLoadFaults(*faultsF)
 	if err != nil {
 		return usagef("--faults = %q, expected all, none or a comma list of worker-kill, worker-term, leader-kill, nats-restart", *faultsF)
 	}
@@ -107,16 +107,16 @@ Flags:
 		buildDir = tmp
 	}
 	progress := env.stderr
-	bins, how, err := testenv.Locate(ctx, *binDir, buildDir)
+	bins, how, err := localcluster.Locate(ctx, *binDir, buildDir)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(progress, "bench load: binaries %s; starting 3 coordinators and %d workers in %s\n", how, *workers, *dir)
 	logger := slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	c, err := testenv.Start(ctx, testenv.Config{Bin: bins, Dir: *dir, Coordinators: 3, Workers: *workers,
+	c, err := localcluster.Start(ctx, localcluster.Config{Bin: bins, Dir: *dir, Coordinators: 3, Workers: *workers,
 		HeartbeatTimeout: 1500 * time.Millisecond, RaftTimeout: *raftTimeout, HeartbeatInterval: 200 * time.Millisecond,
 		RecvTimeout: 2 * time.Second, RequestTimeout: time.Second, DrainTimeout: 10 * time.Second,
-		WorkerThreads: *threads, WorkerGFLOPS: 1, LogLevel: "info", CoordinatorArgs: testenv.LoadCoordinatorArgs(*jobTTL, *sweepGrace)})
+		WorkerThreads: *threads, WorkerGFLOPS: 1, LogLevel: "info", CoordinatorArgs: localcluster.LoadCoordinatorArgs(*jobTTL, *sweepGrace)})
 	if err != nil {
 		remove = false
 		fmt.Fprintf(progress, "bench load: the processes' logs are in %s\n", filepath.Join(*dir, "logs"))
@@ -126,7 +126,7 @@ Flags:
 	defer rcancel()
 	fmt.Fprintf(progress, "bench load: %d clients, %d small and %d large jobs, faults %v\n", *clients, *jobs, *large, faults)
 	start := time.Now()
-	rep, err := testenv.RunLoad(rctx, c, testenv.LoadConfig{Clients: *clients, Small: *jobs, Large: *large, Faults: faults,
+	rep, err := localcluster.RunLoad(rctx, c, localcluster.LoadConfig{Clients: *clients, Small: *jobs, Large: *large, Faults: faults,
 		Logger: logger, JobTimeout: 10 * time.Minute, ExpiryTimeout: *jobTTL + *sweepGrace + 2*time.Minute})
 	if err != nil {
 		remove = false

@@ -18,13 +18,13 @@ import (
 	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
-	"github.com/ringattn/ringattn/testenv"
 )
 
 // recoveryTimings are the fault-detection settings of the recovery bench's
@@ -48,9 +48,9 @@ const maxTries = 3
 // recoveryRun is one faulted job: what the fault acts on.
 type recoveryRun struct {
 	b      *recoveryBench
-	victim *testenv.Proc // a worker of the job (rank 1, or rank 0 of a 1-rank plan)
-	leader *testenv.Proc // the coordinator leader (set for faults with leader)
-	at     time.Time     // when the fault was injected
+	victim *localcluster.Proc // a worker of the job (rank 1, or rank 0 of a 1-rank plan)
+	leader *localcluster.Proc // the coordinator leader (set for faults with leader)
+	at     time.Time          // when the fault was injected
 }
 
 // recoveryFault is a fault `bench recovery` injects into a running job.
@@ -308,7 +308,7 @@ type recoveryBench struct {
 	block   int
 	repeat  int
 
-	c          *testenv.Cluster
+	c          *localcluster.Cluster
 	cl         *client.Client
 	q, k, v    *tensor.Tensor
 	want       []float32 // kernels.Attention of q, k, v
@@ -370,13 +370,13 @@ func (b *recoveryBench) run(ctx context.Context, faults []recoveryFault, dir, bi
 	if binDir == "" {
 		fmt.Fprintln(progress, "bench recovery: locating the coordinator, worker and nats-server binaries...")
 	}
-	bins, how, err := testenv.Locate(ctx, binDir, buildDir)
+	bins, how, err := localcluster.Locate(ctx, binDir, buildDir)
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(progress, "bench recovery: binaries %s; starting 3 coordinators and %d workers in %s\n", how, b.w, dir)
 	t := b.t
-	b.c, err = testenv.Start(ctx, testenv.Config{Bin: bins, Dir: dir, Coordinators: 3, Workers: b.w,
+	b.c, err = localcluster.Start(ctx, localcluster.Config{Bin: bins, Dir: dir, Coordinators: 3, Workers: b.w,
 		HeartbeatTimeout: t.heartbeatTimeout, RaftTimeout: t.raftTimeout, HeartbeatInterval: t.heartbeatInterval,
 		RecvTimeout: t.recvTimeout, RequestTimeout: t.requestTimeout, DrainTimeout: t.drainTimeout,
 		WorkerThreads: b.threads, WorkerGFLOPS: 1, LogLevel: "info"})
@@ -563,7 +563,7 @@ func (b *recoveryBench) faultedJob(ctx context.Context, row *recoveryRow, i int)
 	if err != nil {
 		return err
 	}
-	var leader *testenv.Proc
+	var leader *localcluster.Proc
 	if row.f.leader {
 		// The leader now (an election may have moved it).
 		if leader, err = b.c.WaitLeader(ctx); err != nil {
@@ -620,12 +620,12 @@ func (b *recoveryBench) faultedJob(ctx context.Context, row *recoveryRow, i int)
 
 func finishedAt(st *pb.JobStatus) time.Time { return time.UnixMilli(st.GetFinishedUnixMs()) }
 
-// poll calls f every testenv.PollInterval until it returns nil, for at
+// poll calls f every localcluster.PollInterval until it returns nil, for at
 // most limit.
 func poll(ctx context.Context, limit time.Duration, what string, f func(ctx context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
-	return testenv.Poll(ctx, testenv.PollInterval, func() error { return f(ctx) }, what)
+	return localcluster.Poll(ctx, localcluster.PollInterval, func() error { return f(ctx) }, what)
 }
 
 // errRerun marks a run that does not measure what it should (the fault
@@ -638,7 +638,7 @@ var errRerun = errors.New("not a clean run")
 // counter passed base) and still runs its shard. It returns the job's
 // status when it was seen running and that worker. The second wait reads
 // only the worker's metrics, so a busy API does not delay the fault.
-func (b *recoveryBench) waitMidJob(ctx context.Context, id string, base map[string]float64) (*pb.JobStatus, *testenv.Proc, error) {
+func (b *recoveryBench) waitMidJob(ctx context.Context, id string, base map[string]float64) (*pb.JobStatus, *localcluster.Proc, error) {
 	var st *pb.JobStatus
 	err := poll(ctx, recoveryJobTimeout, "job "+id+" running", func(ctx context.Context) error {
 		s, err := b.get(ctx, id)
@@ -697,7 +697,7 @@ func (b *recoveryBench) get(ctx context.Context, id string) (*pb.JobStatus, erro
 }
 
 // metric is a process's metric (NaN when unreachable).
-func (b *recoveryBench) metric(ctx context.Context, p *testenv.Proc, name string) float64 {
+func (b *recoveryBench) metric(ctx context.Context, p *localcluster.Proc, name string) float64 {
 	v, err := b.c.Metric(ctx, p, name)
 	if err != nil {
 		return math.NaN()
@@ -758,7 +758,7 @@ func (b *recoveryBench) check(ctx context.Context, st *pb.JobStatus) (float64, e
 
 // waitWorkersIdle waits until the given workers (default: every running
 // one) run no shard.
-func (b *recoveryBench) waitWorkersIdle(ctx context.Context, ws ...*testenv.Proc) error {
+func (b *recoveryBench) waitWorkersIdle(ctx context.Context, ws ...*localcluster.Proc) error {
 	return poll(ctx, time.Minute, "workers idle", func(ctx context.Context) error {
 		list := ws
 		if len(list) == 0 {

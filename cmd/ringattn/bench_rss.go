@@ -10,11 +10,11 @@ import (
 	"time"
 
 	"github.com/ringattn/ringattn/internal/attnref"
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
-	"github.com/ringattn/ringattn/testenv"
 )
 
 // rssRow is one job of bench rss.
@@ -92,7 +92,7 @@ Flags:
 	if *binDir == "" {
 		fmt.Fprintln(env.stderr, "bench rss: locating the coordinator, worker and nats-server binaries...")
 	}
-	bins, how, err := testenv.Locate(ctx, *binDir, filepath.Join(tmp, "bin"))
+	bins, how, err := localcluster.Locate(ctx, *binDir, filepath.Join(tmp, "bin"))
 	if err != nil {
 		return err
 	}
@@ -148,12 +148,12 @@ Flags:
 }
 
 // rssJob runs one job on a fresh cluster and measures its workers.
-func rssJob(ctx context.Context, env *cliEnv, bins testenv.Binaries, dir string, w, n, h, d, block, window int) (*rssRow, error) {
+func rssJob(ctx context.Context, env *cliEnv, bins localcluster.Binaries, dir string, w, n, h, d, block, window int) (*rssRow, error) {
 	r := testrand.New(uint64(n))
 	q := tensor.New(r.Slice(h*n*d, testrand.Normal), 1, h, n, d)
 	k := tensor.New(r.Slice(h*n*d, testrand.Normal), 1, h, n, d)
 	v := tensor.New(r.Slice(h*n*d, testrand.Normal), 1, h, n, d)
-	c, err := testenv.Start(ctx, testenv.Config{Bin: bins, Dir: dir, Coordinators: 1, Workers: w,
+	c, err := localcluster.Start(ctx, localcluster.Config{Bin: bins, Dir: dir, Coordinators: 1, Workers: w,
 		WorkerGFLOPS: 1, LogLevel: "warn"})
 	if err != nil {
 		return nil, fmt.Errorf("starting the cluster: %w", err)

@@ -14,10 +14,10 @@ import (
 	"time"
 
 	"github.com/ringattn/ringattn/internal/gateway"
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/internal/worker"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/transport"
-	"github.com/ringattn/ringattn/testenv"
 )
 
 // runCluster runs a multi-process local cluster in the foreground (DESIGN
@@ -114,12 +114,12 @@ func runCluster(env *cliEnv, args []string) error {
 	if *binDir == "" {
 		fmt.Fprintln(env.stdout, "ringattn cluster: locating the coordinator, worker and nats-server binaries...")
 	}
-	bins, how, err := testenv.Locate(ctx, *binDir, buildDir)
+	bins, how, err := localcluster.Locate(ctx, *binDir, buildDir)
 	if err != nil {
 		return err
 	}
 	start := time.Now()
-	c, err := testenv.Start(ctx, testenv.Config{Bin: bins, Dir: *dir, Coordinators: *coords, Workers: *workers,
+	c, err := localcluster.Start(ctx, localcluster.Config{Bin: bins, Dir: *dir, Coordinators: *coords, Workers: *workers,
 		NATSPort: *natsPort, WorkerThreads: *threads, WorkerGFLOPS: *gflops, HeartbeatTimeout: *hbTimeout, LogLevel: *logLevel})
 	if err != nil {
 		return fmt.Errorf("starting the cluster: %w", err)
@@ -185,7 +185,7 @@ func runCluster(env *cliEnv, args []string) error {
 	return nil
 }
 
-func printCluster(w io.Writer, c *testenv.Cluster, how string, leader *testenv.Proc, took time.Duration) {
+func printCluster(w io.Writer, c *localcluster.Cluster, how string, leader *localcluster.Proc, took time.Duration) {
 	fmt.Fprintf(w, "ringattn cluster: %d coordinators, %d workers, up in %v\n", len(c.Coordinators), len(c.Workers()), took.Round(time.Millisecond))
 	fmt.Fprintf(w, "  binaries  %s\n  data      %s\n  NATS      %s  (monitoring %s)\n", how, c.Dir, c.URL(), c.NATSMonitor())
 	if leader != nil {
@@ -196,11 +196,11 @@ func printCluster(w io.Writer, c *testenv.Cluster, how string, leader *testenv.P
 	for _, p := range c.Procs() {
 		addr := p.Addr
 		switch p.Kind {
-		case testenv.KindNATS:
+		case localcluster.KindNATS:
 			addr = p.NATSURL
-		case testenv.KindCoordinator:
+		case localcluster.KindCoordinator:
 			addr = "http://" + p.Addr + " (raft " + p.RaftAddr + ")"
-		case testenv.KindWorker:
+		case localcluster.KindWorker:
 			addr = "http://" + p.Addr + "/metrics"
 		}
 		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", p.Name, p.Pid(), addr, p.LogPath)

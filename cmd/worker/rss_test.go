@@ -15,12 +15,12 @@ import (
 
 	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/coordinator"
+	"github.com/ringattn/ringattn/internal/localcluster"
 	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 	"github.com/ringattn/ringattn/pkg/transport/transporttest"
-	"github.com/ringattn/ringattn/testenv"
 )
 
 func envInt(name string, def int) int {
@@ -170,7 +170,7 @@ func BenchmarkWorkerPeakRSS(b *testing.B) {
 		// into a child's maxrss across fork and exec.)
 		var peak int64
 		for i, cmd := range procs {
-			rss, err := testenv.PeakRSS(cmd.Process.Pid)
+			rss, err := localcluster.PeakRSS(cmd.Process.Pid)
 			if err != nil {
 				b.Fatal(err)
 			}

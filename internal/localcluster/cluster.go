@@ -1,4 +1,4 @@
-package testenv
+package localcluster
 
 import (
 	"bufio"
@@ -18,8 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	"github.com/ringattn/ringattn/pkg/client"
@@ -176,7 +174,7 @@ func Start(ctx context.Context, cfg Config) (*Cluster, error) {
 	}
 	fresh := cfg.Dir == ""
 	if !fresh {
-		_, err := os.Stat(filepath.Join(cfg.Dir, layoutFile))
+		_, err := os.Stat(filepath.Join(cfg.Dir, LayoutFile))
 		fresh = errors.Is(err, os.ErrNotExist)
 	}
 	for attempt := 1; ; attempt++ {
@@ -228,7 +226,7 @@ func start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if err := c.startCoordinators(ctx, lay); err != nil {
 		return c, err
 	}
-	cl, err := client.Connect(ctx, c.NATSConfig("testenv"), client.Options{RequestTimeout: time.Second})
+	cl, err := client.Connect(ctx, c.NATSConfig("localcluster"), client.Options{RequestTimeout: time.Second})
 	if err != nil {
 		return c, err
 	}
@@ -265,13 +263,13 @@ type layoutCoordinator struct {
 	HTTPAddr string `json:"http_addr"`
 }
 
-// layoutFile is the name of the layout in Dir.
-const layoutFile = "layout.json"
+// LayoutFile is the name of the layout in Dir.
+const LayoutFile = "layout.json"
 
 // layout loads Dir's layout or makes (and saves) a new one with free
 // ports. Config.NATSPort, when set, wins over a saved NATS port.
 func (c *Cluster) layout() (*layout, error) {
-	path := filepath.Join(c.Dir, layoutFile)
+	path := filepath.Join(c.Dir, LayoutFile)
 	lay := &layout{}
 	data, err := os.ReadFile(path)
 	switch {
@@ -327,7 +325,7 @@ func (c *Cluster) startNATS(ctx context.Context, lay *layout) error {
 	}
 	// The same limits as transport.StartEmbedded: 8 MiB payloads, JetStream
 	// on files.
-	conf := fmt.Sprintf(`server_name: testenv-nats
+	conf := fmt.Sprintf(`server_name: localcluster-nats
 listen: "127.0.0.1:%d"
 http: "127.0.0.1:%d"
 max_payload: %d
@@ -351,25 +349,18 @@ jetstream {
 	return c.WaitNATS(ctx)
 }
 
-// WaitNATS waits until the NATS server serves JetStream.
+// WaitNATS waits until the NATS server serves JetStream: its monitoring
+// endpoint's /healthz?js-enabled-only=true answers 200, which it does once
+// the server accepts client connections and JetStream is enabled. (Asked
+// over HTTP, so that this package does not speak NATS.)
 func (c *Cluster) WaitNATS(ctx context.Context) error {
 	return c.poll(ctx, "NATS serving JetStream at "+c.natsURL, func(ctx context.Context) error {
 		select {
 		case <-c.NATS.Exited():
-			return permanent(c.NATS.exitError())
+			return Permanent(c.NATS.ExitError())
 		default:
 		}
-		nc, err := nats.Connect(c.natsURL, nats.Timeout(time.Second), nats.NoReconnect())
-		if err != nil {
-			return err
-		}
-		defer nc.Close()
-		js, err := jetstream.New(nc)
-		if err != nil {
-			return err
-		}
-		_, err = js.AccountInfo(ctx)
-		return err
+		return c.httpGetOK(ctx, "nats", c.natsMon+"/healthz?js-enabled-only=true")
 	})
 }
 
@@ -429,7 +420,7 @@ func (c *Cluster) coordinatorArgs(p *Proc, peers string) []string {
 func (c *Cluster) WaitCoordinator(ctx context.Context, p *Proc) error {
 	return c.poll(ctx, p.Name+" ready", func(ctx context.Context) error {
 		if !p.Running() {
-			return permanent(p.exitError())
+			return Permanent(p.ExitError())
 		}
 		return c.httpOK(ctx, p, "/readyz")
 	})
@@ -446,7 +437,7 @@ func (c *Cluster) StartWorkerEnv(env ...string) (*Proc, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, errors.New("testenv: cluster closed")
+		return nil, errors.New("localcluster: cluster closed")
 	}
 	name := "worker-" + strconv.Itoa(c.nextWorker)
 	c.nextWorker++
@@ -648,7 +639,7 @@ func (c *Cluster) WaitLeader(ctx context.Context, exclude ...*Proc) (*Proc, erro
 // LiveWorkers returns the ids of the workers the leader counts as live and
 // not leaving.
 func (c *Cluster) LiveWorkers(ctx context.Context) ([]string, error) {
-	ws, err := c.workerInfos(ctx)
+	ws, err := c.WorkerInfos(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -662,7 +653,8 @@ func (c *Cluster) LiveWorkers(ctx context.Context) ([]string, error) {
 	return ids, nil
 }
 
-func (c *Cluster) workerInfos(ctx context.Context) ([]*pb.WorkerInfo, error) {
+// WorkerInfos returns the workers the leader lists (live or leaving).
+func (c *Cluster) WorkerInfos(ctx context.Context) ([]*pb.WorkerInfo, error) {
 	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	r, err := c.client.Cluster(rctx)
@@ -677,17 +669,17 @@ func (c *Cluster) workerInfos(ctx context.Context) ([]*pb.WorkerInfo, error) {
 // process started.
 func (c *Cluster) WaitWorkers(ctx context.Context, names ...string) error {
 	return c.poll(ctx, fmt.Sprintf("workers %v live at the leader", names), func(ctx context.Context) error {
-		ws, err := c.workerInfos(ctx)
+		ws, err := c.WorkerInfos(ctx)
 		if err != nil {
 			return err
 		}
 		for _, n := range names {
 			p := c.Worker(n)
 			if p == nil {
-				return permanent(fmt.Errorf("no worker %q in this cluster", n))
+				return Permanent(fmt.Errorf("no worker %q in this cluster", n))
 			}
 			if !p.Running() {
-				return permanent(p.exitError())
+				return Permanent(p.ExitError())
 			}
 			if err := c.httpOK(ctx, p, "/readyz"); err != nil {
 				return err
@@ -708,7 +700,12 @@ func (c *Cluster) WaitWorkers(ctx context.Context, names ...string) error {
 
 // httpOK checks that GET path on the process's HTTP address answers 200.
 func (c *Cluster) httpOK(ctx context.Context, p *Proc, path string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Addr+path, nil)
+	return c.httpGetOK(ctx, p.Name+" "+path, "http://"+p.Addr+path)
+}
+
+// httpGetOK checks that GET url answers 200; errors start with what.
+func (c *Cluster) httpGetOK(ctx context.Context, what, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
@@ -719,7 +716,7 @@ func (c *Cluster) httpOK(ctx context.Context, p *Proc, path string) error {
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s %s: %s: %s", p.Name, path, resp.Status, strings.TrimSpace(string(body)))
+		return fmt.Errorf("%s: %s: %s", what, resp.Status, strings.TrimSpace(string(body)))
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package testenv
+package localcluster
 
 import (
 	"context"
@@ -13,7 +13,9 @@ type permanentError struct{ err error }
 func (e permanentError) Error() string { return e.err.Error() }
 func (e permanentError) Unwrap() error { return e.err }
 
-func permanent(err error) error { return permanentError{err} }
+// Permanent wraps err so that a Poll (or a wait of a Cluster) returning
+// it ends at once with err, without waiting for the deadline.
+func Permanent(err error) error { return permanentError{err} }
 
 // PollInterval is how often waits re-check their condition.
 const PollInterval = 20 * time.Millisecond

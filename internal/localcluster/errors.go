@@ -1,25 +1,25 @@
-package testenv
+package localcluster
 
 import "errors"
 
 // Sentinel errors of the harness.
 var (
 	// ErrInvalid: a Config field is wrong (the error names it).
-	ErrInvalid = errors.New("testenv: invalid config")
+	ErrInvalid = errors.New("localcluster: invalid config")
 	// ErrBinaryNotFound: a binary was neither built nor found.
-	ErrBinaryNotFound = errors.New("testenv: binary not found")
+	ErrBinaryNotFound = errors.New("localcluster: binary not found")
 	// ErrBuild: go build failed (the error carries its output).
-	ErrBuild = errors.New("testenv: build failed")
+	ErrBuild = errors.New("localcluster: build failed")
 	// ErrNotReady: a process or the cluster did not become ready in time.
-	ErrNotReady = errors.New("testenv: not ready")
+	ErrNotReady = errors.New("localcluster: not ready")
 	// ErrExited: a process exited when it should be running.
-	ErrExited = errors.New("testenv: process exited")
+	ErrExited = errors.New("localcluster: process exited")
 	// ErrRunning: the process is running (Restart needs it stopped).
-	ErrRunning = errors.New("testenv: process is running")
+	ErrRunning = errors.New("localcluster: process is running")
 	// ErrPortInUse: a process exited because a port it was given was
 	// taken (by another program, between the harness picking it and the
 	// process binding it).
-	ErrPortInUse = errors.New("testenv: port in use")
+	ErrPortInUse = errors.New("localcluster: port in use")
 	// ErrNoLeader: no coordinator is leader.
-	ErrNoLeader = errors.New("testenv: no leader")
+	ErrNoLeader = errors.New("localcluster: no leader")
 )

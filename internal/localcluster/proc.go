@@ -1,4 +1,4 @@
-package testenv
+package localcluster
 
 import (
 	"context"
@@ -64,10 +64,10 @@ func (p *Proc) Args() []string { return append([]string(nil), p.args...) }
 // Binary returns the executable's path.
 func (p *Proc) Binary() string { return p.bin }
 
-// childEnv is the environment of every child: this process's, without
+// ChildEnv is the environment of every child: this process's, without
 // RINGATTN_* variables (the harness sets everything by flags, and a
 // user's RINGATTN_NATS_URL must not redirect a child).
-func childEnv(extra []string) []string {
+func ChildEnv(extra []string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "RINGATTN_") {
@@ -89,16 +89,16 @@ func (p *Proc) start() error {
 		return err
 	}
 	p.starts++
-	fmt.Fprintf(logf, "=== testenv %s: start #%d at %s: %s %s\n", p.Name, p.starts,
+	fmt.Fprintf(logf, "=== localcluster %s: start #%d at %s: %s %s\n", p.Name, p.starts,
 		time.Now().UTC().Format(time.RFC3339Nano), p.bin, strings.Join(p.args, " "))
 	cmd := exec.Command(p.bin, p.args...)
-	cmd.Env = childEnv(p.env)
+	cmd.Env = ChildEnv(p.env)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("testenv: starting %s: %w", p.Name, err)
+		return fmt.Errorf("localcluster: starting %s: %w", p.Name, err)
 	}
 	p.cmd, p.state, p.stopped, p.started = cmd, nil, false, time.Now()
 	exited := make(chan struct{})
@@ -128,7 +128,7 @@ func (p *Proc) Pid() int {
 func (p *Proc) PeakRSS() (int64, error) {
 	pid := p.Pid()
 	if pid == 0 {
-		return 0, fmt.Errorf("testenv: %s was never started", p.Name)
+		return 0, fmt.Errorf("localcluster: %s was never started", p.Name)
 	}
 	return PeakRSS(pid)
 }
@@ -140,18 +140,18 @@ func (p *Proc) PeakRSS() (int64, error) {
 func PeakRSS(pid int) (int64, error) {
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, fmt.Errorf("testenv: peak RSS of process %d: %w", pid, err)
+		return 0, fmt.Errorf("localcluster: peak RSS of process %d: %w", pid, err)
 	}
 	for _, line := range strings.Split(string(data), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
 			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 			if err != nil {
-				return 0, fmt.Errorf("testenv: /proc/%d/status: VmHWM %q: %w", pid, rest, err)
+				return 0, fmt.Errorf("localcluster: /proc/%d/status: VmHWM %q: %w", pid, rest, err)
 			}
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("testenv: /proc/%d/status has no VmHWM", pid)
+	return 0, fmt.Errorf("localcluster: /proc/%d/status has no VmHWM", pid)
 }
 
 // Started is when the current (or last) run started.
@@ -195,7 +195,7 @@ func (p *Proc) Signal(sig os.Signal) error {
 		return fmt.Errorf("%w: %s", ErrExited, p.Name)
 	}
 	if err := p.cmd.Process.Signal(sig); err != nil {
-		return fmt.Errorf("testenv: %s: %v: %w", p.Name, sig, err)
+		return fmt.Errorf("localcluster: %s: %v: %w", p.Name, sig, err)
 	}
 	switch sig {
 	case syscall.SIGSTOP:
@@ -262,21 +262,21 @@ func (p *Proc) Terminate(grace time.Duration) (*os.ProcessState, error) {
 	case <-t.C:
 	}
 	_ = p.Kill()
-	return p.ExitState(), fmt.Errorf("testenv: %s (pid %d) did not exit within %v of SIGTERM: killed", p.Name, p.Pid(), grace)
+	return p.ExitState(), fmt.Errorf("localcluster: %s (pid %d) did not exit within %v of SIGTERM: killed", p.Name, p.Pid(), grace)
 }
 
-// exitError describes a run that ended: its exit status and log file,
+// ExitError describes a run that ended: its exit status and log file,
 // wrapping ErrExited, and ErrPortInUse when the log says a bind failed.
-func (p *Proc) exitError() error {
+func (p *Proc) ExitError() error {
 	err := fmt.Errorf("%w: %s: %v (see %s)", ErrExited, p.Name, p.ExitState(), p.LogPath)
-	if tail, _ := readTail(p.LogPath, 16<<10); strings.Contains(tail, "address already in use") {
+	if tail, _ := ReadTail(p.LogPath, 16<<10); strings.Contains(tail, "address already in use") {
 		err = fmt.Errorf("%w: %w", ErrPortInUse, err)
 	}
 	return err
 }
 
-// readTail returns the last n bytes of a file.
-func readTail(path string, n int64) (string, error) {
+// ReadTail returns the last n bytes of a file.
+func ReadTail(path string, n int64) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return "", err

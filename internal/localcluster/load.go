@@ -1,4 +1,4 @@
-package testenv
+package localcluster
 
 import (
 	"cmp"
@@ -15,9 +15,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/testrand"
@@ -396,23 +393,24 @@ func RunLoad(ctx context.Context, c *Cluster, cfg LoadConfig) (*LoadReport, erro
 	if err != nil {
 		return nil, err
 	}
-	nc, err := transport.Connect(c.NATSConfig("load-events"), nil)
+	events, err := transport.Dial(c.NATSConfig("load-events"), nil)
 	if err != nil {
 		return nil, err
 	}
-	defer nc.Close()
-	if _, err := nc.Subscribe(c.NATSConfig("").Subjects().AllJobEvents(), func(m *nats.Msg) {
-		var ev pb.JobEvent
-		if proto.Unmarshal(m.Data, &ev) != nil || ev.GetType() != pb.JobEventType_JOB_EVENT_TYPE_FINISHED {
+	defer events.Close()
+	stopEvents, err := events.OnEvents("", transport.ServeConfig{}, func(ev *pb.JobEvent) {
+		if ev.GetType() != pb.JobEventType_JOB_EVENT_TYPE_FINISHED {
 			return
 		}
 		r.mu.Lock()
 		r.events[ev.GetJobId()] = append(r.events[ev.GetJobId()], ev.GetState())
 		r.mu.Unlock()
-	}); err != nil {
+	})
+	if err != nil {
 		return nil, err
 	}
-	if err := nc.Flush(); err != nil {
+	defer stopEvents()
+	if err := events.Flush(ctx); err != nil {
 		return nil, err
 	}
 
@@ -668,7 +666,7 @@ func (r *loadRun) runJob(ctx context.Context, cl *client.Client, j *loadJob) {
 			if transient(err) {
 				return err
 			}
-			return permanent(err)
+			return Permanent(err)
 		}
 		fin = s
 		return nil
@@ -695,11 +693,11 @@ func (r *loadRun) runJob(ctx context.Context, cl *client.Client, j *loadJob) {
 			return nil
 		}
 		if !transient(err) {
-			return permanent(err)
+			return Permanent(err)
 		}
 		// Outputs of an expired job are gone for good.
 		if st, gerr := cl.Get(actx, id); gerr == nil && st.GetState() == pb.JobState_JOB_STATE_EXPIRED {
-			return permanent(fmt.Errorf("job %s expired before its outputs were fetched (the coordinators' --job-ttl is too short for this load): %w", id, err))
+			return Permanent(fmt.Errorf("job %s expired before its outputs were fetched (the coordinators' --job-ttl is too short for this load): %w", id, err))
 		}
 		return err
 	}, "fetching job "+id)
@@ -768,7 +766,7 @@ func (r *loadRun) inject(ctx context.Context, f LoadFault) LoadFaultResult {
 				}
 			}
 			if r.finished.Load() == int64(len(r.jobs)) {
-				return permanent(errors.New("every job finished before a worker ran a shard"))
+				return Permanent(errors.New("every job finished before a worker ran a shard"))
 			}
 			return errors.New("no worker runs a shard")
 		}, "a worker running a shard")
@@ -807,7 +805,7 @@ func (r *loadRun) inject(ctx context.Context, f LoadFault) LoadFaultResult {
 				return nil
 			}
 			if r.finished.Load() == int64(len(r.jobs)) {
-				return permanent(errors.New("every job finished before the fault"))
+				return Permanent(errors.New("every job finished before the fault"))
 			}
 			return errors.New("no job running")
 		}, "a job running")
