@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/coordinator"
@@ -52,7 +50,7 @@ type testCluster struct {
 	dataDir  string
 	client   *client.Client
 	store    *transport.Store
-	nc       *nats.Conn
+	conn     *transport.Conn
 	mu       sync.Mutex
 	workers  map[string]*testWorker
 	stepHook func(w *testWorker, ctx context.Context, job string, epoch uint64, rank int, p ringattn.Progress)
@@ -82,9 +80,8 @@ func newTestCluster(t *testing.T, hbTimeout time.Duration) *testCluster {
 	}
 	t.Cleanup(cl.Close)
 	c.client = cl
-	nc := transporttest.Connect(t, srv)
-	c.nc = nc
-	if c.store, err = transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: ncfg.Bucket}, nil); err != nil {
+	c.conn = transport.NewConn(transporttest.Connect(t, srv), ncfg.Subjects(), nil)
+	if c.store, err = c.conn.OpenStore(ctx, transport.StoreConfig{Bucket: ncfg.Bucket}); err != nil {
 		t.Fatalf("store: %v", err)
 	}
 	return c
@@ -442,17 +439,18 @@ func TestWorkerDrainReplansAtOnce(t *testing.T) {
 	}
 	tw := c.workers[victim]
 	replanned := make(chan time.Time, 1)
-	sub, err := c.nc.Subscribe(c.nats.Subjects().JobEvents(id), func(m *nats.Msg) {
-		var ev pb.JobEvent
-		if proto.Unmarshal(m.Data, &ev) == nil && ev.GetType() == pb.JobEventType_JOB_EVENT_TYPE_EPOCH_STARTED && ev.GetEpoch() == 2 {
+	stop, err := c.conn.OnEvents(id, transport.ServeConfig{}, func(ev *pb.JobEvent) {
+		if ev.GetType() == pb.JobEventType_JOB_EVENT_TYPE_EPOCH_STARTED && ev.GetEpoch() == 2 {
 			replanned <- time.Now()
 		}
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Unsubscribe() //nolint:errcheck
-	if err := c.nc.Flush(); err != nil {
+	defer stop() //nolint:errcheck
+	fctx, fcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer fcancel()
+	if err := c.conn.Flush(fctx); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
