@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
@@ -541,8 +539,7 @@ func asError(err error) *Error {
 		return &Error{Status: 400, Code: "invalid_argument", Message: strings.TrimPrefix(msg, "invalid request: ")}
 	case errors.Is(err, client.ErrNotFound):
 		return &Error{Status: 404, Code: "not_found", Field: "id", Message: msg}
-	case errors.Is(err, client.ErrUnavailable), errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrTimeout), errors.Is(err, nats.ErrConnectionClosed):
+	case client.Unreachable(err), errors.Is(err, context.DeadlineExceeded):
 		return &Error{Status: 503, Code: "unavailable", Message: "the cluster did not answer: " + msg}
 	}
 	return &Error{Status: 502, Code: "internal", Message: msg}

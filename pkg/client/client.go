@@ -64,9 +64,17 @@ func (e *APIError) Unwrap() error {
 	return nil
 }
 
-// retryable reports whether a request may be repeated as it is.
+// retryable reports whether a request may be repeated as it is: no leader
+// (or busy), no responder, a timeout.
 func retryable(err error) bool {
-	return errors.Is(err, ErrUnavailable) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, nats.ErrTimeout)
+	return errors.Is(err, ErrUnavailable) || transport.Retryable(err)
+}
+
+// Unreachable reports whether err says the cluster did not answer: no
+// leader, busy, no responder, a timeout, or a closed connection. A caller
+// may retry later; nothing was done (or it is unknown).
+func Unreachable(err error) bool {
+	return retryable(err) || errors.Is(err, nats.ErrConnectionClosed)
 }
 
 // Options tune a Client; zero values mean the defaults.
@@ -85,12 +93,11 @@ type Options struct {
 // Client talks to a ringattn cluster: the coordinator's API and the tensor
 // store. It is safe for concurrent use.
 type Client struct {
-	nc      *nats.Conn
+	conn    *transport.Conn
 	subj    transport.Subjects
 	cfg     transport.Config
 	timeout time.Duration
 	log     *slog.Logger
-	owned   bool
 	limits  shard.Limits
 
 	storeMu sync.Mutex
@@ -100,22 +107,21 @@ type Client struct {
 // Connect connects to NATS with cfg (the same options as the binaries) and
 // returns a client that closes the connection on Close.
 func Connect(ctx context.Context, cfg transport.Config, opts Options) (*Client, error) {
-	nc, err := transport.Connect(cfg, opts.Logger)
+	conn, err := transport.Dial(cfg, opts.Logger)
 	if err != nil {
 		return nil, err
 	}
-	c, err := New(ctx, nc, cfg, opts)
+	c, err := New(ctx, conn, cfg, opts)
 	if err != nil {
-		nc.Close()
+		_ = conn.Close()
 		return nil, err
 	}
-	c.owned = true
 	return c, nil
 }
 
-// New returns a client over an existing connection; cfg gives the subject
-// prefix and the store bucket.
-func New(ctx context.Context, nc *nats.Conn, cfg transport.Config, opts Options) (*Client, error) {
+// New returns a client over an existing connection (Close closes it only
+// when transport.Dial made it); cfg gives the store bucket.
+func New(ctx context.Context, conn *transport.Conn, cfg transport.Config, opts Options) (*Client, error) {
 	if opts.RequestTimeout <= 0 {
 		opts.RequestTimeout = 5 * time.Second
 	}
@@ -128,15 +134,13 @@ func New(ctx context.Context, nc *nats.Conn, cfg transport.Config, opts Options)
 	if err := opts.Limits.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: Options.%v", ErrInvalid, err)
 	}
-	c := &Client{nc: nc, subj: cfg.Subjects(), cfg: cfg, timeout: opts.RequestTimeout, log: opts.Logger, limits: opts.Limits}
+	c := &Client{conn: conn, subj: conn.Subjects(), cfg: cfg, timeout: opts.RequestTimeout, log: opts.Logger, limits: opts.Limits}
 	return c, nil
 }
 
-// Close closes the connection if the client opened it.
+// Close closes the connection if the client opened it (Connect).
 func (c *Client) Close() {
-	if c.owned {
-		c.nc.Close()
-	}
+	_ = c.conn.Close()
 }
 
 // errorReply is any API reply: they all carry an Error.
@@ -174,7 +178,9 @@ func (c *Client) call(ctx context.Context, endpoint string, req proto.Message, r
 func (c *Client) once(ctx context.Context, subject string, data []byte, reply errorReply) error {
 	rctx, cancel := context.WithTimeout(ctx, c.timeout)
 	defer cancel()
-	msg, err := c.nc.RequestWithContext(rctx, subject, data)
+	// The one raw request left: transport.APIClient retries on its own
+	// schedule (no jitter); this client's retryWait jitters (retry.go).
+	msg, err := c.conn.NATS().RequestWithContext(rctx, subject, data)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			return nats.ErrTimeout
@@ -253,17 +259,11 @@ func (c *Client) Watch(ctx context.Context, id string, poll time.Duration, fn fu
 	if poll <= 0 {
 		poll = time.Second
 	}
-	events := make(chan struct{}, 1)
-	sub, err := c.nc.Subscribe(c.subj.JobEvents(id), func(*nats.Msg) {
-		select {
-		case events <- struct{}{}:
-		default:
-		}
-	})
+	events, stop, err := c.conn.WatchEvents(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	defer sub.Unsubscribe()
+	defer stop() //nolint:errcheck // done with the events
 	var last *pb.JobStatus
 	t := time.NewTicker(poll)
 	defer t.Stop()
@@ -284,8 +284,27 @@ func (c *Client) Watch(ctx context.Context, id string, poll time.Duration, fn fu
 		select {
 		case <-ctx.Done():
 			return last, ctx.Err()
-		case <-events:
+		case _, ok := <-events:
+			// One status read for every event that has arrived.
+			if !ok || !drainEvents(events) {
+				events = nil // stopped (ctx ended): poll until ctx.Done is seen
+			}
 		case <-t.C:
+		}
+	}
+}
+
+// drainEvents discards the events waiting in ch and reports whether ch is
+// still open.
+func drainEvents(ch <-chan *pb.JobEvent) bool {
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return false
+			}
+		default:
+			return true
 		}
 	}
 }

@@ -137,7 +137,7 @@ func (c *Client) Store(ctx context.Context) (*transport.Store, error) {
 	if c.store != nil {
 		return c.store, nil
 	}
-	s, err := transport.OpenStore(ctx, c.nc, transport.StoreConfig{Bucket: c.cfg.Bucket}, c.log)
+	s, err := c.conn.OpenStore(ctx, transport.StoreConfig{Bucket: c.cfg.Bucket})
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/tensor"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 	"github.com/ringattn/ringattn/pkg/transport/transporttest"
 )
@@ -20,14 +21,14 @@ import (
 // submitted, then crash the planner).
 func TestClientLimitsBeforeUpload(t *testing.T) {
 	e := transporttest.RunServer(t)
-	nc := transporttest.Connect(t, e)
+	conn := transport.NewConn(transporttest.Connect(t, e), transporttest.Config(e).Subjects(), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := New(ctx, nc, transporttest.Config(e), Options{})
+	c, err := New(ctx, conn, transporttest.Config(e), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	small, err := New(ctx, nc, transporttest.Config(e), Options{Limits: shard.Limits{MaxBatch: 1, MaxHeads: 1, MaxTokens: 64,
+	small, err := New(ctx, conn, transporttest.Config(e), Options{Limits: shard.Limits{MaxBatch: 1, MaxHeads: 1, MaxTokens: 64,
 		MaxD: 8, MaxBlocks: 64, MaxDocs: 4, MaxJobBytes: 4 * 4 * 4 * 8}})
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +75,7 @@ func TestClientLimitsBeforeUpload(t *testing.T) {
 	if c.store != nil || small.store != nil {
 		t.Fatal("the store was opened for a job refused locally")
 	}
-	if _, err := New(ctx, nc, transporttest.Config(e), Options{Limits: shard.Limits{MaxBatch: 1}}); !errors.Is(err, ErrInvalid) {
+	if _, err := New(ctx, conn, transporttest.Config(e), Options{Limits: shard.Limits{MaxBatch: 1}}); !errors.Is(err, ErrInvalid) {
 		t.Fatalf("invalid Options.Limits: %v", err)
 	}
 }
@@ -99,10 +100,10 @@ func TestClientInputRefFresh(t *testing.T) {
 // the forward of the same shape (128·n bytes) fits.
 func TestClientLimitsBackward(t *testing.T) {
 	e := transporttest.RunServer(t)
-	nc := transporttest.Connect(t, e)
+	conn := transport.NewConn(transporttest.Connect(t, e), transporttest.Config(e).Subjects(), nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	small, err := New(ctx, nc, transporttest.Config(e), Options{Limits: shard.Limits{MaxBatch: 1, MaxHeads: 1, MaxTokens: 64,
+	small, err := New(ctx, conn, transporttest.Config(e), Options{Limits: shard.Limits{MaxBatch: 1, MaxHeads: 1, MaxTokens: 64,
 		MaxD: 8, MaxBlocks: 64, MaxDocs: 4, MaxJobBytes: 512}})
 	if err != nil {
 		t.Fatal(err)

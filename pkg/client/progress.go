@@ -4,9 +4,6 @@ import (
 	"context"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -173,15 +170,12 @@ func StatusProgress(st *pb.JobStatus) (done, total int64, unit string) {
 	return st.GetBlocksDone(), st.GetBlocksTotal(), UnitBlocks
 }
 
-// parseProgressEvent decodes a job event from the network and returns the
-// ring-step progress it carries: ok only for a well-formed PROGRESS event
-// of job id with 0 <= done <= total and total > 0.
-func parseProgressEvent(data []byte, id string) (ev *pb.JobEvent, ok bool) {
-	ev = &pb.JobEvent{}
-	if err := proto.Unmarshal(data, ev); err != nil {
-		return nil, false
-	}
-	if ev.GetJobId() != "" && ev.GetJobId() != id {
+// progressEvent checks a job event from the network (decoded by
+// transport.Conn.WatchEvents) and returns the ring-step progress it
+// carries: nil for another job's event; ok only for a well-formed PROGRESS
+// event of job id with 0 <= done <= total and total > 0.
+func progressEvent(ev *pb.JobEvent, id string) (_ *pb.JobEvent, ok bool) {
+	if ev == nil || ev.GetJobId() != "" && ev.GetJobId() != id {
 		return nil, false
 	}
 	if ev.GetType() != pb.JobEventType_JOB_EVENT_TYPE_PROGRESS {
@@ -198,26 +192,13 @@ func parseProgressEvent(data []byte, id string) (ev *pb.JobEvent, ok bool) {
 // returns the final status. Progress counts ring steps once the job's
 // PROGRESS events arrive, blocks before; the rate and ETA come from a Meter.
 func (c *Client) WatchProgress(ctx context.Context, id string, fn func(Progress)) (*pb.JobStatus, error) {
-	type event struct {
-		ev       *pb.JobEvent
-		progress bool
-		at       time.Time
-	}
-	events := make(chan event, 64)
-	sub, err := c.nc.Subscribe(c.subj.JobEvents(id), func(msg *nats.Msg) {
-		ev, ok := parseProgressEvent(msg.Data, id)
-		if ev == nil {
-			return
-		}
-		select {
-		case events <- event{ev, ok, time.Now()}:
-		default: // the watcher is behind; the next poll catches up
-		}
-	})
+	// A watcher that falls behind loses events (WatchEvents drops them);
+	// the next poll catches up.
+	events, stop, err := c.conn.WatchEvents(ctx, id)
 	if err != nil {
 		return nil, err
 	}
-	defer sub.Unsubscribe()
+	defer stop() //nolint:errcheck // done with the events
 
 	var (
 		m        Meter
@@ -277,28 +258,42 @@ func (c *Client) WatchProgress(ctx context.Context, id string, fn func(Progress)
 			return st, nil
 		}
 		poll = false
-		select {
-		case <-ctx.Done():
-			return st, ctx.Err()
-		case e := <-events:
-			if e.progress {
-				if e.ev.GetEpoch() != 0 {
-					stepEp = e.ev.GetEpoch()
-				} else {
-					stepEp = st.GetEpoch()
+		// Wait for something that changes what is shown: an event of the
+		// job or the tick (a closed event channel or a foreign event is
+		// not one).
+		for waiting := true; waiting; {
+			waiting = false
+			select {
+			case <-ctx.Done():
+				return st, ctx.Err()
+			case raw, open := <-events:
+				ev, progress := progressEvent(raw, id)
+				if !open || ev == nil {
+					if !open {
+						events = nil // stopped (ctx ended): ctx.Done is next
+					}
+					waiting = true
+					continue
 				}
-				stepDone, stepTot = e.ev.GetBlocksDone(), e.ev.GetBlocksTotal()
-				if st.GetState() == pb.JobState_JOB_STATE_QUEUED && e.ev.GetState() == pb.JobState_JOB_STATE_RUNNING {
+				if progress {
+					if ev.GetEpoch() != 0 {
+						stepEp = ev.GetEpoch()
+					} else {
+						stepEp = st.GetEpoch()
+					}
+					stepDone, stepTot = ev.GetBlocksDone(), ev.GetBlocksTotal()
+					if st.GetState() == pb.JobState_JOB_STATE_QUEUED && ev.GetState() == pb.JobState_JOB_STATE_RUNNING {
+						poll = true
+					}
+					if stepEp != st.GetEpoch() {
+						poll = true // a re-plan: read the new status
+					}
+				} else {
 					poll = true
 				}
-				if stepEp != st.GetEpoch() {
-					poll = true // a re-plan: read the new status
-				}
-			} else {
+			case <-tick.C:
 				poll = true
 			}
-		case <-tick.C:
-			poll = true
 		}
 	}
 }

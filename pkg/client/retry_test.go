@@ -7,9 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
-
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 	"github.com/ringattn/ringattn/pkg/transport/transporttest"
 )
@@ -44,42 +42,36 @@ func TestClientRetryWait(t *testing.T) {
 
 // TestClientRetriesBusy: calls answered BUSY are retried after the
 // retry-after until served; a full queue (RESOURCE_EXHAUSTED) is returned
-// at once with its retry-after.
+// at once with its retry-after. The coordinator is a typed fake served
+// with transport's ServeAPI.
 func TestClientRetriesBusy(t *testing.T) {
 	e := transporttest.RunServer(t)
-	nc := transporttest.Connect(t, e)
+	conn := transport.NewConn(transporttest.Connect(t, e), transporttest.Config(e).Subjects(), transporttest.Logger(t))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := New(ctx, nc, transporttest.Config(e), Options{})
+	c, err := New(ctx, conn, transporttest.Config(e), Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var gets, submits atomic.Int32
-	reply := func(m *nats.Msg, r proto.Message) {
-		data, _ := proto.Marshal(r)
-		_ = m.Respond(data)
-	}
-	sub, err := nc.Subscribe(c.subj.API("get"), func(m *nats.Msg) {
-		if gets.Add(1) <= 2 {
-			reply(m, &pb.GetReply{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_BUSY, Message: "coordinator busy", RetryAfterMs: 150}})
-			return
-		}
-		reply(m, &pb.GetReply{Job: &pb.JobStatus{Id: "j-1", State: pb.JobState_JOB_STATE_RUNNING}})
-	})
+	stop, err := conn.ServeAPI(transport.APIHandlers{
+		Get: func(context.Context, *pb.GetRequest) (*pb.GetReply, error) {
+			if gets.Add(1) <= 2 {
+				return nil, &transport.APIError{Code: pb.ErrorCode_ERROR_CODE_BUSY, Message: "coordinator busy", RetryAfter: 150 * time.Millisecond}
+			}
+			return &pb.GetReply{Job: &pb.JobStatus{Id: "j-1", State: pb.JobState_JOB_STATE_RUNNING}}, nil
+		},
+		Submit: func(context.Context, *pb.SubmitRequest) (*pb.SubmitReply, error) {
+			submits.Add(1)
+			return nil, &transport.APIError{Code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED,
+				Message: "queue full: 5 jobs queued, want fewer than 5 (Limits.MaxQueued); retry later", RetryAfter: time.Second}
+		},
+	}, transport.APIConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Unsubscribe()
-	sub2, err := nc.Subscribe(c.subj.API("submit"), func(m *nats.Msg) {
-		submits.Add(1)
-		reply(m, &pb.SubmitReply{Error: &pb.Error{Code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED,
-			Message: "queue full: 5 jobs queued, want fewer than 5 (Limits.MaxQueued); retry later", RetryAfterMs: 1000}})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub2.Unsubscribe()
-	if err := nc.Flush(); err != nil {
+	defer stop() //nolint:errcheck
+	if err := conn.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 
