@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/ringattn/ringattn/internal/devcluster"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -125,7 +123,7 @@ func probeLeader(ctx context.Context, cl *client.Client, u string) error {
 // unreachable is the exit-3 error for a cluster at u that did not answer.
 func unreachable(u string, err error) error {
 	why := err.Error()
-	if errors.Is(err, nats.ErrNoServers) {
+	if client.NoServer(err) {
 		why = "no NATS server answers there"
 	}
 	hint := "start one with `ringattn dev`"

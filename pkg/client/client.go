@@ -77,6 +77,11 @@ func Unreachable(err error) bool {
 	return retryable(err) || errors.Is(err, nats.ErrConnectionClosed)
 }
 
+// NoServer reports whether err (of Connect) says no NATS server answered
+// at the URLs given, as opposed to one refusing the credentials or the TLS
+// settings.
+func NoServer(err error) bool { return errors.Is(err, nats.ErrNoServers) }
+
 // Options tune a Client; zero values mean the defaults.
 type Options struct {
 	// RequestTimeout bounds one API request (default 5 s); requests that

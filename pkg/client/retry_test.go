@@ -98,3 +98,51 @@ func TestClientRetriesBusy(t *testing.T) {
 		t.Fatalf("busy until the deadline: %v, want ErrUnavailable", err)
 	}
 }
+
+// TestClientUnreachable: the errors of a cluster that does not answer are
+// told apart from the coordinator's refusals: no server at the URL
+// (NoServer, from Connect), no responder, a timeout, a closed connection
+// and BUSY are Unreachable; a refusal is not.
+func TestClientUnreachable(t *testing.T) {
+	cfg := transport.DefaultConfig()
+	cfg.URLs, cfg.ConnectTimeout = []string{"nats://127.0.0.1:1"}, 200*time.Millisecond
+	_, err := Connect(context.Background(), cfg, Options{})
+	if !NoServer(err) {
+		t.Fatalf("Connect to a closed port: %v, want NoServer", err)
+	}
+
+	e := transporttest.RunServer(t)
+	nc := transporttest.Connect(t, e)
+	c, err := New(context.Background(), transport.NewConn(nc, transporttest.Config(e).Subjects(), nil), transporttest.Config(e),
+		Options{RequestTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = c.Get(ctx, "j-1") // nobody serves the API
+	if !Unreachable(err) || NoServer(err) {
+		t.Fatalf("no coordinator: %v, want Unreachable (not NoServer)", err)
+	}
+	nc.Close()
+	if _, err = c.Get(context.Background(), "j-1"); !Unreachable(err) {
+		t.Fatalf("closed connection: %v, want Unreachable", err)
+	}
+	for _, err := range []error{
+		&APIError{Code: pb.ErrorCode_ERROR_CODE_BUSY},
+		&APIError{Code: pb.ErrorCode_ERROR_CODE_NOT_LEADER},
+	} {
+		if !Unreachable(err) {
+			t.Errorf("%v: want Unreachable", err)
+		}
+	}
+	for _, err := range []error{
+		&APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "spec.d", Message: "0: want 1..256"},
+		&APIError{Code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED},
+		errors.New("something else"),
+	} {
+		if Unreachable(err) {
+			t.Errorf("%v: Unreachable, want not", err)
+		}
+	}
+}
