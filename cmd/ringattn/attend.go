@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/bench"
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -540,7 +541,7 @@ func runAttend(env *cliEnv, args []string) error {
 		what = "forward+backward job"
 	}
 	fmt.Fprintf(env.stderr, "attend: %s in %v (%.1f GFLOP/s, counting 2.5x the forward's) -> %s\n",
-		what, bel.Round(time.Millisecond), backwardFLOPs(&a.p)/bel.Seconds()/1e9, wrote)
+		what, bel.Round(time.Millisecond), bench.BackwardFLOPs(&a.p)/bel.Seconds()/1e9, wrote)
 	return nil
 }
 
@@ -583,14 +584,6 @@ func attendOnClusterGrads(ctx context.Context, env *cliEnv, a *attention, mf *ma
 	}
 	return res.O.Data, res.LSE.Data, res.DQ.Data, res.DK.Data, res.DV.Data, nil
 }
-
-// backwardFactor is the backward's FLOPs over the forward's: the backward
-// computes q·kᵀ again, dO·vᵀ, dS·k, dSᵀ·q and Pᵀ·dO: five products
-// against the forward's two.
-const backwardFactor = 2.5
-
-// backwardFLOPs is the count GFLOP/s of a backward is quoted with.
-func backwardFLOPs(p *kernels.Params) float64 { return backwardFactor * p.VisibleFLOPs() }
 
 // attendOnCluster runs an attention problem on a cluster (--cluster W or
 // --nats URL), printing the job id and its progress, and returns o, lse.

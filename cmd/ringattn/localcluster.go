@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -28,12 +27,6 @@ import (
 // otherwise, inside a source checkout with the go command installed, they
 // are built from it (into DIR/bin with --dir); otherwise they are looked
 // for next to this executable, then in $PATH.
-// binFlag registers --bin, where the commands that start local
-// multi-process clusters find the coordinator, worker and nats-server.
-func binFlag(fs *flag.FlagSet) *string {
-	return fs.String("bin", "", "`directory` holding the coordinator, worker and nats-server binaries (default: build from the source checkout, else look next to this executable and in $PATH)")
-}
-
 func runCluster(env *cliEnv, args []string) error {
 	fs := newFlags(env, "cluster", "[--coordinators 3] [--workers W] [--dir D] [--nats-port P] [--http ADDR] [--bin DIR]")
 	coords := fs.Int("coordinators", 3, "number of `N` coordinators (Raft members; 1, 3 or 5 make sense)")
@@ -42,7 +35,7 @@ func runCluster(env *cliEnv, args []string) error {
 	natsPort := fs.Int("nats-port", 4222, "NATS client `port` on 127.0.0.1 (0: a free port)")
 	threads := fs.Int("threads", 0, "kernel goroutines per worker (0: the cores divided among the workers)")
 	gflops := fs.Float64("gflops", 0, "kernel `speed` in GFLOP/s every worker reports; plans weight ranks by it (0: measured once here, as the workers share this machine's cores — measured by each at once it is noise)")
-	binDir := binFlag(fs)
+	binDir := fs.String("bin", "", localcluster.BinFlagUsage)
 	hbTimeout := fs.Duration("heartbeat-timeout", 0, "a worker silent this `long` is dead (0: the coordinator's default, 3s)")
 	logLevel := fs.String("log-level", "info", "log level of every process: debug, info, warn, error")
 	httpAddr := fs.String("http", gateway.DefaultAddr, "`address` of the HTTP job API served for the cluster (\"off\": none)")

@@ -149,6 +149,11 @@ func FindBinaries() (Binaries, error) {
 	return b, errors.Join(errs...)
 }
 
+// BinFlagUsage is the help of the --bin flag of the commands that start a
+// local cluster (`ringattn cluster`, `ringattn bench rss|recovery|load`):
+// its value is Locate's binDir.
+const BinFlagUsage = "`directory` holding the coordinator, worker and nats-server binaries (default: build from the source checkout, else look next to this executable and in $PATH)"
+
 // Locate finds the binaries for a user-facing cluster, in this order:
 //  1. binDir, when set: binDir/coordinator, binDir/worker, binDir/nats-server;
 //  2. when the working directory is inside a ringattn source checkout and

@@ -410,7 +410,9 @@ func RunLoad(ctx context.Context, c *Cluster, cfg LoadConfig) (*LoadReport, erro
 		return nil, err
 	}
 	defer stopEvents()
-	if err := events.Flush(ctx); err != nil {
+	flushCtx, cancelFlush := context.WithTimeout(ctx, 10*time.Second) // Flush needs a deadline
+	defer cancelFlush()
+	if err := events.Flush(flushCtx); err != nil {
 		return nil, err
 	}
 

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"path/filepath"
@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// TestCLIBenchRSS runs `bench rss` end to end on two small shapes with the
+// TestBenchRSS runs `bench rss` end to end on two small shapes with the
 // shard fixed: real worker processes (binaries built from this checkout),
 // sampled outputs checked against the float64 reference, each worker's
 // peak RSS read from /proc.
-func TestCLIBenchRSS(t *testing.T) {
+func TestBenchRSS(t *testing.T) {
 	png := filepath.Join(t.TempDir(), "rss.png")
 	code, out, stderr := cli(t, "bench", "rss", "--workers", "2", "--seq", "4096,8192", "--heads", "4,2",
 		"--block", "256", "--window", "0", "--png", png)
@@ -43,8 +43,8 @@ func TestCLIBenchRSS(t *testing.T) {
 				t.Errorf("row %d: peak RSS %q MiB, want an integer in [2, 2048]", i, p)
 			}
 		}
-		if d, err := strconv.ParseFloat(r[8], 64); err != nil || d > benchTolerance {
-			t.Errorf("row %d: sampled rows max abs diff %q, want <= %g", i, r[8], benchTolerance)
+		if d, err := strconv.ParseFloat(r[8], 64); err != nil || d > Tolerance {
+			t.Errorf("row %d: sampled rows max abs diff %q, want <= %g", i, r[8], Tolerance)
 		}
 	}
 	if !strings.Contains(out, "mask causal\n") {
@@ -52,8 +52,8 @@ func TestCLIBenchRSS(t *testing.T) {
 	}
 }
 
-// TestCLIBenchRSSFlags: bad flags are one line naming the flag, exit 2.
-func TestCLIBenchRSSFlags(t *testing.T) {
+// TestBenchRSSFlags: bad flags are one line naming the flag, exit 2.
+func TestBenchRSSFlags(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want string

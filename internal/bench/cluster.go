@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -33,7 +33,7 @@ func percentile(xs []float64, p float64) float64 {
 // Markdown tables: attention jobs through the whole cluster against the
 // local kernel on the same shape and cores, then tiny-job latency and
 // throughput (submit -> result downloaded).
-func benchCluster(env *cliEnv, args []string) error {
+func benchCluster(env *Env, args []string) error {
 	fs := newFlags(env, "bench cluster", "[--workers 4] [--seq 8192] [--dim 128] [--heads 8] [--mask none,causal] [--runs 3] [--tiny 200] [--concurrency 8]")
 	workersF := fs.String("workers", "4", "comma-separated worker `counts` W")
 	seqs := fs.String("seq", "8192", "comma-separated sequence `lengths` (N = Nk) of the attention jobs")
@@ -69,10 +69,10 @@ func benchCluster(env *cliEnv, args []string) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	fmt.Fprintf(env.stdout, "kernel %s, GOMAXPROCS %d; in-process cluster: embedded NATS (JetStream), 1 Raft coordinator, W workers on these cores; %d runs per side, medians\n\n",
+	fmt.Fprintf(env.Stdout, "kernel %s, GOMAXPROCS %d; in-process cluster: embedded NATS (JetStream), 1 Raft coordinator, W workers on these cores; %d runs per side, medians\n\n",
 		kernels.Impl(), runtime.GOMAXPROCS(0), *runs)
-	fmt.Fprintln(env.stdout, "| W | B | H | N | D | mask | kernel (s) | cluster compute (s) | overhead | end-to-end (s) | overhead | kernel CPU (s) | end-to-end CPU (s) | CPU overhead | epochs | max abs diff |")
-	fmt.Fprintln(env.stdout, "|---|---|---|---|---|------|------------|---------------------|----------|----------------|----------|----------------|--------------------|--------------|--------|--------------|")
+	fmt.Fprintln(env.Stdout, "| W | B | H | N | D | mask | kernel (s) | cluster compute (s) | overhead | end-to-end (s) | overhead | kernel CPU (s) | end-to-end CPU (s) | CPU overhead | epochs | max abs diff |")
+	fmt.Fprintln(env.Stdout, "|---|---|---|---|---|------|------------|---------------------|----------|----------------|----------|----------------|--------------------|--------------|--------|--------------|")
 	type tinyRow struct {
 		w                int
 		p50, p99, mean   float64
@@ -126,18 +126,18 @@ func benchCluster(env *cliEnv, args []string) error {
 			return err
 		}
 	}
-	fmt.Fprintln(env.stdout, "\ncluster compute = the job's started -> finished time in the coordinator; end-to-end = upload + submit + compute + download of the output.")
-	fmt.Fprintln(env.stdout, "overhead = cluster median / kernel median - 1 (kernel: kernels.Attention in this process on all cores, runs interleaved).")
-	fmt.Fprintln(env.stdout, "CPU = user + system CPU seconds of this whole process (NATS server, coordinator, workers, client) over the call.")
+	fmt.Fprintln(env.Stdout, "\ncluster compute = the job's started -> finished time in the coordinator; end-to-end = upload + submit + compute + download of the output.")
+	fmt.Fprintln(env.Stdout, "overhead = cluster median / kernel median - 1 (kernel: kernels.Attention in this process on all cores, runs interleaved).")
+	fmt.Fprintln(env.Stdout, "CPU = user + system CPU seconds of this whole process (NATS server, coordinator, workers, client) over the call.")
 	if len(tinies) > 0 {
-		fmt.Fprintln(env.stdout, "\nTiny jobs (B=1, H=1, N=Nk=64, D=16): one at a time for latency, then the same count with a fixed number in flight for throughput.")
-		fmt.Fprintln(env.stdout, "\n| W | jobs | latency p50 (ms) | p99 (ms) | mean (ms) | throughput jobs | in flight | jobs/s |")
-		fmt.Fprintln(env.stdout, "|---|------|------------------|----------|-----------|-----------------|-----------|--------|")
+		fmt.Fprintln(env.Stdout, "\nTiny jobs (B=1, H=1, N=Nk=64, D=16): one at a time for latency, then the same count with a fixed number in flight for throughput.")
+		fmt.Fprintln(env.Stdout, "\n| W | jobs | latency p50 (ms) | p99 (ms) | mean (ms) | throughput jobs | in flight | jobs/s |")
+		fmt.Fprintln(env.Stdout, "|---|------|------------------|----------|-----------|-----------------|-----------|--------|")
 		for _, t := range tinies {
-			fmt.Fprintf(env.stdout, "| %d | %d | %.1f | %.1f | %.1f | %d | %d | %.1f |\n",
+			fmt.Fprintf(env.Stdout, "| %d | %d | %.1f | %.1f | %.1f | %d | %d | %.1f |\n",
 				t.w, t.n, 1000*t.p50, 1000*t.p99, 1000*t.mean, t.nThroug, t.conc, t.jobsPerSec)
 		}
-		fmt.Fprintln(env.stdout, "\nlatency = SDK Attention call: upload q, k, v to the store, submit, wait (polling), download o.")
+		fmt.Fprintln(env.Stdout, "\nlatency = SDK Attention call: upload q, k, v to the store, submit, wait (polling), download o.")
 	}
 	if *png != "" && len(pl.labels) > 0 {
 		pl.compute.name, pl.endToEnd.name, pl.cpu.name = "compute (wall)", "end-to-end (wall)", "end-to-end (CPU)"
@@ -145,7 +145,7 @@ func benchCluster(env *cliEnv, args []string) error {
 		if err := writeBarsPNG(*png, title, "overhead over the kernel (%)", pl.labels, []barSeries{pl.compute, pl.endToEnd, pl.cpu}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "\nplot: %s\n", *png)
+		fmt.Fprintf(env.Stdout, "\nplot: %s\n", *png)
 	}
 	return nil
 }
@@ -156,10 +156,10 @@ type clusterPlot struct {
 	compute, endToEnd, cpu barSeries
 }
 
-func benchClusterRow(ctx context.Context, env *cliEnv, cl *client.Client, pl *clusterPlot, w, h, n, d, block int, causal bool, runs int) error {
+func benchClusterRow(ctx context.Context, env *Env, cl *client.Client, pl *clusterPlot, w, h, n, d, block int, causal bool, runs int) error {
 	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: h, Hkv: h, D: d}, N: n, Nk: n, Mask: kernels.Mask{Causal: causal}}
 	if err := p.Validate(); err != nil {
-		return usageError{err}
+		return UsageError{err}
 	}
 	r := testrand.New(1)
 	q := r.Slice(h*n*d, testrand.Normal)
@@ -189,12 +189,12 @@ func benchClusterRow(ctx context.Context, env *cliEnv, cl *client.Client, pl *cl
 		epochs = max(epochs, st.GetEpoch())
 		diff = max(diff, maxAbsDiff(o, res.O.Data))
 	}
-	if !(diff <= benchTolerance) {
+	if !(diff <= Tolerance) {
 		return fmt.Errorf("bench cluster W=%d N=%d D=%d %s: cluster output differs from the kernel by %g (> %g)",
-			w, n, d, maskName(causal), diff, benchTolerance)
+			w, n, d, maskName(causal), diff, Tolerance)
 	}
 	mk, mc, me, mck, mce := median(tk), median(tc), median(te), median(ck), median(ce)
-	fmt.Fprintf(env.stdout, "| %d | 1 | %d | %d | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %d | %.1e |\n",
+	fmt.Fprintf(env.Stdout, "| %d | 1 | %d | %d | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %d | %.1e |\n",
 		w, h, n, d, maskName(causal), mk, mc, 100*(mc/mk-1), me, 100*(me/mk-1), mck, mce, 100*(mce/mck-1), epochs, diff)
 	pl.labels = append(pl.labels, fmt.Sprintf("W=%d N=%d D=%d %s", w, n, d, maskName(causal)))
 	pl.compute.values = append(pl.compute.values, 100*(mc/mk-1))
@@ -224,7 +224,7 @@ func tinyJob(ctx context.Context, cl *client.Client, seed uint64) error {
 	if err := kernels.Attention(&p, q.Data, k.Data, v.Data, o, nil); err != nil {
 		return err
 	}
-	if diff := maxAbsDiff(o, res.O.Data); !(diff <= benchTolerance) {
+	if diff := maxAbsDiff(o, res.O.Data); !(diff <= Tolerance) {
 		return fmt.Errorf("tiny job %s differs from the kernel by %g", res.Status.GetId(), diff)
 	}
 	return nil

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -29,7 +29,7 @@ type rssRow struct {
 
 // benchRSS runs one job per shape on a fresh multi-process cluster and
 // reports each worker process's peak resident set.
-func benchRSS(env *cliEnv, args []string) error {
+func benchRSS(env *Env, args []string) error {
 	fs := newFlags(env, "bench rss", "[--workers 4] [--seq 131072,262144,524288,1048576] [--heads 8,4,2,1] [--dim 64] [--window 1024] [--png FILE]")
 	workers := fs.Int("workers", 4, "number of `W` worker processes")
 	seqs := fs.String("seq", "131072,262144,524288,1048576", "comma-separated sequence `lengths` N = Nk, one job each")
@@ -38,7 +38,7 @@ func benchRSS(env *cliEnv, args []string) error {
 	window := fs.Int("window", 1024, "causal mask with a sliding window of this many `keys` (0: fully causal). The window only skips compute: every rank still loads all its query blocks and receives every key/value block of the ring, so memory is that of the dense job")
 	block := fs.Int("block", 1024, "tokens per block")
 	png := fs.String("png", "", "also plot the peak RSS per job to this `file` (.png, .svg or .pdf)")
-	binDir := binFlag(fs)
+	binDir := fs.String("bin", "", localcluster.BinFlagUsage)
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprint(w, `Usage: ringattn bench rss [flags]
@@ -90,13 +90,13 @@ Flags:
 	}
 	defer os.RemoveAll(tmp)
 	if *binDir == "" {
-		fmt.Fprintln(env.stderr, "bench rss: locating the coordinator, worker and nats-server binaries...")
+		fmt.Fprintln(env.Stderr, "bench rss: locating the coordinator, worker and nats-server binaries...")
 	}
 	bins, how, err := localcluster.Locate(ctx, *binDir, filepath.Join(tmp, "bin"))
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(env.stderr, "bench rss: binaries %s\n", how)
+	fmt.Fprintf(env.Stderr, "bench rss: binaries %s\n", how)
 	var rows []*rssRow
 	for i, n := range ns {
 		row, err := rssJob(ctx, env, bins, filepath.Join(tmp, fmt.Sprintf("job%d", i)), *workers, n, hs[i], *dim, *block, *window)
@@ -110,7 +110,7 @@ Flags:
 	if *window > 0 {
 		mask = fmt.Sprintf("causal, window %d", *window)
 	}
-	out := env.stdout
+	out := env.Stdout
 	fmt.Fprintf(out, "Peak RSS per worker process: %d workers, B=1, D=%d, block %d, f32, mask %s\n\n", *workers, *dim, *block, mask)
 	fmt.Fprintln(out, "| N | H | q shard per worker (MiB) | job (s) | epochs | worker peak RSS (MiB) | max (MiB) | max / q shard | sampled rows max abs diff |")
 	fmt.Fprintln(out, "|---|---|--------------------------|---------|--------|-----------------------|-----------|---------------|---------------------------|")
@@ -148,7 +148,7 @@ Flags:
 }
 
 // rssJob runs one job on a fresh cluster and measures its workers.
-func rssJob(ctx context.Context, env *cliEnv, bins localcluster.Binaries, dir string, w, n, h, d, block, window int) (*rssRow, error) {
+func rssJob(ctx context.Context, env *Env, bins localcluster.Binaries, dir string, w, n, h, d, block, window int) (*rssRow, error) {
 	r := testrand.New(uint64(n))
 	q := tensor.New(r.Slice(h*n*d, testrand.Normal), 1, h, n, d)
 	k := tensor.New(r.Slice(h*n*d, testrand.Normal), 1, h, n, d)
@@ -170,7 +170,7 @@ func rssJob(ctx context.Context, env *cliEnv, bins localcluster.Binaries, dir st
 		opts.Windowed, opts.Left, opts.Right = true, window, 0
 		mask = attnref.Mask{Causal: true, Windowed: true, Left: window}
 	}
-	fmt.Fprintf(env.stderr, "bench rss: N=%d H=%d: uploading %d MiB...\n", n, h, 3*h*n*d*4>>20)
+	fmt.Fprintf(env.Stderr, "bench rss: N=%d H=%d: uploading %d MiB...\n", n, h, 3*h*n*d*4>>20)
 	st, err := cl.SubmitAttention(ctx, q, k, v, false, opts)
 	if err != nil {
 		return nil, err
@@ -184,7 +184,7 @@ func rssJob(ctx context.Context, env *cliEnv, bins localcluster.Binaries, dir st
 	}
 	row := &rssRow{n: n, h: h, epochs: st.GetEpoch(), jobSecs: jobSeconds(st),
 		shardBytes: float64(n/w) * float64(h*d*4)}
-	fmt.Fprintf(env.stderr, "bench rss: N=%d H=%d: job %s finished in %.1f s (waited %.1f s) in epoch %d on %v\n",
+	fmt.Fprintf(env.Stderr, "bench rss: N=%d H=%d: job %s finished in %.1f s (waited %.1f s) in epoch %d on %v\n",
 		n, h, st.GetId(), row.jobSecs, time.Since(t0).Seconds(), st.GetEpoch(), st.GetWorkers())
 	for _, p := range c.Workers() {
 		rss, err := p.PeakRSS()
@@ -210,8 +210,8 @@ func rssJob(ctx context.Context, env *cliEnv, bins localcluster.Binaries, dir st
 		}
 	}
 	row.diff = attnref.MaxAbsDiff(got, want)
-	if !(row.diff <= benchTolerance) {
-		return nil, fmt.Errorf("job %s: sampled output rows differ from the float64 reference by %g (> %g)", st.GetId(), row.diff, benchTolerance)
+	if !(row.diff <= Tolerance) {
+		return nil, fmt.Errorf("job %s: sampled output rows differ from the float64 reference by %g (> %g)", st.GetId(), row.diff, Tolerance)
 	}
 	return row, nil
 }

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"image/png"
@@ -8,10 +8,10 @@ import (
 	"testing"
 )
 
-// TestCLIBenchPlotReadable: a chart is at least 1000 px wide, its legend
+// TestBenchPlotReadable: a chart is at least 1000 px wide, its legend
 // is right of the axes (the plot area's right columns stay empty above the
 // bars), and NaN values are drawn as 0 with an "n/a" label, not an error.
-func TestCLIBenchPlotReadable(t *testing.T) {
+func TestBenchPlotReadable(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.png")
 	labels := []string{"N=4096 causal", "N=16384 causal", "N=65536 full"}
 	series := []barSeries{{"compute", []float64{12.5, 30, 101}}, {"end to end", []float64{20, 45.2, math.NaN()}}, {"cpu", []float64{-3, 8, 9}}}

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"path/filepath"
@@ -7,11 +7,11 @@ import (
 	"testing"
 )
 
-// TestCLIBenchRecovery runs `bench recovery` end to end on a small job: a
+// TestBenchRecovery runs `bench recovery` end to end on a small job: a
 // real multi-process cluster (binaries built from this checkout), a
 // worker and then the leader SIGKILLed mid-ring, every output checked
 // against the local kernel.
-func TestCLIBenchRecovery(t *testing.T) {
+func TestBenchRecovery(t *testing.T) {
 	png := filepath.Join(t.TempDir(), "recovery.png")
 	code, out, stderr := cli(t, "bench", "recovery", "--faults", "worker-kill,leader-kill", "--repeat", "1",
 		"--seq", "4096", "--heads", "4", "--dim", "64", "--block", "256", "--png", png)
@@ -33,8 +33,8 @@ func TestCLIBenchRecovery(t *testing.T) {
 		positive(t, want+" done max", r[5])
 		positive(t, want+" job p50", r[6])
 		positive(t, want+" undisturbed job", r[7])
-		if d, err := strconv.ParseFloat(r[9], 64); err != nil || d > benchTolerance {
-			t.Errorf("%s: max abs diff %q, want <= %g", want, r[9], benchTolerance)
+		if d, err := strconv.ParseFloat(r[9], 64); err != nil || d > Tolerance {
+			t.Errorf("%s: max abs diff %q, want <= %g", want, r[9], Tolerance)
 		}
 	}
 	// A killed worker is found dead after the heartbeat timeout and the
@@ -53,9 +53,9 @@ func TestCLIBenchRecovery(t *testing.T) {
 	}
 }
 
-// TestCLIBenchRecoveryFlags: bad flags are one line naming the flag, exit
+// TestBenchRecoveryFlags: bad flags are one line naming the flag, exit
 // 2, before any process starts; --help explains the faults.
-func TestCLIBenchRecoveryFlags(t *testing.T) {
+func TestBenchRecoveryFlags(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		want string

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 // benchLoad starts a multi-process local cluster (like `ringattn cluster`),
 // drives many concurrent clients' jobs into it while process faults hit
 // it, checks every job and prints the outcome as Markdown tables.
-func benchLoad(env *cliEnv, args []string) error {
+func benchLoad(env *Env, args []string) error {
 	fs := newFlags(env, "bench load", "[--clients 50] [--jobs 3000] [--large 20] [--faults all] [--workers 4] [--dir D] [--bin DIR]")
 	clients := fs.Int("clients", 50, "concurrent `clients`, each with its own NATS connection")
 	jobs := fs.Int("jobs", 3000, "small `jobs` (1..4 blocks of 64 tokens, D = 32)")
@@ -28,7 +28,7 @@ func benchLoad(env *cliEnv, args []string) error {
 	sweepGrace := fs.Duration("sweep-grace", time.Minute, "the coordinators' --sweep-grace: orphaned uploads are swept once this `old` (more than an upload-to-submit under the load)")
 	raftTimeout := fs.Duration("raft-timeout", time.Second, "the coordinators' Raft heartbeat and election `timeout` (leader lease: half); short ones churn leaders on a saturated machine")
 	dir := fs.String("dir", "", "`directory` of the cluster's data and logs, kept (default: a temporary one, removed unless the bench fails)")
-	binDir := binFlag(fs)
+	binDir := fs.String("bin", "", localcluster.BinFlagUsage)
 	fs.Usage = func() {
 		w := fs.Output()
 		fmt.Fprintf(w, `Usage: ringattn bench load [flags]
@@ -106,7 +106,7 @@ Flags:
 		defer os.RemoveAll(tmp)
 		buildDir = tmp
 	}
-	progress := env.stderr
+	progress := env.Stderr
 	bins, how, err := localcluster.Locate(ctx, *binDir, buildDir)
 	if err != nil {
 		return err
@@ -140,7 +140,7 @@ Flags:
 	if cerr := c.Close(); cerr != nil {
 		fmt.Fprintf(progress, "bench load: stopping the cluster: %v\n", cerr)
 	}
-	fmt.Fprintf(env.stdout, "## ringattn bench load (%v, %d workers)\n\n%s", time.Since(start).Round(time.Second), *workers, rep.Markdown())
+	fmt.Fprintf(env.Stdout, "## ringattn bench load (%v, %d workers)\n\n%s", time.Since(start).Round(time.Second), *workers, rep.Markdown())
 	if len(rep.Problems) > 0 || rep.Duplicates > 0 || rep.Lost > 0 {
 		remove = false
 		fmt.Fprintf(progress, "bench load: the processes' logs are in %s\n", filepath.Join(*dir, "logs"))

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"fmt"
@@ -15,14 +15,14 @@ import (
 	"github.com/ringattn/ringattn/pkg/shard"
 )
 
-// benchTolerance is the largest |ring - kernel| a benchmark accepts: both
+// Tolerance is the largest |ring - kernel| a benchmark accepts: both
 // compute the same function in float32 on unit-normal inputs.
-const benchTolerance = 1e-4
+const Tolerance = 1e-4
 
-// benchGradTolerance bounds |ring - kernel| / max(1, max |kernel|) over the
+// GradTolerance bounds |ring - kernel| / max(1, max |kernel|) over the
 // gradients dq, dk, dv of bench ring --backward: dk and dv sum over every
 // query row, so the bound is relative to their size.
-const benchGradTolerance = 2e-4
+const GradTolerance = 2e-4
 
 // maxAbs is max |x|.
 func maxAbs(xs []float32) float64 {
@@ -107,7 +107,7 @@ func cpuSeconds() float64 {
 // benchRing prints a Markdown table of an in-process R-rank ring against
 // kernels.Attention on the same shape and cores. Kernel and ring runs
 // alternate so both see the same machine load; medians are reported.
-func benchRing(env *cliEnv, args []string) error {
+func benchRing(env *Env, args []string) error {
 	fs := newFlags(env, "bench ring", "[--seq 4096,16384] [--dim 128] [--heads 8] [--ranks 2,4] [--mask none,causal] [--runs 3] [--backward]")
 	seqs := fs.String("seq", "4096,16384", "comma-separated sequence `lengths` (N = Nk)")
 	dims := fs.String("dim", "128", "comma-separated head `dims`")
@@ -135,19 +135,19 @@ func benchRing(env *cliEnv, args []string) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	fmt.Fprintf(env.stdout, "kernel %s, GOMAXPROCS %d; ring ranks are goroutines over an in-memory ring; %d runs per side, medians\n\n",
+	fmt.Fprintf(env.Stdout, "kernel %s, GOMAXPROCS %d; ring ranks are goroutines over an in-memory ring; %d runs per side, medians\n\n",
 		kernels.Impl(), runtime.GOMAXPROCS(0), *runs)
 	var labels []string
 	wall, cpu := barSeries{name: "wall-time overhead"}, barSeries{name: "CPU-time overhead"}
-	fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel (s) | ring (s) | overhead | kernel CPU (s) | ring CPU (s) | CPU overhead | ring GFLOP/s | max abs diff |")
-	fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|------------|----------|----------|----------------|--------------|--------------|--------------|--------------|")
+	fmt.Fprintln(env.Stdout, "| B | H | N | D | mask | R | strategy | kernel (s) | ring (s) | overhead | kernel CPU (s) | ring CPU (s) | CPU overhead | ring GFLOP/s | max abs diff |")
+	fmt.Fprintln(env.Stdout, "|---|---|---|---|------|---|----------|------------|----------|----------|----------------|--------------|--------------|--------------|--------------|")
 	var bwdRows []string // the backward table, printed after the forward one
 	for _, n := range ns {
 		for _, d := range ds {
 			for _, c := range causals {
 				p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: *heads, Hkv: *heads, D: d}, N: n, Nk: n, Mask: kernels.Mask{Causal: c}}
 				if err := p.Validate(); err != nil {
-					return usageError{err}
+					return UsageError{err}
 				}
 				r := testrand.New(1)
 				q := r.Slice(*heads*n*d, testrand.Normal)
@@ -161,7 +161,7 @@ func benchRing(env *cliEnv, args []string) error {
 					plan, err := shard.NewPlan(shard.Request{B: 1, Hq: *heads, Hkv: *heads, D: d, N: n, Nk: n, Ranks: ranks,
 						Block: *block, Strategy: shard.Strategy(*strategy), Mask: shard.Mask{Causal: c}})
 					if err != nil {
-						return usageError{err}
+						return UsageError{err}
 					}
 					var tk, tr, ck, cr []float64
 					var btk, btr, bck, bcr []float64
@@ -204,22 +204,22 @@ func benchRing(env *cliEnv, args []string) error {
 						btk = append(btk, t3.Sub(t2).Seconds())
 						bdiff = max(bdiff, gradDiff([2][]float32{rdq, dq}, [2][]float32{rdk, dk}, [2][]float32{rdv, dv}))
 					}
-					if !(diff <= benchTolerance) {
+					if !(diff <= Tolerance) {
 						return fmt.Errorf("bench ring N=%d D=%d %s R=%d: ring differs from the kernel by %g (> %g)",
-							n, d, maskName(c), ranks, diff, benchTolerance)
+							n, d, maskName(c), ranks, diff, Tolerance)
 					}
 					if *backward {
-						if !(bdiff <= benchGradTolerance) {
+						if !(bdiff <= GradTolerance) {
 							return fmt.Errorf("bench ring N=%d D=%d %s R=%d: ring gradients differ from the kernel's by %g of their size (> %g)",
-								n, d, maskName(c), ranks, bdiff, benchGradTolerance)
+								n, d, maskName(c), ranks, bdiff, GradTolerance)
 						}
 						mk, mr, mck, mcr := median(btk), median(btr), median(bck), median(bcr)
 						bwdRows = append(bwdRows, fmt.Sprintf("| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |",
 							*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), mck, mcr, 100*(mcr/mck-1),
-							backwardFLOPs(&p)/mr/1e9, bdiff))
+							BackwardFLOPs(&p)/mr/1e9, bdiff))
 					}
 					mk, mr, mck, mcr := median(tk), median(tr), median(ck), median(cr)
-					fmt.Fprintf(env.stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
+					fmt.Fprintf(env.Stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
 						*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), mck, mcr, 100*(mcr/mck-1),
 						p.VisibleFLOPs()/mr/1e9, diff)
 					labels = append(labels, fmt.Sprintf("N=%d D=%d %s R=%d", n, d, maskName(c), ranks))
@@ -229,24 +229,24 @@ func benchRing(env *cliEnv, args []string) error {
 			}
 		}
 	}
-	fmt.Fprintln(env.stdout, "\noverhead = ring median / kernel median - 1 (wall time), same process, same cores, runs interleaved;")
-	fmt.Fprintln(env.stdout, "CPU = user + system CPU seconds of this process over the call (steadier than wall time on a shared machine).")
+	fmt.Fprintln(env.Stdout, "\noverhead = ring median / kernel median - 1 (wall time), same process, same cores, runs interleaved;")
+	fmt.Fprintln(env.Stdout, "CPU = user + system CPU seconds of this process over the call (steadier than wall time on a shared machine).")
 	if *backward {
-		fmt.Fprintln(env.stdout, "\nBackward: ringattn.RunLocalBackward on the ring against kernels.AttentionBackward, both from the kernel's o and lse, runs interleaved with the forward ones")
-		fmt.Fprintln(env.stdout, "")
-		fmt.Fprintln(env.stdout, "| B | H | N | D | mask | R | strategy | kernel bwd (s) | ring bwd (s) | overhead | kernel bwd CPU (s) | ring bwd CPU (s) | CPU overhead | ring bwd GFLOP/s | max rel diff |")
-		fmt.Fprintln(env.stdout, "|---|---|---|---|------|---|----------|----------------|--------------|----------|--------------------|------------------|--------------|------------------|--------------|")
+		fmt.Fprintln(env.Stdout, "\nBackward: ringattn.RunLocalBackward on the ring against kernels.AttentionBackward, both from the kernel's o and lse, runs interleaved with the forward ones")
+		fmt.Fprintln(env.Stdout, "")
+		fmt.Fprintln(env.Stdout, "| B | H | N | D | mask | R | strategy | kernel bwd (s) | ring bwd (s) | overhead | kernel bwd CPU (s) | ring bwd CPU (s) | CPU overhead | ring bwd GFLOP/s | max rel diff |")
+		fmt.Fprintln(env.Stdout, "|---|---|---|---|------|---|----------|----------------|--------------|----------|--------------------|------------------|--------------|------------------|--------------|")
 		for _, row := range bwdRows {
-			fmt.Fprintln(env.stdout, row)
+			fmt.Fprintln(env.Stdout, row)
 		}
-		fmt.Fprintf(env.stdout, "\nbackward GFLOP/s counts %.1f× the forward's visible FLOPs; max rel diff = max |ring - kernel| / max(1, max |kernel|) over dq, dk, dv.\n", backwardFactor)
+		fmt.Fprintf(env.Stdout, "\nbackward GFLOP/s counts %.1f× the forward's visible FLOPs; max rel diff = max |ring - kernel| / max(1, max |kernel|) over dq, dk, dv.\n", BackwardFactor)
 	}
 	if *png != "" {
 		title := fmt.Sprintf("in-process ring vs kernels.Attention (B=1, H=%d), GOMAXPROCS %d", *heads, runtime.GOMAXPROCS(0))
 		if err := writeBarsPNG(*png, title, "overhead over the kernel (%)", labels, []barSeries{wall, cpu}); err != nil {
 			return err
 		}
-		fmt.Fprintf(env.stdout, "\nplot: %s\n", *png)
+		fmt.Fprintf(env.Stdout, "\nplot: %s\n", *png)
 	}
 	return nil
 }
