@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -430,6 +432,48 @@ func TestWorkerShardGoroutinePanicContained(t *testing.T) {
 		rs := e.lead.reportsFor("sg2")
 		if len(rs) == 0 || rs[0].GetDone() == nil {
 			return fmt.Errorf("reports for sg2: %v", rs)
+		}
+		return nil
+	})
+}
+
+// TestWorkerMalformedAssignment: bytes on the worker's assignment subject
+// that are no assignment, or that are one byte past transport's limit for
+// a control message (transport.MaxControlBytes), are refused with a reason
+// saying so, never reach the worker's handler, and leave the worker
+// serving.
+func TestWorkerMalformedAssignment(t *testing.T) {
+	e := newProtoEnv(t, 0, nil)
+	raw := e.conn.NATS()
+	for _, c := range []struct {
+		name string
+		data []byte
+		want string
+	}{
+		{"garbage", []byte{0xff, 0xff, 0xff}, "malformed assignment"},
+		{"past the limit", make([]byte, transport.MaxControlBytes+1), "too large"},
+	} {
+		m, err := raw.Request(e.subj.Assign("pw"), c.data, 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		var ack pb.AssignmentAck
+		if err := proto.Unmarshal(m.Data, &ack); err != nil {
+			t.Fatalf("%s: the answer is no AssignmentAck: %v", c.name, err)
+		}
+		if ack.GetAccepted() || !strings.Contains(ack.GetReason(), c.want) {
+			t.Errorf("%s: %v, want refused naming %q", c.name, &ack, c.want)
+		}
+	}
+	if got := counterValue(t, e.w.met.panics); got != 0 {
+		t.Fatalf("panics_total = %v, want 0", got)
+	}
+	if ack := e.assign(e.job("after", 1, 11)); !ack.Accepted {
+		t.Fatalf("a valid assignment after the malformed ones: %s", ack.Reason)
+	}
+	checkFor(t, 10*time.Second, 5*time.Millisecond, func() error {
+		if rs := e.lead.reportsFor("after"); len(rs) == 0 || rs[0].GetDone() == nil {
+			return fmt.Errorf("reports for after: %v", rs)
 		}
 		return nil
 	})
