@@ -10,6 +10,7 @@ import (
 
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/shard"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -231,5 +232,34 @@ func TestWorkerConfiguredLimits(t *testing.T) {
 	cfg.Limits = shard.Limits{}
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("zero limits (defaults): %v", err)
+	}
+}
+
+// TestWorkerAssignmentScaleRange: the worker accepts exactly the scales
+// the coordinator accepts on submit (transport.SpecToRequest): a normal
+// float32, at each end of the range and one step past it. The worker's
+// own check used to accept any finite positive scale, so a subnormal one
+// (read as 0, "the default", by the kernels) or one past MaxFloat32 (+Inf
+// in float32) got through.
+func TestWorkerAssignmentScaleRange(t *testing.T) {
+	base := limitJob(t, shard.Request{B: 1, Hq: 1, Hkv: 1, D: 8, N: 64, Nk: 64, Block: 32, Ranks: 1}, shard.Tensors{})
+	for _, c := range []struct {
+		scale float64
+		ok    bool
+	}{
+		{0x1p-126, true}, {0x1p-127, false},
+		{math.MaxFloat32, true}, {math.Nextafter(math.MaxFloat32, math.Inf(1)), false},
+		{0.125, true}, {-0.125, false}, {math.NaN(), false}, {math.Inf(1), false},
+	} {
+		a := proto.CloneOf(base)
+		a.Params.Scale = c.scale
+		_, err := newTask(a, "me")
+		if (err == nil) != c.ok || (err != nil && (!errors.Is(err, ErrInvalidAssignment) || !strings.Contains(err.Error(), "params.scale: "))) {
+			t.Errorf("scale %g: %v, want accepted %v (refusals name params.scale)", c.scale, err, c.ok)
+		}
+		spec := &pb.JobSpec{Kind: pb.JobKind_JOB_KIND_ATTENTION, B: 1, Hq: 1, Hkv: 1, D: 8, N: 64, Nk: 64, Block: 32, Scale: c.scale}
+		if _, _, serr := transport.SpecToRequest(spec, 1, shard.DefaultLimits()); (serr == nil) != (err == nil) {
+			t.Errorf("scale %g: the worker says %v, the coordinator's check %v", c.scale, err, serr)
+		}
 	}
 }
