@@ -1,20 +1,21 @@
 package coordinator
 
 import (
+	"context"
 	"crypto/rand"
 	"fmt"
 	"slices"
 	"strings"
 
 	"github.com/hashicorp/raft"
-	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
-// The client API is a NATS micro service registered by the leader only:
+// The client API is transport's API service, served by the leader only:
 // followers do not answer, so a client sees "no responders" (or a timeout)
 // during an election and retries; a submit retried with the same
 // idempotency key returns the same job. Every reply carries pb.Error; an
@@ -25,153 +26,81 @@ import (
 // serviceVersion is the micro service version (micro wants semver).
 const serviceVersion = "1.0.0"
 
-// API endpoint names under Subjects.APIPrefix.
+// API endpoint names under Subjects.APIPrefix (transport's).
 const (
-	EndpointSubmit  = "submit"
-	EndpointGet     = "get"
-	EndpointCancel  = "cancel"
-	EndpointList    = "list"
-	EndpointCluster = "cluster"
+	EndpointSubmit  = transport.EndpointSubmit
+	EndpointGet     = transport.EndpointGet
+	EndpointCancel  = transport.EndpointCancel
+	EndpointList    = transport.EndpointList
+	EndpointCluster = transport.EndpointCluster
 )
 
-func (l *leader) startAPI() (micro.Service, error) {
+// apiConfig is how the leader serves the API: requests run on their own
+// goroutines, at most Limits.MaxConcurrentRequests at once (busy.go), each
+// bounded by Limits.MaxRequestBytes and counted by endpoint and code.
+func (l *leader) apiConfig() transport.APIConfig {
 	c := l.c
-	svc, err := micro.AddService(c.nc, micro.Config{
-		Name:        c.subj.APIService(),
-		Version:     serviceVersion,
-		Description: "ringattn coordinator client API (leader " + c.cfg.NodeID + ")",
-		Metadata:    map[string]string{"node": c.cfg.NodeID, "build": c.cfg.Version, metaHTTP: c.httpURL()},
-	})
-	if err != nil {
-		return nil, err
-	}
-	g := svc.AddGroup(c.subj.APIPrefix())
-	for name, h := range l.endpoints() {
-		if err := g.AddEndpoint(name, l.handler(name, h)); err != nil {
-			_ = svc.Stop()
-			return nil, err
-		}
-	}
-	return svc, nil
-}
-
-// endpoints maps each API endpoint to its handler.
-func (l *leader) endpoints() map[string]func([]byte) (proto.Message, *apiError) {
-	return map[string]func([]byte) (proto.Message, *apiError){
-		EndpointSubmit:  l.apiSubmit,
-		EndpointGet:     l.apiGet,
-		EndpointCancel:  l.apiCancel,
-		EndpointList:    l.apiList,
-		EndpointCluster: l.apiCluster,
-	}
-}
-
-// errorReply builds the reply message of an endpoint carrying an error.
-func errorReply(endpoint string, e *pb.Error) proto.Message {
-	switch endpoint {
-	case EndpointSubmit:
-		return &pb.SubmitReply{Error: e}
-	case EndpointGet:
-		return &pb.GetReply{Error: e}
-	case EndpointCancel:
-		return &pb.CancelReply{Error: e}
-	case EndpointList:
-		return &pb.ListReply{Error: e}
-	default:
-		return &pb.ClusterReply{Error: e}
-	}
-}
-
-func httpCode(c pb.ErrorCode) string {
-	switch c {
-	case pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT:
-		return "400"
-	case pb.ErrorCode_ERROR_CODE_NOT_FOUND:
-		return "404"
-	case pb.ErrorCode_ERROR_CODE_FAILED_PRECONDITION:
-		return "409"
-	case pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED:
-		return "429"
-	case pb.ErrorCode_ERROR_CODE_NOT_LEADER, pb.ErrorCode_ERROR_CODE_UNAVAILABLE, pb.ErrorCode_ERROR_CODE_BUSY:
-		return "503"
-	default:
-		return "500"
-	}
-}
-
-func (l *leader) handler(endpoint string, h func([]byte) (proto.Message, *apiError)) micro.Handler {
-	return micro.HandlerFunc(func(req micro.Request) {
-		if !l.apiGate.try() {
-			l.replyBusy(endpoint, req)
-			return
-		}
-		if !l.enter() {
-			l.apiGate.done()
-			return
-		}
-		go func() {
-			defer l.wg.Done()
-			defer l.apiGate.done()
-			reply, ae := l.serve(endpoint, h, req.Data())
-			data, err := proto.Marshal(reply)
-			if err != nil {
-				_ = req.Error("500", err.Error(), nil)
-				return
+	return transport.APIConfig{
+		ServeConfig: transport.ServeConfig{
+			Dispatch: l.dispatch(l.apiGate, nil),
+			OnPanic:  l.onServePanic,
+		},
+		Version:         serviceVersion,
+		Description:     "ringattn coordinator client API (leader " + c.cfg.NodeID + ")",
+		Metadata:        map[string]string{"node": c.cfg.NodeID, "build": c.cfg.Version, metaHTTP: c.httpURL()},
+		BusyRetryAfter:  busyRetryAfter,
+		MaxRequestBytes: c.cfg.Limits.MaxRequestBytes,
+		Observe: func(endpoint string, code pb.ErrorCode) {
+			name := "ok"
+			if code != pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
+				name = strings.ToLower(strings.TrimPrefix(code.String(), "ERROR_CODE_"))
 			}
-			if ae != nil {
-				err = req.Error(httpCode(ae.code), ae.Error(), data)
-			} else {
-				err = req.Respond(data)
-			}
-			if err != nil {
-				l.log.Debug("api reply failed", "endpoint", endpoint, "err", err)
+			c.met.apiRequests.WithLabelValues(endpoint, name).Inc()
+		},
+	}
+}
+
+// apiHandlers are the API's endpoints, each contained (apiEndpoint).
+func (l *leader) apiHandlers() transport.APIHandlers {
+	return transport.APIHandlers{
+		Submit:  apiEndpoint(l, EndpointSubmit, l.apiSubmit),
+		Get:     apiEndpoint(l, EndpointGet, l.apiGet),
+		Cancel:  apiEndpoint(l, EndpointCancel, l.apiCancel),
+		List:    apiEndpoint(l, EndpointList, l.apiList),
+		Cluster: apiEndpoint(l, EndpointCluster, l.apiCluster),
+	}
+}
+
+// apiEndpoint wraps handler h of endpoint name for transport.ServeAPI: a
+// panic in it is contained here (logged with its stack, counted in
+// ringattn_coordinator_panics_total{where="api_<name>"}) and answered
+// ERROR_CODE_INTERNAL; the leader goes on. ctx is the request's (it ends
+// when the leader stops serving) and is passed on to h.
+func apiEndpoint[Req, Rep proto.Message](l *leader, name string, h func(context.Context, Req) (Rep, *apiError)) func(context.Context, Req) (Rep, error) {
+	return func(ctx context.Context, req Req) (rep Rep, err error) {
+		defer func() {
+			if perr := l.recovered("api_"+name, recover()); perr != nil {
+				err = (&apiError{code: pb.ErrorCode_ERROR_CODE_INTERNAL, wrap: perr,
+					msg: fmt.Sprintf("internal error while serving %s (logged on leader %s); retrying will not help", name, l.c.cfg.NodeID)}).api()
 			}
 		}()
-	})
-}
-
-// serve runs one API request through its handler h and returns the reply
-// to send (an error reply when ae != nil). A panic in h is contained: the
-// client gets ERROR_CODE_INTERNAL and the leader goes on.
-func (l *leader) serve(endpoint string, h func([]byte) (proto.Message, *apiError), data []byte) (reply proto.Message, ae *apiError) {
-	defer func() {
-		if err := l.recovered("api_"+endpoint, recover()); err != nil {
-			reply, ae = nil, &apiError{code: pb.ErrorCode_ERROR_CODE_INTERNAL, wrap: err,
-				msg: fmt.Sprintf("internal error while serving %s (logged on leader %s); retrying will not help", endpoint, l.c.cfg.NodeID)}
+		if hk := l.c.hooks.Load(); hk != nil && hk.api != nil {
+			data, _ := proto.Marshal(req)
+			hk.api(name, data)
 		}
-		code := "ok"
+		rep, ae := h(ctx, req)
 		if ae != nil {
-			reply = errorReply(endpoint, ae.proto())
-			code = strings.ToLower(strings.TrimPrefix(ae.code.String(), "ERROR_CODE_"))
+			return rep, ae.api()
 		}
-		l.c.met.apiRequests.WithLabelValues(endpoint, code).Inc()
-	}()
-	if n := len(data); n > l.c.cfg.Limits.MaxRequestBytes {
-		return nil, &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, field: "request", wrap: ErrLimit,
-			msg: fmt.Sprintf("%d bytes: want at most %d (Limits.MaxRequestBytes)", n, l.c.cfg.Limits.MaxRequestBytes)}
+		return rep, nil
 	}
-	if hk := l.c.hooks.Load(); hk != nil && hk.api != nil {
-		hk.api(endpoint, data)
-	}
-	return h(data)
-}
-
-func decodeReq(data []byte, m proto.Message) *apiError {
-	if err := proto.Unmarshal(data, m); err != nil {
-		return invalidField("request", "not a valid %T: %v", m, err)
-	}
-	return nil
 }
 
 // newJobID returns a fresh job id, safe as a NATS subject token.
 func newJobID() string { return "j-" + strings.ToLower(rand.Text()[:16]) }
 
-func (l *leader) apiSubmit(data []byte) (proto.Message, *apiError) {
+func (l *leader) apiSubmit(_ context.Context, req *pb.SubmitRequest) (*pb.SubmitReply, *apiError) {
 	c := l.c
-	var req pb.SubmitRequest
-	if ae := decodeReq(data, &req); ae != nil {
-		return nil, ae
-	}
 	if ae := validateSpec(req.Spec, c.cfg.Limits, c.now()); ae != nil {
 		return nil, ae
 	}
@@ -252,11 +181,7 @@ func inputInUse(ref, by string) *apiError {
 		msg: fmt.Sprintf("%q is %s: inputs of a live job are immutable; upload under a fresh namespace", ref, by)}
 }
 
-func (l *leader) apiGet(data []byte) (proto.Message, *apiError) {
-	var req pb.GetRequest
-	if ae := decodeReq(data, &req); ae != nil {
-		return nil, ae
-	}
+func (l *leader) apiGet(_ context.Context, req *pb.GetRequest) (*pb.GetReply, *apiError) {
 	j, ae := l.lookup(req.JobId)
 	if ae != nil {
 		return nil, ae
@@ -282,12 +207,8 @@ func (l *leader) lookup(id string) (*cpb.Job, *apiError) {
 	return j, nil
 }
 
-func (l *leader) apiCancel(data []byte) (proto.Message, *apiError) {
+func (l *leader) apiCancel(_ context.Context, req *pb.CancelRequest) (*pb.CancelReply, *apiError) {
 	c := l.c
-	var req pb.CancelRequest
-	if ae := decodeReq(data, &req); ae != nil {
-		return nil, ae
-	}
 	if len(req.Reason) > maxReasonBytes {
 		return nil, invalidField("reason", "%d bytes: want at most %d", len(req.Reason), maxReasonBytes)
 	}
@@ -311,11 +232,7 @@ func (l *leader) apiCancel(data []byte) (proto.Message, *apiError) {
 	return &pb.CancelReply{Job: l.status(r.Job)}, nil
 }
 
-func (l *leader) apiList(data []byte) (proto.Message, *apiError) {
-	var req pb.ListRequest
-	if ae := decodeReq(data, &req); ae != nil {
-		return nil, ae
-	}
+func (l *leader) apiList(_ context.Context, req *pb.ListRequest) (*pb.ListReply, *apiError) {
 	if req.Limit < 0 {
 		return nil, invalidField("limit", "%d: want >= 0 (0 means 1000)", req.Limit)
 	}
@@ -346,11 +263,7 @@ func (c *Coordinator) list(states []pb.JobState, limit int) *pb.ListReply {
 	return out
 }
 
-func (l *leader) apiCluster(data []byte) (proto.Message, *apiError) {
-	var req pb.ClusterRequest
-	if ae := decodeReq(data, &req); ae != nil {
-		return nil, ae
-	}
+func (l *leader) apiCluster(context.Context, *pb.ClusterRequest) (*pb.ClusterReply, *apiError) {
 	return l.c.cluster(), nil
 }
 

@@ -31,7 +31,7 @@ func TestCoordinatorAPIValidation(t *testing.T) {
 		{"d limit", func(s *pb.JobSpec) { s.D = 512 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.d", "512: want 1..256"},
 		{"zero n", func(s *pb.JobSpec) { s.N = 0 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.n", "want 1.."},
 		{"neg batch", func(s *pb.JobSpec) { s.B = -1 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.b", "want 1..1024"},
-		{"nan scale", func(s *pb.JobSpec) { s.Scale = -2 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.scale", "finite number > 0"},
+		{"nan scale", func(s *pb.JobSpec) { s.Scale = -2 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.scale", "(or 0 for 1/sqrt(d))"},
 		{"dtype", func(s *pb.JobSpec) { s.WireDtype = 9 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.wire_dtype", "WIRE_DTYPE_BF16"},
 		{"strategy", func(s *pb.JobSpec) { s.Strategy = "spiral" }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.strategy", `"spiral"`},
 		{"window", func(s *pb.JobSpec) { s.Mask.Windowed, s.Mask.WindowLeft = true, -5 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.mask", "-1 for unbounded"},
@@ -39,7 +39,7 @@ func TestCoordinatorAPIValidation(t *testing.T) {
 		{"mha heads", func(s *pb.JobSpec) { s.Kind, s.DModel = pb.JobKind_JOB_KIND_MHA, 64 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.hkv", "hkv = hq = 4"},
 		{"attn d_model", func(s *pb.JobSpec) { s.DModel = 64 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.d_model", "attention jobs want 0"},
 		{"past deadline", func(s *pb.JobSpec) { s.DeadlineUnixMs = 1000 }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.deadline_unix_ms", "in the future"},
-		{"bad key", func(s *pb.JobSpec) { s.IdempotencyKey = "a.b" }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.idempotency_key", `'.'`},
+		{"bad key", func(s *pb.JobSpec) { s.IdempotencyKey = "a.b" }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.idempotency_key", "[A-Za-z0-9_-]"},
 		{"no inputs", func(s *pb.JobSpec) { s.IdempotencyKey, s.InputRef = "", "" }, pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, "spec.input_ref", "store namespace"},
 		{"too big", func(s *pb.JobSpec) { s.N, s.Nk, s.Hq, s.D = 1<<20, 1<<20, 64, 256 }, pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, "spec", "Limits.MaxJobBytes"},
 	}
@@ -58,12 +58,12 @@ func TestCoordinatorAPIValidation(t *testing.T) {
 	}
 	// The error also travels as a micro service error header.
 	data, _ := proto.Marshal(&pb.SubmitRequest{})
-	m, err := nc.Request(transport.NewSubjects("").API(EndpointSubmit), data, time.Second)
+	m, err := nc.NATS().Request(transport.NewSubjects("").API(EndpointSubmit), data, time.Second)
 	noErr(t, err)
 	if m.Header.Get("Nats-Service-Error-Code") != "400" || !strings.Contains(m.Header.Get("Nats-Service-Error"), "spec: missing") {
 		t.Fatalf("headers = %v", m.Header)
 	}
-	m, err = nc.Request(transport.NewSubjects("").API(EndpointGet), []byte{0xff, 0xff}, time.Second)
+	m, err = nc.NATS().Request(transport.NewSubjects("").API(EndpointGet), []byte{0xff, 0xff}, time.Second)
 	noErr(t, err)
 	if m.Header.Get("Nats-Service-Error-Code") != "400" {
 		t.Fatalf("garbage request: headers = %v", m.Header)
@@ -162,7 +162,7 @@ func TestCoordinatorHeartbeatAborts(t *testing.T) {
 	data, _ := proto.Marshal(hb)
 	var ack pb.HeartbeatAck
 	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
-		m, err := nc.Request(transport.NewSubjects("").Heartbeat(), data, time.Second)
+		m, err := nc.NATS().Request(transport.NewSubjects("").Heartbeat(), data, time.Second)
 		if err != nil {
 			return err
 		}
@@ -172,7 +172,7 @@ func TestCoordinatorHeartbeatAborts(t *testing.T) {
 		t.Fatalf("heartbeat ack = %v", &ack)
 	}
 	// Malformed reports are rejected, not retried forever.
-	m, err := nc.Request(transport.NewSubjects("").Report(), []byte{0xff}, time.Second)
+	m, err := nc.NATS().Request(transport.NewSubjects("").Report(), []byte{0xff}, time.Second)
 	noErr(t, err)
 	var ra pb.ReportAck
 	noErr(t, proto.Unmarshal(m.Data, &ra))
@@ -180,7 +180,7 @@ func TestCoordinatorHeartbeatAborts(t *testing.T) {
 		t.Fatalf("malformed report ack = %v", &ra)
 	}
 	rep, _ := proto.Marshal(&pb.Report{WorkerId: "w1", JobId: r.Job.Id, Epoch: 1, Result: &pb.Report_Done{Done: &pb.ShardDone{}}})
-	m, err = nc.Request(transport.NewSubjects("").Report(), rep, time.Second)
+	m, err = nc.NATS().Request(transport.NewSubjects("").Report(), rep, time.Second)
 	noErr(t, err)
 	noErr(t, proto.Unmarshal(m.Data, &ra))
 	if ra.Status != pb.ReportStatus_REPORT_STATUS_STALE || ra.JobState != pb.JobState_JOB_STATE_CANCELED {

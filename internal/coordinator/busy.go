@@ -1,20 +1,11 @@
 package coordinator
 
-import (
-	"fmt"
-	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
-	"google.golang.org/protobuf/proto"
-
-	"github.com/ringattn/ringattn/pkg/transport/pb"
-)
+import "time"
 
 // Load shedding (DESIGN.md, "Bounded concurrency"). Each API request and
 // each worker report runs on its own goroutine, at most
 // Limits.MaxConcurrentRequests and Limits.MaxConcurrentReports at once; one
-// more is answered at once from the NATS callback, without touching the
+// more is answered at once by transport's serve, without touching the
 // state: BUSY with a retry-after for the API, RETRY for a report (workers
 // retry reports anyway). Heartbeats are handled inline on their
 // subscription and need no bound.
@@ -44,43 +35,34 @@ func (g slots) try() bool {
 // done returns a slot taken by try.
 func (g slots) done() { <-g }
 
-// busyError is the reply to an API request over the concurrency limit.
-func busyError(limit int) *apiError {
-	return &apiError{code: pb.ErrorCode_ERROR_CODE_BUSY, wrap: ErrBusy, retryAfter: busyRetryAfter,
-		msg: fmt.Sprintf("coordinator busy: %d requests in progress (Limits.MaxConcurrentRequests); retry after %v", limit, busyRetryAfter)}
-}
-
-// replyBusy answers an API request the leader has no capacity for.
-func (l *leader) replyBusy(endpoint string, req micro.Request) {
-	ae := busyError(cap(l.apiGate))
-	l.c.met.apiRequests.WithLabelValues(endpoint, "busy").Inc()
-	data, err := proto.Marshal(errorReply(endpoint, ae.proto()))
-	if err == nil {
-		err = req.Error(httpCode(ae.code), ae.Error(), data)
-	}
-	if err != nil {
-		l.log.Debug("api busy reply failed", "endpoint", endpoint, "err", err)
-	}
-}
-
-// onReport runs one worker report on its own goroutine, or answers RETRY
-// at once when Limits.MaxConcurrentReports are in progress.
-func (l *leader) onReport(m *nats.Msg) {
-	if !l.reportGate.try() {
-		l.c.met.reports.WithLabelValues("busy").Inc()
-		l.respond(m, ack(pb.ReportStatus_REPORT_STATUS_RETRY, 0,
-			"coordinator busy: %d reports in progress (Limits.MaxConcurrentReports); retry after %v", cap(l.reportGate), busyRetryAfter))
-		return
-	}
-	if !l.enter() {
-		l.reportGate.done()
-		return
-	}
-	go func() {
-		defer l.wg.Done()
-		defer l.reportGate.done()
-		if a := l.handleReport(m.Data); a != nil {
-			l.respond(m, a)
+// dispatch is a transport.ServeConfig.Dispatch that runs each request on
+// its own goroutine while gate has a slot, and refuses it (transport
+// answers busy) when not, calling refused first when set. Once the
+// session stops a request is dropped unanswered (the requester retries
+// with the next leader).
+func (l *leader) dispatch(gate slots, refused func()) func(run func()) bool {
+	return func(run func()) bool {
+		if !gate.try() {
+			if refused != nil {
+				refused()
+			}
+			return false
 		}
-	}()
+		if !l.enter() {
+			gate.done()
+			return true
+		}
+		go func() {
+			defer l.wg.Done()
+			defer gate.done()
+			run()
+		}()
+		return true
+	}
+}
+
+// onServePanic counts a panic transport contained in a serve handler (the
+// leader's handlers contain their own; this sees what escapes them).
+func (l *leader) onServePanic(handler string, _ any) {
+	l.c.met.panics.WithLabelValues(handler).Inc()
 }

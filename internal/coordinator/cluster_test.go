@@ -9,11 +9,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
 	"github.com/ringattn/ringattn/internal/xlog"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -158,7 +158,7 @@ func TestCoordinatorConcurrentSubmitsAcrossLeaderChange(t *testing.T) {
 	const jobs = 500
 	tc := newCluster(t, 3, nil)
 	old := tc.leader()
-	conns := []*nats.Conn{connect(t, tc.url), connect(t, tc.url), connect(t, tc.url), connect(t, tc.url)}
+	conns := []*transport.Conn{connect(t, tc.url), connect(t, tc.url), connect(t, tc.url), connect(t, tc.url)}
 	var (
 		okCount  atomic.Int32
 		retries  atomic.Int32
@@ -167,7 +167,7 @@ func TestCoordinatorConcurrentSubmitsAcrossLeaderChange(t *testing.T) {
 		wg       sync.WaitGroup
 		killed   = make(chan time.Time, 1)
 	)
-	submitOnce := func(nc *nats.Conn, spec *pb.JobSpec) (*pb.SubmitReply, error) {
+	submitOnce := func(nc *transport.Conn, spec *pb.JobSpec) (*pb.SubmitReply, error) {
 		for attempt := 0; ; attempt++ {
 			r := &pb.SubmitReply{}
 			err := api(nc, EndpointSubmit, &pb.SubmitRequest{Spec: spec}, r, 2*time.Second)
@@ -256,7 +256,7 @@ func TestCoordinatorConcurrentSubmitsAcrossLeaderChange(t *testing.T) {
 
 // measureFailover polls the cluster endpoint until a leader other than
 // `old` answers, and returns the time since the kill.
-func measureFailover(t testing.TB, nc *nats.Conn, old string, killedAt time.Time) time.Duration {
+func measureFailover(t testing.TB, nc *transport.Conn, old string, killedAt time.Time) time.Duration {
 	t.Helper()
 	var d time.Duration
 	checkFor(t, 30*time.Second, time.Millisecond, func() error {

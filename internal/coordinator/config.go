@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -294,9 +293,10 @@ type Deps struct {
 	// Gatherer serves /metrics (default: Registerer when it is a Gatherer).
 	Gatherer prometheus.Gatherer
 	Tensors  TensorDeleter
-	// Conn is an established NATS connection to use (and not close); nil
-	// means connect with Config.NATS.
-	Conn *nats.Conn
+	// Conn is an established control-plane connection to use (and not
+	// close); nil means connect with Config.NATS. Its subjects are the
+	// coordinator's.
+	Conn *transport.Conn
 	// RaftTransport replaces the TCP transport (tests use raft's
 	// InmemTransport); the coordinator closes it on Close if it is an
 	// io.Closer.

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -11,7 +12,6 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
@@ -225,17 +225,14 @@ func TestCoordinatorSanitizeHeartbeat(t *testing.T) {
 }
 
 // sendReport sends one report as a worker would and returns the ack.
-func sendReport(t *testing.T, nc *nats.Conn, rep *pb.Report) *pb.ReportAck {
+func sendReport(t *testing.T, nc *transport.Conn, rep *pb.Report) *pb.ReportAck {
 	t.Helper()
-	data, err := proto.Marshal(rep)
-	noErr(t, err)
-	var a pb.ReportAck
+	var a *pb.ReportAck
 	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		m, err := nc.Request(transport.NewSubjects("").Report(), data, time.Second)
-		if err != nil {
-			return err
-		}
-		if err := proto.Unmarshal(m.Data, &a); err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		var err error
+		if a, err = nc.Report(ctx, rep); err != nil {
 			return err
 		}
 		if a.Status == pb.ReportStatus_REPORT_STATUS_RETRY {
@@ -243,7 +240,7 @@ func sendReport(t *testing.T, nc *nats.Conn, rep *pb.Report) *pb.ReportAck {
 		}
 		return nil
 	})
-	return &a
+	return a
 }
 
 // Reports must come from the worker the rank is assigned to: a report
@@ -458,7 +455,7 @@ func TestCoordinatorHandlerPanicsContained(t *testing.T) {
 	}
 	data, err := proto.Marshal(&pb.Heartbeat{WorkerId: "hb-boom", Gflops: 1})
 	noErr(t, err)
-	if _, err := nc.Request(transport.NewSubjects("").Heartbeat(), data, 300*time.Millisecond); err == nil {
+	if _, err := nc.NATS().Request(transport.NewSubjects("").Heartbeat(), data, 300*time.Millisecond); err == nil {
 		t.Fatal("a heartbeat whose handler panicked got an ack")
 	}
 	boom := submit(t, nc, attnSpec("tick-boom", 256))
@@ -511,23 +508,36 @@ func TestCoordinatorEdgeLimits(t *testing.T) {
 	tc := newCluster(t, 1, func(c *Config) { c.HeartbeatTimeout = time.Hour })
 	ld := tc.leader()
 	l := serving(t, tc, ld)
+	nc := connect(t, tc.url)
+	ctx := context.Background()
+	within := func(d time.Duration) context.Context {
+		c, cancel := context.WithTimeout(ctx, d)
+		t.Cleanup(cancel)
+		return c
+	}
 
+	// Over the wire: transport's serve bounds what the leader decodes.
 	hb := &pb.Heartbeat{WorkerId: "big", Gflops: 1}
-	if l.heartbeat(padTo(t, hb, &hb.Version, maxHeartbeatBytes)) == nil {
-		t.Error("heartbeat of maxHeartbeatBytes dropped")
+	padTo(t, hb, &hb.Version, maxHeartbeatBytes)
+	if _, err := nc.SendHeartbeat(within(5*time.Second), hb); err != nil {
+		t.Errorf("heartbeat of maxHeartbeatBytes: %v", err)
 	}
 	hb.Version = ""
-	if l.heartbeat(padTo(t, hb, &hb.Version, maxHeartbeatBytes+1)) != nil {
-		t.Error("heartbeat of maxHeartbeatBytes+1 accepted")
+	padTo(t, hb, &hb.Version, maxHeartbeatBytes+1)
+	if a, err := nc.SendHeartbeat(within(300*time.Millisecond), hb); err == nil {
+		t.Errorf("heartbeat of maxHeartbeatBytes+1 answered: %v", a)
 	}
 
 	rep := &pb.Report{WorkerId: "w", JobId: "j-none", Result: &pb.Report_Failed{Failed: &pb.ShardFailed{}}}
-	if a := l.report(padTo(t, rep, &rep.GetFailed().Reason, maxReportBytes)); !strings.Contains(a.Message, "unknown job") {
-		t.Errorf("report of maxReportBytes: %q, want it read (unknown job)", a.Message)
+	padTo(t, rep, &rep.GetFailed().Reason, maxReportBytes)
+	if a, err := nc.Report(within(5*time.Second), rep); err != nil || !strings.Contains(a.Message, "unknown job") {
+		t.Errorf("report of maxReportBytes: %v %v, want it read (unknown job)", a, err)
 	}
 	rep.GetFailed().Reason = ""
-	if a := l.report(padTo(t, rep, &rep.GetFailed().Reason, maxReportBytes+1)); !strings.Contains(a.Message, "want at most 4194304") {
-		t.Errorf("report of maxReportBytes+1: %q", a.Message)
+	padTo(t, rep, &rep.GetFailed().Reason, maxReportBytes+1)
+	if a, err := nc.Report(within(5*time.Second), rep); err != nil || a.Status != pb.ReportStatus_REPORT_STATUS_REJECTED ||
+		!strings.Contains(a.Message, "want at most 4194304") {
+		t.Errorf("report of maxReportBytes+1: %v %v", a, err)
 	}
 
 	rk := &pb.RankPlan{QBlocks: []int32{4, 5, 6}}
@@ -543,34 +553,34 @@ func TestCoordinatorEdgeLimits(t *testing.T) {
 
 	// API request lists: list states and a cancel reason.
 	states := slices.Repeat([]pb.JobState{pb.JobState_JOB_STATE_RUNNING}, maxListStates)
-	if _, ae := l.apiList(mustMarshal(t, &pb.ListRequest{States: states})); ae != nil {
+	if _, ae := l.apiList(ctx, &pb.ListRequest{States: states}); ae != nil {
 		t.Errorf("list of %d states: %v", maxListStates, ae)
 	}
-	if _, ae := l.apiList(mustMarshal(t, &pb.ListRequest{States: append(states, 1)})); ae == nil || ae.field != "states" {
+	if _, ae := l.apiList(ctx, &pb.ListRequest{States: append(states, 1)}); ae == nil || ae.field != "states" {
 		t.Errorf("list of %d states: %v", maxListStates+1, ae)
 	}
-	if _, ae := l.apiList(mustMarshal(t, &pb.ListRequest{States: []pb.JobState{7}})); ae == nil || ae.field != "states" {
+	if _, ae := l.apiList(ctx, &pb.ListRequest{States: []pb.JobState{7}}); ae == nil || ae.field != "states" {
 		t.Errorf("list of state 7: %v", ae)
 	}
 	reason := strings.Repeat("r", maxReasonBytes)
-	if _, ae := l.apiCancel(mustMarshal(t, &pb.CancelRequest{JobId: "j-none", Reason: reason})); ae == nil || ae.field != "job_id" {
+	if _, ae := l.apiCancel(ctx, &pb.CancelRequest{JobId: "j-none", Reason: reason}); ae == nil || ae.field != "job_id" {
 		t.Errorf("cancel with a reason of %d bytes: %v, want unknown job", maxReasonBytes, ae)
 	}
-	if _, ae := l.apiCancel(mustMarshal(t, &pb.CancelRequest{JobId: "j-none", Reason: reason + "r"})); ae == nil || ae.field != "reason" {
+	if _, ae := l.apiCancel(ctx, &pb.CancelRequest{JobId: "j-none", Reason: reason + "r"}); ae == nil || ae.field != "reason" {
 		t.Errorf("cancel with a reason of %d bytes: %v", maxReasonBytes+1, ae)
 	}
 
 	// The registry holds maxWorkers; one more new worker is dropped, a
 	// known one still heard.
 	for i := len(l.workerInfos(nil)); i < maxWorkers; i++ {
-		if l.heartbeat(mustMarshal(t, &pb.Heartbeat{WorkerId: fmt.Sprintf("w%d", i), Gflops: 1})) == nil {
+		if l.heartbeat(&pb.Heartbeat{WorkerId: fmt.Sprintf("w%d", i), Gflops: 1}) == nil {
 			t.Fatalf("worker %d of %d dropped", i, maxWorkers)
 		}
 	}
-	if l.heartbeat(mustMarshal(t, &pb.Heartbeat{WorkerId: "one-too-many", Gflops: 1})) != nil {
+	if l.heartbeat(&pb.Heartbeat{WorkerId: "one-too-many", Gflops: 1}) != nil {
 		t.Error("worker past maxWorkers registered")
 	}
-	if l.heartbeat(mustMarshal(t, &pb.Heartbeat{WorkerId: "w7", Gflops: 2})) == nil {
+	if l.heartbeat(&pb.Heartbeat{WorkerId: "w7", Gflops: 2}) == nil {
 		t.Error("a known worker dropped when the registry is full")
 	}
 }

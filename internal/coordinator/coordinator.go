@@ -18,7 +18,6 @@ import (
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
@@ -41,11 +40,13 @@ type Coordinator struct {
 	wal   *wal.WAL
 	meta  *metadb.BoltMetaDB
 	trans raft.Transport
-	nc    *nats.Conn
-	ownNC bool
-	met   *metrics
-	httpL net.Listener
-	httpS *http.Server
+	conn  *transport.Conn
+	// closeNC closes the NATS connection New opened (nil: Deps.Conn's,
+	// which the caller keeps).
+	closeNC func()
+	met     *metrics
+	httpL   net.Listener
+	httpS   *http.Server
 
 	hooks hookPtr // test seams (contain.go)
 	// leaderURL: a follower's last lookup of the leader's ops URL.
@@ -105,18 +106,25 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		return nil, err
 	}
 	if deps.Conn != nil {
-		c.nc = deps.Conn
+		c.conn = deps.Conn
+		c.subj = c.conn.Subjects()
 	} else {
-		if c.nc, err = transport.Connect(cfg.NATS, c.log); err != nil {
+		nc, err := transport.Connect(cfg.NATS, c.log)
+		if err != nil {
 			return nil, err
 		}
-		c.ownNC = true
+		c.closeNC = func() {
+			// Closing is not a disconnect worth a warning.
+			nc.SetDisconnectErrHandler(nil)
+			nc.Close()
+		}
+		c.conn = transport.NewConn(nc, c.subj, c.log)
 	}
 	var sd *storeDeleter
 	if c.deps.Tensors == nil {
 		sc := cfg.NATS.StoreConfig()
 		sc.Bucket = c.bucket()
-		sd = &storeDeleter{nc: c.nc, cfg: sc, log: c.log}
+		sd = &storeDeleter{conn: c.conn, cfg: sc, log: c.log}
 		c.deps.Tensors = sd
 	}
 	if cfg.HTTPAddr != "" {
@@ -457,10 +465,8 @@ func (c *Coordinator) closeResources() error {
 	if c.meta != nil {
 		errs = append(errs, c.meta.Close())
 	}
-	if c.ownNC && c.nc != nil {
-		// Closing is not a disconnect worth a warning.
-		c.nc.SetDisconnectErrHandler(nil)
-		c.nc.Close()
+	if c.closeNC != nil {
+		c.closeNC()
 	}
 	if c.met != nil {
 		c.met.unregister()

@@ -10,28 +10,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
-
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
 // events collects the job events the leader publishes.
-func events(t *testing.T, nc *nats.Conn) func() []*pb.JobEvent {
+func events(t *testing.T, nc *transport.Conn) func() []*pb.JobEvent {
 	var mu sync.Mutex
 	var evs []*pb.JobEvent
-	sub, err := nc.Subscribe(transport.NewSubjects("").AllJobEvents(), func(m *nats.Msg) {
-		var ev pb.JobEvent
-		if proto.Unmarshal(m.Data, &ev) == nil {
-			mu.Lock()
-			evs = append(evs, &ev)
-			mu.Unlock()
-		}
+	stop, err := nc.OnEvents("", transport.ServeConfig{}, func(ev *pb.JobEvent) {
+		mu.Lock()
+		evs = append(evs, ev)
+		mu.Unlock()
 	})
 	noErr(t, err)
-	noErr(t, nc.Flush())
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	flush(t, nc)
+	t.Cleanup(func() { _ = stop() })
 	return func() []*pb.JobEvent {
 		mu.Lock()
 		defer mu.Unlock()

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -251,7 +253,7 @@ func FuzzHeartbeat(f *testing.F) {
 	)
 	l := fuzzLeader(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		a := l.heartbeat(data)
+		a := heartbeatBytes(l, data)
 		if a != nil {
 			mustMarshal(t, a)
 		}
@@ -300,7 +302,7 @@ func FuzzReport(f *testing.F) {
 	)
 	l := fuzzLeader(f)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		a := l.report(data)
+		a := reportBytes(l, data)
 		if a == nil || a.Status == pb.ReportStatus_REPORT_STATUS_UNSPECIFIED {
 			t.Fatalf("ack %v", a)
 		}
@@ -328,24 +330,57 @@ func FuzzAPIRequest(f *testing.F) {
 		[]any{uint8(1), []byte{0xff, 0x01}},
 	)
 	l := fuzzLeader(f)
-	handlers := l.endpoints()
+	h := l.apiHandlers()
 	f.Fuzz(func(t *testing.T, ep uint8, data []byte) {
 		name := eps[int(ep)%len(eps)]
 		if len(data) > l.c.cfg.Limits.MaxRequestBytes {
-			return // refused before decoding (serve)
+			return // refused before decoding (transport's serve)
 		}
-		reply, ae := handlers[name](data)
-		if ae != nil {
-			if ae.code == pb.ErrorCode_ERROR_CODE_INTERNAL || ae.code == pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
-				t.Fatalf("%s: %v", name, ae)
+		var (
+			reply proto.Message
+			err   error
+		)
+		switch name {
+		case EndpointSubmit:
+			reply, err = apiBytes(t, h.Submit, data)
+		case EndpointGet:
+			reply, err = apiBytes(t, h.Get, data)
+		case EndpointCancel:
+			reply, err = apiBytes(t, h.Cancel, data)
+		case EndpointList:
+			reply, err = apiBytes(t, h.List, data)
+		default:
+			reply, err = apiBytes(t, h.Cluster, data)
+		}
+		if err != nil {
+			ae := transport.APIErrorOf(err)
+			if ae.Code == pb.ErrorCode_ERROR_CODE_INTERNAL || ae.Code == pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
+				t.Fatalf("%s: %v", name, err)
 			}
-			reply = errorReply(name, ae.proto())
+			reply = ae.Proto()
 		}
-		if reply == nil {
+		if reply == nil || !reply.ProtoReflect().IsValid() {
 			t.Fatalf("%s: no reply and no error", name)
 		}
 		mustMarshal(t, reply)
 	})
+}
+
+// apiBytes decodes data as transport's ServeAPI does (a request that does
+// not decode is refused before the handler) and runs handler h on it.
+func apiBytes[Req interface {
+	*R
+	proto.Message
+}, R any, Rep proto.Message](t *testing.T, h func(context.Context, Req) (Rep, error), data []byte) (proto.Message, error) {
+	req := Req(new(R))
+	if proto.Unmarshal(data, req) != nil {
+		return &pb.Error{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT}, nil
+	}
+	rep, err := h(context.Background(), req)
+	if err != nil {
+		return nil, err
+	}
+	return rep, nil
 }
 
 func FuzzAssignmentAck(f *testing.F) {
@@ -356,7 +391,11 @@ func FuzzAssignmentAck(f *testing.F) {
 		[]any{[]byte{0x12, 0xff}},
 	)
 	f.Fuzz(func(t *testing.T, data []byte) {
-		err := decodeAssignmentAck(data)
+		var ack pb.AssignmentAck
+		if len(data) > transport.MaxControlBytes || proto.Unmarshal(data, &ack) != nil {
+			return // transport refuses it before the leader sees it
+		}
+		err := assignmentError(&ack)
 		if err != nil && len(err.Error()) > maxReasonBytes+64 {
 			t.Fatalf("error of %d bytes", len(err.Error()))
 		}
@@ -368,4 +407,26 @@ func bwdSpec(key string) *pb.JobSpec {
 	s := attnSpec(key, 512)
 	s.Mode = pb.JobMode_JOB_MODE_FORWARD_BACKWARD
 	return s
+}
+
+// heartbeatBytes hands data to the leader's heartbeat handler as
+// transport's ServeHeartbeats does: larger than MaxHeartbeatBytes or not a
+// heartbeat, it is dropped before the handler.
+func heartbeatBytes(l *leader, data []byte) *pb.HeartbeatAck {
+	var hb pb.Heartbeat
+	if len(data) > transport.MaxHeartbeatBytes || proto.Unmarshal(data, &hb) != nil {
+		return nil
+	}
+	return l.onHeartbeat(&hb)
+}
+
+// reportBytes hands data to the leader's report handler as transport's
+// ServeReports does: a report larger than MaxControlBytes or malformed is
+// REJECTED before the handler.
+func reportBytes(l *leader, data []byte) *pb.ReportAck {
+	var rep pb.Report
+	if len(data) > transport.MaxControlBytes || proto.Unmarshal(data, &rep) != nil {
+		return &pb.ReportAck{Status: pb.ReportStatus_REPORT_STATUS_REJECTED}
+	}
+	return l.handleReport(&rep)
 }

@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
@@ -52,12 +51,17 @@ func startNATS(t testing.TB) string {
 	return e.ClientURL()
 }
 
-func connect(t testing.TB, url string) *nats.Conn {
+// connect returns a control-plane connection to the NATS server at url
+// (default subjects), closed when the test ends. Hostile tests reach the
+// raw connection with NATS().
+func connect(t testing.TB, url string) *transport.Conn {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	cfg := transport.DefaultConfig()
+	cfg.URLs = []string{url}
+	nc, err := transport.Connect(cfg, xlog.Discard())
 	noErr(t, err)
 	t.Cleanup(nc.Close)
-	return nc
+	return transport.NewConn(nc, cfg.Subjects(), xlog.Discard())
 }
 
 // testConfig is a coordinator config with test timings: 50 ms Raft
@@ -228,17 +232,38 @@ func (tc *testCluster) converged() *State {
 	return st
 }
 
-// api calls one client API endpoint once.
-func api(nc *nats.Conn, endpoint string, req, reply proto.Message, timeout time.Duration) error {
-	data, err := proto.Marshal(req)
-	if err != nil {
+// api calls one client API endpoint through transport's APIClient, once
+// within timeout (the client retries a busy or absent leader until then).
+// An error answer comes back in reply's error field, not as err.
+func api(nc *transport.Conn, endpoint string, req, reply proto.Message, timeout time.Duration) error {
+	cl := transport.NewAPIClient(nc)
+	cl.Timeout = timeout
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var (
+		got proto.Message
+		err error
+	)
+	switch endpoint {
+	case EndpointSubmit:
+		got, err = cl.Submit(ctx, req.(*pb.SubmitRequest))
+	case EndpointGet:
+		got, err = cl.Get(ctx, req.(*pb.GetRequest))
+	case EndpointCancel:
+		got, err = cl.Cancel(ctx, req.(*pb.CancelRequest))
+	case EndpointList:
+		got, err = cl.List(ctx, req.(*pb.ListRequest))
+	case EndpointCluster:
+		got, err = cl.Cluster(ctx, req.(*pb.ClusterRequest))
+	default:
+		return fmt.Errorf("unknown endpoint %q", endpoint)
+	}
+	if _, isAPI := errors.AsType[*transport.APIError](err); err != nil && !isAPI {
 		return err
 	}
-	m, err := nc.Request(transport.NewSubjects("").API(endpoint), data, timeout)
-	if err != nil {
-		return err
-	}
-	return proto.Unmarshal(m.Data, reply)
+	proto.Reset(reply)
+	proto.Merge(reply, got)
+	return nil
 }
 
 type errReply interface {
@@ -260,7 +285,7 @@ func retryable(err error, e *pb.Error) bool {
 }
 
 // apiRetry calls an endpoint until a leader gives a definite answer.
-func apiRetry[R errReply](t testing.TB, nc *nats.Conn, endpoint string, req proto.Message, newReply func() R) R {
+func apiRetry[R errReply](t testing.TB, nc *transport.Conn, endpoint string, req proto.Message, newReply func() R) R {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -276,7 +301,7 @@ func apiRetry[R errReply](t testing.TB, nc *nats.Conn, endpoint string, req prot
 	}
 }
 
-func submit(t testing.TB, nc *nats.Conn, spec *pb.JobSpec) *pb.SubmitReply {
+func submit(t testing.TB, nc *transport.Conn, spec *pb.JobSpec) *pb.SubmitReply {
 	t.Helper()
 	r := apiRetry(t, nc, EndpointSubmit, &pb.SubmitRequest{Spec: spec}, func() *pb.SubmitReply { return &pb.SubmitReply{} })
 	if r.Error != nil {
@@ -285,7 +310,7 @@ func submit(t testing.TB, nc *nats.Conn, spec *pb.JobSpec) *pb.SubmitReply {
 	return r
 }
 
-func getJob(t testing.TB, nc *nats.Conn, id string) *pb.JobStatus {
+func getJob(t testing.TB, nc *transport.Conn, id string) *pb.JobStatus {
 	t.Helper()
 	r := apiRetry(t, nc, EndpointGet, &pb.GetRequest{JobId: id}, func() *pb.GetReply { return &pb.GetReply{} })
 	if r.Error != nil {
@@ -294,7 +319,7 @@ func getJob(t testing.TB, nc *nats.Conn, id string) *pb.JobStatus {
 	return r.Job
 }
 
-func waitState(t testing.TB, nc *nats.Conn, id string, want pb.JobState, total time.Duration) *pb.JobStatus {
+func waitState(t testing.TB, nc *transport.Conn, id string, want pb.JobState, total time.Duration) *pb.JobStatus {
 	t.Helper()
 	var js *pb.JobStatus
 	checkFor(t, total, 20*time.Millisecond, func() error {
@@ -315,15 +340,15 @@ func attnSpec(key string, n int64) *pb.JobSpec {
 	}
 }
 
-// testWorker speaks the worker side of control.proto over NATS: it
-// heartbeats, accepts assignments (idempotently), "computes" for a while
-// and reports each shard until the report is acknowledged. It computes
-// nothing: the coordinator never sees tensors.
+// testWorker speaks the worker side of control.proto through transport's
+// typed calls: it heartbeats (SendHeartbeat), accepts assignments
+// idempotently (ServeAssignments), "computes" for a while and reports each
+// shard (Report) until the report is acknowledged. It computes nothing:
+// the coordinator never sees tensors.
 type testWorker struct {
 	t      testing.TB
 	id     string
-	nc     *nats.Conn
-	subj   transport.Subjects
+	nc     *transport.Conn
 	gflops float64
 	slots  int32
 	every  time.Duration
@@ -349,17 +374,17 @@ type testWorker struct {
 	senders  map[shardKey][]string // leader of each assignment received
 	aborted  []*pb.ShardRef
 	stopped  bool
-	sub      *nats.Subscription
+	stopSrv  transport.StopFunc
 	done     chan struct{}
 	wg       sync.WaitGroup
 }
 
 func newTestWorker(t testing.TB, url, id string, gflops float64, delay time.Duration) *testWorker {
 	t.Helper()
-	w := &testWorker{t: t, id: id, nc: connect(t, url), subj: transport.NewSubjects(""), gflops: gflops, slots: 2,
+	w := &testWorker{t: t, id: id, nc: connect(t, url), gflops: gflops, slots: 2,
 		every: 100 * time.Millisecond, delay: delay, running: map[shardKey]bool{}, steps: map[shardKey]int64{}, assigned: map[shardKey]int{}, senders: map[shardKey][]string{}, done: make(chan struct{})}
 	var err error
-	w.sub, err = w.nc.Subscribe(w.subj.Assign(id), w.onAssign)
+	w.stopSrv, err = w.nc.ServeAssignments(id, transport.ServeConfig{}, w.onAssign)
 	noErr(t, err)
 	w.wg.Add(1)
 	go w.heartbeats()
@@ -379,13 +404,14 @@ func (w *testWorker) heartbeat(leaving bool) {
 		}
 	}
 	w.mu.Unlock()
-	data, _ := proto.Marshal(hb)
-	m, err := w.nc.Request(w.subj.Heartbeat(), data, 200*time.Millisecond)
-	if err != nil {
+	if leaving {
+		_ = w.nc.PublishHeartbeat(hb)
 		return
 	}
-	var ack pb.HeartbeatAck
-	if proto.Unmarshal(m.Data, &ack) == nil && len(ack.Abort) > 0 {
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	ack, err := w.nc.SendHeartbeat(ctx, hb)
+	if err == nil && len(ack.Abort) > 0 {
 		w.mu.Lock()
 		w.aborted = append(w.aborted, ack.Abort...)
 		for _, ref := range ack.Abort {
@@ -409,17 +435,12 @@ func (w *testWorker) heartbeats() {
 	}
 }
 
-func (w *testWorker) onAssign(m *nats.Msg) {
-	var a pb.Assignment
-	if err := proto.Unmarshal(m.Data, &a); err != nil {
-		w.t.Errorf("worker %s: bad assignment: %v", w.id, err)
-		return
-	}
+func (w *testWorker) onAssign(a *pb.Assignment) *pb.AssignmentAck {
 	k := shardKey{a.JobId, a.Epoch, a.Rank}
 	w.mu.Lock()
 	if w.stopped {
 		w.mu.Unlock()
-		return
+		return nil
 	}
 	w.assigned[k]++
 	w.senders[k] = append(w.senders[k], a.LeaderId)
@@ -429,15 +450,13 @@ func (w *testWorker) onAssign(m *nats.Msg) {
 	}
 	w.mu.Unlock()
 	if a.Plan.Ranks[a.Rank].WorkerId != w.id || a.Params.GetScale() == 0 || a.OutputRef != a.JobId {
-		w.t.Errorf("worker %s: inconsistent assignment %v", w.id, &a)
+		w.t.Errorf("worker %s: inconsistent assignment %v", w.id, a)
 	}
-	ackData, _ := proto.Marshal(&pb.AssignmentAck{Accepted: true})
-	_ = m.Respond(ackData)
-	if dup {
-		return
+	if !dup {
+		w.wg.Add(1)
+		go w.run(a)
 	}
-	w.wg.Add(1)
-	go w.run(&a)
+	return &pb.AssignmentAck{Accepted: true}
 }
 
 func (w *testWorker) run(a *pb.Assignment) {
@@ -476,25 +495,23 @@ func (w *testWorker) run(a *pb.Assignment) {
 		}
 		rep.Result = &pb.Report_Done{Done: done}
 	}
-	data, _ := proto.Marshal(rep)
 	for {
 		select {
 		case <-w.done:
 			return
 		default:
 		}
-		m, err := w.nc.Request(w.subj.Report(), data, 500*time.Millisecond)
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		ack, err := w.nc.Report(ctx, rep)
+		cancel()
 		if err == nil {
-			var ack pb.ReportAck
-			if proto.Unmarshal(m.Data, &ack) == nil {
-				switch ack.Status {
-				case pb.ReportStatus_REPORT_STATUS_ACCEPTED, pb.ReportStatus_REPORT_STATUS_DUPLICATE,
-					pb.ReportStatus_REPORT_STATUS_STALE, pb.ReportStatus_REPORT_STATUS_REJECTED:
-					w.mu.Lock()
-					w.running[k] = true
-					w.mu.Unlock()
-					return
-				}
+			switch ack.Status {
+			case pb.ReportStatus_REPORT_STATUS_ACCEPTED, pb.ReportStatus_REPORT_STATUS_DUPLICATE,
+				pb.ReportStatus_REPORT_STATUS_STALE, pb.ReportStatus_REPORT_STATUS_REJECTED:
+				w.mu.Lock()
+				w.running[k] = true
+				w.mu.Unlock()
+				return
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
@@ -530,7 +547,7 @@ func (w *testWorker) writeBlock(a *pb.Assignment, b int32) (*pb.BlockChecksum, e
 	defer cancel()
 	if st == nil {
 		var err error
-		if st, err = transport.OpenStore(ctx, w.nc, transport.StoreConfig{Bucket: transport.DefaultBucket}, xlog.Discard()); err != nil {
+		if st, err = w.nc.OpenStore(ctx, transport.StoreConfig{Bucket: transport.DefaultBucket}); err != nil {
 			return nil, err
 		}
 		w.mu.Lock()
@@ -571,7 +588,7 @@ func (w *testWorker) kill() {
 	}
 	w.stopped = true
 	w.mu.Unlock()
-	_ = w.sub.Unsubscribe()
+	_ = w.stopSrv()
 	close(w.done)
 	w.wg.Wait()
 }
@@ -708,7 +725,7 @@ func (g *gate) open() {
 }
 
 // waitWorkers waits until the leader's registry holds n workers.
-func waitWorkers(t testing.TB, nc *nats.Conn, n int) {
+func waitWorkers(t testing.TB, nc *transport.Conn, n int) {
 	t.Helper()
 	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
 		r := &pb.ClusterReply{}
@@ -720,4 +737,12 @@ func waitWorkers(t testing.TB, nc *nats.Conn, n int) {
 		}
 		return nil
 	})
+}
+
+// flush waits until the server has processed nc's subscriptions.
+func flush(t testing.TB, nc *transport.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	noErr(t, nc.Flush(ctx))
 }

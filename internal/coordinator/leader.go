@@ -14,12 +14,11 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
 	"github.com/ringattn/ringattn/pkg/shard"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -66,8 +65,8 @@ type leader struct {
 	// runs in the background.
 	sweep    sweepState
 	expiring bool
-	subs     []*nats.Subscription
-	svc      micro.Service
+	// stops end the serves listen started (heartbeats, reports, API).
+	stops []transport.StopFunc
 	// apiGate and reportGate bound the API requests and worker reports
 	// handled at once (busy.go).
 	apiGate, reportGate slots
@@ -178,17 +177,14 @@ func (l *leader) start() {
 func (l *leader) stop() {
 	l.mu.Lock()
 	l.stopped = true
-	subs, svc := l.subs, l.svc
-	l.subs, l.svc = nil, nil
+	stops := l.stops
+	l.stops = nil
 	l.mu.Unlock()
 	l.ready.Store(false)
-	if svc != nil {
-		if err := svc.Stop(); err != nil {
-			l.log.Warn("stopping API service", "err", err)
+	for i := len(stops) - 1; i >= 0; i-- {
+		if err := stops[i](); err != nil {
+			l.log.Warn("stopping a serve", "err", err)
 		}
-	}
-	for _, s := range subs {
-		_ = s.Unsubscribe()
 	}
 	l.stopF()
 	l.wg.Wait()
@@ -244,54 +240,47 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// listen subscribes to heartbeats and reports and starts the API service.
+// listen serves heartbeats, reports and the client API.
 func (l *leader) listen() error {
 	c := l.c
-	hb, err := c.nc.Subscribe(c.subj.Heartbeat(), l.onHeartbeat)
-	if err != nil {
-		return fmt.Errorf("subscribe heartbeats: %w", err)
+	var stops []transport.StopFunc
+	undo := func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			_ = stops[i]()
+		}
 	}
-	rep, err := c.nc.Subscribe(c.subj.Report(), l.onReport)
+	hb, err := c.conn.ServeHeartbeats(transport.ServeConfig{OnPanic: l.onServePanic}, l.onHeartbeat)
 	if err != nil {
-		_ = hb.Unsubscribe()
-		return fmt.Errorf("subscribe reports: %w", err)
+		return fmt.Errorf("serve heartbeats: %w", err)
 	}
-	svc, err := l.startAPI()
+	stops = append(stops, hb)
+	rep, err := c.conn.ServeReports(transport.ServeConfig{OnPanic: l.onServePanic,
+		Dispatch: l.dispatch(l.reportGate, func() { c.met.reports.WithLabelValues("busy").Inc() })}, l.handleReport)
 	if err != nil {
-		_ = hb.Unsubscribe()
-		_ = rep.Unsubscribe()
+		undo()
+		return fmt.Errorf("serve reports: %w", err)
+	}
+	stops = append(stops, rep)
+	api, err := c.conn.ServeAPI(l.apiHandlers(), l.apiConfig())
+	if err != nil {
+		undo()
 		return err
 	}
-	if err := c.nc.Flush(); err != nil {
-		_ = hb.Unsubscribe()
-		_ = rep.Unsubscribe()
-		_ = svc.Stop()
+	stops = append(stops, api)
+	ctx, cancel := context.WithTimeout(l.ctx, 5*time.Second)
+	defer cancel()
+	if err := c.conn.Flush(ctx); err != nil {
+		undo()
 		return fmt.Errorf("flush subscriptions: %w", err)
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.stopped {
-		_ = hb.Unsubscribe()
-		_ = rep.Unsubscribe()
-		_ = svc.Stop()
+		undo()
 		return context.Canceled
 	}
-	l.subs = []*nats.Subscription{hb, rep}
-	l.svc = svc
+	l.stops = stops
 	return nil
-}
-
-func (l *leader) respond(m *nats.Msg, reply proto.Message) {
-	if m.Reply == "" {
-		return
-	}
-	data, err := proto.Marshal(reply)
-	if err == nil {
-		err = m.Respond(data)
-	}
-	if err != nil {
-		l.log.Debug("reply failed", "subject", m.Subject, "err", err)
-	}
 }
 
 // ---- worker registry ----
@@ -300,9 +289,9 @@ func (l *leader) respond(m *nats.Msg, reply proto.Message) {
 // scheduler can trust: numbers it weighs plans by are finite and bounded,
 // lists are bounded, names are valid subject tokens.
 const (
-	// maxHeartbeatBytes bounds an encoded heartbeat (1024 shard refs take
-	// about 50 KiB).
-	maxHeartbeatBytes = 256 << 10
+	// maxHeartbeatBytes bounds an encoded heartbeat (transport drops a
+	// larger one before it is decoded).
+	maxHeartbeatBytes = transport.MaxHeartbeatBytes
 	// maxRunning bounds the shards one heartbeat lists; more are dropped.
 	maxRunning = 1024
 	// maxSlots bounds the ranks one worker may run at once.
@@ -347,35 +336,28 @@ func sanitizeHeartbeat(hb *pb.Heartbeat) (badSpeed bool, dropped int) {
 	return badSpeed, dropped
 }
 
-func (l *leader) onHeartbeat(m *nats.Msg) {
-	l.guard("heartbeat", func() {
-		if a := l.heartbeat(m.Data); a != nil && m.Reply != "" {
-			l.respond(m, a)
-		}
-	})
+// onHeartbeat handles one heartbeat transport decoded; a panic drops it
+// (no ack).
+func (l *leader) onHeartbeat(hb *pb.Heartbeat) (a *pb.HeartbeatAck) {
+	l.guard("heartbeat", func() { a = l.heartbeat(hb) })
+	return a
 }
 
-// heartbeat records one heartbeat and returns its ack (nil: dropped).
-func (l *leader) heartbeat(data []byte) *pb.HeartbeatAck {
+// heartbeat records one heartbeat and returns its ack (nil: dropped). It
+// keeps hb (sanitized in place).
+func (l *leader) heartbeat(hbp *pb.Heartbeat) *pb.HeartbeatAck {
 	if h := l.c.hooks.Load(); h != nil && h.heartbeat != nil {
+		data, _ := proto.Marshal(hbp)
 		h.heartbeat(data)
 	}
-	if len(data) > maxHeartbeatBytes {
-		l.log.Warn("dropping oversized heartbeat", "bytes", len(data), "max", maxHeartbeatBytes)
-		return nil
-	}
-	var hb pb.Heartbeat
-	if err := proto.Unmarshal(data, &hb); err != nil {
-		l.log.Warn("dropping malformed heartbeat", "bytes", len(data), "err", err)
-		return nil
-	}
+	hb := hbp
 	if e := validName("worker_id", hb.WorkerId, true); e != nil {
 		l.log.Warn("dropping heartbeat", "err", e)
 		return nil
 	}
 	rawSpeed := hb.Gflops
-	badSpeed, dropped := sanitizeHeartbeat(&hb)
-	abort, owned := l.classify(&hb)
+	badSpeed, dropped := sanitizeHeartbeat(hb)
+	abort, owned := l.classify(hb)
 	now := l.c.now()
 	var (
 		old               *workerInfo
@@ -386,7 +368,7 @@ func (l *leader) heartbeat(data []byte) *pb.HeartbeatAck {
 		if full = !known && len(l.workers) >= maxWorkers; full {
 			return
 		}
-		wi := &workerInfo{hb: &hb, seen: now}
+		wi := &workerInfo{hb: hb, seen: now}
 		if known {
 			wi.warned = old.warned
 		}
@@ -909,7 +891,13 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, us
 	nk := int(BlockCount(&pb.JobSpec{N: j.Spec.GetNk(), Block: j.Spec.GetBlock()}))
 	w = max(1, min(w, max(nq, nk)))
 	cands = cands[:w]
-	sp, err := l.plan(j, planRequest(j.Spec, w, planWeights(cands), qblocks))
+	req, ae := specRequest(j.Spec, w, c.cfg.Limits)
+	if ae != nil {
+		l.finish(j, pb.JobState_JOB_STATE_FAILED, "cannot plan: "+ae.Error())
+		return
+	}
+	req.Weights, req.QBlocks = planWeights(cands), qblocks
+	sp, err := l.plan(j, req)
 	var pe *panicError
 	switch {
 	case errors.As(err, &pe):
@@ -925,7 +913,11 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, us
 		l.finish(j, pb.JobState_JOB_STATE_FAILED, "cannot plan: "+strings.TrimPrefix(err.Error(), shard.ErrInvalid.Error()+": "))
 		return
 	}
-	plan := planProto(sp, cands)
+	ids := make([]string, len(cands))
+	for i, hb := range cands {
+		ids[i] = hb.WorkerId
+	}
+	plan := transport.PlanToPB(sp, ids)
 	epoch := j.Epoch + 1
 	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: j.Id, Epoch: epoch, Plan: plan, UnixMs: c.now().UnixMilli(),
 		Mode: mode, DoneDq: doneDQ, DoneDkv: doneDKV})
@@ -998,38 +990,14 @@ func planWeights(cands []*pb.Heartbeat) []float64 {
 	return w
 }
 
-func planProto(sp *shard.Plan, workers []*pb.Heartbeat) *pb.Plan {
-	p := &pb.Plan{
-		Strategy: string(sp.Strategy), N: int64(sp.N), Nk: int64(sp.Nk), Block: int64(sp.Block),
-		QBlockCount: int32(sp.QBlockCount), KBlockCount: int32(sp.KBlockCount), Steps: int32(sp.Steps),
-		Imbalance: sp.Imbalance,
-	}
-	for i, rk := range sp.Ranks {
-		rp := &pb.RankPlan{Cost: rk.Cost, Bytes: rk.Bytes, WorkerId: workers[i%len(workers)].WorkerId}
-		for _, b := range rk.QBlocks {
-			rp.QBlocks = append(rp.QBlocks, int32(b))
-		}
-		for _, b := range rk.KVBlocks {
-			rp.KvBlocks = append(rp.KvBlocks, int32(b))
-		}
-		p.Ranks = append(p.Ranks, rp)
-	}
-	return p
-}
-
 // assignment is what rank `rank` of j's current epoch needs to run.
 func (l *leader) assignment(j *cpb.Job, rank int32) *pb.Assignment {
 	s := j.Spec
-	scale := s.Scale
-	if scale == 0 {
-		scale = 1 / math.Sqrt(float64(s.D))
-	}
+	params := transport.ParamsFromSpec(s)
+	params.Mode = pb.JobMode_JOB_MODE_FORWARD // the pass of this epoch, below
 	a := &pb.Assignment{
 		JobId: j.Id, Epoch: j.Epoch, Rank: rank, Size: int32(len(j.Plan.GetRanks())), Plan: j.Plan,
-		Params: &pb.KernelParams{
-			Kind: s.Kind, B: s.B, Hq: s.Hq, Hkv: s.Hkv, D: s.D, DModel: s.DModel, Mask: s.Mask, Scale: scale,
-			WireDtype: s.WireDtype, WantLse: s.WantLse, AllowNonfinite: s.AllowNonfinite, MhaBias: s.MhaBias,
-		},
+		Params: params,
 		Bucket: l.c.bucket(), InputRef: inputRef(j), OutputRef: j.Id,
 		DeadlineUnixMs: s.DeadlineUnixMs, LeaderId: l.c.cfg.NodeID, Term: l.term,
 	}
@@ -1065,7 +1033,7 @@ func (l *leader) send(j *cpb.Job, rank int32) {
 	}
 	go func() {
 		defer l.wg.Done()
-		l.guard("assigning", func() { l.delivered(k, worker, l.request(l.c.subj.Assign(worker), a)) })
+		l.guard("assigning", func() { l.delivered(k, worker, l.request(worker, a)) })
 	}()
 }
 
@@ -1107,33 +1075,24 @@ func (l *leader) delivered(k shardKey, worker string, err error) {
 	l.wake()
 }
 
-func (l *leader) request(subject string, a *pb.Assignment) error {
-	data, err := proto.Marshal(a)
-	if err != nil {
-		return err
-	}
+// request sends assignment a to worker and waits (AssignTimeout) for its
+// answer: nil when accepted.
+func (l *leader) request(worker string, a *pb.Assignment) error {
 	ctx, cancel := context.WithTimeout(l.ctx, l.c.cfg.AssignTimeout)
 	defer cancel()
-	m, err := l.c.nc.RequestWithContext(ctx, subject, data)
+	ack, err := l.c.conn.Assign(ctx, worker, a)
 	if err != nil {
 		return err
 	}
-	return decodeAssignmentAck(m.Data)
+	return assignmentError(ack)
 }
 
-// decodeAssignmentAck reads a worker's answer to an assignment: nil when
+// assignmentError reads a worker's answer to an assignment: nil when
 // accepted, else an error carrying the worker's reason (cut to
 // maxReasonBytes: it may end up in a job's reason).
-func decodeAssignmentAck(data []byte) error {
-	if len(data) > maxReportBytes {
-		return fmt.Errorf("assignment ack of %d bytes: want at most %d", len(data), maxReportBytes)
-	}
-	var ack pb.AssignmentAck
-	if err := proto.Unmarshal(data, &ack); err != nil {
-		return fmt.Errorf("bad assignment ack: %w", err)
-	}
-	if !ack.Accepted {
-		return fmt.Errorf("rejected: %s", truncate(ack.Reason, maxReasonBytes))
+func assignmentError(ack *pb.AssignmentAck) error {
+	if !ack.GetAccepted() {
+		return fmt.Errorf("rejected: %s", truncate(ack.GetReason(), maxReasonBytes))
 	}
 	return nil
 }
@@ -1178,11 +1137,7 @@ func (l *leader) publish(j *cpb.Job, typ pb.JobEventType, rank int32, worker, ms
 		Type: typ, JobId: j.Id, Epoch: j.Epoch, State: j.State, BlocksDone: int64(len(j.DoneBlocks)),
 		BlocksTotal: j.BlocksTotal, Rank: rank, WorkerId: worker, Message: msg, UnixMs: l.c.now().UnixMilli(),
 	}
-	data, err := proto.Marshal(ev)
-	if err == nil {
-		err = l.c.nc.Publish(l.c.subj.JobEvents(j.Id), data)
-	}
-	if err != nil {
+	if err := l.c.conn.PublishEvent(ev); err != nil {
 		l.log.Debug("publish event failed", "job", j.Id, "err", err)
 	}
 }

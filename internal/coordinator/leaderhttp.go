@@ -80,12 +80,12 @@ func (c *Coordinator) lookupLeaderHTTP(leaderID string, wait time.Duration) stri
 	}
 	inbox := nats.NewInbox()
 	ch := make(chan *nats.Msg, 16)
-	sub, err := c.nc.ChanSubscribe(inbox, ch)
+	sub, err := c.conn.NATS().ChanSubscribe(inbox, ch)
 	if err != nil {
 		return ""
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	if err := c.nc.PublishRequest(subj, inbox, nil); err != nil {
+	if err := c.conn.NATS().PublishRequest(subj, inbox, nil); err != nil {
 		return ""
 	}
 	t := time.NewTimer(wait)

@@ -128,26 +128,26 @@ func TestAPIBusyWhenSaturated(t *testing.T) {
 		done.Add(1)
 		go func() {
 			defer done.Done()
-			_, _ = nc.Request(subj.API(EndpointGet), getData, 10*time.Second)
+			_, _ = nc.NATS().Request(subj.API(EndpointGet), getData, 10*time.Second)
 		}()
 	}
 	repData, _ := proto.Marshal(&pb.Report{WorkerId: "w", JobId: "j-none", Epoch: 1})
 	done.Add(1)
 	go func() {
 		defer done.Done()
-		_, _ = nc.Request(subj.Report(), repData, 10*time.Second)
+		_, _ = nc.NATS().Request(subj.Report(), repData, 10*time.Second)
 	}()
 	held.Wait()
 	before := runtime.NumGoroutine()
 	for i := range 50 {
 		start := time.Now()
 		var r pb.ClusterReply
-		m, err := nc.Request(subj.API(EndpointCluster), []byte{}, 2*time.Second)
+		m, err := nc.NATS().Request(subj.API(EndpointCluster), []byte{}, 2*time.Second)
 		noErr(t, err)
 		noErr(t, proto.Unmarshal(m.Data, &r))
 		e := r.GetError()
 		if e.GetCode() != pb.ErrorCode_ERROR_CODE_BUSY || e.GetRetryAfterMs() != busyRetryAfter.Milliseconds() ||
-			!strings.Contains(e.GetMessage(), "Limits.MaxConcurrentRequests") || m.Header.Get("Nats-Service-Error-Code") != "503" {
+			!strings.Contains(e.GetMessage(), "busy") || m.Header.Get("Nats-Service-Error-Code") != "503" {
 			t.Fatalf("request %d while saturated: %v, headers %v", i, e, m.Header)
 		}
 		if d := time.Since(start); d > time.Second {
@@ -157,11 +157,11 @@ func TestAPIBusyWhenSaturated(t *testing.T) {
 	if after := runtime.NumGoroutine(); after > before+10 {
 		t.Fatalf("goroutines grew from %d to %d answering busy requests", before, after)
 	}
-	m, err := nc.Request(subj.Report(), repData, 2*time.Second)
+	m, err := nc.NATS().Request(subj.Report(), repData, 2*time.Second)
 	noErr(t, err)
 	var ack pb.ReportAck
 	noErr(t, proto.Unmarshal(m.Data, &ack))
-	if ack.Status != pb.ReportStatus_REPORT_STATUS_RETRY || !strings.Contains(ack.Message, "Limits.MaxConcurrentReports") {
+	if ack.Status != pb.ReportStatus_REPORT_STATUS_RETRY || !strings.Contains(ack.Message, "busy") {
 		t.Fatalf("report while saturated: %v", &ack)
 	}
 	if v := metricLabel(t, c, "ringattn_api_requests_total", "code", "busy"); v != 50 {

@@ -198,7 +198,7 @@ func TestCoordinatorCleanStartStopNoWarn(t *testing.T) {
 		}
 		return nil
 	})
-	js, err := jetstream.New(nc)
+	js, err := jetstream.New(nc.NATS())
 	noErr(t, err)
 	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)

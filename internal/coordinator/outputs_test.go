@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -18,7 +17,7 @@ func openStore(t *testing.T, url string) *transport.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	st, err := transport.OpenStore(ctx, connect(t, url), transport.StoreConfig{Bucket: transport.DefaultBucket}, xlog.Discard())
+	st, err := connect(t, url).OpenStore(ctx, transport.StoreConfig{Bucket: transport.DefaultBucket})
 	noErr(t, err)
 	return st
 }

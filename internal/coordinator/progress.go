@@ -4,8 +4,6 @@ import (
 	"slices"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -122,11 +120,7 @@ func (l *leader) publishProgress(j *cpb.Job, done, total int64, now time.Time) {
 		Type: pb.JobEventType_JOB_EVENT_TYPE_PROGRESS, JobId: j.Id, Epoch: j.Epoch, State: j.State,
 		BlocksDone: done, BlocksTotal: total, Rank: -1, UnixMs: now.UnixMilli(),
 	}
-	data, err := proto.Marshal(ev)
-	if err == nil {
-		err = l.c.nc.Publish(l.c.subj.JobEvents(j.Id), data)
-	}
-	if err != nil {
+	if err := l.c.conn.PublishEvent(ev); err != nil {
 		l.log.Debug("publish progress failed", "job", j.Id, "err", err)
 	}
 }

@@ -8,9 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"google.golang.org/protobuf/proto"
-
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -42,17 +39,14 @@ func TestCoordinatorProgressEvents(t *testing.T) {
 	)
 	// Subscribe to every job's events before submitting (the id is not
 	// known yet).
-	sub, err := nc.Subscribe(transport.NewSubjects("").JobEvents("*"), func(m *nats.Msg) {
-		var ev pb.JobEvent
-		if proto.Unmarshal(m.Data, &ev) == nil {
-			mu.Lock()
-			events = append(events, &ev)
-			mu.Unlock()
-		}
+	stop, err := nc.OnEvents("", transport.ServeConfig{}, func(ev *pb.JobEvent) {
+		mu.Lock()
+		events = append(events, ev)
+		mu.Unlock()
 	})
 	noErr(t, err)
-	defer sub.Unsubscribe()
-	noErr(t, nc.Flush())
+	defer stop()
+	flush(t, nc)
 	job := submit(t, nc, spec).Job
 
 	// While it runs, get and the status page show the step counters.

@@ -9,14 +9,16 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
 // ---- reports ----
 
 // maxReportBytes bounds an encoded report (a rank's checksums are 12 bytes
-// a block; 4 MiB is over 300,000 blocks).
-const maxReportBytes = 4 << 20
+// a block; 4 MiB is over 300,000 blocks): transport refuses a larger one
+// (REJECTED) before it is decoded.
+const maxReportBytes = transport.MaxControlBytes
 
 func ack(st pb.ReportStatus, js pb.JobState, format string, args ...any) *pb.ReportAck {
 	return &pb.ReportAck{Status: st, JobState: js, Message: fmt.Sprintf(format, args...)}
@@ -34,7 +36,7 @@ func (l *leader) refuse(reason string, js pb.JobState, format string, args ...an
 // until it gets ACCEPTED, DUPLICATE or STALE loses nothing across a leader
 // change, and a repeated report changes nothing. A panic while handling it
 // is contained: the worker gets REJECTED.
-func (l *leader) handleReport(data []byte) (a *pb.ReportAck) {
+func (l *leader) handleReport(rep *pb.Report) (a *pb.ReportAck) {
 	c := l.c
 	defer func() {
 		if err := l.recovered("report", recover()); err != nil {
@@ -43,7 +45,7 @@ func (l *leader) handleReport(data []byte) (a *pb.ReportAck) {
 		a.LeaderId = c.cfg.NodeID
 		c.met.reports.WithLabelValues(reportStatusName(a.Status)).Inc()
 	}()
-	return l.report(data)
+	return l.report(rep)
 }
 
 // shardOwner checks a report against the job's current epoch: the rank
@@ -144,17 +146,12 @@ func checkGradChecksums(j *cpb.Job, d *pb.ShardDone) (string, error) {
 	return "", nil
 }
 
-func (l *leader) report(data []byte) *pb.ReportAck {
+// report handles one report transport decoded.
+func (l *leader) report(rep *pb.Report) *pb.ReportAck {
 	c := l.c
 	if h := c.hooks.Load(); h != nil && h.report != nil {
+		data, _ := proto.Marshal(rep)
 		h.report(data)
-	}
-	if len(data) > maxReportBytes {
-		return l.refuse("malformed", 0, "report of %d bytes: want at most %d", len(data), maxReportBytes)
-	}
-	var rep pb.Report
-	if err := proto.Unmarshal(data, &rep); err != nil {
-		return l.refuse("malformed", 0, "malformed report: %v", err)
 	}
 	if e := validName("job_id", rep.JobId, true); e != nil {
 		return l.refuse("malformed", 0, "%v", e)
@@ -167,7 +164,7 @@ func (l *leader) report(data []byte) *pb.ReportAck {
 	}
 	switch res := rep.Result.(type) {
 	case *pb.Report_Done:
-		j, a := l.shardOwner(&rep)
+		j, a := l.shardOwner(rep)
 		if a != nil {
 			return a
 		}
@@ -200,7 +197,7 @@ func (l *leader) report(data []byte) *pb.ReportAck {
 		}
 		return ack(pb.ReportStatus_REPORT_STATUS_ACCEPTED, j.State, "committed")
 	case *pb.Report_Failed:
-		return l.reportFailed(&rep, res.Failed)
+		return l.reportFailed(rep, res.Failed)
 	default:
 		return l.refuse("malformed", 0, "report carries neither done nor failed")
 	}

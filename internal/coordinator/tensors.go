@@ -6,8 +6,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
@@ -37,9 +35,9 @@ func (c *Coordinator) outputs() outputStore {
 // storeDeleter reaches the JetStream object store bucket, opened on first
 // use (so a coordinator starts even before JetStream is up).
 type storeDeleter struct {
-	nc  *nats.Conn
-	cfg transport.StoreConfig // Config.NATS.StoreConfig(): bucket, replicas, max bytes, TTL
-	log *slog.Logger
+	conn *transport.Conn
+	cfg  transport.StoreConfig // Config.NATS.StoreConfig(): bucket, replicas, max bytes, TTL
+	log  *slog.Logger
 
 	mu    sync.Mutex
 	store *transport.Store
@@ -57,7 +55,7 @@ func (d *storeDeleter) open(ctx context.Context) (*transport.Store, error) {
 	}
 	octx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	st, err := transport.OpenStore(octx, d.nc, d.cfg, d.log)
+	st, err := d.conn.OpenStore(octx, d.cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,12 @@ func planAccepted(t *testing.T, spec *pb.JobSpec) {
 	t.Helper()
 	for w := 1; w <= 8; w++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		p, err := shard.NewPlanContext(ctx, planRequest(spec, w, nil, nil))
+		req, ae := specRequest(spec, w, DefaultConfig().Limits)
+		if ae != nil {
+			cancel()
+			t.Fatalf("accepted spec %v refused on %d ranks: %v", spec, w, ae)
+		}
+		p, err := shard.NewPlanContext(ctx, req)
 		cancel()
 		if err != nil {
 			t.Fatalf("accepted spec %v does not plan on %d ranks: %v", spec, w, err)
@@ -127,7 +132,8 @@ func TestCoordinatorValidateLimits(t *testing.T) {
 		{"MaxTokens", func(s *pb.JobSpec) { s.N = 1 << 24 }, func(s *pb.JobSpec) { s.N = 1<<24 + 1 }, "spec.n", "16777217: want 1..16777216", 0},
 		{"MaxD", func(s *pb.JobSpec) { s.D = 256 }, func(s *pb.JobSpec) { s.D = 257 }, "spec.d", "257: want 1..256", 0},
 		{"MaxDocs", func(s *pb.JobSpec) { s.N, s.Nk, s.Mask.Seqlens = 65536, 65536, ones(65536) },
-			func(s *pb.JobSpec) { s.N, s.Nk, s.Mask.Seqlens = 65537, 65537, ones(65537) }, "spec.mask.seqlens", "want at most 65536 (Limits.MaxDocs)", 0},
+			func(s *pb.JobSpec) { s.N, s.Nk, s.Mask.Seqlens = 65537, 65537, ones(65537) }, "spec.mask.seqlens", "want at most 65536 (Limits.MaxDocs)",
+			pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED},
 		{"MaxJobBytes", func(s *pb.JobSpec) { s.Hq, s.Hkv, s.N, s.Nk, s.D = 1024, 1024, 1<<14, 1<<14, 256 },
 			func(s *pb.JobSpec) { s.Hq, s.Hkv, s.N, s.Nk, s.D = 1024, 1024, 1<<14+1, 1<<14, 256 }, "spec", "(Limits.MaxJobBytes)",
 			pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED},
@@ -167,7 +173,7 @@ func TestCoordinatorValidateLimits(t *testing.T) {
 			code = pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT
 		}
 		if ae == nil || ae.field != c.field || !strings.Contains(ae.msg, c.msg) || ae.code != code {
-			t.Errorf("%s past the limit: got %v (code %v), want %s containing %q (%v)", c.name, ae, ae.proto().GetCode(), c.field, c.msg, code)
+			t.Errorf("%s past the limit: got %v (code %v), want %s containing %q (%v)", c.name, ae, ae.code, c.field, c.msg, code)
 			continue
 		}
 		if c.code == pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED && !errors.Is(ae, ErrLimit) {
