@@ -349,6 +349,7 @@ func (c *Conn) serveAPIRequest(ctx context.Context, ep endpoint, cfg APIConfig, 
 	}
 	var reply proto.Message
 	var ae *APIError
+	ctx = WithCaller(ctx, Caller{Tenant: DefaultTenant, Admin: true})
 	if err := c.contain("api_"+ep.name, cfg.ServeConfig, func() { reply, ae = ep.run(ctx, data, max) }); err != nil {
 		ae = &APIError{Code: pb.ErrorCode_ERROR_CODE_INTERNAL,
 			Message: fmt.Sprintf("internal error while serving %s (logged on the server); retrying will not help", ep.name)}
