@@ -1,0 +1,296 @@
+package simulate
+
+import (
+	"math"
+	"slices"
+)
+
+// The simulation is a fluid event simulation: between two events every
+// running activity progresses at a constant rate, and the rates are
+// recomputed at every event.
+//
+//   - A cpu activity (a fold, a merge) is work in core-seconds on one host,
+//     using at most `threads` cores.
+//   - A flow (a frame on the ring, a partial up the tree) is bytes from one
+//     host to another. Its rate is at most its share of the sender's egress
+//     and the receiver's ingress bandwidth and the flow-control window per
+//     round trip; moving a byte also costs sendCPU core-seconds on the
+//     sender's host and recvCPU on the receiver's, by one thread on each.
+//   - A timer is a fixed delay (latency, per-step overhead) using nothing.
+//
+// A host's cores are shared among its runnable threads fairly, each thread
+// using at most one core (max-min fair water-filling weighted by thread
+// counts), as the Go scheduler shares GOMAXPROCS among runnable goroutines.
+// A flow's rate is the smallest of its link share and what the CPU shares of
+// its two endpoints allow; what an endpoint does not use then goes back to
+// the host's other threads.
+
+type actKind uint8
+
+const (
+	actCPU actKind = iota
+	actFlow
+	actTimer
+)
+
+type activity struct {
+	kind      actKind
+	host, dst int     // cpu: host; flow: sender and receiver hosts
+	remaining float64 // core-seconds, bytes or seconds
+	threads   float64 // cpu: most cores used
+	sendCPU   float64 // flow: sender core-seconds per byte
+	recvCPU   float64 // flow: receiver core-seconds per byte
+	// mark, when >= 0, fires onMark once remaining <= mark (a Send returns
+	// when its last piece is published: only a window is then in flight).
+	mark   float64
+	onMark func(now float64)
+	done   func(now float64)
+
+	rate float64 // per second, set by allocate
+	// eps is what counts as nothing left (a billionth of the start).
+	eps float64
+	// account, when set, receives a cpu activity's core-seconds as they
+	// are used.
+	account func(coreSec float64)
+	// flow accounting: rank charged for the sender's and receiver's CPU.
+	sendAccount, recvAccount func(coreSec float64)
+}
+
+// sim is the event loop.
+type sim struct {
+	now      float64
+	cores    []float64 // per host
+	linkBps  float64   // per host and direction; +Inf: unlimited
+	window   float64   // flow-control window bytes
+	rtt      float64   // seconds
+	acts     []*activity
+	events   int
+	maxEvent int
+	// scratch
+	hostTasks [][]wfTask
+}
+
+func newSim(hosts int, cores, linkBps, window, rtt float64) *sim {
+	s := &sim{cores: make([]float64, hosts), linkBps: linkBps, window: window, rtt: rtt,
+		hostTasks: make([][]wfTask, hosts)}
+	for i := range s.cores {
+		s.cores[i] = cores
+	}
+	return s
+}
+
+func (s *sim) add(a *activity) {
+	a.eps = 1e-9 * a.remaining
+	s.acts = append(s.acts, a)
+}
+
+func (s *sim) cpu(host int, work, threads float64, account func(float64), done func(float64)) {
+	if work <= 0 {
+		done(s.now)
+		return
+	}
+	s.add(&activity{kind: actCPU, host: host, remaining: work, threads: max(threads, 1e-9), mark: -1, account: account, done: done})
+}
+
+func (s *sim) timer(d float64, done func(float64)) {
+	if d <= 0 {
+		done(s.now)
+		return
+	}
+	s.add(&activity{kind: actTimer, remaining: d, mark: -1, done: done})
+}
+
+// flow starts moving bytes from host a to host b; onMark fires when at most
+// markBytes remain (at once when bytes <= markBytes), done when all moved.
+func (s *sim) flow(a, b int, bytes, sendCPU, recvCPU, markBytes float64, sendAcc, recvAcc func(float64), onMark, done func(float64)) {
+	if bytes <= markBytes {
+		onMark(s.now)
+		onMark = nil
+	}
+	if bytes <= 0 {
+		done(s.now)
+		return
+	}
+	m := markBytes
+	if onMark == nil {
+		m = -1
+	}
+	s.add(&activity{kind: actFlow, host: a, dst: b, remaining: bytes, sendCPU: sendCPU, recvCPU: recvCPU,
+		mark: m, onMark: onMark, done: done, sendAccount: sendAcc, recvAccount: recvAcc})
+}
+
+// wfTask is one claimant of a host's cores in water-filling.
+type wfTask struct {
+	weight float64 // threads
+	limit  float64 // most cores it can use
+	got    float64
+	act    *activity
+	send   bool // for flows: which endpoint
+}
+
+// waterfill shares capacity among tasks: each gets min(limit, weight·L)
+// for the largest level L the capacity allows.
+func waterfill(capacity float64, ts []wfTask) {
+	if len(ts) == 0 {
+		return
+	}
+	idx := make([]int, len(ts))
+	for i := range idx {
+		idx[i] = i
+	}
+	slices.SortFunc(idx, func(a, b int) int {
+		ra, rb := ts[a].limit/ts[a].weight, ts[b].limit/ts[b].weight
+		switch {
+		case ra < rb:
+			return -1
+		case ra > rb:
+			return 1
+		}
+		return 0
+	})
+	left := capacity
+	var wsum float64
+	for _, i := range idx {
+		wsum += ts[i].weight
+	}
+	for _, i := range idx {
+		t := &ts[i]
+		level := left / wsum
+		if t.limit <= t.weight*level {
+			t.got = t.limit
+		} else {
+			t.got = t.weight * level
+		}
+		left -= t.got
+		wsum -= t.weight
+		if left < 0 {
+			left = 0
+		}
+	}
+}
+
+// allocate sets every activity's rate in two passes: flows first ask for
+// their link share, and each flow's rate becomes the smallest of that and
+// what its endpoints' CPU shares allow; then the hosts are shared again
+// with every flow endpoint fixed at what its rate uses, so the CPU a
+// link-bound flow leaves goes to the host's other threads.
+func (s *sim) allocate() {
+	nOut := make(map[int]int)
+	nIn := make(map[int]int)
+	for _, a := range s.acts {
+		if a.kind == actFlow && a.host != a.dst {
+			nOut[a.host]++
+			nIn[a.dst]++
+		}
+	}
+	for _, a := range s.acts {
+		switch a.kind {
+		case actTimer:
+			a.rate = 1
+		case actFlow:
+			c := math.Inf(1)
+			if s.rtt > 0 && s.window > 0 {
+				c = s.window / s.rtt
+			}
+			if a.host != a.dst && !math.IsInf(s.linkBps, 1) {
+				c = min(c, s.linkBps/float64(max(nOut[a.host], nIn[a.dst])))
+			}
+			a.rate = c
+		}
+	}
+	for pass := 0; pass < 2; pass++ {
+		for h := range s.hostTasks {
+			s.hostTasks[h] = s.hostTasks[h][:0]
+		}
+		for _, a := range s.acts {
+			switch a.kind {
+			case actCPU:
+				s.hostTasks[a.host] = append(s.hostTasks[a.host], wfTask{weight: a.threads, limit: a.threads, act: a})
+			case actFlow:
+				if a.sendCPU > 0 {
+					s.hostTasks[a.host] = append(s.hostTasks[a.host], wfTask{weight: 1, limit: min(1, a.rate*a.sendCPU), act: a, send: true})
+				}
+				if a.recvCPU > 0 {
+					s.hostTasks[a.dst] = append(s.hostTasks[a.dst], wfTask{weight: 1, limit: min(1, a.rate*a.recvCPU), act: a})
+				}
+			}
+		}
+		for h, ts := range s.hostTasks {
+			waterfill(s.cores[h], ts)
+			for _, t := range ts {
+				switch {
+				case t.act.kind == actCPU:
+					t.act.rate = t.got
+				case pass == 0 && t.send:
+					t.act.rate = min(t.act.rate, t.got/t.act.sendCPU)
+				case pass == 0:
+					t.act.rate = min(t.act.rate, t.got/t.act.recvCPU)
+				}
+			}
+		}
+	}
+}
+
+// run processes events until nothing is left; it returns false when the
+// simulation stalls (an activity that can never progress) or exceeds
+// maxEvent events.
+func (s *sim) run() bool {
+	for len(s.acts) > 0 {
+		s.events++
+		if s.maxEvent > 0 && s.events > s.maxEvent {
+			return false
+		}
+		s.allocate()
+		dt := math.Inf(1)
+		for _, a := range s.acts {
+			if a.rate <= 0 {
+				continue
+			}
+			target := 0.0
+			if a.mark >= 0 {
+				target = a.mark
+			}
+			dt = min(dt, (a.remaining-target)/a.rate)
+		}
+		if math.IsInf(dt, 1) {
+			return false
+		}
+		dt = max(dt, 0)
+		s.now += dt
+		var fired []func(float64)
+		keep := s.acts[:0]
+		for _, a := range s.acts {
+			step := a.rate * dt
+			if math.IsInf(a.rate, 1) {
+				step = a.remaining // an unlimited flow moves at once
+			}
+			a.remaining -= step
+			if a.account != nil {
+				a.account(step)
+			}
+			if a.kind == actFlow {
+				if a.sendAccount != nil {
+					a.sendAccount(step * a.sendCPU)
+				}
+				if a.recvAccount != nil {
+					a.recvAccount(step * a.recvCPU)
+				}
+			}
+			if a.mark >= 0 && a.remaining-a.mark <= a.eps {
+				a.mark = -1
+				fired = append(fired, a.onMark)
+			}
+			if a.remaining <= a.eps {
+				fired = append(fired, a.done)
+				continue
+			}
+			keep = append(keep, a)
+		}
+		clear(s.acts[len(keep):])
+		s.acts = keep
+		for _, f := range fired {
+			f(s.now)
+		}
+	}
+	return true
+}

@@ -1,0 +1,502 @@
+package simulate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+
+	"github.com/ringattn/ringattn/pkg/shard"
+)
+
+// Kernel tile of the amd64 kernels (pkg/kernels: br = bc = 192 query and
+// key rows per unit of work), the default of Config.TileRows/TileCols.
+const (
+	DefaultTileRows = 192
+	DefaultTileCols = 192
+)
+
+// DefaultWindowBytes and DefaultPieceBytes are pkg/transport's ring
+// defaults (RingConfig.WindowBytes, PieceBytes).
+const (
+	DefaultWindowBytes = 16 << 20
+	DefaultPieceBytes  = 4 << 20
+)
+
+// ErrInvalid is wrapped by every configuration error of this package.
+var ErrInvalid = errors.New("simulate: invalid configuration")
+
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// Config describes the machines and the network a plan runs on.
+type Config struct {
+	// GFLOPS is one host's kernel speed on all its cores at full tile
+	// occupancy (a dense fold of many query tiles), in GFLOP/s of visible
+	// pairs (4·B·Hq·D per pair). +Inf makes compute free.
+	GFLOPS float64
+	// Cores per host (>= 1): the kernel runs on all of them; the transport
+	// uses one per stream and takes them from the kernel while it runs.
+	Cores int
+	// RanksPerHost is how many ranks share a host (0 means 1: one worker
+	// per machine). The in-process validation puts all W ranks on one host.
+	RanksPerHost int
+	// SendSecPerByte and RecvSecPerByte are the transport's CPU cost per
+	// payload byte on the sending and the receiving host, in core-seconds
+	// (encoding, CRC32C, copies, the NATS client and, in one process, the
+	// server).
+	SendSecPerByte, RecvSecPerByte float64
+	// LinkBytesPerSec is each host's network bandwidth per direction
+	// (ranks on one host exchange frames without it); 0 means unlimited.
+	LinkBytesPerSec float64
+	// Latency is the one-way network latency in seconds, paid once per
+	// frame set (the pieces of a step's frames are pipelined).
+	Latency float64
+	// WindowBytes is the transport's flow-control window: a Send returns
+	// once at most this much of its frame is still unacknowledged, and a
+	// flow moves at most a window per round trip (0 means
+	// DefaultWindowBytes).
+	WindowBytes float64
+	// StepOverhead is a fixed delay per ring step per rank, in seconds
+	// (goroutines, frame bookkeeping), using no CPU in the model.
+	StepOverhead float64
+	// MergeSecPerByte is the CPU cost of finalizing an output and of
+	// merging a split-KV partial, in core-seconds per byte of (O, LSE).
+	MergeSecPerByte float64
+	// TileRows and TileCols are the kernel's tile (0 means the defaults;
+	// negative turns the tile model off). Partly visible tiles cost a
+	// whole tile, and a fold of U = B·Hq·⌈rows/TileRows⌉ units keeps only
+	// U/⌈U/Cores⌉ cores busy.
+	TileRows, TileCols int
+	// MaxEvents bounds the simulation (0 means no bound).
+	MaxEvents int
+}
+
+func (c *Config) normalized() (Config, error) {
+	n := *c
+	switch {
+	case !(c.GFLOPS > 0):
+		return n, invalid("GFLOPS = %g, expected > 0", c.GFLOPS)
+	case c.Cores < 1:
+		return n, invalid("Cores = %d, expected >= 1", c.Cores)
+	case c.RanksPerHost < 0:
+		return n, invalid("RanksPerHost = %d, expected >= 0", c.RanksPerHost)
+	case !(c.SendSecPerByte >= 0) || !(c.RecvSecPerByte >= 0) || math.IsInf(c.SendSecPerByte+c.RecvSecPerByte, 1):
+		return n, invalid("SendSecPerByte, RecvSecPerByte = %g, %g, expected finite >= 0", c.SendSecPerByte, c.RecvSecPerByte)
+	case !(c.LinkBytesPerSec >= 0):
+		return n, invalid("LinkBytesPerSec = %g, expected >= 0 (0: unlimited)", c.LinkBytesPerSec)
+	case !(c.Latency >= 0) || math.IsInf(c.Latency, 1):
+		return n, invalid("Latency = %g, expected finite >= 0", c.Latency)
+	case !(c.WindowBytes >= 0):
+		return n, invalid("WindowBytes = %g, expected >= 0", c.WindowBytes)
+	case !(c.StepOverhead >= 0) || math.IsInf(c.StepOverhead, 1):
+		return n, invalid("StepOverhead = %g, expected finite >= 0", c.StepOverhead)
+	case !(c.MergeSecPerByte >= 0) || math.IsInf(c.MergeSecPerByte, 1):
+		return n, invalid("MergeSecPerByte = %g, expected finite >= 0", c.MergeSecPerByte)
+	case c.MaxEvents < 0:
+		return n, invalid("MaxEvents = %d, expected >= 0", c.MaxEvents)
+	}
+	if n.RanksPerHost == 0 {
+		n.RanksPerHost = 1
+	}
+	if n.LinkBytesPerSec == 0 {
+		n.LinkBytesPerSec = math.Inf(1)
+	}
+	if n.WindowBytes == 0 {
+		n.WindowBytes = DefaultWindowBytes
+	}
+	if n.TileRows == 0 {
+		n.TileRows = DefaultTileRows
+	}
+	if n.TileCols == 0 {
+		n.TileCols = DefaultTileCols
+	}
+	return n, nil
+}
+
+// Result is a simulated run of a plan.
+type Result struct {
+	// Time is the predicted wall time in seconds: until the last rank has
+	// written its outputs (ring) or rank 0 has merged the last partial
+	// (split-KV). Loading the inputs from the store is not modelled.
+	Time float64
+	// FLOPs are the plan's visible FLOPs (the sum of its ranks' Cost).
+	FLOPs float64
+	// Ideal is FLOPs / (hosts × GFLOPS): the time with perfect balance and
+	// free communication.
+	Ideal float64
+	// Efficiency is Ideal / Time.
+	Efficiency float64
+	// Bytes are the bytes moved between ranks (key/value frames, split-KV
+	// partials).
+	Bytes int64
+	// ComputeFLOPs is what the kernel computes, tiles included (>= FLOPs).
+	ComputeFLOPs float64
+	// Ranks are each rank's figures.
+	Ranks []RankResult
+	// Events is the number of simulation events.
+	Events int
+}
+
+// RankResult is one rank's share of a simulated run.
+type RankResult struct {
+	// Finish is when the rank was done, in seconds.
+	Finish float64
+	// Busy is the wall time the rank's kernel was running; Idle is Finish
+	// minus Busy (waiting for frames, overheads, its transport).
+	Busy, Idle float64
+	// ComputeCPU and TransportCPU are the core-seconds its kernel and its
+	// transport (both ends of its frames) used.
+	ComputeCPU, TransportCPU float64
+	// BytesSent are the bytes the rank sent.
+	BytesSent int64
+}
+
+// stepLoad is one rank's work at one ring step.
+type stepLoad struct {
+	flops   float64 // computed FLOPs, tiles included
+	visible float64 // visible FLOPs
+	wall    float64 // seconds at full speed on the fold's cores: Σ flops/(per-core speed · threads)
+}
+
+// rankLoad is one rank's work over the plan.
+type rankLoad struct {
+	steps    []stepLoad // by ring step (split-KV: one)
+	send     []int64    // bytes sent at ring step s (0..W-2) to rank r+1
+	outBytes float64    // (O, LSE) bytes of its query rows
+}
+
+// Simulate predicts the run of plan on the machines of cfg. It checks ctx
+// between ranks while computing the loads and every few thousand events.
+func Simulate(ctx context.Context, plan *shard.Plan, cfg Config) (*Result, error) {
+	loads, err := Loads(ctx, plan, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return loads.Simulate(ctx, cfg)
+}
+
+// PlanLoads are the per-rank, per-step loads of a plan: what Simulate
+// derives from it before the event simulation. Computing them costs
+// O(visible block pairs · log Block); one PlanLoads serves any number of
+// network configurations with the same kernel model.
+type PlanLoads struct {
+	plan  *shard.Plan
+	cfg   Config // the kernel part it was computed for
+	ranks []rankLoad
+	flops float64
+}
+
+// Loads computes the loads of plan under cfg's kernel model (GFLOPS,
+// Cores, tiles).
+func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error) {
+	c, err := cfg.normalized()
+	if err != nil {
+		return nil, err
+	}
+	if plan == nil || len(plan.Ranks) == 0 {
+		return nil, invalid("plan has no ranks")
+	}
+	w := len(plan.Ranks)
+	req := &plan.Request
+	pf := plan.PairFLOPs()
+	perCore := c.GFLOPS * 1e9 / float64(c.Cores)
+	holder := make([]int, plan.KBlockCount)
+	for h, rk := range plan.Ranks {
+		for _, kj := range rk.KVBlocks {
+			holder[kj] = h
+		}
+	}
+	m := &req.Mask
+	dense := !m.Causal && !m.Windowed && len(m.SeqLens) <= 1 && len(m.SeqLensK) <= 1
+	splitKV := plan.Strategy == shard.SplitKV
+	pl := &PlanLoads{plan: plan, cfg: c, ranks: make([]rankLoad, w)}
+	for r := range plan.Ranks {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		rl := &pl.ranks[r]
+		rl.steps = make([]stepLoad, plan.Steps)
+		owned := plan.Ranks[r].QBlocks
+		// Runs of consecutive owned query blocks: one fold each per step.
+		for i := 0; i < len(owned); {
+			e := i + 1
+			for e < len(owned) && owned[e] == owned[e-1]+1 {
+				e++
+			}
+			rows := 0
+			for _, qi := range owned[i:e] {
+				_, n := plan.QSpan(qi)
+				rows += n
+			}
+			threads := float64(c.Cores)
+			if c.TileRows > 0 {
+				units := req.B * req.Hq * ((rows + c.TileRows - 1) / c.TileRows)
+				t := min(c.Cores, units)
+				threads = float64(units) / math.Ceil(float64(units)/float64(t))
+			}
+			for _, qi := range owned[i:e] {
+				_, qn := plan.QSpan(qi)
+				qTiles := 1
+				if c.TileRows > 0 {
+					qTiles = (qn + c.TileRows - 1) / c.TileRows
+				}
+				add := func(kj int, pairs int64) {
+					s := 0
+					if !splitKV {
+						s = ((r-holder[kj])%w + w) % w
+					} else if holder[kj] != r {
+						return
+					}
+					_, kn := plan.KSpan(kj)
+					full := int64(qn) * int64(kn)
+					eff := float64(pairs)
+					if pairs < full && c.TileRows > 0 && c.TileCols > 0 {
+						eff = min(float64(full), eff+float64(qTiles)*float64(c.TileRows)*float64(c.TileCols)/2)
+					}
+					st := &rl.steps[s]
+					st.visible += float64(pairs) * pf
+					st.flops += eff * pf
+					if !math.IsInf(perCore, 1) {
+						st.wall += eff * pf / perCore / threads
+					}
+				}
+				if dense {
+					for kj := 0; kj < plan.KBlockCount; kj++ {
+						_, kn := plan.KSpan(kj)
+						add(kj, int64(qn)*int64(kn))
+					}
+					continue
+				}
+				bp := plan.BlockPairs(qi)
+				first, last := bp.Span()
+				for kj := first; kj < last; kj++ {
+					if p := bp.Pairs(kj); p > 0 {
+						add(kj, p)
+					}
+				}
+			}
+			i = e
+		}
+		rows := 0
+		for _, qi := range owned {
+			_, n := plan.QSpan(qi)
+			rows += n
+		}
+		rl.outBytes = float64(req.B) * float64(req.Hq) * float64(rows) * float64(req.D+1) * 4
+		if !splitKV {
+			rl.send = make([]int64, max(0, plan.Steps-1))
+			for s := range rl.send {
+				for _, kj := range plan.HeldKV(r, s) {
+					rl.send[s] += plan.KVBytes(kj)
+				}
+			}
+		}
+		for _, st := range rl.steps {
+			pl.flops += st.visible
+		}
+	}
+	return pl, nil
+}
+
+// Simulate runs the event simulation of the loads on cfg's network; the
+// kernel part of cfg (GFLOPS, Cores, TileRows, TileCols) must be the one the
+// loads were computed for.
+func (pl *PlanLoads) Simulate(ctx context.Context, cfg Config) (*Result, error) {
+	c, err := cfg.normalized()
+	if err != nil {
+		return nil, err
+	}
+	if c.GFLOPS != pl.cfg.GFLOPS || c.Cores != pl.cfg.Cores || c.TileRows != pl.cfg.TileRows || c.TileCols != pl.cfg.TileCols {
+		return nil, invalid("the loads were computed for GFLOPS=%g Cores=%d tiles %dx%d, not GFLOPS=%g Cores=%d tiles %dx%d",
+			pl.cfg.GFLOPS, pl.cfg.Cores, pl.cfg.TileRows, pl.cfg.TileCols, c.GFLOPS, c.Cores, c.TileRows, c.TileCols)
+	}
+	plan := pl.plan
+	w := len(plan.Ranks)
+	hosts := (w + c.RanksPerHost - 1) / c.RanksPerHost
+	host := func(r int) int { return r / c.RanksPerHost }
+	sm := newSim(hosts, float64(c.Cores), c.LinkBytesPerSec, c.WindowBytes, 2*c.Latency)
+	sm.maxEvent = c.MaxEvents
+	res := &Result{FLOPs: pl.flops, Ranks: make([]RankResult, w)}
+	for r := range pl.ranks {
+		for _, st := range pl.ranks[r].steps {
+			res.ComputeFLOPs += st.flops
+		}
+	}
+	rr := res.Ranks
+	charge := func(r int) func(float64) { return func(x float64) { rr[r].TransportCPU += x } }
+	perCore := c.GFLOPS * 1e9 / float64(c.Cores)
+
+	// fold starts rank r's kernel on a step's load and calls done when it
+	// has finished.
+	fold := func(r int, st stepLoad, done func(float64)) {
+		if st.flops == 0 || math.IsInf(perCore, 1) {
+			done(sm.now)
+			return
+		}
+		work := st.flops / perCore
+		start := sm.now
+		sm.cpu(host(r), work, work/st.wall, func(x float64) { rr[r].ComputeCPU += x }, func(now float64) {
+			rr[r].Busy += now - start
+			done(now)
+		})
+	}
+	finish := func(r int) func(float64) {
+		return func(now float64) { rr[r].Finish = now }
+	}
+	latency := func(done func(float64)) func(float64) {
+		return func(float64) { sm.timer(c.Latency, done) }
+	}
+
+	if plan.Strategy == shard.SplitKV {
+		pl.splitKV(sm, c, res, host, fold, charge, latency, finish)
+	} else {
+		pl.ring(sm, c, res, host, fold, charge, latency, finish)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if !sm.run() {
+		if c.MaxEvents > 0 && sm.events > c.MaxEvents {
+			return nil, invalid("the simulation needs more than MaxEvents = %d events", c.MaxEvents)
+		}
+		return nil, fmt.Errorf("simulate: the simulation stalled at %g s (an activity cannot progress)", sm.now)
+	}
+	res.Events = sm.events
+	for r := range rr {
+		res.Time = max(res.Time, rr[r].Finish)
+		rr[r].Idle = rr[r].Finish - rr[r].Busy
+		res.Bytes += rr[r].BytesSent
+	}
+	res.Ideal = res.FLOPs / (float64(hosts) * c.GFLOPS * 1e9)
+	switch {
+	case res.Time > 0:
+		res.Efficiency = res.Ideal / res.Time
+	case res.Ideal == 0:
+		res.Efficiency = 1
+	}
+	return res, nil
+}
+
+// ring schedules the W steps of a ring strategy: at step s rank r folds
+// what it holds while it sends the same blocks to rank r+1 and receives
+// those of step s+1 from rank r-1; the step ends when all three are done
+// (pkg/ringattn's rankRun.ringSteps). A frame set moves as soon as its
+// sender starts the step (the receiver's transport takes pieces in before
+// its Recv asks for them); Send returns with a window still in flight.
+func (pl *PlanLoads) ring(sm *sim, c Config, res *Result, host func(int) int,
+	fold func(int, stepLoad, func(float64)), charge func(int) func(float64),
+	latency func(func(float64)) func(float64), finish func(int) func(float64)) {
+	w := len(pl.ranks)
+	rr := res.Ranks
+	// arrived[r][s]: rank r has the frames of step s; waiting[r][s]: what
+	// to call when they arrive.
+	arrived := make([][]bool, w)
+	waiting := make([][]func(float64), w)
+	for r := range arrived {
+		arrived[r] = make([]bool, pl.plan.Steps)
+		waiting[r] = make([]func(float64), pl.plan.Steps)
+	}
+	arrive := func(r, s int) func(float64) {
+		return func(now float64) {
+			arrived[r][s] = true
+			if f := waiting[r][s]; f != nil {
+				waiting[r][s] = nil
+				f(now)
+			}
+		}
+	}
+	var step func(r, s int)
+	step = func(r, s int) {
+		rl := &pl.ranks[r]
+		pending := 1
+		end := func(now float64) {
+			pending--
+			if pending > 0 {
+				return
+			}
+			sm.timer(c.StepOverhead, func(now float64) {
+				if s+1 < pl.plan.Steps {
+					step(r, s+1)
+					return
+				}
+				// Finalize the states and write the outputs.
+				sm.cpu(host(r), rl.outBytes*c.MergeSecPerByte, 1, nil, finish(r))
+			})
+		}
+		if s+1 < pl.plan.Steps {
+			to := (r + 1) % w
+			pending += 2
+			b := rl.send[s]
+			rr[r].BytesSent += b
+			sm.flow(host(r), host(to), float64(b), c.SendSecPerByte, c.RecvSecPerByte, c.WindowBytes,
+				charge(r), charge(to), end, latency(arrive(to, s+1)))
+			if arrived[r][s+1] {
+				end(sm.now)
+			} else {
+				waiting[r][s+1] = end
+			}
+		}
+		fold(r, rl.steps[s], end)
+	}
+	for r := range w {
+		step(r, 0)
+	}
+}
+
+// splitKV schedules a split-KV plan: every rank folds its key range into
+// all query rows, then the partials go up the binary tree of
+// plan.Reduction: a sender is done once its partial is published, a
+// receiver merges each child's partial (in level order) after its own.
+func (pl *PlanLoads) splitKV(sm *sim, c Config, res *Result, host func(int) int,
+	fold func(int, stepLoad, func(float64)), charge func(int) func(float64),
+	latency func(func(float64)) func(float64), finish func(int) func(float64)) {
+	w := len(pl.ranks)
+	rr := res.Ranks
+	partial := pl.ranks[0].outBytes // all ranks hold all planned rows
+	type key struct{ to, level int }
+	arrived := map[key]bool{}
+	waiting := map[key]func(float64){}
+	var level func(r, l int)
+	level = func(r, l int) {
+		if 1<<l >= w {
+			// Rank 0: finalize and write.
+			sm.cpu(host(r), partial*c.MergeSecPerByte, 1, nil, finish(r))
+			return
+		}
+		if r&(1<<l) != 0 {
+			to := r - 1<<l
+			b := int64(partial)
+			rr[r].BytesSent += b
+			k := key{to, l}
+			sm.flow(host(r), host(to), partial, c.SendSecPerByte, c.RecvSecPerByte, c.WindowBytes,
+				charge(r), charge(to), finish(r), latency(func(now float64) {
+					arrived[k] = true
+					if f := waiting[k]; f != nil {
+						delete(waiting, k)
+						f(now)
+					}
+				}))
+			return
+		}
+		if r+1<<l >= w {
+			level(r, l+1)
+			return
+		}
+		merge := func(float64) {
+			sm.cpu(host(r), 2*partial*c.MergeSecPerByte, 1, nil, func(float64) { level(r, l+1) })
+		}
+		if k := (key{r, l}); arrived[k] {
+			merge(sm.now)
+		} else {
+			waiting[k] = merge
+		}
+	}
+	for r := range w {
+		fold(r, pl.ranks[r].steps[0], func(float64) { level(r, 0) })
+	}
+}
+
+// Plan returns the plan the loads were computed for.
+func (pl *PlanLoads) Plan() *shard.Plan { return pl.plan }
