@@ -446,23 +446,13 @@ func cols96(im *impl) int {
 func nextVisible(sp *spans, j, kStart, kEnd, bc int) int {
 	tiles := (kEnd - kStart + bc - 1) / bc
 	x0 := kStart + (j+1)*bc
-	if sp.empty || x0 >= kEnd {
+	if x0 >= kEnd {
 		return tiles
 	}
-	if sp.none {
-		return j + 1
+	if best := sp.FirstSeen(x0); best < kEnd {
+		return (best - kStart) / bc
 	}
-	best := math.MaxInt
-	for r := range sp.lo {
-		a := max(int(sp.lo[r]), x0)
-		if a < int(sp.hi[r]) && a < best {
-			best = a
-		}
-	}
-	if best >= kEnd {
-		return tiles
-	}
-	return (best - kStart) / bc
+	return tiles
 }
 
 func fillNegInf(x []float32) {

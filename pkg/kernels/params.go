@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
+
+	"github.com/ringattn/ringattn/pkg/mask"
 )
 
 // MaxHeadDim is the largest head dimension D the kernels accept.
@@ -22,29 +25,10 @@ type Shape struct {
 // Group is the number of query heads that share one key/value head.
 func (s Shape) Group() int { return s.Hq / s.Hkv }
 
-// Mask selects which keys a query may see. The zero value masks nothing.
-//
-// Positions are document-local: with SeqLens, query i of document d (local
-// position i') and key j of document d (local position j') are aligned
-// bottom-right, off = lenK(d) - lenQ(d), as FlashAttention >= 2.1 does. Without
-// SeqLens the whole sequence is one document and off = Nk - N.
-//
-//	causal:  j' <= i' + off
-//	window:  i' + off - Left <= j' <= i' + off + Right   (a negative side is unbounded)
-//	docs:    query and key must lie in the same document
-//
-// The visible keys of a row are therefore one interval; a row whose interval
-// is empty gets output 0 and LSE = -inf.
-type Mask struct {
-	Causal bool
-	// Windowed enables the sliding window (Left, Right).
-	Windowed    bool
-	Left, Right int
-	// SeqLens are the lengths of the packed documents of the queries; their sum
-	// is N. SeqLensK are those of the keys (sum Nk); nil means SeqLens.
-	SeqLens  []int
-	SeqLensK []int
-}
+// Mask selects which keys a query may see; the zero value masks nothing.
+// It is pkg/mask's Mask, whose documentation gives the semantics (causal,
+// sliding window, packed documents, aligned bottom-right per document).
+type Mask = mask.Mask
 
 // Params is one attention problem: shapes, global sequence lengths, scale and mask.
 // Blocks passed to Fold are located by their global start positions, so the
@@ -138,45 +122,36 @@ func (p *Params) Validate() error {
 	case p.Precision > PrecisionBF16:
 		return invalid("precision = %d, expected f32 (%d) or bf16 (%d)", p.Precision, PrecisionF32, PrecisionBF16)
 	}
-	m := &p.Mask
-	if m.SeqLensK != nil && m.SeqLens == nil {
-		return invalid("seqlens_k given without seqlens")
-	}
-	if m.SeqLens != nil {
-		if err := checkLens("seqlens", m.SeqLens, p.N); err != nil {
-			return err
-		}
-		if m.SeqLensK != nil {
-			if len(m.SeqLensK) != len(m.SeqLens) {
-				return invalid("seqlens_k has %d documents, expected %d as seqlens", len(m.SeqLensK), len(m.SeqLens))
-			}
-			if err := checkLens("seqlens_k", m.SeqLensK, p.Nk); err != nil {
-				return err
-			}
-		} else if p.N != p.Nk {
-			return invalid("seqlens without seqlens_k needs N == Nk, got N = %d, Nk = %d", p.N, p.Nk)
-		}
+	if err := p.Mask.Validate(p.N, p.Nk); err != nil {
+		return maskInvalid(err)
 	}
 	return nil
 }
 
-// checkLens checks that lens are lengths >= 1 summing to exactly total. A
-// sum is never formed past total, so lengths cannot wrap around to it.
-func checkLens(name string, lens []int, total int) error {
-	sum := 0
-	for i, l := range lens {
-		if l < 1 {
-			return invalid("%s[%d] = %d, expected >= 1", name, i, l)
-		}
-		if l > total-sum {
-			return invalid("%s[%d] = %d brings the sum past the sequence length %d, expected lengths summing to %d", name, i, l, total, total)
-		}
-		sum += l
+// maskInvalid words an error of mask.Validate as this package always has
+// ("seqlens[1] = 0, expected >= 1"), wrapping ErrInvalid.
+func maskInvalid(err error) error {
+	var me *mask.Error
+	if !errors.As(err, &me) {
+		return invalid("%v", err)
 	}
-	if sum != total {
-		return invalid("%s sum to %d, expected the sequence length %d", name, sum, total)
+	name := strings.TrimPrefix(me.Field, "mask.")
+	switch me.Kind {
+	case mask.KindKWithoutQ:
+		return invalid("seqlens_k given without seqlens")
+	case mask.KindLength:
+		return invalid("%s[%d] = %d, expected >= 1", name, me.Item, me.Value)
+	case mask.KindPastTotal:
+		return invalid("%s[%d] = %d brings the sum past the sequence length %d, expected lengths summing to %d",
+			name, me.Item, me.Value, me.Total, me.Total)
+	case mask.KindShortTotal:
+		return invalid("%s sum to %d, expected the sequence length %d", name, me.Value, me.Total)
+	case mask.KindDocs:
+		return invalid("seqlens_k has %d documents, expected %d as seqlens", me.Value, me.Total)
+	case mask.KindCross:
+		return invalid("seqlens without seqlens_k needs N == Nk, got N = %d, Nk = %d", me.Value, me.Total)
 	}
-	return nil
+	return invalid("%s: %s", name, me.Msg)
 }
 
 // FLOPs is the conventional FLOP count of the unmasked problem, 4·B·Hq·N·Nk·D.

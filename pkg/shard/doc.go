@@ -28,6 +28,6 @@
 // epoch) while all key/value blocks are still dealt out.
 //
 // The mask semantics (causal, sliding window, packed documents, aligned
-// bottom-right per document) are those of kernels.Mask, re-implemented here
-// because this package imports nothing of this module.
+// bottom-right per document) are pkg/mask's, the one definition the
+// kernels use too; this package imports nothing else of this module.
 package shard

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+
+	"github.com/ringattn/ringattn/pkg/mask"
 )
 
 // ErrLimit is wrapped by the error of a well-formed job that is too large
@@ -277,7 +279,7 @@ func (r *Request) check(l *Limits, t Tensors) error {
 			return err
 		}
 	}
-	if err := r.Mask.check(l, r.N, r.Nk); err != nil {
+	if err := checkMask(&r.Mask, l, r.N, r.Nk); err != nil {
 		return err
 	}
 	if t.DModel < 0 || int64(t.DModel) > satMul(l.MaxHeads, l.MaxD) {
@@ -333,63 +335,41 @@ func checkQBlocks(qb []int, nq int) error {
 	return nil
 }
 
-func (m *Mask) check(l *Limits, n, nk int) error {
-	if m.Windowed {
+// checkMask checks m for n queries over nk keys: its window against
+// l.MaxTokens, its document counts against l.MaxDocs (before anything is
+// summed), then mask.Validate.
+func checkMask(m *Mask, l *Limits, n, nk int) error {
+	if err := m.CheckWindow(l.MaxTokens); err != nil {
+		return maskFieldErr(err)
+	}
+	if m.SeqLens != nil {
 		for _, s := range []struct {
 			field string
 			v     int
-		}{{"mask.window_left", m.Left}, {"mask.window_right", m.Right}} {
-			if s.v < -1 || int64(s.v) > l.MaxTokens {
-				return fieldErr(s.field, "%d: want -1 for unbounded or 0..%d", s.v, l.MaxTokens)
+		}{{mask.FieldSeqLens, len(m.SeqLens)}, {mask.FieldSeqLensK, len(m.SeqLensK)}} {
+			if int64(s.v) > l.MaxDocs {
+				return fieldErr(s.field, "%d documents: want at most %d (Limits.MaxDocs)", s.v, l.MaxDocs)
 			}
 		}
 	}
-	if m.SeqLensK != nil && m.SeqLens == nil {
-		return fieldErr("mask.seqlens_k", "given without mask.seqlens: want both or only mask.seqlens")
-	}
-	if m.SeqLens == nil {
+	return maskFieldErr(m.Validate(n, nk))
+}
+
+// maskFieldErr is a *mask.Error as a *FieldError (nil for nil).
+func maskFieldErr(err error) error {
+	if err == nil {
 		return nil
 	}
-	for _, s := range []struct {
-		field string
-		v     int
-	}{{"mask.seqlens", len(m.SeqLens)}, {"mask.seqlens_k", len(m.SeqLensK)}} {
-		if int64(s.v) > l.MaxDocs {
-			return fieldErr(s.field, "%d documents: want at most %d (Limits.MaxDocs)", s.v, l.MaxDocs)
-		}
+	var me *mask.Error
+	if errors.As(err, &me) {
+		return &FieldError{Field: me.Field, Msg: me.Msg, Err: ErrInvalid}
 	}
-	if err := CheckLens("mask.seqlens", "n", m.SeqLens, n); err != nil {
-		return err
-	}
-	if m.SeqLensK == nil {
-		if n != nk {
-			return fieldErr("mask.seqlens", "without mask.seqlens_k needs n == nk, got n = %d, nk = %d: want mask.seqlens_k for cross-attention", n, nk)
-		}
-		return nil
-	}
-	if len(m.SeqLensK) != len(m.SeqLens) {
-		return fieldErr("mask.seqlens_k", "%d documents: want %d as mask.seqlens", len(m.SeqLensK), len(m.SeqLens))
-	}
-	return CheckLens("mask.seqlens_k", "nk", m.SeqLensK, nk)
+	return &FieldError{Msg: err.Error(), Err: ErrInvalid}
 }
 
 // CheckLens checks that lens are lengths >= 1 summing to exactly total (the
 // sequence length named totalName), without ever forming a sum past total.
 // Errors are *FieldError naming field.
 func CheckLens(field, totalName string, lens []int, total int) error {
-	sum := 0
-	for i, x := range lens {
-		if x < 1 {
-			return fieldErr(field, "item %d = %d: want lengths >= 1", i, x)
-		}
-		if x > total-sum {
-			return fieldErr(field, "item %d = %d brings the sum past %s = %d: want lengths summing to the sequence length %d",
-				i, x, totalName, total, total)
-		}
-		sum += x
-	}
-	if sum != total {
-		return fieldErr(field, "lengths sum to %d, expected the sequence length %d (%s)", sum, total, totalName)
-	}
-	return nil
+	return maskFieldErr(mask.CheckLens(field, totalName, lens, total))
 }

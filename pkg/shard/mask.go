@@ -3,91 +3,37 @@ package shard
 import (
 	"context"
 	"sort"
+
+	"github.com/ringattn/ringattn/pkg/mask"
 )
 
-// maskEval evaluates a Mask on global positions exactly as kernels.Mask does
-// (this package may not import kernels; the two are checked against each
-// other and against the float64 reference in the tests). Every query row's
-// visible keys are one interval [lo, hi), and both lo and hi are
-// non-decreasing in the row index, which the pair counting relies on.
+// maskEval counts the visible pairs of a Mask (pkg/mask gives the
+// semantics) by block. Every query row's visible keys are one interval
+// [lo, hi), and both lo and hi are non-decreasing in the row index, which
+// the pair counting relies on.
 type maskEval struct {
-	n, nk       int
-	causal      bool
-	windowed    bool
-	left, right int
-	qStarts     []int // document starts in the query sequence, plus N
-	kStarts     []int // document starts in the key sequence, plus Nk
-	none        bool  // nothing is masked
+	ev *mask.Eval
 	// ops counts the rows and key blocks sweep visited (for the test of
 	// its complexity).
 	ops int64
 }
 
 func newMaskEval(m *Mask, n, nk int) *maskEval {
-	me := &maskEval{
-		n: n, nk: nk,
-		causal:   m.Causal,
-		windowed: m.Windowed && (m.Left >= 0 || m.Right >= 0),
-		left:     m.Left, right: m.Right,
-	}
-	if m.SeqLens != nil {
-		me.qStarts = prefix(m.SeqLens)
-		if m.SeqLensK != nil {
-			me.kStarts = prefix(m.SeqLensK)
-		} else {
-			me.kStarts = me.qStarts
-		}
-	}
-	me.none = !me.causal && !me.windowed && (me.qStarts == nil || len(me.qStarts) == 2)
-	return me
-}
-
-func prefix(lens []int) []int {
-	s := make([]int, len(lens)+1)
-	for i, l := range lens {
-		s[i+1] = s[i] + l
-	}
-	return s
+	return &maskEval{ev: mask.New(m, n, nk)}
 }
 
 // rowRange returns the interval [lo, hi) of keys query i sees; lo == hi when
-// none. Positions are document-local and aligned bottom-right.
-func (me *maskEval) rowRange(i int) (lo, hi int) {
-	d := 0
-	if me.qStarts != nil {
-		d = sort.SearchInts(me.qStarts, i+1) - 1
-	}
-	return me.rowRangeDoc(i, d)
-}
+// none.
+func (me *maskEval) rowRange(i int) (lo, hi int) { return me.ev.Row(i) }
 
-// rowRangeDoc is rowRange for query i of document d (d = 0 without
-// documents).
-func (me *maskEval) rowRangeDoc(i, d int) (lo, hi int) {
-	if me.none {
-		return 0, me.nk
-	}
-	qs, ks, lq, lk := 0, 0, me.n, me.nk
-	if me.qStarts != nil {
-		qs, lq = me.qStarts[d], me.qStarts[d+1]-me.qStarts[d]
-		ks, lk = me.kStarts[d], me.kStarts[d+1]-me.kStarts[d]
-	}
-	lo, hi = ks, ks+lk
-	diag := ks + (i - qs) + (lk - lq) // the key aligned with query i
-	if me.causal && diag+1 < hi {
-		hi = diag + 1
-	}
-	if me.windowed {
-		if me.left >= 0 && diag-me.left > lo {
-			lo = diag - me.left
-		}
-		if me.right >= 0 && diag+me.right+1 < hi {
-			hi = diag + me.right + 1
-		}
-	}
-	if hi < lo {
-		hi = lo
-	}
-	return lo, hi
+// blockClass classifies the pair of query block qi and key block kj of p
+// (both in range): mask.Hidden pairs carry no work and are skipped.
+func (me *maskEval) blockClass(p *Plan, qi, kj int) mask.Class {
+	q0, rows := p.QSpan(qi)
+	k0, n := p.KSpan(kj)
+	var r mask.Rows
+	me.ev.Rows(q0, make([]int32, rows), make([]int32, rows), &r)
+	return r.Classify(k0, k0+n, nil, nil)
 }
 
 // sweep returns the visible pairs of every planned query block (indexed by
@@ -102,7 +48,7 @@ func (me *maskEval) sweep(ctx context.Context, p *Plan, planned []int) (rowPairs
 	rowPairs = make([]int64, p.QBlockCount)
 	colPairs = make([]int64, kb)
 	full := make([]int64, kb+1) // difference array of whole-block coverage
-	d := 0
+	cur := me.ev.Cursor()
 	for n, qi := range planned {
 		if n%64 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -112,12 +58,7 @@ func (me *maskEval) sweep(ctx context.Context, p *Plan, planned []int) (rowPairs
 		q0, rows := p.QSpan(qi)
 		var tot int64
 		for i := q0; i < q0+rows; i++ {
-			if me.qStarts != nil {
-				for me.qStarts[d+1] <= i {
-					d++
-				}
-			}
-			lo, hi := me.rowRangeDoc(i, d)
+			lo, hi := cur.Row(i)
 			if hi <= lo {
 				continue
 			}
@@ -155,22 +96,24 @@ func (me *maskEval) pairsRow(q0, rows, block, kBlocks int) []int64 {
 	if rows == 0 {
 		return out
 	}
-	if me.none {
+	nk := me.ev.Nk()
+	if me.ev.None() {
 		for j := range out {
-			out[j] = int64(rows) * int64(min(block, me.nk-j*block))
+			out[j] = int64(rows) * int64(min(block, nk-j*block))
 		}
 		return out
 	}
 	los := make([]int, rows)
 	his := make([]int, rows)
+	cur := me.ev.Cursor()
 	for r := range rows {
-		los[r], his[r] = me.rowRange(q0 + r)
+		los[r], his[r] = cur.Row(q0 + r)
 	}
 	loSum, hiSum := prefixSum(los), prefixSum(his)
 	first := los[0] / block
 	last := min((his[rows-1]+block-1)/block, kBlocks) // exclusive
 	for j := first; j < last; j++ {
-		ks, ke := j*block, min((j+1)*block, me.nk)
+		ks, ke := j*block, min((j+1)*block, nk)
 		out[j] = clampSum(his, hiSum, ks, ke) - clampSum(los, loSum, ks, ke)
 	}
 	return out

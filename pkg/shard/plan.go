@@ -1,6 +1,10 @@
 package shard
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/ringattn/ringattn/pkg/mask"
+)
 
 // Strategy names how query and key/value blocks are dealt to ranks.
 type Strategy string
@@ -27,15 +31,9 @@ const DefaultBlock = 1024
 // ErrInvalid is wrapped by every validation error of this package.
 var ErrInvalid = errors.New("shard: invalid request")
 
-// Mask mirrors the fields of kernels.Mask that decide which (query block,
-// key block) pairs carry work; see DESIGN.md §2.
-type Mask struct {
-	Causal      bool
-	Windowed    bool
-	Left, Right int
-	SeqLens     []int
-	SeqLensK    []int
-}
+// Mask selects which keys a query may see; the zero value masks nothing.
+// It is pkg/mask's Mask, shared with pkg/kernels; see DESIGN.md §2.
+type Mask = mask.Mask
 
 // Request is what the planner needs to know about a job epoch.
 type Request struct {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+
+	"github.com/ringattn/ringattn/pkg/mask"
 )
 
 // QSpan returns the global start and the length of query block i; the last
@@ -55,10 +57,14 @@ func (p *Plan) PairsRow(qi int) []int64 {
 	return me.pairsRow(q0, rows, p.Block, p.KBlockCount)
 }
 
-// Visible reports whether query block qi sees any key of key block kj.
+// Visible reports whether query block qi sees any key of key block kj
+// (false when either is out of range): whether the mask's classification
+// of the block pair is not mask.Hidden, exactly when PairsRow(qi)[kj] > 0.
 func (p *Plan) Visible(qi, kj int) bool {
-	row := p.PairsRow(qi)
-	return kj >= 0 && kj < len(row) && row[kj] > 0
+	if qi < 0 || qi >= p.QBlockCount || kj < 0 || kj >= p.KBlockCount || p.Block < 1 {
+		return false
+	}
+	return newMaskEval(&p.Request.Mask, p.N, p.Nk).blockClass(p, qi, kj) != mask.Hidden
 }
 
 // PairFLOPs is the cost of one visible (query, key) pair over all batches

@@ -127,17 +127,12 @@ func MaskToPB(m shard.Mask) *pb.Mask {
 	}
 }
 
-// KernelMask is the kernels' form of a planner mask (the same slices).
-func KernelMask(m shard.Mask) kernels.Mask {
-	return kernels.Mask{Causal: m.Causal, Windowed: m.Windowed, Left: m.Left, Right: m.Right,
-		SeqLens: m.SeqLens, SeqLensK: m.SeqLensK}
-}
+// KernelMask returns m: the planner's and the kernels' masks are both
+// pkg/mask's Mask. It stays for its callers.
+func KernelMask(m shard.Mask) kernels.Mask { return m }
 
-// ShardMask is the planner's form of a kernel mask (the same slices).
-func ShardMask(m kernels.Mask) shard.Mask {
-	return shard.Mask{Causal: m.Causal, Windowed: m.Windowed, Left: m.Left, Right: m.Right,
-		SeqLens: m.SeqLens, SeqLensK: m.SeqLensK}
-}
+// ShardMask returns m (see KernelMask).
+func ShardMask(m kernels.Mask) shard.Mask { return m }
 
 // ints converts wire lengths; nil stays nil (no documents).
 func ints(v []int64) []int {
