@@ -211,7 +211,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 // internalPrefix matches the package prefixes and error classes of the
 // libraries ("kernels: invalid argument: "), which mean nothing to a user.
-var internalPrefix = regexp.MustCompile(`\b(?:kernels|shard|ringattn|client|transport|tensor|coordinator|worker|devcluster|nats): |\b(?:invalid argument|invalid request|invalid config): `)
+var internalPrefix = regexp.MustCompile(`\b(?:kernels|shard|ringattn|client|transport|tensor|coordinator|worker|devcluster|localcluster|nats): |\b(?:invalid argument|invalid request|invalid config): `)
 
 // oneLine is err as the one line a user sees: newlines joined and the
 // libraries' internal prefixes removed.
