@@ -156,7 +156,7 @@ func TestManifestsClusterRunsAJobAsTheREADMESays(t *testing.T) {
 	cmd := exec.CommandContext(ctx, cli, "attend", "--nats", ns.ClientURL(),
 		"-q", filepath.Join(dir, "q.npy"), "-k", filepath.Join(dir, "k.npy"), "-v", filepath.Join(dir, "v.npy"),
 		"-o", filepath.Join(dir, "o.npy"), "--causal", "--block", "64")
-	cmd.Env = []string{"RINGATTN_NATS_USER=client", "RINGATTN_NATS_PASSWORD=" + pw, "HOME=" + dir, "TMPDIR=" + dir}
+	cmd.Env = []string{"RINGATTN_NATS_USER=client", "RINGATTN_NATS_PASSWORD=" + pw, "RINGATTN_NATS_TLS_CA=" + natsCAFile(t, inv), "HOME=" + dir, "TMPDIR=" + dir}
 	start := time.Now()
 	out, err := cmd.CombinedOutput()
 	if err != nil {

@@ -227,7 +227,7 @@ func podProcess(t *testing.T, c *corev1.Container, pod Pod, secrets SecretLookup
 	argv := CommandLine(c, env)
 	mounts := map[string]string{}
 	for _, m := range c.VolumeMounts {
-		mounts[m.MountPath] = t.TempDir()
+		mounts[m.MountPath] = mountDir(t, m, secrets)
 	}
 	pairs := []string{}
 	for from, to := range addrs {
@@ -306,7 +306,7 @@ func natsServiceURL(t *testing.T, inv *Inventory) string {
 	w, _ := inv.BinaryWorkload("nats-server")
 	for _, s := range Typed[*corev1.Service](inv) {
 		if s.Spec.ClusterIP != corev1.ClusterIPNone && selects(w.Selector, s.Spec.Selector) {
-			return fmt.Sprintf("nats://%s:%d", s.Name, s.Spec.Ports[0].Port)
+			return fmt.Sprintf("tls://%s:%d", s.Name, s.Spec.Ports[0].Port)
 		}
 	}
 	t.Fatal("no NATS client Service")

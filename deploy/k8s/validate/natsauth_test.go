@@ -19,12 +19,13 @@ func TestManifestsNATSAuthAndJetStream(t *testing.T) {
 			inv := load(t, ov)
 			s := startNATS(t, inv)
 			secrets := secretsOf(inv)
+			ca := nats.RootCAs(natsCAFile(t, inv))
 			for _, user := range []string{"coordinator", "worker", "client"} {
 				pw, ok := secrets("ringattn-nats-auth", user+"-password")
 				if !ok {
 					t.Fatalf("no %s-password", user)
 				}
-				nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, pw), nats.Timeout(5*time.Second))
+				nc, err := nats.Connect(s.ClientURL(), nats.UserInfo(user, pw), nats.Timeout(5*time.Second), ca)
 				if err != nil {
 					t.Fatalf("user %s: %v", user, err)
 				}
@@ -40,7 +41,7 @@ func TestManifestsNATSAuthAndJetStream(t *testing.T) {
 				}
 				nc.Close()
 			}
-			_, err := nats.Connect(s.ClientURL(), nats.UserInfo("worker", "wrong"), nats.Timeout(5*time.Second))
+			_, err := nats.Connect(s.ClientURL(), nats.UserInfo("worker", "wrong"), nats.Timeout(5*time.Second), ca)
 			if !errors.Is(err, nats.ErrAuthorization) {
 				t.Errorf("wrong password: err = %v, want an authorization error", err)
 			}

@@ -17,6 +17,9 @@ import (
 // the operator to create: every key gets a distinct value, so a password
 // read from the wrong key fails to log in.
 func testSecrets(name, key string) (string, bool) {
+	if _, ok := TLSSecrets[name]; ok {
+		return testTLSSecret(name, key)
+	}
 	if name != "ringattn-nats-auth" || !slices.Contains(natsAuthKeys, key) {
 		return "", false
 	}
@@ -72,6 +75,7 @@ func natsConfig(t *testing.T, inv *Inventory) (string, *corev1.Container, map[st
 			t.Fatal(err)
 		}
 	}
+	mountSecrets(t, c, dir, secretsOf(inv))
 	_, env, err := ContainerEnv(c, Pod{Name: w.Obj.Name + "-0", Namespace: w.Obj.Namespace, IP: "127.0.0.1"}, secretsOf(inv))
 	if err != nil {
 		t.Fatal(err)
