@@ -109,16 +109,21 @@ func Retryable(err error) bool {
 // maxRetryAfter caps the wait a BUSY reply asks for.
 const maxRetryAfter = 10 * time.Second
 
-// APIClient calls the coordinator's API. Each call is bounded by
-// Timeout (default 5 s) and retried while Retryable until ctx ends.
+// APIClient calls the coordinator's API as a tenant. Each call is
+// bounded by Timeout (default 5 s) and retried while Retryable until ctx
+// ends.
 type APIClient struct {
 	conn *Conn
 	// Timeout bounds one attempt (0: 5 s).
 	Timeout time.Duration
+	// Tenant the calls are made as: the API subject's tenant token
+	// (Subjects.TenantAPI), which the server's permissions pin to the
+	// client's identity. NewAPIClient sets c's (Config.Tenant).
+	Tenant string
 }
 
-// NewAPIClient returns a client of the API on c.
-func NewAPIClient(c *Conn) *APIClient { return &APIClient{conn: c} }
+// NewAPIClient returns a client of the API on c, as c's tenant.
+func NewAPIClient(c *Conn) *APIClient { return &APIClient{conn: c, Tenant: c.tenant} }
 
 type errorReply interface {
 	proto.Message
@@ -126,6 +131,9 @@ type errorReply interface {
 }
 
 func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message, rep errorReply) error {
+	if err := ValidateTenant(a.Tenant); err != nil {
+		return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "tenant", Message: err.Error()}
+	}
 	data, err := proto.Marshal(req)
 	if err != nil {
 		return err
@@ -157,7 +165,7 @@ func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message
 func (a *APIClient) once(ctx context.Context, endpoint string, data []byte, timeout time.Duration, rep errorReply) error {
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m, err := a.conn.nc.RequestWithContext(rctx, a.conn.subj.API(endpoint), data)
+	m, err := a.conn.nc.RequestWithContext(rctx, a.conn.subj.TenantAPI(orDefaultTenant(a.Tenant), endpoint), data)
 	if err != nil {
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			return nats.ErrTimeout
@@ -205,9 +213,9 @@ func (a *APIClient) Cluster(ctx context.Context, req *pb.ClusterRequest) (*pb.Cl
 }
 
 // Watch delivers job jobID's events until ctx ends or stop is called (see
-// Conn.WatchEvents).
+// Conn.WatchTenantEvents), as a.Tenant.
 func (a *APIClient) Watch(ctx context.Context, jobID string) (<-chan *pb.JobEvent, StopFunc, error) {
-	return a.conn.WatchEvents(ctx, jobID)
+	return a.conn.WatchTenantEvents(ctx, a.Tenant, jobID)
 }
 
 // APIHandlers serve the API's endpoints. A handler returns its reply, or
@@ -237,6 +245,11 @@ type APIConfig struct {
 	// Observe, when set, is called once per request with its endpoint and
 	// result code (ERROR_CODE_UNSPECIFIED for success), e.g. for metrics.
 	Observe func(endpoint string, code pb.ErrorCode)
+	// EnforceTenants (auth on) makes each request's Caller the tenant its
+	// subject names, an admin only on the AdminTenant token; the server's
+	// permissions decide who may publish there. Unset (auth off), every
+	// caller is an admin (of the tenant its subject names).
+	EnforceTenants bool
 }
 
 // endpoint is one API endpoint, typed: decode a request, run the handler.
@@ -285,8 +298,11 @@ func (h APIHandlers) endpoints() []endpoint {
 }
 
 // ServeAPI serves the API on c as the NATS micro service
-// Subjects.APIService with endpoints Subjects.API(name) (the wire of
-// internal/coordinator's service, so existing clients keep working).
+// Subjects.APIService with endpoints Subjects.APIServe(name), every
+// tenant's <prefix>.api.<tenant>.<name>. A handler finds who called in
+// its context (CallerOf): the tenant the subject names, admin per
+// cfg.EnforceTenants; a request on a token that is no tenant is refused
+// INVALID_ARGUMENT on field "tenant" before it is decoded.
 // Each request is size-checked, decoded once and handled; a handler's
 // panic is contained (logged with its stack, counted in HandlerPanics and
 // cfg.OnPanic, answered INTERNAL). The context handlers get ends when
@@ -308,7 +324,6 @@ func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 		return nil, fmt.Errorf("transport: api service: %w", err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	g := svc.AddGroup(c.subj.APIPrefix())
 	for _, ep := range h.endpoints() {
 		handle := func(req micro.Request) {
 			if ctx.Err() != nil {
@@ -316,7 +331,7 @@ func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 			}
 			c.serveAPIRequest(ctx, ep, cfg, max, req)
 		}
-		err := g.AddEndpoint(ep.name, micro.HandlerFunc(func(req micro.Request) {
+		err := svc.AddEndpoint(ep.name, micro.HandlerFunc(func(req micro.Request) {
 			if cfg.Dispatch == nil {
 				handle(req)
 				return
@@ -324,7 +339,7 @@ func (c *Conn) ServeAPI(h APIHandlers, cfg APIConfig) (StopFunc, error) {
 			if !cfg.Dispatch(func() { handle(req) }) {
 				c.busy(ep, cfg, req)
 			}
-		}))
+		}), micro.WithEndpointSubject(c.subj.APIServe(ep.name)))
 		if err != nil {
 			cancel()
 			_ = svc.Stop()
@@ -348,11 +363,13 @@ func (c *Conn) serveAPIRequest(ctx context.Context, ep endpoint, cfg APIConfig, 
 		cfg.OnMessage("api_"+ep.name, data)
 	}
 	var reply proto.Message
-	var ae *APIError
-	ctx = WithCaller(ctx, Caller{Tenant: DefaultTenant, Admin: true})
-	if err := c.contain("api_"+ep.name, cfg.ServeConfig, func() { reply, ae = ep.run(ctx, data, max) }); err != nil {
-		ae = &APIError{Code: pb.ErrorCode_ERROR_CODE_INTERNAL,
-			Message: fmt.Sprintf("internal error while serving %s (logged on the server); retrying will not help", ep.name)}
+	caller, ae := c.callerOf(req.Subject(), cfg.EnforceTenants)
+	if ae == nil {
+		ctx = WithCaller(ctx, caller)
+		if err := c.contain("api_"+ep.name, cfg.ServeConfig, func() { reply, ae = ep.run(ctx, data, max) }); err != nil {
+			ae = &APIError{Code: pb.ErrorCode_ERROR_CODE_INTERNAL,
+				Message: fmt.Sprintf("internal error while serving %s (logged on the server); retrying will not help", ep.name)}
+		}
 	}
 	if cfg.Observe != nil {
 		code := pb.ErrorCode_ERROR_CODE_UNSPECIFIED
@@ -377,6 +394,21 @@ func (c *Conn) serveAPIRequest(ctx context.Context, ep endpoint, cfg APIConfig, 
 	if err != nil {
 		c.log.Debug("api reply failed", "endpoint", ep.name, "err", err)
 	}
+}
+
+// callerOf is who sent a request on subject: the tenant its token names;
+// an admin on the AdminTenant token (acting for the default tenant), or
+// on any token when enforce is off.
+func (c *Conn) callerOf(subject string, enforce bool) (Caller, *APIError) {
+	tenant, ok := c.subj.APITenant(subject)
+	if ok && tenant == AdminTenant {
+		return Caller{Tenant: DefaultTenant, Admin: true}, nil
+	}
+	if !ok || ValidateJobTenant(tenant) != nil {
+		return Caller{}, &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "tenant",
+			Message: fmt.Sprintf("tenant %.64q (from subject %.200q): want 1..128 characters of [A-Za-z0-9_-], not starting with \"_\"", tenant, subject)}
+	}
+	return Caller{Tenant: tenant, Admin: !enforce}, nil
 }
 
 // busy answers a request Dispatch refused: BUSY, retry after

@@ -1,6 +1,10 @@
 package transport
 
-import "context"
+import (
+	"context"
+	"fmt"
+	"strings"
+)
 
 // DefaultTenant is the tenant of a client that names none, and of every
 // caller when the API does not enforce tenants (auth off).
@@ -30,4 +34,39 @@ func CallerOf(ctx context.Context) Caller {
 		return c
 	}
 	return Caller{Tenant: DefaultTenant, Admin: true}
+}
+
+// orDefaultTenant is tenant, or DefaultTenant for "".
+func orDefaultTenant(tenant string) string {
+	if tenant == "" {
+		return DefaultTenant
+	}
+	return tenant
+}
+
+// ValidateTenant checks a tenant a client acts as: "" (the default
+// tenant), AdminTenant (the admin), or a name of 1..128 characters of
+// [A-Za-z0-9_-] not starting with "_" (reserved).
+func ValidateTenant(tenant string) error {
+	if tenant == "" || tenant == AdminTenant {
+		return nil
+	}
+	return ValidateJobTenant(tenant)
+}
+
+// ValidateJobTenant checks a tenant that owns jobs and tensors: "" (the
+// default tenant) or a name of 1..128 characters of [A-Za-z0-9_-] not
+// starting with "_" (AdminTenant owns nothing: the admin's jobs are the
+// default tenant's).
+func ValidateJobTenant(tenant string) error {
+	if tenant == "" {
+		return nil
+	}
+	if err := validateName("tenant", tenant); err != nil {
+		return err
+	}
+	if strings.HasPrefix(tenant, "_") {
+		return fmt.Errorf("%w: tenant %q: want a name not starting with \"_\" (reserved)", ErrInvalidName, tenant)
+	}
+	return nil
 }

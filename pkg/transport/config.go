@@ -55,8 +55,18 @@ type Config struct {
 	Name string
 	// Prefix is the subject prefix (default "ringattn"); see Subjects.
 	Prefix string
-	// Bucket is the JetStream object store bucket holding tensors.
+	// Bucket is the JetStream object store bucket holding tensors: the
+	// default tenant's, and the base of every other tenant's (see
+	// TenantBucket).
 	Bucket string
+	// Tenant is who a client acts as (default "default"; AdminTenant for
+	// the admin): the API subjects it calls, the job events it watches and
+	// the tensor bucket it uses (StoreConfig). Servers leave it empty.
+	Tenant string
+	// InboxPrefix is the prefix of this connection's reply subjects
+	// (default: Subjects.Inbox(RoleClient, Tenant)). With auth on it must
+	// be the one its role's permissions allow: Config.ForRole sets it.
+	InboxPrefix string
 	// StoreReplicas (default 1; 3 for a cluster that survives a server
 	// loss), StoreMaxBytes (0 = unlimited) and StoreTTL (0 = objects never
 	// expire) are the tensor store bucket's settings, applied when the
@@ -189,6 +199,12 @@ func (c Config) Validate() error {
 	if !nameRE.MatchString(c.Bucket) {
 		return invalid("Bucket = %q: want [A-Za-z0-9_-]+", c.Bucket)
 	}
+	if err := ValidateTenant(c.Tenant); err != nil {
+		return invalid("Tenant = %q: want 1..128 characters of [A-Za-z0-9_-], not starting with \"_\" (or %q for the admin)", c.Tenant, AdminTenant)
+	}
+	if c.InboxPrefix != "" && !subjectRE.MatchString(c.InboxPrefix) {
+		return invalid("InboxPrefix = %q: want dot-separated tokens of [A-Za-z0-9_-]", c.InboxPrefix)
+	}
 	switch {
 	case c.StoreReplicas < 0 || c.StoreReplicas > 5:
 		return invalid("StoreReplicas = %d: want 1..5 (0 = default 1)", c.StoreReplicas)
@@ -210,10 +226,37 @@ func (c Config) Validate() error {
 	return nil
 }
 
-// StoreConfig returns the tensor store settings carried by c (bucket,
-// replicas, size cap, TTL); other StoreConfig fields keep their defaults.
+// StoreConfig returns the tensor store settings carried by c (the
+// bucket of c's tenant, replicas, size cap, TTL); other StoreConfig
+// fields keep their defaults.
 func (c Config) StoreConfig() StoreConfig {
-	return StoreConfig{Bucket: c.withDefaults().Bucket, Replicas: c.StoreReplicas, MaxBytes: c.StoreMaxBytes, TTL: c.StoreTTL}
+	c = c.withDefaults()
+	return StoreConfig{Bucket: TenantBucket(c.Bucket, c.Tenant), Replicas: c.StoreReplicas, MaxBytes: c.StoreMaxBytes, TTL: c.StoreTTL}
+}
+
+// ForRole returns c set up for identity id of role: the inbox prefix its
+// permissions allow (Subjects.Inbox), and for a client or admin the
+// tenant it acts as (id; AdminTenant for RoleAdmin).
+func (c Config) ForRole(role Role, id string) Config {
+	switch role {
+	case RoleClient:
+		c.Tenant = id
+	case RoleAdmin:
+		c.Tenant = AdminTenant
+	}
+	c.InboxPrefix = c.Subjects().Inbox(role, id)
+	return c
+}
+
+// inboxPrefix is the reply-subject prefix c's connection uses.
+func (c Config) inboxPrefix() string {
+	if c.InboxPrefix != "" {
+		return c.InboxPrefix
+	}
+	if c.Tenant == AdminTenant {
+		return c.Subjects().Inbox(RoleAdmin, "")
+	}
+	return c.Subjects().Inbox(RoleClient, orDefaultTenant(c.Tenant))
 }
 
 // Subjects returns the subjects under c's prefix.
@@ -288,6 +331,7 @@ func (c Config) Options(logger *slog.Logger) ([]nats.Option, error) {
 	if c.InProcess != nil {
 		opts = append(opts, nats.InProcessServer(c.InProcess))
 	}
+	opts = append(opts, nats.CustomInboxPrefix(c.inboxPrefix()))
 	switch {
 	case c.User != "":
 		opts = append(opts, nats.UserInfo(c.User, c.Password))

@@ -41,20 +41,35 @@ var (
 // it or of APIClient, so no other package of ringattn speaks NATS. Build
 // one with Dial, or NewConn on a connection of your own.
 type Conn struct {
-	nc     *nats.Conn
-	subj   Subjects
-	log    *slog.Logger
-	panics atomic.Int64
-	owned  bool
+	nc       *nats.Conn
+	subj     Subjects
+	tenant   string
+	log      *slog.Logger
+	panics   atomic.Int64
+	rejected atomic.Int64
+	owned    bool
 }
 
-// NewConn wraps nc (which the caller keeps owning) with the subjects subj.
+// NewConn wraps nc (which the caller keeps owning) with the subjects subj,
+// as the default tenant (see ForTenant).
 func NewConn(nc *nats.Conn, subj Subjects, logger *slog.Logger) *Conn {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Conn{nc: nc, subj: subj, log: logger}
+	return &Conn{nc: nc, subj: subj, tenant: DefaultTenant, log: logger}
 }
+
+// ForTenant returns a Conn on c's connection (which c keeps owning) that
+// calls the API and watches events as tenant (AdminTenant: as the admin).
+func (c *Conn) ForTenant(tenant string) (*Conn, error) {
+	if err := ValidateTenant(tenant); err != nil {
+		return nil, err
+	}
+	return &Conn{nc: c.nc, subj: c.subj, tenant: orDefaultTenant(tenant), log: c.log}, nil
+}
+
+// Tenant is the tenant c calls the API and watches events as.
+func (c *Conn) Tenant() string { return c.tenant }
 
 // Dial connects per cfg (see Connect) and returns the Conn, which owns the
 // connection: Close closes it.
@@ -64,6 +79,7 @@ func Dial(cfg Config, logger *slog.Logger) (*Conn, error) {
 		return nil, err
 	}
 	c := NewConn(nc, cfg.Subjects(), logger)
+	c.tenant = orDefaultTenant(cfg.Tenant)
 	c.owned = true
 	return c, nil
 }
@@ -94,6 +110,11 @@ func (c *Conn) Subjects() Subjects { return c.subj }
 // HandlerPanics is how many serve handlers of c panicked (each was
 // contained: logged with its stack, the request answered or dropped).
 func (c *Conn) HandlerPanics() int64 { return c.panics.Load() }
+
+// Rejected is how many heartbeats and reports c's serves refused because
+// the worker id in their body is not the one their subject names (a
+// worker speaking as another).
+func (c *Conn) Rejected() int64 { return c.rejected.Load() }
 
 // Close drains a connection Dial made (nothing for NewConn's).
 func (c *Conn) Close() error {
@@ -168,6 +189,14 @@ func (c *Conn) contain(name string, cfg ServeConfig, f func()) (err error) {
 // cfg.Dispatch refuses is answered with bad(errBusy), else dropped.
 func serve[Req, Rep proto.Message](c *Conn, name, subject string, max int, cfg ServeConfig,
 	newReq func() Req, h func(Req) Rep, bad func(error) Rep) (StopFunc, error) {
+	return serveChecked(c, name, subject, max, cfg, newReq, nil, h, bad)
+}
+
+// serveChecked is serve with check, when set, run on each decoded request
+// and its subject before h: a request it refuses is answered bad(err)
+// (dropped without bad), logged and counted in Rejected.
+func serveChecked[Req, Rep proto.Message](c *Conn, name, subject string, max int, cfg ServeConfig,
+	newReq func() Req, check func(subject string, req Req) error, h func(Req) Rep, bad func(error) Rep) (StopFunc, error) {
 	handle := func(m *nats.Msg) {
 		if cfg.OnMessage != nil {
 			cfg.OnMessage(name, m.Data)
@@ -176,10 +205,17 @@ func serve[Req, Rep proto.Message](c *Conn, name, subject string, max int, cfg S
 		var ok bool
 		req := newReq()
 		err := decode(m.Data, max, req)
+		switch {
+		case err != nil:
+			c.log.Warn("dropping control message", "handler", name, "bytes", len(m.Data), "err", err)
+		case check != nil:
+			if err = check(m.Subject, req); err != nil {
+				c.rejected.Add(1)
+				c.log.Warn("refusing control message", "handler", name, "err", err)
+			}
+		}
 		if err == nil {
 			err = c.contain(name, cfg, func() { rep = h(req); ok = true })
-		} else {
-			c.log.Warn("dropping control message", "handler", name, "bytes", len(m.Data), "err", err)
 		}
 		if !ok {
 			if bad == nil {
@@ -238,8 +274,12 @@ func (c *Conn) request(ctx context.Context, subject string, req, rep proto.Messa
 // acknowledgement (an error wrapping nats.ErrNoResponders or
 // context.DeadlineExceeded when no leader answers).
 func (c *Conn) SendHeartbeat(ctx context.Context, hb *pb.Heartbeat) (*pb.HeartbeatAck, error) {
+	subject, err := c.workerSubject(hb.GetWorkerId(), c.subj.WorkerHeartbeat, c.subj.Heartbeat)
+	if err != nil {
+		return nil, err
+	}
 	var ack pb.HeartbeatAck
-	if err := c.request(ctx, c.subj.Heartbeat(), hb, &ack); err != nil {
+	if err := c.request(ctx, subject, hb, &ack); err != nil {
 		return nil, err
 	}
 	return &ack, nil
@@ -248,19 +288,79 @@ func (c *Conn) SendHeartbeat(ctx context.Context, hb *pb.Heartbeat) (*pb.Heartbe
 // PublishHeartbeat sends a heartbeat without waiting for an answer (a
 // worker's final, leaving heartbeat).
 func (c *Conn) PublishHeartbeat(hb *pb.Heartbeat) error {
+	subject, err := c.workerSubject(hb.GetWorkerId(), c.subj.WorkerHeartbeat, c.subj.Heartbeat)
+	if err != nil {
+		return err
+	}
 	data, err := proto.Marshal(hb)
 	if err != nil {
 		return err
 	}
-	return c.nc.Publish(c.subj.Heartbeat(), data)
+	return c.nc.Publish(subject, data)
+}
+
+// workerSubject is of(id), for a message of worker id; legacy() for one
+// naming no worker (which only a server without auth lets through).
+func (c *Conn) workerSubject(id string, of func(string) string, legacy func() string) (string, error) {
+	if id == "" {
+		return legacy(), nil
+	}
+	if err := ValidateName("worker id", id); err != nil {
+		return "", err
+	}
+	return of(id), nil
+}
+
+// ErrImpersonation is wrapped when a heartbeat or report names another
+// worker in its body than the one its subject names (and the server's
+// permissions let publish there).
+var ErrImpersonation = errors.New("worker id does not match the subject")
+
+// checkWorker refuses a message whose body's worker id is not the one in
+// its subject (<before><id><after>).
+func checkWorker(before, after string) func(subject, body string) error {
+	return func(subject, body string) error {
+		if id := workerToken(subject, before, after); id != body {
+			return fmt.Errorf("%w: message for worker %q arrived on %q, the subject of worker %q",
+				ErrImpersonation, body, subject, id)
+		}
+		return nil
+	}
 }
 
 // ServeHeartbeats answers heartbeats with h's acknowledgement (nil: no
-// answer). Heartbeats over MaxHeartbeatBytes, malformed ones and those
-// whose handler panics are dropped (logged, counted).
+// answer). A heartbeat on Subjects.WorkerHeartbeat(id) whose worker_id is
+// not id is dropped (logged, counted in Rejected): with per-worker
+// permissions no worker can speak for another. Heartbeats over
+// MaxHeartbeatBytes, malformed ones and those whose handler panics are
+// dropped (logged, counted). The legacy subject Subjects.Heartbeat (no id
+// in it; no role may publish there with auth on) is served too.
 func (c *Conn) ServeHeartbeats(cfg ServeConfig, h func(*pb.Heartbeat) *pb.HeartbeatAck) (StopFunc, error) {
-	return serve(c, "heartbeat", c.subj.Heartbeat(), MaxHeartbeatBytes, cfg,
+	same := checkWorker(c.subj.Prefix()+".worker.", ".heartbeat")
+	stop, err := serveChecked(c, "heartbeat", c.subj.Heartbeats(), MaxHeartbeatBytes, cfg,
+		func() *pb.Heartbeat { return new(pb.Heartbeat) },
+		func(subject string, hb *pb.Heartbeat) error { return same(subject, hb.GetWorkerId()) }, h, nil)
+	if err != nil {
+		return nil, err
+	}
+	legacy, err := serve(c, "heartbeat", c.subj.Heartbeat(), MaxHeartbeatBytes, cfg,
 		func() *pb.Heartbeat { return new(pb.Heartbeat) }, h, nil)
+	if err != nil {
+		_ = stop()
+		return nil, err
+	}
+	return joinStops(stop, legacy), nil
+}
+
+// joinStops returns a StopFunc calling every one of stops.
+func joinStops(stops ...StopFunc) StopFunc {
+	return func() error {
+		var errs []error
+		for _, s := range stops {
+			errs = append(errs, s())
+		}
+		return errors.Join(errs...)
+	}
 }
 
 // Assign sends an assignment to worker workerID and returns its answer.
@@ -296,52 +396,79 @@ func (c *Conn) ServeAssignments(workerID string, cfg ServeConfig, h func(*pb.Ass
 // Report sends a worker's shard report and returns the leader's
 // acknowledgement.
 func (c *Conn) Report(ctx context.Context, r *pb.Report) (*pb.ReportAck, error) {
+	subject, err := c.workerSubject(r.GetWorkerId(), c.subj.WorkerReport, c.subj.Report)
+	if err != nil {
+		return nil, err
+	}
 	var ack pb.ReportAck
-	if err := c.request(ctx, c.subj.Report(), r, &ack); err != nil {
+	if err := c.request(ctx, subject, r, &ack); err != nil {
 		return nil, err
 	}
 	return &ack, nil
 }
 
-// ServeReports answers reports with h's acknowledgement. A malformed or
-// oversized report is answered REPORT_STATUS_REJECTED (retrying it cannot
-// help); one whose handler panics, or cfg.Dispatch refuses,
-// REPORT_STATUS_RETRY.
+// ServeReports answers reports with h's acknowledgement. A report on
+// Subjects.WorkerReport(id) whose worker_id is not id, a malformed or an
+// oversized one is answered REPORT_STATUS_REJECTED (retrying it cannot
+// help; the first is counted in Rejected); one whose handler panics, or
+// cfg.Dispatch refuses, REPORT_STATUS_RETRY. The legacy subject
+// Subjects.Report is served too (see ServeHeartbeats).
 func (c *Conn) ServeReports(cfg ServeConfig, h func(*pb.Report) *pb.ReportAck) (StopFunc, error) {
-	return serve(c, "report", c.subj.Report(), MaxControlBytes, cfg,
-		func() *pb.Report { return new(pb.Report) }, h,
-		func(err error) *pb.ReportAck {
-			if errors.Is(err, ErrMalformed) || errors.Is(err, ErrMessageTooLarge) {
-				return &pb.ReportAck{Status: pb.ReportStatus_REPORT_STATUS_REJECTED, Message: err.Error()}
-			}
-			return &pb.ReportAck{Status: pb.ReportStatus_REPORT_STATUS_RETRY, Message: err.Error()}
-		})
+	bad := func(err error) *pb.ReportAck {
+		if errors.Is(err, ErrMalformed) || errors.Is(err, ErrMessageTooLarge) || errors.Is(err, ErrImpersonation) {
+			return &pb.ReportAck{Status: pb.ReportStatus_REPORT_STATUS_REJECTED, Message: err.Error()}
+		}
+		return &pb.ReportAck{Status: pb.ReportStatus_REPORT_STATUS_RETRY, Message: err.Error()}
+	}
+	same := checkWorker(c.subj.Prefix()+".coord.report.", "")
+	stop, err := serveChecked(c, "report", c.subj.Reports(), MaxControlBytes, cfg,
+		func() *pb.Report { return new(pb.Report) },
+		func(subject string, r *pb.Report) error { return same(subject, r.GetWorkerId()) }, h, bad)
+	if err != nil {
+		return nil, err
+	}
+	legacy, err := serve(c, "report", c.subj.Report(), MaxControlBytes, cfg,
+		func() *pb.Report { return new(pb.Report) }, h, bad)
+	if err != nil {
+		_ = stop()
+		return nil, err
+	}
+	return joinStops(stop, legacy), nil
 }
 
-// PublishEvent publishes a job event on the job's event stream
-// (best-effort: events are hints, the job's status is the truth).
-func (c *Conn) PublishEvent(ev *pb.JobEvent) error {
+// PublishEvent publishes a job event of the default tenant's job on the
+// job's event stream; PublishTenantEvent names the tenant.
+func (c *Conn) PublishEvent(ev *pb.JobEvent) error { return c.PublishTenantEvent(DefaultTenant, ev) }
+
+// PublishTenantEvent publishes an event of tenant's job on the job's event
+// stream, Subjects.TenantJobEvents (best-effort: events are hints, the
+// job's status is the truth).
+func (c *Conn) PublishTenantEvent(tenant string, ev *pb.JobEvent) error {
 	if err := ValidateJobID(ev.GetJobId()); err != nil {
+		return fmt.Errorf("transport: publish event: %w", err)
+	}
+	if err := ValidateJobTenant(tenant); err != nil {
 		return fmt.Errorf("transport: publish event: %w", err)
 	}
 	data, err := proto.Marshal(ev)
 	if err != nil {
 		return err
 	}
-	return c.nc.Publish(c.subj.JobEvents(ev.GetJobId()), data)
+	return c.nc.Publish(c.subj.TenantJobEvents(orDefaultTenant(tenant), ev.GetJobId()), data)
 }
 
-// OnEvents calls h with each event of job jobID ("" for every job) on the
-// subscription's goroutine (or cfg.Dispatch), until stop is called.
-// Malformed or oversized events are dropped; a panic in h is contained
-// (logged, counted in HandlerPanics).
+// OnEvents calls h with each event of job jobID ("" for every job), of
+// whatever tenant, on the subscription's goroutine (or cfg.Dispatch),
+// until stop is called (workers and tools: a client may subscribe only its
+// own tenant's events, see WatchEvents). Malformed or oversized events are
+// dropped; a panic in h is contained (logged, counted in HandlerPanics).
 func (c *Conn) OnEvents(jobID string, cfg ServeConfig, h func(*pb.JobEvent)) (StopFunc, error) {
 	subject := c.subj.AllJobEvents()
 	if jobID != "" {
 		if err := ValidateJobID(jobID); err != nil {
 			return nil, err
 		}
-		subject = c.subj.JobEvents(jobID)
+		subject = c.subj.AnyJobEvents(jobID)
 	}
 	return serve(c, "events", subject, MaxControlBytes, cfg,
 		func() *pb.JobEvent { return new(pb.JobEvent) },
@@ -352,17 +479,35 @@ func (c *Conn) OnEvents(jobID string, cfg ServeConfig, h func(*pb.JobEvent)) (St
 // beyond it new events are dropped (events are hints).
 const eventBuffer = 64
 
-// WatchEvents delivers the events of job jobID ("" for every job) on the
+// WatchEvents is WatchTenantEvents as c's tenant (Conn.Tenant).
+func (c *Conn) WatchEvents(ctx context.Context, jobID string) (<-chan *pb.JobEvent, StopFunc, error) {
+	return c.WatchTenantEvents(ctx, c.tenant, jobID)
+}
+
+// WatchTenantEvents delivers the events of tenant's job jobID ("" for
+// every job of tenant; with tenant AdminTenant, of every tenant) on the
 // returned channel until ctx ends or stop is called; then the channel is
 // closed. Malformed or oversized events are dropped; so are events while
 // the channel is full (the reader is eventBuffer events behind).
-func (c *Conn) WatchEvents(ctx context.Context, jobID string) (<-chan *pb.JobEvent, StopFunc, error) {
-	subject := c.subj.AllJobEvents()
-	if jobID != "" {
+func (c *Conn) WatchTenantEvents(ctx context.Context, tenant, jobID string) (<-chan *pb.JobEvent, StopFunc, error) {
+	if err := ValidateTenant(tenant); err != nil {
+		return nil, nil, err
+	}
+	tenant = orDefaultTenant(tenant)
+	var subject string
+	switch {
+	case jobID == "" && tenant == AdminTenant:
+		subject = c.subj.AllJobEvents()
+	case jobID == "":
+		subject = c.subj.TenantAllJobEvents(tenant)
+	default:
 		if err := ValidateJobID(jobID); err != nil {
 			return nil, nil, err
 		}
-		subject = c.subj.JobEvents(jobID)
+		subject = c.subj.TenantJobEvents(tenant, jobID)
+		if tenant == AdminTenant {
+			subject = c.subj.AnyJobEvents(jobID)
+		}
 	}
 	ch := make(chan *pb.JobEvent, eventBuffer)
 	var (

@@ -47,6 +47,17 @@ type RingConfig struct {
 	Size  int
 	// Prefix is the subject prefix (default "ringattn").
 	Prefix string
+	// Worker is the id of the worker running this rank: the sender token
+	// of every subject the ring publishes on (Subjects.RingFrom), which
+	// the server's permissions pin to the worker's identity. Empty: the
+	// Workers entry of Rank, else AnonSender (auth off).
+	Worker string
+	// Workers, when set, are the worker ids of the ranks (len Size): a
+	// frame, acknowledgement or notice claiming to come from rank r is
+	// dropped (counted in RingStats.Forged) unless its subject's sender is
+	// Workers[r], so with per-worker permissions no worker speaks for
+	// another rank's worker.
+	Workers []string
 	// Encoding of frame tensors on the wire (F32 default; BF16 halves the
 	// bytes and rounds values).
 	Encoding Encoding
@@ -103,6 +114,10 @@ type RingStats struct {
 	// HandlerPanics counts messages whose handler panicked: each is
 	// logged at ERROR with its stack and dropped, the process goes on.
 	HandlerPanics int64
+	// Forged counts messages dropped because their subject's sender is
+	// not the worker of the rank they claim to come from
+	// (RingConfig.Workers).
+	Forged int64
 	// AbandonedByPeer counts frames whose sender announced it gave up on
 	// them (their Recv returns at once); PeersClosed counts peers'
 	// announcements that their ring closed; SenderClosed counts Recvs that
@@ -146,6 +161,7 @@ type NATSRing struct {
 	subj    Subjects
 	logger  *slog.Logger
 	session string
+	sender  string // the sender token of this ring's subjects
 	inbox   *nats.Subscription
 	acks    *nats.Subscription
 	ctl     *nats.Subscription
@@ -273,6 +289,7 @@ func NewNATSRing(nc *nats.Conn, cfg RingConfig) (*NATSRing, error) {
 		subj:    NewSubjects(cfg.Prefix),
 		logger:  logger.With("job", cfg.Job, "epoch", cfg.Epoch, "rank", cfg.Rank),
 		session: nuid.Next(),
+		sender:  cfg.Worker,
 		sendMu:  make([]chan struct{}, cfg.Size),
 		notify:  make(chan struct{}),
 		links:   make([]linkState, cfg.Size),
@@ -319,6 +336,12 @@ func (c RingConfig) withDefaults(maxPiece int) RingConfig {
 	if c.ProbeInterval == 0 {
 		c.ProbeInterval = DefaultProbeInterval
 	}
+	if c.Worker == "" && c.Rank >= 0 && c.Rank < len(c.Workers) {
+		c.Worker = c.Workers[c.Rank]
+	}
+	if c.Worker == "" {
+		c.Worker = AnonSender
+	}
 	return c
 }
 
@@ -348,6 +371,24 @@ func (c RingConfig) validate(maxPayload int64) error {
 	if c.Prefix != "" && !subjectRE.MatchString(c.Prefix) {
 		return invalid("RingConfig.Prefix = %q: want dot-separated tokens of [A-Za-z0-9_-]", c.Prefix)
 	}
+	if c.Worker != AnonSender {
+		if err := ValidateName("RingConfig.Worker", c.Worker); err != nil {
+			return invalid("%v", err)
+		}
+	}
+	if c.Workers != nil {
+		if len(c.Workers) != c.Size {
+			return invalid("RingConfig.Workers has %d ids: want Size = %d (one per rank) or none", len(c.Workers), c.Size)
+		}
+		for i, w := range c.Workers {
+			if err := ValidateName(fmt.Sprintf("RingConfig.Workers[%d]", i), w); err != nil {
+				return invalid("%v", err)
+			}
+		}
+		if c.Workers[c.Rank] != c.Worker {
+			return invalid("RingConfig.Worker = %q but Workers[%d] (this rank) = %q: want the same", c.Worker, c.Rank, c.Workers[c.Rank])
+		}
+	}
 	return nil
 }
 
@@ -356,7 +397,7 @@ func (c RingConfig) validate(maxPayload int64) error {
 func (r *NATSRing) subscribe() error {
 	cfg := r.cfg
 	var err error
-	r.inbox, err = r.nc.Subscribe(r.subj.Ring(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("piece", r.onPiece))
+	r.inbox, err = r.nc.Subscribe(r.subj.RingInbox(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("piece", r.onPiece))
 	if err != nil {
 		return fmt.Errorf("transport: ring subscribe: %w", err)
 	}
@@ -366,12 +407,12 @@ func (r *NATSRing) subscribe() error {
 		r.inbox.Unsubscribe()
 		return fmt.Errorf("transport: ring pending limits: %w", err)
 	}
-	r.acks, err = r.nc.Subscribe(r.subj.RingAck(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("ack", r.onAck))
+	r.acks, err = r.nc.Subscribe(r.subj.RingAckInbox(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("ack", r.onAck))
 	if err != nil {
 		r.inbox.Unsubscribe()
 		return fmt.Errorf("transport: ring subscribe: %w", err)
 	}
-	r.ctl, err = r.nc.Subscribe(r.subj.RingCtl(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("ctl", r.onCtl))
+	r.ctl, err = r.nc.Subscribe(r.subj.RingCtlInbox(cfg.Job, cfg.Epoch, cfg.Rank), r.guard("ctl", r.onCtl))
 	if err != nil {
 		r.inbox.Unsubscribe()
 		r.acks.Unsubscribe()
@@ -409,6 +450,23 @@ func (r *NATSRing) guard(name string, h nats.MsgHandler) nats.MsgHandler {
 		}
 		h(m)
 	}
+}
+
+// fromWorkerLocked reports whether m, claiming to come from rank from,
+// was published by that rank's worker (always, without
+// RingConfig.Workers); a message that was not is counted in Forged.
+func (r *NATSRing) fromWorkerLocked(m *nats.Msg, from int) bool {
+	if r.cfg.Workers == nil || r.subj.ringSender(m.Subject) == r.cfg.Workers[from] {
+		return true
+	}
+	r.stats.Forged++
+	return false
+}
+
+func (r *NATSRing) fromWorker(m *nats.Msg, from int) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.fromWorkerLocked(m, from)
 }
 
 // malformedLocked counts a message dropped for its headers.

@@ -32,7 +32,7 @@ func (r *NATSRing) announce(what string, seqs []uint64) {
 }
 
 func (r *NATSRing) ctlMsg(to int, what string) *nats.Msg {
-	m := nats.NewMsg(r.subj.RingCtl(r.cfg.Job, r.cfg.Epoch, to))
+	m := nats.NewMsg(r.subj.RingCtlFrom(r.sender, r.cfg.Job, r.cfg.Epoch, to))
 	m.Header.Set(hJob, r.cfg.Job)
 	m.Header.Set(hEpoch, strconv.FormatUint(r.cfg.Epoch, 10))
 	m.Header.Set(hFrom, strconv.Itoa(r.cfg.Rank))
@@ -54,6 +54,9 @@ func (r *NATSRing) onCtl(m *nats.Msg) {
 	}
 	if err != nil || from < 0 || from >= r.cfg.Size || from == r.cfg.Rank || sess == "" || len(sess) > maxSessionLen {
 		r.malformedLocked()
+		return
+	}
+	if !r.fromWorkerLocked(m, from) {
 		return
 	}
 	if r.closed {

@@ -138,7 +138,7 @@ func (r *NATSRing) releaseLocked() []pendingAck {
 
 func (r *NATSRing) sendAcks(acks []pendingAck) {
 	for _, a := range acks {
-		m := nats.NewMsg(r.subj.RingAck(r.cfg.Job, r.cfg.Epoch, a.to))
+		m := nats.NewMsg(r.subj.RingAckFrom(r.sender, r.cfg.Job, r.cfg.Epoch, a.to))
 		m.Header.Set(hFrom, strconv.Itoa(r.cfg.Rank))
 		m.Header.Set(hSess, a.session)
 		m.Header.Set(hRSess, r.session)
@@ -193,6 +193,9 @@ func (r *NATSRing) onPiece(m *nats.Msg) {
 	sess := h.Get(hSess)
 	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size || sess == "" || len(sess) > maxSessionLen {
 		r.malformed()
+		return
+	}
+	if !r.fromWorker(m, from) {
 		return
 	}
 	acks, data := r.admit(m, from, sess, seq)

@@ -37,7 +37,7 @@ func (r *NATSRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 	out := outFrame{
 		to:      to,
 		f:       f,
-		subject: r.subj.Ring(r.cfg.Job, r.cfg.Epoch, to),
+		subject: r.subj.RingFrom(r.sender, r.cfg.Job, r.cfg.Epoch, to),
 		shape:   shape,
 		count:   len(pieces),
 		per:     per,
@@ -325,7 +325,7 @@ func (r *NATSRing) probeLocked(to int, now time.Time) *nats.Msg {
 	l.lastProbe = now
 	l.nextSeq++
 	l.inflight = append(l.inflight, inflight{l.nextSeq, 0})
-	probe := nats.NewMsg(r.subj.Ring(r.cfg.Job, r.cfg.Epoch, to))
+	probe := nats.NewMsg(r.subj.RingFrom(r.sender, r.cfg.Job, r.cfg.Epoch, to))
 	r.header(probe.Header, l.nextSeq)
 	probe.Header.Set(hProbe, "1")
 	r.stats.Probes++
@@ -378,6 +378,9 @@ func (r *NATSRing) onAck(m *nats.Msg) {
 	defer r.mu.Unlock()
 	if err1 != nil || err2 != nil || from < 0 || from >= r.cfg.Size || len(rsess) > maxSessionLen {
 		r.malformedLocked()
+		return
+	}
+	if !r.fromWorkerLocked(m, from) {
 		return
 	}
 	if !r.closed {
