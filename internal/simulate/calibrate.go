@@ -1,0 +1,216 @@
+package simulate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/ringattn/ringattn/internal/testrand"
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+// KernelSpeed is a measured kernel speed.
+type KernelSpeed struct {
+	GFLOPS float64 // wall-clock GFLOP/s on all cores
+	// CPUGFLOPS is GFLOP per CPU-second of the process (steadier than
+	// wall time on a loaded machine).
+	CPUGFLOPS float64
+	Runs      int
+	Shape     string
+}
+
+// MeasureKernel runs kernels.Attention (dense, B=1, H=heads, N=Nk=2304 =
+// 12 kernel tiles, D=d, on all cores) until d has passed, at least twice,
+// and returns its wall-clock speed: the GFLOPS of Config for this machine.
+// Wall time, not CPU time: on a shared machine the ring sees the same load.
+func MeasureKernel(ctx context.Context, dur time.Duration, heads, d int) (KernelSpeed, error) {
+	const n = 12 * DefaultTileRows
+	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: heads, Hkv: heads, D: d}, N: n, Nk: n}
+	if err := p.Validate(); err != nil {
+		return KernelSpeed{}, err
+	}
+	r := testrand.New(1)
+	q := r.Slice(heads*n*d, testrand.Normal)
+	k := r.Slice(heads*n*d, testrand.Normal)
+	v := r.Slice(heads*n*d, testrand.Normal)
+	o := make([]float32, len(q))
+	// One warm-up run (page faults, scratch buffers).
+	if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
+		return KernelSpeed{}, err
+	}
+	start, cpu0 := time.Now(), cpuSeconds()
+	runs := 0
+	for runs < 2 || time.Since(start) < dur {
+		if err := ctx.Err(); err != nil {
+			return KernelSpeed{}, err
+		}
+		if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
+			return KernelSpeed{}, err
+		}
+		runs++
+	}
+	secs, cpu := time.Since(start).Seconds(), cpuSeconds()-cpu0
+	flops := p.VisibleFLOPs() * float64(runs)
+	return KernelSpeed{GFLOPS: flops / secs / 1e9, CPUGFLOPS: flops / cpu / 1e9, Runs: runs,
+		Shape: fmt.Sprintf("B=1 H=%d N=%d D=%d dense", heads, n, d)}, nil
+}
+
+// TransportCost is the measured CPU cost of moving frames.
+type TransportCost struct {
+	// SecPerByte is the process's CPU time (user + system, every
+	// goroutine: both rings, both NATS clients and the embedded server)
+	// per payload byte.
+	SecPerByte float64
+	// BytesPerSec is the payload rate the in-process ring reached.
+	BytesPerSec float64
+	Bytes       int64
+	Method      string
+}
+
+// cpuSeconds is the process's user + system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return math.NaN()
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// MeasureTransport sends key/value frames of frameBytes from rank 0 to rank
+// 1 of a real two-rank transport.NATSRing through an embedded NATS server
+// in this process, for about dur, and returns the process's CPU time per
+// payload byte. It is an upper bound on one end's cost: it counts the
+// sender, the receiver and the server together (a cluster runs the server
+// elsewhere); Config takes half of it as SendSecPerByte and half as
+// RecvSecPerByte.
+func MeasureTransport(ctx context.Context, dur time.Duration, frameBytes int) (TransportCost, error) {
+	if frameBytes < 8 {
+		return TransportCost{}, invalid("frame of %d bytes, expected >= 8", frameBytes)
+	}
+	e, err := transport.StartEmbedded(transport.EmbeddedConfig{})
+	if err != nil {
+		return TransportCost{}, err
+	}
+	defer e.Shutdown()
+	rings, closeAll, err := openRings(e, "simulate-calibrate", 2)
+	if err != nil {
+		return TransportCost{}, err
+	}
+	defer closeAll()
+	half := frameBytes / 8 // two tensors of float32
+	frame := func(step int) ringattn.Frame {
+		return ringattn.Frame{Key: ringattn.Key{Kind: ringattn.KindKV, Step: step, Block: 0},
+			Tensors: [][]float32{make([]float32, half), make([]float32, half)}}
+	}
+	// Warm up: the first send probes until the peer answers.
+	if err := sendRecv(ctx, rings, frame(0), 0); err != nil {
+		return TransportCost{}, err
+	}
+	c0, t0 := cpuSeconds(), time.Now()
+	var bytes int64
+	for step := 1; step < 2 || time.Since(t0) < dur; step++ {
+		if err := sendRecv(ctx, rings, frame(step), step); err != nil {
+			return TransportCost{}, err
+		}
+		bytes += int64(8 * half)
+	}
+	cpu, wall := cpuSeconds()-c0, time.Since(t0).Seconds()
+	return TransportCost{SecPerByte: cpu / float64(bytes), BytesPerSec: float64(bytes) / wall, Bytes: bytes,
+		Method: "2-rank NATSRing, embedded server, process CPU per payload byte"}, nil
+}
+
+// sendRecv sends f from rank 0 to rank 1 while rank 1 receives it.
+func sendRecv(ctx context.Context, rings []*transport.NATSRing, f ringattn.Frame, step int) error {
+	var wg sync.WaitGroup
+	var serr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		serr = rings[0].Send(ctx, 1, f)
+	}()
+	_, rerr := rings[1].Recv(ctx, 0, ringattn.Key{Kind: ringattn.KindKV, Step: step, Block: 0})
+	wg.Wait()
+	if err := errors.Join(serr, rerr); err != nil {
+		return fmt.Errorf("in-process NATS ring: %w", err)
+	}
+	return nil
+}
+
+// openRings connects w ranks of job to e, each on its own connection.
+func openRings(e *transport.Embedded, job string, w int) ([]*transport.NATSRing, func(), error) {
+	cfg := transport.DefaultConfig()
+	cfg.URLs = []string{e.ClientURL()}
+	ec := e.Config()
+	cfg.User, cfg.Password, cfg.Token = ec.User, ec.Password, ec.Token
+	logger := slog.New(slog.DiscardHandler)
+	var conns []*nats.Conn
+	var rings []*transport.NATSRing
+	closeAll := func() {
+		for _, r := range rings {
+			r.Close()
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for r := range w {
+		nc, err := transport.Connect(cfg, logger)
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		conns = append(conns, nc)
+		ring, err := transport.NewNATSRing(nc, transport.RingConfig{Job: job, Epoch: 1, Rank: r, Size: w,
+			ProbeInterval: 20 * time.Millisecond, Logger: logger})
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		rings = append(rings, ring)
+	}
+	return rings, closeAll, nil
+}
+
+// MeasureMerge times kernels.MergeOutputs on rows of dimension d and
+// returns its CPU cost per byte of one (O, LSE) partial: the
+// MergeSecPerByte of Config.
+func MeasureMerge(d int) (float64, error) {
+	const rows = 8 * 2048
+	r := testrand.New(2)
+	o1, o2 := r.Slice(rows*d, testrand.Normal), r.Slice(rows*d, testrand.Normal)
+	l1, l2 := r.Slice(rows, testrand.Normal), r.Slice(rows, testrand.Normal)
+	start := time.Now()
+	runs := 0
+	for runs < 3 || time.Since(start) < 50*time.Millisecond {
+		if err := kernels.MergeOutputs(o1, l1, o2, l2, d); err != nil {
+			return 0, err
+		}
+		runs++
+	}
+	return time.Since(start).Seconds() / float64(runs) / float64(rows*(d+1)*4), nil
+}
+
+// MeasureCopy times copying float32 blocks (what the engine's compact does
+// before it sends a view over a ring that does not share frames) and
+// returns core-seconds per byte.
+func MeasureCopy() float64 {
+	const n = 4 << 20 // 16 MiB, beyond the caches
+	src, dst := make([]float32, n), make([]float32, n)
+	copy(dst, src)
+	start := time.Now()
+	runs := 0
+	for runs < 3 || time.Since(start) < 30*time.Millisecond {
+		copy(dst, src)
+		runs++
+	}
+	return time.Since(start).Seconds() / float64(runs) / float64(4*n)
+}
