@@ -57,7 +57,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	strategies := fs.String("strategy", "auto", "comma-separated shard `strategies`: auto, contiguous, zigzag, striped, splitkv")
 	block := fs.Int("block", 0, "tokens per block (0: the planner's default, 1024)")
 	gflops := fs.Float64("gflops", 0, "one worker's kernel speed on all its cores, `GFLOP/s` (0: measure this machine)")
-	cores := fs.Int("cores", runtime.GOMAXPROCS(0), "cores per worker")
+	cores := fs.Int("cores", runtime.GOMAXPROCS(0), "cores per worker (default: this machine's GOMAXPROCS, which a measured speed is for)")
 	nsPerByte := fs.Float64("transport-ns-per-byte", -1, "transport CPU per payload byte, sender and receiver together, `ns` (-1: measure an in-process NATS ring)")
 	latency := fs.Duration("latency", 20*time.Microsecond, "one-way link latency")
 	stepOverhead := fs.Duration("step-overhead", 50*time.Microsecond, "fixed overhead per ring step per rank")

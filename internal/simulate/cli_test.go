@@ -113,6 +113,12 @@ func TestSimulateCalibration(t *testing.T) {
 	if _, err := MeasureTransport(ctx, time.Millisecond, 7); err == nil {
 		t.Errorf("MeasureTransport of a 7-byte frame: no error")
 	}
+	if tc, err := MeasureTransport(ctx, time.Millisecond, 8); err != nil || tc.Bytes < 8 {
+		t.Errorf("MeasureTransport of an 8-byte frame (the smallest) = %+v, %v", tc, err)
+	}
+	if cp := MeasureCopy(); !(cp > 0) {
+		t.Errorf("MeasureCopy = %g", cp)
+	}
 	mc, err := MeasureMerge(64)
 	if err != nil || !(mc > 0) {
 		t.Errorf("MeasureMerge = %g, %v", mc, err)

@@ -212,13 +212,27 @@ func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error
 	dense := !m.Causal && !m.Windowed && len(m.SeqLens) <= 1 && len(m.SeqLensK) <= 1
 	splitKV := plan.Strategy == shard.SplitKV
 	pl := &PlanLoads{plan: plan, cfg: c, ranks: make([]rankLoad, w)}
-	for r := range plan.Ranks {
+	for r := range pl.ranks {
+		pl.ranks[r].steps = make([]stepLoad, plan.Steps)
+	}
+	// Ring ranks fold their own query blocks; split-KV ranks all fold
+	// every planned block, each against its own key range, so one pass
+	// over the planned blocks (rank -1) serves them all.
+	passes := make([]int, w)
+	for r := range passes {
+		passes[r] = r
+	}
+	if splitKV {
+		passes = []int{-1}
+	}
+	for _, r := range passes {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		rl := &pl.ranks[r]
-		rl.steps = make([]stepLoad, plan.Steps)
-		owned := plan.Ranks[r].QBlocks
+		owned := plan.Planned
+		if r >= 0 {
+			owned = plan.Ranks[r].QBlocks
+		}
 		// Runs of consecutive owned query blocks: one fold each per step.
 		for i := 0; i < len(owned); {
 			e := i + 1
@@ -243,11 +257,9 @@ func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error
 					qTiles = (qn + c.TileRows - 1) / c.TileRows
 				}
 				add := func(kj int, pairs int64) {
-					s := 0
+					target, s := holder[kj], 0
 					if !splitKV {
-						s = ((r-holder[kj])%w + w) % w
-					} else if holder[kj] != r {
-						return
+						target, s = r, ((r-holder[kj])%w+w)%w
 					}
 					_, kn := plan.KSpan(kj)
 					full := int64(qn) * int64(kn)
@@ -255,7 +267,7 @@ func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error
 					if pairs < full && c.TileRows > 0 && c.TileCols > 0 {
 						eff = min(float64(full), eff+float64(qTiles)*float64(c.TileRows)*float64(c.TileCols)/2)
 					}
-					st := &rl.steps[s]
+					st := &pl.ranks[target].steps[s]
 					st.visible += float64(pairs) * pf
 					st.flops += eff * pf
 					if !math.IsInf(perCore, 1) {
@@ -279,8 +291,11 @@ func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error
 			}
 			i = e
 		}
+	}
+	for r := range pl.ranks {
+		rl := &pl.ranks[r]
 		rows := 0
-		for _, qi := range owned {
+		for _, qi := range plan.Ranks[r].QBlocks {
 			_, n := plan.QSpan(qi)
 			rows += n
 		}

@@ -277,3 +277,46 @@ func TestSimulateConfigErrors(t *testing.T) {
 		t.Errorf("canceled: %v", err)
 	}
 }
+
+// TestSimulateLoadsMatchPlanCost: each rank's simulated kernel work is the
+// plan's Cost for that rank, for every strategy and mask, and every step
+// folds what the rank holds at that step.
+func TestSimulateLoadsMatchPlanCost(t *testing.T) {
+	masks := map[string]shard.Mask{
+		"full":   {},
+		"causal": {Causal: true},
+		"window": {Windowed: true, Left: 700, Right: 0},
+		"docs":   {Causal: true, SeqLens: []int{3000, 1500, 3692}},
+	}
+	for name, m := range masks {
+		for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV} {
+			p := mustPlan(t, shard.Request{B: 2, Hq: 4, Hkv: 2, D: 64, N: 8192, Nk: 8192, Block: 512, Ranks: 4,
+				Strategy: s, Mask: m})
+			pl, err := Loads(context.Background(), p, computeOnly(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for r, rl := range pl.ranks {
+				var vis float64
+				for step, st := range rl.steps {
+					vis += st.visible
+					if st.visible > 0 && s != shard.SplitKV {
+						// Some block held at this step is visible to r.
+						seen := false
+						for _, kj := range p.HeldKV(r, step) {
+							for _, qi := range p.Ranks[r].QBlocks {
+								seen = seen || p.Visible(qi, kj)
+							}
+						}
+						if !seen {
+							t.Errorf("%s %s rank %d step %d: work %g with nothing visible held", name, s, r, step, st.visible)
+						}
+					}
+				}
+				if !near(vis, p.Ranks[r].Cost, 1e-12) && !(vis == 0 && p.Ranks[r].Cost == 0) {
+					t.Errorf("%s %s rank %d: simulated work %g FLOPs, plan cost %g", name, s, r, vis, p.Ranks[r].Cost)
+				}
+			}
+		}
+	}
+}
