@@ -62,6 +62,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	latency := fs.Duration("latency", 20*time.Microsecond, "one-way link latency")
 	stepOverhead := fs.Duration("step-overhead", 50*time.Microsecond, "fixed overhead per ring step per rank")
 	window := fs.Int("window-bytes", DefaultWindowBytes, "transport flow-control window per peer, bytes")
+	buffer := fs.Int("buffer-bytes", DefaultBufferBytes, "frames a receiver holds before its engine asks for them, bytes")
 	calib := fs.Duration("calibrate-time", time.Second, "how long each measurement runs")
 	validate := fs.Bool("validate", false, "run real in-process rings of W=2 and W=4 and print predicted vs measured")
 	validateN := fs.Int("validate-n", 8192, "sequence length of the --validate runs")
@@ -105,8 +106,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail("--transport-ns-per-byte %g, expected >= 0 (-1: measure)", *nsPerByte)
 	case *latency < 0 || *stepOverhead < 0:
 		return fail("--latency and --step-overhead must be >= 0")
-	case *window < 1:
-		return fail("--window-bytes %d, expected >= 1", *window)
+	case *window < 1 || *buffer < 1:
+		return fail("--window-bytes and --buffer-bytes must be >= 1")
 	case *calib <= 0:
 		return fail("--calibrate-time %v, expected > 0", *calib)
 	case *runs < 1:
@@ -141,7 +142,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		opts := ValidateOptions{Workers: ws, N: *validateN, Heads: *heads, Dim: *dim, Causal: maskList, Block: *block,
 			Strategy: strats[0], Runs: *runs, Ring: *validateRing, Calibration: *calib,
-			Model: Config{GFLOPS: *gflops, Cores: *cores, StepOverhead: stepOverhead.Seconds(), WindowBytes: float64(*window)},
+			Model: Config{GFLOPS: *gflops, Cores: *cores, StepOverhead: stepOverhead.Seconds(), WindowBytes: float64(*window),
+				BufferBytes: float64(*buffer)},
 			Log:   func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
 		if *nsPerByte >= 0 {
 			opts.Model.SendSecPerByte, opts.Model.RecvSecPerByte = *nsPerByte/2*1e-9, *nsPerByte/2*1e-9
@@ -170,7 +172,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	cfg := Config{GFLOPS: *gflops, Cores: *cores, Latency: latency.Seconds(), StepOverhead: stepOverhead.Seconds(),
-		WindowBytes: float64(*window)}
+		WindowBytes: float64(*window), BufferBytes: float64(*buffer)}
 	fmt.Fprintf(stdout, "bench simulate: B=1 Hq=%d Hkv=%d D=%d, fp32 on the wire, one worker per host of %d cores\n", *heads, *kvHeads, *dim, *cores)
 	if cfg.GFLOPS == 0 {
 		ks, err := MeasureKernel(ctx, *calib, *heads, *dim)
@@ -200,8 +202,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if mc, err := MeasureMerge(*dim); err == nil {
 		cfg.MergeSecPerByte = mc
 	}
-	fmt.Fprintf(stdout, "link latency %v, step overhead %v, window %d bytes; input load and output write not modelled\n\n",
-		*latency, *stepOverhead, *window)
+	fmt.Fprintf(stdout, "link latency %v, step overhead %v, window %d bytes, receive buffer %d bytes; input load and output write not modelled\n\n",
+		*latency, *stepOverhead, *window, *buffer)
 	fmt.Fprintln(stdout, "| W | link | N | mask | strategy | predicted (s) | ideal (s) | efficiency | bytes moved | busiest link (s) | worst rank idle |")
 	fmt.Fprintln(stdout, "|---|------|---|------|----------|---------------|-----------|------------|-------------|------------------|-----------------|")
 	for _, n := range nList {

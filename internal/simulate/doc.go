@@ -14,7 +14,9 @@
 // step ends when the fold, the Send and the receive are all done, plus a
 // fixed per-step overhead. A Send returns when its last piece is published,
 // with at most the flow-control window still unacknowledged; the receiving
-// transport takes pieces in as they come, before its Recv asks. After the
+// transport takes pieces in as they come, before its Recv asks, up to its
+// buffer (the engine asks for step s+1's frames when it starts step s;
+// until then a sender stops a buffer and a window ahead). After the
 // last step a rank finalizes and writes its outputs. Split-KV plans fold
 // once and merge the partial (O, LSE) up the plan's binary tree.
 //

@@ -44,6 +44,10 @@ type activity struct {
 	// when its last piece is published: only a window is then in flight).
 	mark   float64
 	onMark func(now float64)
+	// floor, when > 0, pauses a flow once only floor bytes remain, until
+	// it is set to 0 (the receiver's buffer is full until its engine asks
+	// for the frames).
+	floor float64
 	done   func(now float64)
 
 	rate float64 // per second, set by allocate
@@ -102,21 +106,29 @@ func (s *sim) timer(d float64, done func(float64)) {
 
 // flow starts moving bytes from host a to host b; onMark fires when at most
 // markBytes remain (at once when bytes <= markBytes), done when all moved.
-func (s *sim) flow(a, b int, bytes, sendCPU, recvCPU, markBytes float64, sendAcc, recvAcc func(float64), onMark, done func(float64)) {
+// It returns the flow, or nil when it had nothing to move.
+func (s *sim) flow(a, b int, bytes, sendCPU, recvCPU, markBytes float64, sendAcc, recvAcc func(float64), onMark, done func(float64)) *activity {
 	if bytes <= markBytes {
 		onMark(s.now)
 		onMark = nil
 	}
 	if bytes <= 0 {
 		done(s.now)
-		return
+		return nil
 	}
 	m := markBytes
 	if onMark == nil {
 		m = -1
 	}
-	s.add(&activity{kind: actFlow, host: a, dst: b, remaining: bytes, sendCPU: sendCPU, recvCPU: recvCPU,
-		mark: m, onMark: onMark, done: done, sendAccount: sendAcc, recvAccount: recvAcc})
+	f := &activity{kind: actFlow, host: a, dst: b, remaining: bytes, sendCPU: sendCPU, recvCPU: recvCPU,
+		mark: m, onMark: onMark, done: done, sendAccount: sendAcc, recvAccount: recvAcc}
+	s.add(f)
+	return f
+}
+
+// paused reports whether a flow waits at its floor.
+func (a *activity) paused() bool {
+	return a.kind == actFlow && a.floor > 0 && a.remaining-a.floor <= a.eps
 }
 
 // wfTask is one claimant of a host's cores in water-filling.
@@ -178,7 +190,7 @@ func (s *sim) allocate() {
 	nOut := make(map[int]int)
 	nIn := make(map[int]int)
 	for _, a := range s.acts {
-		if a.kind == actFlow && a.host != a.dst {
+		if a.kind == actFlow && a.host != a.dst && !a.paused() {
 			nOut[a.host]++
 			nIn[a.dst]++
 		}
@@ -188,6 +200,10 @@ func (s *sim) allocate() {
 		case actTimer:
 			a.rate = 1
 		case actFlow:
+			if a.paused() {
+				a.rate = 0
+				continue
+			}
 			c := math.Inf(1)
 			if s.rtt > 0 && s.window > 0 {
 				c = s.window / s.rtt
@@ -207,6 +223,9 @@ func (s *sim) allocate() {
 			case actCPU:
 				s.hostTasks[a.host] = append(s.hostTasks[a.host], wfTask{weight: a.threads, limit: a.threads, act: a})
 			case actFlow:
+				if a.rate == 0 {
+					continue
+				}
 				if a.sendCPU > 0 {
 					s.hostTasks[a.host] = append(s.hostTasks[a.host], wfTask{weight: 1, limit: min(1, a.rate*a.sendCPU), act: a, send: true})
 				}
@@ -246,9 +265,9 @@ func (s *sim) run() bool {
 			if a.rate <= 0 {
 				continue
 			}
-			target := 0.0
+			target := max(a.floor, 0)
 			if a.mark >= 0 {
-				target = a.mark
+				target = max(target, a.mark)
 			}
 			dt = min(dt, (a.remaining-target)/a.rate)
 		}

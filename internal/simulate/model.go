@@ -21,6 +21,7 @@ const (
 const (
 	DefaultWindowBytes = 16 << 20
 	DefaultPieceBytes  = 4 << 20
+	DefaultBufferBytes = 256 << 20
 )
 
 // ErrInvalid is wrapped by every configuration error of this package.
@@ -69,6 +70,11 @@ type Config struct {
 	// whole tile, and a fold of U = B·Hq·⌈rows/TileRows⌉ units keeps only
 	// U/⌈U/Cores⌉ cores busy.
 	TileRows, TileCols int
+	// BufferBytes is how many bytes of frames a receiving transport holds
+	// before its engine asks for them; beyond that (plus a window in
+	// flight) a sender waits (0 means DefaultBufferBytes). The engine asks
+	// for step s+1's frames when it starts step s.
+	BufferBytes float64
 	// MaxEvents bounds the simulation (0 means no bound).
 	MaxEvents int
 }
@@ -90,6 +96,8 @@ func (c *Config) normalized() (Config, error) {
 		return n, invalid("Latency = %g, expected finite >= 0", c.Latency)
 	case !(c.WindowBytes >= 0):
 		return n, invalid("WindowBytes = %g, expected >= 0", c.WindowBytes)
+	case !(c.BufferBytes >= 0):
+		return n, invalid("BufferBytes = %g, expected >= 0", c.BufferBytes)
 	case !(c.StepOverhead >= 0) || math.IsInf(c.StepOverhead, 1):
 		return n, invalid("StepOverhead = %g, expected finite >= 0", c.StepOverhead)
 	case !(c.MergeSecPerByte >= 0) || math.IsInf(c.MergeSecPerByte, 1):
@@ -105,6 +113,9 @@ func (c *Config) normalized() (Config, error) {
 	}
 	if n.WindowBytes == 0 {
 		n.WindowBytes = DefaultWindowBytes
+	}
+	if n.BufferBytes == 0 {
+		n.BufferBytes = DefaultBufferBytes
 	}
 	if n.TileRows == 0 {
 		n.TileRows = DefaultTileRows
@@ -413,6 +424,14 @@ func (pl *PlanLoads) ring(sm *sim, c Config, res *Result, host func(int) int,
 		arrived[r] = make([]bool, pl.plan.Steps)
 		waiting[r] = make([]func(float64), pl.plan.Steps)
 	}
+	// started[r] is the last step rank r started; gates[r][s] are the
+	// flows to r paused until r starts step s (and asks for their frames).
+	started := make([]int, w)
+	gates := make([][][]*activity, w)
+	for r := range started {
+		started[r] = -1
+		gates[r] = make([][]*activity, pl.plan.Steps)
+	}
 	arrive := func(r, s int) func(float64) {
 		return func(now float64) {
 			arrived[r][s] = true
@@ -425,6 +444,11 @@ func (pl *PlanLoads) ring(sm *sim, c Config, res *Result, host func(int) int,
 	var step func(r, s int)
 	step = func(r, s int) {
 		rl := &pl.ranks[r]
+		started[r] = s
+		for _, f := range gates[r][s] {
+			f.floor = 0
+		}
+		gates[r][s] = nil
 		pending := 1
 		end := func(now float64) {
 			pending--
@@ -445,8 +469,14 @@ func (pl *PlanLoads) ring(sm *sim, c Config, res *Result, host func(int) int,
 			pending += 2
 			b := rl.send[s]
 			rr[r].BytesSent += b
-			sm.flow(host(r), host(to), float64(b), c.SendSecPerByte, c.RecvSecPerByte, c.WindowBytes,
+			f := sm.flow(host(r), host(to), float64(b), c.SendSecPerByte, c.RecvSecPerByte, c.WindowBytes,
 				charge(r), charge(to), end, latency(arrive(to, s+1)))
+			if f != nil && started[to] < s {
+				if floor := float64(b) - c.BufferBytes - c.WindowBytes; floor > 0 {
+					f.floor = floor
+					gates[to][s] = append(gates[to][s], f)
+				}
+			}
 			if arrived[r][s+1] {
 				end(sm.now)
 			} else {

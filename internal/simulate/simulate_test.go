@@ -320,3 +320,42 @@ func TestSimulateLoadsMatchPlanCost(t *testing.T) {
 		}
 	}
 }
+
+// TestSimulateFlowFloor: a flow paused at its floor waits, using no link,
+// until the floor is lifted.
+func TestSimulateFlowFloor(t *testing.T) {
+	s := newSim(3, 1, 10, 0, 0)
+	var marked, done, other float64
+	f := s.flow(0, 1, 100, 0, 0, 20, nil, nil, func(now float64) { marked = now }, func(now float64) { done = now })
+	f.floor = 60
+	// Another flow out of host 0 gets the whole link while f waits.
+	s.flow(0, 2, 40, 0, 0, 0, nil, nil, func(float64) {}, func(now float64) { other = now })
+	s.timer(10, func(float64) { f.floor = 0 })
+	if !s.run() {
+		t.Fatal("simulation stalled")
+	}
+	// f and the other flow share 10 B/s until f pauses at 60 left (t=8,
+	// other has 0 left then), f resumes alone at t=10: 40 more bytes take
+	// 4 s to the mark (20 left), 6 s to the end.
+	if !near(other, 8, 1e-9) || !near(marked, 14, 1e-9) || !near(done, 16, 1e-9) {
+		t.Errorf("other done %g, f marked %g, done %g; want 8, 14, 16", other, marked, done)
+	}
+}
+
+// TestSimulateReceiveBuffer: a receiver's buffer smaller than a step's
+// frames never makes a ring faster, and never deadlocks it.
+func TestSimulateReceiveBuffer(t *testing.T) {
+	for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped} {
+		p := mustPlan(t, req(8, 32768, true, s))
+		cfg := Config{GFLOPS: 100, Cores: 4, LinkBytesPerSec: 0.3e9, WindowBytes: 1 << 20, BufferBytes: 1 << 50}
+		big := mustSim(t, p, cfg)
+		cfg.BufferBytes = 1
+		tiny := mustSim(t, p, cfg)
+		if tiny.Time < big.Time*(1-1e-9) {
+			t.Errorf("%s: %g s with a 1-byte buffer, %g s with an unbounded one", s, tiny.Time, big.Time)
+		}
+	}
+	if _, err := Simulate(context.Background(), mustPlan(t, req(2, 4096, false, "")), Config{GFLOPS: 1, Cores: 1, BufferBytes: -1}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("BufferBytes -1: %v, want ErrInvalid", err)
+	}
+}
