@@ -144,7 +144,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			Strategy: strats[0], Runs: *runs, Ring: *validateRing, Calibration: *calib,
 			Model: Config{GFLOPS: *gflops, Cores: *cores, StepOverhead: stepOverhead.Seconds(), WindowBytes: float64(*window),
 				BufferBytes: float64(*buffer)},
-			Log:   func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
+			Log: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
 		if *nsPerByte >= 0 {
 			opts.Model.SendSecPerByte, opts.Model.RecvSecPerByte = *nsPerByte/2*1e-9, *nsPerByte/2*1e-9
 		}

@@ -48,7 +48,7 @@ type activity struct {
 	// it is set to 0 (the receiver's buffer is full until its engine asks
 	// for the frames).
 	floor float64
-	done   func(now float64)
+	done  func(now float64)
 
 	rate float64 // per second, set by allocate
 	// eps is what counts as nothing left (a billionth of the start).
