@@ -6,11 +6,13 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
 )
 
 // DefaultMaxPayload is the embedded server's max message payload (8 MiB).
@@ -39,6 +41,11 @@ type EmbeddedConfig struct {
 	// NKeyUsers are public nkeys (U...) allowed to connect (not with User
 	// or Token).
 	NKeyUsers []string
+	// Users are identities with permissions (not with User, Token or
+	// NKeyUsers): each authenticates with a username and password, or an
+	// nkey, and may publish and subscribe what its Permissions allow
+	// (Subjects.Permissions for ringattn's roles).
+	Users []EmbeddedUser
 	// TLSCert and TLSKey turn TLS on with this server certificate; with
 	// TLSCA set, clients must present a certificate signed by it.
 	TLSCert string
@@ -52,6 +59,33 @@ type EmbeddedConfig struct {
 	// ReadyTimeout bounds the wait for the server to accept connections
 	// (default 10 s).
 	ReadyTimeout time.Duration
+}
+
+// EmbeddedUser is one identity of an embedded server: Name and Password,
+// or NKey (a public user nkey, U...), and its permissions.
+type EmbeddedUser struct {
+	Name        string
+	Password    string
+	NKey        string
+	Permissions Permissions
+}
+
+// serverPermissions converts p to nats-server's user permissions; a
+// request's reply may be published to once within a minute.
+func serverPermissions(p Permissions) *server.Permissions {
+	sp := func(s SubjectPermission) *server.SubjectPermission {
+		if s.Allow == nil && s.Deny == nil {
+			// Nothing listed: allow nothing (nats-server reads a nil
+			// permission as no restriction).
+			return &server.SubjectPermission{Allow: []string{}, Deny: []string{">"}}
+		}
+		return &server.SubjectPermission{Allow: slices.Clone(s.Allow), Deny: slices.Clone(s.Deny)}
+	}
+	out := &server.Permissions{Publish: sp(p.Publish), Subscribe: sp(p.Subscribe)}
+	if p.AllowResponses {
+		out.Response = &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}
+	}
+	return out
 }
 
 // Embedded is a running in-process NATS server.
@@ -88,10 +122,22 @@ func StartEmbedded(cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, invalid("EmbeddedConfig.MaxStore/MaxMemory: want >= 0")
 	case (cfg.User != "" && (cfg.Token != "" || len(cfg.NKeyUsers) > 0)) || (cfg.Token != "" && len(cfg.NKeyUsers) > 0):
 		return nil, invalid("EmbeddedConfig: want at most one of User/Password, Token, NKeyUsers")
+	case len(cfg.Users) > 0 && (cfg.User != "" || cfg.Token != "" || len(cfg.NKeyUsers) > 0):
+		return nil, invalid("EmbeddedConfig.Users: not with User/Password, Token or NKeyUsers")
 	case (cfg.TLSCert == "") != (cfg.TLSKey == ""):
 		return nil, invalid("EmbeddedConfig.TLSCert/TLSKey: want both or neither")
 	case cfg.TLSCA != "" && cfg.TLSCert == "":
 		return nil, invalid("EmbeddedConfig.TLSCA needs TLSCert and TLSKey")
+	}
+	for i, u := range cfg.Users {
+		switch {
+		case (u.Name == "") == (u.NKey == ""):
+			return nil, invalid("EmbeddedConfig.Users[%d]: want a Name (with a Password) or an NKey", i)
+		case u.Name != "" && u.Password == "":
+			return nil, invalid("EmbeddedConfig.Users[%d] %q: want a Password", i, u.Name)
+		case u.NKey != "" && !nkeys.IsValidPublicUserKey(u.NKey):
+			return nil, invalid("EmbeddedConfig.Users[%d].NKey = %q: want a public user nkey (U...)", i, u.NKey)
+		}
 	}
 	e := &Embedded{cfg: cfg}
 	if e.cfg.DataDir == "" {
@@ -129,6 +175,14 @@ func (e *Embedded) start() error {
 	}
 	for _, pub := range c.NKeyUsers {
 		opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: pub})
+	}
+	for _, u := range c.Users {
+		if u.NKey != "" {
+			opts.Nkeys = append(opts.Nkeys, &server.NkeyUser{Nkey: u.NKey, Permissions: serverPermissions(u.Permissions)})
+			continue
+		}
+		opts.Users = append(opts.Users, &server.User{Username: u.Name, Password: u.Password,
+			Permissions: serverPermissions(u.Permissions)})
 	}
 	if c.TLSCert != "" {
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: c.TLSCert, KeyFile: c.TLSKey,

@@ -37,6 +37,10 @@ var (
 	// not acknowledge it in time, or a publish failed): the sender was
 	// alive then, so a receiver need not treat it as stalled.
 	ErrAbandoned = errors.New("transport: frame abandoned by its sender")
+	// ErrPermission is wrapped when the NATS server refused this
+	// connection a permission the call needed (its role's permissions do
+	// not allow it: another tenant's bucket, an unprovisioned one).
+	ErrPermission = errors.New("transport: permission denied")
 	// ErrEmbeddedStopped is returned by an in-process connection to an
 	// Embedded server that is stopped.
 	ErrEmbeddedStopped = errors.New("transport: embedded server stopped")

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -164,6 +165,9 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 		}
 	}
 	if err != nil {
+		if perr := permissionError(nc, cfg.Bucket, err); perr != nil {
+			return nil, perr
+		}
 		return nil, fmt.Errorf("transport: object store bucket %q: %w", cfg.Bucket, err)
 	}
 	s := &Store{js: js, obs: obs, cfg: cfg, logger: logger}
@@ -206,6 +210,29 @@ func (s *Store) checkSettings(ctx context.Context, asked StoreConfig) {
 		s.logger.Warn("tensor store bucket exists with other settings than configured; keeping the bucket's (they apply only when it is created)",
 			append([]any{"bucket", s.cfg.Bucket}, diffs...)...)
 	}
+}
+
+// permissionError explains err, a failed JetStream call on bucket, when
+// the server refused nc a permission on the bucket's API subjects (the
+// call itself then only times out); nil otherwise.
+func permissionError(nc *nats.Conn, bucket string, err error) error {
+	last := nc.LastError()
+	if last == nil || !errors.Is(last, nats.ErrPermissionViolation) {
+		return nil
+	}
+	about := false
+	for _, name := range []string{"OBJ_" + bucket + `"`, "KV_" + indexBucket(bucket) + `"`, "$O." + bucket + ".", "$KV." + indexBucket(bucket) + "."} {
+		about = about || strings.Contains(last.Error(), name)
+	}
+	if !about {
+		return nil
+	}
+	if strings.Contains(last.Error(), ".STREAM.CREATE.") {
+		return fmt.Errorf("%w: tensor bucket %q does not exist and this identity may not create it: "+
+			"an admin or the coordinator creates a tenant's bucket (with its quota) first (%v)", ErrPermission, bucket, last)
+	}
+	return fmt.Errorf("%w: this identity may not use tensor bucket %q: a client uses only its own tenant's bucket (%v; %v)",
+		ErrPermission, bucket, last, err)
 }
 
 func orUnlimited(n int64) int64 {
@@ -316,8 +343,12 @@ func (s *Store) putBlock(ctx context.Context, job, tensor string, block int, dat
 	})
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && apiErr.ErrorCode == jsErrStoreMaxBytes {
-		return fmt.Errorf("%w: put %s (%d bytes): bucket %q is at its MaxBytes limit (%d): %w",
-			ErrStoreFull, ref, len(b), s.cfg.Bucket, s.cfg.MaxBytes, err)
+		limit := "its size limit (a tenant's bucket: the tenant's stored-bytes quota; delete finished jobs' tensors)"
+		if s.cfg.MaxBytes > 0 {
+			limit = fmt.Sprintf("its MaxBytes limit (%d)", s.cfg.MaxBytes)
+		}
+		return fmt.Errorf("%w: put %s (%d bytes): bucket %q is at %s: %w",
+			ErrStoreFull, ref, len(b), s.cfg.Bucket, limit, err)
 	}
 	if err != nil {
 		return fmt.Errorf("transport: put %s (%d bytes): %w", ref, len(b), err)

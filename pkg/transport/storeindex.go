@@ -52,6 +52,9 @@ func (s *Store) openIndex(ctx context.Context, storage jetstream.StorageType) er
 		}
 	}
 	if err != nil {
+		if perr := permissionError(s.js.Conn(), s.cfg.Bucket, err); perr != nil {
+			return perr
+		}
 		return fmt.Errorf("transport: tensor store index bucket %q: %w", name, err)
 	}
 	s.idx = idx
