@@ -34,6 +34,7 @@ Examples:
   ringattn bench simulate --workers 8,64,256 --link 10Gbit,100Gbit --n 65536,1048576,4194304 --mask full,causal
   ringattn bench simulate --workers 16 --link 25Gbit --n 262144 --causal --gflops 400 --transport-ns-per-byte 0.5
   ringattn bench simulate --workers 8 --link 100Gbit --n 1048576 --causal --strategy contiguous,zigzag,striped
+  ringattn bench simulate --workers 64 --link 25Gbit --nats-servers 3 --server-link 100Gbit --n 1048576 --causal
   ringattn bench simulate --validate                  # predicted vs measured in-process rings, W=2 and W=4
   ringattn bench simulate --validate --validate-n 16384 --validate-ring mem
 
@@ -59,6 +60,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	gflops := fs.Float64("gflops", 0, "one worker's kernel speed on all its cores, `GFLOP/s` (0: measure this machine)")
 	cores := fs.Int("cores", runtime.GOMAXPROCS(0), "cores per worker (default: this machine's GOMAXPROCS, which a measured speed is for)")
 	nsPerByte := fs.Float64("transport-ns-per-byte", -1, "transport CPU per payload byte, sender and receiver together, `ns` (-1: measure an in-process NATS ring)")
+	servers := fs.Int("nats-servers", 0, "dedicated NATS `servers` relaying every frame (0: a server on every worker host, frames cross each host's link once each way)")
+	serverLink := fs.String("server-link", "", "link speed of each dedicated NATS server (default: --link)")
 	latency := fs.Duration("latency", 20*time.Microsecond, "one-way link latency")
 	stepOverhead := fs.Duration("step-overhead", 50*time.Microsecond, "fixed overhead per ring step per rank")
 	window := fs.Int("window-bytes", DefaultWindowBytes, "transport flow-control window per peer, bytes")
@@ -112,6 +115,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail("--calibrate-time %v, expected > 0", *calib)
 	case *runs < 1:
 		return fail("--runs %d, expected >= 1", *runs)
+	case *servers < 0:
+		return fail("--nats-servers %d, expected >= 0", *servers)
 	case *causal && set["mask"]:
 		return fail("--causal and --mask both given: use one")
 	}
@@ -162,6 +167,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return fail("%v", err)
 	}
+	var serverBps float64
+	if *serverLink != "" {
+		if serverBps, err = ParseLink(*serverLink); err != nil {
+			return fail("--server-link %v", err)
+		}
+	}
 	// Check every plan's request before measuring anything.
 	for _, n := range nList {
 		for _, w := range wList {
@@ -172,7 +183,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	cfg := Config{GFLOPS: *gflops, Cores: *cores, Latency: latency.Seconds(), StepOverhead: stepOverhead.Seconds(),
-		WindowBytes: float64(*window), BufferBytes: float64(*buffer)}
+		WindowBytes: float64(*window), BufferBytes: float64(*buffer), NATSServers: *servers, ServerBytesPerSec: serverBps}
 	fmt.Fprintf(stdout, "bench simulate: B=1 Hq=%d Hkv=%d D=%d, fp32 on the wire, one worker per host of %d cores\n", *heads, *kvHeads, *dim, *cores)
 	if cfg.GFLOPS == 0 {
 		ks, err := MeasureKernel(ctx, *calib, *heads, *dim)
@@ -202,8 +213,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if mc, err := MeasureMerge(*dim); err == nil {
 		cfg.MergeSecPerByte = mc
 	}
-	fmt.Fprintf(stdout, "link latency %v, step overhead %v, window %d bytes, receive buffer %d bytes; input load and output write not modelled\n\n",
-		*latency, *stepOverhead, *window, *buffer)
+	relay := "a NATS server on every worker host"
+	if *servers > 0 {
+		sl := "the workers' link"
+		if *serverLink != "" {
+			sl = *serverLink
+		}
+		relay = fmt.Sprintf("%d dedicated NATS servers relaying every frame, each on %s", *servers, sl)
+	}
+	fmt.Fprintf(stdout, "%s; link latency %v, step overhead %v, window %d bytes, receive buffer %d bytes; input load and output write not modelled\n\n",
+		relay, *latency, *stepOverhead, *window, *buffer)
 	fmt.Fprintln(stdout, "| W | link | N | mask | strategy | predicted (s) | ideal (s) | efficiency | bytes moved | busiest link (s) | worst rank idle |")
 	fmt.Fprintln(stdout, "|---|------|---|------|----------|---------------|-----------|------------|-------------|------------------|-----------------|")
 	for _, n := range nList {
@@ -352,7 +371,7 @@ func parseLinks(s string) ([]link, error) {
 		f = strings.TrimSpace(f)
 		bps, err := ParseLink(f)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("--link item %w", err)
 		}
 		out = append(out, link{name: f, bps: bps})
 	}
@@ -370,7 +389,7 @@ func ParseLink(f string) (float64, error) {
 	}
 	num, unit := f[:i], strings.ToLower(strings.TrimSpace(f[i:]))
 	x, err := strconv.ParseFloat(num, 64)
-	bad := fmt.Errorf("--link item %q, expected a speed such as 10Gbit, 400Mbit, 2.5GB/s or inf", f)
+	bad := fmt.Errorf("%q, expected a speed such as 10Gbit, 400Mbit, 2.5GB/s or inf", f)
 	if err != nil || !(x > 0) || math.IsInf(x, 0) {
 		return 0, bad
 	}

@@ -44,6 +44,8 @@ func TestSimulateCLIUsageErrors(t *testing.T) {
 		{[]string{"--transport-ns-per-byte", "-2"}, "--transport-ns-per-byte -2"},
 		{[]string{"--kv-heads", "3"}, "--kv-heads 3 must divide --heads 8"},
 		{[]string{"--nope"}, "flag provided but not defined: -nope"},
+		{[]string{"--nats-servers", "-1"}, "--nats-servers -1, expected >= 0"},
+		{[]string{"--gflops", "1", "--transport-ns-per-byte", "0", "--server-link", "fast"}, `--server-link "fast", expected a speed`},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
 		code, out, errs := runMain(t, tc.args...)

@@ -50,6 +50,8 @@ type activity struct {
 	floor float64
 	done  func(now float64)
 
+	links []int // flow: the link resources it crosses (see sim.route)
+
 	rate float64 // per second, set by allocate
 	// eps is what counts as nothing left (a billionth of the start).
 	eps float64
@@ -62,14 +64,19 @@ type activity struct {
 
 // sim is the event loop.
 type sim struct {
-	now      float64
-	cores    []float64 // per host
-	linkBps  float64   // per host and direction; +Inf: unlimited
-	window   float64   // flow-control window bytes
-	rtt      float64   // seconds
-	acts     []*activity
-	events   int
-	maxEvent int
+	now     float64
+	cores   []float64 // per host
+	linkBps float64   // per host and direction; +Inf: unlimited
+	// servers relay every frame between hosts when > 0: host h talks to
+	// server h mod servers, each with serverBps per direction.
+	servers   int
+	serverBps float64
+	users     []int   // flows on each link resource (scratch)
+	window    float64 // flow-control window bytes
+	rtt       float64 // seconds
+	acts      []*activity
+	events    int
+	maxEvent  int
 	// scratch
 	hostTasks [][]wfTask
 }
@@ -121,9 +128,34 @@ func (s *sim) flow(a, b int, bytes, sendCPU, recvCPU, markBytes float64, sendAcc
 		m = -1
 	}
 	f := &activity{kind: actFlow, host: a, dst: b, remaining: bytes, sendCPU: sendCPU, recvCPU: recvCPU,
-		mark: m, onMark: onMark, done: done, sendAccount: sendAcc, recvAccount: recvAcc}
+		mark: m, onMark: onMark, done: done, sendAccount: sendAcc, recvAccount: recvAcc, links: s.route(a, b)}
 	s.add(f)
 	return f
+}
+
+// Link resources: host h's egress 2h and ingress 2h+1, then server k's
+// egress 2(H+k) and ingress 2(H+k)+1 for H hosts.
+func (s *sim) route(a, b int) []int {
+	if a == b {
+		return nil // in one process: no link
+	}
+	res := []int{2 * a, 2*b + 1}
+	if s.servers > 0 {
+		h := len(s.cores)
+		sa, sb := h+a%s.servers, h+b%s.servers
+		res = append(res, 2*sa+1, 2*sb) // into a's server, out of b's
+		if sa != sb {
+			res = append(res, 2*sa, 2*sb+1) // the route between them
+		}
+	}
+	return res
+}
+
+func (s *sim) linkCapacity(res int) float64 {
+	if res < 2*len(s.cores) {
+		return s.linkBps
+	}
+	return s.serverBps
 }
 
 // paused reports whether a flow waits at its floor.
@@ -187,12 +219,15 @@ func waterfill(capacity float64, ts []wfTask) {
 // with every flow endpoint fixed at what its rate uses, so the CPU a
 // link-bound flow leaves goes to the host's other threads.
 func (s *sim) allocate() {
-	nOut := make(map[int]int)
-	nIn := make(map[int]int)
+	if n := 2 * (len(s.cores) + s.servers); len(s.users) != n {
+		s.users = make([]int, n)
+	}
+	clear(s.users)
 	for _, a := range s.acts {
-		if a.kind == actFlow && a.host != a.dst && !a.paused() {
-			nOut[a.host]++
-			nIn[a.dst]++
+		if a.kind == actFlow && !a.paused() {
+			for _, l := range a.links {
+				s.users[l]++
+			}
 		}
 	}
 	for _, a := range s.acts {
@@ -208,8 +243,8 @@ func (s *sim) allocate() {
 			if s.rtt > 0 && s.window > 0 {
 				c = s.window / s.rtt
 			}
-			if a.host != a.dst && !math.IsInf(s.linkBps, 1) {
-				c = min(c, s.linkBps/float64(max(nOut[a.host], nIn[a.dst])))
+			for _, l := range a.links {
+				c = min(c, s.linkCapacity(l)/float64(s.users[l]))
 			}
 			a.rate = c
 		}

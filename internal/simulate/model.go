@@ -51,6 +51,14 @@ type Config struct {
 	// LinkBytesPerSec is each host's network bandwidth per direction
 	// (ranks on one host exchange frames without it); 0 means unlimited.
 	LinkBytesPerSec float64
+	// NATSServers, when > 0, is the number of NATS servers every frame
+	// between hosts passes through (host h connects to server h mod
+	// NATSServers; a frame between two servers crosses their route too),
+	// each with ServerBytesPerSec per direction (0 means LinkBytesPerSec).
+	// 0 means a server on every host (frames cross each host's link once
+	// each way, as over direct links).
+	NATSServers       int
+	ServerBytesPerSec float64
 	// Latency is the one-way network latency in seconds, paid once per
 	// frame set (the pieces of a step's frames are pipelined).
 	Latency float64
@@ -90,6 +98,10 @@ func (c *Config) normalized() (Config, error) {
 		return n, invalid("RanksPerHost = %d, expected >= 0", c.RanksPerHost)
 	case !(c.SendSecPerByte >= 0) || !(c.RecvSecPerByte >= 0) || math.IsInf(c.SendSecPerByte+c.RecvSecPerByte, 1):
 		return n, invalid("SendSecPerByte, RecvSecPerByte = %g, %g, expected finite >= 0", c.SendSecPerByte, c.RecvSecPerByte)
+	case c.NATSServers < 0:
+		return n, invalid("NATSServers = %d, expected >= 0", c.NATSServers)
+	case !(c.ServerBytesPerSec >= 0):
+		return n, invalid("ServerBytesPerSec = %g, expected >= 0 (0: LinkBytesPerSec)", c.ServerBytesPerSec)
 	case !(c.LinkBytesPerSec >= 0):
 		return n, invalid("LinkBytesPerSec = %g, expected >= 0 (0: unlimited)", c.LinkBytesPerSec)
 	case !(c.Latency >= 0) || math.IsInf(c.Latency, 1):
@@ -110,6 +122,9 @@ func (c *Config) normalized() (Config, error) {
 	}
 	if n.LinkBytesPerSec == 0 {
 		n.LinkBytesPerSec = math.Inf(1)
+	}
+	if n.ServerBytesPerSec == 0 {
+		n.ServerBytesPerSec = n.LinkBytesPerSec
 	}
 	if n.WindowBytes == 0 {
 		n.WindowBytes = DefaultWindowBytes
@@ -344,6 +359,7 @@ func (pl *PlanLoads) Simulate(ctx context.Context, cfg Config) (*Result, error) 
 	host := func(r int) int { return r / c.RanksPerHost }
 	sm := newSim(hosts, float64(c.Cores), c.LinkBytesPerSec, c.WindowBytes, 2*c.Latency)
 	sm.maxEvent = c.MaxEvents
+	sm.servers, sm.serverBps = c.NATSServers, c.ServerBytesPerSec
 	res := &Result{FLOPs: pl.flops, Ranks: make([]RankResult, w)}
 	for r := range pl.ranks {
 		for _, st := range pl.ranks[r].steps {

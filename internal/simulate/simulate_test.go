@@ -359,3 +359,36 @@ func TestSimulateReceiveBuffer(t *testing.T) {
 		t.Errorf("BufferBytes -1: %v, want ErrInvalid", err)
 	}
 }
+
+// TestSimulateNATSServers: frames relayed by NATS servers share the
+// servers' links: with one server every step's frames of all W ranks cross
+// its ingress; with a server per host each frame crosses two servers'
+// links (the sender's and, by the route, the receiver's).
+func TestSimulateNATSServers(t *testing.T) {
+	const w = 4
+	p := mustPlan(t, req(w, 16384, false, shard.Contiguous))
+	var worst int64
+	for _, rk := range p.Ranks {
+		worst = max(worst, rk.Bytes)
+	}
+	direct := float64(worst) / 1e9
+	for _, tc := range []struct {
+		servers int
+		factor  float64
+	}{{0, 1}, {1, w}, {2, w}, {w, 2}} {
+		cfg := Config{GFLOPS: math.Inf(1), Cores: 1, LinkBytesPerSec: 1e9, WindowBytes: 1 << 40, NATSServers: tc.servers}
+		r := mustSim(t, p, cfg)
+		if want := tc.factor * direct; !near(r.Time, want, 1e-9) {
+			t.Errorf("%d servers: %g s, want %g x bytes/bandwidth = %g s", tc.servers, r.Time, tc.factor, want)
+		}
+	}
+	// A faster server link than the workers' restores the direct time.
+	cfg := Config{GFLOPS: math.Inf(1), Cores: 1, LinkBytesPerSec: 1e9, WindowBytes: 1 << 40, NATSServers: 1, ServerBytesPerSec: w * 1e9}
+	if r := mustSim(t, p, cfg); !near(r.Time, direct, 1e-9) {
+		t.Errorf("one server %dx faster: %g s, want %g s", w, r.Time, direct)
+	}
+	cfg.NATSServers = -1
+	if _, err := Simulate(context.Background(), p, cfg); !errors.Is(err, ErrInvalid) {
+		t.Errorf("NATSServers -1: %v, want ErrInvalid", err)
+	}
+}
