@@ -67,6 +67,10 @@ type Config struct {
 	// (default: Subjects.Inbox(RoleClient, Tenant)). With auth on it must
 	// be the one its role's permissions allow: Config.ForRole sets it.
 	InboxPrefix string
+	// Worker is the worker id this connection belongs to (ForRole sets
+	// it for RoleWorker): rings opened through Conn.NewRing send as it
+	// (RingConfig.Worker), as a worker's permissions require.
+	Worker string
 	// StoreReplicas (default 1; 3 for a cluster that survives a server
 	// loss), StoreMaxBytes (0 = unlimited) and StoreTTL (0 = objects never
 	// expire) are the tensor store bucket's settings, applied when the
@@ -202,6 +206,9 @@ func (c Config) Validate() error {
 	if err := ValidateTenant(c.Tenant); err != nil {
 		return invalid("Tenant = %q: want 1..128 characters of [A-Za-z0-9_-], not starting with \"_\" (or %q for the admin)", c.Tenant, AdminTenant)
 	}
+	if c.Worker != "" && !nameRE.MatchString(c.Worker) {
+		return invalid("Worker = %q: want [A-Za-z0-9_-]+", c.Worker)
+	}
 	if c.InboxPrefix != "" && !subjectRE.MatchString(c.InboxPrefix) {
 		return invalid("InboxPrefix = %q: want dot-separated tokens of [A-Za-z0-9_-]", c.InboxPrefix)
 	}
@@ -243,9 +250,18 @@ func (c Config) ForRole(role Role, id string) Config {
 		c.Tenant = id
 	case RoleAdmin:
 		c.Tenant = AdminTenant
+	case RoleWorker:
+		c.Worker = id
 	}
 	c.InboxPrefix = c.Subjects().Inbox(role, id)
 	return c
+}
+
+// HasCredentials reports whether c authenticates (user/password, token,
+// creds or nkey): a server serving the API with credentials should set
+// APIConfig.EnforceTenants.
+func (c Config) HasCredentials() bool {
+	return c.User != "" || c.Token != "" || c.CredsFile != "" || c.NKeySeedFile != ""
 }
 
 // inboxPrefix is the reply-subject prefix c's connection uses.

@@ -44,6 +44,7 @@ type Conn struct {
 	nc       *nats.Conn
 	subj     Subjects
 	tenant   string
+	worker   string // Config.Worker: rings send as it
 	log      *slog.Logger
 	panics   atomic.Int64
 	rejected atomic.Int64
@@ -65,7 +66,7 @@ func (c *Conn) ForTenant(tenant string) (*Conn, error) {
 	if err := ValidateTenant(tenant); err != nil {
 		return nil, err
 	}
-	return &Conn{nc: c.nc, subj: c.subj, tenant: orDefaultTenant(tenant), log: c.log}, nil
+	return &Conn{nc: c.nc, subj: c.subj, tenant: orDefaultTenant(tenant), worker: c.worker, log: c.log}, nil
 }
 
 // Tenant is the tenant c calls the API and watches events as.
@@ -80,6 +81,7 @@ func Dial(cfg Config, logger *slog.Logger) (*Conn, error) {
 	}
 	c := NewConn(nc, cfg.Subjects(), logger)
 	c.tenant = orDefaultTenant(cfg.Tenant)
+	c.worker = cfg.Worker
 	c.owned = true
 	return c, nil
 }
@@ -91,10 +93,14 @@ func (c *Conn) NATS() *nats.Conn { return c.nc }
 func (c *Conn) IsConnected() bool { return c.nc.IsConnected() }
 
 // NewRing is NewNATSRing on c, under c's subject prefix unless cfg sets
-// one.
+// one, sending as c's worker (Config.Worker) unless cfg names a Worker or
+// Workers.
 func (c *Conn) NewRing(cfg RingConfig) (*NATSRing, error) {
 	if cfg.Prefix == "" {
 		cfg.Prefix = c.subj.Prefix()
+	}
+	if cfg.Worker == "" && cfg.Workers == nil {
+		cfg.Worker = c.worker
 	}
 	return NewNATSRing(c.nc, cfg)
 }
