@@ -8,11 +8,15 @@
 //     online-softmax kernels.State per owned query block. At ring step s it
 //     folds the key/value blocks it holds (those rank (r-s) mod W started
 //     with) into every owned query block they are visible to — one
-//     kernels.State.FoldBlocks call per run of query blocks — while two
-//     goroutines send the same blocks to rank r+1 and receive the blocks of
-//     step s+1 from rank r-1 (double buffering). After W steps each state
-//     has seen every key exactly once; it is finalized and written to the
-//     Sink with its log-sum-exp.
+//     kernels.State.FoldBlocks call per run of query blocks — while other
+//     goroutines send blocks on and receive the blocks of step s+1 (double
+//     buffering). A block travels only to the ranks whose query blocks see
+//     it (shard.Plan.Traffic): from its holder straight to the next rank in
+//     ring order that needs it, and so on, skipping the others; ranks that
+//     need nothing of it neither receive nor forward it (RankConfig.FullRing
+//     passes every block through every rank instead). After W steps each
+//     state has seen every visible key exactly once; it is finalized and
+//     written to the Sink with its log-sum-exp.
 //   - Split-KV: every rank folds its key range into all query blocks,
 //     finalizes a partial (O, LSE), and the partials are merged up a binary
 //     tree (KindPartial frames, kernels.MergeOutputs) to rank 0, which

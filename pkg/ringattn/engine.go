@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -48,6 +49,12 @@ type RankConfig struct {
 	// rank waits for a child's partial before recomputing it from the
 	// Source; 0 means DefaultPartialTimeouts.
 	PartialTimeouts int
+	// FullRing, when set, passes every key/value block through every rank
+	// (shard.Plan.FullRing) instead of only to the ranks that need it
+	// (shard.Plan.Traffic), as the ring did before short-circuits. The
+	// result is the same bits either way; it is for measuring the
+	// difference. Every rank of a plan must use the same setting.
+	FullRing bool
 }
 
 // DefaultPartialTimeouts is RankConfig.PartialTimeouts when 0.
@@ -156,6 +163,9 @@ type rankRun struct {
 	share bool                      // the ring passes frames by reference (FrameSharer)
 	prog  Progress
 	falls int // fallbacks counted by the receiver goroutine of the current step
+	// route is the forward's key/value schedule: which blocks the rank
+	// folds, receives from whom and sends to whom (ring strategies).
+	route *shard.Traffic
 }
 
 // qRun is a run of consecutive owned query blocks folded as one: one State
@@ -189,9 +199,11 @@ func (r *rankRun) sees(run *qRun, kj int) bool {
 //
 // Ring strategies: the rank fetches its query blocks and its initial
 // key/value blocks from the Source, then for each step s folds the blocks
-// it holds into the online-softmax state of its query blocks while, in two
-// goroutines, the same blocks are sent to rank r+1 and the blocks of step
-// s+1 are received from rank r-1 (double buffering). A receive that times
+// of rank (r-s) mod W that its query blocks see into their online-softmax
+// state while, in other goroutines, blocks are sent on to the next rank
+// that needs them and the blocks of step s+1 are received (double
+// buffering): the schedule of shard.Plan.Traffic, which moves each block
+// only to the ranks that need it (DESIGN.md §8). A receive that times
 // out (ErrTimeout) or delivers a malformed frame is replaced by a Source
 // fetch, and the fetched block is forwarded like a received one. Block pairs
 // the mask hides entirely are skipped.
@@ -222,6 +234,15 @@ func RunRank(ctx context.Context, cfg RankConfig) error {
 	}
 	if cfg.Plan.Strategy == shard.SplitKV {
 		return run.splitKV(ctx)
+	}
+	if cfg.FullRing {
+		run.route = cfg.Plan.FullRing()
+	} else {
+		route, err := cfg.Plan.TrafficContext(ctx)
+		if err != nil {
+			return err
+		}
+		run.route = route
 	}
 	return run.ringSteps(ctx)
 }
@@ -467,16 +488,7 @@ func (r *rankRun) prefetch(ctx context.Context, blocks []int, use func(kvBlock) 
 func (r *rankRun) fold(ctx context.Context, held []kvBlock, states []*kernels.State, count bool) error {
 	if count {
 		for _, b := range held {
-			for _, run := range r.runs {
-				for _, qi := range run.blocks {
-					if c := r.pairs[qi].Pairs(b.j); c > 0 {
-						r.prog.Pairs++
-						r.prog.FLOPs += float64(c) * r.plan.PairFLOPs()
-					} else {
-						r.prog.Skipped++
-					}
-				}
-			}
+			r.countPairs(b.j)
 		}
 	}
 	kv := make([]kernels.KV, 0, len(held))
@@ -499,6 +511,21 @@ func (r *rankRun) fold(ctx context.Context, held []kvBlock, states []*kernels.St
 		}
 	}
 	return nil
+}
+
+// countPairs adds key block j's pairs with the owned query blocks to the
+// progress: visible ones as folded, hidden ones as skipped.
+func (r *rankRun) countPairs(j int) {
+	for _, run := range r.runs {
+		for _, qi := range run.blocks {
+			if c := r.pairs[qi].Pairs(j); c > 0 {
+				r.prog.Pairs++
+				r.prog.FLOPs += float64(c) * r.plan.PairFLOPs()
+			} else {
+				r.prog.Skipped++
+			}
+		}
+	}
 }
 
 // group runs functions concurrently; the first error cancels the others.
@@ -541,41 +568,68 @@ func (g *group) Wait() error {
 	return g.err
 }
 
-// ringSteps runs the W ring steps of a ring strategy.
+// ringSteps runs the W ring steps of a ring strategy over the plan's
+// key/value schedule (r.route, DESIGN.md §8): at step s the rank folds the
+// blocks of rank (r-s) mod W that it needs while, concurrently, it sends
+// the blocks whose next rank folds them at step s+1 and receives the
+// blocks it folds at step s+1, each from the rank before it on the block's
+// route. A block the rank still has to forward waits in sends until the
+// step before its receiver folds it.
 func (r *rankRun) ringSteps(ctx context.Context) error {
-	plan := r.plan
+	plan, tr := r.plan, r.route
+	sends := make(map[int][]kvBlock) // by the step they are sent in
+	queue := func(b kvBlock) {
+		if s := tr.SendStep(r.rank, b.j); s >= 0 {
+			sends[s] = append(sends[s], b)
+		}
+	}
 	var cur []kvBlock
 	for _, j := range plan.Ranks[r.rank].KVBlocks {
+		if !tr.Loads(r.rank, j) {
+			continue
+		}
 		b, err := r.fetchKV(ctx, j)
 		if err != nil {
 			return err
 		}
-		cur = append(cur, b)
+		if tr.Needs(r.rank, j) {
+			cur = append(cur, b)
+		}
+		queue(b)
 	}
-	next := (r.rank + 1) % r.w
-	prev := (r.rank - 1 + r.w) % r.w
 	for s := 0; s < plan.Steps; s++ {
 		var incoming []kvBlock
+		var falls int
 		g, gctx := newGroup(ctx)
 		if s+1 < plan.Steps {
-			held := cur
-			g.Go(func() error { return r.sendSet(gctx, next, s+1, held) })
-			g.Go(func() (err error) {
-				incoming, err = r.recvSet(gctx, prev, s+1)
-				return err
-			})
+			if out := sends[s]; len(out) > 0 {
+				delete(sends, s)
+				g.Go(func() error { return r.sendRouted(gctx, s+1, out) })
+			}
+			if want := tr.Fold(r.rank, s+1); len(want) > 0 {
+				g.Go(func() (err error) {
+					incoming, falls, err = r.recvRouted(gctx, s+1, want)
+					return err
+				})
+			}
 		}
-		g.record(r.fold(gctx, cur, r.states(false), true))
+		// Progress counts every pair of the step's holder, folded or not.
+		for _, j := range plan.HeldKV(r.rank, s) {
+			r.countPairs(j)
+		}
+		g.record(r.fold(gctx, cur, r.states(false), false))
 		if err := g.Wait(); err != nil {
 			if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 				err = ctx.Err()
 			}
 			return fmt.Errorf("rank %d step %d: %w", r.rank, s, err)
 		}
-		r.prog.Fallbacks += r.falls
-		r.falls = 0
+		r.prog.Fallbacks += falls
 		r.prog.Step = s + 1
 		r.report()
+		for _, b := range incoming {
+			queue(b)
+		}
 		cur = incoming
 	}
 	for _, run := range r.runs {
@@ -586,6 +640,63 @@ func (r *rankRun) ringSteps(ctx context.Context) error {
 	r.prog.Done = true
 	r.report()
 	return nil
+}
+
+// sendRouted sends blocks, in ascending block order, each to the next rank
+// on its route, keyed with the step the receiver folds it at (step).
+func (r *rankRun) sendRouted(ctx context.Context, step int, blocks []kvBlock) error {
+	slices.SortFunc(blocks, func(a, b kvBlock) int { return a.j - b.j })
+	for _, b := range blocks {
+		to := r.route.Next(r.rank, b.j)
+		if !r.share {
+			b = r.compact(b)
+		}
+		f := Frame{Key: Key{Kind: KindKV, Step: step, Block: b.j}, Tensors: [][]float32{b.k, b.v}, Stride: b.stride}
+		if err := r.ring.Send(ctx, to, f); err != nil {
+			return fmt.Errorf("sending key/value block %d to rank %d: %w", b.j, to, err)
+		}
+	}
+	return nil
+}
+
+// recvRouted receives the blocks want of step `step`, each from the rank
+// before this one on its route: one goroutine per sender, each receiving
+// its blocks in order, so that a sender waiting on a full link to this
+// rank is always drained. It returns the blocks in the order of want and
+// the number fetched from the Source instead (timeouts, malformed frames).
+func (r *rankRun) recvRouted(ctx context.Context, step int, want []int) ([]kvBlock, int, error) {
+	out := make([]kvBlock, len(want))
+	bySender := map[int][]int{} // sender -> indices into want
+	var senders []int
+	for i, j := range want {
+		from := r.route.From(r.rank, j)
+		if _, ok := bySender[from]; !ok {
+			senders = append(senders, from)
+		}
+		bySender[from] = append(bySender[from], i)
+	}
+	var falls atomic.Int64
+	g, gctx := newGroup(ctx)
+	for _, from := range senders {
+		idx := bySender[from]
+		g.Go(func() error {
+			for _, i := range idx {
+				b, fell, err := r.recvKV(gctx, from, step, want[i])
+				if err != nil {
+					return err
+				}
+				if fell {
+					falls.Add(1)
+				}
+				out[i] = b
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, 0, err
+	}
+	return out, int(falls.Load()), nil
 }
 
 func (r *rankRun) put(ctx context.Context, run *qRun) error {
@@ -641,34 +752,46 @@ func (r *rankRun) recvSet(ctx context.Context, from, step int) ([]kvBlock, error
 	want := r.plan.HeldKV(r.rank, step)
 	out := make([]kvBlock, 0, len(want))
 	for _, j := range want {
-		f, err := r.ring.Recv(ctx, from, Key{Kind: KindKV, Step: step, Block: j})
-		switch {
-		case err == nil:
-			if len(f.Tensors) == 2 {
-				b := kvBlock{j: j, k: f.Tensors[0], v: f.Tensors[1], stride: f.Stride}
-				cerr := r.checkKV(b)
-				if cerr == nil {
-					out = append(out, b)
-					continue
-				}
-				r.log.Warn("malformed key/value frame, fetching from the source", "block", j, "step", step, "err", cerr)
-			} else {
-				r.log.Warn("malformed key/value frame, fetching from the source", "block", j, "step", step,
-					"tensors", len(f.Tensors))
-			}
-		case errors.Is(err, ErrTimeout):
-			r.log.Warn("key/value frame timed out, fetching from the source", "block", j, "step", step, "from", from)
-		default:
-			return nil, fmt.Errorf("receiving key/value block %d from rank %d: %w", j, from, err)
-		}
-		b, err := r.fetchKV(ctx, j)
+		b, fell, err := r.recvKV(ctx, from, step, j)
 		if err != nil {
 			return nil, err
 		}
-		r.falls++
+		if fell {
+			r.falls++
+		}
 		out = append(out, b)
 	}
 	return out, nil
+}
+
+// recvKV receives key/value block j of step `step` from rank `from`; a
+// frame that times out or arrives malformed is fetched from the Source
+// instead (fell reports it).
+func (r *rankRun) recvKV(ctx context.Context, from, step, j int) (b kvBlock, fell bool, err error) {
+	f, err := r.ring.Recv(ctx, from, Key{Kind: KindKV, Step: step, Block: j})
+	switch {
+	case err == nil:
+		if len(f.Tensors) == 2 {
+			b := kvBlock{j: j, k: f.Tensors[0], v: f.Tensors[1], stride: f.Stride}
+			cerr := r.checkKV(b)
+			if cerr == nil {
+				return b, false, nil
+			}
+			r.log.Warn("malformed key/value frame, fetching from the source", "block", j, "step", step, "err", cerr)
+		} else {
+			r.log.Warn("malformed key/value frame, fetching from the source", "block", j, "step", step,
+				"tensors", len(f.Tensors))
+		}
+	case errors.Is(err, ErrTimeout):
+		r.log.Warn("key/value frame timed out, fetching from the source", "block", j, "step", step, "from", from)
+	default:
+		return kvBlock{}, false, fmt.Errorf("receiving key/value block %d from rank %d: %w", j, from, err)
+	}
+	b, err = r.fetchKV(ctx, j)
+	if err != nil {
+		return kvBlock{}, false, err
+	}
+	return b, true, nil
 }
 
 // splitKV computes this rank's partial (O, LSE) over its key range for all

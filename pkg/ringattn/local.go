@@ -36,6 +36,8 @@ type LocalConfig struct {
 	Progress func(Progress)
 	// Source replaces the in-memory source over q, k, v when not nil.
 	Source Source
+	// FullRing is RankConfig.FullRing for every rank.
+	FullRing bool
 }
 
 // RunLocalNet is RunLocal over a caller-provided network (with its fault
@@ -76,7 +78,7 @@ func RunLocalNet(ctx context.Context, cfg LocalConfig, p *kernels.Params, plan *
 		go func() {
 			defer wg.Done()
 			err := RunRank(ctx, RankConfig{Params: p, Plan: plan, Ring: cfg.Net.Rank(r),
-				Source: src, Sink: sink, Progress: cfg.Progress})
+				Source: src, Sink: sink, Progress: cfg.Progress, FullRing: cfg.FullRing})
 			if err == nil {
 				return
 			}
