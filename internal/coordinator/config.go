@@ -96,6 +96,11 @@ type Config struct {
 	AssignTimeout time.Duration
 	// SchedulerInterval is the leader's scheduling tick.
 	SchedulerInterval time.Duration
+	// MinRankTime sizes gangs: a job gets no more ranks than keep each
+	// busy at least this long at the workers' measured speed (unless its
+	// spec sets parallelism); 0 gives every job as many ranks as it has
+	// blocks. See DESIGN.md, "Scheduling".
+	MinRankTime time.Duration
 	// JobTTL: finished jobs expire (records and tensors deleted) this long
 	// after they finish.
 	JobTTL time.Duration
@@ -141,6 +146,11 @@ type Config struct {
 	Version string
 }
 
+// DefaultMinRankTime is Config.MinRankTime by default: below about
+// 100 ms of compute a rank's fixed costs (assignment, input fetch, ring
+// set-up) outweigh what another rank saves.
+const DefaultMinRankTime = 100 * time.Millisecond
+
 // DefaultConfig returns the defaults of every field.
 func DefaultConfig() Config {
 	return Config{
@@ -151,6 +161,7 @@ func DefaultConfig() Config {
 		HeartbeatTimeout:       3 * time.Second,
 		AssignTimeout:          2 * time.Second,
 		SchedulerInterval:      100 * time.Millisecond,
+		MinRankTime:            DefaultMinRankTime,
 		JobTTL:                 24 * time.Hour,
 		TombstoneTTL:           7 * 24 * time.Hour,
 		MaxEpochs:              16,
@@ -235,6 +246,9 @@ func (c Config) Validate() error {
 		if d.v <= 0 {
 			return bad(d.name, "%v: want > 0", d.v)
 		}
+	}
+	if c.MinRankTime < 0 || c.MinRankTime > time.Hour {
+		return bad("MinRankTime", "%v: want 0..1h", c.MinRankTime)
 	}
 	if c.RaftLeaderLeaseTimeout > c.RaftHeartbeatTimeout {
 		return bad("RaftLeaderLeaseTimeout", "%v: want <= RaftHeartbeatTimeout (%v)", c.RaftLeaderLeaseTimeout, c.RaftHeartbeatTimeout)

@@ -14,18 +14,28 @@
 //   - coordinator.go: Raft (hashicorp/raft with raft-wal as log and stable
 //     store, file snapshots in Config.DataDir, TCP transport), static-peer
 //     bootstrap, leadership tracking.
-//   - leader.go: the leader session: worker registry from sanitized
-//     heartbeats (soft state), the priority/FIFO scheduler, plans from
-//     pkg/shard weighted by worker GFLOP/s, assignments, failure detection
-//     (silence, leaving, refusals, the progress watchdog) and re-planning of
-//     unfinished blocks in a new epoch, deadlines, TTL expiry.
+//   - leader.go: the leader session's life: serves heartbeats, reports
+//     and the API through transport's typed calls, runs the rounds.
+//   - registry.go: the worker registry from sanitized heartbeats (soft
+//     state).
+//   - scheduler.go: the scheduler, a pure function of (jobs, workers,
+//     now) returning decisions: deadlines, re-plans, gang-sized starts
+//     with waiting and backfill (DESIGN.md, "Scheduling").
+//   - tick.go: the leader's round: builds the scheduler's input from the
+//     log and the registry and commits its decisions through Raft.
+//   - dispatch.go: epochs planned by pkg/shard (weighted by worker
+//     GFLOP/s) and encoded by transport's codec, assignments and their
+//     (re-)sends, job ends and events.
+//   - expiry.go: the progress watchdog, TTL expiry of finished jobs and
+//     forgetting soft state of epochs that are over.
 //   - report.go: the worker report handler: checks the reporting worker
 //     owns the rank, acks only after commit.
 //   - verify.go: outputs checked against the store before a job succeeds
 //     (and again when a client gets it); sweep.go: orphaned uploads deleted.
 //   - progress.go: per-ring-step PROGRESS events from the heartbeats.
 //   - contain.go: panic containment and bounded, cancellable planning.
-//   - api.go: the client API, a NATS micro service served by the leader;
+//   - api.go: the client API, served by the leader with
+//     transport.ServeAPI;
 //     busy.go: bounded request and report handling (BUSY replies); the
 //     queue limit itself is decided in State.Apply.
 //   - http.go, jsonview.go, status.go, leaderhttp.go, metrics.go: ops
