@@ -24,20 +24,41 @@ type KernelSpeed struct {
 	// CPUGFLOPS is GFLOP per CPU-second of the process (steadier than
 	// wall time on a loaded machine).
 	CPUGFLOPS float64
-	Runs      int
-	Shape     string
+	// DiagonalTileCost is what a tile on a causal diagonal costs in whole
+	// dense tiles (Config.DiagonalTileCost); 0 when not measured.
+	DiagonalTileCost float64
+	Runs             int
+	Shape            string
 }
 
+// kernelTiles is the tiles per side of MeasureKernel's problem.
+const kernelTiles = 12
+
 // MeasureKernel runs kernels.Attention (dense, B=1, H=heads, N=Nk=2304 =
-// 12 kernel tiles, D=d, on all cores) until d has passed, at least twice,
+// 12 kernel tiles, D=d, on all cores) until dur has passed, at least twice,
 // and returns its wall-clock speed: the GFLOPS of Config for this machine.
 // Wall time, not CPU time: on a shared machine the ring sees the same load.
 func MeasureKernel(ctx context.Context, dur time.Duration, heads, d int) (KernelSpeed, error) {
-	const n = 12 * DefaultTileRows
+	return measureKernel(ctx, dur, heads, d, false)
+}
+
+// MeasureKernelCausal is MeasureKernel alternating dense and causal runs
+// of the same shape (so both see the same load), which also measures
+// DiagonalTileCost: the causal run's time at the dense speed is
+// n(n-1)/2 whole tiles below the diagonal plus n diagonal tiles of that
+// cost each.
+func MeasureKernelCausal(ctx context.Context, dur time.Duration, heads, d int) (KernelSpeed, error) {
+	return measureKernel(ctx, dur, heads, d, true)
+}
+
+func measureKernel(ctx context.Context, dur time.Duration, heads, d int, causal bool) (KernelSpeed, error) {
+	const n = kernelTiles * DefaultTileRows
 	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: heads, Hkv: heads, D: d}, N: n, Nk: n}
 	if err := p.Validate(); err != nil {
 		return KernelSpeed{}, err
 	}
+	pc := p
+	pc.Mask.Causal = true
 	r := testrand.New(1)
 	q := r.Slice(heads*n*d, testrand.Normal)
 	k := r.Slice(heads*n*d, testrand.Normal)
@@ -47,21 +68,37 @@ func MeasureKernel(ctx context.Context, dur time.Duration, heads, d int) (Kernel
 	if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
 		return KernelSpeed{}, err
 	}
-	start, cpu0 := time.Now(), cpuSeconds()
+	var secs, cpu, csecs float64
 	runs := 0
-	for runs < 2 || time.Since(start) < dur {
+	for start := time.Now(); runs < 2 || time.Since(start) < dur; runs++ {
 		if err := ctx.Err(); err != nil {
 			return KernelSpeed{}, err
 		}
+		t0, c0 := time.Now(), cpuSeconds()
 		if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
 			return KernelSpeed{}, err
 		}
-		runs++
+		secs += time.Since(t0).Seconds()
+		cpu += cpuSeconds() - c0
+		if causal {
+			t1 := time.Now()
+			if err := kernels.Attention(&pc, q, k, v, o, nil); err != nil {
+				return KernelSpeed{}, err
+			}
+			csecs += time.Since(t1).Seconds()
+		}
 	}
-	secs, cpu := time.Since(start).Seconds(), cpuSeconds()-cpu0
 	flops := p.VisibleFLOPs() * float64(runs)
-	return KernelSpeed{GFLOPS: flops / secs / 1e9, CPUGFLOPS: flops / cpu / 1e9, Runs: runs,
-		Shape: fmt.Sprintf("B=1 H=%d N=%d D=%d dense", heads, n, d)}, nil
+	ks := KernelSpeed{GFLOPS: flops / secs / 1e9, CPUGFLOPS: flops / cpu / 1e9, Runs: runs,
+		Shape: fmt.Sprintf("B=1 H=%d N=%d D=%d dense", heads, n, d)}
+	if causal {
+		// Dense: kernelTiles² tiles in secs; causal: below + diag·m tiles.
+		tiles := csecs / secs * kernelTiles * kernelTiles
+		below := float64(kernelTiles*(kernelTiles-1)) / 2
+		ks.DiagonalTileCost = min(4, max(0.5, (tiles-below)/kernelTiles))
+		ks.Shape += " and causal"
+	}
+	return ks, nil
 }
 
 // TransportCost is the measured CPU cost of moving frames.

@@ -58,6 +58,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	strategies := fs.String("strategy", "auto", "comma-separated shard `strategies`: auto, contiguous, zigzag, striped, splitkv")
 	block := fs.Int("block", 0, "tokens per block (0: the planner's default, 1024)")
 	gflops := fs.Float64("gflops", 0, "one worker's kernel speed on all its cores, `GFLOP/s` (0: measure this machine)")
+	diagCost := fs.Float64("diagonal-tile-cost", 0, "cost of a kernel tile on a causal diagonal in whole tiles (0: measure this machine's kernel)")
 	cores := fs.Int("cores", runtime.GOMAXPROCS(0), "cores per worker (default: this machine's GOMAXPROCS, which a measured speed is for)")
 	nsPerByte := fs.Float64("transport-ns-per-byte", -1, "transport CPU per payload byte, sender and receiver together, `ns` (-1: measure an in-process NATS ring)")
 	servers := fs.Int("nats-servers", 0, "dedicated NATS `servers` relaying every frame (0: a server on every worker host, frames cross each host's link once each way)")
@@ -103,6 +104,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return fail("--block %d, expected >= 0", *block)
 	case *gflops < 0 || math.IsNaN(*gflops) || math.IsInf(*gflops, 0):
 		return fail("--gflops %g, expected a positive speed (0: measure)", *gflops)
+	case *diagCost < 0 || math.IsNaN(*diagCost) || math.IsInf(*diagCost, 0):
+		return fail("--diagonal-tile-cost %g, expected >= 0 (0: measure)", *diagCost)
 	case *cores < 1:
 		return fail("--cores %d, expected >= 1", *cores)
 	case *nsPerByte < 0 && *nsPerByte != -1 || math.IsNaN(*nsPerByte) || math.IsInf(*nsPerByte, 0):
@@ -148,7 +151,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		opts := ValidateOptions{Workers: ws, N: *validateN, Heads: *heads, Dim: *dim, Causal: maskList, Block: *block,
 			Strategy: strats[0], Runs: *runs, Ring: *validateRing, Calibration: *calib,
 			Model: Config{GFLOPS: *gflops, Cores: *cores, StepOverhead: stepOverhead.Seconds(), WindowBytes: float64(*window),
-				BufferBytes: float64(*buffer)},
+				BufferBytes: float64(*buffer), DiagonalTileCost: *diagCost},
 			Log: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
 		if *nsPerByte >= 0 {
 			opts.Model.SendSecPerByte, opts.Model.RecvSecPerByte = *nsPerByte/2*1e-9, *nsPerByte/2*1e-9
@@ -182,19 +185,29 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	cfg := Config{GFLOPS: *gflops, Cores: *cores, Latency: latency.Seconds(), StepOverhead: stepOverhead.Seconds(),
+	cfg := Config{GFLOPS: *gflops, Cores: *cores, DiagonalTileCost: *diagCost, Latency: latency.Seconds(), StepOverhead: stepOverhead.Seconds(),
 		WindowBytes: float64(*window), BufferBytes: float64(*buffer), NATSServers: *servers, ServerBytesPerSec: serverBps}
 	fmt.Fprintf(stdout, "bench simulate: B=1 Hq=%d Hkv=%d D=%d, fp32 on the wire, one worker per host of %d cores\n", *heads, *kvHeads, *dim, *cores)
-	if cfg.GFLOPS == 0 {
-		ks, err := MeasureKernel(ctx, *calib, *heads, *dim)
+	if cfg.GFLOPS == 0 || cfg.DiagonalTileCost == 0 {
+		ks, err := MeasureKernelCausal(ctx, *calib, *heads, *dim)
 		if err != nil {
 			fmt.Fprintf(stderr, "ringattn bench simulate: measuring the kernel: %v\n", err)
 			return 1
 		}
-		cfg.GFLOPS = ks.GFLOPS
-		fmt.Fprintf(stdout, "kernel: %.1f GFLOP/s per worker, measured here (%s, %d runs, wall clock on a machine that may be shared)\n", ks.GFLOPS, ks.Shape, ks.Runs)
-	} else {
+		if cfg.GFLOPS == 0 {
+			cfg.GFLOPS = ks.GFLOPS
+			fmt.Fprintf(stdout, "kernel: %.1f GFLOP/s per worker, measured here (%s, %d runs, wall clock on a machine that may be shared)\n", ks.GFLOPS, ks.Shape, ks.Runs)
+		}
+		if cfg.DiagonalTileCost == 0 {
+			cfg.DiagonalTileCost = ks.DiagonalTileCost
+			fmt.Fprintf(stdout, "kernel: a tile on a causal diagonal costs %.2f dense tiles, measured here\n", ks.DiagonalTileCost)
+		}
+	}
+	if *gflops > 0 {
 		fmt.Fprintf(stdout, "kernel: %.1f GFLOP/s per worker (--gflops)\n", cfg.GFLOPS)
+	}
+	if *diagCost > 0 {
+		fmt.Fprintf(stdout, "kernel: a tile on a causal diagonal costs %.2f dense tiles (--diagonal-tile-cost)\n", cfg.DiagonalTileCost)
 	}
 	if *nsPerByte < 0 {
 		tc, err := MeasureTransport(ctx, *calib, 8<<20)

@@ -45,6 +45,7 @@ func TestSimulateCLIUsageErrors(t *testing.T) {
 		{[]string{"--kv-heads", "3"}, "--kv-heads 3 must divide --heads 8"},
 		{[]string{"--nope"}, "flag provided but not defined: -nope"},
 		{[]string{"--nats-servers", "-1"}, "--nats-servers -1, expected >= 0"},
+		{[]string{"--diagonal-tile-cost", "-1"}, "--diagonal-tile-cost -1, expected >= 0"},
 		{[]string{"--gflops", "1", "--transport-ns-per-byte", "0", "--server-link", "fast"}, `--server-link "fast", expected a speed`},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
@@ -61,7 +62,7 @@ func TestSimulateCLIUsageErrors(t *testing.T) {
 // TestSimulateCLITable prints the table without measuring anything.
 func TestSimulateCLITable(t *testing.T) {
 	code, out, errs := runMain(t, "--workers", "4,8", "--link", "10Gbit,inf", "--n", "16384", "--mask", "full,causal",
-		"--gflops", "200", "--transport-ns-per-byte", "0.5", "--cores", "8")
+		"--gflops", "200", "--transport-ns-per-byte", "0.5", "--cores", "8", "--diagonal-tile-cost", "1.8")
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, errs)
 	}
@@ -75,7 +76,7 @@ func TestSimulateCLITable(t *testing.T) {
 	if len(rows) != 8 {
 		t.Fatalf("%d rows, want 8:\n%s", len(rows), out)
 	}
-	for _, want := range []string{"kernel: 200.0 GFLOP/s per worker (--gflops)", "transport: 0.500 ns of CPU per byte",
+	for _, want := range []string{"kernel: 200.0 GFLOP/s per worker (--gflops)", "costs 1.80 dense tiles (--diagonal-tile-cost)", "transport: 0.500 ns of CPU per byte",
 		"| 8 | 10Gbit | 16384 | causal | zigzag |", "| 4 | inf | 16384 | full | contiguous |"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
@@ -107,6 +108,10 @@ func TestSimulateCalibration(t *testing.T) {
 	ks, err := MeasureKernel(ctx, 20*time.Millisecond, 2, 64)
 	if err != nil || !(ks.GFLOPS > 0) || math.IsInf(ks.GFLOPS, 0) || ks.Runs < 2 {
 		t.Errorf("MeasureKernel = %+v, %v", ks, err)
+	}
+	kc, err := MeasureKernelCausal(ctx, 20*time.Millisecond, 2, 64)
+	if err != nil || !(kc.GFLOPS > 0) || kc.DiagonalTileCost < 0.5 || kc.DiagonalTileCost > 4 {
+		t.Errorf("MeasureKernelCausal = %+v, %v", kc, err)
 	}
 	tc, err := MeasureTransport(ctx, 20*time.Millisecond, 1<<20)
 	if err != nil || !(tc.SecPerByte > 0) || !(tc.BytesPerSec > 0) || tc.Bytes < 1<<20 {

@@ -67,6 +67,12 @@ func TestSimulateOneWorkerIsPureCompute(t *testing.T) {
 		if !causal && !near(rt.Time, want, 1e-9) {
 			t.Errorf("full with tiles: time %g s, want %g s (192 divides nothing here, yet every tile is full)", rt.Time, want)
 		}
+		// Dearer diagonal tiles slow a causal mask down, not a full one.
+		cfg.DiagonalTileCost = 2
+		rd := mustSim(t, p, cfg)
+		if causal && !(rd.Time > rt.Time) || !causal && !near(rd.Time, want, 1e-9) {
+			t.Errorf("causal=%v: diagonal tiles at 2x: %g s, at 1x: %g s", causal, rd.Time, rt.Time)
+		}
 	}
 }
 

@@ -118,13 +118,19 @@ func Calibrate(ctx context.Context, opts ValidateOptions) (Calibration, error) {
 	if m.Cores == 0 {
 		m.Cores = runtime.GOMAXPROCS(0)
 	}
-	if m.GFLOPS == 0 {
-		ks, err := MeasureKernel(ctx, opts.Calibration, opts.Heads, opts.Dim)
+	if m.GFLOPS == 0 || m.DiagonalTileCost == 0 {
+		ks, err := MeasureKernelCausal(ctx, opts.Calibration, opts.Heads, opts.Dim)
 		if err != nil {
 			return cal, err
 		}
-		cal.Kernel, m.GFLOPS = ks, ks.GFLOPS
-		opts.Log("kernel: %.1f GFLOP/s (%s, %d runs)", ks.GFLOPS, ks.Shape, ks.Runs)
+		cal.Kernel = ks
+		if m.GFLOPS == 0 {
+			m.GFLOPS = ks.GFLOPS
+		}
+		if m.DiagonalTileCost == 0 {
+			m.DiagonalTileCost = ks.DiagonalTileCost
+		}
+		opts.Log("kernel: %.1f GFLOP/s, a diagonal tile costs %.2f tiles (%s, %d runs)", ks.GFLOPS, ks.DiagonalTileCost, ks.Shape, ks.Runs)
 	}
 	if opts.Ring == RingNATS && m.SendSecPerByte == 0 && m.RecvSecPerByte == 0 {
 		tc, err := MeasureTransport(ctx, opts.Calibration, 8<<20)
