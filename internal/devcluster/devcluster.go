@@ -21,6 +21,7 @@ import (
 
 	"github.com/ringattn/ringattn/internal/coordinator"
 	"github.com/ringattn/ringattn/internal/gateway"
+	"github.com/ringattn/ringattn/internal/metrics"
 	"github.com/ringattn/ringattn/internal/worker"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/transport"
@@ -51,6 +52,19 @@ type Config struct {
 	Logger *slog.Logger
 	// Ready bounds the wait for the cluster to serve (default 30 s).
 	Ready time.Duration
+	// Auth turns roles on: an nkey per identity (coordinator, each
+	// worker, a client per tenant, admin) is created in DataDir/auth
+	// (0600, kept across restarts; see Credentials), the NATS server
+	// admits only them, each with its role's permissions
+	// (transport.Subjects.Permissions), and every part in this process
+	// connects as its role. Off (the default): zero-config loopback.
+	Auth bool
+	// Tenants are the client tenants besides "default" that Auth creates
+	// credentials and a tensor bucket for.
+	Tenants []string
+	// TenantQuota caps each tenant's tensor bucket in bytes (0:
+	// unlimited); a write past it fails with transport.ErrStoreFull.
+	TenantQuota int64
 }
 
 // Cluster is a running dev cluster.
@@ -66,6 +80,8 @@ type Cluster struct {
 	httpL   net.Listener
 	httpS   *http.Server
 	httpC   *client.Client
+	creds   *Credentials
+	reg     *prometheus.Registry
 }
 
 // freeAddr returns a free 127.0.0.1 TCP address.
@@ -108,16 +124,32 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		}
 		c.tempDir = dir
 	}
+	c.cfg = transport.DefaultConfig()
+	workerIDs := make([]string, cfg.Workers)
+	for i := range workerIDs {
+		workerIDs[i] = fmt.Sprintf("worker-%d", i)
+	}
+	var users []transport.EmbeddedUser
+	if cfg.Auth {
+		if c.creds, users, err = authSetup(filepath.Join(dir, "auth"), c.cfg.Subjects(), c.cfg.Bucket, workerIDs, tenantsOf(cfg)); err != nil {
+			return c, err
+		}
+	}
 	c.NATS, err = transport.StartEmbedded(transport.EmbeddedConfig{Port: cfg.NATSPort,
-		DataDir: filepath.Join(dir, "nats"), Logger: log.With("side", "nats")})
+		DataDir: filepath.Join(dir, "nats"), Logger: log.With("side", "nats"), Users: users})
 	if err != nil {
 		return c, err
 	}
-	c.cfg = transport.DefaultConfig()
 	c.cfg.URLs = []string{c.NATS.ClientURL()}
 	// Everything in this process reaches the server over in-memory pipes
 	// (other processes use the URL).
 	c.cfg.InProcess = c.NATS
+	if err := c.provision(ctx, cfg); err != nil {
+		return c, err
+	}
+	// One /metrics for the process: the coordinator's registry, every
+	// worker's (labelled worker="<id>"), the Go runtime and the process.
+	c.reg = metrics.NewRegistry()
 
 	raftAddr, err := freeAddr()
 	if err != nil {
@@ -131,7 +163,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	// The coordinator serves no HTTP of its own: Start serves one mux of
 	// the job API and the coordinator's handler on cfg.HTTPAddr.
 	cc.HTTPAddr = ""
-	cc.NATS = c.cfg
+	cc.NATS = c.roleConfig(transport.RoleCoordinator, "")
 	cc.NATS.Name = "coordinator-0"
 	// A single node elects itself: short raft timeouts make start-up quick.
 	cc.RaftHeartbeatTimeout = 200 * time.Millisecond
@@ -143,7 +175,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 		return c, err
 	}
 	c.Coord, err = coordinator.New(cc, coordinator.Deps{Logger: log.With("side", "coordinator"),
-		Registerer: prometheus.NewRegistry(), Tensors: storeDeleter{store}})
+		Registerer: c.reg, Tensors: storeDeleter{store}})
 	if err != nil {
 		return c, err
 	}
@@ -168,11 +200,13 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	}
 	rctx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	for i := 0; i < cfg.Workers; i++ {
+	for _, id := range workerIDs {
 		wc := worker.DefaultConfig()
-		wc.ID = fmt.Sprintf("worker-%d", i)
-		wc.NATS = c.cfg
+		wc.ID = id
+		wc.NATS = c.roleConfig(transport.RoleWorker, id)
 		wc.NATS.Name = wc.ID
+		wc.Registerer = prometheus.WrapRegistererWith(prometheus.Labels{"worker": id}, c.reg)
+		wc.Gatherer = c.reg
 		wc.Threads = threads
 		wc.GFLOPS = gflops
 		wc.MetricsAddr = worker.MetricsDisabled
@@ -220,7 +254,7 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 }
 
 func (c *Cluster) openStore(ctx context.Context) (*transport.Store, error) {
-	nc, err := transport.Connect(c.cfg, nil)
+	nc, err := transport.Connect(c.roleConfig(transport.RoleCoordinator, ""), nil)
 	if err != nil {
 		return nil, err
 	}
@@ -242,8 +276,12 @@ func (d storeDeleter) DeleteJob(ctx context.Context, job string) error {
 }
 
 // NATSConfig is how clients in this process reach the cluster (over
-// in-memory pipes); other processes use NATS.ClientURL().
-func (c *Cluster) NATSConfig() transport.Config { return c.cfg }
+// in-memory pipes), as the default tenant (with Auth, its credentials);
+// other processes use NATS.ClientURL().
+func (c *Cluster) NATSConfig() transport.Config { return c.ClientConfig(transport.DefaultTenant) }
+
+// Registry is the registry the cluster's /metrics serves.
+func (c *Cluster) Registry() *prometheus.Registry { return c.reg }
 
 // URL is the NATS client URL.
 func (c *Cluster) URL() string { return c.NATS.ClientURL() }
@@ -263,7 +301,7 @@ func (c *Cluster) serveHTTP(ctx context.Context, cfg Config, log *slog.Logger) e
 		gcfg.Logger = log.With("side", "gateway")
 	}
 	gcfg = gcfg.WithDefaults()
-	ncfg := c.cfg
+	ncfg := c.ClientConfig(transport.DefaultTenant)
 	ncfg.Name = "gateway"
 	cl, err := client.Connect(ctx, ncfg, client.Options{Limits: gcfg.Limits, Logger: gcfg.Logger})
 	if err != nil {

@@ -137,7 +137,11 @@ func randTensor(r *testrand.Rand, shape ...int) *tensor.Tensor {
 func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: 1, WorkerThreads: 1})
+	// Every worker reports 2 GFLOP/s (w2 a fifth of it), far below what
+	// it measures: the big job's ranks then each hold far more compute
+	// than the scheduler's minimum rank time, so it spreads over all four.
+	const gflops = 2
+	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: 1, WorkerThreads: 1, WorkerGFLOPS: gflops})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,6 +159,7 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 		wc.Threads = 1
 		wc.HeartbeatInterval = 250 * time.Millisecond
 		wc.MeasureDuration = 50 * time.Millisecond
+		wc.GFLOPS = gflops
 		if tweak != nil {
 			tweak(&wc)
 		}
@@ -177,13 +182,13 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 		return w
 	}
 	w1 := newWorker("observed-1", nil)
-	// w2 reports a fifth of w1's measured kernel speed, so its plan share
+	// w2 reports a fifth of w1's kernel speed, so its plan share
 	// is the smallest (but not empty): it finishes each step first and
 	// waits for its predecessor's next frames longer than its 5 ms
 	// receive timeout, and reads those blocks from the store instead
 	// (store fallbacks).
 	w2 := newWorker("observed-2", func(c *worker.Config) {
-		c.GFLOPS = w1.GFLOPS() / 5
+		c.GFLOPS = gflops / 5
 		c.RecvTimeout = 5 * time.Millisecond
 	})
 	victim := newWorker("leaver-3", func(c *worker.Config) { c.MetricsAddr = worker.MetricsDisabled })
@@ -249,7 +254,9 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 	r := testrand.New(10)
 	const h, n, d = 2, 4096, 64
 	q, k, v := randTensor(r, 1, h, n, d), randTensor(r, 1, h, n, d), randTensor(r, 1, h, n, d)
-	big, err := cl.SubmitAttention(ctx, q, k, v, false, client.JobOptions{Block: 256})
+	// Parallelism 4: one rank per worker, whatever the scheduler's gang
+	// sizing makes of the measured speeds.
+	big, err := cl.SubmitAttention(ctx, q, k, v, false, client.JobOptions{Block: 256, Parallelism: 4})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -364,6 +371,15 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 			}
 		}
 		t.Logf("%-6s %-60s before %-12g after %-12g range [%g, %g]", c.where, c.series, bv, av, lo, hi)
+	}
+	// The dev cluster's own /metrics also gathers its in-process worker
+	// (labelled worker="worker-0"), the Go runtime and the process (what
+	// moves is TestDevclusterMetricsGathersEveryWorker's).
+	for _, series := range []string{`ringattn_worker_flops_total{worker="worker-0"}`,
+		`ringattn_worker_kernel_gflops{worker="worker-0"}`, `process_cpu_seconds_total`, `go_goroutines`} {
+		if _, ok := after["coord:"].value(series); !ok || strings.TrimSpace(after["coord:"].help[family(series)]) == "" {
+			t.Errorf("dev /metrics: %s not exposed with HELP", series)
+		}
 	}
 	if v, _ := after["coord:"].value("ringattn_raft_state"); v != 2 {
 		t.Errorf("ringattn_raft_state = %v on the only coordinator, want 2 (leader)", v)

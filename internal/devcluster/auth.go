@@ -1,0 +1,155 @@
+package devcluster
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+
+	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+// Credentials are the nkey seed files of a dev cluster started with
+// Config.Auth, one per identity, in Dir (mode 0700; each file 0600). They
+// are kept across restarts on the same data dir.
+type Credentials struct {
+	Dir         string
+	Coordinator string
+	Admin       string
+	// Workers maps a worker id to its seed file; Clients a tenant.
+	Workers map[string]string
+	Clients map[string]string
+}
+
+// Tenants returns the tenants with client credentials, sorted.
+func (c *Credentials) Tenants() []string {
+	var out []string
+	for t := range c.Clients {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// authSetup creates (or loads) the credentials of every identity of the
+// cluster under dir and returns them with the server's users: each
+// identity's public nkey and the permissions of its role.
+func authSetup(dir string, subj transport.Subjects, bucket string, workers, tenants []string) (*Credentials, []transport.EmbeddedUser, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("devcluster: credentials dir: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("devcluster: credentials dir: %w", err)
+	}
+	creds := &Credentials{Dir: dir, Workers: map[string]string{}, Clients: map[string]string{}}
+	var users []transport.EmbeddedUser
+	add := func(file string, role transport.Role, id string) (string, error) {
+		path := filepath.Join(dir, file)
+		pub, err := transport.EnsureNKeySeed(path)
+		if err != nil {
+			return "", err
+		}
+		users = append(users, transport.EmbeddedUser{NKey: pub, Permissions: subj.BucketPermissions(role, id, bucket)})
+		return path, nil
+	}
+	var err error
+	if creds.Coordinator, err = add("coordinator.nk", transport.RoleCoordinator, ""); err != nil {
+		return nil, nil, err
+	}
+	if creds.Admin, err = add("admin.nk", transport.RoleAdmin, ""); err != nil {
+		return nil, nil, err
+	}
+	for _, w := range workers {
+		if creds.Workers[w], err = add(w+".nk", transport.RoleWorker, w); err != nil {
+			return nil, nil, err
+		}
+	}
+	for _, t := range tenants {
+		if err := transport.ValidateJobTenant(t); err != nil || t == "" {
+			return nil, nil, fmt.Errorf("devcluster: tenant %q: want 1..128 characters of [A-Za-z0-9_-], not starting with \"_\"", t)
+		}
+		if creds.Clients[t], err = add("client-"+t+".nk", transport.RoleClient, t); err != nil {
+			return nil, nil, err
+		}
+	}
+	return creds, users, nil
+}
+
+// withCreds returns cfg authenticating with the seed file seed as
+// identity id of role.
+func withCreds(cfg transport.Config, seed string, role transport.Role, id string) transport.Config {
+	cfg = cfg.ForRole(role, id)
+	cfg.NKeySeedFile = seed
+	return cfg
+}
+
+// tenantsOf is cfg.Tenants, deduplicated, with the default tenant first.
+func tenantsOf(cfg Config) []string {
+	out := []string{transport.DefaultTenant}
+	for _, t := range cfg.Tenants {
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// provision creates each tenant's tensor bucket (with cfg.TenantQuota)
+// as the coordinator: clients may not create or resize theirs.
+func (c *Cluster) provision(ctx context.Context, cfg Config) error {
+	if c.creds == nil {
+		return nil
+	}
+	nc, err := transport.Connect(c.roleConfig(transport.RoleCoordinator, ""), nil)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	for _, t := range c.creds.Tenants() {
+		b := transport.TenantBucket(c.cfg.Bucket, t)
+		if _, err := transport.OpenStore(ctx, nc, transport.StoreConfig{Bucket: b, MaxBytes: cfg.TenantQuota}, nil); err != nil {
+			return fmt.Errorf("devcluster: tensor bucket of tenant %s: %w", t, err)
+		}
+	}
+	return nil
+}
+
+// roleConfig is how identity id of role in this process reaches the
+// cluster: its credentials when Auth is on.
+func (c *Cluster) roleConfig(role transport.Role, id string) transport.Config {
+	cfg := c.cfg
+	if c.creds == nil {
+		if role == transport.RoleClient {
+			cfg.Tenant = id
+		}
+		return cfg
+	}
+	seed := ""
+	switch role {
+	case transport.RoleCoordinator:
+		seed = c.creds.Coordinator
+	case transport.RoleAdmin:
+		seed = c.creds.Admin
+	case transport.RoleWorker:
+		seed = c.creds.Workers[id]
+	case transport.RoleClient:
+		seed = c.creds.Clients[id]
+	}
+	return withCreds(cfg, seed, role, id)
+}
+
+// Credentials are the cluster's credentials (nil without Config.Auth).
+func (c *Cluster) Credentials() *Credentials { return c.creds }
+
+// ClientConfig is how a client of tenant in this process reaches the
+// cluster (over in-memory pipes; with Auth, as that tenant's identity).
+func (c *Cluster) ClientConfig(tenant string) transport.Config {
+	return c.roleConfig(transport.RoleClient, tenant)
+}
+
+// AdminConfig is how the admin in this process reaches the cluster.
+func (c *Cluster) AdminConfig() transport.Config {
+	return c.roleConfig(transport.RoleAdmin, "")
+}
