@@ -153,3 +153,9 @@ func (c *Cluster) ClientConfig(tenant string) transport.Config {
 func (c *Cluster) AdminConfig() transport.Config {
 	return c.roleConfig(transport.RoleAdmin, "")
 }
+
+// WorkerConfig is how worker id (one of the cluster's) in this process
+// reaches the cluster (with Auth, as that worker's identity).
+func (c *Cluster) WorkerConfig(id string) transport.Config {
+	return c.roleConfig(transport.RoleWorker, id)
+}
