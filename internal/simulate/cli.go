@@ -66,6 +66,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	latency := fs.Duration("latency", 20*time.Microsecond, "one-way link latency")
 	stepOverhead := fs.Duration("step-overhead", 50*time.Microsecond, "fixed overhead per ring step per rank")
 	window := fs.Int("window-bytes", DefaultWindowBytes, "transport flow-control window per peer, bytes")
+	fullRing := fs.Bool("full-ring", false, "pass every key/value block through every rank, as the forward did before short-circuits (default: only to the ranks that need it)")
 	buffer := fs.Int("buffer-bytes", DefaultBufferBytes, "frames a receiver holds before its engine asks for them, bytes")
 	calib := fs.Duration("calibrate-time", time.Second, "how long each measurement runs")
 	validate := fs.Bool("validate", false, "run real in-process rings of W=2 and W=4 and print predicted vs measured")
@@ -151,7 +152,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		opts := ValidateOptions{Workers: ws, N: *validateN, Heads: *heads, Dim: *dim, Causal: maskList, Block: *block,
 			Strategy: strats[0], Runs: *runs, Ring: *validateRing, Calibration: *calib,
 			Model: Config{GFLOPS: *gflops, Cores: *cores, StepOverhead: stepOverhead.Seconds(), WindowBytes: float64(*window),
-				BufferBytes: float64(*buffer), DiagonalTileCost: *diagCost},
+				BufferBytes: float64(*buffer), DiagonalTileCost: *diagCost, FullRing: *fullRing},
 			Log: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
 		if *nsPerByte >= 0 {
 			opts.Model.SendSecPerByte, opts.Model.RecvSecPerByte = *nsPerByte/2*1e-9, *nsPerByte/2*1e-9
@@ -185,7 +186,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}
 	}
-	cfg := Config{GFLOPS: *gflops, Cores: *cores, DiagonalTileCost: *diagCost, Latency: latency.Seconds(), StepOverhead: stepOverhead.Seconds(),
+	cfg := Config{GFLOPS: *gflops, Cores: *cores, DiagonalTileCost: *diagCost, FullRing: *fullRing, Latency: latency.Seconds(), StepOverhead: stepOverhead.Seconds(),
 		WindowBytes: float64(*window), BufferBytes: float64(*buffer), NATSServers: *servers, ServerBytesPerSec: serverBps}
 	fmt.Fprintf(stdout, "bench simulate: B=1 Hq=%d Hkv=%d D=%d, fp32 on the wire, one worker per host of %d cores\n", *heads, *kvHeads, *dim, *cores)
 	if cfg.GFLOPS == 0 || cfg.DiagonalTileCost == 0 {
@@ -226,13 +227,17 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if mc, err := MeasureMerge(*dim); err == nil {
 		cfg.MergeSecPerByte = mc
 	}
-	relay := "a NATS server on every worker host"
+	relay := "key/value blocks only to the ranks that need them (shard.Plan.Traffic); a NATS server on every worker host"
+	if *fullRing {
+		relay = "every key/value block through every rank (--full-ring); a NATS server on every worker host"
+	}
 	if *servers > 0 {
 		sl := "the workers' link"
 		if *serverLink != "" {
 			sl = *serverLink
 		}
-		relay = fmt.Sprintf("%d dedicated NATS servers relaying every frame, each on %s", *servers, sl)
+		relay = strings.Replace(relay, "a NATS server on every worker host",
+			fmt.Sprintf("%d dedicated NATS servers relaying every frame, each on %s", *servers, sl), 1)
 	}
 	fmt.Fprintf(stdout, "%s; link latency %v, step overhead %v, window %d bytes, receive buffer %d bytes; input load and output write not modelled\n\n",
 		relay, *latency, *stepOverhead, *window, *buffer)

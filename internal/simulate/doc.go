@@ -8,11 +8,13 @@
 // # Model
 //
 // Every rank runs pkg/ringattn's schedule. At ring step s rank r folds the
-// key/value blocks it holds into its query blocks (one fold per run of
-// consecutive query blocks, as the engine does) while it sends the same
-// blocks to rank r+1 and receives those of step s+1 from rank r-1; the
-// step ends when the fold, the Send and the receive are all done, plus a
-// fixed per-step overhead. A Send returns when its last piece is published,
+// key/value blocks of rank (r-s) mod W that its query blocks see (one fold
+// per run of consecutive query blocks, as the engine does) while it sends
+// the blocks its receivers fold at step s+1 and receives those it folds at
+// step s+1. Which blocks go where is shard.Plan.Traffic: each block only
+// to the ranks that need it, in ring order (Config.FullRing: through every
+// rank, as before short-circuits). The step ends when the fold, the sends
+// and the receives are all done, plus a fixed per-step overhead. A Send returns when its last piece is published,
 // with at most the flow-control window still unacknowledged; the receiving
 // transport takes pieces in as they come, before its Recv asks, up to its
 // buffer (the engine asks for step s+1's frames when it starts step s;

@@ -88,6 +88,10 @@ type Config struct {
 	// flight) a sender waits (0 means DefaultBufferBytes). The engine asks
 	// for step s+1's frames when it starts step s.
 	BufferBytes float64
+	// FullRing passes every key/value block through every rank, as the
+	// forward did before short-circuits (ringattn.RankConfig.FullRing);
+	// false follows shard.Plan.Traffic.
+	FullRing bool
 	// MaxEvents bounds the simulation (0 means no bound).
 	MaxEvents int
 }
@@ -196,11 +200,22 @@ type stepLoad struct {
 	wall    float64 // seconds at full speed on the fold's cores: Σ flops/(per-core speed · threads)
 }
 
+// sendGroup is consecutive key/value frames to one rank.
+type sendGroup struct {
+	to    int
+	bytes int64
+}
+
 // rankLoad is one rank's work over the plan.
 type rankLoad struct {
-	steps    []stepLoad // by ring step (split-KV: one)
-	send     []int64    // bytes sent at ring step s (0..W-2) to rank r+1
-	outBytes float64    // (O, LSE) bytes of its query rows
+	steps []stepLoad // by ring step (split-KV: one)
+	// sends[s] are the frame groups the rank sends during ring step s
+	// (for its receivers' step s+1), in the engine's order: ascending
+	// block, consecutive blocks to one receiver grouped.
+	sends [][]sendGroup
+	// expect[s] is how many groups the rank receives for step s.
+	expect   []int
+	outBytes float64 // (O, LSE) bytes of its query rows
 }
 
 // Simulate predicts the run of plan on the machines of cfg. It checks ctx
@@ -225,7 +240,7 @@ type PlanLoads struct {
 }
 
 // Loads computes the loads of plan under cfg's kernel model (GFLOPS,
-// Cores, tiles).
+// Cores, tiles) and its key/value schedule (FullRing).
 func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error) {
 	c, err := cfg.normalized()
 	if err != nil {
@@ -340,33 +355,79 @@ func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error
 			rows += n
 		}
 		rl.outBytes = float64(req.B) * float64(req.Hq) * float64(rows) * float64(req.D+1) * 4
-		if !splitKV {
-			rl.send = make([]int64, max(0, plan.Steps-1))
-			for s := range rl.send {
-				for _, kj := range plan.HeldKV(r, s) {
-					rl.send[s] += plan.KVBytes(kj)
-				}
-			}
-		}
 		for _, st := range rl.steps {
 			pl.flops += st.visible
+		}
+	}
+	if !splitKV {
+		if err := pl.route(ctx, c.FullRing); err != nil {
+			return nil, err
 		}
 	}
 	return pl, nil
 }
 
+// route fills the ranks' sends and expect from the plan's key/value
+// schedule (shard.Plan.Traffic: each block goes from its holder to the
+// ranks that need it, in ring order, each hop during the step before its
+// receiver folds it; FullRing: through every rank).
+func (pl *PlanLoads) route(ctx context.Context, full bool) error {
+	plan := pl.plan
+	w := len(plan.Ranks)
+	var tr *shard.Traffic
+	if full {
+		tr = plan.FullRing()
+	} else {
+		var err error
+		if tr, err = plan.TrafficContext(ctx); err != nil {
+			return err
+		}
+	}
+	for r := range pl.ranks {
+		pl.ranks[r].sends = make([][]sendGroup, plan.Steps)
+		pl.ranks[r].expect = make([]int, plan.Steps)
+	}
+	for j := 0; j < plan.KBlockCount; j++ {
+		if j%256 == 0 {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+		h := tr.Holder(j)
+		from, b := h, plan.KVBytes(j)
+		for i := 1; i < w; i++ {
+			x := (h + i) % w
+			if !tr.Needs(x, j) {
+				continue
+			}
+			// from sends j to x during step i-1; x folds it at step i.
+			sends := pl.ranks[from].sends
+			g := sends[i-1]
+			if n := len(g); n > 0 && g[n-1].to == x {
+				g[n-1].bytes += b
+			} else {
+				sends[i-1] = append(g, sendGroup{to: x, bytes: b})
+				pl.ranks[x].expect[i]++
+			}
+			from = x
+		}
+	}
+	return nil
+}
+
 // Simulate runs the event simulation of the loads on cfg's network; the
 // kernel part of cfg (GFLOPS, Cores, TileRows, TileCols) must be the one the
-// loads were computed for.
+// loads were computed for, and so must FullRing.
 func (pl *PlanLoads) Simulate(ctx context.Context, cfg Config) (*Result, error) {
 	c, err := cfg.normalized()
 	if err != nil {
 		return nil, err
 	}
 	if c.GFLOPS != pl.cfg.GFLOPS || c.Cores != pl.cfg.Cores || c.TileRows != pl.cfg.TileRows || c.TileCols != pl.cfg.TileCols ||
-		c.DiagonalTileCost != pl.cfg.DiagonalTileCost {
-		return nil, invalid("the loads were computed for GFLOPS=%g Cores=%d tiles %dx%d, not GFLOPS=%g Cores=%d tiles %dx%d",
-			pl.cfg.GFLOPS, pl.cfg.Cores, pl.cfg.TileRows, pl.cfg.TileCols, c.GFLOPS, c.Cores, c.TileRows, c.TileCols)
+		c.DiagonalTileCost != pl.cfg.DiagonalTileCost || c.FullRing != pl.cfg.FullRing {
+		return nil, invalid("the loads were computed for GFLOPS=%g Cores=%d tiles %dx%d (diagonal %g) FullRing=%v, not GFLOPS=%g Cores=%d tiles %dx%d (diagonal %g) FullRing=%v",
+			pl.cfg.GFLOPS, pl.cfg.Cores, pl.cfg.TileRows, pl.cfg.TileCols, pl.cfg.DiagonalTileCost, pl.cfg.FullRing,
+			c.GFLOPS, c.Cores, c.TileRows, c.TileCols, c.DiagonalTileCost, c.FullRing)
 	}
 	plan := pl.plan
 	w := len(plan.Ranks)
@@ -437,22 +498,23 @@ func (pl *PlanLoads) Simulate(ctx context.Context, cfg Config) (*Result, error) 
 }
 
 // ring schedules the W steps of a ring strategy: at step s rank r folds
-// what it holds while it sends the same blocks to rank r+1 and receives
-// those of step s+1 from rank r-1; the step ends when all three are done
-// (pkg/ringattn's rankRun.ringSteps). A frame set moves as soon as its
-// sender starts the step (the receiver's transport takes pieces in before
-// its Recv asks for them); Send returns with a window still in flight.
+// the blocks of rank (r-s) mod W it needs while it sends the blocks its
+// receivers fold at step s+1 and receives those it folds at step s+1; the
+// step ends when all three are done (pkg/ringattn's rankRun.ringSteps).
+// A frame group moves as soon as its sender gets to it (the receiver's
+// transport takes pieces in before its Recv asks for them); Send returns
+// with a window still in flight.
 func (pl *PlanLoads) ring(sm *sim, c Config, res *Result, host func(int) int,
 	fold func(int, stepLoad, func(float64)), charge func(int) func(float64),
 	latency func(func(float64)) func(float64), finish func(int) func(float64)) {
 	w := len(pl.ranks)
 	rr := res.Ranks
-	// arrived[r][s]: rank r has the frames of step s; waiting[r][s]: what
-	// to call when they arrive.
-	arrived := make([][]bool, w)
+	// arrived[r][s]: groups rank r has received for step s; waiting[r][s]:
+	// what to call when all have arrived.
+	arrived := make([][]int, w)
 	waiting := make([][]func(float64), w)
 	for r := range arrived {
-		arrived[r] = make([]bool, pl.plan.Steps)
+		arrived[r] = make([]int, pl.plan.Steps)
 		waiting[r] = make([]func(float64), pl.plan.Steps)
 	}
 	// started[r] is the last step rank r started; gates[r][s] are the
@@ -465,8 +527,8 @@ func (pl *PlanLoads) ring(sm *sim, c Config, res *Result, host func(int) int,
 	}
 	arrive := func(r, s int) func(float64) {
 		return func(now float64) {
-			arrived[r][s] = true
-			if f := waiting[r][s]; f != nil {
+			arrived[r][s]++
+			if f := waiting[r][s]; f != nil && arrived[r][s] == pl.ranks[r].expect[s] {
 				waiting[r][s] = nil
 				f(now)
 			}
@@ -496,22 +558,36 @@ func (pl *PlanLoads) ring(sm *sim, c Config, res *Result, host func(int) int,
 			})
 		}
 		if s+1 < pl.plan.Steps {
-			to := (r + 1) % w
-			pending += 2
-			b := rl.send[s]
-			rr[r].BytesSent += b
-			f := sm.flow(host(r), host(to), float64(b), c.SendSecPerByte, c.RecvSecPerByte, c.WindowBytes,
-				charge(r), charge(to), end, latency(arrive(to, s+1)))
-			if f != nil && started[to] < s {
-				if floor := float64(b) - c.BufferBytes - c.WindowBytes; floor > 0 {
-					f.floor = floor
-					gates[to][s] = append(gates[to][s], f)
+			if groups := rl.sends[s]; len(groups) > 0 {
+				// One goroutine sends the groups in turn; each Send returns
+				// with a window in flight.
+				pending++
+				var send func(i int)
+				send = func(i int) {
+					if i == len(groups) {
+						end(sm.now)
+						return
+					}
+					g := groups[i]
+					rr[r].BytesSent += g.bytes
+					f := sm.flow(host(r), host(g.to), float64(g.bytes), c.SendSecPerByte, c.RecvSecPerByte, c.WindowBytes,
+						charge(r), charge(g.to), func(float64) { send(i + 1) }, latency(arrive(g.to, s+1)))
+					if f != nil && started[g.to] < s {
+						if floor := float64(g.bytes) - c.BufferBytes - c.WindowBytes; floor > 0 {
+							f.floor = floor
+							gates[g.to][s] = append(gates[g.to][s], f)
+						}
+					}
 				}
+				send(0)
 			}
-			if arrived[r][s+1] {
-				end(sm.now)
-			} else {
-				waiting[r][s+1] = end
+			if rl.expect[s+1] > 0 {
+				pending++
+				if arrived[r][s+1] == rl.expect[s+1] {
+					end(sm.now)
+				} else {
+					waiting[r][s+1] = end
+				}
 			}
 		}
 		fold(r, rl.steps[s], end)

@@ -96,12 +96,16 @@ func TestSimulateInfiniteBandwidthIsComputeBound(t *testing.T) {
 		if !near(r.Efficiency, 1/p.Imbalance, 1e-9) {
 			t.Errorf("%s causal=%v: efficiency %g, want 1/imbalance = %g", tc.s, tc.causal, r.Efficiency, 1/p.Imbalance)
 		}
-		var sent int64
-		for _, rk := range p.Ranks {
-			sent += rk.Bytes
+		if want := p.BytesMoved(); r.Bytes != want {
+			t.Errorf("%s causal=%v: %d bytes moved, the plan says %d", tc.s, tc.causal, r.Bytes, want)
 		}
-		if r.Bytes != sent {
-			t.Errorf("%s causal=%v: %d bytes moved, the plan says %d", tc.s, tc.causal, r.Bytes, sent)
+		cfg := computeOnly(50)
+		cfg.FullRing = true
+		if rf := mustSim(t, p, cfg); rf.Bytes != p.RingBytes() || !near(rf.Time, r.Time, 1e-9) {
+			t.Errorf("%s causal=%v full ring: %d bytes in %g s, want the plan's %d and %g s", tc.s, tc.causal, rf.Bytes, rf.Time, p.RingBytes(), r.Time)
+		}
+		if tc.causal && !(r.Bytes < p.RingBytes()) {
+			t.Errorf("%s causal: short-circuits move %d bytes, the full ring %d", tc.s, r.Bytes, p.RingBytes())
 		}
 	}
 }
@@ -321,6 +325,21 @@ func TestSimulateLoadsMatchPlanCost(t *testing.T) {
 				}
 				if !near(vis, p.Ranks[r].Cost, 1e-12) && !(vis == 0 && p.Ranks[r].Cost == 0) {
 					t.Errorf("%s %s rank %d: simulated work %g FLOPs, plan cost %g", name, s, r, vis, p.Ranks[r].Cost)
+				}
+			}
+			// Each rank sends what the plan's key/value schedule says.
+			res, err := pl.Simulate(context.Background(), computeOnly(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr := p.Traffic()
+			for r, rk := range res.Ranks {
+				want := tr.SentBytes(r)
+				if s == shard.SplitKV {
+					want = p.Ranks[r].Bytes
+				}
+				if rk.BytesSent != want {
+					t.Errorf("%s %s rank %d: sent %d bytes, the schedule says %d", name, s, r, rk.BytesSent, want)
 				}
 			}
 		}

@@ -209,9 +209,9 @@ func Validate(ctx context.Context, opts ValidateOptions) ([]ValidationRow, Calib
 				var secs float64
 				cpu0 := cpuSeconds()
 				if opts.Ring == RingNATS {
-					secs, err = runNATS(ctx, e, fmt.Sprintf("simulate-validate-%d", job), p, plan, q, k, v)
+					secs, err = runNATS(ctx, e, fmt.Sprintf("simulate-validate-%d", job), p, plan, q, k, v, cal.Model.FullRing)
 				} else {
-					secs, err = runMem(ctx, p, plan, q, k, v)
+					secs, err = runMem(ctx, p, plan, q, k, v, cal.Model.FullRing)
 				}
 				if err != nil {
 					return nil, cal, err
@@ -271,10 +271,15 @@ func median(xs []float64) float64 {
 	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
-// runMem times ringattn.RunLocal (every rank a goroutine, MemNet).
-func runMem(ctx context.Context, p *kernels.Params, plan *shard.Plan, q, k, v []float32) (float64, error) {
+// runMem times ringattn.RunLocalNet (every rank a goroutine, MemNet).
+func runMem(ctx context.Context, p *kernels.Params, plan *shard.Plan, q, k, v []float32, fullRing bool) (float64, error) {
+	net, err := ringattn.NewMemNet(len(plan.Ranks), ringattn.MemOptions{})
+	if err != nil {
+		return 0, err
+	}
+	defer net.Close()
 	start := time.Now()
-	if _, _, err := ringattn.RunLocal(ctx, p, plan, q, k, v); err != nil {
+	if _, _, err := ringattn.RunLocalNet(ctx, ringattn.LocalConfig{Net: net, FullRing: fullRing}, p, plan, q, k, v); err != nil {
 		return 0, err
 	}
 	return time.Since(start).Seconds(), nil
@@ -286,7 +291,7 @@ func runMem(ctx context.Context, p *kernels.Params, plan *shard.Plan, q, k, v []
 // rings are opened before the clock starts. A fallback (a frame fetched
 // from the source after a receive timeout) fails the run: it would time
 // the timeout, not the ring.
-func runNATS(ctx context.Context, e *transport.Embedded, job string, p *kernels.Params, plan *shard.Plan, q, k, v []float32) (float64, error) {
+func runNATS(ctx context.Context, e *transport.Embedded, job string, p *kernels.Params, plan *shard.Plan, q, k, v []float32, fullRing bool) (float64, error) {
 	w := len(plan.Ranks)
 	rings, closeAll, err := openRings(e, job, w)
 	if err != nil {
@@ -310,7 +315,7 @@ func runNATS(ctx context.Context, e *transport.Embedded, job string, p *kernels.
 		go func() {
 			defer wg.Done()
 			errs[r] = ringattn.RunRank(ctx, ringattn.RankConfig{Params: p, Plan: plan, Ring: rings[r], Source: src, Sink: sink,
-				Progress: func(pr ringattn.Progress) { falls[r] = pr.Fallbacks }})
+				FullRing: fullRing, Progress: func(pr ringattn.Progress) { falls[r] = pr.Fallbacks }})
 		}()
 	}
 	wg.Wait()
