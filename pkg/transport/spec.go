@@ -180,14 +180,13 @@ func checkWireMask(field string, m *pb.Mask, lim shard.Limits) *FieldError {
 
 // tensorsOf checks the kind-specific fields of a job (as a spec or an
 // assignment's params carries them; prefix is "spec" or "params") and
-// returns its tensors.
+// returns its tensors. An mha assignment may ask for lse (want_lse): the
+// forward pass of a forward+backward layer job also writes its attention's
+// o and lse, which its backward pass reads; SpecToRequest refuses it in a
+// spec, where an mha job's output is y.
 func tensorsOf(prefix string, kind pb.JobKind, dModel int64, bias, wantLSE bool, mode pb.JobMode) (shard.Tensors, *FieldError) {
 	switch mode {
-	case pb.JobMode_JOB_MODE_FORWARD:
-	case pb.JobMode_JOB_MODE_BACKWARD, pb.JobMode_JOB_MODE_FORWARD_BACKWARD:
-		if kind != pb.JobKind_JOB_KIND_ATTENTION {
-			return shard.Tensors{}, fieldError(prefix+".mode", "%v: backward passes are for attention jobs only", mode)
-		}
+	case pb.JobMode_JOB_MODE_FORWARD, pb.JobMode_JOB_MODE_BACKWARD, pb.JobMode_JOB_MODE_FORWARD_BACKWARD:
 	default:
 		return shard.Tensors{}, fieldError(prefix+".mode", "%v: want JOB_MODE_FORWARD, JOB_MODE_BACKWARD or JOB_MODE_FORWARD_BACKWARD", mode)
 	}
@@ -201,13 +200,10 @@ func tensorsOf(prefix string, kind pb.JobKind, dModel int64, bias, wantLSE bool,
 		}
 		return shard.Tensors{LSE: wantLSE, Grad: mode != pb.JobMode_JOB_MODE_FORWARD}, nil
 	case pb.JobKind_JOB_KIND_MHA:
-		if wantLSE {
-			return shard.Tensors{}, fieldError(prefix+".want_lse", "true: lse is an output of attention jobs only")
-		}
 		if dModel < 1 {
 			return shard.Tensors{}, fieldError(prefix+".d_model", "%d: an mha job wants d_model >= 1", dModel)
 		}
-		return shard.Tensors{DModel: int(dModel), Bias: bias}, nil
+		return shard.Tensors{DModel: int(dModel), Bias: bias, LSE: wantLSE, Grad: mode != pb.JobMode_JOB_MODE_FORWARD}, nil
 	}
 	return shard.Tensors{}, fieldError(prefix+".kind", "%v: want JOB_KIND_ATTENTION or JOB_KIND_MHA", kind)
 }
@@ -238,6 +234,17 @@ func SpecToRequest(spec *pb.JobSpec, ranks int, lim shard.Limits) (shard.Request
 	tensors, fe := tensorsOf("spec", spec.GetKind(), spec.GetDModel(), spec.GetMhaBias(), spec.GetWantLse(), spec.GetMode())
 	if fe != nil {
 		return shard.Request{}, shard.Tensors{}, fe
+	}
+	if spec.GetKind() == pb.JobKind_JOB_KIND_MHA {
+		// A layer's backward needs its attention's o and lse, which only
+		// its own forward pass writes: gradients come from FORWARD_BACKWARD.
+		switch {
+		case spec.GetWantLse():
+			return shard.Request{}, shard.Tensors{}, fieldError("spec.want_lse", "true: an mha job outputs y, want false")
+		case spec.GetMode() == pb.JobMode_JOB_MODE_BACKWARD:
+			return shard.Request{}, shard.Tensors{}, fieldError("spec.mode",
+				"%v: an mha job's backward pass runs after its own forward, want JOB_MODE_FORWARD_BACKWARD (or JOB_MODE_FORWARD)", spec.GetMode())
+		}
 	}
 	if s := spec.GetScale(); math.IsNaN(s) || math.IsInf(s, 0) || s < 0 || (s != 0 && !validScale32(s)) {
 		return shard.Request{}, shard.Tensors{}, fieldError("spec.scale", "%v: want %g..%g (or 0 for 1/sqrt(d))", s, minScale, maxScale)
