@@ -42,6 +42,9 @@
 //     endpoints (plain JSON, the status page linking the leader's) and
 //     Prometheus metrics.
 //
-// The wire messages are in pkg/transport/pb (api.proto, control.proto);
-// the log entries and snapshot records in internal/coordinator/pb.
+// The wire messages are in pkg/transport/pb (api.proto, control.proto).
+// The log entries and snapshot records are internal/coordinator/pb's
+// raft.proto, a schema of their own (versioned, importing nothing of the
+// wire's); the in-memory records State works on are its state.proto;
+// logschema.go converts between them at the log's edge.
 package coordinator

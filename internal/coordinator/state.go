@@ -19,8 +19,9 @@ import (
 )
 
 // SnapshotVersion is the snapshot format this code writes; it reads any
-// version up to it.
-const SnapshotVersion = 1
+// version up to it. 1: records were the wire's messages; 2: raft.proto's
+// own LogJob, with 1's field numbers (logschema.go).
+const SnapshotVersion = 2
 
 // State is the replicated state: every job record and the idempotency-key
 // index. It is changed only by Apply, deterministically from the command
@@ -56,21 +57,24 @@ func (s *State) Apply(index uint64, cmd *cpb.Command) (*Result, error) {
 		r   *Result
 		err error
 	)
+	if v := logVersionOf(cmd); v > LogVersion {
+		return nil, fmt.Errorf("%w: index %d: %v", ErrCorruptEntry, index, errLogVersion(v))
+	}
 	switch cmd.GetType() {
 	case cpb.CommandType_COMMAND_TYPE_SUBMIT:
-		var c cpb.Submit
+		var c cpb.LogSubmit
 		if err = decode(cmd, &c); err == nil {
-			r = s.applySubmit(index, &c)
+			r = s.applySubmit(index, submitFromLog(&c))
 		}
 	case cpb.CommandType_COMMAND_TYPE_START_EPOCH:
-		var c cpb.StartEpoch
+		var c cpb.LogStartEpoch
 		if err = decode(cmd, &c); err == nil {
-			r = s.applyStartEpoch(&c)
+			r = s.applyStartEpoch(startEpochFromLog(&c))
 		}
 	case cpb.CommandType_COMMAND_TYPE_SHARD_DONE:
-		var c cpb.ShardDone
+		var c cpb.LogShardDone
 		if err = decode(cmd, &c); err == nil {
-			r = s.applyShardDone(&c)
+			r = s.applyShardDone(shardDoneFromLog(&c))
 		}
 	case cpb.CommandType_COMMAND_TYPE_JOB_SUCCEEDED:
 		var c cpb.JobSucceeded
@@ -591,7 +595,7 @@ func (s *State) WriteSnapshot(w io.Writer, unixMs int64) error {
 	}
 	slices.SortFunc(ids, func(a, b *cpb.Job) int { return cmp.Compare(a.Seq, b.Seq) })
 	for _, j := range ids {
-		rec := &cpb.SnapshotRecord{Record: &cpb.SnapshotRecord_Job{Job: j}}
+		rec := &cpb.SnapshotRecord{Record: &cpb.SnapshotRecord_Job{Job: jobToLog(j)}}
 		if _, err := protodelim.MarshalTo(bw, rec); err != nil {
 			return fmt.Errorf("snapshot job %s: %w", j.Id, err)
 		}
@@ -694,7 +698,7 @@ func ReadState(r io.Reader) (*State, error) {
 		}
 		switch x := rec.Record.(type) {
 		case *cpb.SnapshotRecord_Job:
-			j := x.Job
+			j := jobFromLog(x.Job)
 			if err := checkJob(j); err != nil {
 				return nil, fmt.Errorf("%w: record %d: %v", ErrSnapshot, len(s.jobs), err)
 			}
