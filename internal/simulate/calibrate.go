@@ -43,10 +43,9 @@ func MeasureKernel(ctx context.Context, dur time.Duration, heads, d int) (Kernel
 }
 
 // MeasureKernelCausal is MeasureKernel alternating dense and causal runs
-// of the same shape (so both see the same load), which also measures
-// DiagonalTileCost: the causal run's time at the dense speed is
-// n(n-1)/2 whole tiles below the diagonal plus n diagonal tiles of that
-// cost each.
+// of the same shape, which also measures DiagonalTileCost from their CPU
+// times: the causal run's CPU time at the dense rate is n(n-1)/2 whole
+// tiles below the diagonal plus n diagonal tiles of that cost each.
 func MeasureKernelCausal(ctx context.Context, dur time.Duration, heads, d int) (KernelSpeed, error) {
 	return measureKernel(ctx, dur, heads, d, true)
 }
@@ -68,7 +67,7 @@ func measureKernel(ctx context.Context, dur time.Duration, heads, d int, causal 
 	if err := kernels.Attention(&p, q, k, v, o, nil); err != nil {
 		return KernelSpeed{}, err
 	}
-	var secs, cpu, csecs float64
+	var secs, cpu, ccpu float64
 	runs := 0
 	for start := time.Now(); runs < 2 || time.Since(start) < dur; runs++ {
 		if err := ctx.Err(); err != nil {
@@ -81,19 +80,21 @@ func measureKernel(ctx context.Context, dur time.Duration, heads, d int, causal 
 		secs += time.Since(t0).Seconds()
 		cpu += cpuSeconds() - c0
 		if causal {
-			t1 := time.Now()
+			c1 := cpuSeconds()
 			if err := kernels.Attention(&pc, q, k, v, o, nil); err != nil {
 				return KernelSpeed{}, err
 			}
-			csecs += time.Since(t1).Seconds()
+			ccpu += cpuSeconds() - c1
 		}
 	}
 	flops := p.VisibleFLOPs() * float64(runs)
 	ks := KernelSpeed{GFLOPS: flops / secs / 1e9, CPUGFLOPS: flops / cpu / 1e9, Runs: runs,
 		Shape: fmt.Sprintf("B=1 H=%d N=%d D=%d dense", heads, n, d)}
 	if causal {
-		// Dense: kernelTiles² tiles in secs; causal: below + diag·m tiles.
-		tiles := csecs / secs * kernelTiles * kernelTiles
+		// Dense: kernelTiles² tiles in cpu; causal: below + diag·m tiles.
+		// CPU time: the load of other processes moves it far less than
+		// wall time.
+		tiles := ccpu / cpu * kernelTiles * kernelTiles
 		below := float64(kernelTiles*(kernelTiles-1)) / 2
 		ks.DiagonalTileCost = min(4, max(0.5, (tiles-below)/kernelTiles))
 		ks.Shape += " and causal"
