@@ -72,6 +72,13 @@ type Config struct {
 	RaftAddr string
 	// RaftAdvertise is the address peers reach this node at (default RaftAddr).
 	RaftAdvertise string
+	// RaftTLSCA, RaftTLSCert and RaftTLSKey turn on mutual TLS between
+	// coordinators (package raftls): the CA bundle peers chain to, this
+	// node's certificate and key (re-read when the files change). All three
+	// or none. RaftTLSServerName is the name every coordinator's
+	// certificate carries, checked both ways ("" verifies the peer's host).
+	RaftTLSCA, RaftTLSCert, RaftTLSKey string
+	RaftTLSServerName                  string
 	// Peers is the static cluster membership (this node may be listed).
 	// Every node bootstraps with the same list; a node that has state in
 	// DataDir ignores it and rejoins.
@@ -200,6 +207,9 @@ func (c Config) Validate() error {
 	if c.NodeID == "" {
 		return bad("NodeID", "empty: want a unique node name (--node-id)")
 	}
+	if n := btoi(c.RaftTLSCA != "") + btoi(c.RaftTLSCert != "") + btoi(c.RaftTLSKey != ""); n != 0 && n != 3 {
+		return bad("RaftTLSCA", "RaftTLSCA, RaftTLSCert and RaftTLSKey: want all three files or none (--raft-tls-ca, --raft-tls-cert, --raft-tls-key)")
+	}
 	if c.DataDir == "" {
 		return bad("DataDir", "empty: want a directory for the Raft log and snapshots")
 	}
@@ -320,4 +330,11 @@ type Deps struct {
 	Fatal func(error)
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/internal/coordinator/raftls"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
@@ -221,6 +222,15 @@ func (c *Coordinator) openRaft() error {
 	if c.deps.RaftTransport != nil {
 		c.trans = c.deps.RaftTransport
 		advertise = string(c.trans.LocalAddr())
+	} else if cfg.RaftTLSCA != "" {
+		tlsCfg, err := raftls.LoadConfigWithLogger(cfg.RaftTLSCA, cfg.RaftTLSCert, cfg.RaftTLSKey, hl)
+		if err != nil {
+			return fmt.Errorf("coordinator: %w", err)
+		}
+		tlsCfg.ServerName = cfg.RaftTLSServerName
+		if c.trans, err = raftls.NewTransport(cfg.RaftAddr, advertise, tlsCfg, 3, 10*time.Second, hl); err != nil {
+			return fmt.Errorf("coordinator: raft TLS transport on %s: %w", cfg.RaftAddr, err)
+		}
 	} else {
 		adv, err := net.ResolveTCPAddr("tcp", advertise)
 		if err != nil {
