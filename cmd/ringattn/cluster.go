@@ -77,7 +77,7 @@ func clusterErr(err error) error {
 
 // runDev runs the all-in-one cluster until Ctrl-C.
 func runDev(env *cliEnv, args []string) error {
-	fs := newFlags(env, "dev", "[--workers W] [--data DIR] [--port P] [--http ADDR]")
+	fs := newFlags(env, "dev", "[--workers W] [--data DIR] [--port P] [--http ADDR] [--auth [--tenants T1,T2] [--tenant-quota BYTES]]")
 	workers := fs.Int("workers", 3, "number of `W` workers")
 	data := fs.String("data", "", "data `dir` for JetStream and Raft (default: a temporary one, removed on exit)")
 	port := fs.Int("port", 4222, "NATS client `port` on 127.0.0.1 (0: a free port)")
@@ -85,11 +85,31 @@ func runDev(env *cliEnv, args []string) error {
 	token := fs.String("token", os.Getenv("RINGATTN_GATEWAY_TOKEN"), "bearer `token` the HTTP job API requires (env RINGATTN_GATEWAY_TOKEN; needed to bind a non-loopback --http)")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	logLevel := fs.String("log-level", "warn", "log level: debug, info, warn, error")
+	auth := fs.Bool("auth", false, "roles on: an nkey per role (coordinator, workers, a client per tenant, admin) in DATA/auth, each allowed only its role's subjects")
+	tenants := fs.String("tenants", "", "with --auth: client `tenants` besides \"default\", comma-separated")
+	quota := fs.String("tenant-quota", "0", "with --auth: each tenant's stored tensor `bytes` (KiB/MiB/GiB suffixes; 0 = unlimited)")
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
 	if *workers < 1 {
 		return usagef("--workers = %d, expected >= 1", *workers)
+	}
+	quotaBytes, err := natsflags.ParseBytes(*quota)
+	if err != nil || quotaBytes < 0 {
+		return usagef("--tenant-quota = %q, expected bytes >= 0 like 512MiB", *quota)
+	}
+	var tenantList []string
+	for _, t := range strings.Split(*tenants, ",") {
+		if t = strings.TrimSpace(t); t == "" {
+			continue
+		}
+		if transport.ValidateJobTenant(t) != nil {
+			return usagef("--tenants: %q, expected names of [A-Za-z0-9_-] not starting with \"_\"", t)
+		}
+		tenantList = append(tenantList, t)
+	}
+	if !*auth && (len(tenantList) > 0 || quotaBytes > 0) {
+		return usagef("--tenants and --tenant-quota need --auth")
 	}
 	logger, err := newLogger(env.stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -98,7 +118,8 @@ func runDev(env *cliEnv, args []string) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: *workers, DataDir: *data, NATSPort: *port,
-		HTTPAddr: *httpAddr, Logger: logger, Gateway: gateway.Config{Token: *token, Version: version()}})
+		HTTPAddr: *httpAddr, Logger: logger, Gateway: gateway.Config{Token: *token, Version: version()},
+		Auth: *auth, Tenants: tenantList, TenantQuota: quotaBytes})
 	if err != nil {
 		return err
 	}
@@ -107,11 +128,34 @@ func runDev(env *cliEnv, args []string) error {
 	if *data != "" {
 		fmt.Fprintf(env.stdout, "  data  %s\n", *data)
 	}
-	fmt.Fprintf(env.stdout, "Try:  ringattn attend --nats %s -q Q.npy -k K.npy -v V.npy -o O.npy\n", dev.URL())
+	nkey := ""
+	if creds := dev.Credentials(); creds != nil {
+		printDevAuth(env.stdout, dev.URL(), creds, *data == "")
+		nkey = " --nats-nkey " + creds.Clients[transport.DefaultTenant]
+	}
+	fmt.Fprintf(env.stdout, "Try:  ringattn attend --nats %s%s -q Q.npy -k K.npy -v V.npy -o O.npy\n", dev.URL(), nkey)
 	fmt.Fprintf(env.stdout, "      python3 -c 'import ringattn; print(ringattn.Client(\"http://%s\").info())'   (PYTHONPATH=python)\nCtrl-C stops.\n", dev.HTTPAddr())
 	<-ctx.Done()
 	fmt.Fprintln(env.stdout, "ringattn dev: stopping")
 	return nil
+}
+
+// printDevAuth tells how each identity of `ringattn dev --auth`
+// connects.
+func printDevAuth(w io.Writer, url string, creds *devcluster.Credentials, temp bool) {
+	fmt.Fprintf(w, "  auth  nkey seeds (mode 0600) in %s; each identity may use only its role's subjects\n", creds.Dir)
+	if temp {
+		fmt.Fprintf(w, "        (a temporary directory: removed on exit; --data DIR keeps them)\n")
+	}
+	for _, t := range creds.Tenants() {
+		tenant := ""
+		if t != transport.DefaultTenant {
+			tenant = " --nats-tenant " + t
+		}
+		fmt.Fprintf(w, "  client %-12s --nats %s --nats-nkey %s%s\n", t, url, creds.Clients[t], tenant)
+	}
+	fmt.Fprintf(w, "  admin               --nats %s --nats-nkey %s --nats-tenant %s\n", url, creds.Admin, transport.AdminTenant)
+	fmt.Fprintf(w, "  env:  RINGATTN_NATS_URL=%s RINGATTN_NATS_NKEY=%s\n", url, creds.Clients[transport.DefaultTenant])
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {

@@ -165,8 +165,14 @@ func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message
 func (a *APIClient) once(ctx context.Context, endpoint string, data []byte, timeout time.Duration, rep errorReply) error {
 	rctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	m, err := a.conn.nc.RequestWithContext(rctx, a.conn.subj.TenantAPI(orDefaultTenant(a.Tenant), endpoint), data)
+	subject := a.conn.subj.TenantAPI(orDefaultTenant(a.Tenant), endpoint)
+	m, err := a.conn.nc.RequestWithContext(rctx, subject, data)
 	if err != nil {
+		if derr := a.conn.Denied(subject); derr != nil {
+			// Not retried: the server refuses this identity the subject.
+			return fmt.Errorf("this identity may not call the API as tenant %q: name the tenant of its credentials: %w",
+				orDefaultTenant(a.Tenant), derr)
+		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			return nats.ErrTimeout
 		}

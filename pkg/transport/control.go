@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -116,6 +117,18 @@ func (c *Conn) Subjects() Subjects { return c.subj }
 // HandlerPanics is how many serve handlers of c panicked (each was
 // contained: logged with its stack, the request answered or dropped).
 func (c *Conn) HandlerPanics() int64 { return c.panics.Load() }
+
+// Denied returns an error wrapping ErrPermission when the server's last
+// error to c is a permissions violation naming subject (a publish or
+// subscription the connection's permissions do not allow; the request
+// itself only times out), else nil.
+func (c *Conn) Denied(subject string) error {
+	last := c.nc.LastError()
+	if last == nil || !errors.Is(last, nats.ErrPermissionViolation) || !strings.Contains(last.Error(), `"`+subject+`"`) {
+		return nil
+	}
+	return fmt.Errorf("%w: %v", ErrPermission, last)
+}
 
 // Rejected is how many heartbeats and reports c's serves refused because
 // the worker id in their body is not the one their subject names (a

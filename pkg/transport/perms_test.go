@@ -333,6 +333,19 @@ func TestTransportPermissionsRoles(t *testing.T) {
 	} else {
 		t.Log(err)
 	}
+	// An APIClient naming another tenant fails at once with ErrPermission
+	// (the request itself would only time out).
+	wrong := transport.NewAPIClient(alice.conn)
+	wrong.Tenant, wrong.Timeout = "bob", time.Second
+	start := time.Now()
+	if _, err := wrong.List(ctx, &pb.ListRequest{}); !errors.Is(err, transport.ErrPermission) || time.Since(start) > 5*time.Second {
+		t.Errorf("alice's API client as bob: %v after %v, want ErrPermission after one attempt", err, time.Since(start))
+	} else {
+		t.Log(err)
+	}
+	alice.mu.Lock()
+	alice.errs = nil
+	alice.mu.Unlock()
 	alice.pub(t, "API as bob", subj.TenantAPI("bob", transport.EndpointList), nil)
 	alice.pub(t, "API as admin", subj.TenantAPI(transport.AdminTenant, transport.EndpointList), nil)
 	alice.pub(t, "forged assignment", subj.Assign("w1"), marshal(t, &pb.Assignment{JobId: "j1"}))
