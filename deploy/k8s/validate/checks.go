@@ -108,6 +108,7 @@ func Check(objs []Object, opts CheckOptions) error {
 	checkAutoscaling(inv, add)
 	checkServiceMonitors(inv, add)
 	checkNetworkPolicies(inv, add)
+	checkTLS(inv, add)
 	return joinErrors(errs)
 }
 

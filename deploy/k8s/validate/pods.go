@@ -80,13 +80,13 @@ func checkSecretRef(inv *Inventory, o Object, where, name, key string, add addFu
 		add(o, "%s: Secret %q has no key %q", where, name, key)
 		return
 	}
-	keys, ok := inv.opts.ExternalSecrets[name]
+	keys, ok := secretKeys(inv, name) // declared external, or written by a cert-manager Certificate
 	if !ok {
-		add(o, "%s: Secret %q is neither rendered nor declared external", where, name)
+		add(o, "%s: Secret %q is neither rendered, declared external nor issued by a Certificate", where, name)
 		return
 	}
 	if key != "" && !slices.Contains(keys, key) {
-		add(o, "%s: key %q of the external Secret %q is not declared (declared: %v)", where, key, name, keys)
+		add(o, "%s: key %q of the Secret %q is not declared (declared: %v)", where, key, name, keys)
 	}
 }
 
