@@ -27,3 +27,8 @@ func DeliverCtl(r *NATSRing, m *nats.Msg)   { r.onCtl(m) }
 // SetHandlerHook installs f to run first in each of r's subscription
 // handlers ("piece", "ack", "ctl"), inside their panic guard (tests).
 func SetHandlerHook(r *NATSRing, f func(handler string, m *nats.Msg)) { r.testHook.Store(&f) }
+
+// WorkerToken and RingSender expose the subject parsers of the identity
+// checks to tests.
+func WorkerToken(subject, before, after string) string { return workerToken(subject, before, after) }
+func RingSender(s Subjects, subject string) string     { return s.ringSender(subject) }
