@@ -41,10 +41,33 @@ Examples:
 Flags:
 `
 
+// UsageError is bad usage or bad input (exit 2); Run's other errors are
+// failures of a measurement or the simulation (exit 1).
+type UsageError struct{ Err error }
+
+func (e UsageError) Error() string { return e.Err.Error() }
+func (e UsageError) Unwrap() error { return e.Err }
+
 // Main runs `ringattn bench simulate` with args (the flags after
-// "simulate") and returns the exit code: 0, 1 when a measurement or the
-// simulation fails, 2 for bad usage.
+// "simulate"), prints any error to stderr as one line, and returns the
+// exit code: 0, 1 when a measurement or the simulation fails, 2 for bad
+// usage.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	err := Run(ctx, args, stdout, stderr)
+	switch {
+	case err == nil || errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, new(UsageError)):
+		fmt.Fprintf(stderr, "ringattn bench simulate: %v\n", err)
+		return 2
+	}
+	fmt.Fprintf(stderr, "ringattn bench simulate: %v\n", userError(err))
+	return 1
+}
+
+// Run is Main returning the error instead of printing it: nil, flag.ErrHelp
+// after printing --help, a UsageError, or a failure.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench simulate", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	workers := fs.String("workers", "8,64,256", "comma-separated worker `counts` W")
@@ -80,14 +103,13 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 		fs.SetOutput(io.Discard)
 	}
-	fail := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "ringattn bench simulate: "+format+"\n", a...)
-		return 2
+	fail := func(format string, a ...any) error {
+		return UsageError{fmt.Errorf(format, a...)}
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			usage(stdout)
-			return 0
+			return flag.ErrHelp
 		}
 		return fail("%v (run 'ringattn bench simulate --help')", err)
 	}
@@ -157,7 +179,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if *nsPerByte >= 0 {
 			opts.Model.SendSecPerByte, opts.Model.RecvSecPerByte = *nsPerByte/2*1e-9, *nsPerByte/2*1e-9
 		}
-		return runValidate(ctx, opts, stdout, stderr)
+		return runValidate(ctx, opts, stdout)
 	}
 	wList, err := parseInts("workers", *workers)
 	if err != nil {
@@ -192,8 +214,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if cfg.GFLOPS == 0 || cfg.DiagonalTileCost == 0 {
 		ks, err := MeasureKernelCausal(ctx, *calib, *heads, *dim)
 		if err != nil {
-			fmt.Fprintf(stderr, "ringattn bench simulate: measuring the kernel: %v\n", err)
-			return 1
+			return fmt.Errorf("measuring the kernel: %w", err)
 		}
 		if cfg.GFLOPS == 0 {
 			cfg.GFLOPS = ks.GFLOPS
@@ -213,8 +234,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *nsPerByte < 0 {
 		tc, err := MeasureTransport(ctx, *calib, 8<<20)
 		if err != nil {
-			fmt.Fprintf(stderr, "ringattn bench simulate: measuring the transport: %v\n", err)
-			return 1
+			return fmt.Errorf("measuring the transport: %w", err)
 		}
 		cp := MeasureCopy()
 		*nsPerByte = (tc.SecPerByte + cp) * 1e9
@@ -248,27 +268,23 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			for _, w := range wList {
 				for _, s := range strats {
 					if err := ctx.Err(); err != nil {
-						fmt.Fprintf(stderr, "ringattn bench simulate: %v\n", err)
-						return 1
+						return err
 					}
 					plan, err := shard.NewPlanContext(ctx, shard.Request{B: 1, Hq: *heads, Hkv: *kvHeads, D: *dim, N: n, Nk: n,
 						Ranks: w, Block: *block, Strategy: s, Mask: shard.Mask{Causal: c}})
 					if err != nil {
-						fmt.Fprintf(stderr, "ringattn bench simulate: W=%d N=%d: %v\n", w, n, userError(err))
-						return 2
+						return fail("W=%d N=%d: %v", w, n, userError(err))
 					}
 					loads, err := Loads(ctx, plan, cfg)
 					if err != nil {
-						fmt.Fprintf(stderr, "ringattn bench simulate: %v\n", err)
-						return 1
+						return err
 					}
 					for _, l := range linkList {
 						lc := cfg
 						lc.LinkBytesPerSec = l.bps
 						res, err := loads.Simulate(ctx, lc)
 						if err != nil {
-							fmt.Fprintf(stderr, "ringattn bench simulate: W=%d N=%d: %v\n", w, n, err)
-							return 1
+							return fmt.Errorf("W=%d N=%d: %w", w, n, err)
 						}
 						var idle float64
 						var maxSent int64
@@ -289,16 +305,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	fmt.Fprintln(stdout, "\nefficiency = ideal / predicted, ideal = visible FLOPs / (W x kernel speed); busiest link = the most bytes one worker sends / link speed.")
-	return 0
+	return nil
 }
 
-func runValidate(ctx context.Context, opts ValidateOptions, stdout, stderr io.Writer) int {
+func runValidate(ctx context.Context, opts ValidateOptions, stdout io.Writer) error {
 	fmt.Fprintf(stdout, "bench simulate --validate: B=1 H=%d D=%d N=%d, all W ranks in this process on %d cores (GOMAXPROCS), %s ring, median of %d runs\n",
 		opts.Heads, opts.Dim, opts.N, opts.Model.Cores, opts.Ring, opts.Runs)
 	rows, cal, err := Validate(ctx, opts)
 	if err != nil {
-		fmt.Fprintf(stderr, "ringattn bench simulate --validate: %v\n", userError(err))
-		return 1
+		return fmt.Errorf("--validate: %w", err)
 	}
 	m := cal.Model
 	fmt.Fprintf(stdout, "model: kernel %.1f GFLOP/s at the start (each run is predicted from its own, below), transport %.3f ns/byte CPU, merge %.3f ns/byte, step overhead %v\n\n",
@@ -314,7 +329,7 @@ func runValidate(ctx context.Context, opts ValidateOptions, stdout, stderr io.Wr
 			humanBytes(r.Bytes), r.Predicted, r.Measured, strings.Join(rs, ", "), 100*r.Error, r.PredictedCPU, r.MeasuredCPU, 100*r.CPUError)
 	}
 	fmt.Fprintln(stdout, "\nerror = median over the runs of predicted / measured, minus 1; each run is predicted from the kernel speed measured just before and after it. Wall-clock times on a shared machine vary with its load; CPU times (the model's kernel FLOPs at the kernel's GFLOP per CPU-second plus transport CPU, against the process's user+system time) much less.")
-	return 0
+	return nil
 }
 
 // userError drops the package prefixes of an error a user sees.

@@ -3,6 +3,9 @@ package simulate
 import (
 	"bytes"
 	"context"
+	"errors"
+	"flag"
+	"io"
 	"math"
 	"strings"
 	"testing"
@@ -17,6 +20,9 @@ func runMain(t *testing.T, args ...string) (code int, stdout, stderr string) {
 }
 
 func TestSimulateCLIHelp(t *testing.T) {
+	if err := Run(context.Background(), []string{"-h"}, io.Discard, io.Discard); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("Run(-h) = %v, want flag.ErrHelp", err)
+	}
 	code, out, errs := runMain(t, "--help")
 	if code != 0 || errs != "" {
 		t.Fatalf("--help: exit %d, stderr %q", code, errs)
@@ -55,6 +61,10 @@ func TestSimulateCLIUsageErrors(t *testing.T) {
 		}
 		if strings.Count(strings.TrimSpace(errs), "\n") != 0 {
 			t.Errorf("%v: error is not one line: %q", tc.args, errs)
+		}
+		var out2 bytes.Buffer
+		if err := Run(context.Background(), tc.args, &out2, &out2); !errors.As(err, new(UsageError)) || out2.Len() != 0 {
+			t.Errorf("Run(%v) = %v, printing %q; want a UsageError and nothing printed", tc.args, err, out2.String())
 		}
 	}
 }
