@@ -77,7 +77,7 @@ func serverPermissions(p Permissions) *server.Permissions {
 		if s.Allow == nil && s.Deny == nil {
 			// Nothing listed: allow nothing (nats-server reads a nil
 			// permission as no restriction).
-			return &server.SubjectPermission{Allow: []string{}, Deny: []string{">"}}
+			return &server.SubjectPermission{Deny: []string{">"}}
 		}
 		return &server.SubjectPermission{Allow: slices.Clone(s.Allow), Deny: slices.Clone(s.Deny)}
 	}

@@ -32,3 +32,6 @@ func SetHandlerHook(r *NATSRing, f func(handler string, m *nats.Msg)) { r.testHo
 // checks to tests.
 func WorkerToken(subject, before, after string) string { return workerToken(subject, before, after) }
 func RingSender(s Subjects, subject string) string     { return s.ringSender(subject) }
+
+// ServerPermissions exposes the conversion to nats-server's permissions.
+var ServerPermissions = serverPermissions

@@ -3,6 +3,8 @@ package transport
 import (
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 )
 
 // Role is what an identity does in a ringattn deployment; its NATS
@@ -161,6 +163,13 @@ var jsUseAll = []string{
 	"$JS.ACK.>",
 }
 
+// AnyWorker, as the id of RoleWorker, gives one identity the permissions
+// of every worker: for deployments whose workers share one credential (a
+// Kubernetes Deployment). Clients still cannot speak as a worker, but
+// workers can speak as each other; give each worker its own identity
+// where that matters.
+const AnyWorker = "*"
+
 // Permissions is BucketPermissions with the default tensor bucket.
 func (s Subjects) Permissions(role Role, id string) Permissions {
 	return s.BucketPermissions(role, id, DefaultBucket)
@@ -176,7 +185,7 @@ func (s Subjects) Permissions(role Role, id string) Permissions {
 //     <p>.worker.*.heartbeat and <p>.coord.report.*; publishes
 //     <p>.worker.*.assign and <p>.job.*.*.events; the whole JetStream
 //     API and every bucket (it creates and deletes them).
-//   - worker id: publishes <p>.worker.<id>.heartbeat,
+//   - worker id (AnyWorker: any): publishes <p>.worker.<id>.heartbeat,
 //     <p>.coord.report.<id> and <p>.ring.<id>.>; subscribes
 //     <p>.worker.<id>.assign, <p>.ring.*.>, <p>.job.*.*.events; uses
 //     every bucket's objects but creates, updates or deletes none.
@@ -213,7 +222,7 @@ func (s Subjects) BucketPermissions(role Role, id, bucket string) Permissions {
 		}
 		out.AllowResponses = true
 	case RoleWorker:
-		if ValidateName("worker id", id) != nil {
+		if id != AnyWorker && ValidateName("worker id", id) != nil {
 			return Permissions{}
 		}
 		out.Publish.Allow = append([]string{
@@ -266,4 +275,36 @@ func (s Subjects) BucketPermissions(role Role, id, bucket string) Permissions {
 	}
 	out.Publish.Deny = slices.Clone(deny[role])
 	return out
+}
+
+// Conf renders p as a nats-server configuration permissions block (the
+// value of a user's "permissions"), e.g. for a server configured by file:
+//
+//	{ user: worker-0, password: $PW, permissions: <p.Conf()> }
+func (p Permissions) Conf() string {
+	list := func(name string, subjects []string) string {
+		q := make([]string, len(subjects))
+		for i, s := range subjects {
+			q[i] = strconv.Quote(s)
+		}
+		return name + ": [" + strings.Join(q, ", ") + "]"
+	}
+	perm := func(name string, sp SubjectPermission) string {
+		if sp.Allow == nil && sp.Deny == nil {
+			sp.Deny = []string{">"} // nothing listed: nothing allowed
+		}
+		var parts []string
+		if sp.Allow != nil {
+			parts = append(parts, list("allow", sp.Allow))
+		}
+		if sp.Deny != nil {
+			parts = append(parts, list("deny", sp.Deny))
+		}
+		return "  " + name + ": { " + strings.Join(parts, ", ") + " }"
+	}
+	lines := []string{perm("publish", p.Publish), perm("subscribe", p.Subscribe)}
+	if p.AllowResponses {
+		lines = append(lines, `  allow_responses: { max: 1, expires: "1m" }`)
+	}
+	return "{\n" + strings.Join(lines, "\n") + "\n}"
 }

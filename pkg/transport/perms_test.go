@@ -3,13 +3,17 @@ package transport_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"google.golang.org/protobuf/proto"
@@ -457,5 +461,41 @@ func TestTransportEmbeddedUsersValidated(t *testing.T) {
 		if len(p.Publish.Allow)+len(p.Subscribe.Allow) != 0 || p.AllowResponses {
 			t.Errorf("permissions %+v: want nothing allowed", p)
 		}
+	}
+}
+
+// TestTransportPermissionsConf: each role's permissions rendered as a
+// nats-server config block parse back to what the embedded server is
+// given.
+func TestTransportPermissionsConf(t *testing.T) {
+	subj := transport.NewSubjects("p")
+	dir := t.TempDir()
+	for _, c := range []struct {
+		role transport.Role
+		id   string
+	}{{transport.RoleCoordinator, ""}, {transport.RoleWorker, "w1"}, {transport.RoleWorker, transport.AnyWorker},
+		{transport.RoleClient, "alice"}, {transport.RoleAdmin, ""}, {transport.RoleClient, "_bad"}} {
+		p := subj.Permissions(c.role, c.id)
+		conf := fmt.Sprintf("port: -1\nauthorization { users: [ { user: u, password: pw, permissions: %s } ] }\n", p.Conf())
+		path := filepath.Join(dir, "nats.conf")
+		must(t, os.WriteFile(path, []byte(conf), 0o600))
+		opts, err := server.ProcessConfigFile(path)
+		if err != nil {
+			t.Fatalf("%v %q: %v\n%s", c.role, c.id, err, conf)
+		}
+		if len(opts.Users) != 1 {
+			t.Fatalf("%v %q: %d users", c.role, c.id, len(opts.Users))
+		}
+		got, want := opts.Users[0].Permissions, transport.ServerPermissions(p)
+		if !reflect.DeepEqual(got.Publish, want.Publish) || !reflect.DeepEqual(got.Subscribe, want.Subscribe) ||
+			(got.Response == nil) != (want.Response == nil) ||
+			(got.Response != nil && (got.Response.MaxMsgs != want.Response.MaxMsgs || got.Response.Expires != want.Response.Expires)) {
+			t.Errorf("%v %q: parsed %+v %+v %+v, want %+v %+v %+v\n%s", c.role, c.id, got.Publish, got.Subscribe, got.Response,
+				want.Publish, want.Subscribe, want.Response, conf)
+		}
+	}
+	w := subj.Permissions(transport.RoleWorker, transport.AnyWorker)
+	if !slices.Contains(w.Publish.Allow, "p.worker.*.heartbeat") || !slices.Contains(w.Subscribe.Allow, "_INBOX.p._worker.*.>") {
+		t.Errorf("any-worker permissions %+v: want every worker's heartbeat and inbox", w)
 	}
 }
