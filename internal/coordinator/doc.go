@@ -7,7 +7,8 @@
 //
 //   - state.go: the replicated State and its transitions, plain Go with no
 //     raft import, driven by typed append-only commands (pb.Command
-//     envelope, one Apply switch) and versioned snapshots.
+//     envelope, one Apply switch); snapshot.go: its versioned snapshots;
+//     logschema.go: the conversion to and from the log's own schema.
 //   - fsm.go: the thin raft.FSM adapter. A committed entry that cannot be
 //     decoded stops the node (Deps.Fatal, default panic); business errors
 //     come back in the apply response (Result.Err).
