@@ -22,7 +22,24 @@
 //     ShardMask, DefaultBlock and DefaultScale/ResolveScale, and the one
 //     name rule ValidateName, refusing bad messages with a *FieldError
 //     naming the field.
-//   - Subjects: every subject name, under a configurable prefix.
+//   - Subjects: every subject name, under a configurable prefix. Subjects
+//     that speak for someone carry them as a token:
+//     <p>.api.<tenant>.<endpoint>, <p>.worker.<id>.heartbeat,
+//     <p>.coord.report.<id>, <p>.job.<tenant>.<job>.events,
+//     <p>.ring.<worker>.<job>.<epoch>.<rank>. The serving side checks the
+//     body against the token (ServeHeartbeats/ServeReports refuse a
+//     worker speaking as another, Conn.Rejected; a ring with
+//     RingConfig.Workers drops frames from the wrong worker,
+//     RingStats.Forged); ServeAPI puts the caller, read from the token,
+//     in the handler's context (Caller, CallerOf; APIConfig.EnforceTenants).
+//   - Roles (perms.go): Subjects.Permissions(role, id) derives the NATS
+//     publish/subscribe allow and deny lists and inbox (Subjects.Inbox,
+//     Config.ForRole) of the coordinator, each worker, each tenant's
+//     client and the admin, including the JetStream API of the buckets
+//     each may use; EmbeddedConfig.Users runs a server with them,
+//     Permissions.Conf renders them for a nats.conf. A tenant's tensors
+//     live in its own bucket (TenantBucket), whose MaxBytes is its quota.
+//     EnsureNKeySeed makes the per-role nkeys of `ringattn dev --auth`.
 //   - StartEmbedded: an in-process nats-server with JetStream (file store,
 //     max payload set, 127.0.0.1 and a random port by default, optional
 //     user/password, token, nkeys and mutual TLS), restartable on the same
