@@ -84,6 +84,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	diagCost := fs.Float64("diagonal-tile-cost", 0, "cost of a kernel tile on a causal diagonal in whole tiles (0: measure this machine's kernel)")
 	cores := fs.Int("cores", runtime.GOMAXPROCS(0), "cores per worker (default: this machine's GOMAXPROCS, which a measured speed is for)")
 	nsPerByte := fs.Float64("transport-ns-per-byte", -1, "transport CPU per payload byte, sender and receiver together, `ns` (-1: measure an in-process NATS ring)")
+	mergeNs := fs.Float64("merge-ns-per-byte", -1, "CPU to finalize or merge an (O, LSE) partial per byte, `ns` (-1: measure kernels.MergeOutputs here)")
 	servers := fs.Int("nats-servers", 0, "dedicated NATS `servers` relaying every frame (0: a server on every worker host, frames cross each host's link once each way)")
 	serverLink := fs.String("server-link", "", "link speed of each dedicated NATS server (default: --link)")
 	latency := fs.Duration("latency", 20*time.Microsecond, "one-way link latency")
@@ -133,6 +134,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return fail("--cores %d, expected >= 1", *cores)
 	case *nsPerByte < 0 && *nsPerByte != -1 || math.IsNaN(*nsPerByte) || math.IsInf(*nsPerByte, 0):
 		return fail("--transport-ns-per-byte %g, expected >= 0 (-1: measure)", *nsPerByte)
+	case *mergeNs < 0 && *mergeNs != -1 || math.IsNaN(*mergeNs) || math.IsInf(*mergeNs, 0):
+		return fail("--merge-ns-per-byte %g, expected >= 0 (-1: measure)", *mergeNs)
 	case *latency < 0 || *stepOverhead < 0:
 		return fail("--latency and --step-overhead must be >= 0")
 	case *window < 1 || *buffer < 1:
@@ -174,7 +177,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		opts := ValidateOptions{Workers: ws, N: *validateN, Heads: *heads, Dim: *dim, Causal: maskList, Block: *block,
 			Strategy: strats[0], Runs: *runs, Ring: *validateRing, Calibration: *calib,
 			Model: Config{GFLOPS: *gflops, Cores: *cores, StepOverhead: stepOverhead.Seconds(), WindowBytes: float64(*window),
-				BufferBytes: float64(*buffer), DiagonalTileCost: *diagCost, FullRing: *fullRing},
+				BufferBytes: float64(*buffer), DiagonalTileCost: *diagCost, FullRing: *fullRing, MergeSecPerByte: max(0, *mergeNs) * 1e-9},
 			Log: func(format string, a ...any) { fmt.Fprintf(stderr, format+"\n", a...) }}
 		if *nsPerByte >= 0 {
 			opts.Model.SendSecPerByte, opts.Model.RecvSecPerByte = *nsPerByte/2*1e-9, *nsPerByte/2*1e-9
@@ -244,9 +247,16 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		fmt.Fprintf(stdout, "transport: %.3f ns of CPU per byte (--transport-ns-per-byte)\n", *nsPerByte)
 	}
 	cfg.SendSecPerByte, cfg.RecvSecPerByte = *nsPerByte/2*1e-9, *nsPerByte/2*1e-9
-	if mc, err := MeasureMerge(*dim); err == nil {
+	if *mergeNs >= 0 {
+		cfg.MergeSecPerByte = *mergeNs * 1e-9
+	} else {
+		mc, err := MeasureMerge(*dim)
+		if err != nil {
+			return fmt.Errorf("measuring the merge: %w", err)
+		}
 		cfg.MergeSecPerByte = mc
 	}
+	fmt.Fprintf(stdout, "merge: %.3f ns of CPU per byte of (O, LSE)\n", cfg.MergeSecPerByte*1e9)
 	relay := "key/value blocks only to the ranks that need them (shard.Plan.Traffic); a NATS server on every worker host"
 	if *fullRing {
 		relay = "every key/value block through every rank (--full-ring); a NATS server on every worker host"

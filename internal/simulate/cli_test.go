@@ -52,6 +52,7 @@ func TestSimulateCLIUsageErrors(t *testing.T) {
 		{[]string{"--nope"}, "flag provided but not defined: -nope"},
 		{[]string{"--nats-servers", "-1"}, "--nats-servers -1, expected >= 0"},
 		{[]string{"--diagonal-tile-cost", "-1"}, "--diagonal-tile-cost -1, expected >= 0"},
+		{[]string{"--merge-ns-per-byte", "-2"}, "--merge-ns-per-byte -2, expected >= 0"},
 		{[]string{"--gflops", "1", "--transport-ns-per-byte", "0", "--server-link", "fast"}, `--server-link "fast", expected a speed`},
 		{[]string{"extra"}, `unexpected argument "extra"`},
 	} {
@@ -72,7 +73,7 @@ func TestSimulateCLIUsageErrors(t *testing.T) {
 // TestSimulateCLITable prints the table without measuring anything.
 func TestSimulateCLITable(t *testing.T) {
 	code, out, errs := runMain(t, "--workers", "4,8", "--link", "10Gbit,inf", "--n", "16384", "--mask", "full,causal",
-		"--gflops", "200", "--transport-ns-per-byte", "0.5", "--cores", "8", "--diagonal-tile-cost", "1.8")
+		"--gflops", "200", "--transport-ns-per-byte", "0.5", "--cores", "8", "--diagonal-tile-cost", "1.8", "--merge-ns-per-byte", "0.3")
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, errs)
 	}

@@ -173,31 +173,37 @@ type wfTask struct {
 }
 
 // waterfill shares capacity among tasks: each gets min(limit, weight·L)
-// for the largest level L the capacity allows.
+// for the largest level L the capacity allows. It sorts ts in place.
 func waterfill(capacity float64, ts []wfTask) {
 	if len(ts) == 0 {
 		return
 	}
-	idx := make([]int, len(ts))
-	for i := range idx {
-		idx[i] = i
-	}
-	slices.SortFunc(idx, func(a, b int) int {
-		ra, rb := ts[a].limit/ts[a].weight, ts[b].limit/ts[b].weight
-		switch {
-		case ra < rb:
-			return -1
-		case ra > rb:
-			return 1
+	// By limit/weight, in place: this runs for every host at every event,
+	// and a host usually has a few tasks (insertion sort, no allocation).
+	less := func(a, b *wfTask) bool { return a.limit*b.weight < b.limit*a.weight }
+	if len(ts) > 16 {
+		slices.SortFunc(ts, func(a, b wfTask) int {
+			switch {
+			case less(&a, &b):
+				return -1
+			case less(&b, &a):
+				return 1
+			}
+			return 0
+		})
+	} else {
+		for i := 1; i < len(ts); i++ {
+			for j := i; j > 0 && less(&ts[j], &ts[j-1]); j-- {
+				ts[j], ts[j-1] = ts[j-1], ts[j]
+			}
 		}
-		return 0
-	})
+	}
 	left := capacity
 	var wsum float64
-	for _, i := range idx {
+	for i := range ts {
 		wsum += ts[i].weight
 	}
-	for _, i := range idx {
+	for i := range ts {
 		t := &ts[i]
 		level := left / wsum
 		if t.limit <= t.weight*level {
