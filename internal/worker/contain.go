@@ -89,7 +89,16 @@ func (t *task) units() int64 {
 	switch {
 	case t.mode == pb.JobMode_JOB_MODE_BACKWARD:
 		// q, do, o, lse by query block, k, v by key block; dq and dk/dv written.
-		return steps + 5*q + 3*kv
+		n := steps + 5*q + 3*kv
+		if t.kind == pb.JobKind_JOB_KIND_MHA {
+			// x instead of q, k, v (q's and the key blocks', often the
+			// same), dy for do; the weights first.
+			n += 4 - kv
+			if t.bias {
+				n += 4
+			}
+		}
+		return n
 	case t.kind == pb.JobKind_JOB_KIND_MHA:
 		n := steps + 2*q + kv + 4 + pairUnits(t.plan, t.rank) // x blocks: q's and the initial kv's, often the same
 		if t.bias {

@@ -319,6 +319,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	src := &checkedSource{r: store, ns: t.inputRef, allowNaN: t.allowNaN, met: w.met, prog: prog}
 	var source ringattn.Source = src
 	var sink ringattn.Sink = &attnSink{w: store, ns: t.outputRef, lse: t.wantLSE, outs: outs, met: w.met}
+	var mha *mhaParts
 	if t.kind == pb.JobKind_JOB_KIND_MHA {
 		layer, err := w.loadLayer(ctx, src, t)
 		if err != nil {
@@ -327,7 +328,8 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		ms := newMHASource(src, layer, t)
 		source = ms
 		sink = &mhaSink{w: store, ns: t.outputRef, layer: layer, b: t.params.B, heads: t.params.Hq, d: t.params.D,
-			outs: outs, met: w.met}
+			lse: t.wantLSE, outs: outs, met: w.met}
+		mha = &mhaParts{proj: ms, layer: layer}
 	}
 
 	prog.total.Store(t.units())
@@ -367,10 +369,15 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		// row that sees no key).
 		olse := &checkedSource{r: store, ns: t.oLSERef, allowNaN: true, met: w.met, prog: prog}
 		grads = &gradSink{w: store, ns: t.outputRef, met: w.met}
+		var bsrc ringattn.Source = bwdSource{in: src, olse: olse}
+		var bsink ringattn.GradSink = grads
+		if mha != nil {
+			bsrc, bsink = mha.backward(store, src, olse, grads, t, w.met)
+		}
 		err = ringattn.RunRankBackward(ctx, ringattn.BackwardConfig{
 			Params: &params, Plan: t.plan, Ring: fring,
-			Source: guardedSource{src: bwdSource{in: src, olse: olse}, w: w},
-			Sink:   guardedGradSink{sink: grads, w: w, prog: prog},
+			Source: guardedSource{src: bsrc, w: w},
+			Sink:   guardedGradSink{sink: bsink, w: w, prog: prog},
 			Epoch:  t.epoch, DoneDQ: t.doneDQ, DoneDKV: t.doneDKV,
 			Logger: logger, Progress: progress,
 		})

@@ -17,7 +17,7 @@ type projector interface {
 }
 
 // loadLayer fetches the layer's weights (block 0 of each weight tensor).
-func (w *Worker) loadLayer(ctx context.Context, src *checkedSource, t *task) (projector, error) {
+func (w *Worker) loadLayer(ctx context.Context, src *checkedSource, t *task) (*layer, error) {
 	get := func(name string) ([]float32, error) {
 		x, err := src.Fetch(ctx, name, 0)
 		if err != nil {
@@ -172,6 +172,9 @@ func (s *mhaSource) held() []cacheKey {
 }
 
 // mhaSink applies the output projection to the rank's rows and writes "y".
+// With lse (the forward pass of a forward+backward job) it first writes
+// the attention's "o" and "lse" blocks, which the backward pass reads; the
+// block's reported checksums are then those of y and lse.
 type mhaSink struct {
 	w     blockWriter
 	ns    string
@@ -179,11 +182,12 @@ type mhaSink struct {
 	b     int
 	heads int
 	d     int
+	lse   bool
 	outs  *outputs
 	met   *workerMetrics
 }
 
-func (s *mhaSink) Put(ctx context.Context, block int, o, _ []float32) error {
+func (s *mhaSink) Put(ctx context.Context, block int, o, lse []float32) error {
 	rows := s.b * s.heads * s.d
 	if len(o) == 0 || len(o)%rows != 0 {
 		return fmt.Errorf("%w: output block %d has %d values, expected a multiple of B·H·D = %d", ringattn.ErrInvalid, block, len(o), rows)
@@ -192,10 +196,19 @@ func (s *mhaSink) Put(ctx context.Context, block int, o, _ []float32) error {
 	if err != nil {
 		return fmt.Errorf("output projection of block %d: %w", block, err)
 	}
+	var crcL uint32
+	if s.lse {
+		if _, err := s.outs.put(ctx, s.w, s.ns, transport.TensorO, block, o, s.met); err != nil {
+			return err
+		}
+		if crcL, err = s.outs.put(ctx, s.w, s.ns, transport.TensorLSE, block, lse, s.met); err != nil {
+			return err
+		}
+	}
 	crc, err := s.outs.put(ctx, s.w, s.ns, TensorY, block, y, s.met)
 	if err != nil {
 		return err
 	}
-	s.outs.record(block, crc, 0)
+	s.outs.record(block, crc, crcL)
 	return nil
 }

@@ -361,7 +361,9 @@ func TestWorkerAssignmentRejections(t *testing.T) {
 		{func(a *pb.Assignment) {
 			a.Params.Kind, a.Params.DModel, a.Params.WantLse = pb.JobKind_JOB_KIND_MHA, 0, false
 		}, "params.d_model"},
-		{func(a *pb.Assignment) { a.Params.Kind, a.Params.DModel = pb.JobKind_JOB_KIND_MHA, 8 }, "params.want_lse"},
+		{func(a *pb.Assignment) {
+			a.Params.Kind, a.Params.DModel, a.Params.MhaBias = pb.JobKind_JOB_KIND_ATTENTION, 0, true
+		}, "params.mha_bias"},
 	} {
 		bad := e.job("bad", 5, 4)
 		c.mut(bad)

@@ -85,7 +85,7 @@ func (c *Client) check(spec *pb.JobSpec) error {
 			return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "spec.d_model",
 				Message: fmt.Sprintf("%d: an mha job wants d_model >= 1", spec.DModel)}
 		}
-		t = shard.Tensors{DModel: int(spec.DModel), Bias: spec.MhaBias}
+		t = shard.Tensors{DModel: int(spec.DModel), Bias: spec.MhaBias, Grad: t.Grad}
 	}
 	err := c.limits.Check(&req, t)
 	var fe *shard.FieldError
@@ -280,6 +280,15 @@ const tensorX, tensorY = "x", "y"
 // SubmitMHA uploads x [B, N, d_model] (rank 2 means B=1) and the weights and
 // submits a layer job.
 func (c *Client) SubmitMHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, o JobOptions) (*pb.JobStatus, error) {
+	return c.submitMHA(ctx, x, nil, w, o)
+}
+
+// submitMHA submits a layer job: a forward one, or with dy (x's shape) a
+// forward+backward one whose dy is uploaded like x.
+func (c *Client) submitMHA(ctx context.Context, x, dy *tensor.Tensor, w MHAWeights, o JobOptions) (*pb.JobStatus, error) {
+	if x == nil {
+		return nil, fmt.Errorf("%w: x is missing", ErrInvalid)
+	}
 	var b, n, dm int
 	switch x.Rank() {
 	case 2:
@@ -307,6 +316,12 @@ func (c *Client) SubmitMHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, 
 		return nil, fmt.Errorf("%w: give all four biases bq, bk, bv, bo or none", ErrInvalid)
 	}
 	spec.MhaBias = nb == 4
+	if dy != nil {
+		if !slices.Equal(dy.Shape, x.Shape) {
+			return nil, fmt.Errorf("%w: dy has shape %v, expected x's %v", ErrInvalid, dy.Shape, x.Shape)
+		}
+		spec.Mode = pb.JobMode_JOB_MODE_FORWARD_BACKWARD
+	}
 	if err := c.check(spec); err != nil {
 		return nil, err
 	}
@@ -317,6 +332,11 @@ func (c *Client) SubmitMHA(ctx context.Context, x *tensor.Tensor, w MHAWeights, 
 	block := int(spec.Block)
 	if _, err := st.PutTensor(ctx, spec.InputRef, tensorX, x.Data, transport.Shape{b, 1, n, dm}, block, transport.F32); err != nil {
 		return nil, fmt.Errorf("client: uploading x: %w", err)
+	}
+	if dy != nil {
+		if _, err := st.PutTensor(ctx, spec.InputRef, tensorDY, dy.Data, transport.Shape{b, 1, n, dm}, block, transport.F32); err != nil {
+			return nil, fmt.Errorf("client: uploading dy: %w", err)
+		}
 	}
 	weights := []struct {
 		name string

@@ -1,0 +1,347 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/transport"
+)
+
+// Tensors of a layer (mha) job's backward pass (DESIGN.md, "Layer
+// gradients"). It reads "dy" ([B, len, d_model] by sequence block, like x)
+// from the inputs and o, lse from its forward pass; besides the attention's
+// dq, dk, dv it writes, per gradient unit, the unit's share of the layer's
+// gradients, each a function of complete blocks only:
+//
+//	dq unit i (query block i):  dxq_i = cat(dq_i)·Wq          [B, len, d_model]
+//	                            dwq_i = cat(dq_i)ᵀ·x_i        [H·D, d_model]
+//	                            dwo_i = dY_iᵀ·cat(o_i)        [d_model, H·D]
+//	                            dbq_i = Σ_rows cat(dq_i), dbo_i = Σ_rows dY_i  (mha_bias)
+//	dk/dv unit j (key block j): dxkv_j = cat(dk_j)·Wk + cat(dv_j)·Wv
+//	                            dwk_j = cat(dk_j)ᵀ·x_j, dwv_j = cat(dv_j)ᵀ·x_j
+//	                            dbk_j, dbv_j                  (mha_bias)
+//
+// The layer's gradients are dX = dxq + dxkv block by block and
+// dW = Σ_blocks dW_block, which the reader (pkg/client) forms.
+const (
+	TensorDY   = "dy"
+	TensorDXQ  = "dxq"
+	TensorDXKV = "dxkv"
+	TensorDWQ  = "dwq"
+	TensorDWK  = "dwk"
+	TensorDWV  = "dwv"
+	TensorDWO  = "dwo"
+	TensorDBQ  = "dbq"
+	TensorDBK  = "dbk"
+	TensorDBV  = "dbv"
+	TensorDBO  = "dbo"
+)
+
+// layerGrad is a layer with the transposed weights its backward multiplies
+// by (kernels.MatMulT computes A·Bᵀ).
+type layerGrad struct {
+	l                  *layer
+	b                  int
+	woT, wqT, wkT, wvT []float32 // [H·D, d_model], [d_model, H·D] ×3
+}
+
+func newLayerGrad(l *layer, b int) *layerGrad {
+	hd := l.Heads * l.D
+	return &layerGrad{l: l, b: b,
+		woT: transpose(l.Wo, l.DModel, hd),
+		wqT: transpose(l.Wq, hd, l.DModel), wkT: transpose(l.Wk, hd, l.DModel), wvT: transpose(l.Wv, hd, l.DModel)}
+}
+
+// rowsOf returns the sequence length of a block of t holding per values
+// per (batch, position), or a CorruptBlockError.
+func (g *layerGrad) rowsOf(ns, tensor string, block int, t []float32, per int) (int, error) {
+	unit := g.b * per
+	if len(t) == 0 || len(t)%unit != 0 {
+		return 0, &transport.CorruptBlockError{Job: ns, Tensor: tensor, Block: block,
+			Reason: fmt.Sprintf("%d values, expected a non-zero multiple of %d", len(t), unit)}
+	}
+	return len(t) / unit, nil
+}
+
+// dO is the attention's upstream gradient of a block: split(dY·Wo), dy
+// [B, n, d_model] -> [B, H, n, D].
+func (g *layerGrad) dO(dy []float32, n int) []float32 {
+	l := g.l
+	hd := l.Heads * l.D
+	return splitHeads(matmul(g.b*n, hd, l.DModel, dy, g.woT, nil), g.b, l.Heads, n, l.D)
+}
+
+// weightGrad returns cat(t)ᵀ·x [H·D, d_model] of a block: t [B, H, n, D],
+// x [B, n, d_model].
+func (g *layerGrad) weightGrad(t, x []float32, n int) []float32 {
+	l := g.l
+	rows := g.b * n
+	return matmul(l.Heads*l.D, l.DModel, rows, catHeadsT(t, g.b, l.Heads, n, l.D), transpose(x, rows, l.DModel), nil)
+}
+
+// catHeads maps t [B, H, n, D] to rows [B·n, H·D].
+func catHeads(t []float32, b, h, n, d int) []float32 {
+	hd := h * d
+	out := make([]float32, b*n*hd)
+	for bi := range b {
+		for hi := range h {
+			for r := range n {
+				copy(out[(bi*n+r)*hd+hi*d:][:d], t[((bi*h+hi)*n+r)*d:][:d])
+			}
+		}
+	}
+	return out
+}
+
+// catHeadsT maps t [B, H, n, D] to cat(t)ᵀ [H·D, B·n].
+func catHeadsT(t []float32, b, h, n, d int) []float32 {
+	rows := b * n
+	out := make([]float32, h*d*rows)
+	for bi := range b {
+		for hi := range h {
+			for r := range n {
+				src := t[((bi*h+hi)*n+r)*d:][:d]
+				for c, v := range src {
+					out[(hi*d+c)*rows+bi*n+r] = v
+				}
+			}
+		}
+	}
+	return out
+}
+
+// splitHeads maps rows [B·n, H·D] to [B, H, n, D].
+func splitHeads(t []float32, b, h, n, d int) []float32 {
+	hd := h * d
+	out := make([]float32, b*n*hd)
+	for bi := range b {
+		for hi := range h {
+			for r := range n {
+				copy(out[((bi*h+hi)*n+r)*d:][:d], t[(bi*n+r)*hd+hi*d:][:d])
+			}
+		}
+	}
+	return out
+}
+
+// transpose returns the [cols, rows] transpose of t [rows, cols].
+func transpose(t []float32, rows, cols int) []float32 {
+	out := make([]float32, len(t))
+	for r := range rows {
+		for c := range cols {
+			out[c*rows+r] = t[r*cols+c]
+		}
+	}
+	return out
+}
+
+// matmul returns c [m, n] = a [m, k]·bᵀ (b [n, k]) on the kernels' GEMM,
+// added into acc when acc is not nil (and returned).
+func matmul(m, n, k int, a, b, acc []float32) []float32 {
+	c := acc
+	if c == nil {
+		c = make([]float32, m*n)
+	}
+	if m == 0 || n == 0 || k == 0 {
+		return c
+	}
+	// Shapes come from a validated layer and checked blocks: an error is a
+	// bug (contained by the rank's guards).
+	if err := kernels.MatMulT(m, n, k, a, k, b, k, c, n, acc != nil); err != nil {
+		panic(err)
+	}
+	return c
+}
+
+// colSums returns the column sums of t [rows, cols], summed in float64.
+func colSums(t []float32, rows, cols int) []float32 {
+	s := make([]float64, cols)
+	for r := range rows {
+		for c, v := range t[r*cols : (r+1)*cols] {
+			s[c] += float64(v)
+		}
+	}
+	out := make([]float32, cols)
+	for c, v := range s {
+		out[c] = float32(v)
+	}
+	return out
+}
+
+// mhaBwdSource serves a layer's backward rank: q, k, v projected from x
+// (mhaSource), do = split(dY·Wo) from dy, o and lse from the forward.
+type mhaBwdSource struct {
+	proj *mhaSource
+	in   *checkedSource
+	olse *checkedSource
+	g    *layerGrad
+}
+
+func (s *mhaBwdSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	switch tensor {
+	case transport.TensorQ, transport.TensorK, transport.TensorV:
+		return s.proj.Fetch(ctx, tensor, block)
+	case transport.TensorO, transport.TensorLSE:
+		return s.olse.Fetch(ctx, tensor, block)
+	case transport.TensorDO:
+		dy, err := s.in.Fetch(ctx, TensorDY, block)
+		if err != nil {
+			return nil, err
+		}
+		n, err := s.g.rowsOf(s.in.ns, TensorDY, block, dy, s.g.l.DModel)
+		if err != nil {
+			return nil, err
+		}
+		return s.g.dO(dy, n), nil
+	}
+	return nil, fmt.Errorf("%w: mha backward source asked for tensor %q, expected q, k, v, do, o or lse", ErrInvalidAssignment, tensor)
+}
+
+// mhaGradSink writes a layer backward rank's outputs: each complete dq
+// (dk/dv) block as gradSink does, preceded by its unit's share of the
+// layer's gradients (the tensors above). Every write is a function of
+// complete blocks, so a unit written again by another epoch holds the same
+// values up to float32 rounding, and nothing partial is ever stored.
+type mhaGradSink struct {
+	grads *gradSink
+	w     blockWriter
+	ns    string
+	in    *checkedSource // x, dy
+	olse  *checkedSource // o
+	g     *layerGrad
+	bias  bool
+	met   *workerMetrics
+}
+
+func (s *mhaGradSink) put(ctx context.Context, tensor string, block int, x []float32) error {
+	if err := retryStore(ctx, func() error { return s.w.PutBlock(ctx, s.ns, tensor, block, x, transport.F32) }); err != nil {
+		return err
+	}
+	s.met.storeBytes.WithLabelValues("written").Add(float64(4 * len(x)))
+	return nil
+}
+
+// inputs fetches the blocks named (from the inputs, or o from the forward)
+// and checks that each holds n rows of per values per (batch, position).
+func (s *mhaGradSink) inputs(ctx context.Context, block, n int, names ...string) ([][]float32, error) {
+	l := s.g.l
+	out := make([][]float32, len(names))
+	for i, name := range names {
+		src, per := s.in, l.DModel
+		if name == transport.TensorO {
+			src, per = s.olse, l.Heads*l.D
+		}
+		x, err := src.Fetch(ctx, name, block)
+		if err != nil {
+			return nil, err
+		}
+		if len(x) != s.g.b*n*per {
+			return nil, &transport.CorruptBlockError{Job: src.ns, Tensor: name, Block: block,
+				Reason: fmt.Sprintf("%d values, expected B·len·%d = %d·%d·%d like the gradient block", len(x), per, s.g.b, n, per)}
+		}
+		out[i] = x
+	}
+	return out, nil
+}
+
+func (s *mhaGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error {
+	l := s.g.l
+	hd := l.Heads * l.D
+	n, err := s.g.rowsOf(s.ns, transport.TensorDQ, block, dq, hd)
+	if err != nil {
+		return err
+	}
+	in, err := s.inputs(ctx, block, n, TensorX, TensorDY, transport.TensorO)
+	if err != nil {
+		return err
+	}
+	x, dy, o := in[0], in[1], in[2]
+	rows := s.g.b * n
+	dqc := catHeads(dq, s.g.b, l.Heads, n, l.D)
+	outs := []struct {
+		name string
+		data func() []float32
+		bias bool
+	}{
+		{TensorDXQ, func() []float32 { return matmul(rows, l.DModel, hd, dqc, s.g.wqT, nil) }, false},
+		{TensorDWQ, func() []float32 { return s.g.weightGrad(dq, x, n) }, false},
+		{TensorDWO, func() []float32 {
+			return matmul(l.DModel, hd, rows, transpose(dy, rows, l.DModel), catHeadsT(o, s.g.b, l.Heads, n, l.D), nil)
+		}, false},
+		{TensorDBQ, func() []float32 { return colSums(dqc, rows, hd) }, true},
+		{TensorDBO, func() []float32 { return colSums(dy, rows, l.DModel) }, true},
+	}
+	for _, o := range outs {
+		if o.bias && !s.bias {
+			continue
+		}
+		if err := s.put(ctx, o.name, block, o.data()); err != nil {
+			return err
+		}
+	}
+	return s.grads.PutDQ(ctx, epoch, block, dq)
+}
+
+func (s *mhaGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error {
+	l := s.g.l
+	hd := l.Heads * l.D
+	n, err := s.g.rowsOf(s.ns, transport.TensorDK, block, dk, hd)
+	if err != nil {
+		return err
+	}
+	if len(dv) != len(dk) {
+		return fmt.Errorf("%w: dv block %d has %d values, expected dk's %d", ringattn.ErrInvalid, block, len(dv), len(dk))
+	}
+	in, err := s.inputs(ctx, block, n, TensorX)
+	if err != nil {
+		return err
+	}
+	x := in[0]
+	rows := s.g.b * n
+	dkc, dvc := catHeads(dk, s.g.b, l.Heads, n, l.D), catHeads(dv, s.g.b, l.Heads, n, l.D)
+	outs := []struct {
+		name string
+		data func() []float32
+		bias bool
+	}{
+		{TensorDXKV, func() []float32 {
+			return matmul(rows, l.DModel, hd, dvc, s.g.wvT, matmul(rows, l.DModel, hd, dkc, s.g.wkT, nil))
+		}, false},
+		{TensorDWK, func() []float32 { return s.g.weightGrad(dk, x, n) }, false},
+		{TensorDWV, func() []float32 { return s.g.weightGrad(dv, x, n) }, false},
+		{TensorDBK, func() []float32 { return colSums(dkc, rows, hd) }, true},
+		{TensorDBV, func() []float32 { return colSums(dvc, rows, hd) }, true},
+	}
+	for _, o := range outs {
+		if o.bias && !s.bias {
+			continue
+		}
+		if err := s.put(ctx, o.name, block, o.data()); err != nil {
+			return err
+		}
+	}
+	return s.grads.PutDKV(ctx, epoch, block, dk, dv)
+}
+
+// mhaParts is what a layer rank loaded: its projecting source and layer.
+type mhaParts struct {
+	proj  *mhaSource
+	layer *layer
+}
+
+// backward returns the Source and GradSink of a layer's backward rank:
+// src reads the job's inputs, olse the forward's o and lse, grads writes
+// dq, dk, dv. The rank's own reads of x, dy and o for its gradient units
+// are not counted as progress (units counts them with the writes).
+func (m *mhaParts) backward(store *transport.Store, src, olse *checkedSource, grads *gradSink, t *task, met *workerMetrics) (ringattn.Source, ringattn.GradSink) {
+	g := newLayerGrad(m.layer, t.params.B)
+	quiet := func(c *checkedSource) *checkedSource {
+		cp := *c
+		cp.prog = nil
+		return &cp
+	}
+	return &mhaBwdSource{proj: m.proj, in: src, olse: olse, g: g},
+		&mhaGradSink{grads: grads, w: store, ns: t.outputRef, in: quiet(src), olse: quiet(olse), g: g, bias: t.bias, met: met}
+}
