@@ -17,9 +17,9 @@ import (
 const (
 	// KindGrad is a dK/dV accumulator travelling the ring behind its
 	// key/value block: Tensors = [dK, dV], each [B, Hkv, len, D] of the
-	// block, the sum of the contributions of the ranks that held the block
-	// so far. Step is the number of ranks summed in (1 .. W); the frame of
-	// step W goes to the block's owner.
+	// block, the sum of the contributions of the ranks on its route so
+	// far. Step is the step at which the receiver folds the block
+	// (1 .. W-1), or W for the frame that goes home to the block's holder.
 	KindGrad Kind = 3
 	// KindDQ is a split-KV dQ partial on its way up the reduction tree:
 	// Tensors = [dQ] for every planned query row (the runs' [B, Hq, rows, D]
@@ -69,6 +69,12 @@ type BackwardConfig struct {
 	Progress        func(Progress)
 	Logger          *slog.Logger
 	PartialTimeouts int
+	// FullRing is as in RankConfig: every key/value block and its dK/dV
+	// accumulator visit every rank instead of only the ranks whose query
+	// blocks see the block. The gradients are equal either way (a rank
+	// that does not see a block adds zeros); every rank of a plan must use
+	// the same setting.
+	FullRing bool
 }
 
 // Validate checks that the parts fit together, and the fencing rule: a
@@ -151,14 +157,15 @@ type gradPair struct{ dk, dv []float32 }
 // to the Sink (split-KV: rank 0 writes dQ, every rank the dK/dV of its key
 // range). See DESIGN.md §6 for the schedule and §7 for the fencing rule.
 //
-// Ring strategies: the key/value blocks travel the ring as in the forward
-// (double buffered) and their dK/dV accumulators follow them one step
-// behind: at step s the rank computes its contribution to the blocks it
-// holds into fresh buffers while, besides the key/value transfer, it
-// receives the accumulators of the previous step's blocks from rank r-1,
-// adds its contribution of that step and sends them on to rank r+1. After
-// the last step the accumulators make one more hop, to their owners, which
-// write them. A lost or malformed accumulator is recomputed from the Source
+// Ring strategies: the key/value blocks travel as in the forward (double
+// buffered, only to the ranks whose query blocks see them) and their
+// dK/dV accumulators follow them one step behind: at step s the rank
+// computes its contribution to the blocks it holds into fresh buffers
+// while, besides the key/value transfer, it receives the accumulators of
+// the previous step's blocks from the rank before it on each block's
+// route, adds its contribution and sends them on to the next rank on the
+// route. After the last step the accumulators go home to the blocks'
+// holders, which write them. A lost or malformed accumulator is recomputed from the Source
 // (the contributions of the ranks it passed, in their order), so the result
 // is bit-identical to the fault-free run.
 //
@@ -201,6 +208,15 @@ func RunRankBackward(ctx context.Context, cfg BackwardConfig) error {
 	r.countPairs()
 	if cfg.Plan.Strategy == shard.SplitKV {
 		return r.splitKV(ctx)
+	}
+	if cfg.FullRing {
+		rr.route = cfg.Plan.FullRing()
+	} else {
+		route, err := cfg.Plan.TrafficContext(ctx)
+		if err != nil {
+			return err
+		}
+		rr.route = route
 	}
 	return r.ringSteps(ctx)
 }
@@ -424,60 +440,105 @@ func (r *bwdRun) fetchContig(ctx context.Context, j int) (kvBlock, error) {
 	return r.compact(b), nil
 }
 
-// ringSteps runs the W ring steps of a ring strategy's backward.
+// gradOut is a finished dK/dV accumulator waiting to be sent: to rank
+// `to` with key step `step` (the step at which `to` folds the block, or W
+// for the hop home to the block's holder).
+type gradOut struct {
+	to, step, j int
+	g           gradPair
+}
+
+// ringSteps runs the W ring steps of a ring strategy's backward over the
+// plan's key/value schedule (r.route, DESIGN.md §8): a key/value block and
+// its dK/dV accumulator visit only the ranks whose query blocks see it, in
+// ring order from its holder, and the accumulator then goes home.
 //
-// Step s on rank r: compute the contributions c_{r,j} of the held blocks
-// (those of rank h = r-s) into fresh buffers while, concurrently, the held
-// key/value blocks go to r+1, those of step s+1 come from r-1, and the
-// accumulators of step s-1 are finished: the frame of step s-1 (the sum of
-// ranks h+1 .. r-1) is received from r-1, the rank's own contribution of
-// step s-1 added, and the sum sent to r+1 as step s. After step W-1 the
-// last accumulators are finished the same way (step W goes to the owner),
-// and the owner receives its own blocks' step-W frames and writes them.
+// Step s on rank r: compute the contributions c_{r,j} of the blocks of
+// rank h = r-s that r needs into fresh buffers while, concurrently, the
+// key/value blocks move as in the forward (sent to the next rank on their
+// route in the step before it folds them) and the accumulators of the
+// blocks folded at step s-1 are finished: the accumulator is received from
+// the rank before r on the block's route (unless r is the first that
+// needs it), the rank's contribution added, and the sum sent on to the
+// next rank on the route in the step before that rank finishes it (kept
+// until then), or home to the holder after the last step. Every
+// accumulator frame sent in step s is for its receiver's step s+1. After
+// step W-1 the last accumulators are finished the same way, and the holder
+// receives its blocks' accumulators from the last rank on their routes
+// and writes them (a block the holder alone needs is complete on it; one
+// no rank needs has zero gradients).
 func (r *bwdRun) ringSteps(ctx context.Context) error {
-	plan := r.plan
+	plan, tr := r.plan, r.route
 	w := plan.Steps
+	sends := make(map[int][]kvBlock) // key/value blocks to forward, by the step they are sent in
+	queue := func(b kvBlock) {
+		if s := tr.SendStep(r.rank, b.j); s >= 0 {
+			sends[s] = append(sends[s], b)
+		}
+	}
 	var cur []kvBlock
 	for _, j := range plan.Ranks[r.rank].KVBlocks {
+		if !tr.Loads(r.rank, j) {
+			continue
+		}
 		b, err := r.fetchContig(ctx, j)
 		if err != nil {
 			return err
 		}
-		cur = append(cur, b)
+		if tr.Needs(r.rank, j) {
+			cur = append(cur, b)
+		}
+		queue(b)
 	}
-	next := (r.rank + 1) % r.w
-	prev := (r.rank - 1 + r.w) % r.w
-	var pending []gradPair // contributions of the previous step, to finish
+	gsends := make(map[int][]gradOut) // accumulators to send, by the step they are sent in (W: home)
+	var finals []gradOut              // gradients complete on this rank (it alone needs its block)
+	var pending []gradPair            // contributions of the previous step, to finish
 	var pendBlocks []kvBlock
 	for s := 0; s < w; s++ {
 		var incoming []kvBlock
+		var falls int
+		var later []gradOut
 		g, gctx := newGroup(ctx)
 		if s+1 < w {
-			held := cur
-			g.Go(func() error { return r.sendSet(gctx, next, s+1, held) })
-			g.Go(func() (err error) {
-				incoming, err = r.recvSet(gctx, prev, s+1)
-				if err == nil {
+			if out := sends[s]; len(out) > 0 {
+				delete(sends, s)
+				g.Go(func() error { return r.sendRouted(gctx, s+1, out) })
+			}
+			if want := tr.Fold(r.rank, s+1); len(want) > 0 {
+				g.Go(func() (err error) {
+					incoming, falls, err = r.recvRouted(gctx, s+1, want)
 					for i := range incoming {
 						incoming[i] = r.compact(incoming[i])
 					}
-				}
-				return err
-			})
+					return err
+				})
+			}
+		}
+		if out := gsends[s]; len(out) > 0 {
+			delete(gsends, s)
+			g.Go(func() error { return r.sendGrads(gctx, out) })
 		}
 		if s > 0 && r.grads {
 			pb, pg, ps := pendBlocks, pending, s-1
-			g.Go(func() error { return r.passGrads(gctx, ps, pb, pg) })
+			g.Go(func() (err error) {
+				later, err = r.passGrads(gctx, ps, pb, pg)
+				return err
+			})
 		}
+		// Progress counts the pairs of the step's blocks this rank skips.
+		r.countUnneeded(s)
 		local, err := r.contribSet(gctx, cur, true)
 		g.record(err)
 		if err := g.Wait(); err != nil {
 			return r.stepErr(ctx, s, err)
 		}
-		r.prog.Fallbacks += r.falls + int(r.gfalls.Swap(0))
-		r.falls = 0
+		r.prog.Fallbacks += falls + int(r.gfalls.Swap(0))
 		r.prog.Step = s + 1
 		r.report()
+		finals = r.schedule(gsends, finals, later)
+		for _, b := range incoming {
+			queue(b)
+		}
 		pending, pendBlocks = local, cur
 		cur = incoming
 	}
@@ -487,38 +548,120 @@ func (r *bwdRun) ringSteps(ctx context.Context) error {
 			return err
 		}
 	}
-	if r.grads {
-		if w == 1 {
-			// The only rank: its contributions are the gradients.
-			for i, b := range pendBlocks {
-				if err := r.putDKV(ctx, b.j, pending[i]); err != nil {
-					return err
-				}
-			}
-		} else {
-			// In this order: a receive of step W would make the ring drop
-			// the step W-1 frames still to come as stale.
-			if err := r.passGrads(ctx, w-1, pendBlocks, pending); err != nil {
-				return r.stepErr(ctx, w, err)
-			}
-			home, err := r.recvGrads(ctx, w, plan.Ranks[r.rank].KVBlocks)
-			if err != nil {
-				return r.stepErr(ctx, w, err)
-			}
-			r.prog.Fallbacks += int(r.gfalls.Swap(0))
-			for i, j := range plan.Ranks[r.rank].KVBlocks {
-				if r.doneDKV[j] {
-					continue
-				}
-				if err := r.putDKV(ctx, j, home[i]); err != nil {
-					return err
-				}
-			}
+	if !r.grads {
+		r.prog.Done = true
+		r.report()
+		return nil
+	}
+	// In this order: a receive of step W would make the ring drop the
+	// step W-1 frames still to come as stale.
+	later, err := r.passGrads(ctx, w-1, pendBlocks, pending)
+	if err != nil {
+		return r.stepErr(ctx, w, err)
+	}
+	finals = r.schedule(gsends, finals, later)
+	g, gctx := newGroup(ctx)
+	if out := gsends[w]; len(out) > 0 {
+		g.Go(func() error { return r.sendGrads(gctx, out) })
+	}
+	var home []gradPair
+	own := plan.Ranks[r.rank].KVBlocks
+	g.Go(func() (err error) {
+		home, err = r.recvHome(gctx, own)
+		return err
+	})
+	if err := g.Wait(); err != nil {
+		return r.stepErr(ctx, w, err)
+	}
+	r.prog.Fallbacks += int(r.gfalls.Swap(0))
+	for _, f := range finals {
+		if err := r.putDKV(ctx, f.j, f.g); err != nil {
+			return err
+		}
+	}
+	for i, j := range own {
+		if home[i].dk == nil {
+			continue // done, or complete on this rank (finals)
+		}
+		if err := r.putDKV(ctx, j, home[i]); err != nil {
+			return err
 		}
 	}
 	r.prog.Done = true
 	r.report()
 	return nil
+}
+
+// schedule files finished accumulators: those for this rank itself (its
+// block, needed by no other rank) into finals, the others into gsends by
+// the step they are sent in — their key step, the step before the
+// receiver finishes them, as the full ring sends them.
+func (r *bwdRun) schedule(gsends map[int][]gradOut, finals, later []gradOut) []gradOut {
+	for _, o := range later {
+		if o.to == r.rank {
+			finals = append(finals, o)
+			continue
+		}
+		// Sent in step o.step, finished by the receiver in step o.step+1
+		// (home: after the last step).
+		gsends[o.step] = append(gsends[o.step], o)
+	}
+	return finals
+}
+
+// countUnneeded adds to the progress the pairs of the blocks of step s
+// that this rank does not hold because none of its query blocks sees
+// them: all skipped.
+func (r *bwdRun) countUnneeded(s int) {
+	for _, j := range r.plan.HeldKV(r.rank, s) {
+		if r.route.Needs(r.rank, j) {
+			continue
+		}
+		for _, run := range r.mine {
+			r.prog.Skipped += len(run.blocks)
+		}
+	}
+}
+
+// accFrom returns the rank that sends rank r the accumulator of key block
+// j: the rank before r on the block's route that needs it; -1 when r is
+// the first rank that needs j (its accumulator starts here).
+func (r *bwdRun) accFrom(j int) int {
+	from := r.route.From(r.rank, j)
+	if from < 0 || (from == r.route.Holder(j) && !r.route.Needs(from, j)) {
+		return -1
+	}
+	return from
+}
+
+// lastOnRoute returns the last rank on key block j's route that needs it
+// (-1 when none does): the rank that sends the accumulator home.
+func (r *bwdRun) lastOnRoute(j int) int {
+	h := r.route.Holder(j)
+	for d := r.w - 1; d >= 0; d-- {
+		if x := (h + d) % r.w; r.route.Needs(x, j) {
+			return x
+		}
+	}
+	return -1
+}
+
+// contributors returns the ranks whose contributions an accumulator of
+// key block j holds when rank r receives it, in route order: the ranks
+// before r on the route that need j, or all of them for the hop home.
+func (r *bwdRun) contributors(j int, home bool) []int {
+	h := r.route.Holder(j)
+	var out []int
+	for d := range r.w {
+		x := (h + d) % r.w
+		if !home && x == r.rank {
+			break
+		}
+		if r.route.Needs(x, j) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
 
 func (r *bwdRun) stepErr(ctx context.Context, s int, err error) error {
@@ -528,45 +671,108 @@ func (r *bwdRun) stepErr(ctx context.Context, s int, err error) error {
 	return fmt.Errorf("rank %d backward step %d: %w", r.rank, s, err)
 }
 
-// passGrads finishes the accumulators of the blocks held at step s: for
-// s > 0 it receives their step-s frames from r-1 and adds the rank's
-// contributions (acc + c), then sends the sums to r+1 as step s+1. Blocks
-// whose dK/dV is done travel without accumulators.
-func (r *bwdRun) passGrads(ctx context.Context, s int, held []kvBlock, local []gradPair) error {
-	next := (r.rank + 1) % r.w
-	prev := (r.rank - 1 + r.w) % r.w
+// passGrads finishes the accumulators of the blocks this rank folded at
+// step s (all of which it needs): it receives each from the rank before it
+// on the block's route — one goroutine per sender — unless this rank is
+// the first that needs the block, adds its contribution (acc + c), and
+// sends the sum to the next rank on the route when that rank folds the
+// block at step s+1. It returns the sums to send later (their receiver
+// folds the block after step s+1, or the sum goes home, which is sent
+// after the last step concurrently with the home receives) or to keep
+// (this rank is the holder and no other rank needs the block). Blocks whose
+// dK/dV is done travel without accumulators.
+func (r *bwdRun) passGrads(ctx context.Context, s int, held []kvBlock, local []gradPair) ([]gradOut, error) {
+	accs := make([]gradPair, len(held))
+	bySender := map[int][]int{}
+	var senders []int
+	for i, b := range held {
+		if r.doneDKV[b.j] {
+			continue
+		}
+		if from := r.accFrom(b.j); from >= 0 {
+			if _, ok := bySender[from]; !ok {
+				senders = append(senders, from)
+			}
+			bySender[from] = append(bySender[from], i)
+		}
+	}
+	if len(senders) > 0 {
+		g, gctx := newGroup(ctx)
+		for _, from := range senders {
+			idx := bySender[from]
+			g.Go(func() error {
+				for _, i := range idx {
+					acc, err := r.recvGrad(gctx, from, s, held[i].j)
+					if err != nil {
+						return err
+					}
+					accs[i] = acc
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
+			return nil, err
+		}
+	}
+	var now, later []gradOut
 	for i, b := range held {
 		if r.doneDKV[b.j] {
 			continue
 		}
 		g := local[i]
-		if s > 0 {
-			acc, err := r.recvGrad(ctx, prev, s, b.j)
-			if err != nil {
-				return err
-			}
+		if accs[i].dk != nil {
 			// c + acc: float addition commutes exactly, so this is acc + c.
-			addInto(g.dk, acc.dk)
-			addInto(g.dv, acc.dv)
+			addInto(g.dk, accs[i].dk)
+			addInto(g.dv, accs[i].dv)
 		}
-		f := Frame{Key: Key{Kind: KindGrad, Step: s + 1, Block: b.j}, Tensors: [][]float32{g.dk, g.dv}}
-		if err := r.ring.Send(ctx, next, f); err != nil {
-			return fmt.Errorf("sending the dK/dV accumulator of key block %d to rank %d: %w", b.j, next, err)
+		o := gradOut{to: r.route.Next(r.rank, b.j), j: b.j, g: g}
+		switch {
+		case o.to >= 0:
+			o.step = r.route.Step(o.to, b.j)
+		case r.route.Holder(b.j) == r.rank:
+			o.to, o.step = r.rank, r.plan.Steps // complete here
+		default:
+			o.to, o.step = r.route.Holder(b.j), r.plan.Steps // home
+		}
+		if o.to != r.rank && o.step == s+1 && o.step < r.plan.Steps {
+			now = append(now, o)
+		} else {
+			later = append(later, o)
+		}
+	}
+	return later, r.sendGrads(ctx, now)
+}
+
+// sendGrads sends accumulators, in order.
+func (r *bwdRun) sendGrads(ctx context.Context, out []gradOut) error {
+	for _, o := range out {
+		f := Frame{Key: Key{Kind: KindGrad, Step: o.step, Block: o.j}, Tensors: [][]float32{o.g.dk, o.g.dv}}
+		if err := r.ring.Send(ctx, o.to, f); err != nil {
+			return fmt.Errorf("sending the dK/dV accumulator of key block %d to rank %d: %w", o.j, o.to, err)
 		}
 	}
 	return nil
 }
 
-// recvGrads receives the step-`step` accumulators of the given blocks from
-// r-1 (nil entries for blocks whose dK/dV is done).
-func (r *bwdRun) recvGrads(ctx context.Context, step int, blocks []int) ([]gradPair, error) {
-	prev := (r.rank - 1 + r.w) % r.w
+// recvHome receives the step-W accumulators of the rank's own blocks from
+// the last rank on each block's route: nil entries for blocks whose dK/dV
+// is done or complete on this rank, zeros for a block no rank needs.
+func (r *bwdRun) recvHome(ctx context.Context, blocks []int) ([]gradPair, error) {
 	out := make([]gradPair, len(blocks))
 	for i, j := range blocks {
 		if r.doneDKV[j] {
 			continue
 		}
-		g, err := r.recvGrad(ctx, prev, step, j)
+		last := r.lastOnRoute(j)
+		switch last {
+		case -1:
+			out[i] = r.newGrad(j) // no query block sees it
+			continue
+		case r.rank:
+			continue // in finals
+		}
+		g, err := r.recvGrad(ctx, last, r.plan.Steps, j)
 		if err != nil {
 			return nil, err
 		}
@@ -602,20 +808,20 @@ func (r *bwdRun) recvGrad(ctx context.Context, from, step, j int) (gradPair, err
 		return gradPair{}, fmt.Errorf("receiving the dK/dV accumulator of key block %d from rank %d: %w", j, from, err)
 	}
 	r.gfalls.Add(1)
-	return r.recomputeGrad(ctx, step, j)
+	return r.recomputeGrad(ctx, j, step == r.plan.Steps)
 }
 
-// recomputeGrad returns the accumulator of key block j after `step` ranks
-// have added to it on its way to rank r: c_{r-step,j} + c_{r-step+1,j} +
-// ... + c_{r-1,j}, each contribution computed as its rank computes it.
-func (r *bwdRun) recomputeGrad(ctx context.Context, step, j int) (gradPair, error) {
+// recomputeGrad returns the accumulator of key block j as this rank
+// receives it: the contributions of the ranks before it on the block's
+// route (all of them for the hop home), summed in route order, each
+// computed as its rank computes it.
+func (r *bwdRun) recomputeGrad(ctx context.Context, j int, home bool) (gradPair, error) {
 	b, err := r.fetchContig(ctx, j)
 	if err != nil {
 		return gradPair{}, err
 	}
 	var acc gradPair
-	for t := step; t >= 1; t-- {
-		x := ((r.rank-t)%r.w + r.w) % r.w
+	for n, x := range r.contributors(j, home) {
 		runs, err := r.loadRows(ctx, r.plan.Ranks[x].QBlocks)
 		if err != nil {
 			return gradPair{}, err
@@ -624,12 +830,15 @@ func (r *bwdRun) recomputeGrad(ctx context.Context, step, j int) (gradPair, erro
 		if err := r.contrib(ctx, runs, b, c, false); err != nil {
 			return gradPair{}, err
 		}
-		if t == step {
+		if n == 0 {
 			acc = c
 			continue
 		}
 		addInto(acc.dk, c.dk)
 		addInto(acc.dv, c.dv)
+	}
+	if acc.dk == nil {
+		acc = r.newGrad(j)
 	}
 	return acc, nil
 }

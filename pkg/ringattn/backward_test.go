@@ -265,8 +265,18 @@ func TestRingBackwardFencing(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	pr := newProblem("causal+docs", 1, 4, 2, 157, 157, 16, kernels.Mask{Causal: true, SeqLens: []int{70, 87}}, 131)
 	g := newGradProblem(t, pr, 132)
-	for _, s := range []shard.Strategy{shard.Zigzag, shard.Contiguous, shard.Striped, shard.SplitKV} {
-		t.Run(string(s), func(t *testing.T) {
+	type variant struct {
+		s    shard.Strategy
+		full bool // epoch 1 on the full ring (else the short-circuit schedule)
+	}
+	var variants []variant
+	for _, s := range []shard.Strategy{shard.Zigzag, shard.Contiguous, shard.Striped} {
+		variants = append(variants, variant{s, true}, variant{s, false})
+	}
+	variants = append(variants, variant{shard.SplitKV, false})
+	for _, vr := range variants {
+		s := vr.s
+		t.Run(fmt.Sprintf("%s/fullring=%v", s, vr.full), func(t *testing.T) {
 			plan1 := pr.plan(t, pr.request(4, 16, s))
 			src, err := ringattn.NewMemGradSource(&pr.p, plan1.Block, pr.q, pr.k, pr.v, g.o, g.lse, g.do)
 			if err != nil {
@@ -277,15 +287,25 @@ func TestRingBackwardFencing(t *testing.T) {
 				t.Fatal(err)
 			}
 			// Epoch 1: rank 2 dies as it sends its first accumulator of the
-			// last hop (ring), or as it starts sending its dQ partial
-			// (split-KV: after writing its dK/dV).
+			// last hop (full ring), its first accumulator (short-circuit:
+			// it may send none home), or as it starts sending its dQ
+			// partial (split-KV: after writing its dK/dV).
 			// Only rank 2 dies: the others fail their epoch (or finish it)
 			// but stay alive, as workers that lose a peer do.
+			// On the short-circuit ring a rank may wait on a live rank
+			// that already failed (not on the dead one), which would cost
+			// receive timeouts; the epoch is canceled at the death, as the
+			// coordinator does when it re-plans.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
 			var net *ringattn.MemNet
 			net = newNet(t, 4, ringattn.MemOptions{RecvTimeout: 5 * time.Second,
 				Fault: func(from, to int, key ringattn.Key) ringattn.Fault {
-					if from == 2 && ((key.Kind == ringattn.KindGrad && key.Step == 4) || key.Kind == ringattn.KindDQ) {
+					if from == 2 && ((key.Kind == ringattn.KindGrad && (key.Step == 4 || !vr.full)) || key.Kind == ringattn.KindDQ) {
 						net.Kill(2)
+						if !vr.full {
+							cancel()
+						}
 					}
 					return ringattn.Fault{}
 				}})
@@ -297,8 +317,8 @@ func TestRingBackwardFencing(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					errs[r] = ringattn.RunRankBackward(context.Background(), ringattn.BackwardConfig{Params: &pr.p, Plan: plan1,
-						Ring: captureRing{net.Rank(r), &mu, captured}, Source: src, Sink: sink, Epoch: 1})
+					errs[r] = ringattn.RunRankBackward(ctx, ringattn.BackwardConfig{Params: &pr.p, Plan: plan1,
+						Ring: captureRing{net.Rank(r), &mu, captured}, Source: src, Sink: sink, Epoch: 1, FullRing: vr.full})
 				}()
 			}
 			wg.Wait()
@@ -312,7 +332,9 @@ func TestRingBackwardFencing(t *testing.T) {
 				t.Fatal("epoch 1 finished everything: the test exercises nothing")
 			}
 			if s != shard.SplitKV {
-				if len(undKV) == 0 || len(undKV) == plan1.KBlockCount {
+				// The full ring writes the blocks whose last hop does not
+				// start at rank 2; the short-circuit ring may write none.
+				if len(undKV) == 0 || (vr.full && len(undKV) == plan1.KBlockCount) {
 					t.Fatalf("epoch 1 wrote dK/dV of %d of %d key blocks, expected some but not all", plan1.KBlockCount-len(undKV), plan1.KBlockCount)
 				}
 			}
@@ -570,16 +592,34 @@ func TestRingBackwardAccumulatorPatience(t *testing.T) {
 	g := newGradProblem(t, pr, 142)
 	plan := pr.plan(t, pr.request(3, 16, shard.Zigzag))
 	want, wk, wv := g.runBackward(t, plan)
-	// One accumulator (block 0's on its second hop) is late; the receive
-	// timeout is 200 ms. Late by 350 ms: past one timeout, well within 3.
-	// Late by 2 s: past a patience of 1 (or 3) for certain.
+	// One accumulator (that of the first block needed by two ranks or
+	// more, to the second of them) is late; the receive timeout is 200 ms.
+	// Late by 350 ms: past one timeout, well within 3. Late by 2 s: past a
+	// patience of 1 (or 3) for certain.
+	tr := plan.Traffic()
+	lateBlock, lateStep := -1, -1
+	for j := range plan.KBlockCount {
+		var needy []int
+		for d := range 3 {
+			if x := (tr.Holder(j) + d) % 3; tr.Needs(x, j) {
+				needy = append(needy, x)
+			}
+		}
+		if len(needy) >= 2 {
+			lateBlock, lateStep = j, tr.Step(needy[1], j)
+			break
+		}
+	}
+	if lateBlock < 0 {
+		t.Fatal("no key block is needed by two ranks")
+	}
 	for _, c := range []struct {
 		patience  int
 		delay     time.Duration
 		fallbacks int64
 	}{{3, 350 * time.Millisecond, 0}, {1, 2 * time.Second, 1}} {
 		late := func(from, to int, key ringattn.Key) ringattn.Fault {
-			if key.Kind == ringattn.KindGrad && key.Block == plan.Ranks[0].KVBlocks[0] && key.Step == 2 {
+			if key.Kind == ringattn.KindGrad && key.Block == lateBlock && key.Step == lateStep {
 				return ringattn.Fault{Delay: c.delay}
 			}
 			return ringattn.Fault{}

@@ -24,9 +24,9 @@
 //
 // RunRankBackward executes one rank of a plan's backward pass from the
 // forward's O and LSE and the output gradient dO (Source tensors "o",
-// "lse", "do"): ring strategies send the key/value blocks around as the
-// forward does, with their dK/dV accumulators (KindGrad frames) one step
-// behind and one extra hop home, so each rank ends with the exact dQ of its
+// "lse", "do"): ring strategies send the key/value blocks along the
+// forward's routes, with their dK/dV accumulators (KindGrad frames) one
+// step behind, visiting the ranks that need the block, and one hop home, so each rank ends with the exact dQ of its
 // query blocks (kernels.BackwardBlock per run and held block) and the exact
 // dK/dV of the key blocks it started with; split-KV ranks compute complete
 // dK/dV of their key range and sum dQ partials (KindDQ frames) up the

@@ -162,7 +162,6 @@ type rankRun struct {
 	views ViewSource                // the Source, when it lends views
 	share bool                      // the ring passes frames by reference (FrameSharer)
 	prog  Progress
-	falls int // fallbacks counted by the receiver goroutine of the current step
 	// route is the forward's key/value schedule: which blocks the rank
 	// folds, receives from whom and sends to whom (ring strategies).
 	route *shard.Traffic
@@ -730,38 +729,6 @@ func (r *rankRun) putRun(ctx context.Context, run *qRun, o, lse []float32) error
 		}
 	}
 	return nil
-}
-
-// sendSet sends the held blocks to rank `to` for step `step`.
-func (r *rankRun) sendSet(ctx context.Context, to, step int, held []kvBlock) error {
-	for _, b := range held {
-		if !r.share {
-			b = r.compact(b)
-		}
-		f := Frame{Key: Key{Kind: KindKV, Step: step, Block: b.j}, Tensors: [][]float32{b.k, b.v}, Stride: b.stride}
-		if err := r.ring.Send(ctx, to, f); err != nil {
-			return fmt.Errorf("sending key/value block %d to rank %d: %w", b.j, to, err)
-		}
-	}
-	return nil
-}
-
-// recvSet receives the blocks of step `step` from rank `from`, fetching any
-// that time out or arrive malformed from the Source.
-func (r *rankRun) recvSet(ctx context.Context, from, step int) ([]kvBlock, error) {
-	want := r.plan.HeldKV(r.rank, step)
-	out := make([]kvBlock, 0, len(want))
-	for _, j := range want {
-		b, fell, err := r.recvKV(ctx, from, step, j)
-		if err != nil {
-			return nil, err
-		}
-		if fell {
-			r.falls++
-		}
-		out = append(out, b)
-	}
-	return out, nil
 }
 
 // recvKV receives key/value block j of step `step` from rank `from`; a

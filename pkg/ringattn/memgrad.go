@@ -195,6 +195,8 @@ type BackwardLocalConfig struct {
 	// Ring, when not nil, wraps each rank's endpoint (tests: inspect or
 	// alter frames).
 	Ring func(Ring) Ring
+	// FullRing is given to every rank (BackwardConfig).
+	FullRing bool
 }
 
 // RunLocalBackwardNet is RunLocalBackward over a caller-provided network
@@ -245,7 +247,7 @@ func RunLocalBackwardNet(ctx context.Context, cfg BackwardLocalConfig, p *kernel
 			}
 			err := RunRankBackward(ctx, BackwardConfig{Params: p, Plan: plan, Ring: ring, Source: src, Sink: sink,
 				Epoch: cfg.Epoch, DoneDQ: cfg.DoneDQ, DoneDKV: cfg.DoneDKV, Progress: cfg.Progress,
-				PartialTimeouts: cfg.PartialTimeouts})
+				PartialTimeouts: cfg.PartialTimeouts, FullRing: cfg.FullRing})
 			if err == nil {
 				return
 			}

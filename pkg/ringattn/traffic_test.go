@@ -283,3 +283,140 @@ func TestRingTrafficTinyBuffer(t *testing.T) {
 		}
 	}
 }
+
+// gradHops is the dK/dV accumulator frames of the short-circuit backward:
+// along each block's route, from each rank that needs it to the next, then
+// from the last one home to the holder (keyed W).
+func gradHops(plan *shard.Plan, tr *shard.Traffic) map[hop]int {
+	out := map[hop]int{}
+	w := len(plan.Ranks)
+	for j := range plan.KBlockCount {
+		h := tr.Holder(j)
+		var needy []int
+		for d := range w {
+			if x := (h + d) % w; tr.Needs(x, j) {
+				needy = append(needy, x)
+			}
+		}
+		for i := 1; i < len(needy); i++ {
+			out[hop{needy[i-1], needy[i], j, tr.Step(needy[i], j)}]++
+		}
+		if n := len(needy); n > 0 && needy[n-1] != h {
+			out[hop{needy[n-1], h, j, w}]++
+		}
+	}
+	return out
+}
+
+// runBackwardCounted runs the backward of plan through counting rings.
+func runBackwardCounted(t *testing.T, g *gradProblem, plan *shard.Plan, opts ringattn.MemOptions, full bool) (dq, dk, dv []float32, kv, grads map[hop]int, falls int) {
+	t.Helper()
+	net := newNet(t, len(plan.Ranks), opts)
+	defer net.Close()
+	var mu sync.Mutex
+	kv, grads = map[hop]int{}, map[hop]int{}
+	wrap := func(r ringattn.Ring) ringattn.Ring { return gradCounter{r, &mu, kv, grads} }
+	dq, dk, dv, err := ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net, Ring: wrap,
+		FullRing: full, Progress: func(p ringattn.Progress) {
+			if p.Done {
+				mu.Lock()
+				falls += p.Fallbacks
+				mu.Unlock()
+			}
+		}}, &g.p, plan, g.q, g.k, g.v, g.o, g.lse, g.do)
+	if err != nil {
+		t.Fatalf("%s %s: %v", g.name, plan.Strategy, err)
+	}
+	return dq, dk, dv, kv, grads, falls
+}
+
+type gradCounter struct {
+	ringattn.Ring
+	mu        *sync.Mutex
+	kv, grads map[hop]int
+}
+
+func (c gradCounter) Send(ctx context.Context, to int, f ringattn.Frame) error {
+	c.mu.Lock()
+	switch f.Kind {
+	case ringattn.KindKV:
+		c.kv[hop{c.Rank(), to, f.Block, f.Step}]++
+	case ringattn.KindGrad:
+		c.grads[hop{c.Rank(), to, f.Block, f.Step}]++
+	}
+	c.mu.Unlock()
+	return c.Ring.Send(ctx, to, f)
+}
+
+// TestRingTrafficBackward: the backward's key/value blocks take the
+// forward's routes and their dK/dV accumulators follow them and go home;
+// the frames sent are exactly those, the gradients match the float64
+// reference and equal those of the full ring (a rank that does not see a
+// block only adds zeros there), for every ring strategy and mask.
+func TestRingTrafficBackward(t *testing.T) {
+	for _, pr := range problems() {
+		g := newGradProblem(t, pr, 90)
+		for _, ranks := range []int{1, 3, 4} {
+			for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped} {
+				plan := pr.plan(t, pr.request(ranks, 16, s))
+				what := fmt.Sprintf("%s R=%d %s", pr.name, ranks, s)
+				dq, dk, dv, kv, grads, falls := runBackwardCounted(t, g, plan, ringattn.MemOptions{}, false)
+				if err := g.gradErr(dq, dk, dv); err != nil {
+					t.Fatalf("%s: %v", what, err)
+				}
+				fq, fk, fv, fkv, fgrads, _ := runBackwardCounted(t, g, plan, ringattn.MemOptions{}, true)
+				if !slices.Equal(dq, fq) || !slices.Equal(dk, fk) || !slices.Equal(dv, fv) {
+					t.Fatalf("%s: gradients differ from the full ring's", what)
+				}
+				tr := plan.Traffic()
+				if want := wantHops(plan, tr); !mapsEqual(kv, want) {
+					t.Fatalf("%s: key/value frames %v, expected %v", what, kv, want)
+				}
+				if want := gradHops(plan, tr); !mapsEqual(grads, want) || falls != 0 {
+					t.Fatalf("%s: accumulator frames %v, expected %v (%d fallbacks)", what, grads, want, falls)
+				}
+				if want := gradHops(plan, plan.FullRing()); !mapsEqual(fgrads, want) || len(fkv) != (ranks-1)*plan.KBlockCount {
+					t.Fatalf("%s: full ring sent %d key/value and %d accumulator frames", what, len(fkv), len(fgrads))
+				}
+			}
+		}
+	}
+}
+
+// TestRingTrafficBackwardDropped: accumulators lost on a short-circuit hop
+// (past ranks that do not need the block) or on the way home are
+// recomputed from the store over the route's ranks, giving the same
+// gradients.
+func TestRingTrafficBackwardDropped(t *testing.T) {
+	pr := newProblem("striped-window", 1, 4, 2, 157, 157, 16, kernels.Mask{Windowed: true, Left: 10, Right: 10}, 91)
+	g := newGradProblem(t, pr, 92)
+	plan := pr.plan(t, pr.request(4, 16, shard.Striped))
+	w := len(plan.Ranks)
+	wq, wk, wv, _, clean, _ := runBackwardCounted(t, g, plan, ringattn.MemOptions{}, false)
+	skips, homes := 0, 0
+	for h := range clean {
+		switch {
+		case h.step == w:
+			homes++
+		case (h.to-h.from+w)%w > 1:
+			skips++
+		}
+	}
+	if skips == 0 || homes == 0 {
+		t.Fatalf("%d short-circuit and %d home accumulator frames: the test exercises nothing", skips, homes)
+	}
+	drop := func(from, to int, key ringattn.Key) ringattn.Fault {
+		return ringattn.Fault{Drop: key.Kind == ringattn.KindGrad && ((to-from+w)%w > 1 || key.Step == w) && key.Block%2 == 0}
+	}
+	dq, dk, dv, _, _, falls := runBackwardCounted(t, g, plan, ringattn.MemOptions{RecvTimeout: 30 * time.Millisecond, Fault: drop}, false)
+	if err := g.gradErr(dq, dk, dv); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(dq, wq) || !slices.Equal(dk, wk) || !slices.Equal(dv, wv) {
+		t.Fatal("recomputed accumulators changed the gradients")
+	}
+	if falls == 0 {
+		t.Fatal("no accumulator was recomputed")
+	}
+	t.Logf("%d short-circuit and %d home accumulator frames; %d recomputed", skips, homes, falls)
+}
