@@ -316,6 +316,35 @@ func (t *Traffic) SentBytes(rank int) int64 {
 	return total
 }
 
+// GradBytes returns the dK/dV accumulator bytes of the backward pass on
+// this schedule: each block's accumulator (Plan.KVBytes, the size of the
+// block) goes from each rank that needs it to the next on its route, then
+// from the last one home to the holder. The backward's key/value blocks
+// move Bytes() as in the forward. O(key blocks·W·log ranges).
+func (t *Traffic) GradBytes() int64 {
+	if t.split {
+		return 0
+	}
+	var total int64
+	for j := range t.holder {
+		h := int(t.holder[j])
+		hops, last := 0, -1
+		for d := range t.w {
+			if x := (h + d) % t.w; t.Needs(x, j) {
+				if last >= 0 {
+					hops++
+				}
+				last = x
+			}
+		}
+		if last >= 0 && last != h {
+			hops++
+		}
+		total += int64(hops) * t.plan.kvBytes(j)
+	}
+	return total
+}
+
 // kvBytesRange is the sum of kvBytes(j) over j in [a, b): every block but
 // the last has Block rows.
 func (p *Plan) kvBytesRange(a, b int) int64 {

@@ -88,6 +88,25 @@ func checkTraffic(t *testing.T, req shard.Request, p *shard.Plan) {
 			}
 		}
 	}
+	// Accumulators: one hop between consecutive needy ranks, one home.
+	var wantGrad int64
+	for j := range p.KBlockCount {
+		h := tr.Holder(j)
+		var needy []int
+		for d := range w {
+			if x := (h + d) % w; tr.Needs(x, j) {
+				needy = append(needy, x)
+			}
+		}
+		hops := max(0, len(needy)-1)
+		if len(needy) > 0 && needy[len(needy)-1] != h {
+			hops++
+		}
+		wantGrad += int64(hops) * p.KVBytes(j)
+	}
+	if got := tr.GradBytes(); got != wantGrad {
+		t.Fatalf("GradBytes() = %d, expected %d", got, wantGrad)
+	}
 	if got := tr.Bytes(); got != wantBytes {
 		t.Fatalf("Bytes() = %d, expected %d", got, wantBytes)
 	}
@@ -125,6 +144,9 @@ func checkTraffic(t *testing.T, req shard.Request, p *shard.Plan) {
 	}
 	if fb := full.Bytes(); fb != int64(w-1)*all || fb != p.RingBytes() {
 		t.Fatalf("FullRing().Bytes() = %d, expected (W-1)·%d = %d = RingBytes %d", fb, all, int64(w-1)*all, p.RingBytes())
+	}
+	if full.GradBytes() != int64(w)*all && w > 1 {
+		t.Fatalf("FullRing().GradBytes() = %d, expected W·%d", full.GradBytes(), all)
 	}
 	if full.Frames() != (w-1)*p.KBlockCount {
 		t.Fatalf("FullRing().Frames() = %d, expected %d", full.Frames(), (w-1)*p.KBlockCount)
@@ -325,7 +347,7 @@ func TestShardTrafficTable(t *testing.T) {
 		{"8 docs × 4096 causal", shard.Mask{Causal: true, SeqLens: docs}},
 	}
 	const mib = 1 << 20
-	t.Logf("%-22s %-10s %10s %10s %7s", "mask", "strategy", "before MiB", "after MiB", "after/before")
+	t.Logf("%-22s %-16s %10s %10s %7s   %s", "mask", "strategy", "before MiB", "after MiB", "after/before", "backward before/after MiB")
 	for _, m := range masks {
 		for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped, shard.Auto} {
 			p := mustPlan(t, bigRequest(s, m.m))
@@ -337,7 +359,9 @@ func TestShardTrafficTable(t *testing.T) {
 			if s == shard.Auto {
 				name = "auto:" + string(p.Strategy)
 			}
-			t.Logf("%-22s %-10s %10d %10d %7.3f", m.name, name, before/mib, after/mib, float64(after)/float64(before))
+			fb, tb := p.FullRing().GradBytes(), p.Traffic().GradBytes()
+			t.Logf("%-22s %-16s %10d %10d %7.3f   backward %5d %5d", m.name, name, before/mib, after/mib, float64(after)/float64(before),
+				(before+fb)/mib, (after+tb)/mib)
 		}
 	}
 }
