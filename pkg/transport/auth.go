@@ -2,8 +2,11 @@ package transport
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/nats-io/nats.go"
 )
 
 // DefaultTenant is the tenant of a client that names none, and of every
@@ -69,4 +72,45 @@ func ValidateJobTenant(tenant string) error {
 		return fmt.Errorf("%w: tenant %q: want a name not starting with \"_\" (reserved)", ErrInvalidName, tenant)
 	}
 	return nil
+}
+
+// workerSubject is of(id), for a message of worker id; legacy() for one
+// naming no worker (which only a server without auth lets through).
+func (c *Conn) workerSubject(id string, of func(string) string, legacy func() string) (string, error) {
+	if id == "" {
+		return legacy(), nil
+	}
+	if err := ValidateName("worker id", id); err != nil {
+		return "", err
+	}
+	return of(id), nil
+}
+
+// ErrImpersonation is wrapped when a heartbeat or report names another
+// worker in its body than the one its subject names (and the server's
+// permissions let publish there).
+var ErrImpersonation = errors.New("worker id does not match the subject")
+
+// checkWorker refuses a message whose body's worker id is not the one in
+// its subject (<before><id><after>).
+func checkWorker(before, after string) func(subject, body string) error {
+	return func(subject, body string) error {
+		if id := workerToken(subject, before, after); id != body {
+			return fmt.Errorf("%w: message for worker %.128q arrived on %q, the subject of worker %q",
+				ErrImpersonation, body, subject, id)
+		}
+		return nil
+	}
+}
+
+// Denied returns an error wrapping ErrPermission when the server's last
+// error to c is a permissions violation naming subject (a publish or
+// subscription the connection's permissions do not allow; the request
+// itself only times out), else nil.
+func (c *Conn) Denied(subject string) error {
+	last := c.nc.LastError()
+	if last == nil || !errors.Is(last, nats.ErrPermissionViolation) || !strings.Contains(last.Error(), `"`+subject+`"`) {
+		return nil
+	}
+	return fmt.Errorf("%w: %v", ErrPermission, last)
 }
