@@ -251,7 +251,9 @@ func mhaFiles(t *testing.T, dir string) (paths map[string]string, ts map[string]
 
 // TestCLIMHAGradients: mha --dy --grads writes y and the gradients of
 // sum(y·dY) equal to the float64 reference's, with and without biases,
-// into a directory it creates; the refusals are exit 2 naming the flag.
+// into a directory it creates, locally and as a forward+backward job on
+// an embedded cluster (--cluster, blocks of 4 rows: a ragged last one);
+// the refusals are exit 2 naming the flag.
 func TestCLIMHAGradients(t *testing.T) {
 	dir := t.TempDir()
 	paths, ts := mhaFiles(t, dir)
@@ -264,8 +266,12 @@ func TestCLIMHAGradients(t *testing.T) {
 		}
 		return ts[name].Data
 	}
-	for _, bias := range []bool{true, false} {
-		gdir := filepath.Join(dir, "grads_"+strconv.FormatBool(bias), "sub")
+	for i, tc := range []struct {
+		bias bool
+		mode []string
+	}{{true, nil}, {false, nil}, {true, []string{"--cluster", "2", "--block", "4"}}, {false, []string{"--cluster", "1", "--block", "4"}}} {
+		bias := tc.bias
+		gdir := filepath.Join(dir, "grads_"+strconv.Itoa(i), "sub")
 		y := filepath.Join(dir, "y.npy")
 		args := []string{"mha", "-x", paths["x"], "--heads", strconv.Itoa(heads), "--causal", "-o", y, "--dy", paths["dy"], "--grads", gdir}
 		ws := []string{"wq", "wk", "wv", "wo"}
@@ -275,8 +281,12 @@ func TestCLIMHAGradients(t *testing.T) {
 		for _, w := range ws {
 			args = append(args, "--"+w, paths[w])
 		}
-		if code, _, stderr := cli(t, args...); code != 0 {
-			t.Fatalf("bias=%v: exit %d: %s", bias, code, stderr)
+		code, _, stderr := cli(t, append(args, tc.mode...)...)
+		if code != 0 {
+			t.Fatalf("bias=%v %v: exit %d: %s", bias, tc.mode, code, stderr)
+		}
+		if !strings.Contains(stderr, gdir+"/{dx,dwq,dwk,dwv,dwo") || (tc.mode != nil) != strings.Contains(stderr, "forward+backward job") {
+			t.Errorf("bias=%v %v: stderr %q, want the line naming the gradient files", bias, tc.mode, stderr)
 		}
 		ref := m.Backward(x.Data, data("wq", bias), data("wk", bias), data("wv", bias), data("wo", bias),
 			data("bq", bias), data("bk", bias), data("bv", bias), data("bo", bias), ts["dy"].Data)
@@ -307,8 +317,7 @@ func TestCLIMHAGradients(t *testing.T) {
 		{"no --grads", "--grads is required", []string{"-o", y, "--dy", paths["dy"]}},
 		{"no --dy", "--dy is required", []string{"-o", y, "--grads", gdir}},
 		{"dY shape", "--dy has shape [12 12], expected the shape of -x [2 11 12]", []string{"-o", y, "--dy", paths["wq"], "--grads", gdir}},
-		{"--ranks", "--grads: mha gradients run locally", []string{"-o", y, "--dy", paths["dy"], "--grads", gdir, "--ranks", "2"}},
-		{"--cluster", "--grads: mha gradients run locally", []string{"-o", y, "--dy", paths["dy"], "--grads", gdir, "--cluster", "1"}},
+		{"--ranks", "--grads: mha gradients run locally or on a cluster", []string{"-o", y, "--dy", paths["dy"], "--grads", gdir, "--ranks", "2"}},
 		{"grads a file", "--grads " + notDir + " is not a directory", []string{"-o", y, "--dy", paths["dy"], "--grads", notDir}},
 	} {
 		args := append(append([]string{}, base...), c.args...)

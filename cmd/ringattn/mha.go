@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -40,7 +42,7 @@ func runMHA(env *cliEnv, args []string) error {
 	}
 	heads := fs.Int("heads", 0, "number of heads `H` (H·D is the projections' output size)")
 	oPath := fs.String("o", "", "output `file` (.npy, float32, the shape of -x)")
-	dyPath := fs.String("dy", "", "upstream gradient `file` dY, the shape of -x: also compute the gradients of sum(Y·dY) (needs --grads; local only)")
+	dyPath := fs.String("dy", "", "upstream gradient `file` dY, the shape of -x: also compute the gradients of sum(Y·dY) (needs --grads; locally, or as one forward+backward job with --cluster or --nats)")
 	gradsDir := fs.String("grads", "", "output `directory` for dx, dwq, dwk, dwv, dwo (and dbq, dbk, dbv, dbo when biases are given) .npy; created if missing")
 	var mf maskFlags
 	mf.register(fs)
@@ -66,8 +68,8 @@ func runMHA(env *cliEnv, args []string) error {
 			return usagef("--dy is required with --grads")
 		case *gradsDir == "":
 			return usagef("--grads is required with --dy")
-		case mf.ranks > 0 || mf.cluster > 0 || mf.natsURL != "":
-			return usagef("--grads: mha gradients run locally; leave out --ranks, --cluster and --nats")
+		case mf.ranks > 0:
+			return usagef("--grads: mha gradients run locally or on a cluster (--cluster W, --nats URL); leave out --ranks")
 		}
 		if err := checkGradsDir(*gradsDir); err != nil {
 			return err
@@ -164,11 +166,14 @@ func runMHA(env *cliEnv, args []string) error {
 	if err := p.Validate(); err != nil {
 		return userError(err)
 	}
-	if grads {
-		return mhaGrads(env, layer, &p, x, dy, ts, *oPath, *gradsDir)
-	}
 	ctx, cancel := signalContext()
 	defer cancel()
+	if grads {
+		if mf.cluster > 0 || mf.natsURL != "" {
+			return clusterMHAGrads(ctx, env, layer, x, dy, ts, &mf, *oPath, *gradsDir)
+		}
+		return mhaGrads(env, layer, &p, x, dy, ts, *oPath, *gradsDir)
+	}
 	start := time.Now()
 	if mf.cluster > 0 || mf.natsURL != "" {
 		y, err := clusterMHA(ctx, env, x, ts, *heads, &mf)
@@ -213,11 +218,24 @@ func mhaGrads(env *cliEnv, layer *ringattn.Layer, p *kernels.Params, x, dy *tens
 		return userError(err)
 	}
 	el := time.Since(start)
-	if err := tensor.WriteNPY(oPath, tensor.New(y, x.Shape...)); err != nil {
+	names, err := writeMHAGrads(y, g, x, ts, oPath, dir)
+	if err != nil {
 		return err
 	}
+	fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d, forward and gradients in %v -> %s, %s/{%s}.npy\n",
+		p.B, p.N, layer.DModel, layer.Heads, layer.D, el.Round(time.Millisecond), oPath, dir, strings.Join(names, ","))
+	return nil
+}
+
+// writeMHAGrads writes y to oPath and the gradients g to dir (created),
+// each shaped like what it is the gradient of (dx like x, dw* like the
+// weights, db* like the biases given), and returns the names written.
+func writeMHAGrads(y []float32, g *ringattn.LayerGrads, x *tensor.Tensor, ts map[string]*tensor.Tensor, oPath, dir string) ([]string, error) {
+	if err := tensor.WriteNPY(oPath, tensor.New(y, x.Shape...)); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(dir, 0o777); err != nil {
-		return err
+		return nil, err
 	}
 	out := []struct {
 		name string
@@ -231,12 +249,64 @@ func mhaGrads(env *cliEnv, layer *ringattn.Layer, p *kernels.Params, x, dy *tens
 			continue
 		}
 		if err := tensor.WriteNPY(filepath.Join(dir, o.name+".npy"), tensor.New(o.data, o.like.Shape...)); err != nil {
-			return err
+			return nil, err
 		}
 		names = append(names, o.name)
 	}
-	fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d, forward and gradients in %v -> %s, %s/{%s}.npy\n",
-		p.B, p.N, layer.DModel, layer.Heads, layer.D, el.Round(time.Millisecond), oPath, dir, strings.Join(names, ","))
+	return names, nil
+}
+
+// clusterMHAGrads runs the layer's forward and backward as one
+// forward+backward job on a cluster (--cluster W or --nats URL), printing
+// the job id and its progress through both passes, and writes y to oPath
+// and the gradients of sum(y·dY) to dir as mhaGrads does.
+func clusterMHAGrads(ctx context.Context, env *cliEnv, layer *ringattn.Layer, x, dy *tensor.Tensor, ts map[string]*tensor.Tensor, mf *maskFlags, oPath, dir string) error {
+	start := time.Now()
+	opts, err := mf.jobOptions()
+	if err != nil {
+		return err
+	}
+	jc, err := openCluster(ctx, mf)
+	if err != nil {
+		return err
+	}
+	defer jc.Close()
+	ctx, cancel := mf.conn.withTimeout(ctx)
+	defer cancel()
+	w := client.MHAWeights{Heads: layer.Heads, Wq: ts["wq"], Wk: ts["wk"], Wv: ts["wv"], Wo: ts["wo"],
+		Bq: ts["bq"], Bk: ts["bk"], Bv: ts["bv"], Bo: ts["bo"]}
+	uploadNote(env.stderr, 2*len(x.Data), jc.where)
+	st, err := jc.cl.SubmitMHABackward(ctx, x, dy, w, opts)
+	if err != nil {
+		return clusterErr(err)
+	}
+	jobIDLine(env.stderr, st.GetId(), jc.where)
+	st, err = watchJob(ctx, env, jc.cl, st.GetId(), nil)
+	if err != nil {
+		return clusterErr(err)
+	}
+	if err := jobOutcome(st); err != nil {
+		return err
+	}
+	res, err := jc.cl.FetchMHAGrads(ctx, st)
+	if err != nil {
+		return clusterErr(err)
+	}
+	data := func(t *tensor.Tensor) []float32 {
+		if t == nil {
+			return nil
+		}
+		return t.Data
+	}
+	g := &ringattn.LayerGrads{DX: res.DX.Data, DWq: res.DWq.Data, DWk: res.DWk.Data, DWv: res.DWv.Data, DWo: res.DWo.Data,
+		DBq: data(res.DBq), DBk: data(res.DBk), DBv: data(res.DBv), DBo: data(res.DBo)}
+	names, err := writeMHAGrads(res.Y.Data, g, x, ts, oPath, dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d, forward+backward job%s in %v -> %s, %s/{%s}.npy\n",
+		res.Y.Shape[0], res.Y.Shape[1], layer.DModel, layer.Heads, layer.D, jc.where, time.Since(start).Round(time.Millisecond),
+		oPath, dir, strings.Join(names, ","))
 	return nil
 }
 
