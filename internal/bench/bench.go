@@ -43,7 +43,7 @@ func usagef(format string, args ...any) error {
 }
 
 // Targets are the benches Run knows, in the order --help lists them.
-var Targets = []string{"kernel", "ring", "cluster", "rss", "recovery", "load"}
+var Targets = []string{"kernel", "ring", "cluster", "rss", "recovery", "load", "simulate"}
 
 // Run runs `ringattn bench <target> [flags]`: args[0] names the target.
 // It returns flag.ErrHelp after printing a --help, a UsageError for bad
@@ -51,16 +51,17 @@ var Targets = []string{"kernel", "ring", "cluster", "rss", "recovery", "load"}
 func Run(env Env, args []string) error {
 	if len(args) == 0 || strings.HasPrefix(args[0], "-") {
 		if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-			fmt.Fprintln(env.Stdout, "Usage: ringattn bench kernel|ring|cluster|rss|recovery|load [flags]   (run 'ringattn bench <target> --help')")
+			fmt.Fprintln(env.Stdout, "Usage: ringattn bench kernel|ring|cluster|rss|recovery|load|simulate [flags]   (run 'ringattn bench <target> --help')")
 			fmt.Fprintln(env.Stdout, "  kernel   the local kernel's GFLOP/s and peak RSS per shape")
 			fmt.Fprintln(env.Stdout, "  ring     an in-process R-rank ring against the local kernel: overhead")
 			fmt.Fprintln(env.Stdout, "  cluster  an in-process W-worker cluster against the local kernel; tiny-job latency and throughput")
 			fmt.Fprintln(env.Stdout, "  rss      multi-process clusters: each worker process's peak RSS per job shape")
 			fmt.Fprintln(env.Stdout, "  recovery a multi-process cluster: recovery times from worker, leader and NATS faults mid-job")
 			fmt.Fprintln(env.Stdout, "  load     a multi-process cluster under many clients and faults: successes, duplicates, lost, latency, recovery")
+			fmt.Fprintln(env.Stdout, "  simulate a scaling model: predicted time and efficiency of W workers on a link, from measured speeds")
 			return nil
 		}
-		return usagef("bench needs a target: kernel, ring, cluster, rss, recovery or load")
+		return usagef("bench needs a target: kernel, ring, cluster, rss, recovery, load or simulate")
 	}
 	e := &env
 	switch args[0] {
@@ -76,8 +77,10 @@ func Run(env Env, args []string) error {
 		return benchRecovery(e, args[1:])
 	case "load":
 		return benchLoad(e, args[1:])
+	case "simulate":
+		return benchSimulate(e, args[1:])
 	}
-	return usagef("unknown bench target %q, expected kernel, ring, cluster, rss, recovery or load", args[0])
+	return usagef("unknown bench target %q, expected kernel, ring, cluster, rss, recovery, load or simulate", args[0])
 }
 
 // newFlags is env.NewFlags, or a plain flag set.
