@@ -34,7 +34,7 @@ func percentile(xs []float64, p float64) float64 {
 // local kernel on the same shape and cores, then tiny-job latency and
 // throughput (submit -> result downloaded).
 func benchCluster(env *Env, args []string) error {
-	fs := newFlags(env, "bench cluster", "[--workers 4] [--seq 8192] [--dim 128] [--heads 8] [--mask none,causal] [--runs 3] [--tiny 200] [--concurrency 8]")
+	fs := newFlags(env, "bench cluster", "[--workers 4] [--seq 8192] [--dim 128] [--heads 8] [--mask none,causal] [--runs 3] [--tiny 200] [--concurrency 8] [--backward]")
 	workersF := fs.String("workers", "4", "comma-separated worker `counts` W")
 	seqs := fs.String("seq", "8192", "comma-separated sequence `lengths` (N = Nk) of the attention jobs")
 	dims := fs.String("dim", "128", "comma-separated head `dims`")
@@ -46,6 +46,7 @@ func benchCluster(env *Env, args []string) error {
 	conc := fs.Int("concurrency", 8, "tiny jobs in flight in the throughput run")
 	png := fs.String("png", "", "also plot the overheads to this `file` (.png, .svg or .pdf)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this `file` (go tool pprof)")
+	backward := fs.Bool("backward", false, "run backward jobs (o and lse given) against kernels.AttentionBackward instead of forward jobs; GFLOP/s count 2.5× the forward's FLOPs")
 	if err := parse(env, fs, args); err != nil {
 		return err
 	}
@@ -69,10 +70,19 @@ func benchCluster(env *Env, args []string) error {
 	}
 	ctx, cancel := signalContext()
 	defer cancel()
-	fmt.Fprintf(env.Stdout, "kernel %s, GOMAXPROCS %d; in-process cluster: embedded NATS (JetStream), 1 Raft coordinator, W workers on these cores; %d runs per side, medians\n\n",
+	fmt.Fprintf(env.Stdout, "kernel %s, GOMAXPROCS %d; in-process cluster: embedded NATS (JetStream), 1 Raft coordinator, W workers on these cores; %d runs per side, medians\n",
 		kernels.Impl(), runtime.GOMAXPROCS(0), *runs)
-	fmt.Fprintln(env.Stdout, "| W | B | H | N | D | mask | kernel (s) | cluster compute (s) | overhead | end-to-end (s) | overhead | kernel CPU (s) | end-to-end CPU (s) | CPU overhead | epochs | max abs diff |")
-	fmt.Fprintln(env.Stdout, "|---|---|---|---|---|------|------------|---------------------|----------|----------------|----------|----------------|--------------------|--------------|--------|--------------|")
+	var peak float64
+	if *backward {
+		peak = kernels.PeakGFLOPS(200*time.Millisecond) * float64(runtime.GOMAXPROCS(0))
+		fmt.Fprintf(env.Stdout, "measured FMA peak %.1f GFLOP/s (all cores)\n\n", peak)
+		fmt.Fprintln(env.Stdout, "| W | B | H | N | D | mask | kernel bwd (s) | cluster compute (s) | overhead | end-to-end (s) | overhead | cluster GFLOP/s | % of peak | epochs | max rel diff |")
+		fmt.Fprintln(env.Stdout, "|---|---|---|---|---|------|----------------|---------------------|----------|----------------|----------|-----------------|-----------|--------|--------------|")
+	} else {
+		fmt.Fprintln(env.Stdout)
+		fmt.Fprintln(env.Stdout, "| W | B | H | N | D | mask | kernel (s) | cluster compute (s) | overhead | end-to-end (s) | overhead | kernel CPU (s) | end-to-end CPU (s) | CPU overhead | epochs | max abs diff |")
+		fmt.Fprintln(env.Stdout, "|---|---|---|---|---|------|------------|---------------------|----------|----------------|----------|----------------|--------------------|--------------|--------|--------------|")
+	}
 	type tinyRow struct {
 		w                int
 		p50, p99, mean   float64
@@ -96,7 +106,13 @@ func benchCluster(env *Env, args []string) error {
 			for _, n := range ns {
 				for _, d := range ds {
 					for _, c := range causals {
-						if err := benchClusterRow(ctx, env, cl, pl, w, *heads, n, d, *block, c, *runs); err != nil {
+						row := benchClusterRow
+						if *backward {
+							row = func(ctx context.Context, env *Env, cl *client.Client, _ *clusterPlot, w, h, n, d, block int, causal bool, runs int) error {
+								return benchClusterBackwardRow(ctx, env, cl, peak, w, h, n, d, block, causal, runs)
+							}
+						}
+						if err := row(ctx, env, cl, pl, w, *heads, n, d, *block, c, *runs); err != nil {
 							return err
 						}
 					}
@@ -126,9 +142,15 @@ func benchCluster(env *Env, args []string) error {
 			return err
 		}
 	}
-	fmt.Fprintln(env.Stdout, "\ncluster compute = the job's started -> finished time in the coordinator; end-to-end = upload + submit + compute + download of the output.")
-	fmt.Fprintln(env.Stdout, "overhead = cluster median / kernel median - 1 (kernel: kernels.Attention in this process on all cores, runs interleaved).")
-	fmt.Fprintln(env.Stdout, "CPU = user + system CPU seconds of this whole process (NATS server, coordinator, workers, client) over the call.")
+	if *backward {
+		fmt.Fprintln(env.Stdout, "\ncluster compute = the backward job's started -> finished time in the coordinator; end-to-end = upload of q, k, v, dO, O, LSE + submit + compute + download of dq, dk, dv.")
+		fmt.Fprintln(env.Stdout, "overhead = cluster median / kernel median - 1 (kernel: kernels.AttentionBackward in this process on all cores from the kernel's O and LSE, runs interleaved).")
+		fmt.Fprintf(env.Stdout, "cluster GFLOP/s counts %.1f× the forward's visible FLOPs over the cluster compute time; max rel diff = max |cluster - kernel| / max(1, max |kernel|) over dq, dk, dv.\n", BackwardFactor)
+	} else {
+		fmt.Fprintln(env.Stdout, "\ncluster compute = the job's started -> finished time in the coordinator; end-to-end = upload + submit + compute + download of the output.")
+		fmt.Fprintln(env.Stdout, "overhead = cluster median / kernel median - 1 (kernel: kernels.Attention in this process on all cores, runs interleaved).")
+		fmt.Fprintln(env.Stdout, "CPU = user + system CPU seconds of this whole process (NATS server, coordinator, workers, client) over the call.")
+	}
 	if len(tinies) > 0 {
 		fmt.Fprintln(env.Stdout, "\nTiny jobs (B=1, H=1, N=Nk=64, D=16): one at a time for latency, then the same count with a fixed number in flight for throughput.")
 		fmt.Fprintln(env.Stdout, "\n| W | jobs | latency p50 (ms) | p99 (ms) | mean (ms) | throughput jobs | in flight | jobs/s |")
@@ -200,6 +222,56 @@ func benchClusterRow(ctx context.Context, env *Env, cl *client.Client, pl *clust
 	pl.compute.values = append(pl.compute.values, 100*(mc/mk-1))
 	pl.endToEnd.values = append(pl.endToEnd.values, 100*(me/mk-1))
 	pl.cpu.values = append(pl.cpu.values, 100*(mce/mck-1))
+	return nil
+}
+
+// benchClusterBackwardRow times backward jobs (BACKWARD: o and lse
+// uploaded, the forward's) through the cluster against
+// kernels.AttentionBackward on the same shape and cores, runs interleaved,
+// and prints one row of the backward table; peak is the measured FMA peak
+// of all cores in GFLOP/s.
+func benchClusterBackwardRow(ctx context.Context, env *Env, cl *client.Client, peak float64, w, h, n, d, block int, causal bool, runs int) error {
+	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: h, Hkv: h, D: d}, N: n, Nk: n, Mask: kernels.Mask{Causal: causal}}
+	if err := p.Validate(); err != nil {
+		return UsageError{err}
+	}
+	r := testrand.New(1)
+	q, k, v, do := r.Slice(h*n*d, testrand.Normal), r.Slice(h*n*d, testrand.Normal), r.Slice(h*n*d, testrand.Normal), r.Slice(h*n*d, testrand.Normal)
+	o, lse := make([]float32, len(q)), make([]float32, h*n)
+	if err := kernels.Attention(&p, q, k, v, o, lse); err != nil {
+		return err
+	}
+	t4 := func(x []float32) *tensor.Tensor { return tensor.New(x, 1, h, n, d) }
+	lt := tensor.New(lse, 1, h, n)
+	var tk, tc, te []float64
+	var diff float64
+	var epochs uint64
+	for range runs {
+		t0 := time.Now()
+		dq, dk, dv := make([]float32, len(q)), make([]float32, len(k)), make([]float32, len(v))
+		if err := kernels.AttentionBackward(&p, q, k, v, o, lse, do, dq, dk, dv); err != nil {
+			return err
+		}
+		t1 := time.Now()
+		res, err := cl.AttentionBackwardFrom(ctx, t4(q), t4(k), t4(v), t4(o), lt, t4(do), client.JobOptions{Causal: causal, Block: block}, nil)
+		if err != nil {
+			return fmt.Errorf("cluster backward job W=%d N=%d D=%d %s: %w", w, n, d, maskName(causal), err)
+		}
+		te = append(te, time.Since(t1).Seconds())
+		tk = append(tk, t1.Sub(t0).Seconds())
+		st := res.Status
+		tc = append(tc, float64(st.GetFinishedUnixMs()-st.GetStartedUnixMs())/1000)
+		epochs = max(epochs, st.GetEpoch())
+		diff = max(diff, gradDiff([2][]float32{res.DQ.Data, dq}, [2][]float32{res.DK.Data, dk}, [2][]float32{res.DV.Data, dv}))
+	}
+	if !(diff <= GradTolerance) {
+		return fmt.Errorf("bench cluster --backward W=%d N=%d D=%d %s: cluster gradients differ from the kernel's by %g (relative, > %g)",
+			w, n, d, maskName(causal), diff, GradTolerance)
+	}
+	mk, mc, me := median(tk), median(tc), median(te)
+	gflops := BackwardFLOPs(&p) / max(mc, 1e-3) / 1e9 // the coordinator's times are in ms
+	fmt.Fprintf(env.Stdout, "| %d | 1 | %d | %d | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %+.1f%% | %.1f | %.1f | %d | %.1e |\n",
+		w, h, n, d, maskName(causal), mk, mc, 100*(mc/mk-1), me, 100*(me/mk-1), gflops, 100*gflops/peak, epochs, diff)
 	return nil
 }
 
