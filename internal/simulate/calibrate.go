@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/ringattn"
@@ -190,7 +188,7 @@ func openRings(e *transport.Embedded, job string, w int) ([]*transport.NATSRing,
 	ec := e.Config()
 	cfg.User, cfg.Password, cfg.Token = ec.User, ec.Password, ec.Token
 	logger := slog.New(slog.DiscardHandler)
-	var conns []*nats.Conn
+	var conns []*transport.Conn
 	var rings []*transport.NATSRing
 	closeAll := func() {
 		for _, r := range rings {
@@ -201,13 +199,13 @@ func openRings(e *transport.Embedded, job string, w int) ([]*transport.NATSRing,
 		}
 	}
 	for r := range w {
-		nc, err := transport.Connect(cfg, logger)
+		conn, err := transport.Dial(cfg, logger)
 		if err != nil {
 			closeAll()
 			return nil, nil, err
 		}
-		conns = append(conns, nc)
-		ring, err := transport.NewNATSRing(nc, transport.RingConfig{Job: job, Epoch: 1, Rank: r, Size: w,
+		conns = append(conns, conn)
+		ring, err := conn.NewRing(transport.RingConfig{Job: job, Epoch: 1, Rank: r, Size: w,
 			ProbeInterval: 20 * time.Millisecond, Logger: logger})
 		if err != nil {
 			closeAll()
