@@ -2,7 +2,9 @@ package worker
 
 import (
 	"context"
+	"math"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -152,6 +154,14 @@ func TestWorkerClusterMHABackwardExact(t *testing.T) {
 		}
 		c.checkMHAGrads(st, j)
 	}
+	// A non-finite dY fails the job in its backward pass, naming dy.
+	j := newMHAGradJob(42, false, true)
+	j.dy[j.dModel*(j.n+5)+3] = float32(math.Inf(1)) // batch 1, row 5: block 0
+	st := c.wait(c.submitMHAGrad(j), 90*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_FAILED || !strings.Contains(st.GetReason(), `"dy" block 0`) {
+		t.Fatalf("job with an infinite dY: %v (%s), want FAILED naming dy block 0", st.GetState(), st.GetReason())
+	}
+	t.Logf("infinite dY: %s", st.GetReason())
 }
 
 // TestWorkerKilledMidMHABackward kills one of three workers abruptly while
@@ -209,4 +219,44 @@ func TestWorkerKilledMidMHABackward(t *testing.T) {
 		t.Fatalf("no dk/dv block written after epoch 2, want the victim's blocks re-planned")
 	}
 	t.Logf("%d of 11 dk/dv blocks written after the re-plan", late)
+	c.checkShares(id, j)
+}
+
+// checkShares checks that every stored share of the layer's weight
+// gradients is, bit for bit, the share of the complete gradient block
+// stored beside it: dwq_i = cat(dq_i)ᵀ·x_i, dwk_j, dwv_j likewise with
+// dk_j, dv_j. A share of an abandoned epoch's partial sum, or of another
+// write than the block's, would differ.
+func (c *testCluster) checkShares(id string, j *mhaGradJob) {
+	c.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	get := func(ns, tensor string, b int) []float32 {
+		x, err := c.store.GetBlock(ctx, ns, tensor, b)
+		if err != nil {
+			c.t.Fatalf("%s block %d: %v", tensor, b, err)
+		}
+		return x
+	}
+	l := &layer{DModel: j.dModel, Heads: j.heads, D: j.d, Wq: j.ws["wq"], Wk: j.ws["wk"], Wv: j.ws["wv"], Wo: j.ws["wo"]}
+	g := newLayerGrad(l, j.b)
+	blocks := (j.n + j.block - 1) / j.block
+	var in string
+	if st, err := c.client.Get(ctx, id); err != nil {
+		c.t.Fatal(err)
+	} else {
+		in = st.GetSpec().GetInputRef()
+	}
+	for b := range blocks {
+		n := min(j.block, j.n-b*j.block)
+		x := get(in, TensorX, b)
+		for _, s := range []struct{ grad, share string }{
+			{transport.TensorDQ, TensorDWQ}, {transport.TensorDK, TensorDWK}, {transport.TensorDV, TensorDWV},
+		} {
+			want := g.weightGrad(get(id, s.grad, b), x, n)
+			if got := get(id, s.share, b); !slices.Equal(got, want) {
+				c.t.Fatalf("%s block %d is not the share of the stored %s block %d", s.share, b, s.grad, b)
+			}
+		}
+	}
 }
