@@ -21,6 +21,7 @@ import (
 type mhaGradJob struct {
 	b, n, dModel, heads, d, block int
 	bias, causal                  bool
+	strategy                      string // "" (auto)
 	x, dy                         []float32
 	ws                            map[string][]float32
 	ref                           *attnref.MHA
@@ -68,7 +69,7 @@ func (c *testCluster) submitMHAGrad(j *mhaGradJob) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	x, dy := tensor.New(j.x, j.b, j.n, j.dModel), tensor.New(j.dy, j.b, j.n, j.dModel)
-	st, err := c.client.SubmitMHABackward(ctx, x, dy, j.weights(), client.JobOptions{Causal: j.causal, Block: j.block})
+	st, err := c.client.SubmitMHABackward(ctx, x, dy, j.weights(), client.JobOptions{Causal: j.causal, Block: j.block, Strategy: j.strategy})
 	if err != nil {
 		c.t.Fatalf("submit: %v", err)
 	}
@@ -124,7 +125,8 @@ func (c *testCluster) checkMHAGrads(st *pb.JobStatus, j *mhaGradJob) {
 }
 
 // TestWorkerClusterMHABackwardExact runs layer forward+backward jobs over
-// three workers, with and without biases, causal and not: the forward
+// three workers, with and without biases, causal and not, and on a
+// split-KV plan (rank 0 writes every dq unit after the tree): the forward
 // epochs write y and the attention's o and lse, the backward epochs the
 // attention gradients and each unit's share of the layer's; dX and every
 // weight and bias gradient assembled by the SDK match the float64
@@ -136,12 +138,16 @@ func TestWorkerClusterMHABackwardExact(t *testing.T) {
 		c.startWorker(id)
 	}
 	c.waitWorkers(ids...)
-	for i, tc := range []struct{ bias, causal bool }{{true, true}, {false, false}} {
+	for i, tc := range []struct {
+		bias, causal bool
+		strategy     string
+	}{{true, true, ""}, {false, false, ""}, {true, false, "splitkv"}} {
 		j := newMHAGradJob(uint64(40+i), tc.bias, tc.causal)
+		j.strategy = tc.strategy
 		id := c.submitMHAGrad(j)
 		st := c.wait(id, 90*time.Second)
 		if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
-			t.Fatalf("bias=%v causal=%v: job %v: %s", tc.bias, tc.causal, st.GetState(), st.GetReason())
+			t.Fatalf("bias=%v causal=%v strategy %q: job %v: %s", tc.bias, tc.causal, tc.strategy, st.GetState(), st.GetReason())
 		}
 		if st.GetPhase() != "backward" || st.GetEpoch() < 2 {
 			t.Fatalf("job phase %q epoch %d, want backward in epoch >= 2 (a forward, then a backward epoch)", st.GetPhase(), st.GetEpoch())
@@ -155,7 +161,7 @@ func TestWorkerClusterMHABackwardExact(t *testing.T) {
 		c.checkMHAGrads(st, j)
 	}
 	// A non-finite dY fails the job in its backward pass, naming dy.
-	j := newMHAGradJob(42, false, true)
+	j := newMHAGradJob(49, false, true)
 	j.dy[j.dModel*(j.n+5)+3] = float32(math.Inf(1)) // batch 1, row 5: block 0
 	st := c.wait(c.submitMHAGrad(j), 90*time.Second)
 	if st.GetState() != pb.JobState_JOB_STATE_FAILED || !strings.Contains(st.GetReason(), `"dy" block 0`) {
