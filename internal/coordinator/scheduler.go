@@ -365,7 +365,7 @@ func (s *scheduler) queue(jobs []schedJob) {
 
 // gangFreeAt returns when g usable workers are expected to have a free
 // slot, and which (the earliest free, then fastest): free workers are free
-// now, busy ones at their BusyUntil. It returns the zero time when fewer
+// now, busy ones at their BusyUntil (one overdue by d at now + d). It returns the zero time when fewer
 // than g are usable or a busy one's end is unknown before g are found.
 func (s *scheduler) gangFreeAt(g int) (time.Time, []string) {
 	type cand struct {
@@ -384,7 +384,10 @@ func (s *scheduler) gangFreeAt(g int) (time.Time, []string) {
 			}
 			at = w.BusyUntil
 			if at.Before(s.in.Now) {
-				at = s.in.Now // overdue: expected any moment
+				// Overdue: the estimate was wrong. Expect it as late again
+				// as it is already late, so a long overrun soon lets the
+				// job start on the free workers instead of waiting on.
+				at = s.in.Now.Add(s.in.Now.Sub(at))
 			}
 		}
 		cs = append(cs, cand{id, at})

@@ -364,3 +364,23 @@ func TestSchedulerJobFLOPs(t *testing.T) {
 		t.Errorf("negative sizes: %g", f)
 	}
 }
+
+// A busy worker whose ranks are overdue is expected as late again as it
+// is already late: a little late, the job still waits for its gang; very
+// late, it starts on the free workers.
+func TestSchedulerOverdueWorkers(t *testing.T) {
+	for _, c := range []struct {
+		late  time.Duration
+		ranks int
+	}{{100 * time.Millisecond, 0}, {5 * time.Second, 1}} {
+		ws := idle(4)
+		for i := 1; i < 4; i++ {
+			ws[i].Used, ws[i].BusyUntil = 1, t0.Add(-c.late)
+		}
+		// 1 s on one worker: 0.25 s on four.
+		got := epochs(decide(schedInput{Now: t0, Policy: policy, Workers: ws, Jobs: []schedJob{queued("j", 1, 1)}}))
+		if len(got["j"]) != c.ranks {
+			t.Errorf("%v overdue: %v, want %d ranks now", c.late, got, c.ranks)
+		}
+	}
+}

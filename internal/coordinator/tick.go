@@ -204,9 +204,9 @@ func (l *leader) schedWorkers(all map[string]*pb.Heartbeat, jobs []*cpb.Job, now
 }
 
 // rankEnd is when rank k (rk of plan p, on a worker of speed gflops) is
-// expected to end: from its progress when its worker reported steps,
-// else from when the worker accepted it (now if not yet) plus its cost at
-// that speed (1 GFLOP/s when unknown). l.mu is held.
+// expected to end: from the share of its steps left once its worker
+// reported some, else from when the worker accepted it (now if not yet)
+// plus its cost at that speed (1 GFLOP/s when unknown). l.mu is held.
 func (l *leader) rankEnd(k shardKey, p *pb.Plan, rk *pb.RankPlan, gflops float64, now time.Time) time.Time {
 	if !(gflops > 0) {
 		gflops = defaultGflops
@@ -215,7 +215,7 @@ func (l *leader) rankEnd(k shardKey, p *pb.Plan, rk *pb.RankPlan, gflops float64
 	if !(full >= 0) || full > maxProgressTimeout.Seconds() {
 		full = maxProgressTimeout.Seconds()
 	}
-	if pr := l.progress[k]; pr != nil && pr.total > 0 {
+	if pr := l.progress[k]; pr != nil && pr.total > 0 && pr.steps > 0 {
 		left := 1 - float64(min(pr.steps, pr.total))/float64(pr.total)
 		return now.Add(time.Duration(full * left * float64(time.Second)))
 	}
