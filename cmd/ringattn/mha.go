@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/worker"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/ringattn"
@@ -42,7 +43,7 @@ func runMHA(env *cliEnv, args []string) error {
 	}
 	heads := fs.Int("heads", 0, "number of heads `H` (H·D is the projections' output size)")
 	oPath := fs.String("o", "", "output `file` (.npy, float32, the shape of -x)")
-	dyPath := fs.String("dy", "", "upstream gradient `file` dY, the shape of -x: also compute the gradients of sum(Y·dY) (needs --grads; locally, or as one forward+backward job with --cluster or --nats)")
+	dyPath := fs.String("dy", "", "upstream gradient `file` dY, the shape of -x: also compute the gradients of sum(Y·dY) (needs --grads; in every mode: --cluster and --nats run one forward+backward job)")
 	gradsDir := fs.String("grads", "", "output `directory` for dx, dwq, dwk, dwv, dwo (and dbq, dbk, dbv, dbo when biases are given) .npy; created if missing")
 	var mf maskFlags
 	mf.register(fs)
@@ -68,8 +69,6 @@ func runMHA(env *cliEnv, args []string) error {
 			return usagef("--dy is required with --grads")
 		case *gradsDir == "":
 			return usagef("--grads is required with --dy")
-		case mf.ranks > 0:
-			return usagef("--grads: mha gradients run locally or on a cluster (--cluster W, --nats URL); leave out --ranks")
 		}
 		if err := checkGradsDir(*gradsDir); err != nil {
 			return err
@@ -169,8 +168,11 @@ func runMHA(env *cliEnv, args []string) error {
 	ctx, cancel := signalContext()
 	defer cancel()
 	if grads {
-		if mf.cluster > 0 || mf.natsURL != "" {
+		switch {
+		case mf.cluster > 0 || mf.natsURL != "":
 			return clusterMHAGrads(ctx, env, layer, x, dy, ts, &mf, *oPath, *gradsDir)
+		case mf.ranks > 0:
+			return ringMHAGrads(ctx, env, layer, &p, x, dy, ts, &mf, *oPath, *gradsDir)
 		}
 		return mhaGrads(env, layer, &p, x, dy, ts, *oPath, *gradsDir)
 	}
@@ -224,6 +226,47 @@ func mhaGrads(env *cliEnv, layer *ringattn.Layer, p *kernels.Params, x, dy *tens
 	}
 	fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d, forward and gradients in %v -> %s, %s/{%s}.npy\n",
 		p.B, p.N, layer.DModel, layer.Heads, layer.D, el.Round(time.Millisecond), oPath, dir, strings.Join(names, ","))
+	return nil
+}
+
+// ringMHAGrads runs the layer's forward and backward with its attention on
+// the in-process ring of --ranks R (the projections and the chain rule
+// around it in this process), and writes y and the gradients as mhaGrads.
+func ringMHAGrads(ctx context.Context, env *cliEnv, layer *ringattn.Layer, p *kernels.Params, x, dy *tensor.Tensor, ts map[string]*tensor.Tensor, mf *maskFlags, oPath, dir string) error {
+	start := time.Now()
+	b, n := p.B, p.N
+	q, k, v, err := layer.Project(x.Data, b, n)
+	if err != nil {
+		return userError(err)
+	}
+	a := &attention{p: *p, qd: q, kd: k, vd: v}
+	o, lse, err := a.compute(ctx, env, mf)
+	if err != nil {
+		return err
+	}
+	y, err := layer.Output(o, b, n)
+	if err != nil {
+		return userError(err)
+	}
+	do, err := worker.LayerDO(layer, b, n, dy.Data)
+	if err != nil {
+		return userError(err)
+	}
+	dq, dk, dv, err := a.backward(ctx, mf, o, lse, do)
+	if err != nil {
+		return err
+	}
+	g, err := worker.LayerGradsFrom(layer, b, n, x.Data, dy.Data, o, dq, dk, dv)
+	if err != nil {
+		return userError(err)
+	}
+	el := time.Since(start)
+	names, err := writeMHAGrads(y, g, x, ts, oPath, dir)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.stderr, "mha: B=%d N=%d d_model=%d heads=%d D=%d, forward and gradients on %d ranks in %v -> %s, %s/{%s}.npy\n",
+		b, n, layer.DModel, layer.Heads, layer.D, mf.ranks, el.Round(time.Millisecond), oPath, dir, strings.Join(names, ","))
 	return nil
 }
 

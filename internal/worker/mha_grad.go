@@ -248,8 +248,7 @@ func (s *mhaGradSink) inputs(ctx context.Context, block, n int, names ...string)
 
 func (s *mhaGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error {
 	l := s.g.l
-	hd := l.Heads * l.D
-	n, err := s.g.rowsOf(s.ns, transport.TensorDQ, block, dq, hd)
+	n, err := s.g.rowsOf(s.ns, transport.TensorDQ, block, dq, l.Heads*l.D)
 	if err != nil {
 		return err
 	}
@@ -257,37 +256,16 @@ func (s *mhaGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []f
 	if err != nil {
 		return err
 	}
-	x, dy, o := in[0], in[1], in[2]
-	rows := s.g.b * n
-	dqc := catHeads(dq, s.g.b, l.Heads, n, l.D)
-	outs := []struct {
-		name string
-		data func() []float32
-		bias bool
-	}{
-		{TensorDXQ, func() []float32 { return matmul(rows, l.DModel, hd, dqc, s.g.wqT, nil) }, false},
-		{TensorDWQ, func() []float32 { return s.g.weightGrad(dq, x, n) }, false},
-		{TensorDWO, func() []float32 {
-			return matmul(l.DModel, hd, rows, transpose(dy, rows, l.DModel), catHeadsT(o, s.g.b, l.Heads, n, l.D), nil)
-		}, false},
-		{TensorDBQ, func() []float32 { return colSums(dqc, rows, hd) }, true},
-		{TensorDBO, func() []float32 { return colSums(dy, rows, l.DModel) }, true},
-	}
-	for _, o := range outs {
-		if o.bias && !s.bias {
-			continue
-		}
-		if err := s.put(ctx, o.name, block, o.data()); err != nil {
-			return err
-		}
+	dxq, dwq, dwo, dbq, dbo := s.g.dqShares(dq, in[0], in[1], in[2], n, s.bias)
+	if err := s.putAll(ctx, block, []string{TensorDXQ, TensorDWQ, TensorDWO, TensorDBQ, TensorDBO}, dxq, dwq, dwo, dbq, dbo); err != nil {
+		return err
 	}
 	return s.grads.PutDQ(ctx, epoch, block, dq)
 }
 
 func (s *mhaGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error {
 	l := s.g.l
-	hd := l.Heads * l.D
-	n, err := s.g.rowsOf(s.ns, transport.TensorDK, block, dk, hd)
+	n, err := s.g.rowsOf(s.ns, transport.TensorDK, block, dk, l.Heads*l.D)
 	if err != nil {
 		return err
 	}
@@ -298,31 +276,101 @@ func (s *mhaGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, d
 	if err != nil {
 		return err
 	}
-	x := in[0]
-	rows := s.g.b * n
-	dkc, dvc := catHeads(dk, s.g.b, l.Heads, n, l.D), catHeads(dv, s.g.b, l.Heads, n, l.D)
-	outs := []struct {
-		name string
-		data func() []float32
-		bias bool
-	}{
-		{TensorDXKV, func() []float32 {
-			return matmul(rows, l.DModel, hd, dvc, s.g.wvT, matmul(rows, l.DModel, hd, dkc, s.g.wkT, nil))
-		}, false},
-		{TensorDWK, func() []float32 { return s.g.weightGrad(dk, x, n) }, false},
-		{TensorDWV, func() []float32 { return s.g.weightGrad(dv, x, n) }, false},
-		{TensorDBK, func() []float32 { return colSums(dkc, rows, hd) }, true},
-		{TensorDBV, func() []float32 { return colSums(dvc, rows, hd) }, true},
+	dxkv, dwk, dwv, dbk, dbv := s.g.dkvShares(dk, dv, in[0], n, s.bias)
+	if err := s.putAll(ctx, block, []string{TensorDXKV, TensorDWK, TensorDWV, TensorDBK, TensorDBV}, dxkv, dwk, dwv, dbk, dbv); err != nil {
+		return err
 	}
-	for _, o := range outs {
-		if o.bias && !s.bias {
+	return s.grads.PutDKV(ctx, epoch, block, dk, dv)
+}
+
+// putAll writes data[i] as block of tensor names[i], skipping nil ones.
+func (s *mhaGradSink) putAll(ctx context.Context, block int, names []string, data ...[]float32) error {
+	for i, x := range data {
+		if x == nil {
 			continue
 		}
-		if err := s.put(ctx, o.name, block, o.data()); err != nil {
+		if err := s.put(ctx, names[i], block, x); err != nil {
 			return err
 		}
 	}
-	return s.grads.PutDKV(ctx, epoch, block, dk, dv)
+	return nil
+}
+
+// dqShares returns the shares of the layer's gradients of n rows given
+// their complete dq [B, H, n, D], x and dy [B, n, d_model] and the
+// attention output o [B, H, n, D]: dxq = cat(dq)·Wq, dwq = cat(dq)ᵀ·x,
+// dwo = dYᵀ·cat(o), and with bias dbq = Σ_rows cat(dq), dbo = Σ_rows dY
+// (nil without).
+func (g *layerGrad) dqShares(dq, x, dy, o []float32, n int, bias bool) (dxq, dwq, dwo, dbq, dbo []float32) {
+	l := g.l
+	hd, rows := l.Heads*l.D, g.b*n
+	dqc := catHeads(dq, g.b, l.Heads, n, l.D)
+	dxq = matmul(rows, l.DModel, hd, dqc, g.wqT, nil)
+	dwq = g.weightGrad(dq, x, n)
+	dwo = matmul(l.DModel, hd, rows, transpose(dy, rows, l.DModel), catHeadsT(o, g.b, l.Heads, n, l.D), nil)
+	if bias {
+		dbq, dbo = colSums(dqc, rows, hd), colSums(dy, rows, l.DModel)
+	}
+	return dxq, dwq, dwo, dbq, dbo
+}
+
+// dkvShares returns the shares of n rows given their complete dk, dv
+// [B, H, n, D] and x: dxkv = cat(dk)·Wk + cat(dv)·Wv, dwk = cat(dk)ᵀ·x,
+// dwv = cat(dv)ᵀ·x, and with bias dbk, dbv (nil without).
+func (g *layerGrad) dkvShares(dk, dv, x []float32, n int, bias bool) (dxkv, dwk, dwv, dbk, dbv []float32) {
+	l := g.l
+	hd, rows := l.Heads*l.D, g.b*n
+	dkc, dvc := catHeads(dk, g.b, l.Heads, n, l.D), catHeads(dv, g.b, l.Heads, n, l.D)
+	dxkv = matmul(rows, l.DModel, hd, dvc, g.wvT, matmul(rows, l.DModel, hd, dkc, g.wkT, nil))
+	dwk, dwv = g.weightGrad(dk, x, n), g.weightGrad(dv, x, n)
+	if bias {
+		dbk, dbv = colSums(dkc, rows, hd), colSums(dvc, rows, hd)
+	}
+	return dxkv, dwk, dwv, dbk, dbv
+}
+
+// LayerDO returns the upstream gradient of a layer's attention,
+// split(dY·Wo) [B, Heads, n, D], for its rows dy [B, n, DModel].
+func LayerDO(l *ringattn.Layer, b, n int, dy []float32) ([]float32, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	if b < 1 || n < 1 || len(dy) != b*n*l.DModel {
+		return nil, fmt.Errorf("%w: layer dY has %d values, expected B·n·DModel = %d·%d·%d", ringattn.ErrInvalid, len(dy), b, n, l.DModel)
+	}
+	return newLayerGrad(l, b).dO(dy, n), nil
+}
+
+// LayerGradsFrom returns the gradients of sum(y·dY) of a layer's forward
+// over a whole sequence x [B, n, DModel], given its attention output o and
+// the attention's gradients dq, dk, dv [B, Heads, n, D] of dO =
+// LayerDO(dy) (from any backward: a ring's, the kernel's): the chain rule
+// of ringattn.Layer.Backward after the attention, computed as the worker
+// computes one block's shares (the sequence as one block). The bias
+// gradients are nil for a layer without biases.
+func LayerGradsFrom(l *ringattn.Layer, b, n int, x, dy, o, dq, dk, dv []float32) (*ringattn.LayerGrads, error) {
+	if err := l.Validate(); err != nil {
+		return nil, err
+	}
+	rows, t := b*n*l.DModel, b*n*l.Heads*l.D
+	for _, c := range []struct {
+		name      string
+		got, want int
+	}{{"x", len(x), rows}, {"dY", len(dy), rows}, {"o", len(o), t}, {"dq", len(dq), t}, {"dk", len(dk), t}, {"dv", len(dv), t}} {
+		if b < 1 || n < 1 || c.got != c.want {
+			return nil, fmt.Errorf("%w: layer %s has %d values, expected %d for B = %d, n = %d", ringattn.ErrInvalid, c.name, c.got, c.want, b, n)
+		}
+	}
+	g := newLayerGrad(l, b)
+	bias := l.Bq != nil
+	out := &ringattn.LayerGrads{}
+	var dxkv []float32
+	out.DX, out.DWq, out.DWo, out.DBq, out.DBo = g.dqShares(dq, x, dy, o, n, bias)
+	dxkv, out.DWk, out.DWv, out.DBk, out.DBv = g.dkvShares(dk, dv, x, n, bias)
+	for i, v := range dxkv {
+		out.DX[i] += v
+	}
+	return out, nil
 }
 
 // mhaParts is what a layer rank loaded: its projecting source and layer.
