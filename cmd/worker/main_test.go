@@ -90,7 +90,7 @@ func TestWorkerCmdSIGTERMDrains(t *testing.T) {
 	nc := transporttest.Connect(t, srv)
 	subj := transport.NewSubjects("")
 	hbs := make(chan *pb.Heartbeat, 100)
-	sub, err := nc.Subscribe(subj.Heartbeat(), func(m *nats.Msg) {
+	sub, err := nc.Subscribe(subj.Heartbeats(), func(m *nats.Msg) {
 		var hb pb.Heartbeat
 		if proto.Unmarshal(m.Data, &hb) == nil {
 			select {
