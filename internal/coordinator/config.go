@@ -153,10 +153,11 @@ type Config struct {
 	Version string
 }
 
-// DefaultMinRankTime is Config.MinRankTime by default: below about
-// 100 ms of compute a rank's fixed costs (assignment, input fetch, ring
-// set-up) outweigh what another rank saves.
-const DefaultMinRankTime = 100 * time.Millisecond
+// DefaultMinRankTime is Config.MinRankTime by default: a rank's fixed
+// costs (assignment, first input fetch, ring set-up) take some 10-20 ms
+// on one host, so a rank computing less than that saves little; a job of
+// 6 s on one worker still gets up to 300 ranks.
+const DefaultMinRankTime = 20 * time.Millisecond
 
 // DefaultConfig returns the defaults of every field.
 func DefaultConfig() Config {
