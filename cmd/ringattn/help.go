@@ -27,7 +27,7 @@ var flagGroups = []struct {
 // natsAdvanced are the NATS flags summarized on one line of --help (they
 // all have RINGATTN_* environment equivalents).
 var natsAdvanced = []string{"nats-user", "nats-password", "nats-token", "nats-creds", "nats-nkey",
-	"nats-tls-ca", "nats-tls-cert", "nats-tls-key", "nats-tls-insecure", "nats-prefix", "store-bucket"}
+	"nats-tls-ca", "nats-tls-cert", "nats-tls-key", "nats-tls-insecure", "nats-tenant", "nats-prefix", "store-bucket"}
 
 // hiddenFlags are accepted but not listed: aliases kept for compatibility
 // (--nats-url is --nats) and settings that apply to the servers only.

@@ -38,6 +38,7 @@ func flagSpecs(cfg *transport.Config, urls *string) []flagSpec {
 		{flag: "nats-tls-key", env: "NATS_TLS_KEY", usage: "client key for NATS mutual TLS", str: &cfg.TLSKey},
 		{flag: "nats-tls-insecure", env: "NATS_TLS_INSECURE", usage: "skip NATS server certificate verification (testing only)", boolean: &cfg.TLSInsecureSkipVerify},
 		{flag: "nats-name", env: "NATS_NAME", usage: "connection name shown by the NATS server", str: &cfg.Name},
+		{flag: "nats-tenant", env: "NATS_TENANT", usage: "tenant this client acts as (its jobs and tensors; \"_admin\" for the admin; default \"default\")", str: &cfg.Tenant},
 		{flag: "nats-prefix", env: "NATS_PREFIX", usage: "NATS subject prefix", str: &cfg.Prefix},
 		{flag: "nats-connect-timeout", env: "NATS_CONNECT_TIMEOUT", usage: "NATS dial and handshake timeout", dur: &cfg.ConnectTimeout},
 		{flag: "store-bucket", env: "STORE_BUCKET", usage: "JetStream object store bucket for tensors", str: &cfg.Bucket},
@@ -50,7 +51,7 @@ func flagSpecs(cfg *transport.Config, urls *string) []flagSpec {
 // RegisterFlags registers the NATS connection flags on fs, writing into
 // cfg: --nats (alias --nats-url), --nats-user, --nats-password, --nats-token, --nats-creds,
 // --nats-nkey, --nats-tls-ca, --nats-tls-cert, --nats-tls-key,
-// --nats-tls-insecure, --nats-name, --nats-prefix, --nats-connect-timeout,
+// --nats-tls-insecure, --nats-name, --nats-tenant, --nats-prefix, --nats-connect-timeout,
 // --store-bucket, --store-replicas, --store-max-bytes and --store-ttl (the
 // last three apply when the bucket is created). Each has an environment variable RINGATTN_<NAME>
 // (e.g. RINGATTN_NATS_URL) applied now as the default, so a flag given on

@@ -162,7 +162,7 @@ func (c *Client) call(ctx context.Context, endpoint string, req proto.Message, r
 	if err != nil {
 		return err
 	}
-	subject := c.subj.API(endpoint)
+	subject := c.subj.TenantAPI(c.tenant(), endpoint)
 	for attempt := 1; ; attempt++ {
 		err := c.once(ctx, subject, data, reply)
 		if err == nil || !retryable(err) {
@@ -187,6 +187,11 @@ func (c *Client) once(ctx context.Context, subject string, data []byte, reply er
 	// schedule (no jitter); this client's retryWait jitters (retry.go).
 	msg, err := c.conn.NATS().RequestWithContext(rctx, subject, data)
 	if err != nil {
+		if derr := c.conn.Denied(subject); derr != nil {
+			// The server refused the subject (another tenant's, or no
+			// right to the API): retrying cannot help.
+			return derr
+		}
 		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 			return nats.ErrTimeout
 		}
@@ -334,4 +339,13 @@ func jobError(st *pb.JobStatus) error {
 		return fmt.Errorf("%w: job %s expired", ErrNotFound, st.Id)
 	}
 	return nil
+}
+
+// tenant is the tenant the client acts as: its connection's (transport
+// Config.Tenant, --nats-tenant), or the default tenant.
+func (c *Client) tenant() string {
+	if t := c.conn.Tenant(); t != "" {
+		return t
+	}
+	return transport.DefaultTenant
 }

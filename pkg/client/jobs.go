@@ -137,7 +137,7 @@ func (c *Client) Store(ctx context.Context) (*transport.Store, error) {
 	if c.store != nil {
 		return c.store, nil
 	}
-	s, err := c.conn.OpenStore(ctx, transport.StoreConfig{Bucket: c.cfg.Bucket})
+	s, err := c.conn.OpenStore(ctx, transport.StoreConfig{Bucket: transport.TenantBucket(c.cfg.Bucket, c.tenant())})
 	if err != nil {
 		return nil, err
 	}
