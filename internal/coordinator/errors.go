@@ -38,6 +38,4 @@ var (
 	// ErrQueueFull: a submit found Limits.MaxQueued jobs queued (decided
 	// in State.Apply). It wraps ErrLimit.
 	ErrQueueFull = fmt.Errorf("%w: queue full", ErrLimit)
-	// ErrBusy: the leader is handling as many requests as it allows.
-	ErrBusy = errors.New("coordinator: busy")
 )
