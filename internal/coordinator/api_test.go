@@ -137,12 +137,26 @@ func TestCoordinatorConfig(t *testing.T) {
 		"Limits.MaxD":            func(c *Config) { c.Limits.MaxD = 0 },
 		"Peers":                  func(c *Config) { c.Peers = []Peer{{ID: "a", Addr: "x:1"}, {ID: "a", Addr: "y:1"}} },
 		"NATS":                   func(c *Config) { c.NATS.Prefix = "bad prefix" },
+		"MinRankTime":            func(c *Config) { c.MinRankTime = time.Hour + time.Nanosecond },
 	} {
 		c := good
 		edit(&c)
 		if err := c.Validate(); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), field) {
 			t.Errorf("%s: Validate = %v", field, err)
 		}
+	}
+	// MinRankTime: 0 (size rule off) and 1h are the limits.
+	for _, d := range []time.Duration{0, time.Hour} {
+		c := good
+		c.MinRankTime = d
+		if err := c.Validate(); err != nil {
+			t.Errorf("MinRankTime %v: %v", d, err)
+		}
+	}
+	neg := good
+	neg.MinRankTime = -time.Nanosecond
+	if err := neg.Validate(); !errors.Is(err, ErrInvalid) {
+		t.Errorf("MinRankTime -1ns: %v", err)
 	}
 	// New refuses an invalid config before touching anything.
 	if _, err := New(Config{}, Deps{}); !errors.Is(err, ErrInvalid) {
