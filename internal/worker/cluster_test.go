@@ -101,6 +101,10 @@ func (c *testCluster) startCoordinator() {
 	cc.HeartbeatTimeout = c.hbTO
 	cc.AssignTimeout = 2 * time.Second
 	cc.SchedulerInterval = 20 * time.Millisecond
+	// Every job gets as many ranks as it has blocks and workers: these
+	// tests are about rings over several workers, not about gang sizing
+	// (the workers report 1 GFLOP/s, which would make small jobs one rank).
+	cc.MinRankTime = 0
 	cc.RaftHeartbeatTimeout = 100 * time.Millisecond
 	cc.RaftElectionTimeout = 100 * time.Millisecond
 	cc.RaftLeaderLeaseTimeout = 50 * time.Millisecond
