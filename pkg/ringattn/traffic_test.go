@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -56,7 +57,7 @@ func (r countRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
 // runCounted runs every rank of plan over a MemNet with opts through
 // counting rings and returns the outputs, the counts, the ranks' fallbacks
 // and the net's stats.
-func runCounted(t *testing.T, pr *problem, plan *shard.Plan, opts ringattn.MemOptions, full bool) (o, lse []float32, c *counter, falls int, st ringattn.MemStats) {
+func runCounted(t testing.TB, pr *problem, plan *shard.Plan, opts ringattn.MemOptions, full bool) (o, lse []float32, c *counter, falls int, st ringattn.MemStats) {
 	t.Helper()
 	w := len(plan.Ranks)
 	net := newNet(t, w, opts)
@@ -419,4 +420,39 @@ func TestRingTrafficBackwardDropped(t *testing.T) {
 		t.Fatal("no accumulator was recomputed")
 	}
 	t.Logf("%d short-circuit and %d home accumulator frames; %d recomputed", skips, homes, falls)
+}
+
+// BenchmarkRingTraffic times the in-process ring on the full ring and on
+// the short-circuit schedule (causal, B=1, H=8, D=128, N=benchN, block
+// 1024, W=4) through counting rings, which send contiguous copies of every
+// frame as a serializing transport does; it reports the key/value bytes
+// sent and the wall and CPU time per job.
+func BenchmarkRingTraffic(b *testing.B) {
+	n := benchN(b)
+	pr := &problem{name: "bench", p: kernels.Params{Shape: kernels.Shape{B: 1, Hq: 8, Hkv: 8, D: 128}, N: n, Nk: n,
+		Mask: kernels.Mask{Causal: true}}}
+	r := testrand.New(1)
+	pr.q = r.Slice(8*n*128, testrand.Normal)
+	pr.k = r.Slice(8*n*128, testrand.Normal)
+	pr.v = r.Slice(8*n*128, testrand.Normal)
+	for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag} {
+		plan, err := shard.NewPlan(pr.request(4, 1024, s))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, full := range []bool{true, false} {
+			b.Run(fmt.Sprintf("%s/fullring=%v", s, full), func(b *testing.B) {
+				var bytes int64
+				var cpu time.Duration
+				for b.Loop() {
+					c0 := cpuTime(b)
+					_, _, c, _, _ := runCounted(b, pr, plan, ringattn.MemOptions{}, full)
+					cpu += cpuTime(b) - c0
+					bytes = c.kvBytes
+				}
+				b.ReportMetric(float64(bytes)/(1<<20), "MiB-sent")
+				b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+			})
+		}
+	}
 }
