@@ -301,7 +301,8 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		Job: t.job, Epoch: t.epoch, Rank: t.rank, Size: len(t.plan.Ranks),
 		Prefix: w.subj.Prefix(), Encoding: enc, RecvTimeout: w.cfg.RecvTimeout,
 		SendTimeout: 2 * w.cfg.RecvTimeout,
-		Logger:      w.log.With("job", t.job, "epoch", t.epoch),
+		Worker:      w.cfg.ID, Workers: t.workers,
+		Logger: w.log.With("job", t.job, "epoch", t.epoch),
 	})
 	if err != nil {
 		return nil, err

@@ -30,6 +30,9 @@ type task struct {
 	mode            pb.JobMode
 	oLSERef         string
 	doneDQ, doneDKV []int
+	// workers are the plan's worker per rank when every rank names one:
+	// the ring then drops frames whose sender is not its rank's worker.
+	workers []string
 }
 
 // validName reports whether s follows ringattn's one name rule
@@ -74,6 +77,13 @@ func newTaskLimits(a *pb.Assignment, workerID string, lim shard.Limits) (*task, 
 	}
 	if w := a.GetPlan().GetRanks()[t.rank].GetWorkerId(); w != "" && w != workerID {
 		return nil, badAssignment("plan.ranks[%d].worker_id = %.64q, expected this worker %q", t.rank, w, workerID)
+	}
+	t.workers = make([]string, len(a.GetPlan().GetRanks()))
+	for i, r := range a.GetPlan().GetRanks() {
+		if t.workers[i] = r.GetWorkerId(); !validName(t.workers[i]) {
+			t.workers = nil // a plan without worker ids (tests, old leaders)
+			break
+		}
 	}
 	t.bucket, t.inputRef, t.outputRef = a.GetBucket(), a.GetInputRef(), a.GetOutputRef()
 	if t.outputRef == "" {

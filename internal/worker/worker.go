@@ -317,7 +317,9 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) connect(ctx context.Context) (*transport.Conn, error) {
 	wait := 100 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		conn, err := transport.Dial(w.cfg.NATS, w.log)
+		// As this worker: its reply inbox and ring sender token are the
+		// ones its credentials allow (roles, docs/SECURITY.md).
+		conn, err := transport.Dial(w.cfg.NATS.ForRole(transport.RoleWorker, w.cfg.ID), w.log)
 		if err == nil {
 			return conn, nil
 		}
