@@ -23,7 +23,11 @@
 // blocks for Q and its initial key/value blocks for K and V; a block
 // fetched from the store as a fallback is projected from its x rows too.
 // After the ring the rank applies the output projection to its own rows and
-// writes "y" blocks.
+// writes "y" blocks. A layer job with a backward pass (FORWARD_BACKWARD)
+// also writes the attention's o and lse in its forward epochs; its
+// backward ranks form dO from the uploaded dy, run the attention backward
+// and, with each complete gradient block, write that block's share of the
+// layer's gradients (DESIGN.md, "Layer gradients"; mha_grad.go).
 //
 // Nothing received is trusted: assignments are validated field by field
 // (their params and plan by transport.JobFromPB, the codec the leader
