@@ -5,12 +5,14 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ringattn/ringattn/internal/attnref"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -262,6 +264,61 @@ func (c *testCluster) checkShares(id string, j *mhaGradJob) {
 			want := g.weightGrad(get(id, s.grad, b), x, n)
 			if got := get(id, s.share, b); !slices.Equal(got, want) {
 				c.t.Fatalf("%s block %d is not the share of the stored %s block %d", s.share, b, s.grad, b)
+			}
+		}
+	}
+}
+
+// TestWorkerMHABackwardRedoDQOnly: the stored dq of query block 0 of a
+// layer job is overwritten after its rank wrote it; the leader's check
+// redoes that unit alone in a dQ-only epoch (every dk/dv unit done), which
+// rewrites dq block 0 and its shares and nothing else. The layer's
+// gradients are exact and every share matches its block.
+func TestWorkerMHABackwardRedoDQOnly(t *testing.T) {
+	c := newTestCluster(t, 3*time.Second)
+	ids := []string{"w0", "w1", "w2"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	var tampered atomic.Bool
+	c.setStepHook(func(_ *testWorker, ctx context.Context, job string, epoch uint64, _ int, p ringattn.Progress) {
+		if epoch != 2 || !p.Done || tampered.Load() {
+			return
+		}
+		dq, err := c.store.GetBlock(ctx, job, transport.TensorDQ, 0)
+		if err != nil {
+			return // not written yet: a later rank's hook tampers
+		}
+		dq[0] += 1
+		if err := c.store.PutBlock(ctx, job, transport.TensorDQ, 0, dq, transport.F32); err == nil {
+			tampered.Store(true)
+		}
+	})
+	j := newMHAGradJob(46, true, true)
+	id := c.submitMHAGrad(j)
+	st := c.wait(id, 90*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED || !tampered.Load() {
+		t.Fatalf("job %v (%s), tampered %v", st.GetState(), st.GetReason(), tampered.Load())
+	}
+	if st.GetEpoch() != 3 {
+		t.Fatalf("finished in epoch %d, want 3 (forward, backward, one dQ-only re-plan)", st.GetEpoch())
+	}
+	c.checkMHAGrads(st, j)
+	c.checkShares(id, j)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for b := range 11 {
+		want := uint64(2)
+		if b == 0 {
+			want = 3
+		}
+		for _, g := range []struct {
+			tensor string
+			want   uint64
+		}{{transport.TensorDQ, want}, {transport.TensorDK, 2}, {transport.TensorDV, 2}} {
+			if bi, err := c.store.BlockInfo(ctx, id, g.tensor, b); err != nil || bi.Epoch != g.want {
+				t.Fatalf("%s block %d: %+v, %v: want written in epoch %d", g.tensor, b, bi, err, g.want)
 			}
 		}
 	}
