@@ -16,11 +16,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mod=github.com/ringattn/ringattn
 
-# The packages that may import nats: the transport and devcluster's
-# embedded server. internal/coordinator and pkg/client still call NATS
-# directly until they move onto pkg/transport's typed control-plane calls
-# (issue 17); drop them from this list then.
-natsAllowed='^(pkg/transport(/.*)?|internal/devcluster|internal/coordinator|pkg/client)$'
+# The packages that may import nats: the transport (the one place the
+# protocol is spoken) and devcluster's embedded server.
+natsAllowed='^(pkg/transport(/.*)?|internal/devcluster)$'
 
 fail=0
 report() { echo "checkdeps: $1" >&2; fail=1; }

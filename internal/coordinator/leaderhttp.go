@@ -1,14 +1,10 @@
 package coordinator
 
 import (
-	"encoding/json"
 	"net"
 	"os"
 	"sync/atomic"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/micro"
 )
 
 // Where the leader's status page is (DESIGN.md, "Ops endpoints"). The
@@ -74,31 +70,11 @@ func (c *Coordinator) leaderHTTP(leaderID string) string {
 // lookupLeaderHTTP asks every instance of the API service for its info
 // and returns the ops URL advertised by node leaderID.
 func (c *Coordinator) lookupLeaderHTTP(leaderID string, wait time.Duration) string {
-	subj, err := micro.ControlSubject(micro.InfoVerb, c.subj.APIService(), "")
-	if err != nil {
+	meta, ok := c.conn.FindAPIInstance(wait, func(m map[string]string) bool {
+		return m["node"] == leaderID && m[metaHTTP] != ""
+	})
+	if !ok {
 		return ""
 	}
-	inbox := nats.NewInbox()
-	ch := make(chan *nats.Msg, 16)
-	sub, err := c.conn.NATS().ChanSubscribe(inbox, ch)
-	if err != nil {
-		return ""
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := c.conn.NATS().PublishRequest(subj, inbox, nil); err != nil {
-		return ""
-	}
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	for {
-		select {
-		case m := <-ch:
-			var info micro.Info
-			if json.Unmarshal(m.Data, &info) == nil && info.Metadata["node"] == leaderID && info.Metadata[metaHTTP] != "" {
-				return info.Metadata[metaHTTP]
-			}
-		case <-t.C:
-			return ""
-		}
-	}
+	return meta[metaHTTP]
 }

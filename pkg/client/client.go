@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ringattn/ringattn/pkg/shard"
@@ -74,13 +73,13 @@ func retryable(err error) bool {
 // leader, busy, no responder, a timeout, or a closed connection. A caller
 // may retry later; nothing was done (or it is unknown).
 func Unreachable(err error) bool {
-	return retryable(err) || errors.Is(err, nats.ErrConnectionClosed)
+	return retryable(err) || errors.Is(err, transport.ErrConnectionClosed)
 }
 
 // NoServer reports whether err (of Connect) says no NATS server answered
 // at the URLs given, as opposed to one refusing the credentials or the TLS
 // settings.
-func NoServer(err error) bool { return errors.Is(err, nats.ErrNoServers) }
+func NoServer(err error) bool { return errors.Is(err, transport.ErrNoServers) }
 
 // Options tune a Client; zero values mean the defaults.
 type Options struct {
@@ -149,22 +148,14 @@ func (c *Client) Close() {
 }
 
 // errorReply is any API reply: they all carry an Error.
-type errorReply interface {
-	proto.Message
-	GetError() *pb.Error
-}
+type errorReply = transport.Reply
 
 // call sends req to an API endpoint and decodes the reply, retrying with
 // jittered exponential backoff while no leader answers or it is busy
 // (honouring its retry-after; retry.go), until ctx ends.
 func (c *Client) call(ctx context.Context, endpoint string, req proto.Message, reply errorReply) error {
-	data, err := proto.Marshal(req)
-	if err != nil {
-		return err
-	}
-	subject := c.subj.TenantAPI(c.tenant(), endpoint)
 	for attempt := 1; ; attempt++ {
-		err := c.once(ctx, subject, data, reply)
+		err := c.once(ctx, endpoint, req, reply)
 		if err == nil || !retryable(err) {
 			return err
 		}
@@ -180,30 +171,16 @@ func (c *Client) call(ctx context.Context, endpoint string, req proto.Message, r
 	}
 }
 
-func (c *Client) once(ctx context.Context, subject string, data []byte, reply errorReply) error {
-	rctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	// The one raw request left: transport.APIClient retries on its own
-	// schedule (no jitter); this client's retryWait jitters (retry.go).
-	msg, err := c.conn.NATS().RequestWithContext(rctx, subject, data)
-	if err != nil {
-		if derr := c.conn.Denied(subject); derr != nil {
-			// The server refused the subject (another tenant's, or no
-			// right to the API): retrying cannot help.
-			return derr
-		}
-		if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-			return nats.ErrTimeout
-		}
-		return err
+func (c *Client) once(ctx context.Context, endpoint string, req proto.Message, reply errorReply) error {
+	// One attempt through transport's API client; the retries are this
+	// client's own (retryWait jitters and honours retry-after; retry.go).
+	api := transport.NewAPIClient(c.conn)
+	api.Timeout, api.Tenant = c.timeout, c.tenant()
+	err := api.Once(ctx, endpoint, req, reply)
+	if ae, ok := errors.AsType[*transport.APIError](err); ok {
+		return &APIError{Code: ae.Code, Field: ae.Field, Message: ae.Message, RetryAfter: ae.RetryAfter}
 	}
-	if err := proto.Unmarshal(msg.Data, reply); err != nil {
-		return fmt.Errorf("client: bad reply on %s: %w", subject, err)
-	}
-	if e := reply.GetError(); e != nil && e.Code != pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
-		return &APIError{Code: e.Code, Field: e.Field, Message: e.Message, RetryAfter: time.Duration(e.RetryAfterMs) * time.Millisecond}
-	}
-	return nil
+	return err
 }
 
 // Submit submits a job whose inputs are already in the store. Retries with

@@ -125,9 +125,32 @@ type APIClient struct {
 // NewAPIClient returns a client of the API on c, as c's tenant.
 func NewAPIClient(c *Conn) *APIClient { return &APIClient{conn: c, Tenant: c.tenant} }
 
-type errorReply interface {
+// Reply is any API reply: they all carry an Error.
+type Reply interface {
 	proto.Message
 	GetError() *pb.Error
+}
+
+type errorReply = Reply
+
+// Once makes one attempt of an API call (bounded by Timeout), without
+// retrying: for callers with their own retry policy. Its errors are those
+// of the calls: an *APIError for an error reply, ErrPermission when the
+// server refuses this identity the subject, and errors Retryable reports
+// for no leader, busy, no responder and timeouts.
+func (a *APIClient) Once(ctx context.Context, endpoint string, req proto.Message, rep Reply) error {
+	if err := ValidateTenant(a.Tenant); err != nil {
+		return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "tenant", Message: err.Error()}
+	}
+	data, err := proto.Marshal(req)
+	if err != nil {
+		return err
+	}
+	timeout := a.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	return a.once(ctx, endpoint, data, timeout, rep)
 }
 
 func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message, rep errorReply) error {

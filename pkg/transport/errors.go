@@ -3,6 +3,16 @@ package transport
 import (
 	"errors"
 	"fmt"
+
+	"github.com/nats-io/nats.go"
+)
+
+// The NATS client's connection errors, named here so callers classify
+// them without importing nats: the connection was closed (for good), or
+// no server answered at any of the URLs.
+var (
+	ErrConnectionClosed = nats.ErrConnectionClosed
+	ErrNoServers        = nats.ErrNoServers
 )
 
 // Sentinel errors of this package. Errors returned by it wrap one of these
