@@ -41,6 +41,27 @@ func TestTransportSpecMode(t *testing.T) {
 			t.Errorf("spec %v: %v, want a FieldError naming spec.mode", s, err)
 		}
 	}
+	// An mha job computes its gradients as forward+backward (the backward
+	// needs the job's own o and lse); a backward-only mha job and an mha
+	// job asking for lse are refused on submit, but an mha assignment may
+	// carry want_lse (the forward pass of a forward+backward job writes it).
+	if _, tn, err := transport.SpecToRequest(spec(pb.JobMode_JOB_MODE_FORWARD_BACKWARD, pb.JobKind_JOB_KIND_MHA), 2, lim); err != nil || !tn.Grad {
+		t.Fatalf("mha forward+backward: tensors %+v, %v: want accepted with Grad", tn, err)
+	}
+	lse := spec(pb.JobMode_JOB_MODE_FORWARD, pb.JobKind_JOB_KIND_MHA)
+	lse.WantLse = true
+	if _, _, err := transport.SpecToRequest(lse, 2, lim); err == nil {
+		t.Error("mha spec with want_lse accepted on submit")
+	}
+	mhaPlan, err := shard.NewPlan(shard.Request{B: 1, Hq: 2, Hkv: 2, D: 16, N: 256, Nk: 256, Block: 64, Ranks: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mkp := transport.ParamsFromSpec(spec(pb.JobMode_JOB_MODE_FORWARD, pb.JobKind_JOB_KIND_MHA))
+	mkp.WantLse = true
+	if _, err := transport.JobFromPB(mkp, transport.PlanToPB(mhaPlan, []string{"a", "b"}), lim); err != nil {
+		t.Errorf("mha assignment with want_lse: %v, want accepted", err)
+	}
 	plan, err := shard.NewPlan(shard.Request{B: 1, Hq: 2, Hkv: 2, D: 16, N: 256, Nk: 256, Block: 64, Ranks: 2})
 	if err != nil {
 		t.Fatal(err)
