@@ -147,35 +147,49 @@ func (l *Limits) clamp() {
 // negative). Attention: q and o [B,Hq,N,D], k and v [B,Hkv,Nk,D], and lse
 // [B,Hq,N] when t.LSE; t.Grad doubles the q/o and k/v terms (do, dq, dk,
 // dv) and counts lse. Layer: x and y [B,N,DModel], the four projections
-// 4·Hq·D·DModel and the biases 3·Hq·D + DModel when t.Bias.
+// 4·Hq·D·DModel and the biases 3·Hq·D + DModel when t.Bias; t.Grad adds
+// dy, dxq and dxkv [B,N,DModel], the attention's o, dq, dk, dv
+// [B,Hq,N,D] and lse, and per block the block's share of every weight
+// (and bias) gradient (internal/worker/DESIGN.md), blocks = ceil(N/Block).
 func JobBytes(r *Request, t Tensors) (int64, bool) {
 	var elems int64
-	var ok bool
+	ok := true
+	add := func(n int64, fine bool) {
+		var sumOK bool
+		elems, sumOK = addChecked(elems, n)
+		ok = ok && fine && sumOK
+	}
 	if t.DModel > 0 {
 		hd, ok1 := mulChecked(r.Hq, r.D)
-		xy, ok2 := mulChecked(2, r.B, r.N, t.DModel)
-		w, ok3 := mulChecked(4, int(hd), t.DModel)
-		elems, ok = addChecked(xy, w)
+		ok = ok && ok1 && hd <= math.MaxInt32
+		add(mulChecked(2, r.B, r.N, t.DModel))          // x, y
+		params, okw := mulChecked(4, int(hd), t.DModel) // wq, wk, wv, wo
+		add(params, okw)
 		if t.Bias {
-			b, ok4 := mulChecked(3, int(hd))
-			elems, ok = addChecked(elems, b, int64(t.DModel))
-			ok = ok && ok4
+			b, ok2 := addChecked(3*hd, int64(t.DModel))
+			add(b, ok2)
+			var ok3 bool
+			params, ok3 = addChecked(params, b)
+			ok = ok && ok3
 		}
-		ok = ok && ok1 && ok2 && ok3
+		if t.Grad {
+			add(mulChecked(3, r.B, r.N, t.DModel))  // dy, dxq, dxkv
+			add(mulChecked(4, r.B, r.Hq, r.N, r.D)) // o, dq, dk, dv
+			add(mulChecked(r.B, r.Hq, r.N))         // lse
+			if r.N >= 0 {
+				add(mulChecked(ceilDiv(r.N, r.block()), int(params))) // per-block shares
+			}
+		}
 	} else {
 		per := 2
 		if t.Grad {
 			per = 4
 		}
-		qo, ok1 := mulChecked(per, r.B, r.Hq, r.N, r.D)
-		kv, ok2 := mulChecked(per, r.B, r.Hkv, r.Nk, r.D)
-		elems, ok = addChecked(qo, kv)
+		add(mulChecked(per, r.B, r.Hq, r.N, r.D))
+		add(mulChecked(per, r.B, r.Hkv, r.Nk, r.D))
 		if t.LSE || t.Grad {
-			lse, ok3 := mulChecked(r.B, r.Hq, r.N)
-			elems, ok = addChecked(elems, lse)
-			ok = ok && ok3
+			add(mulChecked(r.B, r.Hq, r.N))
 		}
-		ok = ok && ok1 && ok2
 	}
 	if !ok {
 		return 0, false

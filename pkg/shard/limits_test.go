@@ -122,6 +122,22 @@ func TestShardLimitsLayer(t *testing.T) {
 	}
 	small.MaxJobBytes = want - 1
 	wantField(t, "layer past MaxJobBytes", small.Check(&r, shard.Tensors{DModel: 512, Bias: true}), "", "Limits.MaxJobBytes")
+	// With gradients: dy, dxq, dxkv; the attention's o, dq, dk, dv and
+	// lse; and per block (1024 / 256 = 4) a share of every weight and
+	// bias gradient.
+	g := r
+	g.Block = 256
+	params := int64(4*512*512 + 3*512 + 512)
+	wantGrad := want + 4*(3*1024*512+4*8*1024*64+8*1024+4*params)
+	if b, ok := shard.JobBytes(&g, shard.Tensors{DModel: 512, Bias: true, Grad: true}); !ok || b != wantGrad {
+		t.Fatalf("JobBytes(layer, grad) = %d, %v, want %d", b, ok, wantGrad)
+	}
+	small.MaxJobBytes = wantGrad
+	if err := small.Check(&g, shard.Tensors{DModel: 512, Bias: true, Grad: true}); err != nil {
+		t.Fatalf("layer gradients at MaxJobBytes: %v", err)
+	}
+	small.MaxJobBytes = wantGrad - 1
+	wantField(t, "layer gradients past MaxJobBytes", small.Check(&g, shard.Tensors{DModel: 512, Bias: true, Grad: true}), "", "Limits.MaxJobBytes")
 	r.Hkv = 4
 	wantField(t, "layer gqa", l.Check(&r, shard.Tensors{DModel: 512}), "hkv", "an mha layer wants hkv = hq = 8")
 	r.Hkv, r.Nk = 8, 512
