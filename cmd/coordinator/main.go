@@ -88,6 +88,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.IntVar(&cfg.MaxVerifyTries, "max-verify-tries", cfg.MaxVerifyTries,
 		"a job whose outputs are missing from the store (or differ from their report) after this many re-plans fails")
 	fs.IntVar(&cfg.Limits.MaxQueued, "max-queued", cfg.Limits.MaxQueued, "most jobs QUEUED at once")
+	fs.IntVar(&cfg.MaxActivePerTenant, "max-active-per-tenant", cfg.MaxActivePerTenant,
+		"most jobs one tenant has QUEUED or RUNNING at once (0 = no limit)")
+	fs.BoolVar(&cfg.EnforceTenants, "enforce-tenants", cfg.EnforceTenants,
+		"hold API callers to their subject's tenant even without NATS credentials (on whenever credentials are set)")
 	fs.IntVar(&cfg.Limits.MaxConcurrentRequests, "max-concurrent-requests", cfg.Limits.MaxConcurrentRequests,
 		"most client API requests handled at once; more are answered BUSY with a retry-after")
 	fs.IntVar(&cfg.Limits.MaxConcurrentReports, "max-concurrent-reports", cfg.Limits.MaxConcurrentReports,

@@ -50,6 +50,7 @@ func (l *leader) apiConfig() transport.APIConfig {
 		Metadata:        map[string]string{"node": c.cfg.NodeID, "build": c.cfg.Version, metaHTTP: c.httpURL()},
 		BusyRetryAfter:  busyRetryAfter,
 		MaxRequestBytes: c.cfg.Limits.MaxRequestBytes,
+		EnforceTenants:  c.enforceTenants(),
 		Observe: func(endpoint string, code pb.ErrorCode) {
 			name := "ok"
 			if code != pb.ErrorCode_ERROR_CODE_UNSPECIFIED {
@@ -99,11 +100,12 @@ func apiEndpoint[Req, Rep proto.Message](l *leader, name string, h func(context.
 // newJobID returns a fresh job id, safe as a NATS subject token.
 func newJobID() string { return "j-" + strings.ToLower(rand.Text()[:16]) }
 
-func (l *leader) apiSubmit(_ context.Context, req *pb.SubmitRequest) (*pb.SubmitReply, *apiError) {
+func (l *leader) apiSubmit(ctx context.Context, req *pb.SubmitRequest) (*pb.SubmitReply, *apiError) {
 	c := l.c
 	if ae := validateSpec(req.Spec, c.cfg.Limits, c.now()); ae != nil {
 		return nil, ae
 	}
+	owner := transport.CallerOf(ctx).Tenant
 	// Fast path for retries: the key is already in the log.
 	var (
 		existing *cpb.Job
@@ -113,11 +115,11 @@ func (l *leader) apiSubmit(_ context.Context, req *pb.SubmitRequest) (*pb.Submit
 	key, ref := req.Spec.IdempotencyKey, specInputRef(req.Spec)
 	c.fsm.view(func(s *State) {
 		if key != "" {
-			existing = s.JobByKey(key)
+			existing = s.JobByKey(owner, key)
 		}
 		if existing == nil {
 			queued = s.Counts()[pb.JobState_JOB_STATE_QUEUED]
-			user = s.inputUser(ref)
+			user = s.inputUser(owner, ref)
 		}
 	})
 	if existing != nil {
@@ -137,10 +139,11 @@ func (l *leader) apiSubmit(_ context.Context, req *pb.SubmitRequest) (*pb.Submit
 	// Reserve the input namespace while the submit is proposed, so that
 	// two submits racing with the same namespace (and different keys)
 	// cannot both pass the check above; retries of one key share it.
+	ik := inputKey{owner, ref}
 	l.mu.Lock()
-	holder, busy := l.inputs[ref]
+	holder, busy := l.inputs[ik]
 	if !busy {
-		l.inputs[ref] = key
+		l.inputs[ik] = key
 	}
 	l.mu.Unlock()
 	if busy && (holder != key || key == "") {
@@ -149,12 +152,18 @@ func (l *leader) apiSubmit(_ context.Context, req *pb.SubmitRequest) (*pb.Submit
 	if !busy {
 		defer func() {
 			l.mu.Lock()
-			delete(l.inputs, ref)
+			delete(l.inputs, ik)
 			l.mu.Unlock()
 		}()
 	}
+	// The per-tenant quota holds tenants apart: without enforced tenants
+	// (no auth) every caller is an admin and MaxQueued alone bounds them.
+	var maxActive int64
+	if c.enforceTenants() {
+		maxActive = int64(c.cfg.MaxActivePerTenant)
+	}
 	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: newJobID(), Spec: req.Spec, UnixMs: c.now().UnixMilli(),
-		MaxQueued: int64(c.cfg.Limits.MaxQueued)})
+		MaxQueued: int64(c.cfg.Limits.MaxQueued), Owner: owner, MaxActivePerTenant: maxActive})
 	if err != nil {
 		return nil, apiErrorOf(err)
 	}
@@ -162,7 +171,7 @@ func (l *leader) apiSubmit(_ context.Context, req *pb.SubmitRequest) (*pb.Submit
 		return nil, apiErrorOf(r.Err)
 	}
 	if !r.Existing {
-		l.log.Info("job submitted", "job", r.Job.Id, "key", req.Spec.IdempotencyKey, "kind", req.Spec.Kind, "n", req.Spec.N, "nk", req.Spec.Nk)
+		l.log.Info("job submitted", "job", r.Job.Id, "tenant", owner, "key", req.Spec.IdempotencyKey, "kind", req.Spec.Kind, "n", req.Spec.N, "nk", req.Spec.Nk)
 		l.wake()
 	}
 	return &pb.SubmitReply{Job: l.status(r.Job), Existing: r.Existing}, nil
@@ -181,8 +190,8 @@ func inputInUse(ref, by string) *apiError {
 		msg: fmt.Sprintf("%q is %s: inputs of a live job are immutable; upload under a fresh namespace", ref, by)}
 }
 
-func (l *leader) apiGet(_ context.Context, req *pb.GetRequest) (*pb.GetReply, *apiError) {
-	j, ae := l.lookup(req.JobId)
+func (l *leader) apiGet(ctx context.Context, req *pb.GetRequest) (*pb.GetReply, *apiError) {
+	j, ae := l.lookup(ctx, req.JobId)
 	if ae != nil {
 		return nil, ae
 	}
@@ -195,24 +204,26 @@ func (l *leader) apiGet(_ context.Context, req *pb.GetRequest) (*pb.GetReply, *a
 	return &pb.GetReply{Job: st}, nil
 }
 
-func (l *leader) lookup(id string) (*cpb.Job, *apiError) {
+// lookup is job id as the caller of ctx may see it: another tenant's job
+// is NOT_FOUND, with the very error of a job that does not exist.
+func (l *leader) lookup(ctx context.Context, id string) (*cpb.Job, *apiError) {
 	if ae := validName("job_id", id, true); ae != nil {
 		return nil, ae
 	}
 	var j *cpb.Job
 	l.c.fsm.view(func(s *State) { j = s.Job(id) })
-	if j == nil {
+	if j == nil || !mayAccess(transport.CallerOf(ctx), j) {
 		return nil, &apiError{code: pb.ErrorCode_ERROR_CODE_NOT_FOUND, field: "job_id", msg: "unknown job " + id + " (never submitted, or expired and purged)", wrap: ErrNotFound}
 	}
 	return j, nil
 }
 
-func (l *leader) apiCancel(_ context.Context, req *pb.CancelRequest) (*pb.CancelReply, *apiError) {
+func (l *leader) apiCancel(ctx context.Context, req *pb.CancelRequest) (*pb.CancelReply, *apiError) {
 	c := l.c
 	if len(req.Reason) > maxReasonBytes {
 		return nil, invalidField("reason", "%d bytes: want at most %d", len(req.Reason), maxReasonBytes)
 	}
-	if _, ae := l.lookup(req.JobId); ae != nil {
+	if _, ae := l.lookup(ctx, req.JobId); ae != nil {
 		return nil, ae
 	}
 	reason := req.Reason
@@ -232,7 +243,7 @@ func (l *leader) apiCancel(_ context.Context, req *pb.CancelRequest) (*pb.Cancel
 	return &pb.CancelReply{Job: l.status(r.Job)}, nil
 }
 
-func (l *leader) apiList(_ context.Context, req *pb.ListRequest) (*pb.ListReply, *apiError) {
+func (l *leader) apiList(ctx context.Context, req *pb.ListRequest) (*pb.ListReply, *apiError) {
 	if req.Limit < 0 {
 		return nil, invalidField("limit", "%d: want >= 0 (0 means 1000)", req.Limit)
 	}
@@ -244,16 +255,26 @@ func (l *leader) apiList(_ context.Context, req *pb.ListRequest) (*pb.ListReply,
 			return nil, invalidField("states", "%d: want a job state (JOB_STATE_QUEUED ... JOB_STATE_EXPIRED)", st)
 		}
 	}
-	return l.c.list(req.States, int(req.Limit)), nil
+	caller := transport.CallerOf(ctx)
+	return l.c.listOf(req.States, int(req.Limit), func(j *cpb.Job) bool { return mayAccess(caller, j) }), nil
 }
 
+// list is every job in states (all when none), newest first, at most
+// limit (0: 1000).
 func (c *Coordinator) list(states []pb.JobState, limit int) *pb.ListReply {
+	return c.listOf(states, limit, nil)
+}
+
+// listOf is list of the jobs keep accepts (all when nil).
+func (c *Coordinator) listOf(states []pb.JobState, limit int, keep func(*cpb.Job) bool) *pb.ListReply {
 	if limit == 0 {
 		limit = 1000
 	}
 	var jobs []*cpb.Job
 	c.fsm.view(func(s *State) {
-		jobs = s.Jobs(func(j *cpb.Job) bool { return len(states) == 0 || slices.Contains(states, j.State) })
+		jobs = s.Jobs(func(j *cpb.Job) bool {
+			return (len(states) == 0 || slices.Contains(states, j.State)) && (keep == nil || keep(j))
+		})
 	})
 	slices.Reverse(jobs)
 	out := &pb.ListReply{Total: int64(len(jobs))}

@@ -148,6 +148,17 @@ type Config struct {
 	// SnapshotRetain is how many snapshots stay on disk.
 	SnapshotRetain int
 
+	// EnforceTenants holds each API caller to the tenant its subject names
+	// (transport.APIConfig.EnforceTenants): it sees and cancels only its
+	// own jobs, and only the admin token sees all. It is on whenever NATS
+	// has credentials (transport.Config.HasCredentials); set it for a
+	// server that authenticates clients otherwise (TLS certificates).
+	EnforceTenants bool
+	// MaxActivePerTenant bounds the jobs one tenant has QUEUED or RUNNING
+	// at once (decided in State.Apply) when tenants are enforced; 0 means
+	// no limit. Without enforced tenants (no auth) it does not apply.
+	MaxActivePerTenant int
+
 	Limits Limits
 	// Version is reported by the cluster endpoint and the micro service.
 	Version string
@@ -158,6 +169,9 @@ type Config struct {
 // on one host, so a rank computing less than that saves little; a job of
 // 6 s on one worker still gets up to 300 ranks.
 const DefaultMinRankTime = 20 * time.Millisecond
+
+// DefaultMaxActivePerTenant is Config.MaxActivePerTenant by default.
+const DefaultMaxActivePerTenant = 64
 
 // DefaultConfig returns the defaults of every field.
 func DefaultConfig() Config {
@@ -186,6 +200,7 @@ func DefaultConfig() Config {
 		SnapshotInterval:       30 * time.Second,
 		SnapshotThreshold:      8192,
 		SnapshotRetain:         2,
+		MaxActivePerTenant:     DefaultMaxActivePerTenant,
 		Limits: Limits{
 			Limits:          shard.DefaultLimits(),
 			MaxQueued:       10000,
@@ -266,6 +281,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxEpochs < 1 {
 		return bad("MaxEpochs", "%d: want >= 1", c.MaxEpochs)
+	}
+	if c.MaxActivePerTenant < 0 {
+		return bad("MaxActivePerTenant", "%d: want >= 0 (0 = no limit)", c.MaxActivePerTenant)
 	}
 	if c.MaxVerifyTries < 1 {
 		return bad("MaxVerifyTries", "%d: want >= 1", c.MaxVerifyTries)

@@ -42,6 +42,9 @@ type Coordinator struct {
 	meta  *metadb.BoltMetaDB
 	trans raft.Transport
 	conn  *transport.Conn
+	// stores reaches each tenant's bucket (nil when Deps.Tensors was
+	// injected: then that one store serves every tenant).
+	stores *bucketStores
 	// closeNC closes the NATS connection New opened (nil: Deps.Conn's,
 	// which the caller keeps).
 	closeNC func()
@@ -110,7 +113,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		c.conn = deps.Conn
 		c.subj = c.conn.Subjects()
 	} else {
-		nc, err := transport.Connect(cfg.NATS, c.log)
+		nc, err := transport.Connect(c.natsConfig(), c.log)
 		if err != nil {
 			return nil, err
 		}
@@ -125,7 +128,8 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 	if c.deps.Tensors == nil {
 		sc := cfg.NATS.StoreConfig()
 		sc.Bucket = c.bucket()
-		sd = &storeDeleter{conn: c.conn, cfg: sc, log: c.log}
+		c.stores = newBucketStores(c.conn, sc, c.log)
+		sd = c.stores.bucket(sc.Bucket)
 		c.deps.Tensors = sd
 	}
 	if cfg.HTTPAddr != "" {
@@ -363,7 +367,25 @@ func (c *Coordinator) observeApply(_ uint64, _ *cpb.Command, _ *Result) {
 	}
 }
 
-// bucket is the object store bucket of the tensors.
+// natsConfig is Config.NATS as the coordinator's identity: its inbox
+// (the one its permissions allow) unless one is set already.
+func (c *Coordinator) natsConfig() transport.Config {
+	nc := c.cfg.NATS
+	if nc.InboxPrefix == "" {
+		nc = nc.ForRole(transport.RoleCoordinator, c.cfg.NodeID)
+	}
+	return nc
+}
+
+// enforceTenants reports whether API callers are held to their tenant:
+// Config.EnforceTenants, or whenever the NATS connection has credentials
+// (the server's permissions then pin each tenant to its subjects).
+func (c *Coordinator) enforceTenants() bool {
+	return c.cfg.EnforceTenants || c.cfg.NATS.HasCredentials()
+}
+
+// bucket is the base object store bucket of the tensors (the default
+// tenant's; transport.TenantBucket names the others').
 func (c *Coordinator) bucket() string {
 	if b := c.cfg.NATS.Bucket; b != "" {
 		return b

@@ -137,7 +137,7 @@ func (l *leader) assignment(j *cpb.Job, rank int32) *pb.Assignment {
 	a := &pb.Assignment{
 		JobId: j.Id, Epoch: j.Epoch, Rank: rank, Size: int32(len(j.Plan.GetRanks())), Plan: j.Plan,
 		Params: params,
-		Bucket: l.c.bucket(), InputRef: inputRef(j), OutputRef: j.Id,
+		Bucket: transport.TenantBucket(l.c.bucket(), j.Owner), InputRef: inputRef(j), OutputRef: j.Id,
 		DeadlineUnixMs: s.DeadlineUnixMs, LeaderId: l.c.cfg.NodeID, Term: l.term,
 	}
 	switch {
@@ -276,7 +276,7 @@ func (l *leader) publish(j *cpb.Job, typ pb.JobEventType, rank int32, worker, ms
 		Type: typ, JobId: j.Id, Epoch: j.Epoch, State: j.State, BlocksDone: int64(len(j.DoneBlocks)),
 		BlocksTotal: j.BlocksTotal, Rank: rank, WorkerId: worker, Message: msg, UnixMs: l.c.now().UnixMilli(),
 	}
-	if err := l.c.conn.PublishEvent(ev); err != nil {
+	if err := l.c.conn.PublishTenantEvent(j.Owner, ev); err != nil {
 		l.log.Debug("publish event failed", "job", j.Id, "err", err)
 	}
 }

@@ -38,4 +38,7 @@ var (
 	// ErrQueueFull: a submit found Limits.MaxQueued jobs queued (decided
 	// in State.Apply). It wraps ErrLimit.
 	ErrQueueFull = fmt.Errorf("%w: queue full", ErrLimit)
+	// ErrTenantQuota: a submit found its tenant with Config.MaxActivePerTenant
+	// jobs queued or running (decided in State.Apply). It wraps ErrLimit.
+	ErrTenantQuota = fmt.Errorf("%w: tenant quota", ErrLimit)
 )

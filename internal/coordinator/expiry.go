@@ -119,10 +119,10 @@ func (l *leader) maybeExpire(jobs []*cpb.Job, now time.Time) {
 func (l *leader) expire(jobs []*cpb.Job, now time.Time) {
 	c := l.c
 	cmd := &cpb.Expire{UnixMs: now.UnixMilli()}
-	refs := map[string]int{} // input namespaces still used by live jobs
+	refs := map[inputKey]int{} // input namespaces (of a tenant's bucket) still used by live jobs
 	for _, j := range jobs {
 		if j.State != pb.JobState_JOB_STATE_EXPIRED {
-			refs[inputRef(j)]++
+			refs[inputKey{j.Owner, inputRef(j)}]++
 		}
 	}
 	for _, j := range jobs {
@@ -144,14 +144,14 @@ func (l *leader) expire(jobs []*cpb.Job, now time.Time) {
 			if now.Before(next) {
 				continue
 			}
-			if err := l.deleteTensors(j, refs[inputRef(j)] <= 1); err != nil {
+			if err := l.deleteTensors(j, refs[inputKey{j.Owner, inputRef(j)}] <= 1); err != nil {
 				l.log.Warn("deleting expired job's tensors failed; will retry", "job", j.Id, "err", err)
 				l.mu.Lock()
 				l.deleteAt[j.Id] = now.Add(min(10*time.Second, max(c.cfg.JobTTL, c.cfg.SchedulerInterval)))
 				l.mu.Unlock()
 				continue
 			}
-			refs[inputRef(j)]--
+			refs[inputKey{j.Owner, inputRef(j)}]--
 			cmd.JobIds = append(cmd.JobIds, j.Id)
 		}
 	}
@@ -171,9 +171,10 @@ func (l *leader) expire(jobs []*cpb.Job, now time.Time) {
 }
 
 // deleteTensors deletes a job's outputs and, when no other job reads
-// them, its inputs. Deletion is idempotent: a new leader may repeat it.
+// them, its inputs, in its owner's bucket. Deletion is idempotent: a new
+// leader may repeat it.
 func (l *leader) deleteTensors(j *cpb.Job, inputs bool) error {
-	td := l.c.deps.Tensors
+	td := l.c.tensorsOf(j.Owner)
 	if td == nil {
 		return nil
 	}

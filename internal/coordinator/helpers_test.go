@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -364,9 +365,9 @@ type testWorker struct {
 	stepping bool
 	// skip: output blocks it reports without writing them; lie: blocks
 	// whose checksum it reports wrong, for that many reports.
-	skip  map[int32]bool
-	lie   map[int32]int
-	store *transport.Store
+	skip   map[int32]bool
+	lie    map[int32]int
+	stores map[string]*transport.Store // by bucket (the assignment's)
 
 	mu       sync.Mutex
 	delay    time.Duration
@@ -545,17 +546,21 @@ func (w *testWorker) writeBlock(a *pb.Assignment, b int32) (*pb.BlockChecksum, e
 	if lie {
 		w.lie[b]--
 	}
-	st := w.store
+	bucket := cmp.Or(a.GetBucket(), transport.DefaultBucket)
+	st := w.stores[bucket]
 	w.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if st == nil {
 		var err error
-		if st, err = w.nc.OpenStore(ctx, transport.StoreConfig{Bucket: transport.DefaultBucket}); err != nil {
+		if st, err = w.nc.OpenStore(ctx, transport.StoreConfig{Bucket: bucket}); err != nil {
 			return nil, err
 		}
 		w.mu.Lock()
-		w.store = st
+		if w.stores == nil {
+			w.stores = map[string]*transport.Store{}
+		}
+		w.stores[bucket] = st
 		w.mu.Unlock()
 	}
 	tensors := []string{transport.TensorO}

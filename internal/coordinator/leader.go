@@ -49,7 +49,7 @@ type leader struct {
 	progress map[shardKey]*progressState
 	// published: the last PROGRESS event of each running job (progress.go).
 	published map[string]progressPub
-	inputs    map[string]string // input namespace -> submit in flight (api.go)
+	inputs    map[inputKey]string // tenant's input namespace -> submit in flight (api.go)
 	// verifying: output checks of jobs about to succeed (verify.go);
 	// outChecks: get's cached checks of succeeded jobs.
 	verifying map[string]*verifyState
@@ -116,7 +116,7 @@ func newLeader(c *Coordinator) *leader {
 		suspect:  map[string]time.Time{},
 		deleteAt: map[string]time.Time{},
 		progress: map[shardKey]*progressState{},
-		inputs:   map[string]string{},
+		inputs:   map[inputKey]string{},
 
 		published: map[string]progressPub{},
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -220,6 +221,14 @@ func TestFSMReplaysV1LogFixture(t *testing.T) {
 	if j := today.st.Job("j-fb"); j.GetEpochMode() != pb.JobMode_JOB_MODE_BACKWARD || len(j.GetDkvChecksums()) != 1 || j.GetRedos() != 1 {
 		t.Fatalf("j-fb: %v", j)
 	}
+	for _, j := range old.st.Jobs(nil) {
+		if j.GetOwner() != transport.DefaultTenant {
+			t.Fatalf("v1 job %s: owner %q, want %q", j.Id, j.GetOwner(), transport.DefaultTenant)
+		}
+	}
+	if restored.Job("j-full").GetOwner() != transport.DefaultTenant {
+		t.Fatalf("v1 snapshot job owner %q", restored.Job("j-full").GetOwner())
+	}
 	if today.st.Job("j-cancel") != nil || today.st.Job("j-old").GetState() != pb.JobState_JOB_STATE_EXPIRED {
 		t.Fatalf("expiry: %v", today.st.Jobs(nil))
 	}
@@ -327,6 +336,14 @@ func TestFSMLogSchemaCarriesEveryField(t *testing.T) {
 	var ls cpb.LogJobSpec
 	if err := proto.Unmarshal(data, &ls); err != nil || len(ls.ProtoReflect().GetUnknown()) > 0 || !proto.Equal(specFromLog(&ls), spec) {
 		t.Fatalf("v1 spec bytes as a LogJobSpec: %v, unknown %d bytes", err, len(ls.ProtoReflect().GetUnknown()))
+	}
+	// Entries and records written before v3 name no owner: the default
+	// tenant's, with no active-jobs limit.
+	if sub := submitFromLog(&cpb.LogSubmit{JobId: "x"}); sub.GetOwner() != transport.DefaultTenant || sub.GetMaxActivePerTenant() != 0 {
+		t.Fatalf("a v2 submit reads as %v, want owner %q", sub, transport.DefaultTenant)
+	}
+	if j := jobFromLog(&cpb.LogJob{Id: "x"}); j.GetOwner() != transport.DefaultTenant {
+		t.Fatalf("a v2 job record reads as %v, want owner %q", j, transport.DefaultTenant)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -20,17 +21,32 @@ import (
 //	1: the log messages were the wire messages (raft.proto imported
 //	   api.proto and control.proto).
 //	2: the log's own Log* messages, with v1's field numbers.
-const LogVersion = 2
+//	3: jobs have an owner (LogSubmit.owner, LogJob.owner; "" in older
+//	   entries reads as transport.DefaultTenant) and submits carry the
+//	   per-tenant active-jobs limit. A v2 build must not read a v3 entry:
+//	   it would drop the owner and show the job to the default tenant.
+const LogVersion = 3
+
+// ownerOf is the owner an entry or record names: "" (written before v3)
+// is the default tenant.
+func ownerOf(owner string) string {
+	if owner == "" {
+		return transport.DefaultTenant
+	}
+	return owner
+}
 
 // logVersionOf is an entry's format version.
 func logVersionOf(cmd *cpb.Command) uint32 { return max(cmd.GetVersion(), 1) }
 
 func submitToLog(c *cpb.Submit) *cpb.LogSubmit {
-	return &cpb.LogSubmit{JobId: c.GetJobId(), Spec: specToLog(c.GetSpec()), UnixMs: c.GetUnixMs(), MaxQueued: c.GetMaxQueued()}
+	return &cpb.LogSubmit{JobId: c.GetJobId(), Spec: specToLog(c.GetSpec()), UnixMs: c.GetUnixMs(), MaxQueued: c.GetMaxQueued(),
+		Owner: c.GetOwner(), MaxActivePerTenant: c.GetMaxActivePerTenant()}
 }
 
 func submitFromLog(c *cpb.LogSubmit) *cpb.Submit {
-	return &cpb.Submit{JobId: c.GetJobId(), Spec: specFromLog(c.GetSpec()), UnixMs: c.GetUnixMs(), MaxQueued: c.GetMaxQueued()}
+	return &cpb.Submit{JobId: c.GetJobId(), Spec: specFromLog(c.GetSpec()), UnixMs: c.GetUnixMs(), MaxQueued: c.GetMaxQueued(),
+		Owner: ownerOf(c.GetOwner()), MaxActivePerTenant: c.GetMaxActivePerTenant()}
 }
 
 func startEpochToLog(c *cpb.StartEpoch) *cpb.LogStartEpoch {
@@ -65,6 +81,7 @@ func jobToLog(j *cpb.Job) *cpb.LogJob {
 		ExpiredUnixMs: j.GetExpiredUnixMs(), Seq: j.GetSeq(), Redos: j.GetRedos(),
 		EpochMode: cpb.LogJobMode(j.GetEpochMode()), EpochDoneDq: j.GetEpochDoneDq(), EpochDoneDkv: j.GetEpochDoneDkv(),
 		DqChecksums: gradsToLog(j.GetDqChecksums()), DkvChecksums: gradsToLog(j.GetDkvChecksums()),
+		Owner: j.GetOwner(),
 	}
 }
 
@@ -78,6 +95,7 @@ func jobFromLog(j *cpb.LogJob) *cpb.Job {
 		ExpiredUnixMs: j.GetExpiredUnixMs(), Seq: j.GetSeq(), Redos: j.GetRedos(),
 		EpochMode: pb.JobMode(j.GetEpochMode()), EpochDoneDq: j.GetEpochDoneDq(), EpochDoneDkv: j.GetEpochDoneDkv(),
 		DqChecksums: gradsFromLog(j.GetDqChecksums()), DkvChecksums: gradsFromLog(j.GetDkvChecksums()),
+		Owner: ownerOf(j.GetOwner()),
 	}
 }
 

@@ -120,7 +120,7 @@ func (l *leader) publishProgress(j *cpb.Job, done, total int64, now time.Time) {
 		Type: pb.JobEventType_JOB_EVENT_TYPE_PROGRESS, JobId: j.Id, Epoch: j.Epoch, State: j.State,
 		BlocksDone: done, BlocksTotal: total, Rank: -1, UnixMs: now.UnixMilli(),
 	}
-	if err := l.c.conn.PublishEvent(ev); err != nil {
+	if err := l.c.conn.PublishTenantEvent(j.Owner, ev); err != nil {
 		l.log.Debug("publish progress failed", "job", j.Id, "err", err)
 	}
 }

@@ -146,10 +146,10 @@ func ReadState(r io.Reader) (*State, error) {
 			}
 			s.jobs[j.Id] = j
 			if key := j.GetSpec().GetIdempotencyKey(); key != "" {
-				if other, dup := s.byKey[key]; dup {
-					return nil, fmt.Errorf("%w: idempotency key %q of jobs %s and %s", ErrSnapshot, key, other, j.Id)
+				if other, dup := s.byKey[tenantKey(j.Owner, key)]; dup {
+					return nil, fmt.Errorf("%w: idempotency key %q of tenant %q: jobs %s and %s", ErrSnapshot, key, j.Owner, other, j.Id)
 				}
-				s.byKey[key] = j.Id
+				s.byKey[tenantKey(j.Owner, key)] = j.Id
 			}
 		default:
 			return nil, fmt.Errorf("%w: record %d of unknown type", ErrSnapshot, len(s.jobs))

@@ -15,16 +15,17 @@ import (
 
 // SnapshotVersion is the snapshot format this code writes; it reads any
 // version up to it. 1: records were the wire's messages; 2: raft.proto's
-// own LogJob, with 1's field numbers (logschema.go).
-const SnapshotVersion = 2
+// own LogJob, with 1's field numbers (logschema.go); 3: LogJob.owner (a
+// v2 build must not drop it; a record without it is the default tenant's).
+const SnapshotVersion = 3
 
 // State is the replicated state: every job record and the idempotency-key
-// index. It is changed only by Apply, deterministically from the command
+// index (per owner: two tenants may use one key). It is changed only by Apply, deterministically from the command
 // and the log index (times come inside commands, never from the clock).
 // State is not safe for concurrent use; the FSM adapter serialises access.
 type State struct {
 	jobs  map[string]*cpb.Job
-	byKey map[string]string // idempotency key -> job id
+	byKey map[string]string // tenantKey(owner, idempotency key) -> job id
 }
 
 // NewState returns an empty state.
@@ -143,8 +144,9 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 	if c.GetJobId() == "" || c.GetSpec() == nil {
 		return fail(ErrBadCommand, "submit without job id or spec")
 	}
+	owner := ownerOf(c.GetOwner())
 	if key := c.GetSpec().GetIdempotencyKey(); key != "" {
-		if id, ok2 := s.byKey[key]; ok2 {
+		if id, ok2 := s.byKey[tenantKey(owner, key)]; ok2 {
 			j := s.jobs[id]
 			if j.GetState() != pb.JobState_JOB_STATE_EXPIRED && !sameSpec(j.GetSpec(), c.GetSpec()) {
 				return &Result{Job: proto.CloneOf(j), Err: fmt.Errorf("%w: key %q is job %s", ErrIdempotencyConflict, key, id)}
@@ -164,6 +166,12 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 			return fail(ErrQueueFull, "%d jobs queued, want fewer than %d (Limits.MaxQueued); retry later", n, limit)
 		}
 	}
+	// The owner's active-jobs quota, decided here for the same reason.
+	if limit := c.GetMaxActivePerTenant(); limit > 0 && int64(len(s.jobs)) >= limit {
+		if n := s.active(owner); int64(n) >= limit {
+			return fail(ErrTenantQuota, "tenant %q has %d active jobs (queued or running), want fewer than %d (--max-active-per-tenant); wait for one to finish", owner, n, limit)
+		}
+	}
 	// Only backward jobs are new here (old log entries never hit this).
 	if c.GetSpec().GetMode() == pb.JobMode_JOB_MODE_BACKWARD && blocksTotal(c.GetSpec()) > math.MaxInt32 {
 		return fail(ErrBadCommand, "job %s: %d blocks, want at most %d", c.GetJobId(), blocksTotal(c.GetSpec()), math.MaxInt32)
@@ -175,10 +183,11 @@ func (s *State) applySubmit(index uint64, c *cpb.Submit) *Result {
 		BlocksTotal:   blocksTotal(c.GetSpec()),
 		CreatedUnixMs: c.GetUnixMs(),
 		Seq:           index,
+		Owner:         owner,
 	}
 	s.jobs[j.Id] = j
 	if key := j.Spec.GetIdempotencyKey(); key != "" {
-		s.byKey[key] = j.Id
+		s.byKey[tenantKey(owner, key)] = j.Id
 	}
 	return ok(j, false)
 }
@@ -204,14 +213,14 @@ func specInputRef(s *pb.JobSpec) string {
 	return s.GetIdempotencyKey()
 }
 
-// inputUser returns a job that is not expired and reads its inputs from
-// namespace ref (nil if none).
-func (s *State) inputUser(ref string) *cpb.Job {
+// inputUser returns a job of owner that is not expired and reads its
+// inputs from namespace ref of owner's bucket (nil if none).
+func (s *State) inputUser(owner, ref string) *cpb.Job {
 	if ref == "" {
 		return nil
 	}
 	for _, j := range s.jobs {
-		if j.State != pb.JobState_JOB_STATE_EXPIRED && specInputRef(j.Spec) == ref {
+		if j.State != pb.JobState_JOB_STATE_EXPIRED && j.Owner == owner && specInputRef(j.Spec) == ref {
 			return proto.CloneOf(j)
 		}
 	}
@@ -478,6 +487,7 @@ func (s *State) applyExpire(c *cpb.Expire) *Result {
 			FinishedUnixMs: j.FinishedUnixMs,
 			ExpiredUnixMs:  c.GetUnixMs(),
 			Seq:            j.Seq,
+			Owner:          j.Owner,
 		}
 	}
 	for _, id := range c.GetPurgeIds() {
@@ -486,7 +496,7 @@ func (s *State) applyExpire(c *cpb.Expire) *Result {
 			continue
 		}
 		delete(s.jobs, id)
-		if key := j.Spec.GetIdempotencyKey(); key != "" && s.byKey[key] == id {
+		if key := tenantKey(j.Owner, j.Spec.GetIdempotencyKey()); j.Spec.GetIdempotencyKey() != "" && s.byKey[key] == id {
 			delete(s.byKey, key)
 		}
 	}
@@ -502,9 +512,10 @@ func (s *State) Job(id string) *cpb.Job {
 	return proto.CloneOf(j)
 }
 
-// JobByKey returns a copy of the job an idempotency key names, or nil.
-func (s *State) JobByKey(key string) *cpb.Job {
-	if id, ok2 := s.byKey[key]; ok2 {
+// JobByKey returns a copy of the job owner's idempotency key names, or
+// nil.
+func (s *State) JobByKey(owner, key string) *cpb.Job {
+	if id, ok2 := s.byKey[tenantKey(owner, key)]; ok2 {
 		return s.Job(id)
 	}
 	return nil

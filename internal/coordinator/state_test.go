@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -79,8 +80,8 @@ func TestFSMSubmitIdempotent(t *testing.T) {
 	wantOK(t, applyT(t, f, 5, cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "d", Spec: testSpec("")}))
 	wantOK(t, applyT(t, f, 6, cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "e", Spec: testSpec("")}))
 	f.view(func(s *State) {
-		if s.Len() != 3 || s.JobByKey("k1").GetId() != "a" {
-			t.Fatalf("state has %d jobs, key k1 -> %v", s.Len(), s.JobByKey("k1").GetId())
+		if s.Len() != 3 || s.JobByKey(transport.DefaultTenant, "k1").GetId() != "a" {
+			t.Fatalf("state has %d jobs, key k1 -> %v", s.Len(), s.JobByKey(transport.DefaultTenant, "k1").GetId())
 		}
 		ids := []string{}
 		for _, j := range s.Jobs(nil) {
@@ -201,7 +202,7 @@ func TestFSMFailCancelExpire(t *testing.T) {
 	// Purge removes tombstones (and only tombstones).
 	wantOK(t, applyT(t, f, 11, cpb.CommandType_COMMAND_TYPE_EXPIRE, &cpb.Expire{PurgeIds: []string{"a", "c"}}))
 	f.view(func(s *State) {
-		if s.Job("a") != nil || s.JobByKey("key-a") != nil || s.Job("c") == nil || s.Len() != 2 {
+		if s.Job("a") != nil || s.JobByKey(transport.DefaultTenant, "key-a") != nil || s.Job("c") == nil || s.Len() != 2 {
 			t.Fatalf("after purge: a=%v c=%v len=%d", s.Job("a"), s.Job("c"), s.Len())
 		}
 	})
@@ -234,7 +235,7 @@ func TestFSMSnapshotRoundTrip(t *testing.T) {
 	f.view(func(s *State) { want = s.Clone() })
 	delete(want.jobs, "c")
 	g.view(func(s *State) {
-		if !s.Equal(want) || s.Job("junk") != nil || s.JobByKey("k").GetId() != "a" {
+		if !s.Equal(want) || s.Job("junk") != nil || s.JobByKey(transport.DefaultTenant, "k").GetId() != "a" {
 			t.Fatalf("restored state differs: %d jobs", s.Len())
 		}
 	})
@@ -442,10 +443,10 @@ func TestFSMSubmitIgnoresInputRef(t *testing.T) {
 	}
 	b.N = 400
 	wantErr(t, applyT(t, f, 3, cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j3", Spec: b}), ErrIdempotencyConflict)
-	if user := f.st.inputUser("up-1"); user == nil || user.Id != "j" {
+	if user := f.st.inputUser(transport.DefaultTenant, "up-1"); user == nil || user.Id != "j" {
 		t.Fatalf("inputUser(up-1) = %v", user)
 	}
-	if f.st.inputUser("up-2") != nil || f.st.inputUser("") != nil {
+	if f.st.inputUser(transport.DefaultTenant, "up-2") != nil || f.st.inputUser(transport.DefaultTenant, "") != nil {
 		t.Fatal("inputUser found a job for a namespace nobody reads")
 	}
 }

@@ -2,8 +2,10 @@ package coordinator
 
 import (
 	"context"
+	"slices"
 	"time"
 
+	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
 
@@ -22,6 +24,12 @@ import (
 // listed is not robbed; the grace period covers the rest (a client that
 // uploaded more than SweepGrace ago and submits only now may find its
 // inputs gone, and gets a fatal "input missing" from the worker).
+//
+// Each tenant's bucket is swept with its own references (a namespace name
+// in one bucket says nothing about another's): the buckets of the tenants
+// that own jobs in the state, and the default tenant's. With an injected
+// Deps.Tensors (one store for every tenant) it is swept once, keeping
+// every tenant's references.
 
 // sweepState is the sweeper's soft state (under leader.mu).
 type sweepState struct {
@@ -39,8 +47,7 @@ const (
 
 // maybeSweep starts a sweep in the background when one is due.
 func (l *leader) maybeSweep(now time.Time) {
-	st := l.c.outputs()
-	if st == nil {
+	if l.c.outputsOf(transport.DefaultTenant) == nil {
 		return
 	}
 	l.mu.Lock()
@@ -60,7 +67,14 @@ func (l *leader) maybeSweep(now time.Time) {
 		l.guard("sweeping", func() {
 			ctx, cancel := context.WithTimeout(l.ctx, sweepTimeout)
 			defer cancel()
-			l.sweepOnce(ctx, st)
+			for _, owner := range l.sweepOwners() {
+				if ctx.Err() != nil {
+					break
+				}
+				if st := l.c.outputsOf(owner); st != nil {
+					l.sweepOnce(ctx, owner, st)
+				}
+			}
 		})
 		l.mu.Lock()
 		l.sweep.running = false
@@ -69,38 +83,62 @@ func (l *leader) maybeSweep(now time.Time) {
 	}()
 }
 
-// referenced returns the namespaces the sweeper must keep.
-func (l *leader) referenced() map[string]bool {
+// sweepOwners are the tenants whose buckets are swept ("" alone: the
+// one injected store, every tenant's references kept).
+func (l *leader) sweepOwners() []string {
+	if !l.c.perBucket() {
+		return []string{""}
+	}
+	seen := map[string]bool{transport.DefaultTenant: true}
+	owners := []string{transport.DefaultTenant}
+	l.c.fsm.view(func(s *State) {
+		for _, j := range s.jobs {
+			if !seen[j.Owner] {
+				seen[j.Owner] = true
+				owners = append(owners, j.Owner)
+			}
+		}
+	})
+	slices.Sort(owners[1:])
+	return owners
+}
+
+// referenced returns the namespaces the sweeper must keep in owner's
+// bucket ("": in every bucket).
+func (l *leader) referenced(owner string) map[string]bool {
 	keep := map[string]bool{}
 	l.c.fsm.view(func(s *State) {
 		for id, j := range s.jobs {
-			if j.State != pb.JobState_JOB_STATE_EXPIRED {
+			if j.State != pb.JobState_JOB_STATE_EXPIRED && (owner == "" || j.Owner == owner) {
 				keep[id] = true
 				keep[specInputRef(j.Spec)] = true
 			}
 		}
 	})
 	l.mu.Lock()
-	for ns := range l.inputs {
-		keep[ns] = true
+	for ik := range l.inputs {
+		if owner == "" || ik.owner == owner {
+			keep[ik.ns] = true
+		}
 	}
 	l.mu.Unlock()
 	return keep
 }
 
-// sweepOnce deletes the unreferenced namespaces older than SweepGrace.
-func (l *leader) sweepOnce(ctx context.Context, st outputStore) {
+// sweepOnce deletes the unreferenced namespaces older than SweepGrace
+// from owner's bucket st ("": the one store of every tenant).
+func (l *leader) sweepOnce(ctx context.Context, owner string, st outputStore) {
 	c := l.c
 	lctx, cancel := context.WithTimeout(ctx, sweepCallTimeout)
 	nss, err := st.Namespaces(lctx)
 	cancel()
 	if err != nil {
-		l.log.Warn("sweeper cannot list the store", "err", err)
+		l.log.Warn("sweeper cannot list the store", "tenant", owner, "err", err)
 		return
 	}
 	now := c.now()
 	var old []string
-	keep := l.referenced()
+	keep := l.referenced(owner)
 	for _, ns := range nss {
 		if !keep[ns.Name] && now.Sub(ns.Modified) >= c.cfg.SweepGrace {
 			old = append(old, ns.Name)
@@ -109,7 +147,7 @@ func (l *leader) sweepOnce(ctx context.Context, st outputStore) {
 	if len(old) == 0 {
 		return
 	}
-	keep = l.referenced() // again: submits may have committed meanwhile
+	keep = l.referenced(owner) // again: submits may have committed meanwhile
 	for _, ns := range old {
 		if keep[ns] || ctx.Err() != nil {
 			continue
@@ -120,10 +158,10 @@ func (l *leader) sweepOnce(ctx context.Context, st outputStore) {
 		if err != nil {
 			// The store is unreachable or slow: stop here; the next sweep
 			// takes up what is left.
-			l.log.Warn("sweeper cannot delete a namespace; ending this sweep", "namespace", ns, "err", err)
+			l.log.Warn("sweeper cannot delete a namespace; ending this sweep", "tenant", owner, "namespace", ns, "err", err)
 			return
 		}
 		c.met.swept.Inc()
-		l.log.Info("swept an unreferenced upload namespace", "namespace", ns, "objects", n, "grace", c.cfg.SweepGrace)
+		l.log.Info("swept an unreferenced upload namespace", "tenant", owner, "namespace", ns, "objects", n, "grace", c.cfg.SweepGrace)
 	}
 }

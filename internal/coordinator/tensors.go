@@ -26,10 +26,70 @@ type outputStore interface {
 	DeleteNamespace(ctx context.Context, ns string) (int, error)
 }
 
-// outputs returns the store to check outputs against (nil: none).
-func (c *Coordinator) outputs() outputStore {
-	st, _ := c.deps.Tensors.(outputStore)
+// tensorsOf is the store of owner's tensors: its bucket
+// (transport.TenantBucket of Config.NATS.Bucket), opened on first use and
+// kept; or, when Deps.Tensors was injected, its store of that bucket
+// (BucketTensors) or itself (one store for every tenant).
+func (c *Coordinator) tensorsOf(owner string) TensorDeleter {
+	if c.stores != nil {
+		return c.stores.bucket(transport.TenantBucket(c.bucket(), owner))
+	}
+	if bt, ok := c.deps.Tensors.(BucketTensors); ok {
+		return bt.ForBucket(transport.TenantBucket(c.bucket(), owner))
+	}
+	return c.deps.Tensors
+}
+
+// perBucket reports whether each tenant's tensors are in a store of their
+// own (tensorsOf differs by owner).
+func (c *Coordinator) perBucket() bool {
+	_, ok := c.deps.Tensors.(BucketTensors)
+	return c.stores != nil || ok
+}
+
+// BucketTensors is a Deps.Tensors that reaches every tenant's bucket:
+// ForBucket returns the store of one bucket (transport.TenantBucket of
+// Config.NATS.Bucket and the job's owner). A Deps.Tensors without it
+// serves every tenant's jobs from its one store.
+type BucketTensors interface {
+	TensorDeleter
+	ForBucket(bucket string) TensorDeleter
+}
+
+// outputsOf returns the store to check owner's outputs against (nil:
+// none).
+func (c *Coordinator) outputsOf(owner string) outputStore {
+	st, _ := c.tensorsOf(owner).(outputStore)
 	return st
+}
+
+// bucketStores reaches every tenant's bucket: one storeDeleter per
+// bucket, made on first use and kept (each opens its store lazily).
+type bucketStores struct {
+	conn *transport.Conn
+	cfg  transport.StoreConfig // the base bucket's; another bucket differs in its name only
+	log  *slog.Logger
+
+	mu sync.Mutex
+	m  map[string]*storeDeleter
+}
+
+func newBucketStores(conn *transport.Conn, cfg transport.StoreConfig, log *slog.Logger) *bucketStores {
+	return &bucketStores{conn: conn, cfg: cfg, log: log, m: map[string]*storeDeleter{}}
+}
+
+// bucket returns the store of bucket name.
+func (b *bucketStores) bucket(name string) *storeDeleter {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	d, ok := b.m[name]
+	if !ok {
+		cfg := b.cfg
+		cfg.Bucket = name
+		d = &storeDeleter{conn: b.conn, cfg: cfg, log: b.log}
+		b.m[name] = d
+	}
+	return d
 }
 
 // storeDeleter reaches the JetStream object store bucket, opened on first

@@ -122,6 +122,8 @@ func apiErrorOf(err error) *apiError {
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_NOT_LEADER, msg: err.Error(), wrap: err}
 	case errors.Is(err, ErrQueueFull):
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: strings.TrimPrefix(err.Error(), "coordinator: limit exceeded: "), wrap: err, retryAfter: queueRetryAfter}
+	case errors.Is(err, ErrTenantQuota):
+		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: strings.TrimPrefix(err.Error(), "coordinator: limit exceeded: tenant quota: "), wrap: err}
 	case errors.Is(err, ErrLimit):
 		return &apiError{code: pb.ErrorCode_ERROR_CODE_RESOURCE_EXHAUSTED, msg: err.Error(), wrap: err}
 	default:

@@ -203,7 +203,7 @@ func (l *leader) verified(j *cpb.Job) bool {
 // blocks that do not, and fails it after MaxVerifyTries re-plans.
 func (l *leader) complete(j *cpb.Job) {
 	c := l.c
-	st := c.outputs()
+	st := c.outputsOf(j.Owner)
 	if st == nil {
 		if forwardOfFB(j) {
 			l.locked(func() { l.verifying[j.Id] = &verifyState{epoch: j.Epoch} })
@@ -325,7 +325,7 @@ type outputsCheck struct {
 // the store ("" when all are there, or the store cannot tell now). The
 // answer is cached for outputsCheckEvery.
 func (l *leader) outputsMissing(j *cpb.Job) string {
-	st := l.c.outputs()
+	st := l.c.outputsOf(j.Owner)
 	if st == nil || j.State != pb.JobState_JOB_STATE_SUCCEEDED {
 		return ""
 	}

@@ -386,9 +386,19 @@ type LogSubmit struct {
 	// submit when this many jobs are QUEUED already, so the limit holds under
 	// concurrent submits and every replica decides alike. 0 (entries written
 	// before the field) means no limit.
-	MaxQueued     int64 `protobuf:"varint,4,opt,name=max_queued,json=maxQueued,proto3" json:"max_queued,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxQueued int64 `protobuf:"varint,4,opt,name=max_queued,json=maxQueued,proto3" json:"max_queued,omitempty"`
+	// owner is the tenant that submitted the job (transport.CallerOf of the
+	// submit request, never the request body): it alone may see and cancel
+	// the job, its tensors live in the owner's bucket and its idempotency
+	// key is the owner's. "" (entries written before v3) reads as
+	// "default".
+	Owner string `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
+	// max_active_per_tenant is the proposing leader's limit of the owner's
+	// QUEUED plus RUNNING jobs, decided in Apply like max_queued. 0 (and
+	// entries written before v3) means no limit.
+	MaxActivePerTenant int64 `protobuf:"varint,6,opt,name=max_active_per_tenant,json=maxActivePerTenant,proto3" json:"max_active_per_tenant,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *LogSubmit) Reset() {
@@ -445,6 +455,20 @@ func (x *LogSubmit) GetUnixMs() int64 {
 func (x *LogSubmit) GetMaxQueued() int64 {
 	if x != nil {
 		return x.MaxQueued
+	}
+	return 0
+}
+
+func (x *LogSubmit) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *LogSubmit) GetMaxActivePerTenant() int64 {
+	if x != nil {
+		return x.MaxActivePerTenant
 	}
 	return 0
 }
@@ -987,8 +1011,10 @@ type LogJob struct {
 	EpochDoneDkv   []int32                `protobuf:"varint,19,rep,packed,name=epoch_done_dkv,json=epochDoneDkv,proto3" json:"epoch_done_dkv,omitempty"`
 	DqChecksums    []*LogGradChecksum     `protobuf:"bytes,20,rep,name=dq_checksums,json=dqChecksums,proto3" json:"dq_checksums,omitempty"`
 	DkvChecksums   []*LogGradChecksum     `protobuf:"bytes,21,rep,name=dkv_checksums,json=dkvChecksums,proto3" json:"dkv_checksums,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// owner is the tenant that submitted the job ("" before v3: "default").
+	Owner         string `protobuf:"bytes,22,opt,name=owner,proto3" json:"owner,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LogJob) Reset() {
@@ -1166,6 +1192,13 @@ func (x *LogJob) GetDkvChecksums() []*LogGradChecksum {
 		return x.DkvChecksums
 	}
 	return nil
+}
+
+func (x *LogJob) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
 }
 
 // LogMask is a job's attention mask as submitted.
@@ -1910,13 +1943,15 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\aCommand\x128\n" +
 	"\x04type\x18\x01 \x01(\x0e2$.ringattn.coordinator.v1.CommandTypeR\x04type\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12\x18\n" +
-	"\aversion\x18\x03 \x01(\rR\aversion\"\x93\x01\n" +
+	"\aversion\x18\x03 \x01(\rR\aversion\"\xdc\x01\n" +
 	"\tLogSubmit\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x127\n" +
 	"\x04spec\x18\x02 \x01(\v2#.ringattn.coordinator.v1.LogJobSpecR\x04spec\x12\x17\n" +
 	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\x12\x1d\n" +
 	"\n" +
-	"max_queued\x18\x04 \x01(\x03R\tmaxQueued\"\xf8\x01\n" +
+	"max_queued\x18\x04 \x01(\x03R\tmaxQueued\x12\x14\n" +
+	"\x05owner\x18\x05 \x01(\tR\x05owner\x121\n" +
+	"\x15max_active_per_tenant\x18\x06 \x01(\x03R\x12maxActivePerTenant\"\xf8\x01\n" +
 	"\rLogStartEpoch\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x124\n" +
@@ -1956,7 +1991,7 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x16\n" +
 	"\x06blocks\x18\x03 \x03(\x05R\x06blocks\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x17\n" +
-	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\"\x91\a\n" +
+	"\aunix_ms\x18\x05 \x01(\x03R\x06unixMs\"\xa7\a\n" +
 	"\x06LogJob\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x127\n" +
 	"\x04spec\x18\x02 \x01(\v2#.ringattn.coordinator.v1.LogJobSpecR\x04spec\x12:\n" +
@@ -1982,7 +2017,8 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\repoch_done_dq\x18\x12 \x03(\x05R\vepochDoneDq\x12$\n" +
 	"\x0eepoch_done_dkv\x18\x13 \x03(\x05R\fepochDoneDkv\x12K\n" +
 	"\fdq_checksums\x18\x14 \x03(\v2(.ringattn.coordinator.v1.LogGradChecksumR\vdqChecksums\x12M\n" +
-	"\rdkv_checksums\x18\x15 \x03(\v2(.ringattn.coordinator.v1.LogGradChecksumR\fdkvChecksums\"\xb8\x01\n" +
+	"\rdkv_checksums\x18\x15 \x03(\v2(.ringattn.coordinator.v1.LogGradChecksumR\fdkvChecksums\x12\x14\n" +
+	"\x05owner\x18\x16 \x01(\tR\x05owner\"\xb8\x01\n" +
 	"\aLogMask\x12\x16\n" +
 	"\x06causal\x18\x01 \x01(\bR\x06causal\x12\x1a\n" +
 	"\bwindowed\x18\x02 \x01(\bR\bwindowed\x12\x1f\n" +

@@ -40,9 +40,14 @@ type Submit struct {
 	// submit when this many jobs are QUEUED already, so the limit holds under
 	// concurrent submits and every replica decides alike. 0 (entries written
 	// before the field) means no limit.
-	MaxQueued     int64 `protobuf:"varint,4,opt,name=max_queued,json=maxQueued,proto3" json:"max_queued,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MaxQueued int64 `protobuf:"varint,4,opt,name=max_queued,json=maxQueued,proto3" json:"max_queued,omitempty"`
+	// owner is the submitting tenant (never "": Apply reads "" as
+	// "default"); max_active_per_tenant the limit of its QUEUED plus
+	// RUNNING jobs (0: none). See raft.proto's LogSubmit.
+	Owner              string `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
+	MaxActivePerTenant int64  `protobuf:"varint,6,opt,name=max_active_per_tenant,json=maxActivePerTenant,proto3" json:"max_active_per_tenant,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *Submit) Reset() {
@@ -99,6 +104,20 @@ func (x *Submit) GetUnixMs() int64 {
 func (x *Submit) GetMaxQueued() int64 {
 	if x != nil {
 		return x.MaxQueued
+	}
+	return 0
+}
+
+func (x *Submit) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *Submit) GetMaxActivePerTenant() int64 {
+	if x != nil {
+		return x.MaxActivePerTenant
 	}
 	return 0
 }
@@ -329,11 +348,14 @@ type Job struct {
 	// epoch_done_dq/dkv its Done lists (as StartEpoch gave them);
 	// dq_checksums and dkv_checksums the gradient blocks written (all
 	// epochs, sorted by block; a block's first complete write is kept).
-	EpochMode     pb.JobMode         `protobuf:"varint,17,opt,name=epoch_mode,json=epochMode,proto3,enum=ringattn.v1.JobMode" json:"epoch_mode,omitempty"`
-	EpochDoneDq   []int32            `protobuf:"varint,18,rep,packed,name=epoch_done_dq,json=epochDoneDq,proto3" json:"epoch_done_dq,omitempty"`
-	EpochDoneDkv  []int32            `protobuf:"varint,19,rep,packed,name=epoch_done_dkv,json=epochDoneDkv,proto3" json:"epoch_done_dkv,omitempty"`
-	DqChecksums   []*pb.GradChecksum `protobuf:"bytes,20,rep,name=dq_checksums,json=dqChecksums,proto3" json:"dq_checksums,omitempty"`
-	DkvChecksums  []*pb.GradChecksum `protobuf:"bytes,21,rep,name=dkv_checksums,json=dkvChecksums,proto3" json:"dkv_checksums,omitempty"`
+	EpochMode    pb.JobMode         `protobuf:"varint,17,opt,name=epoch_mode,json=epochMode,proto3,enum=ringattn.v1.JobMode" json:"epoch_mode,omitempty"`
+	EpochDoneDq  []int32            `protobuf:"varint,18,rep,packed,name=epoch_done_dq,json=epochDoneDq,proto3" json:"epoch_done_dq,omitempty"`
+	EpochDoneDkv []int32            `protobuf:"varint,19,rep,packed,name=epoch_done_dkv,json=epochDoneDkv,proto3" json:"epoch_done_dkv,omitempty"`
+	DqChecksums  []*pb.GradChecksum `protobuf:"bytes,20,rep,name=dq_checksums,json=dqChecksums,proto3" json:"dq_checksums,omitempty"`
+	DkvChecksums []*pb.GradChecksum `protobuf:"bytes,21,rep,name=dkv_checksums,json=dkvChecksums,proto3" json:"dkv_checksums,omitempty"`
+	// owner is the tenant that submitted the job: only it (and the admin)
+	// sees and cancels the job; its tensors are in the owner's bucket.
+	Owner         string `protobuf:"bytes,22,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -515,17 +537,26 @@ func (x *Job) GetDkvChecksums() []*pb.GradChecksum {
 	return nil
 }
 
+func (x *Job) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
 var File_internal_coordinator_pb_state_proto protoreflect.FileDescriptor
 
 const file_internal_coordinator_pb_state_proto_rawDesc = "" +
 	"\n" +
-	"#internal/coordinator/pb/state.proto\x12\x17ringattn.coordinator.v1\x1a\x1apkg/transport/pb/api.proto\x1a\x1epkg/transport/pb/control.proto\"\x81\x01\n" +
+	"#internal/coordinator/pb/state.proto\x12\x17ringattn.coordinator.v1\x1a\x1apkg/transport/pb/api.proto\x1a\x1epkg/transport/pb/control.proto\"\xca\x01\n" +
 	"\x06Submit\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12(\n" +
 	"\x04spec\x18\x02 \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\x12\x17\n" +
 	"\aunix_ms\x18\x03 \x01(\x03R\x06unixMs\x12\x1d\n" +
 	"\n" +
-	"max_queued\x18\x04 \x01(\x03R\tmaxQueued\"\xd7\x01\n" +
+	"max_queued\x18\x04 \x01(\x03R\tmaxQueued\x12\x14\n" +
+	"\x05owner\x18\x05 \x01(\tR\x05owner\x121\n" +
+	"\x15max_active_per_tenant\x18\x06 \x01(\x03R\x12maxActivePerTenant\"\xd7\x01\n" +
 	"\n" +
 	"StartEpoch\x12\x15\n" +
 	"\x06job_id\x18\x01 \x01(\tR\x05jobId\x12\x14\n" +
@@ -544,7 +575,7 @@ const file_internal_coordinator_pb_state_proto_rawDesc = "" +
 	"\aunix_ms\x18\x06 \x01(\x03R\x06unixMs\x126\n" +
 	"\tdq_blocks\x18\a \x03(\v2\x19.ringattn.v1.GradChecksumR\bdqBlocks\x128\n" +
 	"\n" +
-	"dkv_blocks\x18\b \x03(\v2\x19.ringattn.v1.GradChecksumR\tdkvBlocks\"\xa5\x06\n" +
+	"dkv_blocks\x18\b \x03(\v2\x19.ringattn.v1.GradChecksumR\tdkvBlocks\"\xbb\x06\n" +
 	"\x03Job\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12(\n" +
 	"\x04spec\x18\x02 \x01(\v2\x14.ringattn.v1.JobSpecR\x04spec\x12+\n" +
@@ -570,7 +601,8 @@ const file_internal_coordinator_pb_state_proto_rawDesc = "" +
 	"\repoch_done_dq\x18\x12 \x03(\x05R\vepochDoneDq\x12$\n" +
 	"\x0eepoch_done_dkv\x18\x13 \x03(\x05R\fepochDoneDkv\x12<\n" +
 	"\fdq_checksums\x18\x14 \x03(\v2\x19.ringattn.v1.GradChecksumR\vdqChecksums\x12>\n" +
-	"\rdkv_checksums\x18\x15 \x03(\v2\x19.ringattn.v1.GradChecksumR\fdkvChecksumsB6Z4github.com/ringattn/ringattn/internal/coordinator/pbb\x06proto3"
+	"\rdkv_checksums\x18\x15 \x03(\v2\x19.ringattn.v1.GradChecksumR\fdkvChecksums\x12\x14\n" +
+	"\x05owner\x18\x16 \x01(\tR\x05ownerB6Z4github.com/ringattn/ringattn/internal/coordinator/pbb\x06proto3"
 
 var (
 	file_internal_coordinator_pb_state_proto_rawDescOnce sync.Once
