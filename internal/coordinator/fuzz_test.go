@@ -130,6 +130,14 @@ func FuzzRaftCommand(f *testing.F) {
 			Mode: pb.JobMode_JOB_MODE_BACKWARD, DoneDq: []int32{1}, DoneDkv: []int32{0, 1}}),
 		add(cpb.CommandType_COMMAND_TYPE_SHARD_DONE, &cpb.ShardDone{JobId: "j-fuzz", Epoch: 1, Rank: 1, WorkerId: "w2",
 			DqBlocks: []*pb.GradChecksum{{Block: 2, Crc32C: 1}}, DkvBlocks: []*pb.GradChecksum{{Block: 3, Crc32C: 2, Crc32CDv: 3}}}),
+		// Tenants: another tenant's submit with a key the default tenant
+		// uses; the default tenant at its active-jobs quota (j-q queued,
+		// j-fuzz running), and with room.
+		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-alice", Spec: attnSpec("q", 256), UnixMs: 5, Owner: "alice"}),
+		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-quota", Spec: attnSpec("quota", 256), UnixMs: 5,
+			Owner: "default", MaxActivePerTenant: 2}),
+		add(cpb.CommandType_COMMAND_TYPE_SUBMIT, &cpb.Submit{JobId: "j-quota", Spec: attnSpec("quota", 256), UnixMs: 5,
+			Owner: "bob", MaxActivePerTenant: 1}),
 	)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		st := fuzzState(t)
