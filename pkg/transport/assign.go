@@ -11,13 +11,14 @@ import (
 
 // ParamsFromSpec is the kernel parameters an assignment of a job with spec
 // s carries: the spec's shape, mask, dtype and flags, with the scale
-// resolved (ResolveScale), so every rank computes with the same one.
+// resolved (ResolveScale), so every rank computes with the same one, and
+// the wire dtype resolved by EffectiveWire.
 func ParamsFromSpec(s *pb.JobSpec) *pb.KernelParams {
 	return &pb.KernelParams{
 		Kind: s.GetKind(), B: s.GetB(), Hq: s.GetHq(), Hkv: s.GetHkv(), D: s.GetD(), DModel: s.GetDModel(),
-		Mask: s.GetMask(), Scale: ResolveScale(s.GetScale(), s.GetD()), WireDtype: s.GetWireDtype(),
+		Mask: s.GetMask(), Scale: ResolveScale(s.GetScale(), s.GetD()), WireDtype: EffectiveWire(s.GetWireDtype(), s.GetPrecision()),
 		WantLse: s.GetWantLse(), AllowNonfinite: s.GetAllowNonfinite(), MhaBias: s.GetMhaBias(),
-		Mode: s.GetMode(),
+		Mode: s.GetMode(), Precision: s.GetPrecision(),
 	}
 }
 
@@ -50,7 +51,11 @@ func JobFromPB(kp *pb.KernelParams, pp *pb.Plan, lim shard.Limits) (*Job, error)
 	if !(scale > 0) || math.IsInf(scale, 0) || !validScale32(scale) {
 		return nil, fieldError("params.scale", "%v: want a resolved scale %g..%g", scale, minScale, maxScale)
 	}
-	eb, fe := elemBytes("params.wire_dtype", kp.GetWireDtype())
+	prec, fe := precisionOf("params.precision", kp.GetPrecision())
+	if fe != nil {
+		return nil, fe
+	}
+	eb, fe := elemBytes("params.wire_dtype", EffectiveWire(kp.GetWireDtype(), kp.GetPrecision()))
 	if fe != nil {
 		return nil, fe
 	}
@@ -65,7 +70,7 @@ func JobFromPB(kp *pb.KernelParams, pp *pb.Plan, lim shard.Limits) (*Job, error)
 	}
 	req := plan.Request
 	params := kernels.Params{Shape: kernels.Shape{B: req.B, Hq: req.Hq, Hkv: req.Hkv, D: req.D}, N: req.N, Nk: req.Nk,
-		Scale: float32(scale), Mask: KernelMask(req.Mask)}
+		Scale: float32(scale), Mask: KernelMask(req.Mask), Precision: prec}
 	if err := params.Validate(); err != nil {
 		return nil, fieldError("params", "%s", strings.TrimPrefix(err.Error(), kernels.ErrInvalid.Error()+": "))
 	}

@@ -220,10 +220,43 @@ func elemBytes(field string, dt pb.WireDType) (int, *FieldError) {
 	return 0, fieldError(field, "%v: want WIRE_DTYPE_F32 or WIRE_DTYPE_BF16", dt)
 }
 
+// precisionOf decodes a wire precision, or a FieldError naming field.
+func precisionOf(field string, p pb.Precision) (kernels.Precision, *FieldError) {
+	switch p {
+	case pb.Precision_PRECISION_FP32:
+		return kernels.PrecisionF32, nil
+	case pb.Precision_PRECISION_BF16:
+		return kernels.PrecisionBF16, nil
+	}
+	return 0, fieldError(field, "%v: want PRECISION_FP32 or PRECISION_BF16", p)
+}
+
+// PrecisionFromPB decodes a wire precision for the kernels; an unknown
+// value is a *FieldError naming "spec.precision".
+func PrecisionFromPB(p pb.Precision) (kernels.Precision, error) {
+	k, fe := precisionOf("spec.precision", p)
+	if fe != nil {
+		return 0, fe
+	}
+	return k, nil
+}
+
+// EffectiveWire is the wire dtype of a job's key/value blocks: dt, except
+// that a bf16 job (precision PRECISION_BF16) that leaves dt UNSPECIFIED
+// sends bf16, since its kernels round K and V to bf16 on arrival anyway
+// (bit-identical results, half the bytes). An explicit WIRE_DTYPE_F32
+// stays f32.
+func EffectiveWire(dt pb.WireDType, p pb.Precision) pb.WireDType {
+	if dt == pb.WireDType_WIRE_DTYPE_UNSPECIFIED && p == pb.Precision_PRECISION_BF16 {
+		return pb.WireDType_WIRE_DTYPE_BF16
+	}
+	return dt
+}
+
 // SpecToRequest decodes a submitted job spec into the planner's request
 // over ranks ranks and the job's tensors, checked against lim (the rules
 // the CLI, the SDK, the coordinator and the workers all apply): kind and
-// its fields, scale, wire dtype, mask, shape, block, strategy and size.
+// its fields, scale, precision, wire dtype, mask, shape, block, strategy and size.
 // Errors are *FieldError naming "spec.<field>". It does not check what
 // only the API has (names, deadline, parallelism). The caller sets
 // Weights and QBlocks on the request when it plans an epoch.
@@ -249,7 +282,10 @@ func SpecToRequest(spec *pb.JobSpec, ranks int, lim shard.Limits) (shard.Request
 	if s := spec.GetScale(); math.IsNaN(s) || math.IsInf(s, 0) || s < 0 || (s != 0 && !validScale32(s)) {
 		return shard.Request{}, shard.Tensors{}, fieldError("spec.scale", "%v: want %g..%g (or 0 for 1/sqrt(d))", s, minScale, maxScale)
 	}
-	eb, fe := elemBytes("spec.wire_dtype", spec.GetWireDtype())
+	if _, fe := precisionOf("spec.precision", spec.GetPrecision()); fe != nil {
+		return shard.Request{}, shard.Tensors{}, fe
+	}
+	eb, fe := elemBytes("spec.wire_dtype", EffectiveWire(spec.GetWireDtype(), spec.GetPrecision()))
 	if fe != nil {
 		return shard.Request{}, shard.Tensors{}, fe
 	}

@@ -130,6 +130,56 @@ func (WireDType) EnumDescriptor() ([]byte, []int) {
 	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{1}
 }
 
+// Precision is the arithmetic of an attention forward pass's products
+// Q·K^T and P·V (kernels.Precision). BF16 rounds scale·Q, K, V and the
+// probabilities to bfloat16; softmax statistics and accumulation stay
+// float32. The backward pass always computes in float32.
+type Precision int32
+
+const (
+	Precision_PRECISION_FP32 Precision = 0 // the default
+	Precision_PRECISION_BF16 Precision = 1
+)
+
+// Enum value maps for Precision.
+var (
+	Precision_name = map[int32]string{
+		0: "PRECISION_FP32",
+		1: "PRECISION_BF16",
+	}
+	Precision_value = map[string]int32{
+		"PRECISION_FP32": 0,
+		"PRECISION_BF16": 1,
+	}
+)
+
+func (x Precision) Enum() *Precision {
+	p := new(Precision)
+	*p = x
+	return p
+}
+
+func (x Precision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Precision) Descriptor() protoreflect.EnumDescriptor {
+	return file_pkg_transport_pb_api_proto_enumTypes[2].Descriptor()
+}
+
+func (Precision) Type() protoreflect.EnumType {
+	return &file_pkg_transport_pb_api_proto_enumTypes[2]
+}
+
+func (x Precision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Precision.Descriptor instead.
+func (Precision) EnumDescriptor() ([]byte, []int) {
+	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{2}
+}
+
 // JobState is the life of a job (DESIGN §3).
 // JobMode says which passes an attention job runs.
 //
@@ -172,11 +222,11 @@ func (x JobMode) String() string {
 }
 
 func (JobMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_pkg_transport_pb_api_proto_enumTypes[2].Descriptor()
+	return file_pkg_transport_pb_api_proto_enumTypes[3].Descriptor()
 }
 
 func (JobMode) Type() protoreflect.EnumType {
-	return &file_pkg_transport_pb_api_proto_enumTypes[2]
+	return &file_pkg_transport_pb_api_proto_enumTypes[3]
 }
 
 func (x JobMode) Number() protoreflect.EnumNumber {
@@ -185,7 +235,7 @@ func (x JobMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobMode.Descriptor instead.
 func (JobMode) EnumDescriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{2}
+	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{3}
 }
 
 type JobState int32
@@ -233,11 +283,11 @@ func (x JobState) String() string {
 }
 
 func (JobState) Descriptor() protoreflect.EnumDescriptor {
-	return file_pkg_transport_pb_api_proto_enumTypes[3].Descriptor()
+	return file_pkg_transport_pb_api_proto_enumTypes[4].Descriptor()
 }
 
 func (JobState) Type() protoreflect.EnumType {
-	return &file_pkg_transport_pb_api_proto_enumTypes[3]
+	return &file_pkg_transport_pb_api_proto_enumTypes[4]
 }
 
 func (x JobState) Number() protoreflect.EnumNumber {
@@ -246,7 +296,7 @@ func (x JobState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use JobState.Descriptor instead.
 func (JobState) EnumDescriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{3}
+	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{4}
 }
 
 // ErrorCode classifies API errors.
@@ -309,11 +359,11 @@ func (x ErrorCode) String() string {
 }
 
 func (ErrorCode) Descriptor() protoreflect.EnumDescriptor {
-	return file_pkg_transport_pb_api_proto_enumTypes[4].Descriptor()
+	return file_pkg_transport_pb_api_proto_enumTypes[5].Descriptor()
 }
 
 func (ErrorCode) Type() protoreflect.EnumType {
-	return &file_pkg_transport_pb_api_proto_enumTypes[4]
+	return &file_pkg_transport_pb_api_proto_enumTypes[5]
 }
 
 func (x ErrorCode) Number() protoreflect.EnumNumber {
@@ -322,7 +372,7 @@ func (x ErrorCode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ErrorCode.Descriptor instead.
 func (ErrorCode) EnumDescriptor() ([]byte, []int) {
-	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{4}
+	return file_pkg_transport_pb_api_proto_rawDescGZIP(), []int{5}
 }
 
 // Mask is the attention mask, in the coordinates of DESIGN §2 (bottom-right
@@ -456,7 +506,11 @@ type JobSpec struct {
 	// empty means they were uploaded under the idempotency key.
 	InputRef string `protobuf:"bytes,21,opt,name=input_ref,json=inputRef,proto3" json:"input_ref,omitempty"`
 	// mode: forward (the default), backward, or forward then backward.
-	Mode          JobMode `protobuf:"varint,22,opt,name=mode,proto3,enum=ringattn.v1.JobMode" json:"mode,omitempty"`
+	Mode JobMode `protobuf:"varint,22,opt,name=mode,proto3,enum=ringattn.v1.JobMode" json:"mode,omitempty"`
+	// precision of the forward pass's products; FP32 by default. BF16 with
+	// wire_dtype UNSPECIFIED sends key/value blocks as bf16 too (the kernel
+	// rounds them to bf16 anyway, so the result is the same).
+	Precision     Precision `protobuf:"varint,23,opt,name=precision,proto3,enum=ringattn.v1.Precision" json:"precision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -643,6 +697,13 @@ func (x *JobSpec) GetMode() JobMode {
 		return x.Mode
 	}
 	return JobMode_JOB_MODE_FORWARD
+}
+
+func (x *JobSpec) GetPrecision() Precision {
+	if x != nil {
+		return x.Precision
+	}
+	return Precision_PRECISION_FP32
 }
 
 // JobStatus is the externally visible state of a job.
@@ -1664,7 +1725,7 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"windowLeft\x12!\n" +
 	"\fwindow_right\x18\x04 \x01(\x03R\vwindowRight\x12\x18\n" +
 	"\aseqlens\x18\x05 \x03(\x03R\aseqlens\x12\x1b\n" +
-	"\tseqlens_k\x18\x06 \x03(\x03R\bseqlensK\"\x85\x05\n" +
+	"\tseqlens_k\x18\x06 \x03(\x03R\bseqlensK\"\xbb\x05\n" +
 	"\aJobSpec\x12(\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x14.ringattn.v1.JobKindR\x04kind\x12\f\n" +
 	"\x01b\x18\x02 \x01(\x03R\x01b\x12\x0e\n" +
@@ -1689,7 +1750,8 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\bwant_lse\x18\x13 \x01(\bR\awantLse\x12\x19\n" +
 	"\bmha_bias\x18\x14 \x01(\bR\amhaBias\x12\x1b\n" +
 	"\tinput_ref\x18\x15 \x01(\tR\binputRef\x12(\n" +
-	"\x04mode\x18\x16 \x01(\x0e2\x14.ringattn.v1.JobModeR\x04mode\"\xcb\x04\n" +
+	"\x04mode\x18\x16 \x01(\x0e2\x14.ringattn.v1.JobModeR\x04mode\x124\n" +
+	"\tprecision\x18\x17 \x01(\x0e2\x16.ringattn.v1.PrecisionR\tprecision\"\xcb\x04\n" +
 	"\tJobStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12+\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x15.ringattn.v1.JobStateR\x05state\x12\x14\n" +
@@ -1784,7 +1846,10 @@ const file_pkg_transport_pb_api_proto_rawDesc = "" +
 	"\tWireDType\x12\x1a\n" +
 	"\x16WIRE_DTYPE_UNSPECIFIED\x10\x00\x12\x12\n" +
 	"\x0eWIRE_DTYPE_F32\x10\x01\x12\x13\n" +
-	"\x0fWIRE_DTYPE_BF16\x10\x02*U\n" +
+	"\x0fWIRE_DTYPE_BF16\x10\x02*3\n" +
+	"\tPrecision\x12\x12\n" +
+	"\x0ePRECISION_FP32\x10\x00\x12\x12\n" +
+	"\x0ePRECISION_BF16\x10\x01*U\n" +
 	"\aJobMode\x12\x14\n" +
 	"\x10JOB_MODE_FORWARD\x10\x00\x12\x15\n" +
 	"\x11JOB_MODE_BACKWARD\x10\x01\x12\x1d\n" +
@@ -1820,59 +1885,61 @@ func file_pkg_transport_pb_api_proto_rawDescGZIP() []byte {
 	return file_pkg_transport_pb_api_proto_rawDescData
 }
 
-var file_pkg_transport_pb_api_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_pkg_transport_pb_api_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
 var file_pkg_transport_pb_api_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_pkg_transport_pb_api_proto_goTypes = []any{
 	(JobKind)(0),           // 0: ringattn.v1.JobKind
 	(WireDType)(0),         // 1: ringattn.v1.WireDType
-	(JobMode)(0),           // 2: ringattn.v1.JobMode
-	(JobState)(0),          // 3: ringattn.v1.JobState
-	(ErrorCode)(0),         // 4: ringattn.v1.ErrorCode
-	(*Mask)(nil),           // 5: ringattn.v1.Mask
-	(*JobSpec)(nil),        // 6: ringattn.v1.JobSpec
-	(*JobStatus)(nil),      // 7: ringattn.v1.JobStatus
-	(*Error)(nil),          // 8: ringattn.v1.Error
-	(*SubmitRequest)(nil),  // 9: ringattn.v1.SubmitRequest
-	(*SubmitReply)(nil),    // 10: ringattn.v1.SubmitReply
-	(*GetRequest)(nil),     // 11: ringattn.v1.GetRequest
-	(*GetReply)(nil),       // 12: ringattn.v1.GetReply
-	(*CancelRequest)(nil),  // 13: ringattn.v1.CancelRequest
-	(*CancelReply)(nil),    // 14: ringattn.v1.CancelReply
-	(*ListRequest)(nil),    // 15: ringattn.v1.ListRequest
-	(*ListReply)(nil),      // 16: ringattn.v1.ListReply
-	(*ClusterRequest)(nil), // 17: ringattn.v1.ClusterRequest
-	(*Peer)(nil),           // 18: ringattn.v1.Peer
-	(*WorkerInfo)(nil),     // 19: ringattn.v1.WorkerInfo
-	(*ClusterReply)(nil),   // 20: ringattn.v1.ClusterReply
-	nil,                    // 21: ringattn.v1.ClusterReply.JobsByStateEntry
+	(Precision)(0),         // 2: ringattn.v1.Precision
+	(JobMode)(0),           // 3: ringattn.v1.JobMode
+	(JobState)(0),          // 4: ringattn.v1.JobState
+	(ErrorCode)(0),         // 5: ringattn.v1.ErrorCode
+	(*Mask)(nil),           // 6: ringattn.v1.Mask
+	(*JobSpec)(nil),        // 7: ringattn.v1.JobSpec
+	(*JobStatus)(nil),      // 8: ringattn.v1.JobStatus
+	(*Error)(nil),          // 9: ringattn.v1.Error
+	(*SubmitRequest)(nil),  // 10: ringattn.v1.SubmitRequest
+	(*SubmitReply)(nil),    // 11: ringattn.v1.SubmitReply
+	(*GetRequest)(nil),     // 12: ringattn.v1.GetRequest
+	(*GetReply)(nil),       // 13: ringattn.v1.GetReply
+	(*CancelRequest)(nil),  // 14: ringattn.v1.CancelRequest
+	(*CancelReply)(nil),    // 15: ringattn.v1.CancelReply
+	(*ListRequest)(nil),    // 16: ringattn.v1.ListRequest
+	(*ListReply)(nil),      // 17: ringattn.v1.ListReply
+	(*ClusterRequest)(nil), // 18: ringattn.v1.ClusterRequest
+	(*Peer)(nil),           // 19: ringattn.v1.Peer
+	(*WorkerInfo)(nil),     // 20: ringattn.v1.WorkerInfo
+	(*ClusterReply)(nil),   // 21: ringattn.v1.ClusterReply
+	nil,                    // 22: ringattn.v1.ClusterReply.JobsByStateEntry
 }
 var file_pkg_transport_pb_api_proto_depIdxs = []int32{
 	0,  // 0: ringattn.v1.JobSpec.kind:type_name -> ringattn.v1.JobKind
-	5,  // 1: ringattn.v1.JobSpec.mask:type_name -> ringattn.v1.Mask
+	6,  // 1: ringattn.v1.JobSpec.mask:type_name -> ringattn.v1.Mask
 	1,  // 2: ringattn.v1.JobSpec.wire_dtype:type_name -> ringattn.v1.WireDType
-	2,  // 3: ringattn.v1.JobSpec.mode:type_name -> ringattn.v1.JobMode
-	3,  // 4: ringattn.v1.JobStatus.state:type_name -> ringattn.v1.JobState
-	6,  // 5: ringattn.v1.JobStatus.spec:type_name -> ringattn.v1.JobSpec
-	4,  // 6: ringattn.v1.Error.code:type_name -> ringattn.v1.ErrorCode
-	6,  // 7: ringattn.v1.SubmitRequest.spec:type_name -> ringattn.v1.JobSpec
-	8,  // 8: ringattn.v1.SubmitReply.error:type_name -> ringattn.v1.Error
-	7,  // 9: ringattn.v1.SubmitReply.job:type_name -> ringattn.v1.JobStatus
-	8,  // 10: ringattn.v1.GetReply.error:type_name -> ringattn.v1.Error
-	7,  // 11: ringattn.v1.GetReply.job:type_name -> ringattn.v1.JobStatus
-	8,  // 12: ringattn.v1.CancelReply.error:type_name -> ringattn.v1.Error
-	7,  // 13: ringattn.v1.CancelReply.job:type_name -> ringattn.v1.JobStatus
-	3,  // 14: ringattn.v1.ListRequest.states:type_name -> ringattn.v1.JobState
-	8,  // 15: ringattn.v1.ListReply.error:type_name -> ringattn.v1.Error
-	7,  // 16: ringattn.v1.ListReply.jobs:type_name -> ringattn.v1.JobStatus
-	8,  // 17: ringattn.v1.ClusterReply.error:type_name -> ringattn.v1.Error
-	18, // 18: ringattn.v1.ClusterReply.peers:type_name -> ringattn.v1.Peer
-	19, // 19: ringattn.v1.ClusterReply.workers:type_name -> ringattn.v1.WorkerInfo
-	21, // 20: ringattn.v1.ClusterReply.jobs_by_state:type_name -> ringattn.v1.ClusterReply.JobsByStateEntry
-	21, // [21:21] is the sub-list for method output_type
-	21, // [21:21] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	3,  // 3: ringattn.v1.JobSpec.mode:type_name -> ringattn.v1.JobMode
+	2,  // 4: ringattn.v1.JobSpec.precision:type_name -> ringattn.v1.Precision
+	4,  // 5: ringattn.v1.JobStatus.state:type_name -> ringattn.v1.JobState
+	7,  // 6: ringattn.v1.JobStatus.spec:type_name -> ringattn.v1.JobSpec
+	5,  // 7: ringattn.v1.Error.code:type_name -> ringattn.v1.ErrorCode
+	7,  // 8: ringattn.v1.SubmitRequest.spec:type_name -> ringattn.v1.JobSpec
+	9,  // 9: ringattn.v1.SubmitReply.error:type_name -> ringattn.v1.Error
+	8,  // 10: ringattn.v1.SubmitReply.job:type_name -> ringattn.v1.JobStatus
+	9,  // 11: ringattn.v1.GetReply.error:type_name -> ringattn.v1.Error
+	8,  // 12: ringattn.v1.GetReply.job:type_name -> ringattn.v1.JobStatus
+	9,  // 13: ringattn.v1.CancelReply.error:type_name -> ringattn.v1.Error
+	8,  // 14: ringattn.v1.CancelReply.job:type_name -> ringattn.v1.JobStatus
+	4,  // 15: ringattn.v1.ListRequest.states:type_name -> ringattn.v1.JobState
+	9,  // 16: ringattn.v1.ListReply.error:type_name -> ringattn.v1.Error
+	8,  // 17: ringattn.v1.ListReply.jobs:type_name -> ringattn.v1.JobStatus
+	9,  // 18: ringattn.v1.ClusterReply.error:type_name -> ringattn.v1.Error
+	19, // 19: ringattn.v1.ClusterReply.peers:type_name -> ringattn.v1.Peer
+	20, // 20: ringattn.v1.ClusterReply.workers:type_name -> ringattn.v1.WorkerInfo
+	22, // 21: ringattn.v1.ClusterReply.jobs_by_state:type_name -> ringattn.v1.ClusterReply.JobsByStateEntry
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_pkg_transport_pb_api_proto_init() }
@@ -1885,7 +1952,7 @@ func file_pkg_transport_pb_api_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pkg_transport_pb_api_proto_rawDesc), len(file_pkg_transport_pb_api_proto_rawDesc)),
-			NumEnums:      5,
+			NumEnums:      6,
 			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -428,7 +428,9 @@ type KernelParams struct {
 	// forward+backward job is assigned as forward epochs, then backward
 	// ones). A BACKWARD rank reads q, do, o, lse by query block and k, v by
 	// key block; q, k, v, do from input_ref, o and lse from o_lse_ref.
-	Mode          JobMode `protobuf:"varint,13,opt,name=mode,proto3,enum=ringattn.v1.JobMode" json:"mode,omitempty"`
+	Mode JobMode `protobuf:"varint,13,opt,name=mode,proto3,enum=ringattn.v1.JobMode" json:"mode,omitempty"`
+	// precision of the forward pass's products (JobSpec.precision).
+	Precision     Precision `protobuf:"varint,14,opt,name=precision,proto3,enum=ringattn.v1.Precision" json:"precision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -552,6 +554,13 @@ func (x *KernelParams) GetMode() JobMode {
 		return x.Mode
 	}
 	return JobMode_JOB_MODE_FORWARD
+}
+
+func (x *KernelParams) GetPrecision() Precision {
+	if x != nil {
+		return x.Precision
+	}
+	return Precision_PRECISION_FP32
 }
 
 // RankPlan is one rank's share of an epoch's plan (shard.Rank).
@@ -1557,7 +1566,7 @@ const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	"\fHeartbeatAck\x12\x1b\n" +
 	"\tleader_id\x18\x01 \x01(\tR\bleaderId\x12\x12\n" +
 	"\x04term\x18\x02 \x01(\x04R\x04term\x12+\n" +
-	"\x05abort\x18\x03 \x03(\v2\x15.ringattn.v1.ShardRefR\x05abort\"\x8c\x03\n" +
+	"\x05abort\x18\x03 \x03(\v2\x15.ringattn.v1.ShardRefR\x05abort\"\xc2\x03\n" +
 	"\fKernelParams\x12(\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x14.ringattn.v1.JobKindR\x04kind\x12\f\n" +
 	"\x01b\x18\x02 \x01(\x03R\x01b\x12\x0e\n" +
@@ -1573,7 +1582,8 @@ const file_pkg_transport_pb_control_proto_rawDesc = "" +
 	" \x01(\bR\awantLse\x12'\n" +
 	"\x0fallow_nonfinite\x18\v \x01(\bR\x0eallowNonfinite\x12\x19\n" +
 	"\bmha_bias\x18\f \x01(\bR\amhaBias\x12(\n" +
-	"\x04mode\x18\r \x01(\x0e2\x14.ringattn.v1.JobModeR\x04mode\"\x89\x01\n" +
+	"\x04mode\x18\r \x01(\x0e2\x14.ringattn.v1.JobModeR\x04mode\x124\n" +
+	"\tprecision\x18\x0e \x01(\x0e2\x16.ringattn.v1.PrecisionR\tprecision\"\x89\x01\n" +
 	"\bRankPlan\x12\x19\n" +
 	"\bq_blocks\x18\x01 \x03(\x05R\aqBlocks\x12\x1b\n" +
 	"\tkv_blocks\x18\x02 \x03(\x05R\bkvBlocks\x12\x12\n" +
@@ -1710,7 +1720,8 @@ var file_pkg_transport_pb_control_proto_goTypes = []any{
 	(*Mask)(nil),          // 18: ringattn.v1.Mask
 	(WireDType)(0),        // 19: ringattn.v1.WireDType
 	(JobMode)(0),          // 20: ringattn.v1.JobMode
-	(JobState)(0),         // 21: ringattn.v1.JobState
+	(Precision)(0),        // 21: ringattn.v1.Precision
+	(JobState)(0),         // 22: ringattn.v1.JobState
 }
 var file_pkg_transport_pb_control_proto_depIdxs = []int32{
 	2,  // 0: ringattn.v1.Heartbeat.running:type_name -> ringattn.v1.ShardRef
@@ -1719,23 +1730,24 @@ var file_pkg_transport_pb_control_proto_depIdxs = []int32{
 	18, // 3: ringattn.v1.KernelParams.mask:type_name -> ringattn.v1.Mask
 	19, // 4: ringattn.v1.KernelParams.wire_dtype:type_name -> ringattn.v1.WireDType
 	20, // 5: ringattn.v1.KernelParams.mode:type_name -> ringattn.v1.JobMode
-	6,  // 6: ringattn.v1.Plan.ranks:type_name -> ringattn.v1.RankPlan
-	7,  // 7: ringattn.v1.Assignment.plan:type_name -> ringattn.v1.Plan
-	5,  // 8: ringattn.v1.Assignment.params:type_name -> ringattn.v1.KernelParams
-	10, // 9: ringattn.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
-	11, // 10: ringattn.v1.ShardDone.dq_blocks:type_name -> ringattn.v1.GradChecksum
-	11, // 11: ringattn.v1.ShardDone.dkv_blocks:type_name -> ringattn.v1.GradChecksum
-	12, // 12: ringattn.v1.Report.done:type_name -> ringattn.v1.ShardDone
-	13, // 13: ringattn.v1.Report.failed:type_name -> ringattn.v1.ShardFailed
-	0,  // 14: ringattn.v1.ReportAck.status:type_name -> ringattn.v1.ReportStatus
-	21, // 15: ringattn.v1.ReportAck.job_state:type_name -> ringattn.v1.JobState
-	1,  // 16: ringattn.v1.JobEvent.type:type_name -> ringattn.v1.JobEventType
-	21, // 17: ringattn.v1.JobEvent.state:type_name -> ringattn.v1.JobState
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	21, // 6: ringattn.v1.KernelParams.precision:type_name -> ringattn.v1.Precision
+	6,  // 7: ringattn.v1.Plan.ranks:type_name -> ringattn.v1.RankPlan
+	7,  // 8: ringattn.v1.Assignment.plan:type_name -> ringattn.v1.Plan
+	5,  // 9: ringattn.v1.Assignment.params:type_name -> ringattn.v1.KernelParams
+	10, // 10: ringattn.v1.ShardDone.blocks:type_name -> ringattn.v1.BlockChecksum
+	11, // 11: ringattn.v1.ShardDone.dq_blocks:type_name -> ringattn.v1.GradChecksum
+	11, // 12: ringattn.v1.ShardDone.dkv_blocks:type_name -> ringattn.v1.GradChecksum
+	12, // 13: ringattn.v1.Report.done:type_name -> ringattn.v1.ShardDone
+	13, // 14: ringattn.v1.Report.failed:type_name -> ringattn.v1.ShardFailed
+	0,  // 15: ringattn.v1.ReportAck.status:type_name -> ringattn.v1.ReportStatus
+	22, // 16: ringattn.v1.ReportAck.job_state:type_name -> ringattn.v1.JobState
+	1,  // 17: ringattn.v1.JobEvent.type:type_name -> ringattn.v1.JobEventType
+	22, // 18: ringattn.v1.JobEvent.state:type_name -> ringattn.v1.JobState
+	19, // [19:19] is the sub-list for method output_type
+	19, // [19:19] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_pkg_transport_pb_control_proto_init() }
