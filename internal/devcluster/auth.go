@@ -3,76 +3,22 @@ package devcluster
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
-	"sort"
 
+	"github.com/ringattn/ringattn/internal/authkeys"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
 
 // Credentials are the nkey seed files of a dev cluster started with
-// Config.Auth, one per identity, in Dir (mode 0700; each file 0600). They
-// are kept across restarts on the same data dir.
-type Credentials struct {
-	Dir         string
-	Coordinator string
-	Admin       string
-	// Workers maps a worker id to its seed file; Clients a tenant.
-	Workers map[string]string
-	Clients map[string]string
-}
-
-// Tenants returns the tenants with client credentials, sorted.
-func (c *Credentials) Tenants() []string {
-	var out []string
-	for t := range c.Clients {
-		out = append(out, t)
-	}
-	sort.Strings(out)
-	return out
-}
+// Config.Auth, one per identity, in DataDir/auth (see authkeys).
+type Credentials = authkeys.Credentials
 
 // authSetup creates (or loads) the credentials of every identity of the
-// cluster under dir and returns them with the server's users: each
-// identity's public nkey and the permissions of its role.
+// cluster under dir and returns them with the server's users.
 func authSetup(dir string, subj transport.Subjects, bucket string, workers, tenants []string) (*Credentials, []transport.EmbeddedUser, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("devcluster: credentials dir: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, nil, fmt.Errorf("devcluster: credentials dir: %w", err)
-	}
-	creds := &Credentials{Dir: dir, Workers: map[string]string{}, Clients: map[string]string{}}
-	var users []transport.EmbeddedUser
-	add := func(file string, role transport.Role, id string) (string, error) {
-		path := filepath.Join(dir, file)
-		pub, err := transport.EnsureNKeySeed(path)
-		if err != nil {
-			return "", err
-		}
-		users = append(users, transport.EmbeddedUser{NKey: pub, Permissions: subj.BucketPermissions(role, id, bucket)})
-		return path, nil
-	}
-	var err error
-	if creds.Coordinator, err = add("coordinator.nk", transport.RoleCoordinator, ""); err != nil {
-		return nil, nil, err
-	}
-	if creds.Admin, err = add("admin.nk", transport.RoleAdmin, ""); err != nil {
-		return nil, nil, err
-	}
-	for _, w := range workers {
-		if creds.Workers[w], err = add(w+".nk", transport.RoleWorker, w); err != nil {
-			return nil, nil, err
-		}
-	}
-	for _, t := range tenants {
-		if err := transport.ValidateJobTenant(t); err != nil || t == "" {
-			return nil, nil, fmt.Errorf("devcluster: tenant %q: want 1..128 characters of [A-Za-z0-9_-], not starting with \"_\"", t)
-		}
-		if creds.Clients[t], err = add("client-"+t+".nk", transport.RoleClient, t); err != nil {
-			return nil, nil, err
-		}
+	creds, users, err := authkeys.Setup(dir, subj, bucket, workers, tenants)
+	if err != nil {
+		return nil, nil, fmt.Errorf("devcluster: %w", err)
 	}
 	return creds, users, nil
 }
