@@ -13,7 +13,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/authkeys"
 	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/transport"
 )
 
 // Config of a local cluster. Zero durations and counts mean the defaults
@@ -62,6 +64,17 @@ type Config struct {
 	// NATSExtraConf is added to the nats-server configuration file.
 	CoordinatorArgs, WorkerArgs []string
 	NATSExtraConf               string
+	// Auth turns roles on: an nkey seed per identity in Dir/auth (the
+	// coordinators, the admin, each worker, a client per tenant), the NATS
+	// server admitting only them, each with its role's permissions
+	// (transport.Subjects.BucketPermissions), and Raft mutual TLS between
+	// the coordinators with a CA and a certificate each in Dir/tls.
+	Auth bool
+	// Tenants are the client tenants besides "default" (with Auth); each
+	// gets a seed and a tensor bucket capped at TenantQuota bytes (0:
+	// unlimited).
+	Tenants     []string
+	TenantQuota int64
 	// Ready bounds every wait for readiness (default 60 s).
 	Ready time.Duration
 	// Logger receives the harness's own messages (nil: discard).
@@ -93,6 +106,15 @@ func (c *Config) fill() error {
 		return fmt.Errorf("%w: NATSPort = %d: want 0..65535", ErrInvalid, c.NATSPort)
 	case c.WorkerThreads < 0:
 		return fmt.Errorf("%w: WorkerThreads = %d: want >= 0", ErrInvalid, c.WorkerThreads)
+	case c.TenantQuota < 0:
+		return fmt.Errorf("%w: TenantQuota = %d: want >= 0 (0: unlimited)", ErrInvalid, c.TenantQuota)
+	case !c.Auth && (len(c.Tenants) > 0 || c.TenantQuota > 0):
+		return fmt.Errorf("%w: Tenants and TenantQuota need Auth", ErrInvalid)
+	}
+	for _, t := range c.Tenants {
+		if transport.ValidateJobTenant(t) != nil || t == "" {
+			return fmt.Errorf("%w: Tenants: %q: want 1..128 characters of [A-Za-z0-9_-], not starting with \"_\"", ErrInvalid, t)
+		}
 	}
 	for _, d := range []struct {
 		name string
@@ -124,6 +146,16 @@ type Cluster struct {
 	natsMon string
 	http    *http.Client
 	client  *client.Client
+
+	// With Config.Auth: the credentials, the NATS server's users and
+	// configuration file, and the Raft TLS files.
+	authMu       sync.Mutex
+	creds        *authkeys.Credentials
+	natsUsers    []transport.EmbeddedUser
+	natsConfPath string
+	natsPort     int
+	natsMonPort  int
+	raftTLS      *RaftTLS
 
 	mu         sync.Mutex
 	workers    []*Proc
@@ -211,13 +243,30 @@ func start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	if err != nil {
 		return c, err
 	}
+	if cfg.Auth {
+		var workers []string
+		for i := range cfg.Workers {
+			workers = append(workers, "worker-"+strconv.Itoa(i))
+		}
+		if err := c.setupAuth(workers); err != nil {
+			return c, err
+		}
+		if err := c.setupRaftTLS(lay); err != nil {
+			return c, err
+		}
+	}
 	if err := c.startNATS(ctx, lay); err != nil {
 		return c, err
+	}
+	if cfg.Auth {
+		if err := c.provision(ctx); err != nil {
+			return c, err
+		}
 	}
 	if err := c.startCoordinators(ctx, lay); err != nil {
 		return c, err
 	}
-	cl, err := client.Connect(ctx, c.NATSConfig("localcluster"), client.Options{RequestTimeout: time.Second})
+	cl, err := client.Connect(ctx, c.AdminConfig("localcluster"), client.Options{RequestTimeout: time.Second})
 	if err != nil {
 		return c, err
 	}

@@ -59,8 +59,11 @@ func (c *Cluster) URL() string { return c.natsURL }
 func (c *Cluster) NATSMonitor() string { return c.natsMon }
 
 // NATSConfig is a transport.Config reaching the cluster, with connection
-// name `name`.
-func (c *Cluster) NATSConfig(name string) transport.Config {
+// name `name` (with Config.Auth, as the admin: AdminConfig).
+func (c *Cluster) NATSConfig(name string) transport.Config { return c.AdminConfig(name) }
+
+// plainConfig reaches the cluster without credentials.
+func (c *Cluster) plainConfig(name string) transport.Config {
 	cfg := transport.DefaultConfig()
 	cfg.URLs = []string{c.natsURL}
 	cfg.Name = name

@@ -3,15 +3,12 @@ package localcluster
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
-
-	"github.com/ringattn/ringattn/pkg/transport"
 )
 
 func (c *Cluster) startNATS(ctx context.Context, lay *layout) error {
@@ -21,19 +18,10 @@ func (c *Cluster) startNATS(ctx context.Context, lay *layout) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	// The same limits as transport.StartEmbedded: 8 MiB payloads, JetStream
-	// on files.
-	conf := fmt.Sprintf(`server_name: localcluster-nats
-listen: "127.0.0.1:%d"
-http: "127.0.0.1:%d"
-max_payload: %d
-jetstream {
-  store_dir: %q
-}
-%s
-`, port, mon, transport.DefaultMaxPayload, dir, c.cfg.NATSExtraConf)
+	c.natsPort, c.natsMonPort = port, mon
 	confPath := filepath.Join(dir, "nats-server.conf")
-	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+	c.natsConfPath = confPath
+	if err := os.WriteFile(confPath, []byte(c.natsConf(port, mon, dir)), 0o600); err != nil {
 		return err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
@@ -99,6 +87,10 @@ func durArg(args []string, flag string, d time.Duration) []string {
 func (c *Cluster) coordinatorArgs(p *Proc, peers string) []string {
 	args := []string{"--node-id", p.Name, "--raft-addr", p.RaftAddr, "--data-dir", p.DataDir,
 		"--http-addr", p.Addr, "--nats-url", c.natsURL, "--nats-name", p.Name, "--log-level", c.cfg.LogLevel}
+	if c.creds != nil {
+		args = append(args, seedArgs(c.creds.Coordinator)...)
+	}
+	args = append(args, c.raftTLSArgs(p.Name)...)
 	if len(c.Coordinators) > 1 {
 		args = append(args, "--peers", peers)
 	} else {
@@ -140,6 +132,14 @@ func (c *Cluster) StartWorkerEnv(env ...string) (*Proc, error) {
 	name := "worker-" + strconv.Itoa(c.nextWorker)
 	c.nextWorker++
 	c.mu.Unlock()
+	if c.creds != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.Ready)
+		err := c.ensureWorkerIdentity(ctx, name)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
 	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -156,6 +156,11 @@ func (c *Cluster) StartWorkerEnv(env ...string) (*Proc, error) {
 		env: slices.Clone(env)}
 	p.args = []string{"--id", name, "--nats-url", url, "--nats-name", name, "--metrics-addr", addr,
 		"--log-level", c.cfg.LogLevel}
+	if c.creds != nil {
+		c.authMu.Lock()
+		p.args = append(p.args, seedArgs(c.creds.Workers[name])...)
+		c.authMu.Unlock()
+	}
 	p.args = durArg(p.args, "heartbeat-interval", c.cfg.HeartbeatInterval)
 	p.args = durArg(p.args, "recv-timeout", c.cfg.RecvTimeout)
 	p.args = durArg(p.args, "request-timeout", c.cfg.RequestTimeout)
