@@ -156,6 +156,7 @@ func attendOnClusterGrads(ctx context.Context, env *cliEnv, a *attention, mf *ma
 	if err != nil {
 		return nil, nil, nil, nil, nil, err
 	}
+	opts.Precision = mf.prec
 	jc, err := openCluster(ctx, mf)
 	if err != nil {
 		return nil, nil, nil, nil, nil, err
@@ -194,6 +195,7 @@ func attendOnCluster(ctx context.Context, env *cliEnv, a *attention, mf *maskFla
 	if err != nil {
 		return nil, nil, err
 	}
+	opts.Precision = mf.prec
 	jc, err := openCluster(ctx, mf)
 	if err != nil {
 		return nil, nil, err

@@ -88,7 +88,7 @@ func checkAttentionInputs(q, k, v *tensor.Tensor, mf *maskFlags) (*attention, er
 	}
 	a := &attention{qShape: q.Shape, kShape: k.Shape, q4: q4, k4: k4, qd: q.Data, kd: k.Data, vd: v.Data}
 	a.p = kernels.Params{Shape: kernels.Shape{B: q4[0], Hq: q4[1], Hkv: k4[1], D: q4[3]},
-		N: q4[2], Nk: k4[2], Scale: float32(mf.scale), Mask: km, Threads: mf.threads}
+		N: q4[2], Nk: k4[2], Scale: float32(mf.scale), Mask: km, Threads: mf.threads, Precision: mf.prec}
 	if err := a.p.Validate(); err != nil {
 		return nil, userError(err)
 	}

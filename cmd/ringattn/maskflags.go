@@ -24,6 +24,8 @@ type maskFlags struct {
 	natsURL        string
 	block          int
 	wire           string
+	precision      string
+	prec           kernels.Precision // --precision, parsed by check
 	strategy       string
 	threads        int
 	allowNonFinite bool
@@ -43,6 +45,7 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 
 	fs.IntVar(&m.block, "block", shard.DefaultBlock, "block length in `tokens` for ring and cluster modes")
 	fs.StringVar(&m.wire, "wire", "f32", "`dtype` of key/value blocks on the wire: f32 or bf16")
+	fs.StringVar(&m.precision, "precision", "fp32", "`arithmetic` of the forward pass's products: fp32, or bf16 (Q, K, V and P rounded to bfloat16, float32 softmax and accumulation; ~1e-2 relative error; on a cluster K/V travel as bf16 unless --wire f32)")
 	fs.StringVar(&m.strategy, "strategy", "", "shard `strategy`: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
 	fs.IntVar(&m.threads, "threads", 0, "`N` kernel goroutines (default: all cores)")
 	fs.BoolVar(&m.allowNonFinite, "allow-nonfinite", false, "accept NaN/Inf in the inputs instead of rejecting them")
@@ -88,6 +91,14 @@ func (m *maskFlags) check(fs *flag.FlagSet) error {
 	}
 	if m.wire == "bf16" && m.cluster == 0 && m.natsURL == "" {
 		return usagef("--wire bf16 applies to cluster modes (--cluster, --nats) only")
+	}
+	switch m.precision {
+	case "fp32", "f32":
+		m.prec = kernels.PrecisionF32
+	case "bf16":
+		m.prec = kernels.PrecisionBF16
+	default:
+		return usagef("--precision = %q, expected fp32 or bf16", m.precision)
 	}
 	switch shard.Strategy(m.strategy) {
 	case shard.Auto, shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV:

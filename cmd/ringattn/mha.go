@@ -161,7 +161,7 @@ func runMHA(env *cliEnv, args []string) error {
 		return userError(err)
 	}
 	p := kernels.Params{Shape: kernels.Shape{B: b, Hq: *heads, Hkv: *heads, D: layer.D}, N: n, Nk: n,
-		Scale: float32(mf.scale), Mask: km, Threads: mf.threads}
+		Scale: float32(mf.scale), Mask: km, Threads: mf.threads, Precision: mf.prec}
 	if err := p.Validate(); err != nil {
 		return userError(err)
 	}
@@ -309,6 +309,7 @@ func clusterMHAGrads(ctx context.Context, env *cliEnv, layer *ringattn.Layer, x,
 	if err != nil {
 		return err
 	}
+	opts.Precision = mf.prec
 	jc, err := openCluster(ctx, mf)
 	if err != nil {
 		return err

@@ -9,6 +9,7 @@ import (
 	"math"
 	"slices"
 
+	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
@@ -31,9 +32,15 @@ type JobOptions struct {
 	Block             int     // tokens per block; 0 means DefaultBlock
 	Strategy          string  // "" (auto), contiguous, zigzag, striped, splitkv
 	BF16Wire          bool    // key/value blocks travel the ring as bfloat16
-	Parallelism       int     // max ranks; 0 means as many as useful
-	Priority          int
-	AllowNonFinite    bool
+	// Precision of the forward pass's products: kernels.PrecisionF32 (the
+	// zero value) or kernels.PrecisionBF16 (scale·Q, K, V and the
+	// probabilities rounded to bfloat16, float32 softmax statistics and
+	// accumulation; key/value blocks then travel as bfloat16 too). The
+	// backward pass of a job computes in float32 either way.
+	Precision      kernels.Precision
+	Parallelism    int // max ranks; 0 means as many as useful
+	Priority       int
+	AllowNonFinite bool
 	// IdempotencyKey makes a retried submit return the same job; empty
 	// means a random key (so the SDK's own retries are safe). Every submit
 	// uploads its inputs under a fresh random namespace of its own, so a
@@ -57,12 +64,25 @@ func (o *JobOptions) spec(kind pb.JobKind) *pb.JobSpec {
 	if o.BF16Wire {
 		s.WireDtype = pb.WireDType_WIRE_DTYPE_BF16
 	}
+	s.Precision = PrecisionToPB(o.Precision)
 	if s.IdempotencyKey == "" {
 		s.IdempotencyKey = randomID()
 	}
 	// A namespace of this submit alone, whatever the key.
 	s.InputRef = "in-" + randomID()
 	return s
+}
+
+// PrecisionToPB is the wire value of p; an unknown p maps to a value the
+// coordinator (and Client's own check) refuses naming spec.precision.
+func PrecisionToPB(p kernels.Precision) pb.Precision {
+	switch p {
+	case kernels.PrecisionF32:
+		return pb.Precision_PRECISION_FP32
+	case kernels.PrecisionBF16:
+		return pb.Precision_PRECISION_BF16
+	}
+	return pb.Precision(int32(p))
 }
 
 // check applies the job limits to spec before anything is uploaded, with
@@ -72,6 +92,11 @@ func (c *Client) check(spec *pb.JobSpec) error {
 	if math.IsNaN(spec.Scale) || math.IsInf(spec.Scale, 0) || spec.Scale < 0 {
 		return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "spec.scale",
 			Message: fmt.Sprintf("%v: want a finite number > 0 (or 0 for 1/sqrt(d))", spec.Scale)}
+	}
+	if _, err := transport.PrecisionFromPB(spec.Precision); err != nil {
+		var fe *transport.FieldError
+		errors.As(err, &fe)
+		return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: fe.Field, Message: fe.Msg}
 	}
 	req := shard.Request{B: int(spec.B), Hq: int(spec.Hq), Hkv: int(spec.Hkv), D: int(spec.D), N: int(spec.N), Nk: int(spec.Nk),
 		Block: int(spec.Block), Ranks: 1, Strategy: shard.Strategy(spec.Strategy)}
