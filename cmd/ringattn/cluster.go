@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ringattn/ringattn/internal/authkeys"
 	"github.com/ringattn/ringattn/internal/devcluster"
 	"github.com/ringattn/ringattn/internal/gateway"
 	"github.com/ringattn/ringattn/internal/natsflags"
@@ -94,22 +95,9 @@ func runDev(env *cliEnv, args []string) error {
 	if *workers < 1 {
 		return usagef("--workers = %d, expected >= 1", *workers)
 	}
-	quotaBytes, err := natsflags.ParseBytes(*quota)
-	if err != nil || quotaBytes < 0 {
-		return usagef("--tenant-quota = %q, expected bytes >= 0 like 512MiB", *quota)
-	}
-	var tenantList []string
-	for _, t := range strings.Split(*tenants, ",") {
-		if t = strings.TrimSpace(t); t == "" {
-			continue
-		}
-		if transport.ValidateJobTenant(t) != nil {
-			return usagef("--tenants: %q, expected names of [A-Za-z0-9_-] not starting with \"_\"", t)
-		}
-		tenantList = append(tenantList, t)
-	}
-	if !*auth && (len(tenantList) > 0 || quotaBytes > 0) {
-		return usagef("--tenants and --tenant-quota need --auth")
+	tenantList, quotaBytes, err := parseTenantFlags(*auth, *tenants, *quota)
+	if err != nil {
+		return err
 	}
 	logger, err := newLogger(env.stderr, *logFormat, *logLevel)
 	if err != nil {
@@ -140,9 +128,32 @@ func runDev(env *cliEnv, args []string) error {
 	return nil
 }
 
-// printDevAuth tells how each identity of `ringattn dev --auth`
-// connects.
-func printDevAuth(w io.Writer, url string, creds *devcluster.Credentials, temp bool) {
+// parseTenantFlags checks --tenants and --tenant-quota (which need
+// --auth) of dev and cluster.
+func parseTenantFlags(auth bool, tenants, quota string) ([]string, int64, error) {
+	quotaBytes, err := natsflags.ParseBytes(quota)
+	if err != nil || quotaBytes < 0 {
+		return nil, 0, usagef("--tenant-quota = %q, expected bytes >= 0 like 512MiB", quota)
+	}
+	var tenantList []string
+	for _, t := range strings.Split(tenants, ",") {
+		if t = strings.TrimSpace(t); t == "" {
+			continue
+		}
+		if transport.ValidateJobTenant(t) != nil {
+			return nil, 0, usagef("--tenants: %q, expected names of [A-Za-z0-9_-] not starting with \"_\"", t)
+		}
+		tenantList = append(tenantList, t)
+	}
+	if !auth && (len(tenantList) > 0 || quotaBytes > 0) {
+		return nil, 0, usagef("--tenants and --tenant-quota need --auth")
+	}
+	return tenantList, quotaBytes, nil
+}
+
+// printDevAuth tells how each identity of `ringattn dev --auth` or
+// `ringattn cluster --auth` connects.
+func printDevAuth(w io.Writer, url string, creds *authkeys.Credentials, temp bool) {
 	fmt.Fprintf(w, "  auth  nkey seeds (mode 0600) in %s; each identity may use only its role's subjects\n", creds.Dir)
 	if temp {
 		fmt.Fprintf(w, "        (a temporary directory: removed on exit; --data DIR keeps them)\n")

@@ -80,6 +80,11 @@ var examples = map[string][]string{
 		"ringattn dev",
 		"ringattn dev --workers 4 --data /tmp/ringattn-data",
 		"ringattn dev --port 0 --http 127.0.0.1:0   # free ports",
+		"ringattn dev --auth --tenants team-a --data /tmp/ra   # roles on; prints each client's --nats-nkey/--nats-tenant",
+	},
+	"cluster": {
+		"ringattn cluster --coordinators 3 --workers 3 --dir /tmp/rc",
+		"ringattn cluster --auth --tenants team-a --dir /tmp/rc   # roles on, Raft mutual TLS",
 	},
 }
 

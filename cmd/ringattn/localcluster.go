@@ -28,7 +28,7 @@ import (
 // are built from it (into DIR/bin with --dir); otherwise they are looked
 // for next to this executable, then in $PATH.
 func runCluster(env *cliEnv, args []string) error {
-	fs := newFlags(env, "cluster", "[--coordinators 3] [--workers W] [--dir D] [--nats-port P] [--http ADDR] [--bin DIR]")
+	fs := newFlags(env, "cluster", "[--coordinators 3] [--workers W] [--dir D] [--nats-port P] [--http ADDR] [--bin DIR] [--auth [--tenants T1,T2] [--tenant-quota BYTES]]")
 	coords := fs.Int("coordinators", 3, "number of `N` coordinators (Raft members; 1, 3 or 5 make sense)")
 	workers := fs.Int("workers", 3, "number of `W` workers")
 	dir := fs.String("dir", "", "`directory` of the data (JetStream, Raft), logs and binaries; kept on exit and reused by the next run (default: a temporary one, removed on exit)")
@@ -40,7 +40,14 @@ func runCluster(env *cliEnv, args []string) error {
 	logLevel := fs.String("log-level", "info", "log level of every process: debug, info, warn, error")
 	httpAddr := fs.String("http", gateway.DefaultAddr, "`address` of the HTTP job API served for the cluster (\"off\": none)")
 	token := fs.String("token", os.Getenv("RINGATTN_GATEWAY_TOKEN"), "bearer `token` the HTTP job API requires (env RINGATTN_GATEWAY_TOKEN)")
+	auth := fs.Bool("auth", false, "roles on: an nkey per identity (coordinators, each worker, a client per tenant, admin) in DIR/auth, each allowed only its role's subjects, and Raft mutual TLS between the coordinators (certificates in DIR/tls)")
+	tenants := fs.String("tenants", "", "with --auth: client `tenants` besides \"default\", comma-separated")
+	quota := fs.String("tenant-quota", "0", "with --auth: each tenant's stored tensor `bytes` (KiB/MiB/GiB suffixes; 0 = unlimited)")
 	if err := parse(env, fs, args); err != nil {
+		return err
+	}
+	tenantList, quotaBytes, err := parseTenantFlags(*auth, *tenants, *quota)
+	if err != nil {
 		return err
 	}
 	if *httpAddr != "off" {
@@ -113,20 +120,24 @@ func runCluster(env *cliEnv, args []string) error {
 	}
 	start := time.Now()
 	c, err := localcluster.Start(ctx, localcluster.Config{Bin: bins, Dir: *dir, Coordinators: *coords, Workers: *workers,
-		NATSPort: *natsPort, WorkerThreads: *threads, WorkerGFLOPS: *gflops, HeartbeatTimeout: *hbTimeout, LogLevel: *logLevel})
+		NATSPort: *natsPort, WorkerThreads: *threads, WorkerGFLOPS: *gflops, HeartbeatTimeout: *hbTimeout, LogLevel: *logLevel,
+		Auth: *auth, Tenants: tenantList, TenantQuota: quotaBytes})
 	if err != nil {
 		return fmt.Errorf("starting the cluster: %w", err)
 	}
 	leader, _ := c.Leader(ctx)
 	printCluster(env.stdout, c, how, leader, time.Since(start))
+	if creds := c.Credentials(); creds != nil {
+		printDevAuth(env.stdout, c.URL(), creds, *dir == "")
+		fmt.Fprintf(env.stdout, "  raft  mutual TLS between the coordinators: CA and certificates in %s\n", filepath.Dir(c.RaftTLS().CA))
+	}
 	gwDone := make(chan error, 1)
 	gwCtx, gwCancel := context.WithCancel(ctx)
 	defer gwCancel()
 	if *httpAddr != "off" {
 		// The job API, in this process: stateless, over the cluster's NATS.
-		ncfg := transport.DefaultConfig()
-		ncfg.URLs = []string{c.URL()}
-		ncfg.Name = "ringattn-gateway"
+		// (With --auth, as the default tenant's client.)
+		ncfg := c.ClientConfig(transport.DefaultTenant, "ringattn-gateway")
 		cl, err := client.Connect(ctx, ncfg, client.Options{})
 		if err != nil {
 			c.Close()
@@ -199,6 +210,10 @@ func printCluster(w io.Writer, c *localcluster.Cluster, how string, leader *loca
 		fmt.Fprintf(tw, "  %s\t%d\t%s\t%s\n", p.Name, p.Pid(), addr, p.LogPath)
 	}
 	tw.Flush()
-	fmt.Fprintf(w, "Try:  ringattn attend --nats %s -q Q.npy -k K.npy -v V.npy -o O.npy\n      ringattn list --nats %s\n", c.URL(), c.URL())
+	nkey := ""
+	if creds := c.Credentials(); creds != nil {
+		nkey = " --nats-nkey " + creds.Clients[transport.DefaultTenant]
+	}
+	fmt.Fprintf(w, "Try:  ringattn attend --nats %s%s -q Q.npy -k K.npy -v V.npy -o O.npy\n      ringattn list --nats %s%s\n", c.URL(), nkey, c.URL(), nkey)
 	fmt.Fprintln(w, "Ctrl-C stops everything.")
 }
