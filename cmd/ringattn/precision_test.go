@@ -111,6 +111,7 @@ func TestCLIPrecisionRefused(t *testing.T) {
 // TestCLIBenchKernelPrecision: bench kernel --precision times each
 // precision per shape (a precision column), and refuses an unknown one.
 func TestCLIBenchKernelPrecision(t *testing.T) {
+	t.Setenv(childEnv, "1") // bench kernel execs the test binary per shape
 	code, out, stderr := cli(t, "bench", "kernel", "--seq", "64", "--dim", "16", "--heads", "1", "--runs", "1", "--mask", "none", "--precision", "fp32,bf16")
 	if code != 0 || !strings.Contains(out, "| mask | precision |") || !strings.Contains(out, "| none | fp32 |") || !strings.Contains(out, "| none | bf16 |") {
 		t.Fatalf("exit %d, stdout:\n%s\nstderr: %s", code, out, stderr)
