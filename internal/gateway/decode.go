@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ringattn/ringattn/pkg/client"
+	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/tensor"
 )
 
@@ -21,22 +22,24 @@ const maxSpecBytes = 64 << 10
 // Spec is the "spec" part of a submit: everything but the tensors, whose
 // shapes come from their .npy headers. Unknown fields are errors.
 type Spec struct {
-	Kind           string   `json:"kind"` // attention (default) or mha
-	Causal         bool     `json:"causal"`
-	Window         *[2]int  `json:"window"` // [left, right]; -1 unbounded
-	SeqLens        []int    `json:"seqlens"`
-	SeqLensK       []int    `json:"seqlens_k"`
-	Scale          *float64 `json:"scale"` // null: 1/sqrt(d)
-	ReturnLSE      bool     `json:"return_lse"`
-	Heads          int      `json:"heads"` // mha
-	Block          int      `json:"block"`
-	Strategy       string   `json:"strategy"`
-	Wire           string   `json:"wire"` // f32 (default) or bf16
-	Parallelism    int      `json:"parallelism"`
-	Priority       int      `json:"priority"`
-	AllowNonFinite bool     `json:"allow_nonfinite"`
-	IdempotencyKey string   `json:"idempotency_key"`
-	Backward       bool     `json:"backward"`
+	Kind      string   `json:"kind"` // attention (default) or mha
+	Causal    bool     `json:"causal"`
+	Window    *[2]int  `json:"window"` // [left, right]; -1 unbounded
+	SeqLens   []int    `json:"seqlens"`
+	SeqLensK  []int    `json:"seqlens_k"`
+	Scale     *float64 `json:"scale"` // null: 1/sqrt(d)
+	ReturnLSE bool     `json:"return_lse"`
+	Heads     int      `json:"heads"` // mha
+	Block     int      `json:"block"`
+	Strategy  string   `json:"strategy"`
+	Wire      string   `json:"wire"` // f32 (default) or bf16
+	// Precision of the forward pass's products: fp32 (default) or bf16.
+	Precision      string `json:"precision"`
+	Parallelism    int    `json:"parallelism"`
+	Priority       int    `json:"priority"`
+	AllowNonFinite bool   `json:"allow_nonfinite"`
+	IdempotencyKey string `json:"idempotency_key"`
+	Backward       bool   `json:"backward"`
 }
 
 // The tensor parts each kind takes; the optional ones all or none.
@@ -149,6 +152,13 @@ func decodeSpec(data []byte) (Spec, client.JobOptions, error) {
 		o.BF16Wire = true
 	default:
 		return s, o, invalid("spec.wire", "%q: want f32 or bf16", s.Wire)
+	}
+	switch s.Precision {
+	case "", "fp32":
+	case "bf16":
+		o.Precision = kernels.PrecisionBF16
+	default:
+		return s, o, invalid("spec.precision", "%q: want fp32 or bf16", s.Precision)
 	}
 	if s.Parallelism < 0 || s.Parallelism > math.MaxInt32 {
 		return s, o, invalid("spec.parallelism", "%d: want 0 (as many as useful) .. %d", s.Parallelism, math.MaxInt32)
