@@ -160,7 +160,7 @@ class Client:
 
     def submit(self, q=None, k=None, v=None, causal=False, window=None, seqlens=None, seqlens_k=None,
                scale=None, return_lse=False, layout="bhnd", block=None, strategy=None, wire=None,
-               priority=0, parallelism=0, allow_nonfinite=False, idempotency_key=None, **mha):
+               precision="fp32", priority=0, parallelism=0, allow_nonfinite=False, idempotency_key=None, **mha):
         """Upload the inputs and submit an attention job (or an mha job when
         called with kind="mha" and x=..., see mha()). Returns a Job at once."""
         kind = mha.pop("kind", "attention")
@@ -179,6 +179,10 @@ class Client:
             spec["strategy"] = strategy
         if wire:
             spec["wire"] = wire
+        if precision and precision != "fp32":
+            # "bf16": bf16 products, fp32 softmax and accumulation (the
+            # cluster refuses anything but fp32 and bf16, naming spec.precision).
+            spec["precision"] = precision
         if priority:
             spec["priority"] = int(priority)
         if parallelism:
@@ -258,7 +262,7 @@ class Client:
             spec["seqlens_k"] = [int(s) for s in seqlens_k]
         if scale is not None:
             spec["scale"] = float(scale)
-        for key in ("block", "strategy", "wire", "priority", "parallelism", "idempotency_key"):
+        for key in ("block", "strategy", "wire", "precision", "priority", "parallelism", "idempotency_key"):
             if kw.get(key):
                 spec[key] = kw.pop(key)
             else:

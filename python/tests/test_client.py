@@ -67,6 +67,23 @@ class ClientTest(unittest.TestCase):
         self.assertClose(lse, rl, "lse")
         self.assertClose(self.c.attention(q, k, v, causal=True), ro, "o without lse")
 
+    def test_precision_bf16(self):
+        # bf16 products, fp32 softmax and accumulation: within 2^-7·max|v|
+        # of float64 (docs/BENCHMARKS.md "bf16 compute"), and not the fp32
+        # result, so the keyword reached the kernels.
+        q, k, v = rand(1, 2, 150, 32, seed=81), rand(1, 2, 150, 32, seed=82), rand(1, 2, 150, 32, seed=83)
+        ro, _ = reference.attention(q, k, v, causal=True)
+        o16 = self.c.attention(q, k, v, causal=True, block=64, precision="bf16")
+        o32 = self.c.attention(q, k, v, causal=True, block=64)
+        err = float(np.max(np.abs(o16 - ro)))
+        self.assertLessEqual(err, 2.0 ** -7 * float(np.max(np.abs(v))), "bf16 max |err| %g against float64" % err)
+        self.assertClose(o32, ro, "fp32 o")
+        self.assertFalse(np.array_equal(o16, o32), "precision='bf16' gave the fp32 result")
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.attention(q, k, v, precision="fp16")
+        self.assertEqual(cm.exception.field, "spec.precision")
+        self.assertIn("fp32 or bf16", cm.exception.message)
+
     def test_window_seqlens_scale_cross_lengths(self):
         q, k, v = rand(1, 2, 96, 16, seed=4), rand(1, 2, 160, 16, seed=5), rand(1, 2, 160, 16, seed=6)
         o = self.c.attention(q, k, v, causal=True, window=(40, None), scale=0.3, block=32)
