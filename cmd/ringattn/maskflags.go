@@ -45,7 +45,7 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 
 	fs.IntVar(&m.block, "block", shard.DefaultBlock, "block length in `tokens` for ring and cluster modes")
 	fs.StringVar(&m.wire, "wire", "f32", "`dtype` of key/value blocks on the wire: f32 or bf16")
-	fs.StringVar(&m.precision, "precision", "fp32", "`arithmetic` of the forward pass's products: fp32, or bf16 (Q, K, V and P rounded to bfloat16, float32 softmax and accumulation; ~1e-2 relative error; on a cluster K/V travel as bf16 unless --wire f32)")
+	fs.StringVar(&m.precision, "precision", "fp32", "`arithmetic` of the forward pass's products: fp32, or bf16 (Q, K, V and P rounded to bfloat16, float32 softmax and accumulation; ~1e-2 relative error; on a cluster K/V travel as bf16 too)")
 	fs.StringVar(&m.strategy, "strategy", "", "shard `strategy`: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
 	fs.IntVar(&m.threads, "threads", 0, "`N` kernel goroutines (default: all cores)")
 	fs.BoolVar(&m.allowNonFinite, "allow-nonfinite", false, "accept NaN/Inf in the inputs instead of rejecting them")
