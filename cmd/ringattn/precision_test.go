@@ -31,8 +31,8 @@ func maxAbsNPY(t *testing.T, path string) float64 {
 // reference problem (GQA, ragged, causal): o is within 2⁻⁷·max|v| and
 // lse within 2⁻⁶·max(1, |lse|) of float64 (the bounds pkg/kernels
 // documents and asserts), and differs from the fp32 result of the same
-// mode, so the flag reached the kernels. mha --precision bf16 (local)
-// differs from fp32 and stays within 2⁻⁶·max|y| of float64.
+// mode, so the flag reached the kernels. mha --precision bf16 (local and
+// --cluster) differs from fp32 and stays within 2⁻⁶·max(1, |y|) of float64.
 func TestCLIPrecisionBF16(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
@@ -69,26 +69,28 @@ func TestCLIPrecisionBF16(t *testing.T) {
 		}
 	}
 
-	ys := map[string]string{}
-	for _, prec := range []string{"fp32", "bf16"} {
-		y := filepath.Join(dir, prec+"_y.npy")
-		margs := []string{"mha", "-x", fixture("mha_x.npy"), "--heads", "3", "--causal", "-o", y, "--precision", prec}
-		for _, w := range []string{"wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo"} {
-			margs = append(margs, "--"+w, fixture("mha_"+w+".npy"))
-		}
-		if code, _, stderr := cli(t, margs...); code != 0 {
-			t.Fatalf("mha --precision %s: exit %d: %s", prec, code, stderr)
-		}
-		ys[prec] = y
-	}
 	yBound := 0x1p-6 * math.Max(1, maxAbsNPY(t, fixture("mha_y_ref.npy")))
-	d := maxDiff(t, ys["bf16"], fixture("mha_y_ref.npy"))
-	t.Logf("mha: bf16 max |y - float64| = %.3g (bound %.3g)", d, yBound)
-	if d > yBound {
-		t.Errorf("mha bf16: max |y - float64| = %g, bound %g", d, yBound)
-	}
-	if maxDiff(t, ys["bf16"], ys["fp32"]) == 0 {
-		t.Error("mha --precision bf16 gave the fp32 output bit for bit")
+	for _, mode := range [][]string{nil, {"--cluster", "2", "--block", "8"}} {
+		ys := map[string]string{}
+		for _, prec := range []string{"fp32", "bf16"} {
+			y := filepath.Join(dir, prec+"_y.npy")
+			margs := []string{"mha", "-x", fixture("mha_x.npy"), "--heads", "3", "--causal", "-o", y, "--precision", prec}
+			for _, w := range []string{"wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo"} {
+				margs = append(margs, "--"+w, fixture("mha_"+w+".npy"))
+			}
+			if code, _, stderr := cli(t, append(margs, mode...)...); code != 0 {
+				t.Fatalf("mha %v --precision %s: exit %d: %s", mode, prec, code, stderr)
+			}
+			ys[prec] = y
+		}
+		d := maxDiff(t, ys["bf16"], fixture("mha_y_ref.npy"))
+		t.Logf("mha %v: bf16 max |y - float64| = %.3g (bound %.3g)", mode, d, yBound)
+		if d > yBound {
+			t.Errorf("mha %v bf16: max |y - float64| = %g, bound %g", mode, d, yBound)
+		}
+		if maxDiff(t, ys["bf16"], ys["fp32"]) == 0 {
+			t.Errorf("mha %v --precision bf16 gave the fp32 output bit for bit", mode)
+		}
 	}
 }
 
