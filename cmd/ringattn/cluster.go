@@ -57,7 +57,7 @@ func (m *maskFlags) jobOptions() (client.JobOptions, error) {
 	}
 	return client.JobOptions{Causal: km.Causal, Windowed: km.Windowed, Left: km.Left, Right: km.Right,
 		SeqLens: km.SeqLens, SeqLensK: km.SeqLensK, Scale: m.scale, Block: m.block, Strategy: m.strategy,
-		BF16Wire: m.wire == "bf16", AllowNonFinite: m.allowNonFinite}, nil
+		BF16Wire: m.wire == "bf16", AllowNonFinite: m.allowNonFinite, Precision: m.prec}, nil
 }
 
 // withTimeout bounds ctx by --timeout when set.

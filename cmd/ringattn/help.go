@@ -17,7 +17,7 @@ var flagGroups = []struct {
 }{
 	{"Inputs", []string{"q", "k", "v", "x", "wq", "wk", "wv", "wo", "bq", "bk", "bv", "bo", "heads", "layout", "allow-nonfinite"}},
 	{"Mask", []string{"causal", "window-left", "window-right", "seqlens", "seqlens-k", "scale"}},
-	{"Mode (default: the in-process kernel on all cores)", []string{"ranks", "cluster", "nats", "block", "wire", "strategy", "threads"}},
+	{"Mode (default: the in-process kernel on all cores)", []string{"ranks", "cluster", "nats", "block", "wire", "precision", "strategy", "threads"}},
 	{"Gradients (of sum(O·dO); of sum(y·dY) for mha)", []string{"do", "dq", "dk", "dv", "dy", "grads"}},
 	{"Job", []string{"state", "limit", "reason", "wait", "idempotency-key"}},
 	{"Cluster connection", []string{"timeout"}},

@@ -114,6 +114,7 @@ func specToLog(s *pb.JobSpec) *cpb.LogJobSpec {
 		Parallelism: s.GetParallelism(), Priority: s.GetPriority(), DeadlineUnixMs: s.GetDeadlineUnixMs(),
 		IdempotencyKey: s.GetIdempotencyKey(), AllowNonfinite: s.GetAllowNonfinite(), WantLse: s.GetWantLse(),
 		MhaBias: s.GetMhaBias(), InputRef: s.GetInputRef(), Mode: cpb.LogJobMode(s.GetMode()),
+		Precision: cpb.LogPrecision(s.GetPrecision()),
 	}
 }
 
@@ -128,6 +129,7 @@ func specFromLog(s *cpb.LogJobSpec) *pb.JobSpec {
 		Parallelism: s.GetParallelism(), Priority: s.GetPriority(), DeadlineUnixMs: s.GetDeadlineUnixMs(),
 		IdempotencyKey: s.GetIdempotencyKey(), AllowNonfinite: s.GetAllowNonfinite(), WantLse: s.GetWantLse(),
 		MhaBias: s.GetMhaBias(), InputRef: s.GetInputRef(), Mode: pb.JobMode(s.GetMode()),
+		Precision: pb.Precision(s.GetPrecision()),
 	}
 }
 

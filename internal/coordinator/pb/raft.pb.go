@@ -201,6 +201,52 @@ func (LogWireDType) EnumDescriptor() ([]byte, []int) {
 	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{2}
 }
 
+type LogPrecision int32
+
+const (
+	LogPrecision_LOG_PRECISION_FP32 LogPrecision = 0
+	LogPrecision_LOG_PRECISION_BF16 LogPrecision = 1
+)
+
+// Enum value maps for LogPrecision.
+var (
+	LogPrecision_name = map[int32]string{
+		0: "LOG_PRECISION_FP32",
+		1: "LOG_PRECISION_BF16",
+	}
+	LogPrecision_value = map[string]int32{
+		"LOG_PRECISION_FP32": 0,
+		"LOG_PRECISION_BF16": 1,
+	}
+)
+
+func (x LogPrecision) Enum() *LogPrecision {
+	p := new(LogPrecision)
+	*p = x
+	return p
+}
+
+func (x LogPrecision) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LogPrecision) Descriptor() protoreflect.EnumDescriptor {
+	return file_internal_coordinator_pb_raft_proto_enumTypes[3].Descriptor()
+}
+
+func (LogPrecision) Type() protoreflect.EnumType {
+	return &file_internal_coordinator_pb_raft_proto_enumTypes[3]
+}
+
+func (x LogPrecision) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LogPrecision.Descriptor instead.
+func (LogPrecision) EnumDescriptor() ([]byte, []int) {
+	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{3}
+}
+
 type LogJobMode int32
 
 const (
@@ -234,11 +280,11 @@ func (x LogJobMode) String() string {
 }
 
 func (LogJobMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_internal_coordinator_pb_raft_proto_enumTypes[3].Descriptor()
+	return file_internal_coordinator_pb_raft_proto_enumTypes[4].Descriptor()
 }
 
 func (LogJobMode) Type() protoreflect.EnumType {
-	return &file_internal_coordinator_pb_raft_proto_enumTypes[3]
+	return &file_internal_coordinator_pb_raft_proto_enumTypes[4]
 }
 
 func (x LogJobMode) Number() protoreflect.EnumNumber {
@@ -247,7 +293,7 @@ func (x LogJobMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LogJobMode.Descriptor instead.
 func (LogJobMode) EnumDescriptor() ([]byte, []int) {
-	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{3}
+	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{4}
 }
 
 type LogJobState int32
@@ -295,11 +341,11 @@ func (x LogJobState) String() string {
 }
 
 func (LogJobState) Descriptor() protoreflect.EnumDescriptor {
-	return file_internal_coordinator_pb_raft_proto_enumTypes[4].Descriptor()
+	return file_internal_coordinator_pb_raft_proto_enumTypes[5].Descriptor()
 }
 
 func (LogJobState) Type() protoreflect.EnumType {
-	return &file_internal_coordinator_pb_raft_proto_enumTypes[4]
+	return &file_internal_coordinator_pb_raft_proto_enumTypes[5]
 }
 
 func (x LogJobState) Number() protoreflect.EnumNumber {
@@ -308,7 +354,7 @@ func (x LogJobState) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use LogJobState.Descriptor instead.
 func (LogJobState) EnumDescriptor() ([]byte, []int) {
-	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{4}
+	return file_internal_coordinator_pb_raft_proto_rawDescGZIP(), []int{5}
 }
 
 // Command is the envelope of every log entry.
@@ -1311,6 +1357,7 @@ type LogJobSpec struct {
 	MhaBias        bool                   `protobuf:"varint,20,opt,name=mha_bias,json=mhaBias,proto3" json:"mha_bias,omitempty"`
 	InputRef       string                 `protobuf:"bytes,21,opt,name=input_ref,json=inputRef,proto3" json:"input_ref,omitempty"`
 	Mode           LogJobMode             `protobuf:"varint,22,opt,name=mode,proto3,enum=ringattn.coordinator.v1.LogJobMode" json:"mode,omitempty"`
+	Precision      LogPrecision           `protobuf:"varint,23,opt,name=precision,proto3,enum=ringattn.coordinator.v1.LogPrecision" json:"precision,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -1497,6 +1544,13 @@ func (x *LogJobSpec) GetMode() LogJobMode {
 		return x.Mode
 	}
 	return LogJobMode_LOG_JOB_MODE_FORWARD
+}
+
+func (x *LogJobSpec) GetPrecision() LogPrecision {
+	if x != nil {
+		return x.Precision
+	}
+	return LogPrecision_LOG_PRECISION_FP32
 }
 
 // LogRankPlan is one rank of an epoch's plan.
@@ -2026,7 +2080,7 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"windowLeft\x12!\n" +
 	"\fwindow_right\x18\x04 \x01(\x03R\vwindowRight\x12\x18\n" +
 	"\aseqlens\x18\x05 \x03(\x03R\aseqlens\x12\x1b\n" +
-	"\tseqlens_k\x18\x06 \x03(\x03R\bseqlensK\"\xc4\x05\n" +
+	"\tseqlens_k\x18\x06 \x03(\x03R\bseqlensK\"\x89\x06\n" +
 	"\n" +
 	"LogJobSpec\x127\n" +
 	"\x04kind\x18\x01 \x01(\x0e2#.ringattn.coordinator.v1.LogJobKindR\x04kind\x12\f\n" +
@@ -2052,7 +2106,8 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\bwant_lse\x18\x13 \x01(\bR\awantLse\x12\x19\n" +
 	"\bmha_bias\x18\x14 \x01(\bR\amhaBias\x12\x1b\n" +
 	"\tinput_ref\x18\x15 \x01(\tR\binputRef\x127\n" +
-	"\x04mode\x18\x16 \x01(\x0e2#.ringattn.coordinator.v1.LogJobModeR\x04mode\"\x8c\x01\n" +
+	"\x04mode\x18\x16 \x01(\x0e2#.ringattn.coordinator.v1.LogJobModeR\x04mode\x12C\n" +
+	"\tprecision\x18\x17 \x01(\x0e2%.ringattn.coordinator.v1.LogPrecisionR\tprecision\"\x8c\x01\n" +
 	"\vLogRankPlan\x12\x19\n" +
 	"\bq_blocks\x18\x01 \x03(\x05R\aqBlocks\x12\x1b\n" +
 	"\tkv_blocks\x18\x02 \x03(\x05R\bkvBlocks\x12\x12\n" +
@@ -2103,7 +2158,10 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\fLogWireDType\x12\x1e\n" +
 	"\x1aLOG_WIRE_DTYPE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12LOG_WIRE_DTYPE_F32\x10\x01\x12\x17\n" +
-	"\x13LOG_WIRE_DTYPE_BF16\x10\x02*d\n" +
+	"\x13LOG_WIRE_DTYPE_BF16\x10\x02*>\n" +
+	"\fLogPrecision\x12\x16\n" +
+	"\x12LOG_PRECISION_FP32\x10\x00\x12\x16\n" +
+	"\x12LOG_PRECISION_BF16\x10\x01*d\n" +
 	"\n" +
 	"LogJobMode\x12\x18\n" +
 	"\x14LOG_JOB_MODE_FORWARD\x10\x00\x12\x19\n" +
@@ -2130,59 +2188,61 @@ func file_internal_coordinator_pb_raft_proto_rawDescGZIP() []byte {
 	return file_internal_coordinator_pb_raft_proto_rawDescData
 }
 
-var file_internal_coordinator_pb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_internal_coordinator_pb_raft_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
 var file_internal_coordinator_pb_raft_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_internal_coordinator_pb_raft_proto_goTypes = []any{
 	(CommandType)(0),         // 0: ringattn.coordinator.v1.CommandType
 	(LogJobKind)(0),          // 1: ringattn.coordinator.v1.LogJobKind
 	(LogWireDType)(0),        // 2: ringattn.coordinator.v1.LogWireDType
-	(LogJobMode)(0),          // 3: ringattn.coordinator.v1.LogJobMode
-	(LogJobState)(0),         // 4: ringattn.coordinator.v1.LogJobState
-	(*Command)(nil),          // 5: ringattn.coordinator.v1.Command
-	(*LogSubmit)(nil),        // 6: ringattn.coordinator.v1.LogSubmit
-	(*LogStartEpoch)(nil),    // 7: ringattn.coordinator.v1.LogStartEpoch
-	(*LogShardDone)(nil),     // 8: ringattn.coordinator.v1.LogShardDone
-	(*JobSucceeded)(nil),     // 9: ringattn.coordinator.v1.JobSucceeded
-	(*JobFailed)(nil),        // 10: ringattn.coordinator.v1.JobFailed
-	(*JobCanceled)(nil),      // 11: ringattn.coordinator.v1.JobCanceled
-	(*Expire)(nil),           // 12: ringattn.coordinator.v1.Expire
-	(*RedoBlocks)(nil),       // 13: ringattn.coordinator.v1.RedoBlocks
-	(*LogJob)(nil),           // 14: ringattn.coordinator.v1.LogJob
-	(*LogMask)(nil),          // 15: ringattn.coordinator.v1.LogMask
-	(*LogJobSpec)(nil),       // 16: ringattn.coordinator.v1.LogJobSpec
-	(*LogRankPlan)(nil),      // 17: ringattn.coordinator.v1.LogRankPlan
-	(*LogPlan)(nil),          // 18: ringattn.coordinator.v1.LogPlan
-	(*LogBlockChecksum)(nil), // 19: ringattn.coordinator.v1.LogBlockChecksum
-	(*LogGradChecksum)(nil),  // 20: ringattn.coordinator.v1.LogGradChecksum
-	(*SnapshotHeader)(nil),   // 21: ringattn.coordinator.v1.SnapshotHeader
-	(*SnapshotRecord)(nil),   // 22: ringattn.coordinator.v1.SnapshotRecord
+	(LogPrecision)(0),        // 3: ringattn.coordinator.v1.LogPrecision
+	(LogJobMode)(0),          // 4: ringattn.coordinator.v1.LogJobMode
+	(LogJobState)(0),         // 5: ringattn.coordinator.v1.LogJobState
+	(*Command)(nil),          // 6: ringattn.coordinator.v1.Command
+	(*LogSubmit)(nil),        // 7: ringattn.coordinator.v1.LogSubmit
+	(*LogStartEpoch)(nil),    // 8: ringattn.coordinator.v1.LogStartEpoch
+	(*LogShardDone)(nil),     // 9: ringattn.coordinator.v1.LogShardDone
+	(*JobSucceeded)(nil),     // 10: ringattn.coordinator.v1.JobSucceeded
+	(*JobFailed)(nil),        // 11: ringattn.coordinator.v1.JobFailed
+	(*JobCanceled)(nil),      // 12: ringattn.coordinator.v1.JobCanceled
+	(*Expire)(nil),           // 13: ringattn.coordinator.v1.Expire
+	(*RedoBlocks)(nil),       // 14: ringattn.coordinator.v1.RedoBlocks
+	(*LogJob)(nil),           // 15: ringattn.coordinator.v1.LogJob
+	(*LogMask)(nil),          // 16: ringattn.coordinator.v1.LogMask
+	(*LogJobSpec)(nil),       // 17: ringattn.coordinator.v1.LogJobSpec
+	(*LogRankPlan)(nil),      // 18: ringattn.coordinator.v1.LogRankPlan
+	(*LogPlan)(nil),          // 19: ringattn.coordinator.v1.LogPlan
+	(*LogBlockChecksum)(nil), // 20: ringattn.coordinator.v1.LogBlockChecksum
+	(*LogGradChecksum)(nil),  // 21: ringattn.coordinator.v1.LogGradChecksum
+	(*SnapshotHeader)(nil),   // 22: ringattn.coordinator.v1.SnapshotHeader
+	(*SnapshotRecord)(nil),   // 23: ringattn.coordinator.v1.SnapshotRecord
 }
 var file_internal_coordinator_pb_raft_proto_depIdxs = []int32{
 	0,  // 0: ringattn.coordinator.v1.Command.type:type_name -> ringattn.coordinator.v1.CommandType
-	16, // 1: ringattn.coordinator.v1.LogSubmit.spec:type_name -> ringattn.coordinator.v1.LogJobSpec
-	18, // 2: ringattn.coordinator.v1.LogStartEpoch.plan:type_name -> ringattn.coordinator.v1.LogPlan
-	3,  // 3: ringattn.coordinator.v1.LogStartEpoch.mode:type_name -> ringattn.coordinator.v1.LogJobMode
-	19, // 4: ringattn.coordinator.v1.LogShardDone.blocks:type_name -> ringattn.coordinator.v1.LogBlockChecksum
-	20, // 5: ringattn.coordinator.v1.LogShardDone.dq_blocks:type_name -> ringattn.coordinator.v1.LogGradChecksum
-	20, // 6: ringattn.coordinator.v1.LogShardDone.dkv_blocks:type_name -> ringattn.coordinator.v1.LogGradChecksum
-	16, // 7: ringattn.coordinator.v1.LogJob.spec:type_name -> ringattn.coordinator.v1.LogJobSpec
-	4,  // 8: ringattn.coordinator.v1.LogJob.state:type_name -> ringattn.coordinator.v1.LogJobState
-	18, // 9: ringattn.coordinator.v1.LogJob.plan:type_name -> ringattn.coordinator.v1.LogPlan
-	19, // 10: ringattn.coordinator.v1.LogJob.checksums:type_name -> ringattn.coordinator.v1.LogBlockChecksum
-	3,  // 11: ringattn.coordinator.v1.LogJob.epoch_mode:type_name -> ringattn.coordinator.v1.LogJobMode
-	20, // 12: ringattn.coordinator.v1.LogJob.dq_checksums:type_name -> ringattn.coordinator.v1.LogGradChecksum
-	20, // 13: ringattn.coordinator.v1.LogJob.dkv_checksums:type_name -> ringattn.coordinator.v1.LogGradChecksum
+	17, // 1: ringattn.coordinator.v1.LogSubmit.spec:type_name -> ringattn.coordinator.v1.LogJobSpec
+	19, // 2: ringattn.coordinator.v1.LogStartEpoch.plan:type_name -> ringattn.coordinator.v1.LogPlan
+	4,  // 3: ringattn.coordinator.v1.LogStartEpoch.mode:type_name -> ringattn.coordinator.v1.LogJobMode
+	20, // 4: ringattn.coordinator.v1.LogShardDone.blocks:type_name -> ringattn.coordinator.v1.LogBlockChecksum
+	21, // 5: ringattn.coordinator.v1.LogShardDone.dq_blocks:type_name -> ringattn.coordinator.v1.LogGradChecksum
+	21, // 6: ringattn.coordinator.v1.LogShardDone.dkv_blocks:type_name -> ringattn.coordinator.v1.LogGradChecksum
+	17, // 7: ringattn.coordinator.v1.LogJob.spec:type_name -> ringattn.coordinator.v1.LogJobSpec
+	5,  // 8: ringattn.coordinator.v1.LogJob.state:type_name -> ringattn.coordinator.v1.LogJobState
+	19, // 9: ringattn.coordinator.v1.LogJob.plan:type_name -> ringattn.coordinator.v1.LogPlan
+	20, // 10: ringattn.coordinator.v1.LogJob.checksums:type_name -> ringattn.coordinator.v1.LogBlockChecksum
+	4,  // 11: ringattn.coordinator.v1.LogJob.epoch_mode:type_name -> ringattn.coordinator.v1.LogJobMode
+	21, // 12: ringattn.coordinator.v1.LogJob.dq_checksums:type_name -> ringattn.coordinator.v1.LogGradChecksum
+	21, // 13: ringattn.coordinator.v1.LogJob.dkv_checksums:type_name -> ringattn.coordinator.v1.LogGradChecksum
 	1,  // 14: ringattn.coordinator.v1.LogJobSpec.kind:type_name -> ringattn.coordinator.v1.LogJobKind
-	15, // 15: ringattn.coordinator.v1.LogJobSpec.mask:type_name -> ringattn.coordinator.v1.LogMask
+	16, // 15: ringattn.coordinator.v1.LogJobSpec.mask:type_name -> ringattn.coordinator.v1.LogMask
 	2,  // 16: ringattn.coordinator.v1.LogJobSpec.wire_dtype:type_name -> ringattn.coordinator.v1.LogWireDType
-	3,  // 17: ringattn.coordinator.v1.LogJobSpec.mode:type_name -> ringattn.coordinator.v1.LogJobMode
-	17, // 18: ringattn.coordinator.v1.LogPlan.ranks:type_name -> ringattn.coordinator.v1.LogRankPlan
-	14, // 19: ringattn.coordinator.v1.SnapshotRecord.job:type_name -> ringattn.coordinator.v1.LogJob
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	4,  // 17: ringattn.coordinator.v1.LogJobSpec.mode:type_name -> ringattn.coordinator.v1.LogJobMode
+	3,  // 18: ringattn.coordinator.v1.LogJobSpec.precision:type_name -> ringattn.coordinator.v1.LogPrecision
+	18, // 19: ringattn.coordinator.v1.LogPlan.ranks:type_name -> ringattn.coordinator.v1.LogRankPlan
+	15, // 20: ringattn.coordinator.v1.SnapshotRecord.job:type_name -> ringattn.coordinator.v1.LogJob
+	21, // [21:21] is the sub-list for method output_type
+	21, // [21:21] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_internal_coordinator_pb_raft_proto_init() }
@@ -2198,7 +2258,7 @@ func file_internal_coordinator_pb_raft_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_internal_coordinator_pb_raft_proto_rawDesc), len(file_internal_coordinator_pb_raft_proto_rawDesc)),
-			NumEnums:      5,
+			NumEnums:      6,
 			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   0,
