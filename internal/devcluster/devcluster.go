@@ -170,12 +170,13 @@ func Start(ctx context.Context, cfg Config) (c *Cluster, err error) {
 	cc.RaftElectionTimeout = 200 * time.Millisecond
 	cc.RaftLeaderLeaseTimeout = 100 * time.Millisecond
 	cc.SchedulerInterval = 20 * time.Millisecond
-	store, err := c.openStore(ctx)
-	if err != nil {
+	// The bucket exists before anyone uploads; the coordinator opens each
+	// tenant's bucket itself (deletes, output checks, the sweeper).
+	if _, err := c.openStore(ctx); err != nil {
 		return c, err
 	}
 	c.Coord, err = coordinator.New(cc, coordinator.Deps{Logger: log.With("side", "coordinator"),
-		Registerer: c.reg, Tensors: storeDeleter{store}})
+		Registerer: c.reg})
 	if err != nil {
 		return c, err
 	}
@@ -265,14 +266,6 @@ func (c *Cluster) openStore(ctx context.Context) (*transport.Store, error) {
 	}
 	c.storeNC = nc
 	return s, nil
-}
-
-// storeDeleter adapts the Store to coordinator.TensorDeleter.
-type storeDeleter struct{ s *transport.Store }
-
-func (d storeDeleter) DeleteJob(ctx context.Context, job string) error {
-	_, err := d.s.DeleteJob(ctx, job)
-	return err
 }
 
 // NATSConfig is how clients in this process reach the cluster (over
