@@ -20,6 +20,7 @@ import (
 	"github.com/ringattn/ringattn/internal/devcluster"
 	"github.com/ringattn/ringattn/internal/testrand"
 	"github.com/ringattn/ringattn/internal/worker"
+	"github.com/ringattn/ringattn/internal/xlog"
 	"github.com/ringattn/ringattn/pkg/client"
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -140,8 +141,8 @@ func TestDevclusterMetricsScrapedDuringJob(t *testing.T) {
 	// Every worker reports 2 GFLOP/s (w2 a fifth of it), far below what
 	// it measures: the big job's ranks then each hold far more compute
 	// than the scheduler's minimum rank time, so it spreads over all four.
-	const gflops = 2
-	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: 1, WorkerThreads: 1, WorkerGFLOPS: gflops})
+	const gflops = 2.0 // a float: gflops/5 below must not truncate to 0 (which means "measure")
+	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: 1, WorkerThreads: 1, WorkerGFLOPS: gflops, Logger: xlog.Test(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
