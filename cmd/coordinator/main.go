@@ -90,6 +90,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, lookup fu
 	fs.IntVar(&cfg.Limits.MaxQueued, "max-queued", cfg.Limits.MaxQueued, "most jobs QUEUED at once")
 	fs.IntVar(&cfg.MaxActivePerTenant, "max-active-per-tenant", cfg.MaxActivePerTenant,
 		"most jobs one tenant has QUEUED or RUNNING at once (0 = no limit)")
+	fs.StringVar(&cfg.OpsToken, "ops-token", cfg.OpsToken,
+		"bearer token the HTTP endpoints showing jobs (/, /v1/jobs) require; prefer RINGATTN_OPS_TOKEN (without it they are closed when tenants are enforced)")
+	fs.DurationVar(&cfg.MinRankTime, "min-rank-time", cfg.MinRankTime,
+		"gang sizing: a job gets no more ranks than keep each busy at least this long at the workers' measured speed (0 = as many as it has blocks)")
 	fs.BoolVar(&cfg.EnforceTenants, "enforce-tenants", cfg.EnforceTenants,
 		"hold API callers to their subject's tenant even without NATS credentials (on whenever credentials are set)")
 	fs.IntVar(&cfg.Limits.MaxConcurrentRequests, "max-concurrent-requests", cfg.Limits.MaxConcurrentRequests,

@@ -154,6 +154,12 @@ type Config struct {
 	// has credentials (transport.Config.HasCredentials); set it for a
 	// server that authenticates clients otherwise (TLS certificates).
 	EnforceTenants bool
+	// OpsToken, when set, is the bearer token the ops HTTP endpoints that
+	// show jobs (the status page, /v1/jobs, /v1/jobs/{id}) require
+	// (`Authorization: Bearer <token>`). With EnforceTenants on and no
+	// token those endpoints answer 403: they show every tenant's jobs.
+	// /healthz, /readyz, /metrics and /v1/cluster stay open.
+	OpsToken string
 	// MaxActivePerTenant bounds the jobs one tenant has QUEUED or RUNNING
 	// at once (decided in State.Apply) when tenants are enforced; 0 means
 	// no limit. Without enforced tenants (no auth) it does not apply.

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,7 +53,7 @@ func (c *Coordinator) HTTPAddr() string {
 // /v1/cluster, /v1/jobs and /v1/jobs/{id}.
 func (c *Coordinator) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", c.serveStatus)
+	mux.HandleFunc("GET /{$}", c.jobsAccess(c.serveStatus))
 	if c.deps.Gatherer != nil {
 		mux.Handle("GET /metrics", imetrics.Handler(c.deps.Gatherer))
 	}
@@ -69,7 +70,7 @@ func (c *Coordinator) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/cluster", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, r, http.StatusOK, c.cluster())
 	})
-	mux.HandleFunc("GET /v1/jobs", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /v1/jobs", c.jobsAccess(func(w http.ResponseWriter, r *http.Request) {
 		var states []pb.JobState
 		for _, s := range strings.Split(r.URL.Query().Get("state"), ",") {
 			if s == "" {
@@ -92,8 +93,8 @@ func (c *Coordinator) Handler() http.Handler {
 			limit = n
 		}
 		writeJSON(w, r, http.StatusOK, c.list(states, limit))
-	})
-	mux.HandleFunc("GET /v1/jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET /v1/jobs/{id}", c.jobsAccess(func(w http.ResponseWriter, r *http.Request) {
 		id := r.PathValue("id")
 		var j *cpb.Job
 		c.fsm.view(func(s *State) { j = s.Job(id) })
@@ -102,8 +103,29 @@ func (c *Coordinator) Handler() http.Handler {
 			return
 		}
 		writeJSON(w, r, http.StatusOK, c.status(j))
-	})
+	}))
 	return mux
+}
+
+// jobsAccess guards an endpoint that shows jobs (Config.OpsToken): with a
+// token it wants `Authorization: Bearer <token>` (401 otherwise); without
+// one it is open unless tenants are enforced (403: it would show every
+// tenant's jobs).
+func (c *Coordinator) jobsAccess(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if tok := c.cfg.OpsToken; tok != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(tok)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="ringattn-ops"`)
+				writeJSONError(w, http.StatusUnauthorized, "authorization", "want Authorization: Bearer <the coordinator's --ops-token>")
+				return
+			}
+		} else if c.enforceTenants() {
+			writeJSONError(w, http.StatusForbidden, "", "job listings show every tenant's jobs: with tenants enforced they need the coordinator's --ops-token")
+			return
+		}
+		h(w, r)
+	}
 }
 
 func writeText(w http.ResponseWriter, code int, s string) {
