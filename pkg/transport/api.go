@@ -139,31 +139,17 @@ type errorReply = Reply
 // server refuses this identity the subject, and errors Retryable reports
 // for no leader, busy, no responder and timeouts.
 func (a *APIClient) Once(ctx context.Context, endpoint string, req proto.Message, rep Reply) error {
-	if err := ValidateTenant(a.Tenant); err != nil {
-		return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "tenant", Message: err.Error()}
-	}
-	data, err := proto.Marshal(req)
+	data, timeout, err := a.prepare(req)
 	if err != nil {
 		return err
-	}
-	timeout := a.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
 	}
 	return a.once(ctx, endpoint, data, timeout, rep)
 }
 
 func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message, rep errorReply) error {
-	if err := ValidateTenant(a.Tenant); err != nil {
-		return &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "tenant", Message: err.Error()}
-	}
-	data, err := proto.Marshal(req)
+	data, timeout, err := a.prepare(req)
 	if err != nil {
 		return err
-	}
-	timeout := a.Timeout
-	if timeout <= 0 {
-		timeout = 5 * time.Second
 	}
 	wait := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
@@ -183,6 +169,21 @@ func (a *APIClient) call(ctx context.Context, endpoint string, req proto.Message
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// prepare checks the tenant, encodes req and resolves the attempt timeout.
+func (a *APIClient) prepare(req proto.Message) (data []byte, timeout time.Duration, err error) {
+	if err := ValidateTenant(a.Tenant); err != nil {
+		return nil, 0, &APIError{Code: pb.ErrorCode_ERROR_CODE_INVALID_ARGUMENT, Field: "tenant", Message: err.Error()}
+	}
+	if data, err = proto.Marshal(req); err != nil {
+		return nil, 0, err
+	}
+	timeout = a.Timeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	return data, timeout, nil
 }
 
 func (a *APIClient) once(ctx context.Context, endpoint string, data []byte, timeout time.Duration, rep errorReply) error {
