@@ -54,7 +54,7 @@ func positive(t *testing.T, what, s string) float64 {
 // shapes in child processes: this test binary, see TestMain).
 func TestCLIBenchDispatch(t *testing.T) {
 	code, out, _ := cli(t, "bench", "--help")
-	if code != 0 || !strings.HasPrefix(out, "Usage: ringattn bench kernel|ring|cluster|rss|recovery|load [flags]") {
+	if code != 0 || !strings.HasPrefix(out, "Usage: ringattn bench kernel|ring|cluster|rss|recovery|load|simulate [flags]") {
 		t.Errorf("bench --help: exit %d:\n%s", code, out)
 	}
 	for _, target := range bench.Targets {
@@ -66,8 +66,8 @@ func TestCLIBenchDispatch(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"bench"}, "ringattn bench: bench needs a target: kernel, ring, cluster, rss, recovery or load\n"},
-		{[]string{"bench", "nope"}, "ringattn bench: unknown bench target \"nope\", expected kernel, ring, cluster, rss, recovery or load\n"},
+		{[]string{"bench"}, "ringattn bench: bench needs a target: kernel, ring, cluster, rss, recovery, load or simulate\n"},
+		{[]string{"bench", "nope"}, "ringattn bench: unknown bench target \"nope\", expected kernel, ring, cluster, rss, recovery, load or simulate\n"},
 		{[]string{"bench", "kernel", "--runs", "0"}, "ringattn bench: --runs and --heads must be >= 1\n"},
 		{[]string{"bench", "kernel", "--seq", "64,x"}, "ringattn bench: --seq item \"x\", expected a positive integer\n"},
 		{[]string{"bench", "ring", "--mask", "diagonal"}, "ringattn bench: "},

@@ -113,7 +113,7 @@ func New(cfg Config, deps Deps) (*Coordinator, error) {
 		c.conn = deps.Conn
 		c.subj = c.conn.Subjects()
 	} else {
-		nc, err := transport.Connect(c.natsConfig(), c.log)
+		nc, err := transport.ConnectWait(c.natsConfig(), c.log, natsStartWait)
 		if err != nil {
 			return nil, err
 		}
@@ -232,17 +232,23 @@ func (c *Coordinator) openRaft() error {
 			return fmt.Errorf("coordinator: %w", err)
 		}
 		tlsCfg.ServerName = cfg.RaftTLSServerName
-		if c.trans, err = raftls.NewTransport(cfg.RaftAddr, advertise, tlsCfg, 3, 10*time.Second, hl); err != nil {
+		// Assigned only on success: a typed nil in c.trans would make
+		// closeResources call Close on a nil transport.
+		t, err := raftls.NewTransport(cfg.RaftAddr, advertise, tlsCfg, 3, 10*time.Second, hl)
+		if err != nil {
 			return fmt.Errorf("coordinator: raft TLS transport on %s: %w", cfg.RaftAddr, err)
 		}
+		c.trans = t
 	} else {
 		adv, err := net.ResolveTCPAddr("tcp", advertise)
 		if err != nil {
 			return fmt.Errorf("coordinator: RaftAdvertise %q: %w", advertise, err)
 		}
-		if c.trans, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, hl); err != nil {
+		t, err := raft.NewTCPTransportWithLogger(cfg.RaftAddr, adv, 3, 10*time.Second, hl)
+		if err != nil {
 			return fmt.Errorf("coordinator: raft transport on %s: %w", cfg.RaftAddr, err)
 		}
+		c.trans = t
 	}
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -505,3 +511,7 @@ func (c *Coordinator) closeResources() error {
 	}
 	return errors.Join(errs...)
 }
+
+// natsStartWait is how long a starting coordinator waits for NATS to
+// answer: processes of a cluster start in any order.
+const natsStartWait = 60 * time.Second

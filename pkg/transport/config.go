@@ -413,6 +413,27 @@ func Connect(cfg Config, logger *slog.Logger) (*nats.Conn, error) {
 	return nc, nil
 }
 
+// ConnectWait is Connect, retried with backoff (100 ms doubling to 2 s)
+// while no server answers (ErrConnect), for up to wait: the processes of a
+// cluster start in any order. Bad configuration and refused credentials
+// fail at once.
+func ConnectWait(cfg Config, logger *slog.Logger, wait time.Duration) (*nats.Conn, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	deadline := time.Now().Add(wait)
+	pause := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		nc, err := Connect(cfg, logger)
+		if err == nil || !errors.Is(err, ErrConnect) || time.Now().Add(pause).After(deadline) {
+			return nc, err
+		}
+		logger.Warn("cannot reach NATS yet; retrying", "attempt", attempt, "in", pause, "err", err)
+		time.Sleep(pause)
+		pause = min(2*pause, 2*time.Second)
+	}
+}
+
 func isAuthError(err error) bool {
 	for _, e := range []error{nats.ErrAuthorization, nats.ErrAuthExpired, nats.ErrAuthRevoked, nats.ErrAccountAuthExpired} {
 		if errors.Is(err, e) {
