@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/ringattn/ringattn/pkg/kernels"
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/transport"
 )
@@ -50,8 +49,8 @@ type layerGrad struct {
 func newLayerGrad(l *layer, b int) *layerGrad {
 	hd := l.Heads * l.D
 	return &layerGrad{l: l, b: b,
-		woT: transpose(l.Wo, l.DModel, hd),
-		wqT: transpose(l.Wq, hd, l.DModel), wkT: transpose(l.Wk, hd, l.DModel), wvT: transpose(l.Wv, hd, l.DModel)}
+		woT: ringattn.Transpose(l.Wo, l.DModel, hd),
+		wqT: ringattn.Transpose(l.Wq, hd, l.DModel), wkT: ringattn.Transpose(l.Wk, hd, l.DModel), wvT: ringattn.Transpose(l.Wv, hd, l.DModel)}
 }
 
 // rowsOf returns the sequence length of a block of t holding per values
@@ -70,7 +69,7 @@ func (g *layerGrad) rowsOf(ns, tensor string, block int, t []float32, per int) (
 func (g *layerGrad) dO(dy []float32, n int) []float32 {
 	l := g.l
 	hd := l.Heads * l.D
-	return splitHeads(matmul(g.b*n, hd, l.DModel, dy, g.woT, nil), g.b, l.Heads, n, l.D)
+	return ringattn.SplitHeads(ringattn.MatMulT(g.b*n, hd, l.DModel, dy, g.woT, nil), g.b, l.Heads, n, l.D)
 }
 
 // weightGrad returns cat(t)ᵀ·x [H·D, d_model] of a block: t [B, H, n, D],
@@ -78,96 +77,7 @@ func (g *layerGrad) dO(dy []float32, n int) []float32 {
 func (g *layerGrad) weightGrad(t, x []float32, n int) []float32 {
 	l := g.l
 	rows := g.b * n
-	return matmul(l.Heads*l.D, l.DModel, rows, catHeadsT(t, g.b, l.Heads, n, l.D), transpose(x, rows, l.DModel), nil)
-}
-
-// catHeads maps t [B, H, n, D] to rows [B·n, H·D].
-func catHeads(t []float32, b, h, n, d int) []float32 {
-	hd := h * d
-	out := make([]float32, b*n*hd)
-	for bi := range b {
-		for hi := range h {
-			for r := range n {
-				copy(out[(bi*n+r)*hd+hi*d:][:d], t[((bi*h+hi)*n+r)*d:][:d])
-			}
-		}
-	}
-	return out
-}
-
-// catHeadsT maps t [B, H, n, D] to cat(t)ᵀ [H·D, B·n].
-func catHeadsT(t []float32, b, h, n, d int) []float32 {
-	rows := b * n
-	out := make([]float32, h*d*rows)
-	for bi := range b {
-		for hi := range h {
-			for r := range n {
-				src := t[((bi*h+hi)*n+r)*d:][:d]
-				for c, v := range src {
-					out[(hi*d+c)*rows+bi*n+r] = v
-				}
-			}
-		}
-	}
-	return out
-}
-
-// splitHeads maps rows [B·n, H·D] to [B, H, n, D].
-func splitHeads(t []float32, b, h, n, d int) []float32 {
-	hd := h * d
-	out := make([]float32, b*n*hd)
-	for bi := range b {
-		for hi := range h {
-			for r := range n {
-				copy(out[((bi*h+hi)*n+r)*d:][:d], t[(bi*n+r)*hd+hi*d:][:d])
-			}
-		}
-	}
-	return out
-}
-
-// transpose returns the [cols, rows] transpose of t [rows, cols].
-func transpose(t []float32, rows, cols int) []float32 {
-	out := make([]float32, len(t))
-	for r := range rows {
-		for c := range cols {
-			out[c*rows+r] = t[r*cols+c]
-		}
-	}
-	return out
-}
-
-// matmul returns c [m, n] = a [m, k]·bᵀ (b [n, k]) on the kernels' GEMM,
-// added into acc when acc is not nil (and returned).
-func matmul(m, n, k int, a, b, acc []float32) []float32 {
-	c := acc
-	if c == nil {
-		c = make([]float32, m*n)
-	}
-	if m == 0 || n == 0 || k == 0 {
-		return c
-	}
-	// Shapes come from a validated layer and checked blocks: an error is a
-	// bug (contained by the rank's guards).
-	if err := kernels.MatMulT(m, n, k, a, k, b, k, c, n, acc != nil); err != nil {
-		panic(err)
-	}
-	return c
-}
-
-// colSums returns the column sums of t [rows, cols], summed in float64.
-func colSums(t []float32, rows, cols int) []float32 {
-	s := make([]float64, cols)
-	for r := range rows {
-		for c, v := range t[r*cols : (r+1)*cols] {
-			s[c] += float64(v)
-		}
-	}
-	out := make([]float32, cols)
-	for c, v := range s {
-		out[c] = float32(v)
-	}
-	return out
+	return ringattn.MatMulT(l.Heads*l.D, l.DModel, rows, ringattn.CatHeadsT(t, g.b, l.Heads, n, l.D), ringattn.Transpose(x, rows, l.DModel), nil)
 }
 
 // mhaBwdSource serves a layer's backward rank: q, k, v projected from x
@@ -304,12 +214,12 @@ func (s *mhaGradSink) putAll(ctx context.Context, block int, names []string, dat
 func (g *layerGrad) dqShares(dq, x, dy, o []float32, n int, bias bool) (dxq, dwq, dwo, dbq, dbo []float32) {
 	l := g.l
 	hd, rows := l.Heads*l.D, g.b*n
-	dqc := catHeads(dq, g.b, l.Heads, n, l.D)
-	dxq = matmul(rows, l.DModel, hd, dqc, g.wqT, nil)
+	dqc := ringattn.CatHeads(dq, g.b, l.Heads, n, l.D)
+	dxq = ringattn.MatMulT(rows, l.DModel, hd, dqc, g.wqT, nil)
 	dwq = g.weightGrad(dq, x, n)
-	dwo = matmul(l.DModel, hd, rows, transpose(dy, rows, l.DModel), catHeadsT(o, g.b, l.Heads, n, l.D), nil)
+	dwo = ringattn.MatMulT(l.DModel, hd, rows, ringattn.Transpose(dy, rows, l.DModel), ringattn.CatHeadsT(o, g.b, l.Heads, n, l.D), nil)
 	if bias {
-		dbq, dbo = colSums(dqc, rows, hd), colSums(dy, rows, l.DModel)
+		dbq, dbo = ringattn.ColSums(dqc, rows, hd), ringattn.ColSums(dy, rows, l.DModel)
 	}
 	return dxq, dwq, dwo, dbq, dbo
 }
@@ -320,11 +230,11 @@ func (g *layerGrad) dqShares(dq, x, dy, o []float32, n int, bias bool) (dxq, dwq
 func (g *layerGrad) dkvShares(dk, dv, x []float32, n int, bias bool) (dxkv, dwk, dwv, dbk, dbv []float32) {
 	l := g.l
 	hd, rows := l.Heads*l.D, g.b*n
-	dkc, dvc := catHeads(dk, g.b, l.Heads, n, l.D), catHeads(dv, g.b, l.Heads, n, l.D)
-	dxkv = matmul(rows, l.DModel, hd, dvc, g.wvT, matmul(rows, l.DModel, hd, dkc, g.wkT, nil))
+	dkc, dvc := ringattn.CatHeads(dk, g.b, l.Heads, n, l.D), ringattn.CatHeads(dv, g.b, l.Heads, n, l.D)
+	dxkv = ringattn.MatMulT(rows, l.DModel, hd, dvc, g.wvT, ringattn.MatMulT(rows, l.DModel, hd, dkc, g.wkT, nil))
 	dwk, dwv = g.weightGrad(dk, x, n), g.weightGrad(dv, x, n)
 	if bias {
-		dbk, dbv = colSums(dkc, rows, hd), colSums(dvc, rows, hd)
+		dbk, dbv = ringattn.ColSums(dkc, rows, hd), ringattn.ColSums(dvc, rows, hd)
 	}
 	return dxkv, dwk, dwv, dbk, dbv
 }

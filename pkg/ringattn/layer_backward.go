@@ -55,24 +55,24 @@ func (l *Layer) Backward(p *kernels.Params, x, dy []float32) (y []float32, g *La
 	}
 	rows := b * n
 	g = &LayerGrads{}
-	oc := l.catHeads(o, b, n)
-	g.DWo = matmul(l.DModel, hd, rows, transpose(dy, rows, l.DModel), transpose(oc, rows, hd), nil)
-	doc := matmul(rows, hd, l.DModel, dy, transpose(l.Wo, l.DModel, hd), nil)
+	oc := CatHeads(o, b, l.Heads, n, l.D)
+	g.DWo = MatMulT(l.DModel, hd, rows, Transpose(dy, rows, l.DModel), Transpose(oc, rows, hd), nil)
+	doc := MatMulT(rows, hd, l.DModel, dy, Transpose(l.Wo, l.DModel, hd), nil)
 	if l.Bo != nil {
-		g.DBo = colSums(dy, rows, l.DModel)
+		g.DBo = ColSums(dy, rows, l.DModel)
 	}
-	do := l.splitHeads(doc, b, n)
+	do := SplitHeads(doc, b, l.Heads, n, l.D)
 	dq, dk, dv := make([]float32, len(q)), make([]float32, len(k)), make([]float32, len(v))
 	if err := kernels.AttentionBackward(p, q, k, v, o, lse, do, dq, dk, dv); err != nil {
 		return nil, nil, err
 	}
 	g.DX = make([]float32, rows*l.DModel)
 	grads := func(dt, w, bias []float32) (dw, db []float32) {
-		dc := l.catHeads(dt, b, n)
-		dw = matmul(hd, l.DModel, rows, transpose(dc, rows, hd), transpose(x, rows, l.DModel), nil)
-		matmul(rows, l.DModel, hd, dc, transpose(w, hd, l.DModel), g.DX)
+		dc := CatHeads(dt, b, l.Heads, n, l.D)
+		dw = MatMulT(hd, l.DModel, rows, Transpose(dc, rows, hd), Transpose(x, rows, l.DModel), nil)
+		MatMulT(rows, l.DModel, hd, dc, Transpose(w, hd, l.DModel), g.DX)
 		if bias != nil {
-			db = colSums(dc, rows, hd)
+			db = ColSums(dc, rows, hd)
 		}
 		return dw, db
 	}
@@ -80,74 +80,4 @@ func (l *Layer) Backward(p *kernels.Params, x, dy []float32) (y []float32, g *La
 	g.DWk, g.DBk = grads(dk, l.Wk, l.Bk)
 	g.DWv, g.DBv = grads(dv, l.Wv, l.Bv)
 	return y, g, nil
-}
-
-// catHeads maps t [B, Heads, n, D] to rows [B·n, Heads·D].
-func (l *Layer) catHeads(t []float32, b, n int) []float32 {
-	hd := l.Heads * l.D
-	out := make([]float32, b*n*hd)
-	for bi := range b {
-		for h := range l.Heads {
-			for r := range n {
-				copy(out[(bi*n+r)*hd+h*l.D:][:l.D], t[((bi*l.Heads+h)*n+r)*l.D:][:l.D])
-			}
-		}
-	}
-	return out
-}
-
-// splitHeads maps rows [B·n, Heads·D] to [B, Heads, n, D].
-func (l *Layer) splitHeads(t []float32, b, n int) []float32 {
-	hd := l.Heads * l.D
-	out := make([]float32, b*n*hd)
-	for bi := range b {
-		for h := range l.Heads {
-			for r := range n {
-				copy(out[((bi*l.Heads+h)*n+r)*l.D:][:l.D], t[(bi*n+r)*hd+h*l.D:][:l.D])
-			}
-		}
-	}
-	return out
-}
-
-// transpose returns the [cols, rows] transpose of t [rows, cols].
-func transpose(t []float32, rows, cols int) []float32 {
-	out := make([]float32, len(t))
-	for r := range rows {
-		for c := range cols {
-			out[c*rows+r] = t[r*cols+c]
-		}
-	}
-	return out
-}
-
-// matmul returns c [m, n] = a [m, k] · bᵀ (b [n, k]) on the kernels' GEMM,
-// added into acc when acc is not nil (and returned).
-func matmul(m, n, k int, a, b, acc []float32) []float32 {
-	c := acc
-	if c == nil {
-		c = make([]float32, m*n)
-	}
-	if m == 0 || n == 0 {
-		return c
-	}
-	// Shapes come from a validated layer; an error here is a bug.
-	if err := kernels.MatMulT(m, n, k, a, max(k, 1), b, max(k, 1), c, n, acc != nil); err != nil {
-		panic(err)
-	}
-	return c
-}
-
-func colSums(t []float32, rows, cols int) []float32 {
-	s := make([]float64, cols)
-	for r := range rows {
-		for c := range cols {
-			s[c] += float64(t[r*cols+c])
-		}
-	}
-	out := make([]float32, cols)
-	for c, v := range s {
-		out[c] = float32(v)
-	}
-	return out
 }
