@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
@@ -653,6 +654,9 @@ func TestGatewayBusy(t *testing.T) {
 	ct, body := multipartBody(t, `{}`, parts...)
 	// Hold the one slot with a body that is still arriving.
 	pr, pw := io.Pipe()
+	// A failure below must not leave the held request open: the test
+	// server's Close would wait for it forever.
+	t.Cleanup(func() { pw.CloseWithError(errors.New("test ended")) })
 	req, _ := http.NewRequest("POST", base+"/v1/jobs", pr)
 	req.Header.Set("Content-Type", ct)
 	held := make(chan *http.Response, 1)
