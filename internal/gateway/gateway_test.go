@@ -5,10 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
@@ -652,25 +652,19 @@ func TestGatewayBusy(t *testing.T) {
 	base := gatewayServer(t, gateway.Config{MaxInFlight: 1})
 	_, _, _, parts := attentionInputs(t, 5, 1, 1, 1, 16, 16, 8)
 	ct, body := multipartBody(t, `{}`, parts...)
-	// Hold the one slot with a body that is still arriving.
-	pr, pw := io.Pipe()
-	// A failure below must not leave the held request open: the test
-	// server's Close would wait for it forever.
-	t.Cleanup(func() { pw.CloseWithError(errors.New("test ended")) })
-	req, _ := http.NewRequest("POST", base+"/v1/jobs", pr)
-	req.Header.Set("Content-Type", ct)
-	held := make(chan *http.Response, 1)
-	go func() {
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			held <- nil
-			return
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
-		held <- resp
-	}()
-	pw.Write(body[:len(body)/2])
+	// Hold the one slot with a body that is still arriving. The request
+	// goes over a raw connection so its headers and half its body are
+	// on the wire before the loop below starts (an http.Client may keep
+	// a small half-written body in its buffer).
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	fmt.Fprintf(conn, "POST /v1/jobs HTTP/1.1\r\nHost: gateway\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n", ct, len(body))
+	if _, err := conn.Write(body[:len(body)/2]); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		resp, rb := do(t, "POST", base+"/v1/jobs", ct, body)
@@ -685,10 +679,17 @@ func TestGatewayBusy(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	pw.Write(body[len(body)/2:])
-	pw.Close()
-	if resp := <-held; resp == nil || resp.StatusCode != 201 {
-		t.Fatalf("the held submit: %v", resp)
+	if _, err := conn.Write(body[len(body)/2:]); err != nil {
+		t.Fatal(err)
+	}
+	conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+	held, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("the held submit: %v", err)
+	}
+	held.Body.Close()
+	if held.StatusCode != 201 {
+		t.Fatalf("the held submit: %s", held.Status)
 	}
 	if resp, rb := do(t, "POST", base+"/v1/jobs", ct, body); resp.StatusCode != 201 {
 		t.Fatalf("after the slot freed: %d %s", resp.StatusCode, rb)
