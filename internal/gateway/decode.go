@@ -39,7 +39,10 @@ type Spec struct {
 	Priority       int    `json:"priority"`
 	AllowNonFinite bool   `json:"allow_nonfinite"`
 	IdempotencyKey string `json:"idempotency_key"`
-	Backward       bool   `json:"backward"`
+	// Backward asks for gradients: with part do for attention (and o,
+	// lse for a backward-only job), with part dy for mha (a layer
+	// forward+backward job).
+	Backward bool `json:"backward"`
 }
 
 // The tensor parts each kind takes; the optional ones all or none.
@@ -49,6 +52,8 @@ var (
 	forwardOutputs = []string{"o", "lse"} // a backward job's optional parts
 	mhaParts       = []string{"x", "wq", "wk", "wv", "wo"}
 	mhaBiasParts   = []string{"bq", "bk", "bv", "bo"}
+	// An mha backward job's: x, dy = dL/dy (x's shape) and the weights.
+	mhaBackwardParts = []string{"x", "dy", "wq", "wk", "wv", "wo"}
 )
 
 // submission is a decoded submit request.
@@ -106,10 +111,7 @@ func decodeSpec(data []byte) (Spec, client.JobOptions, error) {
 	default:
 		return s, o, invalid("spec.kind", "%q: want attention or mha", s.Kind)
 	}
-	if s.Backward {
-		if s.Kind != "attention" {
-			return s, o, invalid("spec.backward", "a %s job has no backward: want kind attention", s.Kind)
-		}
+	if s.Backward && s.Kind == "attention" {
 		if s.ReturnLSE {
 			return s, o, invalid("spec.return_lse", "a backward job takes no return_lse (a forward+backward job always returns o and lse)")
 		}
@@ -190,12 +192,22 @@ func specJSONError(err error) *Error {
 // partNames are the parts a spec takes.
 func partNames(s Spec) (required, optional []string) {
 	switch {
+	case s.Kind == "mha" && s.Backward:
+		return mhaBackwardParts, mhaBiasParts
 	case s.Kind == "mha":
 		return mhaParts, mhaBiasParts
 	case s.Backward:
 		return backwardParts, forwardOutputs
 	}
 	return attentionParts, nil
+}
+
+// jobLabel names a spec's kind of job in messages: "mha backward".
+func jobLabel(s Spec) string {
+	if s.Backward {
+		return s.Kind + " backward"
+	}
+	return s.Kind
 }
 
 // decodeSubmit reads a multipart submit: the "spec" part first, then one
@@ -243,7 +255,10 @@ func decodeSubmit(body io.Reader, boundary string, budget int64, idemHeader stri
 			continue
 		}
 		if !contains(required, name) && !contains(optional, name) {
-			return nil, invalid(name, "unexpected part %q: a %s job takes %s", name, sub.spec.Kind, strings.Join(append(append([]string{}, required...), optional...), ", "))
+			if !sub.spec.Backward && (name == "do" || name == "dy") {
+				return nil, invalid(name, "part %q is a gradient: set spec.backward true for a backward job", name)
+			}
+			return nil, invalid(name, "unexpected part %q: a %s job takes %s", name, jobLabel(sub.spec), strings.Join(append(append([]string{}, required...), optional...), ", "))
 		}
 		if sub.tensors[name] != nil {
 			return nil, invalid(name, "part %q given twice", name)
@@ -271,7 +286,7 @@ func decodeSubmit(body io.Reader, boundary string, budget int64, idemHeader stri
 	}
 	for _, n := range required {
 		if sub.tensors[n] == nil {
-			return nil, invalid(n, "missing part %q: a %s job takes %s", n, sub.spec.Kind, strings.Join(required, ", "))
+			return nil, invalid(n, "missing part %q: a %s job takes %s", n, jobLabel(sub.spec), strings.Join(required, ", "))
 		}
 	}
 	nb := 0

@@ -5,6 +5,7 @@ import (
 	"io"
 	"mime/multipart"
 	"net/textproto"
+	"slices"
 	"testing"
 
 	"github.com/ringattn/ringattn/pkg/tensor"
@@ -48,6 +49,9 @@ func FuzzGatewaySubmit(f *testing.F) {
 		[2]string{"wk", fuzzNPY(4, 4)}, [2]string{"wv", fuzzNPY(4, 4)}, [2]string{"wo", fuzzNPY(4, 4)}))
 	f.Add(fuzzBody(`{"backward": true, "causal": true}`, [2]string{"q", q}, [2]string{"k", q}, [2]string{"v", q}, [2]string{"do", q},
 		[2]string{"o", q}, [2]string{"lse", fuzzNPY(1, 2, 4)}))
+	f.Add(fuzzBody(`{"kind": "mha", "heads": 2, "backward": true, "causal": true}`, [2]string{"x", fuzzNPY(1, 3, 4)},
+		[2]string{"dy", fuzzNPY(1, 3, 4)}, [2]string{"wq", fuzzNPY(4, 4)}, [2]string{"wk", fuzzNPY(4, 4)}, [2]string{"wv", fuzzNPY(4, 4)},
+		[2]string{"wo", fuzzNPY(4, 4)}, [2]string{"bq", fuzzNPY(4)}, [2]string{"bk", fuzzNPY(4)}, [2]string{"bv", fuzzNPY(4)}, [2]string{"bo", fuzzNPY(4)}))
 	f.Add(fuzzBody(`{"cuasal": 1}`, [2]string{"q", q[:20]}))
 	f.Add(fuzzBody("", [2]string{"q", q}))
 	f.Add([]byte("--fuzzboundary--\r\n"))
@@ -69,6 +73,24 @@ func FuzzGatewaySubmit(f *testing.F) {
 			if sub.tensors[n] == nil || sub.tensors[n].Validate() != nil {
 				t.Fatalf("accepted without a valid %s", n)
 			}
+		}
+		// The shape checks after decoding answer an *Error naming a part,
+		// or accept shapes the SDK can submit.
+		if sub.spec.Kind != "mha" {
+			return
+		}
+		if e := checkMHAShapes(sub.tensors, sub.spec.Heads); e != nil {
+			if e.Status != 400 || e.Field == "" || e.Message == "" {
+				t.Fatalf("checkMHAShapes: %+v, want a 400 naming a part", e)
+			}
+			return
+		}
+		x, wq := sub.tensors["x"], sub.tensors["wq"]
+		if dy := sub.tensors["dy"]; dy != nil && !slices.Equal(dy.Shape, x.Shape) {
+			t.Fatalf("accepted dy %v for x %v", dy.Shape, x.Shape)
+		}
+		if wq.Shape[0]%sub.spec.Heads != 0 || wq.Shape[1] != x.Shape[x.Rank()-1] {
+			t.Fatalf("accepted wq %v for x %v and %d heads", wq.Shape, x.Shape, sub.spec.Heads)
 		}
 	})
 }

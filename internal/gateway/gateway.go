@@ -165,7 +165,8 @@ func (g *Gateway) info(w http.ResponseWriter, _ *http.Request) {
 		"kinds":    []string{"attention", "mha"},
 		"backward": true,
 		"outputs": map[string][]string{"attention": {"o", "lse"}, "mha": {"y"},
-			"attention_backward": {"dq", "dk", "dv"}, "attention_forward_backward": {"o", "lse", "dq", "dk", "dv"}},
+			"attention_backward": {"dq", "dk", "dv"}, "attention_forward_backward": {"o", "lse", "dq", "dk", "dv"},
+			"mha_forward_backward": {"y", "dx", "dwq", "dwk", "dwv", "dwo", "dbq", "dbk", "dbv", "dbo"}},
 		"limits": map[string]int64{"max_batch": l.MaxBatch, "max_heads": l.MaxHeads, "max_tokens": l.MaxTokens,
 			"max_d": l.MaxD, "max_blocks": l.MaxBlocks, "max_docs": l.MaxDocs, "max_job_bytes": l.MaxJobBytes,
 			"max_request_bytes": g.cfg.MaxRequestBytes},
@@ -197,9 +198,7 @@ func (g *Gateway) submit(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	var st *pb.JobStatus
 	if sub.spec.Kind == "mha" {
-		t := sub.tensors
-		st, err = g.cl.SubmitMHA(ctx, t["x"], client.MHAWeights{Heads: sub.spec.Heads, Wq: t["wq"], Wk: t["wk"], Wv: t["wv"], Wo: t["wo"],
-			Bq: t["bq"], Bk: t["bk"], Bv: t["bv"], Bo: t["bo"]}, sub.opts)
+		st, err = g.submitMHA(ctx, sub)
 	} else {
 		if err := checkAttentionShapes(sub.tensors); err != nil {
 			writeError(w, err)
@@ -418,9 +417,13 @@ func (g *Gateway) output(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e)
 		return
 	}
-	if !contains(st.GetOutputs(), name) {
+	if !contains(outputsOf(st), name) {
 		writeError(w, &Error{Status: 404, Code: "not_found", Field: "name",
-			Message: fmt.Sprintf("%q: job %s has outputs %s", name, id, strings.Join(st.GetOutputs(), ", "))})
+			Message: fmt.Sprintf("%q: job %s has outputs %s", name, id, strings.Join(outputsOf(st), ", "))})
+		return
+	}
+	if mhaGradJob(st.GetSpec()) && name != "y" {
+		g.outputMHAGrad(ctx, w, st, name)
 		return
 	}
 	s := st.GetSpec()
@@ -470,6 +473,30 @@ func (g *Gateway) output(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &Error{Status: 502, Code: "store", Field: "name", Message: fmt.Sprintf("output %s of job %s: %v", name, id, err)})
 		return
 	}
+	g.writeNPY(w, id, name, t)
+}
+
+// outputMHAGrad serves one gradient of a layer forward+backward job.
+func (g *Gateway) outputMHAGrad(ctx context.Context, w http.ResponseWriter, st *pb.JobStatus, name string) {
+	if !g.acquire(w) {
+		return
+	}
+	defer g.release()
+	store, err := g.cl.Store(ctx)
+	if err != nil {
+		writeError(w, asError(err))
+		return
+	}
+	t, _, err := mhaGrad(ctx, store, st, name)
+	if err != nil {
+		writeError(w, &Error{Status: 502, Code: "store", Field: "name", Message: fmt.Sprintf("fetching %s of job %s from the store: %v", name, st.GetId(), err)})
+		return
+	}
+	g.writeNPY(w, st.GetId(), name, t)
+}
+
+// writeNPY answers 200 with t as a .npy attachment.
+func (g *Gateway) writeNPY(w http.ResponseWriter, id, name string, t *tensor.Tensor) {
 	w.Header().Set("Content-Type", "application/x-npy")
 	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="%s-%s.npy"`, id, name))
 	w.Header().Set("Content-Length", strconv.FormatInt(npySize(t), 10))

@@ -451,7 +451,7 @@ func TestGatewayErrors(t *testing.T) {
 		{"backward bad do", "", nil, 400, "do", "want q's shape"},
 		{"backward o only", "", nil, 400, "o", "or none"},
 		{"backward bad lse", "", nil, 400, "lse", "[B,Hq,N]"},
-		{"backward mha", "", nil, 400, "spec.backward", "kind attention"},
+		{"backward mha", "", nil, 400, "x", "a mha backward job takes x, dy, wq"},
 		{"backward return_lse", "", nil, 400, "spec.return_lse", "no return_lse"},
 		{"missing v", "", nil, 400, "v", "missing part"},
 		{"duplicate", "", nil, 400, "q", "twice"},

@@ -59,7 +59,7 @@ func jobJSON(st *pb.JobStatus) *Job {
 		Mode: modeName(s.GetMode()), Phase: st.GetPhase(),
 		Epoch: st.GetEpoch(), BlocksDone: st.GetBlocksDone(), BlocksTotal: st.GetBlocksTotal(),
 		CreatedUnixMs: st.GetCreatedUnixMs(), StartedUnixMs: st.GetStartedUnixMs(), FinishedUnixMs: st.GetFinishedUnixMs(),
-		ExpiresUnixMs: st.GetExpiresUnixMs(), Outputs: st.GetOutputs(), Strategy: st.GetStrategy(), Workers: st.GetWorkers(),
+		ExpiresUnixMs: st.GetExpiresUnixMs(), Outputs: outputsOf(st), Strategy: st.GetStrategy(), Workers: st.GetWorkers(),
 		Shape: Shape{B: s.GetB(), Hq: s.GetHq(), Hkv: s.GetHkv(), N: s.GetN(), Nk: s.GetNk(), D: s.GetD(), DModel: s.GetDModel()}}
 	if j.Outputs == nil {
 		j.Outputs = []string{}
