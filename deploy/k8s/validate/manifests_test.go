@@ -16,7 +16,7 @@ import (
 
 // natsAuthKeys are the keys of the Secret ringattn-nats-auth that prod and
 // keda expect the operator to create (README, "Credentials").
-var natsAuthKeys = []string{"sys-password", "coordinator-password", "worker-password", "client-password"}
+var natsAuthKeys = []string{"sys-password", "coordinator-password", "worker-password", "client-password", "admin-password", "team-a-password"}
 
 // overlay is one deployable overlay and what it must render.
 type overlay struct {

@@ -168,23 +168,33 @@ func TestManifestsNATSConfigParses(t *testing.T) {
 				t.Errorf("exporter scrapes %q, want the monitoring port %d", u, opts.HTTPPort)
 			}
 
-			// Users: one per component, each password from its own Secret key.
+			// Users: one per role and tenant, each password from its own
+			// Secret key, each held to permissions (TestManifestsNATSPermissions
+			// checks what they allow).
 			users := map[string]*server.User{}
 			for _, u := range opts.Users {
 				users[u.Username] = u
+				if u.Account != nil && u.Account.GetName() == "RINGATTN" && (u.Permissions == nil || u.Permissions.Publish == nil || u.Permissions.Subscribe == nil) {
+					t.Errorf("user %s of RINGATTN has no publish and subscribe permissions: it could speak for any role", u.Username)
+				}
 			}
-			for _, who := range []string{"coordinator", "worker", "client"} {
+			for _, nu := range natsUsers {
+				who := nu.name
 				u, ok := users[who]
 				if !ok {
 					t.Errorf("no NATS user %q", who)
 					continue
 				}
-				if want := env["NATS_"+strings.ToUpper(who)+"_PASSWORD"]; u.Password != want || want == "" {
+				envName := "NATS_" + strings.ToUpper(strings.ReplaceAll(who, "-", "_")) + "_PASSWORD"
+				if want := env[envName]; u.Password != want || want == "" {
 					t.Errorf("user %s password %q: want the Secret key %s-password", who, u.Password, who)
 				}
 				if u.Account == nil || u.Account.GetName() != "RINGATTN" {
 					t.Errorf("user %s: want account RINGATTN", who)
 				}
+			}
+			if len(users) != len(natsUsers)+1 {
+				t.Errorf("%d NATS users, want sys and %d (natsUsers)", len(users), len(natsUsers))
 			}
 			if opts.SystemAccount != "SYS" {
 				t.Errorf("system_account = %q, want SYS", opts.SystemAccount)
