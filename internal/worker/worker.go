@@ -218,8 +218,23 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close() //nolint:errcheck // leaving anyway
-	store, err := conn.OpenStore(ctx, w.storeConfig())
+	// A worker may not create the bucket: OpenStore waits for the
+	// coordinator to, until a drain ends the wait.
+	octx, ocancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-w.drainCh:
+			ocancel()
+		case <-octx.Done():
+		}
+	}()
+	store, err := conn.OpenStore(octx, w.storeConfig())
+	ocancel()
 	if err != nil {
+		if isClosed(w.drainCh) {
+			w.log.Info("drained before the tensor store opened")
+			return nil
+		}
 		return fmt.Errorf("worker: opening the tensor store: %w", err)
 	}
 	gf := w.cfg.GFLOPS

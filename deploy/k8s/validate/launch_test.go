@@ -478,16 +478,48 @@ func TestManifestsCoordinatorStartsAsTheStatefulSetSays(t *testing.T) {
 
 // TestManifestsWorkerStartsAsTheDeploymentSays builds cmd/worker and starts
 // it exactly as the prod Deployment does, against a nats-server running the
-// rendered NATS configuration: it must log in with the Secret's password,
-// pass its readiness and liveness probes, serve /metrics, and on SIGTERM
-// drain and exit 0 within terminationGracePeriodSeconds.
+// rendered NATS configuration. Kubernetes starts worker pods before (or
+// without) the coordinators, and a worker may not create the tensor bucket:
+// it must say so and wait (a SIGTERM then ends it at once, exit 0), and
+// once the coordinators (started as their StatefulSet says) have created
+// the bucket it must pass its readiness and liveness probes, serve
+// /metrics, and on SIGTERM drain and exit 0 within
+// terminationGracePeriodSeconds.
 func TestManifestsWorkerStartsAsTheDeploymentSays(t *testing.T) {
 	ov := overlays[1]
 	inv := load(t, ov)
 	ns := startNATS(t, inv)
-	wp, metricsPort := startWorker(t, inv, ov, ns, buildBinary(t, "worker"), "ringattn-worker-7d9f8b6c5d-x2x4q")
+	bin := buildBinary(t, "worker")
 	ww, _ := inv.BinaryWorkload("ringattn-worker")
 	wc := &ww.Template.Spec.Containers[0]
+	grace := time.Duration(*ww.Template.Spec.TerminationGracePeriodSeconds) * time.Second
+	waiting := func(p *process) func() error {
+		return func() error {
+			select {
+			case err := <-p.done:
+				p.done <- err
+				return fmt.Errorf("%s exited: %v\n%s", p.name, err, tail(p.logs(), 30))
+			default:
+			}
+			if !strings.Contains(p.logs(), "may not create it") {
+				return fmt.Errorf("%s does not say it waits for the tensor bucket:\n%s", p.name, tail(p.logs(), 10))
+			}
+			return nil
+		}
+	}
+
+	early, _ := startWorker(t, inv, ov, ns, bin, "ringattn-worker-7d9f8b6c5d-early")
+	checkFor(t, 30*time.Second, 50*time.Millisecond, waiting(early))
+	took, err := early.stop(grace)
+	if err != nil || took > 5*time.Second {
+		t.Errorf("worker waiting for the bucket, on SIGTERM: %v after %v, want exit 0 at once", err, took)
+	}
+	t.Logf("worker waiting for the bucket stopped on SIGTERM in %v", took.Round(time.Millisecond))
+
+	wp, metricsPort := startWorker(t, inv, ov, ns, bin, workerPod)
+	checkFor(t, 30*time.Second, 50*time.Millisecond, waiting(wp))
+	cs := startCoordinators(t, inv, ov, ns)
+	start := time.Now()
 	checkFor(t, 60*time.Second, 100*time.Millisecond, func() error {
 		select {
 		case err := <-wp.done:
@@ -503,10 +535,15 @@ func TestManifestsWorkerStartsAsTheDeploymentSays(t *testing.T) {
 		}
 		return nil
 	})
-	grace := time.Duration(*ww.Template.Spec.TerminationGracePeriodSeconds) * time.Second
-	took, err := wp.stop(grace)
+	t.Logf("worker ready %v after the coordinators started", time.Since(start).Round(time.Millisecond))
+	took, err = wp.stop(grace)
 	if err != nil {
 		t.Errorf("worker on SIGTERM: %v (want exit 0 within the grace period %v)", err, grace)
 	}
 	t.Logf("idle worker drained and exited in %v (grace period %v)", took.Round(time.Millisecond), grace)
+	for _, p := range cs.procs {
+		if _, err := p.stop(cs.grace()); err != nil {
+			t.Errorf("%s on SIGTERM: %v", p.name, err)
+		}
+	}
 }
