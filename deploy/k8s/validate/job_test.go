@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // writeNPY writes a float32 little-endian C-order .npy file (format 1.0).
@@ -121,7 +123,9 @@ func causalAttention(q, k, v []float32, n, d int) []float64 {
 // coordinators from the StatefulSet, two workers from the Deployment) and
 // runs a causal attention job the way README "Submit a job" does: the
 // ringattn CLI with --nats and the client user's credentials from the
-// Secret. The result must match a float64 reference within 1e-4.
+// Secret; then the same job as the example tenant team-a, after the admin
+// created its bucket as README "Tenants" says. Each result must match a
+// float64 reference within 1e-4.
 func TestManifestsClusterRunsAJobAsTheREADMESays(t *testing.T) {
 	ov := overlays[1]
 	inv := load(t, ov)
@@ -148,33 +152,56 @@ func TestManifestsClusterRunsAJobAsTheREADMESays(t *testing.T) {
 	for name, x := range map[string][]float32{"q": q, "k": k, "v": v} {
 		writeNPY(t, filepath.Join(dir, name+".npy"), []int{n, d}, x)
 	}
-	pw, _ := secretsOf(inv)("ringattn-nats-auth", "client-password")
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	// --block 64: five ragged blocks, so the ring really moves KV blocks
-	// between the two workers.
-	cmd := exec.CommandContext(ctx, cli, "attend", "--nats", ns.ClientURL(),
-		"-q", filepath.Join(dir, "q.npy"), "-k", filepath.Join(dir, "k.npy"), "-v", filepath.Join(dir, "v.npy"),
-		"-o", filepath.Join(dir, "o.npy"), "--causal", "--block", "64")
-	cmd.Env = []string{"RINGATTN_NATS_USER=client", "RINGATTN_NATS_PASSWORD=" + pw, "RINGATTN_NATS_TLS_CA=" + natsCAFile(t, inv), "HOME=" + dir, "TMPDIR=" + dir}
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("ringattn attend --nats: %v\n%s", err, out)
-	}
-	t.Logf("job done in %v: %s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
-
-	shape, o := readNPY(t, filepath.Join(dir, "o.npy"))
-	if len(o) != n*d {
-		t.Fatalf("output shape %v, want [%d %d] (or [1 1 %d %d])", shape, n, d, n, d)
-	}
 	ref := causalAttention(q, k, v, n, d)
-	var maxDiff float64
-	for i := range o {
-		maxDiff = math.Max(maxDiff, math.Abs(float64(o[i])-ref[i]))
+	// attend runs the job as user (and its tenant, if any) and checks the
+	// output against the reference.
+	attend := func(user string, env ...string) {
+		pw, _ := secretsOf(inv)("ringattn-nats-auth", user+"-password")
+		o := filepath.Join(dir, "o-"+user+".npy")
+		// --block 64: five ragged blocks, so the ring really moves KV
+		// blocks between the two workers.
+		cmd := exec.CommandContext(ctx, cli, "attend", "--nats", ns.ClientURL(),
+			"-q", filepath.Join(dir, "q.npy"), "-k", filepath.Join(dir, "k.npy"), "-v", filepath.Join(dir, "v.npy"),
+			"-o", o, "--causal", "--block", "64")
+		cmd.Env = append([]string{"RINGATTN_NATS_USER=" + user, "RINGATTN_NATS_PASSWORD=" + pw, "RINGATTN_NATS_TLS_CA=" + natsCAFile(t, inv), "HOME=" + dir, "TMPDIR=" + dir}, env...)
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("ringattn attend --nats as %s: %v\n%s", user, err, out)
+		}
+		t.Logf("%s: job done in %v: %s", user, time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
+		shape, got := readNPY(t, o)
+		if len(got) != n*d {
+			t.Fatalf("output shape %v, want [%d %d] (or [1 1 %d %d])", shape, n, d, n, d)
+		}
+		var maxDiff float64
+		for i := range got {
+			maxDiff = math.Max(maxDiff, math.Abs(float64(got[i])-ref[i]))
+		}
+		t.Logf("%s: max |o - o_ref| = %.3g over %d values", user, maxDiff, len(got))
+		if !(maxDiff <= 1e-4) {
+			t.Errorf("%s: max |o - o_ref| = %g, want <= 1e-4", user, maxDiff)
+		}
 	}
-	t.Logf("max |o - o_ref| = %.3g over %d values", maxDiff, len(o))
-	if !(maxDiff <= 1e-4) {
-		t.Errorf("max |o - o_ref| = %g, want <= 1e-4", maxDiff)
+	attend("client")
+
+	// A tenant, as README "Tenants" adds one: the admin creates its
+	// bucket with its quota, then its user runs a job whose tensors stay
+	// in that bucket.
+	admin := login(t, inv, ns, userByName(t, "admin"))
+	js, err := jetstream.New(admin.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bucket := userByName(t, "team-a").bucket
+	obs := provisionBucket(ctx, t, js, bucket, 64<<20)
+	attend("team-a", "RINGATTN_NATS_TENANT=team-a")
+	infos, err := obs.List(ctx)
+	if err != nil || len(infos) == 0 {
+		t.Errorf("team-a's job left nothing in its bucket %s: %v", bucket, err)
+	} else {
+		t.Logf("team-a's bucket %s holds %d objects, e.g. %s", bucket, len(infos), infos[0].Name)
 	}
 }

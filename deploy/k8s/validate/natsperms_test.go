@@ -57,17 +57,26 @@ func received(t *testing.T, what string, from, to *natsLogin, subject string) {
 	}
 }
 
-// objectStore creates (as a creator: coordinator or admin) bucket b with
-// its index, as transport.OpenStore does, and one object in it.
-func objectStore(ctx context.Context, t *testing.T, js jetstream.JetStream, b string) {
+// provisionBucket creates tensor bucket b with its index, as README
+// "Tenants" does with the nats CLI as the admin (nats object add b
+// --max-bucket-size; nats kv add b-index), with quota bytes.
+func provisionBucket(ctx context.Context, t *testing.T, js jetstream.JetStream, b string, quota int64) jetstream.ObjectStore {
 	t.Helper()
-	obs, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: b, MaxBytes: 1 << 20})
+	obs, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: b, MaxBytes: quota})
 	if err != nil {
 		t.Fatalf("create bucket %s: %v", b, err)
 	}
 	if _, err := js.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: b + "-index"}); err != nil {
 		t.Fatalf("create index of %s: %v", b, err)
 	}
+	return obs
+}
+
+// objectStore provisions bucket b (as a creator: coordinator or admin)
+// and puts one object in it.
+func objectStore(ctx context.Context, t *testing.T, js jetstream.JetStream, b string) {
+	t.Helper()
+	obs := provisionBucket(ctx, t, js, b, 1<<20)
 	if _, err := obs.PutBytes(ctx, "job/q/0", []byte("secret of "+b)); err != nil {
 		t.Fatal(err)
 	}
