@@ -46,7 +46,7 @@ func (m *maskFlags) register(fs *flag.FlagSet) {
 	fs.IntVar(&m.block, "block", shard.DefaultBlock, "block length in `tokens` for ring and cluster modes")
 	fs.StringVar(&m.wire, "wire", "f32", "`dtype` of key/value blocks on the wire: f32 or bf16")
 	fs.StringVar(&m.precision, "precision", "fp32", "`arithmetic` of the forward pass's products: fp32, or bf16 (Q, K, V and P rounded to bfloat16, float32 softmax and accumulation; ~1e-2 relative error; on a cluster K/V travel as bf16 too)")
-	fs.StringVar(&m.strategy, "strategy", "", "shard `strategy`: contiguous, zigzag, striped, splitkv (default: chosen by shape)")
+	fs.StringVar(&m.strategy, "strategy", "", "shard `strategy`: contiguous, zigzag, striped, splitkv, or heads (each rank takes whole key/value heads, with their GQA query heads, and nothing travels between ranks); default: chosen by a cost model of compute and bytes moved, which may also split the key/value heads into groups with a ring per group")
 	fs.IntVar(&m.threads, "threads", 0, "`N` kernel goroutines (default: all cores)")
 	fs.BoolVar(&m.allowNonFinite, "allow-nonfinite", false, "accept NaN/Inf in the inputs instead of rejecting them")
 	m.conn.register(fs)
@@ -101,9 +101,9 @@ func (m *maskFlags) check(fs *flag.FlagSet) error {
 		return usagef("--precision = %q, expected fp32 or bf16", m.precision)
 	}
 	switch shard.Strategy(m.strategy) {
-	case shard.Auto, shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV:
+	case shard.Auto, shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV, shard.Heads:
 	default:
-		return usagef("--strategy = %q, expected contiguous, zigzag, striped or splitkv", m.strategy)
+		return usagef("--strategy = %q, expected contiguous, zigzag, striped, splitkv or heads", m.strategy)
 	}
 	if m.threads < 0 {
 		return usagef("--threads = %d, expected >= 0", m.threads)

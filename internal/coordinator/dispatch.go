@@ -39,6 +39,9 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, re
 		return
 	}
 	req.Weights, req.QBlocks = planWeights(cands), qblocks
+	if req.HeadGroups == 0 {
+		req.HeadGroups = 1 // head-group plans on workers: not yet (issue 20, stage 3)
+	}
 	sp, err := l.plan(j, req)
 	var pe *panicError
 	switch {

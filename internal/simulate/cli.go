@@ -78,7 +78,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dim := fs.Int("dim", 128, "head dimension `D`")
 	masks := fs.String("mask", "full,causal", "comma-separated masks: full (or none), causal")
 	causal := fs.Bool("causal", false, "the causal mask only (same as --mask causal)")
-	strategies := fs.String("strategy", "auto", "comma-separated shard `strategies`: auto, contiguous, zigzag, striped, splitkv")
+	strategies := fs.String("strategy", "auto", "comma-separated shard `strategies`: auto, contiguous, zigzag, striped, splitkv, heads (auto may split the key/value heads into groups too; the table names the groups)")
 	block := fs.Int("block", 0, "tokens per block (0: the planner's default, 1024)")
 	gflops := fs.Float64("gflops", 0, "one worker's kernel speed on all its cores, `GFLOP/s` (0: measure this machine)")
 	diagCost := fs.Float64("diagonal-tile-cost", 0, "cost of a kernel tile on a causal diagonal in whole tiles (0: measure this machine's kernel)")
@@ -307,7 +307,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 							linkTime = fmt.Sprintf("%.4g", float64(maxSent)/l.bps)
 						}
 						fmt.Fprintf(stdout, "| %d | %s | %d | %s | %s | %.4g | %.4g | %.3f | %s | %s | %.0f %% |\n",
-							w, l.name, n, maskName(c), plan.Strategy, res.Time, res.Ideal, res.Efficiency,
+							w, l.name, n, maskName(c), strategyName(plan), res.Time, res.Ideal, res.Efficiency,
 							humanBytes(res.Bytes), linkTime, 100*idle)
 					}
 				}
@@ -385,16 +385,25 @@ func parseMasks(s string) ([]bool, error) {
 	return out, nil
 }
 
+// strategyName is the plan's strategy and, with head groups, their number
+// and ranks (e.g. "zigzag/2x2": 2 head groups of a 2-rank ring).
+func strategyName(p *shard.Plan) string {
+	if p.Groups() == 1 && p.Strategy != shard.Heads {
+		return string(p.Strategy)
+	}
+	return fmt.Sprintf("%s/%dx%d", p.Strategy, p.Groups(), p.GroupRanks())
+}
+
 func parseStrategies(s string) ([]shard.Strategy, error) {
 	var out []shard.Strategy
 	for _, f := range strings.Split(s, ",") {
 		switch f = strings.TrimSpace(f); shard.Strategy(f) {
 		case "auto":
 			out = append(out, shard.Auto)
-		case shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV:
+		case shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV, shard.Heads:
 			out = append(out, shard.Strategy(f))
 		default:
-			return nil, fmt.Errorf("--strategy item %q, expected auto, contiguous, zigzag, striped or splitkv", f)
+			return nil, fmt.Errorf("--strategy item %q, expected auto, contiguous, zigzag, striped, splitkv or heads", f)
 		}
 	}
 	return out, nil

@@ -72,7 +72,9 @@ func TestSimulateCLIUsageErrors(t *testing.T) {
 
 // TestSimulateCLITable prints the table without measuring anything.
 func TestSimulateCLITable(t *testing.T) {
-	code, out, errs := runMain(t, "--workers", "4,8", "--link", "10Gbit,inf", "--n", "16384", "--mask", "full,causal",
+	// One key/value head (MQA): nothing to split, auto picks among the
+	// sequence strategies.
+	code, out, errs := runMain(t, "--workers", "4,8", "--link", "10Gbit,inf", "--n", "16384", "--mask", "full,causal", "--kv-heads", "1",
 		"--gflops", "200", "--transport-ns-per-byte", "0.5", "--cores", "8", "--diagonal-tile-cost", "1.8", "--merge-ns-per-byte", "0.3")
 	if code != 0 {
 		t.Fatalf("exit %d, stderr %q", code, errs)
@@ -91,6 +93,21 @@ func TestSimulateCLITable(t *testing.T) {
 		"| 8 | 10Gbit | 16384 | causal | zigzag |", "| 4 | inf | 16384 | full | contiguous |"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// TestSimulateCLIHeads: with 8 key/value heads auto splits them, one group
+// per worker, and the table says so; --strategy heads is accepted.
+func TestSimulateCLIHeads(t *testing.T) {
+	for _, strategy := range []string{"auto", "heads"} {
+		code, out, errs := runMain(t, "--workers", "4", "--link", "10Gbit", "--n", "16384", "--mask", "causal", "--strategy", strategy,
+			"--gflops", "200", "--transport-ns-per-byte", "0.5", "--cores", "8", "--diagonal-tile-cost", "1.8", "--merge-ns-per-byte", "0.3")
+		if code != 0 {
+			t.Fatalf("%s: exit %d, stderr %q", strategy, code, errs)
+		}
+		if want := "| 4 | 10Gbit | 16384 | causal | heads/4x1 |"; !strings.Contains(out, want) || !strings.Contains(out, "| 0 B |") {
+			t.Errorf("%s: output lacks %q moving 0 B:\n%s", strategy, want, out)
 		}
 	}
 }

@@ -28,6 +28,9 @@ func Loads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error
 	if plan == nil || len(plan.Ranks) == 0 {
 		return nil, invalid("plan has no ranks")
 	}
+	if plan.Groups() > 1 || plan.Strategy == shard.Heads {
+		return groupLoads(ctx, plan, cfg)
+	}
 	w := len(plan.Ranks)
 	req := &plan.Request
 	pf := plan.PairFLOPs()
@@ -192,4 +195,43 @@ func (pl *PlanLoads) route(ctx context.Context, full bool) error {
 		}
 	}
 	return nil
+}
+
+// groupLoads are the loads of a plan with head groups: each group's ranks
+// run their group's plan (shard.Plan.GroupPlan) over its heads, and send
+// only to each other; a group with nothing planned idles.
+func groupLoads(ctx context.Context, plan *shard.Plan, cfg Config) (*PlanLoads, error) {
+	c, err := cfg.normalized()
+	if err != nil {
+		return nil, err
+	}
+	pl := &PlanLoads{plan: plan, cfg: c}
+	gr := plan.GroupRanks()
+	for g := range plan.Groups() {
+		sub := plan.GroupPlan(g)
+		if len(sub.Planned) == 0 {
+			for range gr {
+				pl.ranks = append(pl.ranks, rankLoad{steps: make([]stepLoad, plan.Steps),
+					sends: make([][]sendGroup, plan.Steps), expect: make([]int, plan.Steps)})
+			}
+			continue
+		}
+		sl, err := Loads(ctx, sub, cfg)
+		if err != nil {
+			return nil, err
+		}
+		for _, rl := range sl.ranks {
+			for s := range rl.sends {
+				for i := range rl.sends[s] {
+					rl.sends[s][i].to += g * gr
+				}
+			}
+			if rl.sends == nil {
+				rl.sends, rl.expect = make([][]sendGroup, plan.Steps), make([]int, plan.Steps)
+			}
+			pl.ranks = append(pl.ranks, rl)
+		}
+		pl.flops += sl.flops
+	}
+	return pl, nil
 }

@@ -18,9 +18,15 @@ func mustPlan(t *testing.T, req shard.Request) *shard.Plan {
 	return p
 }
 
+// req is a request of the ring model's tests: auto picks among the
+// sequence strategies only (HeadGroups 1); heads_test.go covers head groups.
 func req(w, n int, causal bool, s shard.Strategy) shard.Request {
-	return shard.Request{B: 1, Hq: 8, Hkv: 8, D: 128, N: n, Nk: n, Block: 1024, Ranks: w,
+	r := shard.Request{B: 1, Hq: 8, Hkv: 8, D: 128, N: n, Nk: n, Block: 1024, Ranks: w,
 		Strategy: s, Mask: shard.Mask{Causal: causal}}
+	if s == shard.Auto {
+		r.HeadGroups = 1
+	}
+	return r
 }
 
 func mustSim(t *testing.T, p *shard.Plan, cfg Config) *Result {

@@ -188,8 +188,12 @@ func Validate(ctx context.Context, opts ValidateOptions) ([]ValidationRow, Calib
 	for _, causal := range opts.Causal {
 		p := &kernels.Params{Shape: kernels.Shape{B: 1, Hq: h, Hkv: h, D: d}, N: n, Nk: n, Mask: kernels.Mask{Causal: causal}}
 		for _, w := range opts.Workers {
-			plan, err := shard.NewPlanContext(ctx, shard.Request{B: 1, Hq: h, Hkv: h, D: d, N: n, Nk: n, Ranks: w,
-				Block: opts.Block, Strategy: opts.Strategy, Mask: shard.Mask{Causal: causal}})
+			pr := shard.Request{B: 1, Hq: h, Hkv: h, D: d, N: n, Nk: n, Ranks: w,
+				Block: opts.Block, Strategy: opts.Strategy, Mask: shard.Mask{Causal: causal}}
+			if pr.Strategy == shard.Auto {
+				pr.HeadGroups = 1 // validate the ring: auto among the sequence strategies
+			}
+			plan, err := shard.NewPlanContext(ctx, pr)
 			if err != nil {
 				return nil, cal, err
 			}

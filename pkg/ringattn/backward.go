@@ -169,6 +169,9 @@ type gradPair struct{ dk, dv []float32 }
 //
 // Errors: as RunRank.
 func RunRankBackward(ctx context.Context, cfg BackwardConfig) error {
+	if IsHeadPlan(cfg.Plan) {
+		return runHeadBackward(ctx, cfg) // backward_heads.go
+	}
 	if err := cfg.Validate(); err != nil {
 		return err
 	}

@@ -205,12 +205,18 @@ func (r *rankRun) sees(run *qRun, kj int) bool {
 // fetch, and the fetched block is forwarded like a received one. Block pairs
 // the mask hides entirely are skipped.
 //
+// Head-group plans (IsHeadPlan) run the rank's group plan over its heads
+// only (engine_heads.go); their Sink must implement HeadSink.
+//
 // Errors: a dead peer (ErrPeerGone from the ring) or the end of ctx stops
 // the rank promptly — at the latest after the block pair being folded — and
 // RunRank returns only after every goroutine it started has exited.
 func RunRank(ctx context.Context, cfg RankConfig) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	if IsHeadPlan(cfg.Plan) {
+		return runHeadRank(ctx, cfg) // engine_heads.go
 	}
 	run := &rankRun{
 		cfg: cfg, p: cfg.Params, plan: cfg.Plan, ring: cfg.Ring, log: cfg.Logger,

@@ -98,7 +98,7 @@ func RunLocalNet(ctx context.Context, cfg LocalConfig, p *kernels.Params, plan *
 	if first != nil {
 		return nil, nil, first
 	}
-	if err := sink.checkComplete(plan.Planned); err != nil {
+	if err := sink.checkPlanned(plan); err != nil {
 		return nil, nil, err
 	}
 	o, lse = sink.Result()

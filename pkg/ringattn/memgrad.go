@@ -18,7 +18,8 @@ type MemGradSink struct {
 	b, hq, hkv, d, n, nk, block int
 	mu                          sync.Mutex
 	dq, dk, dv                  []float32
-	dqBy, dkvBy                 [][]uint64 // epochs of the writes of each block, in order
+	dqBy, dkvBy                 [][]uint64           // epochs of the writes of each block, in order
+	headWrites                  map[headKey][]uint64 // the same for head ranges (backward_heads.go)
 }
 
 // NewMemGradSink returns an empty gradient sink for the problem p cut into
@@ -128,6 +129,9 @@ func (s *MemGradSink) Result() (dq, dk, dv []float32) { return s.dq, s.dk, s.dv 
 func (s *MemGradSink) checkComplete(epoch uint64, plan *shard.Plan, doneDQ, doneDKV []int) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if IsHeadPlan(plan) {
+		return s.checkHeads(epoch, plan, doneDQ, doneDKV)
+	}
 	count := func(by []uint64) (n int) {
 		for _, e := range by {
 			if e == epoch {

@@ -12,6 +12,15 @@
 //   - splitkv: every rank gets all query blocks and one key/value range;
 //     partial (O, LSE) results are merged up a binary tree (Plan.Reduction).
 //
+// A plan may also split the heads (Plan.HeadGroups, heads.go): G groups of
+// Hkv/G key/value heads (GQA groups whole), each run by W/G ranks as a
+// ring of its own over its heads only, down to strategy heads (one rank
+// per group, no ring traffic at all). Its lists then hold units
+// g·QBlockCount+b and g·KBlockCount+j; Plan.GroupPlan gives each group's
+// plan as an ordinary one. Auto picks the head groups and the strategy by
+// a cost model (cost.go, Plan.Predict): compute at the ranks' speeds and
+// the bytes of the short-circuit schedule over the link.
+//
 // Ring strategies run W steps: at step s rank r holds the key/value blocks
 // rank Holder(r, s) = (r-s) mod W started with, folds them into its query
 // blocks and passes them on to rank r+1. Over the W steps every visible

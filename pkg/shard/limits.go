@@ -274,9 +274,12 @@ func (r *Request) check(l *Limits, t Tensors) error {
 		return fieldErr("elem_bytes", "%d: want 2 (bf16) or 4 (f32)", r.ElemBytes)
 	}
 	switch r.Strategy {
-	case Auto, Contiguous, Zigzag, Striped, SplitKV:
+	case Auto, Contiguous, Zigzag, Striped, SplitKV, Heads:
 	default:
-		return fieldErr("strategy", "%q: want %s, %s, %s, %s or empty (auto)", r.Strategy, Contiguous, Zigzag, Striped, SplitKV)
+		return fieldErr("strategy", "%q: want %s, %s, %s, %s, %s or empty (auto)", r.Strategy, Contiguous, Zigzag, Striped, SplitKV, Heads)
+	}
+	if err := r.checkHeadGroups(); err != nil {
+		return err
 	}
 	if r.Weights != nil {
 		if len(r.Weights) != r.Ranks {
@@ -289,7 +292,7 @@ func (r *Request) check(l *Limits, t Tensors) error {
 		}
 	}
 	if r.QBlocks != nil {
-		if err := checkQBlocks(r.QBlocks, ceilDiv(r.N, block)); err != nil {
+		if err := checkQBlocks(r.QBlocks, max(1, r.HeadGroups)*ceilDiv(r.N, block)); err != nil {
 			return err
 		}
 	}

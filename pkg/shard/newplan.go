@@ -37,6 +37,9 @@ func (r *Request) normalized() Request {
 		n.ElemBytes = 4
 	}
 	if r.Weights == nil {
+		if n.GFLOPS == 0 {
+			n.GFLOPS = DefaultGFLOPS
+		}
 		n.Weights = make([]float64, r.Ranks)
 		for i := range n.Weights {
 			n.Weights[i] = 1
@@ -92,20 +95,48 @@ func NewPlanContext(ctx context.Context, req Request) (*Plan, error) {
 		return nil, err
 	}
 	r := req.normalized()
+	var out *Plan
+	var err error
+	switch g := r.HeadGroups; {
+	case r.Strategy == Heads:
+		if g == 0 {
+			g = maxGroups(r.Hkv, r.Ranks)
+		}
+		out, err = groupPlan(ctx, r, g, Heads)
+	case g > 1:
+		out, err = groupPlan(ctx, r, g, r.Strategy)
+	case r.Strategy == Auto && g == 0 && r.QBlocks == nil:
+		out, err = autoPlan(ctx, r)
+	default:
+		r.HeadGroups = 0
+		var c *costs
+		if c, err = newCosts(ctx, r); err == nil {
+			if r.Strategy == Auto {
+				out = c.auto()
+			} else {
+				out = c.build(r.Strategy)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// newCosts sweeps the mask for the normalized request r (without head
+// groups) and returns what the strategies need to deal it.
+func newCosts(ctx context.Context, r Request) (*costs, error) {
 	p := &Plan{
 		N: r.N, Nk: r.Nk, Block: r.Block,
 		QBlockCount: ceilDiv(r.N, r.Block),
 		KBlockCount: ceilDiv(r.Nk, r.Block),
 		Request:     r,
 	}
-	if r.QBlocks != nil {
-		p.Planned = slices.Clone(r.QBlocks)
-	} else {
-		p.Planned = make([]int, p.QBlockCount)
-		for i := range p.Planned {
-			p.Planned[i] = i
-		}
-	}
+	p.Planned = slices.Clone(plannedOf(&r))
 	// Visible pairs per planned query block (row totals) and per key block
 	// (column totals over the planned query blocks), in one sweep.
 	me := newMaskEval(&r.Mask, r.N, r.Nk)
@@ -113,19 +144,16 @@ func NewPlanContext(ctx context.Context, req Request) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &costs{ctx: ctx, plan: p, rowPairs: rowPairs, colPairs: colPairs}
+	return &costs{ctx: ctx, plan: p, rowPairs: rowPairs, colPairs: colPairs}, nil
+}
 
-	var out *Plan
-	switch r.Strategy {
-	case Auto:
-		out = c.auto()
-	default:
-		out = c.build(r.Strategy)
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	return out, nil
+// with returns the costs of request r, which plans the same blocks of the
+// same sequence (another head group): the pair counts are shared.
+func (c *costs) with(r Request) *costs {
+	p := *c.plan
+	p.Request = r
+	p.Planned = slices.Clone(c.plan.Planned)
+	return &costs{ctx: c.ctx, plan: &p, rowPairs: c.rowPairs, colPairs: c.colPairs}
 }
 
 // costs carries what the strategies need to price a plan.
@@ -136,6 +164,9 @@ type costs struct {
 	colPairs []int64 // by key block
 }
 
+// auto picks a plan without head groups: contiguous for one rank, splitkv
+// for few query blocks or long keys, else the ring strategy the cost model
+// prefers (bestRing).
 func (c *costs) auto() *Plan {
 	p, r := c.plan, &c.plan.Request
 	w := r.Ranks
@@ -145,13 +176,25 @@ func (c *costs) auto() *Plan {
 	if len(p.Planned) < w || 4*r.N <= r.Nk {
 		return c.build(SplitKV)
 	}
+	return c.bestRing()
+}
+
+// bestRing returns the ring strategy with the lowest predicted time
+// (Plan.Predict: compute at the ranks' speeds and the short-circuit
+// schedule's bytes over the link), preferring contiguous, then zigzag,
+// then striped unless a later one is more than 2 % faster, or within 2 %
+// and moving fewer bytes (contiguous keeps sliding windows local; zigzag
+// balances causal masks; striped balances packed documents).
+func (c *costs) bestRing() *Plan {
 	best := c.build(Contiguous)
+	bp := best.predict(c.ctx)
 	for _, s := range []Strategy{Zigzag, Striped} {
 		if c.ctx.Err() != nil {
 			return best // NewPlanContext returns ctx.Err()
 		}
-		if cand := c.build(s); cand.Imbalance < best.Imbalance/1.02 {
-			best = cand
+		cand := c.build(s)
+		if cp := cand.predict(c.ctx); cp.better(bp) {
+			best, bp = cand, cp
 		}
 	}
 	return best
@@ -227,10 +270,13 @@ func (c *costs) build(s Strategy) *Plan {
 	return &p
 }
 
+// kvBytes is the wire size of key/value unit j: K and V of its block over
+// its group's heads.
 func (p *Plan) kvBytes(j int) int64 {
-	_, n := p.KSpan(j)
+	_, b := p.KVUnit(j)
+	_, n := p.KSpan(b)
 	r := &p.Request
-	return 2 * int64(r.B) * int64(r.Hkv) * int64(n) * int64(r.D) * int64(r.ElemBytes)
+	return 2 * int64(r.B) * int64(r.Hkv/p.Groups()) * int64(n) * int64(r.D) * int64(r.ElemBytes)
 }
 
 // imbalance is max_r(cost_r/w_r) / (Σcost/Σw); 1 when there is no work.

@@ -23,6 +23,11 @@ const (
 	// blocks; partial (O, LSE) are merged up a binary tree to rank 0.
 	// For short queries over long keys (decoding).
 	SplitKV Strategy = "splitkv"
+	// Heads is pure head parallelism: the key/value heads are cut into G
+	// groups (GQA groups whole), one rank per group holds every block of
+	// its heads, and nothing travels between ranks. G is
+	// Request.HeadGroups, or the most groups Hkv and the ranks allow.
+	Heads Strategy = "heads"
 )
 
 // DefaultBlock is the default block length in tokens.
@@ -51,6 +56,19 @@ type Request struct {
 	QBlocks []int
 	// ElemBytes is the wire size of one element: 4 (f32) or 2 (bf16); 0 means 4.
 	ElemBytes int
+	// HeadGroups cuts the Hkv key/value heads into this many groups of
+	// Hkv/HeadGroups heads (and their Hq/Hkv query heads each), each run
+	// by its own Ranks/HeadGroups ranks (see heads.go). 0 lets Auto choose
+	// by the cost model (an explicit strategy then means 1); when QBlocks
+	// is set it must be the G the unfinished units were planned with.
+	HeadGroups int
+	// GFLOPS is the speed of a rank of weight 1 in GFLOP/s for the cost
+	// model (Plan.Predict); 0 means the Weights are GFLOP/s themselves, or
+	// DefaultGFLOPS per rank when Weights is nil.
+	GFLOPS float64
+	// Link is a rank's link bandwidth in bytes/s for the cost model,
+	// measured or configured; 0 means DefaultLink.
+	Link float64
 }
 
 // Plan is one epoch's assignment of blocks to ranks and its ring schedule.
@@ -66,8 +84,15 @@ type Plan struct {
 	Block       int
 	QBlockCount int // blocks of the query sequence
 	KBlockCount int // blocks of the key sequence
-	Steps       int
-	Ranks       []Rank
+	// HeadGroups is the number G of key/value head groups (0 or 1: every
+	// rank computes all heads). With G > 1 the ranks are laid out group
+	// by group, W/G each, and Rank.QBlocks, Rank.KVBlocks and Planned hold
+	// units g·QBlockCount+b (query) and g·KBlockCount+j (key/value): block
+	// b (j) of group g's heads. Each group's ranks form their own ring of
+	// W/G steps; see heads.go.
+	HeadGroups int
+	Steps      int
+	Ranks      []Rank
 	// Imbalance is max(rank cost) / mean(rank cost), weighted by speed
 	// (1 is perfect): max_r(Cost_r/w_r) / (ΣCost/Σw).
 	Imbalance float64
@@ -75,8 +100,9 @@ type Plan struct {
 	// Request is the normalized request the plan was made for (Block,
 	// ElemBytes, Weights and Strategy filled in, QBlocks sorted).
 	Request Request
-	// Planned lists the query blocks of this plan in ascending order (all
-	// blocks, or Request.QBlocks when re-planning).
+	// Planned lists the query blocks (units when HeadGroups > 1) of this
+	// plan in ascending order (all of them, or Request.QBlocks when
+	// re-planning).
 	Planned []int
 	// Reduce is the split-KV reduction schedule (nil for ring strategies).
 	Reduce []ReduceStep
@@ -92,8 +118,8 @@ type ReduceStep struct {
 
 // Rank is one rank's share of a plan.
 type Rank struct {
-	QBlocks  []int   // query blocks whose output this rank owns (SplitKV: all planned blocks)
-	KVBlocks []int   // key/value blocks this rank loads at step 0
+	QBlocks  []int   // query blocks (units) whose output this rank owns (SplitKV: all planned blocks)
+	KVBlocks []int   // key/value blocks (units) this rank loads at step 0
 	Cost     float64 // FLOPs of the (query, key) pairs the mask leaves visible
 	Bytes    int64   // bytes this rank sends over the whole plan
 }

@@ -13,7 +13,7 @@ import (
 	"github.com/ringattn/ringattn/pkg/shard"
 )
 
-var allStrategies = []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV, shard.Auto}
+var allStrategies = []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped, shard.SplitKV, shard.Auto, shard.Heads}
 
 // brutePairs counts visible (query, key) pairs per (query block, key block)
 // from the float64 reference's pair-by-pair mask definition.
@@ -41,6 +41,10 @@ func checkPlan(t *testing.T, req shard.Request, p *shard.Plan) {
 	t.Helper()
 	if err := p.Validate(); err != nil {
 		t.Fatalf("Validate: %v", err)
+	}
+	if grouped(p) {
+		checkGroups(t, req, p, checkPlan)
+		return
 	}
 	if req.Strategy != shard.Auto && p.Strategy != req.Strategy {
 		t.Fatalf("strategy %q, asked for %q", p.Strategy, req.Strategy)
@@ -310,8 +314,12 @@ func genRequest(n, nk uint16, block, ranks, strat, flags uint8, left, right int8
 			req.Weights[i] = 0.25 + 4*rnd.Float64()
 		}
 	}
+	if g := 2; req.Strategy != shard.SplitKV && req.Ranks >= g && rnd.IntN(3) == 0 &&
+		(req.Ranks%g == 0 || req.Strategy == shard.Heads || req.Strategy == shard.Auto) {
+		req.HeadGroups = g
+	}
 	if flags&32 != 0 {
-		nq := (req.N + req.Block - 1) / req.Block
+		nq := (req.N + req.Block - 1) / req.Block * max(1, req.HeadGroups)
 		for _, b := range rnd.Perm(nq)[:1+rnd.IntN(nq)] {
 			req.QBlocks = append(req.QBlocks, b)
 		}
@@ -449,7 +457,7 @@ func TestShardCausalBalance(t *testing.T) {
 	if imb[shard.Zigzag] > 1.05 || imb[shard.Contiguous] < 1.6 {
 		t.Fatalf("imbalance zigzag %.3f (want <= 1.05), contiguous %.3f (want near 2)", imb[shard.Zigzag], imb[shard.Contiguous])
 	}
-	req.Strategy = shard.Auto
+	req.Strategy, req.HeadGroups = shard.Auto, 1 // sequence plans only
 	p, err := shard.NewPlan(req)
 	if err != nil {
 		t.Fatal(err)
@@ -475,6 +483,7 @@ func TestShardAuto(t *testing.T) {
 	}
 	for _, c := range cases {
 		c.req.B, c.req.Hq, c.req.Hkv, c.req.D = 1, 2, 2, 64
+		c.req.HeadGroups = 1 // the sequence strategies; heads_test.go has the rest
 		p, err := shard.NewPlan(c.req)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)

@@ -22,13 +22,15 @@ func (p *Plan) KSpan(j int) (start, n int) {
 }
 
 // Holder returns the rank whose initial key/value blocks rank holds at ring
-// step: (rank - step) mod W (0 for a plan without ranks).
+// step: (rank - step) mod W, or with head groups the rank step places
+// before it in its group's ring of R = W/G (0 for a plan without ranks).
 func (p *Plan) Holder(rank, step int) int {
-	w := len(p.Ranks)
+	w := p.GroupRanks()
 	if w == 0 {
 		return 0
 	}
-	return ((rank-step)%w + w) % w
+	base := rank / w * w
+	return base + ((rank-base-step)%w+w)%w
 }
 
 // HeldKV returns the key/value blocks rank folds at ring step (do not
@@ -91,7 +93,8 @@ func (p *Plan) Owner(qi int) int {
 	return -1
 }
 
-// KVBytes is the wire size of key/value block j (K and V).
+// KVBytes is the wire size of key/value block (unit) j (K and V of its
+// group's heads).
 func (p *Plan) KVBytes(j int) int64 { return p.kvBytes(j) }
 
 // Validate checks the plan's structure: every planned query block has
@@ -105,7 +108,7 @@ func (p *Plan) Validate() error {
 		return err
 	}
 	switch {
-	case p.Strategy != Contiguous && p.Strategy != Zigzag && p.Strategy != Striped && p.Strategy != SplitKV:
+	case p.Strategy != Contiguous && p.Strategy != Zigzag && p.Strategy != Striped && p.Strategy != SplitKV && p.Strategy != Heads:
 		return invalid("Plan.Strategy = %q, expected a concrete strategy", p.Strategy)
 	case p.N != r.N || p.Nk != r.Nk:
 		return invalid("Plan.N, Plan.Nk = %d, %d, expected the request's %d, %d", p.N, p.Nk, r.N, r.Nk)
@@ -121,9 +124,12 @@ func (p *Plan) Validate() error {
 		return invalid("Plan.Request.Weights has %d entries, expected %d", len(r.Weights), r.Ranks)
 	}
 	w := len(p.Ranks)
+	if err := p.validateGroups(); err != nil {
+		return err
+	}
 	for i, b := range p.Planned {
-		if b < 0 || b >= p.QBlockCount || (i > 0 && b <= p.Planned[i-1]) {
-			return invalid("Plan.Planned[%d] = %d, expected ascending blocks in 0..%d", i, b, p.QBlockCount-1)
+		if b < 0 || b >= p.QUnits() || (i > 0 && b <= p.Planned[i-1]) {
+			return invalid("Plan.Planned[%d] = %d, expected ascending blocks in 0..%d", i, b, p.QUnits()-1)
 		}
 	}
 	if p.Strategy == SplitKV {
@@ -145,8 +151,8 @@ func (p *Plan) Validate() error {
 			return invalid("Plan.Reduce = %v, expected the binary tree %v", p.Reduce, reduction(w))
 		}
 	} else {
-		if p.Steps != w {
-			return invalid("Plan.Steps = %d, expected W = %d", p.Steps, w)
+		if want := p.ringSteps(); p.Steps != want {
+			return invalid("Plan.Steps = %d, expected %d (the ranks of a ring)", p.Steps, want)
 		}
 		if p.Reduce != nil {
 			return invalid("Plan.Reduce has %d steps, expected none for %s", len(p.Reduce), p.Strategy)
@@ -169,6 +175,9 @@ func (p *Plan) Validate() error {
 				if o, dup := owner[b]; dup {
 					return invalid("Plan.Ranks[%d].QBlocks[%d] = %d, already owned by rank %d", rk, i, b, o)
 				}
+				if g, _ := p.QUnit(b); g != p.Group(rk) {
+					return invalid("Plan.Ranks[%d].QBlocks[%d] = %d is a unit of head group %d, expected group %d", rk, i, b, g, p.Group(rk))
+				}
 				owner[b] = rk
 			}
 		}
@@ -184,22 +193,26 @@ func (p *Plan) Validate() error {
 	for rk := range p.Ranks {
 		listed += len(p.Ranks[rk].KVBlocks)
 	}
-	if listed > p.KBlockCount {
-		listed = p.KBlockCount + 1 // enough to find the first repeat
+	kvUnits := p.KVUnits()
+	if listed > kvUnits {
+		listed = kvUnits + 1 // enough to find the first repeat
 	}
 	held := make(map[int]int, listed)
 	for rk := range p.Ranks {
 		for i, j := range p.Ranks[rk].KVBlocks {
-			if j < 0 || j >= p.KBlockCount {
-				return invalid("Plan.Ranks[%d].KVBlocks[%d] = %d, expected 0..%d", rk, i, j, p.KBlockCount-1)
+			if j < 0 || j >= kvUnits {
+				return invalid("Plan.Ranks[%d].KVBlocks[%d] = %d, expected 0..%d", rk, i, j, kvUnits-1)
 			}
 			if o, dup := held[j]; dup {
 				return invalid("Plan.Ranks[%d].KVBlocks[%d] = %d, already dealt to rank %d", rk, i, j, o)
 			}
+			if g, _ := p.KVUnit(j); g != p.Group(rk) {
+				return invalid("Plan.Ranks[%d].KVBlocks[%d] = %d is a unit of head group %d, expected group %d", rk, i, j, g, p.Group(rk))
+			}
 			held[j] = rk
 		}
 	}
-	if len(held) != p.KBlockCount {
+	if len(held) != kvUnits {
 		// Some block is missing: the first gap of the sorted dealt blocks
 		// (not a scan of the claimed count).
 		got := make([]int, 0, len(held))
@@ -221,8 +234,42 @@ func (p *Plan) Validate() error {
 
 // String summarises the plan in one line.
 func (p *Plan) String() string {
-	return fmt.Sprintf("%s plan: N=%d Nk=%d block=%d, %d ranks, %d steps, imbalance %.3f",
-		p.Strategy, p.N, p.Nk, p.Block, len(p.Ranks), p.Steps, p.Imbalance)
+	heads := ""
+	if p.Groups() > 1 {
+		heads = fmt.Sprintf(" in %d head groups", p.Groups())
+	}
+	return fmt.Sprintf("%s plan: N=%d Nk=%d block=%d, %d ranks%s, %d steps, imbalance %.3f",
+		p.Strategy, p.N, p.Nk, p.Block, len(p.Ranks), heads, p.Steps, p.Imbalance)
+}
+
+// ringSteps is the number of steps a ring plan takes: one per rank of a
+// group's ring (1 for Heads).
+func (p *Plan) ringSteps() int {
+	if p.Strategy == Heads {
+		return 1
+	}
+	return p.GroupRanks()
+}
+
+// validateGroups checks HeadGroups against the request and the ranks.
+func (p *Plan) validateGroups() error {
+	r := &p.Request
+	g, w := p.Groups(), len(p.Ranks)
+	switch {
+	case p.HeadGroups < 0:
+		return invalid("Plan.HeadGroups = %d, expected >= 0", p.HeadGroups)
+	case max(1, r.HeadGroups) != g:
+		return invalid("Plan.HeadGroups = %d, expected the request's %d", p.HeadGroups, r.HeadGroups)
+	case r.Hkv%g != 0:
+		return invalid("Plan.HeadGroups = %d does not divide Hkv = %d", g, r.Hkv)
+	case w%g != 0:
+		return invalid("Plan.HeadGroups = %d does not divide the %d ranks", g, w)
+	case g > 1 && p.Strategy == SplitKV:
+		return invalid("Plan.HeadGroups = %d, expected 1 for %s", g, SplitKV)
+	case p.Strategy == Heads && w != g:
+		return invalid("Plan.Ranks has %d entries, expected one per head group (%d) for %s", w, g, Heads)
+	}
+	return nil
 }
 
 // BlockPairs counts the visible (query, key) pairs of one query block with

@@ -29,7 +29,8 @@ import (
 // in O(W log ranges).
 type Traffic struct {
 	plan   *Plan
-	w      int
+	w      int         // ranks of one ring: W, or W/G with head groups
+	ranks  int         // all ranks
 	holder []int32     // by key block: the rank it is dealt to
 	need   [][]kvRange // by rank: ascending disjoint key block ranges it folds
 	split  bool        // split-KV: blocks stay with their holder
@@ -56,7 +57,10 @@ func (p *Plan) TrafficContext(ctx context.Context) (*Traffic, error) {
 	for x := range p.Ranks {
 		cur := ev.Cursor()
 		var rs []kvRange
-		for n, qi := range p.Ranks[x].QBlocks {
+		g := p.Group(x)
+		qoff, koff := g*p.QBlockCount, g*p.KBlockCount
+		for n, qu := range p.Ranks[x].QBlocks {
+			qi := qu - qoff
 			if n%64 == 63 {
 				if err := ctx.Err(); err != nil {
 					return nil, err
@@ -70,7 +74,7 @@ func (p *Plan) TrafficContext(ctx context.Context) (*Traffic, error) {
 				}
 				// The row sees key blocks lo/Block .. (hi-1)/Block; both
 				// ends are non-decreasing in i, so ranges merge in order.
-				a, b := lo/p.Block, (hi-1)/p.Block+1
+				a, b := koff+lo/p.Block, koff+(hi-1)/p.Block+1
 				if k := len(rs) - 1; k >= 0 && a <= rs[k].b {
 					rs[k].b = max(rs[k].b, b)
 					rs[k].a = min(rs[k].a, a)
@@ -120,7 +124,8 @@ func (p *Plan) FullRing() *Traffic {
 	if !t.split {
 		for x := range t.need {
 			if p.KBlockCount > 0 {
-				t.need[x] = []kvRange{{0, p.KBlockCount}}
+				g := p.Group(x)
+				t.need[x] = []kvRange{{g * p.KBlockCount, (g + 1) * p.KBlockCount}}
 			}
 		}
 	}
@@ -128,7 +133,7 @@ func (p *Plan) FullRing() *Traffic {
 }
 
 func (p *Plan) newTraffic() *Traffic {
-	t := &Traffic{plan: p, w: len(p.Ranks), holder: make([]int32, p.KBlockCount),
+	t := &Traffic{plan: p, w: p.GroupRanks(), ranks: len(p.Ranks), holder: make([]int32, p.KVUnits()),
 		need: make([][]kvRange, len(p.Ranks)), split: p.Strategy == SplitKV}
 	for j := range t.holder {
 		t.holder[j] = -1
@@ -151,7 +156,14 @@ func (t *Traffic) Holder(j int) int {
 	return int(t.holder[j])
 }
 
-func (t *Traffic) rankOK(x int) bool { return x >= 0 && x < t.w }
+func (t *Traffic) rankOK(x int) bool { return x >= 0 && x < t.ranks }
+
+// around returns the rank d places after rank x in x's ring (d may be
+// negative).
+func (t *Traffic) around(x, d int) int {
+	base := x / t.w * t.w
+	return base + ((x-base+d)%t.w+t.w)%t.w
+}
 
 // Needs reports whether rank folds key block j: some query block it owns
 // sees a key of j (split-KV: j is in the rank's range).
@@ -171,7 +183,7 @@ func (t *Traffic) Needs(rank, j int) bool {
 // block j: (rank - holder) mod W; -1 when either is out of range.
 func (t *Traffic) Step(rank, j int) int {
 	h := t.Holder(j)
-	if !t.rankOK(rank) || h < 0 {
+	if !t.rankOK(rank) || h < 0 || rank/t.w != h/t.w {
 		return -1
 	}
 	return ((rank-h)%t.w + t.w) % t.w
@@ -187,7 +199,7 @@ func (t *Traffic) Next(rank, j int) int {
 		return -1
 	}
 	for d := 1; d < t.w; d++ {
-		x := (rank + d) % t.w
+		x := t.around(rank, d)
 		if x == h {
 			return -1
 		}
@@ -207,7 +219,7 @@ func (t *Traffic) From(rank, j int) int {
 		return -1
 	}
 	for d := 1; d < t.w; d++ {
-		x := ((rank-d)%t.w + t.w) % t.w
+		x := t.around(rank, -d)
 		if x == h || t.Needs(x, j) {
 			return x
 		}
@@ -251,7 +263,7 @@ func (t *Traffic) Fold(rank, step int) []int {
 func (t *Traffic) Frames() int {
 	n := 0
 	for j := range t.holder {
-		for x := range t.w {
+		for x := range t.ranks {
 			if t.Needs(x, j) && int(t.holder[j]) != x {
 				n++
 			}
@@ -330,7 +342,7 @@ func (t *Traffic) GradBytes() int64 {
 		h := int(t.holder[j])
 		hops, last := 0, -1
 		for d := range t.w {
-			if x := (h + d) % t.w; t.Needs(x, j) {
+			if x := t.around(h, d); t.Needs(x, j) {
 				if last >= 0 {
 					hops++
 				}
@@ -345,17 +357,18 @@ func (t *Traffic) GradBytes() int64 {
 	return total
 }
 
-// kvBytesRange is the sum of kvBytes(j) over j in [a, b): every block but
-// the last has Block rows.
+// kvBytesRange is the sum of kvBytes(j) over the units j in [a, b) of one
+// head group: every block but the group's last has Block rows.
 func (p *Plan) kvBytesRange(a, b int) int64 {
 	if b <= a {
 		return 0
 	}
 	full := p.kvBytes(0)
-	if b < p.KBlockCount {
+	end := (a/max(1, p.KBlockCount) + 1) * p.KBlockCount // the group's last unit + 1
+	if b < end {
 		return int64(b-a) * full
 	}
-	return int64(b-1-a)*full + p.kvBytes(p.KBlockCount-1)
+	return int64(b-1-a)*full + p.kvBytes(end-1)
 }
 
 // BytesMoved returns the bytes all ranks send over the plan: for ring

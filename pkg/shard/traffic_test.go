@@ -17,6 +17,11 @@ import (
 // from its holder, and the byte and frame counts add up.
 func checkTraffic(t *testing.T, req shard.Request, p *shard.Plan) {
 	t.Helper()
+	if grouped(p) {
+		checkGroups(t, req, p, checkTraffic)
+		checkGroupTraffic(t, p)
+		return
+	}
 	tr := p.Traffic()
 	full := p.FullRing()
 	bp := brutePairs(&req, p.Block)

@@ -1,0 +1,160 @@
+package ringattn_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/ringattn/ringattn/pkg/kernels"
+	"github.com/ringattn/ringattn/pkg/ringattn"
+	"github.com/ringattn/ringattn/pkg/shard"
+)
+
+// headPlans are the head-group plans of pr over up to 4 ranks: pure head
+// parallelism, and every G dividing Hkv with a ring of W/G ranks per group
+// under each ring strategy.
+func headPlans(t *testing.T, pr *problem) []*shard.Plan {
+	var out []*shard.Plan
+	for g := 1; g <= pr.p.Hkv; g++ {
+		if pr.p.Hkv%g != 0 {
+			continue
+		}
+		req := pr.request(g, 16, shard.Heads)
+		req.HeadGroups = g
+		out = append(out, pr.plan(t, req))
+		for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag, shard.Striped, shard.Auto} {
+			for _, w := range []int{2 * g, 3 * g} {
+				if g == 1 || w > 8 {
+					continue
+				}
+				req := pr.request(w, 16, s)
+				req.HeadGroups = g
+				out = append(out, pr.plan(t, req))
+			}
+		}
+	}
+	return out
+}
+
+func planName(p *shard.Plan) string {
+	return fmt.Sprintf("%s G=%d W=%d", p.Strategy, p.Groups(), len(p.Ranks))
+}
+
+// TestHeadPlansMatchReference: head-group plans over every mask, GQA,
+// cross and ragged shape (B = 1 and 2) equal the float64 reference, move
+// only their group's key/value heads, and never send a frame between
+// groups; pure head parallelism sends none.
+func TestHeadPlansMatchReference(t *testing.T) {
+	ctx := context.Background()
+	for _, pr := range problems() {
+		t.Run(pr.name, func(t *testing.T) {
+			for _, plan := range headPlans(t, pr) {
+				if !ringattn.IsHeadPlan(plan) {
+					t.Fatalf("%s: not a head plan", planName(plan))
+				}
+				net := newNet(t, len(plan.Ranks), ringattn.MemOptions{})
+				var done doneSet
+				o, lse, err := ringattn.RunLocalNet(ctx, ringattn.LocalConfig{Net: net, Progress: done.progress}, &pr.p, plan, pr.q, pr.k, pr.v)
+				st := net.Stats()
+				net.Close()
+				if err != nil {
+					t.Fatalf("%s: %v", planName(plan), err)
+				}
+				pr.check(t, planName(plan), o, lse)
+				if want := plan.Traffic().Frames(); st.Sent != int64(want) {
+					t.Fatalf("%s: the ring sent %d frames, the plan's schedule %d", planName(plan), st.Sent, want)
+				}
+				if plan.Strategy == shard.Heads && (st.Sent != 0 || plan.BytesMoved() != 0) {
+					t.Fatalf("%s: pure head parallelism sent %d frames", planName(plan), st.Sent)
+				}
+				if n := done.count(); n != len(plan.Ranks) {
+					t.Fatalf("%s: %d of %d ranks reported done", planName(plan), n, len(plan.Ranks))
+				}
+			}
+		})
+	}
+}
+
+// TestHeadPlansBackward: the backward of head-group plans equals the
+// float64 reference's gradients, bit-identical run to run.
+func TestHeadPlansBackward(t *testing.T) {
+	for i, pr := range problems() {
+		t.Run(pr.name, func(t *testing.T) {
+			g := newGradProblem(t, pr, uint64(2000+i))
+			for _, plan := range headPlans(t, pr) {
+				dq, dk, dv := g.runBackward(t, plan)
+				if err := g.gradErr(dq, dk, dv); err != nil {
+					t.Fatalf("%s: %v", planName(plan), err)
+				}
+				dq2, dk2, dv2 := g.runBackward(t, plan)
+				if !slices.Equal(dq, dq2) || !slices.Equal(dk, dk2) || !slices.Equal(dv, dv2) {
+					t.Fatalf("%s: a second run differs", planName(plan))
+				}
+			}
+		})
+	}
+}
+
+// TestHeadPlansReplan: a re-plan of some units (after a lost worker) with
+// the same head groups writes exactly those units, exactly.
+func TestHeadPlansReplan(t *testing.T) {
+	pr := newProblem("causal", 2, 8, 4, 157, 157, 16, kernels.Mask{Causal: true}, 41)
+	for _, s := range []shard.Strategy{shard.Heads, shard.Zigzag, shard.Auto} {
+		req := pr.request(4, 16, s)
+		req.HeadGroups = 2
+		req.QBlocks = []int{0, 5, 9, 10, 11, 19} // units: group 0 blocks 0, 5, 9; group 1 blocks 0, 1, 9
+		plan := pr.plan(t, req)
+		o, lse, err := ringattn.RunLocal(context.Background(), &pr.p, plan, pr.q, pr.k, pr.v)
+		if err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+		d, n := pr.p.D, pr.p.N
+		for b := range pr.p.B {
+			for h := range pr.p.Hq {
+				g := h / (pr.p.Hq / 2)
+				for i := range n {
+					row := (b*pr.p.Hq+h)*n + i
+					planned := slices.Contains(req.QBlocks, g*plan.QBlockCount+i/16)
+					for c := range d {
+						got, want := float64(o[row*d+c]), pr.refO[row*d+c]
+						if !planned {
+							want = 0
+						}
+						if diff := got - want; diff > tolerance || diff < -tolerance {
+							t.Fatalf("%s: b=%d h=%d row %d (planned %v): o = %v, expected %v", s, b, h, i, planned, got, want)
+						}
+					}
+					if planned && (float64(lse[row])-pr.refLSE[row] > tolerance || pr.refLSE[row]-float64(lse[row]) > tolerance) {
+						t.Fatalf("%s: b=%d h=%d row %d: lse = %v, expected %v", s, b, h, i, lse[row], pr.refLSE[row])
+					}
+				}
+			}
+		}
+	}
+}
+
+// doneSet records which ranks reported done.
+type doneSet struct {
+	mu   sync.Mutex
+	done map[int]bool
+}
+
+func (s *doneSet) progress(p ringattn.Progress) {
+	if !p.Done {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done == nil {
+		s.done = map[int]bool{}
+	}
+	s.done[p.Rank] = true
+}
+
+func (s *doneSet) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.done)
+}

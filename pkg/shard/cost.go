@@ -1,0 +1,131 @@
+package shard
+
+import (
+	"context"
+	"math/bits"
+)
+
+// Cost model defaults.
+const (
+	// DefaultGFLOPS is a rank's speed when the request gives no weights
+	// and no GFLOPS: a few cores of AVX2.
+	DefaultGFLOPS = 50
+	// DefaultLink is a rank's link bandwidth when the request gives none:
+	// 10 Gbit/s.
+	DefaultLink = 1.25e9
+	// StepLatency is the fixed cost the model charges every ring step (a
+	// frame's round trip and the synchronisation of the step).
+	StepLatency = 200e-6
+)
+
+// Prediction is the cost model's estimate of a plan's run time. A rank
+// computes its visible pairs (Rank.Cost) at its speed (Request.Weights
+// times Request.GFLOPS) while it receives its key/value blocks (the
+// short-circuit schedule, Plan.Traffic) over its link (Request.Link); the
+// two overlap step by step, so a rank takes max(compute, receive) plus
+// StepLatency per step. A split-KV plan adds the reduction: one partial
+// per tree level over the link. The plan takes as long as its slowest rank.
+type Prediction struct {
+	Seconds float64 // predicted wall time of the plan
+	Compute float64 // the slowest rank's compute seconds
+	Comm    float64 // the slowest rank's receive seconds
+	Bytes   int64   // bytes the plan moves (Plan.BytesMoved)
+}
+
+// better reports whether a is preferred to b: more than 2 % faster, or
+// within 2 % and moving fewer bytes.
+func (a Prediction) better(b Prediction) bool {
+	return a.Seconds < b.Seconds/1.02 || (a.Seconds <= b.Seconds*1.02 && a.Bytes < b.Bytes)
+}
+
+// Predict returns the cost model's estimate for the plan.
+func (p *Plan) Predict() Prediction { return p.predict(context.Background()) }
+
+func (p *Plan) predict(ctx context.Context) Prediction {
+	r := &p.Request
+	gf := r.GFLOPS
+	if gf <= 0 {
+		gf = 1
+	}
+	link := r.Link
+	if link <= 0 {
+		link = DefaultLink
+	}
+	speed := func(rank int) float64 {
+		w := 1.0
+		if rank < len(r.Weights) {
+			w = r.Weights[rank]
+		}
+		return w * gf * 1e9
+	}
+	var out Prediction
+	if p.Strategy == SplitKV {
+		for i, rk := range p.Ranks {
+			out.Compute = max(out.Compute, rk.Cost/speed(i))
+		}
+		levels := bits.Len(uint(max(1, len(p.Ranks)) - 1))
+		var partial int64
+		for _, rk := range p.Ranks {
+			partial = max(partial, rk.Bytes)
+		}
+		out.Comm = float64(levels) * float64(partial) / link
+		out.Bytes = p.RingBytes()
+		out.Seconds = out.Compute + out.Comm + float64(1+levels)*StepLatency
+		return out
+	}
+	var recv []int64
+	if p.Steps > 1 {
+		t, err := p.TrafficContext(ctx)
+		if err != nil {
+			return Prediction{}
+		}
+		recv = make([]int64, len(p.Ranks))
+		for i := range p.Ranks {
+			recv[i] = t.ReceivedBytes(i)
+			out.Bytes += recv[i]
+		}
+	}
+	for i, rk := range p.Ranks {
+		c := rk.Cost / speed(i)
+		var m float64
+		if recv != nil {
+			m = float64(recv[i]) / link
+		}
+		if t := max(c, m) + float64(p.Steps)*StepLatency; t > out.Seconds {
+			out.Seconds, out.Compute, out.Comm = t, c, m
+		}
+	}
+	return out
+}
+
+// autoPlan plans r (Strategy Auto, HeadGroups 0, all query blocks) with
+// the head groups and strategy of the lowest predicted time: the plan
+// without head groups that costs.auto picks, and for every G > 1 dividing
+// both Hkv and W, G groups of W/G ranks (pure head parallelism when
+// W/G = 1) dealt by the ring strategy bestRing prefers. Auto uses all W
+// ranks (an explicit HeadGroups or strategy heads may use fewer). Ties
+// (within 2 %) go to the plan moving fewer bytes, then to fewer groups.
+func autoPlan(ctx context.Context, r Request) (*Plan, error) {
+	c, err := newCosts(ctx, r)
+	if err != nil {
+		return nil, err
+	}
+	best := c.auto()
+	bp := best.predict(ctx)
+	for g := 2; g <= min(r.Hkv, r.Ranks); g++ {
+		if r.Hkv%g != 0 || r.Ranks%g != 0 {
+			continue // auto uses every rank it is given
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		cand, err := groupPlan(ctx, r, g, Auto)
+		if err != nil {
+			return nil, err
+		}
+		if cp := cand.predict(ctx); cp.better(bp) {
+			best, bp = cand, cp
+		}
+	}
+	return best, nil
+}
