@@ -42,6 +42,10 @@ const (
 	DefaultChunkBytes     = 4 << 20
 	DefaultRetryFor       = 30 * time.Second
 	DefaultAttemptTimeout = 5 * time.Second
+	// DefaultBucketWait is StoreConfig.WaitFor's default: longer than a
+	// coordinator takes to start, short enough that a client of a tenant
+	// whose bucket nobody created hears why.
+	DefaultBucketWait = time.Minute
 )
 
 // attemptTimeout is how long one transfer of n bytes may take.
@@ -76,6 +80,12 @@ type StoreConfig struct {
 	// unreachable (restarting, reconnecting, timing out); default 30 s,
 	// negative disables retries. The caller's ctx bounds it too.
 	RetryFor time.Duration
+	// WaitFor is how long OpenStore waits for a bucket (or its index)
+	// that does not exist and that this identity may not create (workers
+	// and clients: only the coordinator and the admin create buckets);
+	// default DefaultBucketWait, negative fails at once. The caller's ctx
+	// bounds it too.
+	WaitFor time.Duration
 }
 
 // StoreStats are cumulative counters of a Store.
@@ -124,6 +134,9 @@ func OpenStore(ctx context.Context, nc *nats.Conn, cfg StoreConfig, logger *slog
 	}
 	if cfg.AttemptTimeout == 0 {
 		cfg.AttemptTimeout = DefaultAttemptTimeout
+	}
+	if cfg.WaitFor == 0 {
+		cfg.WaitFor = DefaultBucketWait
 	}
 	switch {
 	case !nameRE.MatchString(cfg.Bucket):

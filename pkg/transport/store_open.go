@@ -27,12 +27,18 @@ var errBucketMissing = errors.New("tensor bucket missing")
 // openStore binds or creates the bucket. An identity the server refuses
 // the creation (a worker or a client; only the coordinator and the admin
 // create buckets, with their quota) waits for the bucket to appear,
-// looking it up with backoff and logging why, until ctx ends: Kubernetes
-// starts workers and gateways before (or without) the coordinator.
+// looking it up with backoff and logging why, for cfg.WaitFor or until
+// ctx ends: Kubernetes starts workers and gateways before the
+// coordinator.
 func openStore(ctx context.Context, js jetstream.JetStream, cfg, asked StoreConfig, storage jetstream.StorageType, logger *slog.Logger) (*Store, error) {
-	start, logged := time.Now(), time.Time{}
+	var start, logged time.Time
 	wait := storeWaitFirst
 	mayCreate := true
+	gaveUp := func(cause error) error {
+		return fmt.Errorf("%w: tensor bucket %q does not exist and this identity may not create it: "+
+			"gave up after waiting %v for the coordinator or an admin to create it (with its quota): %w",
+			ErrPermission, cfg.Bucket, time.Since(start).Round(time.Millisecond), cause)
+	}
 	for {
 		s, err := openAttempt(ctx, js, cfg, asked, storage, mayCreate, logger)
 		if err == nil {
@@ -47,20 +53,24 @@ func openStore(ctx context.Context, js jetstream.JetStream, cfg, asked StoreConf
 		if !mayCreate && !errors.Is(err, errBucketMissing) && !transient(err) {
 			return nil, err
 		}
-		mayCreate = false
+		if mayCreate {
+			mayCreate, start = false, time.Now()
+		}
+		left := cfg.WaitFor - time.Since(start)
+		if left <= 0 {
+			return nil, gaveUp(fmt.Errorf("StoreConfig.WaitFor %v: %w", cfg.WaitFor, err))
+		}
 		if ctx.Err() == nil && time.Since(logged) >= storeWaitLog {
 			logged = time.Now()
 			logger.Warn("tensor store bucket does not exist yet and this identity may not create it: "+
 				"waiting for the coordinator (or an admin, for a tenant's bucket) to create it",
-				"bucket", cfg.Bucket, "waited", time.Since(start).Round(time.Millisecond), "err", err)
+				"bucket", cfg.Bucket, "waited", time.Since(start).Round(time.Millisecond), "wait_for", cfg.WaitFor, "err", err)
 		}
-		t := time.NewTimer(wait)
+		t := time.NewTimer(min(wait, left))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, fmt.Errorf("%w: tensor bucket %q does not exist and this identity may not create it: "+
-				"gave up after waiting %v for the coordinator or an admin to create it (with its quota): %w",
-				ErrPermission, cfg.Bucket, time.Since(start).Round(time.Millisecond), context.Cause(ctx))
+			return nil, gaveUp(context.Cause(ctx))
 		case <-t.C:
 		}
 		wait = min(2*wait, storeWaitMax)

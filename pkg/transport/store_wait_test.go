@@ -219,3 +219,47 @@ func TestStoreWaitEndsWithCtx(t *testing.T) {
 		t.Errorf("bucket status %+v: want the admin's MaxBytes 1 MiB", st)
 	}
 }
+
+// TestStoreWaitFor: StoreConfig.WaitFor bounds the wait at the limit: a
+// bucket that appears just before it is opened by the last look-up, one
+// that does not ends the wait then with ErrPermission naming the bucket
+// and the setting (the ctx still running); a negative WaitFor fails at the
+// first refusal.
+func TestStoreWaitFor(t *testing.T) {
+	conn := waitServer(t)
+	worker := conn("worker")
+	ctx := ctxT(t, time.Minute)
+
+	start := time.Now()
+	_, err := transport.OpenStore(ctx, worker, transport.StoreConfig{Bucket: "never", WaitFor: -1}, nil)
+	if !errors.Is(err, transport.ErrPermission) || time.Since(start) > time.Second {
+		t.Errorf("WaitFor -1: %v after %v, want ErrPermission at once", err, time.Since(start))
+	}
+
+	const limit = 800 * time.Millisecond
+	start = time.Now()
+	_, err = transport.OpenStore(ctx, worker, transport.StoreConfig{Bucket: "never", WaitFor: limit}, nil)
+	took := time.Since(start)
+	if !errors.Is(err, transport.ErrPermission) || errors.Is(err, context.DeadlineExceeded) ||
+		!strings.Contains(err.Error(), `"never"`) || !strings.Contains(err.Error(), "WaitFor") {
+		t.Errorf("WaitFor %v: %v, want ErrPermission naming the bucket and WaitFor", limit, err)
+	}
+	if took < limit || took > limit+time.Second {
+		t.Errorf("WaitFor %v: gave up after %v", limit, took)
+	}
+	t.Logf("WaitFor %v: gave up after %v: %v", limit, took.Round(time.Millisecond), err)
+
+	// The bucket appears 200 ms before the limit: the look-up at the
+	// limit finds it.
+	const limit2 = 1200 * time.Millisecond
+	logs, done := openAsync(ctx, worker, transport.StoreConfig{Bucket: "late", WaitFor: limit2})
+	time.Sleep(limit2 - 200*time.Millisecond)
+	if _, err := transport.OpenStore(ctx, conn("coordinator"), transport.StoreConfig{Bucket: "late"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("bucket created 200 ms before WaitFor %v: %v\n%s", limit2, r.err, logs)
+	}
+	t.Logf("opened at the limit: %s", strings.TrimSpace(logs.String()))
+}
