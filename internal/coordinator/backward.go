@@ -4,6 +4,7 @@ import (
 	"slices"
 
 	cpb "github.com/ringattn/ringattn/internal/coordinator/pb"
+	"github.com/ringattn/ringattn/pkg/shard"
 	"github.com/ringattn/ringattn/pkg/transport"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
 )
@@ -101,7 +102,11 @@ func nextPass(j *cpb.Job, qblocks []int) (mode pb.JobMode, doneDQ, doneDKV []int
 	return pb.JobMode_JOB_MODE_BACKWARD, doneDQ, doneDKV, plan
 }
 
-// outputNames are the tensors a succeeded job's status lists.
+// outputNames are the tensors a succeeded job's status lists. A layer
+// (mha) job lists y only: its forward+backward gradients are per-unit
+// shares (gradShares) that pkg/client FetchMHAGrads reduces, not tensors a
+// reader fetches whole; the leader checks them before the job succeeds
+// all the same (checkGradUnit).
 func outputNames(s *pb.JobSpec) []string {
 	switch {
 	case s.GetKind() == pb.JobKind_JOB_KIND_MHA:
@@ -114,6 +119,70 @@ func outputNames(s *pb.JobSpec) []string {
 		return []string{transport.TensorO, transport.TensorLSE}
 	}
 	return []string{transport.TensorO}
+}
+
+// Shares of a layer (mha) job's gradients: with every complete dq (dk,
+// dv) block the worker writes, under the same block index and before the
+// block itself, the unit's share of the layer's gradients (the names and
+// formulas of internal/worker mha_grad.go); pkg/client FetchMHAGrads adds
+// dxq and dxkv block by block and sums the weight and bias shares over the
+// blocks. No checksum of a share is reported, so the leader checks that
+// each one is stored with its size.
+const (
+	tensorDXQ  = "dxq"
+	tensorDXKV = "dxkv"
+	tensorDWQ  = "dwq"
+	tensorDWK  = "dwk"
+	tensorDWV  = "dwv"
+	tensorDWO  = "dwo"
+	tensorDBQ  = "dbq"
+	tensorDBK  = "dbk"
+	tensorDBV  = "dbv"
+	tensorDBO  = "dbo"
+)
+
+// blockRows is the row count of query (= key) block b of a self-attention
+// spec: its block length, less for the last block.
+func blockRows(s *pb.JobSpec, b int64) int64 {
+	blockLen := s.GetBlock()
+	if blockLen <= 0 {
+		blockLen = shard.DefaultBlock
+	}
+	return max(0, min(blockLen, s.GetN()-b*blockLen))
+}
+
+// gradShare is one share tensor of a gradient unit and its float32 value
+// count.
+type gradShare struct {
+	name  string
+	elems int64
+}
+
+// gradShares returns the shares a layer job's gradient unit stores at
+// block index block (query block for a dq unit, key block for a dk/dv
+// unit): for dq, dxq [B, n, d_model], dwq [H·D, d_model], dwo [d_model,
+// H·D] and with biases dbq [H·D], dbo [d_model]; for dk/dv, dxkv [B, n,
+// d_model], dwk, dwv [H·D, d_model] and with biases dbk, dbv [H·D] (n: the
+// block's rows, the last block ragged). nil for an attention job.
+func gradShares(s *pb.JobSpec, dq bool, block int32) []gradShare {
+	if s.GetKind() != pb.JobKind_JOB_KIND_MHA {
+		return nil
+	}
+	dm, hd := s.GetDModel(), s.GetHq()*s.GetD()
+	x := s.GetB() * blockRows(s, int64(block)) * dm
+	var out []gradShare
+	if dq {
+		out = []gradShare{{tensorDXQ, x}, {tensorDWQ, hd * dm}, {tensorDWO, dm * hd}}
+		if s.GetMhaBias() {
+			out = append(out, gradShare{tensorDBQ, hd}, gradShare{tensorDBO, dm})
+		}
+		return out
+	}
+	out = []gradShare{{tensorDXKV, x}, {tensorDWK, hd * dm}, {tensorDWV, hd * dm}}
+	if s.GetMhaBias() {
+		out = append(out, gradShare{tensorDBK, hd}, gradShare{tensorDBV, hd})
+	}
+	return out
 }
 
 // gradUnit is what a unit of a backward phase stores: its tensors, store

@@ -22,7 +22,10 @@ import (
 // not done again (REDO_BLOCKS, counted in Job.redos) and re-planned in a
 // new epoch: the store is the source of truth. After MaxVerifyTries redos
 // the job fails naming the block. A store that cannot be asked (down,
-// timing out) delays the check; it does not decide it.
+// timing out) delays the check; it does not decide it. Tensors written
+// without a reported checksum — a layer job's o beside y, and its
+// gradient units' shares of the layer's gradients — are checked for
+// presence and size.
 //
 // After SUCCEEDED, get checks the outputs again (at most every
 // outputsCheckEvery per job, at most outputsCheckBlocks blocks spread over
@@ -69,23 +72,34 @@ type verifyState struct {
 	err     error // the store could not be asked
 }
 
-// outputTensors names a job's output tensors and picks each one's
-// reported checksum.
-func outputTensors(spec *pb.JobSpec) []struct {
-	name string
-	crc  func(*pb.BlockChecksum) uint32
-} {
-	type t = struct {
-		name string
-		crc  func(*pb.BlockChecksum) uint32
-	}
+// outTensor is one output tensor of a forward epoch: crc picks its
+// reported checksum; a tensor without one (crc nil) is checked for its
+// size, elems float32 values in block b.
+type outTensor struct {
+	name  string
+	crc   func(*pb.BlockChecksum) uint32
+	elems func(b int64) int64
+}
+
+// outputTensors names a job's output tensors of a forward epoch. A layer
+// (mha) job writes y; the forward pass of a forward+backward one also the
+// attention's o and lse, which its backward reads (o has no reported
+// checksum: the block's are y's and lse's).
+func outputTensors(spec *pb.JobSpec) []outTensor {
 	o := func(c *pb.BlockChecksum) uint32 { return c.GetCrc32CO() }
+	lse := outTensor{transport.TensorLSE, func(c *pb.BlockChecksum) uint32 { return c.GetCrc32CLse() }, nil}
 	if spec.GetKind() == pb.JobKind_JOB_KIND_MHA {
-		return []t{{"y", o}}
+		out := []outTensor{{"y", o, nil}}
+		if spec.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD {
+			out = append(out, lse, outTensor{transport.TensorO, nil, func(b int64) int64 {
+				return spec.GetB() * spec.GetHq() * blockRows(spec, b) * spec.GetD()
+			}})
+		}
+		return out
 	}
-	out := []t{{transport.TensorO, o}}
+	out := []outTensor{{transport.TensorO, o, nil}}
 	if spec.GetWantLse() || spec.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD {
-		out = append(out, t{transport.TensorLSE, func(c *pb.BlockChecksum) uint32 { return c.GetCrc32CLse() }})
+		out = append(out, lse)
 	}
 	return out
 }
@@ -135,24 +149,24 @@ func checkOutputs(ctx context.Context, st outputStore, j *cpb.Job, blocks []int6
 				i, found := slices.BinarySearchFunc(sums, int32(b), func(x *pb.BlockChecksum, b int32) int { return cmp.Compare(x.GetBlock(), b) })
 				for _, t := range tensors {
 					info, e := st.BlockInfo(ctx, j.Id, t.name, int(b))
-					var bb *badBlock
-					var corrupt *transport.CorruptBlockError
+					why, e := storedBad(e)
 					switch {
-					case errors.Is(e, transport.ErrBlockNotFound):
-						bb = &badBlock{int32(b), t.name, "missing from the store"}
-					case errors.As(e, &corrupt):
-						bb = &badBlock{int32(b), t.name, "unreadable in the store: " + corrupt.Reason}
 					case e != nil:
 						mu.Lock()
 						err = cmp.Or(err, e)
 						mu.Unlock()
 						return
+					case why != "":
+					case t.crc == nil:
+						if n := t.elems(b); info.Bytes != 4*n {
+							why = fmt.Sprintf("stored with %d bytes, expected %d float32 values", info.Bytes, n)
+						}
 					case found && info.CRC32C != t.crc(sums[i]):
-						bb = &badBlock{int32(b), t.name, fmt.Sprintf("stored with checksum %08x, reported %08x", info.CRC32C, t.crc(sums[i]))}
+						why = fmt.Sprintf("stored with checksum %08x, reported %08x", info.CRC32C, t.crc(sums[i]))
 					}
-					if bb != nil {
+					if why != "" {
 						mu.Lock()
-						bad = append(bad, *bb)
+						bad = append(bad, badBlock{int32(b), t.name, why})
 						mu.Unlock()
 					}
 				}
@@ -168,25 +182,59 @@ func checkOutputs(ctx context.Context, st outputStore, j *cpb.Job, blocks []int6
 }
 
 // checkGradUnit checks the stored blocks of gradient unit u of j (see
-// backward.go) against the checksums reported for them.
+// backward.go) against the checksums reported for them and, for a layer
+// (mha) job, that each of the unit's gradient shares (gradShares) is
+// stored with its size: a unit whose worker reported it without a share
+// (or whose share vanished, or has another size) is bad, so it is redone
+// like a missing gradient block. A share has no reported checksum; what
+// it holds is the worker's (it is computed from the same complete block
+// whose checksum is checked here, in the same write, mha_grad.go).
 func checkGradUnit(ctx context.Context, st outputStore, j *cpb.Job, u int32) ([]badBlock, error) {
 	tensors, block, crcs, found := gradUnit(j, u)
 	var bad []badBlock
 	for i, name := range tensors {
 		info, e := st.BlockInfo(ctx, j.Id, name, int(block))
-		var corrupt *transport.CorruptBlockError
+		why, err := storedBad(e)
 		switch {
-		case errors.Is(e, transport.ErrBlockNotFound):
-			bad = append(bad, badBlock{u, name, "missing from the store"})
-		case errors.As(e, &corrupt):
-			bad = append(bad, badBlock{u, name, "unreadable in the store: " + corrupt.Reason})
-		case e != nil:
-			return bad, e
-		case found && info.CRC32C != crcs[i]:
-			bad = append(bad, badBlock{u, name, fmt.Sprintf("stored with checksum %08x, reported %08x", info.CRC32C, crcs[i])})
+		case err != nil:
+			return bad, err
+		case why == "" && found && info.CRC32C != crcs[i]:
+			why = fmt.Sprintf("stored with checksum %08x, reported %08x", info.CRC32C, crcs[i])
+		}
+		if why != "" {
+			bad = append(bad, badBlock{u, name, why})
+		}
+	}
+	for _, sh := range gradShares(j.Spec, u < int32(qBlocks(j.Spec)), block) {
+		info, e := st.BlockInfo(ctx, j.Id, sh.name, int(block))
+		why, err := storedBad(e)
+		switch {
+		case err != nil:
+			return bad, err
+		case why == "" && info.Bytes != 4*sh.elems:
+			why = fmt.Sprintf("stored with %d bytes, expected %d float32 values", info.Bytes, sh.elems)
+		}
+		if why != "" {
+			bad = append(bad, badBlock{u, sh.name, why})
 		}
 	}
 	return bad, nil
+}
+
+// storedBad classifies the error of a BlockInfo: why the block is bad
+// ("missing from the store", "unreadable in the store: ..."), "" when
+// there was no error, or err when the store could not be asked.
+func storedBad(e error) (why string, err error) {
+	var corrupt *transport.CorruptBlockError
+	switch {
+	case e == nil:
+		return "", nil
+	case errors.Is(e, transport.ErrBlockNotFound):
+		return "missing from the store", nil
+	case errors.As(e, &corrupt):
+		return "unreadable in the store: " + corrupt.Reason, nil
+	}
+	return "", e
 }
 
 // verified reports whether the outputs of j's current epoch checked out
