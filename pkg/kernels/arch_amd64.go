@@ -2,15 +2,19 @@
 
 package kernels
 
-import "golang.org/x/sys/cpu"
+import (
+	"unsafe"
+
+	"golang.org/x/sys/cpu"
+)
 
 // simd is the Go side of one assembly implementation: register-tile GEMM
 // kernels of mr rows and nr columns, driven over whole matrices here, with
 // the partial last column panel computed through zero-padded copies.
 type simd struct {
 	mr, nr int
-	nn     func(mr, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool)
-	tn     func(mr, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32)
+	nn     func(mr, tiles, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool, pf uintptr)
+	tn     func(mr, tiles, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, pf uintptr)
 	smax   func(s []float32, lds, rows int, m, l, alpha []float32)
 	ex     func(x []float32)
 	ds     func(s, dp []float32, ld, rows, cols int, lse, delta []float32, scale float32)
@@ -45,28 +49,70 @@ func registerArch() {
 	}
 }
 
-func (s *simd) gemmNN(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool) {
+// prefetcher hands out the cache lines of a region to prefetch, a call of
+// a GEMM kernel at a time: each call prefetches one line every four steps
+// of k. Once the region is used up, calls prefetch their own B operand
+// (already cached: a harmless hint).
+type prefetcher struct {
+	next, end uintptr
+}
+
+// noPrefetch turns the prefetch hints off, for comparing with and without
+// them in benchmarks.
+var noPrefetch bool
+
+func newPrefetcher(pf []float32) prefetcher {
+	if len(pf) == 0 || noPrefetch {
+		return prefetcher{}
+	}
+	p := uintptr(unsafe.Pointer(unsafe.SliceData(pf)))
+	return prefetcher{next: p, end: p + 4*uintptr(len(pf))}
+}
+
+// take returns where a call of tiles register tiles over k steps starts
+// prefetching (its last call may run past the region's end: prefetching
+// never faults), or fallback.
+func (p *prefetcher) take(tiles, k int, fallback []float32) uintptr {
+	n := uintptr(tiles*(k/4)) * 64
+	if p.next < p.end {
+		at := p.next
+		p.next += n
+		return at
+	}
+	return uintptr(unsafe.Pointer(unsafe.SliceData(fallback)))
+}
+
+// gemmNN runs the register tiles column panel by column panel, the full
+// tiles of a panel in one call; pf is a region to prefetch meanwhile.
+func (s *simd) gemmNN(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool, pf []float32) {
 	if m <= 0 || n <= 0 {
 		return
 	}
 	if k <= 0 {
-		gemmNNGeneric(m, n, k, a, lda, b, ldb, c, ldc, acc)
+		gemmNNGeneric(m, n, k, a, lda, b, ldb, c, ldc, acc, nil)
 		return
 	}
 	nr := s.nr
 	full := n - n%nr
+	pre := newPrefetcher(pf)
+	tiles, rest := m/s.mr, m%s.mr
+	run := func(i0, mr, tiles int, bp []float32, ldb int, cp []float32, ldc int) {
+		ap := a[i0*lda : (i0+mr*tiles-1)*lda+k]
+		if raceEnabled {
+			raceTile(ap, mr*tiles, k, lda, false)
+			raceTile(bp, k, nr, ldb, false)
+			raceTile(cp, mr*tiles, nr, ldc, true)
+		}
+		s.nn(mr, tiles, k, ap, lda, bp, ldb, cp, ldc, acc, pre.take(tiles, k, bp))
+	}
 	for j0 := 0; j0 < full; j0 += nr {
 		bp := b[j0 : (k-1)*ldb+j0+nr]
-		for i0 := 0; i0 < m; i0 += s.mr {
-			mr := min(s.mr, m-i0)
-			ap := a[i0*lda : (i0+mr-1)*lda+k]
-			cp := c[i0*ldc+j0 : (i0+mr-1)*ldc+j0+nr]
-			if raceEnabled {
-				raceTile(ap, mr, k, lda, false)
-				raceTile(bp, k, nr, ldb, false)
-				raceTile(cp, mr, nr, ldc, true)
-			}
-			s.nn(mr, k, ap, lda, bp, ldb, cp, ldc, acc)
+		if tiles > 0 {
+			run(0, s.mr, tiles, bp, ldb, c[j0:(tiles*s.mr-1)*ldc+j0+nr], ldc)
+		}
+		if rest > 0 {
+			i0 := tiles * s.mr
+			run(i0, rest, 1, bp, ldb, c[i0*ldc+j0:(i0+rest-1)*ldc+j0+nr], ldc)
 		}
 	}
 	if full == n {
@@ -84,41 +130,45 @@ func (s *simd) gemmNN(m, n, k int, a []float32, lda int, b []float32, ldb int, c
 		for i := 0; i < mr; i++ {
 			copy(ct[i*nr:i*nr+nt], c[(i0+i)*ldc+full:(i0+i)*ldc+n])
 		}
-		ap := a[i0*lda : (i0+mr-1)*lda+k]
-		if raceEnabled {
-			raceTile(ap, mr, k, lda, false)
-		}
-		s.nn(mr, k, ap, lda, bt, nr, ct, nr, acc)
+		run(i0, mr, 1, bt, nr, ct[:mr*nr], nr)
 		for i := 0; i < mr; i++ {
 			copy(c[(i0+i)*ldc+full:(i0+i)*ldc+n], ct[i*nr:i*nr+nt])
 		}
 	}
 }
 
-func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32) {
+// gemmTN is gemmNN's counterpart for k-major A with the alpha row scale.
+func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, pf []float32) {
 	if m <= 0 || n <= 0 {
 		return
 	}
 	if k <= 0 {
-		gemmTNGeneric(m, n, k, a, lda, b, ldb, c, ldc, alpha)
+		gemmTNGeneric(m, n, k, a, lda, b, ldb, c, ldc, alpha, nil)
 		return
 	}
 	nr := s.nr
 	full := n - n%nr
+	pre := newPrefetcher(pf)
+	tiles, rest := m/s.mr, m%s.mr
+	run := func(i0, mr, tiles int, bp []float32, ldb int, cp []float32, ldc int) {
+		ap := a[i0 : (k-1)*lda+i0+mr*tiles]
+		al := alpha[i0 : i0+mr*tiles]
+		if raceEnabled {
+			raceTile(ap, k, mr*tiles, lda, false)
+			raceTile(bp, k, nr, ldb, false)
+			raceTile(cp, mr*tiles, nr, ldc, true)
+			raceTile(al, 1, mr*tiles, mr*tiles, false)
+		}
+		s.tn(mr, tiles, k, ap, lda, bp, ldb, cp, ldc, al, pre.take(tiles, k, bp))
+	}
 	for j0 := 0; j0 < full; j0 += nr {
 		bp := b[j0 : (k-1)*ldb+j0+nr]
-		for i0 := 0; i0 < m; i0 += s.mr {
-			mr := min(s.mr, m-i0)
-			ap := a[i0 : (k-1)*lda+i0+mr]
-			cp := c[i0*ldc+j0 : (i0+mr-1)*ldc+j0+nr]
-			al := alpha[i0 : i0+mr]
-			if raceEnabled {
-				raceTile(ap, k, mr, lda, false)
-				raceTile(bp, k, nr, ldb, false)
-				raceTile(cp, mr, nr, ldc, true)
-				raceTile(al, 1, mr, mr, false)
-			}
-			s.tn(mr, k, ap, lda, bp, ldb, cp, ldc, al)
+		if tiles > 0 {
+			run(0, s.mr, tiles, bp, ldb, c[j0:(tiles*s.mr-1)*ldc+j0+nr], ldc)
+		}
+		if rest > 0 {
+			i0 := tiles * s.mr
+			run(i0, rest, 1, bp, ldb, c[i0*ldc+j0:(i0+rest-1)*ldc+j0+nr], ldc)
 		}
 	}
 	if full == n {
@@ -135,12 +185,7 @@ func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c
 		for i := 0; i < mr; i++ {
 			copy(ct[i*nr:i*nr+nt], c[(i0+i)*ldc+full:(i0+i)*ldc+n])
 		}
-		ap := a[i0 : (k-1)*lda+i0+mr]
-		al := alpha[i0 : i0+mr]
-		if raceEnabled {
-			raceTile(ap, k, mr, lda, false)
-		}
-		s.tn(mr, k, ap, lda, bt, nr, ct, nr, al)
+		run(i0, mr, 1, bt, nr, ct[:mr*nr], nr)
 		for i := 0; i < mr; i++ {
 			copy(c[(i0+i)*ldc+full:(i0+i)*ldc+n], ct[i*nr:i*nr+nt])
 		}

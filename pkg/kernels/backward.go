@@ -355,7 +355,7 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 					kp = km // in place
 				}
 				for p0 := 0; p0 < cols; p0 += kSplit {
-					im.gemmNN(pend.nrow, kpw, min(kSplit, cols-p0), dS[p0:], cp, kp[p0*ldk:], ldk, dqs[pn:], ldq, true)
+					im.gemmNN(pend.nrow, kpw, min(kSplit, cols-p0), dS[p0:], cp, kp[p0*ldk:], ldk, dqs[pn:], ldq, true, nil)
 				}
 			}
 			passTurn(pend.ti, pend.next)
@@ -388,8 +388,8 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 				dos := do[row0*ldq : (row0+nrow)*ldq]
 				s, dpt := sc.s[:nrow*cp], sc.dp[buf][:nrow*cp]
 				for j0 := 0; j0 < cp; j0 += pw {
-					im.gemmNN(nrow, pw, d, qs, ldq, kt[j0*d:], pw, s[j0:], cp, false)
-					im.gemmNN(nrow, pw, d, dos, ldq, vt[j0*d:], pw, dpt[j0:], cp, false)
+					im.gemmNN(nrow, pw, d, qs, ldq, kt[j0*d:], pw, s[j0:], cp, false, nil)
+					im.gemmNN(nrow, pw, d, dos, ldq, vt[j0*d:], pw, dpt[j0:], cp, false, nil)
 				}
 				if class == tilePartial {
 					for i := 0; i < nrow; i++ {
@@ -400,8 +400,8 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 					}
 				}
 				ds(s, dpt, cp, nrow, cp, lse[row0:row0+nrow], r.Delta[row0:row0+nrow], scale)
-				im.gemmTN(cols, dp, nrow, s, cp, dos, ldq, dvAcc, dp, ones)
-				im.gemmTN(cols, dp, nrow, dpt, cp, qs, ldq, dkAcc, dp, ones)
+				im.gemmTN(cols, dp, nrow, s, cp, dos, ldq, dvAcc, dp, ones, nil)
+				im.gemmTN(cols, dp, nrow, dpt, cp, qs, ldq, dkAcc, dp, ones, nil)
 				flush()
 				pend.ok, pend.ti, pend.row0, pend.nrow, pend.buf = true, bh*qTiles+t, row0, nrow, buf
 				pend.next = int32(nextVisible(sp, j, kStart, kEnd, bc))

@@ -21,12 +21,16 @@ type impl struct {
 	// gemmNN computes, all row-major with leading dimensions lda, ldb, ldc:
 	//
 	//	for i < m, j < n: c[i*ldc+j] = (acc ? c[i*ldc+j] : 0) + Σ_{p<k} a[i*lda+p]·b[p*ldb+j]
-	gemmNN func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool)
+	//
+	// pf (may be nil) is memory the caller reads next: the assembly
+	// prefetches it into L2 while it computes (a hint; it changes no
+	// result).
+	gemmNN func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool, pf []float32)
 
 	// gemmTN computes C = diag(alpha)·C + Aᵀ·B with A stored k-major:
 	//
 	//	for i < m, j < n: c[i*ldc+j] = alpha[i]·c[i*ldc+j] + Σ_{p<k} a[p*lda+i]·b[p*ldb+j]
-	gemmTN func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32)
+	gemmTN func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, pf []float32)
 
 	// softmaxCols folds rows rows of scores s (leading dimension lds) into
 	// the online softmax of len(m) columns (len(m) is a multiple of nr):

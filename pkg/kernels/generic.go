@@ -17,7 +17,7 @@ var genericImpl = &impl{
 	roundBF16:   roundBF16Generic,
 }
 
-func gemmNNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool) {
+func gemmNNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool, _ []float32) {
 	for i := 0; i < m; i++ {
 		ci := c[i*ldc : i*ldc+n]
 		if !acc {
@@ -33,7 +33,7 @@ func gemmNNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []
 	}
 }
 
-func gemmTNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32) {
+func gemmTNGeneric(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, _ []float32) {
 	for i := 0; i < m; i++ {
 		ci := c[i*ldc : i*ldc+n]
 		if s := alpha[i]; s != 1 {

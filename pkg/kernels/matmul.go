@@ -72,7 +72,7 @@ func MatMulT(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float3
 			kk := min(kb, k-p0)
 			for j0 := jb; j0 < min(jb+nb, n); j0 += pw {
 				cols := min(pw, n-j0)
-				im.gemmNN(rows, cols, kk, a[i0*lda+p0:], lda, bt[j0*k+p0*pw:], pw, c[i0*ldc+j0:], ldc, acc || p0 > 0)
+				im.gemmNN(rows, cols, kk, a[i0*lda+p0:], lda, bt[j0*k+p0*pw:], pw, c[i0*ldc+j0:], ldc, acc || p0 > 0, nil)
 			}
 		}
 	})

@@ -25,13 +25,13 @@ func BenchmarkKernelPrim(b *testing.B) {
 		}
 		b.Run(fmt.Sprintf("NN_D%d", d), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				im.gemmNN(bc, br, d, k, d, qt, br, st, br, false)
+				im.gemmNN(bc, br, d, k, d, qt, br, st, br, false, nil)
 			}
 			b.ReportMetric(2*float64(bc*br*d)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})
 		b.Run(fmt.Sprintf("TN_D%d", d), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				im.gemmTN(br, d, bc, st, br, v, d, o, d, alpha)
+				im.gemmTN(br, d, bc, st, br, v, d, o, d, alpha, nil)
 			}
 			b.ReportMetric(2*float64(bc*br*d)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})

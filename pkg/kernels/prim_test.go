@@ -170,7 +170,7 @@ func TestKernelPrimGemmNN(t *testing.T) {
 				b := r.Slice(max(c.k*ldb, 0), testrand.Normal)
 				all, cm := guardedMatrix(r, c.m, c.n, ldc)
 				c0 := append([]float32(nil), cm...)
-				im.gemmNN(c.m, c.n, c.k, a, lda, b, ldb, cm, ldc, acc)
+				im.gemmNN(c.m, c.n, c.k, a, lda, b, ldb, cm, ldc, acc, nil)
 				if !intactMatrix(all, cm, c.m, c.n, ldc) {
 					t.Fatalf("%+v acc=%v: wrote outside C", c, acc)
 				}
@@ -209,7 +209,7 @@ func TestKernelPrimGemmTN(t *testing.T) {
 			}
 			all, cm := guardedMatrix(r, c.m, c.n, ldc)
 			c0 := append([]float32(nil), cm...)
-			im.gemmTN(c.m, c.n, c.k, a, lda, b, ldb, cm, ldc, alpha)
+			im.gemmTN(c.m, c.n, c.k, a, lda, b, ldb, cm, ldc, alpha, nil)
 			if !intactMatrix(all, cm, c.m, c.n, ldc) {
 				t.Fatalf("%+v: wrote outside C", c)
 			}

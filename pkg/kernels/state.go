@@ -213,8 +213,14 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 					im.roundBF16(kr, kb)
 					kb = kr
 				}
+				// While it computes Sᵀ, the GEMM prefetches this tile's V
+				// (a part per panel of Qᵀ); while it computes P·V, the
+				// next tile's K: both arrive in L2 before they are read.
+				vNow := v[kvBase+c0*d : kvBase+c1*d]
+				np := rp / pw
 				for j0 := 0; j0 < rp; j0 += pw {
-					im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false)
+					part := vNow[len(vNow)*(j0/pw)/np : len(vNow)*(j0/pw+1)/np]
+					im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false, part)
 				}
 				if class == tilePartial {
 					// Row by row of Sᵀ (contiguous), -inf where key j is outside
@@ -248,7 +254,11 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 					im.roundBF16(vr, vb)
 					vb = vr
 				}
-				im.gemmTN(rows, dp, cols, st, rp, vb, ldv, oT, dp, alpha)
+				var kNext []float32
+				if c1 < nk {
+					kNext = k[kvBase+c1*d : kvBase+min(c1+bc, nk)*d]
+				}
+				im.gemmTN(rows, dp, cols, st, rp, vb, ldv, oT, dp, alpha, kNext)
 			}
 		}
 		if !touched {

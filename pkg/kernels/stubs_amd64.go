@@ -4,23 +4,29 @@
 
 package kernels
 
-// gemmNNAvx512 computes one register tile of C = A·B (acc false) or C += A·B (acc true),
-// A row-major [mr×k], B row-major [k×64], C row-major [mr×64], 1 <= mr <= 6:
+// gemmNNAvx512 computes tiles register tiles of C = A·B (acc false) or C += A·B (acc true),
+// A row-major [m×k], B row-major [k×64], C row-major [m×64], m = tiles·mr, 1 <= mr <= 6,
+// tiles >= 1:
 //
-//	for i < mr, j < 64:
+//	for i < m, j < 64:
 //		c[i*ldc+j] = (acc ? c[i*ldc+j] : 0) + Σ_{p<k} a[i*lda+p]·b[p*ldb+j]
 //
+// Every four steps of k it prefetches (PREFETCHT1) the next cache line from pf on,
+// a hint that never faults: the caller points it at data it reads next.
 // The caller checks the slice bounds.
-func gemmNNAvx512(mr int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool)
+func gemmNNAvx512(mr int, tiles int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool, pf uintptr)
 
-// gemmTNAvx512 computes one register tile of C = diag(alpha)·C + Aᵀ·B with A
-// stored k-major [k×lda], B row-major [k×64], C row-major [mr×64], 1 <= mr <= 6:
+// gemmTNAvx512 computes tiles register tiles of C = diag(alpha)·C + Aᵀ·B with A
+// stored k-major [k×lda], B row-major [k×64], C row-major [m×64], m = tiles·mr,
+// 1 <= mr <= 6, tiles >= 1:
 //
-//	for i < mr, j < 64:
+//	for i < m, j < 64:
 //		c[i*ldc+j] = alpha[i]·c[i*ldc+j] + Σ_{p<k} a[p*lda+i]·b[p*ldb+j]
 //
+// Every four steps of k it prefetches (PREFETCHT1) the next cache line from pf on,
+// a hint that never faults: the caller points it at data it reads next.
 // The caller checks the slice bounds.
-func gemmTNAvx512(mr int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32)
+func gemmTNAvx512(mr int, tiles int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, pf uintptr)
 
 // softmaxColsAvx512 updates the online softmax of len(m) columns (a multiple of 16)
 // over rows rows of s, replacing s by the unnormalised probabilities:
@@ -68,23 +74,29 @@ func roundBF16Avx512(dst []float32, src []float32)
 // for measuring the core's peak.
 func fmaPeakAvx512(n int)
 
-// gemmNNAvx2 computes one register tile of C = A·B (acc false) or C += A·B (acc true),
-// A row-major [mr×k], B row-major [k×16], C row-major [mr×16], 1 <= mr <= 6:
+// gemmNNAvx2 computes tiles register tiles of C = A·B (acc false) or C += A·B (acc true),
+// A row-major [m×k], B row-major [k×16], C row-major [m×16], m = tiles·mr, 1 <= mr <= 6,
+// tiles >= 1:
 //
-//	for i < mr, j < 16:
+//	for i < m, j < 16:
 //		c[i*ldc+j] = (acc ? c[i*ldc+j] : 0) + Σ_{p<k} a[i*lda+p]·b[p*ldb+j]
 //
+// Every four steps of k it prefetches (PREFETCHT1) the next cache line from pf on,
+// a hint that never faults: the caller points it at data it reads next.
 // The caller checks the slice bounds.
-func gemmNNAvx2(mr int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool)
+func gemmNNAvx2(mr int, tiles int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool, pf uintptr)
 
-// gemmTNAvx2 computes one register tile of C = diag(alpha)·C + Aᵀ·B with A
-// stored k-major [k×lda], B row-major [k×16], C row-major [mr×16], 1 <= mr <= 6:
+// gemmTNAvx2 computes tiles register tiles of C = diag(alpha)·C + Aᵀ·B with A
+// stored k-major [k×lda], B row-major [k×16], C row-major [m×16], m = tiles·mr,
+// 1 <= mr <= 6, tiles >= 1:
 //
-//	for i < mr, j < 16:
+//	for i < m, j < 16:
 //		c[i*ldc+j] = alpha[i]·c[i*ldc+j] + Σ_{p<k} a[p*lda+i]·b[p*ldb+j]
 //
+// Every four steps of k it prefetches (PREFETCHT1) the next cache line from pf on,
+// a hint that never faults: the caller points it at data it reads next.
 // The caller checks the slice bounds.
-func gemmTNAvx2(mr int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32)
+func gemmTNAvx2(mr int, tiles int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, pf uintptr)
 
 // softmaxColsAvx2 updates the online softmax of len(m) columns (a multiple of 8)
 // over rows rows of s, replacing s by the unnormalised probabilities:
