@@ -38,10 +38,11 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, re
 		l.finish(j, pb.JobState_JOB_STATE_FAILED, "cannot plan: "+ae.Error())
 		return
 	}
-	req.Weights, req.QBlocks = planWeights(cands), qblocks
-	if req.HeadGroups == 0 {
-		req.HeadGroups = 1 // head-group plans on workers: not yet (issue 20, stage 3)
+	req.QBlocks = qblocks
+	if w2 := planHeads(j, &req, w); w2 != w { // heads.go
+		w, cands, req.Ranks = w2, cands[:w2], w2
 	}
+	req.Weights = planWeights(cands)
 	sp, err := l.plan(j, req)
 	var pe *panicError
 	switch {

@@ -490,7 +490,7 @@ func (w *testWorker) run(a *pb.Assignment) {
 		rep.Result = &pb.Report_Failed{Failed: &pb.ShardFailed{Reason: fail, Fatal: fatal, Block: -1}}
 	} else {
 		done := &pb.ShardDone{}
-		for _, b := range a.Plan.Ranks[a.Rank].QBlocks {
+		for _, b := range writtenBlocks(a.Plan, a.Rank) { // its q_blocks, or with head groups the blocks it writes
 			bc, err := w.writeBlock(a, b)
 			if err != nil {
 				w.t.Logf("worker %s: writing block %d of %s: %v", w.id, b, a.JobId, err)

@@ -25,7 +25,11 @@ import (
 //	   entries reads as transport.DefaultTenant) and submits carry the
 //	   per-tenant active-jobs limit. A v2 build must not read a v3 entry:
 //	   it would drop the owner and show the job to the default tenant.
-const LogVersion = 3
+//	4: plans may split the heads (LogPlan.head_groups, issue 20): ranks'
+//	   q_blocks then hold units g*q_block_count+b, and a block is done when
+//	   its writer reports it. A v3 build must not read a v4 entry: it would
+//	   drop head_groups and refuse (or misread) the units.
+const LogVersion = 4
 
 // ownerOf is the owner an entry or record names: "" (written before v3)
 // is the default tenant.
@@ -154,7 +158,8 @@ func planToLog(p *pb.Plan) *cpb.LogPlan {
 		return nil
 	}
 	out := &cpb.LogPlan{Strategy: p.GetStrategy(), N: p.GetN(), Nk: p.GetNk(), Block: p.GetBlock(),
-		QBlockCount: p.GetQBlockCount(), KBlockCount: p.GetKBlockCount(), Steps: p.GetSteps(), Imbalance: p.GetImbalance()}
+		QBlockCount: p.GetQBlockCount(), KBlockCount: p.GetKBlockCount(), Steps: p.GetSteps(), Imbalance: p.GetImbalance(),
+		HeadGroups: p.GetHeadGroups()}
 	for _, rk := range p.GetRanks() {
 		out.Ranks = append(out.Ranks, &cpb.LogRankPlan{QBlocks: rk.GetQBlocks(), KvBlocks: rk.GetKvBlocks(),
 			Cost: rk.GetCost(), Bytes: rk.GetBytes(), WorkerId: rk.GetWorkerId()})
@@ -167,7 +172,8 @@ func planFromLog(p *cpb.LogPlan) *pb.Plan {
 		return nil
 	}
 	out := &pb.Plan{Strategy: p.GetStrategy(), N: p.GetN(), Nk: p.GetNk(), Block: p.GetBlock(),
-		QBlockCount: p.GetQBlockCount(), KBlockCount: p.GetKBlockCount(), Steps: p.GetSteps(), Imbalance: p.GetImbalance()}
+		QBlockCount: p.GetQBlockCount(), KBlockCount: p.GetKBlockCount(), Steps: p.GetSteps(), Imbalance: p.GetImbalance(),
+		HeadGroups: p.GetHeadGroups()}
 	for _, rk := range p.GetRanks() {
 		out.Ranks = append(out.Ranks, &pb.RankPlan{QBlocks: rk.GetQBlocks(), KvBlocks: rk.GetKvBlocks(),
 			Cost: rk.GetCost(), Bytes: rk.GetBytes(), WorkerId: rk.GetWorkerId()})

@@ -168,7 +168,7 @@ func (l *leader) report(rep *pb.Report) *pb.ReportAck {
 		if a != nil {
 			return a
 		}
-		if err := checkChecksums(j.Plan.Ranks[rep.Rank], res.Done.GetBlocks()); err != nil {
+		if err := checkChecksums(writerRank(j.Plan, rep.Rank), res.Done.GetBlocks()); err != nil {
 			return l.refuse("bad_checksums", j.State, "done.blocks: %v", err)
 		}
 		if field, err := checkGradChecksums(j, res.Done); err != nil {

@@ -85,8 +85,8 @@ func checkJob(j *cpb.Job) error {
 	}
 	for r, rk := range j.Plan.GetRanks() {
 		for _, b := range rk.GetQBlocks() {
-			if b < 0 || int64(b) >= j.BlocksTotal {
-				return fmt.Errorf("job %s: rank %d: query block %d outside [0,%d)", j.Id, r, b, j.BlocksTotal)
+			if units := j.BlocksTotal * int64(headGroups(j.Plan)); b < 0 || int64(b) >= units {
+				return fmt.Errorf("job %s: rank %d: query block %d outside [0,%d)", j.Id, r, b, units)
 			}
 		}
 	}

@@ -242,10 +242,16 @@ func (s *State) applyStartEpoch(c *cpb.StartEpoch) *Result {
 		return fail(ErrBadCommand, "job %s epoch %d: plan without ranks", j.Id, c.GetEpoch())
 	}
 	qb := qBlocks(j.Spec)
+	if g := c.GetPlan().GetHeadGroups(); g < 0 || int64(g) > max(1, j.Spec.GetHkv()) ||
+		(g > 1 && (int64(c.GetPlan().GetQBlockCount()) != qb || c.GetMode() != pb.JobMode_JOB_MODE_FORWARD)) {
+		return fail(ErrBadCommand, "job %s epoch %d: %d head groups in a %v epoch of %d query blocks (plan says %d)", j.Id, c.GetEpoch(), g,
+			c.GetMode(), qb, c.GetPlan().GetQBlockCount())
+	}
+	units := qb * int64(headGroups(c.GetPlan())) // heads.go
 	for r, rk := range c.GetPlan().GetRanks() {
 		for _, b := range rk.GetQBlocks() {
-			if b < 0 || int64(b) >= qb {
-				return fail(ErrBadCommand, "job %s epoch %d rank %d: query block %d outside [0,%d)", j.Id, c.GetEpoch(), r, b, qb)
+			if b < 0 || int64(b) >= units {
+				return fail(ErrBadCommand, "job %s epoch %d rank %d: query block %d outside [0,%d)", j.Id, c.GetEpoch(), r, b, units)
 			}
 		}
 	}
@@ -319,7 +325,7 @@ func (s *State) applyShardDone(c *cpb.ShardDone) *Result {
 	// A split-KV plan's output is complete only at the root of its
 	// reduction tree; the other ranks hand partials up and own no rows.
 	if shard.Strategy(j.Plan.GetStrategy()) != shard.SplitKV || c.GetRank() == 0 {
-		for _, b := range ranks[c.GetRank()].GetQBlocks() {
+		for _, b := range writtenBlocks(j.Plan, c.GetRank()) { // heads.go: its q_blocks, or the blocks it writes
 			j.DoneBlocks = insertSorted(j.DoneBlocks, b)
 		}
 		for _, bc := range c.GetBlocks() {

@@ -114,6 +114,12 @@ func (t *task) units() int64 {
 // Progress.TotalPairs: each owned query block with each key block some
 // rank holds (split-KV: this rank) that the mask leaves some pair of.
 func pairUnits(plan *shard.Plan, rank int) int64 {
+	if plan.Groups() > 1 || plan.Strategy == shard.Heads {
+		// A head-group plan: the rank's group plan (units are per group).
+		g := plan.Group(rank)
+		rank -= g * plan.GroupRanks()
+		plan = plan.GroupPlan(g)
+	}
 	holder := make([]int32, plan.KBlockCount)
 	for kj := range holder {
 		holder[kj] = -1

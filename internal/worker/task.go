@@ -130,16 +130,17 @@ func newTaskLimits(a *pb.Assignment, workerID string, lim shard.Limits) (*task, 
 	t.allowNaN = kp.GetAllowNonfinite()
 	if t.mode == pb.JobMode_JOB_MODE_BACKWARD {
 		plan := t.plan
-		if t.doneDQ, err = doneList("done_dq", a.GetDoneDq(), plan.QBlockCount); err != nil {
+		if t.doneDQ, err = doneList("done_dq", a.GetDoneDq(), plan.QUnits()); err != nil {
 			return nil, err
 		}
-		if t.doneDKV, err = doneList("done_dkv", a.GetDoneDkv(), plan.KBlockCount); err != nil {
+		if t.doneDKV, err = doneList("done_dkv", a.GetDoneDkv(), plan.KVUnits()); err != nil {
 			return nil, err
 		}
 		// The fencing rule (ringattn DESIGN §7): dK/dV need every query block.
-		if len(plan.Planned) != plan.QBlockCount && len(t.doneDKV) != plan.KBlockCount {
+		// Units with head groups (shard.Plan.HeadGroups).
+		if len(plan.Planned) != plan.QUnits() && len(t.doneDKV) != plan.KVUnits() {
 			return nil, badAssignment("plan covers %d of %d query blocks but done_dkv lists %d of %d key blocks, expected a plan over all query blocks or every key block in done_dkv",
-				len(plan.Planned), plan.QBlockCount, len(t.doneDKV), plan.KBlockCount)
+				len(plan.Planned), plan.QUnits(), len(t.doneDKV), plan.KVUnits())
 		}
 	}
 	return t, nil

@@ -185,16 +185,20 @@ func runHeadRank(ctx context.Context, cfg RankConfig) error {
 		}
 		return nil
 	}
-	hsink, ok := cfg.Sink.(HeadSink)
-	if !ok {
-		return invalid("the sink (%T) does not accept head ranges (HeadSink), which a %s plan writes", cfg.Sink, plan)
-	}
 	hs := newHeadSlice(cfg.Params, plan, g)
 	sc := cfg
 	sc.Params, sc.Plan = groupParams(cfg.Params, plan), sub
 	sc.Ring = newGroupRing(cfg.Ring, plan, g)
 	sc.Source = newHeadSource(cfg.Source, hs)
-	sc.Sink = &headSink{sink: hsink, hs: hs}
+	if hsink, ok := cfg.Sink.(HeadSink); ok {
+		sc.Sink = &headSink{sink: hsink, hs: hs}
+	} else {
+		gs, err := newGatherSink(cfg, hs, g)
+		if err != nil {
+			return err
+		}
+		sc.Sink = gs
+	}
 	if cfg.Progress != nil {
 		sc.Progress = func(p Progress) {
 			p.Rank = rank

@@ -158,3 +158,59 @@ func (s *doneSet) count() int {
 	defer s.mu.Unlock()
 	return len(s.done)
 }
+
+// TestHeadPlansGatherWholeBlocks: over a sink that takes whole blocks only
+// (a store object holds every head of a block), each block's writer
+// gathers the other groups' heads over the ring and writes the block once;
+// the result is exact and the ring moves the schedule's key/value frames
+// plus one part per non-writing group of each block.
+func TestHeadPlansGatherWholeBlocks(t *testing.T) {
+	ctx := context.Background()
+	for _, pr := range problems() {
+		t.Run(pr.name, func(t *testing.T) {
+			for _, plan := range headPlans(t, pr) {
+				ms, err := ringattn.NewMemSink(&pr.p, plan.Block)
+				if err != nil {
+					t.Fatal(err)
+				}
+				src, err := ringattn.NewMemSource(&pr.p, plan.Block, pr.q, pr.k, pr.v)
+				if err != nil {
+					t.Fatal(err)
+				}
+				net := newNet(t, len(plan.Ranks), ringattn.MemOptions{})
+				errs := make(chan error, len(plan.Ranks))
+				for r := range plan.Ranks {
+					go func() {
+						errs <- ringattn.RunRank(ctx, ringattn.RankConfig{Params: &pr.p, Plan: plan, Ring: net.Rank(r), Source: src, Sink: blockSink{ms}})
+					}()
+				}
+				for range plan.Ranks {
+					if err := <-errs; err != nil {
+						t.Fatalf("%s: %v", planName(plan), err)
+					}
+				}
+				st := net.Stats()
+				net.Close()
+				o, lse := ms.Result()
+				pr.check(t, planName(plan)+" gathered", o, lse)
+				for b := range plan.QBlockCount {
+					if n := ms.Puts(b); n != 1 {
+						t.Fatalf("%s: block %d written %d times", planName(plan), b, n)
+					}
+				}
+				parts := 0
+				for _, u := range plan.Planned {
+					if g, b := plan.QUnit(u); g != b%plan.Groups() {
+						parts++
+					}
+				}
+				if want := int64(plan.Traffic().Frames() + parts); st.Sent != want {
+					t.Fatalf("%s: %d frames sent, expected %d key/value frames and %d parts", planName(plan), st.Sent, plan.Traffic().Frames(), parts)
+				}
+				if parts > 0 && ringattn.GatherBytes(plan) == 0 {
+					t.Fatalf("%s: GatherBytes 0 with %d parts", planName(plan), parts)
+				}
+			}
+		})
+	}
+}

@@ -17,9 +17,9 @@ const (
 	KindPartial Kind = 2
 )
 
-// MaxKind is the largest Kind a frame may carry (KindDQ); a ring transport
-// refuses frames of any other kind.
-const MaxKind = KindDQ
+// MaxKind is the largest Kind a frame may carry (KindHeadOut); a ring
+// transport refuses frames of any other kind.
+const MaxKind = KindHeadOut
 
 // Known reports whether k is one of the kinds above (KindKV..MaxKind).
 func (k Kind) Known() bool { return k >= KindKV && k <= MaxKind }

@@ -322,7 +322,7 @@ func PlanToPB(sp *shard.Plan, workers []string) *pb.Plan {
 	p := &pb.Plan{
 		Strategy: string(sp.Strategy), N: int64(sp.N), Nk: int64(sp.Nk), Block: int64(sp.Block),
 		QBlockCount: int32(sp.QBlockCount), KBlockCount: int32(sp.KBlockCount), Steps: int32(sp.Steps),
-		Imbalance: sp.Imbalance,
+		Imbalance: sp.Imbalance, HeadGroups: int32(sp.HeadGroups),
 	}
 	for i, rk := range sp.Ranks {
 		rp := &pb.RankPlan{Cost: rk.Cost, Bytes: rk.Bytes}
@@ -357,6 +357,10 @@ func PlanFromPB(pp *pb.Plan, job shard.Request, tensors shard.Tensors, lim shard
 	req.N, req.Nk, req.Block = int(pp.GetN()), int(pp.GetNk()), int(pp.GetBlock())
 	req.Ranks, req.Strategy = len(pp.GetRanks()), shard.Strategy(pp.GetStrategy())
 	req.Weights, req.QBlocks = nil, nil
+	req.HeadGroups = int(pp.GetHeadGroups())
+	if g := pp.GetHeadGroups(); g < 0 || g > int32(max(1, req.Hkv)) {
+		return nil, fieldError("plan.head_groups", "%d: want 0..hkv = %d", g, req.Hkv)
+	}
 	if pp.GetBlock() == 0 {
 		return nil, fieldError("plan.block", "0: want the planned block length >= 1")
 	}
@@ -394,7 +398,7 @@ func planOf(pp *pb.Plan, req shard.Request) *shard.Plan {
 		Strategy: req.Strategy, N: req.N, Nk: req.Nk, Block: req.Block,
 		QBlockCount: int(pp.GetQBlockCount()), KBlockCount: int(pp.GetKBlockCount()),
 		Steps: int(pp.GetSteps()), Imbalance: pp.GetImbalance(),
-		Ranks: make([]shard.Rank, w),
+		Ranks: make([]shard.Rank, w), HeadGroups: req.HeadGroups,
 	}
 	weights := make([]float64, w)
 	planned := map[int]bool{}

@@ -1632,16 +1632,18 @@ func (x *LogRankPlan) GetWorkerId() string {
 
 // LogPlan is one epoch's plan plus the worker of each rank.
 type LogPlan struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Strategy      string                 `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
-	N             int64                  `protobuf:"varint,2,opt,name=n,proto3" json:"n,omitempty"`
-	Nk            int64                  `protobuf:"varint,3,opt,name=nk,proto3" json:"nk,omitempty"`
-	Block         int64                  `protobuf:"varint,4,opt,name=block,proto3" json:"block,omitempty"`
-	QBlockCount   int32                  `protobuf:"varint,5,opt,name=q_block_count,json=qBlockCount,proto3" json:"q_block_count,omitempty"`
-	KBlockCount   int32                  `protobuf:"varint,6,opt,name=k_block_count,json=kBlockCount,proto3" json:"k_block_count,omitempty"`
-	Steps         int32                  `protobuf:"varint,7,opt,name=steps,proto3" json:"steps,omitempty"`
-	Ranks         []*LogRankPlan         `protobuf:"bytes,8,rep,name=ranks,proto3" json:"ranks,omitempty"`
-	Imbalance     float64                `protobuf:"fixed64,9,opt,name=imbalance,proto3" json:"imbalance,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Strategy    string                 `protobuf:"bytes,1,opt,name=strategy,proto3" json:"strategy,omitempty"`
+	N           int64                  `protobuf:"varint,2,opt,name=n,proto3" json:"n,omitempty"`
+	Nk          int64                  `protobuf:"varint,3,opt,name=nk,proto3" json:"nk,omitempty"`
+	Block       int64                  `protobuf:"varint,4,opt,name=block,proto3" json:"block,omitempty"`
+	QBlockCount int32                  `protobuf:"varint,5,opt,name=q_block_count,json=qBlockCount,proto3" json:"q_block_count,omitempty"`
+	KBlockCount int32                  `protobuf:"varint,6,opt,name=k_block_count,json=kBlockCount,proto3" json:"k_block_count,omitempty"`
+	Steps       int32                  `protobuf:"varint,7,opt,name=steps,proto3" json:"steps,omitempty"`
+	Ranks       []*LogRankPlan         `protobuf:"bytes,8,rep,name=ranks,proto3" json:"ranks,omitempty"`
+	Imbalance   float64                `protobuf:"fixed64,9,opt,name=imbalance,proto3" json:"imbalance,omitempty"`
+	// head_groups: see control.proto's Plan (log version 4).
+	HeadGroups    int32 `protobuf:"varint,10,opt,name=head_groups,json=headGroups,proto3" json:"head_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1735,6 +1737,13 @@ func (x *LogPlan) GetRanks() []*LogRankPlan {
 func (x *LogPlan) GetImbalance() float64 {
 	if x != nil {
 		return x.Imbalance
+	}
+	return 0
+}
+
+func (x *LogPlan) GetHeadGroups() int32 {
+	if x != nil {
+		return x.HeadGroups
 	}
 	return 0
 }
@@ -2113,7 +2122,7 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\tkv_blocks\x18\x02 \x03(\x05R\bkvBlocks\x12\x12\n" +
 	"\x04cost\x18\x03 \x01(\x01R\x04cost\x12\x14\n" +
 	"\x05bytes\x18\x04 \x01(\x03R\x05bytes\x12\x1b\n" +
-	"\tworker_id\x18\x05 \x01(\tR\bworkerId\"\x91\x02\n" +
+	"\tworker_id\x18\x05 \x01(\tR\bworkerId\"\xb2\x02\n" +
 	"\aLogPlan\x12\x1a\n" +
 	"\bstrategy\x18\x01 \x01(\tR\bstrategy\x12\f\n" +
 	"\x01n\x18\x02 \x01(\x03R\x01n\x12\x0e\n" +
@@ -2123,7 +2132,10 @@ const file_internal_coordinator_pb_raft_proto_rawDesc = "" +
 	"\rk_block_count\x18\x06 \x01(\x05R\vkBlockCount\x12\x14\n" +
 	"\x05steps\x18\a \x01(\x05R\x05steps\x12:\n" +
 	"\x05ranks\x18\b \x03(\v2$.ringattn.coordinator.v1.LogRankPlanR\x05ranks\x12\x1c\n" +
-	"\timbalance\x18\t \x01(\x01R\timbalance\"b\n" +
+	"\timbalance\x18\t \x01(\x01R\timbalance\x12\x1f\n" +
+	"\vhead_groups\x18\n" +
+	" \x01(\x05R\n" +
+	"headGroups\"b\n" +
 	"\x10LogBlockChecksum\x12\x14\n" +
 	"\x05block\x18\x01 \x01(\x05R\x05block\x12\x19\n" +
 	"\bcrc32c_o\x18\x02 \x01(\rR\acrc32cO\x12\x1d\n" +

@@ -1,0 +1,70 @@
+package worker
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ringattn/ringattn/pkg/transport/pb"
+)
+
+// TestWorkerClusterHeadPlans runs head-group plans on four workers: pure
+// head parallelism, auto (which splits the heads of this causal GQA job)
+// and two groups of a 2-rank zigzag ring; each worker reads its blocks,
+// computes its heads, and each output block's writer gathers the other
+// groups' heads and writes the block whole. Exact against float64.
+func TestWorkerClusterHeadPlans(t *testing.T) {
+	c := newTestCluster(t, 3*time.Second)
+	ids := []string{"w0", "w1", "w2", "w3"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	heads := newAttnJob(5, 1, 8, 4, 700, 700, 32, 128, true)
+	heads.spec.Strategy = "heads"
+	auto := newAttnJob(6, 2, 8, 4, 650, 650, 16, 100, true)
+	for name, j := range map[string]*attnJob{"heads": heads, "auto": auto} {
+		id := c.submit(j, "in-"+name)
+		st := c.wait(id, 60*time.Second)
+		if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED {
+			t.Fatalf("%s: job %v: %s", name, st.GetState(), st.GetReason())
+		}
+		if st.GetStrategy() != "heads" || len(st.GetWorkers()) != 4 {
+			t.Fatalf("%s: %s plan over %v, want heads over 4 workers", name, st.GetStrategy(), st.GetWorkers())
+		}
+		t.Logf("%s: %s plan over %v", name, st.GetStrategy(), st.GetWorkers())
+		c.check(id, j)
+	}
+}
+
+// TestWorkerKilledMidHeadPlan kills a worker held in the middle of a
+// 2-group zigzag plan's ring: the leader re-plans the unfinished blocks of
+// every group over the three others and the result is exact.
+func TestWorkerKilledMidHeadPlan(t *testing.T) {
+	c := newTestCluster(t, 1500*time.Millisecond)
+	ids := []string{"w0", "w1", "w2", "w3"}
+	for _, id := range ids {
+		c.startWorker(id)
+	}
+	c.waitWorkers(ids...)
+	held := make(chan string, 8)
+	c.setStepHook(holdAt(func(_ *testWorker, epoch uint64, rank int) bool { return epoch == 1 && rank == 1 }, held))
+	j := newAttnJob(7, 1, 4, 2, 700, 700, 16, 64, true) // auto: 2 groups of a 2-rank ring
+	id := c.submit(j, "in-kill-heads")
+	var victim string
+	select {
+	case victim = <-held:
+	case <-time.After(30 * time.Second):
+		t.Fatal("rank 1 never reached ring step 1")
+	}
+	tw := c.workers[victim]
+	tw.cancel()
+	if err := <-tw.done; err != nil {
+		t.Fatalf("killed worker's Run: %v", err)
+	}
+	st := c.wait(id, 60*time.Second)
+	if st.GetState() != pb.JobState_JOB_STATE_SUCCEEDED || st.GetEpoch() < 2 {
+		t.Fatalf("job %v in epoch %d: %s; want SUCCEEDED after a re-plan", st.GetState(), st.GetEpoch(), st.GetReason())
+	}
+	t.Logf("killed %s; finished in epoch %d on %v (%s)", victim, st.GetEpoch(), st.GetWorkers(), st.GetStrategy())
+	c.check(id, j)
+}
