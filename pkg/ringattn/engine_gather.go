@@ -116,25 +116,3 @@ func (s *gatherSink) recv(ctx context.Context, from int, key Key) (Frame, error)
 		return f, err
 	}
 }
-
-// GatherBytes returns the output bytes a head-group plan moves when its
-// sink takes whole blocks only: every planned block's (O, LSE) of the
-// G-1 groups that do not write it, at 4 bytes a value (0 without head
-// groups).
-func GatherBytes(plan *shard.Plan) int64 {
-	g := plan.Groups()
-	if g == 1 {
-		return 0
-	}
-	r := &plan.Request
-	var total int64
-	for _, u := range plan.Planned {
-		gu, b := plan.QUnit(u)
-		if gu == b%g {
-			continue
-		}
-		_, rows := plan.QSpan(b)
-		total += int64(r.B) * int64(r.Hq/g) * int64(rows) * int64(r.D+1) * 4
-	}
-	return total
-}

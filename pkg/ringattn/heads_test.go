@@ -207,7 +207,7 @@ func TestHeadPlansGatherWholeBlocks(t *testing.T) {
 				if want := int64(plan.Traffic().Frames() + parts); st.Sent != want {
 					t.Fatalf("%s: %d frames sent, expected %d key/value frames and %d parts", planName(plan), st.Sent, plan.Traffic().Frames(), parts)
 				}
-				if parts > 0 && ringattn.GatherBytes(plan) == 0 {
+				if parts > 0 && plan.GatherBytes() == 0 {
 					t.Fatalf("%s: GatherBytes 0 with %d parts", planName(plan), parts)
 				}
 			}

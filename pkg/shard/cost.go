@@ -24,12 +24,17 @@ const (
 // short-circuit schedule, Plan.Traffic) over its link (Request.Link); the
 // two overlap step by step, so a rank takes max(compute, receive) plus
 // StepLatency per step. A split-KV plan adds the reduction: one partial
-// per tree level over the link. The plan takes as long as its slowest rank.
+// per tree level over the link. With Request.WholeBlocks a rank first
+// reads its query and key/value blocks, every head, and its output gather
+// (the heads other groups send its blocks' writer) goes over the link
+// too. The plan takes as long as its slowest rank.
 type Prediction struct {
 	Seconds float64 // predicted wall time of the plan
 	Compute float64 // the slowest rank's compute seconds
-	Comm    float64 // the slowest rank's receive seconds
-	Bytes   int64   // bytes the plan moves (Plan.BytesMoved)
+	Comm    float64 // the slowest rank's receive seconds (reads and gather included)
+	// Bytes is what the plan moves: Plan.BytesMoved, plus with
+	// WholeBlocks the input bytes read and Plan.GatherBytes.
+	Bytes int64
 }
 
 // better reports whether a is preferred to b: more than 2 % faster, or
@@ -70,6 +75,15 @@ func (p *Plan) predict(ctx context.Context) Prediction {
 		}
 		out.Comm = float64(levels) * float64(partial) / link
 		out.Bytes = p.RingBytes()
+		if r.WholeBlocks {
+			var most int64
+			for i := range p.Ranks {
+				rd, _ := p.wholeBlockBytes(i)
+				most = max(most, rd)
+				out.Bytes += rd
+			}
+			out.Comm += float64(most) / link
+		}
 		out.Seconds = out.Compute + out.Comm + float64(1+levels)*StepLatency
 		return out
 	}
@@ -87,15 +101,54 @@ func (p *Plan) predict(ctx context.Context) Prediction {
 	}
 	for i, rk := range p.Ranks {
 		c := rk.Cost / speed(i)
-		var m float64
+		var m, io float64
 		if recv != nil {
 			m = float64(recv[i]) / link
 		}
-		if t := max(c, m) + float64(p.Steps)*StepLatency; t > out.Seconds {
-			out.Seconds, out.Compute, out.Comm = t, c, m
+		if r.WholeBlocks {
+			rd, gb := p.wholeBlockBytes(i)
+			io = float64(rd+gb) / link
+			out.Bytes += rd + gb
+		}
+		if t := io + max(c, m) + float64(p.Steps)*StepLatency; t > out.Seconds {
+			out.Seconds, out.Compute, out.Comm = t, c, m+io
 		}
 	}
 	return out
+}
+
+// wholeBlockBytes returns what rank reads from a store of whole blocks
+// (its query units' and loaded key/value units' blocks, every head, at 4
+// bytes a value) and the output heads it sends to other blocks' writers.
+func (p *Plan) wholeBlockBytes(rank int) (read, gather int64) {
+	r := &p.Request
+	g := p.Groups()
+	for _, u := range p.Ranks[rank].QBlocks {
+		gu, b := p.QUnit(u)
+		_, rows := p.QSpan(b)
+		read += int64(r.B) * int64(r.Hq) * int64(rows) * int64(r.D) * 4
+		if g > 1 && gu != b%g {
+			gather += int64(r.B) * int64(r.Hq/g) * int64(rows) * int64(r.D+1) * 4
+		}
+	}
+	for _, u := range p.Ranks[rank].KVBlocks {
+		_, j := p.KVUnit(u)
+		_, rows := p.KSpan(j)
+		read += 2 * int64(r.B) * int64(r.Hkv) * int64(rows) * int64(r.D) * 4
+	}
+	return read, gather
+}
+
+// GatherBytes returns the output bytes a head-group plan moves over a store
+// of whole blocks: every planned block's (O, LSE) heads of the G-1 groups
+// that do not write it (0 without head groups).
+func (p *Plan) GatherBytes() int64 {
+	var total int64
+	for i := range p.Ranks {
+		_, gb := p.wholeBlockBytes(i)
+		total += gb
+	}
+	return total
 }
 
 // autoPlan plans r (Strategy Auto, HeadGroups 0, all query blocks) with

@@ -255,3 +255,28 @@ func TestShardHeadGroupsValidate(t *testing.T) {
 		t.Fatalf("swapped units across groups: %v", err)
 	}
 }
+
+// TestShardAutoWholeBlocks: over a store of whole blocks a head group's
+// rank reads every head of its blocks; auto prices those reads and the
+// output gather, so pure head parallelism no longer wins by moving no
+// ring bytes (it reads G = 4 times its share).
+func TestShardAutoWholeBlocks(t *testing.T) {
+	req := bigRequest(shard.Auto, shard.Mask{Causal: true})
+	req.Weights = []float64{300, 300, 300, 300} // measured GFLOP/s
+	req.WholeBlocks = true
+	p := mustPlan(t, req)
+	if p.Strategy == shard.Heads {
+		t.Fatalf("whole blocks: auto picked %v, %+v", p, p.Predict())
+	}
+	heads := req
+	heads.Strategy = shard.Heads
+	hp := mustPlan(t, heads)
+	if hp.GatherBytes() != 3*int64(8/4*32768*129*4) || hp.Predict().Bytes <= p.Predict().Bytes/2 {
+		t.Fatalf("heads: gather %d bytes, predicted %+v vs %v's %+v", hp.GatherBytes(), hp.Predict(), p, p.Predict())
+	}
+	t.Logf("whole blocks: %v %+v; heads %+v", p, p.Predict(), hp.Predict())
+	req.WholeBlocks = false // in-process sources lend views: reads are free
+	if p := mustPlan(t, req); p.Strategy != shard.Heads {
+		t.Fatalf("views: auto picked %v, %+v", p, p.Predict())
+	}
+}

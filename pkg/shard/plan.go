@@ -69,6 +69,13 @@ type Request struct {
 	// Link is a rank's link bandwidth in bytes/s for the cost model,
 	// measured or configured; 0 means DefaultLink.
 	Link float64
+	// WholeBlocks tells the cost model that the ranks read their inputs
+	// from a store of whole blocks (every head of a block in one object,
+	// as the cluster's): a rank of a head group reads all heads of its
+	// blocks, G times its share, before it starts, and each output block
+	// is gathered to one writer (Plan.GatherBytes). Without it reads cost
+	// nothing (in-process sources lend views).
+	WholeBlocks bool
 }
 
 // Plan is one epoch's assignment of blocks to ranks and its ring schedule.
