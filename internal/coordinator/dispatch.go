@@ -39,7 +39,8 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, re
 		return
 	}
 	req.QBlocks = qblocks
-	req.WholeBlocks = true // the store holds whole blocks: price head groups' reads and gather
+	// The store holds whole blocks: price head groups' reads and gather.
+	req.WholeBlocks = true
 	if w2 := planHeads(j, &req, w); w2 != w { // heads.go
 		w, cands, req.Ranks = w2, cands[:w2], w2
 	}
