@@ -17,6 +17,9 @@ import (
 // step before its receiver folds it.
 func (r *rankRun) ringSteps(ctx context.Context) error {
 	plan, tr := r.plan, r.route
+	if plan.Steps == 1 {
+		return r.oneStep(ctx)
+	}
 	sends := make(map[int][]kvBlock) // by the step they are sent in
 	queue := func(b kvBlock) {
 		if s := tr.SendStep(r.rank, b.j); s >= 0 {
@@ -72,6 +75,40 @@ func (r *rankRun) ringSteps(ctx context.Context) error {
 		}
 		cur = incoming
 	}
+	for _, run := range r.runs {
+		if err := r.put(ctx, run); err != nil {
+			return err
+		}
+	}
+	r.prog.Done = true
+	r.report()
+	return nil
+}
+
+// oneStep runs a plan of one step (one rank, or a head group of one rank:
+// nothing to send or receive): it folds its key/value blocks as they
+// arrive from the Source while the next one is fetched (double
+// buffering), so the reads overlap the arithmetic. Folding the blocks one
+// by one in order gives the same bits as folding them together.
+func (r *rankRun) oneStep(ctx context.Context) error {
+	var blocks []int
+	for _, j := range r.plan.Ranks[r.rank].KVBlocks {
+		if r.route.Needs(r.rank, j) {
+			blocks = append(blocks, j)
+		}
+	}
+	for _, j := range r.plan.HeldKV(r.rank, 0) {
+		r.countPairs(j)
+	}
+	states := r.states(false)
+	err := r.prefetch(ctx, blocks, func(b kvBlock) error {
+		return r.fold(ctx, []kvBlock{b}, states, false)
+	})
+	if err != nil {
+		return fmt.Errorf("rank %d step 0: %w", r.rank, err)
+	}
+	r.prog.Step = 1
+	r.report()
 	for _, run := range r.runs {
 		if err := r.put(ctx, run); err != nil {
 			return err

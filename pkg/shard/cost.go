@@ -24,10 +24,11 @@ const (
 // short-circuit schedule, Plan.Traffic) over its link (Request.Link); the
 // two overlap step by step, so a rank takes max(compute, receive) plus
 // StepLatency per step. A split-KV plan adds the reduction: one partial
-// per tree level over the link. With Request.WholeBlocks a rank first
-// reads its query and key/value blocks, every head, and its output gather
-// (the heads other groups send its blocks' writer) goes over the link
-// too. The plan takes as long as its slowest rank.
+// per tree level over the link. With Request.WholeBlocks a rank reads
+// its query and key/value blocks, every head: the queries (and a ring's
+// initial key/value blocks) before it starts, a one-step plan's key/value
+// blocks while it folds; its output heads for other blocks' writers go
+// over the link after. The plan takes as long as its slowest rank.
 type Prediction struct {
 	Seconds float64 // predicted wall time of the plan
 	Compute float64 // the slowest rank's compute seconds
@@ -106,9 +107,17 @@ func (p *Plan) predict(ctx context.Context) Prediction {
 			m = float64(recv[i]) / link
 		}
 		if r.WholeBlocks {
-			rd, gb := p.wholeBlockBytes(i)
-			io = float64(rd+gb) / link
-			out.Bytes += rd + gb
+			// Queries are read before the first fold; key/value blocks
+			// too in a ring, while a plan of one step folds each as the
+			// next is read; the gathered outputs go after the last fold.
+			qr, kvr, gb := p.wholeBlockParts(i)
+			io = float64(qr+gb) / link
+			if p.Steps == 1 {
+				m += float64(kvr) / link
+			} else {
+				io += float64(kvr) / link
+			}
+			out.Bytes += qr + kvr + gb
 		}
 		if t := io + max(c, m) + float64(p.Steps)*StepLatency; t > out.Seconds {
 			out.Seconds, out.Compute, out.Comm = t, c, m+io
@@ -121,12 +130,19 @@ func (p *Plan) predict(ctx context.Context) Prediction {
 // (its query units' and loaded key/value units' blocks, every head, at 4
 // bytes a value) and the output heads it sends to other blocks' writers.
 func (p *Plan) wholeBlockBytes(rank int) (read, gather int64) {
+	q, kv, gather := p.wholeBlockParts(rank)
+	return q + kv, gather
+}
+
+// wholeBlockParts is wholeBlockBytes with the query and key/value reads
+// apart.
+func (p *Plan) wholeBlockParts(rank int) (q, kv, gather int64) {
 	r := &p.Request
 	g := p.Groups()
 	for _, u := range p.Ranks[rank].QBlocks {
 		gu, b := p.QUnit(u)
 		_, rows := p.QSpan(b)
-		read += int64(r.B) * int64(r.Hq) * int64(rows) * int64(r.D) * 4
+		q += int64(r.B) * int64(r.Hq) * int64(rows) * int64(r.D) * 4
 		if g > 1 && gu != b%g {
 			gather += int64(r.B) * int64(r.Hq/g) * int64(rows) * int64(r.D+1) * 4
 		}
@@ -134,9 +150,9 @@ func (p *Plan) wholeBlockBytes(rank int) (read, gather int64) {
 	for _, u := range p.Ranks[rank].KVBlocks {
 		_, j := p.KVUnit(u)
 		_, rows := p.KSpan(j)
-		read += 2 * int64(r.B) * int64(r.Hkv) * int64(rows) * int64(r.D) * 4
+		kv += 2 * int64(r.B) * int64(r.Hkv) * int64(rows) * int64(r.D) * 4
 	}
-	return read, gather
+	return q, kv, gather
 }
 
 // GatherBytes returns the output bytes a head-group plan moves over a store
