@@ -26,6 +26,15 @@ type HeadSink interface {
 	PutHeads(ctx context.Context, block, h0, h1 int, o, lse []float32) error
 }
 
+// HeadFetcher is optionally implemented by a Source that can serve a range
+// of heads of a block without reading the others: [B, h1-h0, len, D]
+// (lse: [B, h1-h0, len]) of heads [h0, h1) of the tensor's H (Hq for
+// "q", "o", "do", "lse"; Hkv for "k", "v"). Ranks of head-group plans then
+// read only their heads; without it they read whole blocks and cut them.
+type HeadFetcher interface {
+	FetchHeads(ctx context.Context, tensor string, block, h0, h1 int) ([]float32, error)
+}
+
 // IsHeadPlan reports whether plan splits the heads among its ranks (head
 // groups or strategy heads): its ranks run through RunRank's head-group
 // path and its lists hold units (see shard.Plan.HeadGroups).
@@ -116,6 +125,10 @@ type headSource struct {
 }
 
 func (s *headSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	if hf, ok := s.src.(HeadFetcher); ok {
+		_, lo, hi := s.hs.heads(tensor)
+		return hf.FetchHeads(ctx, tensor, block, lo, hi)
+	}
 	full, err := s.src.Fetch(ctx, tensor, block)
 	if err != nil {
 		return nil, err
@@ -155,6 +168,9 @@ func (s headViewSource) View(ctx context.Context, tensor string, first, count in
 
 func newHeadSource(src Source, hs *headSlice) Source {
 	base := &headSource{src: src, hs: hs}
+	if _, ok := src.(HeadFetcher); ok {
+		return base // block by block, each read cut to the heads at the source
+	}
 	if _, ok := src.(RunSource); !ok {
 		return base
 	}

@@ -214,3 +214,59 @@ func TestHeadPlansGatherWholeBlocks(t *testing.T) {
 		})
 	}
 }
+
+// headsOnly is a Source that serves head ranges only (HeadFetcher) and
+// counts the values it hands out.
+type headsOnly struct {
+	ms     *ringattn.MemSource
+	p      *kernels.Params
+	mu     sync.Mutex
+	values int
+}
+
+func (h *headsOnly) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	panic("a head plan's rank read a whole block from a HeadFetcher")
+}
+
+func (h *headsOnly) FetchHeads(ctx context.Context, tensor string, block, h0, h1 int) ([]float32, error) {
+	full, err := h.ms.Fetch(ctx, tensor, block)
+	if err != nil {
+		return nil, err
+	}
+	heads := h.p.Hq
+	if tensor == "k" || tensor == "v" {
+		heads = h.p.Hkv
+	}
+	per := len(full) / (h.p.B * heads)
+	var out []float32
+	for b := range h.p.B {
+		out = append(out, full[(b*heads+h0)*per:(b*heads+h1)*per]...)
+	}
+	h.mu.Lock()
+	h.values += len(out)
+	h.mu.Unlock()
+	return out, nil
+}
+
+// TestHeadPlansFetchHeads: over a Source that serves head ranges, the
+// ranks of pure head parallelism read exactly q, k and v once in all.
+func TestHeadPlansFetchHeads(t *testing.T) {
+	pr := newProblem("causal-gqa", 2, 8, 4, 157, 157, 16, kernels.Mask{Causal: true}, 51)
+	req := pr.request(4, 16, shard.Heads)
+	plan := pr.plan(t, req)
+	ms, err := ringattn.NewMemSource(&pr.p, plan.Block, pr.q, pr.k, pr.v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := &headsOnly{ms: ms, p: &pr.p}
+	net := newNet(t, len(plan.Ranks), ringattn.MemOptions{})
+	defer net.Close()
+	o, lse, err := ringattn.RunLocalNet(context.Background(), ringattn.LocalConfig{Net: net, Source: src}, &pr.p, plan, pr.q, pr.k, pr.v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr.check(t, "heads over a HeadFetcher", o, lse)
+	if want := len(pr.q) + len(pr.k) + len(pr.v); src.values != want {
+		t.Fatalf("the ranks read %d values, q, k and v hold %d", src.values, want)
+	}
+}
