@@ -16,6 +16,8 @@ type simd struct {
 	nn     func(mr, tiles, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, acc bool, pf uintptr)
 	tn     func(mr, tiles, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, pf uintptr)
 	smax   func(s []float32, lds, rows int, m, l, alpha []float32)
+	nnMax  func(mr, tiles, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, mx []float32, pf uintptr)
+	smaxP  func(s []float32, lds, rows int, m, l, alpha, mx []float32)
 	ex     func(x []float32)
 	ds     func(s, dp []float32, ld, rows, cols int, lse, delta []float32, scale float32)
 	rb     func(dst, src []float32)
@@ -23,14 +25,18 @@ type simd struct {
 }
 
 var (
-	avx512 = &simd{mr: 6, nr: 64, w: 16, nn: gemmNNAvx512, tn: gemmTNAvx512, smax: softmaxColsAvx512, ex: expF32Avx512, ds: dsoftmaxAvx512, rb: roundBF16Avx512}
+	avx512 = &simd{mr: 6, nr: 64, w: 16, nn: gemmNNAvx512, tn: gemmTNAvx512, smax: softmaxColsAvx512, nnMax: gemmNNMaxAvx512, smaxP: softmaxColsPreAvx512, ex: expF32Avx512, ds: dsoftmaxAvx512, rb: roundBF16Avx512}
 	avx2   = &simd{mr: 6, nr: 16, w: 8, nn: gemmNNAvx2, tn: gemmTNAvx2, smax: softmaxColsAvx2, ex: expF32Avx2, ds: dsoftmaxAvx2, rb: roundBF16Avx2}
 )
 
 func (s *simd) impl(name string) *impl {
-	return &impl{name: name, br: 192, bc: 192, nr: s.nr,
+	im := &impl{name: name, br: 192, bc: 192, nr: s.nr,
 		gemmNN: s.gemmNN, gemmTN: s.gemmTN, softmaxCols: s.softmaxCols, exp: s.exp,
 		dsoftmax: s.dsoftmax, roundBF16: s.roundBF16}
+	if s.nnMax != nil {
+		im.gemmNNMax, im.softmaxColsPre = s.gemmNNMax, s.softmaxColsPre
+	}
+	return im
 }
 
 // registerArch registers the SIMD implementations this CPU supports, best last.
@@ -146,10 +152,10 @@ func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c
 		gemmTNGeneric(m, n, k, a, lda, b, ldb, c, ldc, alpha, nil)
 		return
 	}
-	nr := s.nr
+	nr, smr := s.nr, s.mr
 	full := n - n%nr
 	pre := newPrefetcher(pf)
-	tiles, rest := m/s.mr, m%s.mr
+	tiles, rest := m/smr, m%smr
 	run := func(i0, mr, tiles int, bp []float32, ldb int, cp []float32, ldc int) {
 		ap := a[i0 : (k-1)*lda+i0+mr*tiles]
 		al := alpha[i0 : i0+mr*tiles]
@@ -164,10 +170,10 @@ func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c
 	for j0 := 0; j0 < full; j0 += nr {
 		bp := b[j0 : (k-1)*ldb+j0+nr]
 		if tiles > 0 {
-			run(0, s.mr, tiles, bp, ldb, c[j0:(tiles*s.mr-1)*ldc+j0+nr], ldc)
+			run(0, smr, tiles, bp, ldb, c[j0:(tiles*smr-1)*ldc+j0+nr], ldc)
 		}
 		if rest > 0 {
-			i0 := tiles * s.mr
+			i0 := tiles * smr
 			run(i0, rest, 1, bp, ldb, c[i0*ldc+j0:(i0+rest-1)*ldc+j0+nr], ldc)
 		}
 	}
@@ -179,9 +185,9 @@ func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c
 	for p := 0; p < k; p++ {
 		copy(bt[p*nr:p*nr+nt], b[p*ldb+full:p*ldb+n])
 	}
-	ct := make([]float32, s.mr*nr)
-	for i0 := 0; i0 < m; i0 += s.mr {
-		mr := min(s.mr, m-i0)
+	ct := make([]float32, smr*nr)
+	for i0 := 0; i0 < m; i0 += smr {
+		mr := min(smr, m-i0)
 		for i := 0; i < mr; i++ {
 			copy(ct[i*nr:i*nr+nt], c[(i0+i)*ldc+full:(i0+i)*ldc+n])
 		}
@@ -190,6 +196,64 @@ func (s *simd) gemmTN(m, n, k int, a []float32, lda int, b []float32, ldb int, c
 			copy(c[(i0+i)*ldc+full:(i0+i)*ldc+n], ct[i*nr:i*nr+nt])
 		}
 	}
+}
+
+// gemmNNMax is gemmNN (acc false) for n a multiple of nr, also folding the
+// column maxima into mx.
+func (s *simd) gemmNNMax(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, mx, pf []float32) {
+	if m <= 0 || n <= 0 {
+		return
+	}
+	nr := s.nr
+	if k <= 0 || n%nr != 0 {
+		s.gemmNN(m, n, k, a, lda, b, ldb, c, ldc, false, pf)
+		for i := 0; i < m; i++ {
+			for j, x := range c[i*ldc : i*ldc+n] {
+				if !(mx[j] >= x) { // VMAXPS: x when either is NaN
+					mx[j] = x
+				}
+			}
+		}
+		return
+	}
+	pre := newPrefetcher(pf)
+	tiles, rest := m/s.mr, m%s.mr
+	run := func(i0, mr, tiles, j0 int) {
+		ap := a[i0*lda : (i0+mr*tiles-1)*lda+k]
+		bp := b[j0 : (k-1)*ldb+j0+nr]
+		cp := c[i0*ldc+j0 : (i0+mr*tiles-1)*ldc+j0+nr]
+		mp := mx[j0 : j0+nr]
+		if raceEnabled {
+			raceTile(ap, mr*tiles, k, lda, false)
+			raceTile(bp, k, nr, ldb, false)
+			raceTile(cp, mr*tiles, nr, ldc, true)
+			raceTile(mp, 1, nr, nr, true)
+		}
+		s.nnMax(mr, tiles, k, ap, lda, bp, ldb, cp, ldc, mp, pre.take(tiles, k, bp))
+	}
+	for j0 := 0; j0 < n; j0 += nr {
+		if tiles > 0 {
+			run(0, s.mr, tiles, j0)
+		}
+		if rest > 0 {
+			run(tiles*s.mr, rest, 1, j0)
+		}
+	}
+}
+
+// softmaxColsPre is softmaxCols with the column maxima given in mx.
+func (s *simd) softmaxColsPre(sc []float32, lds, rows int, m, l, alpha, mx []float32) {
+	cols := len(m)
+	if cols%s.w != 0 || rows <= 0 {
+		s.softmaxCols(sc, lds, rows, m, l, alpha)
+		return
+	}
+	sp := sc[:(rows-1)*lds+cols]
+	if raceEnabled {
+		raceTile(sp, rows, cols, lds, true)
+		raceTile(mx, 1, cols, cols, false)
+	}
+	s.smaxP(sp, lds, rows, m, l[:cols], alpha[:cols], mx[:cols])
 }
 
 // softmaxCols runs the assembly on the columns in whole vectors and the

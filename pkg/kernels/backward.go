@@ -387,9 +387,19 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 				qs := q[row0*ldq : (row0+nrow)*ldq]
 				dos := do[row0*ldq : (row0+nrow)*ldq]
 				s, dpt := sc.s[:nrow*cp], sc.dp[buf][:nrow*cp]
+				// Meanwhile the next query tile's Q and dO are prefetched
+				// into L2, a part per panel.
+				var nextQ, nextDO []float32
+				if t+1 < len(sps) {
+					r1 := row0 + nrow
+					n1 := min(br, rows-(t+1)*br)
+					nextQ, nextDO = q[r1*ldq:(r1+n1)*ldq], do[r1*ldq:(r1+n1)*ldq]
+				}
+				np := cp / pw
 				for j0 := 0; j0 < cp; j0 += pw {
-					im.gemmNN(nrow, pw, d, qs, ldq, kt[j0*d:], pw, s[j0:], cp, false, nil)
-					im.gemmNN(nrow, pw, d, dos, ldq, vt[j0*d:], pw, dpt[j0:], cp, false, nil)
+					pa, pb := len(nextQ)*(j0/pw)/np, len(nextQ)*(j0/pw+1)/np
+					im.gemmNN(nrow, pw, d, qs, ldq, kt[j0*d:], pw, s[j0:], cp, false, nextQ[pa:pb])
+					im.gemmNN(nrow, pw, d, dos, ldq, vt[j0*d:], pw, dpt[j0:], cp, false, nextDO[pa:pb])
 				}
 				if class == tilePartial {
 					for i := 0; i < nrow; i++ {

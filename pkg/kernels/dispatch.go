@@ -41,6 +41,17 @@ type impl struct {
 	//		l[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]; m[i] = mx
 	softmaxCols func(s []float32, lds, rows int, m, l, alpha []float32)
 
+	// gemmNNMax, when not nil, is gemmNN with acc false that also folds
+	// the column maxima of C into mx (VMAXPS order: mx first, C second):
+	//
+	//	for i < m, j < n: mx[j] = max(mx[j], c[i*ldc+j])
+	//
+	// and softmaxColsPre is softmaxCols with those maxima given (mx[i] =
+	// max(m[i], max_j s[j*lds+i])): the forward's full tiles take their
+	// column maxima from the GEMM's registers instead of a pass over Sᵀ.
+	gemmNNMax      func(m, n, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, mx, pf []float32)
+	softmaxColsPre func(s []float32, lds, rows int, m, l, alpha, mx []float32)
+
 	// exp replaces x[i] by exp(x[i]).
 	exp func(x []float32)
 

@@ -218,8 +218,18 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 				// next tile's K: both arrive in L2 before they are read.
 				vNow := v[kvBase+c0*d : kvBase+c1*d]
 				np := rp / pw
+				// A full tile takes its column maxima from the GEMM.
+				fused := class == tileFull && im.gemmNNMax != nil
+				mx := sc.mx[:rp]
+				if fused {
+					copy(mx, mT)
+				}
 				for j0 := 0; j0 < rp; j0 += pw {
 					part := vNow[len(vNow)*(j0/pw)/np : len(vNow)*(j0/pw+1)/np]
+					if fused {
+						im.gemmNNMax(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, mx[j0:j0+pw], part)
+						continue
+					}
 					im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false, part)
 				}
 				if class == tilePartial {
@@ -236,7 +246,11 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 						}
 					}
 				}
-				im.softmaxCols(st, rp, cols, mT, lT, alpha)
+				if fused {
+					im.softmaxColsPre(st, rp, cols, mT, lT, alpha, mx)
+				} else {
+					im.softmaxCols(st, rp, cols, mT, lT, alpha)
+				}
 				// O = diag(alpha)·O + Pᵀᵀ·V.
 				vb, ldv := v[kvBase+c0*d:kvBase+c1*d], d
 				if dp != d {
@@ -456,7 +470,7 @@ func exp32(x float32) float32 { return float32(math.Exp(float64(x))) }
 type scratch struct {
 	s, qt, o, vp     []float32
 	kr, vr           []float32 // bfloat16-rounded K and V tiles
-	m, l, alpha      []float32
+	m, l, alpha, mx  []float32
 	lo, hi, rlo, rhi []int32
 }
 
@@ -475,6 +489,7 @@ func (sc *scratch) ensure(rp, bc, d, dp int) {
 	sc.m = grow(sc.m, rp)
 	sc.l = grow(sc.l, rp)
 	sc.alpha = grow(sc.alpha, rp)
+	sc.mx = grow(sc.mx, rp)
 	if len(sc.lo) < rp {
 		sc.lo, sc.hi = make([]int32, rp), make([]int32, rp)
 		sc.rlo, sc.rhi = make([]int32, rp), make([]int32, rp)

@@ -42,6 +42,19 @@ func gemmTNAvx512(mr int, tiles int, k int, a []float32, lda int, b []float32, l
 // with exp as in expF32. The caller checks the slice bounds.
 func softmaxColsAvx512(s []float32, lds int, rows int, m []float32, l []float32, alpha []float32)
 
+// gemmNNMaxAvx512 is gemmNNAvx512 with acc false that also folds the column maxima
+// of C into mx (len(mx) >= 64), row by row in order (VMAXPS, C the second operand):
+//
+//	for i < m, j < 64:
+//		c[i*ldc+j] = Σ_{p<k} a[i*lda+p]·b[p*ldb+j];  mx[j] = max(mx[j], c[i*ldc+j])
+//
+// The caller checks the slice bounds.
+func gemmNNMaxAvx512(mr int, tiles int, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, mx []float32, pf uintptr)
+
+// softmaxColsPreAvx512 is softmaxColsAvx512 with the first pass's maxima given:
+// mx[i] = max(m[i], max_j s[j*lds+i]) for i < len(m). The caller checks the slice bounds.
+func softmaxColsPreAvx512(s []float32, lds int, rows int, m []float32, l []float32, alpha []float32, mx []float32)
+
 // expF32Avx512 replaces every x[i] by exp(x[i]), a few ulp from the correctly
 // rounded value; -inf and x < -104 give 0, x > 89 gives +inf, NaN stays NaN:
 //

@@ -33,6 +33,28 @@ func gemmNN(is isa) {
 	}
 }
 
+func gemmNNMax(is isa) {
+	name := "gemmNNMax" + is.name
+	TEXT(name, NOSPLIT, "func(mr, tiles, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, mx []float32, pf uintptr)")
+	Doc(fmt.Sprintf("%s is gemmNN%s with acc false that also folds the column maxima", name, is.name),
+		fmt.Sprintf("of C into mx (len(mx) >= %d), row by row in order (VMAXPS, C the second operand):", is.w*is.nv),
+		"",
+		fmt.Sprintf("	for i < m, j < %d:", is.w*is.nv),
+		"		c[i*ldc+j] = Σ_{p<k} a[i*lda+p]·b[p*ldb+j];  mx[j] = max(mx[j], c[i*ldc+j])",
+		"",
+		"The caller checks the slice bounds.")
+	mr := Load(Param("mr"), GP64())
+	for r := is.mr; r >= 1; r-- {
+		CMPQ(mr, U32(r))
+		JEQ(LabelRef(fmt.Sprintf("%s_mr%d", name, r)))
+	}
+	RET()
+	for r := is.mr; r >= 1; r-- {
+		Label(fmt.Sprintf("%s_mr%d", name, r))
+		gemmBlockMode(is, name, r, false, true)
+	}
+}
+
 func gemmTN(is isa) {
 	name := "gemmTN" + is.name
 	TEXT(name, NOSPLIT, "func(mr, tiles, k int, a []float32, lda int, b []float32, ldb int, c []float32, ldc int, alpha []float32, pf uintptr)")
@@ -62,7 +84,11 @@ func gemmTN(is isa) {
 // with the alpha row scale on C, else row-major A with the acc flag. The
 // pointers of the next tile (a, c, alpha) and the tile count live in the
 // argument slots between tiles.
-func gemmBlock(is isa, name string, r int, tn bool) {
+func gemmBlock(is isa, name string, r int, tn bool) { gemmBlockMode(is, name, r, tn, false) }
+
+// gemmBlockMode is gemmBlock; colMax (not with tn) zeroes C instead of
+// reading acc and folds the column maxima of each tile into mx.
+func gemmBlockMode(is isa, name string, r int, tn, colMax bool) {
 	lbl := func(s string) string { return fmt.Sprintf("%s_%s%d", name, s, r) }
 	lda := Load(Param("lda"), GP64())
 	SHLQ(U8(2), lda)
@@ -98,6 +124,12 @@ func gemmBlock(is isa, name string, r int, tn bool) {
 		}
 		ADDQ(U8(4*r), al)
 		Store(al, Param("alpha").Base())
+	} else if colMax {
+		for i := 0; i < r; i++ {
+			for v := 0; v < is.nv; v++ {
+				VXORPS(z[i][v], z[i][v], z[i][v])
+			}
+		}
 	} else {
 		acc := Load(Param("acc"), GP8())
 		CMPB(acc, U8(0))
@@ -233,6 +265,16 @@ func gemmBlock(is isa, name string, r int, tn bool) {
 	JNE(LabelRef(lbl("one")))
 
 	Label(lbl("store"))
+	if colMax {
+		mp := Load(Param("mx").Base(), GP64())
+		for v := 0; v < is.nv; v++ {
+			VMOVUPS(Mem{Base: mp, Disp: v * vb}, bv[v])
+			for i := 0; i < r; i++ {
+				VMAXPS(z[i][v], bv[v], bv[v])
+			}
+			VMOVUPS(bv[v], Mem{Base: mp, Disp: v * vb})
+		}
+	}
 	Load(Param("c").Base(), cp)
 	for i := 0; i < r; i++ {
 		for v := 0; v < is.nv; v++ {

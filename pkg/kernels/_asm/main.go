@@ -105,6 +105,10 @@ func main() {
 		gemmNN(is)
 		gemmTN(is)
 		softmaxCols(is)
+		if is.w == 16 {
+			gemmNNMax(is)
+			softmaxColsGen(is, true)
+		}
 		expF32(is)
 		dsoftmax(is)
 		roundBF16(is)

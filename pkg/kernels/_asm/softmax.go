@@ -5,11 +5,32 @@ import (
 
 	. "github.com/mmcloughlin/avo/build"
 	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
 )
 
-func softmaxCols(is isa) {
+func softmaxCols(is isa) { softmaxColsGen(is, false) }
+
+// softmaxColsGen emits softmaxCols, or with pre softmaxColsPre, which
+// takes the new column maxima (as softmaxCols's first pass computes them)
+// in mx instead of computing them.
+func softmaxColsGen(is isa, pre bool) {
 	name := "softmaxCols" + is.name
-	TEXT(name, NOSPLIT, "func(s []float32, lds, rows int, m, l, alpha []float32)")
+	sig := "func(s []float32, lds, rows int, m, l, alpha []float32)"
+	if pre {
+		name = "softmaxColsPre" + is.name
+		sig = "func(s []float32, lds, rows int, m, l, alpha, mx []float32)"
+	}
+	TEXT(name, NOSPLIT, sig)
+	if pre {
+		Doc(fmt.Sprintf("%s is softmaxCols%s with the first pass's maxima given:", name, is.name),
+			"mx[i] = max(m[i], max_j s[j*lds+i]) for i < len(m). The caller checks the slice bounds.")
+	} else {
+		softmaxColsDoc(is, name)
+	}
+	softmaxColsBody(is, name, pre)
+}
+
+func softmaxColsDoc(is isa, name string) {
 	Doc(fmt.Sprintf("%s updates the online softmax of len(m) columns (a multiple of %d)", name, is.w),
 		"over rows rows of s, replacing s by the unnormalised probabilities:",
 		"",
@@ -22,9 +43,16 @@ func softmaxCols(is isa) {
 		"\t\tm[i] = mx",
 		"",
 		"with exp as in expF32. The caller checks the slice bounds.")
+}
+
+func softmaxColsBody(is isa, name string, pre bool) {
 	sp := Load(Param("s").Base(), GP64())
 	lds := Load(Param("lds"), GP64())
 	SHLQ(U8(2), lds)
+	var xp Register
+	if pre {
+		xp = Load(Param("mx").Base(), GP64())
+	}
 	mp := Load(Param("m").Base(), GP64())
 	lp := Load(Param("l").Base(), GP64())
 	ap := Load(Param("alpha").Base(), GP64())
@@ -42,10 +70,15 @@ func softmaxCols(is isa) {
 	mx := is.vec()
 	mx2 := is.vec()
 	VMOVUPS(Mem{Base: mp}, mold)
+	n := GP64()
+	if pre {
+		VMOVUPS(Mem{Base: xp}, mx)
+		ADDQ(U32(vb), xp)
+		JMP(LabelRef(name + "_maxstore"))
+	}
 	VMOVUPS(mold, mx)
 	VMOVUPS(mold, mx2)
 	// Pass 1: column maxima, two rows at a time.
-	n := GP64()
 	MOVQ(rows, n)
 	Label(name + "_max2")
 	CMPQ(n, U8(2))
@@ -61,6 +94,7 @@ func softmaxCols(is isa) {
 	VMAXPS(Mem{Base: p}, mx, mx)
 	Label(name + "_maxdone")
 	VMAXPS(mx2, mx, mx)
+	Label(name + "_maxstore")
 	VMOVUPS(mx, Mem{Base: mp})
 	sh := is.vec()
 	VMOVUPS(cNegMax, sh)
