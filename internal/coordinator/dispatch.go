@@ -66,6 +66,7 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, re
 		ids[i] = hb.WorkerId
 	}
 	plan := transport.PlanToPB(sp, ids)
+	doneDQ, doneDKV = doneUnits(doneDQ, sp, sp.QBlockCount), doneUnits(doneDKV, sp, sp.KBlockCount) // heads.go
 	epoch := j.Epoch + 1
 	r, err := c.apply(cpb.CommandType_COMMAND_TYPE_START_EPOCH, &cpb.StartEpoch{JobId: j.Id, Epoch: epoch, Plan: plan, UnixMs: c.now().UnixMilli(),
 		Mode: mode, DoneDq: doneDQ, DoneDkv: doneDKV})

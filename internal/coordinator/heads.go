@@ -16,7 +16,9 @@ import (
 // rank owning block b of head group b mod G, which gathers the other
 // groups' heads over the ring (ringattn's gather sink). So a job's done
 // set stays in blocks — a block is done when its writer reports it — and
-// output verification and fetching are unchanged.
+// output verification and fetching are unchanged. Backward passes do the
+// same for dQ and dK/dV blocks (their done lists become units of every
+// group, doneUnits).
 
 // headGroups is a plan's number of head groups (1 without).
 func headGroups(p *pb.Plan) int32 { return max(1, p.GetHeadGroups()) }
@@ -51,14 +53,31 @@ func writerRank(p *pb.Plan, rank int32) *pb.RankPlan {
 	return &pb.RankPlan{QBlocks: writtenBlocks(p, rank)}
 }
 
-// headsAllowed reports whether a job's epochs may split the heads: forward
-// attention jobs with a float32 wire (the output gather travels as frames
-// in the ring's encoding; a bf16 wire would round the outputs). Layer
-// jobs project whole rows and backward passes write whole gradient blocks,
+// headsAllowed reports whether a job's epochs may split the heads:
+// attention jobs (forward and backward passes) with a float32 wire (the
+// gathers of output and gradient heads travel as frames in the ring's
+// encoding; a bf16 wire would round them). Layer jobs project whole rows,
 // so they keep all heads on every rank.
 func headsAllowed(s *pb.JobSpec) bool {
-	return s.GetKind() != pb.JobKind_JOB_KIND_MHA && s.GetMode() == pb.JobMode_JOB_MODE_FORWARD &&
+	return s.GetKind() != pb.JobKind_JOB_KIND_MHA &&
 		transport.EffectiveWire(s.GetWireDtype(), s.GetPrecision()) != pb.WireDType_WIRE_DTYPE_BF16
+}
+
+// doneUnits expands a backward epoch's done blocks to the units of every
+// head group of plan (the blocks themselves without head groups): a block
+// written whole is done in every group.
+func doneUnits(done []int32, plan *shard.Plan, n int) []int32 {
+	g := plan.Groups()
+	if g == 1 || len(done) == 0 {
+		return done
+	}
+	out := make([]int32, 0, g*len(done))
+	for gi := range g {
+		for _, b := range done {
+			out = append(out, int32(gi*n)+b)
+		}
+	}
+	return out
 }
 
 // planHeads sets the head groups of an epoch's request: none where

@@ -83,7 +83,8 @@ func TestHeadsFSMDoneBlocks(t *testing.T) {
 
 // TestHeadsReplanUnits: a re-plan keeps the job's head groups over the
 // unfinished blocks of every group, or drops them when the workers are
-// too few; layer, backward and bf16-wire jobs never split heads.
+// too few; layer and bf16-wire jobs never split heads; a backward epoch's
+// done blocks become units of every group.
 func TestHeadsReplanUnits(t *testing.T) {
 	j := &cpb.Job{Spec: testSpec(""), Plan: headPlan()}
 	req := shard.Request{B: 1, Hq: 4, Hkv: 2, D: 16, N: 300, Nk: 300, Block: 100, Ranks: 3, QBlocks: []int{2}}
@@ -107,13 +108,17 @@ func TestHeadsReplanUnits(t *testing.T) {
 	}
 	for _, s := range []*pb.JobSpec{
 		{Kind: pb.JobKind_JOB_KIND_MHA, Mode: pb.JobMode_JOB_MODE_FORWARD},
-		{Mode: pb.JobMode_JOB_MODE_FORWARD_BACKWARD},
+		{Kind: pb.JobKind_JOB_KIND_MHA, Mode: pb.JobMode_JOB_MODE_FORWARD_BACKWARD},
 		{Precision: pb.Precision_PRECISION_BF16},
 	} {
 		req := shard.Request{Strategy: shard.Heads}
 		if planHeads(&cpb.Job{Spec: s}, &req, 4); req.HeadGroups != 1 || req.Strategy != shard.Auto {
 			t.Fatalf("%v: %d head groups, strategy %q", s, req.HeadGroups, req.Strategy)
 		}
+	}
+	done := doneUnits([]int32{1, 2}, p, 3)
+	if !slices.Equal(done, []int32{1, 2, 4, 5}) {
+		t.Fatalf("done blocks 1, 2 in 2 groups of 3 blocks: units %v", done)
 	}
 	fresh := shard.Request{}
 	if planHeads(&cpb.Job{Spec: testSpec("")}, &fresh, 4); fresh.HeadGroups != 0 {

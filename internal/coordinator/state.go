@@ -243,9 +243,9 @@ func (s *State) applyStartEpoch(c *cpb.StartEpoch) *Result {
 	}
 	qb := qBlocks(j.Spec)
 	if g := c.GetPlan().GetHeadGroups(); g < 0 || int64(g) > max(1, j.Spec.GetHkv()) ||
-		(g > 1 && (int64(c.GetPlan().GetQBlockCount()) != qb || c.GetMode() != pb.JobMode_JOB_MODE_FORWARD)) {
-		return fail(ErrBadCommand, "job %s epoch %d: %d head groups in a %v epoch of %d query blocks (plan says %d)", j.Id, c.GetEpoch(), g,
-			c.GetMode(), qb, c.GetPlan().GetQBlockCount())
+		(g > 1 && (int64(c.GetPlan().GetQBlockCount()) != qb || int64(c.GetPlan().GetKBlockCount()) != kBlocks(j.Spec))) {
+		return fail(ErrBadCommand, "job %s epoch %d: %d head groups in a plan of %d/%d blocks, the job has %d/%d", j.Id, c.GetEpoch(), g,
+			c.GetPlan().GetQBlockCount(), c.GetPlan().GetKBlockCount(), qb, kBlocks(j.Spec))
 	}
 	units := qb * int64(headGroups(c.GetPlan())) // heads.go
 	for r, rk := range c.GetPlan().GetRanks() {
@@ -267,10 +267,11 @@ func (s *State) applyStartEpoch(c *cpb.StartEpoch) *Result {
 		if forwardOfFB(j) && (j.Epoch == 0 || int64(len(j.DoneBlocks)) != j.BlocksTotal) {
 			return fail(ErrBadCommand, "job %s epoch %d: backward before the forward pass is done (%d of %d blocks)", j.Id, c.GetEpoch(), len(j.DoneBlocks), j.BlocksTotal)
 		}
-		if err := checkSet(c.GetDoneDq(), qb); err != nil {
+		// With head groups the done lists are units of every group (heads.go).
+		if err := checkSet(c.GetDoneDq(), units); err != nil {
 			return fail(ErrBadCommand, "job %s epoch %d: done_dq: %v", j.Id, c.GetEpoch(), err)
 		}
-		if err := checkSet(c.GetDoneDkv(), kBlocks(j.Spec)); err != nil {
+		if err := checkSet(c.GetDoneDkv(), kBlocks(j.Spec)*int64(headGroups(c.GetPlan()))); err != nil {
 			return fail(ErrBadCommand, "job %s epoch %d: done_dkv: %v", j.Id, c.GetEpoch(), err)
 		}
 		if !inBackward(j) {

@@ -83,16 +83,20 @@ func runHeadBackward(ctx context.Context, cfg BackwardConfig) error {
 		}
 		return nil
 	}
-	hsink, ok := cfg.Sink.(GradHeadSink)
-	if !ok {
-		return invalid("the gradient sink (%T) does not accept head ranges (GradHeadSink), which a %s plan writes", cfg.Sink, plan)
-	}
 	hs := newHeadSlice(cfg.Params, plan, g)
 	sc := cfg
 	sc.Params, sc.Plan = groupParams(cfg.Params, plan), sub
 	sc.Ring = newGroupRing(cfg.Ring, plan, g)
 	sc.Source = newHeadSource(cfg.Source, hs)
-	sc.Sink = &headGradSink{sink: hsink, hs: hs}
+	if hsink, ok := cfg.Sink.(GradHeadSink); ok {
+		sc.Sink = &headGradSink{sink: hsink, hs: hs}
+	} else {
+		gs, err := newGatherGradSink(cfg, hs, g)
+		if err != nil {
+			return err
+		}
+		sc.Sink = gs
+	}
 	sc.DoneDQ, sc.DoneDKV = doneDQ, doneDKV
 	if cfg.Progress != nil {
 		sc.Progress = func(p Progress) {

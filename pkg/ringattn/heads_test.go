@@ -270,3 +270,64 @@ func TestHeadPlansFetchHeads(t *testing.T) {
 		t.Fatalf("the ranks read %d values, q, k and v hold %d", src.values, want)
 	}
 }
+
+// wholeGrads hides MemGradSink's head-range writes, as a store of whole
+// blocks would.
+type wholeGrads struct{ s *ringattn.MemGradSink }
+
+func (w wholeGrads) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error {
+	return w.s.PutDQ(ctx, epoch, block, dq)
+}
+
+func (w wholeGrads) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error {
+	return w.s.PutDKV(ctx, epoch, block, dk, dv)
+}
+
+// TestHeadPlansBackwardGather: over a gradient sink that takes whole
+// blocks only, each dQ and dK/dV block's writer gathers the other groups'
+// heads; the gradients are exact and every block is written once.
+func TestHeadPlansBackwardGather(t *testing.T) {
+	for i, pr := range problems()[:6] {
+		t.Run(pr.name, func(t *testing.T) {
+			g := newGradProblem(t, pr, uint64(3000+i))
+			for _, plan := range headPlans(t, pr) {
+				sink, err := ringattn.NewMemGradSink(&pr.p, plan.Block)
+				if err != nil {
+					t.Fatal(err)
+				}
+				src, err := ringattn.NewMemGradSource(&pr.p, plan.Block, pr.q, pr.k, pr.v, g.o, g.lse, g.do)
+				if err != nil {
+					t.Fatal(err)
+				}
+				net := newNet(t, len(plan.Ranks), ringattn.MemOptions{})
+				errs := make(chan error, len(plan.Ranks))
+				for r := range plan.Ranks {
+					go func() {
+						errs <- ringattn.RunRankBackward(context.Background(), ringattn.BackwardConfig{Params: &pr.p, Plan: plan,
+							Ring: net.Rank(r), Source: src, Sink: wholeGrads{sink}, Epoch: 1})
+					}()
+				}
+				for range plan.Ranks {
+					if err := <-errs; err != nil {
+						t.Fatalf("%s: %v", planName(plan), err)
+					}
+				}
+				net.Close()
+				dq, dk, dv := sink.Result()
+				if err := g.gradErr(dq, dk, dv); err != nil {
+					t.Fatalf("%s: %v", planName(plan), err)
+				}
+				for b := range plan.QBlockCount {
+					if w := sink.WritesDQ(b); len(w) != 1 {
+						t.Fatalf("%s: dQ block %d written by epochs %v", planName(plan), b, w)
+					}
+				}
+				for j := range plan.KBlockCount {
+					if w := sink.WritesDKV(j); len(w) != 1 {
+						t.Fatalf("%s: dK/dV block %d written by epochs %v", planName(plan), j, w)
+					}
+				}
+			}
+		})
+	}
+}
