@@ -185,8 +185,12 @@ func RunRankBackward(ctx context.Context, cfg BackwardConfig) error {
 		rr.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	rr.log = rr.log.With("rank", rr.rank, "pass", "backward")
-	// No views: the kernel's dK and dV are laid out like K and V, and the
-	// accumulators are block-sized, so key/value blocks are held contiguous.
+	// Views: the rank reads its query rows and O in place when the Source
+	// lends them, and holds key/value blocks as views (forwarded by
+	// reference on a FrameSharer ring); the kernel lays dK and dV out like
+	// K and V, so a block is made contiguous where it is computed
+	// (contribSet copies a set of views once, into the set).
+	rr.views, _ = cfg.Source.(ViewSource)
 	if fs, ok := cfg.Ring.(FrameSharer); ok {
 		rr.share = fs.SharesFrames()
 	}

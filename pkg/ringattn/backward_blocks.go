@@ -26,12 +26,11 @@ func (r *bwdRun) loadRows(ctx context.Context, blocks []int) ([]*bwdRows, error)
 			run.rows += n
 			run.pairs = append(run.pairs, r.plan.BlockPairs(qi))
 		}
-		var o []float32
 		for _, t := range []struct {
 			name string
 			dst  *[]float32
 			d    int
-		}{{"q", &run.q, p.D}, {"do", &run.do, p.D}, {"o", &o, p.D}, {"lse", &run.lse, 1}} {
+		}{{"q", &run.q, p.D}, {"do", &run.do, p.D}, {"lse", &run.lse, 1}} {
 			x, err := r.fetchRows(ctx, t.name, run, t.d)
 			if err != nil {
 				return nil, err
@@ -39,8 +38,8 @@ func (r *bwdRun) loadRows(ctx context.Context, blocks []int) ([]*bwdRows, error)
 			*t.dst = x
 		}
 		run.delta = make([]float32, bh*run.rows)
-		if err := kernels.BackwardDelta(o, run.do, run.delta, p.D); err != nil {
-			return nil, fmt.Errorf("rank %d: query blocks %v: %w", r.rank, run.blocks, err)
+		if err := r.delta(ctx, run); err != nil {
+			return nil, err
 		}
 		run.dq = make([]float32, bh*run.rows*p.D)
 		out = append(out, run)
@@ -50,18 +49,21 @@ func (r *bwdRun) loadRows(ctx context.Context, blocks []int) ([]*bwdRows, error)
 }
 
 // fetchRows loads tensor `name` ([B, Hq, len, d] by query block) over the
-// rows of a run: in one piece from a RunSource, else block by block.
+// rows of a run, contiguous [B, Hq, rows, d]: in place from a ViewSource
+// when its view is contiguous (the run is the whole sequence, or B·Hq = 1),
+// else copied from the view; in one piece from a RunSource; else block by
+// block. The result is only read.
 func (r *bwdRun) fetchRows(ctx context.Context, name string, run *bwdRows, d int) ([]float32, error) {
 	bh := r.p.B * r.p.Hq
-	if rs, ok := r.cfg.Source.(RunSource); ok && len(run.blocks) > 1 {
-		x, err := rs.FetchRun(ctx, name, run.blocks[0], len(run.blocks))
+	if r.views != nil && name != "lse" {
+		x, stride, err := r.viewRows(ctx, name, run)
 		if err != nil {
-			return nil, fmt.Errorf("rank %d: fetching %s of query blocks %v: %w", r.rank, name, run.blocks, err)
+			return nil, err
 		}
-		if want := bh * run.rows * d; len(x) != want {
-			return nil, invalid("rank %d: %s of query blocks %v has %d values, expected %d", r.rank, name, run.blocks, len(x), want)
+		if stride == run.rows || bh == 1 {
+			return x[: bh*run.rows*d : bh*run.rows*d], nil
 		}
-		return x, nil
+		return gather(x, bh, stride, 0, run.rows, d), nil
 	}
 	var out []float32
 	if len(run.blocks) > 1 {
@@ -82,6 +84,49 @@ func (r *bwdRun) fetchRows(ctx context.Context, name string, run *bwdRows, d int
 		scatter(out, x, bh, run.rows, qs-run.start, n, d)
 	}
 	return out, nil
+}
+
+// viewRows lends tensor `name` ([B, Hq, len, D] by query block) over the
+// rows of a run from the ViewSource: head i starts at row i·stride.
+func (r *bwdRun) viewRows(ctx context.Context, name string, run *bwdRows) ([]float32, int, error) {
+	x, stride, err := r.views.View(ctx, name, run.blocks[0], len(run.blocks))
+	if err != nil {
+		return nil, 0, fmt.Errorf("rank %d: fetching %s of query blocks %v: %w", r.rank, name, run.blocks, err)
+	}
+	if !viewFits(x, r.p.B*r.p.Hq, run.rows, stride, r.p.D) {
+		return nil, 0, invalid("rank %d: %s of query blocks %v: a view of %d values %d rows apart, expected %d heads of %d rows (D=%d)",
+			r.rank, name, run.blocks, len(x), stride, r.p.B*r.p.Hq, run.rows, r.p.D)
+	}
+	return x, stride, nil
+}
+
+// delta sets run.delta = rowsum(dO∘O) over the run's rows (run.do loaded).
+// From a ViewSource, O is read in place, head by head; the rows are
+// independent, so the values are those of one call over a copy.
+func (r *bwdRun) delta(ctx context.Context, run *bwdRows) error {
+	p := r.p
+	bh, rows, d := p.B*p.Hq, run.rows, p.D
+	if r.views == nil {
+		o, err := r.fetchRows(ctx, "o", run, d)
+		if err != nil {
+			return err
+		}
+		if err := kernels.BackwardDelta(o, run.do, run.delta, d); err != nil {
+			return fmt.Errorf("rank %d: query blocks %v: %w", r.rank, run.blocks, err)
+		}
+		return nil
+	}
+	o, stride, err := r.viewRows(ctx, "o", run)
+	if err != nil {
+		return err
+	}
+	for i := range bh {
+		oi := o[i*stride*d : (i*stride+rows)*d]
+		if err := kernels.BackwardDelta(oi, run.do[i*rows*d:(i+1)*rows*d], run.delta[i*rows:(i+1)*rows], d); err != nil {
+			return fmt.Errorf("rank %d: query blocks %v: %w", r.rank, run.blocks, err)
+		}
+	}
+	return nil
 }
 
 // contrib adds to g the contributions of the query rows `runs` to the
@@ -143,7 +188,7 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 		}
 		if e == i+1 {
 			out[i] = r.newGrad(held[i].j)
-			if err := r.contrib(ctx, r.mine, held[i], out[i], count); err != nil {
+			if err := r.contrib(ctx, r.mine, r.compact(held[i]), out[i], count); err != nil {
 				return nil, err
 			}
 			i = e
@@ -161,8 +206,8 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 		off := 0
 		for _, b := range held[i:e] {
 			_, n := r.plan.KSpan(b.j)
-			scatter(k, b.k, bh, total, off, n, d)
-			scatter(v, b.v, bh, total, off, n, d)
+			place(k, b.k, b.stride, bh, total, off, n, d)
+			place(v, b.v, b.stride, bh, total, off, n, d)
 			off += n
 		}
 		g := gradPair{dk: make([]float32, len(k)), dv: make([]float32, len(v))}
@@ -178,6 +223,19 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 		i = e
 	}
 	return out, nil
+}
+
+// place copies the bh heads of n rows of a block (contiguous, or a view
+// with heads stride rows apart when stride > 0) into rows [off, off+n) of
+// the bh [total, d] matrices of dst.
+func place(dst, blk []float32, stride, bh, total, off, n, d int) {
+	if stride == 0 {
+		scatter(dst, blk, bh, total, off, n, d)
+		return
+	}
+	for i := range bh {
+		copy(dst[(i*total+off)*d:(i*total+off+n)*d], blk[i*stride*d:(i*stride+n)*d])
+	}
 }
 
 func (r *bwdRun) newGrad(j int) gradPair {
@@ -197,7 +255,7 @@ func addInto(acc, x []float32) {
 
 // fetchContig loads key/value block j contiguous.
 func (r *bwdRun) fetchContig(ctx context.Context, j int) (kvBlock, error) {
-	b, err := r.fetchKV(ctx, j) // r.views is nil: a contiguous fetch
+	b, err := r.fetchKV(ctx, j)
 	if err != nil {
 		return kvBlock{}, err
 	}

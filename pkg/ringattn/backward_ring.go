@@ -47,7 +47,7 @@ func (r *bwdRun) ringSteps(ctx context.Context) error {
 		if !tr.Loads(r.rank, j) {
 			continue
 		}
-		b, err := r.fetchContig(ctx, j)
+		b, err := r.fetchKV(ctx, j) // a view when the Source lends them
 		if err != nil {
 			return err
 		}
@@ -73,9 +73,6 @@ func (r *bwdRun) ringSteps(ctx context.Context) error {
 			if want := tr.Fold(r.rank, s+1); len(want) > 0 {
 				g.Go(func() (err error) {
 					incoming, falls, err = r.recvRouted(gctx, s+1, want)
-					for i := range incoming {
-						incoming[i] = r.compact(incoming[i])
-					}
 					return err
 				})
 			}
