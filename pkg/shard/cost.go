@@ -3,6 +3,7 @@ package shard
 import (
 	"context"
 	"math/bits"
+	"slices"
 )
 
 // Cost model defaults.
@@ -90,14 +91,12 @@ func (p *Plan) predict(ctx context.Context) Prediction {
 	}
 	var recv []int64
 	if p.Steps > 1 {
-		t, err := p.TrafficContext(ctx)
-		if err != nil {
+		var err error
+		if recv, err = p.receivedBytes(ctx); err != nil {
 			return Prediction{}
 		}
-		recv = make([]int64, len(p.Ranks))
-		for i := range p.Ranks {
-			recv[i] = t.ReceivedBytes(i)
-			out.Bytes += recv[i]
+		for _, b := range recv {
+			out.Bytes += b
 		}
 	}
 	for i, rk := range p.Ranks {
@@ -197,4 +196,63 @@ func autoPlan(ctx context.Context, r Request) (*Plan, error) {
 		}
 	}
 	return best, nil
+}
+
+// receivedBytes returns the key/value bytes each rank receives on the
+// short-circuit schedule. Head groups are scheduled group by group, and a
+// group whose ranks weigh and plan the same as an earlier one's receives
+// the same: its schedule (O(N) to make) is not made again, so pricing G
+// groups costs about one group's schedule, not G.
+func (p *Plan) receivedBytes(ctx context.Context) ([]int64, error) {
+	out := make([]int64, len(p.Ranks))
+	if p.Groups() == 1 {
+		t, err := p.TrafficContext(ctx)
+		if err != nil {
+			return nil, err
+		}
+		for i := range p.Ranks {
+			out[i] = t.ReceivedBytes(i)
+		}
+		return out, nil
+	}
+	gr := p.GroupRanks()
+	var seen []*Plan // group plans already scheduled, with their bytes
+	var seenBytes [][]int64
+	for g := range p.Groups() {
+		sub := p.GroupPlan(g)
+		var got []int64
+		for k, prev := range seen {
+			if sameSchedule(prev, sub) {
+				got = seenBytes[k]
+				break
+			}
+		}
+		if got == nil {
+			t, err := sub.TrafficContext(ctx)
+			if err != nil {
+				return nil, err
+			}
+			got = make([]int64, gr)
+			for i := range gr {
+				got[i] = t.ReceivedBytes(i)
+			}
+			seen, seenBytes = append(seen, sub), append(seenBytes, got)
+		}
+		copy(out[g*gr:], got)
+	}
+	return out, nil
+}
+
+// sameSchedule reports whether two group plans deal the same blocks to
+// their ranks (so their schedules move the same bytes).
+func sameSchedule(a, b *Plan) bool {
+	if len(a.Ranks) != len(b.Ranks) {
+		return false
+	}
+	for i := range a.Ranks {
+		if !slices.Equal(a.Ranks[i].QBlocks, b.Ranks[i].QBlocks) || !slices.Equal(a.Ranks[i].KVBlocks, b.Ranks[i].KVBlocks) {
+			return false
+		}
+	}
+	return true
 }
