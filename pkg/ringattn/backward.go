@@ -144,6 +144,9 @@ type bwdRun struct {
 	doneDKV []bool       // by key block
 	grads   bool         // some dK/dV is still to be written: accumulators travel
 	gfalls  atomic.Int64 // accumulators recomputed (counted by the goroutine finishing them)
+	// scratch holds a step's key/value set and its dK/dV (contribSet),
+	// reused across steps.
+	scratch [4][]float32
 }
 
 // gradPair is the dK, dV of one key/value block.

@@ -202,7 +202,17 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 			total += n
 			js = append(js, b.j)
 		}
-		k, v := make([]float32, bh*total*d), make([]float32, bh*total*d)
+		// The set and its dK/dV live in the rank's scratch, reused from
+		// step to step (the kernel returns before the next step starts;
+		// the per-block results below are fresh, as they travel).
+		size := bh * total * d
+		for t := range r.scratch {
+			r.scratch[t] = grow(r.scratch[t], size)
+		}
+		k, v := r.scratch[0][:size], r.scratch[1][:size]
+		g := gradPair{dk: r.scratch[2][:size], dv: r.scratch[3][:size]}
+		clear(g.dk)
+		clear(g.dv)
 		off := 0
 		for _, b := range held[i:e] {
 			_, n := r.plan.KSpan(b.j)
@@ -210,7 +220,6 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 			place(v, b.v, b.stride, bh, total, off, n, d)
 			off += n
 		}
-		g := gradPair{dk: make([]float32, len(k)), dv: make([]float32, len(v))}
 		if err := r.contribKV(ctx, r.mine, kernels.KV{K: k, V: v, Start: start, N: total}, js, g, count); err != nil {
 			return nil, err
 		}
@@ -260,4 +269,12 @@ func (r *bwdRun) fetchContig(ctx context.Context, j int) (kvBlock, error) {
 		return kvBlock{}, err
 	}
 	return r.compact(b), nil
+}
+
+// grow returns x if it holds n values, else a new slice of n.
+func grow(x []float32, n int) []float32 {
+	if cap(x) >= n {
+		return x[:n]
+	}
+	return make([]float32, n)
 }
