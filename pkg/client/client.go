@@ -92,6 +92,15 @@ type Options struct {
 	// coordinator's (zero value: shard.DefaultLimits, the coordinator's
 	// defaults).
 	Limits shard.Limits
+	// Transfers is how many tensor blocks an upload or a download moves at
+	// once, across the tensors of a job, each extracted, encoded and
+	// checksummed on its own goroutine (0: transport.DefaultTransfers; 1:
+	// one after the other; at most transport.MaxTransfers).
+	Transfers int
+	// TransferBytes bounds the float32 bytes of the blocks in flight (0:
+	// transport.DefaultTransferBytes); large blocks then move fewer at
+	// once, never less than one.
+	TransferBytes int64
 }
 
 // Client talks to a ringattn cluster: the coordinator's API and the tensor
@@ -103,6 +112,7 @@ type Client struct {
 	timeout time.Duration
 	log     *slog.Logger
 	limits  shard.Limits
+	opts    Options
 
 	storeMu sync.Mutex
 	store   *transport.Store
@@ -138,7 +148,11 @@ func New(ctx context.Context, conn *transport.Conn, cfg transport.Config, opts O
 	if err := opts.Limits.Validate(); err != nil {
 		return nil, fmt.Errorf("%w: Options.%v", ErrInvalid, err)
 	}
-	c := &Client{conn: conn, subj: conn.Subjects(), cfg: cfg, timeout: opts.RequestTimeout, log: opts.Logger, limits: opts.Limits}
+	if opts.Transfers < 0 || opts.Transfers > transport.MaxTransfers || opts.TransferBytes < 0 {
+		return nil, fmt.Errorf("%w: Options.Transfers = %d, TransferBytes = %d: want 0..%d and >= 0 (0: the defaults)",
+			ErrInvalid, opts.Transfers, opts.TransferBytes, transport.MaxTransfers)
+	}
+	c := &Client{conn: conn, subj: conn.Subjects(), cfg: cfg, timeout: opts.RequestTimeout, log: opts.Logger, limits: opts.Limits, opts: opts}
 	return c, nil
 }
 

@@ -213,15 +213,9 @@ func (c *Client) SubmitAttention(ctx context.Context, q, k, v *tensor.Tensor, wa
 	if err != nil {
 		return nil, err
 	}
-	block := int(spec.Block)
-	for _, in := range []struct {
-		name string
-		t    *tensor.Tensor
-		sh   []int
-	}{{transport.TensorQ, q, qs}, {transport.TensorK, k, ks}, {transport.TensorV, v, vs}} {
-		if _, err := st.PutTensor(ctx, spec.InputRef, in.name, in.t.Data, transport.Shape(in.sh), block, transport.F32); err != nil {
-			return nil, fmt.Errorf("client: uploading %s: %w", in.name, err)
-		}
+	ups := []upload{{transport.TensorQ, q, qs}, {transport.TensorK, k, ks}, {transport.TensorV, v, vs}}
+	if err := c.uploadInputs(ctx, st, spec.InputRef, ups, int(spec.Block)); err != nil {
+		return nil, err
 	}
 	return c.Submit(ctx, spec)
 }
@@ -265,15 +259,13 @@ func (c *Client) FetchAttention(ctx context.Context, st *pb.JobStatus) (*Attenti
 	}
 	s := st.GetSpec()
 	b, h, n, d := int(s.GetB()), int(s.GetHq()), int(s.GetN()), int(s.GetD())
-	o, err := fetch(ctx, store, ref, transport.TensorO, transport.Shape{b, h, n, d}, block, b, h, n, d)
-	if err != nil {
-		return nil, err
-	}
-	res := &AttentionResult{Status: st, O: o}
+	res := &AttentionResult{Status: st}
+	ds := []download{{transport.TensorO, transport.Shape{b, h, n, d}, []int{b, h, n, d}, &res.O}}
 	if s.GetWantLse() {
-		if res.LSE, err = fetch(ctx, store, ref, transport.TensorLSE, transport.Shape{b, h, n, 1}, block, b, h, n); err != nil {
-			return nil, err
-		}
+		ds = append(ds, download{transport.TensorLSE, transport.Shape{b, h, n, 1}, []int{b, h, n}, &res.LSE})
+	}
+	if err := c.fetchOutputs(ctx, store, ref, block, ds); err != nil {
+		return nil, err
 	}
 	return res, nil
 }
@@ -354,32 +346,23 @@ func (c *Client) submitMHA(ctx context.Context, x, dy *tensor.Tensor, w MHAWeigh
 	if err != nil {
 		return nil, err
 	}
-	block := int(spec.Block)
-	if _, err := st.PutTensor(ctx, spec.InputRef, tensorX, x.Data, transport.Shape{b, 1, n, dm}, block, transport.F32); err != nil {
-		return nil, fmt.Errorf("client: uploading x: %w", err)
-	}
+	ups := []upload{{tensorX, x, []int{b, 1, n, dm}}}
 	if dy != nil {
-		if _, err := st.PutTensor(ctx, spec.InputRef, tensorDY, dy.Data, transport.Shape{b, 1, n, dm}, block, transport.F32); err != nil {
-			return nil, fmt.Errorf("client: uploading dy: %w", err)
-		}
+		ups = append(ups, upload{tensorDY, dy, []int{b, 1, n, dm}})
 	}
-	weights := []struct {
-		name string
-		t    *tensor.Tensor
-	}{{"wq", w.Wq}, {"wk", w.Wk}, {"wv", w.Wv}, {"wo", w.Wo}}
+	weights := []upload{{"wq", w.Wq, nil}, {"wk", w.Wk, nil}, {"wv", w.Wv, nil}, {"wo", w.Wo, nil}}
 	if spec.MhaBias {
-		weights = append(weights, []struct {
-			name string
-			t    *tensor.Tensor
-		}{{"bq", w.Bq}, {"bk", w.Bk}, {"bv", w.Bv}, {"bo", w.Bo}}...)
+		weights = append(weights, upload{"bq", w.Bq, nil}, upload{"bk", w.Bk, nil}, upload{"bv", w.Bv, nil}, upload{"bo", w.Bo, nil})
 	}
 	for _, wt := range weights {
 		if wt.t == nil {
 			return nil, fmt.Errorf("%w: %s is missing", ErrInvalid, wt.name)
 		}
-		if err := st.PutBlock(ctx, spec.InputRef, wt.name, 0, wt.t.Data, transport.F32); err != nil {
-			return nil, fmt.Errorf("client: uploading %s: %w", wt.name, err)
-		}
+		// A weight is one block (block 0): one row of all its values.
+		ups = append(ups, upload{wt.name, wt.t, []int{1, 1, 1, len(wt.t.Data)}})
+	}
+	if err := c.uploadInputs(ctx, st, spec.InputRef, ups, int(spec.Block)); err != nil {
+		return nil, err
 	}
 	return c.Submit(ctx, spec)
 }
@@ -392,20 +375,11 @@ func (c *Client) FetchMHA(ctx context.Context, st *pb.JobStatus) (*tensor.Tensor
 	}
 	s := st.GetSpec()
 	b, n, dm := int(s.GetB()), int(s.GetN()), int(s.GetDModel())
-	return fetch(ctx, store, ref, tensorY, transport.Shape{b, 1, n, dm}, block, b, n, dm)
-}
-
-// fetch downloads a stored tensor laid out as sh and returns it with shape.
-func fetch(ctx context.Context, store *transport.Store, ref, name string, sh transport.Shape, block int, shape ...int) (*tensor.Tensor, error) {
-	data, err := store.GetTensor(ctx, ref, name, sh, block)
-	if err != nil {
-		return nil, fmt.Errorf("client: fetching %s: %w", name, err)
+	var y *tensor.Tensor
+	if err := c.fetchOutputs(ctx, store, ref, block, []download{{tensorY, transport.Shape{b, 1, n, dm}, []int{b, n, dm}, &y}}); err != nil {
+		return nil, err
 	}
-	t, err := tensor.FromData(data, shape...)
-	if err != nil {
-		return nil, fmt.Errorf("client: fetching %s: %w", name, err)
-	}
-	return t, nil
+	return y, nil
 }
 
 // MHA uploads, submits, waits and fetches a layer job's output.
@@ -469,11 +443,6 @@ func (c *Client) SubmitAttentionBackward(ctx context.Context, q, k, v, do, out, 
 	spec.B, spec.Hq, spec.N, spec.D = int64(qs[0]), int64(qs[1]), int64(qs[2]), int64(qs[3])
 	spec.Hkv, spec.Nk = int64(ks[1]), int64(ks[2])
 	spec.Mode = pb.JobMode_JOB_MODE_FORWARD_BACKWARD
-	type upload struct {
-		name string
-		t    *tensor.Tensor
-		sh   []int
-	}
 	ups := []upload{{transport.TensorQ, q, qs}, {transport.TensorK, k, ks}, {transport.TensorV, v, vs}, {transport.TensorDO, do, dos}}
 	switch {
 	case out == nil && lse == nil:
@@ -500,10 +469,8 @@ func (c *Client) SubmitAttentionBackward(ctx context.Context, q, k, v, do, out, 
 	if err != nil {
 		return nil, err
 	}
-	for _, in := range ups {
-		if _, err := st.PutTensor(ctx, spec.InputRef, in.name, in.t.Data, transport.Shape(in.sh), int(spec.Block), transport.F32); err != nil {
-			return nil, fmt.Errorf("client: uploading %s: %w", in.name, err)
-		}
+	if err := c.uploadInputs(ctx, st, spec.InputRef, ups, int(spec.Block)); err != nil {
+		return nil, err
 	}
 	return c.Submit(ctx, spec)
 }
@@ -521,22 +488,17 @@ func (c *Client) FetchGrads(ctx context.Context, st *pb.JobStatus) (*GradResult,
 	}
 	b, hq, hkv, n, nk, d := int(s.GetB()), int(s.GetHq()), int(s.GetHkv()), int(s.GetN()), int(s.GetNk()), int(s.GetD())
 	res := &GradResult{Status: st}
-	for _, f := range []struct {
-		dst      **tensor.Tensor
-		name     string
-		h, n, dd int
-	}{{&res.DQ, transport.TensorDQ, hq, n, d}, {&res.DK, transport.TensorDK, hkv, nk, d}, {&res.DV, transport.TensorDV, hkv, nk, d}} {
-		if *f.dst, err = fetch(ctx, store, ref, f.name, transport.Shape{b, f.h, f.n, f.dd}, block, b, f.h, f.n, f.dd); err != nil {
-			return nil, err
-		}
+	ds := []download{
+		{transport.TensorDQ, transport.Shape{b, hq, n, d}, []int{b, hq, n, d}, &res.DQ},
+		{transport.TensorDK, transport.Shape{b, hkv, nk, d}, []int{b, hkv, nk, d}, &res.DK},
+		{transport.TensorDV, transport.Shape{b, hkv, nk, d}, []int{b, hkv, nk, d}, &res.DV},
 	}
 	if s.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD {
-		if res.O, err = fetch(ctx, store, ref, transport.TensorO, transport.Shape{b, hq, n, d}, block, b, hq, n, d); err != nil {
-			return nil, err
-		}
-		if res.LSE, err = fetch(ctx, store, ref, transport.TensorLSE, transport.Shape{b, hq, n, 1}, block, b, hq, n); err != nil {
-			return nil, err
-		}
+		ds = append(ds, download{transport.TensorO, transport.Shape{b, hq, n, d}, []int{b, hq, n, d}, &res.O},
+			download{transport.TensorLSE, transport.Shape{b, hq, n, 1}, []int{b, hq, n}, &res.LSE})
+	}
+	if err := c.fetchOutputs(ctx, store, ref, block, ds); err != nil {
+		return nil, err
 	}
 	return res, nil
 }

@@ -59,14 +59,10 @@ func (c *Client) FetchMHAGrads(ctx context.Context, st *pb.JobStatus) (*MHAGradR
 	b, n, dm, hd := int(s.GetB()), int(s.GetN()), int(s.GetDModel()), int(s.GetHq()*s.GetD())
 	xs := transport.Shape{b, 1, n, dm}
 	res := &MHAGradResult{Status: st}
-	if res.Y, err = fetch(ctx, store, ref, tensorY, xs, block, b, n, dm); err != nil {
-		return nil, err
-	}
-	if res.DX, err = fetch(ctx, store, ref, tensorDXQ, xs, block, b, n, dm); err != nil {
-		return nil, err
-	}
-	dxkv, err := fetch(ctx, store, ref, tensorDXKV, xs, block, b, n, dm)
-	if err != nil {
+	var dxkv *tensor.Tensor
+	if err := c.fetchOutputs(ctx, store, ref, block, []download{
+		{tensorY, xs, []int{b, n, dm}, &res.Y}, {tensorDXQ, xs, []int{b, n, dm}, &res.DX}, {tensorDXKV, xs, []int{b, n, dm}, &dxkv},
+	}); err != nil {
 		return nil, err
 	}
 	for i, v := range dxkv.Data {
