@@ -26,6 +26,14 @@
 //	online softmax down the columns    softmaxCols: max, alpha, exp, sum
 //	O  = diag(alpha)·O + P·V           gemmTN, P read k-major from Sᵀ, V in place
 //
+// On tiles that need no mask, the AVX-512 GEMM folds the column maxima
+// of Sᵀ from its registers (gemmNNMax) and the softmax skips its max
+// pass (softmaxColsPre); the maxima are the same values, so the results
+// are the same bits. While computing Sᵀ the GEMM prefetches the tile's V
+// into L2, and while computing P·V the next tile's K (one PREFETCHT1 per
+// four steps of k; the backward prefetches the next query tile's Q and
+// dO the same way).
+//
 // Computing the scores transposed puts one query per SIMD lane, so the
 // softmax needs no horizontal reductions, and P comes out k-major, as the
 // register-tiled GEMM wants its left operand; the rescaling of O by alpha is
