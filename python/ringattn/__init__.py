@@ -8,10 +8,13 @@ only the standard library and numpy::
     o = c.attention(q, k, v, causal=True)            # numpy [B,H,N,D]
     o, lse = c.attention(q, k, v, return_lse=True)
     y = c.mha(x, wq, wk, wv, wo, heads=8, causal=True)
+    g = c.mha_backward(x, wq, wk, wv, wo, dy, heads=8, causal=True)  # g.dx, g.dwq, ...
     job = c.submit(q, k, v, causal=True); job.wait(progress=True); job.result()
 
-``ringattn.torch.attention`` is a torch.autograd.Function over the same
-client (torch optional).
+``ringattn.torch.attention`` and ``ringattn.torch.mha`` are
+torch.autograd.Functions over the same client, and
+``ringattn.torch.MultiheadAttention`` a drop-in for (self-attention)
+torch.nn.MultiheadAttention (torch optional).
 """
 
 from .errors import (
@@ -28,13 +31,14 @@ from .errors import (
     JobFailed,
     JobCanceled,
 )
-from .client import Client, Job
+from .client import Client, Job, MHAGrads
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Client",
     "Job",
+    "MHAGrads",
     "RingattnError",
     "APIError",
     "InvalidArgument",

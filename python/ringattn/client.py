@@ -1,5 +1,6 @@
 """The HTTP client: Client and Job."""
 
+import collections
 import io
 import json
 import random
@@ -15,6 +16,12 @@ import numpy as np
 from . import errors
 
 _STATES_FINISHED = ("succeeded", "failed", "canceled", "expired")
+
+#: What Client.mha_backward returns: y and the gradients of sum(y·dy) with
+#: respect to x and every parameter, float32, each shaped like its input
+#: (y and dx like x); the bias gradients are None for a layer without biases.
+MHAGrads = collections.namedtuple("MHAGrads", "y dx dwq dwk dwv dwo dbq dbk dbv dbo")
+_MHA_GRADS = MHAGrads._fields[1:]
 
 
 def _as_float32(a, name):
@@ -195,6 +202,9 @@ class Client:
             heads = mha.pop("heads")
             spec["heads"] = int(heads)
             names = ["x", "wq", "wk", "wv", "wo"]
+            if mha.get("dy") is not None:  # a layer forward+backward job
+                spec["backward"] = True
+                names.insert(1, "dy")
             biases = ["bq", "bk", "bv", "bo"]
             if any(mha.get(b) is not None for b in biases):
                 names += biases
@@ -292,6 +302,30 @@ class Client:
                           heads=heads, causal=causal, **kw)
         job.wait(progress=progress, timeout=timeout)
         return job.result()
+
+    def mha_backward(self, x, wq, wk, wv, wo, dy, heads, causal=False, bq=None, bk=None, bv=None, bo=None,
+                     progress=False, timeout=None, **kw):
+        """The layer of mha() and its gradients on the cluster: one
+        forward+backward job given dy = dL/dy (x's shape). Returns
+        MHAGrads(y, dx, dwq, dwk, dwv, dwo, dbq, dbk, dbv, dbo): y and the
+        gradients of sum(y·dy) with respect to x, the weights and the biases
+        (None without biases), float32, shaped like x and the parameters —
+        what torch autograd of torch.nn.MultiheadAttention gives (its
+        in_proj_weight is wq, wk, wv stacked). Masking and job keywords as
+        mha(). Raises ringattn.Unimplemented when the gateway has no mha
+        gradients (GET /v1/info lists no outputs.mha_forward_backward)."""
+        if not self.info().get("outputs", {}).get("mha_forward_backward"):
+            raise errors.Unimplemented(
+                501, "unimplemented", "backward",
+                "the ringattn gateway at %s has no mha gradients (GET /v1/info lists no "
+                "outputs.mha_forward_backward); they cannot be computed on it" % self.url)
+        if dy is None:
+            raise errors.InvalidArgument(400, "invalid_argument", "dy", "missing: give dL/dy, x's shape")
+        x = _as_float32(x, "x")
+        job = self.submit(kind="mha", x=x, dy=dy, wq=wq, wk=wk, wv=wv, wo=wo, bq=bq, bk=bk, bv=bv, bo=bo,
+                          heads=heads, causal=causal, **kw)
+        job.wait(progress=progress, timeout=timeout)
+        return job.mha_grads(x_shape=x.shape)
 
     def job(self, job_id):
         """The Job of an id (its status read now)."""
@@ -409,9 +443,25 @@ class Job:
             return o, self.fetch("lse")
         return o
 
+    def mha_grads(self, x_shape=None):
+        """MHAGrads of a succeeded mha backward job (see Client.mha_backward);
+        y and dx are [B,N,d_model], or x_shape when given."""
+        if self.state != "succeeded":
+            self.wait()
+        outs = self.status.get("outputs", [])
+        if "dx" not in outs:
+            raise errors.InvalidArgument(400, "invalid_argument", "id",
+                                         "job %s has outputs %s: not an mha backward job" % (self.id, ", ".join(outs)))
+        got = {n: (self.fetch(n) if n in outs else None) for n in ("y",) + _MHA_GRADS}
+        if x_shape is not None:
+            got["y"], got["dx"] = got["y"].reshape(x_shape), got["dx"].reshape(x_shape)
+        return MHAGrads(**got)
+
     def fetch(self, name):
         """One output as stored: o, dq [B,Hq,N,D]; lse [B,Hq,N]; dk, dv
-        [B,Hkv,Nk,D]; y [B,N,d_model] (float32, the [B,H,N,D] layout)."""
+        [B,Hkv,Nk,D]; y, dx [B,N,d_model]; dwq, dwk, dwv [H·D,d_model], dwo
+        [d_model,H·D], dbq, dbk, dbv [H·D], dbo [d_model] (float32, the
+        [B,H,N,D] layout)."""
         data, _ = self.client._request("GET", self._path("/outputs/" + urllib.parse.quote(name, safe="")))
         return np.load(io.BytesIO(data), allow_pickle=False)
 

@@ -75,18 +75,60 @@ def attention_backward(q, k, v, do, causal=False, window=None, seqlens=None, sca
     return dq, dk, dv
 
 
-def mha(x, wq, wk, wv, wo, heads, causal=False, bq=None, bk=None, bv=None, bo=None):
-    """torch.nn.MultiheadAttention's forward (self-attention), float64."""
+def _mha_parts(x, wq, wk, wv, heads, bq, bk, bv):
     x = np.asarray(x, dtype=np.float64)
     if x.ndim == 2:
         x = x[None]
     b, n, dm = x.shape
-    z = lambda bias, size: np.zeros(size) if bias is None else np.asarray(bias, dtype=np.float64)
-    hd = wq.shape[0]
+    hd = np.asarray(wq).shape[0]
     d = hd // heads
+
     def proj(w, bias):
-        y = x @ np.asarray(w, dtype=np.float64).T + z(bias, hd)
+        y = x @ np.asarray(w, dtype=np.float64).T
+        if bias is not None:
+            y = y + np.asarray(bias, dtype=np.float64)
         return y.reshape(b, n, heads, d).transpose(0, 2, 1, 3)
-    o, _ = attention(proj(wq, bq), proj(wk, bk), proj(wv, bv), causal=causal)
-    o = o.transpose(0, 2, 1, 3).reshape(b, n, hd)
-    return o @ np.asarray(wo, dtype=np.float64).T + z(bo, dm)
+
+    return x, proj(wq, bq), proj(wk, bk), proj(wv, bv)
+
+
+def _cat(h):
+    """[B,H,N,D] -> [B,N,H·D]"""
+    b, hh, n, d = h.shape
+    return h.transpose(0, 2, 1, 3).reshape(b, n, hh * d)
+
+
+def mha(x, wq, wk, wv, wo, heads, causal=False, bq=None, bk=None, bv=None, bo=None, **mask):
+    """torch.nn.MultiheadAttention's forward (self-attention), float64:
+    y [B,N,d_model]; mask: window, seqlens, scale as attention()."""
+    _, q, k, v = _mha_parts(x, wq, wk, wv, heads, bq, bk, bv)
+    o, _ = attention(q, k, v, causal=causal, **mask)
+    y = _cat(o) @ np.asarray(wo, dtype=np.float64).T
+    return y if bo is None else y + np.asarray(bo, dtype=np.float64)
+
+
+def mha_backward(x, wq, wk, wv, wo, dy, heads, causal=False, bq=None, bk=None, bv=None, bo=None, **mask):
+    """Gradients of sum(y·dy) for y = mha(...), float64, from the chain
+    rule: dwo = Σ dyᵀ·cat(o), dbo = Σ dy, do = split(dy·wo), (dq, dk, dv) =
+    attention_backward(do), dwq = Σ cat(dq)ᵀ·x, dbq = Σ cat(dq) (so for k,
+    v), dx = cat(dq)·wq + cat(dk)·wk + cat(dv)·wv. Returns a dict of dx
+    (x's shape), dwq, dwk, dwv, dwo and, with biases, dbq, dbk, dbv, dbo."""
+    xs = np.shape(x)
+    x, q, k, v = _mha_parts(x, wq, wk, wv, heads, bq, bk, bv)
+    dy = np.asarray(dy, dtype=np.float64).reshape(x.shape)
+    wo = np.asarray(wo, dtype=np.float64)
+    o, _ = attention(q, k, v, causal=causal, **mask)
+    b, hh, n, d = q.shape
+    g = {"dwo": np.einsum("bnm,bnh->mh", dy, _cat(o))}
+    do = (dy @ wo).reshape(b, n, hh, d).transpose(0, 2, 1, 3)
+    dq, dk, dv = (_cat(t) for t in attention_backward(q, k, v, do, causal=causal, **mask))
+    dx = np.zeros_like(x)
+    for name, dp, w in (("q", dq, wq), ("k", dk, wk), ("v", dv, wv)):
+        g["dw" + name] = np.einsum("bnh,bnm->hm", dp, x)
+        dx += dp @ np.asarray(w, dtype=np.float64)
+        if bq is not None:
+            g["db" + name] = dp.sum((0, 1))
+    if bo is not None:
+        g["dbo"] = dy.sum((0, 1))
+    g["dx"] = dx.reshape(xs)
+    return g

@@ -243,8 +243,69 @@ class ClientTest(unittest.TestCase):
             self.c.attention_backward(q, q, q, q, o=q)
         self.assertEqual(cm.exception.field, "lse")
 
+    def test_mha_backward_matches_float64(self):
+        # one layer forward+backward job: causal, B=2, biases, H·D != d_model;
+        # then x of rank 2 without biases under a sliding window
+        dm, h, hd = 24, 4, 32
+        x, dy = rand(2, 50, dm, seed=70), rand(2, 50, dm, seed=71)
+        w = [rand(hd, dm, seed=72 + i) * 0.3 for i in range(3)] + [rand(dm, hd, seed=75) * 0.3]
+        bias = [rand(hd, seed=76 + i) for i in range(3)] + [rand(dm, seed=79)]
+        kw = dict(bq=bias[0], bk=bias[1], bv=bias[2], bo=bias[3])
+        g = self.c.mha_backward(x, *w, dy, heads=h, causal=True, block=16, **kw)
+        self.assertIsInstance(g, ringattn.MHAGrads)
+        ref = reference.mha_backward(x, *w, dy, heads=h, causal=True, **kw)
+        self.assertGrad(g.y, reference.mha(x, *w, heads=h, causal=True, **kw), "mha y")
+        for name in ("dx", "dwq", "dwk", "dwv", "dwo", "dbq", "dbk", "dbv", "dbo"):
+            self.assertGrad(getattr(g, name), ref[name], "mha " + name)
+        x2, dy2 = rand(40, dm, seed=80), rand(40, dm, seed=81)
+        g = self.c.mha_backward(x2, *w, dy2, heads=h, window=(10, 3), block=16)
+        ref = reference.mha_backward(x2, *w, dy2, heads=h, window=(10, 3))
+        self.assertEqual(g.y.shape, x2.shape)
+        for name in ("dx", "dwq", "dwk", "dwv", "dwo"):
+            self.assertGrad(getattr(g, name), ref[name], "mha rank 2 " + name)
+        self.assertEqual((g.dbq, g.dbk, g.dbv, g.dbo), (None, None, None, None))
+
+    def test_mha_backward_bad_inputs_name_them(self):
+        dm = 8
+        x, w = rand(1, 16, dm, seed=90), [rand(dm, dm, seed=91 + i) for i in range(4)]
+        for args, field in (((x, *w, rand(1, 15, dm)), "dy"),
+                            ((x, w[0], rand(4, dm), w[2], w[3], x), "wk"),
+                            ((x, *w, None), "dy")):
+            with self.assertRaises(ringattn.InvalidArgument) as cm:
+                self.c.mha_backward(*args, heads=2)
+            self.assertEqual(cm.exception.field, field, cm.exception)
+        with self.assertRaises(ringattn.InvalidArgument) as cm:
+            self.c.mha_backward(x, *w, x, heads=2, bq=rand(dm))
+        self.assertEqual(cm.exception.field, "bk")
+        # a forward job has no gradients
+        job = self.c.submit(kind="mha", x=x, wq=w[0], wk=w[1], wv=w[2], wo=w[3], heads=2)
+        with self.assertRaises(ringattn.InvalidArgument):
+            job.wait(timeout=60).mha_grads()
+
 
 class ReferenceTest(unittest.TestCase):
+    def test_mha_backward_reference_matches_finite_differences(self):
+        rng = np.random.default_rng(6)
+        dm, h, hd = 4, 2, 6
+        args = {"x": rng.standard_normal((1, 5, dm)), "wq": rng.standard_normal((hd, dm)),
+                "wk": rng.standard_normal((hd, dm)), "wv": rng.standard_normal((hd, dm)),
+                "wo": rng.standard_normal((dm, hd)), "bq": rng.standard_normal(hd), "bk": rng.standard_normal(hd),
+                "bv": rng.standard_normal(hd), "bo": rng.standard_normal(dm)}
+        dy = rng.standard_normal((1, 5, dm))
+        kw = dict(heads=h, causal=True, seqlens=[3, 2])
+        grads = reference.mha_backward(dy=dy, **args, **kw)
+        loss = lambda a: float(np.sum(reference.mha(**a, **kw) * dy))
+        eps = 1e-6
+        for name in args:
+            fd = np.zeros_like(args[name])
+            for idx in np.ndindex(fd.shape):
+                a = {k: v.copy() for k, v in args.items()}
+                a[name][idx] += eps
+                up = loss(a)
+                a[name][idx] -= 2 * eps
+                fd[idx] = (up - loss(a)) / (2 * eps)
+            self.assertLessEqual(float(np.max(np.abs(fd - grads["d" + name]))), 1e-7, name)
+
     def test_backward_reference_matches_finite_differences(self):
         # central differences of L = sum(o·do) in float64, on a tiny causal
         # GQA problem with two documents and a scale of its own
@@ -332,6 +393,123 @@ class TorchTest(unittest.TestCase):
         attention(q, k, v, causal=True, client=self.c).sum().backward()
         self.assertIsNotNone(q.grad)
         self.assertIsNone(k.grad)
+
+    def _layers(self, seed, bias=True, batch_first=True):
+        """A torch.nn.MultiheadAttention in float64 (the reference) and a
+        ringattn.torch.MultiheadAttention with its parameters (float32),
+        biases random rather than torch's zeros."""
+        from ringattn.torch import MultiheadAttention
+        torch.manual_seed(seed)
+        ref = torch.nn.MultiheadAttention(32, 4, bias=bias, batch_first=batch_first)
+        if bias:
+            with torch.no_grad():
+                ref.in_proj_bias.normal_()
+                ref.out_proj.bias.normal_()
+        ring = MultiheadAttention(32, 4, bias=bias, batch_first=batch_first, client=self.c, block=16)
+        ring.load_state_dict(ref.state_dict())
+        return ref.double(), ring
+
+    def assertGrads(self, ref, ring, x64, x, what):
+        pairs = [("y", None, None), ("x", x64.grad, x.grad)]
+        for (name, p64), (name2, p) in zip(ref.named_parameters(), ring.named_parameters()):
+            self.assertEqual(name, name2)
+            pairs.append((name, p64.grad, p.grad))
+        for name, want, got in pairs[1:]:
+            self.assertIsNotNone(got, "%s: no gradient of %s" % (what, name))
+            self.assertEqual(got.dtype, torch.float32)
+            self.assertEqual(got.shape, want.shape, name)
+            err = float((got.double() - want).abs().max())
+            lim = 2e-4 * max(1.0, float(want.abs().max()))
+            print("torch mha %s %s: max |err| %.3g (tolerance %.3g)" % (what, name, err, lim), file=sys.stderr)
+            self.assertLessEqual(err, lim, "%s %s" % (what, name))
+
+    def test_mha_layer_matches_torch_autograd(self):
+        # y and every gradient of a causal layer with biases, batch_first,
+        # against torch's own autograd of nn.MultiheadAttention in float64
+        ref, ring = self._layers(5)
+        n = 60
+        g = torch.Generator().manual_seed(6)
+        x0, w = torch.randn(2, n, 32, generator=g), torch.randn(2, n, 32, generator=g)
+        mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+        x64 = x0.double().requires_grad_()
+        y64, _ = ref(x64, x64, x64, attn_mask=mask, need_weights=False)
+        (y64 * w.double()).sum().backward()
+        x = x0.clone().requires_grad_()
+        y, weights = ring(x, x, x, attn_mask=mask)
+        self.assertIsNone(weights)
+        self.assertEqual(y.dtype, torch.float32)
+        err = float((y.double() - y64).abs().max())
+        self.assertLessEqual(err, 2e-4 * max(1.0, float(y64.abs().max())), "y")
+        (y * w).sum().backward()
+        self.assertGrads(ref, ring, x64, x, "causal batch_first")
+
+    def test_mha_layer_sequence_first_and_unbatched(self):
+        # torch's default [N,B,E] layout with is_causal (torch: a float -inf
+        # mask), then unbatched [N,E] without biases or mask
+        ref, ring = self._layers(7, batch_first=False)
+        n = 40
+        g = torch.Generator().manual_seed(8)
+        x0, w = torch.randn(n, 3, 32, generator=g), torch.randn(n, 3, 32, generator=g)
+        fmask = torch.zeros(n, n).masked_fill(torch.ones(n, n, dtype=torch.bool).triu(1), float("-inf"))
+        x64 = x0.double().requires_grad_()
+        (ref(x64, x64, x64, attn_mask=fmask.double(), need_weights=False)[0] * w.double()).sum().backward()
+        x = x0.clone().requires_grad_()
+        (ring(x, x, x, is_causal=True)[0] * w).sum().backward()
+        self.assertGrads(ref, ring, x64, x, "sequence-first")
+        ref, ring = self._layers(9, bias=False)
+        x0, w = torch.randn(n, 32, generator=g), torch.randn(n, 32, generator=g)
+        x64 = x0.double().requires_grad_()
+        (ref(x64, x64, x64, need_weights=False)[0] * w.double()).sum().backward()
+        x = x0.clone().requires_grad_()
+        y, _ = ring(x, x, x, attn_mask=None)
+        self.assertEqual(y.shape, x.shape)
+        (y * w).sum().backward()
+        self.assertGrads(ref, ring, x64, x, "unbatched")
+
+    def test_mha_layer_trains_like_torch(self):
+        # three SGD steps through the cluster track the same steps of torch's
+        # layer in float64: the parameters stay within float32 tolerance
+        ref, ring = self._layers(10)
+        opt64 = torch.optim.SGD(ref.parameters(), lr=0.1)
+        opt = torch.optim.SGD(ring.parameters(), lr=0.1)
+        g = torch.Generator().manual_seed(11)
+        n = 32
+        mask = torch.ones(n, n, dtype=torch.bool).triu(1)
+        for step in range(3):
+            x0, target = torch.randn(2, n, 32, generator=g), torch.randn(2, n, 32, generator=g)
+            x64 = x0.double()
+            loss64 = ((ref(x64, x64, x64, attn_mask=mask, need_weights=False)[0] - target.double()) ** 2).mean()
+            loss = ((ring(x0, x0, x0, attn_mask=mask)[0] - target) ** 2).mean()
+            self.assertLessEqual(abs(loss.item() - loss64.item()), 2e-4 * max(1.0, loss64.item()), "step %d loss" % step)
+            for o, l in ((opt64, loss64), (opt, loss)):
+                o.zero_grad()
+                l.backward()
+                o.step()
+        for (name, p64), (_, p) in zip(ref.named_parameters(), ring.named_parameters()):
+            err = float((p.double() - p64).abs().max())
+            self.assertLessEqual(err, 2e-4 * max(1.0, float(p64.abs().max())), name)
+
+    def test_mha_functional_and_refusals(self):
+        from ringattn.torch import MultiheadAttention, mha
+        dm = 16
+        x = torch.randn(1, 24, dm, requires_grad=True)
+        ws = [torch.randn(dm, dm) * 0.3 for _ in range(4)]
+        y = mha(x, *ws, heads=2, causal=True, client=self.c)
+        ref = reference.mha(x.detach().numpy(), *(t.numpy() for t in ws), heads=2, causal=True)
+        self.assertLessEqual(float(np.max(np.abs(y.detach().numpy() - ref))), 2e-4 * max(1.0, float(np.max(np.abs(ref)))))
+        y.sum().backward()  # only x needs a gradient
+        dref = reference.mha_backward(x.detach().numpy(), *(t.numpy() for t in ws), np.ones((1, 24, dm)), heads=2, causal=True)
+        self.assertLessEqual(float(np.max(np.abs(x.grad.numpy() - dref["dx"]))), 2e-4 * max(1.0, float(np.max(np.abs(dref["dx"])))))
+        self.assertTrue(all(w.grad is None for w in ws))
+        layer = MultiheadAttention(dm, 2, batch_first=True, client=self.c)
+        for call in (lambda: layer(x, x, x, need_weights=True), lambda: layer(x, x.detach() + 1, x),
+                     lambda: layer(x, x, x, key_padding_mask=torch.zeros(1, 24, dtype=torch.bool)),
+                     lambda: layer(x, x, x, attn_mask=torch.ones(24, 24, dtype=torch.bool).tril(-1)),
+                     lambda: MultiheadAttention(dm, 2, dropout=0.1), lambda: MultiheadAttention(dm, 2, kdim=8)):
+            with self.assertRaises(NotImplementedError):
+                call()
+        with self.assertRaises(ValueError):
+            MultiheadAttention(dm, 3)
 
 
 if __name__ == "__main__":
