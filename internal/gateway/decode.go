@@ -143,10 +143,10 @@ func decodeSpec(data []byte) (Spec, client.JobOptions, error) {
 	o.Block = s.Block
 	switch s.Strategy {
 	case "", "auto":
-	case "contiguous", "zigzag", "striped", "splitkv":
+	case "contiguous", "zigzag", "striped", "splitkv", "heads":
 		o.Strategy = s.Strategy
 	default:
-		return s, o, invalid("spec.strategy", "%q: want auto, contiguous, zigzag, striped or splitkv", s.Strategy)
+		return s, o, invalid("spec.strategy", "%q: want auto, contiguous, zigzag, striped, splitkv or heads", s.Strategy)
 	}
 	switch s.Wire {
 	case "", "f32":

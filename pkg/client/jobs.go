@@ -30,7 +30,7 @@ type JobOptions struct {
 	SeqLens, SeqLensK []int
 	Scale             float64 // 0 means 1/sqrt(D)
 	Block             int     // tokens per block; 0 means DefaultBlock
-	Strategy          string  // "" (auto), contiguous, zigzag, striped, splitkv
+	Strategy          string  // "" (auto), contiguous, zigzag, striped, splitkv, heads
 	BF16Wire          bool    // key/value blocks travel the ring as bfloat16
 	// Precision of the forward pass's products: kernels.PrecisionF32 (the
 	// zero value) or kernels.PrecisionBF16 (scale·Q, K, V and the

@@ -485,7 +485,7 @@ type JobSpec struct {
 	WireDtype WireDType `protobuf:"varint,11,opt,name=wire_dtype,json=wireDtype,proto3,enum=ringattn.v1.WireDType" json:"wire_dtype,omitempty"`
 	// block is the tokens per block; 0 means the default (1024).
 	Block int64 `protobuf:"varint,12,opt,name=block,proto3" json:"block,omitempty"`
-	// strategy: "" (auto), contiguous, zigzag, striped, splitkv.
+	// strategy: "" (auto), contiguous, zigzag, striped, splitkv, heads.
 	Strategy string `protobuf:"bytes,13,opt,name=strategy,proto3" json:"strategy,omitempty"`
 	// parallelism is the maximum number of ranks; 0 means as many as useful.
 	Parallelism int32 `protobuf:"varint,14,opt,name=parallelism,proto3" json:"parallelism,omitempty"`
