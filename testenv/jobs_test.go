@@ -30,6 +30,8 @@ type job struct {
 	ref     attnref.Problem
 	q, k, v []float32
 	block   int
+	// strategy is the job's plan strategy; "" lets the planner choose.
+	strategy string
 	// sample are the query rows checked against the reference; nil
 	// checks every row.
 	sample []int
@@ -194,7 +196,7 @@ func (l *ledger) trySubmit(ctx context.Context, j *job) error {
 	q := tensor.New(j.q, p.B, p.Hq, p.N, p.D)
 	k := tensor.New(j.k, p.B, p.Hkv, p.Nk, p.D)
 	v := tensor.New(j.v, p.B, p.Hkv, p.Nk, p.D)
-	st, err := l.cl.SubmitAttention(ctx, q, k, v, true, client.JobOptions{Causal: p.Mask.Causal, Block: j.block})
+	st, err := l.cl.SubmitAttention(ctx, q, k, v, true, client.JobOptions{Causal: p.Mask.Causal, Block: j.block, Strategy: j.strategy})
 	if err != nil {
 		return err
 	}

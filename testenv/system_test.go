@@ -270,7 +270,11 @@ func natsRestartOnce(ctx context.Context, t *testing.T, c *localcluster.Cluster,
 	t.Helper()
 	base := stepCounts(ctx, c)
 	fallbacksBefore := storeFallbacks(ctx, t, c)
-	id := l.submit(ctx, bigJob(seed, false))
+	// One ring over every worker: the planner could otherwise split the
+	// heads into groups whose rings never cross the late worker's link.
+	j := bigJob(seed, false)
+	j.strategy = "contiguous"
+	id := l.submit(ctx, j)
 	st := waitRunning(ctx, t, l, id)
 	late := c.Worker(st.GetWorkers()[1])
 	px := c.Proxy(late.Name)
