@@ -422,7 +422,7 @@ func (g *Gateway) output(w http.ResponseWriter, r *http.Request) {
 			Message: fmt.Sprintf("%q: job %s has outputs %s", name, id, strings.Join(outputsOf(st), ", "))})
 		return
 	}
-	if mhaGradJob(st.GetSpec()) && name != "y" {
+	if client.IsMHAGradJob(st.GetSpec()) && name != "y" {
 		g.outputMHAGrad(ctx, w, st, name)
 		return
 	}

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"fmt"
 	"slices"
 
 	"github.com/ringattn/ringattn/pkg/client"
@@ -20,34 +19,15 @@ import (
 // outputs; the gateway lists and serves the summed gradients, as
 // client.FetchMHAGrads computes them.
 
-// mhaGradShapes are the gradients of a layer forward+backward job beyond y,
-// in the order they are listed: dx [B,N,d_model], the weights' like the
-// weights, the biases' (when the layer has biases) like the biases.
-func mhaGradShapes(s *pb.JobSpec) (names []string, shapes [][]int) {
-	b, n, dm, hd := int(s.GetB()), int(s.GetN()), int(s.GetDModel()), int(s.GetHq()*s.GetD())
-	names = []string{"dx", "dwq", "dwk", "dwv", "dwo"}
-	shapes = [][]int{{b, n, dm}, {hd, dm}, {hd, dm}, {hd, dm}, {dm, hd}}
-	if s.GetMhaBias() {
-		names = append(names, "dbq", "dbk", "dbv", "dbo")
-		shapes = append(shapes, []int{hd}, []int{hd}, []int{hd}, []int{dm})
-	}
-	return names, shapes
-}
-
-// mhaGradJob reports whether s is a layer forward+backward job.
-func mhaGradJob(s *pb.JobSpec) bool {
-	return s.GetKind() == pb.JobKind_JOB_KIND_MHA && s.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD
-}
-
 // outputsOf is the outputs the gateway serves for a job: the coordinator's
 // list, and for a layer forward+backward job that has outputs y and its
 // gradients.
 func outputsOf(st *pb.JobStatus) []string {
 	outs := st.GetOutputs()
-	if len(outs) == 0 || !mhaGradJob(st.GetSpec()) {
+	if len(outs) == 0 || !client.IsMHAGradJob(st.GetSpec()) {
 		return outs
 	}
-	names, _ := mhaGradShapes(st.GetSpec())
+	names, _ := client.MHAGradShapes(st.GetSpec())
 	return append([]string{"y"}, names...)
 }
 
@@ -99,66 +79,14 @@ func checkMHAShapes(t map[string]*tensor.Tensor, heads int) *Error {
 	return nil
 }
 
-// mhaGrad reads one gradient of a succeeded layer forward+backward job from
-// the store: dx as dxq + dxkv, a weight or bias gradient as the float64 sum
-// of its per-block shares in block order (what client.FetchMHAGrads does).
-// ok is false when name is not one of its gradients.
+// mhaGrad reads one gradient of a succeeded layer forward+backward job
+// from the store, as client.FetchMHAGrads computes it. ok is false when
+// name is not one of its gradients.
 func mhaGrad(ctx context.Context, store *transport.Store, st *pb.JobStatus, name string) (t *tensor.Tensor, ok bool, err error) {
-	s := st.GetSpec()
-	names, shapes := mhaGradShapes(s)
-	i := slices.Index(names, name)
-	if !mhaGradJob(s) || i < 0 {
+	names, _ := client.MHAGradShapes(st.GetSpec())
+	if !client.IsMHAGradJob(st.GetSpec()) || !slices.Contains(names, name) {
 		return nil, false, nil
 	}
-	ref := st.GetOutputRef()
-	if ref == "" {
-		ref = st.GetId()
-	}
-	block := int(s.GetBlock())
-	if block <= 0 {
-		block = client.DefaultBlock
-	}
-	b, n, dm := int(s.GetB()), int(s.GetN()), int(s.GetDModel())
-	xs := transport.Shape{b, 1, n, dm}
-	if name == "dx" {
-		dx, err := store.GetTensor(ctx, ref, "dxq", xs, block)
-		if err != nil {
-			return nil, true, fmt.Errorf("dxq: %w", err)
-		}
-		dxkv, err := store.GetTensor(ctx, ref, "dxkv", xs, block)
-		if err != nil {
-			return nil, true, fmt.Errorf("dxkv: %w", err)
-		}
-		if len(dxkv) != len(dx) {
-			return nil, true, fmt.Errorf("dxkv has %d values, dxq %d", len(dxkv), len(dx))
-		}
-		for j, v := range dxkv {
-			dx[j] += v
-		}
-		t, err = tensor.FromData(dx, shapes[i]...)
-		return t, true, err
-	}
-	size := 1
-	for _, d := range shapes[i] {
-		size *= d
-	}
-	acc := make([]float64, size)
-	for blk := range xs.Blocks(block) {
-		share, err := store.GetBlock(ctx, ref, name, blk)
-		if err != nil {
-			return nil, true, fmt.Errorf("block %d: %w", blk, err)
-		}
-		if len(share) != size {
-			return nil, true, fmt.Errorf("block %d has %d values, want %v = %d", blk, len(share), shapes[i], size)
-		}
-		for j, v := range share {
-			acc[j] += float64(v)
-		}
-	}
-	out := make([]float32, size)
-	for j, v := range acc {
-		out[j] = float32(v)
-	}
-	t, err = tensor.FromData(out, shapes[i]...)
+	t, err = client.ReadMHAGrad(ctx, store, st, name)
 	return t, true, err
 }

@@ -3,6 +3,7 @@ package client
 import (
 	"context"
 	"fmt"
+	"slices"
 
 	"github.com/ringattn/ringattn/pkg/tensor"
 	"github.com/ringattn/ringattn/pkg/transport"
@@ -53,10 +54,10 @@ func (c *Client) FetchMHAGrads(ctx context.Context, st *pb.JobStatus) (*MHAGradR
 		return nil, err
 	}
 	s := st.GetSpec()
-	if s.GetKind() != pb.JobKind_JOB_KIND_MHA || s.GetMode() != pb.JobMode_JOB_MODE_FORWARD_BACKWARD {
+	if !IsMHAGradJob(s) {
 		return nil, fmt.Errorf("%w: job %s is not an mha forward+backward job: no layer gradients", ErrInvalid, st.GetId())
 	}
-	b, n, dm, hd := int(s.GetB()), int(s.GetN()), int(s.GetDModel()), int(s.GetHq()*s.GetD())
+	b, n, dm := int(s.GetB()), int(s.GetN()), int(s.GetDModel())
 	xs := transport.Shape{b, 1, n, dm}
 	res := &MHAGradResult{Status: st}
 	var dxkv *tensor.Tensor
@@ -68,23 +69,10 @@ func (c *Client) FetchMHAGrads(ctx context.Context, st *pb.JobStatus) (*MHAGradR
 	for i, v := range dxkv.Data {
 		res.DX.Data[i] += v
 	}
-	blocks := xs.Blocks(block)
-	sums := []struct {
-		dst   **tensor.Tensor
-		name  string
-		shape []int
-		bias  bool
-	}{
-		{&res.DWq, "dwq", []int{hd, dm}, false}, {&res.DWk, "dwk", []int{hd, dm}, false},
-		{&res.DWv, "dwv", []int{hd, dm}, false}, {&res.DWo, "dwo", []int{dm, hd}, false},
-		{&res.DBq, "dbq", []int{hd}, true}, {&res.DBk, "dbk", []int{hd}, true},
-		{&res.DBv, "dbv", []int{hd}, true}, {&res.DBo, "dbo", []int{dm}, true},
-	}
-	for _, g := range sums {
-		if g.bias && !s.GetMhaBias() {
-			continue
-		}
-		if *g.dst, err = sumBlocks(ctx, store, ref, g.name, blocks, g.shape...); err != nil {
+	names, shapes := MHAGradShapes(s)
+	dsts := []**tensor.Tensor{&res.DX, &res.DWq, &res.DWk, &res.DWv, &res.DWo, &res.DBq, &res.DBk, &res.DBv, &res.DBo}
+	for i := 1; i < len(names); i++ { // names[0] is dx, summed above
+		if *dsts[i], err = sumBlocks(ctx, store, ref, names[i], xs.Blocks(block), shapes[i]...); err != nil {
 			return nil, err
 		}
 	}
@@ -116,6 +104,68 @@ func sumBlocks(ctx context.Context, store *transport.Store, ref, name string, co
 		out[i] = float32(v)
 	}
 	return tensor.FromData(out, shape...)
+}
+
+// MHAGradShapes names the gradients of a layer forward+backward job with
+// spec s beyond y, in the order they are listed, with their shapes: dx
+// [B,N,d_model], dwq, dwk, dwv [H·D,d_model], dwo [d_model,H·D] and, when
+// the layer has biases, dbq, dbk, dbv [H·D] and dbo [d_model].
+func MHAGradShapes(s *pb.JobSpec) (names []string, shapes [][]int) {
+	b, n, dm, hd := int(s.GetB()), int(s.GetN()), int(s.GetDModel()), int(s.GetHq()*s.GetD())
+	names = []string{"dx", "dwq", "dwk", "dwv", "dwo"}
+	shapes = [][]int{{b, n, dm}, {hd, dm}, {hd, dm}, {hd, dm}, {dm, hd}}
+	if s.GetMhaBias() {
+		names = append(names, "dbq", "dbk", "dbv", "dbo")
+		shapes = append(shapes, []int{hd}, []int{hd}, []int{hd}, []int{dm})
+	}
+	return names, shapes
+}
+
+// IsMHAGradJob reports whether s is a layer forward+backward job, one whose
+// outputs include the gradients MHAGradShapes lists.
+func IsMHAGradJob(s *pb.JobSpec) bool {
+	return s.GetKind() == pb.JobKind_JOB_KIND_MHA && s.GetMode() == pb.JobMode_JOB_MODE_FORWARD_BACKWARD
+}
+
+// ReadMHAGrad reads one gradient (a name MHAGradShapes lists) of the
+// succeeded layer forward+backward job st from store, computed as
+// FetchMHAGrads does: dx as dxq + dxkv, a weight or bias gradient as the
+// float64 sum of its per-block shares in block order. It is FetchMHAGrads
+// for one tensor, for servers that hold a store (the HTTP gateway).
+func ReadMHAGrad(ctx context.Context, store *transport.Store, st *pb.JobStatus, name string) (*tensor.Tensor, error) {
+	s := st.GetSpec()
+	names, shapes := MHAGradShapes(s)
+	i := slices.Index(names, name)
+	if !IsMHAGradJob(s) || i < 0 {
+		return nil, fmt.Errorf("%w: job %s has no layer gradient %q", ErrInvalid, st.GetId(), name)
+	}
+	ref := st.GetOutputRef()
+	if ref == "" {
+		ref = st.GetId()
+	}
+	block := int(s.GetBlock())
+	if block <= 0 {
+		block = DefaultBlock
+	}
+	xs := transport.Shape{int(s.GetB()), 1, int(s.GetN()), int(s.GetDModel())}
+	if name != "dx" {
+		return sumBlocks(ctx, store, ref, name, xs.Blocks(block), shapes[i]...)
+	}
+	dx, err := store.GetTensor(ctx, ref, tensorDXQ, xs, block)
+	if err != nil {
+		return nil, fmt.Errorf("client: fetching %s: %w", tensorDXQ, err)
+	}
+	dxkv, err := store.GetTensor(ctx, ref, tensorDXKV, xs, block)
+	if err != nil {
+		return nil, fmt.Errorf("client: fetching %s: %w", tensorDXKV, err)
+	}
+	if len(dxkv) != len(dx) {
+		return nil, fmt.Errorf("client: %s has %d values, %s %d", tensorDXKV, len(dxkv), tensorDXQ, len(dx))
+	}
+	for j, v := range dxkv {
+		dx[j] += v
+	}
+	return tensor.FromData(dx, shapes[i]...)
 }
 
 // MHABackward runs a layer's forward and backward on the cluster: it
