@@ -21,10 +21,12 @@ import (
 // rows ldc bytes apart. The products are exact; the sums are float32
 // (round to nearest even), denormal inputs count as zero and denormal
 // results flush to zero. mt, nt, kt >= 1; the caller checks the bounds.
-// It configures the tiles, and releases them, within the call.
+// It configures the tiles, and releases them, within the call. Each of
+// its mt·nt·kt steps prefetches (PREFETCHT1) the next KiB of [pf, pf+pfn)
+// (a hint; pfn may be 0): the caller points it at what it reads next.
 //
 //go:noescape
-func amxGemm(a *uint16, lda int, b *uint32, ldb int, c *float32, ldc int, mt, nt, kt int, acc bool)
+func amxGemm(a *uint16, lda int, b *uint32, ldb int, c *float32, ldc int, mt, nt, kt int, acc bool, pf *byte, pfn int)
 
 // packPairsBF16 rounds the float32 rows of s (lds bytes apart) to
 // bfloat16 (VCVTNE2PS2BF16: ties to even, denormals to zero) and

@@ -64,8 +64,13 @@ DATA amxcfg<>+48(SB)/8, $0x1010101010101010
 DATA amxcfg<>+56(SB)/8, $0
 GLOBL amxcfg<>(SB), RODATA|NOPTR, $64
 
-// func amxGemm(a *uint16, lda int, b *uint32, ldb int, c *float32, ldc int, mt int, nt int, kt int, acc bool)
-TEXT ·amxGemm(SB), NOSPLIT, $8-73
+// func amxGemm(a *uint16, lda int, b *uint32, ldb int, c *float32, ldc int, mt int, nt int, kt int, acc bool, pf *byte, pfn int)
+//
+// Loops: 32 rows of A and C (mt), 32 columns of B and C (nt), 32 steps
+// of k (kt): C0..C3 += A0·B0, A0·B1, A1·B0, A1·B1. Each k step also
+// prefetches (PREFETCHT1) the next KiB of [pf, pf+pfn), a region the
+// caller reads next.
+TEXT ·amxGemm(SB), NOSPLIT, $24-96
 	LEAQ amxcfg<>(SB), AX
 	LDTILECFG_AX
 	MOVQ a+0(FP), SI
@@ -73,13 +78,18 @@ TEXT ·amxGemm(SB), NOSPLIT, $8-73
 	MOVQ ldb+24(FP), R12
 	MOVQ c+32(FP), CX
 	MOVQ ldc+40(FP), DX
+	MOVQ pf+80(FP), R13
+	MOVQ pfn+88(FP), AX
+	ADDQ R13, AX
+	MOVQ AX, pfe-24(SP)
 	MOVQ mt+48(FP), AX
 	MOVQ AX, mc-8(SP)
 
 mloop:
 	MOVQ b+16(FP), DI
 	MOVQ CX, BX
-	MOVQ nt+56(FP), R13
+	MOVQ nt+56(FP), AX
+	MOVQ AX, nc-16(SP)
 
 nloop:
 	MOVQ DX, R10
@@ -116,6 +126,27 @@ kloop:
 	TDP_C1
 	TDP_C2
 	TDP_C3
+	CMPQ R13, pfe-24(SP)
+	JAE  nopf
+	PREFETCHT1 (R13)
+	PREFETCHT1 64(R13)
+	PREFETCHT1 128(R13)
+	PREFETCHT1 192(R13)
+	PREFETCHT1 256(R13)
+	PREFETCHT1 320(R13)
+	PREFETCHT1 384(R13)
+	PREFETCHT1 448(R13)
+	PREFETCHT1 512(R13)
+	PREFETCHT1 576(R13)
+	PREFETCHT1 640(R13)
+	PREFETCHT1 704(R13)
+	PREFETCHT1 768(R13)
+	PREFETCHT1 832(R13)
+	PREFETCHT1 896(R13)
+	PREFETCHT1 960(R13)
+	ADDQ $1024, R13
+
+nopf:
 	ADDQ $64, R8
 	ADDQ $64, R10
 	LEAQ (R11)(R12*8), R11
@@ -132,7 +163,7 @@ kloop:
 	STORE_C3
 	ADDQ $128, DI
 	ADDQ $128, BX
-	DECQ R13
+	DECQ nc-16(SP)
 	JNZ  nloop
 
 	// next 32 rows of A and C

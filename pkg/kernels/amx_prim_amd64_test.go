@@ -46,7 +46,7 @@ func TestAMXGemm(t *testing.T) {
 			}
 			c := r.Slice(m*ldc, testrand.Normal)
 			c0 := append([]float32(nil), c...)
-			amxGemm(&a[0], 2*lda, &b32[0], 4*ldb, &c[0], 4*ldc, mt, nt, kt, acc)
+			amxGemm(&a[0], 2*lda, &b32[0], 4*ldb, &c[0], 4*ldc, mt, nt, kt, acc, nil, 0)
 			for i := 0; i < m; i++ {
 				for j := 0; j < ldc; j++ {
 					if j >= n {
@@ -137,7 +137,7 @@ func BenchmarkAMXGemm(b *testing.B) {
 		c := make([]float32, m*n)
 		b.Run(testName(sh), func(b *testing.B) {
 			for i := 0; i < b.N; i++ {
-				amxGemm(&a[0], 2*k, &bb[0], 4*n, &c[0], 4*n, mt, nt, kt, true)
+				amxGemm(&a[0], 2*k, &bb[0], 4*n, &c[0], 4*n, mt, nt, kt, true, nil, 0)
 			}
 			b.ReportMetric(2*float64(m*n*k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})

@@ -5,6 +5,7 @@ package kernels
 import (
 	"context"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Tile sizes of the AMX forward pass.
@@ -147,7 +148,10 @@ func (s *State) foldAMX(ctx context.Context, p *Params, q []float32, qStart, qSt
 				touched = true
 				st := as.s[:cp*rp]
 				_ = kp[(c0+cp)*dp-1] // the rows amxGemm reads
-				amxGemm(&kp[c0*dp], 2*dp, &qp[0], 4*rp, &st[0], 4*rp, cp/32, rp/32, dp/32, false)
+				// Meanwhile, prefetch this tile's Vᵀ into L2; during P·V,
+				// the next tile's K.
+				vc := vt[c0*dp : (c0+bc)*dp] // Vᵀ of this tile, rows bc apart
+				amxGemm(&kp[c0*dp], 2*dp, &qp[0], 4*rp, &st[0], 4*rp, cp/32, rp/32, dp/32, false, u16Bytes(vc), 2*len(vc))
 				if class == tilePartial {
 					base := int32(blk.Start + c0)
 					for j := 0; j < cols; j++ {
@@ -169,8 +173,8 @@ func (s *State) foldAMX(ctx context.Context, p *Params, q []float32, qStart, qSt
 				if !allOnes(alpha) {
 					scaleColsAvx512(&oT[0], 4*rp, dp, rp, &alpha[0])
 				}
-				vc := vt[c0*dp : (c0+bc)*dp] // Vᵀ of this tile, rows bc apart
-				amxGemm(&vc[0], 2*bc, &pp[0], 4*rp, &oT[0], 4*rp, dp/32, rp/32, cp/32, true)
+				kNext := kp[min(c0+bc, pk.nkp)*dp : min(c0+2*bc, pk.nkp)*dp]
+				amxGemm(&vc[0], 2*bc, &pp[0], 4*rp, &oT[0], 4*rp, dp/32, rp/32, cp/32, true, u16Bytes(kNext), 2*len(kNext))
 			}
 		}
 		if !touched {
@@ -189,6 +193,14 @@ func (s *State) foldAMX(ctx context.Context, p *Params, q []float32, qStart, qSt
 		return ctx.Err()
 	}
 	return nil
+}
+
+// u16Bytes points at x's first byte, or is nil when x is empty.
+func u16Bytes(x []uint16) *byte {
+	if len(x) == 0 {
+		return nil
+	}
+	return (*byte)(unsafe.Pointer(&x[0]))
 }
 
 func allOnes(x []float32) bool {
