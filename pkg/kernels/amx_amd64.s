@@ -228,30 +228,38 @@ jloop:
 	RET
 
 // func scaleColsAvx512(o *float32, ldo int, rows int, n int, alpha *float32)
+//
+// A group of 16 columns at a time, down the rows; groups whose alpha is
+// all ones (the running maxima did not move) are skipped.
 TEXT ·scaleColsAvx512(SB), NOSPLIT, $0-40
-	MOVQ o+0(FP), SI
-	MOVQ ldo+8(FP), R9
-	MOVQ rows+16(FP), CX
-	MOVQ n+24(FP), DX
-	SHRQ $4, DX
-	MOVQ alpha+32(FP), DI
-
-srow:
-	MOVQ SI, R8
-	MOVQ DI, R11
-	MOVQ DX, BX
+	MOVQ         o+0(FP), SI
+	MOVQ         ldo+8(FP), R9
+	MOVQ         n+24(FP), DX
+	SHRQ         $4, DX
+	MOVQ         alpha+32(FP), DI
+	MOVL         $0x3f800000, AX
+	VPBROADCASTD AX, Z2
 
 scol:
-	VMOVUPS (R8), Z0
-	VMULPS  (R11), Z0, Z0
+	VMOVUPS  (DI), Z1
+	VCMPPS   $0, Z2, Z1, K1
+	KORTESTW K1, K1
+	JCS      snext
+	MOVQ     SI, R8
+	MOVQ     rows+16(FP), CX
+
+srow:
+	VMULPS  (R8), Z1, Z0
 	VMOVUPS Z0, (R8)
-	ADDQ    $64, R8
-	ADDQ    $64, R11
-	DECQ    BX
-	JNZ     scol
-	ADDQ    R9, SI
+	ADDQ    R9, R8
 	DECQ    CX
 	JNZ     srow
+
+snext:
+	ADDQ $64, SI
+	ADDQ $64, DI
+	DECQ DX
+	JNZ  scol
 	VZEROUPPER
 	RET
 
