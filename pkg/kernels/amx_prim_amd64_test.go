@@ -134,7 +134,7 @@ func TestAMXScaleCols(t *testing.T) {
 // operands): GFLOP/s of one core.
 func BenchmarkAMXGemm(b *testing.B) {
 	needAMX(b)
-	for _, sh := range [][3]int{{4, 2, 4}, {1, 1, 1}, {4, 4, 4}, {8, 2, 8}} {
+	for _, sh := range [][3]int{{4, 2, 4}, {1, 1, 1}, {2, 2, 4}, {4, 2, 2}, {4, 1, 4}, {4, 4, 4}, {8, 2, 4}} {
 		mt, nt, kt := sh[0], sh[1], sh[2]
 		m, n, k := 32*mt, 32*nt, 32*kt
 		a := make([]uint16, m*k)
