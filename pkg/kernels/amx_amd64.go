@@ -70,25 +70,25 @@ func registerAMX() {
 // the rounding of the float32 kernels.
 func bf16Bits(x float32) uint16 { return uint16(math.Float32bits(bf16(x)) >> 16) }
 
-// amxKV is one block's keys and values, every key/value head, in bfloat16
-// as the AMX products read them; packed once per FoldBlocks call and shared
-// by all the query tiles. Vᵀ is stored a tile of amxBC keys at a time, so
+// amxKV is one block's keys and values, a group of key/value heads, in
+// bfloat16 as the AMX products read them; packed once per FoldBlocks call
+// and shared by all the query tiles. Vᵀ is stored a tile of amxBC keys at a time, so
 // that the rows of a tile are 2·amxBC bytes apart (not the whole block's
 // length, whose power-of-two strides would crowd the tile into a few L1
 // sets).
 type amxKV struct {
 	nkp int      // keys rounded up to amxBC
-	k   []uint16 // [B·Hkv][nkp][dp]: bf16(k), zero-padded
-	vt  []uint16 // [B·Hkv][nkp/amxBC][dp][amxBC]: bf16(v)ᵀ, zero-padded
+	k   []uint16 // [heads][nkp][dp]: bf16(k), zero-padded
+	vt  []uint16 // [heads][nkp/amxBC][dp][amxBC]: bf16(v)ᵀ, zero-padded
 }
 
-// pack fills head h of the packed block from blk (D = d, dp = d rounded
-// up to 32).
-func (pk *amxKV) pack(blk *KV, h, d, dp int) {
+// pack fills head slot of the packed block with head h of blk (D = d,
+// dp = d rounded up to 32).
+func (pk *amxKV) pack(blk *KV, h, slot, d, dp int) {
 	n, nkp := blk.N, pk.nkp
 	off := h * blk.stride() * d
 	kb, vb := blk.K[off:off+n*d], blk.V[off:off+n*d]
-	kp := pk.k[h*nkp*dp : (h+1)*nkp*dp]
+	kp := pk.k[slot*nkp*dp : (slot+1)*nkp*dp]
 	for j := 0; j < nkp; j++ {
 		row := kp[j*dp : (j+1)*dp]
 		if j >= n {
@@ -102,7 +102,7 @@ func (pk *amxKV) pack(blk *KV, h, d, dp int) {
 	}
 	const bc = amxBC
 	for c0 := 0; c0 < nkp; c0 += bc {
-		vt := pk.vt[(h*nkp+c0)*dp : (h*nkp+c0+bc)*dp]
+		vt := pk.vt[(slot*nkp+c0)*dp : (slot*nkp+c0+bc)*dp]
 		cols := max(0, min(bc, n-c0))
 		for j := 0; j < cols; j++ {
 			for t, x := range vb[(c0+j)*d : (c0+j+1)*d] {

@@ -152,3 +152,40 @@ func BenchmarkAMXGemm(b *testing.B) {
 func testName(sh [3]int) string {
 	return fmt.Sprintf("m%dn%dk%d", 32*sh[0], 32*sh[1], 32*sh[2])
 }
+
+// TestAMXPackGroups: packing the key/value heads a group at a time
+// (amxPackBytes small: one head per group) gives the same bits as all at
+// once, with GQA, two blocks and a mask.
+func TestAMXPackGroups(t *testing.T) {
+	needAMX(t)
+	defer func(prev *impl) { active = prev }(active)
+	active = amxImpl
+	p := &Params{Shape: Shape{B: 2, Hq: 6, Hkv: 3, D: 40}, N: 150, Nk: 300,
+		Mask: Mask{Causal: true}, Precision: PrecisionBF16}
+	r := testrand.New(4)
+	q := r.Slice(2*6*150*40, testrand.Normal)
+	k := r.Slice(2*3*300*40, testrand.Normal)
+	v := r.Slice(2*3*300*40, testrand.Normal)
+	blocks := []KV{{K: k, V: v, Start: 0, N: 170, Stride: 300}, {K: k[170*40:], V: v[170*40:], Start: 170, N: 130, Stride: 300}}
+	run := func() *State {
+		s := NewState(2, 6, 150, 40)
+		if err := s.FoldBlocks(t.Context(), p, q, 0, 0, blocks); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	one := run()
+	defer func(prev int) { amxPackBytes = prev }(amxPackBytes)
+	amxPackBytes = 1
+	groups := run()
+	for i := range one.O {
+		if math.Float32bits(one.O[i]) != math.Float32bits(groups.O[i]) {
+			t.Fatalf("O[%d]: %g packed at once, %g a head at a time", i, one.O[i], groups.O[i])
+		}
+	}
+	for i := range one.L {
+		if one.L[i] != groups.L[i] || one.M[i] != groups.M[i] {
+			t.Fatalf("row %d: M, L = %g, %g at once; %g, %g a head at a time", i, one.M[i], one.L[i], groups.M[i], groups.L[i])
+		}
+	}
+}

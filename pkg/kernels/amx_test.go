@@ -1,6 +1,8 @@
 package kernels_test
 
 import (
+	"context"
+	"errors"
 	"slices"
 	"testing"
 
@@ -125,5 +127,20 @@ func TestKernelAMXAccuracy(t *testing.T) {
 	restore()
 	if maxDiff32(o, fo) == 0 {
 		t.Fatal("amx and avx512 bf16 outputs are bit-identical: did the AMX path run?")
+	}
+}
+
+// TestKernelAMXCanceled: a canceled bf16 fold on AMX stops and says so.
+func TestKernelAMXCanceled(t *testing.T) {
+	useAMX(t)
+	p := problem{b: 1, hq: 2, hkv: 1, n: 100, nk: 100, d: 32}
+	prm := p.params()
+	prm.Precision = kernels.PrecisionBF16
+	q, k, v := p.inputs(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	s := kernels.NewState(1, 2, 100, 32)
+	if err := s.FoldBlocks(ctx, prm, q, 0, 0, []kernels.KV{{K: k, V: v, N: 100}}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("FoldBlocks with a canceled context: err = %v, expected context.Canceled", err)
 	}
 }
