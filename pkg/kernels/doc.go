@@ -57,7 +57,8 @@
 // float32 accumulators over pairs of bfloat16 (amx_amd64.s, hand-encoded;
 // every call configures and releases the tiles, so no tile state meets Go
 // code). FoldBlocks then rounds and packs K and Vᵀ once per call for every
-// key/value head (shared by all query tiles; Vᵀ a tile of keys at a time),
+// key/value head (shared by all query tiles; Vᵀ a tile of keys at a time;
+// heads a group at a time, at most 256 MiB of bfloat16 copies),
 // Q once per query tile, and for each tile of keys:
 //
 //	Sᵀ = bf16(K)·bf16(scale·Q)ᵀ              amxGemm (prefetches V's tile)

@@ -27,8 +27,9 @@ var amxPackBytes = 256 << 20
 //	online softmax down the columns    softmaxCols (AVX-512): M, L of float32 P
 //	Oᵀ = diag(alpha)·Oᵀ + bf16(V)ᵀ·bf16(P)ᵀ   scaleCols, packPairsBF16, amxGemm
 //
-// K and Vᵀ are rounded and packed once per call for every key/value head
-// (amxKV) and shared by the query tiles; each unit packs its Q as pairs.
+// K and Vᵀ are rounded and packed once per call (amxKV), a group of
+// key/value heads at a time, and shared by the query tiles of those
+// heads; each unit (foldAMXUnit) packs its Q as pairs.
 // Oᵀ is the unit's float32 accumulator, transposed from and back to the
 // state once per unit. Tiles start at each block's first key, so the
 // result of several blocks is bit-identical to one call per block.
