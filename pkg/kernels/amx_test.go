@@ -64,8 +64,8 @@ func checkAMX(t *testing.T, p problem, seed uint64, errs *amxErrs) {
 }
 
 // TestKernelAMXTileEdges runs the AMX path at and around the edges of its
-// tiles: query rows and keys around 16 and 32 (AMX tiles), 64 (query
-// rows per unit) and 128 (keys per tile), head dimensions that are and
+// tiles: query rows and keys around 16 and 32 (AMX tiles), 64, 128 (keys
+// per tile) and 192 (query rows per unit), head dimensions that are and
 // are not multiples of 32 (zero padding) up to the limit, every mask on
 // some, GQA and cross-attention.
 func TestKernelAMXTileEdges(t *testing.T) {
@@ -89,7 +89,7 @@ func TestKernelAMXTileEdges(t *testing.T) {
 		}
 	}
 	for _, d := range []int{1, 31, 32, 33, 64, 128, 255, kernels.MaxHeadDim} {
-		for _, nn := range [][2]int{{1, 1}, {17, 33}, {65, 129}, {130, 300}} {
+		for _, nn := range [][2]int{{1, 1}, {17, 33}, {65, 129}, {193, 300}, {385, 130}} {
 			for _, m := range []kernels.Mask{{}, {Causal: true}} {
 				i++
 				checkAMX(t, problem{b: 1, hq: 2, hkv: 1, n: nn[0], nk: nn[1], d: d, mask: m}, uint64(i), &errs)

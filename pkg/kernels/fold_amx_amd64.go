@@ -10,7 +10,7 @@ import (
 
 // Tile sizes of the AMX forward pass.
 const (
-	amxBR = 64  // query rows per work unit
+	amxBR = 192 // query rows per work unit
 	amxBC = 128 // keys per tile
 )
 
