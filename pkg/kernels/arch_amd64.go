@@ -51,6 +51,7 @@ func registerArch() {
 		archPeak = peakLoop{fmaPeakAvx512, 2 * 16 * 24, "avx512"}
 		if x.HasAVX512BF16 {
 			archBF16Peak = &peakLoop{dpbf16PeakAvx512, 4 * 16 * 24, "avx512bf16"}
+			registerAMX()
 		}
 	}
 }

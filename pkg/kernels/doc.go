@@ -49,20 +49,46 @@
 // are exact in float32, and everything else (the sums, M, L, the state,
 // the output, the LSE) stays float32. Rounding is idempotent, so inputs
 // that arrive as bfloat16 and are widened give bit-identical results
-// (when scale is a power of two, also for Q). This is what AVX512_BF16's
-// VDPBF16PS computes, up to the order of the sums and its flushing of
-// denormals, but it runs on the float32 FMA kernels, on every CPU and in
-// the generic code alike: on the Xeon (AMX, AVX512_BF16) this was built
-// on, VDPBF16PS zmm retires one per two cycles against two FMAs per cycle,
-// so its peak is half the FMA's (BenchmarkKernelPeak reports both, see
-// PeakBF16GFLOPS) and a VDPBF16PS kernel would run at about half the
-// float32 speed. The rounding costs a few percent of the float32 time.
-// Speed from bfloat16 on such CPUs needs AMX (TDPBF16PS).
+// (when scale is a power of two, also for Q).
+//
+// Where the CPU has AMX-BF16 and AVX512_BF16 and Linux grants the tile
+// data (arch_prctl ARCH_REQ_XCOMP_PERM), the "amx" implementation (the
+// default there) runs both products on AMX tiles, TDPBF16PS, 16×16
+// float32 accumulators over pairs of bfloat16 (amx_amd64.s, hand-encoded;
+// every call configures and releases the tiles, so no tile state meets Go
+// code). FoldBlocks then rounds and packs K and Vᵀ once per call for every
+// key/value head (shared by all query tiles; Vᵀ a tile of keys at a time;
+// heads a group at a time, at most 256 MiB of bfloat16 copies),
+// Q once per query tile, and for each tile of keys:
+//
+//	Sᵀ = bf16(K)·bf16(scale·Q)ᵀ              amxGemm (prefetches V's tile)
+//	mask the partial tiles with -inf         as above
+//	online softmax down the columns          softmaxCols (AVX-512, float32)
+//	Pᵀ in bfloat16 pairs                     packPairsBF16 (VCVTNE2PS2BF16)
+//	Oᵀ = diag(alpha)·Oᵀ + bf16(V)ᵀ·bf16(P)ᵀ  scaleCols, amxGemm (prefetches the next K)
+//
+// with Oᵀ the query tile's float32 accumulator (transposed from and back
+// to the state once per tile). L sums the float32 P, as on every other
+// path; only the product sees bf16(P). It differs from the FMA path
+// below in the order of the float32 sums and in AMX's treatment of
+// denormals (inputs as zero, results flushed), which moves results by
+// far less than the bound; on the Xeon it was built on it runs at 2-3×
+// the float32 kernel (N=16384, D=128, H=8). Elsewhere (and with
+// RINGATTN_KERNEL naming another implementation) PrecisionBF16 runs on
+// the float32 FMA kernels, on every CPU and in the generic code alike:
+// it is what AVX512_BF16's VDPBF16PS computes, up to the order of the
+// sums and its flushing of denormals, but VDPBF16PS zmm retires one per
+// two cycles against two FMAs per cycle on that Xeon, so its peak is
+// half the FMA's (BenchmarkKernelPeak reports both, see PeakBF16GFLOPS)
+// and a VDPBF16PS kernel would run at about half the float32 speed. The
+// rounding costs a few percent of the float32 time.
 //
 // Error against a float64 computation on the float32 inputs, unit-normal
 // q, k, v, measured over D in {16, 128, 256}, N in {64, 700}, causal and
 // not: at most 0.53·2⁻⁸·max|v| on the output (0.009) and 0.0066 on the
-// LSE, against 1e-4 for float32; 2⁻⁸ is bfloat16's unit roundoff (8
+// LSE, against 1e-4 for float32 (AMX, N in {700, 1500}: 0.43·2⁻⁸·max|v|
+// and 0.0006; at the tile edges, rows seeing few keys: 2⁻⁸·max|v| and
+// 0.0063); 2⁻⁸ is bfloat16's unit roundoff (8
 // significant bits). The tests assert 2⁻⁷·max|v| and 2⁻⁶ (times
 // max(1, |LSE|)) on every mask, ragged lengths and odd head dimensions.
 // The error is largest on rows that see few keys (a row seeing one key
@@ -89,6 +115,8 @@
 //   - "avx2": AVX2+FMA assembly, 6×16 register tile (12 ymm accumulators).
 //   - "avx512": AVX-512 assembly (F, BW, DQ, VL), 6×64 register tile
 //     (24 zmm accumulators); exp scales with VSCALEFPS.
+//   - "amx": "avx512", plus the bfloat16 forward pass on AMX tiles (see
+//     Precision); registered, as the default, only where AMX runs.
 //
 // The assembly is generated with avo from ./_asm (its own go.mod) into
 // kernels_amd64.s and stubs_amd64.go, whose doc comments give every

@@ -57,8 +57,9 @@ const (
 	// bfloat16 values are exact in float32, and the accumulation, the
 	// softmax statistics (M, L), the state and the output stay float32.
 	// It is what AVX512_BF16's VDPBF16PS computes (up to the order of the
-	// sums and its flushing of denormals), run on the float32 FMA kernels
-	// of every implementation, so every CPU supports it. See the package
+	// sums and its flushing of denormals): on AMX tiles where the CPU has
+	// them (implementation "amx"), else on the float32 FMA kernels of
+	// every implementation, so every CPU supports it. See the package
 	// documentation for the error bound.
 	PrecisionBF16
 )

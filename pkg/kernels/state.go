@@ -108,6 +108,9 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 		return nil
 	}
 	im := active
+	if im == amxImpl && p.Precision == PrecisionBF16 {
+		return s.foldAMX(ctx, p, q, qStart, qStride, blocks)
+	}
 	mi := newMaskInfo(p)
 	br, bc, nr := im.br, im.bc, im.nr
 	qTiles := (s.Rows + br - 1) / br
