@@ -95,7 +95,10 @@
 // kernel's reference loop; it builds with `!noasm && gc` on amd64. exp is a
 // Cephes-style polynomial after range reduction, within 1 ulp of the
 // correctly rounded result over the float32 range (tested), 0 for -inf and
-// x < -104, +inf above 89, NaN for NaN. The best implementation the CPU
+// x < -104, +inf above 89, NaN for NaN. The forward's online softmax
+// (softmaxCols) uses a cheaper exp of its arguments x <= 0: one constant in
+// the range reduction and a degree-5 polynomial, within 6 ulp for results
+// above 1e-30 (10 instructions against 15). The best implementation the CPU
 // supports (golang.org/x/sys/cpu) is picked at init; the environment variable
 // RINGATTN_KERNEL=generic (or avx2, avx512) at start-up picks another, and
 // Use switches in tests and benchmarks; Impls lists what this CPU has.
