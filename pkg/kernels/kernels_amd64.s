@@ -256,6 +256,24 @@ DATA expLn2<>+56(SB)/4, $0x3f317218
 DATA expLn2<>+60(SB)/4, $0x3f317218
 GLOBL expLn2<>(SB), RODATA|NOPTR, $64
 
+DATA expLoFast<>+0(SB)/4, $0xc2ae0000
+DATA expLoFast<>+4(SB)/4, $0xc2ae0000
+DATA expLoFast<>+8(SB)/4, $0xc2ae0000
+DATA expLoFast<>+12(SB)/4, $0xc2ae0000
+DATA expLoFast<>+16(SB)/4, $0xc2ae0000
+DATA expLoFast<>+20(SB)/4, $0xc2ae0000
+DATA expLoFast<>+24(SB)/4, $0xc2ae0000
+DATA expLoFast<>+28(SB)/4, $0xc2ae0000
+DATA expLoFast<>+32(SB)/4, $0xc2ae0000
+DATA expLoFast<>+36(SB)/4, $0xc2ae0000
+DATA expLoFast<>+40(SB)/4, $0xc2ae0000
+DATA expLoFast<>+44(SB)/4, $0xc2ae0000
+DATA expLoFast<>+48(SB)/4, $0xc2ae0000
+DATA expLoFast<>+52(SB)/4, $0xc2ae0000
+DATA expLoFast<>+56(SB)/4, $0xc2ae0000
+DATA expLoFast<>+60(SB)/4, $0xc2ae0000
+GLOBL expLoFast<>(SB), RODATA|NOPTR, $64
+
 DATA expQ0<>+0(SB)/4, $0x3c08313d
 DATA expQ0<>+4(SB)/4, $0x3c08313d
 DATA expQ0<>+8(SB)/4, $0x3c08313d
@@ -3110,7 +3128,7 @@ TEXT ·softmaxColsAvx512(SB), NOSPLIT, $0-112
 	MOVQ    l_base+64(FP), BX
 	MOVQ    alpha_base+88(FP), SI
 	MOVQ    m_len+48(FP), DI
-	VMOVUPS expLo<>+0(SB), Z0
+	VMOVUPS expLoFast<>+0(SB), Z0
 	VMOVUPS expLog2e<>+0(SB), Z1
 	VMOVUPS expMagic<>+0(SB), Z2
 	VMOVUPS expLn2<>+0(SB), Z3
@@ -3150,6 +3168,7 @@ softmaxColsAvx512_maxdone:
 	VMOVUPS      negMaxF32<>+0(SB), Z11
 	VMAXPS       Z10, Z11, Z11
 	VSUBPS       Z11, Z9, Z9
+	VCMPPS       $0x05, Z0, Z9, K1
 	VMAXPS       Z9, Z0, Z9
 	VMOVUPS      Z2, Z10
 	VFMADD231PS  Z1, Z9, Z10
@@ -3161,7 +3180,7 @@ softmaxColsAvx512_maxdone:
 	VFMADD213PS  Z8, Z9, Z12
 	VFMADD213PS  Z4, Z9, Z12
 	VFMADD213PS  Z4, Z9, Z12
-	VSCALEFPS    Z10, Z12, Z9
+	VSCALEFPS.Z  Z10, Z12, K1, Z9
 	VMOVUPS      Z9, (SI)
 	VXORPS       Z9, Z9, Z9
 	VXORPS       Z10, Z10, Z10
@@ -3175,6 +3194,7 @@ softmaxColsAvx512_exp2:
 	VMOVUPS      (R9)(CX*1), Z13
 	VSUBPS       Z11, Z12, Z12
 	VSUBPS       Z11, Z13, Z13
+	VCMPPS       $0x05, Z0, Z12, K1
 	VMAXPS       Z12, Z0, Z12
 	VMOVUPS      Z2, Z14
 	VFMADD231PS  Z1, Z12, Z14
@@ -3186,7 +3206,8 @@ softmaxColsAvx512_exp2:
 	VFMADD213PS  Z8, Z12, Z15
 	VFMADD213PS  Z4, Z12, Z15
 	VFMADD213PS  Z4, Z12, Z15
-	VSCALEFPS    Z14, Z15, Z12
+	VSCALEFPS.Z  Z14, Z15, K1, Z12
+	VCMPPS       $0x05, Z0, Z13, K1
 	VMAXPS       Z13, Z0, Z13
 	VMOVUPS      Z2, Z14
 	VFMADD231PS  Z1, Z13, Z14
@@ -3198,7 +3219,7 @@ softmaxColsAvx512_exp2:
 	VFMADD213PS  Z8, Z13, Z15
 	VFMADD213PS  Z4, Z13, Z15
 	VFMADD213PS  Z4, Z13, Z15
-	VSCALEFPS    Z14, Z15, Z13
+	VSCALEFPS.Z  Z14, Z15, K1, Z13
 	VMOVUPS      Z12, (R9)
 	VMOVUPS      Z13, (R9)(CX*1)
 	VADDPS       Z12, Z9, Z9
@@ -3212,6 +3233,7 @@ softmaxColsAvx512_exp1:
 	JEQ          softmaxColsAvx512_expdone
 	VMOVUPS      (R9), Z12
 	VSUBPS       Z11, Z12, Z12
+	VCMPPS       $0x05, Z0, Z12, K1
 	VMAXPS       Z12, Z0, Z12
 	VMOVUPS      Z2, Z11
 	VFMADD231PS  Z1, Z12, Z11
@@ -3223,7 +3245,7 @@ softmaxColsAvx512_exp1:
 	VFMADD213PS  Z8, Z12, Z13
 	VFMADD213PS  Z4, Z12, Z13
 	VFMADD213PS  Z4, Z12, Z13
-	VSCALEFPS    Z11, Z13, Z12
+	VSCALEFPS.Z  Z11, Z13, K1, Z12
 	VMOVUPS      Z12, (R9)
 	VADDPS       Z12, Z9, Z9
 
@@ -4589,7 +4611,7 @@ TEXT ·softmaxColsPreAvx512(SB), NOSPLIT, $0-136
 	MOVQ    l_base+64(FP), SI
 	MOVQ    alpha_base+88(FP), DI
 	MOVQ    m_len+48(FP), R8
-	VMOVUPS expLo<>+0(SB), Z0
+	VMOVUPS expLoFast<>+0(SB), Z0
 	VMOVUPS expLog2e<>+0(SB), Z1
 	VMOVUPS expMagic<>+0(SB), Z2
 	VMOVUPS expLn2<>+0(SB), Z3
@@ -4634,6 +4656,7 @@ softmaxColsPreAvx512_maxstore:
 	VMOVUPS      negMaxF32<>+0(SB), Z11
 	VMAXPS       Z10, Z11, Z11
 	VSUBPS       Z11, Z9, Z9
+	VCMPPS       $0x05, Z0, Z9, K1
 	VMAXPS       Z9, Z0, Z9
 	VMOVUPS      Z2, Z10
 	VFMADD231PS  Z1, Z9, Z10
@@ -4645,7 +4668,7 @@ softmaxColsPreAvx512_maxstore:
 	VFMADD213PS  Z8, Z9, Z12
 	VFMADD213PS  Z4, Z9, Z12
 	VFMADD213PS  Z4, Z9, Z12
-	VSCALEFPS    Z10, Z12, Z9
+	VSCALEFPS.Z  Z10, Z12, K1, Z9
 	VMOVUPS      Z9, (DI)
 	VXORPS       Z9, Z9, Z9
 	VXORPS       Z10, Z10, Z10
@@ -4659,6 +4682,7 @@ softmaxColsPreAvx512_exp2:
 	VMOVUPS      (R10)(CX*1), Z13
 	VSUBPS       Z11, Z12, Z12
 	VSUBPS       Z11, Z13, Z13
+	VCMPPS       $0x05, Z0, Z12, K1
 	VMAXPS       Z12, Z0, Z12
 	VMOVUPS      Z2, Z14
 	VFMADD231PS  Z1, Z12, Z14
@@ -4670,7 +4694,8 @@ softmaxColsPreAvx512_exp2:
 	VFMADD213PS  Z8, Z12, Z15
 	VFMADD213PS  Z4, Z12, Z15
 	VFMADD213PS  Z4, Z12, Z15
-	VSCALEFPS    Z14, Z15, Z12
+	VSCALEFPS.Z  Z14, Z15, K1, Z12
+	VCMPPS       $0x05, Z0, Z13, K1
 	VMAXPS       Z13, Z0, Z13
 	VMOVUPS      Z2, Z14
 	VFMADD231PS  Z1, Z13, Z14
@@ -4682,7 +4707,7 @@ softmaxColsPreAvx512_exp2:
 	VFMADD213PS  Z8, Z13, Z15
 	VFMADD213PS  Z4, Z13, Z15
 	VFMADD213PS  Z4, Z13, Z15
-	VSCALEFPS    Z14, Z15, Z13
+	VSCALEFPS.Z  Z14, Z15, K1, Z13
 	VMOVUPS      Z12, (R10)
 	VMOVUPS      Z13, (R10)(CX*1)
 	VADDPS       Z12, Z9, Z9
@@ -4696,6 +4721,7 @@ softmaxColsPreAvx512_exp1:
 	JEQ          softmaxColsPreAvx512_expdone
 	VMOVUPS      (R10), Z12
 	VSUBPS       Z11, Z12, Z12
+	VCMPPS       $0x05, Z0, Z12, K1
 	VMAXPS       Z12, Z0, Z12
 	VMOVUPS      Z2, Z11
 	VFMADD231PS  Z1, Z12, Z11
@@ -4707,7 +4733,7 @@ softmaxColsPreAvx512_exp1:
 	VFMADD213PS  Z8, Z12, Z13
 	VFMADD213PS  Z4, Z12, Z13
 	VFMADD213PS  Z4, Z12, Z13
-	VSCALEFPS    Z11, Z13, Z12
+	VSCALEFPS.Z  Z11, Z13, K1, Z12
 	VMOVUPS      Z12, (R10)
 	VADDPS       Z12, Z9, Z9
 
@@ -6944,27 +6970,29 @@ softmaxColsAvx2_maxdone:
 	VMOVUPS      negMaxF32<>+0(SB), Y2
 	VMAXPS       Y1, Y2, Y2
 	VSUBPS       Y2, Y0, Y0
-	VMOVUPS      expLo<>+0(SB), Y1
+	VMOVUPS      expLoFast<>+0(SB), Y1
+	VCMPPS       $0x05, Y1, Y0, Y3
 	VMAXPS       Y0, Y1, Y0
-	VMOVUPS      expMagic<>+0(SB), Y3
-	VFMADD231PS  expLog2e<>+0(SB), Y0, Y3
-	VSUBPS       expMagic<>+0(SB), Y3, Y1
+	VMOVUPS      expMagic<>+0(SB), Y4
+	VFMADD231PS  expLog2e<>+0(SB), Y0, Y4
+	VSUBPS       expMagic<>+0(SB), Y4, Y1
 	VFNMADD231PS expLn2<>+0(SB), Y1, Y0
-	VMOVUPS      expQ0<>+0(SB), Y4
-	VFMADD213PS  expQ1<>+0(SB), Y0, Y4
-	VFMADD213PS  expQ2<>+0(SB), Y0, Y4
-	VFMADD213PS  expQ3<>+0(SB), Y0, Y4
-	VFMADD213PS  expOne<>+0(SB), Y0, Y4
-	VFMADD213PS  expOne<>+0(SB), Y0, Y4
-	VPSUBD       expMagicBits<>+0(SB), Y3, Y3
-	VPSRAD       $0x01, Y3, Y1
-	VPSUBD       Y1, Y3, Y3
+	VMOVUPS      expQ0<>+0(SB), Y5
+	VFMADD213PS  expQ1<>+0(SB), Y0, Y5
+	VFMADD213PS  expQ2<>+0(SB), Y0, Y5
+	VFMADD213PS  expQ3<>+0(SB), Y0, Y5
+	VFMADD213PS  expOne<>+0(SB), Y0, Y5
+	VFMADD213PS  expOne<>+0(SB), Y0, Y5
+	VPSUBD       expMagicBits<>+0(SB), Y4, Y4
+	VPSRAD       $0x01, Y4, Y1
+	VPSUBD       Y1, Y4, Y4
 	VPADDD       expBias<>+0(SB), Y1, Y1
 	VPSLLD       $0x17, Y1, Y1
-	VPADDD       expBias<>+0(SB), Y3, Y3
-	VPSLLD       $0x17, Y3, Y3
-	VMULPS       Y1, Y4, Y4
-	VMULPS       Y3, Y4, Y0
+	VPADDD       expBias<>+0(SB), Y4, Y4
+	VPSLLD       $0x17, Y4, Y4
+	VMULPS       Y1, Y5, Y5
+	VMULPS       Y4, Y5, Y0
+	VANDPS       Y3, Y0, Y0
 	VMOVUPS      Y0, (SI)
 	VXORPS       Y0, Y0, Y0
 	VXORPS       Y1, Y1, Y1
@@ -6978,48 +7006,52 @@ softmaxColsAvx2_exp2:
 	VMOVUPS      (R9)(CX*1), Y4
 	VSUBPS       Y2, Y3, Y3
 	VSUBPS       Y2, Y4, Y4
-	VMOVUPS      expLo<>+0(SB), Y5
+	VMOVUPS      expLoFast<>+0(SB), Y5
+	VCMPPS       $0x05, Y5, Y3, Y6
 	VMAXPS       Y3, Y5, Y3
-	VMOVUPS      expMagic<>+0(SB), Y6
-	VFMADD231PS  expLog2e<>+0(SB), Y3, Y6
-	VSUBPS       expMagic<>+0(SB), Y6, Y5
+	VMOVUPS      expMagic<>+0(SB), Y7
+	VFMADD231PS  expLog2e<>+0(SB), Y3, Y7
+	VSUBPS       expMagic<>+0(SB), Y7, Y5
 	VFNMADD231PS expLn2<>+0(SB), Y5, Y3
-	VMOVUPS      expQ0<>+0(SB), Y7
-	VFMADD213PS  expQ1<>+0(SB), Y3, Y7
-	VFMADD213PS  expQ2<>+0(SB), Y3, Y7
-	VFMADD213PS  expQ3<>+0(SB), Y3, Y7
-	VFMADD213PS  expOne<>+0(SB), Y3, Y7
-	VFMADD213PS  expOne<>+0(SB), Y3, Y7
-	VPSUBD       expMagicBits<>+0(SB), Y6, Y6
-	VPSRAD       $0x01, Y6, Y5
-	VPSUBD       Y5, Y6, Y6
+	VMOVUPS      expQ0<>+0(SB), Y8
+	VFMADD213PS  expQ1<>+0(SB), Y3, Y8
+	VFMADD213PS  expQ2<>+0(SB), Y3, Y8
+	VFMADD213PS  expQ3<>+0(SB), Y3, Y8
+	VFMADD213PS  expOne<>+0(SB), Y3, Y8
+	VFMADD213PS  expOne<>+0(SB), Y3, Y8
+	VPSUBD       expMagicBits<>+0(SB), Y7, Y7
+	VPSRAD       $0x01, Y7, Y5
+	VPSUBD       Y5, Y7, Y7
 	VPADDD       expBias<>+0(SB), Y5, Y5
 	VPSLLD       $0x17, Y5, Y5
-	VPADDD       expBias<>+0(SB), Y6, Y6
-	VPSLLD       $0x17, Y6, Y6
-	VMULPS       Y5, Y7, Y7
-	VMULPS       Y6, Y7, Y3
-	VMOVUPS      expLo<>+0(SB), Y5
+	VPADDD       expBias<>+0(SB), Y7, Y7
+	VPSLLD       $0x17, Y7, Y7
+	VMULPS       Y5, Y8, Y8
+	VMULPS       Y7, Y8, Y3
+	VANDPS       Y6, Y3, Y3
+	VMOVUPS      expLoFast<>+0(SB), Y5
+	VCMPPS       $0x05, Y5, Y4, Y6
 	VMAXPS       Y4, Y5, Y4
-	VMOVUPS      expMagic<>+0(SB), Y6
-	VFMADD231PS  expLog2e<>+0(SB), Y4, Y6
-	VSUBPS       expMagic<>+0(SB), Y6, Y5
+	VMOVUPS      expMagic<>+0(SB), Y7
+	VFMADD231PS  expLog2e<>+0(SB), Y4, Y7
+	VSUBPS       expMagic<>+0(SB), Y7, Y5
 	VFNMADD231PS expLn2<>+0(SB), Y5, Y4
-	VMOVUPS      expQ0<>+0(SB), Y7
-	VFMADD213PS  expQ1<>+0(SB), Y4, Y7
-	VFMADD213PS  expQ2<>+0(SB), Y4, Y7
-	VFMADD213PS  expQ3<>+0(SB), Y4, Y7
-	VFMADD213PS  expOne<>+0(SB), Y4, Y7
-	VFMADD213PS  expOne<>+0(SB), Y4, Y7
-	VPSUBD       expMagicBits<>+0(SB), Y6, Y6
-	VPSRAD       $0x01, Y6, Y5
-	VPSUBD       Y5, Y6, Y6
+	VMOVUPS      expQ0<>+0(SB), Y8
+	VFMADD213PS  expQ1<>+0(SB), Y4, Y8
+	VFMADD213PS  expQ2<>+0(SB), Y4, Y8
+	VFMADD213PS  expQ3<>+0(SB), Y4, Y8
+	VFMADD213PS  expOne<>+0(SB), Y4, Y8
+	VFMADD213PS  expOne<>+0(SB), Y4, Y8
+	VPSUBD       expMagicBits<>+0(SB), Y7, Y7
+	VPSRAD       $0x01, Y7, Y5
+	VPSUBD       Y5, Y7, Y7
 	VPADDD       expBias<>+0(SB), Y5, Y5
 	VPSLLD       $0x17, Y5, Y5
-	VPADDD       expBias<>+0(SB), Y6, Y6
-	VPSLLD       $0x17, Y6, Y6
-	VMULPS       Y5, Y7, Y7
-	VMULPS       Y6, Y7, Y4
+	VPADDD       expBias<>+0(SB), Y7, Y7
+	VPSLLD       $0x17, Y7, Y7
+	VMULPS       Y5, Y8, Y8
+	VMULPS       Y7, Y8, Y4
+	VANDPS       Y6, Y4, Y4
 	VMOVUPS      Y3, (R9)
 	VMOVUPS      Y4, (R9)(CX*1)
 	VADDPS       Y3, Y0, Y0
@@ -7033,27 +7065,29 @@ softmaxColsAvx2_exp1:
 	JEQ          softmaxColsAvx2_expdone
 	VMOVUPS      (R9), Y3
 	VSUBPS       Y2, Y3, Y3
-	VMOVUPS      expLo<>+0(SB), Y2
+	VMOVUPS      expLoFast<>+0(SB), Y2
+	VCMPPS       $0x05, Y2, Y3, Y4
 	VMAXPS       Y3, Y2, Y3
-	VMOVUPS      expMagic<>+0(SB), Y4
-	VFMADD231PS  expLog2e<>+0(SB), Y3, Y4
-	VSUBPS       expMagic<>+0(SB), Y4, Y2
+	VMOVUPS      expMagic<>+0(SB), Y5
+	VFMADD231PS  expLog2e<>+0(SB), Y3, Y5
+	VSUBPS       expMagic<>+0(SB), Y5, Y2
 	VFNMADD231PS expLn2<>+0(SB), Y2, Y3
-	VMOVUPS      expQ0<>+0(SB), Y5
-	VFMADD213PS  expQ1<>+0(SB), Y3, Y5
-	VFMADD213PS  expQ2<>+0(SB), Y3, Y5
-	VFMADD213PS  expQ3<>+0(SB), Y3, Y5
-	VFMADD213PS  expOne<>+0(SB), Y3, Y5
-	VFMADD213PS  expOne<>+0(SB), Y3, Y5
-	VPSUBD       expMagicBits<>+0(SB), Y4, Y4
-	VPSRAD       $0x01, Y4, Y2
-	VPSUBD       Y2, Y4, Y4
+	VMOVUPS      expQ0<>+0(SB), Y6
+	VFMADD213PS  expQ1<>+0(SB), Y3, Y6
+	VFMADD213PS  expQ2<>+0(SB), Y3, Y6
+	VFMADD213PS  expQ3<>+0(SB), Y3, Y6
+	VFMADD213PS  expOne<>+0(SB), Y3, Y6
+	VFMADD213PS  expOne<>+0(SB), Y3, Y6
+	VPSUBD       expMagicBits<>+0(SB), Y5, Y5
+	VPSRAD       $0x01, Y5, Y2
+	VPSUBD       Y2, Y5, Y5
 	VPADDD       expBias<>+0(SB), Y2, Y2
 	VPSLLD       $0x17, Y2, Y2
-	VPADDD       expBias<>+0(SB), Y4, Y4
-	VPSLLD       $0x17, Y4, Y4
-	VMULPS       Y2, Y5, Y5
-	VMULPS       Y4, Y5, Y3
+	VPADDD       expBias<>+0(SB), Y5, Y5
+	VPSLLD       $0x17, Y5, Y5
+	VMULPS       Y2, Y6, Y6
+	VMULPS       Y5, Y6, Y3
+	VANDPS       Y4, Y3, Y3
 	VMOVUPS      Y3, (R9)
 	VADDPS       Y3, Y0, Y0
 

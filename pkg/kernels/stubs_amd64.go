@@ -39,7 +39,8 @@ func gemmTNAvx512(mr int, tiles int, k int, a []float32, lda int, b []float32, l
 //		l[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]
 //		m[i] = mx
 //
-// with exp within 6 ulp (expFast in _asm/exp.go; expF32 is more accurate).
+// with exp within 6 ulp and 0 below exp(-87) (expFast in _asm/exp.go; expF32 is
+// more accurate).
 // The caller checks the slice bounds.
 func softmaxColsAvx512(s []float32, lds int, rows int, m []float32, l []float32, alpha []float32)
 
@@ -123,7 +124,8 @@ func gemmTNAvx2(mr int, tiles int, k int, a []float32, lda int, b []float32, ldb
 //		l[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]
 //		m[i] = mx
 //
-// with exp within 6 ulp (expFast in _asm/exp.go; expF32 is more accurate).
+// with exp within 6 ulp and 0 below exp(-87) (expFast in _asm/exp.go; expF32 is
+// more accurate).
 // The caller checks the slice bounds.
 func softmaxColsAvx2(s []float32, lds int, rows int, m []float32, l []float32, alpha []float32)
 

@@ -97,7 +97,7 @@ type expFastK struct {
 }
 
 func newExpFastK(is isa) expFastK {
-	k := expFastK{lo: cLo, log2e: cLog2e, magic: cMagic, ln2: cLn2, one: cOne}
+	k := expFastK{lo: cLoFast, log2e: cLog2e, magic: cMagic, ln2: cLn2, one: cOne}
 	for i := range k.p {
 		k.p[i] = cQ[i]
 	}
@@ -109,7 +109,7 @@ func newExpFastK(is isa) expFastK {
 		VMOVUPS(m, r)
 		return r
 	}
-	k.lo, k.log2e, k.magic, k.ln2, k.one = load(cLo), load(cLog2e), load(cMagic), load(cLn2), load(cOne)
+	k.lo, k.log2e, k.magic, k.ln2, k.one = load(cLoFast), load(cLog2e), load(cMagic), load(cLn2), load(cOne)
 	for i := range k.p {
 		k.p[i] = load(cQ[i])
 	}
@@ -117,18 +117,26 @@ func newExpFastK(is isa) expFastK {
 }
 
 // expFast replaces the vector x <= 0 (or NaN) by exp(x) within 6 ulp for
-// x >= -69 (results >= 1e-30; fewer digits in the denormal range; -inf
-// and x < -104 give 0, NaN stays NaN), in 10 instructions against exp's
+// x >= -69 (results >= 1e-30); x < -87 (results below the smallest normal)
+// and -inf give 0, NaN stays NaN. It takes 11 instructions against exp's
 // 15: one rounding by the 1.5·2²³ trick, a one-constant Cody-Waite
 // reduction x = n·ln2 + r and a degree-5 minimax polynomial for exp(r),
 // |r| <= ln2/2 (relative error 1.1e-7). The forward's online softmax
 // uses it; x > 0 is not clamped (exp of a positive x above 88 is wrong).
 func expFast(is isa, k expFastK, x VecVirtual) {
+	// Results below the smallest normal (x < -87) are flushed to 0 by a
+	// mask (NLT: NaN lanes kept) instead of computed: denormal results and
+	// operands cost microcode assists, here and in the GEMM that reads P.
 	t := is.vec()
+	var km Op
 	if is.w == 16 {
+		km = K()
+		VCMPPS(U8(5), k.lo, x, km) // x !< -87
 		VMAXPS(x, k.lo, x)
 	} else {
+		km = is.vec()
 		VMOVUPS(k.lo, t)
+		VCMPPS(U8(5), t, x, km)
 		VMAXPS(x, t, x)
 	}
 	j := is.vec()
@@ -145,7 +153,7 @@ func expFast(is isa, k expFastK, x VecVirtual) {
 	VFMADD213PS(k.one, x, p) // p·r + 1
 	VFMADD213PS(k.one, x, p) // p·r + 1
 	if is.w == 16 {
-		VSCALEFPS(fx, p, x) // p·2^n
+		VSCALEFPS_Z(fx, p, km, x) // p·2^n, 0 where x < -87
 		return
 	}
 	VPSUBD(cMagicI, j, j) // n as int32
@@ -157,4 +165,5 @@ func expFast(is isa, k expFastK, x VecVirtual) {
 	VPSLLD(U8(23), j, j) // 2^n2
 	VMULPS(t, p, p)
 	VMULPS(j, p, x)
+	VANDPS(km, x, x)
 }

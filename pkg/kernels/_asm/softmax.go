@@ -42,7 +42,8 @@ func softmaxColsDoc(is isa, name string) {
 		"\t\tl[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]",
 		"\t\tm[i] = mx",
 		"",
-		"with exp within 6 ulp (expFast in _asm/exp.go; expF32 is more accurate).",
+		"with exp within 6 ulp and 0 below exp(-87) (expFast in _asm/exp.go; expF32 is",
+		"more accurate).",
 		"The caller checks the slice bounds.")
 }
 
