@@ -119,8 +119,13 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 	dp := roundUp(d, nr)
 	bf := p.Precision == PrecisionBF16
 
-	// Units run last query tile first: under a causal mask they see the
-	// most keys, and starting them first balances the cores.
+	// Units run key/value head by key/value head and, within one, last
+	// query tile first, the query heads of a group next to each other:
+	// the cores then fold the same head's keys and values at the same
+	// time (one reads them from memory, the others from the shared
+	// cache), and under a causal mask the units that see the most keys
+	// start first and the small ones end the run, which balances the
+	// cores.
 	done := ctx.Done()
 	var stopped atomic.Bool
 	parallelFor(units, p.Threads, func(sc *scratch, u int) {
@@ -132,8 +137,9 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 			default:
 			}
 		}
-		t := qTiles - 1 - u/bhN
-		bh := u % bhN
+		kvh, r := u/(qTiles*group), u%(qTiles*group)
+		t := qTiles - 1 - r/group
+		bh := kvh*group + r%group
 		b, h := bh/p.Hq, bh%p.Hq
 		kvHead := b*p.Hkv + h/group
 		r0 := t * br
