@@ -238,6 +238,114 @@ DATA expP5<>+56(SB)/4, $0x3f000000
 DATA expP5<>+60(SB)/4, $0x3f000000
 GLOBL expP5<>(SB), RODATA|NOPTR, $64
 
+DATA expLn2<>+0(SB)/4, $0x3f317218
+DATA expLn2<>+4(SB)/4, $0x3f317218
+DATA expLn2<>+8(SB)/4, $0x3f317218
+DATA expLn2<>+12(SB)/4, $0x3f317218
+DATA expLn2<>+16(SB)/4, $0x3f317218
+DATA expLn2<>+20(SB)/4, $0x3f317218
+DATA expLn2<>+24(SB)/4, $0x3f317218
+DATA expLn2<>+28(SB)/4, $0x3f317218
+DATA expLn2<>+32(SB)/4, $0x3f317218
+DATA expLn2<>+36(SB)/4, $0x3f317218
+DATA expLn2<>+40(SB)/4, $0x3f317218
+DATA expLn2<>+44(SB)/4, $0x3f317218
+DATA expLn2<>+48(SB)/4, $0x3f317218
+DATA expLn2<>+52(SB)/4, $0x3f317218
+DATA expLn2<>+56(SB)/4, $0x3f317218
+DATA expLn2<>+60(SB)/4, $0x3f317218
+GLOBL expLn2<>(SB), RODATA|NOPTR, $64
+
+DATA expLoFast<>+0(SB)/4, $0xc2ae0000
+DATA expLoFast<>+4(SB)/4, $0xc2ae0000
+DATA expLoFast<>+8(SB)/4, $0xc2ae0000
+DATA expLoFast<>+12(SB)/4, $0xc2ae0000
+DATA expLoFast<>+16(SB)/4, $0xc2ae0000
+DATA expLoFast<>+20(SB)/4, $0xc2ae0000
+DATA expLoFast<>+24(SB)/4, $0xc2ae0000
+DATA expLoFast<>+28(SB)/4, $0xc2ae0000
+DATA expLoFast<>+32(SB)/4, $0xc2ae0000
+DATA expLoFast<>+36(SB)/4, $0xc2ae0000
+DATA expLoFast<>+40(SB)/4, $0xc2ae0000
+DATA expLoFast<>+44(SB)/4, $0xc2ae0000
+DATA expLoFast<>+48(SB)/4, $0xc2ae0000
+DATA expLoFast<>+52(SB)/4, $0xc2ae0000
+DATA expLoFast<>+56(SB)/4, $0xc2ae0000
+DATA expLoFast<>+60(SB)/4, $0xc2ae0000
+GLOBL expLoFast<>(SB), RODATA|NOPTR, $64
+
+DATA expQ0<>+0(SB)/4, $0x3c08313d
+DATA expQ0<>+4(SB)/4, $0x3c08313d
+DATA expQ0<>+8(SB)/4, $0x3c08313d
+DATA expQ0<>+12(SB)/4, $0x3c08313d
+DATA expQ0<>+16(SB)/4, $0x3c08313d
+DATA expQ0<>+20(SB)/4, $0x3c08313d
+DATA expQ0<>+24(SB)/4, $0x3c08313d
+DATA expQ0<>+28(SB)/4, $0x3c08313d
+DATA expQ0<>+32(SB)/4, $0x3c08313d
+DATA expQ0<>+36(SB)/4, $0x3c08313d
+DATA expQ0<>+40(SB)/4, $0x3c08313d
+DATA expQ0<>+44(SB)/4, $0x3c08313d
+DATA expQ0<>+48(SB)/4, $0x3c08313d
+DATA expQ0<>+52(SB)/4, $0x3c08313d
+DATA expQ0<>+56(SB)/4, $0x3c08313d
+DATA expQ0<>+60(SB)/4, $0x3c08313d
+GLOBL expQ0<>(SB), RODATA|NOPTR, $64
+
+DATA expQ1<>+0(SB)/4, $0x3d2b950a
+DATA expQ1<>+4(SB)/4, $0x3d2b950a
+DATA expQ1<>+8(SB)/4, $0x3d2b950a
+DATA expQ1<>+12(SB)/4, $0x3d2b950a
+DATA expQ1<>+16(SB)/4, $0x3d2b950a
+DATA expQ1<>+20(SB)/4, $0x3d2b950a
+DATA expQ1<>+24(SB)/4, $0x3d2b950a
+DATA expQ1<>+28(SB)/4, $0x3d2b950a
+DATA expQ1<>+32(SB)/4, $0x3d2b950a
+DATA expQ1<>+36(SB)/4, $0x3d2b950a
+DATA expQ1<>+40(SB)/4, $0x3d2b950a
+DATA expQ1<>+44(SB)/4, $0x3d2b950a
+DATA expQ1<>+48(SB)/4, $0x3d2b950a
+DATA expQ1<>+52(SB)/4, $0x3d2b950a
+DATA expQ1<>+56(SB)/4, $0x3d2b950a
+DATA expQ1<>+60(SB)/4, $0x3d2b950a
+GLOBL expQ1<>(SB), RODATA|NOPTR, $64
+
+DATA expQ2<>+0(SB)/4, $0x3e2aabd7
+DATA expQ2<>+4(SB)/4, $0x3e2aabd7
+DATA expQ2<>+8(SB)/4, $0x3e2aabd7
+DATA expQ2<>+12(SB)/4, $0x3e2aabd7
+DATA expQ2<>+16(SB)/4, $0x3e2aabd7
+DATA expQ2<>+20(SB)/4, $0x3e2aabd7
+DATA expQ2<>+24(SB)/4, $0x3e2aabd7
+DATA expQ2<>+28(SB)/4, $0x3e2aabd7
+DATA expQ2<>+32(SB)/4, $0x3e2aabd7
+DATA expQ2<>+36(SB)/4, $0x3e2aabd7
+DATA expQ2<>+40(SB)/4, $0x3e2aabd7
+DATA expQ2<>+44(SB)/4, $0x3e2aabd7
+DATA expQ2<>+48(SB)/4, $0x3e2aabd7
+DATA expQ2<>+52(SB)/4, $0x3e2aabd7
+DATA expQ2<>+56(SB)/4, $0x3e2aabd7
+DATA expQ2<>+60(SB)/4, $0x3e2aabd7
+GLOBL expQ2<>(SB), RODATA|NOPTR, $64
+
+DATA expQ3<>+0(SB)/4, $0x3efffefe
+DATA expQ3<>+4(SB)/4, $0x3efffefe
+DATA expQ3<>+8(SB)/4, $0x3efffefe
+DATA expQ3<>+12(SB)/4, $0x3efffefe
+DATA expQ3<>+16(SB)/4, $0x3efffefe
+DATA expQ3<>+20(SB)/4, $0x3efffefe
+DATA expQ3<>+24(SB)/4, $0x3efffefe
+DATA expQ3<>+28(SB)/4, $0x3efffefe
+DATA expQ3<>+32(SB)/4, $0x3efffefe
+DATA expQ3<>+36(SB)/4, $0x3efffefe
+DATA expQ3<>+40(SB)/4, $0x3efffefe
+DATA expQ3<>+44(SB)/4, $0x3efffefe
+DATA expQ3<>+48(SB)/4, $0x3efffefe
+DATA expQ3<>+52(SB)/4, $0x3efffefe
+DATA expQ3<>+56(SB)/4, $0x3efffefe
+DATA expQ3<>+60(SB)/4, $0x3efffefe
+GLOBL expQ3<>(SB), RODATA|NOPTR, $64
+
 DATA expBias<>+0(SB)/4, $0x0000007f
 DATA expBias<>+4(SB)/4, $0x0000007f
 DATA expBias<>+8(SB)/4, $0x0000007f
@@ -3020,34 +3128,31 @@ TEXT ·softmaxColsAvx512(SB), NOSPLIT, $0-112
 	MOVQ    l_base+64(FP), BX
 	MOVQ    alpha_base+88(FP), SI
 	MOVQ    m_len+48(FP), DI
-	VMOVUPS expHi<>+0(SB), Z0
-	VMOVUPS expLo<>+0(SB), Z1
-	VMOVUPS expLog2e<>+0(SB), Z2
-	VMOVUPS expC1<>+0(SB), Z3
-	VMOVUPS expC2<>+0(SB), Z4
-	VMOVUPS expOne<>+0(SB), Z5
-	VMOVUPS expP0<>+0(SB), Z6
-	VMOVUPS expP1<>+0(SB), Z7
-	VMOVUPS expP2<>+0(SB), Z8
-	VMOVUPS expP3<>+0(SB), Z9
-	VMOVUPS expP4<>+0(SB), Z10
-	VMOVUPS expP5<>+0(SB), Z11
+	VMOVUPS expLoFast<>+0(SB), Z0
+	VMOVUPS expLog2e<>+0(SB), Z1
+	VMOVUPS expMagic<>+0(SB), Z2
+	VMOVUPS expLn2<>+0(SB), Z3
+	VMOVUPS expOne<>+0(SB), Z4
+	VMOVUPS expQ0<>+0(SB), Z5
+	VMOVUPS expQ1<>+0(SB), Z6
+	VMOVUPS expQ2<>+0(SB), Z7
+	VMOVUPS expQ3<>+0(SB), Z8
 
 softmaxColsAvx512_strip:
 	CMPQ    DI, $0x00000010
 	JL      softmaxColsAvx512_done
 	MOVQ    rows+32(FP), R8
 	MOVQ    AX, R9
-	VMOVUPS (DX), Z12
-	VMOVUPS Z12, Z13
-	VMOVUPS Z12, Z14
+	VMOVUPS (DX), Z9
+	VMOVUPS Z9, Z10
+	VMOVUPS Z9, Z11
 	MOVQ    R8, R10
 
 softmaxColsAvx512_max2:
 	CMPQ   R10, $0x02
 	JL     softmaxColsAvx512_max1
-	VMAXPS (R9), Z13, Z13
-	VMAXPS (R9)(CX*1), Z14, Z14
+	VMAXPS (R9), Z10, Z10
+	VMAXPS (R9)(CX*1), Z11, Z11
 	LEAQ   (R9)(CX*2), R9
 	SUBQ   $0x02, R10
 	JMP    softmaxColsAvx512_max2
@@ -3055,79 +3160,70 @@ softmaxColsAvx512_max2:
 softmaxColsAvx512_max1:
 	TESTQ  R10, R10
 	JEQ    softmaxColsAvx512_maxdone
-	VMAXPS (R9), Z13, Z13
+	VMAXPS (R9), Z10, Z10
 
 softmaxColsAvx512_maxdone:
-	VMAXPS       Z14, Z13, Z13
-	VMOVUPS      Z13, (DX)
-	VMOVUPS      negMaxF32<>+0(SB), Z14
-	VMAXPS       Z13, Z14, Z14
-	VSUBPS       Z14, Z12, Z12
-	VMINPS       Z12, Z0, Z12
-	VMAXPS       Z12, Z1, Z12
-	VMULPS       Z2, Z12, Z15
-	VRNDSCALEPS  $0x00, Z15, Z15
-	VFNMADD231PS Z3, Z15, Z12
-	VFNMADD231PS Z4, Z15, Z12
-	VMOVUPS      Z6, Z16
-	VFMADD213PS  Z7, Z12, Z16
-	VFMADD213PS  Z8, Z12, Z16
-	VFMADD213PS  Z9, Z12, Z16
-	VFMADD213PS  Z10, Z12, Z16
-	VFMADD213PS  Z11, Z12, Z16
-	VMULPS       Z12, Z12, Z13
-	VFMADD213PS  Z12, Z13, Z16
-	VADDPS       Z5, Z16, Z16
-	VSCALEFPS    Z15, Z16, Z12
-	VMOVUPS      Z12, (SI)
-	VXORPS       Z12, Z12, Z12
-	VXORPS       Z13, Z13, Z13
+	VMAXPS       Z11, Z10, Z10
+	VMOVUPS      Z10, (DX)
+	VMOVUPS      negMaxF32<>+0(SB), Z11
+	VMAXPS       Z10, Z11, Z11
+	VSUBPS       Z11, Z9, Z9
+	VCMPPS       $0x05, Z0, Z9, K1
+	VMAXPS       Z9, Z0, Z9
+	VMOVUPS      Z2, Z10
+	VFMADD231PS  Z1, Z9, Z10
+	VSUBPS       Z2, Z10, Z10
+	VFNMADD231PS Z3, Z10, Z9
+	VMOVUPS      Z5, Z12
+	VFMADD213PS  Z6, Z9, Z12
+	VFMADD213PS  Z7, Z9, Z12
+	VFMADD213PS  Z8, Z9, Z12
+	VFMADD213PS  Z4, Z9, Z12
+	VFMADD213PS  Z4, Z9, Z12
+	VSCALEFPS.Z  Z10, Z12, K1, Z9
+	VMOVUPS      Z9, (SI)
+	VXORPS       Z9, Z9, Z9
+	VXORPS       Z10, Z10, Z10
 	MOVQ         AX, R9
 	MOVQ         R8, R10
 
 softmaxColsAvx512_exp2:
 	CMPQ         R10, $0x02
 	JL           softmaxColsAvx512_exp1
-	VMOVUPS      (R9), Z15
-	VMOVUPS      (R9)(CX*1), Z16
-	VSUBPS       Z14, Z15, Z15
-	VSUBPS       Z14, Z16, Z16
-	VMINPS       Z15, Z0, Z15
-	VMAXPS       Z15, Z1, Z15
-	VMULPS       Z2, Z15, Z18
-	VRNDSCALEPS  $0x00, Z18, Z18
-	VFNMADD231PS Z3, Z18, Z15
-	VFNMADD231PS Z4, Z18, Z15
-	VMOVUPS      Z6, Z19
-	VFMADD213PS  Z7, Z15, Z19
-	VFMADD213PS  Z8, Z15, Z19
-	VFMADD213PS  Z9, Z15, Z19
-	VFMADD213PS  Z10, Z15, Z19
-	VFMADD213PS  Z11, Z15, Z19
-	VMULPS       Z15, Z15, Z17
-	VFMADD213PS  Z15, Z17, Z19
-	VADDPS       Z5, Z19, Z19
-	VSCALEFPS    Z18, Z19, Z15
-	VMINPS       Z16, Z0, Z16
-	VMAXPS       Z16, Z1, Z16
-	VMULPS       Z2, Z16, Z18
-	VRNDSCALEPS  $0x00, Z18, Z18
-	VFNMADD231PS Z3, Z18, Z16
-	VFNMADD231PS Z4, Z18, Z16
-	VMOVUPS      Z6, Z19
-	VFMADD213PS  Z7, Z16, Z19
-	VFMADD213PS  Z8, Z16, Z19
-	VFMADD213PS  Z9, Z16, Z19
-	VFMADD213PS  Z10, Z16, Z19
-	VFMADD213PS  Z11, Z16, Z19
-	VMULPS       Z16, Z16, Z17
-	VFMADD213PS  Z16, Z17, Z19
-	VADDPS       Z5, Z19, Z19
-	VSCALEFPS    Z18, Z19, Z16
-	VMOVUPS      Z15, (R9)
-	VMOVUPS      Z16, (R9)(CX*1)
-	VADDPS       Z15, Z12, Z12
-	VADDPS       Z16, Z13, Z13
+	VMOVUPS      (R9), Z12
+	VMOVUPS      (R9)(CX*1), Z13
+	VSUBPS       Z11, Z12, Z12
+	VSUBPS       Z11, Z13, Z13
+	VCMPPS       $0x05, Z0, Z12, K1
+	VMAXPS       Z12, Z0, Z12
+	VMOVUPS      Z2, Z14
+	VFMADD231PS  Z1, Z12, Z14
+	VSUBPS       Z2, Z14, Z14
+	VFNMADD231PS Z3, Z14, Z12
+	VMOVUPS      Z5, Z15
+	VFMADD213PS  Z6, Z12, Z15
+	VFMADD213PS  Z7, Z12, Z15
+	VFMADD213PS  Z8, Z12, Z15
+	VFMADD213PS  Z4, Z12, Z15
+	VFMADD213PS  Z4, Z12, Z15
+	VSCALEFPS.Z  Z14, Z15, K1, Z12
+	VCMPPS       $0x05, Z0, Z13, K1
+	VMAXPS       Z13, Z0, Z13
+	VMOVUPS      Z2, Z14
+	VFMADD231PS  Z1, Z13, Z14
+	VSUBPS       Z2, Z14, Z14
+	VFNMADD231PS Z3, Z14, Z13
+	VMOVUPS      Z5, Z15
+	VFMADD213PS  Z6, Z13, Z15
+	VFMADD213PS  Z7, Z13, Z15
+	VFMADD213PS  Z8, Z13, Z15
+	VFMADD213PS  Z4, Z13, Z15
+	VFMADD213PS  Z4, Z13, Z15
+	VSCALEFPS.Z  Z14, Z15, K1, Z13
+	VMOVUPS      Z12, (R9)
+	VMOVUPS      Z13, (R9)(CX*1)
+	VADDPS       Z12, Z9, Z9
+	VADDPS       Z13, Z10, Z10
 	LEAQ         (R9)(CX*2), R9
 	SUBQ         $0x02, R10
 	JMP          softmaxColsAvx512_exp2
@@ -3135,32 +3231,29 @@ softmaxColsAvx512_exp2:
 softmaxColsAvx512_exp1:
 	TESTQ        R10, R10
 	JEQ          softmaxColsAvx512_expdone
-	VMOVUPS      (R9), Z15
-	VSUBPS       Z14, Z15, Z15
-	VMINPS       Z15, Z0, Z15
-	VMAXPS       Z15, Z1, Z15
-	VMULPS       Z2, Z15, Z16
-	VRNDSCALEPS  $0x00, Z16, Z16
-	VFNMADD231PS Z3, Z16, Z15
-	VFNMADD231PS Z4, Z16, Z15
-	VMOVUPS      Z6, Z17
-	VFMADD213PS  Z7, Z15, Z17
-	VFMADD213PS  Z8, Z15, Z17
-	VFMADD213PS  Z9, Z15, Z17
-	VFMADD213PS  Z10, Z15, Z17
-	VFMADD213PS  Z11, Z15, Z17
-	VMULPS       Z15, Z15, Z14
-	VFMADD213PS  Z15, Z14, Z17
-	VADDPS       Z5, Z17, Z17
-	VSCALEFPS    Z16, Z17, Z15
-	VMOVUPS      Z15, (R9)
-	VADDPS       Z15, Z12, Z12
+	VMOVUPS      (R9), Z12
+	VSUBPS       Z11, Z12, Z12
+	VCMPPS       $0x05, Z0, Z12, K1
+	VMAXPS       Z12, Z0, Z12
+	VMOVUPS      Z2, Z11
+	VFMADD231PS  Z1, Z12, Z11
+	VSUBPS       Z2, Z11, Z11
+	VFNMADD231PS Z3, Z11, Z12
+	VMOVUPS      Z5, Z13
+	VFMADD213PS  Z6, Z12, Z13
+	VFMADD213PS  Z7, Z12, Z13
+	VFMADD213PS  Z8, Z12, Z13
+	VFMADD213PS  Z4, Z12, Z13
+	VFMADD213PS  Z4, Z12, Z13
+	VSCALEFPS.Z  Z11, Z13, K1, Z12
+	VMOVUPS      Z12, (R9)
+	VADDPS       Z12, Z9, Z9
 
 softmaxColsAvx512_expdone:
-	VADDPS      Z13, Z12, Z12
-	VMOVUPS     (BX), Z13
-	VFMADD132PS (SI), Z12, Z13
-	VMOVUPS     Z13, (BX)
+	VADDPS      Z10, Z9, Z9
+	VMOVUPS     (BX), Z10
+	VFMADD132PS (SI), Z9, Z10
+	VMOVUPS     Z10, (BX)
 	ADDQ        $0x00000040, AX
 	ADDQ        $0x00000040, DX
 	ADDQ        $0x00000040, BX
@@ -4518,37 +4611,34 @@ TEXT ·softmaxColsPreAvx512(SB), NOSPLIT, $0-136
 	MOVQ    l_base+64(FP), SI
 	MOVQ    alpha_base+88(FP), DI
 	MOVQ    m_len+48(FP), R8
-	VMOVUPS expHi<>+0(SB), Z0
-	VMOVUPS expLo<>+0(SB), Z1
-	VMOVUPS expLog2e<>+0(SB), Z2
-	VMOVUPS expC1<>+0(SB), Z3
-	VMOVUPS expC2<>+0(SB), Z4
-	VMOVUPS expOne<>+0(SB), Z5
-	VMOVUPS expP0<>+0(SB), Z6
-	VMOVUPS expP1<>+0(SB), Z7
-	VMOVUPS expP2<>+0(SB), Z8
-	VMOVUPS expP3<>+0(SB), Z9
-	VMOVUPS expP4<>+0(SB), Z10
-	VMOVUPS expP5<>+0(SB), Z11
+	VMOVUPS expLoFast<>+0(SB), Z0
+	VMOVUPS expLog2e<>+0(SB), Z1
+	VMOVUPS expMagic<>+0(SB), Z2
+	VMOVUPS expLn2<>+0(SB), Z3
+	VMOVUPS expOne<>+0(SB), Z4
+	VMOVUPS expQ0<>+0(SB), Z5
+	VMOVUPS expQ1<>+0(SB), Z6
+	VMOVUPS expQ2<>+0(SB), Z7
+	VMOVUPS expQ3<>+0(SB), Z8
 
 softmaxColsPreAvx512_strip:
 	CMPQ    R8, $0x00000010
 	JL      softmaxColsPreAvx512_done
 	MOVQ    rows+32(FP), R9
 	MOVQ    AX, R10
-	VMOVUPS (BX), Z12
-	VMOVUPS (DX), Z13
+	VMOVUPS (BX), Z9
+	VMOVUPS (DX), Z10
 	ADDQ    $0x00000040, DX
 	JMP     softmaxColsPreAvx512_maxstore
-	VMOVUPS Z12, Z13
-	VMOVUPS Z12, Z14
+	VMOVUPS Z9, Z10
+	VMOVUPS Z9, Z11
 	MOVQ    R9, R11
 
 softmaxColsPreAvx512_max2:
 	CMPQ   R11, $0x02
 	JL     softmaxColsPreAvx512_max1
-	VMAXPS (R10), Z13, Z13
-	VMAXPS (R10)(CX*1), Z14, Z14
+	VMAXPS (R10), Z10, Z10
+	VMAXPS (R10)(CX*1), Z11, Z11
 	LEAQ   (R10)(CX*2), R10
 	SUBQ   $0x02, R11
 	JMP    softmaxColsPreAvx512_max2
@@ -4556,81 +4646,72 @@ softmaxColsPreAvx512_max2:
 softmaxColsPreAvx512_max1:
 	TESTQ  R11, R11
 	JEQ    softmaxColsPreAvx512_maxdone
-	VMAXPS (R10), Z13, Z13
+	VMAXPS (R10), Z10, Z10
 
 softmaxColsPreAvx512_maxdone:
-	VMAXPS Z14, Z13, Z13
+	VMAXPS Z11, Z10, Z10
 
 softmaxColsPreAvx512_maxstore:
-	VMOVUPS      Z13, (BX)
-	VMOVUPS      negMaxF32<>+0(SB), Z14
-	VMAXPS       Z13, Z14, Z14
-	VSUBPS       Z14, Z12, Z12
-	VMINPS       Z12, Z0, Z12
-	VMAXPS       Z12, Z1, Z12
-	VMULPS       Z2, Z12, Z15
-	VRNDSCALEPS  $0x00, Z15, Z15
-	VFNMADD231PS Z3, Z15, Z12
-	VFNMADD231PS Z4, Z15, Z12
-	VMOVUPS      Z6, Z16
-	VFMADD213PS  Z7, Z12, Z16
-	VFMADD213PS  Z8, Z12, Z16
-	VFMADD213PS  Z9, Z12, Z16
-	VFMADD213PS  Z10, Z12, Z16
-	VFMADD213PS  Z11, Z12, Z16
-	VMULPS       Z12, Z12, Z13
-	VFMADD213PS  Z12, Z13, Z16
-	VADDPS       Z5, Z16, Z16
-	VSCALEFPS    Z15, Z16, Z12
-	VMOVUPS      Z12, (DI)
-	VXORPS       Z12, Z12, Z12
-	VXORPS       Z13, Z13, Z13
+	VMOVUPS      Z10, (BX)
+	VMOVUPS      negMaxF32<>+0(SB), Z11
+	VMAXPS       Z10, Z11, Z11
+	VSUBPS       Z11, Z9, Z9
+	VCMPPS       $0x05, Z0, Z9, K1
+	VMAXPS       Z9, Z0, Z9
+	VMOVUPS      Z2, Z10
+	VFMADD231PS  Z1, Z9, Z10
+	VSUBPS       Z2, Z10, Z10
+	VFNMADD231PS Z3, Z10, Z9
+	VMOVUPS      Z5, Z12
+	VFMADD213PS  Z6, Z9, Z12
+	VFMADD213PS  Z7, Z9, Z12
+	VFMADD213PS  Z8, Z9, Z12
+	VFMADD213PS  Z4, Z9, Z12
+	VFMADD213PS  Z4, Z9, Z12
+	VSCALEFPS.Z  Z10, Z12, K1, Z9
+	VMOVUPS      Z9, (DI)
+	VXORPS       Z9, Z9, Z9
+	VXORPS       Z10, Z10, Z10
 	MOVQ         AX, R10
 	MOVQ         R9, R11
 
 softmaxColsPreAvx512_exp2:
 	CMPQ         R11, $0x02
 	JL           softmaxColsPreAvx512_exp1
-	VMOVUPS      (R10), Z15
-	VMOVUPS      (R10)(CX*1), Z16
-	VSUBPS       Z14, Z15, Z15
-	VSUBPS       Z14, Z16, Z16
-	VMINPS       Z15, Z0, Z15
-	VMAXPS       Z15, Z1, Z15
-	VMULPS       Z2, Z15, Z18
-	VRNDSCALEPS  $0x00, Z18, Z18
-	VFNMADD231PS Z3, Z18, Z15
-	VFNMADD231PS Z4, Z18, Z15
-	VMOVUPS      Z6, Z19
-	VFMADD213PS  Z7, Z15, Z19
-	VFMADD213PS  Z8, Z15, Z19
-	VFMADD213PS  Z9, Z15, Z19
-	VFMADD213PS  Z10, Z15, Z19
-	VFMADD213PS  Z11, Z15, Z19
-	VMULPS       Z15, Z15, Z17
-	VFMADD213PS  Z15, Z17, Z19
-	VADDPS       Z5, Z19, Z19
-	VSCALEFPS    Z18, Z19, Z15
-	VMINPS       Z16, Z0, Z16
-	VMAXPS       Z16, Z1, Z16
-	VMULPS       Z2, Z16, Z18
-	VRNDSCALEPS  $0x00, Z18, Z18
-	VFNMADD231PS Z3, Z18, Z16
-	VFNMADD231PS Z4, Z18, Z16
-	VMOVUPS      Z6, Z19
-	VFMADD213PS  Z7, Z16, Z19
-	VFMADD213PS  Z8, Z16, Z19
-	VFMADD213PS  Z9, Z16, Z19
-	VFMADD213PS  Z10, Z16, Z19
-	VFMADD213PS  Z11, Z16, Z19
-	VMULPS       Z16, Z16, Z17
-	VFMADD213PS  Z16, Z17, Z19
-	VADDPS       Z5, Z19, Z19
-	VSCALEFPS    Z18, Z19, Z16
-	VMOVUPS      Z15, (R10)
-	VMOVUPS      Z16, (R10)(CX*1)
-	VADDPS       Z15, Z12, Z12
-	VADDPS       Z16, Z13, Z13
+	VMOVUPS      (R10), Z12
+	VMOVUPS      (R10)(CX*1), Z13
+	VSUBPS       Z11, Z12, Z12
+	VSUBPS       Z11, Z13, Z13
+	VCMPPS       $0x05, Z0, Z12, K1
+	VMAXPS       Z12, Z0, Z12
+	VMOVUPS      Z2, Z14
+	VFMADD231PS  Z1, Z12, Z14
+	VSUBPS       Z2, Z14, Z14
+	VFNMADD231PS Z3, Z14, Z12
+	VMOVUPS      Z5, Z15
+	VFMADD213PS  Z6, Z12, Z15
+	VFMADD213PS  Z7, Z12, Z15
+	VFMADD213PS  Z8, Z12, Z15
+	VFMADD213PS  Z4, Z12, Z15
+	VFMADD213PS  Z4, Z12, Z15
+	VSCALEFPS.Z  Z14, Z15, K1, Z12
+	VCMPPS       $0x05, Z0, Z13, K1
+	VMAXPS       Z13, Z0, Z13
+	VMOVUPS      Z2, Z14
+	VFMADD231PS  Z1, Z13, Z14
+	VSUBPS       Z2, Z14, Z14
+	VFNMADD231PS Z3, Z14, Z13
+	VMOVUPS      Z5, Z15
+	VFMADD213PS  Z6, Z13, Z15
+	VFMADD213PS  Z7, Z13, Z15
+	VFMADD213PS  Z8, Z13, Z15
+	VFMADD213PS  Z4, Z13, Z15
+	VFMADD213PS  Z4, Z13, Z15
+	VSCALEFPS.Z  Z14, Z15, K1, Z13
+	VMOVUPS      Z12, (R10)
+	VMOVUPS      Z13, (R10)(CX*1)
+	VADDPS       Z12, Z9, Z9
+	VADDPS       Z13, Z10, Z10
 	LEAQ         (R10)(CX*2), R10
 	SUBQ         $0x02, R11
 	JMP          softmaxColsPreAvx512_exp2
@@ -4638,32 +4719,29 @@ softmaxColsPreAvx512_exp2:
 softmaxColsPreAvx512_exp1:
 	TESTQ        R11, R11
 	JEQ          softmaxColsPreAvx512_expdone
-	VMOVUPS      (R10), Z15
-	VSUBPS       Z14, Z15, Z15
-	VMINPS       Z15, Z0, Z15
-	VMAXPS       Z15, Z1, Z15
-	VMULPS       Z2, Z15, Z16
-	VRNDSCALEPS  $0x00, Z16, Z16
-	VFNMADD231PS Z3, Z16, Z15
-	VFNMADD231PS Z4, Z16, Z15
-	VMOVUPS      Z6, Z17
-	VFMADD213PS  Z7, Z15, Z17
-	VFMADD213PS  Z8, Z15, Z17
-	VFMADD213PS  Z9, Z15, Z17
-	VFMADD213PS  Z10, Z15, Z17
-	VFMADD213PS  Z11, Z15, Z17
-	VMULPS       Z15, Z15, Z14
-	VFMADD213PS  Z15, Z14, Z17
-	VADDPS       Z5, Z17, Z17
-	VSCALEFPS    Z16, Z17, Z15
-	VMOVUPS      Z15, (R10)
-	VADDPS       Z15, Z12, Z12
+	VMOVUPS      (R10), Z12
+	VSUBPS       Z11, Z12, Z12
+	VCMPPS       $0x05, Z0, Z12, K1
+	VMAXPS       Z12, Z0, Z12
+	VMOVUPS      Z2, Z11
+	VFMADD231PS  Z1, Z12, Z11
+	VSUBPS       Z2, Z11, Z11
+	VFNMADD231PS Z3, Z11, Z12
+	VMOVUPS      Z5, Z13
+	VFMADD213PS  Z6, Z12, Z13
+	VFMADD213PS  Z7, Z12, Z13
+	VFMADD213PS  Z8, Z12, Z13
+	VFMADD213PS  Z4, Z12, Z13
+	VFMADD213PS  Z4, Z12, Z13
+	VSCALEFPS.Z  Z11, Z13, K1, Z12
+	VMOVUPS      Z12, (R10)
+	VADDPS       Z12, Z9, Z9
 
 softmaxColsPreAvx512_expdone:
-	VADDPS      Z13, Z12, Z12
-	VMOVUPS     (SI), Z13
-	VFMADD132PS (DI), Z12, Z13
-	VMOVUPS     Z13, (SI)
+	VADDPS      Z10, Z9, Z9
+	VMOVUPS     (SI), Z10
+	VFMADD132PS (DI), Z9, Z10
+	VMOVUPS     Z10, (SI)
 	ADDQ        $0x00000040, AX
 	ADDQ        $0x00000040, BX
 	ADDQ        $0x00000040, SI
@@ -6892,33 +6970,29 @@ softmaxColsAvx2_maxdone:
 	VMOVUPS      negMaxF32<>+0(SB), Y2
 	VMAXPS       Y1, Y2, Y2
 	VSUBPS       Y2, Y0, Y0
-	VMOVUPS      expHi<>+0(SB), Y1
-	VMINPS       Y0, Y1, Y0
-	VMOVUPS      expLo<>+0(SB), Y1
+	VMOVUPS      expLoFast<>+0(SB), Y1
+	VCMPPS       $0x05, Y1, Y0, Y3
 	VMAXPS       Y0, Y1, Y0
-	VMOVUPS      expMagic<>+0(SB), Y3
-	VFMADD231PS  expLog2e<>+0(SB), Y0, Y3
-	VSUBPS       expMagic<>+0(SB), Y3, Y1
-	VFNMADD231PS expC1<>+0(SB), Y1, Y0
-	VFNMADD231PS expC2<>+0(SB), Y1, Y0
-	VMOVUPS      expP0<>+0(SB), Y4
-	VFMADD213PS  expP1<>+0(SB), Y0, Y4
-	VFMADD213PS  expP2<>+0(SB), Y0, Y4
-	VFMADD213PS  expP3<>+0(SB), Y0, Y4
-	VFMADD213PS  expP4<>+0(SB), Y0, Y4
-	VFMADD213PS  expP5<>+0(SB), Y0, Y4
-	VMULPS       Y0, Y0, Y1
-	VFMADD213PS  Y0, Y1, Y4
-	VADDPS       expOne<>+0(SB), Y4, Y4
-	VPSUBD       expMagicBits<>+0(SB), Y3, Y3
-	VPSRAD       $0x01, Y3, Y1
-	VPSUBD       Y1, Y3, Y3
+	VMOVUPS      expMagic<>+0(SB), Y4
+	VFMADD231PS  expLog2e<>+0(SB), Y0, Y4
+	VSUBPS       expMagic<>+0(SB), Y4, Y1
+	VFNMADD231PS expLn2<>+0(SB), Y1, Y0
+	VMOVUPS      expQ0<>+0(SB), Y5
+	VFMADD213PS  expQ1<>+0(SB), Y0, Y5
+	VFMADD213PS  expQ2<>+0(SB), Y0, Y5
+	VFMADD213PS  expQ3<>+0(SB), Y0, Y5
+	VFMADD213PS  expOne<>+0(SB), Y0, Y5
+	VFMADD213PS  expOne<>+0(SB), Y0, Y5
+	VPSUBD       expMagicBits<>+0(SB), Y4, Y4
+	VPSRAD       $0x01, Y4, Y1
+	VPSUBD       Y1, Y4, Y4
 	VPADDD       expBias<>+0(SB), Y1, Y1
 	VPSLLD       $0x17, Y1, Y1
-	VPADDD       expBias<>+0(SB), Y3, Y3
-	VPSLLD       $0x17, Y3, Y3
-	VMULPS       Y1, Y4, Y4
-	VMULPS       Y3, Y4, Y0
+	VPADDD       expBias<>+0(SB), Y4, Y4
+	VPSLLD       $0x17, Y4, Y4
+	VMULPS       Y1, Y5, Y5
+	VMULPS       Y4, Y5, Y0
+	VANDPS       Y3, Y0, Y0
 	VMOVUPS      Y0, (SI)
 	VXORPS       Y0, Y0, Y0
 	VXORPS       Y1, Y1, Y1
@@ -6932,60 +7006,52 @@ softmaxColsAvx2_exp2:
 	VMOVUPS      (R9)(CX*1), Y4
 	VSUBPS       Y2, Y3, Y3
 	VSUBPS       Y2, Y4, Y4
-	VMOVUPS      expHi<>+0(SB), Y5
-	VMINPS       Y3, Y5, Y3
-	VMOVUPS      expLo<>+0(SB), Y5
+	VMOVUPS      expLoFast<>+0(SB), Y5
+	VCMPPS       $0x05, Y5, Y3, Y6
 	VMAXPS       Y3, Y5, Y3
-	VMOVUPS      expMagic<>+0(SB), Y6
-	VFMADD231PS  expLog2e<>+0(SB), Y3, Y6
-	VSUBPS       expMagic<>+0(SB), Y6, Y5
-	VFNMADD231PS expC1<>+0(SB), Y5, Y3
-	VFNMADD231PS expC2<>+0(SB), Y5, Y3
-	VMOVUPS      expP0<>+0(SB), Y7
-	VFMADD213PS  expP1<>+0(SB), Y3, Y7
-	VFMADD213PS  expP2<>+0(SB), Y3, Y7
-	VFMADD213PS  expP3<>+0(SB), Y3, Y7
-	VFMADD213PS  expP4<>+0(SB), Y3, Y7
-	VFMADD213PS  expP5<>+0(SB), Y3, Y7
-	VMULPS       Y3, Y3, Y5
-	VFMADD213PS  Y3, Y5, Y7
-	VADDPS       expOne<>+0(SB), Y7, Y7
-	VPSUBD       expMagicBits<>+0(SB), Y6, Y6
-	VPSRAD       $0x01, Y6, Y5
-	VPSUBD       Y5, Y6, Y6
+	VMOVUPS      expMagic<>+0(SB), Y7
+	VFMADD231PS  expLog2e<>+0(SB), Y3, Y7
+	VSUBPS       expMagic<>+0(SB), Y7, Y5
+	VFNMADD231PS expLn2<>+0(SB), Y5, Y3
+	VMOVUPS      expQ0<>+0(SB), Y8
+	VFMADD213PS  expQ1<>+0(SB), Y3, Y8
+	VFMADD213PS  expQ2<>+0(SB), Y3, Y8
+	VFMADD213PS  expQ3<>+0(SB), Y3, Y8
+	VFMADD213PS  expOne<>+0(SB), Y3, Y8
+	VFMADD213PS  expOne<>+0(SB), Y3, Y8
+	VPSUBD       expMagicBits<>+0(SB), Y7, Y7
+	VPSRAD       $0x01, Y7, Y5
+	VPSUBD       Y5, Y7, Y7
 	VPADDD       expBias<>+0(SB), Y5, Y5
 	VPSLLD       $0x17, Y5, Y5
-	VPADDD       expBias<>+0(SB), Y6, Y6
-	VPSLLD       $0x17, Y6, Y6
-	VMULPS       Y5, Y7, Y7
-	VMULPS       Y6, Y7, Y3
-	VMOVUPS      expHi<>+0(SB), Y5
-	VMINPS       Y4, Y5, Y4
-	VMOVUPS      expLo<>+0(SB), Y5
+	VPADDD       expBias<>+0(SB), Y7, Y7
+	VPSLLD       $0x17, Y7, Y7
+	VMULPS       Y5, Y8, Y8
+	VMULPS       Y7, Y8, Y3
+	VANDPS       Y6, Y3, Y3
+	VMOVUPS      expLoFast<>+0(SB), Y5
+	VCMPPS       $0x05, Y5, Y4, Y6
 	VMAXPS       Y4, Y5, Y4
-	VMOVUPS      expMagic<>+0(SB), Y6
-	VFMADD231PS  expLog2e<>+0(SB), Y4, Y6
-	VSUBPS       expMagic<>+0(SB), Y6, Y5
-	VFNMADD231PS expC1<>+0(SB), Y5, Y4
-	VFNMADD231PS expC2<>+0(SB), Y5, Y4
-	VMOVUPS      expP0<>+0(SB), Y7
-	VFMADD213PS  expP1<>+0(SB), Y4, Y7
-	VFMADD213PS  expP2<>+0(SB), Y4, Y7
-	VFMADD213PS  expP3<>+0(SB), Y4, Y7
-	VFMADD213PS  expP4<>+0(SB), Y4, Y7
-	VFMADD213PS  expP5<>+0(SB), Y4, Y7
-	VMULPS       Y4, Y4, Y5
-	VFMADD213PS  Y4, Y5, Y7
-	VADDPS       expOne<>+0(SB), Y7, Y7
-	VPSUBD       expMagicBits<>+0(SB), Y6, Y6
-	VPSRAD       $0x01, Y6, Y5
-	VPSUBD       Y5, Y6, Y6
+	VMOVUPS      expMagic<>+0(SB), Y7
+	VFMADD231PS  expLog2e<>+0(SB), Y4, Y7
+	VSUBPS       expMagic<>+0(SB), Y7, Y5
+	VFNMADD231PS expLn2<>+0(SB), Y5, Y4
+	VMOVUPS      expQ0<>+0(SB), Y8
+	VFMADD213PS  expQ1<>+0(SB), Y4, Y8
+	VFMADD213PS  expQ2<>+0(SB), Y4, Y8
+	VFMADD213PS  expQ3<>+0(SB), Y4, Y8
+	VFMADD213PS  expOne<>+0(SB), Y4, Y8
+	VFMADD213PS  expOne<>+0(SB), Y4, Y8
+	VPSUBD       expMagicBits<>+0(SB), Y7, Y7
+	VPSRAD       $0x01, Y7, Y5
+	VPSUBD       Y5, Y7, Y7
 	VPADDD       expBias<>+0(SB), Y5, Y5
 	VPSLLD       $0x17, Y5, Y5
-	VPADDD       expBias<>+0(SB), Y6, Y6
-	VPSLLD       $0x17, Y6, Y6
-	VMULPS       Y5, Y7, Y7
-	VMULPS       Y6, Y7, Y4
+	VPADDD       expBias<>+0(SB), Y7, Y7
+	VPSLLD       $0x17, Y7, Y7
+	VMULPS       Y5, Y8, Y8
+	VMULPS       Y7, Y8, Y4
+	VANDPS       Y6, Y4, Y4
 	VMOVUPS      Y3, (R9)
 	VMOVUPS      Y4, (R9)(CX*1)
 	VADDPS       Y3, Y0, Y0
@@ -6999,33 +7065,29 @@ softmaxColsAvx2_exp1:
 	JEQ          softmaxColsAvx2_expdone
 	VMOVUPS      (R9), Y3
 	VSUBPS       Y2, Y3, Y3
-	VMOVUPS      expHi<>+0(SB), Y2
-	VMINPS       Y3, Y2, Y3
-	VMOVUPS      expLo<>+0(SB), Y2
+	VMOVUPS      expLoFast<>+0(SB), Y2
+	VCMPPS       $0x05, Y2, Y3, Y4
 	VMAXPS       Y3, Y2, Y3
-	VMOVUPS      expMagic<>+0(SB), Y4
-	VFMADD231PS  expLog2e<>+0(SB), Y3, Y4
-	VSUBPS       expMagic<>+0(SB), Y4, Y2
-	VFNMADD231PS expC1<>+0(SB), Y2, Y3
-	VFNMADD231PS expC2<>+0(SB), Y2, Y3
-	VMOVUPS      expP0<>+0(SB), Y5
-	VFMADD213PS  expP1<>+0(SB), Y3, Y5
-	VFMADD213PS  expP2<>+0(SB), Y3, Y5
-	VFMADD213PS  expP3<>+0(SB), Y3, Y5
-	VFMADD213PS  expP4<>+0(SB), Y3, Y5
-	VFMADD213PS  expP5<>+0(SB), Y3, Y5
-	VMULPS       Y3, Y3, Y2
-	VFMADD213PS  Y3, Y2, Y5
-	VADDPS       expOne<>+0(SB), Y5, Y5
-	VPSUBD       expMagicBits<>+0(SB), Y4, Y4
-	VPSRAD       $0x01, Y4, Y2
-	VPSUBD       Y2, Y4, Y4
+	VMOVUPS      expMagic<>+0(SB), Y5
+	VFMADD231PS  expLog2e<>+0(SB), Y3, Y5
+	VSUBPS       expMagic<>+0(SB), Y5, Y2
+	VFNMADD231PS expLn2<>+0(SB), Y2, Y3
+	VMOVUPS      expQ0<>+0(SB), Y6
+	VFMADD213PS  expQ1<>+0(SB), Y3, Y6
+	VFMADD213PS  expQ2<>+0(SB), Y3, Y6
+	VFMADD213PS  expQ3<>+0(SB), Y3, Y6
+	VFMADD213PS  expOne<>+0(SB), Y3, Y6
+	VFMADD213PS  expOne<>+0(SB), Y3, Y6
+	VPSUBD       expMagicBits<>+0(SB), Y5, Y5
+	VPSRAD       $0x01, Y5, Y2
+	VPSUBD       Y2, Y5, Y5
 	VPADDD       expBias<>+0(SB), Y2, Y2
 	VPSLLD       $0x17, Y2, Y2
-	VPADDD       expBias<>+0(SB), Y4, Y4
-	VPSLLD       $0x17, Y4, Y4
-	VMULPS       Y2, Y5, Y5
-	VMULPS       Y4, Y5, Y3
+	VPADDD       expBias<>+0(SB), Y5, Y5
+	VPSLLD       $0x17, Y5, Y5
+	VMULPS       Y2, Y6, Y6
+	VMULPS       Y5, Y6, Y3
+	VANDPS       Y4, Y3, Y3
 	VMOVUPS      Y3, (R9)
 	VADDPS       Y3, Y0, Y0
 

@@ -122,8 +122,13 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 	dp := roundUp(d, nr)
 	bf := p.Precision == PrecisionBF16
 
-	// Units run last query tile first: under a causal mask they see the
-	// most keys, and starting them first balances the cores.
+	// Units run key/value head by key/value head and, within one, last
+	// query tile first, the query heads of a group next to each other:
+	// the cores then fold the same head's keys and values at the same
+	// time (one reads them from memory, the others from the shared
+	// cache), and under a causal mask the units that see the most keys
+	// start first and the small ones end the run, which balances the
+	// cores.
 	done := ctx.Done()
 	var stopped atomic.Bool
 	parallelFor(units, p.Threads, func(sc *scratch, u int) {
@@ -135,8 +140,9 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 			default:
 			}
 		}
-		t := qTiles - 1 - u/bhN
-		bh := u % bhN
+		kvh, r := u/(qTiles*group), u%(qTiles*group)
+		t := qTiles - 1 - r/group
+		bh := kvh*group + r%group
 		b, h := bh/p.Hq, bh%p.Hq
 		kvHead := b*p.Hkv + h/group
 		r0 := t * br
@@ -216,13 +222,24 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 					im.roundBF16(kr, kb)
 					kb = kr
 				}
+				vNow := v[kvBase+c0*d : kvBase+c1*d]
+				var kNext []float32
+				if c1 < nk {
+					kNext = k[kvBase+c1*d : kvBase+min(c1+bc, nk)*d]
+				}
+				if class == tilePartial {
+					pt := partialTile{im: im, sc: sc, rows: rows, rp: rp, pw: pw, d: d, dp: dp, cols: cols,
+						base: int32(kStart + c0), bf: bf, qt: qt, kb: kb, v: vNow, kNext: kNext,
+						o: oT, m: mT, l: lT, alpha: alpha, lo: lo, hi: hi}
+					pt.fold()
+					continue
+				}
 				// While it computes Sᵀ, the GEMM prefetches this tile's V
 				// (a part per panel of Qᵀ); while it computes P·V, the
 				// next tile's K: both arrive in L2 before they are read.
-				vNow := v[kvBase+c0*d : kvBase+c1*d]
 				np := rp / pw
 				// A full tile takes its column maxima from the GEMM.
-				fused := class == tileFull && im.gemmNNMax != nil
+				fused := im.gemmNNMax != nil
 				mx := sc.mx[:rp]
 				if fused {
 					copy(mx, mT)
@@ -235,45 +252,17 @@ func (s *State) FoldBlocks(ctx context.Context, p *Params, q []float32, qStart, 
 					}
 					im.gemmNN(cols, pw, d, kb, d, qt[j0*d:], pw, st[j0:], rp, false, part)
 				}
-				if class == tilePartial {
-					// Row by row of Sᵀ (contiguous), -inf where key j is outside
-					// query i's visible range [lo, hi).
-					base := int32(kStart + c0)
-					for j := 0; j < cols; j++ {
-						kj := base + int32(j)
-						row := st[j*rp : j*rp+rows]
-						for i := range row {
-							if kj < lo[i] || kj >= hi[i] {
-								row[i] = negInf
-							}
-						}
-					}
-				}
 				if fused {
 					im.softmaxColsPre(st, rp, cols, mT, lT, alpha, mx)
 				} else {
 					im.softmaxCols(st, rp, cols, mT, lT, alpha)
 				}
 				// O = diag(alpha)·O + Pᵀᵀ·V.
-				vb, ldv := v[kvBase+c0*d:kvBase+c1*d], d
-				if dp != d {
-					vp := sc.vp[:cols*dp]
-					for j := 0; j < cols; j++ {
-						copy(vp[j*dp:j*dp+d], vb[j*d:j*d+d])
-					}
-					vb, ldv = vp, dp
-				}
+				vb, ldv := tileV(im, sc, vNow, cols, d, dp, bf)
 				if bf {
 					// L above summed P in float32; the product sees
-					// bfloat16 P and V.
+					// bfloat16 P.
 					im.roundBF16(st[:cols*rp], st[:cols*rp])
-					vr := sc.vr[:cols*ldv]
-					im.roundBF16(vr, vb)
-					vb = vr
-				}
-				var kNext []float32
-				if c1 < nk {
-					kNext = k[kvBase+c1*d : kvBase+min(c1+bc, nk)*d]
 				}
 				im.gemmTN(rows, dp, cols, st, rp, vb, ldv, oT, dp, alpha, kNext)
 			}

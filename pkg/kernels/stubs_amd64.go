@@ -39,7 +39,9 @@ func gemmTNAvx512(mr int, tiles int, k int, a []float32, lda int, b []float32, l
 //		l[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]
 //		m[i] = mx
 //
-// with exp as in expF32. The caller checks the slice bounds.
+// with exp within 6 ulp and 0 below exp(-87) (expFast in _asm/exp.go; expF32 is
+// more accurate).
+// The caller checks the slice bounds.
 func softmaxColsAvx512(s []float32, lds int, rows int, m []float32, l []float32, alpha []float32)
 
 // gemmNNMaxAvx512 is gemmNNAvx512 with acc false that also folds the column maxima
@@ -122,7 +124,9 @@ func gemmTNAvx2(mr int, tiles int, k int, a []float32, lda int, b []float32, ldb
 //		l[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]
 //		m[i] = mx
 //
-// with exp as in expF32. The caller checks the slice bounds.
+// with exp within 6 ulp and 0 below exp(-87) (expFast in _asm/exp.go; expF32 is
+// more accurate).
+// The caller checks the slice bounds.
 func softmaxColsAvx2(s []float32, lds int, rows int, m []float32, l []float32, alpha []float32)
 
 // expF32Avx2 replaces every x[i] by exp(x[i]), a few ulp from the correctly

@@ -61,6 +61,8 @@ func constU32(name string, v uint32) Mem {
 var (
 	cHi, cLo, cLog2e, cMagic, cMagicI, cC1, cC2, c127, cOne, cNegMax Mem
 	cP                                                               [6]Mem
+	cLn2, cLoFast                                                    Mem
+	cQ                                                               [4]Mem
 	cTailMask                                                        Mem
 	cBFOne, cBFHalf, cBFHi, cBFAbs, cBFInf, cBFQuiet                 Mem
 )
@@ -79,6 +81,13 @@ func main() {
 	cC2 = constF32("expC2", -2.12194440e-4)
 	for i, p := range []float32{1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1} {
 		cP[i] = constF32(fmt.Sprintf("expP%d", i), p)
+	}
+	// expFast: x = n·ln2 + r with one constant, exp(r) = 1 + r + r²·Q(r),
+	// Q of degree 3 fitted for the least maximum relative error.
+	cLn2 = constF32("expLn2", float32(math.Ln2))
+	cLoFast = constF32("expLoFast", -87) // exp(-87) = 1.4·2⁻¹²⁶ is normal
+	for i, q := range []float32{8.3125205711e-03, 4.1890181601e-02, 1.6667114198e-01, 4.9999231100e-01} {
+		cQ[i] = constF32(fmt.Sprintf("expQ%d", i), q)
 	}
 	c127 = constU32("expBias", 127)
 	cOne = constF32("expOne", 1)

@@ -42,7 +42,9 @@ func softmaxColsDoc(is isa, name string) {
 		"\t\tl[i] = l[i]·alpha[i] + Σ_j s[j*lds+i]",
 		"\t\tm[i] = mx",
 		"",
-		"with exp as in expF32. The caller checks the slice bounds.")
+		"with exp within 6 ulp and 0 below exp(-87) (expFast in _asm/exp.go; expF32 is",
+		"more accurate).",
+		"The caller checks the slice bounds.")
 }
 
 func softmaxColsBody(is isa, name string, pre bool) {
@@ -58,7 +60,8 @@ func softmaxColsBody(is isa, name string, pre bool) {
 	ap := Load(Param("alpha").Base(), GP64())
 	cols := Load(Param("m").Len(), GP64())
 	vb := 4 * is.w
-	ek := newExpK(is)
+	ek := newExpFastK(is)
+	exp := expFast
 
 	Label(name + "_strip")
 	CMPQ(cols, U32(is.w))
