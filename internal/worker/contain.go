@@ -159,6 +159,24 @@ func (g guardedSource) Fetch(ctx context.Context, tensor string, block int) (x [
 	return g.src.Fetch(ctx, tensor, block)
 }
 
+// guardedHeadSource is a guardedSource over a ringattn.HeadFetcher, which
+// it is too (so ranks of head plans read their heads only).
+type guardedHeadSource struct{ guardedSource }
+
+func (g guardedHeadSource) FetchHeads(ctx context.Context, tensor string, block, h0, h1 int) (x []float32, err error) {
+	defer g.w.contain("fetching heads of a "+tensor+" block", &err)
+	return g.src.(ringattn.HeadFetcher).FetchHeads(ctx, tensor, block, h0, h1)
+}
+
+// guard returns src with its panics contained, a HeadFetcher when src is.
+func (w *Worker) guard(src ringattn.Source) ringattn.Source {
+	g := guardedSource{src: src, w: w}
+	if _, ok := src.(ringattn.HeadFetcher); ok {
+		return guardedHeadSource{g}
+	}
+	return g
+}
+
 // guardedSink contains a panic of the rank's Sink and counts blocks written.
 type guardedSink struct {
 	sink ringattn.Sink
