@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ringattn/ringattn/pkg/shard"
 	"runtime/debug"
 	"sync/atomic"
+
+	"github.com/ringattn/ringattn/pkg/shard"
 
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
