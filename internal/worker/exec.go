@@ -147,8 +147,10 @@ type checkedSource struct {
 	allowNaN bool
 	met      *workerMetrics
 	prog     *progress // counts every block read (nil: not counted)
-	// b, hq, hkv are the job's batch and head counts (FetchHeads).
+	// b, hq, hkv are the job's batch and head counts (FetchHeads,
+	// FetchRun).
 	b, hq, hkv int
+	w          *Worker // contains panics of FetchRun's transfers
 }
 
 func (s *checkedSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
@@ -255,6 +257,10 @@ type attnSink struct {
 	lse  bool
 	outs *outputs
 	met  *workerMetrics
+	// b, hq, d and span (the rows of a query block) shape PutRun's runs.
+	b, hq, d int
+	span     func(block int) (start, rows int)
+	wk       *Worker // contains panics of PutRun's transfers
 }
 
 func (s *attnSink) Put(ctx context.Context, block int, o, lse []float32) error {
@@ -352,9 +358,10 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	params.Threads = w.threads
 	outs := &outputs{}
 	src := &checkedSource{r: store, ns: t.inputRef, allowNaN: t.allowNaN, met: w.met, prog: prog,
-		b: t.params.B, hq: t.params.Hq, hkv: t.params.Hkv}
+		b: t.params.B, hq: t.params.Hq, hkv: t.params.Hkv, w: w}
 	var source ringattn.Source = src
-	var sink ringattn.Sink = &attnSink{w: store, ns: t.outputRef, lse: t.wantLSE, outs: outs, met: w.met}
+	var sink ringattn.Sink = &attnSink{w: store, ns: t.outputRef, lse: t.wantLSE, outs: outs, met: w.met,
+		b: t.params.B, hq: t.params.Hq, d: t.params.D, span: t.plan.QSpan, wk: w}
 	var mha *mhaParts
 	if t.kind == pb.JobKind_JOB_KIND_MHA {
 		layer, err := w.loadLayer(ctx, src, t)
@@ -404,7 +411,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		// cluster: not checked for non-finite values (lse is -Inf on a
 		// row that sees no key).
 		olse := &checkedSource{r: store, ns: t.oLSERef, allowNaN: true, met: w.met, prog: prog,
-			b: t.params.B, hq: t.params.Hq, hkv: t.params.Hkv}
+			b: t.params.B, hq: t.params.Hq, hkv: t.params.Hkv, w: w}
 		grads = &gradSink{w: store, ns: t.outputRef, met: w.met}
 		var bsrc ringattn.Source = bwdSource{in: src, olse: olse}
 		var bsink ringattn.GradSink = grads
@@ -422,7 +429,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		err = ringattn.RunRank(ctx, ringattn.RankConfig{
 			Params: &params, Plan: t.plan, Ring: fring,
 			Source:   w.guard(source),
-			Sink:     guardedSink{sink: sink, w: w, prog: prog},
+			Sink:     w.guardSink(sink, prog),
 			Logger:   logger,
 			Progress: progress,
 		})

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"strconv"
 	"testing"
@@ -33,7 +34,11 @@ func TestClientDataPathPhases(t *testing.T) {
 	const h, d = 8, 128
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: 4, HTTPAddr: "off"})
+	dcfg := devcluster.Config{Workers: 4, HTTPAddr: "off"}
+	if os.Getenv("RINGATTN_DATAPATH_LOG") != "" { // warnings and errors of every component
+		dcfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	dev, err := devcluster.Start(ctx, dcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +80,7 @@ func TestClientDataPathPhases(t *testing.T) {
 	}
 	fetch := time.Since(t2)
 	cpu3 := cpuSeconds(t)
-	t.Logf("strategy %q: CPU seconds upload %.2f, job %.2f, fetch %.2f", strategy, cpu1-cpu0, cpu2-cpu1, cpu3-cpu2)
+	t.Logf("strategy %q (ran %q, epoch %d): CPU seconds upload %.2f, job %.2f, fetch %.2f", strategy, st.GetStrategy(), st.GetEpoch(), cpu1-cpu0, cpu2-cpu1, cpu3-cpu2)
 	logWorkerBytes(t, dev.Registry())
 	out := 4 * float64(h*n*(d+1)) / (1 << 20)
 	ms := func(a, b int64) time.Duration { return time.Duration(b-a) * time.Millisecond }
