@@ -163,3 +163,36 @@ func TestTransportStoreGetHeadsCorrupt(t *testing.T) {
 		t.Fatalf("heads of a corrupt block: %v, want ErrCorrupt", err)
 	}
 }
+
+// TestTransportStoreGetHeadsSlabLimit: a block of 1024 batch × heads (the
+// limit) is written with its slab layout and read in part; one of 1025 is
+// written without it and read whole; both give the same heads.
+func TestTransportStoreGetHeadsSlabLimit(t *testing.T) {
+	e := transporttest.RunServer(t)
+	s := transporttest.Store(t, transporttest.Connect(t, e), transport.StoreConfig{})
+	ctx := ctxT(t, 30*time.Second)
+	for _, tc := range []struct {
+		heads   int
+		partial bool
+	}{{1024, true}, {1025, false}} {
+		sh := transport.Shape{1, tc.heads, 2, 2}
+		data := seqTensor(sh)
+		ns := fmt.Sprintf("limit-%d", tc.heads)
+		must(t, s.PutTensors(ctx, ns, []transport.TensorData{{Name: "v", Data: data, Shape: sh}}, 2, transport.F32, transport.TransferOptions{}))
+		info, err := s.ObjectStore().GetInfo(ctx, transport.BlockName(ns, "v", 0))
+		must(t, err)
+		if _, ok := info.Metadata["ringattn-slabs"]; ok != tc.partial {
+			t.Fatalf("%d heads: slab layout written %v, want %v", tc.heads, ok, tc.partial)
+		}
+		r := transport.HeadRange{B: 1, Heads: tc.heads, H0: tc.heads - 3, H1: tc.heads}
+		before := s.Stats().GetBytes
+		got, err := s.GetHeads(ctx, ns, "v", 0, r)
+		must(t, err)
+		want, _ := r.Cut(data)
+		equalF32(t, ns, got, want)
+		moved, all := s.Stats().GetBytes-before, int64(4*len(data))
+		if tc.partial && moved != int64(4*len(want)) || !tc.partial && moved != all {
+			t.Fatalf("%d heads: %d bytes read, want %d", tc.heads, moved, map[bool]int64{true: int64(4 * len(want)), false: all}[tc.partial])
+		}
+	}
+}
