@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ringattn/ringattn/pkg/shard"
 	"runtime/debug"
 	"sync/atomic"
+
+	"github.com/ringattn/ringattn/pkg/shard"
 
 	"github.com/ringattn/ringattn/pkg/ringattn"
 	"github.com/ringattn/ringattn/pkg/transport/pb"
@@ -157,6 +158,58 @@ type guardedSource struct {
 func (g guardedSource) Fetch(ctx context.Context, tensor string, block int) (x []float32, err error) {
 	defer g.w.contain("fetching "+tensor+" block", &err)
 	return g.src.Fetch(ctx, tensor, block)
+}
+
+// guardedHeadSource is a guardedSource over a ringattn.HeadFetcher, which
+// it is too (so ranks of head plans read their heads only).
+type guardedHeadSource struct{ guardedSource }
+
+func (g guardedHeadSource) FetchHeads(ctx context.Context, tensor string, block, h0, h1 int) (x []float32, err error) {
+	defer g.w.contain("fetching heads of a "+tensor+" block", &err)
+	return g.src.(ringattn.HeadFetcher).FetchHeads(ctx, tensor, block, h0, h1)
+}
+
+// guardedFullSource is a guardedHeadSource over a ringattn.RunSource,
+// which it is too.
+type guardedFullSource struct{ guardedHeadSource }
+
+func (g guardedFullSource) FetchRun(ctx context.Context, tensor string, first, count int) (x []float32, err error) {
+	defer g.w.contain("fetching a run of "+tensor+" blocks", &err)
+	return g.src.(ringattn.RunSource).FetchRun(ctx, tensor, first, count)
+}
+
+// guard returns src with its panics contained, a HeadFetcher when src is,
+// and a RunSource when src is both.
+func (w *Worker) guard(src ringattn.Source) ringattn.Source {
+	g := guardedSource{src: src, w: w}
+	if _, ok := src.(ringattn.HeadFetcher); ok {
+		if _, ok := src.(ringattn.RunSource); ok {
+			return guardedFullSource{guardedHeadSource{g}}
+		}
+		return guardedHeadSource{g}
+	}
+	return g
+}
+
+// guardSink returns sink with its panics contained and its blocks
+// counted in prog, a ringattn.RunSink when sink is.
+func (w *Worker) guardSink(sink ringattn.Sink, prog *progress) ringattn.Sink {
+	g := guardedSink{sink: sink, w: w, prog: prog}
+	if _, ok := sink.(ringattn.RunSink); ok {
+		return guardedRunSink{g}
+	}
+	return g
+}
+
+// guardedRunSink is a guardedSink over a ringattn.RunSink, which it is too.
+type guardedRunSink struct{ guardedSink }
+
+func (g guardedRunSink) PutRun(ctx context.Context, first, count int, o, lse []float32) (err error) {
+	defer g.w.contain("writing a run of output blocks", &err)
+	if err = g.sink.(ringattn.RunSink).PutRun(ctx, first, count, o, lse); err == nil {
+		g.prog.done.Add(int64(count))
+	}
+	return err
 }
 
 // guardedSink contains a panic of the rank's Sink and counts blocks written.

@@ -13,9 +13,11 @@
 // epoch each; assignments are idempotent per (job, epoch, rank): a
 // re-issued one never restarts the work, and a finished one re-sends its
 // report. For each rank the worker fetches exactly its blocks from the
-// JetStream tensor store, runs pkg/ringattn over a transport.NATSRing (the
-// store is the fallback for a late or lost ring frame), writes its output
-// blocks back to the store, and reports ShardDone with the CRC32C of every
+// JetStream tensor store (a rank of a head plan only its heads of them,
+// transport.Store.GetHeads; runs of query blocks several at once), runs
+// pkg/ringattn over a transport.NATSRing (the store is the fallback for a
+// late or lost ring frame), writes its output blocks back to the store
+// (runs several at once), and reports ShardDone with the CRC32C of every
 // block, retrying with backoff until a leader acknowledges it; a leader
 // change in between loses nothing because the report is kept and re-sent.
 //

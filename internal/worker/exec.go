@@ -132,20 +132,56 @@ type blockWriter interface {
 	PutBlock(ctx context.Context, job, tensor string, block int, data []float32, enc transport.Encoding) error
 }
 
+// headReader is a blockReader that reads a range of heads of a block
+// without the others (transport.Store.GetHeads).
+type headReader interface {
+	GetHeads(ctx context.Context, ns, tensor string, block int, r transport.HeadRange) ([]float32, error)
+}
+
 // checkedSource is the rank's ringattn.Source: the store namespace of the
-// inputs, refusing non-finite values unless the job allows them.
+// inputs, refusing non-finite values unless the job allows them. It is a
+// ringattn.HeadFetcher too: the ranks of head plans read their heads only.
 type checkedSource struct {
 	r        blockReader
 	ns       string
 	allowNaN bool
 	met      *workerMetrics
 	prog     *progress // counts every block read (nil: not counted)
+	// b, hq, hkv are the job's batch and head counts (FetchHeads,
+	// FetchRun).
+	b, hq, hkv int
+	w          *Worker // contains panics of FetchRun's transfers
 }
 
 func (s *checkedSource) Fetch(ctx context.Context, tensor string, block int) ([]float32, error) {
+	return s.fetch(ctx, tensor, block, func() ([]float32, error) { return s.r.GetBlock(ctx, s.ns, tensor, block) })
+}
+
+// FetchHeads reads heads [h0, h1) of a block (ringattn.HeadFetcher): of
+// Hkv heads for "k", "v", of Hq for the others. A reader without GetHeads
+// reads the whole block, cut here.
+func (s *checkedSource) FetchHeads(ctx context.Context, tensor string, block, h0, h1 int) ([]float32, error) {
+	hr := transport.HeadRange{B: s.b, Heads: s.hq, H0: h0, H1: h1}
+	if tensor == transport.TensorK || tensor == transport.TensorV {
+		hr.Heads = s.hkv
+	}
+	return s.fetch(ctx, tensor, block, func() ([]float32, error) {
+		if r, ok := s.r.(headReader); ok {
+			return r.GetHeads(ctx, s.ns, tensor, block, hr)
+		}
+		x, err := s.r.GetBlock(ctx, s.ns, tensor, block)
+		if err != nil {
+			return nil, err
+		}
+		return hr.Cut(x)
+	})
+}
+
+// fetch reads a block (or part of one) with get, retrying, and checks it.
+func (s *checkedSource) fetch(ctx context.Context, tensor string, block int, get func() ([]float32, error)) ([]float32, error) {
 	var x []float32
 	err := retryStore(ctx, func() (err error) {
-		x, err = s.r.GetBlock(ctx, s.ns, tensor, block)
+		x, err = get()
 		return err
 	})
 	if err != nil {
@@ -221,6 +257,10 @@ type attnSink struct {
 	lse  bool
 	outs *outputs
 	met  *workerMetrics
+	// b, hq, d and span (the rows of a query block) shape PutRun's runs.
+	b, hq, d int
+	span     func(block int) (start, rows int)
+	wk       *Worker // contains panics of PutRun's transfers
 }
 
 func (s *attnSink) Put(ctx context.Context, block int, o, lse []float32) error {
@@ -317,9 +357,11 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	params := t.params
 	params.Threads = w.threads
 	outs := &outputs{}
-	src := &checkedSource{r: store, ns: t.inputRef, allowNaN: t.allowNaN, met: w.met, prog: prog}
+	src := &checkedSource{r: store, ns: t.inputRef, allowNaN: t.allowNaN, met: w.met, prog: prog,
+		b: t.params.B, hq: t.params.Hq, hkv: t.params.Hkv, w: w}
 	var source ringattn.Source = src
-	var sink ringattn.Sink = &attnSink{w: store, ns: t.outputRef, lse: t.wantLSE, outs: outs, met: w.met}
+	var sink ringattn.Sink = &attnSink{w: store, ns: t.outputRef, lse: t.wantLSE, outs: outs, met: w.met,
+		b: t.params.B, hq: t.params.Hq, d: t.params.D, span: t.plan.QSpan, wk: w}
 	var mha *mhaParts
 	if t.kind == pb.JobKind_JOB_KIND_MHA {
 		layer, err := w.loadLayer(ctx, src, t)
@@ -368,7 +410,8 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		// o and lse are the forward's outputs, written by ranks of this
 		// cluster: not checked for non-finite values (lse is -Inf on a
 		// row that sees no key).
-		olse := &checkedSource{r: store, ns: t.oLSERef, allowNaN: true, met: w.met, prog: prog}
+		olse := &checkedSource{r: store, ns: t.oLSERef, allowNaN: true, met: w.met, prog: prog,
+			b: t.params.B, hq: t.params.Hq, hkv: t.params.Hkv, w: w}
 		grads = &gradSink{w: store, ns: t.outputRef, met: w.met}
 		var bsrc ringattn.Source = bwdSource{in: src, olse: olse}
 		var bsink ringattn.GradSink = grads
@@ -377,7 +420,7 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 		}
 		err = ringattn.RunRankBackward(ctx, ringattn.BackwardConfig{
 			Params: &params, Plan: t.plan, Ring: fring,
-			Source: guardedSource{src: bsrc, w: w},
+			Source: w.guard(bsrc),
 			Sink:   guardedGradSink{sink: bsink, w: w, prog: prog},
 			Epoch:  t.epoch, DoneDQ: t.doneDQ, DoneDKV: t.doneDKV,
 			Logger: logger, Progress: progress,
@@ -385,8 +428,8 @@ func (w *Worker) compute(ctx context.Context, t *task, prog *progress) (*pb.Shar
 	} else {
 		err = ringattn.RunRank(ctx, ringattn.RankConfig{
 			Params: &params, Plan: t.plan, Ring: fring,
-			Source:   guardedSource{src: source, w: w},
-			Sink:     guardedSink{sink: sink, w: w, prog: prog},
+			Source:   w.guard(source),
+			Sink:     w.guardSink(sink, prog),
 			Logger:   logger,
 			Progress: progress,
 		})
@@ -414,6 +457,15 @@ func (b bwdSource) Fetch(ctx context.Context, tensor string, block int) ([]float
 		return b.olse.Fetch(ctx, tensor, block)
 	}
 	return b.in.Fetch(ctx, tensor, block)
+}
+
+// FetchHeads reads heads [h0, h1) of a block (ringattn.HeadFetcher) from
+// where Fetch reads it.
+func (b bwdSource) FetchHeads(ctx context.Context, tensor string, block, h0, h1 int) ([]float32, error) {
+	if tensor == transport.TensorO || tensor == transport.TensorLSE {
+		return b.olse.FetchHeads(ctx, tensor, block, h0, h1)
+	}
+	return b.in.FetchHeads(ctx, tensor, block, h0, h1)
 }
 
 // gradSink writes a backward rank's gradient blocks ("dq" by query block,

@@ -2,6 +2,7 @@ package client_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"strconv"
 	"testing"
@@ -22,14 +23,22 @@ import (
 // the output. It checks the output's exactness on a few rows against the
 // float64 reference. RINGATTN_DATAPATH_N sets N (default 2048; H=8,
 // D=128, as issue 20 measures with N=32768) and
-// RINGATTN_DATAPATH_TRANSFERS the SDK's Options.Transfers.
+// RINGATTN_DATAPATH_TRANSFERS the SDK's Options.Transfers,
+// RINGATTN_DATAPATH_STRATEGY the job's strategy (default: the planner's),
+// RINGATTN_DATAPATH_CPUPROFILE a file for a CPU profile of the job. It
+// logs the process's CPU seconds per phase and each worker's store and
+// ring bytes too.
 func TestClientDataPathPhases(t *testing.T) {
 	n := envInt(t, "RINGATTN_DATAPATH_N", 2048)
 	transfers := envInt(t, "RINGATTN_DATAPATH_TRANSFERS", 0)
 	const h, d = 8, 128
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	dev, err := devcluster.Start(ctx, devcluster.Config{Workers: 4, HTTPAddr: "off"})
+	dcfg := devcluster.Config{Workers: 4, HTTPAddr: "off"}
+	if os.Getenv("RINGATTN_DATAPATH_LOG") != "" { // warnings and errors of every component
+		dcfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	}
+	dev, err := devcluster.Start(ctx, dcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,24 +53,35 @@ func TestClientDataPathPhases(t *testing.T) {
 	q, k, v := mk(), mk(), mk()
 	in := 3 * 4 * float64(h*n*d) / (1 << 20)
 
+	strategy := os.Getenv("RINGATTN_DATAPATH_STRATEGY")
+	cpu0 := cpuSeconds(t)
 	t0 := time.Now()
-	st, err := cl.SubmitAttention(ctx, q, k, v, true, client.JobOptions{Causal: true})
+	st, err := cl.SubmitAttention(ctx, q, k, v, true, client.JobOptions{Causal: true, Strategy: strategy})
 	if err != nil {
 		t.Fatal(err)
 	}
 	up := time.Since(t0)
+	cpu1 := cpuSeconds(t)
+	if f := os.Getenv("RINGATTN_DATAPATH_CPUPROFILE"); f != "" {
+		stop := startProfile(t, f)
+		defer stop()
+	}
 	t1 := time.Now()
 	st, err = cl.Wait(ctx, st.GetId())
 	if err != nil {
 		t.Fatal(err)
 	}
 	job := time.Since(t1)
+	cpu2 := cpuSeconds(t)
 	t2 := time.Now()
 	res, err := cl.FetchAttention(ctx, st)
 	if err != nil {
 		t.Fatal(err)
 	}
 	fetch := time.Since(t2)
+	cpu3 := cpuSeconds(t)
+	t.Logf("strategy %q (ran %q, epoch %d): CPU seconds upload %.2f, job %.2f, fetch %.2f", strategy, st.GetStrategy(), st.GetEpoch(), cpu1-cpu0, cpu2-cpu1, cpu3-cpu2)
+	logWorkerBytes(t, dev.Registry())
 	out := 4 * float64(h*n*(d+1)) / (1 << 20)
 	ms := func(a, b int64) time.Duration { return time.Duration(b-a) * time.Millisecond }
 	t.Logf("N=%d H=%d D=%d transfers=%d: upload %.0f MiB in %v (%.0f MiB/s); job %v (queued %v, running %v); fetch %.0f MiB in %v (%.0f MiB/s)",

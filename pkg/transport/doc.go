@@ -55,7 +55,12 @@
 //     returns a block's stored CRC32C without reading it. Store.Source and
 //     Store.Sink adapt it to the ring engine; Store.GradSink writes a
 //     backward's complete gradient blocks ("dq", "dk", "dv") with the
-//     writing epoch in their metadata (BlockInfo.Epoch).
+//     writing epoch in their metadata (BlockInfo.Epoch). PutTensors also
+//     records each block's slab layout (a CRC32C per batch × head) and
+//     aligns its chunks to the heads, so GetHeads reads a range of heads
+//     without the others (a head plan's rank reads 1/G of the inputs);
+//     blocks without the layout (PutBlock, earlier versions) are read
+//     whole and cut.
 //   - NATSRing: ringattn.Ring over NATS core subjects. Frames are cut into
 //     pieces no larger than the server's max payload, each carrying (job,
 //     epoch, sender, session, sequence, kind, step, block, piece, count,

@@ -227,6 +227,11 @@ func TestTransportPermissionsRoles(t *testing.T) {
 	must(t, err)
 	bobBlock := randVals(7, 256)
 	must(t, bobStore.PutBlock(ctx, "jb", "q", 0, bobBlock, transport.F32))
+	// A tensor with the slab layout (4 heads of 64 values), for a
+	// worker's head read below.
+	bobHeads := transport.Shape{1, 4, 64, 1}
+	must(t, bobStore.PutTensors(ctx, "jh", []transport.TensorData{{Name: "k", Data: bobBlock, Shape: bobHeads}},
+		64, transport.F32, transport.TransferOptions{}))
 
 	// Workers: their own heartbeats, reports, assignments and ring.
 	assigned := make(chan string, 2)
@@ -289,6 +294,17 @@ func TestTransportPermissionsRoles(t *testing.T) {
 		t.Errorf("w1 reads bob's input: %v", err)
 	} else {
 		equalF32(t, "bob's block via w1", got, bobBlock)
+	}
+	// Its head reads (a headers-only consumer, direct gets) are allowed:
+	// only the heads' bytes move, no whole-block fallback.
+	before := ws.Stats().GetBytes
+	if got, err := ws.GetHeads(ctx, "jh", "k", 0, transport.HeadRange{B: 1, Heads: 4, H0: 1, H1: 3}); err != nil {
+		t.Errorf("w1 reads heads of bob's input: %v", err)
+	} else {
+		equalF32(t, "heads 1..2 of bob's block via w1", got, bobBlock[64:192])
+		if moved := ws.Stats().GetBytes - before; moved != 4*128 {
+			t.Errorf("w1's head read moved %d bytes, want %d (the heads only)", moved, 4*128)
+		}
 	}
 	must(t, ws.PutBlock(ctx, "jb", "o", 0, randVals(8, 64), transport.F32))
 	w1.pub(t, "delete a bucket", "$JS.API.STREAM.DELETE.OBJ_"+bucket("bob"), nil)

@@ -106,6 +106,7 @@ type Store struct {
 	idx    jetstream.KeyValue // the namespace index (see indexBucket)
 	cfg    StoreConfig
 	logger *slog.Logger
+	streamCache
 
 	putBlocks, getBlocks, putBytes, getBytes, corrupt, refetches atomic.Int64
 }
@@ -278,12 +279,14 @@ func BlockName(job, tensor string, block int) string {
 // PutBlock stores data as block `block` of tensor `tensor` of job `job`,
 // encoded with enc, replacing any previous version.
 func (s *Store) PutBlock(ctx context.Context, job, tensor string, block int, data []float32, enc Encoding) error {
-	return s.putBlock(ctx, job, tensor, block, data, enc, nil)
+	return s.putBlock(ctx, job, tensor, block, data, enc, nil, 0)
 }
 
 // putBlock is PutBlock with extra object metadata (keys other than the
-// checksum, encoding and element count).
-func (s *Store) putBlock(ctx context.Context, job, tensor string, block int, data []float32, enc Encoding, extra map[string]string) error {
+// checksum, encoding and element count) and, when slabs > 0, the block's
+// slab layout: slabs equal heads, each with its CRC32C, in chunks aligned
+// to them (see GetHeads).
+func (s *Store) putBlock(ctx context.Context, job, tensor string, block int, data []float32, enc Encoding, extra map[string]string, slabs int) error {
 	if err := validateRef(job, tensor, block); err != nil {
 		return err
 	}
@@ -295,7 +298,17 @@ func (s *Store) putBlock(ctx context.Context, job, tensor string, block int, dat
 		return fmt.Errorf("%w: %s is %d bytes encoded as %v: want <= %d (StoreConfig.MaxBlockBytes)",
 			ErrTooLarge, ref, n, enc, s.cfg.MaxBlockBytes)
 	}
-	b := encode(data, enc)
+	// F32 on a little-endian machine is written from data itself (the
+	// object store copies it chunk by chunk); otherwise encoded first.
+	var b []byte
+	if enc == F32 && littleEndian {
+		b = f32Bytes(data)
+	} else {
+		b = encode(data, enc)
+	}
+	// The object store allocates one chunk buffer per put: no larger
+	// than the block.
+	chunk := min(s.cfg.ChunkBytes, max(len(b), 1))
 	meta := jetstream.ObjectMeta{
 		Name: BlockName(job, tensor, block),
 		Metadata: map[string]string{
@@ -303,11 +316,14 @@ func (s *Store) putBlock(ctx context.Context, job, tensor string, block int, dat
 			metaEncoding: enc.String(),
 			metaElems:    strconv.Itoa(len(data)),
 		},
-		Opts: &jetstream.ObjectMetaOptions{ChunkSize: uint32(s.cfg.ChunkBytes)},
 	}
 	for k, v := range extra {
 		meta.Metadata[k] = v
 	}
+	if slabs > 0 {
+		chunk = addSlabMeta(meta.Metadata, b, slabs, chunk)
+	}
+	meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: uint32(chunk)}
 	// The index key first: no block exists without one (DeleteNamespace
 	// finds blocks by their keys).
 	err := s.retry(ctx, "put", ref, func() error {

@@ -81,20 +81,7 @@ func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []
 	if err != nil {
 		return err
 	}
-	defer func() {
-		it.Stop()
-		// Stopping leaves the consumer on the server: delete it, even
-		// when ctx ended (bounded, so a cancel still returns promptly).
-		// Not while disconnected: the request would only wait out its
-		// timeout, and the server drops the idle consumer anyway.
-		if ci := cons.CachedInfo(); ci != nil && s.js.Conn().IsConnected() {
-			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readConsumerDelete)
-			if err := s.js.DeleteConsumer(dctx, stream, ci.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-				s.logger.Debug("tensor store read consumer not deleted; the server drops it when idle", "consumer", ci.Name, "err", err)
-			}
-			cancel()
-		}
-	}()
+	defer s.stopReadConsumer(ctx, stream, cons, it)
 	sum := sha256.New()
 	off := 0
 	for {
@@ -126,6 +113,22 @@ func (s *Store) readObject(ctx context.Context, info *jetstream.ObjectInfo, b []
 		return jetstream.ErrDigestMismatch
 	}
 	return nil
+}
+
+// stopReadConsumer stops it and deletes cons, a read's consumer on
+// stream. Stopping leaves the consumer on the server: delete it, even when
+// ctx ended (bounded, so a cancel still returns promptly). Not while
+// disconnected: the request would only wait out its timeout, and the
+// server drops the idle consumer anyway.
+func (s *Store) stopReadConsumer(ctx context.Context, stream string, cons jetstream.Consumer, it jetstream.MessagesContext) {
+	it.Stop()
+	if ci := cons.CachedInfo(); ci != nil && s.js.Conn().IsConnected() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), readConsumerDelete)
+		if err := s.js.DeleteConsumer(dctx, stream, ci.Name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			s.logger.Debug("tensor store read consumer not deleted; the server drops it when idle", "consumer", ci.Name, "err", err)
+		}
+		cancel()
+	}
 }
 
 // digestPrefix starts an object's digest in the object store's metadata.

@@ -216,7 +216,9 @@ func (s *Store) PutTensors(ctx context.Context, ns string, ts []TensorData, bloc
 	}
 	put := func(ctx context.Context, b tensorBlock) error {
 		td := ts[b.t]
-		return s.PutBlock(ctx, ns, td.Name, b.i, blockOf(td.Data, td.Shape, blockLen, b.i), enc)
+		// With the slab layout (one slab per batch and head): GetHeads
+		// reads a range of heads without the others.
+		return s.putBlock(ctx, ns, td.Name, b.i, blockOf(td.Data, td.Shape, blockLen, b.i), enc, nil, td.Shape[0]*td.Shape[1])
 	}
 	if err := forBlocks(ctx, body, workers, put); err != nil {
 		return err
@@ -391,14 +393,14 @@ func epochMeta(epoch uint64) map[string]string {
 }
 
 func (g storeGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error {
-	return g.s.putBlock(ctx, g.ns, TensorDQ, block, dq, F32, epochMeta(epoch))
+	return g.s.putBlock(ctx, g.ns, TensorDQ, block, dq, F32, epochMeta(epoch), 0)
 }
 
 func (g storeGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error {
-	if err := g.s.putBlock(ctx, g.ns, TensorDK, block, dk, F32, epochMeta(epoch)); err != nil {
+	if err := g.s.putBlock(ctx, g.ns, TensorDK, block, dk, F32, epochMeta(epoch), 0); err != nil {
 		return err
 	}
-	return g.s.putBlock(ctx, g.ns, TensorDV, block, dv, F32, epochMeta(epoch))
+	return g.s.putBlock(ctx, g.ns, TensorDV, block, dv, F32, epochMeta(epoch), 0)
 }
 
 type storeSource struct {
