@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -64,9 +66,9 @@ func TestCLIClusterAuth(t *testing.T) {
 	select {
 	case flags = <-clients:
 	case err := <-exited:
-		t.Fatalf("cluster exited before serving: %v\n%s", err, stderr.String())
+		t.Fatalf("cluster exited before serving: %v\n%s%s", err, stderr.String(), logTails(filepath.Join(dir, "c", "logs")))
 	case <-time.After(4 * time.Minute):
-		t.Fatalf("cluster printed no client flags within 4 min\n%s", stderr.String())
+		t.Fatalf("cluster printed no client flags within 4 min\n%s%s", stderr.String(), logTails(filepath.Join(dir, "c", "logs")))
 	}
 	t.Logf("team-a's flags: %v", flags)
 	if len(flags) != 6 || flags[0] != "--nats" || flags[2] != "--nats-nkey" || flags[4] != "--nats-tenant" || flags[5] != "team-a" {
@@ -105,4 +107,24 @@ func TestCLIClusterAuth(t *testing.T) {
 	if !strings.Contains(out.String(), "mutual TLS") {
 		t.Errorf("cluster --auth did not say Raft runs on mutual TLS:\n%s", out.String())
 	}
+}
+
+// logTails returns the last lines of each process log in dir, for a
+// failure message that says what the processes did.
+func logTails(dir string) string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Sprintf("\n(no logs: %v)", err)
+	}
+	var b strings.Builder
+	for _, e := range entries {
+		data, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+		lines = lines[max(0, len(lines)-25):]
+		fmt.Fprintf(&b, "\n--- %s (last %d lines)\n%s", e.Name(), len(lines), strings.Join(lines, "\n"))
+	}
+	return b.String()
 }

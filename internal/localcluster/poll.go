@@ -39,10 +39,14 @@ func (c *Cluster) poll(ctx context.Context, what string, f func(context.Context)
 }
 
 // Poll calls f every `every` until it returns nil or ctx ends; on timeout
-// the error wraps ErrNotReady and names what and f's last error.
+// the error wraps ErrNotReady and names what and f's last error. When
+// that last call was cut short by the deadline itself, the error names
+// the last one that failed for a reason of its own as well, so a timeout
+// says why the condition never held.
 func Poll(ctx context.Context, every time.Duration, f func() error, what string) error {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var cause error // the last error not caused by ctx ending
 	for {
 		err := f()
 		if err == nil {
@@ -52,8 +56,14 @@ func Poll(ctx context.Context, every time.Duration, f func() error, what string)
 		if errors.As(err, &pe) {
 			return fmt.Errorf("%s: %w", what, pe.err)
 		}
+		if ctx.Err() == nil || !errors.Is(err, ctx.Err()) {
+			cause = err
+		}
 		select {
 		case <-ctx.Done():
+			if cause != nil && cause != err {
+				return fmt.Errorf("%w: %s: %v (last: %v; before that: %v)", ErrNotReady, what, ctx.Err(), err, cause)
+			}
 			return fmt.Errorf("%w: %s: %v (last: %v)", ErrNotReady, what, ctx.Err(), err)
 		case <-t.C:
 		}

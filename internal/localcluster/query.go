@@ -177,7 +177,7 @@ func (c *Cluster) WaitWorkers(ctx context.Context, names ...string) error {
 	return c.poll(ctx, fmt.Sprintf("workers %v live at the leader", names), func(ctx context.Context) error {
 		ws, err := c.WorkerInfos(ctx)
 		if err != nil {
-			return err
+			return fmt.Errorf("asking the leader for its workers: %w", err)
 		}
 		for _, n := range names {
 			p := c.Worker(n)
