@@ -84,6 +84,9 @@ func runHeadBackward(ctx context.Context, cfg BackwardConfig) error {
 		return nil
 	}
 	hs := newHeadSlice(cfg.Params, plan, g)
+	if ok, err := groupKernelBackward(ctx, cfg, sub, hs, doneDQ, doneDKV); ok {
+		return err // backward_group.go: in place, as one kernel call
+	}
 	sc := cfg
 	sc.Params, sc.Plan = groupParams(cfg.Params, plan), sub
 	sc.Ring = newGroupRing(cfg.Ring, plan, g)
@@ -163,6 +166,11 @@ func (s *MemGradSink) putHeads(ctx context.Context, epoch uint64, dkv bool, bloc
 		s.headWrites = map[headKey][]uint64{}
 	}
 	k := headKey{dkv, block, h0}
+	if s.reserved[k] {
+		// Being written in place by a later epoch (backward_group.go),
+		// whose outcome decides: this straggler's write is dropped.
+		return nil
+	}
 	if len(s.headWrites[k]) == 0 {
 		for i, t := range src {
 			for bi := range s.b {

@@ -331,3 +331,82 @@ func TestHeadPlansBackwardGather(t *testing.T) {
 		})
 	}
 }
+
+// ringOnlySource hides the MemSource type, so head groups of one rank run
+// their backward as a ring rather than in place.
+type ringOnlySource struct{ *ringattn.MemSource }
+
+// TestHeadPlansBackwardInPlace: head groups of one rank, in process, run
+// their backward as one kernel call in place (backward_group.go); the
+// gradients are bit-identical to the same plan run as rings, within the
+// tolerance of the float64 reference, and the progress counts the plan's
+// pairs. B = 2 and re-plans take the ring path and agree as well.
+func TestHeadPlansBackwardInPlace(t *testing.T) {
+	for i, pr := range problems() {
+		t.Run(pr.name, func(t *testing.T) {
+			g := newGradProblem(t, pr, uint64(3000+i))
+			for groups := 1; groups <= pr.p.Hkv; groups++ {
+				if pr.p.Hkv%groups != 0 {
+					continue
+				}
+				req := pr.request(groups, 16, shard.Heads)
+				req.HeadGroups = groups
+				plan := pr.plan(t, req)
+				var mu sync.Mutex
+				pairs := 0
+				inPlace, err := ringattn.NewMemGradSource(&pr.p, plan.Block, pr.q, pr.k, pr.v, g.o, g.lse, g.do)
+				if err != nil {
+					t.Fatal(err)
+				}
+				net := newNet(t, groups, ringattn.MemOptions{})
+				dq, dk, dv, err := ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net,
+					Source: inPlace, Progress: func(p ringattn.Progress) {
+						if p.Done {
+							mu.Lock()
+							pairs += p.Pairs
+							mu.Unlock()
+						}
+					}}, &pr.p, plan, pr.q, pr.k, pr.v, g.o, g.lse, g.do)
+				net.Close()
+				if err != nil {
+					t.Fatalf("%s: %v", planName(plan), err)
+				}
+				if err := g.gradErr(dq, dk, dv); err != nil {
+					t.Fatalf("%s: %v", planName(plan), err)
+				}
+				reads := inPlace.Fetches("q") + inPlace.Fetches("k") + inPlace.Fetches("do")
+				if inPlaceWanted := pr.p.B == 1; (reads == 0) != inPlaceWanted {
+					t.Fatalf("%s B=%d: %d blocks read from the source; in place: %v", planName(plan), pr.p.B, reads, inPlaceWanted)
+				}
+				src, err := ringattn.NewMemGradSource(&pr.p, plan.Block, pr.q, pr.k, pr.v, g.o, g.lse, g.do)
+				if err != nil {
+					t.Fatal(err)
+				}
+				net = newNet(t, groups, ringattn.MemOptions{})
+				rq, rk, rv, err := ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net,
+					Source: ringOnlySource{src}}, &pr.p, plan, pr.q, pr.k, pr.v, g.o, g.lse, g.do)
+				net.Close()
+				if err != nil {
+					t.Fatalf("%s as rings: %v", planName(plan), err)
+				}
+				if !slices.Equal(dq, rq) || !slices.Equal(dk, rk) || !slices.Equal(dv, rv) {
+					t.Fatalf("%s: in place and as rings differ", planName(plan))
+				}
+				want := 0
+				for gi := range plan.Groups() {
+					sub := plan.GroupPlan(gi)
+					for qi := range sub.QBlockCount {
+						for _, c := range sub.PairsRow(qi) {
+							if c > 0 {
+								want++
+							}
+						}
+					}
+				}
+				if pairs != want {
+					t.Fatalf("%s: progress counted %d pairs, expected %d", planName(plan), pairs, want)
+				}
+			}
+		})
+	}
+}

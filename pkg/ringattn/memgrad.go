@@ -20,6 +20,7 @@ type MemGradSink struct {
 	dq, dk, dv                  []float32
 	dqBy, dkvBy                 [][]uint64           // epochs of the writes of each block, in order
 	headWrites                  map[headKey][]uint64 // the same for head ranges (backward_heads.go)
+	reserved                    map[headKey]bool     // head ranges being written in place (backward_group.go)
 }
 
 // NewMemGradSink returns an empty gradient sink for the problem p cut into
