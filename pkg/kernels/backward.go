@@ -53,7 +53,7 @@ func AttentionBackward(p *Params, q, k, v, o, lse, do, dq, dk, dv []float32) err
 	delta := make([]float32, rows)
 	r := &BackwardRows{Start: 0, Rows: p.N, Q: q, DO: do, LSE: lse, Delta: delta, DQ: dq}
 	kv := KV{K: k, V: v, Start: 0, N: p.Nk}
-	if err := p.checkBackward(r, &kv, dk, dv); err != nil {
+	if err := p.checkBackward(r, &kv, dk, dv, p.Nk); err != nil {
 		return err
 	}
 	if err := BackwardDelta(o, do, delta, p.D); err != nil {
@@ -63,7 +63,7 @@ func AttentionBackward(p *Params, q, k, v, o, lse, do, dq, dk, dv []float32) err
 	clear(dk)
 	clear(dv)
 	if p.N > 0 && p.Nk > 0 {
-		p.backward(r, &kv, dk, dv)
+		p.backward(r, &kv, dk, dv, p.Nk)
 	}
 	return nil
 }
@@ -113,17 +113,32 @@ func BackwardDelta(o, do, delta []float32, d int) error {
 // splitting the query rows (in order) when Hq = Hkv. It runs on p.Threads
 // goroutines; the result does not depend on their number or scheduling.
 func (p *Params) BackwardBlock(r *BackwardRows, kv KV, dk, dv []float32) error {
-	if err := p.checkBackward(r, &kv, dk, dv); err != nil {
+	return p.BackwardBlockTo(r, kv, dk, dv, kv.stride())
+}
+
+// BackwardBlockTo is BackwardBlock with dk and dv laid out apart from
+// kv: head i of dk and dv from row i·gradStride (0: kv.N, contiguous), so
+// K and V can be read in place from views of a larger tensor while the
+// gradients go to a buffer of their own, or the other way round. The
+// values are those of BackwardBlock on copies.
+func (p *Params) BackwardBlockTo(r *BackwardRows, kv KV, dk, dv []float32, gradStride int) error {
+	if gradStride == 0 {
+		gradStride = kv.N
+	}
+	if gradStride < kv.N {
+		return invalid("gradient stride %d below the block's %d keys", gradStride, kv.N)
+	}
+	if err := p.checkBackward(r, &kv, dk, dv, gradStride); err != nil {
 		return err
 	}
 	if r.Rows == 0 || kv.N == 0 {
 		return nil
 	}
-	p.backward(r, &kv, dk, dv)
+	p.backward(r, &kv, dk, dv, gradStride)
 	return nil
 }
 
-func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32) error {
+func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32, gradStride int) error {
 	if err := p.Validate(); err != nil {
 		return err
 	}
@@ -147,11 +162,11 @@ func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32) error 
 		return err
 	}
 	bh := p.B * p.Hkv
-	if !strided(dk, bh, kv.N, kv.stride(), p.D) {
-		return invalid("dk has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(dk), bh, kv.N, kv.stride(), p.D)
+	if !strided(dk, bh, kv.N, gradStride, p.D) {
+		return invalid("dk has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(dk), bh, kv.N, gradStride, p.D)
 	}
-	if !strided(dv, bh, kv.N, kv.stride(), p.D) {
-		return invalid("dv has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(dv), bh, kv.N, kv.stride(), p.D)
+	if !strided(dv, bh, kv.N, gradStride, p.D) {
+		return invalid("dv has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", len(dv), bh, kv.N, gradStride, p.D)
 	}
 	return nil
 }
@@ -169,7 +184,8 @@ func fitsInt(xs ...int) bool {
 	return true
 }
 
-// backward runs the tile loop of BackwardBlock on checked arguments.
+// backward runs the tile loop of BackwardBlock on checked arguments, head
+// i of dk and dv from row i·gradStride.
 //
 // Work units are (key tile, key/value head), key tile major. A unit packs
 // scale·Kᵀ and Vᵀ of its tile once, keeps the tile's dK and dV in its own
@@ -189,7 +205,7 @@ func fitsInt(xs ...int) bool {
 // tile of that query tile is done), so the sum is the same whatever the
 // scheduling. Units of lower key tiles are taken first and wait only on
 // lower ones, so the waits end.
-func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
+func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32, gradStride int) {
 	im := active
 	mi := newMaskInfo(p)
 	br, bc := bwdTiles(im)
@@ -317,7 +333,8 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32) {
 			}
 		}
 		dkAcc, dvAcc := sc.dk[:cols*dp], sc.dv[:cols*dp]
-		dkOut, dvOut := dk[kvBase+c0*d:kvBase+c1*d], dv[kvBase+c0*d:kvBase+c1*d]
+		gBase := bkv * gradStride * d
+		dkOut, dvOut := dk[gBase+c0*d:gBase+c1*d], dv[gBase+c0*d:gBase+c1*d]
 		if dp != d {
 			clear(dkAcc)
 			clear(dvAcc)

@@ -217,7 +217,10 @@ func TestKernelBackwardExtremeValues(t *testing.T) {
 // BackwardBlock over them: in increasing key order the gradients are
 // bit-identical to AttentionBackward, in a shuffled order equal within the
 // bound; query rows cut in order are bit-identical too when Hq = Hkv.
-// Odd trials pass the blocks as views into k and v (KV.Stride).
+// Trials cycle through four layouts: blocks copied; views into k and v
+// (KV.Stride) with the gradients in place; views with the gradients in
+// buffers of their own (BackwardBlockTo); copies with the gradients
+// written in place into dk and dv (BackwardBlockTo).
 func TestKernelBackwardBlocks(t *testing.T) {
 	forEachImpl(t, func(t *testing.T) {
 		r := testrand.New(13)
@@ -234,7 +237,7 @@ func TestKernelBackwardBlocks(t *testing.T) {
 			if err := kernels.BackwardDelta(c.o, c.do, delta, p.d); err != nil {
 				t.Fatal(err)
 			}
-			view := trial%2 == 1
+			mode := trial % 4
 			run := func(order []int, rowCuts []int) (dq, dk, dv []float32) {
 				dq, dk, dv = make([]float32, len(c.q)), make([]float32, len(c.k)), make([]float32, len(c.v))
 				heads := p.b * p.hq
@@ -249,10 +252,19 @@ func TestKernelBackwardBlocks(t *testing.T) {
 						a, e := cuts[bi], cuts[bi+1]
 						kvh := p.b * p.hkv
 						var err error
-						if view {
+						switch mode {
+						case 1:
 							err = prm.BackwardBlock(rows, kernels.KV{K: c.k[a*p.d:], V: c.v[a*p.d:], Start: a, N: e - a, Stride: p.nk},
 								dk[a*p.d:], dv[a*p.d:])
-						} else {
+						case 2:
+							bk, bv := make([]float32, kvh*(e-a)*p.d), make([]float32, kvh*(e-a)*p.d)
+							err = prm.BackwardBlockTo(rows, kernels.KV{K: c.k[a*p.d:], V: c.v[a*p.d:], Start: a, N: e - a, Stride: p.nk}, bk, bv, 0)
+							addRows(dk, bk, kvh, p.nk, p.d, a, e)
+							addRows(dv, bv, kvh, p.nk, p.d, a, e)
+						case 3:
+							err = prm.BackwardBlockTo(rows, kernels.KV{K: sliceRows(c.k, kvh, p.nk, p.d, a, e), V: sliceRows(c.v, kvh, p.nk, p.d, a, e), Start: a, N: e - a},
+								dk[a*p.d:], dv[a*p.d:], p.nk)
+						default:
 							bk, bv := make([]float32, kvh*(e-a)*p.d), make([]float32, kvh*(e-a)*p.d)
 							err = prm.BackwardBlock(rows, kernels.KV{K: sliceRows(c.k, kvh, p.nk, p.d, a, e), V: sliceRows(c.v, kvh, p.nk, p.d, a, e), Start: a, N: e - a}, bk, bv)
 							addRows(dk, bk, kvh, p.nk, p.d, a, e)
@@ -270,7 +282,7 @@ func TestKernelBackwardBlocks(t *testing.T) {
 			for i := range inOrder {
 				inOrder[i] = i
 			}
-			what := fmt.Sprintf("cuts %v view %v", cuts, view)
+			what := fmt.Sprintf("cuts %v layout %d", cuts, mode)
 			dq, dk, dv := run(inOrder, []int{0, p.n})
 			sameFloats(t, what+" dq", dq, wq)
 			sameFloats(t, what+" dk", dk, wk)
@@ -364,6 +376,14 @@ func TestKernelBackwardInvalid(t *testing.T) {
 			return prm.BackwardBlock(&kernels.BackwardRows{Start: 0, Rows: 8, Q: q, DO: do, DQ: dq, LSE: lse, Delta: lse},
 				kernels.KV{K: k, V: v, N: 3, Stride: 6}, dk[:11], dv)
 		}, "dk has 11 values, too few for 1 heads of 3 rows 6 rows apart"},
+		{"grad stride short", func() error {
+			return prm.BackwardBlockTo(&kernels.BackwardRows{Start: 0, Rows: 8, Q: q, DO: do, DQ: dq, LSE: lse, Delta: lse},
+				kernels.KV{K: k, V: v, N: 3, Stride: 6}, dk, dv[:11], 5)
+		}, "dv has 11 values, too few for 1 heads of 3 rows 5 rows apart"},
+		{"grad stride below the keys", func() error {
+			return prm.BackwardBlockTo(&kernels.BackwardRows{Start: 0, Rows: 8, Q: q, DO: do, DQ: dq, LSE: lse, Delta: lse},
+				kernels.KV{K: k, V: v, N: 3, Stride: 6}, dk, dv, 2)
+		}, "gradient stride 2 below the block's 3 keys"},
 		{"overflow", func() error {
 			huge := *prm
 			huge.N, huge.Nk = math.MaxInt/4, math.MaxInt/4 // B·Hq·N·D = 2·MaxInt wraps around
