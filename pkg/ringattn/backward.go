@@ -144,13 +144,18 @@ type bwdRun struct {
 	doneDKV []bool       // by key block
 	grads   bool         // some dK/dV is still to be written: accumulators travel
 	gfalls  atomic.Int64 // accumulators recomputed (counted by the goroutine finishing them)
-	// scratch holds a step's key/value set and its dK/dV (contribSet),
-	// reused across steps.
+	// scratch holds a step's key/value set when it is copied, and its
+	// dK/dV when they are copied out (contribSet), reused across steps.
 	scratch [4][]float32
 }
 
-// gradPair is the dK, dV of one key/value block.
-type gradPair struct{ dk, dv []float32 }
+// gradPair is the dK, dV of one key/value block: contiguous [B, Hkv, n,
+// D], or, when stride is not 0, views with head i from row i·stride (a
+// block's part of a set's gradients, passed only over FrameSharer rings).
+type gradPair struct {
+	dk, dv []float32
+	stride int
+}
 
 // RunRankBackward executes rank Ring.Rank() of the backward pass of
 // cfg.Plan: it ends with the exact dQ of the query blocks the rank owns and
@@ -188,11 +193,11 @@ func RunRankBackward(ctx context.Context, cfg BackwardConfig) error {
 		rr.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	rr.log = rr.log.With("rank", rr.rank, "pass", "backward")
-	// Views: the rank reads its query rows and O in place when the Source
-	// lends them, and holds key/value blocks as views (forwarded by
-	// reference on a FrameSharer ring); the kernel lays dK and dV out like
-	// K and V, so a block is made contiguous where it is computed
-	// (contribSet copies a set of views once, into the set).
+	// Views: the rank reads its query rows, O and its runs of consecutive
+	// key/value blocks in place when the Source lends them, and holds
+	// key/value blocks as views (forwarded by reference on a FrameSharer
+	// ring); dK and dV go to buffers of their own (BackwardBlockTo), passed
+	// on as views of a set's buffer on a FrameSharer ring (contribSet).
 	rr.views, _ = cfg.Source.(ViewSource)
 	if fs, ok := cfg.Ring.(FrameSharer); ok {
 		rr.share = fs.SharesFrames()

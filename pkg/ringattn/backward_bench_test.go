@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"os"
 	"testing"
 	"time"
 
@@ -21,8 +22,10 @@ import (
 // the fastest iteration of each, and on total CPU time), both GFLOP/s
 // (backward FLOPs counted as 2.5 × the forward's visible FLOPs) and the
 // largest difference between the two results relative to max(1, max|dk|).
+// RINGATTN_BENCH_STRATEGY forces a strategy (default: the planner's).
 func BenchmarkRingBackward(b *testing.B) {
 	n := benchN(b)
+	strategy := shard.Strategy(os.Getenv("RINGATTN_BENCH_STRATEGY"))
 	for _, causal := range []bool{false, true} {
 		p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: 8, Hkv: 8, D: 128}, N: n, Nk: n, Mask: kernels.Mask{Causal: causal}}
 		r := testrand.New(1)
@@ -40,7 +43,7 @@ func BenchmarkRingBackward(b *testing.B) {
 			name := fmt.Sprintf("causal=%v/R=%d", causal, ranks)
 			b.Run(name, func(b *testing.B) {
 				plan, err := shard.NewPlan(shard.Request{B: 1, Hq: 8, Hkv: 8, D: 128, N: n, Nk: n, Ranks: ranks,
-					Mask: shard.Mask{Causal: causal}})
+					Mask: shard.Mask{Causal: causal}, Strategy: strategy})
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -130,12 +130,13 @@ func (r *bwdRun) delta(ctx context.Context, run *bwdRows) error {
 }
 
 // contrib adds to g the contributions of the query rows `runs` to the
-// gradients of key/value block b, run by run in order (BackwardBlock adds
-// the runs' dQ too). With g zeroed beforehand this is the rank's
-// contribution c_{x,j}: a function of the plan and the inputs only.
+// gradients of key/value block b (contiguous or a view), run by run in
+// order (BackwardBlockTo adds the runs' dQ too). With g zeroed beforehand
+// this is the rank's contribution c_{x,j}: a function of the plan and the
+// inputs only.
 func (r *bwdRun) contrib(ctx context.Context, runs []*bwdRows, b kvBlock, g gradPair, count bool) error {
 	start, n := r.plan.KSpan(b.j)
-	return r.contribKV(ctx, runs, kernels.KV{K: b.k, V: b.v, Start: start, N: n}, []int{b.j}, g, count)
+	return r.contribKV(ctx, runs, kernels.KV{K: b.k, V: b.v, Start: start, N: n, Stride: b.stride}, []int{b.j}, g, count)
 }
 
 // contribKV is contrib for the consecutive key blocks js held contiguous
@@ -164,7 +165,7 @@ func (r *bwdRun) contribKV(ctx context.Context, runs []*bwdRows, kv kernels.KV, 
 		}
 		rows := &kernels.BackwardRows{Start: run.start, Rows: run.rows, Q: run.q, DO: run.do,
 			LSE: run.lse, Delta: run.delta, DQ: run.dq}
-		if err := r.p.BackwardBlock(rows, kv, g.dk, g.dv); err != nil {
+		if err := r.p.BackwardBlockTo(rows, kv, g.dk, g.dv, g.stride); err != nil {
 			return fmt.Errorf("rank %d: backward of query blocks %v with key blocks %v: %w", r.rank, run.blocks, js, err)
 		}
 	}
@@ -172,12 +173,20 @@ func (r *bwdRun) contribKV(ctx context.Context, runs []*bwdRows, kv kernels.KV, 
 }
 
 // contribSet computes the rank's contributions to the held blocks, in
-// order, into fresh buffers. Runs of consecutive key blocks are copied
-// into one contiguous set and computed in one BackwardBlock call per query
-// run: the kernel tiles the set's keys rather than each block's (a
-// 1024-key block is not a multiple of its 192-key tiles), and by the
-// kernel's partition property the result is bit-identical to one call per
-// block in the same order — dK/dV of every block, and the runs' dQ.
+// order. Runs of consecutive key blocks are computed as one set, in one
+// BackwardBlockTo call per query run: the kernel tiles the set's keys
+// rather than each block's (a 1024-key block is not a multiple of its
+// 192-key tiles), and by the kernel's partition property the result is
+// bit-identical to one call per block in the same order — dK/dV of every
+// block, and the runs' dQ.
+//
+// The set is read in place when the Source lends views (setView), else
+// copied into the rank's scratch. Its dK/dV go to one buffer: on a
+// FrameSharer ring a fresh one, of which each block's contribution is a
+// view (gradPair.stride), so nothing is copied before the accumulators
+// travel; elsewhere the rank's scratch, each block's part copied out
+// contiguous, as it is sent. A
+// single block is computed in place from what the rank holds.
 func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]gradPair, error) {
 	out := make([]gradPair, len(held))
 	bh, d := r.p.B*r.p.Hkv, r.p.D
@@ -188,50 +197,98 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 		}
 		if e == i+1 {
 			out[i] = r.newGrad(held[i].j)
-			if err := r.contrib(ctx, r.mine, r.compact(held[i]), out[i], count); err != nil {
+			if err := r.contrib(ctx, r.mine, held[i], out[i], count); err != nil {
 				return nil, err
 			}
 			i = e
 			continue
 		}
-		start, _ := r.plan.KSpan(held[i].j)
-		js := make([]int, 0, e-i)
+		set := held[i:e]
+		start, _ := r.plan.KSpan(set[0].j)
+		js := make([]int, 0, len(set))
 		total := 0
-		for _, b := range held[i:e] {
+		for _, b := range set {
 			_, n := r.plan.KSpan(b.j)
 			total += n
 			js = append(js, b.j)
 		}
-		// The set and its dK/dV live in the rank's scratch, reused from
-		// step to step (the kernel returns before the next step starts;
-		// the per-block results below are fresh, as they travel).
 		size := bh * total * d
-		for t := range r.scratch {
-			r.scratch[t] = grow(r.scratch[t], size)
-		}
-		k, v := r.scratch[0][:size], r.scratch[1][:size]
-		g := gradPair{dk: r.scratch[2][:size], dv: r.scratch[3][:size]}
-		clear(g.dk)
-		clear(g.dv)
-		off := 0
-		for _, b := range held[i:e] {
-			_, n := r.plan.KSpan(b.j)
-			place(k, b.k, b.stride, bh, total, off, n, d)
-			place(v, b.v, b.stride, bh, total, off, n, d)
-			off += n
-		}
-		if err := r.contribKV(ctx, r.mine, kernels.KV{K: k, V: v, Start: start, N: total}, js, g, count); err != nil {
+		kv := kernels.KV{Start: start, N: total}
+		k, v, stride, ok, err := r.setView(ctx, set, total)
+		if err != nil {
 			return nil, err
 		}
-		off = 0
-		for m, b := range held[i:e] {
+		if ok {
+			kv.K, kv.V, kv.Stride = k, v, stride
+		} else {
+			// The rank's scratch, reused from step to step: the kernel
+			// returns before the next step starts.
+			r.scratch[0], r.scratch[1] = grow(r.scratch[0], size), grow(r.scratch[1], size)
+			kv.K, kv.V = r.scratch[0], r.scratch[1]
+			off := 0
+			for _, b := range set {
+				_, n := r.plan.KSpan(b.j)
+				place(kv.K, b.k, b.stride, bh, total, off, n, d)
+				place(kv.V, b.v, b.stride, bh, total, off, n, d)
+				off += n
+			}
+		}
+		// Views into g travel on a FrameSharer ring: g is fresh. Else
+		// the blocks' parts are copied out and g is the rank's scratch.
+		g := gradPair{dk: make([]float32, size), dv: make([]float32, size)}
+		if !r.share {
+			r.scratch[2], r.scratch[3] = grow(r.scratch[2], size), grow(r.scratch[3], size)
+			g = gradPair{dk: r.scratch[2], dv: r.scratch[3]}
+			clear(g.dk)
+			clear(g.dv)
+		}
+		if err := r.contribKV(ctx, r.mine, kv, js, g, count); err != nil {
+			return nil, err
+		}
+		off := 0
+		for m, b := range set {
 			_, n := r.plan.KSpan(b.j)
-			out[i+m] = gradPair{dk: gather(g.dk, bh, total, off, n, d), dv: gather(g.dv, bh, total, off, n, d)}
+			if r.share {
+				end := ((bh-1)*total + off + n) * d
+				out[i+m] = gradPair{dk: g.dk[off*d : end : end], dv: g.dv[off*d : end : end], stride: total}
+			} else {
+				out[i+m] = gradPair{dk: gather(g.dk, bh, total, off, n, d), dv: gather(g.dv, bh, total, off, n, d)}
+			}
 			off += n
 		}
 		i = e
 	}
 	return out, nil
+}
+
+// setView lends the keys and values of a run of consecutive blocks, set,
+// of total rows as one view from the Source when it is a ViewSource, and
+// the held blocks are views too (ok false otherwise: they are copied). The
+// blocks' values are the Source's whichever rank fetched them, so reading
+// them in place is reading them.
+func (r *bwdRun) setView(ctx context.Context, set []kvBlock, total int) (k, v []float32, stride int, ok bool, err error) {
+	if r.views == nil {
+		return nil, nil, 0, false, nil
+	}
+	for _, b := range set {
+		if b.stride == 0 {
+			return nil, nil, 0, false, nil
+		}
+	}
+	bh, d := r.p.B*r.p.Hkv, r.p.D
+	k, ks, err := r.views.View(ctx, "k", set[0].j, len(set))
+	if err != nil {
+		return nil, nil, 0, false, fmt.Errorf("rank %d: keys of blocks %d..%d: %w", r.rank, set[0].j, set[len(set)-1].j, err)
+	}
+	v, vs, err := r.views.View(ctx, "v", set[0].j, len(set))
+	if err != nil {
+		return nil, nil, 0, false, fmt.Errorf("rank %d: values of blocks %d..%d: %w", r.rank, set[0].j, set[len(set)-1].j, err)
+	}
+	if ks != vs || !viewFits(k, bh, total, ks, d) || !viewFits(v, bh, total, vs, d) {
+		return nil, nil, 0, false, invalid("rank %d: key/value blocks %d..%d lent as %d/%d values with strides %d/%d, expected %d heads of %d rows (D=%d)",
+			r.rank, set[0].j, set[len(set)-1].j, len(k), len(v), ks, vs, bh, total, d)
+	}
+	return k, v, ks, true, nil
 }
 
 // place copies the bh heads of n rows of a block (contiguous, or a view
@@ -259,6 +316,22 @@ func addInto(acc, x []float32) {
 	x = x[:len(acc)]
 	for i := range acc {
 		acc[i] += x[i]
+	}
+}
+
+// addGrad adds x to acc, both the dK/dV of a block of n rows, either of
+// them possibly a view (gradPair.stride).
+func (r *bwdRun) addGrad(acc, x gradPair, n int) {
+	bh, d := r.p.B*r.p.Hkv, r.p.D
+	if acc.stride == 0 && x.stride == 0 {
+		addInto(acc.dk, x.dk)
+		addInto(acc.dv, x.dv)
+		return
+	}
+	as, xs := max(acc.stride, n), max(x.stride, n)
+	for i := range bh {
+		addInto(acc.dk[i*as*d:(i*as+n)*d], x.dk[i*xs*d:(i*xs+n)*d])
+		addInto(acc.dv[i*as*d:(i*as+n)*d], x.dv[i*xs*d:(i*xs+n)*d])
 	}
 }
 

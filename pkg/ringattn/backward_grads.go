@@ -58,8 +58,8 @@ func (r *bwdRun) passGrads(ctx context.Context, s int, held []kvBlock, local []g
 		g := local[i]
 		if accs[i].dk != nil {
 			// c + acc: float addition commutes exactly, so this is acc + c.
-			addInto(g.dk, accs[i].dk)
-			addInto(g.dv, accs[i].dv)
+			_, n := r.plan.KSpan(b.j)
+			r.addGrad(g, accs[i], n)
 		}
 		o := gradOut{to: r.route.Next(r.rank, b.j), j: b.j, g: g}
 		switch {
@@ -82,7 +82,7 @@ func (r *bwdRun) passGrads(ctx context.Context, s int, held []kvBlock, local []g
 // sendGrads sends accumulators, in order.
 func (r *bwdRun) sendGrads(ctx context.Context, out []gradOut) error {
 	for _, o := range out {
-		f := Frame{Key: Key{Kind: KindGrad, Step: o.step, Block: o.j}, Tensors: [][]float32{o.g.dk, o.g.dv}}
+		f := Frame{Key: Key{Kind: KindGrad, Step: o.step, Block: o.j}, Tensors: [][]float32{o.g.dk, o.g.dv}, Stride: o.g.stride}
 		if err := r.ring.Send(ctx, o.to, f); err != nil {
 			return fmt.Errorf("sending the dK/dV accumulator of key block %d to rank %d: %w", o.j, o.to, err)
 		}
@@ -130,11 +130,16 @@ func (r *bwdRun) recvGrad(ctx context.Context, from, step, j int) (gradPair, err
 		f, err = r.ring.Recv(ctx, from, key)
 	}
 	_, n := r.plan.KSpan(j)
-	size := r.p.B * r.p.Hkv * n * r.p.D
+	bh, d := r.p.B*r.p.Hkv, r.p.D
+	size := bh * n * d
 	switch {
 	case err == nil:
 		if len(f.Tensors) == 2 && len(f.Tensors[0]) == size && len(f.Tensors[1]) == size && f.Stride == 0 {
 			return gradPair{dk: f.Tensors[0], dv: f.Tensors[1]}, nil
+		}
+		// A view into the sender's gradients of a set (a FrameSharer ring).
+		if len(f.Tensors) == 2 && f.Stride > 0 && r.share && viewFits(f.Tensors[0], bh, n, f.Stride, d) && viewFits(f.Tensors[1], bh, n, f.Stride, d) {
+			return gradPair{dk: f.Tensors[0], dv: f.Tensors[1], stride: f.Stride}, nil
 		}
 		r.log.Warn("malformed dK/dV accumulator, recomputing it from the source", "block", j, "step", step)
 	case errors.Is(err, ErrTimeout):
@@ -198,12 +203,25 @@ func (r *bwdRun) putDQ(ctx context.Context, run *bwdRows, dq []float32) error {
 	return nil
 }
 
+// putDKV writes dK/dV of block j; a view is copied out contiguous first
+// (the sink takes [B, Hkv, len, D], and may keep what it is given).
 func (r *bwdRun) putDKV(ctx context.Context, j int, g gradPair) error {
 	if r.doneDKV[j] {
 		return nil
+	}
+	if g.stride != 0 {
+		g = r.compactGrad(j, g)
 	}
 	if err := r.bcfg.Sink.PutDKV(ctx, r.bcfg.Epoch, j, g.dk, g.dv); err != nil {
 		return fmt.Errorf("rank %d: writing dK/dV of key block %d: %w", r.rank, j, err)
 	}
 	return nil
+}
+
+// compactGrad returns a contiguous copy of g, dK/dV of key block j.
+func (r *bwdRun) compactGrad(j int, g gradPair) gradPair {
+	_, n := r.plan.KSpan(j)
+	bh, d := r.p.B*r.p.Hkv, r.p.D
+	stride := max(g.stride, n)
+	return gradPair{dk: gather(g.dk, bh, stride, 0, n, d), dv: gather(g.dv, bh, stride, 0, n, d)}
 }

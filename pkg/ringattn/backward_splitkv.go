@@ -61,7 +61,6 @@ func (r *bwdRun) dqPartial(ctx context.Context, h int, runs []*bwdRows, own bool
 		clear(run.dq)
 	}
 	err := r.prefetch(ctx, r.plan.Ranks[h].KVBlocks, func(b kvBlock) error {
-		b = r.compact(b)
 		g := r.newGrad(b.j)
 		if err := r.contrib(ctx, runs, b, g, own); err != nil {
 			return err

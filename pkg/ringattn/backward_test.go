@@ -646,3 +646,73 @@ func TestRingBackwardAccumulatorPatience(t *testing.T) {
 		}
 	}
 }
+
+// plainRing hides the MemNet's FrameSharer: ranks send contiguous copies,
+// as over NATS.
+type plainRing struct{ ringattn.Ring }
+
+// viewCountRing passes frames by reference (FrameSharer) and counts the
+// dK/dV accumulators sent as views.
+type viewCountRing struct {
+	ringattn.Ring
+	views *atomic.Int64
+}
+
+func (v viewCountRing) SharesFrames() bool { return true }
+
+func (v viewCountRing) Send(ctx context.Context, to int, f ringattn.Frame) error {
+	if f.Kind == ringattn.KindGrad && f.Stride != 0 {
+		v.views.Add(1)
+	}
+	return v.Ring.Send(ctx, to, f)
+}
+
+// TestRingBackwardSetsInPlace: on an in-process ring, a rank's run of
+// consecutive key blocks is read in place from the source's views and its
+// blocks' dK/dV accumulators travel as views into one buffer per set; the
+// gradients are bit-identical to a ring that copies every frame, for ring
+// strategies, both masks, GQA and B = 2.
+func TestRingBackwardSetsInPlace(t *testing.T) {
+	for _, pr := range []*problem{
+		newProblem("causal-gqa", 1, 4, 2, 640, 640, 32, kernels.Mask{Causal: true}, 41),
+		newProblem("full-b2", 2, 2, 2, 512, 512, 16, kernels.Mask{}, 42),
+	} {
+		g := newGradProblem(t, pr, 43)
+		for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag} {
+			plan := pr.plan(t, pr.request(2, 64, s))
+			run := func(wrap func(ringattn.Ring) ringattn.Ring) (dq, dk, dv []float32) {
+				net, err := ringattn.NewMemNet(len(plan.Ranks), ringattn.MemOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer net.Close()
+				dq, dk, dv, err = ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net, Ring: wrap},
+					&g.p, plan, g.q, g.k, g.v, g.o, g.lse, g.do)
+				if err != nil {
+					t.Fatalf("%s %s: %v", pr.name, s, err)
+				}
+				return dq, dk, dv
+			}
+			var views atomic.Int64
+			sq, sk, sv := run(func(r ringattn.Ring) ringattn.Ring { return viewCountRing{r, &views} })
+			pq, pk, pv := run(func(r ringattn.Ring) ringattn.Ring { return plainRing{r} })
+			what := fmt.Sprintf("%s %s", pr.name, s)
+			if views.Load() == 0 {
+				t.Errorf("%s: no dK/dV accumulator travelled as a view", what)
+			}
+			for _, x := range []struct {
+				name     string
+				got, ref []float32
+			}{{"dq", sq, pq}, {"dk", sk, pk}, {"dv", sv, pv}} {
+				for i := range x.ref {
+					if math.Float32bits(x.got[i]) != math.Float32bits(x.ref[i]) {
+						t.Fatalf("%s: %s[%d] = %g in place, %g copied", what, x.name, i, x.got[i], x.ref[i])
+					}
+				}
+			}
+			if err := g.gradErr(sq, sk, sv); err != nil {
+				t.Fatalf("%s: %v", what, err)
+			}
+		}
+	}
+}
