@@ -185,8 +185,8 @@ func (r *bwdRun) contribKV(ctx context.Context, runs []*bwdRows, kv kernels.KV, 
 // FrameSharer ring a fresh one, of which each block's contribution is a
 // view (gradPair.stride), so nothing is copied before the accumulators
 // travel; elsewhere the rank's scratch, each block's part copied out
-// contiguous, as it is sent. A
-// single block is computed in place from what the rank holds.
+// contiguous, as it is sent. A single block is computed in place from
+// what the rank holds.
 func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]gradPair, error) {
 	out := make([]gradPair, len(held))
 	bh, d := r.p.B*r.p.Hkv, r.p.D
@@ -235,8 +235,10 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 		}
 		// Views into g travel on a FrameSharer ring: g is fresh. Else
 		// the blocks' parts are copied out and g is the rank's scratch.
-		g := gradPair{dk: make([]float32, size), dv: make([]float32, size)}
-		if !r.share {
+		var g gradPair
+		if r.share {
+			g = gradPair{dk: make([]float32, size), dv: make([]float32, size)}
+		} else {
 			r.scratch[2], r.scratch[3] = grow(r.scratch[2], size), grow(r.scratch[3], size)
 			g = gradPair{dk: r.scratch[2], dv: r.scratch[3]}
 			clear(g.dk)
