@@ -16,9 +16,21 @@ import (
 type BackwardRows struct {
 	Start, Rows int
 	Q, DO       []float32
-	LSE, Delta  []float32
+	// Stride, when not 0, is how many rows apart the heads of Q and DO
+	// are: head i from row i·Stride, so they can be views of a larger
+	// tensor (the last head may end at its last row). 0 means Rows.
+	Stride     int
+	LSE, Delta []float32
 	// DQ receives the rows' query gradient; BackwardBlock adds to it.
 	DQ []float32
+}
+
+// stride is how many rows apart the heads of Q and DO are.
+func (r *BackwardRows) stride() int {
+	if r.Stride == 0 {
+		return r.Rows
+	}
+	return r.Stride
 }
 
 // AttentionBackward computes the gradients of sum(o·do) for the whole
@@ -149,11 +161,30 @@ func (p *Params) checkBackward(r *BackwardRows, kv *KV, dk, dv []float32, gradSt
 		return invalid("shape B=%d Hq=%d Hkv=%d rows=%d Nk=%d D=%d has more values than an int holds", p.B, p.Hq, p.Hkv, r.Rows, p.Nk, p.D)
 	}
 	nq, rows := p.B*p.Hq*r.Rows*p.D, p.B*p.Hq*r.Rows
+	if r.Stride != 0 {
+		if r.Stride < r.Rows {
+			return invalid("query stride %d below the %d rows", r.Stride, r.Rows)
+		}
+		if !fitsInt(p.B, p.Hq, r.Stride, p.D) {
+			return invalid("query stride %d: B=%d Hq=%d D=%d have more values than an int holds", r.Stride, p.B, p.Hq, p.D)
+		}
+		for _, x := range []struct {
+			name string
+			x    []float32
+		}{{"q", r.Q}, {"do", r.DO}} {
+			if !strided(x.x, p.B*p.Hq, r.Rows, r.Stride, p.D) {
+				return invalid("%s has %d values, too few for %d heads of %d rows %d rows apart (D=%d)", x.name, len(x.x), p.B*p.Hq, r.Rows, r.Stride, p.D)
+			}
+		}
+	}
 	for _, x := range []struct {
 		name string
 		x    []float32
 		want int
 	}{{"q", r.Q, nq}, {"do", r.DO, nq}, {"dq", r.DQ, nq}, {"lse", r.LSE, rows}, {"delta", r.Delta, rows}} {
+		if r.Stride != 0 && (x.name == "q" || x.name == "do") {
+			continue
+		}
 		if len(x.x) != x.want {
 			return invalid("%s has %d values, expected %d ([%d,%d,%d...])", x.name, len(x.x), x.want, p.B, p.Hq, r.Rows)
 		}
@@ -238,6 +269,7 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32, gradStride 
 	// Q, dO and dQ with rows padded to dp columns when D is not a multiple
 	// of the register tile width.
 	q, do, dq, ldq := r.Q, r.DO, r.DQ, d
+	qStride := r.stride()
 	if dp != d {
 		q, do, dq, ldq = padRows(r.Q, d, dp), padRows(r.DO, d, dp), padRows(r.DQ, d, dp), dp
 	}
@@ -332,19 +364,20 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32, gradStride 
 				}
 			}
 		}
-		dkAcc, dvAcc := sc.dk[:cols*dp], sc.dv[:cols*dp]
+		// The tile's dK and dV accumulate in place, its rows of dk and dv
+		// being contiguous; with rows padded to dp columns, in the
+		// unit's own accumulators, copied in and out.
 		gBase := bkv * gradStride * d
 		dkOut, dvOut := dk[gBase+c0*d:gBase+c1*d], dv[gBase+c0*d:gBase+c1*d]
+		dkAcc, dvAcc := dkOut, dvOut
 		if dp != d {
+			dkAcc, dvAcc = sc.dk[:cols*dp], sc.dv[:cols*dp]
 			clear(dkAcc)
 			clear(dvAcc)
 			for c := 0; c < cols; c++ {
 				copy(dkAcc[c*dp:c*dp+d], dkOut[c*d:c*d+d])
 				copy(dvAcc[c*dp:c*dp+d], dvOut[c*d:c*d+d])
 			}
-		} else {
-			copy(dkAcc, dkOut)
-			copy(dvAcc, dvOut)
 		}
 		ones := sc.ones[:max(cols, br)]
 		// The dQ product of a pair waits for its turn while the next pair
@@ -400,15 +433,15 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32, gradStride 
 				if pend.ok && pend.buf == 0 {
 					buf = 1
 				}
-				row0 := bh*rows + r0
-				qs := q[row0*ldq : (row0+nrow)*ldq]
-				dos := do[row0*ldq : (row0+nrow)*ldq]
+				row0, qrow0 := bh*rows+r0, bh*qStride+r0
+				qs := q[qrow0*ldq : (qrow0+nrow)*ldq]
+				dos := do[qrow0*ldq : (qrow0+nrow)*ldq]
 				s, dpt := sc.s[:nrow*cp], sc.dp[buf][:nrow*cp]
 				// Meanwhile the next query tile's Q and dO are prefetched
 				// into L2, a part per panel.
 				var nextQ, nextDO []float32
 				if t+1 < len(sps) {
-					r1 := row0 + nrow
+					r1 := qrow0 + nrow
 					n1 := min(br, rows-(t+1)*br)
 					nextQ, nextDO = q[r1*ldq:(r1+n1)*ldq], do[r1*ldq:(r1+n1)*ldq]
 				}
@@ -440,9 +473,6 @@ func (p *Params) backward(r *BackwardRows, kv *KV, dk, dv []float32, gradStride 
 				copy(dkOut[c*d:c*d+d], dkAcc[c*dp:c*dp+d])
 				copy(dvOut[c*d:c*d+d], dvAcc[c*dp:c*dp+d])
 			}
-		} else {
-			copy(dkOut, dkAcc)
-			copy(dvOut, dvAcc)
 		}
 	})
 	if dp != d {

@@ -220,7 +220,8 @@ func TestKernelBackwardExtremeValues(t *testing.T) {
 // Trials cycle through four layouts: blocks copied; views into k and v
 // (KV.Stride) with the gradients in place; views with the gradients in
 // buffers of their own (BackwardBlockTo); copies with the gradients
-// written in place into dk and dv (BackwardBlockTo).
+// written in place into dk and dv (BackwardBlockTo). The second and fourth
+// also read Q and dO in place (BackwardRows.Stride).
 func TestKernelBackwardBlocks(t *testing.T) {
 	forEachImpl(t, func(t *testing.T) {
 		r := testrand.New(13)
@@ -248,6 +249,12 @@ func TestKernelBackwardBlocks(t *testing.T) {
 						DO:  sliceRows(c.do, heads, p.n, p.d, qa, qe),
 						LSE: sliceRows(c.lse, heads, p.n, 1, qa, qe), Delta: sliceRows(delta, heads, p.n, 1, qa, qe),
 						DQ: make([]float32, heads*(qe-qa)*p.d)}
+					if mode%2 == 1 {
+						// Q and dO read in place: views ending at the last
+						// head's last row.
+						end := ((heads-1)*p.n + qe) * p.d
+						rows.Q, rows.DO, rows.Stride = c.q[qa*p.d:end], c.do[qa*p.d:end], p.n
+					}
 					for _, bi := range order {
 						a, e := cuts[bi], cuts[bi+1]
 						kvh := p.b * p.hkv
@@ -380,6 +387,14 @@ func TestKernelBackwardInvalid(t *testing.T) {
 			return prm.BackwardBlockTo(&kernels.BackwardRows{Start: 0, Rows: 8, Q: q, DO: do, DQ: dq, LSE: lse, Delta: lse},
 				kernels.KV{K: k, V: v, N: 3, Stride: 6}, dk, dv[:11], 5)
 		}, "dv has 11 values, too few for 1 heads of 3 rows 5 rows apart"},
+		{"query view short", func() error {
+			return prm.BackwardBlock(&kernels.BackwardRows{Start: 0, Rows: 8, Stride: 10, Q: q, DO: make([]float32, 72), DQ: dq, LSE: lse, Delta: lse},
+				kernels.KV{K: k, V: v, N: 6}, dk, dv)
+		}, "q has 64 values, too few for 2 heads of 8 rows 10 rows apart"},
+		{"query stride below the rows", func() error {
+			return prm.BackwardBlock(&kernels.BackwardRows{Start: 0, Rows: 8, Stride: 7, Q: q, DO: do, DQ: dq, LSE: lse, Delta: lse},
+				kernels.KV{K: k, V: v, N: 6}, dk, dv)
+		}, "query stride 7 below the 8 rows"},
 		{"grad stride below the keys", func() error {
 			return prm.BackwardBlockTo(&kernels.BackwardRows{Start: 0, Rows: 8, Q: q, DO: do, DQ: dq, LSE: lse, Delta: lse},
 				kernels.KV{K: k, V: v, N: 3, Stride: 6}, dk, dv, 2)
