@@ -119,8 +119,16 @@ func benchRing(env *Env, args []string) error {
 	runs := fs.Int("runs", 3, "timed runs of each side per row; the median is reported")
 	png := fs.String("png", "", "also plot the overheads to this `file` (.png, .svg or .pdf)")
 	backward := fs.Bool("backward", false, "also time the ring's backward (RunLocalBackward) against kernels.AttentionBackward: a second table")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this `file` (go tool pprof)")
 	if err := parse(env, fs, args); err != nil {
 		return err
+	}
+	if *cpuprofile != "" {
+		stop, err := startCPUProfile(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		defer stop()
 	}
 	if *runs < 1 || *heads < 1 || *block < 0 {
 		return usagef("--runs and --heads must be >= 1, --block >= 0")
