@@ -120,7 +120,8 @@ type bwdRows struct {
 	blocks      []int
 	start, rows int
 	pairs       []*shard.BlockPairs
-	q, do       []float32
+	q, do       []float32 // head i from row i·qStride (views of the Source, or contiguous)
+	qStride     int
 	lse, delta  []float32
 	dq          []float32 // accumulated over the key blocks
 }

@@ -26,16 +26,24 @@ func (r *bwdRun) loadRows(ctx context.Context, blocks []int) ([]*bwdRows, error)
 			run.rows += n
 			run.pairs = append(run.pairs, r.plan.BlockPairs(qi))
 		}
-		for _, t := range []struct {
+		var strides [3]int
+		for i, t := range []struct {
 			name string
 			dst  *[]float32
 			d    int
 		}{{"q", &run.q, p.D}, {"do", &run.do, p.D}, {"lse", &run.lse, 1}} {
-			x, err := r.fetchRows(ctx, t.name, run, t.d)
+			x, stride, err := r.fetchRows(ctx, t.name, run, t.d)
 			if err != nil {
 				return nil, err
 			}
-			*t.dst = x
+			*t.dst, strides[i] = x, stride
+		}
+		// Q and dO are read in place when they are views alike (lse never
+		// is a view).
+		run.qStride = strides[0]
+		if strides[0] != strides[1] {
+			run.q, run.do = r.compactRows(run.q, run, strides[0]), r.compactRows(run.do, run, strides[1])
+			run.qStride = run.rows
 		}
 		run.delta = make([]float32, bh*run.rows)
 		if err := r.delta(ctx, run); err != nil {
@@ -49,21 +57,21 @@ func (r *bwdRun) loadRows(ctx context.Context, blocks []int) ([]*bwdRows, error)
 }
 
 // fetchRows loads tensor `name` ([B, Hq, len, d] by query block) over the
-// rows of a run, contiguous [B, Hq, rows, d]: in place from a ViewSource
-// when its view is contiguous (the run is the whole sequence, or B·Hq = 1),
-// else copied from the view; in one piece from a RunSource; else block by
-// block. The result is only read.
-func (r *bwdRun) fetchRows(ctx context.Context, name string, run *bwdRows, d int) ([]float32, error) {
+// rows of a run, [B, Hq, rows, d] with head i from row i·stride: in place
+// from a ViewSource (stride is the view's; rows apart when the run is the
+// whole sequence or B·Hq = 1), else contiguous (stride = rows), in one
+// piece from a RunSource or block by block. The result is only read.
+func (r *bwdRun) fetchRows(ctx context.Context, name string, run *bwdRows, d int) ([]float32, int, error) {
 	bh := r.p.B * r.p.Hq
 	if r.views != nil && name != "lse" {
 		x, stride, err := r.viewRows(ctx, name, run)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		if stride == run.rows || bh == 1 {
-			return x[: bh*run.rows*d : bh*run.rows*d], nil
+			return x[: bh*run.rows*d : bh*run.rows*d], run.rows, nil
 		}
-		return gather(x, bh, stride, 0, run.rows, d), nil
+		return x[:((bh-1)*stride+run.rows)*d], stride, nil
 	}
 	var out []float32
 	if len(run.blocks) > 1 {
@@ -73,17 +81,26 @@ func (r *bwdRun) fetchRows(ctx context.Context, name string, run *bwdRows, d int
 		qs, n := r.plan.QSpan(qi)
 		x, err := r.cfg.Source.Fetch(ctx, name, qi)
 		if err != nil {
-			return nil, fmt.Errorf("rank %d: fetching %s of query block %d: %w", r.rank, name, qi, err)
+			return nil, 0, fmt.Errorf("rank %d: fetching %s of query block %d: %w", r.rank, name, qi, err)
 		}
 		if want := bh * n * d; len(x) != want {
-			return nil, invalid("rank %d: %s of query block %d has %d values, expected %d", r.rank, name, qi, len(x), want)
+			return nil, 0, invalid("rank %d: %s of query block %d has %d values, expected %d", r.rank, name, qi, len(x), want)
 		}
 		if len(run.blocks) == 1 {
-			return x, nil
+			return x, run.rows, nil
 		}
 		scatter(out, x, bh, run.rows, qs-run.start, n, d)
 	}
-	return out, nil
+	return out, run.rows, nil
+}
+
+// compactRows returns x, the run's rows of a [B, Hq, ·, D] tensor head i
+// from row i·stride, as contiguous [B, Hq, rows, D] (x itself when it is).
+func (r *bwdRun) compactRows(x []float32, run *bwdRows, stride int) []float32 {
+	if stride == run.rows {
+		return x
+	}
+	return gather(x, r.p.B*r.p.Hq, stride, 0, run.rows, r.p.D)
 }
 
 // viewRows lends tensor `name` ([B, Hq, len, D] by query block) over the
@@ -107,7 +124,8 @@ func (r *bwdRun) delta(ctx context.Context, run *bwdRows) error {
 	p := r.p
 	bh, rows, d := p.B*p.Hq, run.rows, p.D
 	if r.views == nil {
-		o, err := r.fetchRows(ctx, "o", run, d)
+		// Without views everything fetched is contiguous.
+		o, _, err := r.fetchRows(ctx, "o", run, d)
 		if err != nil {
 			return err
 		}
@@ -122,7 +140,8 @@ func (r *bwdRun) delta(ctx context.Context, run *bwdRows) error {
 	}
 	for i := range bh {
 		oi := o[i*stride*d : (i*stride+rows)*d]
-		if err := kernels.BackwardDelta(oi, run.do[i*rows*d:(i+1)*rows*d], run.delta[i*rows:(i+1)*rows], d); err != nil {
+		doi := run.do[i*run.qStride*d : (i*run.qStride+rows)*d]
+		if err := kernels.BackwardDelta(oi, doi, run.delta[i*rows:(i+1)*rows], d); err != nil {
 			return fmt.Errorf("rank %d: query blocks %v: %w", r.rank, run.blocks, err)
 		}
 	}
@@ -163,7 +182,7 @@ func (r *bwdRun) contribKV(ctx context.Context, runs []*bwdRows, kv kernels.KV, 
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		rows := &kernels.BackwardRows{Start: run.start, Rows: run.rows, Q: run.q, DO: run.do,
+		rows := &kernels.BackwardRows{Start: run.start, Rows: run.rows, Q: run.q, DO: run.do, Stride: run.qStride,
 			LSE: run.lse, Delta: run.delta, DQ: run.dq}
 		if err := r.p.BackwardBlockTo(rows, kv, g.dk, g.dv, g.stride); err != nil {
 			return fmt.Errorf("rank %d: backward of query blocks %v with key blocks %v: %w", r.rank, run.blocks, js, err)

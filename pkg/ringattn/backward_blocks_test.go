@@ -58,3 +58,68 @@ func TestSetView(t *testing.T) {
 		t.Error("a run of 17 rows lent as 16: no error")
 	}
 }
+
+// TestMemGradSinkViews: a block's gradients put as views land where the
+// contiguous put lands them; a view one value short, or rows past its
+// stride, is refused; only the first write of a block counts.
+func TestMemGradSinkViews(t *testing.T) {
+	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: 2, Hkv: 2, D: 3}, N: 20, Nk: 20}
+	ctx := context.Background()
+	const bh, d, block = 2, 3, 8
+	// A rank's buffer [bh, 12, d] holding query blocks 1 (rows 8..15, at
+	// 0) and 2 (rows 16..19, at 8), as a zigzag run would.
+	buf := make([]float32, bh*12*d)
+	for i := range buf {
+		buf[i] = float32(i + 1)
+	}
+	viaView, err := NewMemGradSink(&p, block)
+	if err != nil {
+		t.Fatal(err)
+	}
+	viaCopy, _ := NewMemGradSink(&p, block)
+	for _, c := range []struct{ blk, rows, at int }{{1, 8, 0}, {2, 4, 8}} {
+		if err := viaView.putDQView(ctx, 1, c.blk, buf, 12, c.at); err != nil {
+			t.Fatal(err)
+		}
+		if err := viaCopy.PutDQ(ctx, 1, c.blk, gather(buf, bh, 12, c.at, c.rows, d)); err != nil {
+			t.Fatal(err)
+		}
+		// dK/dV of the same block as a view from row c.at of buf: the
+		// view ends at the last head's last row, as a set's views do.
+		x := buf[c.at*d : (bh-1)*12*d+(c.at+c.rows)*d]
+		if err := viaView.putDKVView(ctx, 1, c.blk, x, x, 12); err != nil {
+			t.Fatal(err)
+		}
+		g := gather(x, bh, 12, 0, c.rows, d)
+		if err := viaCopy.PutDKV(ctx, 1, c.blk, g, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, pair := range [][2][]float32{{viaView.dq, viaCopy.dq}, {viaView.dk, viaCopy.dk}, {viaView.dv, viaCopy.dv}} {
+		for j := range pair[0] {
+			if pair[0][j] != pair[1][j] {
+				t.Fatalf("tensor %d value %d: view put %v, contiguous put %v", i, j, pair[0][j], pair[1][j])
+			}
+		}
+	}
+	// At the limit and one past it.
+	short := buf[:(bh-1)*12*d+8*d-1]
+	if err := viaView.putDKVView(ctx, 2, 1, short, buf, 12); err == nil {
+		t.Error("a dK view one value short was taken")
+	}
+	if err := viaView.putDKVView(ctx, 2, 1, buf, buf, 7); err == nil {
+		t.Error("a stride below the block's rows was taken")
+	}
+	if err := viaView.putDQView(ctx, 2, 2, buf, 12, 9); err == nil {
+		t.Error("dQ rows past the view's stride were taken")
+	}
+	if err := viaView.putDQView(ctx, 2, 2, buf, 12, 8); err != nil {
+		t.Errorf("dQ rows ending at the stride: %v", err)
+	}
+	if err := viaView.putDQView(ctx, 2, 2, buf[1:], 12, 0); err == nil {
+		t.Error("a dQ view of the wrong size was taken")
+	}
+	if got := viaView.WritesDQ(2); len(got) != 2 || got[0] != 1 {
+		t.Errorf("block 2 writes %v, want epochs [1 2]", got)
+	}
+}

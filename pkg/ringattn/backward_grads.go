@@ -184,7 +184,8 @@ func (r *bwdRun) recomputeGrad(ctx context.Context, j int, home bool) (gradPair,
 }
 
 // putDQ writes the dQ rows of a run block by block (blocks whose dQ is
-// done are skipped).
+// done are skipped), each as a view of the run's dQ where the sink takes
+// views.
 func (r *bwdRun) putDQ(ctx context.Context, run *bwdRows, dq []float32) error {
 	bh := r.p.B * r.p.Hq
 	for _, qi := range run.blocks {
@@ -192,27 +193,39 @@ func (r *bwdRun) putDQ(ctx context.Context, run *bwdRows, dq []float32) error {
 			continue
 		}
 		qs, n := r.plan.QSpan(qi)
-		x := dq
-		if len(run.blocks) > 1 {
-			x = gather(dq, bh, run.rows, qs-run.start, n, r.p.D)
+		var err error
+		switch sink, ok := r.bcfg.Sink.(viewGradSink); {
+		case len(run.blocks) == 1:
+			err = r.bcfg.Sink.PutDQ(ctx, r.bcfg.Epoch, qi, dq)
+		case ok:
+			err = sink.putDQView(ctx, r.bcfg.Epoch, qi, dq, run.rows, qs-run.start)
+		default:
+			err = r.bcfg.Sink.PutDQ(ctx, r.bcfg.Epoch, qi, gather(dq, bh, run.rows, qs-run.start, n, r.p.D))
 		}
-		if err := r.bcfg.Sink.PutDQ(ctx, r.bcfg.Epoch, qi, x); err != nil {
+		if err != nil {
 			return fmt.Errorf("rank %d: writing dQ of query block %d: %w", r.rank, qi, err)
 		}
 	}
 	return nil
 }
 
-// putDKV writes dK/dV of block j; a view is copied out contiguous first
-// (the sink takes [B, Hkv, len, D], and may keep what it is given).
+// putDKV writes dK/dV of block j: a view as it is to a sink that takes
+// views (viewGradSink), else copied out contiguous first (PutDKV takes
+// [B, Hkv, len, D], and the sink may keep what it is given).
 func (r *bwdRun) putDKV(ctx context.Context, j int, g gradPair) error {
 	if r.doneDKV[j] {
 		return nil
 	}
-	if g.stride != 0 {
-		g = r.compactGrad(j, g)
+	var err error
+	if sink, ok := r.bcfg.Sink.(viewGradSink); ok && g.stride != 0 {
+		err = sink.putDKVView(ctx, r.bcfg.Epoch, j, g.dk, g.dv, g.stride)
+	} else {
+		if g.stride != 0 {
+			g = r.compactGrad(j, g)
+		}
+		err = r.bcfg.Sink.PutDKV(ctx, r.bcfg.Epoch, j, g.dk, g.dv)
 	}
-	if err := r.bcfg.Sink.PutDKV(ctx, r.bcfg.Epoch, j, g.dk, g.dv); err != nil {
+	if err != nil {
 		return fmt.Errorf("rank %d: writing dK/dV of key block %d: %w", r.rank, j, err)
 	}
 	return nil

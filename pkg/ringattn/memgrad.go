@@ -42,6 +42,23 @@ func NewMemGradSink(p *kernels.Params, block int) (*MemGradSink, error) {
 
 // PutDQ copies dQ of query block `block` into place, unless it was written.
 func (s *MemGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []float32) error {
+	return s.putDQView(ctx, epoch, block, dq, 0, 0)
+}
+
+// viewGradSink is a GradSink that also takes a block's gradients as views
+// into a rank's larger buffers: rows [at, at+len) of dQ laid out
+// [B, Hq, stride, D], and dK/dV [B, Hkv, ·, D] head i from row i·stride.
+// The ring then writes what it computed straight into place, with no
+// contiguous copy first. A stride of 0 means the block's own length.
+type viewGradSink interface {
+	GradSink
+	putDQView(ctx context.Context, epoch uint64, block int, dq []float32, stride, at int) error
+	putDKVView(ctx context.Context, epoch uint64, block int, dk, dv []float32, stride int) error
+}
+
+var _ viewGradSink = (*MemGradSink)(nil)
+
+func (s *MemGradSink) putDQView(ctx context.Context, epoch uint64, block int, dq []float32, stride, at int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -51,13 +68,17 @@ func (s *MemGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []f
 	start := block * s.block
 	rows := min(s.block, s.n-start)
 	bh := s.b * s.hq
-	if len(dq) != bh*rows*s.d {
-		return invalid("dQ of block %d has %d values, expected %d", block, len(dq), bh*rows*s.d)
+	if stride == 0 {
+		stride = rows
+	}
+	if at < 0 || at+rows > stride || len(dq) != bh*stride*s.d {
+		return invalid("dQ of block %d has %d values, expected %d (rows [%d, %d) of %d)",
+			block, len(dq), bh*stride*s.d, at, at+rows, stride)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.dqBy[block]) == 0 {
-		scatter(s.dq, dq, bh, s.n, start, rows, s.d)
+		scatterView(s.dq, dq, bh, s.n, start, rows, s.d, stride, at)
 	}
 	s.dqBy[block] = append(s.dqBy[block], epoch)
 	return nil
@@ -66,6 +87,10 @@ func (s *MemGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []f
 // PutDKV copies dK and dV of key block `block` into place, unless they
 // were written.
 func (s *MemGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, dv []float32) error {
+	return s.putDKVView(ctx, epoch, block, dk, dv, 0)
+}
+
+func (s *MemGradSink) putDKVView(ctx context.Context, epoch uint64, block int, dk, dv []float32, stride int) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -75,14 +100,19 @@ func (s *MemGradSink) PutDKV(ctx context.Context, epoch uint64, block int, dk, d
 	start := block * s.block
 	rows := min(s.block, s.nk-start)
 	bh := s.b * s.hkv
-	if len(dk) != bh*rows*s.d || len(dv) != len(dk) {
-		return invalid("dK/dV of block %d have %d/%d values, expected %d", block, len(dk), len(dv), bh*rows*s.d)
+	if stride == 0 {
+		if len(dk) != bh*rows*s.d || len(dv) != len(dk) {
+			return invalid("dK/dV of block %d have %d/%d values, expected %d", block, len(dk), len(dv), bh*rows*s.d)
+		}
+		stride = rows
+	} else if !viewFits(dk, bh, rows, stride, s.d) || !viewFits(dv, bh, rows, stride, s.d) {
+		return invalid("dK/dV of block %d: views of %d/%d values do not hold %d rows %d apart", block, len(dk), len(dv), rows, stride)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.dkvBy[block]) == 0 {
-		scatter(s.dk, dk, bh, s.nk, start, rows, s.d)
-		scatter(s.dv, dv, bh, s.nk, start, rows, s.d)
+		scatterView(s.dk, dk, bh, s.nk, start, rows, s.d, stride, 0)
+		scatterView(s.dv, dv, bh, s.nk, start, rows, s.d, stride, 0)
 	}
 	s.dkvBy[block] = append(s.dkvBy[block], epoch)
 	return nil

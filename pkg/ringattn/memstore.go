@@ -152,8 +152,14 @@ func gather(src []float32, bh, n, start, rows, d int) []float32 {
 
 // scatter is the inverse of gather.
 func scatter(dst, blk []float32, bh, n, start, rows, d int) {
+	scatterView(dst, blk, bh, n, start, rows, d, rows, 0)
+}
+
+// scatterView is scatter from rows [at, at+rows) of a view blk of
+// [bh, stride, d].
+func scatterView(dst, blk []float32, bh, n, start, rows, d, stride, at int) {
 	for i := range bh {
-		copy(dst[(i*n+start)*d:(i*n+start+rows)*d], blk[i*rows*d:(i+1)*rows*d])
+		copy(dst[(i*n+start)*d:(i*n+start+rows)*d], blk[(i*stride+at)*d:(i*stride+at+rows)*d])
 	}
 }
 
