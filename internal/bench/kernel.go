@@ -108,10 +108,10 @@ func benchKernel(env *Env, args []string) error {
 					if precCol {
 						mask += " | " + map[kernels.Precision]string{kernels.PrecisionF32: "fp32", kernels.PrecisionBF16: "bf16"}[pr]
 					}
-					fmt.Fprintf(env.Stdout, "| 1 | %d | %d | %d | %s | %.4f | %.1f | %.1f | %.0f |",
-						*heads, n, d, mask, secs, gflops, 100*gflops/peak, rss)
+					fmt.Fprintf(env.Stdout, "| 1 | %d | %d | %d | %s | %.4f | %s | %s | %.0f |",
+						*heads, n, d, mask, secs, rate(gflops), rate(100*gflops/peak), rss)
 					if *backward {
-						fmt.Fprintf(env.Stdout, " %.4f | %.1f | %.1f | %.2f |", bsecs, bgflops, 100*bgflops/peak, bsecs/secs)
+						fmt.Fprintf(env.Stdout, " %.4f | %s | %s | %.2f |", bsecs, rate(bgflops), rate(100*bgflops/peak), bsecs/secs)
 					}
 					fmt.Fprintln(env.Stdout)
 				}
@@ -186,4 +186,14 @@ func peakRSSMiB() float64 {
 		return 0
 	}
 	return float64(ru.Maxrss) / 1024 // Linux reports KiB
+}
+
+// rate formats a GFLOP/s or percentage cell: one decimal from 10 up,
+// three significant digits below, so a tiny shape on a loaded machine
+// shows 0.0412 rather than 0.0.
+func rate(x float64) string {
+	if x >= 10 {
+		return fmt.Sprintf("%.1f", x)
+	}
+	return fmt.Sprintf("%.3g", x)
 }

@@ -222,14 +222,14 @@ func benchRing(env *Env, args []string) error {
 								n, d, maskName(c), ranks, bdiff, GradTolerance)
 						}
 						mk, mr, mck, mcr := median(btk), median(btr), median(bck), median(bcr)
-						bwdRows = append(bwdRows, fmt.Sprintf("| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |",
+						bwdRows = append(bwdRows, fmt.Sprintf("| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %s | %.1e |",
 							*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), mck, mcr, 100*(mcr/mck-1),
-							BackwardFLOPs(&p)/mr/1e9, bdiff))
+							rate(BackwardFLOPs(&p)/mr/1e9), bdiff))
 					}
 					mk, mr, mck, mcr := median(tk), median(tr), median(ck), median(cr)
-					fmt.Fprintf(env.Stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %.1f | %.1e |\n",
+					fmt.Fprintf(env.Stdout, "| 1 | %d | %d | %d | %s | %d | %s | %.3f | %.3f | %+.1f%% | %.3f | %.3f | %+.1f%% | %s | %.1e |\n",
 						*heads, n, d, maskName(c), ranks, plan.Strategy, mk, mr, 100*(mr/mk-1), mck, mcr, 100*(mcr/mck-1),
-						p.VisibleFLOPs()/mr/1e9, diff)
+						rate(p.VisibleFLOPs()/mr/1e9), diff)
 					labels = append(labels, fmt.Sprintf("N=%d D=%d %s R=%d", n, d, maskName(c), ranks))
 					wall.values = append(wall.values, 100*(mr/mk-1))
 					cpu.values = append(cpu.values, 100*(mcr/mck-1))
