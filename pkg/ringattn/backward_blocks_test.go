@@ -123,3 +123,71 @@ func TestMemGradSinkViews(t *testing.T) {
 		t.Errorf("block 2 writes %v, want epochs [1 2]", got)
 	}
 }
+
+// skewViews lends "do" as a contiguous copy of the rows asked for and
+// every other tensor in place: Q and dO views of different strides.
+type skewViews struct {
+	*MemSource
+	bh, d int
+}
+
+func (s skewViews) View(ctx context.Context, tensor string, first, count int) ([]float32, int, error) {
+	x, stride, err := s.MemSource.View(ctx, tensor, first, count)
+	if err != nil || tensor != "do" {
+		return x, stride, err
+	}
+	rows := 8 * count
+	return gather(x, s.bh, stride, 0, rows, s.d), rows, nil
+}
+
+// TestLoadRowsInPlace: a rank's query run is read in place, heads a
+// sequence apart; when Q and dO come as views of different strides both
+// are made contiguous; either way the rows and Δ are those of the inputs.
+func TestLoadRowsInPlace(t *testing.T) {
+	p := kernels.Params{Shape: kernels.Shape{B: 1, Hq: 2, Hkv: 2, D: 4}, N: 24, Nk: 24}
+	plan, err := shard.NewPlan(shard.Request{B: 1, Hq: 2, Hkv: 2, D: 4, N: 24, Nk: 24, Block: 8, Ranks: 1, Strategy: shard.Contiguous})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, o, do, lse := make([]float32, 2*24*4), make([]float32, 2*24*4), make([]float32, 2*24*4), make([]float32, 2*24)
+	for i := range q {
+		q[i], o[i], do[i] = float32(i), float32(i%7), float32(i%5)
+	}
+	src, err := NewMemGradSource(&p, 8, q, make([]float32, len(q)), make([]float32, len(q)), o, lse, do)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for _, c := range []struct {
+		name   string
+		views  ViewSource
+		stride int
+	}{{"in place", src, 24}, {"strides differ", skewViews{src, 2, 4}, 16}} {
+		r := &bwdRun{rankRun: &rankRun{p: &p, plan: plan, views: c.views, cfg: RankConfig{Source: src}}}
+		runs, err := r.loadRows(ctx, []int{1, 2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		run := runs[0]
+		if run.qStride != c.stride || (c.stride == 24) != (&run.q[0] == &q[8*4]) {
+			t.Fatalf("%s: q stride %d (in place %v), expected %d", c.name, run.qStride, &run.q[0] == &q[8*4], c.stride)
+		}
+		for h := range 2 {
+			for i := range 16 {
+				for e := range 4 {
+					at, in := (h*run.qStride+i)*4+e, (h*24+8+i)*4+e
+					if run.q[at] != q[in] || run.do[at] != do[in] {
+						t.Fatalf("%s: head %d row %d: q %v do %v, expected %v %v", c.name, h, i, run.q[at], run.do[at], q[in], do[in])
+					}
+				}
+				var want float64
+				for e := range 4 {
+					want += float64(o[(h*24+8+i)*4+e]) * float64(do[(h*24+8+i)*4+e])
+				}
+				if got := run.delta[h*16+i]; got != float32(want) {
+					t.Fatalf("%s: Δ of head %d row %d = %v, expected %v", c.name, h, i, got, want)
+				}
+			}
+		}
+	}
+}
