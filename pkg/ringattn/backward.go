@@ -148,6 +148,10 @@ type bwdRun struct {
 	// scratch holds a step's key/value set when it is copied, and its
 	// dK/dV when they are copied out (contribSet), reused across steps.
 	scratch [4][]float32
+	// ledger, on an in-process ring, records the contribution buffers
+	// lent to other ranks as views, so that consumed ones are reused
+	// (gradbufs.go); nil elsewhere.
+	ledger *gradLedger
 }
 
 // gradPair is the dK, dV of one key/value block: contiguous [B, Hkv, n,
@@ -207,6 +211,9 @@ func RunRankBackward(ctx context.Context, cfg BackwardConfig) error {
 	rr.prog = Progress{Rank: rr.rank, Steps: cfg.Plan.Steps}
 	r := &bwdRun{rankRun: rr, bcfg: cfg,
 		doneDQ: make([]bool, cfg.Plan.QBlockCount), doneDKV: make([]bool, cfg.Plan.KBlockCount)}
+	if l, ok := cfg.Ring.(ledgered); ok && rr.share {
+		r.ledger = l.gradLedger()
+	}
 	for _, b := range cfg.DoneDQ {
 		r.doneDQ[b] = true
 	}

@@ -49,7 +49,7 @@ func (r *bwdRun) loadRows(ctx context.Context, blocks []int) ([]*bwdRows, error)
 		if err := r.delta(ctx, run); err != nil {
 			return nil, err
 		}
-		run.dq = make([]float32, bh*run.rows*p.D)
+		run.dq = gradBufs.get(bh * run.rows * p.D) // back after putDQ (ringSteps)
 		out = append(out, run)
 		i = e
 	}
@@ -215,7 +215,14 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 			e++
 		}
 		if e == i+1 {
-			out[i] = r.newGrad(held[i].j)
+			if r.ledger != nil {
+				_, n := r.plan.KSpan(held[i].j)
+				size := r.p.B * r.p.Hkv * n * r.p.D
+				out[i] = gradPair{dk: gradBufs.get(size), dv: gradBufs.get(size)}
+				r.ledger.lend(out[i].dk, out[i].dv, out[i:i+1])
+			} else {
+				out[i] = r.newGrad(held[i].j)
+			}
 			if err := r.contrib(ctx, r.mine, held[i], out[i], count); err != nil {
 				return nil, err
 			}
@@ -252,12 +259,16 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 				off += n
 			}
 		}
-		// Views into g travel on a FrameSharer ring: g is fresh. Else
-		// the blocks' parts are copied out and g is the rank's scratch.
+		// Views into g travel on a FrameSharer ring: g is fresh (or
+		// recycled, on a ring with a ledger). Else the blocks' parts are
+		// copied out and g is the rank's scratch.
 		var g gradPair
-		if r.share {
+		switch {
+		case r.ledger != nil:
+			g = gradPair{dk: gradBufs.get(size), dv: gradBufs.get(size)}
+		case r.share:
 			g = gradPair{dk: make([]float32, size), dv: make([]float32, size)}
-		} else {
+		default:
 			r.scratch[2], r.scratch[3] = grow(r.scratch[2], size), grow(r.scratch[3], size)
 			g = gradPair{dk: r.scratch[2], dv: r.scratch[3]}
 			clear(g.dk)
@@ -276,6 +287,9 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 				out[i+m] = gradPair{dk: gather(g.dk, bh, total, off, n, d), dv: gather(g.dv, bh, total, off, n, d)}
 			}
 			off += n
+		}
+		if r.ledger != nil {
+			r.ledger.lend(g.dk, g.dv, out[i:e])
 		}
 		i = e
 	}

@@ -60,6 +60,7 @@ func (r *bwdRun) passGrads(ctx context.Context, s int, held []kvBlock, local []g
 			// c + acc: float addition commutes exactly, so this is acc + c.
 			_, n := r.plan.KSpan(b.j)
 			r.addGrad(g, accs[i], n)
+			r.ledger.giveBack(accs[i]) // consumed: its set may be reused
 		}
 		o := gradOut{to: r.route.Next(r.rank, b.j), j: b.j, g: g}
 		switch {

@@ -105,10 +105,16 @@ func (r *bwdRun) ringSteps(ctx context.Context) error {
 		pending, pendBlocks = local, cur
 		cur = incoming
 	}
-	// dQ is complete after the last step.
+	// dQ is complete after the last step. A viewGradSink copies what it
+	// is given: the buffer is then free for the next contributions.
+	_, copies := r.bcfg.Sink.(viewGradSink)
 	for _, run := range r.mine {
 		if err := r.putDQ(ctx, run, run.dq); err != nil {
 			return err
+		}
+		if copies {
+			gradBufs.put(run.dq)
+			run.dq = nil
 		}
 	}
 	if !r.grads {
@@ -141,6 +147,9 @@ func (r *bwdRun) ringSteps(ctx context.Context) error {
 		if err := r.putDKV(ctx, f.j, f.g); err != nil {
 			return err
 		}
+		if copies {
+			r.ledger.giveBack(f.g)
+		}
 	}
 	for i, j := range own {
 		if home[i].dk == nil {
@@ -148,6 +157,9 @@ func (r *bwdRun) ringSteps(ctx context.Context) error {
 		}
 		if err := r.putDKV(ctx, j, home[i]); err != nil {
 			return err
+		}
+		if copies {
+			r.ledger.giveBack(home[i])
 		}
 	}
 	r.prog.Done = true

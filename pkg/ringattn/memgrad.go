@@ -49,7 +49,9 @@ func (s *MemGradSink) PutDQ(ctx context.Context, epoch uint64, block int, dq []f
 // into a rank's larger buffers: rows [at, at+len) of dQ laid out
 // [B, Hq, stride, D], and dK/dV [B, Hkv, ·, D] head i from row i·stride.
 // The ring then writes what it computed straight into place, with no
-// contiguous copy first. A stride of 0 means the block's own length.
+// contiguous copy first. A stride of 0 means the block's own length. A
+// viewGradSink copies what it is given and keeps none of it, so the ring
+// reuses its buffers afterwards (gradbufs.go).
 type viewGradSink interface {
 	GradSink
 	putDQView(ctx context.Context, epoch uint64, block int, dq []float32, stride, at int) error

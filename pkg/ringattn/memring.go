@@ -64,6 +64,7 @@ type MemNet struct {
 	timerMu sync.Mutex
 	timers  map[*time.Timer]struct{}
 	closed  bool
+	ledger  gradLedger // gradient buffers lent between ranks (gradbufs.go)
 
 	sent, delivered, dropped, delayed, duplicated, reordered, stale, timeouts atomic.Int64
 }
@@ -120,6 +121,8 @@ func (n *MemNet) Rank(r int) Ring { return &memEnd{net: n, rank: r} }
 
 // SharesFrames reports true: frames, views included, pass by reference.
 func (e *memEnd) SharesFrames() bool { return true }
+
+func (e *memEnd) gradLedger() *gradLedger { return &e.net.ledger }
 
 // Kill marks rank r dead (idempotent; ranks out of range are ignored).
 func (n *MemNet) Kill(r int) {
