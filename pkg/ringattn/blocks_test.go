@@ -35,6 +35,12 @@ func TestRingOneTokenBlocksMemory(t *testing.T) {
 		// quadratic 144 MiB and far above the linear figure.
 		alloc := after.TotalAlloc - before.TotalAlloc
 		t.Logf("%s: %d blocks, %.1f MiB allocated", s, n, float64(alloc)/(1<<20))
+		if raceEnabled {
+			// ~250 MiB striped: the kernels' pooled scratch, dropped at
+			// random by sync.Pool under the race detector. The bound
+			// is checked by the ordinary test run.
+			continue
+		}
 		if alloc > 64<<20 {
 			t.Errorf("%s: the ranks allocated %.1f MiB for %d one-token blocks: want it linear in the blocks (< 64 MiB)", s, float64(alloc)/(1<<20), n)
 		}
