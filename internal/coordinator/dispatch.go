@@ -39,8 +39,10 @@ func (l *leader) startEpoch(j *cpb.Job, cands []*pb.Heartbeat, qblocks []int, re
 		return
 	}
 	req.QBlocks = qblocks
-	// The store holds whole blocks: price head groups' reads and gather.
-	req.WholeBlocks = true
+	// The store holds whole blocks and serves head ranges of the inputs
+	// (transport's GetHeads): price head groups' reads of their heads and
+	// the gather of their outputs to each block's writer.
+	req.WholeBlocks, req.HeadReads = true, true
 	if w2 := planHeads(j, &req, w); w2 != w { // heads.go
 		w, cands, req.Ranks = w2, cands[:w2], w2
 	}

@@ -134,14 +134,18 @@ func (p *Plan) wholeBlockBytes(rank int) (read, gather int64) {
 }
 
 // wholeBlockParts is wholeBlockBytes with the query and key/value reads
-// apart.
+// apart. With HeadReads a head group's rank reads its group's heads.
 func (p *Plan) wholeBlockParts(rank int) (q, kv, gather int64) {
 	r := &p.Request
 	g := p.Groups()
+	hq, hkv := r.Hq, r.Hkv
+	if r.HeadReads {
+		hq, hkv = r.Hq/g, r.Hkv/g
+	}
 	for _, u := range p.Ranks[rank].QBlocks {
 		gu, b := p.QUnit(u)
 		_, rows := p.QSpan(b)
-		q += int64(r.B) * int64(r.Hq) * int64(rows) * int64(r.D) * 4
+		q += int64(r.B) * int64(hq) * int64(rows) * int64(r.D) * 4
 		if g > 1 && gu != b%g {
 			gather += int64(r.B) * int64(r.Hq/g) * int64(rows) * int64(r.D+1) * 4
 		}
@@ -149,7 +153,7 @@ func (p *Plan) wholeBlockParts(rank int) (q, kv, gather int64) {
 	for _, u := range p.Ranks[rank].KVBlocks {
 		_, j := p.KVUnit(u)
 		_, rows := p.KSpan(j)
-		kv += 2 * int64(r.B) * int64(r.Hkv) * int64(rows) * int64(r.D) * 4
+		kv += 2 * int64(r.B) * int64(hkv) * int64(rows) * int64(r.D) * 4
 	}
 	return q, kv, gather
 }

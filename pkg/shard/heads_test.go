@@ -275,6 +275,22 @@ func TestShardAutoWholeBlocks(t *testing.T) {
 		t.Fatalf("heads: gather %d bytes, predicted %+v vs %v's %+v", hp.GatherBytes(), hp.Predict(), p, p.Predict())
 	}
 	t.Logf("whole blocks: %v %+v; heads %+v", p, p.Predict(), hp.Predict())
+
+	// A store that serves head ranges: the heads ranks read q, k and v
+	// once between them, and head parallelism, which moves no ring bytes,
+	// wins again; the gather is priced as before.
+	hr := req
+	hr.HeadReads = true
+	hheads := heads
+	hheads.HeadReads = true
+	hhp := mustPlan(t, hheads)
+	if hhp.GatherBytes() != hp.GatherBytes() || hhp.Predict().Bytes != 3*int64(8*32768*128*4)+hhp.GatherBytes() {
+		t.Fatalf("head reads: heads gather %d, predicted %+v (whole blocks %+v)", hhp.GatherBytes(), hhp.Predict(), hp.Predict())
+	}
+	if p := mustPlan(t, hr); p.Strategy != shard.Heads {
+		t.Fatalf("head reads: auto picked %v, %+v against heads' %+v", p, p.Predict(), hhp.Predict())
+	}
+	t.Logf("head reads: heads %+v", hhp.Predict())
 	req.WholeBlocks = false // in-process sources lend views: reads are free
 	if p := mustPlan(t, req); p.Strategy != shard.Heads {
 		t.Fatalf("views: auto picked %v, %+v", p, p.Predict())

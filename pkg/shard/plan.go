@@ -76,6 +76,11 @@ type Request struct {
 	// is gathered to one writer (Plan.GatherBytes). Without it reads cost
 	// nothing (in-process sources lend views).
 	WholeBlocks bool
+	// HeadReads, with WholeBlocks, says the store also serves a range of
+	// a block's heads (the cluster's does, for inputs written with their
+	// slab layout): a head group's rank then reads its group's heads
+	// only, its share; outputs are still gathered to one writer.
+	HeadReads bool
 }
 
 // Plan is one epoch's assignment of blocks to ranks and its ring schedule.
