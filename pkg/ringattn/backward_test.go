@@ -681,16 +681,7 @@ func TestRingBackwardSetsInPlace(t *testing.T) {
 		for _, s := range []shard.Strategy{shard.Contiguous, shard.Zigzag} {
 			plan := pr.plan(t, pr.request(2, 64, s))
 			run := func(wrap func(ringattn.Ring) ringattn.Ring) (dq, dk, dv []float32) {
-				net, err := ringattn.NewMemNet(len(plan.Ranks), ringattn.MemOptions{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer net.Close()
-				dq, dk, dv, err = ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net, Ring: wrap},
-					&g.p, plan, g.q, g.k, g.v, g.o, g.lse, g.do)
-				if err != nil {
-					t.Fatalf("%s %s: %v", pr.name, s, err)
-				}
+				dq, dk, dv, _ = g.runMemNet(t, plan, ringattn.MemOptions{}, wrap)
 				return dq, dk, dv
 			}
 			var views atomic.Int64
@@ -700,16 +691,7 @@ func TestRingBackwardSetsInPlace(t *testing.T) {
 			if views.Load() == 0 {
 				t.Errorf("%s: no dK/dV accumulator travelled as a view", what)
 			}
-			for _, x := range []struct {
-				name     string
-				got, ref []float32
-			}{{"dq", sq, pq}, {"dk", sk, pk}, {"dv", sv, pv}} {
-				for i := range x.ref {
-					if math.Float32bits(x.got[i]) != math.Float32bits(x.ref[i]) {
-						t.Fatalf("%s: %s[%d] = %g in place, %g copied", what, x.name, i, x.got[i], x.ref[i])
-					}
-				}
-			}
+			sameBits(t, what+", in place against copied", [3][]float32{sq, sk, sv}, [3][]float32{pq, pk, pv})
 			if err := g.gradErr(sq, sk, sv); err != nil {
 				t.Fatalf("%s: %v", what, err)
 			}
@@ -717,67 +699,32 @@ func TestRingBackwardSetsInPlace(t *testing.T) {
 	}
 }
 
-// TestRingBackwardReusesBuffers: on a MemNet the ranks hand consumed
-// dK/dV buffers back (gradbufs.go) and take the next contributions from
-// them. The gradients are bit-identical to a ring that copies every frame
-// even when every cached buffer is poisoned with NaN first; a fault-free
-// run gives back every view it lent; and when accumulators are lost, the
-// sets whose views never came back stay out of the cache while the result
-// is still exact.
-func TestRingBackwardReusesBuffers(t *testing.T) {
-	pr := newProblem("causal-gqa", 1, 4, 2, 611, 611, 32, kernels.Mask{Causal: true}, 44)
-	g := newGradProblem(t, pr, 45)
-	for _, s := range []shard.Strategy{shard.Zigzag, shard.Contiguous, shard.Striped} {
-		plan := pr.plan(t, pr.request(3, 64, s))
-		run := func(opts ringattn.MemOptions, wrap func(ringattn.Ring) ringattn.Ring) (dq, dk, dv []float32, net *ringattn.MemNet) {
-			net, err := ringattn.NewMemNet(len(plan.Ranks), opts)
-			if err != nil {
-				t.Fatal(err)
+// runMemNet runs the backward of plan on a fresh MemNet with opts, each
+// rank's endpoint wrapped by wrap when not nil, and returns the gradients
+// and the net (closed).
+func (g *gradProblem) runMemNet(t *testing.T, plan *shard.Plan, opts ringattn.MemOptions, wrap func(ringattn.Ring) ringattn.Ring) (dq, dk, dv []float32, net *ringattn.MemNet) {
+	t.Helper()
+	net, err := ringattn.NewMemNet(len(plan.Ranks), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer net.Close()
+	dq, dk, dv, err = ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net, Ring: wrap},
+		&g.p, plan, g.q, g.k, g.v, g.o, g.lse, g.do)
+	if err != nil {
+		t.Fatalf("%s: %v", plan.Strategy, err)
+	}
+	return dq, dk, dv, net
+}
+
+// sameBits fails unless got (dq, dk, dv) equals want bit for bit.
+func sameBits(t *testing.T, what string, got, want [3][]float32) {
+	t.Helper()
+	for n, name := range []string{"dq", "dk", "dv"} {
+		for i := range want[n] {
+			if math.Float32bits(got[n][i]) != math.Float32bits(want[n][i]) {
+				t.Fatalf("%s: %s[%d] = %g, want %g", what, name, i, got[n][i], want[n][i])
 			}
-			defer net.Close()
-			dq, dk, dv, err = ringattn.RunLocalBackwardNet(context.Background(), ringattn.BackwardLocalConfig{Net: net, Ring: wrap},
-				&g.p, plan, g.q, g.k, g.v, g.o, g.lse, g.do)
-			if err != nil {
-				t.Fatalf("%s: %v", s, err)
-			}
-			return dq, dk, dv, net
-		}
-		wq, wk, wv, _ := run(ringattn.MemOptions{}, func(r ringattn.Ring) ringattn.Ring { return plainRing{r} })
-		if err := g.gradErr(wq, wk, wv); err != nil {
-			t.Fatalf("%s copying: %v", s, err)
-		}
-		same := func(what string, dq, dk, dv []float32) {
-			t.Helper()
-			for _, x := range []struct {
-				name     string
-				got, ref []float32
-			}{{"dq", dq, wq}, {"dk", dk, wk}, {"dv", dv, wv}} {
-				for i := range x.ref {
-					if math.Float32bits(x.got[i]) != math.Float32bits(x.ref[i]) {
-						t.Fatalf("%s %s: %s[%d] = %g, %g on a copying ring", s, what, x.name, i, x.got[i], x.ref[i])
-					}
-				}
-			}
-		}
-		for i := range 2 {
-			ringattn.PoisonGradCache()
-			dq, dk, dv, net := run(ringattn.MemOptions{}, nil)
-			same(fmt.Sprintf("run %d", i), dq, dk, dv)
-			if n := net.LentViews(); n != 0 {
-				t.Fatalf("%s run %d: %d views never given back", s, i, n)
-			}
-			if ringattn.GradCacheValues() == 0 {
-				t.Fatalf("%s run %d: nothing went back to the cache", s, i)
-			}
-		}
-		ringattn.PoisonGradCache()
-		dropGrads := func(from, to int, key ringattn.Key) ringattn.Fault {
-			return ringattn.Fault{Drop: key.Kind == ringattn.KindGrad && (from+key.Block)%2 == 0}
-		}
-		dq, dk, dv, net := run(ringattn.MemOptions{RecvTimeout: 40 * time.Millisecond, Fault: dropGrads}, nil)
-		same("dropping accumulators", dq, dk, dv)
-		if st := net.Stats(); st.Dropped == 0 || net.LentViews() == 0 {
-			t.Fatalf("%s: %d frames dropped, %d views out: the fault did not bite", s, st.Dropped, net.LentViews())
 		}
 	}
 }
