@@ -215,13 +215,9 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 			e++
 		}
 		if e == i+1 {
+			out[i] = r.newGrad(held[i].j)
 			if r.ledger != nil {
-				_, n := r.plan.KSpan(held[i].j)
-				size := r.p.B * r.p.Hkv * n * r.p.D
-				out[i] = gradPair{dk: gradBufs.get(size), dv: gradBufs.get(size)}
 				r.ledger.lend(out[i].dk, out[i].dv, out[i:i+1])
-			} else {
-				out[i] = r.newGrad(held[i].j)
 			}
 			if err := r.contrib(ctx, r.mine, held[i], out[i], count); err != nil {
 				return nil, err
@@ -259,16 +255,13 @@ func (r *bwdRun) contribSet(ctx context.Context, held []kvBlock, count bool) ([]
 				off += n
 			}
 		}
-		// Views into g travel on a FrameSharer ring: g is fresh (or
-		// recycled, on a ring with a ledger). Else the blocks' parts are
-		// copied out and g is the rank's scratch.
+		// Views into g travel on a FrameSharer ring: g is a buffer of its
+		// own (zeroed, from gradBufs; given back there through the ledger).
+		// Else the blocks' parts are copied out and g is the rank's scratch.
 		var g gradPair
-		switch {
-		case r.ledger != nil:
+		if r.share {
 			g = gradPair{dk: gradBufs.get(size), dv: gradBufs.get(size)}
-		case r.share:
-			g = gradPair{dk: make([]float32, size), dv: make([]float32, size)}
-		default:
+		} else {
 			r.scratch[2], r.scratch[3] = grow(r.scratch[2], size), grow(r.scratch[3], size)
 			g = gradPair{dk: r.scratch[2], dv: r.scratch[3]}
 			clear(g.dk)
@@ -342,7 +335,7 @@ func place(dst, blk []float32, stride, bh, total, off, n, d int) {
 func (r *bwdRun) newGrad(j int) gradPair {
 	_, n := r.plan.KSpan(j)
 	size := r.p.B * r.p.Hkv * n * r.p.D
-	return gradPair{dk: make([]float32, size), dv: make([]float32, size)}
+	return gradPair{dk: gradBufs.get(size), dv: gradBufs.get(size)}
 }
 
 // addInto sets acc[i] = acc[i] + x[i]: one rounding per element, so the
